@@ -1,0 +1,90 @@
+//! Durations as written in the config: `250ms`, `90s`, `5m`, `1h`, `1d`, or
+//! sums such as `1h30m`.
+
+use std::time::Duration;
+
+/// Longest duration the parser accepts (a year), so arithmetic never overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Parses a duration such as `90s`, `5m`, `1h30m` or `250ms`.
+///
+/// ```
+/// use tessera::config::parse_duration;
+/// assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
+/// assert!(parse_duration("5").is_err());
+/// ```
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("empty duration; write e.g. 90s, 5m or 1h".into());
+    }
+    let mut total_ms: u128 = 0;
+    let bytes = t.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start || i - start > 12 {
+            return Err(format!("`{s}` is not a duration like 90s, 5m or 1h"));
+        }
+        let n: u128 = t[start..i]
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration"))?;
+        let ustart = i;
+        while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let mult: u128 = match &t[ustart..i] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "" => return Err(format!("`{s}` needs a unit: ms, s, m, h or d")),
+            u => {
+                return Err(format!(
+                    "`{u}` in `{s}` is not a unit: use ms, s, m, h or d"
+                ))
+            }
+        };
+        total_ms = total_ms.saturating_add(n.saturating_mul(mult));
+    }
+    if total_ms > MAX_DURATION.as_millis() {
+        return Err(format!("`{s}` is longer than a year"));
+    }
+    Ok(Duration::from_millis(total_ms as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_and_sums() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for bad in [
+            "",
+            "5",
+            "m",
+            "5x",
+            "-5s",
+            "5 s",
+            "1.5h",
+            "99999999999999s",
+            "400d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+}

@@ -1,0 +1,540 @@
+//! Configuration: [`RawConfig`] (the TOML as written) → [`Config`] (typed and
+//! checked). Every error names the file, the key and the reason.
+//!
+//! ```
+//! let cfg = tessera::config::Config::from_toml_str(
+//!     "tessera.toml",
+//!     r#"
+//!     [tokens]
+//!     default_ttl = "2m"
+//!     "#,
+//! ).unwrap();
+//! assert_eq!(cfg.tokens.default_ttl.as_secs(), 120);
+//! ```
+
+pub mod duration;
+pub mod raw;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use duration::parse_duration;
+pub use raw::RawConfig;
+
+use crate::jose::alg::Algorithm;
+use crate::mint::SigningAlgorithm;
+use crate::policy::PolicySpec;
+
+/// Longest lifetime any token may be configured to have.
+pub const MAX_TOKEN_TTL_CAP: Duration = Duration::from_secs(24 * 3600);
+/// The issuer name reserved for client certificates in `match.issuer`.
+pub const MTLS_ISSUER: &str = "mtls";
+
+/// A configuration error: which file, which key, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    /// The file the error is in.
+    pub file: String,
+    /// The key (dotted path, `policies[2].match.subject`), or `-` for a parse error.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub source: PathBuf,
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[tokens]`.
+    pub tokens: TokensConfig,
+    /// `[store]`.
+    pub store: StoreConfig,
+    /// `[admin] subjects`.
+    pub admin_subjects: Vec<String>,
+    /// `[introspection] subjects`.
+    pub introspection_subjects: Vec<String>,
+    /// `[approvals] ttl`.
+    pub approvals_ttl: Duration,
+    /// `[dev] generate_missing`.
+    pub dev_generate_missing: bool,
+    /// `[limits]`.
+    pub limits: Limits,
+    /// `[[issuers]]`.
+    pub issuers: Vec<IssuerConfig>,
+    /// `[[policies]]`, in file order.
+    pub policies: Vec<PolicySpec>,
+}
+
+/// `[server]`, typed.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// HTTPS listen address.
+    pub listen: SocketAddr,
+    /// `iss` of issued tokens (no trailing slash).
+    pub issuer: String,
+    /// Server certificate chain.
+    pub tls_cert: PathBuf,
+    /// Server key.
+    pub tls_key: PathBuf,
+    /// Client certificate trust anchors.
+    pub client_ca: Vec<PathBuf>,
+    /// Ops listener.
+    pub ops_listen: SocketAddr,
+}
+
+/// `[tokens]`, typed.
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    /// Signing key directory.
+    pub signing_keys: PathBuf,
+    /// Signing algorithm.
+    pub algorithm: SigningAlgorithm,
+    /// Default lifetime.
+    pub default_ttl: Duration,
+    /// Lifetime cap.
+    pub max_ttl: Duration,
+}
+
+/// `[store]`, typed.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Store URL.
+    pub url: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// Per-call timeout.
+    pub timeout: Duration,
+}
+
+/// `[limits]`, typed.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Request body cap.
+    pub max_body_bytes: usize,
+    /// Subject/actor token cap.
+    pub max_token_bytes: usize,
+    /// TLS handshake timeout.
+    pub handshake_timeout: Duration,
+    /// Header read timeout.
+    pub header_read_timeout: Duration,
+    /// Whole-request timeout.
+    pub request_timeout: Duration,
+    /// Connection cap.
+    pub max_connections: usize,
+}
+
+/// One trusted OIDC issuer, typed.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// Short name.
+    pub name: String,
+    /// Exact `iss`.
+    pub issuer: String,
+    /// Accepted audiences.
+    pub audiences: Vec<String>,
+    /// JWKS URL, or `None` for discovery.
+    pub jwks_uri: Option<String>,
+    /// Extra HTTPS trust anchor.
+    pub ca: Option<PathBuf>,
+    /// Allowed algorithms.
+    pub algorithms: Vec<Algorithm>,
+    /// Replay protection on `jti`.
+    pub single_use: bool,
+    /// Longest accepted token lifetime.
+    pub max_token_lifetime: Duration,
+    /// Clock leeway.
+    pub leeway: Duration,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "-".into(),
+            reason: format!("cannot read the file: {e}"),
+        })?;
+        let mut cfg = Self::from_toml_str(&file, &text)?;
+        cfg.source = path.to_path_buf();
+        Ok(cfg)
+    }
+
+    /// Parses and validates TOML text; `file` is used in error messages.
+    pub fn from_toml_str(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.to_string(),
+            key: toml_error_key(&e, text),
+            reason: e.message().trim().to_string(),
+        })?;
+        Self::from_raw(file, raw)
+    }
+
+    /// Validates a parsed [`RawConfig`].
+    pub fn from_raw(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
+        let err = |key: &str, reason: String| ConfigError {
+            file: file.to_string(),
+            key: key.to_string(),
+            reason,
+        };
+        let dur = |key: &str, v: &str| -> Result<Duration, ConfigError> {
+            let d = parse_duration(v).map_err(|r| err(key, r))?;
+            if d.is_zero() {
+                return Err(err(key, "must be greater than zero".into()));
+            }
+            Ok(d)
+        };
+        let addr = |key: &str, v: &str| -> Result<SocketAddr, ConfigError> {
+            v.parse()
+                .map_err(|_| err(key, format!("`{v}` is not an address like 127.0.0.1:8443")))
+        };
+        let nonempty_path = |key: &str, v: &str| -> Result<PathBuf, ConfigError> {
+            if v.trim().is_empty() {
+                return Err(err(key, "must not be empty".into()));
+            }
+            Ok(PathBuf::from(v))
+        };
+
+        // [server]
+        let s = &raw.server;
+        let issuer = s.issuer.trim_end_matches('/').to_string();
+        if !issuer.starts_with("https://") || issuer.len() <= "https://".len() {
+            return Err(err(
+                "server.issuer",
+                format!("`{}` must be an https:// URL", s.issuer),
+            ));
+        }
+        if issuer.contains(['?', '#']) {
+            return Err(err(
+                "server.issuer",
+                "must not contain a query or fragment".into(),
+            ));
+        }
+        if s.client_ca.is_empty() {
+            return Err(err(
+                "server.client_ca",
+                "needs at least one CA file (client certificates are verified against it)".into(),
+            ));
+        }
+        let server = ServerConfig {
+            listen: addr("server.listen", &s.listen)?,
+            issuer,
+            tls_cert: nonempty_path("server.tls_cert", &s.tls_cert)?,
+            tls_key: nonempty_path("server.tls_key", &s.tls_key)?,
+            client_ca: s
+                .client_ca
+                .iter()
+                .enumerate()
+                .map(|(i, p)| nonempty_path(&format!("server.client_ca[{i}]"), p))
+                .collect::<Result<_, _>>()?,
+            ops_listen: addr("server.ops_listen", &s.ops_listen)?,
+        };
+
+        // [tokens]
+        let t = &raw.tokens;
+        let algorithm: SigningAlgorithm = t.algorithm.parse().map_err(|_| {
+            err(
+                "tokens.algorithm",
+                format!("`{}` is not one of ES256, EdDSA, RS256", t.algorithm),
+            )
+        })?;
+        let default_ttl = dur("tokens.default_ttl", &t.default_ttl)?;
+        let max_ttl = dur("tokens.max_ttl", &t.max_ttl)?;
+        if max_ttl > MAX_TOKEN_TTL_CAP {
+            return Err(err(
+                "tokens.max_ttl",
+                format!("must be at most {}s", MAX_TOKEN_TTL_CAP.as_secs()),
+            ));
+        }
+        if default_ttl > max_ttl {
+            return Err(err(
+                "tokens.default_ttl",
+                "must not be longer than tokens.max_ttl".into(),
+            ));
+        }
+        let tokens = TokensConfig {
+            signing_keys: nonempty_path("tokens.signing_keys", &t.signing_keys)?,
+            algorithm,
+            default_ttl,
+            max_ttl,
+        };
+
+        // [store]
+        let st = &raw.store;
+        let scheme_ok = [
+            "memory://",
+            "redis://",
+            "rediss://",
+            "redis+cluster://",
+            "redis+sentinel://",
+        ]
+        .iter()
+        .any(|p| st.url.starts_with(p));
+        if !scheme_ok {
+            return Err(err(
+                "store.url",
+                "must start with memory://, redis://, rediss://, redis+cluster:// or redis+sentinel://"
+                    .into(),
+            ));
+        }
+        if st.prefix.is_empty()
+            || !st
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(err(
+                "store.prefix",
+                "must be non-empty and use only letters, digits, '-', '_' and '.'".into(),
+            ));
+        }
+        let store = StoreConfig {
+            url: st.url.clone(),
+            prefix: st.prefix.clone(),
+            timeout: dur("store.timeout", &st.timeout)?,
+        };
+
+        // [limits]
+        let l = &raw.limits;
+        if l.max_body_bytes < 1024 || l.max_body_bytes > 16 * 1024 * 1024 {
+            return Err(err(
+                "limits.max_body_bytes",
+                "must be between 1024 and 16777216".into(),
+            ));
+        }
+        if l.max_token_bytes < 512 || l.max_token_bytes > l.max_body_bytes {
+            return Err(err(
+                "limits.max_token_bytes",
+                "must be at least 512 and at most limits.max_body_bytes".into(),
+            ));
+        }
+        if l.max_connections == 0 || l.max_connections > 1_000_000 {
+            return Err(err(
+                "limits.max_connections",
+                "must be between 1 and 1000000".into(),
+            ));
+        }
+        let limits = Limits {
+            max_body_bytes: l.max_body_bytes as usize,
+            max_token_bytes: l.max_token_bytes as usize,
+            handshake_timeout: dur("limits.handshake_timeout", &l.handshake_timeout)?,
+            header_read_timeout: dur("limits.header_read_timeout", &l.header_read_timeout)?,
+            request_timeout: dur("limits.request_timeout", &l.request_timeout)?,
+            max_connections: l.max_connections as usize,
+        };
+
+        // [[issuers]]
+        let mut issuers: Vec<IssuerConfig> = Vec::new();
+        for (i, ri) in raw.issuers.iter().enumerate() {
+            let k = |f: &str| format!("issuers[{i}].{f}");
+            if ri.name.is_empty()
+                || !ri
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(err(
+                    &k("name"),
+                    "must be non-empty and use only letters, digits, '-', '_' and '.'".into(),
+                ));
+            }
+            if ri.name == MTLS_ISSUER {
+                return Err(err(
+                    &k("name"),
+                    "`mtls` is reserved for client certificates".into(),
+                ));
+            }
+            if issuers.iter().any(|x| x.name == ri.name) {
+                return Err(err(&k("name"), format!("`{}` is used twice", ri.name)));
+            }
+            if !ri.issuer.starts_with("https://") {
+                return Err(err(&k("issuer"), "must be an https:// URL".into()));
+            }
+            if ri.issuer.trim_end_matches('/') == server.issuer {
+                return Err(err(
+                    &k("issuer"),
+                    "must differ from server.issuer (Tessera's own tokens are trusted without configuration)"
+                        .into(),
+                ));
+            }
+            if issuers.iter().any(|x| x.issuer == ri.issuer) {
+                return Err(err(
+                    &k("issuer"),
+                    "the same issuer is configured twice".into(),
+                ));
+            }
+            if ri.audiences.is_empty() || ri.audiences.iter().any(|a| a.is_empty()) {
+                return Err(err(
+                    &k("audiences"),
+                    "needs at least one non-empty audience (tokens without a matching aud are refused)"
+                        .into(),
+                ));
+            }
+            if let Some(u) = &ri.jwks_uri {
+                if !u.starts_with("https://") {
+                    return Err(err(&k("jwks_uri"), "must be an https:// URL".into()));
+                }
+            }
+            let algs = ri
+                .algorithms
+                .clone()
+                .unwrap_or_else(|| vec!["RS256".into(), "ES256".into()]);
+            if algs.is_empty() {
+                return Err(err(&k("algorithms"), "must not be empty".into()));
+            }
+            let mut algorithms = Vec::new();
+            for (j, a) in algs.iter().enumerate() {
+                let parsed: Algorithm = a.parse().map_err(|_| {
+                    err(
+                        &k(&format!("algorithms[{j}]")),
+                        format!("`{a}` is not an accepted signature algorithm (never none or HS*)"),
+                    )
+                })?;
+                algorithms.push(parsed);
+            }
+            issuers.push(IssuerConfig {
+                name: ri.name.clone(),
+                issuer: ri.issuer.clone(),
+                audiences: ri.audiences.clone(),
+                jwks_uri: ri.jwks_uri.clone(),
+                ca: ri.ca.as_deref().map(PathBuf::from),
+                algorithms,
+                single_use: ri.single_use,
+                max_token_lifetime: dur(&k("max_token_lifetime"), &ri.max_token_lifetime)?,
+                leeway: parse_duration(&ri.leeway).map_err(|r| err(&k("leeway"), r))?,
+            });
+        }
+
+        // [[policies]]
+        let known_issuer = |n: &str| n == MTLS_ISSUER || issuers.iter().any(|x| x.name == n);
+        let mut policies = Vec::new();
+        for (i, rp) in raw.policies.iter().enumerate() {
+            let k = |f: &str| format!("policies[{i}].{f}");
+            if !known_issuer(&rp.match_.issuer) {
+                return Err(err(
+                    &k("match.issuer"),
+                    format!(
+                        "`{}` is neither `mtls` nor the name of an [[issuers]] entry",
+                        rp.match_.issuer
+                    ),
+                ));
+            }
+            for (j, n) in rp.may_act_for.iter().enumerate() {
+                if !known_issuer(n) {
+                    return Err(err(
+                        &k(&format!("may_act_for[{j}]")),
+                        format!("`{n}` is neither `mtls` nor the name of an [[issuers]] entry"),
+                    ));
+                }
+            }
+            let max_ttl = match &rp.max_ttl {
+                Some(v) => {
+                    let d = dur(&k("max_ttl"), v)?;
+                    if d > tokens.max_ttl {
+                        return Err(err(
+                            &k("max_ttl"),
+                            "must not be longer than tokens.max_ttl".into(),
+                        ));
+                    }
+                    Some(d)
+                }
+                None => None,
+            };
+            policies.push(PolicySpec {
+                name: rp.name.clone(),
+                owner: rp.owner.clone(),
+                match_issuer: rp.match_.issuer.clone(),
+                match_subject: rp.match_.subject.clone(),
+                match_claims: rp
+                    .match_
+                    .claims
+                    .iter()
+                    .map(|(a, b)| (a.clone(), b.clone()))
+                    .collect(),
+                audiences: rp.audiences.clone(),
+                scopes: rp.scopes.clone(),
+                max_ttl,
+                jit_scopes: rp.jit_scopes.clone(),
+                approval_scopes: rp.approval_scopes.clone(),
+                may_act_for: rp.may_act_for.clone(),
+                max_depth: rp.max_depth,
+                require_authorization_details: rp.require_authorization_details,
+                require_binding: rp.require_binding,
+            });
+        }
+        // Compile once here so pattern errors surface with the file name.
+        crate::policy::PolicySet::compile(policies.clone()).map_err(|e| ConfigError {
+            file: file.to_string(),
+            key: "policies".into(),
+            reason: e.to_string(),
+        })?;
+
+        Ok(Config {
+            source: PathBuf::from(file),
+            server,
+            tokens,
+            store,
+            admin_subjects: raw.admin.subjects.clone(),
+            introspection_subjects: raw.introspection.subjects.clone(),
+            approvals_ttl: dur("approvals.ttl", &raw.approvals.ttl)?,
+            dev_generate_missing: raw.dev.generate_missing,
+            limits,
+            issuers,
+            policies,
+        })
+    }
+
+    /// Every file the config refers to, with the key that names it.
+    pub fn referenced_files(&self) -> Vec<(String, PathBuf)> {
+        let mut v = vec![
+            ("server.tls_cert".to_string(), self.server.tls_cert.clone()),
+            ("server.tls_key".to_string(), self.server.tls_key.clone()),
+        ];
+        for (i, p) in self.server.client_ca.iter().enumerate() {
+            v.push((format!("server.client_ca[{i}]"), p.clone()));
+        }
+        v.push((
+            "tokens.signing_keys".to_string(),
+            self.tokens.signing_keys.clone(),
+        ));
+        for (i, is) in self.issuers.iter().enumerate() {
+            if let Some(ca) = &is.ca {
+                v.push((format!("issuers[{i}].ca"), ca.clone()));
+            }
+        }
+        v
+    }
+
+    /// Checks that every referenced file exists; the error names the key and path.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        for (key, path) in self.referenced_files() {
+            if !path.exists() {
+                return Err(ConfigError {
+                    file: self.source.display().to_string(),
+                    key,
+                    reason: format!("`{}` does not exist", path.display()),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a TOML error is: `line N` (the message itself names the key).
+fn toml_error_key(e: &toml::de::Error, text: &str) -> String {
+    match e.span() {
+        Some(span) => {
+            let upto = text.get(..span.start).unwrap_or(text);
+            format!("line {}", upto.matches('\n').count() + 1)
+        }
+        None => "-".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,362 @@
+//! The configuration file exactly as written: serde types with
+//! `deny_unknown_fields`, so a misspelt key is an error that names it.
+//!
+//! Nothing here is validated; [`super::Config::from_raw`] turns a
+//! [`RawConfig`] into a typed, checked [`super::Config`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole `tessera.toml`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[server]`: listeners, TLS material and the issuer name.
+    #[serde(default)]
+    pub server: RawServer,
+    /// `[tokens]`: signing keys and lifetimes.
+    #[serde(default)]
+    pub tokens: RawTokens,
+    /// `[store]`: where revocations, grants and replay records live.
+    #[serde(default)]
+    pub store: RawStore,
+    /// `[admin]`: operator identities allowed on the admin API.
+    #[serde(default)]
+    pub admin: RawSubjects,
+    /// `[approvals]`: human approval settings.
+    #[serde(default)]
+    pub approvals: RawApprovals,
+    /// `[dev]`: development conveniences.
+    #[serde(default)]
+    pub dev: RawDev,
+    /// `[introspection]`: identities allowed to introspect and read the feed.
+    #[serde(default)]
+    pub introspection: RawSubjects,
+    /// `[limits]`: request, connection and timeout bounds.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// `[[issuers]]`: trusted OIDC issuers.
+    #[serde(default)]
+    pub issuers: Vec<RawIssuer>,
+    /// `[[policies]]`: who may get which tokens.
+    #[serde(default)]
+    pub policies: Vec<RawPolicy>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// HTTPS listen address. Defaults to `127.0.0.1:8443`.
+    #[serde(default = "d_listen")]
+    pub listen: String,
+    /// `iss` of issued tokens and base of the metadata. Defaults to `https://127.0.0.1:8443`.
+    #[serde(default = "d_issuer")]
+    pub issuer: String,
+    /// Server certificate chain (PEM). Defaults to `keys/dev/server.pem`.
+    #[serde(default = "d_tls_cert")]
+    pub tls_cert: String,
+    /// Server private key (PEM). Defaults to `keys/dev/server-key.pem`.
+    #[serde(default = "d_tls_key")]
+    pub tls_key: String,
+    /// Trust anchors for client certificates. Defaults to `["keys/dev/ca.pem"]`.
+    #[serde(default = "d_client_ca")]
+    pub client_ca: Vec<String>,
+    /// Plain-HTTP listener for `/healthz`, `/readyz`, `/metrics`. Defaults to `127.0.0.1:9090`.
+    #[serde(default = "d_ops_listen")]
+    pub ops_listen: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: d_listen(),
+            issuer: d_issuer(),
+            tls_cert: d_tls_cert(),
+            tls_key: d_tls_key(),
+            client_ca: d_client_ca(),
+            ops_listen: d_ops_listen(),
+        }
+    }
+}
+
+/// `[tokens]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokens {
+    /// Directory of PKCS#8 PEM signing keys. Defaults to `keys/signing`.
+    #[serde(default = "d_signing_keys")]
+    pub signing_keys: String,
+    /// `ES256` (default), `EdDSA` or `RS256`.
+    #[serde(default = "d_algorithm")]
+    pub algorithm: String,
+    /// Lifetime when the request names none. Defaults to `5m`.
+    #[serde(default = "d_default_ttl")]
+    pub default_ttl: String,
+    /// Hard cap on every token's lifetime. Defaults to `15m`.
+    #[serde(default = "d_max_ttl")]
+    pub max_ttl: String,
+}
+
+impl Default for RawTokens {
+    fn default() -> Self {
+        Self {
+            signing_keys: d_signing_keys(),
+            algorithm: d_algorithm(),
+            default_ttl: d_default_ttl(),
+            max_ttl: d_max_ttl(),
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `memory://` (default) or a Redis URL.
+    #[serde(default = "d_store_url")]
+    pub url: String,
+    /// Key prefix in the store. Defaults to `tessera`.
+    #[serde(default = "d_prefix")]
+    pub prefix: String,
+    /// Timeout of every store call. Defaults to `250ms`.
+    #[serde(default = "d_store_timeout")]
+    pub timeout: String,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            url: d_store_url(),
+            prefix: d_prefix(),
+            timeout: d_store_timeout(),
+        }
+    }
+}
+
+/// `[admin]` and `[introspection]`: a list of mTLS identities.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubjects {
+    /// SPIFFE IDs (or DNS names) of the allowed client certificates. Defaults to none.
+    #[serde(default)]
+    pub subjects: Vec<String>,
+}
+
+/// `[approvals]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprovals {
+    /// How long a pending approval waits. Defaults to `10m`.
+    #[serde(default = "d_approvals_ttl")]
+    pub ttl: String,
+}
+
+impl Default for RawApprovals {
+    fn default() -> Self {
+        Self {
+            ttl: d_approvals_ttl(),
+        }
+    }
+}
+
+/// `[dev]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDev {
+    /// Generate missing development material at start-up. Defaults to `false`;
+    /// only the shipped development config sets it.
+    #[serde(default)]
+    pub generate_missing: bool,
+}
+
+/// `[limits]` (an extension of the contract): every bound in one place.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest request body accepted, in bytes (413 above). Defaults to `65536`.
+    #[serde(default = "d_max_body")]
+    pub max_body_bytes: u64,
+    /// Largest `subject_token` / `actor_token`, in bytes. Defaults to `8192`.
+    #[serde(default = "d_max_token")]
+    pub max_token_bytes: u64,
+    /// Time allowed for a TLS handshake. Defaults to `5s`.
+    #[serde(default = "d_handshake_timeout")]
+    pub handshake_timeout: String,
+    /// Time allowed to read request headers. Defaults to `5s`.
+    #[serde(default = "d_header_timeout")]
+    pub header_read_timeout: String,
+    /// Time allowed for a whole request. Defaults to `10s`.
+    #[serde(default = "d_request_timeout")]
+    pub request_timeout: String,
+    /// Most concurrent connections on the HTTPS listener. Defaults to `4096`.
+    #[serde(default = "d_max_connections")]
+    pub max_connections: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: d_max_body(),
+            max_token_bytes: d_max_token(),
+            handshake_timeout: d_handshake_timeout(),
+            header_read_timeout: d_header_timeout(),
+            request_timeout: d_request_timeout(),
+            max_connections: d_max_connections(),
+        }
+    }
+}
+
+/// One `[[issuers]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    /// Short name used by policies (`match.issuer`).
+    pub name: String,
+    /// Exact `iss` value of the issuer's tokens.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must carry one of them.
+    pub audiences: Vec<String>,
+    /// JWKS URL; defaults to OIDC discovery under `issuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// Extra trust anchor (PEM) for the issuer's HTTPS; public roots are also trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// Accepted signature algorithms. Defaults to `["RS256", "ES256"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithms: Option<Vec<String>>,
+    /// Accept each token's `jti` only once. Defaults to `false`.
+    #[serde(default)]
+    pub single_use: bool,
+    /// Longest `exp - iat` accepted from this issuer. Defaults to `24h`.
+    #[serde(default = "d_issuer_max_lifetime")]
+    pub max_token_lifetime: String,
+    /// Clock leeway for `exp`/`nbf`/`iat`. Defaults to `30s`.
+    #[serde(default = "d_leeway")]
+    pub leeway: String,
+}
+
+/// One `[[policies]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    /// Unique name, shown in audit records.
+    pub name: String,
+    /// The accountable human; copied into tokens as `owner`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Which identities this policy is for.
+    #[serde(rename = "match")]
+    pub match_: RawMatch,
+    /// Audience patterns this policy grants.
+    pub audiences: Vec<String>,
+    /// Scope patterns this policy grants.
+    pub scopes: Vec<String>,
+    /// Lifetime cap for this policy's tokens. Defaults to `[tokens] max_ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<String>,
+    /// Scopes issued only while a live JIT grant covers them. Defaults to none.
+    #[serde(default)]
+    pub jit_scopes: Vec<String>,
+    /// Scopes issued only after a human approves the request. Defaults to none.
+    #[serde(default)]
+    pub approval_scopes: Vec<String>,
+    /// Issuers whose subjects this workload may act for. Defaults to none.
+    #[serde(default)]
+    pub may_act_for: Vec<String>,
+    /// Most actors an issued `act` chain may hold. Defaults to `1`.
+    #[serde(default = "d_max_depth")]
+    pub max_depth: u32,
+    /// `approval_scopes` need RFC 9396 `authorization_details`. Defaults to `false`.
+    #[serde(default)]
+    pub require_authorization_details: bool,
+    /// Refuse unbound (bearer) tokens for this policy. Defaults to `false`.
+    #[serde(default)]
+    pub require_binding: bool,
+}
+
+/// `match = { issuer, subject, claims }` of a policy.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// An issuer `name`, or `"mtls"` for client certificates.
+    pub issuer: String,
+    /// Subject pattern; any subject when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Claim path → pattern; all must match.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+}
+
+fn d_listen() -> String {
+    "127.0.0.1:8443".into()
+}
+fn d_issuer() -> String {
+    "https://127.0.0.1:8443".into()
+}
+fn d_tls_cert() -> String {
+    "keys/dev/server.pem".into()
+}
+fn d_tls_key() -> String {
+    "keys/dev/server-key.pem".into()
+}
+fn d_client_ca() -> Vec<String> {
+    vec!["keys/dev/ca.pem".into()]
+}
+fn d_ops_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+fn d_signing_keys() -> String {
+    "keys/signing".into()
+}
+fn d_algorithm() -> String {
+    "ES256".into()
+}
+fn d_default_ttl() -> String {
+    "5m".into()
+}
+fn d_max_ttl() -> String {
+    "15m".into()
+}
+fn d_store_url() -> String {
+    "memory://".into()
+}
+fn d_prefix() -> String {
+    "tessera".into()
+}
+fn d_store_timeout() -> String {
+    "250ms".into()
+}
+fn d_approvals_ttl() -> String {
+    "10m".into()
+}
+fn d_max_body() -> u64 {
+    65536
+}
+fn d_max_token() -> u64 {
+    8192
+}
+fn d_handshake_timeout() -> String {
+    "5s".into()
+}
+fn d_header_timeout() -> String {
+    "5s".into()
+}
+fn d_request_timeout() -> String {
+    "10s".into()
+}
+fn d_max_connections() -> u64 {
+    4096
+}
+fn d_issuer_max_lifetime() -> String {
+    "24h".into()
+}
+fn d_leeway() -> String {
+    "30s".into()
+}
+fn d_max_depth() -> u32 {
+    1
+}

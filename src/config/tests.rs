@@ -1,0 +1,198 @@
+use std::collections::BTreeSet;
+
+use super::raw::*;
+use super::*;
+
+/// Key paths of a TOML value: `server.listen`, `issuers[].name`, ...; the
+/// free-form `match.claims` map stops the walk.
+fn key_paths(v: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, child) in t {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.insert(p.clone());
+                if !p.ends_with("match.claims") {
+                    key_paths(child, &p, out);
+                }
+            }
+        }
+        toml::Value::Array(a) => {
+            for child in a {
+                if child.is_table() {
+                    key_paths(child, &format!("{prefix}[]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A RawConfig with every optional part present. Struct literals list every
+/// field, so adding a field to the config without updating this (and so the
+/// example file) does not compile.
+fn full_sample() -> RawConfig {
+    RawConfig {
+        server: RawServer::default(),
+        tokens: RawTokens::default(),
+        store: RawStore::default(),
+        admin: RawSubjects {
+            subjects: vec!["a".into()],
+        },
+        approvals: RawApprovals::default(),
+        dev: RawDev {
+            generate_missing: false,
+        },
+        introspection: RawSubjects {
+            subjects: vec!["b".into()],
+        },
+        limits: RawLimits::default(),
+        issuers: vec![RawIssuer {
+            name: "k8s".into(),
+            issuer: "https://k8s".into(),
+            audiences: vec!["tessera".into()],
+            jwks_uri: Some("https://k8s/jwks".into()),
+            ca: Some("ca.pem".into()),
+            algorithms: Some(vec!["RS256".into()]),
+            single_use: false,
+            max_token_lifetime: "24h".into(),
+            leeway: "30s".into(),
+        }],
+        policies: vec![RawPolicy {
+            name: "p".into(),
+            owner: Some("o".into()),
+            match_: RawMatch {
+                issuer: "k8s".into(),
+                subject: Some("s".into()),
+                claims: [("a".to_string(), "b".to_string())].into_iter().collect(),
+            },
+            audiences: vec!["aud".into()],
+            scopes: vec!["s".into()],
+            max_ttl: Some("5m".into()),
+            jit_scopes: vec!["s".into()],
+            approval_scopes: vec!["s".into()],
+            may_act_for: vec!["k8s".into()],
+            max_depth: 1,
+            require_authorization_details: false,
+            require_binding: false,
+        }],
+    }
+}
+
+const EXAMPLE: &str = include_str!("../../config/tessera.example.toml");
+const SHIPPED: &str = include_str!("../../config/tessera.toml");
+
+#[test]
+fn example_documents_every_key() {
+    // Every key Tessera knows is in the example ...
+    let sample = toml::Value::try_from(full_sample()).unwrap();
+    let mut known = BTreeSet::new();
+    key_paths(&sample, "", &mut known);
+    let example: toml::Value = toml::from_str(EXAMPLE).unwrap();
+    let mut documented = BTreeSet::new();
+    key_paths(&example, "", &mut documented);
+    let missing: Vec<_> = known.difference(&documented).collect();
+    assert!(
+        missing.is_empty(),
+        "keys missing from the example: {missing:?}"
+    );
+    // ... and every key in the example is one Tessera knows (deny_unknown_fields).
+    let extra: Vec<_> = documented.difference(&known).collect();
+    assert!(
+        extra.is_empty(),
+        "keys in the example Tessera does not know: {extra:?}"
+    );
+    let _: RawConfig = toml::from_str(EXAMPLE).unwrap();
+}
+
+#[test]
+fn example_and_shipped_configs_validate() {
+    Config::from_toml_str("tessera.example.toml", EXAMPLE).unwrap();
+    let c = Config::from_toml_str("tessera.toml", SHIPPED).unwrap();
+    assert!(c.dev_generate_missing);
+    assert_eq!(c.store.url, "memory://");
+}
+
+#[test]
+fn empty_config_gets_contract_defaults() {
+    let c = Config::from_toml_str("t.toml", "").unwrap();
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:8443");
+    assert_eq!(c.server.issuer, "https://127.0.0.1:8443");
+    assert_eq!(c.tokens.default_ttl.as_secs(), 300);
+    assert_eq!(c.tokens.max_ttl.as_secs(), 900);
+    assert_eq!(c.store.url, "memory://");
+    assert_eq!(c.approvals_ttl.as_secs(), 600);
+    assert!(
+        !c.dev_generate_missing,
+        "only the shipped dev config generates material"
+    );
+}
+
+fn err_of(text: &str) -> ConfigError {
+    Config::from_toml_str("bad.toml", text).unwrap_err()
+}
+
+#[test]
+fn errors_name_file_key_and_reason() {
+    let e = err_of("[server]\nlisten = \"nope\"\n");
+    assert_eq!(e.file, "bad.toml");
+    assert_eq!(e.key, "server.listen");
+    assert!(e.to_string().starts_with("bad.toml: server.listen: "));
+
+    let e = err_of("[server]\nlistn = \"127.0.0.1:1\"\n");
+    assert_eq!(e.key, "line 2");
+    assert!(e.reason.contains("listn"), "{}", e.reason);
+
+    let e = err_of("[tokens]\nalgorithm = \"HS256\"\n");
+    assert_eq!(e.key, "tokens.algorithm");
+
+    let e = err_of("[tokens]\ndefault_ttl = \"20m\"\n");
+    assert_eq!(e.key, "tokens.default_ttl");
+
+    let e = err_of("[store]\nurl = \"postgres://x\"\n");
+    assert_eq!(e.key, "store.url");
+}
+
+#[test]
+fn issuer_errors() {
+    let base = "[[issuers]]\nname = \"k\"\nissuer = \"https://k\"\naudiences = [\"t\"]\n";
+    assert!(Config::from_toml_str("f", base).is_ok());
+    let e = err_of(&format!("{base}algorithms = [\"none\"]\n"));
+    assert_eq!(e.key, "issuers[0].algorithms[0]");
+    let e = err_of(&format!("{base}algorithms = [\"HS256\"]\n"));
+    assert_eq!(e.key, "issuers[0].algorithms[0]");
+    let e = err_of("[[issuers]]\nname = \"k\"\nissuer = \"http://k\"\naudiences = [\"t\"]\n");
+    assert_eq!(e.key, "issuers[0].issuer");
+    let e = err_of("[[issuers]]\nname = \"k\"\nissuer = \"https://k\"\naudiences = []\n");
+    assert_eq!(e.key, "issuers[0].audiences");
+    let e = err_of("[[issuers]]\nname = \"mtls\"\nissuer = \"https://k\"\naudiences = [\"t\"]\n");
+    assert_eq!(e.key, "issuers[0].name");
+    let e = err_of(&format!("{base}jwks_uri = \"http://k/jwks\"\n"));
+    assert_eq!(e.key, "issuers[0].jwks_uri");
+}
+
+#[test]
+fn policy_errors() {
+    let p = "[[policies]]\nname = \"p\"\nmatch = { issuer = \"nobody\" }\naudiences = [\"a\"]\nscopes = [\"s\"]\n";
+    let e = err_of(p);
+    assert_eq!(e.key, "policies[0].match.issuer");
+    let p = "[[policies]]\nname = \"p\"\nmatch = { issuer = \"mtls\", subject = \"\" }\naudiences = [\"a\"]\nscopes = [\"s\"]\n";
+    let e = err_of(p);
+    assert_eq!(e.key, "policies");
+    assert!(e.reason.contains('p'));
+    let p = "[[policies]]\nname = \"p\"\nmatch = { issuer = \"mtls\" }\naudiences = [\"a\"]\nscopes = [\"s\"]\nmax_ttl = \"1h\"\n";
+    let e = err_of(p);
+    assert_eq!(e.key, "policies[0].max_ttl");
+}
+
+#[test]
+fn missing_files_are_named() {
+    let mut c = Config::from_toml_str("f.toml", "").unwrap();
+    c.server.tls_cert = "/definitely/not/here.pem".into();
+    let e = c.check_files().unwrap_err();
+    assert_eq!(e.key, "server.tls_cert");
+    assert!(e.reason.contains("/definitely/not/here.pem"));
+}
