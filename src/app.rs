@@ -1,0 +1,185 @@
+//! Wiring: a validated [`Config`] becomes a running broker.
+//!
+//! [`prepare`] generates development material (only with `[dev]
+//! generate_missing`) and checks every referenced file; [`App::build`] loads
+//! keys, opens the store and builds the pipeline; [`start`] binds the
+//! listeners (port 0 works, for tests) and serves until shut down.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::exchange::Exchanger;
+use crate::identity::oidc::IssuerVerifier;
+use crate::mint::keyring::KeyRing;
+use crate::mint::TokenMinter;
+use crate::store::Stores;
+
+/// How often an issuer's JWKS may be refetched for an unknown `kid`.
+pub const JWKS_REFRESH_COOLDOWN: Duration = Duration::from_secs(30);
+
+/// Everything a request needs.
+pub struct App {
+    /// The validated configuration.
+    pub config: Config,
+    /// The exchange pipeline.
+    pub exchanger: Exchanger,
+    /// Signing keys (published at `/jwks.json`).
+    pub keyring: Arc<KeyRing>,
+    /// The minter (newest key of the configured algorithm).
+    pub minter: Arc<TokenMinter>,
+    /// The stores.
+    pub stores: Stores,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Set when shutdown began: `/readyz` answers 503.
+    pub draining: AtomicBool,
+}
+
+/// Shared handle to the [`App`].
+pub type AppState = Arc<App>;
+
+impl App {
+    /// Loads keys, opens the store and builds the pipeline.
+    pub fn build(config: Config, clock: Arc<dyn Clock>) -> Result<App, String> {
+        let keyring = Arc::new(
+            KeyRing::load_dir(&config.tokens.signing_keys, config.tokens.algorithm)
+                .map_err(|e| format!("tokens.signing_keys: {e}"))?,
+        );
+        let minter = Arc::new(TokenMinter::new(keyring.clone()));
+        let stores = Stores::open(&config.store.url).map_err(|e| format!("store.url: {e}"))?;
+        let mut issuers = Vec::new();
+        for i in &config.issuers {
+            issuers.push(Arc::new(IssuerVerifier::new(
+                i.clone(),
+                JWKS_REFRESH_COOLDOWN,
+            )?));
+        }
+        let exchanger = Exchanger::new(
+            &config,
+            issuers,
+            minter.clone(),
+            stores.clone(),
+            clock.clone(),
+        )?;
+        Ok(App {
+            config,
+            exchanger,
+            keyring,
+            minter,
+            stores,
+            clock,
+            draining: AtomicBool::new(false),
+        })
+    }
+}
+
+/// Generates missing development material when the config allows it, then
+/// checks that every referenced file exists. Returns the files created.
+pub fn prepare(config: &Config) -> Result<Vec<PathBuf>, String> {
+    let mut created = Vec::new();
+    if config.dev_generate_missing {
+        let dev_dir = config
+            .server
+            .tls_cert
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("keys/dev"));
+        created = crate::pki::ensure_dev_material(&dev_dir, &config.tokens.signing_keys)
+            .map_err(|e| format!("generating development material: {e}"))?;
+        for f in &created {
+            tracing::info!(path = %f.display(), "generated missing development material ([dev] generate_missing = true)");
+        }
+    }
+    config.check_files().map_err(|e| e.to_string())?;
+    Ok(created)
+}
+
+/// A running broker.
+pub struct Running {
+    /// The HTTPS address actually bound.
+    pub addr: SocketAddr,
+    /// The ops address actually bound.
+    pub ops_addr: SocketAddr,
+    /// The shared state.
+    pub app: AppState,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Marks the broker as draining (`/readyz` → 503), waits `grace` so load
+    /// balancers notice, stops accepting, and drains in-flight requests.
+    pub async fn shutdown(self, grace: Duration) {
+        self.app.draining.store(true, Ordering::SeqCst);
+        tokio::time::sleep(grace).await;
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Builds the app and serves it on the configured addresses.
+pub async fn start(config: Config) -> Result<Running, String> {
+    start_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// [`start`] with an injected clock.
+pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
+    let tls = crate::server::tls::server_config(
+        &config.server.tls_cert,
+        &config.server.tls_key,
+        &config.server.client_ca,
+    )?;
+    let listen = config.server.listen;
+    let ops_listen = config.server.ops_listen;
+    let app: AppState = Arc::new(App::build(config, clock)?);
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("server.listen: cannot bind {listen}: {e}"))?;
+    let ops = TcpListener::bind(ops_listen)
+        .await
+        .map_err(|e| format!("server.ops_listen: cannot bind {ops_listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let ops_addr = ops.local_addr().map_err(|e| e.to_string())?;
+    let (tx, rx) = watch::channel(false);
+
+    let router = crate::routes::router(app.clone());
+    let limits = app.config.limits.clone();
+    let mut rx1 = rx.clone();
+    let https = tokio::spawn(async move {
+        crate::server::serve_https(listener, tls, router, limits, async move {
+            let _ = rx1.wait_for(|v| *v).await;
+        })
+        .await;
+    });
+    let ops_router = crate::routes::ops_router(app.clone());
+    let mut rx2 = rx;
+    let ops_task = tokio::spawn(async move {
+        let r = axum::serve(ops, ops_router)
+            .with_graceful_shutdown(async move {
+                let _ = rx2.wait_for(|v| *v).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "ops listener failed");
+        }
+    });
+    tracing::info!(%addr, %ops_addr, issuer = %app.config.server.issuer, store = %app.config.store.url, "tessera serving");
+    Ok(Running {
+        addr,
+        ops_addr,
+        app,
+        shutdown: tx,
+        tasks: vec![https, ops_task],
+    })
+}

@@ -1,0 +1,198 @@
+//! Operator verbs that work offline: `config check`, `keys generate`,
+//! `keys list`, `token decode`. Each returns the process exit code
+//! (0 success, 1 refused or failed, 2 bad usage) and prints errors to stderr.
+
+use std::io::Read;
+use std::path::Path;
+
+use base64::Engine;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::mint::keyring::{generate_key_file, KeyRing};
+use crate::mint::SigningAlgorithm;
+
+/// `tessera config check [--config PATH]`.
+pub fn config_check(path: &Path, as_json: bool) -> i32 {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let mut notes = Vec::new();
+    if let Err(e) = cfg.check_files() {
+        if cfg.dev_generate_missing {
+            notes.push(format!(
+                "{} (will be generated at start-up: [dev] generate_missing = true)",
+                e
+            ));
+        } else {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    }
+    if cfg.dev_generate_missing {
+        notes.push("[dev] generate_missing = true: development only, never in production".into());
+    }
+    if as_json {
+        println!(
+            "{}",
+            json!({"ok": true, "file": path.display().to_string(), "issuers": cfg.issuers.len(),
+                   "policies": cfg.policies.len(), "store": cfg.store.url, "notes": notes})
+        );
+    } else {
+        println!(
+            "{}: OK ({} issuer(s), {} polic{}, store {})",
+            path.display(),
+            cfg.issuers.len(),
+            cfg.policies.len(),
+            if cfg.policies.len() == 1 { "y" } else { "ies" },
+            cfg.store.url
+        );
+        for n in notes {
+            println!("note: {n}");
+        }
+    }
+    0
+}
+
+/// `tessera keys generate [--algorithm ES256|EdDSA|RS256] [--dir DIR]`.
+pub fn keys_generate(alg: &str, dir: &Path, as_json: bool) -> i32 {
+    let Ok(alg) = alg.parse::<SigningAlgorithm>() else {
+        eprintln!("error: --algorithm `{alg}` is not one of ES256, EdDSA, RS256");
+        return 2;
+    };
+    match generate_key_file(dir, alg) {
+        Ok(path) => {
+            let kid = KeyRing::load_dir(dir, alg)
+                .ok()
+                .and_then(|k| {
+                    k.keys()
+                        .iter()
+                        .find(|x| x.path() == Some(path.as_path()))
+                        .map(|x| x.kid().to_string())
+                })
+                .unwrap_or_default();
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"path": path.display().to_string(), "algorithm": alg.as_str(), "kid": kid})
+                );
+            } else {
+                println!("wrote {} ({}, kid {})", path.display(), alg.as_str(), kid);
+                println!("It is published at once and signs from now on (the newest key of the configured algorithm signs).");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// `tessera keys list [--dir DIR]`: the local key directory.
+pub fn keys_list(dir: &Path, algorithm: &str, as_json: bool) -> i32 {
+    let Ok(alg) = algorithm.parse::<SigningAlgorithm>() else {
+        eprintln!("error: --algorithm `{algorithm}` is not one of ES256, EdDSA, RS256");
+        return 2;
+    };
+    let ring = match KeyRing::load_dir(dir, alg) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let signing = ring.signing_key().kid().to_string();
+    if as_json {
+        let keys: Vec<_> = ring
+            .keys()
+            .iter()
+            .map(|k| json!({"kid": k.kid(), "algorithm": k.algorithm().as_str(),
+                            "path": k.path().map(|p| p.display().to_string()), "signing": k.kid() == signing}))
+            .collect();
+        println!("{}", json!({"keys": keys}));
+    } else {
+        println!("{:<45} {:<7} {:<8} PATH", "KID", "ALG", "SIGNS");
+        for k in ring.keys() {
+            println!(
+                "{:<45} {:<7} {:<8} {}",
+                k.kid(),
+                k.algorithm().as_str(),
+                if k.kid() == signing { "yes" } else { "no" },
+                k.path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            );
+        }
+    }
+    0
+}
+
+/// `tessera token decode TOKEN` (`-` reads standard input): offline, no
+/// verification, and says so.
+pub fn token_decode(token: &str, as_json: bool) -> i32 {
+    let mut buf = String::new();
+    let token = if token == "-" {
+        if std::io::stdin()
+            .take(1 << 20)
+            .read_to_string(&mut buf)
+            .is_err()
+        {
+            eprintln!("error: cannot read the token from standard input");
+            return 1;
+        }
+        buf.trim()
+    } else {
+        token.trim()
+    };
+    let parts: Vec<&str> = token.split('.').collect();
+    if parts.len() != 3 {
+        eprintln!(
+            "error: not a compact JWS (expected 3 dot-separated parts, found {})",
+            parts.len()
+        );
+        return 1;
+    }
+    let dec = |s: &str, what: &str| -> Result<serde_json::Value, String> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|e| format!("{what} is not base64url: {e}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("{what} is not JSON: {e}"))
+    };
+    let (header, claims) = match (dec(parts[0], "header"), dec(parts[1], "payload")) {
+        (Ok(h), Ok(c)) => (h, c),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    if as_json {
+        println!(
+            "{}",
+            json!({"verified": false, "header": header, "claims": claims})
+        );
+    } else {
+        println!("NOT VERIFIED: decoded offline; the signature was not checked.");
+        println!(
+            "header: {}",
+            serde_json::to_string_pretty(&header).unwrap_or_default()
+        );
+        println!(
+            "claims: {}",
+            serde_json::to_string_pretty(&claims).unwrap_or_default()
+        );
+        let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+        if let Some(exp) = claims.get("exp").and_then(|v| v.as_u64()) {
+            if exp <= now {
+                println!("expired {}s ago", now - exp);
+            } else {
+                println!("expires in {}s", exp - now);
+            }
+        }
+    }
+    0
+}

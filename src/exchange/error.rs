@@ -1,0 +1,74 @@
+//! The domain outcome of a refused exchange, with full detail for the log and
+//! audit record. `oauth::error` maps it to the wire in one table.
+
+/// Why an exchange was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ExchangeError {
+    /// The request's shape (a parse-level reason code).
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    /// The subject token is invalid, expired, revoked, untrusted or unusable.
+    #[error("subject token rejected: {0}")]
+    SubjectToken(&'static str),
+    /// The actor token is invalid or not acceptable.
+    #[error("actor token rejected: {0}")]
+    ActorToken(&'static str),
+    /// Client authentication failed (client certificate missing where
+    /// required, or not a usable identity).
+    #[error("client authentication failed: {0}")]
+    ClientAuth(&'static str),
+    /// No policy matches the subject.
+    #[error("no policy matches the subject")]
+    NoPolicy,
+    /// Matching policies exist but none allows the audience.
+    #[error("no matching policy allows the target")]
+    Target,
+    /// A requested scope is not allowed (names the refused scopes for the log).
+    #[error("scope refused: {0}")]
+    Scope(String),
+    /// The subject is blocked by the kill switch.
+    #[error("subject is blocked")]
+    Blocked,
+    /// No lifetime is left (the subject credential expires too soon).
+    #[error("no lifetime left")]
+    NoLifetime,
+    /// A feature the request needs is not enabled.
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
+    /// The store could not answer: fail closed.
+    #[error("store unavailable: {0}")]
+    StoreUnavailable(String),
+    /// An issuer's keys could not be fetched: fail closed.
+    #[error("issuer keys unavailable: {0}")]
+    KeysUnavailable(String),
+    /// Signing failed: fail closed.
+    #[error("signing failed: {0}")]
+    Signing(String),
+}
+
+impl ExchangeError {
+    /// A stable reason code for metrics and audit records.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Malformed(r)
+            | Self::SubjectToken(r)
+            | Self::ActorToken(r)
+            | Self::ClientAuth(r) => r,
+            Self::Unsupported(r) => r,
+            Self::NoPolicy => "no_matching_policy",
+            Self::Target => "target_not_allowed",
+            Self::Scope(_) => "scope_not_allowed",
+            Self::Blocked => "subject_blocked",
+            Self::NoLifetime => "no_lifetime_left",
+            Self::StoreUnavailable(_) => "store_unavailable",
+            Self::KeysUnavailable(_) => "issuer_keys_unavailable",
+            Self::Signing(_) => "signing_failed",
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ExchangeError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::StoreUnavailable(e.to_string())
+    }
+}

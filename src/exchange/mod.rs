@@ -1,0 +1,321 @@
+//! The exchange pipeline, free of HTTP: authenticate the subject (client
+//! certificate or OIDC token), decide by policy, consult the store, mint.
+//!
+//! Order matters and is fixed: parse → authenticate → kill switch → policy →
+//! tiers → lifetime → mint. Nothing is minted unless every step said yes;
+//! a dependency that fails makes the whole exchange fail (closed).
+
+pub mod error;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+pub use error::ExchangeError;
+
+use crate::clock::Clock;
+use crate::config::{Config, MTLS_ISSUER};
+use crate::identity::oidc::{IssuerVerifier, OidcError};
+use crate::identity::peer::PeerIdentity;
+use crate::jose::jws;
+use crate::mint::claims::{AccessTokenClaims, Confirmation};
+use crate::mint::TokenMinter;
+use crate::oauth::request::{GrantType, TokenRequest, TokenType};
+use crate::policy::{Denial, PolicySet, Subject};
+use crate::store::Stores;
+
+/// What the TLS layer established about the caller.
+#[derive(Debug, Clone, Default)]
+pub enum Peer {
+    /// No client certificate.
+    #[default]
+    Anonymous,
+    /// A verified client certificate that is a usable identity.
+    Identified(Arc<PeerIdentity>),
+    /// A client certificate that chained to a trusted CA but is not a usable
+    /// workload identity (the reason code says why).
+    Unusable(&'static str),
+}
+
+/// A successful exchange.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The signed JWT.
+    pub access_token: String,
+    /// `issued_token_type`.
+    pub issued_token_type: TokenType,
+    /// `token_type` (`Bearer`).
+    pub token_type: &'static str,
+    /// Seconds until `exp`.
+    pub expires_in: u64,
+    /// Granted scopes.
+    pub scope: String,
+    /// The claims minted (for the audit record).
+    pub claims: AccessTokenClaims,
+    /// The policy that granted it.
+    pub policy: String,
+}
+
+/// The authenticated subject of an exchange.
+#[derive(Debug, Clone)]
+struct AuthenticatedSubject {
+    issuer_name: String,
+    sub: String,
+    claims: Option<Map<String, Value>>,
+    /// The subject credential's own end of life.
+    not_after: u64,
+}
+
+/// Runs exchanges. Built once at start-up; cheap to share.
+pub struct Exchanger {
+    issuer: String,
+    default_ttl: u64,
+    max_ttl: u64,
+    issuers: HashMap<String, Arc<IssuerVerifier>>,
+    policies: PolicySet,
+    minter: Arc<TokenMinter>,
+    stores: Stores,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Exchanger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchanger")
+            .field("issuer", &self.issuer)
+            .finish()
+    }
+}
+
+impl Exchanger {
+    /// Builds the pipeline from a validated config and its parts.
+    pub fn new(
+        cfg: &Config,
+        issuers: Vec<Arc<IssuerVerifier>>,
+        minter: Arc<TokenMinter>,
+        stores: Stores,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
+        let policies = PolicySet::compile(cfg.policies.clone()).map_err(|e| e.to_string())?;
+        Ok(Self {
+            issuer: cfg.server.issuer.clone(),
+            default_ttl: cfg.tokens.default_ttl.as_secs(),
+            max_ttl: cfg.tokens.max_ttl.as_secs(),
+            issuers: issuers
+                .into_iter()
+                .map(|v| (v.config().issuer.clone(), v))
+                .collect(),
+            policies,
+            minter,
+            stores,
+            clock,
+        })
+    }
+
+    /// The configured issuers' verifiers, by `iss`.
+    pub fn issuers(&self) -> impl Iterator<Item = &Arc<IssuerVerifier>> {
+        self.issuers.values()
+    }
+
+    /// Runs one exchange.
+    pub async fn exchange(&self, req: TokenRequest, peer: &Peer) -> Result<Issued, ExchangeError> {
+        let now = self.clock.now();
+        let peer_id = match peer {
+            Peer::Unusable(r) => return Err(ExchangeError::ClientAuth(r)),
+            // A resumed TLS session keeps the original certificate: check its
+            // validity on every request, not only at the handshake.
+            Peer::Identified(p) if p.not_after <= now => {
+                return Err(ExchangeError::ClientAuth("client_certificate_expired"))
+            }
+            Peer::Identified(p) => Some(p.clone()),
+            Peer::Anonymous => None,
+        };
+
+        // Delegation and re-exchange are separate capabilities.
+        if req.actor_token.is_some() {
+            return Err(ExchangeError::Unsupported("delegation_not_enabled"));
+        }
+
+        let subject = match (req.grant_type, req.subject_token_type) {
+            (GrantType::ClientCredentials, _) | (_, TokenType::Mtls) => {
+                let p = peer_id
+                    .as_ref()
+                    .ok_or(ExchangeError::ClientAuth("client_certificate_required"))?;
+                if let Some(t) = &req.subject_token {
+                    if t != &p.thumbprint {
+                        return Err(ExchangeError::SubjectToken("mtls_thumbprint_mismatch"));
+                    }
+                }
+                AuthenticatedSubject {
+                    issuer_name: MTLS_ISSUER.to_string(),
+                    sub: p.subject.clone(),
+                    claims: None,
+                    not_after: p.not_after,
+                }
+            }
+            (_, TokenType::Jwt | TokenType::IdToken) => {
+                let token = req
+                    .subject_token
+                    .as_deref()
+                    .ok_or(ExchangeError::Malformed("subject_token_missing"))?;
+                self.authenticate_jwt(token, now).await?
+            }
+            (_, TokenType::AccessToken) => {
+                return Err(ExchangeError::Unsupported("reexchange_not_enabled"));
+            }
+        };
+
+        // Kill switch: the subject, and the presenting workload.
+        if self
+            .stores
+            .revocations
+            .is_blocked(&subject.sub, now)
+            .await?
+        {
+            return Err(ExchangeError::Blocked);
+        }
+        if let Some(p) = &peer_id {
+            if p.subject != subject.sub
+                && self.stores.revocations.is_blocked(&p.subject, now).await?
+            {
+                return Err(ExchangeError::Blocked);
+            }
+        }
+
+        // Policy: one policy must allow the audience and every scope.
+        let subj = Subject {
+            issuer: &subject.issuer_name,
+            subject: &subject.sub,
+            claims: subject.claims.as_ref(),
+        };
+        let audience = req.target.as_str();
+        let policy = self
+            .policies
+            .decide(&subj, audience, &req.scope)
+            .map_err(|d| match d {
+                Denial::NoMatchingPolicy => ExchangeError::NoPolicy,
+                Denial::AudienceNotAllowed => ExchangeError::Target,
+                Denial::ScopeNotAllowed { refused } => ExchangeError::Scope(refused.to_string()),
+            })?;
+
+        // Tiered scopes need a live JIT grant or a human approval; neither
+        // store exists in this build, so such scopes are refused (closed).
+        for s in req.scope.iter() {
+            if policy.is_jit_scope(s) || policy.is_approval_scope(s) {
+                return Err(ExchangeError::Scope(s.to_string()));
+            }
+        }
+        if policy.require_binding() && peer_id.is_none() {
+            return Err(ExchangeError::ClientAuth("binding_required"));
+        }
+
+        // Lifetime: min(asked or default, policy max, global max, subject's own end).
+        let asked = req.expires_in.unwrap_or(self.default_ttl);
+        let policy_max = policy
+            .max_ttl()
+            .map(|d| d.as_secs())
+            .unwrap_or(self.max_ttl);
+        let ttl = asked.min(policy_max).min(self.max_ttl);
+        let mut exp = now.saturating_add(ttl).min(subject.not_after);
+        if let Some(p) = &peer_id {
+            exp = exp.min(p.not_after);
+        }
+        if exp <= now {
+            return Err(ExchangeError::NoLifetime);
+        }
+
+        let claims = AccessTokenClaims {
+            iss: self.issuer.clone(),
+            sub: subject.sub.clone(),
+            aud: audience.to_string(),
+            exp,
+            iat: now,
+            nbf: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            client_id: peer_id
+                .as_ref()
+                .map(|p| p.subject.clone())
+                .unwrap_or_else(|| subject.sub.clone()),
+            scope: req.scope.to_string(),
+            txn: req
+                .task
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            act: None,
+            cnf: peer_id.as_ref().map(|p| Confirmation {
+                x5t_s256: Some(p.thumbprint.clone()),
+                jkt: None,
+            }),
+            grant: None,
+            owner: policy.owner().map(str::to_string),
+            authorization_details: req.authorization_details.clone(),
+        };
+        let access_token = self
+            .minter
+            .mint(&claims)
+            .map_err(|e| ExchangeError::Signing(e.to_string()))?;
+        Ok(Issued {
+            access_token,
+            issued_token_type: req.requested_token_type.unwrap_or(TokenType::AccessToken),
+            token_type: "Bearer",
+            expires_in: exp - now,
+            scope: claims.scope.clone(),
+            policy: policy.name().to_string(),
+            claims,
+        })
+    }
+
+    async fn authenticate_jwt(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<AuthenticatedSubject, ExchangeError> {
+        let parsed = jws::decode(token).map_err(|e| ExchangeError::SubjectToken(e.reason()))?;
+        // Explicit typing (RFC 8725 §3.11): a subject token is a plain JWT or an
+        // ID token, never an access token, a logout/SET or a DPoP proof.
+        if let Some(typ) = parsed.header().typ.as_deref() {
+            if !typ.eq_ignore_ascii_case("JWT") && !typ.eq_ignore_ascii_case("application/jwt") {
+                return Err(ExchangeError::SubjectToken("typ_not_accepted"));
+            }
+        }
+        let iss = parsed
+            .unverified_claims()
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or(ExchangeError::SubjectToken("iss_missing"))?;
+        if iss == self.issuer {
+            return Err(ExchangeError::Unsupported("reexchange_not_enabled"));
+        }
+        let verifier = self
+            .issuers
+            .get(iss)
+            .cloned()
+            .ok_or(ExchangeError::SubjectToken("issuer_not_trusted"))?;
+        let v = verifier.verify(parsed, now).await.map_err(|e| match e {
+            OidcError::Rejected(r) => ExchangeError::SubjectToken(r),
+            OidcError::Unavailable(d) => ExchangeError::KeysUnavailable(d),
+        })?;
+        let cfg = verifier.config();
+        if cfg.single_use {
+            let jti = v
+                .jti
+                .as_deref()
+                .ok_or(ExchangeError::SubjectToken("jti_missing"))?;
+            let until = v.exp.saturating_add(cfg.leeway.as_secs());
+            if !self
+                .stores
+                .replay
+                .first_use(&cfg.name, jti, until, now)
+                .await?
+            {
+                return Err(ExchangeError::SubjectToken("jti_replayed"));
+            }
+        }
+        Ok(AuthenticatedSubject {
+            issuer_name: cfg.name.clone(),
+            sub: v.sub.clone(),
+            not_after: v.exp,
+            claims: Some(v.claims),
+        })
+    }
+}

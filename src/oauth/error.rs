@@ -1,0 +1,273 @@
+//! The single place where outcomes become OAuth error responses on the wire
+//! (RFC 6749 §5.2, RFC 8693 §2.2.2). Descriptions are generic by design: the
+//! precise reason goes to the log and audit record, never to the caller.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// The error codes Tessera answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Malformed request, or a subject/actor token that is unacceptable.
+    InvalidRequest,
+    /// Client authentication failed (a client certificate that is not a usable identity).
+    InvalidClient,
+    /// A JIT grant or approval that does not apply.
+    InvalidGrant,
+    /// A scope the matching policy does not allow.
+    InvalidScope,
+    /// An audience/resource the matching policy does not allow.
+    InvalidTarget,
+    /// `grant_type` other than token exchange or client credentials.
+    UnsupportedGrantType,
+    /// `token_type_hint` not understood (RFC 7009).
+    UnsupportedTokenType,
+    /// A human approval is pending.
+    AuthorizationPending,
+    /// The human approver said no.
+    AccessDenied,
+    /// The approval expired.
+    ExpiredToken,
+    /// Too fast: polling faster than `interval`, or rate limited.
+    SlowDown,
+    /// Malformed RFC 9396 `authorization_details`.
+    InvalidAuthorizationDetails,
+    /// A dependency (store, key, issuer) is unavailable: fail closed.
+    TemporarilyUnavailable,
+    /// Unexpected internal failure.
+    ServerError,
+}
+
+impl ErrorCode {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidClient => "invalid_client",
+            Self::InvalidGrant => "invalid_grant",
+            Self::InvalidScope => "invalid_scope",
+            Self::InvalidTarget => "invalid_target",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::UnsupportedTokenType => "unsupported_token_type",
+            Self::AuthorizationPending => "authorization_pending",
+            Self::AccessDenied => "access_denied",
+            Self::ExpiredToken => "expired_token",
+            Self::SlowDown => "slow_down",
+            Self::InvalidAuthorizationDetails => "invalid_authorization_details",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::ServerError => "server_error",
+        }
+    }
+
+    /// The HTTP status for this code.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidClient => StatusCode::UNAUTHORIZED,
+            Self::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The fixed, generic description: never echoes input or policy.
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "the request or a token in it was rejected",
+            Self::InvalidClient => "client authentication failed",
+            Self::InvalidGrant => "the grant does not apply to this request",
+            Self::InvalidScope => "a requested scope is not permitted",
+            Self::InvalidTarget => "the requested target is not permitted",
+            Self::UnsupportedGrantType => "unsupported grant_type",
+            Self::UnsupportedTokenType => "unsupported token_type_hint",
+            Self::AuthorizationPending => "waiting for human approval",
+            Self::AccessDenied => "the request was denied",
+            Self::ExpiredToken => "the approval expired",
+            Self::SlowDown => "slow down",
+            Self::InvalidAuthorizationDetails => "authorization_details rejected",
+            Self::TemporarilyUnavailable => "temporarily unavailable, retry later",
+            Self::ServerError => "internal error",
+        }
+    }
+}
+
+/// An OAuth error response, with optional extra members (`approval_id`,
+/// `interval`) and a `Retry-After` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    /// The code.
+    pub code: ErrorCode,
+    /// Seconds for `Retry-After` (503 and 429).
+    pub retry_after: Option<u64>,
+    /// HTTP status override (429 for rate-limit `slow_down`).
+    pub status: Option<StatusCode>,
+    /// `approval_id` member for `authorization_pending`.
+    pub approval_id: Option<String>,
+    /// `interval` member for `authorization_pending`.
+    pub interval: Option<u64>,
+}
+
+impl OAuthError {
+    /// An error with just a code.
+    pub fn new(code: ErrorCode) -> Self {
+        let retry_after = (code == ErrorCode::TemporarilyUnavailable).then_some(1);
+        Self {
+            code,
+            retry_after,
+            status: None,
+            approval_id: None,
+            interval: None,
+        }
+    }
+
+    /// `429 slow_down` with `Retry-After`.
+    pub fn rate_limited(retry_after: u64) -> Self {
+        Self {
+            code: ErrorCode::SlowDown,
+            retry_after: Some(retry_after),
+            status: Some(StatusCode::TOO_MANY_REQUESTS),
+            approval_id: None,
+            interval: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'static str,
+    error_description: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interval: Option<u64>,
+}
+
+/// Adds `Cache-Control: no-store` and `Pragma: no-cache` (RFC 6749 §5.1).
+pub fn no_store(resp: &mut Response) {
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: self.code.as_str(),
+            error_description: self.code.description(),
+            approval_id: self.approval_id.as_deref(),
+            interval: self.interval,
+        };
+        let status = self.status.unwrap_or_else(|| self.code.status());
+        let mut resp = (status, axum::Json(body)).into_response();
+        no_store(&mut resp);
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.code == ErrorCode::InvalidClient {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Mutual-TLS realm=\"tessera\""),
+            );
+        }
+        resp
+    }
+}
+
+impl From<ErrorCode> for OAuthError {
+    fn from(code: ErrorCode) -> Self {
+        Self::new(code)
+    }
+}
+
+/// The one table from domain outcomes to wire codes (RFC 8693 §2.2.2: a bad
+/// subject or actor token is `invalid_request`, never `invalid_grant`).
+impl From<&crate::exchange::ExchangeError> for OAuthError {
+    fn from(e: &crate::exchange::ExchangeError) -> Self {
+        use crate::exchange::ExchangeError as E;
+        let code = match e {
+            E::Malformed(_)
+            | E::SubjectToken(_)
+            | E::ActorToken(_)
+            | E::NoPolicy
+            | E::Blocked
+            | E::NoLifetime
+            | E::Unsupported(_) => ErrorCode::InvalidRequest,
+            E::ClientAuth(_) => ErrorCode::InvalidClient,
+            E::Target => ErrorCode::InvalidTarget,
+            E::Scope(_) => ErrorCode::InvalidScope,
+            E::StoreUnavailable(_) | E::KeysUnavailable(_) | E::Signing(_) => {
+                ErrorCode::TemporarilyUnavailable
+            }
+        };
+        OAuthError::new(code)
+    }
+}
+
+impl From<&crate::oauth::request::RequestError> for OAuthError {
+    fn from(e: &crate::oauth::request::RequestError) -> Self {
+        OAuthError::new(e.code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Snapshot of every error body, so a misspelt code cannot ship.
+    #[tokio::test]
+    async fn every_error_body_snapshot() {
+        let all = [
+            (ErrorCode::InvalidRequest, 400, "invalid_request"),
+            (ErrorCode::InvalidClient, 401, "invalid_client"),
+            (ErrorCode::InvalidGrant, 400, "invalid_grant"),
+            (ErrorCode::InvalidScope, 400, "invalid_scope"),
+            (ErrorCode::InvalidTarget, 400, "invalid_target"),
+            (
+                ErrorCode::UnsupportedGrantType,
+                400,
+                "unsupported_grant_type",
+            ),
+            (
+                ErrorCode::UnsupportedTokenType,
+                400,
+                "unsupported_token_type",
+            ),
+            (
+                ErrorCode::AuthorizationPending,
+                400,
+                "authorization_pending",
+            ),
+            (ErrorCode::AccessDenied, 400, "access_denied"),
+            (ErrorCode::ExpiredToken, 400, "expired_token"),
+            (ErrorCode::SlowDown, 400, "slow_down"),
+            (
+                ErrorCode::InvalidAuthorizationDetails,
+                400,
+                "invalid_authorization_details",
+            ),
+            (
+                ErrorCode::TemporarilyUnavailable,
+                503,
+                "temporarily_unavailable",
+            ),
+            (ErrorCode::ServerError, 500, "server_error"),
+        ];
+        for (code, status, wire) in all {
+            let resp = OAuthError::new(code).into_response();
+            assert_eq!(resp.status().as_u16(), status, "{wire}");
+            assert_eq!(resp.headers()["cache-control"], "no-store");
+            assert_eq!(resp.headers()["pragma"], "no-cache");
+            let bytes = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(v["error"], wire);
+            assert_eq!(v["error_description"], code.description());
+            assert_eq!(v.as_object().unwrap().len(), 2);
+        }
+        let r = OAuthError::rate_limited(3).into_response();
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["retry-after"], "3");
+        let r = OAuthError::new(ErrorCode::TemporarilyUnavailable).into_response();
+        assert_eq!(r.headers()["retry-after"], "1");
+    }
+}

@@ -1,0 +1,586 @@
+//! `POST /token` form → [`TokenRequest`]: the RFC 6749 / 8693 request rules
+//! (form content type, no repeated parameters, token types, one target).
+
+use std::collections::HashMap;
+
+use crate::oauth::error::ErrorCode;
+use crate::policy::scope::ScopeSet;
+
+/// Token-exchange grant type URN.
+pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// Client-credentials grant type.
+pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
+/// Most parameters a form may carry.
+pub const MAX_FORM_PARAMS: usize = 64;
+/// Longest `task` value.
+pub const MAX_TASK_LEN: usize = 128;
+/// Longest `approval_id` value.
+pub const MAX_APPROVAL_ID_LEN: usize = 128;
+/// Largest `expires_in` a caller may ask for (the lifetime rules cap it further).
+pub const MAX_EXPIRES_IN: u64 = 86_400;
+
+/// Token type URNs (RFC 8693 §3, plus Tessera's `mtls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    /// `urn:ietf:params:oauth:token-type:jwt`
+    Jwt,
+    /// `urn:ietf:params:oauth:token-type:id_token`
+    IdToken,
+    /// `urn:ietf:params:oauth:token-type:access_token`
+    AccessToken,
+    /// `urn:ietf:params:oauth:token-type:mtls`: the TLS client certificate.
+    Mtls,
+}
+
+impl TokenType {
+    /// The URN.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jwt => "urn:ietf:params:oauth:token-type:jwt",
+            Self::IdToken => "urn:ietf:params:oauth:token-type:id_token",
+            Self::AccessToken => "urn:ietf:params:oauth:token-type:access_token",
+            Self::Mtls => "urn:ietf:params:oauth:token-type:mtls",
+        }
+    }
+
+    /// Parses a URN exactly.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Jwt, Self::IdToken, Self::AccessToken, Self::Mtls]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+}
+
+/// The grant types `/token` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantType {
+    /// RFC 8693 token exchange.
+    TokenExchange,
+    /// `client_credentials` over mTLS: shorthand for an exchange whose subject is the certificate.
+    ClientCredentials,
+}
+
+/// The requested target (RFC 8693 `audience` or RFC 8707 `resource`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A logical audience name.
+    Audience(String),
+    /// An absolute URI.
+    Resource(String),
+}
+
+impl Target {
+    /// The value that becomes `aud`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Audience(s) | Self::Resource(s) => s,
+        }
+    }
+}
+
+/// A parsed, shape-checked `/token` request.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    /// `grant_type`.
+    pub grant_type: GrantType,
+    /// `subject_token` (absent for mTLS subjects).
+    pub subject_token: Option<String>,
+    /// `subject_token_type`.
+    pub subject_token_type: TokenType,
+    /// `actor_token`.
+    pub actor_token: Option<String>,
+    /// `actor_token_type`.
+    pub actor_token_type: Option<TokenType>,
+    /// The one target.
+    pub target: Target,
+    /// `scope`.
+    pub scope: ScopeSet,
+    /// `requested_token_type` (`None`: access token).
+    pub requested_token_type: Option<TokenType>,
+    /// `expires_in`.
+    pub expires_in: Option<u64>,
+    /// `task`.
+    pub task: Option<String>,
+    /// `approval_id`.
+    pub approval_id: Option<String>,
+    /// `authorization_details` (RFC 9396), shape-checked.
+    pub authorization_details: Option<serde_json::Value>,
+}
+
+/// Why a request was refused while parsing: the wire code and an audit reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError {
+    /// Wire code.
+    pub code: ErrorCode,
+    /// Stable reason code for logs and audit.
+    pub reason: &'static str,
+}
+
+fn bad(code: ErrorCode, reason: &'static str) -> RequestError {
+    RequestError { code, reason }
+}
+
+/// Checks the `Content-Type` of a `/token` request: form encoding, UTF-8 only.
+pub fn check_content_type(ct: Option<&str>) -> Result<(), RequestError> {
+    let ct = ct.ok_or(bad(ErrorCode::InvalidRequest, "content_type_missing"))?;
+    let mut parts = ct.split(';');
+    let mime = parts.next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(bad(ErrorCode::InvalidRequest, "content_type_not_form"));
+    }
+    for p in parts {
+        let p = p.trim();
+        if p.is_empty() {
+            continue;
+        }
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        let v = v.trim().trim_matches('"');
+        if !(k.trim().eq_ignore_ascii_case("charset") && v.eq_ignore_ascii_case("utf-8")) {
+            return Err(bad(ErrorCode::InvalidRequest, "content_type_parameter"));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes `application/x-www-form-urlencoded` strictly: percent-decoded bytes
+/// must be UTF-8 (no lossy replacement), at most [`MAX_FORM_PARAMS`] pairs.
+/// Returns each name with every value it was given.
+pub fn parse_form(body: &[u8]) -> Result<HashMap<String, Vec<String>>, RequestError> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    let mut count = 0usize;
+    for pair in body.split(|b| *b == b'&') {
+        if pair.is_empty() {
+            continue;
+        }
+        count += 1;
+        if count > MAX_FORM_PARAMS {
+            return Err(bad(ErrorCode::InvalidRequest, "too_many_parameters"));
+        }
+        let (k, v) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &b""[..]),
+        };
+        let k = decode_component(k)?;
+        let v = decode_component(v)?;
+        out.entry(k).or_default().push(v);
+    }
+    Ok(out)
+}
+
+fn decode_component(raw: &[u8]) -> Result<String, RequestError> {
+    let plus: Vec<u8> = raw
+        .iter()
+        .map(|b| if *b == b'+' { b' ' } else { *b })
+        .collect();
+    let bytes: Vec<u8> = percent_encoding::percent_decode(&plus).collect();
+    String::from_utf8(bytes).map_err(|_| bad(ErrorCode::InvalidRequest, "form_not_utf8"))
+}
+
+/// Builds a [`TokenRequest`] from the decoded form.
+pub fn token_request(
+    form: &HashMap<String, Vec<String>>,
+    max_token_bytes: usize,
+) -> Result<TokenRequest, RequestError> {
+    // RFC 6749 §3.2: parameters MUST NOT repeat (audience/resource are
+    // counted separately: more than one target is invalid_target).
+    for (k, vs) in form {
+        if vs.len() > 1 && k != "audience" && k != "resource" {
+            return Err(bad(ErrorCode::InvalidRequest, "repeated_parameter"));
+        }
+    }
+    // RFC 6749 §3.1: a parameter without a value is treated as omitted.
+    let one = |k: &str| -> Option<&str> {
+        form.get(k)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+    };
+
+    let grant_type = match one("grant_type") {
+        None => return Err(bad(ErrorCode::InvalidRequest, "grant_type_missing")),
+        Some(GRANT_TOKEN_EXCHANGE) => GrantType::TokenExchange,
+        Some(GRANT_CLIENT_CREDENTIALS) => GrantType::ClientCredentials,
+        Some(_) => {
+            return Err(bad(
+                ErrorCode::UnsupportedGrantType,
+                "grant_type_unsupported",
+            ))
+        }
+    };
+
+    let token_type = |k: &str, missing: &'static str| -> Result<Option<TokenType>, RequestError> {
+        match one(k) {
+            None => {
+                if missing.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(bad(ErrorCode::InvalidRequest, missing))
+                }
+            }
+            Some(s) => TokenType::parse(s)
+                .map(Some)
+                .ok_or(bad(ErrorCode::InvalidRequest, "token_type_unknown")),
+        }
+    };
+
+    let (subject_token_type, subject_token) = match grant_type {
+        GrantType::TokenExchange => {
+            let t = token_type("subject_token_type", "subject_token_type_missing")?
+                .ok_or(bad(ErrorCode::InvalidRequest, "subject_token_type_missing"))?;
+            let tok = one("subject_token").map(str::to_string);
+            if tok.is_none() && t != TokenType::Mtls {
+                return Err(bad(ErrorCode::InvalidRequest, "subject_token_missing"));
+            }
+            (t, tok)
+        }
+        GrantType::ClientCredentials => {
+            if one("subject_token").is_some() || one("subject_token_type").is_some() {
+                return Err(bad(
+                    ErrorCode::InvalidRequest,
+                    "subject_token_with_client_credentials",
+                ));
+            }
+            (TokenType::Mtls, None)
+        }
+    };
+    let actor_token = one("actor_token").map(str::to_string);
+    let actor_token_type = token_type("actor_token_type", "")?;
+    // RFC 8693 §2.1: actor_token_type is required with actor_token and must not be sent without it.
+    if actor_token.is_some() != actor_token_type.is_some() {
+        return Err(bad(ErrorCode::InvalidRequest, "actor_token_pairing"));
+    }
+    for t in [&subject_token, &actor_token].into_iter().flatten() {
+        if t.len() > max_token_bytes {
+            return Err(bad(ErrorCode::InvalidRequest, "token_too_large"));
+        }
+    }
+
+    // Exactly one target.
+    let auds: Vec<&String> = form
+        .get("audience")
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .collect();
+    let ress: Vec<&String> = form
+        .get("resource")
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .collect();
+    let target = match (auds.as_slice(), ress.as_slice()) {
+        ([a], []) => Target::Audience((*a).clone()),
+        ([], [r]) => {
+            if !is_absolute_uri_without_fragment(r) {
+                return Err(bad(ErrorCode::InvalidTarget, "resource_not_absolute_uri"));
+            }
+            Target::Resource((*r).clone())
+        }
+        ([], []) => return Err(bad(ErrorCode::InvalidTarget, "target_missing")),
+        _ => return Err(bad(ErrorCode::InvalidTarget, "more_than_one_target")),
+    };
+    if target.as_str().len() > 1024 || target.as_str().chars().any(char::is_control) {
+        return Err(bad(ErrorCode::InvalidTarget, "target_malformed"));
+    }
+
+    let scope = match one("scope") {
+        None => return Err(bad(ErrorCode::InvalidScope, "scope_missing")),
+        Some(s) => s
+            .parse::<ScopeSet>()
+            .map_err(|_| bad(ErrorCode::InvalidScope, "scope_malformed"))?,
+    };
+
+    let requested_token_type = match token_type("requested_token_type", "")? {
+        None | Some(TokenType::AccessToken) => None,
+        Some(TokenType::Jwt) => Some(TokenType::Jwt),
+        Some(_) => {
+            return Err(bad(
+                ErrorCode::InvalidRequest,
+                "requested_token_type_unsupported",
+            ))
+        }
+    };
+
+    let expires_in = match one("expires_in") {
+        None => None,
+        Some(s) => {
+            if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad(ErrorCode::InvalidRequest, "expires_in_malformed"));
+            }
+            let n: u64 = s
+                .parse()
+                .map_err(|_| bad(ErrorCode::InvalidRequest, "expires_in_malformed"))?;
+            if n == 0 || n > MAX_EXPIRES_IN {
+                return Err(bad(ErrorCode::InvalidRequest, "expires_in_out_of_range"));
+            }
+            Some(n)
+        }
+    };
+
+    let task = match one("task") {
+        None => None,
+        Some(t) => {
+            if !valid_task(t) {
+                return Err(bad(ErrorCode::InvalidRequest, "task_malformed"));
+            }
+            Some(t.to_string())
+        }
+    };
+
+    let approval_id = match one("approval_id") {
+        None => None,
+        Some(a) => {
+            if a.len() > MAX_APPROVAL_ID_LEN
+                || !a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return Err(bad(ErrorCode::InvalidRequest, "approval_id_malformed"));
+            }
+            Some(a.to_string())
+        }
+    };
+
+    let authorization_details = match one("authorization_details") {
+        None => None,
+        Some(s) => Some(parse_authorization_details(s)?),
+    };
+
+    Ok(TokenRequest {
+        grant_type,
+        subject_token,
+        subject_token_type,
+        actor_token,
+        actor_token_type,
+        target,
+        scope,
+        requested_token_type,
+        expires_in,
+        task,
+        approval_id,
+        authorization_details,
+    })
+}
+
+/// A task id: 1..=128 characters of `[A-Za-z0-9._:-]`.
+pub fn valid_task(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= MAX_TASK_LEN
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+/// RFC 8707 §2: an absolute URI (scheme ":" ...) with no fragment.
+fn is_absolute_uri_without_fragment(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once(':') else {
+        return false;
+    };
+    let scheme_ok = scheme
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    scheme_ok && !rest.is_empty() && !s.contains('#') && !s.bytes().any(|b| b <= b' ')
+}
+
+/// RFC 9396: a JSON array of objects, each with a string `type`; duplicate
+/// member names are rejected like everywhere else.
+pub fn parse_authorization_details(s: &str) -> Result<serde_json::Value, RequestError> {
+    let e = || {
+        bad(
+            ErrorCode::InvalidAuthorizationDetails,
+            "authorization_details_malformed",
+        )
+    };
+    let wrapped = format!("{{\"d\":{s}}}");
+    let mut obj = crate::jose::json::parse_object(wrapped.as_bytes()).map_err(|_| e())?;
+    let v = obj.remove("d").ok_or_else(e)?;
+    let arr = v.as_array().ok_or_else(e)?;
+    if arr.is_empty() || arr.len() > 16 {
+        return Err(e());
+    }
+    for item in arr {
+        let o = item.as_object().ok_or_else(e)?;
+        match o.get("type").and_then(|t| t.as_str()) {
+            Some(t) if !t.is_empty() && t.len() <= 256 => {}
+            _ => return Err(e()),
+        }
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(s: &str) -> HashMap<String, Vec<String>> {
+        parse_form(s.as_bytes()).unwrap()
+    }
+    fn req(s: &str) -> Result<TokenRequest, RequestError> {
+        token_request(&form(s), 8192)
+    }
+    const TE: &str = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange";
+    const MTLS: &str = "subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Amtls";
+
+    #[test]
+    fn good_mtls_exchange() {
+        let r = req(&format!(
+            "{TE}&{MTLS}&audience=https%3A%2F%2Fapi&scope=a+b&task=t-1&expires_in=60"
+        ))
+        .unwrap();
+        assert_eq!(r.grant_type, GrantType::TokenExchange);
+        assert_eq!(r.subject_token_type, TokenType::Mtls);
+        assert_eq!(r.target, Target::Audience("https://api".into()));
+        assert_eq!(r.scope.to_string(), "a b");
+        assert_eq!(r.expires_in, Some(60));
+        assert_eq!(r.task.as_deref(), Some("t-1"));
+    }
+
+    #[test]
+    fn codes() {
+        let c = |s: &str| req(s).unwrap_err();
+        assert_eq!(c("audience=a&scope=s").code, ErrorCode::InvalidRequest);
+        assert_eq!(
+            c("grant_type=password").code,
+            ErrorCode::UnsupportedGrantType
+        );
+        assert_eq!(
+            c(&format!("{TE}&{TE}&{MTLS}&audience=a&scope=s")).reason,
+            "repeated_parameter"
+        );
+        assert_eq!(
+            c(&format!("{TE}&{MTLS}&scope=s&scope=t&audience=a")).code,
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            c(&format!("{TE}&{MTLS}&audience=a&audience=b&scope=s")).code,
+            ErrorCode::InvalidTarget
+        );
+        assert_eq!(
+            c(&format!(
+                "{TE}&{MTLS}&audience=a&resource=https://b&scope=s"
+            ))
+            .code,
+            ErrorCode::InvalidTarget
+        );
+        assert_eq!(
+            c(&format!("{TE}&{MTLS}&resource=notauri&scope=s")).code,
+            ErrorCode::InvalidTarget
+        );
+        assert_eq!(
+            c(&format!("{TE}&{MTLS}&resource=https://a%23frag&scope=s")).code,
+            ErrorCode::InvalidTarget
+        );
+        assert_eq!(
+            c(&format!("{TE}&{MTLS}&scope=s")).code,
+            ErrorCode::InvalidTarget
+        );
+        assert_eq!(
+            c(&format!("{TE}&{MTLS}&audience=a")).code,
+            ErrorCode::InvalidScope
+        );
+        assert_eq!(
+            c(&format!("{TE}&audience=a&scope=s")).reason,
+            "subject_token_type_missing"
+        );
+        assert_eq!(
+            c(&format!(
+                "{TE}&subject_token_type=urn:ietf:params:oauth:token-type:jwt&audience=a&scope=s"
+            ))
+            .reason,
+            "subject_token_missing"
+        );
+        assert_eq!(
+            c(&format!(
+                "{TE}&subject_token_type=urn:x&subject_token=x&audience=a&scope=s"
+            ))
+            .reason,
+            "token_type_unknown"
+        );
+        assert_eq!(
+            c(&format!("{TE}&{MTLS}&audience=a&scope=s&actor_token=x")).reason,
+            "actor_token_pairing"
+        );
+        assert_eq!(
+            c(&format!("{TE}&{MTLS}&audience=a&scope=s&actor_token_type=urn:ietf:params:oauth:token-type:jwt")).reason,
+            "actor_token_pairing"
+        );
+        assert_eq!(
+            c(&format!("{TE}&{MTLS}&audience=a&scope=s&requested_token_type=urn:ietf:params:oauth:token-type:refresh_token")).code,
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            c(&format!("{TE}&{MTLS}&audience=a&scope=s&expires_in=0")).code,
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            c(&format!("{TE}&{MTLS}&audience=a&scope=s&expires_in=-5")).code,
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            c(&format!("{TE}&{MTLS}&audience=a&scope=s&task=a%20b")).code,
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            c(&format!(
+                "{TE}&{MTLS}&audience=a&scope=s&authorization_details=%7B%7D"
+            ))
+            .code,
+            ErrorCode::InvalidAuthorizationDetails
+        );
+        let big = "a".repeat(9000);
+        assert_eq!(
+            c(&format!("{TE}&subject_token_type=urn:ietf:params:oauth:token-type:jwt&subject_token={big}&audience=a&scope=s")).reason,
+            "token_too_large"
+        );
+    }
+
+    #[test]
+    fn empty_values_are_omitted_and_task_rules() {
+        let r = req(&format!("{TE}&{MTLS}&audience=a&scope=s&task=")).unwrap();
+        assert!(r.task.is_none());
+        assert!(valid_task("deploy.v1:step-2_a"));
+        assert!(!valid_task(&"a".repeat(129)));
+        assert!(!valid_task("a/b"));
+    }
+
+    #[test]
+    fn form_is_strict_utf8() {
+        assert_eq!(parse_form(b"a=%FF").unwrap_err().reason, "form_not_utf8");
+        let many: String = (0..70).map(|i| format!("p{i}=1&")).collect();
+        assert_eq!(
+            parse_form(many.as_bytes()).unwrap_err().reason,
+            "too_many_parameters"
+        );
+    }
+
+    #[test]
+    fn content_type_rules() {
+        assert!(check_content_type(Some("application/x-www-form-urlencoded")).is_ok());
+        assert!(
+            check_content_type(Some("application/x-www-form-urlencoded; charset=UTF-8")).is_ok()
+        );
+        assert!(check_content_type(Some("application/json")).is_err());
+        assert!(check_content_type(Some("multipart/form-data; boundary=x")).is_err());
+        assert!(
+            check_content_type(Some("application/x-www-form-urlencoded; charset=utf-16")).is_err()
+        );
+        assert!(check_content_type(None).is_err());
+    }
+
+    #[test]
+    fn authorization_details_shape() {
+        assert!(parse_authorization_details(r#"[{"type":"payment","amount":5}]"#).is_ok());
+        for bad in [
+            r#"{}"#,
+            r#"[]"#,
+            r#"[1]"#,
+            r#"[{"amount":5}]"#,
+            r#"[{"type":1}]"#,
+            r#"[{"type":"a","type":"b"}]"#,
+            "[",
+        ] {
+            assert!(parse_authorization_details(bad).is_err(), "{bad}");
+        }
+    }
+}

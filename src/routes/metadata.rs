@@ -1,0 +1,58 @@
+//! RFC 8414 metadata and the JWKS.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::oauth::request::GRANT_TOKEN_EXCHANGE;
+
+/// How long verifiers may cache `/jwks.json`.
+pub const JWKS_MAX_AGE_SECS: u64 = 60;
+
+/// `GET /.well-known/oauth-authorization-server` (also served at
+/// `/.well-known/openid-configuration`).
+pub async fn metadata(State(app): State<AppState>) -> Response {
+    let iss = &app.config.server.issuer;
+    let body = json!({
+        "issuer": iss,
+        "token_endpoint": format!("{iss}/token"),
+        "jwks_uri": format!("{iss}/jwks.json"),
+        "grant_types_supported": [GRANT_TOKEN_EXCHANGE, "client_credentials"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["tls_client_auth", "none"],
+        "tls_client_certificate_bound_access_tokens": true,
+        "access_token_signing_alg_values_supported": [app.minter.algorithm().as_str()],
+        "subject_token_types_supported": [
+            "urn:ietf:params:oauth:token-type:jwt",
+            "urn:ietf:params:oauth:token-type:id_token",
+            "urn:ietf:params:oauth:token-type:mtls"
+        ],
+    });
+    let mut r = Json(body).into_response();
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    r
+}
+
+/// `GET /jwks.json`: every public key a live token can be signed with.
+pub async fn jwks(State(app): State<AppState>) -> Response {
+    let mut r = Json(app.keyring.jwks()).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={JWKS_MAX_AGE_SECS}")) {
+        r.headers_mut().insert(header::CACHE_CONTROL, v);
+    }
+    r
+}
+
+/// Anything else: 404 with an OAuth-style body.
+pub async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": "not_found", "error_description": "no such endpoint"})),
+    )
+        .into_response()
+}

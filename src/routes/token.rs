@@ -1,0 +1,151 @@
+//! `POST /token` (RFC 8693 token exchange, and `client_credentials` over mTLS).
+
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Serialize;
+
+use crate::app::AppState;
+use crate::exchange::{ExchangeError, Issued, Peer};
+use crate::oauth::error::{no_store, OAuthError};
+use crate::oauth::request::{check_content_type, parse_form, token_request, RequestError};
+use crate::telemetry::{metrics, token_hash};
+
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    access_token: &'a str,
+    issued_token_type: &'static str,
+    token_type: &'static str,
+    expires_in: u64,
+    scope: &'a str,
+}
+
+enum Refusal {
+    Request(RequestError),
+    Exchange(ExchangeError),
+}
+
+/// The `/token` handler.
+pub async fn token(
+    State(app): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let peer = peer.map(|Extension(p)| p).unwrap_or_default();
+    let result = run(&app, &peer, &uri, &headers, &body).await;
+    let m = metrics();
+    match result {
+        Ok(issued) => {
+            m.exchanges.with_label_values(&["issued", "ok"]).inc();
+            m.exchange_seconds
+                .with_label_values(&["issued"])
+                .observe(started.elapsed().as_secs_f64());
+            tracing::info!(
+                target: "tessera::audit",
+                decision = "issued",
+                jti = %issued.claims.jti,
+                token_sha256 = %token_hash(&issued.access_token),
+                sub = %escape(&issued.claims.sub),
+                client_id = %escape(&issued.claims.client_id),
+                aud = %escape(&issued.claims.aud),
+                scope = %issued.scope,
+                txn = %issued.claims.txn,
+                policy = %issued.policy,
+                exp = issued.claims.exp,
+                "token issued"
+            );
+            success(&issued)
+        }
+        Err(refusal) => {
+            let (err, reason, detail) = match &refusal {
+                Refusal::Request(e) => (OAuthError::from(e), e.reason, String::new()),
+                Refusal::Exchange(e) => (OAuthError::from(e), e.reason(), e.to_string()),
+            };
+            let outcome = if err.code == crate::oauth::ErrorCode::TemporarilyUnavailable {
+                "unavailable"
+            } else {
+                "refused"
+            };
+            m.exchanges.with_label_values(&[outcome, reason]).inc();
+            m.exchange_seconds
+                .with_label_values(&[outcome])
+                .observe(started.elapsed().as_secs_f64());
+            tracing::info!(
+                target: "tessera::audit",
+                decision = outcome,
+                error = err.code.as_str(),
+                reason,
+                detail = %escape(&detail),
+                client = %peer_name(&peer),
+                "token refused"
+            );
+            err.into_response()
+        }
+    }
+}
+
+async fn run(
+    app: &AppState,
+    peer: &Peer,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Issued, Refusal> {
+    let req_err = |code, reason| Refusal::Request(RequestError { code, reason });
+    use crate::oauth::ErrorCode::InvalidRequest;
+    // RFC 6749 §3.2: parameters travel in the body only.
+    if uri.query().is_some() {
+        return Err(req_err(InvalidRequest, "parameters_in_query"));
+    }
+    // Client authentication is by TLS only; any other mechanism alongside it
+    // is refused rather than silently ignored (RFC 6749 §2.3).
+    if headers.contains_key(header::AUTHORIZATION) {
+        return Err(req_err(
+            InvalidRequest,
+            "authorization_header_not_supported",
+        ));
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    check_content_type(ct).map_err(Refusal::Request)?;
+    let form = parse_form(body).map_err(Refusal::Request)?;
+    let req = token_request(&form, app.config.limits.max_token_bytes).map_err(Refusal::Request)?;
+    app.exchanger
+        .exchange(req, peer)
+        .await
+        .map_err(Refusal::Exchange)
+}
+
+fn success(i: &Issued) -> Response {
+    let body = TokenResponse {
+        access_token: &i.access_token,
+        issued_token_type: i.issued_token_type.as_str(),
+        token_type: i.token_type,
+        expires_in: i.expires_in,
+        scope: &i.scope,
+    };
+    let mut resp = Json(body).into_response();
+    no_store(&mut resp);
+    resp
+}
+
+fn peer_name(p: &Peer) -> String {
+    match p {
+        Peer::Anonymous => "-".into(),
+        Peer::Identified(p) => escape(&p.subject),
+        Peer::Unusable(r) => format!("unusable-certificate:{r}"),
+    }
+}
+
+/// Neutralises control characters (and caps length) before a value reaches a log line.
+pub fn escape(s: &str) -> String {
+    s.chars().take(256).flat_map(char::escape_default).collect()
+}

@@ -1,0 +1,120 @@
+//! The HTTPS listener: accept with a connection cap, TLS handshake under a
+//! timeout, the peer's certificate turned into a [`Peer`] placed in every
+//! request's extensions, HTTP/1.1 or HTTP/2 with a header-read timeout, and
+//! graceful shutdown.
+
+pub mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::config::Limits;
+use crate::exchange::Peer;
+
+/// How long shutdown waits for in-flight requests.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most concurrent HTTP/2 streams per connection.
+pub const MAX_H2_STREAMS: u32 = 128;
+
+/// Turns the verified client certificate (if any) into a [`Peer`].
+pub fn peer_from_certs(certs: Option<&[rustls_pki_types::CertificateDer<'static>]>) -> Peer {
+    match certs.and_then(|c| c.first()) {
+        None => Peer::Anonymous,
+        Some(leaf) => match crate::identity::peer::from_leaf_der(leaf.as_ref()) {
+            Ok(p) => Peer::Identified(Arc::new(p)),
+            Err(e) => Peer::Unusable(e.reason()),
+        },
+    }
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown` completes, then
+/// drains in-flight connections (up to [`DRAIN_TIMEOUT`]).
+pub async fn serve_https(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let conns = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "connection cap reached; closing new connection");
+            crate::telemetry::metrics().connections_refused.inc();
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let watcher = graceful.watcher();
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let stream =
+                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        crate::telemetry::metrics().handshake_failures.inc();
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%remote, "TLS handshake timed out");
+                        crate::telemetry::metrics().handshake_failures.inc();
+                        return;
+                    }
+                };
+            let peer = peer_from_certs(stream.get_ref().1.peer_certificates());
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(peer.clone());
+                router.clone().oneshot(req.map(Body::new))
+            });
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .keep_alive(true);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(MAX_H2_STREAMS);
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timed out; closing remaining connections");
+    }
+}

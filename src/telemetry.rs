@@ -1,0 +1,108 @@
+//! Logging set-up and Prometheus metrics (served on the ops listener).
+//! Tokens and keys are never logged: log `jti` and [`token_hash`].
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric Tessera exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `tessera_exchanges_total{outcome, reason}`.
+    pub exchanges: IntCounterVec,
+    /// `tessera_exchange_duration_seconds{outcome}`.
+    pub exchange_seconds: HistogramVec,
+    /// `tessera_tls_handshake_failures_total`.
+    pub handshake_failures: IntCounter,
+    /// `tessera_connections_refused_total` (connection cap).
+    pub connections_refused: IntCounter,
+}
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let exchanges = IntCounterVec::new(
+        Opts::new(
+            "tessera_exchanges_total",
+            "Token exchanges by outcome and reason",
+        ),
+        &["outcome", "reason"],
+    )?;
+    let exchange_seconds = HistogramVec::new(
+        HistogramOpts::new("tessera_exchange_duration_seconds", "Time to answer /token").buckets(
+            vec![
+                0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ],
+        ),
+        &["outcome"],
+    )?;
+    let handshake_failures = IntCounter::new(
+        "tessera_tls_handshake_failures_total",
+        "TLS handshakes that failed or timed out",
+    )?;
+    let connections_refused = IntCounter::new(
+        "tessera_connections_refused_total",
+        "Connections closed because the connection cap was reached",
+    )?;
+    registry.register(Box::new(exchanges.clone()))?;
+    registry.register(Box::new(exchange_seconds.clone()))?;
+    registry.register(Box::new(handshake_failures.clone()))?;
+    registry.register(Box::new(connections_refused.clone()))?;
+    Ok(Metrics {
+        registry,
+        exchanges,
+        exchange_seconds,
+        handshake_failures,
+        connections_refused,
+    })
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| match build() {
+        Ok(m) => m,
+        // Metric names are constants: this cannot fail at run time.
+        Err(e) => unreachable!("metric registration failed: {e}"),
+    })
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// A short SHA-256 hash of a token for logs (first 16 hex characters).
+///
+/// ```
+/// assert_eq!(tessera::telemetry::token_hash("abc").len(), 16);
+/// ```
+pub fn token_hash(token: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    d.as_ref()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Installs the tracing subscriber (`RUST_LOG` filters; default `info`).
+/// `TESSERA_LOG_FORMAT=json` switches to JSON lines.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("TESSERA_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
+}

@@ -1,0 +1,231 @@
+//! Test support shared by the integration tests and the benchmark: a real
+//! OIDC issuer served over HTTPS on 127.0.0.1 with its own CA, discovery and
+//! JWKS, that signs whatever tests ask it to (including hostile tokens).
+//! Not used by the broker itself.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::mint::keyring::{SigningAlgorithm, SigningKey};
+use crate::pki::{Ca, LeafSpec};
+
+struct Shared {
+    issuer: String,
+    keys: RwLock<Vec<Arc<SigningKey>>>,
+    jwks_hits: AtomicU64,
+    discovery_hits: AtomicU64,
+    failing: AtomicBool,
+}
+
+/// A running test OIDC issuer.
+pub struct TestIssuer {
+    /// `https://127.0.0.1:PORT` — the `iss` of its tokens.
+    pub url: String,
+    /// Path of the PEM CA that signed its server certificate.
+    pub ca_path: PathBuf,
+    /// The CA (to issue more certificates in tests).
+    pub ca: Ca,
+    signer: RwLock<Arc<SigningKey>>,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+}
+
+fn b64(s: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(s)
+}
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    crate::clock::Clock::now(&crate::clock::SystemClock)
+}
+
+impl TestIssuer {
+    /// Starts an issuer signing with `alg`, writing its CA to `dir/issuer-ca.pem`.
+    pub async fn start(dir: &Path, alg: SigningAlgorithm) -> Result<TestIssuer, String> {
+        let ca = Ca::generate("tessera test issuer CA").map_err(|e| e.to_string())?;
+        let leaf = ca
+            .issue(&LeafSpec::server(
+                &["localhost"],
+                &["127.0.0.1".parse().map_err(|_| "ip")?],
+            ))
+            .map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let ca_path = dir.join("issuer-ca.pem");
+        std::fs::write(&ca_path, ca.cert_pem()).map_err(|e| e.to_string())?;
+        let cert_path = dir.join("issuer-server.pem");
+        let key_path = dir.join("issuer-server-key.pem");
+        std::fs::write(&cert_path, &leaf.cert_pem).map_err(|e| e.to_string())?;
+        std::fs::write(&key_path, &leaf.key_pem).map_err(|e| e.to_string())?;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let url = format!(
+            "https://127.0.0.1:{}",
+            listener.local_addr().map_err(|e| e.to_string())?.port()
+        );
+        let (key, _) = SigningKey::generate(alg).map_err(|e| e.to_string())?;
+        let key = Arc::new(key);
+        let shared = Arc::new(Shared {
+            issuer: url.clone(),
+            keys: RwLock::new(vec![key.clone()]),
+            jwks_hits: AtomicU64::new(0),
+            discovery_hits: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+        });
+        let router = Router::new()
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/jwks", get(jwks))
+            .with_state(shared.clone());
+        let tls = server_tls(&cert_path, &key_path)?;
+        let limits = crate::config::Config::from_toml_str("testkit", "")
+            .map_err(|e| e.to_string())?
+            .limits;
+        let (stop, mut rx) = watch::channel(false);
+        tokio::spawn(async move {
+            crate::server::serve_https(listener, tls, router, limits, async move {
+                let _ = rx.wait_for(|v| *v).await;
+            })
+            .await;
+        });
+        Ok(TestIssuer {
+            url,
+            ca_path,
+            ca,
+            signer: RwLock::new(key),
+            shared,
+            stop,
+        })
+    }
+
+    /// The JWKS URL.
+    pub fn jwks_uri(&self) -> String {
+        format!("{}/jwks", self.url)
+    }
+
+    /// The key that signs now.
+    pub fn signer(&self) -> Arc<SigningKey> {
+        match self.signer.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Claims of a good token for `sub` with audience `aud`, valid 10 minutes.
+    pub fn claims(&self, sub: &str, aud: &str) -> Value {
+        let n = now();
+        json!({"iss": self.url, "sub": sub, "aud": aud, "iat": n, "nbf": n, "exp": n + 600,
+               "jti": uuid::Uuid::new_v4().to_string()})
+    }
+
+    /// Signs `claims` with the current key (`alg`, `kid`, `typ: JWT`).
+    pub fn sign(&self, claims: &Value) -> String {
+        let k = self.signer();
+        let header = json!({"alg": k.algorithm().as_str(), "kid": k.kid(), "typ": "JWT"});
+        self.sign_raw(&header.to_string(), &claims.to_string())
+    }
+
+    /// Signs raw header and payload JSON text exactly as given (for hostile
+    /// tests: duplicate keys, odd types) with the current key.
+    pub fn sign_raw(&self, header_json: &str, payload_json: &str) -> String {
+        Self::sign_raw_with(&self.signer(), header_json, payload_json)
+    }
+
+    /// Signs raw header and payload with any key.
+    pub fn sign_raw_with(key: &SigningKey, header_json: &str, payload_json: &str) -> String {
+        let input = format!(
+            "{}.{}",
+            b64(header_json.as_bytes()),
+            b64(payload_json.as_bytes())
+        );
+        let sig = key.sign(input.as_bytes()).unwrap_or_default();
+        format!("{input}.{}", b64(&sig))
+    }
+
+    /// Publishes a new key and makes it the signer (old keys stay published).
+    pub fn rotate(&self, alg: SigningAlgorithm) -> Result<Arc<SigningKey>, String> {
+        let (k, _) = SigningKey::generate(alg).map_err(|e| e.to_string())?;
+        let k = Arc::new(k);
+        if let Ok(mut keys) = self.shared.keys.write() {
+            keys.push(k.clone());
+        }
+        if let Ok(mut s) = self.signer.write() {
+            *s = k.clone();
+        }
+        Ok(k)
+    }
+
+    /// A key that is NOT published (an attacker's), with the same algorithm.
+    pub fn rogue_key(alg: SigningAlgorithm) -> Result<SigningKey, String> {
+        SigningKey::generate(alg)
+            .map(|(k, _)| k)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Makes the JWKS and discovery endpoints answer 500 (or recover).
+    pub fn set_failing(&self, failing: bool) {
+        self.shared.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// How many times `/jwks` was fetched.
+    pub fn jwks_hits(&self) -> u64 {
+        self.shared.jwks_hits.load(Ordering::SeqCst)
+    }
+
+    /// How many times discovery was fetched.
+    pub fn discovery_hits(&self) -> u64 {
+        self.shared.discovery_hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TestIssuer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn discovery(State(s): State<Arc<Shared>>) -> Response {
+    s.discovery_hits.fetch_add(1, Ordering::SeqCst);
+    if s.failing.load(Ordering::SeqCst) {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    Json(json!({"issuer": s.issuer, "jwks_uri": format!("{}/jwks", s.issuer)})).into_response()
+}
+
+async fn jwks(State(s): State<Arc<Shared>>) -> Response {
+    s.jwks_hits.fetch_add(1, Ordering::SeqCst);
+    if s.failing.load(Ordering::SeqCst) {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let keys: Vec<Value> = match s.keys.read() {
+        Ok(k) => k.iter().map(|k| k.public_jwk()).collect(),
+        Err(_) => vec![],
+    };
+    Json(json!({ "keys": keys })).into_response()
+}
+
+fn server_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let chain = crate::server::tls::read_certs("testkit", cert)?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).map_err(|e| e.to_string())?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
