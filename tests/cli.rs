@@ -1,0 +1,241 @@
+//! The binary as a newcomer and an operator use it: first start on a fresh
+//! directory generates dev material and serves; `config check`,
+//! `keys generate|list`, `token decode` with their exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn config_check_reports_file_key_and_reason() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("bad.toml"), "[[policies]]\nname = \"p\"\nmatch = { issuer = \"gh\" }\naudiences = [\"a\"]\nscopes = [\"s\"]\n").unwrap();
+    let (code, _, err) = run(d.path(), &["config", "check", "--config", "bad.toml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bad.toml: policies[0].match.issuer:"), "{err}");
+
+    let (code, _, err) = run(d.path(), &["config", "check", "--config", "missing.toml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("missing.toml"), "{err}");
+
+    // a production-style config with a missing file names the key and path
+    std::fs::write(
+        d.path().join("prod.toml"),
+        "[server]\ntls_cert = \"nowhere/server.pem\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(d.path(), &["config", "check", "--config", "prod.toml"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("server.tls_cert") && err.contains("nowhere/server.pem"),
+        "{err}"
+    );
+
+    // the shipped dev config is valid (files will be generated)
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let (code, out, err) = run(
+        Path::new(repo),
+        &["config", "check", "--config", "config/tessera.toml"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("OK"));
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let d = tempfile::tempdir().unwrap();
+    assert_eq!(run(d.path(), &["no-such-verb"]).0, 2);
+    assert_eq!(
+        run(
+            d.path(),
+            &["keys", "generate", "--algorithm", "HS256", "--dir", "k"]
+        )
+        .0,
+        2
+    );
+}
+
+#[test]
+fn keys_generate_list_and_token_decode() {
+    let d = tempfile::tempdir().unwrap();
+    for alg in ["ES256", "EdDSA", "RS256"] {
+        let (code, out, err) = run(
+            d.path(),
+            &[
+                "keys",
+                "generate",
+                "--algorithm",
+                alg,
+                "--dir",
+                &format!("k-{alg}"),
+                "--json",
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["algorithm"], alg);
+        assert!(v["kid"].as_str().unwrap().len() >= 43);
+        let (code, out, _) = run(
+            d.path(),
+            &[
+                "keys",
+                "list",
+                "--dir",
+                &format!("k-{alg}"),
+                "--algorithm",
+                alg,
+            ],
+        );
+        assert_eq!(code, 0);
+        assert!(out.contains(v["kid"].as_str().unwrap()));
+    }
+    let (code, _, err) = run(d.path(), &["keys", "list", "--dir", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("nope"), "{err}");
+
+    // decode says it did not verify
+    let tok = "eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCJ9.eyJzdWIiOiJ4IiwiZXhwIjoxfQ.c2ln";
+    let (code, out, _) = run(d.path(), &["token", "decode", tok]);
+    assert_eq!(code, 0);
+    assert!(out.contains("NOT VERIFIED"));
+    assert!(out.contains("at+jwt"));
+    let (code, out, _) = run(d.path(), &["--json", "token", "decode", tok]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["verified"], false);
+    assert_eq!(run(d.path(), &["token", "decode", "not-a-jwt"]).0, 1);
+}
+
+/// The newcomer's first minutes: `serve` on a fresh directory with the
+/// shipped config generates dev material, logs it, and issues a token to
+/// the generated demo agent certificate.
+#[tokio::test]
+async fn fresh_clone_serve_generates_dev_material_and_exchanges() {
+    common::init();
+    let d = tempfile::tempdir().unwrap();
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let (port, ops) = (free_port(), free_port());
+    let cfg = std::fs::read_to_string(Path::new(repo).join("config/tessera.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8443", &format!("127.0.0.1:{port}"))
+        .replace("127.0.0.1:9090", &format!("127.0.0.1:{ops}"));
+    std::fs::create_dir_all(d.path().join("config")).unwrap();
+    std::fs::write(d.path().join("config/tessera.toml"), cfg).unwrap();
+    let log = std::fs::File::create(d.path().join("serve.log")).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .current_dir(d.path())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut ready = false;
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{ops}/readyz")).await {
+            if r.status() == 200 {
+                ready = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = std::fs::read_to_string(d.path().join("serve.log")).unwrap();
+    assert!(ready, "broker did not become ready: {logs}");
+    for f in [
+        "ca.pem",
+        "server.pem",
+        "server-key.pem",
+        "agent.pem",
+        "agent-key.pem",
+        "operator.pem",
+        "operator-key.pem",
+    ] {
+        assert!(d.path().join("keys/dev").join(f).exists(), "{f}");
+    }
+    assert!(
+        logs.contains("generated missing development material"),
+        "{logs}"
+    );
+    assert!(
+        std::fs::read_dir(d.path().join("keys/signing"))
+            .unwrap()
+            .count()
+            >= 1
+    );
+
+    // the README's curl, done with the generated agent certificate
+    let ca =
+        rustls_pki_types::CertificateDer::from_pem_file(d.path().join("keys/dev/ca.pem")).unwrap();
+    let agent = tessera::pki::IssuedCert {
+        cert_pem: std::fs::read_to_string(d.path().join("keys/dev/agent.pem")).unwrap(),
+        key_pem: std::fs::read_to_string(d.path().join("keys/dev/agent-key.pem")).unwrap(),
+        cert_der: rustls_pki_types::CertificateDer::from_pem_file(
+            d.path().join("keys/dev/agent.pem"),
+        )
+        .unwrap()
+        .to_vec(),
+        key_der: vec![],
+    };
+    let client = common::client_for(&ca, Some(&agent));
+    let r = client
+        .post(format!("https://127.0.0.1:{port}/token"))
+        .form(&[
+            ("grant_type", common::TE),
+            ("subject_token_type", common::MTLS),
+            ("audience", "https://api.example.com"),
+            ("scope", "tickets:read"),
+            ("task", "triage-4711"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let (_, claims) = common::decode(v["access_token"].as_str().unwrap());
+    assert_eq!(claims["sub"], "spiffe://example.org/agent/demo");
+    assert_eq!(claims["txn"], "triage-4711");
+
+    // a second start creates nothing new
+    let _ = child.kill();
+    let _ = child.wait();
+    let before = std::fs::read_dir(d.path().join("keys/dev"))
+        .unwrap()
+        .count();
+    let (code, _, err) = run(d.path(), &["config", "check"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_dir(d.path().join("keys/dev"))
+            .unwrap()
+            .count(),
+        before
+    );
+}
+
+use rustls_pki_types::pem::PemObject;

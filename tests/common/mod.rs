@@ -1,0 +1,313 @@
+//! Shared test harness: a real broker on 127.0.0.1:0 with its own CA, a real
+//! HTTPS OIDC issuer, and mTLS clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::Value;
+use tessera::app::Running;
+use tessera::config::Config;
+use tessera::mint::keyring::{generate_key_file, SigningAlgorithm};
+use tessera::pki::{Ca, IssuedCert, LeafSpec};
+use tessera::testkit::TestIssuer;
+
+pub const TE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+pub const ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub const MTLS: &str = "urn:ietf:params:oauth:token-type:mtls";
+pub const BROKER_ISS: &str = "https://tessera.test";
+pub const AGENT: &str = "spiffe://example.org/agent/demo";
+pub const API: &str = "https://api.example.com";
+
+/// Default policies: the demo agent over mTLS, and CI jobs from the test issuer.
+pub const DEFAULT_POLICIES: &str = r#"
+[[policies]]
+name = "agents"
+owner = "alice@example.com"
+match = { issuer = "mtls", subject = "spiffe://example.org/agent/*" }
+audiences = ["https://api.example.com"]
+scopes = ["tickets:read", "tickets:write"]
+max_ttl = "10m"
+
+[[policies]]
+name = "ci"
+owner = "bob@example.com"
+match = { issuer = "ci", subject = "repo:acme/app:ref:refs/heads/*", claims = { "env" = "prod" } }
+audiences = ["https://deploy.example.com"]
+scopes = ["deploy:read", "deploy:write"]
+max_ttl = "5m"
+"#;
+
+pub struct Options {
+    pub policies: String,
+    pub issuer_extra: String,
+    pub issuer_algorithm: SigningAlgorithm,
+    pub broker_algorithm: SigningAlgorithm,
+    pub extra: String,
+    pub with_issuer: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            policies: DEFAULT_POLICIES.into(),
+            issuer_extra: String::new(),
+            issuer_algorithm: SigningAlgorithm::RS256,
+            broker_algorithm: SigningAlgorithm::ES256,
+            extra: String::new(),
+            with_issuer: true,
+        }
+    }
+}
+
+pub struct TestBroker {
+    pub dir: tempfile::TempDir,
+    pub ca: Ca,
+    pub agent: IssuedCert,
+    pub issuer: Option<TestIssuer>,
+    pub running: Option<Running>,
+    pub addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    pub config_path: PathBuf,
+}
+
+impl TestBroker {
+    pub async fn start() -> TestBroker {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(o: Options) -> TestBroker {
+        init();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ca = Ca::generate("tessera test CA").unwrap();
+        std::fs::write(d.join("ca.pem"), ca.cert_pem()).unwrap();
+        let server = ca
+            .issue(&LeafSpec::server(
+                &["localhost"],
+                &["127.0.0.1".parse().unwrap()],
+            ))
+            .unwrap();
+        std::fs::write(d.join("server.pem"), &server.cert_pem).unwrap();
+        std::fs::write(d.join("server-key.pem"), &server.key_pem).unwrap();
+        let agent = ca.issue(&LeafSpec::client_spiffe(AGENT)).unwrap();
+        generate_key_file(&d.join("signing"), o.broker_algorithm).unwrap();
+
+        let issuer = if o.with_issuer {
+            Some(
+                TestIssuer::start(&d.join("issuer"), o.issuer_algorithm)
+                    .await
+                    .unwrap(),
+            )
+        } else {
+            None
+        };
+        let issuer_toml = match &issuer {
+            Some(i) => format!(
+                "[[issuers]]\nname = \"ci\"\nissuer = \"{}\"\naudiences = [\"tessera\"]\njwks_uri = \"{}\"\nca = \"{}\"\nalgorithms = [\"RS256\", \"ES256\", \"EdDSA\"]\n{}\n",
+                i.url,
+                i.jwks_uri(),
+                i.ca_path.display(),
+                o.issuer_extra
+            ),
+            None => String::new(),
+        };
+        let text = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+ops_listen = "127.0.0.1:0"
+issuer = "{BROKER_ISS}"
+tls_cert = "{d}/server.pem"
+tls_key = "{d}/server-key.pem"
+client_ca = ["{d}/ca.pem"]
+
+[tokens]
+signing_keys = "{d}/signing"
+algorithm = "{alg}"
+
+[admin]
+subjects = ["spiffe://example.org/operator/alice"]
+
+[introspection]
+subjects = ["spiffe://example.org/service/payments-api"]
+
+{extra}
+
+{issuer_toml}
+{policies}
+"#,
+            d = d.display(),
+            alg = o.broker_algorithm.as_str(),
+            extra = o.extra,
+            policies = o.policies,
+        );
+        let config_path = d.join("tessera.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        let cfg = Config::load(&config_path).unwrap();
+        tessera::app::prepare(&cfg).unwrap();
+        let running = tessera::app::start(cfg).await.unwrap();
+        TestBroker {
+            addr: running.addr,
+            ops_addr: running.ops_addr,
+            dir,
+            ca,
+            agent,
+            issuer,
+            running: Some(running),
+            config_path,
+        }
+    }
+
+    pub fn issuer(&self) -> &TestIssuer {
+        self.issuer.as_ref().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.addr.port())
+    }
+
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.ops_addr)
+    }
+
+    /// A client trusting the broker's CA, presenting `cert` if given.
+    pub fn client(&self, cert: Option<&IssuedCert>) -> reqwest::Client {
+        client_for(self.ca.cert_der(), cert)
+    }
+
+    pub fn anon(&self) -> reqwest::Client {
+        self.client(None)
+    }
+
+    pub fn agent_client(&self) -> reqwest::Client {
+        self.client(Some(&self.agent))
+    }
+
+    pub async fn token(
+        &self,
+        client: &reqwest::Client,
+        form: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let body = encode_form(form);
+        let r = client
+            .post(self.url("/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        (status, v)
+    }
+
+    /// A good OIDC exchange form for `subject_token`.
+    pub fn oidc_form(subject_token: &str) -> Vec<(&str, &str)> {
+        vec![
+            ("grant_type", TE),
+            ("subject_token_type", JWT),
+            ("subject_token", subject_token),
+            ("audience", "https://deploy.example.com"),
+            ("scope", "deploy:read"),
+        ]
+    }
+
+    /// A good CI token from the test issuer (matches the "ci" policy).
+    pub fn ci_token(&self) -> String {
+        let mut c = self
+            .issuer()
+            .claims("repo:acme/app:ref:refs/heads/main", "tessera");
+        c["env"] = "prod".into();
+        self.issuer().sign(&c)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown(std::time::Duration::from_millis(0)).await;
+        }
+    }
+}
+
+pub fn encode_form(form: &[(&str, &str)]) -> String {
+    form.iter()
+        .map(|(k, v)| format!("{}={}", pct(k), pct(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub fn client_for(ca_der: &[u8], cert: Option<&IssuedCert>) -> reqwest::Client {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(ca_der.to_vec())).unwrap();
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let cfg = match cert {
+        Some(c) => b
+            .with_client_auth_cert(
+                vec![CertificateDer::from(c.cert_der.clone())],
+                PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    reqwest::Client::builder()
+        .use_preconfigured_tls(cfg)
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Decodes a JWT's header and claims without verification (test helper).
+pub fn decode(token: &str) -> (Value, Value) {
+    use base64::Engine;
+    let p: Vec<&str> = token.split('.').collect();
+    let d = |s: &str| -> Value {
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(s)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    (d(p[0]), d(p[1]))
+}
+
+/// base64url(SHA-256(DER)) computed independently of the broker.
+pub fn thumbprint(der: &[u8]) -> String {
+    use base64::Engine;
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.as_ref())
+}
+
+/// Installs the aws-lc-rs provider as the process default (reqwest clients
+/// built without a preconfigured TLS config need one).
+pub fn init() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

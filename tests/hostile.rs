@@ -1,0 +1,1611 @@
+//! The hostile cases of ../shared/SECURITY.md §2 (A–G and I) that apply to
+//! the exchange core, each named by its catalogue number. Every case goes
+//! through the real broker over real TLS; each asserts the status and code,
+//! that no token came back, and (where it matters) that the broker made no
+//! outbound request because of the input.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tessera::mint::keyring::SigningAlgorithm;
+use tessera::pki::LeafSpec;
+use tessera::testkit::{now, TestIssuer};
+
+fn b64(s: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(s)
+}
+
+/// Good CI claims (match the "ci" policy).
+fn good_claims(b: &TestBroker) -> Value {
+    let mut c = b
+        .issuer()
+        .claims("repo:acme/app:ref:refs/heads/main", "tessera");
+    c["env"] = "prod".into();
+    c
+}
+
+fn header(b: &TestBroker) -> Value {
+    let k = b.issuer().signer();
+    json!({"alg": k.algorithm().as_str(), "kid": k.kid(), "typ": "JWT"})
+}
+
+/// Presents `st` as an OIDC subject token; asserts the refusal code and that no token came back.
+async fn refused(b: &TestBroker, st: &str, code: &str) {
+    let (s, v) = b.token(&b.anon(), &TestBroker::oidc_form(st)).await;
+    assert_eq!(v["error"], code, "status {s}, body {v}");
+    assert!(v.get("access_token").is_none());
+    assert!(s.is_client_error(), "{s}");
+}
+
+async fn accepted(b: &TestBroker, st: &str) -> Value {
+    let (s, v) = b.token(&b.anon(), &TestBroker::oidc_form(st)).await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+// ---------------- A. Compact-JWS framing and parsing ----------------
+
+#[tokio::test]
+async fn a01_a02_a03_framing() {
+    let b = TestBroker::start().await;
+    let good = b.ci_token();
+    let p: Vec<&str> = good.split('.').collect();
+    for bad in [
+        format!("{}.{}", p[0], p[1]),
+        format!("{}.{}.", p[0], p[1]),
+        format!("{good}."),
+        format!("{good}.foo"),
+    ] {
+        refused(&b, &bad, "invalid_request").await;
+    }
+    accepted(&b, &good).await;
+}
+
+#[tokio::test]
+async fn a04_jwe_five_segments_rejected_before_any_crypto() {
+    let b = TestBroker::start().await;
+    for alg in ["RSA-OAEP", "dir", "PBES2-HS256+A128KW"] {
+        let h = b64(
+            json!({"alg": alg, "enc": "A128GCM", "p2c": 2_000_000_000u64})
+                .to_string()
+                .as_bytes(),
+        );
+        let jwe = format!("{h}.AAAA.AAAA.AAAA.AAAA");
+        let t = std::time::Instant::now();
+        refused(&b, &jwe, "invalid_request").await;
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+    }
+}
+
+#[tokio::test]
+async fn a05_json_serialization_rejected() {
+    let b = TestBroker::start().await;
+    let good = b.ci_token();
+    let p: Vec<&str> = good.split('.').collect();
+    let js = json!({"payload": p[1], "signatures": [{"protected": p[0], "signature": p[2]}]})
+        .to_string();
+    refused(&b, &js, "invalid_request").await;
+}
+
+#[tokio::test]
+async fn a06_charset_gate() {
+    let b = TestBroker::start().await;
+    let good = b.ci_token();
+    for ins in ["=", "+", "/", " ", "\r\n", "%2E", "{", "\""] {
+        let mut bad = good.clone();
+        bad.insert_str(10, ins);
+        refused(&b, &bad, "invalid_request").await;
+    }
+}
+
+#[tokio::test]
+async fn a07_utf16_and_invalid_utf8() {
+    let b = TestBroker::start().await;
+    let h = header(&b).to_string();
+    let c = good_claims(&b).to_string();
+    let utf16: Vec<u8> = [0xFEu8, 0xFF]
+        .into_iter()
+        .chain(h.encode_utf16().flat_map(|u| u.to_be_bytes()))
+        .collect();
+    let k = b.issuer().signer();
+    for (hb, pb) in [
+        (utf16, c.as_bytes().to_vec()),
+        (h.as_bytes().to_vec(), vec![b'{', 0xC3, 0x28, b'}']),
+    ] {
+        let input = format!("{}.{}", b64(&hb), b64(&pb));
+        let sig = k.sign(input.as_bytes()).unwrap();
+        refused(&b, &format!("{input}.{}", b64(&sig)), "invalid_request").await;
+    }
+}
+
+#[tokio::test]
+async fn a08_non_object_json() {
+    let b = TestBroker::start().await;
+    let h = header(&b).to_string();
+    for p in ["[]", "\"x\"", "1", "null"] {
+        refused(&b, &b.issuer().sign_raw(&h, p), "invalid_request").await;
+        refused(
+            &b,
+            &b.issuer().sign_raw(p, &good_claims(&b).to_string()),
+            "invalid_request",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a09_duplicate_member_names() {
+    let b = TestBroker::start().await;
+    let k = b.issuer().signer();
+    let h = format!(r#"{{"alg":"RS256","kid":"{}","alg":"none"}}"#, k.kid());
+    refused(
+        &b,
+        &b.issuer().sign_raw(&h, &good_claims(&b).to_string()),
+        "invalid_request",
+    )
+    .await;
+    let c = good_claims(&b).to_string();
+    let dup = format!("{},\"sub\":\"admin\"}}", &c[..c.len() - 1]);
+    refused(
+        &b,
+        &b.issuer().sign_raw(&header(&b).to_string(), &dup),
+        "invalid_request",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a10_case_variant_registered_names() {
+    let b = TestBroker::start().await;
+    let mut c = good_claims(&b);
+    c["Sub"] = "admin".into();
+    refused(&b, &b.issuer().sign(&c), "invalid_request").await;
+    let mut c = good_claims(&b);
+    c["AUD"] = "tessera".into();
+    refused(&b, &b.issuer().sign(&c), "invalid_request").await;
+}
+
+#[tokio::test]
+async fn a11_deep_nesting_bounded() {
+    let b = TestBroker::start().await;
+    let c = good_claims(&b).to_string();
+    let deep = format!(
+        "{},\"x\":{}{}}}",
+        &c[..c.len() - 1],
+        "[".repeat(3000),
+        "]".repeat(3000)
+    );
+    refused(
+        &b,
+        &b.issuer().sign_raw(&header(&b).to_string(), &deep),
+        "invalid_request",
+    )
+    .await;
+    accepted(&b, &b.ci_token()).await;
+}
+
+#[tokio::test]
+async fn a12_oversized_subject_token_never_falls_back_to_the_certificate() {
+    let b = TestBroker::start().await;
+    for size in [9 * 1024, 60 * 1024] {
+        let big = "a".repeat(size);
+        // over mTLS: the broker must not fall back to the client certificate
+        let (s, v) = b
+            .token(
+                &b.agent_client(),
+                &[
+                    ("grant_type", TE),
+                    ("subject_token_type", JWT),
+                    ("subject_token", &big),
+                    ("audience", API),
+                    ("scope", "tickets:read"),
+                ],
+            )
+            .await;
+        assert_eq!(s, 400);
+        assert_eq!(v["error"], "invalid_request");
+    }
+    // 1 MiB: over the body cap
+    let big = "a".repeat(1024 * 1024);
+    let r = b
+        .anon()
+        .post(b.url("/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(encode_form(&TestBroker::oidc_form(&big)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn a13_huge_time_values_do_not_panic() {
+    let b = TestBroker::start().await;
+    for v in ["1e20", "9.3e18", "1.5e300", "18446744073709551615"] {
+        for claim in ["exp", "iat", "nbf"] {
+            let c = good_claims(&b).to_string();
+            let raw = format!("{},\"{claim}x\":0}}", &c[..c.len() - 1])
+                .replace(&format!("\"{claim}x\":0"), "\"zz\":0");
+            let mut obj: Value = serde_json::from_str(&raw).unwrap();
+            obj.as_object_mut().unwrap().remove(claim);
+            let s = obj.to_string();
+            let with = format!("{},\"{claim}\":{v}}}", &s[..s.len() - 1]);
+            refused(
+                &b,
+                &b.issuer().sign_raw(&header(&b).to_string(), &with),
+                "invalid_request",
+            )
+            .await;
+        }
+    }
+    accepted(&b, &b.ci_token()).await;
+}
+
+#[tokio::test]
+async fn a14_wrong_type_time_claims_are_not_absent() {
+    let b = TestBroker::start().await;
+    for v in [
+        json!("9999999999"),
+        json!(true),
+        json!(null),
+        json!({}),
+        json!(-1),
+    ] {
+        for claim in ["exp", "nbf", "iat"] {
+            let mut c = good_claims(&b);
+            c[claim] = v.clone();
+            refused(&b, &b.issuer().sign(&c), "invalid_request").await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a15_malformed_aud() {
+    let b = TestBroker::start().await;
+    for v in [
+        json!([]),
+        json!([1]),
+        json!([null]),
+        json!({"a": 1}),
+        json!(""),
+    ] {
+        let mut c = good_claims(&b);
+        c["aud"] = v;
+        refused(&b, &b.issuer().sign(&c), "invalid_request").await;
+    }
+}
+
+// ---------------- B. Algorithm handling ----------------
+
+#[tokio::test]
+async fn b16_b17_alg_none_in_every_spelling() {
+    let b = TestBroker::start().await;
+    let c = b64(good_claims(&b).to_string().as_bytes());
+    for alg in ["none", "None", "NONE", "nOnE"] {
+        let h = b64(json!({"alg": alg, "kid": b.issuer().signer().kid()})
+            .to_string()
+            .as_bytes());
+        refused(&b, &format!("{h}.{c}."), "invalid_request").await;
+        refused(&b, &format!("{h}.{c}.AAAA"), "invalid_request").await;
+    }
+}
+
+fn hs256(key: &[u8], input: &str) -> String {
+    let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+    b64(aws_lc_rs::hmac::sign(&k, input.as_bytes()).as_ref())
+}
+
+#[tokio::test]
+async fn b18_b19_hmac_key_confusion_and_weak_secrets() {
+    let b = TestBroker::start().await;
+    let k = b.issuer().signer();
+    let jwk = k.public_jwk();
+    let h = b64(json!({"alg": "HS256", "kid": k.kid(), "typ": "JWT"})
+        .to_string()
+        .as_bytes());
+    let c = b64(good_claims(&b).to_string().as_bytes());
+    let input = format!("{h}.{c}");
+    let n = URL_SAFE_NO_PAD.decode(jwk["n"].as_str().unwrap()).unwrap();
+    for secret in [
+        jwk.to_string().into_bytes(),
+        n,
+        vec![],
+        b"secret".to_vec(),
+        b"password".to_vec(),
+    ] {
+        refused(
+            &b,
+            &format!("{input}.{}", hs256(&secret, &input)),
+            "invalid_request",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn b20_b21_one_key_one_alg() {
+    let b = TestBroker::start().await;
+    let k = b.issuer().signer(); // RS256
+    let c = good_claims(&b).to_string();
+    for alg in ["PS256", "RS512", "ES256", "ES384", "EdDSA"] {
+        let h = json!({"alg": alg, "kid": k.kid(), "typ": "JWT"}).to_string();
+        refused(&b, &b.issuer().sign_raw(&h, &c), "invalid_request").await;
+    }
+}
+
+#[tokio::test]
+async fn b22_malformed_alg() {
+    let b = TestBroker::start().await;
+    let k = b.issuer().signer();
+    let c = good_claims(&b).to_string();
+    for alg in [json!(null), json!(["RS256"]), json!(0), json!(true)] {
+        let h = json!({"alg": alg, "kid": k.kid()}).to_string();
+        refused(&b, &b.issuer().sign_raw(&h, &c), "invalid_request").await;
+    }
+    let h = json!({"kid": k.kid()}).to_string();
+    refused(&b, &b.issuer().sign_raw(&h, &c), "invalid_request").await;
+}
+
+#[test]
+fn b23_config_refuses_none_and_hmac_allowlists() {
+    for alg in ["none", "HS256", "HS512"] {
+        let t = format!(
+            "[[issuers]]\nname=\"x\"\nissuer=\"https://x\"\naudiences=[\"a\"]\nalgorithms=[\"{alg}\"]\n"
+        );
+        let e = tessera::config::Config::from_toml_str("t.toml", &t).unwrap_err();
+        assert_eq!(e.key, "issuers[0].algorithms[0]");
+    }
+}
+
+#[tokio::test]
+async fn b24_eddsa_exact_identifier() {
+    let b = TestBroker::start_with(Options {
+        issuer_algorithm: SigningAlgorithm::EdDSA,
+        ..Default::default()
+    })
+    .await;
+    accepted(&b, &b.ci_token()).await;
+    let k = b.issuer().signer();
+    let c = good_claims(&b).to_string();
+    for alg in ["Ed25519", "Ed448", "eddsa"] {
+        let h = json!({"alg": alg, "kid": k.kid()}).to_string();
+        refused(&b, &b.issuer().sign_raw(&h, &c), "invalid_request").await;
+    }
+}
+
+// ---------------- C. Header parameters and key selection ----------------
+
+#[tokio::test]
+async fn c25_embedded_jwk_never_used() {
+    let b = TestBroker::start().await;
+    let rogue = TestIssuer::rogue_key(SigningAlgorithm::RS256).unwrap();
+    let h = json!({"alg": "RS256", "kid": rogue.kid(), "jwk": rogue.public_jwk()}).to_string();
+    refused(
+        &b,
+        &TestIssuer::sign_raw_with(&rogue, &h, &good_claims(&b).to_string()),
+        "invalid_request",
+    )
+    .await;
+    // even with the issuer's own kid
+    let h = json!({"alg": "RS256", "kid": b.issuer().signer().kid(), "jwk": rogue.public_jwk()})
+        .to_string();
+    refused(
+        &b,
+        &TestIssuer::sign_raw_with(&rogue, &h, &good_claims(&b).to_string()),
+        "invalid_request",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn c26_c27_c28_jku_x5u_x5c_never_fetched() {
+    let b = TestBroker::start().await;
+    accepted(&b, &b.ci_token()).await;
+    let hits = b.issuer().jwks_hits();
+    let k = b.issuer().signer();
+    let c = good_claims(&b).to_string();
+    let jku = format!("{}/jwks", b.issuer().url);
+    for (name, val) in [
+        ("jku", json!(jku)),
+        ("jku", json!("https://attacker.invalid/jwks.json")),
+        ("x5u", json!("http://169.254.169.254/latest")),
+        ("x5u", json!("file:///etc/passwd")),
+        ("x5u", json!("http://127.0.0.1:6379/")),
+        ("x5c", json!(["MIIBszCCAVmgAwIBAgIUEXAMPLE"])),
+    ] {
+        let mut h = json!({"alg": "RS256", "kid": k.kid()});
+        h[name] = val;
+        refused(
+            &b,
+            &b.issuer().sign_raw(&h.to_string(), &c),
+            "invalid_request",
+        )
+        .await;
+    }
+    assert_eq!(
+        b.issuer().jwks_hits(),
+        hits,
+        "no outbound request because of the input"
+    );
+}
+
+#[tokio::test]
+async fn c29_kid_injection_is_an_opaque_miss() {
+    let b = TestBroker::start().await;
+    accepted(&b, &b.ci_token()).await;
+    let c = good_claims(&b).to_string();
+    let long = "k".repeat(10_000);
+    let kids = [
+        "../../../../dev/null",
+        "/dev/null",
+        "",
+        "/invalid_path",
+        "|sleep 10",
+        "| curl http://127.0.0.1:1",
+        "x' UNION SELECT '1';--",
+        &long,
+        "\u{0}",
+        "\r\nX-Injected: 1",
+    ];
+    let t = std::time::Instant::now();
+    for kid in kids {
+        let h = json!({"alg": "RS256", "kid": kid}).to_string();
+        refused(&b, &b.issuer().sign_raw(&h, &c), "invalid_request").await;
+    }
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "flat latency, no sleep"
+    );
+    assert!(
+        b.issuer().jwks_hits() <= 2,
+        "at most one refresh per cooldown"
+    );
+}
+
+#[tokio::test]
+async fn c30_key_lookup_is_per_issuer() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = TestIssuer::start(dir.path(), SigningAlgorithm::RS256)
+        .await
+        .unwrap();
+    let extra = format!(
+        "[[issuers]]\nname = \"other\"\nissuer = \"{}\"\naudiences = [\"tessera\"]\njwks_uri = \"{}\"\nca = \"{}\"\n",
+        other.url,
+        other.jwks_uri(),
+        other.ca_path.display()
+    );
+    let b = TestBroker::start_with(Options {
+        extra,
+        ..Default::default()
+    })
+    .await;
+    // iss = our CI issuer, signed by the other trusted issuer with its kid
+    let c = good_claims(&b);
+    let h = json!({"alg": "RS256", "kid": other.signer().kid()}).to_string();
+    refused(
+        &b,
+        &TestIssuer::sign_raw_with(&other.signer(), &h, &c.to_string()),
+        "invalid_request",
+    )
+    .await;
+    // F55: and the other way round: iss = other, signed with the CI issuer's key
+    let mut c2 = c.clone();
+    c2["iss"] = other.url.clone().into();
+    refused(&b, &b.issuer().sign(&c2), "invalid_request").await;
+}
+
+#[tokio::test]
+async fn c31_burst_of_random_kids_causes_at_most_one_refresh() {
+    let b = TestBroker::start().await;
+    accepted(&b, &b.ci_token()).await;
+    assert_eq!(b.issuer().jwks_hits(), 1);
+    let c = good_claims(&b).to_string();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let h = json!({"alg": "RS256", "kid": format!("random-{i}")}).to_string();
+        let st = b.issuer().sign_raw(&h, &c);
+        let client = b.anon();
+        let url = b.url("/token");
+        tasks.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(encode_form(&TestBroker::oidc_form(&st)))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 400);
+    }
+    assert!(
+        b.issuer().jwks_hits() <= 2,
+        "hits: {}",
+        b.issuer().jwks_hits()
+    );
+    // good keys were not evicted
+    accepted(&b, &b.ci_token()).await;
+}
+
+#[tokio::test]
+async fn c32_no_kid_with_several_keys_is_refused() {
+    let b = TestBroker::start().await;
+    let c = good_claims(&b).to_string();
+    // one published key: a token without kid is accepted
+    let h = json!({"alg": "RS256"}).to_string();
+    accepted(&b, &b.issuer().sign_raw(&h, &c)).await;
+    // after rotation two keys are published: no try-every-key
+    b.issuer().rotate(SigningAlgorithm::RS256).unwrap();
+    let b2 = TestBroker::start_with(Options::default()).await; // fresh cache
+    let _ = b2;
+    let h = json!({"alg": "RS256"}).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let iss = TestIssuer::start(dir.path(), SigningAlgorithm::RS256)
+        .await
+        .unwrap();
+    iss.rotate(SigningAlgorithm::RS256).unwrap();
+    let extra = format!(
+        "[[issuers]]\nname = \"two\"\nissuer = \"{}\"\naudiences = [\"tessera\"]\njwks_uri = \"{}\"\nca = \"{}\"\n\n[[policies]]\nname = \"two\"\nmatch = {{ issuer = \"two\" }}\naudiences = [\"a\"]\nscopes = [\"s\"]\n",
+        iss.url,
+        iss.jwks_uri(),
+        iss.ca_path.display()
+    );
+    let b3 = TestBroker::start_with(Options {
+        extra,
+        ..Default::default()
+    })
+    .await;
+    let claims = iss.claims("x", "tessera");
+    let st = iss.sign_raw(&h, &claims.to_string());
+    let (s, v) = b3
+        .token(
+            &b3.anon(),
+            &[
+                ("grant_type", TE),
+                ("subject_token_type", JWT),
+                ("subject_token", &st),
+                ("audience", "a"),
+                ("scope", "s"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), v["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    // with its kid it works
+    let st = iss.sign(&claims);
+    let (s, _) = b3
+        .token(
+            &b3.anon(),
+            &[
+                ("grant_type", TE),
+                ("subject_token_type", JWT),
+                ("subject_token", &st),
+                ("audience", "a"),
+                ("scope", "s"),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn c34_c35_c36_c37_forbidden_header_parameters() {
+    let b = TestBroker::start().await;
+    let k = b.issuer().signer();
+    let c = good_claims(&b).to_string();
+    for (name, val) in [
+        ("crit", json!(["x-unknown"])),
+        ("crit", json!([])),
+        ("crit", json!("b64")),
+        ("crit", json!([1])),
+        ("crit", json!(["kid"])),
+        ("crit", json!(["exp"])),
+        ("b64", json!(false)),
+        ("zip", json!("DEF")),
+        ("enc", json!("A128GCM")),
+        ("p2c", json!(2_000_000_000u64)),
+        ("epk", json!({"kty": "EC"})),
+        ("cty", json!("JWT")),
+    ] {
+        let mut h = json!({"alg": "RS256", "kid": k.kid()});
+        h[name] = val;
+        refused(
+            &b,
+            &b.issuer().sign_raw(&h.to_string(), &c),
+            "invalid_request",
+        )
+        .await;
+    }
+}
+
+// ---------------- D. Signature and cryptographic edge cases ----------------
+
+#[tokio::test]
+async fn d38_d40_ecdsa_signature_edge_cases() {
+    let b = TestBroker::start_with(Options {
+        issuer_algorithm: SigningAlgorithm::ES256,
+        ..Default::default()
+    })
+    .await;
+    let good = b.ci_token();
+    accepted(&b, &b.ci_token()).await;
+    let p: Vec<&str> = good.split('.').collect();
+    let input = format!("{}.{}", p[0], p[1]);
+    let sig = URL_SAFE_NO_PAD.decode(p[2]).unwrap();
+    assert_eq!(sig.len(), 64);
+    // r = s = 0 (psychic signature)
+    refused(
+        &b,
+        &format!("{input}.{}", b64(&[0u8; 64])),
+        "invalid_request",
+    )
+    .await;
+    // r = n, s = n
+    let n = hex32("FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551");
+    let mut rn = n.to_vec();
+    rn.extend_from_slice(&n);
+    refused(&b, &format!("{input}.{}", b64(&rn)), "invalid_request").await;
+    // r = 0 with a valid s
+    let mut r0 = vec![0u8; 32];
+    r0.extend_from_slice(&sig[32..]);
+    refused(&b, &format!("{input}.{}", b64(&r0)), "invalid_request").await;
+    // DER-encoded signature instead of raw r||s
+    let der = der_ecdsa(&sig[..32], &sig[32..]);
+    refused(&b, &format!("{input}.{}", b64(&der)), "invalid_request").await;
+    // 96-byte signature
+    let mut long = sig.clone();
+    long.extend_from_slice(&[0u8; 32]);
+    refused(&b, &format!("{input}.{}", b64(&long)), "invalid_request").await;
+}
+
+fn hex32(h: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for i in 0..32 {
+        out[i] = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap();
+    }
+    out
+}
+
+fn der_ecdsa(r: &[u8], s: &[u8]) -> Vec<u8> {
+    fn int(x: &[u8]) -> Vec<u8> {
+        let mut v: Vec<u8> = x.iter().copied().skip_while(|b| *b == 0).collect();
+        if v.first().is_some_and(|b| *b & 0x80 != 0) {
+            v.insert(0, 0);
+        }
+        let mut out = vec![0x02, v.len() as u8];
+        out.extend(v);
+        out
+    }
+    let body: Vec<u8> = int(r).into_iter().chain(int(s)).collect();
+    let mut out = vec![0x30, body.len() as u8];
+    out.extend(body);
+    out
+}
+
+/// n - s over 32-byte big-endian numbers.
+fn neg_mod_n(s: &[u8]) -> Vec<u8> {
+    let n = hex32("FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551");
+    let mut out = vec![0u8; 32];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let mut d = n[i] as i16 - s[i] as i16 - borrow;
+        borrow = if d < 0 {
+            d += 256;
+            1
+        } else {
+            0
+        };
+        out[i] = d as u8;
+    }
+    out
+}
+
+#[tokio::test]
+async fn d39_high_s_twin_is_the_same_token_for_replay() {
+    let b = TestBroker::start_with(Options {
+        issuer_algorithm: SigningAlgorithm::ES256,
+        issuer_extra: "single_use = true".into(),
+        ..Default::default()
+    })
+    .await;
+    let good = b.ci_token();
+    let p: Vec<&str> = good.split('.').collect();
+    let sig = URL_SAFE_NO_PAD.decode(p[2]).unwrap();
+    let mut twin = sig[..32].to_vec();
+    twin.extend(neg_mod_n(&sig[32..]));
+    let twin_token = format!("{}.{}.{}", p[0], p[1], b64(&twin));
+    accepted(&b, &good).await;
+    // whether or not the crypto accepts the malleated twin, it is not a new token
+    refused(&b, &twin_token, "invalid_request").await;
+}
+
+#[tokio::test]
+async fn d44_integrity() {
+    let b = TestBroker::start().await;
+    let good = b.ci_token();
+    let p: Vec<&str> = good.split('.').collect();
+    // header changed after signing
+    let mut h = header(&b);
+    h["typ"] = "at+jwt".into();
+    refused(
+        &b,
+        &format!("{}.{}.{}", b64(h.to_string().as_bytes()), p[1], p[2]),
+        "invalid_request",
+    )
+    .await;
+    // payload bit flip
+    let mut payload = URL_SAFE_NO_PAD.decode(p[1]).unwrap();
+    let last = payload.len() - 3;
+    payload[last] ^= 0x01;
+    refused(
+        &b,
+        &format!("{}.{}.{}", p[0], b64(&payload), p[2]),
+        "invalid_request",
+    )
+    .await;
+    // last 4 signature characters cut
+    refused(&b, &good[..good.len() - 4], "invalid_request").await;
+    // signed by an unpublished key under the issuer's kid
+    let rogue = TestIssuer::rogue_key(SigningAlgorithm::RS256).unwrap();
+    refused(
+        &b,
+        &TestIssuer::sign_raw_with(
+            &rogue,
+            &header(&b).to_string(),
+            &good_claims(&b).to_string(),
+        ),
+        "invalid_request",
+    )
+    .await;
+}
+
+// ---------------- E. Claims and time ----------------
+
+#[tokio::test]
+async fn e46_e47_e48_e49_time_rules() {
+    let b = TestBroker::start().await;
+    let n = now();
+    // expired beyond the 30 s leeway
+    let mut c = good_claims(&b);
+    c["exp"] = (n - 31).into();
+    refused(&b, &b.issuer().sign(&c), "invalid_request").await;
+    // expired within the leeway: the token is valid, but a minted token may
+    // never outlive it, so there is no lifetime left: still refused
+    let mut c = good_claims(&b);
+    c["exp"] = (n - 10).into();
+    refused(&b, &b.issuer().sign(&c), "invalid_request").await;
+    // exp absent (legacy Kubernetes secret tokens)
+    let mut c = good_claims(&b);
+    c.as_object_mut().unwrap().remove("exp");
+    refused(&b, &b.issuer().sign(&c), "invalid_request").await;
+    // nbf / iat in the future beyond leeway
+    for claim in ["nbf", "iat"] {
+        let mut c = good_claims(&b);
+        c[claim] = (n + 120).into();
+        refused(&b, &b.issuer().sign(&c), "invalid_request").await;
+    }
+    // lifetime over the issuer's cap (24 h)
+    let mut c = good_claims(&b);
+    c["exp"] = (n + 25 * 3600).into();
+    refused(&b, &b.issuer().sign(&c), "invalid_request").await;
+    // within the leeway on nbf: fine
+    let mut c = good_claims(&b);
+    c["nbf"] = (n + 10).into();
+    accepted(&b, &b.issuer().sign(&c)).await;
+}
+
+#[tokio::test]
+async fn e50_single_use_issuer_rejects_replayed_jti() {
+    let b = TestBroker::start_with(Options {
+        issuer_extra: "single_use = true".into(),
+        ..Default::default()
+    })
+    .await;
+    let st = b.ci_token();
+    accepted(&b, &st).await;
+    refused(&b, &st, "invalid_request").await;
+    // a different token with a new jti is fine
+    accepted(&b, &b.ci_token()).await;
+    // without single_use both succeed with distinct minted jti
+    let b2 = TestBroker::start().await;
+    let st = b2.ci_token();
+    let v1 = accepted(&b2, &st).await;
+    let v2 = accepted(&b2, &st).await;
+    let j1 = decode(v1["access_token"].as_str().unwrap()).1["jti"].clone();
+    let j2 = decode(v2["access_token"].as_str().unwrap()).1["jti"].clone();
+    assert_ne!(j1, j2);
+}
+
+#[tokio::test]
+async fn e51_lookalike_subjects_match_no_policy() {
+    let b = TestBroker::start().await;
+    for sub in [
+        "repo：acme/app:ref:refs/heads/main",
+        "repo:acmе/app:ref:refs/heads/main",
+        "repo:acme/app :ref:refs/heads/main",
+        "repo:acme/app\t:ref:refs/heads/main",
+        " repo:acme/app:ref:refs/heads/main",
+        "repo:acme/app\u{0}:ref",
+        "repo:acme/app:\u{202E}niam",
+        "REPO:acme/app:ref:refs/heads/main",
+    ] {
+        let mut c = good_claims(&b);
+        c["sub"] = sub.into();
+        refused(&b, &b.issuer().sign(&c), "invalid_request").await;
+    }
+}
+
+#[tokio::test]
+async fn e52_e53_claim_conditions_are_literal_and_never_wildcards() {
+    let b = TestBroker::start().await;
+    for v in [
+        json!("*"),
+        json!("pro*"),
+        json!(".*"),
+        json!(null),
+        json!(true),
+        json!(0),
+        json!(""),
+        json!(["staging"]),
+    ] {
+        let mut c = good_claims(&b);
+        c["env"] = v;
+        refused(&b, &b.issuer().sign(&c), "invalid_request").await;
+    }
+    let mut c = good_claims(&b);
+    c.as_object_mut().unwrap().remove("env");
+    refused(&b, &b.issuer().sign(&c), "invalid_request").await;
+    // an array claim matches when one element matches
+    let mut c = good_claims(&b);
+    c["env"] = json!(["staging", "prod"]);
+    accepted(&b, &b.issuer().sign(&c)).await;
+}
+
+#[tokio::test]
+async fn e54_upstream_act_claim_is_not_copied() {
+    let b = TestBroker::start().await;
+    let mut c = good_claims(&b);
+    c["act"] = json!({"sub": "admin"});
+    c["may_act"] = json!({"sub": "admin"});
+    let v = accepted(&b, &b.issuer().sign(&c)).await;
+    let (_, minted) = decode(v["access_token"].as_str().unwrap());
+    assert!(minted.get("act").is_none());
+    assert_eq!(minted["sub"], "repo:acme/app:ref:refs/heads/main");
+}
+
+// ---------------- F. Issuer, audience and type confusion ----------------
+
+#[tokio::test]
+async fn f56_f57_unknown_and_variant_issuers_without_outbound() {
+    let b = TestBroker::start().await;
+    let url = b.issuer().url.clone();
+    let variants = [
+        format!("{url}/"),
+        url.replace("https://", "HTTPS://"),
+        url.replace("https://", "http://"),
+        url.replace("127.0.0.1", "localhost"),
+        url.replace("https://", "https://user@"),
+        "https://attacker.example".to_string(),
+    ];
+    for iss in variants {
+        let mut c = good_claims(&b);
+        c["iss"] = iss.into();
+        refused(&b, &b.issuer().sign(&c), "invalid_request").await;
+    }
+    assert_eq!(
+        b.issuer().jwks_hits() + b.issuer().discovery_hits(),
+        0,
+        "no outbound"
+    );
+}
+
+#[tokio::test]
+async fn f58_f59_f60_audience_binding() {
+    let b = TestBroker::start().await;
+    let mut c = good_claims(&b);
+    c.as_object_mut().unwrap().remove("aud");
+    refused(&b, &b.issuer().sign(&c), "invalid_request").await;
+    let mut c = good_claims(&b);
+    c["aud"] = json!(["x"]);
+    refused(&b, &b.issuer().sign(&c), "invalid_request").await;
+    for aud in ["https://kubernetes.default.svc", "https://github.com/acme"] {
+        let mut c = good_claims(&b);
+        c["aud"] = aud.into();
+        refused(&b, &b.issuer().sign(&c), "invalid_request").await;
+    }
+    let mut c = good_claims(&b);
+    c["aud"] = json!(["tessera", "x"]);
+    accepted(&b, &b.issuer().sign(&c)).await;
+}
+
+#[tokio::test]
+async fn f61_f62_f63_type_confusion() {
+    let b = TestBroker::start().await;
+    // a token minted by this broker presented as a subject token
+    let (s, v) = b
+        .token(
+            &b.agent_client(),
+            &[
+                ("grant_type", TE),
+                ("subject_token_type", MTLS),
+                ("audience", API),
+                ("scope", "tickets:read"),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200);
+    let minted = v["access_token"].as_str().unwrap().to_string();
+    for tt in [JWT, ACCESS] {
+        let (s, v) = b
+            .token(
+                &b.anon(),
+                &[
+                    ("grant_type", TE),
+                    ("subject_token_type", tt),
+                    ("subject_token", &minted),
+                    ("audience", API),
+                    ("scope", "tickets:read"),
+                ],
+            )
+            .await;
+        assert_eq!(
+            (s.as_u16(), v["error"].as_str()),
+            (400, Some("invalid_request"))
+        );
+    }
+    // typ of another kind of token, signed by the trusted issuer
+    for typ in [
+        "at+jwt",
+        "application/at+jwt",
+        "secevent+jwt",
+        "dpop+jwt",
+        "logout+jwt",
+    ] {
+        let mut h = header(&b);
+        h["typ"] = typ.into();
+        refused(
+            &b,
+            &b.issuer()
+                .sign_raw(&h.to_string(), &good_claims(&b).to_string()),
+            "invalid_request",
+        )
+        .await;
+    }
+    // subject_token_type inconsistent / unknown / missing
+    let st = b.ci_token();
+    for tt in [
+        Some(ACCESS),
+        Some("urn:ietf:params:oauth:token-type:saml2"),
+        Some("urn:x"),
+        None,
+    ] {
+        let mut f = vec![
+            ("grant_type", TE),
+            ("subject_token", st.as_str()),
+            ("audience", "https://deploy.example.com"),
+            ("scope", "deploy:read"),
+        ];
+        if let Some(t) = tt {
+            f.push(("subject_token_type", t));
+        }
+        let (s, v) = b.token(&b.anon(), &f).await;
+        assert_eq!(
+            (s.as_u16(), v["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{tt:?}"
+        );
+    }
+    // id_token type is accepted for an OIDC token
+    let mut f = TestBroker::oidc_form(&st);
+    f[1] = ("subject_token_type", ID_TOKEN);
+    let (s, _) = b.token(&b.anon(), &f).await;
+    assert_eq!(s, 200);
+}
+
+// ---------------- G. RFC 8693 protocol and deny by default ----------------
+
+#[tokio::test]
+async fn g64_grant_types() {
+    let b = TestBroker::start().await;
+    let (s, v) = b
+        .token(&b.anon(), &[("audience", API), ("scope", "a")])
+        .await;
+    assert_eq!(
+        (s.as_u16(), v["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    for g in [
+        "password",
+        "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        "authorization_code",
+        "refresh_token",
+    ] {
+        let (s, v) = b
+            .token(
+                &b.anon(),
+                &[("grant_type", g), ("audience", API), ("scope", "a")],
+            )
+            .await;
+        assert_eq!(
+            (s.as_u16(), v["error"].as_str()),
+            (400, Some("unsupported_grant_type")),
+            "{g}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn g65_repeated_parameters() {
+    let b = TestBroker::start().await;
+    let st = b.ci_token();
+    for dup in [
+        "grant_type",
+        "subject_token",
+        "subject_token_type",
+        "scope",
+        "task",
+    ] {
+        let mut f = TestBroker::oidc_form(&st);
+        let v = f
+            .iter()
+            .find(|(k, _)| *k == dup)
+            .map(|(_, v)| *v)
+            .unwrap_or("t1");
+        f.push((dup, v));
+        if dup == "task" {
+            f.push(("task", "t1"));
+        }
+        let (s, body) = b.token(&b.anon(), &f).await;
+        assert_eq!(
+            (s.as_u16(), body["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{dup}"
+        );
+    }
+    let mut f = TestBroker::oidc_form(&st);
+    f.push(("actor_token", "a"));
+    f.push(("actor_token", "b"));
+    f.push(("actor_token_type", JWT));
+    let (s, _) = b.token(&b.anon(), &f).await;
+    assert_eq!(s, 400);
+}
+
+#[tokio::test]
+async fn g66_more_than_one_target() {
+    let b = TestBroker::start().await;
+    let st = b.ci_token();
+    let mut f = TestBroker::oidc_form(&st);
+    f.push(("audience", "https://other.example.com"));
+    let (s, v) = b.token(&b.anon(), &f).await;
+    assert_eq!(
+        (s.as_u16(), v["error"].as_str()),
+        (400, Some("invalid_target"))
+    );
+    let mut f = TestBroker::oidc_form(&st);
+    f.push(("resource", "https://deploy.example.com"));
+    let (s, v) = b.token(&b.anon(), &f).await;
+    assert_eq!(
+        (s.as_u16(), v["error"].as_str()),
+        (400, Some("invalid_target"))
+    );
+    // resource alone is a target
+    let mut f = TestBroker::oidc_form(&st);
+    f[3] = ("resource", "https://deploy.example.com");
+    let (s, _) = b.token(&b.anon(), &f).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn g67_transport_rules() {
+    let b = TestBroker::start().await;
+    let st = b.ci_token();
+    let form = encode_form(&TestBroker::oidc_form(&st));
+    let c = b.anon();
+    // parameters in the query string
+    let r = c
+        .post(format!("{}?{form}", b.url("/token")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .post(format!("{}?x=1", b.url("/token")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // JSON, multipart, odd charset, no content type
+    for ct in [
+        Some("application/json"),
+        Some("multipart/form-data; boundary=x"),
+        Some("application/x-www-form-urlencoded; charset=iso-8859-1"),
+        Some("text/plain"),
+        None,
+    ] {
+        let mut rb = c.post(b.url("/token")).body(form.clone());
+        if let Some(ct) = ct {
+            rb = rb.header("content-type", ct);
+        }
+        let r = rb.send().await.unwrap();
+        assert_eq!(r.status(), 400, "{ct:?}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "invalid_request");
+    }
+    // GET
+    let r = c.get(b.url("/token")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+}
+
+#[tokio::test]
+async fn g68_audience_exact_match() {
+    let b = TestBroker::start().await;
+    for aud in [
+        "*",
+        "https://api.example.com/",
+        "HTTPS://API.EXAMPLE.COM",
+        "https://api.example.com/.",
+        "https://user@api.example.com",
+        "https://api.example.com#frag",
+        "api.example.com",
+    ] {
+        let (s, v) = b
+            .token(
+                &b.agent_client(),
+                &[
+                    ("grant_type", TE),
+                    ("subject_token_type", MTLS),
+                    ("audience", aud),
+                    ("scope", "tickets:read"),
+                ],
+            )
+            .await;
+        assert_eq!(
+            (s.as_u16(), v["error"].as_str()),
+            (400, Some("invalid_target")),
+            "{aud}"
+        );
+    }
+    // empty audience is treated as omitted: no target
+    let (s, v) = b
+        .token(
+            &b.agent_client(),
+            &[
+                ("grant_type", TE),
+                ("subject_token_type", MTLS),
+                ("audience", ""),
+                ("scope", "tickets:read"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), v["error"].as_str()),
+        (400, Some("invalid_target"))
+    );
+}
+
+#[tokio::test]
+async fn g69_scope_superset_is_rejected_not_narrowed() {
+    let b = TestBroker::start().await;
+    let (s, v) = b
+        .token(
+            &b.agent_client(),
+            &[
+                ("grant_type", TE),
+                ("subject_token_type", MTLS),
+                ("audience", API),
+                ("scope", "tickets:read tickets:write admin"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), v["error"].as_str()),
+        (400, Some("invalid_scope"))
+    );
+}
+
+#[tokio::test]
+async fn g70_no_matching_policy_is_generic() {
+    let b = TestBroker::start().await;
+    let other =
+        b.ca.issue(&LeafSpec::client_spiffe(
+            "spiffe://example.org/service/unknown",
+        ))
+        .unwrap();
+    let c = b.client(Some(&other));
+    let (s, v) = b
+        .token(
+            &c,
+            &[
+                ("grant_type", TE),
+                ("subject_token_type", MTLS),
+                ("audience", API),
+                ("scope", "tickets:read"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), v["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let body = v.to_string();
+    assert!(
+        !body.contains("agent") && !body.contains("tickets") && !body.contains("example"),
+        "no policy echo: {body}"
+    );
+}
+
+#[tokio::test]
+async fn g74_actor_token_pairing() {
+    let b = TestBroker::start().await;
+    let st = b.ci_token();
+    let mut f = TestBroker::oidc_form(&st);
+    f.push(("actor_token", "x.y.z"));
+    let (s, v) = b.token(&b.anon(), &f).await;
+    assert_eq!(
+        (s.as_u16(), v["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let mut f = TestBroker::oidc_form(&st);
+    f.push(("actor_token_type", JWT));
+    let (s, v) = b.token(&b.anon(), &f).await;
+    assert_eq!(
+        (s.as_u16(), v["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+}
+
+#[tokio::test]
+async fn g77_lifetime_caps() {
+    let b = TestBroker::start().await;
+    let mut c = good_claims(&b);
+    c["exp"] = (now() + 60).into();
+    let st = b.issuer().sign(&c);
+    let mut f = TestBroker::oidc_form(&st);
+    f.push(("expires_in", "900"));
+    let (s, v) = b.token(&b.anon(), &f).await;
+    assert_eq!(s, 200);
+    let ei = v["expires_in"].as_u64().unwrap();
+    assert!(ei <= 60, "expires_in tells the truth: {ei}");
+    let (_, claims) = decode(v["access_token"].as_str().unwrap());
+    let iat = claims["iat"].as_u64().unwrap();
+    assert_eq!(
+        claims["exp"].as_u64().unwrap(),
+        c["exp"].as_u64().unwrap().min(iat + 300)
+    );
+    assert_eq!(claims["exp"].as_u64().unwrap() - iat, ei);
+}
+
+#[tokio::test]
+async fn g78_no_refresh_tokens() {
+    let b = TestBroker::start().await;
+    let (s, v) = b
+        .token(
+            &b.agent_client(),
+            &[
+                ("grant_type", TE),
+                ("subject_token_type", MTLS),
+                ("audience", API),
+                ("scope", "tickets:read"),
+                (
+                    "requested_token_type",
+                    "urn:ietf:params:oauth:token-type:refresh_token",
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), v["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (s, v) = b
+        .token(
+            &b.agent_client(),
+            &[
+                ("grant_type", TE),
+                ("subject_token_type", MTLS),
+                ("audience", API),
+                ("scope", "tickets:read"),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(v.get("refresh_token").is_none());
+}
+
+#[tokio::test]
+async fn g79_two_client_authentication_mechanisms() {
+    let b = TestBroker::start().await;
+    let r = b
+        .agent_client()
+        .post(b.url("/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", "Basic YWRtaW46YWRtaW4=")
+        .body(encode_form(&[
+            ("grant_type", TE),
+            ("subject_token_type", MTLS),
+            ("audience", API),
+            ("scope", "tickets:read"),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "invalid_request");
+}
+
+#[tokio::test]
+async fn g80_binding_required_refuses_unauthenticated_callers() {
+    let policies = DEFAULT_POLICIES.replace(
+        "max_ttl = \"5m\"",
+        "max_ttl = \"5m\"\nrequire_binding = true",
+    );
+    let b = TestBroker::start_with(Options {
+        policies,
+        ..Default::default()
+    })
+    .await;
+    let st = b.ci_token();
+    let (s, v) = b.token(&b.anon(), &TestBroker::oidc_form(&st)).await;
+    assert_eq!(
+        (s.as_u16(), v["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    let (s, _) = b
+        .token(&b.agent_client(), &TestBroker::oidc_form(&st))
+        .await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn g81_g84_github_style_globs() {
+    let policies = r#"
+[[policies]]
+name = "gh"
+match = { issuer = "ci", subject = "repo:acme/app:ref:refs/heads/main", claims = { "repository_id" = "123" } }
+audiences = ["https://deploy.example.com"]
+scopes = ["deploy:read"]
+"#;
+    let b = TestBroker::start_with(Options {
+        policies: policies.into(),
+        ..Default::default()
+    })
+    .await;
+    let mk = |sub: &str, rid: Value| {
+        let mut c = b.issuer().claims(sub, "tessera");
+        if !rid.is_null() {
+            c["repository_id"] = rid;
+        }
+        b.issuer().sign(&c)
+    };
+    accepted(&b, &mk("repo:acme/app:ref:refs/heads/main", json!("123"))).await;
+    for (sub, rid) in [
+        ("repo:acme/app-evil:ref:refs/heads/main", json!("123")),
+        ("repo:acme/app:pull_request", json!("123")),
+        ("repo:AcMe/App:ref:refs/heads/main", json!("123")),
+        ("repo:acme/app:ref:refs/heads/main", json!("999")), // G82: re-registered name, other id
+        ("repo:acme/app:ref:refs/heads/main", Value::Null),  // G84: claim missing
+    ] {
+        refused(&b, &mk(sub, rid), "invalid_request").await;
+    }
+}
+
+// ---------------- I. mTLS and X.509-SVID ----------------
+
+async fn handshake_fails(b: &TestBroker, cert: &tessera::pki::IssuedCert) {
+    let r = b.client(Some(cert)).get(b.url("/jwks.json")).send().await;
+    assert!(
+        r.is_err(),
+        "handshake must fail, got {:?}",
+        r.map(|r| r.status())
+    );
+}
+
+async fn mtls_status(b: &TestBroker, cert: &tessera::pki::IssuedCert) -> (u16, Value) {
+    let (s, v) = b
+        .token(
+            &b.client(Some(cert)),
+            &[
+                ("grant_type", TE),
+                ("subject_token_type", MTLS),
+                ("audience", API),
+                ("scope", "tickets:read"),
+            ],
+        )
+        .await;
+    (s.as_u16(), v)
+}
+
+#[tokio::test]
+async fn i92_certificate_from_an_untrusted_ca_fails_the_handshake() {
+    let b = TestBroker::start().await;
+    let rogue_ca = tessera::pki::Ca::generate("rogue").unwrap();
+    let rogue = rogue_ca.issue(&LeafSpec::client_spiffe(AGENT)).unwrap();
+    handshake_fails(&b, &rogue).await;
+    // the server keeps serving good clients
+    assert_eq!(mtls_status(&b, &b.agent).await.0, 200);
+}
+
+#[tokio::test]
+async fn i94_uri_san_rules() {
+    let b = TestBroker::start().await;
+    let two = b
+        .ca
+        .issue(&LeafSpec::client_spiffe(AGENT).with_extra_uri("spiffe://example.org/agent/other"))
+        .unwrap();
+    let https =
+        b.ca.issue(&LeafSpec::client_spiffe("https://example.org/agent/demo"))
+            .unwrap();
+    let cn_only =
+        b.ca.issue(&LeafSpec::new("spiffe://example.org/agent/demo").client_auth_only())
+            .unwrap();
+    for c in [&two, &https, &cn_only] {
+        let (s, v) = mtls_status(&b, c).await;
+        assert_eq!((s, v["error"].as_str()), (401, Some("invalid_client")));
+    }
+    // no URI SAN: the first DNS SAN is the identity (no policy for it here)
+    let dns =
+        b.ca.issue(&LeafSpec::client_dns("worker.example.org"))
+            .unwrap();
+    let (s, v) = mtls_status(&b, &dns).await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_request")));
+}
+
+#[tokio::test]
+async fn i95_leaf_key_usage_and_ca_flag() {
+    let b = TestBroker::start().await;
+    let ca_leaf =
+        b.ca.issue(&LeafSpec::client_spiffe(AGENT).with_ca_flag())
+            .unwrap();
+    let r = b
+        .client(Some(&ca_leaf))
+        .post(b.url("/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(encode_form(&[
+            ("grant_type", TE),
+            ("subject_token_type", MTLS),
+            ("audience", API),
+            ("scope", "tickets:read"),
+        ]))
+        .send()
+        .await;
+    match r {
+        Err(_) => {} // handshake failure (webpki: CA used as end entity)
+        Ok(r) => assert_eq!(r.status(), 401),
+    }
+    for spec in [
+        LeafSpec::client_spiffe(AGENT).with_key_cert_sign(),
+        LeafSpec::client_spiffe(AGENT).without_digital_signature(),
+    ] {
+        let c = b.ca.issue(&spec).unwrap();
+        match b
+            .client(Some(&c))
+            .post(b.url("/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(encode_form(&[
+                ("grant_type", TE),
+                ("subject_token_type", MTLS),
+                ("audience", API),
+                ("scope", "tickets:read"),
+            ]))
+            .send()
+            .await
+        {
+            Err(_) => {}
+            Ok(r) => {
+                assert_eq!(r.status(), 401);
+                let v: Value = r.json().await.unwrap();
+                assert_eq!(v["error"], "invalid_client");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn i96_extended_key_usage() {
+    let b = TestBroker::start().await;
+    let server_only =
+        b.ca.issue(&LeafSpec::client_spiffe(AGENT).server_auth_only())
+            .unwrap();
+    handshake_fails(&b, &server_only).await;
+    // no EKU extension passes (webpki RequiredIfPresent), documented
+    let no_eku =
+        b.ca.issue(&LeafSpec::client_spiffe(AGENT).without_eku())
+            .unwrap();
+    assert_eq!(mtls_status(&b, &no_eku).await.0, 200);
+}
+
+#[tokio::test]
+async fn i97_spiffe_id_syntax_in_the_certificate() {
+    let b = TestBroker::start().await;
+    for id in [
+        "spiffe://example.org",
+        "spiffe://example.org/",
+        "spiffe://example.org/agent/../admin",
+        "spiffe://EXAMPLE.org/agent/demo",
+        "spiffe://example.org/agent%2Fdemo",
+        "spiffe://example.org:443/agent/demo",
+    ] {
+        let c = match b.ca.issue(&LeafSpec::client_spiffe(id)) {
+            Ok(c) => c,
+            Err(_) => continue, // not even encodable as a URI SAN
+        };
+        let (s, v) = mtls_status(&b, &c).await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (401, Some("invalid_client")),
+            "{id}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn i98_expired_and_not_yet_valid_certificates() {
+    let b = TestBroker::start().await;
+    handshake_fails(
+        &b,
+        &b.ca
+            .issue(&LeafSpec::client_spiffe(AGENT).expired())
+            .unwrap(),
+    )
+    .await;
+    handshake_fails(
+        &b,
+        &b.ca
+            .issue(&LeafSpec::client_spiffe(AGENT).not_yet_valid())
+            .unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn i103_identity_headers_are_ignored() {
+    let b = TestBroker::start().await;
+    let r = b
+        .anon()
+        .post(b.url("/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header(
+            "x-forwarded-client-cert",
+            "By=spiffe://example.org/agent/demo;Hash=abc;URI=spiffe://example.org/agent/demo",
+        )
+        .header("x-ssl-client-cert", "-----BEGIN CERTIFICATE-----")
+        .header("client-cert", ":MIIB:")
+        .body(encode_form(&[
+            ("grant_type", TE),
+            ("subject_token_type", MTLS),
+            ("audience", API),
+            ("scope", "tickets:read"),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // and a JWT-path exchange carrying such headers gets no cnf (J107)
+    let st = b.ci_token();
+    let r = b
+        .anon()
+        .post(b.url("/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-forwarded-client-cert", "Hash=abc")
+        .body(encode_form(&TestBroker::oidc_form(&st)))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let (_, c) = decode(v["access_token"].as_str().unwrap());
+    assert!(c.get("cnf").is_none());
+}
