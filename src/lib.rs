@@ -56,3 +56,5 @@ pub mod store;
 pub mod telemetry;
 #[cfg(feature = "server")]
 pub mod testkit;
+#[cfg(feature = "server")]
+pub mod testkit_redis;

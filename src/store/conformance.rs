@@ -1,5 +1,6 @@
-//! One conformance suite for every backend: the memory store runs it now, the
-//! Redis store runs the same functions.
+//! One conformance suite for every backend: the memory and Redis stores run
+//! the same functions. Times are relative to the real clock (a Redis backend
+//! sets TTLs with the server's clock), and every identifier is unique per run.
 
 use super::*;
 
@@ -14,112 +15,471 @@ fn facts(jti: &str, sub: &str, txn: &str, iat: u64) -> TokenFacts {
     }
 }
 
+/// Now, in Unix seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A name unique to this run.
+fn uniq(tag: &str) -> String {
+    format!("{tag}-{}", uuid::Uuid::new_v4())
+}
+
 /// Runs every check against `s`.
 pub async fn run_all(s: Stores) {
     revocation_semantics(&s).await;
     feed_cursor(&s).await;
+    feed_paging(&s).await;
     replay_guard(&s).await;
     kill_switch(&s).await;
+    grant_crud(&s).await;
+    grant_coverage(&s).await;
+    grant_expiry(&s).await;
+    grant_concurrent_consume(&s).await;
+    grant_unlimited(&s).await;
     s.health.ping().await.unwrap();
 }
 
 async fn revocation_semantics(s: &Stores) {
-    let now = 1_000;
+    let now = unix_now();
     let r = |kind, value: &str| Revocation {
         kind,
         value: value.into(),
         revoked_at: now,
         expires_at: now + 900,
     };
-    let t = facts("j1", "spiffe://td/a", "task-1", now - 10);
+    let (j1, b, a) = (uniq("j1"), uniq("spiffe://td/b"), uniq("spiffe://td/a"));
+    let t = facts(&j1, &a, &uniq("task-1"), now - 10);
     assert!(!s.revocations.is_revoked(&t, now).await.unwrap());
     s.revocations
-        .revoke(r(RevocationKind::Jti, "j1"))
+        .revoke(r(RevocationKind::Jti, &j1))
         .await
         .unwrap();
     assert!(s.revocations.is_revoked(&t, now).await.unwrap());
+    // a jti entry covers its token whatever its iat
+    let mut late = t.clone();
+    late.iat = now + 5;
+    assert!(s.revocations.is_revoked(&late, now + 5).await.unwrap());
     // an unaffected token stays active
-    let other = facts("j2", "spiffe://td/b", "task-2", now - 10);
+    let other = facts(&uniq("j2"), &b, &uniq("task-2"), now - 10);
     assert!(!s.revocations.is_revoked(&other, now).await.unwrap());
     // subject revocation covers tokens issued until then, and actors
     s.revocations
-        .revoke(r(RevocationKind::Subject, "spiffe://td/b"))
+        .revoke(r(RevocationKind::Subject, &b))
         .await
         .unwrap();
     assert!(s.revocations.is_revoked(&other, now).await.unwrap());
-    let later = facts("j3", "spiffe://td/b", "task-3", now + 1);
+    let later = facts(&uniq("j3"), &b, &uniq("task-3"), now + 1);
     assert!(!s.revocations.is_revoked(&later, now + 1).await.unwrap());
-    let mut via_actor = facts("j4", "user", "task-4", now - 1);
-    via_actor.actors = vec!["spiffe://td/b".into()];
+    let mut via_actor = facts(&uniq("j4"), "user", &uniq("task-4"), now - 1);
+    via_actor.actors = vec![uniq("x"), b.clone()];
     assert!(s.revocations.is_revoked(&via_actor, now).await.unwrap());
     // task
+    let task5 = uniq("task-5");
     s.revocations
-        .revoke(r(RevocationKind::Task, "task-5"))
+        .revoke(r(RevocationKind::Task, &task5))
         .await
         .unwrap();
     assert!(s
         .revocations
-        .is_revoked(&facts("j5", "x", "task-5", now), now)
+        .is_revoked(&facts(&uniq("j5"), "x", &task5, now), now)
+        .await
+        .unwrap());
+    assert!(!s
+        .revocations
+        .is_revoked(&facts(&uniq("j5"), "x", &task5, now + 1), now + 1)
         .await
         .unwrap());
     // grant
-    let mut g = facts("j6", "x", "task-6", now);
-    g.grant = Some("g-1".into());
+    let g1 = uniq("g-1");
+    let mut g = facts(&uniq("j6"), "x", &uniq("task-6"), now);
+    g.grant = Some(g1.clone());
     assert!(!s.revocations.is_revoked(&g, now).await.unwrap());
     s.revocations
-        .revoke(r(RevocationKind::Grant, "g-1"))
+        .revoke(r(RevocationKind::Grant, &g1))
         .await
         .unwrap();
     assert!(s.revocations.is_revoked(&g, now).await.unwrap());
+    // the kinds are separate namespaces: a subject named like the grant id
+    // is not covered by the grant entry
+    let same_name = facts(&uniq("j7"), &g1, &uniq("t"), now - 1);
+    assert!(!s.revocations.is_revoked(&same_name, now).await.unwrap());
+    // a second revocation widens the entry (latest revoked_at, expiry)
+    let wide = uniq("task-w");
+    s.revocations
+        .revoke(r(RevocationKind::Task, &wide))
+        .await
+        .unwrap();
+    s.revocations
+        .revoke(Revocation {
+            kind: RevocationKind::Task,
+            value: wide.clone(),
+            revoked_at: now + 10,
+            expires_at: now + 100,
+        })
+        .await
+        .unwrap();
+    let t_wide = facts(&uniq("j8"), "x", &wide, now + 10);
+    assert!(s.revocations.is_revoked(&t_wide, now + 10).await.unwrap());
+    assert!(s.revocations.is_revoked(&t_wide, now + 800).await.unwrap());
     // entries expire
     assert!(!s.revocations.is_revoked(&t, now + 901).await.unwrap());
 }
 
 async fn feed_cursor(s: &Stores) {
-    let now = 5_000;
+    let now = unix_now();
     let (all, c0) = s.revocations.list_since(None, 1000, now).await.unwrap();
     let before = all.len();
+    let v = uniq("feed-1");
     let c1 = s
         .revocations
         .revoke(Revocation {
             kind: RevocationKind::Jti,
-            value: "feed-1".into(),
+            value: v.clone(),
             revoked_at: now,
             expires_at: now + 60,
         })
         .await
         .unwrap();
     assert!(c1 > c0);
-    let (since, last) = s.revocations.list_since(Some(c0), 1000, now).await.unwrap();
+    let (since, last) = s
+        .revocations
+        .list_since(Some(&c0), 1000, now)
+        .await
+        .unwrap();
     assert_eq!(since.len(), 1);
-    assert_eq!(since[0].1.value, "feed-1");
+    assert_eq!(since[0].0, c1);
+    assert_eq!(since[0].1.value, v);
+    assert_eq!(since[0].1.kind, RevocationKind::Jti);
+    assert_eq!(since[0].1.expires_at, now + 60);
     assert_eq!(last, c1);
-    let (none, last2) = s.revocations.list_since(Some(c1), 1000, now).await.unwrap();
+    let (none, last2) = s
+        .revocations
+        .list_since(Some(&c1), 1000, now)
+        .await
+        .unwrap();
     assert!(none.is_empty(), "since is exclusive");
     assert_eq!(last2, c1);
     let (all2, _) = s.revocations.list_since(None, 1000, now).await.unwrap();
     assert_eq!(all2.len(), before + 1);
+    // expired entries are skipped
+    let (later, _) = s
+        .revocations
+        .list_since(Some(&c0), 1000, now + 61)
+        .await
+        .unwrap();
+    assert!(later.iter().all(|(_, r)| r.value != v));
+    // a cursor that is not one is an error, not "everything"
+    assert!(matches!(
+        s.revocations.list_since(Some("nope"), 10, now).await,
+        Err(StoreError::Protocol(_))
+    ));
+}
+
+async fn feed_paging(s: &Stores) {
+    let now = unix_now();
+    let (_, start) = s.revocations.list_since(None, 1000, now).await.unwrap();
+    let mut cursors = Vec::new();
+    let vals: Vec<String> = (0..5).map(|i| uniq(&format!("page-{i}"))).collect();
+    for v in &vals {
+        cursors.push(
+            s.revocations
+                .revoke(Revocation {
+                    kind: RevocationKind::Subject,
+                    value: v.clone(),
+                    revoked_at: now,
+                    expires_at: now + 60,
+                })
+                .await
+                .unwrap(),
+        );
+    }
+    // strictly increasing as strings
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]));
+    // page through two at a time, in order
+    let mut cur = start;
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let (page, next) = s.revocations.list_since(Some(&cur), 2, now).await.unwrap();
+        assert!(page.len() <= 2);
+        if page.is_empty() {
+            assert_eq!(next, cur);
+            break;
+        }
+        assert_eq!(next, page.last().unwrap().0);
+        seen.extend(page.into_iter().map(|(_, r)| r.value));
+        cur = next;
+    }
+    assert_eq!(seen, vals);
+    assert_eq!(cur, *cursors.last().unwrap());
+    // limit 0 returns nothing
+    let (empty, _) = s
+        .revocations
+        .list_since(Some(&cursors[0]), 0, now)
+        .await
+        .unwrap();
+    assert!(empty.is_empty());
 }
 
 async fn replay_guard(s: &Stores) {
-    assert!(s.replay.first_use("iss", "jti-1", 200, 100).await.unwrap());
-    assert!(!s.replay.first_use("iss", "jti-1", 200, 150).await.unwrap());
+    let now = unix_now();
+    let (ns, id) = (uniq("iss"), uniq("jti"));
+    assert!(s.replay.first_use(&ns, &id, now + 200, now).await.unwrap());
+    assert!(!s
+        .replay
+        .first_use(&ns, &id, now + 200, now + 50)
+        .await
+        .unwrap());
     // other namespace is separate
-    assert!(s.replay.first_use("iss2", "jti-1", 200, 150).await.unwrap());
-    // after expiry it may be used again (the token itself is expired by then)
-    assert!(s.replay.first_use("iss", "jti-1", 300, 201).await.unwrap());
+    assert!(s
+        .replay
+        .first_use(&uniq("iss2"), &id, now + 200, now + 50)
+        .await
+        .unwrap());
+    // namespace and id do not run into each other
+    assert!(s
+        .replay
+        .first_use(&format!("{ns}a"), &id[1..], now + 200, now)
+        .await
+        .unwrap());
+    // a record that is expired already never blocks anything
+    let old = uniq("old");
+    assert!(s.replay.first_use(&ns, &old, now - 1, now).await.unwrap());
+    assert!(s.replay.first_use(&ns, &old, now - 1, now).await.unwrap());
 }
 
 async fn kill_switch(s: &Stores) {
-    assert!(!s.revocations.is_blocked("spiffe://td/k", 10).await.unwrap());
-    s.revocations
-        .block_subject("spiffe://td/k", 100)
+    let now = unix_now();
+    let k = uniq("spiffe://td/k");
+    assert!(!s.revocations.is_blocked(&k, now).await.unwrap());
+    s.revocations.block_subject(&k, now + 100).await.unwrap();
+    assert!(s.revocations.is_blocked(&k, now + 99).await.unwrap());
+    assert!(!s.revocations.is_blocked(&k, now + 100).await.unwrap());
+    // a shorter block never shortens a longer one
+    s.revocations.block_subject(&k, now + 50).await.unwrap();
+    assert!(s.revocations.is_blocked(&k, now + 99).await.unwrap());
+    // others are not blocked
+    assert!(!s.revocations.is_blocked(&uniq("other"), now).await.unwrap());
+}
+
+/// A grant for tests.
+pub fn grant(subject: &str, audience: &str, scopes: &[&str], uses: Option<u32>) -> Grant {
+    let now = unix_now();
+    Grant {
+        id: uuid::Uuid::new_v4().to_string(),
+        subject: subject.into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        audience: audience.into(),
+        task: None,
+        uses,
+        remaining: uses,
+        created_at: now,
+        expires_at: now + 600,
+        created_by: "operator@example".into(),
+    }
+}
+
+fn sc(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+async fn grant_crud(s: &Stores) {
+    let now = unix_now();
+    let (a, b) = (uniq("spiffe://td/ga"), uniq("spiffe://td/gb"));
+    let g = grant(&a, "api", &["read", "write"], Some(3));
+    s.grants.create(&g).await.unwrap();
+    assert_eq!(s.grants.get(&g.id, now).await.unwrap(), Some(g.clone()));
+    assert_eq!(s.grants.get(&uniq("nope"), now).await.unwrap(), None);
+    // a second create with the same id is refused and changes nothing
+    let mut dup = g.clone();
+    dup.subject = b.clone();
+    assert!(s.grants.create(&dup).await.is_err());
+    assert!(s.grants.list(Some(&b), now).await.unwrap().is_empty());
+    assert_eq!(s.grants.get(&g.id, now).await.unwrap(), Some(g.clone()));
+
+    let g2 = grant(&a, "other", &["x"], None);
+    s.grants.create(&g2).await.unwrap();
+    let of_a = s.grants.list(Some(&a), now).await.unwrap();
+    assert_eq!(of_a.len(), 2);
+    assert!(of_a.contains(&g) && of_a.contains(&g2));
+    let all = s.grants.list(None, now).await.unwrap();
+    assert!(all.contains(&g) && all.contains(&g2));
+    // revoking needs the right subject
+    assert!(!s.grants.revoke(&g.id, &b).await.unwrap());
+    assert!(s.grants.get(&g.id, now).await.unwrap().is_some());
+    assert!(s.grants.revoke(&g.id, &a).await.unwrap());
+    assert_eq!(s.grants.get(&g.id, now).await.unwrap(), None);
+    assert!(!s.grants.revoke(&g.id, &a).await.unwrap());
+    assert_eq!(
+        s.grants.list(Some(&a), now).await.unwrap(),
+        vec![g2.clone()]
+    );
+    assert!(!s.grants.list(None, now).await.unwrap().contains(&g));
+    assert!(s
+        .grants
+        .consume(&a, "api", &sc(&["read"]), None, now)
         .await
+        .unwrap()
+        .is_none());
+}
+
+async fn grant_coverage(s: &Stores) {
+    let now = unix_now();
+    let subj = uniq("spiffe://td/cov");
+    let mut g = grant(&subj, "api", &["a", "b"], Some(10));
+    g.task = Some("t1".into());
+    s.grants.create(&g).await.unwrap();
+    let c = |sub: &str, aud: &str, scopes: &[&str], task: Option<&str>| {
+        let (sub, aud, scopes, task) = (
+            sub.to_string(),
+            aud.to_string(),
+            sc(scopes),
+            task.map(str::to_string),
+        );
+        async move {
+            s.grants
+                .consume(&sub, &aud, &scopes, task.as_deref(), now)
+                .await
+                .unwrap()
+        }
+    };
+    // not covered: other subject, audience, a scope outside, no/other task
+    assert!(c(&uniq("spiffe://td/x"), "api", &["a"], Some("t1"))
+        .await
+        .is_none());
+    assert!(c(&subj, "api2", &["a"], Some("t1")).await.is_none());
+    assert!(c(&subj, "api", &["a", "c"], Some("t1")).await.is_none());
+    assert!(c(&subj, "api", &["a"], None).await.is_none());
+    assert!(c(&subj, "api", &["a"], Some("t2")).await.is_none());
+    assert_eq!(
+        s.grants.get(&g.id, now).await.unwrap().unwrap().remaining,
+        Some(10),
+        "refused requests take no use"
+    );
+    // covered: a subset of the scopes, the task; returns the grant before use
+    let got = c(&subj, "api", &["b", "a"], Some("t1")).await.unwrap();
+    assert_eq!(got.id, g.id);
+    assert_eq!(got.remaining, Some(10));
+    let got = c(&subj, "api", &["a"], Some("t1")).await.unwrap();
+    assert_eq!(got.remaining, Some(9));
+    let got = c(&subj, "api", &[], Some("t1")).await.unwrap();
+    assert_eq!(got.remaining, Some(8));
+    assert_eq!(
+        s.grants.get(&g.id, now).await.unwrap().unwrap().remaining,
+        Some(7)
+    );
+    // a grant without a task covers every task
+    let free = grant(&subj, "api3", &["z"], Some(2));
+    s.grants.create(&free).await.unwrap();
+    assert!(c(&subj, "api3", &["z"], Some("any")).await.is_some());
+    assert!(c(&subj, "api3", &["z"], None).await.is_some());
+    assert!(c(&subj, "api3", &["z"], None).await.is_none(), "used up");
+    // the soonest-expiring covering grant is used first
+    let mut short = grant(&subj, "api4", &["s"], Some(1));
+    short.expires_at = now + 100;
+    let long = grant(&subj, "api4", &["s"], Some(1));
+    s.grants.create(&long).await.unwrap();
+    s.grants.create(&short).await.unwrap();
+    assert_eq!(c(&subj, "api4", &["s"], None).await.unwrap().id, short.id);
+    assert_eq!(c(&subj, "api4", &["s"], None).await.unwrap().id, long.id);
+    assert!(c(&subj, "api4", &["s"], None).await.is_none());
+}
+
+async fn grant_expiry(s: &Stores) {
+    let now = unix_now();
+    let subj = uniq("spiffe://td/exp");
+    let mut g = grant(&subj, "api", &["a"], Some(5));
+    g.expires_at = now + 10;
+    s.grants.create(&g).await.unwrap();
+    // expired at `now` never covers, never shows
+    assert!(s
+        .grants
+        .consume(&subj, "api", &sc(&["a"]), None, now + 10)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(s.grants.get(&g.id, now + 10).await.unwrap(), None);
+    assert!(s
+        .grants
+        .list(Some(&subj), now + 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(!s.grants.list(None, now + 10).await.unwrap().contains(&g));
+    // a grant created already expired is never usable
+    let mut dead = grant(&subj, "api", &["a"], None);
+    dead.expires_at = now - 1;
+    dead.created_at = now - 100;
+    s.grants.create(&dead).await.unwrap();
+    assert_eq!(s.grants.get(&dead.id, now).await.unwrap(), None);
+    // still live before its end
+    let got = s
+        .grants
+        .consume(&subj, "api", &sc(&["a"]), None, now + 9)
+        .await
+        .unwrap()
         .unwrap();
-    assert!(s.revocations.is_blocked("spiffe://td/k", 99).await.unwrap());
-    assert!(!s
-        .revocations
-        .is_blocked("spiffe://td/k", 100)
+    assert_eq!(got.id, g.id);
+}
+
+async fn grant_concurrent_consume(s: &Stores) {
+    const N: u32 = 5;
+    let now = unix_now();
+    let subj = uniq("spiffe://td/conc");
+    let g = grant(&subj, "api", &["a"], Some(N));
+    s.grants.create(&g).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..3 * N {
+        let grants = s.grants.clone();
+        let subj = subj.clone();
+        tasks.push(tokio::spawn(async move {
+            grants
+                .consume(&subj, "api", &sc(&["a"]), None, now)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        if let Some(g) = t.await.unwrap() {
+            got.push(g.remaining.unwrap());
+        }
+    }
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (1..=N).collect::<Vec<_>>(),
+        "exactly N uses, each once"
+    );
+    assert_eq!(
+        s.grants.get(&g.id, now).await.unwrap().unwrap().remaining,
+        Some(0)
+    );
+    assert!(s
+        .grants
+        .consume(&subj, "api", &sc(&["a"]), None, now)
         .await
-        .unwrap());
+        .unwrap()
+        .is_none());
+}
+
+async fn grant_unlimited(s: &Stores) {
+    let now = unix_now();
+    let subj = uniq("spiffe://td/unl");
+    let g = grant(&subj, "api", &["a"], None);
+    s.grants.create(&g).await.unwrap();
+    for _ in 0..20 {
+        let got = s
+            .grants
+            .consume(&subj, "api", &sc(&["a"]), None, now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.remaining, None);
+        assert_eq!(got.uses, None);
+    }
+    assert_eq!(s.grants.get(&g.id, now).await.unwrap(), Some(g));
 }

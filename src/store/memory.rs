@@ -19,6 +19,7 @@ struct Inner {
     next_cursor: u64,
     blocked: HashMap<String, u64>,
     seen: HashMap<(String, String), u64>,
+    grants: HashMap<String, Grant>,
 }
 
 impl Inner {
@@ -27,7 +28,13 @@ impl Inner {
         self.feed.retain(|_, r| r.expires_at > now);
         self.blocked.retain(|_, until| *until > now);
         self.seen.retain(|_, exp| *exp > now);
+        self.grants.retain(|_, g| g.expires_at > now);
     }
+}
+
+/// Feed cursors are zero-padded so they sort as strings.
+fn cursor_string(c: u64) -> String {
+    format!("{c:020}")
 }
 
 /// In-memory backend for every store trait.
@@ -51,7 +58,7 @@ impl MemoryStore {
 
 #[async_trait]
 impl RevocationStore for MemoryStore {
-    async fn revoke(&self, r: Revocation) -> Result<u64, StoreError> {
+    async fn revoke(&self, r: Revocation) -> Result<String, StoreError> {
         let mut g = self.lock()?;
         g.purge(r.revoked_at);
         if g.revocations.len() >= MAX_ENTRIES {
@@ -71,7 +78,7 @@ impl RevocationStore for MemoryStore {
         g.next_cursor += 1;
         let c = g.next_cursor;
         g.feed.insert(c, merged);
-        Ok(c)
+        Ok(cursor_string(c))
     }
 
     async fn is_revoked(&self, t: &TokenFacts, now: u64) -> Result<bool, StoreError> {
@@ -101,23 +108,30 @@ impl RevocationStore for MemoryStore {
 
     async fn list_since(
         &self,
-        cursor: Option<u64>,
+        cursor: Option<&str>,
         limit: usize,
         now: u64,
-    ) -> Result<(Vec<(u64, Revocation)>, u64), StoreError> {
+    ) -> Result<(Vec<(String, Revocation)>, String), StoreError> {
+        let cursor = match cursor {
+            None => None,
+            Some(c) => Some(
+                c.parse::<u64>()
+                    .map_err(|_| StoreError::Protocol("invalid cursor".into()))?,
+            ),
+        };
         let g = self.lock()?;
         let from = cursor.map(|c| c.saturating_add(1)).unwrap_or(0);
-        let entries: Vec<(u64, Revocation)> = g
+        let entries: Vec<(String, Revocation)> = g
             .feed
             .range(from..)
             .filter(|(_, r)| r.expires_at > now)
             .take(limit)
-            .map(|(c, r)| (*c, r.clone()))
+            .map(|(c, r)| (cursor_string(*c), r.clone()))
             .collect();
-        let last = entries
-            .last()
-            .map(|(c, _)| *c)
-            .unwrap_or_else(|| cursor.unwrap_or(g.next_cursor));
+        let last = match entries.last() {
+            Some((c, _)) => c.clone(),
+            None => cursor_string(cursor.unwrap_or(g.next_cursor)),
+        };
         Ok((entries, last))
     }
 
@@ -168,7 +182,112 @@ impl StoreHealth for MemoryStore {
     }
 }
 
+/// Whether `g` covers a request (everything but the uses left).
+fn grant_covers(
+    g: &Grant,
+    subject: &str,
+    audience: &str,
+    scopes: &[String],
+    task: Option<&str>,
+    now: u64,
+) -> bool {
+    g.expires_at > now
+        && g.subject == subject
+        && g.audience == audience
+        && match g.task.as_deref() {
+            Some(t) => task == Some(t),
+            None => true,
+        }
+        && scopes.iter().all(|s| g.scopes.contains(s))
+}
+
+#[async_trait]
+impl GrantStore for MemoryStore {
+    async fn create(&self, g: &Grant) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        inner.purge(g.created_at);
+        if inner.grants.contains_key(&g.id) {
+            return Err(StoreError::Protocol("grant id already exists".into()));
+        }
+        if inner.grants.len() >= MAX_ENTRIES {
+            return Err(StoreError::Unavailable("memory store full".into()));
+        }
+        let of_subject = inner
+            .grants
+            .values()
+            .filter(|x| x.subject == g.subject)
+            .count();
+        if of_subject >= MAX_GRANTS_PER_SUBJECT {
+            return Err(StoreError::Unavailable(
+                "too many live grants for this subject".into(),
+            ));
+        }
+        let mut stored = g.clone();
+        stored.remaining = g.uses;
+        inner.grants.insert(g.id.clone(), stored);
+        Ok(())
+    }
+
+    async fn get(&self, id: &str, now: u64) -> Result<Option<Grant>, StoreError> {
+        let inner = self.lock()?;
+        Ok(inner.grants.get(id).filter(|g| g.expires_at > now).cloned())
+    }
+
+    async fn list(&self, subject: Option<&str>, now: u64) -> Result<Vec<Grant>, StoreError> {
+        let inner = self.lock()?;
+        let mut out: Vec<Grant> = inner
+            .grants
+            .values()
+            .filter(|g| g.expires_at > now && subject.is_none_or(|s| g.subject == s))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    async fn revoke(&self, id: &str, subject: &str) -> Result<bool, StoreError> {
+        let mut inner = self.lock()?;
+        if inner.grants.get(id).is_some_and(|g| g.subject == subject) {
+            inner.grants.remove(id);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn consume(
+        &self,
+        subject: &str,
+        audience: &str,
+        scopes: &[String],
+        task: Option<&str>,
+        now: u64,
+    ) -> Result<Option<Grant>, StoreError> {
+        let mut inner = self.lock()?;
+        // The soonest-expiring covering grant with a use left, so longer
+        // grants last; ties by id.
+        let best = inner
+            .grants
+            .values()
+            .filter(|g| grant_covers(g, subject, audience, scopes, task, now))
+            .filter(|g| g.remaining != Some(0))
+            .min_by(|a, b| (a.expires_at, &a.id).cmp(&(b.expires_at, &b.id)))
+            .map(|g| g.id.clone());
+        let Some(id) = best else {
+            return Ok(None);
+        };
+        let Some(g) = inner.grants.get_mut(&id) else {
+            return Ok(None);
+        };
+        let before = g.clone();
+        if let Some(r) = g.remaining.as_mut() {
+            *r = r.saturating_sub(1);
+        }
+        Ok(Some(before))
+    }
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -2,11 +2,14 @@
 //! Redis backend, JIT grants). Every call is async and fallible: a store that
 //! cannot answer makes the caller fail closed (503, no token).
 //!
-//! Backends: [`memory::MemoryStore`] (embedded, single process, the default).
+//! Backends: [`memory::MemoryStore`] (embedded, single process, the default)
+//! and [`redis::RedisStore`] (shared by a fleet; `redis://` and `rediss://`).
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -82,18 +85,21 @@ pub struct TokenFacts {
 /// Revocations and the kill switch.
 #[async_trait]
 pub trait RevocationStore: Send + Sync {
-    /// Records a revocation; returns its feed cursor.
-    async fn revoke(&self, r: Revocation) -> Result<u64, StoreError>;
+    /// Records a revocation; returns its feed cursor. The entry lives until
+    /// `r.expires_at` (the longest a covered token can live) and no longer.
+    async fn revoke(&self, r: Revocation) -> Result<String, StoreError>;
     /// Whether any live entry covers the token.
     async fn is_revoked(&self, t: &TokenFacts, now: u64) -> Result<bool, StoreError>;
     /// Entries after `cursor` (exclusive; `None`: every live entry), oldest
-    /// first, at most `limit`; with the cursor of the last one returned.
+    /// first, at most `limit`; with the cursor to resume from (the last entry
+    /// returned, or the given cursor when there is nothing new). Cursors are
+    /// opaque strings that sort in feed order.
     async fn list_since(
         &self,
-        cursor: Option<u64>,
+        cursor: Option<&str>,
         limit: usize,
         now: u64,
-    ) -> Result<(Vec<(u64, Revocation)>, u64), StoreError>;
+    ) -> Result<(Vec<(String, Revocation)>, String), StoreError>;
     /// Refuses new exchanges for `subject` until `until` (the kill switch).
     async fn block_subject(&self, subject: &str, until: u64) -> Result<(), StoreError>;
     /// Whether `subject` is blocked now.
@@ -114,6 +120,62 @@ pub trait ReplayGuard: Send + Sync {
     ) -> Result<bool, StoreError>;
 }
 
+/// A just-in-time grant: `subject` may receive `scopes` for `audience`
+/// until `expires_at`, at most `uses` times (unlimited when `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// Grant id (UUID).
+    pub id: String,
+    /// The identity it is for (SPIFFE ID, DNS name or OIDC `sub`).
+    pub subject: String,
+    /// Scopes it covers.
+    pub scopes: Vec<String>,
+    /// The one audience it covers.
+    pub audience: String,
+    /// When set, only exchanges for this task may use it.
+    pub task: Option<String>,
+    /// Uses allowed at creation (`None`: unlimited until expiry).
+    pub uses: Option<u32>,
+    /// Uses left (`None`: unlimited).
+    pub remaining: Option<u32>,
+    /// Creation time (Unix seconds).
+    pub created_at: u64,
+    /// End of the grant (Unix seconds); tokens never outlive it.
+    pub expires_at: u64,
+    /// Who created it (the operator's identity).
+    pub created_by: String,
+}
+
+/// Just-in-time grants.
+#[async_trait]
+pub trait GrantStore: Send + Sync {
+    /// Stores a new grant (its key expires with it).
+    async fn create(&self, g: &Grant) -> Result<(), StoreError>;
+    /// One grant by id, if it exists and is live.
+    async fn get(&self, id: &str, now: u64) -> Result<Option<Grant>, StoreError>;
+    /// Live grants, optionally only those of one subject.
+    async fn list(&self, subject: Option<&str>, now: u64) -> Result<Vec<Grant>, StoreError>;
+    /// Removes a grant; `true` when it existed.
+    async fn revoke(&self, id: &str, subject: &str) -> Result<bool, StoreError>;
+    /// Atomically finds a live grant of `subject` for `audience` that covers
+    /// every scope in `scopes` (and `task`, when the grant names one), takes
+    /// one use of it, and returns it as it was before the use. `None` when no
+    /// grant covers the request. N concurrent callers against an N-use grant
+    /// get exactly N grants back.
+    async fn consume(
+        &self,
+        subject: &str,
+        audience: &str,
+        scopes: &[String],
+        task: Option<&str>,
+        now: u64,
+    ) -> Result<Option<Grant>, StoreError>;
+}
+
+/// Most live grants one subject may hold; `create` refuses more (bounds the
+/// work of `consume`, which examines every grant of the subject).
+pub const MAX_GRANTS_PER_SUBJECT: usize = 100;
+
 /// Liveness of the backend (`/readyz`).
 #[async_trait]
 pub trait StoreHealth: Send + Sync {
@@ -130,32 +192,66 @@ pub struct Stores {
     pub replay: Arc<dyn ReplayGuard>,
     /// Health.
     pub health: Arc<dyn StoreHealth>,
+    /// Just-in-time grants.
+    pub grants: Arc<dyn GrantStore>,
 }
 
 impl Stores {
-    /// All three from one backend.
+    /// All four from one backend.
     pub fn from_backend<T>(b: Arc<T>) -> Self
     where
-        T: RevocationStore + ReplayGuard + StoreHealth + 'static,
+        T: RevocationStore + ReplayGuard + StoreHealth + GrantStore + 'static,
     {
         Self {
             revocations: b.clone(),
             replay: b.clone(),
-            health: b,
+            health: b.clone(),
+            grants: b,
         }
     }
 
-    /// Opens the backend named by a `[store] url`.
-    pub fn open(url: &str) -> Result<Self, StoreError> {
-        if url == "memory://" || url.starts_with("memory://") {
-            return Ok(Self::from_backend(Arc::new(memory::MemoryStore::new())));
+    /// Opens the backend named by a `[store] url`: `memory://`, or
+    /// `redis://[:password@]host[:port][/db]` and `rediss://…[?ca=/path/ca.pem]`
+    /// (keys under `prefix`, every call bounded by `timeout`).
+    ///
+    /// A Redis that does not answer at startup is not an error: the store is
+    /// returned anyway (calls fail with [`StoreError::Unavailable`] and
+    /// `/readyz` fails until it answers), so the broker starts and recovers on
+    /// its own. Malformed URLs, prefixes and timeouts are errors.
+    pub async fn open(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+        match scheme {
+            "memory" => Ok(Self::from_backend(Arc::new(memory::MemoryStore::new()))),
+            "redis" | "rediss" => {
+                let store = redis::RedisStore::new(&redis::RedisConfig {
+                    url: url.to_string(),
+                    prefix: prefix.to_string(),
+                    timeout,
+                    ca_pem: None,
+                })?;
+                if let Err(e) = store.ping().await {
+                    tracing::warn!(
+                        error = %e,
+                        "redis store did not answer at startup; calls fail closed and /readyz \
+                         fails until it does"
+                    );
+                }
+                Ok(Self::from_backend(Arc::new(store)))
+            }
+            "redis+cluster" | "redis+sentinel" | "rediss+cluster" | "rediss+sentinel" => {
+                Err(StoreError::Unavailable(format!(
+                    "store backend `{scheme}` is not supported yet (use redis:// or rediss:// \
+                     to one primary)"
+                )))
+            }
+            _ => Err(StoreError::Unavailable(
+                "store url must start with memory://, redis:// or rediss://".into(),
+            )),
         }
-        Err(StoreError::Unavailable(format!(
-            "store backend for `{}` is not built into this version (only memory:// is)",
-            url.split("://").next().unwrap_or("?")
-        )))
     }
 }
 
 #[cfg(test)]
 pub(crate) mod conformance;
+#[cfg(test)]
+mod redis_tests;

@@ -1,0 +1,1209 @@
+//! The Redis backend: every store trait over one Redis primary, shared by a
+//! fleet of brokers. Speaks `redis://` and `rediss://` (TLS with rustls and
+//! the aws-lc-rs provider); needs Redis 7.0 or later (`EXPIREAT … GT`,
+//! exclusive `XRANGE` bounds).
+//!
+//! # Failure model
+//! Every call runs under [`tokio::time::timeout`] with the configured
+//! timeout; a timeout, a refused or dropped connection, or a server that says
+//! it cannot serve (`LOADING`, `READONLY`, `OOM`, …) is
+//! [`StoreError::Unavailable`], so the caller fails closed. The connection is a
+//! [`ConnectionManager`] created lazily (no I/O at construction, so the broker
+//! starts while Redis is down). The manager reconnects by itself after I/O
+//! errors, but it caches a failed connection attempt that was not an I/O error
+//! (for example a refused `AUTH`) and it cannot notice a half-open TCP
+//! connection; so after a timeout or such an error the store replaces the
+//! manager with a fresh lazy one, at most once per [`REBUILD_MIN_INTERVAL`].
+//! Error messages name the operation and the class of failure, never a token,
+//! key, value or the URL (which may hold a password).
+//!
+//! # Keys
+//! `P` is the configured prefix (`[A-Za-z0-9_.-]{1,32}`, so it never holds a
+//! `{` and the hash tag is always the one shown). `H(x)` is
+//! `hex(sha256(x))`: identifiers from users (subjects, jti, task and grant
+//! ids, namespaces) never appear raw in a key name, so no value can collide
+//! with another key type, inject a pattern or grow a key. Keys are built only
+//! by the `key_*` functions below; `KEYS`/`SCAN` are never used.
+//!
+//! | key | type | TTL | written by |
+//! |-----|------|-----|------------|
+//! | `P:{rev}:e:<kind>:H(value)` | string `"<revoked_at> <expires_at>"` | `EXAT expires_at` (the max of all revocations of it) | revoke script |
+//! | `P:{rev}:feed` | stream, fields `k v r x`, `MAXLEN ~` [`FEED_MAXLEN`] | `EXPIREAT` the latest entry's `expires_at` (refreshed on each write, only ever extended) | revoke script |
+//! | `P:{rev}:blk:H(subject)` | string `until` | `EXAT until` (the max) | block script |
+//! | `P:rp:H(len(ns) ‖ ns ‖ id)` | string `1` | `EXAT expires_at` | `SET NX EXAT` |
+//! | `P:{g:H(subject)}:gr:H(id)` | hash `j` (grant JSON), `r` (uses left or `u`), `x` (expires_at) | `EXAT expires_at` | grant create script; consume script decrements `r` |
+//! | `P:{g:H(subject)}:idx` | set of `H(id)` of the subject's grants | `EXPIREAT` the latest grant's expiry (only ever extended) | grant create / consume / revoke scripts |
+//! | `P:{gx}:id:H(id)` | string subject | `EXAT expires_at` | grant pointer script |
+//! | `P:{gx}:all` | sorted set id → expires_at | `EXPIREAT` the latest grant's expiry | grant pointer script |
+//!
+//! Why the hash tags: all revocation keys and the feed share the tag `{rev}`,
+//! so the revoke script (entry + feed) touches one cluster slot. Each
+//! subject's grants and their index share `{g:H(subject)}`, so consume, which
+//! reads the index and then every grant in it, is one slot (the script builds
+//! the grant keys from the index; they are in the slot of `KEYS[1]` by
+//! construction). The id → subject pointers and the global list share `{gx}`
+//! (written by one script). A grant therefore spans two slots: the pointer is
+//! written first (refusing an id already used by another subject), then the
+//! grant; a pointer left behind by a failed create points at nothing.
+//!
+//! Timestamps from the caller (`now`) are checked against the stored
+//! `expires_at` on every read (defence in depth even if a TTL was lost); TTLs
+//! use the Redis server's clock.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, ErrorKind, RedisError, Script};
+use async_trait::async_trait;
+
+use super::*;
+
+/// Longest configurable per-call timeout.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest key prefix.
+pub const MAX_PREFIX_LEN: usize = 32;
+/// Approximate cap on feed entries (`XADD … MAXLEN ~`).
+pub const FEED_MAXLEN: u64 = 100_000;
+/// Most feed entries `list_since` returns at once (larger limits are cut).
+pub const MAX_FEED_PAGE: usize = 10_000;
+/// Most raw feed entries one `list_since` reads (expired ones included)
+/// before it returns what it has with a cursor to resume from.
+pub const MAX_FEED_SCAN: usize = 20_000;
+/// Feed entries read per round trip.
+const FEED_BATCH: usize = 1_000;
+/// Longest revocation value (jti / subject / task / grant id) stored.
+pub const MAX_REVOCATION_VALUE_BYTES: usize = 1024 * 1024;
+/// Largest stored grant (its JSON). A request whose subject, audience, task
+/// or scope is longer than this cannot match any grant.
+pub const MAX_GRANT_BYTES: usize = 64 * 1024;
+/// Longest grant id.
+pub const MAX_GRANT_ID_BYTES: usize = 256;
+/// Most scopes in a grant or a consume request.
+pub const MAX_GRANT_SCOPES: usize = 256;
+/// Most live grants in all (the `{gx}` index).
+pub const MAX_GRANTS_TOTAL: usize = 100_000;
+/// Most grants `list` returns.
+pub const MAX_GRANTS_LISTED: usize = 1_000;
+/// Most actors `is_revoked` checks; a longer chain is an error (fail closed).
+pub const MAX_ACTORS: usize = 32;
+/// Latest timestamp accepted (9999-12-31T23:59:59Z); Redis refuses larger
+/// expiry times.
+pub const MAX_UNIX_SECS: u64 = 253_402_300_799;
+/// Least time between two replacements of the connection manager.
+pub const REBUILD_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How to reach Redis. `Debug` never shows the URL (it may hold a password).
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// `redis://[[user]:password@]host[:port][/db]` or `rediss://…`; a
+    /// `rediss://` URL may end in `?ca=/path/to/ca.pem` (PEM bundle that
+    /// replaces the system roots).
+    pub url: String,
+    /// Key prefix (`[A-Za-z0-9_.-]{1,32}`).
+    pub prefix: String,
+    /// Bound on every call, connecting included (0 < timeout <= [`MAX_TIMEOUT`]).
+    pub timeout: Duration,
+    /// PEM CA bundle for `rediss://` (replaces the system roots; overrides `?ca=`).
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &"<redacted>")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+fn config_error(msg: &str) -> StoreError {
+    StoreError::Unavailable(format!("invalid redis store configuration: {msg}"))
+}
+
+/// Splits our own `?ca=` parameter off the URL; any other parameter or a
+/// fragment (`#insecure`) is refused.
+fn split_url(url: &str) -> Result<(String, Option<String>), StoreError> {
+    if url.contains('#') {
+        return Err(config_error(
+            "URL fragments (such as #insecure) are not accepted",
+        ));
+    }
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut ca = None;
+    if let Some(q) = query {
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("ca", path)) if !path.is_empty() => ca = Some(path.to_string()),
+                _ => return Err(config_error("the only URL parameter accepted is ca=<path>")),
+            }
+        }
+    }
+    Ok((base.to_string(), ca))
+}
+
+fn valid_prefix(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= MAX_PREFIX_LEN
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// `hex(sha256(x))` (64 lowercase hex digits).
+fn h(x: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, x);
+    let mut out = String::with_capacity(64);
+    for b in d.as_ref() {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+/// One connection manager, replaced when it may be stuck.
+struct Conn {
+    client: Client,
+    config: ConnectionManagerConfig,
+    slot: Mutex<(ConnectionManager, Instant)>,
+}
+
+impl Conn {
+    fn lazy(
+        client: &Client,
+        config: &ConnectionManagerConfig,
+    ) -> Result<ConnectionManager, StoreError> {
+        ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            .map_err(|e| StoreError::Unavailable(format!("redis client: {}", describe(&e))))
+    }
+
+    fn manager(&self) -> Result<ConnectionManager, StoreError> {
+        self.slot
+            .lock()
+            .map(|g| g.0.clone())
+            .map_err(|_| StoreError::Unavailable("redis connection lock poisoned".into()))
+    }
+
+    /// Replaces the manager with a fresh lazy one, at most once per
+    /// [`REBUILD_MIN_INTERVAL`].
+    fn rebuild(&self) {
+        let Ok(mut g) = self.slot.lock() else {
+            return;
+        };
+        if g.1.elapsed() < REBUILD_MIN_INTERVAL {
+            return;
+        }
+        if let Ok(m) = Self::lazy(&self.client, &self.config) {
+            *g = (m, Instant::now());
+            tracing::debug!("redis store: connection manager replaced");
+        }
+    }
+}
+
+/// A failure inside one call.
+enum Fail {
+    Redis(RedisError),
+    Store(StoreError),
+}
+
+impl From<RedisError> for Fail {
+    fn from(e: RedisError) -> Self {
+        Self::Redis(e)
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+fn protocol(msg: &str) -> Fail {
+    Fail::Store(StoreError::Protocol(msg.to_string()))
+}
+
+/// The class of a Redis error, without its free text (which could echo data).
+fn describe(e: &RedisError) -> String {
+    if e.is_connection_refusal() {
+        return "connection refused".into();
+    }
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    if e.is_connection_dropped() {
+        return "connection dropped".into();
+    }
+    if e.is_io_error() {
+        return "i/o error".into();
+    }
+    match e.code() {
+        Some(code) => format!("server error {}", code.chars().take(32).collect::<String>()),
+        None => format!("{:?}", e.kind()),
+    }
+}
+
+/// Server error codes that mean "cannot serve now" rather than "bad request".
+const UNAVAILABLE_CODES: &[&str] = &[
+    "LOADING",
+    "READONLY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MOVED",
+    "ASK",
+    "OOM",
+    "BUSY",
+    "NOAUTH",
+    "WRONGPASS",
+    "NOPERM",
+    "MISCONF",
+];
+
+/// Whether an error means the store is unavailable (rather than that it
+/// answered something unexpected).
+fn is_unavailable(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ErrorKind::AuthenticationFailed | ErrorKind::Client | ErrorKind::InvalidClientConfig
+        )
+        || e.code().is_some_and(|c| UNAVAILABLE_CODES.contains(&c))
+}
+
+/// Redis backend for every store trait.
+pub struct RedisStore {
+    conn: Conn,
+    prefix: String,
+    timeout: Duration,
+    tls: bool,
+    revoke_script: Script,
+    block_script: Script,
+    grant_create_script: Script,
+    grant_pointer_script: Script,
+    grant_consume_script: Script,
+    grant_revoke_script: Script,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Lua helper: extends a key's expiry to `t` (never shortens it; gives a key
+/// without one an expiry of at least a second from now).
+const LUA_EXTEND: &str = r#"
+local function extend(k, t, now)
+  if redis.call('TTL', k) == -1 then
+    if t <= now then t = now + 1 end
+    redis.call('EXPIREAT', k, t)
+  else
+    redis.call('EXPIREAT', k, t, 'GT')
+  end
+end
+local now = tonumber(redis.call('TIME')[1])
+"#;
+
+/// KEYS: entry, feed. ARGV: revoked_at, expires_at, kind, value, maxlen.
+/// Returns the feed id.
+const LUA_REVOKE: &str = r#"
+local ra = tonumber(ARGV[1])
+local xa = tonumber(ARGV[2])
+local old = redis.call('GET', KEYS[1])
+if old then
+  local ora, oxa = string.match(old, '^(%d+) (%d+)$')
+  if ora then
+    ora = tonumber(ora)
+    oxa = tonumber(oxa)
+    if ora > ra then ra = ora end
+    if oxa > xa then xa = oxa end
+  end
+end
+local ras = string.format('%d', ra)
+local xas = string.format('%d', xa)
+if xa > now then
+  redis.call('SET', KEYS[1], ras .. ' ' .. xas, 'EXAT', xas)
+else
+  redis.call('DEL', KEYS[1])
+end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
+  'k', ARGV[3], 'v', ARGV[4], 'r', ras, 'x', xas)
+extend(KEYS[2], xa, now)
+return id
+"#;
+
+/// KEYS: block key. ARGV: until.
+const LUA_BLOCK: &str = r#"
+local u = tonumber(ARGV[1])
+local old = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if old > u then u = old end
+if u <= now then return 0 end
+redis.call('SET', KEYS[1], string.format('%d', u), 'EXAT', string.format('%d', u))
+return 1
+"#;
+
+/// KEYS: pointer, all. ARGV: subject, id, expires_at, max total.
+/// 1 stored, 0 already expired, -1 id used by another subject, -2 full.
+const LUA_GRANT_POINTER: &str = r#"
+local x = tonumber(ARGV[3])
+if x <= now then return 0 end
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return -1 end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if (not cur) and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return -2 end
+redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+extend(KEYS[2], x, now)
+return 1
+"#;
+
+/// KEYS: grant, index. ARGV: H(id), json, remaining ('u' = unlimited),
+/// expires_at, max per subject, grant key prefix.
+/// 1 stored, 0 already expired, -1 exists, -2 subject full.
+const LUA_GRANT_CREATE: &str = r#"
+local x = tonumber(ARGV[4])
+if x <= now then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[5]) then
+  for _, h in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    local k = ARGV[6] .. h
+    local gx = tonumber(redis.call('HGET', k, 'x') or '0') or 0
+    if gx <= now then
+      redis.call('DEL', k)
+      redis.call('SREM', KEYS[2], h)
+    end
+  end
+  if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[5]) then return -2 end
+end
+redis.call('HSET', KEYS[1], 'j', ARGV[2], 'r', ARGV[3], 'x', ARGV[4])
+redis.call('EXPIREAT', KEYS[1], ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[1])
+extend(KEYS[2], x, now)
+return 1
+"#;
+
+/// KEYS: grant, index. ARGV: H(id). 1 when the grant existed.
+const LUA_GRANT_REVOKE: &str = r#"
+local n = redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return n
+"#;
+
+/// KEYS: index. ARGV: grant key prefix, now, subject, audience, has task
+/// ('1'/'0'), task, scopes…. Returns nil or {json, remaining before}.
+const LUA_GRANT_CONSUME: &str = r#"
+local idx = KEYS[1]
+local kp = ARGV[1]
+local at = tonumber(ARGV[2])
+local has_task = ARGV[5] == '1'
+local best, best_x, best_j, best_r = nil, nil, nil, nil
+for _, h in ipairs(redis.call('SMEMBERS', idx)) do
+  local k = kp .. h
+  local f = redis.call('HMGET', k, 'j', 'r', 'x')
+  local j, r, x = f[1], f[2], tonumber(f[3] or '')
+  if not j or not x then
+    if redis.call('EXISTS', k) == 0 then redis.call('SREM', idx, h) end
+  elseif x <= now then
+    -- expired by the server clock but still here (its TTL was lost)
+    redis.call('DEL', k)
+    redis.call('SREM', idx, h)
+  elseif x > at then
+    local n = nil
+    if r ~= 'u' then n = tonumber(r) end
+    if r == 'u' or (n and n > 0) then
+      local ok, g = pcall(cjson.decode, j)
+      if ok and type(g) == 'table' and g.subject == ARGV[3] and g.audience == ARGV[4]
+          and type(g.scopes) == 'table' then
+        local task_ok = true
+        if type(g.task) == 'string' then task_ok = has_task and g.task == ARGV[6] end
+        if task_ok then
+          local have = {}
+          for _, s in ipairs(g.scopes) do
+            if type(s) == 'string' then have[s] = true end
+          end
+          local all = true
+          for i = 7, #ARGV do
+            if not have[ARGV[i]] then all = false break end
+          end
+          if all and (best == nil or x < best_x or (x == best_x and h < best)) then
+            best, best_x, best_j, best_r = h, x, j, r
+          end
+        end
+      end
+    end
+  end
+end
+if best == nil then return false end
+if best_r ~= 'u' then redis.call('HINCRBY', kp .. best, 'r', -1) end
+return {best_j, best_r}
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{LUA_EXTEND}{body}"))
+}
+
+/// Feed cursor: the stream id `ms-seq` as two zero-padded numbers, so
+/// cursors sort as strings in feed order.
+pub(crate) fn encode_cursor(stream_id: &str) -> Result<String, StoreError> {
+    let (ms, seq) = parse_stream_id(stream_id)
+        .ok_or_else(|| StoreError::Protocol("unexpected stream id from redis".into()))?;
+    Ok(format!("{ms:020}-{seq:020}"))
+}
+
+fn parse_stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+pub(crate) fn decode_cursor(c: &str) -> Result<String, StoreError> {
+    let invalid = || StoreError::Protocol("invalid cursor".into());
+    let (ms, seq) = c.split_once('-').ok_or_else(invalid)?;
+    if ms.len() != 20 || seq.len() != 20 {
+        return Err(invalid());
+    }
+    let ms: u64 = ms.parse().map_err(|_| invalid())?;
+    let seq: u64 = seq.parse().map_err(|_| invalid())?;
+    Ok(format!("{ms}-{seq}"))
+}
+
+fn check_time(t: u64, what: &str) -> Result<(), StoreError> {
+    if t > MAX_UNIX_SECS {
+        return Err(StoreError::Protocol(format!("{what} out of range")));
+    }
+    Ok(())
+}
+
+/// Parses a revocation entry value `"<revoked_at> <expires_at>"`.
+fn parse_entry(v: &str) -> Result<(u64, u64), StoreError> {
+    let bad = || StoreError::Protocol("malformed revocation entry in redis".into());
+    let (r, x) = v.split_once(' ').ok_or_else(bad)?;
+    Ok((r.parse().map_err(|_| bad())?, x.parse().map_err(|_| bad())?))
+}
+
+fn kind_from(s: &[u8]) -> Option<RevocationKind> {
+    match s {
+        b"jti" => Some(RevocationKind::Jti),
+        b"subject" => Some(RevocationKind::Subject),
+        b"task" => Some(RevocationKind::Task),
+        b"grant" => Some(RevocationKind::Grant),
+        _ => None,
+    }
+}
+
+/// A stored grant from its JSON and uses left (`u`: unlimited).
+fn parse_grant(j: &[u8], r: &str) -> Result<Grant, StoreError> {
+    let bad = || StoreError::Protocol("malformed grant in redis".into());
+    let mut g: Grant = serde_json::from_slice(j).map_err(|_| bad())?;
+    g.remaining = if r == "u" {
+        None
+    } else {
+        Some(r.parse().map_err(|_| bad())?)
+    };
+    Ok(g)
+}
+
+/// A stored grant from its hash fields (`j`, `r`, `x`), if live at `now`.
+fn grant_from_fields(
+    j: Option<Vec<u8>>,
+    r: Option<String>,
+    x: Option<String>,
+    now: u64,
+) -> Result<Option<Grant>, StoreError> {
+    let (Some(j), Some(r), Some(x)) = (j, r, x) else {
+        return Ok(None);
+    };
+    let x: u64 = x
+        .parse()
+        .map_err(|_| StoreError::Protocol("malformed grant in redis".into()))?;
+    if x <= now {
+        return Ok(None);
+    }
+    parse_grant(&j, &r).map(Some)
+}
+
+impl RedisStore {
+    /// A store for `cfg`. Does no I/O: the connection is made on first use,
+    /// each attempt bounded by the timeout. Must be called inside a Tokio
+    /// runtime. Errors only for a malformed configuration (the message never
+    /// contains the URL).
+    pub fn new(cfg: &RedisConfig) -> Result<Self, StoreError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(config_error("must be created inside a Tokio runtime"));
+        }
+        if !valid_prefix(&cfg.prefix) {
+            return Err(config_error("prefix must be 1-32 of [A-Za-z0-9_.-]"));
+        }
+        if cfg.timeout.is_zero() || cfg.timeout > MAX_TIMEOUT {
+            return Err(config_error("timeout must be above 0 and at most 30 s"));
+        }
+        let (url, ca_path) = split_url(&cfg.url)?;
+        let tls = url.starts_with("rediss://");
+        if !tls && !url.starts_with("redis://") {
+            return Err(config_error("URL must start with redis:// or rediss://"));
+        }
+        let ca_pem = match (&cfg.ca_pem, ca_path) {
+            (Some(pem), _) => Some(pem.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read(&path)
+                    .map_err(|e| config_error(&format!("cannot read ?ca= file: {}", e.kind())))?,
+            ),
+            (None, None) => None,
+        };
+        if ca_pem.is_some() && !tls {
+            return Err(config_error("a CA is only used with rediss://"));
+        }
+        if tls {
+            // redis-rs builds its rustls config with the process default
+            // provider: make it aws-lc-rs unless the process chose one.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        }
+        let client = match ca_pem {
+            Some(pem) => Client::build_with_tls(
+                url.as_str(),
+                ::redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            ),
+            None => Client::open(url.as_str()),
+        }
+        .map_err(|e| config_error(&format!("bad URL or TLS material ({:?})", e.kind())))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.timeout))
+            .set_response_timeout(None)
+            .set_number_of_retries(0);
+        let manager = Conn::lazy(&client, &config)?;
+        Ok(Self {
+            conn: Conn {
+                client,
+                config,
+                slot: Mutex::new((manager, Instant::now())),
+            },
+            prefix: cfg.prefix.clone(),
+            timeout: cfg.timeout,
+            tls,
+            revoke_script: script(LUA_REVOKE),
+            block_script: script(LUA_BLOCK),
+            grant_create_script: script(LUA_GRANT_CREATE),
+            grant_pointer_script: script(LUA_GRANT_POINTER),
+            grant_consume_script: script(LUA_GRANT_CONSUME),
+            grant_revoke_script: script(LUA_GRANT_REVOKE),
+        })
+    }
+
+    /// The per-call timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    // ---- keys (the only places key names are made) ----
+
+    pub(crate) fn key_revocation(&self, kind: RevocationKind, value: &str) -> String {
+        format!(
+            "{}:{{rev}}:e:{}:{}",
+            self.prefix,
+            kind.as_str(),
+            h(value.as_bytes())
+        )
+    }
+
+    pub(crate) fn key_feed(&self) -> String {
+        format!("{}:{{rev}}:feed", self.prefix)
+    }
+
+    pub(crate) fn key_block(&self, subject: &str) -> String {
+        format!("{}:{{rev}}:blk:{}", self.prefix, h(subject.as_bytes()))
+    }
+
+    pub(crate) fn key_replay(&self, namespace: &str, id: &str) -> String {
+        let mut buf = Vec::with_capacity(8 + namespace.len() + id.len());
+        buf.extend_from_slice(&(namespace.len() as u64).to_be_bytes());
+        buf.extend_from_slice(namespace.as_bytes());
+        buf.extend_from_slice(id.as_bytes());
+        format!("{}:rp:{}", self.prefix, h(&buf))
+    }
+
+    /// The prefix of a subject's grant keys (ends with `:gr:`).
+    pub(crate) fn key_grant_prefix(&self, subject: &str) -> String {
+        format!("{}:{{g:{}}}:gr:", self.prefix, h(subject.as_bytes()))
+    }
+
+    pub(crate) fn key_grant(&self, subject: &str, id: &str) -> String {
+        format!("{}{}", self.key_grant_prefix(subject), h(id.as_bytes()))
+    }
+
+    pub(crate) fn key_grant_index(&self, subject: &str) -> String {
+        format!("{}:{{g:{}}}:idx", self.prefix, h(subject.as_bytes()))
+    }
+
+    pub(crate) fn key_grant_pointer(&self, id: &str) -> String {
+        format!("{}:{{gx}}:id:{}", self.prefix, h(id.as_bytes()))
+    }
+
+    pub(crate) fn key_grant_all(&self) -> String {
+        format!("{}:{{gx}}:all", self.prefix)
+    }
+
+    // ---- calls ----
+
+    /// Runs one operation under the timeout and maps its failure.
+    async fn run<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, Fail>>,
+    {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(Fail::Store(e))) => Err(e),
+            Ok(Err(Fail::Redis(e))) => {
+                let what = describe(&e);
+                if is_unavailable(&e) {
+                    // I/O errors: the manager reconnects by itself. Anything
+                    // else may be a cached failed connection: start afresh.
+                    if !e.is_io_error() || e.is_timeout() {
+                        self.conn.rebuild();
+                    }
+                    Err(StoreError::Unavailable(format!("redis {op}: {what}")))
+                } else {
+                    Err(StoreError::Protocol(format!("redis {op}: {what}")))
+                }
+            }
+            Err(_) => {
+                // A server that does not answer may sit behind a half-open
+                // connection the manager cannot see: start afresh.
+                self.conn.rebuild();
+                Err(StoreError::Unavailable(format!(
+                    "redis {op}: no answer within {} ms",
+                    self.timeout.as_millis()
+                )))
+            }
+        }
+    }
+
+    async fn get_grant(
+        &self,
+        con: &mut ConnectionManager,
+        id: &str,
+        now: u64,
+    ) -> Result<Option<Grant>, Fail> {
+        let subject: Option<String> = ::redis::cmd("GET")
+            .arg(self.key_grant_pointer(id))
+            .query_async(con)
+            .await?;
+        let Some(subject) = subject else {
+            return Ok(None);
+        };
+        let (j, r, x): (Option<Vec<u8>>, Option<String>, Option<String>) = ::redis::cmd("HMGET")
+            .arg(self.key_grant(&subject, id))
+            .arg("j")
+            .arg("r")
+            .arg("x")
+            .query_async(con)
+            .await?;
+        let g = grant_from_fields(j, r, x, now)?;
+        Ok(g.filter(|g| g.id == id && g.subject == subject))
+    }
+
+    async fn load_grants(
+        &self,
+        con: &mut ConnectionManager,
+        pairs: &[(String, String)],
+        now: u64,
+    ) -> Result<Vec<Grant>, Fail> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = ::redis::pipe();
+        for (subject, id) in pairs {
+            pipe.cmd("HMGET")
+                .arg(self.key_grant(subject, id))
+                .arg("j")
+                .arg("r")
+                .arg("x");
+        }
+        type Fields = (Option<Vec<u8>>, Option<String>, Option<String>);
+        let rows: Vec<Fields> = pipe.query_async(con).await?;
+        let mut out = Vec::new();
+        for ((j, r, x), (subject, id)) in rows.into_iter().zip(pairs) {
+            if let Some(g) = grant_from_fields(j, r, x, now)? {
+                if &g.id == id && &g.subject == subject {
+                    out.push(g);
+                }
+            }
+        }
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl RevocationStore for RedisStore {
+    async fn revoke(&self, r: Revocation) -> Result<String, StoreError> {
+        if r.value.len() > MAX_REVOCATION_VALUE_BYTES {
+            return Err(StoreError::Protocol("revocation value too long".into()));
+        }
+        check_time(r.expires_at, "expires_at")?;
+        check_time(r.revoked_at, "revoked_at")?;
+        let mut con = self.conn.manager()?;
+        let id: String = self
+            .run("revoke", async {
+                Ok(self
+                    .revoke_script
+                    .key(self.key_revocation(r.kind, &r.value))
+                    .key(self.key_feed())
+                    .arg(r.revoked_at)
+                    .arg(r.expires_at)
+                    .arg(r.kind.as_str())
+                    .arg(r.value.as_str())
+                    .arg(FEED_MAXLEN)
+                    .invoke_async(&mut con)
+                    .await?)
+            })
+            .await?;
+        encode_cursor(&id)
+    }
+
+    async fn is_revoked(&self, t: &TokenFacts, now: u64) -> Result<bool, StoreError> {
+        if t.actors.len() > MAX_ACTORS {
+            return Err(StoreError::Protocol("actor chain too long to check".into()));
+        }
+        // Order: jti, sub, actors…, txn, grant.
+        let mut keys = vec![
+            self.key_revocation(RevocationKind::Jti, &t.jti),
+            self.key_revocation(RevocationKind::Subject, &t.sub),
+        ];
+        keys.extend(
+            t.actors
+                .iter()
+                .map(|a| self.key_revocation(RevocationKind::Subject, a)),
+        );
+        keys.push(self.key_revocation(RevocationKind::Task, &t.txn));
+        if let Some(g) = &t.grant {
+            keys.push(self.key_revocation(RevocationKind::Grant, g));
+        }
+        let mut con = self.conn.manager()?;
+        let values: Vec<Option<String>> = self
+            .run("is_revoked", async {
+                let mut pipe = ::redis::pipe();
+                for k in &keys {
+                    pipe.get(k);
+                }
+                Ok(pipe.query_async(&mut con).await?)
+            })
+            .await?;
+        if values.len() != keys.len() {
+            return Err(StoreError::Protocol("short pipeline reply".into()));
+        }
+        for (i, v) in values.iter().enumerate() {
+            let Some(v) = v else { continue };
+            let (revoked_at, expires_at) = parse_entry(v)?;
+            if expires_at <= now {
+                continue;
+            }
+            // index 0 is the jti: it names the one token, whatever its iat
+            if i == 0 || t.iat <= revoked_at {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn list_since(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        now: u64,
+    ) -> Result<(Vec<(String, Revocation)>, String), StoreError> {
+        let start = cursor.map(decode_cursor).transpose()?;
+        let limit = limit.min(MAX_FEED_PAGE);
+        let feed = self.key_feed();
+        let mut con = self.conn.manager()?;
+        self.run("list_since", async {
+            let mut out: Vec<(String, Revocation)> = Vec::new();
+            let mut last_scanned: Option<String> = None;
+            let mut scanned = 0usize;
+            while out.len() < limit && scanned < MAX_FEED_SCAN {
+                let from = match (&last_scanned, &start) {
+                    (Some(id), _) | (None, Some(id)) => format!("({id}"),
+                    (None, None) => "-".to_string(),
+                };
+                let batch = FEED_BATCH.min(MAX_FEED_SCAN - scanned);
+                let rows: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = ::redis::cmd("XRANGE")
+                    .arg(&feed)
+                    .arg(from)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(batch)
+                    .query_async(&mut con)
+                    .await?;
+                let n = rows.len();
+                for (id, fields) in rows {
+                    scanned += 1;
+                    let rev = revocation_from_fields(&fields)?;
+                    last_scanned = Some(id.clone());
+                    if rev.expires_at > now {
+                        out.push((encode_cursor(&id)?, rev));
+                        if out.len() >= limit {
+                            break;
+                        }
+                    }
+                }
+                if n < batch {
+                    break;
+                }
+            }
+            let next = match (last_scanned, cursor) {
+                (Some(id), _) => encode_cursor(&id)?,
+                (None, Some(c)) => c.to_string(),
+                (None, None) => {
+                    let last: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = ::redis::cmd("XREVRANGE")
+                        .arg(&feed)
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1)
+                        .query_async(&mut con)
+                        .await?;
+                    match last.first() {
+                        Some((id, _)) => encode_cursor(id)?,
+                        None => encode_cursor("0-0")?,
+                    }
+                }
+            };
+            Ok((out, next))
+        })
+        .await
+    }
+
+    async fn block_subject(&self, subject: &str, until: u64) -> Result<(), StoreError> {
+        check_time(until, "until")?;
+        let mut con = self.conn.manager()?;
+        self.run("block_subject", async {
+            let _: i64 = self
+                .block_script
+                .key(self.key_block(subject))
+                .arg(until)
+                .invoke_async(&mut con)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn is_blocked(&self, subject: &str, now: u64) -> Result<bool, StoreError> {
+        let mut con = self.conn.manager()?;
+        let v: Option<String> = self
+            .run("is_blocked", async {
+                Ok(::redis::cmd("GET")
+                    .arg(self.key_block(subject))
+                    .query_async(&mut con)
+                    .await?)
+            })
+            .await?;
+        match v {
+            None => Ok(false),
+            Some(v) => {
+                let until: u64 = v
+                    .parse()
+                    .map_err(|_| StoreError::Protocol("malformed block entry in redis".into()))?;
+                Ok(until > now)
+            }
+        }
+    }
+}
+
+fn revocation_from_fields(fields: &[(Vec<u8>, Vec<u8>)]) -> Result<Revocation, Fail> {
+    let get = |name: &[u8]| {
+        fields
+            .iter()
+            .find(|(k, _)| k.as_slice() == name)
+            .map(|(_, v)| v.as_slice())
+    };
+    let num = |name: &[u8]| -> Option<u64> { std::str::from_utf8(get(name)?).ok()?.parse().ok() };
+    let kind = get(b"k").and_then(kind_from);
+    let value = get(b"v").and_then(|v| String::from_utf8(v.to_vec()).ok());
+    match (kind, value, num(b"r"), num(b"x")) {
+        (Some(kind), Some(value), Some(revoked_at), Some(expires_at)) => Ok(Revocation {
+            kind,
+            value,
+            revoked_at,
+            expires_at,
+        }),
+        _ => Err(protocol("malformed feed entry in redis")),
+    }
+}
+
+#[async_trait]
+impl ReplayGuard for RedisStore {
+    async fn first_use(
+        &self,
+        namespace: &str,
+        id: &str,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        if expires_at <= now {
+            // Nothing to remember: the record would be dead already.
+            return Ok(true);
+        }
+        check_time(expires_at, "expires_at")?;
+        let mut con = self.conn.manager()?;
+        let set: Option<String> = self
+            .run("first_use", async {
+                Ok(::redis::cmd("SET")
+                    .arg(self.key_replay(namespace, id))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("EXAT")
+                    .arg(expires_at)
+                    .query_async(&mut con)
+                    .await?)
+            })
+            .await?;
+        Ok(set.is_some())
+    }
+}
+
+#[async_trait]
+impl StoreHealth for RedisStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut con = self.conn.manager()?;
+        let pong: String = self
+            .run("ping", async {
+                Ok(::redis::cmd("PING").query_async(&mut con).await?)
+            })
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Protocol("unexpected PING reply".into()))
+        }
+    }
+}
+
+#[async_trait]
+impl GrantStore for RedisStore {
+    async fn create(&self, g: &Grant) -> Result<(), StoreError> {
+        if g.id.is_empty() || g.id.len() > MAX_GRANT_ID_BYTES {
+            return Err(StoreError::Protocol("grant id empty or too long".into()));
+        }
+        if g.scopes.len() > MAX_GRANT_SCOPES {
+            return Err(StoreError::Protocol("too many scopes in grant".into()));
+        }
+        check_time(g.expires_at, "expires_at")?;
+        let mut stored = g.clone();
+        stored.remaining = g.uses;
+        let json = serde_json::to_vec(&stored)
+            .map_err(|_| StoreError::Protocol("grant does not serialize".into()))?;
+        if json.len() > MAX_GRANT_BYTES {
+            return Err(StoreError::Protocol("grant too large".into()));
+        }
+        let remaining = match g.uses {
+            Some(n) => n.to_string(),
+            None => "u".to_string(),
+        };
+        let mut con = self.conn.manager()?;
+        let (p, c): (i64, i64) = self
+            .run("grant create", async {
+                let p: i64 = self
+                    .grant_pointer_script
+                    .key(self.key_grant_pointer(&g.id))
+                    .key(self.key_grant_all())
+                    .arg(g.subject.as_str())
+                    .arg(g.id.as_str())
+                    .arg(g.expires_at)
+                    .arg(MAX_GRANTS_TOTAL)
+                    .invoke_async(&mut con)
+                    .await?;
+                if p != 1 {
+                    return Ok((p, 0));
+                }
+                let c: i64 = self
+                    .grant_create_script
+                    .key(self.key_grant(&g.subject, &g.id))
+                    .key(self.key_grant_index(&g.subject))
+                    .arg(h(g.id.as_bytes()))
+                    .arg(json.as_slice())
+                    .arg(remaining.as_str())
+                    .arg(g.expires_at)
+                    .arg(MAX_GRANTS_PER_SUBJECT)
+                    .arg(self.key_grant_prefix(&g.subject))
+                    .invoke_async(&mut con)
+                    .await?;
+                Ok((p, c))
+            })
+            .await?;
+        match (p, c) {
+            (-1, _) | (1, -1) => Err(StoreError::Protocol("grant id already exists".into())),
+            (-2, _) => Err(StoreError::Unavailable("too many live grants".into())),
+            (1, -2) => Err(StoreError::Unavailable(
+                "too many live grants for this subject".into(),
+            )),
+            // 0: already expired by the server clock; stored as nothing.
+            _ => Ok(()),
+        }
+    }
+
+    async fn get(&self, id: &str, now: u64) -> Result<Option<Grant>, StoreError> {
+        if id.is_empty() || id.len() > MAX_GRANT_ID_BYTES {
+            return Ok(None);
+        }
+        let mut con = self.conn.manager()?;
+        self.run("grant get", self.get_grant(&mut con, id, now))
+            .await
+    }
+
+    async fn list(&self, subject: Option<&str>, now: u64) -> Result<Vec<Grant>, StoreError> {
+        if subject.is_some_and(|s| s.len() > MAX_GRANT_BYTES) {
+            return Ok(Vec::new());
+        }
+        let mut con = self.conn.manager()?;
+        self.run("grant list", async {
+            let pairs: Vec<(String, String)> = match subject {
+                None => {
+                    let ids: Vec<String> = ::redis::cmd("ZRANGE")
+                        .arg(self.key_grant_all())
+                        .arg(format!("({now}"))
+                        .arg("+inf")
+                        .arg("BYSCORE")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(MAX_GRANTS_LISTED)
+                        .query_async(&mut con)
+                        .await?;
+                    if ids.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    let mut pipe = ::redis::pipe();
+                    for id in &ids {
+                        pipe.get(self.key_grant_pointer(id));
+                    }
+                    let subjects: Vec<Option<String>> = pipe.query_async(&mut con).await?;
+                    ids.into_iter()
+                        .zip(subjects)
+                        .filter_map(|(id, s)| s.map(|s| (s, id)))
+                        .collect()
+                }
+                Some(s) => {
+                    // Members are H(id); the ids are in the grants themselves.
+                    let members: Vec<String> = ::redis::cmd("SMEMBERS")
+                        .arg(self.key_grant_index(s))
+                        .query_async(&mut con)
+                        .await?;
+                    if members.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    let prefix = self.key_grant_prefix(s);
+                    let mut pipe = ::redis::pipe();
+                    for m in members.iter().take(MAX_GRANTS_LISTED) {
+                        // members are hex digests written by us; refuse others
+                        if m.len() != 64 || !m.bytes().all(|b| b.is_ascii_hexdigit()) {
+                            return Err(protocol("malformed grant index in redis"));
+                        }
+                        pipe.cmd("HMGET")
+                            .arg(format!("{prefix}{m}"))
+                            .arg("j")
+                            .arg("r")
+                            .arg("x");
+                    }
+                    type Fields = (Option<Vec<u8>>, Option<String>, Option<String>);
+                    let rows: Vec<Fields> = pipe.query_async(&mut con).await?;
+                    let mut out = Vec::new();
+                    for (j, r, x) in rows {
+                        if let Some(g) = grant_from_fields(j, r, x, now)? {
+                            if g.subject == s {
+                                out.push(g);
+                            }
+                        }
+                    }
+                    out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+                    return Ok(out);
+                }
+            };
+            self.load_grants(&mut con, &pairs, now).await
+        })
+        .await
+    }
+
+    async fn revoke(&self, id: &str, subject: &str) -> Result<bool, StoreError> {
+        if id.is_empty() || id.len() > MAX_GRANT_ID_BYTES || subject.len() > MAX_GRANT_BYTES {
+            return Ok(false);
+        }
+        let mut con = self.conn.manager()?;
+        self.run("grant revoke", async {
+            let n: i64 = self
+                .grant_revoke_script
+                .key(self.key_grant(subject, id))
+                .key(self.key_grant_index(subject))
+                .arg(h(id.as_bytes()))
+                .invoke_async(&mut con)
+                .await?;
+            if n == 1 {
+                // The pointer and list entry; only when the grant was this
+                // subject's (so another subject's pointer is never removed).
+                let mut pipe = ::redis::pipe();
+                pipe.del(self.key_grant_pointer(id))
+                    .ignore()
+                    .zrem(self.key_grant_all(), id)
+                    .ignore();
+                let () = pipe.query_async(&mut con).await?;
+            }
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn consume(
+        &self,
+        subject: &str,
+        audience: &str,
+        scopes: &[String],
+        task: Option<&str>,
+        now: u64,
+    ) -> Result<Option<Grant>, StoreError> {
+        // Nothing longer than a stored grant can match one: no round trip.
+        let too_long = |s: &str| s.len() > MAX_GRANT_BYTES;
+        if too_long(subject)
+            || too_long(audience)
+            || task.is_some_and(too_long)
+            || scopes.len() > MAX_GRANT_SCOPES
+            || scopes.iter().any(|s| too_long(s))
+        {
+            return Ok(None);
+        }
+        let mut con = self.conn.manager()?;
+        let reply: Option<(Vec<u8>, String)> = self
+            .run("grant consume", async {
+                let mut inv = self.grant_consume_script.key(self.key_grant_index(subject));
+                inv.arg(self.key_grant_prefix(subject))
+                    .arg(now)
+                    .arg(subject)
+                    .arg(audience)
+                    .arg(if task.is_some() { "1" } else { "0" })
+                    .arg(task.unwrap_or(""));
+                for s in scopes {
+                    inv.arg(s.as_str());
+                }
+                Ok(inv.invoke_async(&mut con).await?)
+            })
+            .await?;
+        let Some((j, r)) = reply else {
+            return Ok(None);
+        };
+        let g = parse_grant(&j, &r)?;
+        Ok(Some(g).filter(|g| g.subject == subject && g.audience == audience))
+    }
+}

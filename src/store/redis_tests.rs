@@ -1,0 +1,777 @@
+//! Tests of the Redis backend, each against its own private `redis-server`
+//! (see [`crate::testkit_redis`]); skipped loudly when none is installed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::conformance::{self, unix_now};
+use super::redis::{RedisConfig, RedisStore};
+use super::*;
+use crate::require_redis;
+use crate::testkit_redis::{RedisServer, TlsFiles};
+
+/// Per-call timeout used by these tests.
+const T: Duration = Duration::from_millis(300);
+/// Longest key the schema makes (prefix of 32 + tags + a 64-hex digest).
+const MAX_KEY_LEN: usize = 160;
+
+fn cfg(url: &str) -> RedisConfig {
+    RedisConfig {
+        url: url.to_string(),
+        prefix: "tessera".into(),
+        timeout: T,
+        ca_pem: None,
+    }
+}
+
+fn store(s: &RedisServer) -> Arc<RedisStore> {
+    Arc::new(RedisStore::new(&cfg(&s.url())).unwrap())
+}
+
+async fn raw(s: &RedisServer) -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(s.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Every key on the server.
+async fn all_keys(con: &mut ::redis::aio::MultiplexedConnection) -> Vec<Vec<u8>> {
+    let mut cursor: u64 = 0;
+    let mut keys = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<Vec<u8>>) = ::redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(con)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+/// Asserts every key has a TTL and a bounded name; returns how many.
+async fn assert_keys_bounded(s: &RedisServer) -> usize {
+    let mut con = raw(s).await;
+    let keys = all_keys(&mut con).await;
+    for k in &keys {
+        let ttl: i64 = ::redis::cmd("PTTL")
+            .arg(k)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let name = String::from_utf8_lossy(k);
+        assert!(ttl != -1, "key without TTL: {name}");
+        assert!(k.len() <= MAX_KEY_LEN, "key too long: {name}");
+        assert!(
+            name.starts_with("tessera:"),
+            "key outside the prefix: {name}"
+        );
+    }
+    keys.len()
+}
+
+fn is_unavailable<T: std::fmt::Debug>(r: &Result<T, StoreError>) -> bool {
+    matches!(r, Err(StoreError::Unavailable(_)))
+}
+
+/// Polls `ping` until it succeeds or `within` passes.
+async fn wait_healthy(st: &RedisStore, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if st.ping().await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_conformance_and_every_key_has_a_ttl() {
+    let srv = require_redis!();
+    let st = store(&srv);
+    conformance::run_all(Stores::from_backend(st)).await;
+    let n = assert_keys_bounded(&srv).await;
+    assert!(n > 10, "the suite wrote keys ({n})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_open_gives_redis_for_redis_urls() {
+    let srv = require_redis!();
+    let stores = Stores::open(&srv.url(), "tessera", T).await.unwrap();
+    conformance::run_all(stores).await;
+    assert_keys_bounded(&srv).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttls_follow_expiries() {
+    let srv = require_redis!();
+    let st = store(&srv);
+    let mut con = raw(&srv).await;
+    let now = unix_now();
+    let ttl = |k: String| {
+        let mut con = con.clone();
+        async move {
+            let t: i64 = ::redis::cmd("TTL")
+                .arg(k)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            t
+        }
+    };
+    let near = |got: i64, want: u64| {
+        let want = want as i64;
+        assert!(
+            (want - 2..=want).contains(&got),
+            "TTL {got} s, expected about {want} s"
+        );
+    };
+    RevocationStore::revoke(
+        &*st,
+        Revocation {
+            kind: RevocationKind::Subject,
+            value: "spiffe://td/ttl".into(),
+            revoked_at: now,
+            expires_at: now + 300,
+        },
+    )
+    .await
+    .unwrap();
+    near(
+        ttl(st.key_revocation(RevocationKind::Subject, "spiffe://td/ttl")).await,
+        300,
+    );
+    near(ttl(st.key_feed()).await, 300);
+    // a later, longer revocation extends the entry and the feed; a shorter one
+    // shortens neither
+    RevocationStore::revoke(
+        &*st,
+        Revocation {
+            kind: RevocationKind::Subject,
+            value: "spiffe://td/ttl".into(),
+            revoked_at: now,
+            expires_at: now + 900,
+        },
+    )
+    .await
+    .unwrap();
+    RevocationStore::revoke(
+        &*st,
+        Revocation {
+            kind: RevocationKind::Jti,
+            value: "short".into(),
+            revoked_at: now,
+            expires_at: now + 60,
+        },
+    )
+    .await
+    .unwrap();
+    near(
+        ttl(st.key_revocation(RevocationKind::Subject, "spiffe://td/ttl")).await,
+        900,
+    );
+    near(
+        ttl(st.key_revocation(RevocationKind::Jti, "short")).await,
+        60,
+    );
+    near(ttl(st.key_feed()).await, 900);
+    // blocks, replay records, grants
+    st.block_subject("spiffe://td/blk", now + 120)
+        .await
+        .unwrap();
+    near(ttl(st.key_block("spiffe://td/blk")).await, 120);
+    assert!(st.first_use("iss", "j", now + 45, now).await.unwrap());
+    near(ttl(st.key_replay("iss", "j")).await, 45);
+    let mut g = conformance::grant("spiffe://td/g", "api", &["a"], Some(1));
+    g.expires_at = now + 200;
+    st.create(&g).await.unwrap();
+    near(ttl(st.key_grant(&g.subject, &g.id)).await, 200);
+    near(ttl(st.key_grant_index(&g.subject)).await, 200);
+    near(ttl(st.key_grant_pointer(&g.id)).await, 200);
+    near(ttl(st.key_grant_all()).await, 200);
+    // a revocation entry holds what is_revoked needs, nothing more
+    let v: String = ::redis::cmd("GET")
+        .arg(st.key_revocation(RevocationKind::Jti, "short"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(v, format!("{now} {}", now + 60));
+    assert_keys_bounded(&srv).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_identifiers_are_plain_values() {
+    let srv = require_redis!();
+    let st = store(&srv);
+    let now = unix_now();
+    let big = "s".repeat(512 * 1024);
+    let hostile = [
+        "grant:123",
+        ":*{}",
+        "*",
+        "{rev}",
+        "tessera:{rev}:feed",
+        "",
+        &big,
+    ];
+    let r = |kind, value: &str| Revocation {
+        kind,
+        value: value.into(),
+        revoked_at: now,
+        expires_at: now + 60,
+    };
+    // a subject named like another key type revokes only that subject
+    RevocationStore::revoke(&*st, r(RevocationKind::Subject, "grant:123"))
+        .await
+        .unwrap();
+    let mut t = TokenFacts {
+        jti: "j".into(),
+        sub: "x".into(),
+        txn: "t".into(),
+        grant: Some("123".into()),
+        iat: now - 1,
+        ..Default::default()
+    };
+    assert!(!st.is_revoked(&t, now).await.unwrap());
+    t.sub = "grant:123".into();
+    assert!(st.is_revoked(&t, now).await.unwrap());
+    // a jti with pattern and hash-tag characters matches only itself
+    RevocationStore::revoke(&*st, r(RevocationKind::Jti, ":*{}"))
+        .await
+        .unwrap();
+    for jti in ["*", ":*", "{}", ":*{", ":*{}x"] {
+        let t = TokenFacts {
+            jti: jti.into(),
+            sub: "x".into(),
+            iat: now,
+            ..Default::default()
+        };
+        assert!(!st.is_revoked(&t, now).await.unwrap(), "{jti}");
+    }
+    let t = TokenFacts {
+        jti: ":*{}".into(),
+        iat: now,
+        ..Default::default()
+    };
+    assert!(st.is_revoked(&t, now).await.unwrap());
+    // a 512 KiB subject: revoked, blocked, replay-checked like any other
+    RevocationStore::revoke(&*st, r(RevocationKind::Subject, &big))
+        .await
+        .unwrap();
+    let t = TokenFacts {
+        jti: "k".into(),
+        sub: big.clone(),
+        iat: now,
+        ..Default::default()
+    };
+    assert!(st.is_revoked(&t, now).await.unwrap());
+    let mut shorter = t.clone();
+    shorter.sub.pop();
+    assert!(!st.is_revoked(&shorter, now).await.unwrap());
+    for v in hostile {
+        assert!(!st.is_blocked(v, now).await.unwrap());
+        st.block_subject(v, now + 30).await.unwrap();
+        assert!(st.is_blocked(v, now).await.unwrap());
+        assert!(st.first_use(v, v, now + 30, now).await.unwrap());
+        assert!(!st.first_use(v, v, now + 30, now).await.unwrap());
+        assert!(st
+            .consume(v, v, &[v.to_string()], Some(v), now)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(st.get(v, now).await.unwrap().is_none());
+        assert!(!GrantStore::revoke(&*st, v, v).await.unwrap());
+    }
+    assert!(!st.is_blocked("grant:1234", now).await.unwrap());
+    // grants for a subject named like a key, with hostile ids and scopes
+    let mut g = conformance::grant("grant:123", ":*{}", &["*", "{rev}"], Some(1));
+    g.task = Some("*".into());
+    st.create(&g).await.unwrap();
+    assert!(st
+        .consume("grant:123", ":*{}", &["x".into()], Some("*"), now)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(st
+        .consume("grant:123", ":*{}", &["*".into()], Some("*"), now)
+        .await
+        .unwrap()
+        .is_some());
+    // a grant too large to store is refused, not truncated
+    let huge = conformance::grant(&big, "api", &["a"], Some(1));
+    assert!(matches!(
+        st.create(&huge).await,
+        Err(StoreError::Protocol(_))
+    ));
+    // the feed carries the values as they were
+    let (feed, _) = st.list_since(None, 100, now).await.unwrap();
+    assert!(feed.iter().any(|(_, r)| r.value == big));
+    assert!(feed.iter().any(|(_, r)| r.value == ":*{}"));
+    // and no key holds a raw value or grows with it
+    let mut con = raw(&srv).await;
+    for k in all_keys(&mut con).await {
+        let name = String::from_utf8_lossy(&k).to_string();
+        assert!(
+            !name.contains("grant:123") && !name.contains(":*"),
+            "{name}"
+        );
+    }
+    assert_keys_bounded(&srv).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_then_restart_same_store_recovers() {
+    let mut srv = require_redis!();
+    let st = store(&srv);
+    let now = unix_now();
+    let t = TokenFacts {
+        jti: "crash".into(),
+        sub: "spiffe://td/c".into(),
+        iat: now,
+        ..Default::default()
+    };
+    assert!(!st.is_revoked(&t, now).await.unwrap());
+    srv.kill();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let r = st.is_revoked(&t, now).await;
+        let took = started.elapsed();
+        assert!(is_unavailable(&r), "{r:?}");
+        assert!(took < 2 * T, "answered in {took:?}");
+        let started = Instant::now();
+        assert!(is_unavailable(&st.ping().await));
+        assert!(started.elapsed() < 2 * T);
+        assert!(is_unavailable(&st.first_use("i", "j", now + 9, now).await));
+        assert!(is_unavailable(&st.consume("s", "a", &[], None, now).await));
+    }
+    srv.restart().unwrap();
+    assert!(
+        wait_healthy(&st, Duration::from_secs(5)).await,
+        "same store recovers"
+    );
+    // the restarted server is empty (no persistence); scripts load again
+    assert!(!st.is_revoked(&t, now).await.unwrap());
+    RevocationStore::revoke(
+        &*st,
+        Revocation {
+            kind: RevocationKind::Jti,
+            value: "crash".into(),
+            revoked_at: now,
+            expires_at: now + 60,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(st.is_revoked(&t, now).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_opened_while_redis_is_down_starts_and_recovers() {
+    let mut srv = require_redis!();
+    srv.kill();
+    let started = Instant::now();
+    let stores = Stores::open(&srv.url(), "tessera", T).await.unwrap();
+    assert!(started.elapsed() < 2 * T, "open is bounded");
+    let started = Instant::now();
+    assert!(is_unavailable(&stores.health.ping().await));
+    assert!(is_unavailable(
+        &stores.revocations.is_blocked("x", unix_now()).await
+    ));
+    assert!(started.elapsed() < 4 * T);
+    srv.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stores.health.ping().await.is_err() {
+        assert!(Instant::now() < deadline, "did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!stores
+        .revocations
+        .is_blocked("x", unix_now())
+        .await
+        .unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_server_is_unavailable_within_the_timeout() {
+    let srv = require_redis!();
+    let st = store(&srv);
+    let now = unix_now();
+    st.ping().await.unwrap();
+    let mut admin = raw(&srv).await;
+    let () = ::redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let t = TokenFacts {
+        jti: "slow".into(),
+        iat: now,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let r = st.is_revoked(&t, now).await;
+    let took = started.elapsed();
+    assert!(is_unavailable(&r), "{r:?}");
+    assert!(took >= T && took < 2 * T, "answered in {took:?}");
+    let started = Instant::now();
+    assert!(is_unavailable(&st.ping().await));
+    assert!(started.elapsed() < 2 * T);
+    // and it serves again once the server does
+    assert!(wait_healthy(&st, Duration::from_secs(5)).await);
+    assert!(!st.is_revoked(&t, now).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_brokers_share_one_redis() {
+    let srv = require_redis!();
+    let (a, b) = (store(&srv), store(&srv));
+    let now = unix_now();
+    let t = TokenFacts {
+        jti: "shared".into(),
+        sub: "spiffe://td/shared".into(),
+        iat: now,
+        ..Default::default()
+    };
+    assert!(!b.is_revoked(&t, now).await.unwrap());
+    let c = RevocationStore::revoke(
+        &*a,
+        Revocation {
+            kind: RevocationKind::Subject,
+            value: "spiffe://td/shared".into(),
+            revoked_at: now,
+            expires_at: now + 60,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(b.is_revoked(&t, now).await.unwrap());
+    let (feed, last) = b.list_since(None, 100, now).await.unwrap();
+    assert_eq!(last, c);
+    assert_eq!(feed.len(), 1);
+    a.block_subject("spiffe://td/k", now + 60).await.unwrap();
+    assert!(b.is_blocked("spiffe://td/k", now).await.unwrap());
+    assert!(a.first_use("iss", "j", now + 60, now).await.unwrap());
+    assert!(!b.first_use("iss", "j", now + 60, now).await.unwrap());
+    // a 3-use grant shared by two brokers hands out exactly 3 uses
+    let g = conformance::grant("spiffe://td/g", "api", &["a"], Some(3));
+    a.create(&g).await.unwrap();
+    assert_eq!(b.get(&g.id, now).await.unwrap(), Some(g.clone()));
+    let mut tasks = Vec::new();
+    for i in 0..9 {
+        let st = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            st.consume("spiffe://td/g", "api", &["a".into()], None, now)
+                .await
+                .unwrap()
+                .is_some()
+        }));
+    }
+    let mut n = 0;
+    for t in tasks {
+        n += usize::from(t.await.unwrap());
+    }
+    assert_eq!(n, 3);
+    assert!(GrantStore::revoke(&*b, &g.id, "spiffe://td/g")
+        .await
+        .unwrap());
+    assert_eq!(a.get(&g.id, now).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_ttl_grant_past_its_end_is_not_consumed() {
+    let srv = require_redis!();
+    let st = store(&srv);
+    let mut con = raw(&srv).await;
+    let now = unix_now();
+    let mut g = conformance::grant("spiffe://td/lost", "api", &["a"], Some(5));
+    g.expires_at = now + 1;
+    st.create(&g).await.unwrap();
+    let key = st.key_grant(&g.subject, &g.id);
+    // lose the TTLs of the grant and of its index
+    for k in [key.clone(), st.key_grant_index(&g.subject)] {
+        let persisted: i64 = ::redis::cmd("PERSIST")
+            .arg(&k)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(persisted, 1);
+    }
+    // a replay record lives as long as its expiry, by the real clock
+    assert!(st.first_use("iss", "r", now + 1, now).await.unwrap());
+    assert!(!st.first_use("iss", "r", now + 1, now).await.unwrap());
+    while unix_now() <= g.expires_at {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let later = unix_now();
+    let exists: i64 = ::redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(exists, 1, "the key outlived its grant");
+    // even a caller whose clock lags does not get it: the store's own
+    // expires_at check drops it
+    assert!(st
+        .consume(&g.subject, "api", &["a".into()], None, now)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(st
+        .consume(&g.subject, "api", &["a".into()], None, later)
+        .await
+        .unwrap()
+        .is_none());
+    let exists: i64 = ::redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "consume removed the dead grant");
+    assert!(st.first_use("iss", "r", later + 5, later).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_in_url_works_and_is_never_shown() {
+    let _probe = require_redis!();
+    let srv = RedisServer::start_with(&["--requirepass", "s3cret-pw"]).unwrap();
+    let port = srv.port();
+    let good = RedisStore::new(&cfg(&format!("redis://:s3cret-pw@127.0.0.1:{port}/0"))).unwrap();
+    good.ping().await.unwrap();
+    assert!(!format!("{good:?}").contains("s3cret"));
+    assert!(!format!("{:?}", cfg("redis://:s3cret-pw@h")).contains("s3cret"));
+    let bad = RedisStore::new(&cfg(&format!("redis://:wrong-pw@127.0.0.1:{port}"))).unwrap();
+    let e = bad.ping().await.unwrap_err();
+    assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+    assert!(!e.to_string().contains("wrong-pw"), "{e}");
+    let none = RedisStore::new(&cfg(&srv.url())).unwrap();
+    let e = none.ping().await.unwrap_err();
+    assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn configuration_errors_never_show_the_url() {
+    for url in [
+        "redis://:pw-1@127.0.0.1:1/?foo=bar",
+        "rediss://:pw-1@127.0.0.1:1/#insecure",
+        "redis://:pw-1@127.0.0.1:1/?ca=/etc/hosts",
+        "rediss://:pw-1@127.0.0.1:1/?ca=/nonexistent/pw-1",
+        "http://:pw-1@127.0.0.1:1/",
+        "redis://:pw-1@[::1:1/",
+    ] {
+        let e = RedisStore::new(&cfg(url)).unwrap_err();
+        assert!(!e.to_string().contains("pw-1"), "{e}");
+        let e = Stores::open(url, "tessera", T).await.err().unwrap();
+        assert!(!e.to_string().contains("pw-1"), "{e}");
+    }
+    for prefix in ["", "a{b}", "a:b", &"p".repeat(33)] {
+        let mut c = cfg("redis://127.0.0.1:1");
+        c.prefix = prefix.into();
+        assert!(RedisStore::new(&c).is_err(), "{prefix}");
+    }
+    for timeout in [Duration::ZERO, Duration::from_secs(31)] {
+        let mut c = cfg("redis://127.0.0.1:1");
+        c.timeout = timeout;
+        assert!(RedisStore::new(&c).is_err());
+    }
+    for url in ["redis+cluster://h:1", "redis+sentinel://h:1"] {
+        let e = Stores::open(url, "tessera", T).await.err().unwrap();
+        assert!(e.to_string().contains("not supported yet"), "{e}");
+    }
+    assert!(Stores::open("memory://", "tessera", T).await.is_ok());
+    // outside a runtime: an error, not a panic
+    let e = std::thread::spawn(|| RedisStore::new(&cfg("redis://127.0.0.1:1")).err())
+        .join()
+        .unwrap();
+    assert!(e.is_some());
+}
+
+/// A CA and a `localhost` server certificate (PEM), made with rcgen.
+fn tls_material() -> (TlsFiles, Vec<u8>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tessera test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let ca_pem = ca.pem().into_bytes();
+    (
+        TlsFiles {
+            cert_pem: cert.pem().into_bytes(),
+            key_pem: key.serialize_pem().into_bytes(),
+            ca_pem: ca_pem.clone(),
+        },
+        ca_pem,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca() {
+    let _probe = require_redis!();
+    let (files, ca_pem) = tls_material();
+    let srv = RedisServer::start_tls(&files).unwrap();
+    // CA given to the constructor
+    let mut c = cfg(&srv.url());
+    c.ca_pem = Some(ca_pem.clone());
+    let st = Arc::new(RedisStore::new(&c).unwrap());
+    st.ping().await.unwrap();
+    conformance::run_all(Stores::from_backend(st)).await;
+    // CA given in the URL
+    let ca_path = srv.dir().join("client-ca.pem");
+    std::fs::write(&ca_path, &ca_pem).unwrap();
+    let url = format!("{}?ca={}", srv.url(), ca_path.display());
+    let stores = Stores::open(&url, "tessera", T).await.unwrap();
+    stores.health.ping().await.unwrap();
+    // without the CA the server is not trusted: fail closed
+    let untrusted = RedisStore::new(&cfg(&srv.url())).unwrap();
+    assert!(is_unavailable(&untrusted.ping().await));
+    // plain redis:// to a TLS port gets nowhere either
+    let plain = RedisStore::new(&cfg(&format!("redis://127.0.0.1:{}", srv.port()))).unwrap();
+    assert!(plain.ping().await.is_err());
+}
+
+/// The hash tag Redis Cluster would route `key` by.
+fn hash_tag(key: &str) -> &str {
+    match key.find('{') {
+        Some(open) => match key[open + 1..].find('}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    }
+}
+
+#[tokio::test]
+async fn key_schema_slots_and_bounds() {
+    let st = RedisStore::new(&cfg("redis://127.0.0.1:1")).unwrap();
+    let big = "x".repeat(512 * 1024);
+    let values = ["", "grant:123", ":*{}", "}{", "{rev}", big.as_str()];
+    for v in values {
+        let mut rev: Vec<String> = [
+            RevocationKind::Jti,
+            RevocationKind::Subject,
+            RevocationKind::Task,
+            RevocationKind::Grant,
+        ]
+        .into_iter()
+        .map(|k| st.key_revocation(k, v))
+        .collect();
+        rev.push(st.key_feed());
+        rev.push(st.key_block(v));
+        for k in &rev {
+            assert_eq!(hash_tag(k), "rev", "{k}");
+        }
+        let subject_keys = [
+            st.key_grant(v, "id-1"),
+            st.key_grant(v, v),
+            st.key_grant_index(v),
+        ];
+        let tag = hash_tag(&subject_keys[0]).to_string();
+        assert!(tag.starts_with("g:") && tag.len() == 66, "{tag}");
+        assert!(subject_keys.iter().all(|k| hash_tag(k) == tag));
+        assert_eq!(hash_tag(&st.key_grant_pointer(v)), "gx");
+        assert_eq!(hash_tag(&st.key_grant_all()), "gx");
+        let mut all = rev.clone();
+        all.extend(subject_keys);
+        all.push(st.key_replay(v, v));
+        all.push(st.key_grant_pointer(v));
+        for k in &all {
+            assert!(k.len() <= MAX_KEY_LEN, "{k}");
+            assert!(k.starts_with("tessera:"));
+            assert!(!k.contains('*') && !k.contains(' '));
+        }
+        // kinds never share a key
+        let mut uniq = rev.clone();
+        uniq.sort();
+        uniq.dedup();
+        assert_eq!(uniq.len(), rev.len());
+    }
+    // replay keys: namespace and id are not concatenated ambiguously
+    assert_ne!(st.key_replay("ab", "c"), st.key_replay("a", "bc"));
+}
+
+#[test]
+fn cursors_sort_in_feed_order() {
+    use super::redis::{decode_cursor, encode_cursor};
+    let ids = [
+        "0-0",
+        "9-0",
+        "9-1",
+        "9-10",
+        "10-0",
+        "1700000000000-2",
+        "1700000000001-0",
+    ];
+    let cursors: Vec<String> = ids.iter().map(|i| encode_cursor(i).unwrap()).collect();
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "{cursors:?}");
+    for (i, c) in ids.iter().zip(&cursors) {
+        assert_eq!(decode_cursor(c).unwrap(), *i);
+    }
+    for bad in ["", "1-2", "00000000000000000001", "x", "-", &"9".repeat(41)] {
+        assert!(decode_cursor(bad).is_err(), "{bad}");
+    }
+    assert!(encode_cursor("nope").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_auth_at_connect_recovers_once_fixed() {
+    // A failed connection attempt that is not an I/O error (here AUTH) is
+    // cached by the connection manager forever; the store must replace it.
+    let _probe = require_redis!();
+    let srv = RedisServer::start_with(&["--requirepass", "old-pw"]).unwrap();
+    let port = srv.port();
+    let st = RedisStore::new(&cfg(&format!("redis://:new-pw@127.0.0.1:{port}"))).unwrap();
+    for _ in 0..3 {
+        let e = st.ping().await.unwrap_err();
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+        assert!(!e.to_string().contains("pw"), "{e}");
+    }
+    let mut admin = ::redis::Client::open(format!("redis://:old-pw@127.0.0.1:{port}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = ::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("new-pw")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(
+        wait_healthy(&st, Duration::from_secs(5)).await,
+        "the same store recovers once the password matches"
+    );
+}
+
+#[test]
+fn digest_is_sha256_hex() {
+    let st_key = |v: &str| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _g = rt.enter();
+        RedisStore::new(&cfg("redis://127.0.0.1:1"))
+            .unwrap()
+            .key_block(v)
+    };
+    // sha256("abc")
+    assert_eq!(
+        st_key("abc"),
+        "tessera:{rev}:blk:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}
