@@ -38,6 +38,8 @@ pub struct App {
     pub minter: Arc<TokenMinter>,
     /// The stores.
     pub stores: Stores,
+    /// Verifies tokens Tessera issued (introspection, revocation).
+    pub own_tokens: Arc<crate::identity::own::OwnTokenVerifier>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
     /// Set when shutdown began: `/readyz` answers 503.
@@ -49,13 +51,19 @@ pub type AppState = Arc<App>;
 
 impl App {
     /// Loads keys, opens the store and builds the pipeline.
-    pub fn build(config: Config, clock: Arc<dyn Clock>) -> Result<App, String> {
+    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<App, String> {
         let keyring = Arc::new(
             KeyRing::load_dir(&config.tokens.signing_keys, config.tokens.algorithm)
                 .map_err(|e| format!("tokens.signing_keys: {e}"))?,
         );
         let minter = Arc::new(TokenMinter::new(keyring.clone()));
-        let stores = Stores::open(&config.store.url).map_err(|e| format!("store.url: {e}"))?;
+        let stores = Stores::open(
+            &config.store.url,
+            &config.store.prefix,
+            config.store.timeout,
+        )
+        .await
+        .map_err(|e| format!("store.url: {e}"))?;
         let mut issuers = Vec::new();
         for i in &config.issuers {
             issuers.push(Arc::new(IssuerVerifier::new(
@@ -63,6 +71,10 @@ impl App {
                 JWKS_REFRESH_COOLDOWN,
             )?));
         }
+        let own_tokens = Arc::new(crate::identity::own::OwnTokenVerifier::new(
+            &config.server.issuer,
+            &keyring,
+        )?);
         let exchanger = Exchanger::new(
             &config,
             issuers,
@@ -76,6 +88,7 @@ impl App {
             keyring,
             minter,
             stores,
+            own_tokens,
             clock,
             draining: AtomicBool::new(false),
         })
@@ -142,7 +155,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
     )?;
     let listen = config.server.listen;
     let ops_listen = config.server.ops_listen;
-    let app: AppState = Arc::new(App::build(config, clock)?);
+    let app: AppState = Arc::new(App::build(config, clock).await?);
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("server.listen: cannot bind {listen}: {e}"))?;

@@ -13,6 +13,38 @@ struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
+    /// Broker URL for operator verbs.
+    #[arg(
+        long,
+        global = true,
+        env = "TESSERA_URL",
+        default_value = "https://127.0.0.1:8443"
+    )]
+    url: String,
+    /// Operator client certificate (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "TESSERA_CERT",
+        default_value = "keys/dev/operator.pem"
+    )]
+    cert: PathBuf,
+    /// Operator client key (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "TESSERA_KEY",
+        default_value = "keys/dev/operator-key.pem"
+    )]
+    key: PathBuf,
+    /// CA that signed the broker's certificate (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "TESSERA_CA",
+        default_value = "keys/dev/ca.pem"
+    )]
+    ca: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -39,6 +71,69 @@ enum Cmd {
     Token {
         #[command(subcommand)]
         cmd: TokenCmd,
+    },
+    /// Revoke tokens by jti, subject, task or grant (through the admin API).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["jti", "subject", "task", "grant"])))]
+    Revoke {
+        /// One token.
+        #[arg(long)]
+        jti: Option<String>,
+        /// Every token issued until now whose sub or any actor is this identity.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Every token of a task (txn).
+        #[arg(long)]
+        task: Option<String>,
+        /// Every token issued under a JIT grant.
+        #[arg(long)]
+        grant: Option<String>,
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+        /// With --subject: also refuse new exchanges for this long (the kill switch), e.g. 30m.
+        #[arg(long, requires = "subject")]
+        block_for: Option<String>,
+    },
+    /// Just-in-time grants.
+    Grant {
+        #[command(subcommand)]
+        cmd: GrantCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum GrantCmd {
+    /// Let SUBJECT receive SCOPE for AUDIENCE for TTL (at most N times).
+    Create {
+        /// The identity (SPIFFE ID, DNS name or OIDC sub).
+        #[arg(long)]
+        subject: String,
+        /// Space-separated scopes.
+        #[arg(long)]
+        scope: String,
+        /// The audience.
+        #[arg(long)]
+        audience: String,
+        /// Lifetime, e.g. 10m.
+        #[arg(long)]
+        ttl: String,
+        /// Uses (unlimited until expiry when absent).
+        #[arg(long)]
+        uses: Option<u32>,
+        /// Only for this task.
+        #[arg(long)]
+        task: Option<String>,
+    },
+    /// Live grants.
+    List {
+        /// Only this subject's.
+        #[arg(long)]
+        subject: Option<String>,
+    },
+    /// Remove a grant and revoke every token issued under it.
+    Revoke {
+        /// Grant id.
+        id: String,
     },
 }
 
@@ -101,8 +196,92 @@ fn main() -> ExitCode {
         Cmd::Token {
             cmd: TokenCmd::Decode { token },
         } => tessera::cli::token_decode(&token, cli.json),
+        Cmd::Revoke {
+            jti,
+            subject,
+            task,
+            grant,
+            reason,
+            block_for,
+        } => {
+            if block_for.is_some() && subject.is_none() {
+                eprintln!("error: --block-for goes with --subject");
+                return ExitCode::from(2);
+            }
+            let (kind, value) = match (jti, subject, task, grant) {
+                (Some(v), _, _, _) => ("jti", v),
+                (_, Some(v), _, _) => ("subject", v),
+                (_, _, Some(v), _) => ("task", v),
+                (_, _, _, Some(v)) => ("grant", v),
+                _ => return ExitCode::from(2),
+            };
+            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            let a = tessera::cli::admin::RevokeArgs {
+                kind,
+                value,
+                reason,
+                block_for,
+            };
+            block_on(tessera::cli::admin::revoke(&conn, a, cli.json))
+        }
+        Cmd::Grant { cmd } => {
+            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            match cmd {
+                GrantCmd::Create {
+                    subject,
+                    scope,
+                    audience,
+                    ttl,
+                    uses,
+                    task,
+                } => {
+                    let a = tessera::cli::admin::GrantArgs {
+                        subject,
+                        scope,
+                        audience,
+                        ttl,
+                        uses,
+                        task,
+                    };
+                    block_on(tessera::cli::admin::grant_create(&conn, a, cli.json))
+                }
+                GrantCmd::List { subject } => {
+                    block_on(tessera::cli::admin::grant_list(&conn, subject, cli.json))
+                }
+                GrantCmd::Revoke { id } => {
+                    block_on(tessera::cli::admin::grant_revoke(&conn, &id, cli.json))
+                }
+            }
+        }
     };
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn connection(
+    url: &str,
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+) -> tessera::cli::admin::Connection {
+    tessera::cli::admin::Connection {
+        url: url.to_string(),
+        cert,
+        key,
+        ca,
+    }
+}
+
+fn block_on(f: impl std::future::Future<Output = i32>) -> i32 {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            1
+        }
+    }
 }
 
 fn serve(config: PathBuf) -> i32 {

@@ -18,6 +18,10 @@ pub struct Metrics {
     pub handshake_failures: IntCounter,
     /// `tessera_connections_refused_total` (connection cap).
     pub connections_refused: IntCounter,
+    /// `tessera_revocations_total{kind}`.
+    pub revocations: IntCounterVec,
+    /// `tessera_jit_grants_consumed_total`.
+    pub grants_consumed: IntCounter,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -45,6 +49,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "tessera_connections_refused_total",
         "Connections closed because the connection cap was reached",
     )?;
+    let revocations = IntCounterVec::new(
+        Opts::new("tessera_revocations_total", "Revocations recorded, by kind"),
+        &["kind"],
+    )?;
+    let grants_consumed = IntCounter::new(
+        "tessera_jit_grants_consumed_total",
+        "Uses of just-in-time grants consumed by exchanges",
+    )?;
+    registry.register(Box::new(revocations.clone()))?;
+    registry.register(Box::new(grants_consumed.clone()))?;
     registry.register(Box::new(exchanges.clone()))?;
     registry.register(Box::new(exchange_seconds.clone()))?;
     registry.register(Box::new(handshake_failures.clone()))?;
@@ -55,6 +69,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         exchange_seconds,
         handshake_failures,
         connections_refused,
+        revocations,
+        grants_consumed,
     })
 }
 

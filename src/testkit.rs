@@ -229,3 +229,28 @@ fn server_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Stri
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
+
+/// An HTTPS client that trusts `ca_der` only and presents `cert` (when
+/// given) as its TLS client certificate; `h2` selects HTTP/2 with prior
+/// knowledge instead of HTTP/1.1 keep-alive.
+pub fn https_client(
+    ca_der: &[u8],
+    cert: Option<&crate::pki::IssuedCert>,
+    h2: bool,
+) -> Result<reqwest::Client, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let identity = match cert {
+        Some(c) => Some((
+            vec![CertificateDer::from(c.cert_der.clone())],
+            PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).map_err(|e| e.to_string())?,
+        )),
+        None => None,
+    };
+    crate::cli::admin::mtls_client(
+        vec![CertificateDer::from(ca_der.to_vec())],
+        identity,
+        h2,
+        std::time::Duration::from_secs(10),
+    )
+}

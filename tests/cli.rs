@@ -135,7 +135,7 @@ fn keys_generate_list_and_token_decode() {
 /// The newcomer's first minutes: `serve` on a fresh directory with the
 /// shipped config generates dev material, logs it, and issues a token to
 /// the generated demo agent certificate.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_clone_serve_generates_dev_material_and_exchanges() {
     common::init();
     let d = tempfile::tempdir().unwrap();

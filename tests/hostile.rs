@@ -1609,3 +1609,56 @@ async fn i103_identity_headers_are_ignored() {
     let (_, c) = decode(v["access_token"].as_str().unwrap());
     assert!(c.get("cnf").is_none());
 }
+
+// ---------------- K. Published keys / L. limits ----------------
+
+#[tokio::test]
+async fn k111_jwks_hygiene_for_every_algorithm() {
+    for alg in [
+        SigningAlgorithm::ES256,
+        SigningAlgorithm::EdDSA,
+        SigningAlgorithm::RS256,
+    ] {
+        let b = TestBroker::start_with(Options {
+            broker_algorithm: alg,
+            with_issuer: false,
+            ..Default::default()
+        })
+        .await;
+        let v: Value = b
+            .anon()
+            .get(b.url("/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for k in v["keys"].as_array().unwrap() {
+            for private in ["d", "p", "q", "dp", "dq", "qi", "k"] {
+                assert!(k.get(private).is_none(), "{private} published");
+            }
+            assert!(k["kid"].is_string());
+            assert_eq!(k["alg"], alg.as_str());
+            assert_eq!(k["use"], "sig");
+        }
+    }
+}
+
+#[tokio::test]
+async fn l112_body_limit_is_global() {
+    let b = TestBroker::start().await;
+    let big = "a".repeat(70 * 1024);
+    for path in ["/token", "/introspect", "/revoke", "/admin/v1/revocations"] {
+        let r = b
+            .agent_client()
+            .post(b.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("x={big}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+    }
+    assert_eq!(b.agent_token("tickets:read", None).await.0, 200);
+}

@@ -1,6 +1,9 @@
 //! Operator verbs that work offline: `config check`, `keys generate`,
-//! `keys list`, `token decode`. Each returns the process exit code
+//! `keys list`, `token decode` (and, in [`admin`], the verbs that talk to a
+//! running broker). Each returns the process exit code
 //! (0 success, 1 refused or failed, 2 bad usage) and prints errors to stderr.
+
+pub mod admin;
 
 use std::io::Read;
 use std::path::Path;

@@ -26,6 +26,12 @@ pub enum ExchangeError {
     /// A requested scope is not allowed (names the refused scopes for the log).
     #[error("scope refused: {0}")]
     Scope(String),
+    /// A JIT scope was asked for and no live grant covers it (names the scopes).
+    #[error("no live JIT grant covers: {0}")]
+    GrantRequired(String),
+    /// A scope needs human approval (not available in this build).
+    #[error("approval required for: {0}")]
+    ApprovalRequired(String),
     /// The subject is blocked by the kill switch.
     #[error("subject is blocked")]
     Blocked,
@@ -58,6 +64,8 @@ impl ExchangeError {
             Self::NoPolicy => "no_matching_policy",
             Self::Target => "target_not_allowed",
             Self::Scope(_) => "scope_not_allowed",
+            Self::GrantRequired(_) => "jit_grant_required",
+            Self::ApprovalRequired(_) => "approval_required",
             Self::Blocked => "subject_blocked",
             Self::NoLifetime => "no_lifetime_left",
             Self::StoreUnavailable(_) => "store_unavailable",

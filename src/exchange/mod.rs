@@ -198,13 +198,18 @@ impl Exchanger {
                 Denial::ScopeNotAllowed { refused } => ExchangeError::Scope(refused.to_string()),
             })?;
 
-        // Tiered scopes need a live JIT grant or a human approval; neither
-        // store exists in this build, so such scopes are refused (closed).
+        // Approval tiers are not built yet: such scopes are refused (closed).
         for s in req.scope.iter() {
-            if policy.is_jit_scope(s) || policy.is_approval_scope(s) {
-                return Err(ExchangeError::Scope(s.to_string()));
+            if policy.is_approval_scope(s) {
+                return Err(ExchangeError::ApprovalRequired(s.to_string()));
             }
         }
+        let jit: Vec<String> = req
+            .scope
+            .iter()
+            .filter(|s| policy.is_jit_scope(s))
+            .map(|s| s.to_string())
+            .collect();
         if policy.require_binding() && peer_id.is_none() {
             return Err(ExchangeError::ClientAuth("binding_required"));
         }
@@ -224,6 +229,24 @@ impl Exchanger {
             return Err(ExchangeError::NoLifetime);
         }
 
+        // JIT scopes: one use of a live grant covering subject, audience and
+        // those scopes is consumed atomically, last, right before signing.
+        let mut grant = None;
+        if !jit.is_empty() {
+            let g = self
+                .stores
+                .grants
+                .consume(&subject.sub, audience, &jit, req.task.as_deref(), now)
+                .await?
+                .ok_or_else(|| ExchangeError::GrantRequired(jit.join(" ")))?;
+            exp = exp.min(g.expires_at);
+            if exp <= now {
+                return Err(ExchangeError::NoLifetime);
+            }
+            crate::telemetry::metrics().grants_consumed.inc();
+            grant = Some(g);
+        }
+
         let claims = AccessTokenClaims {
             iss: self.issuer.clone(),
             sub: subject.sub.clone(),
@@ -240,13 +263,14 @@ impl Exchanger {
             txn: req
                 .task
                 .clone()
+                .or_else(|| grant.as_ref().and_then(|g| g.task.clone()))
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             act: None,
             cnf: peer_id.as_ref().map(|p| Confirmation {
                 x5t_s256: Some(p.thumbprint.clone()),
                 jkt: None,
             }),
-            grant: None,
+            grant: grant.map(|g| g.id),
             owner: policy.owner().map(str::to_string),
             authorization_details: req.authorization_details.clone(),
         };

@@ -3,5 +3,6 @@
 //! cryptography: a verified TLS client certificate or a verified signature.
 
 pub mod oidc;
+pub mod own;
 pub mod peer;
 pub mod spiffe;

@@ -31,7 +31,8 @@ pub struct IssuerVerifier {
     cfg: IssuerConfig,
     rules: ClaimRules,
     client: reqwest::Client,
-    keys: OnceCell<JwksCache>,
+    keys: OnceCell<Arc<JwksCache>>,
+    refresher: std::sync::atomic::AtomicBool,
     discovery_failed_at: Mutex<Option<tokio::time::Instant>>,
     cooldown: Duration,
 }
@@ -69,6 +70,7 @@ impl IssuerVerifier {
             rules,
             client,
             keys: OnceCell::new(),
+            refresher: std::sync::atomic::AtomicBool::new(false),
             discovery_failed_at: Mutex::new(None),
             cooldown,
         })
@@ -79,7 +81,7 @@ impl IssuerVerifier {
         &self.cfg
     }
 
-    async fn cache(&self) -> Result<&JwksCache, OidcError> {
+    async fn cache(&self) -> Result<&Arc<JwksCache>, OidcError> {
         if let Some(c) = self.keys.get() {
             return Ok(c);
         }
@@ -102,7 +104,7 @@ impl IssuerVerifier {
                 };
                 let fetcher =
                     HttpJwksFetcher::new(self.client.clone(), &uri).map_err(|e| e.to_string())?;
-                Ok::<_, String>(JwksCache::new(Arc::new(fetcher), self.cooldown))
+                Ok::<_, String>(Arc::new(JwksCache::new(Arc::new(fetcher), self.cooldown)))
             })
             .await;
         match res {
@@ -131,6 +133,14 @@ impl IssuerVerifier {
                 }
                 other => OidcError::Rejected(other.reason()),
             })?;
+        // Once keys are loaded, refresh them in the background so keys the
+        // issuer removed stop being trusted (not only on an unknown kid).
+        if !self
+            .refresher
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            cache.spawn_refresh_task();
+        }
         let verified = jws
             .verify(&key)
             .map_err(|e| OidcError::Rejected(e.reason()))?;

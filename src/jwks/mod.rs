@@ -402,7 +402,8 @@ impl JwksCache {
             .clamp(MIN_REFRESH_INTERVAL, MAX_REFRESH_INTERVAL)
     }
 
-    /// Spawns a task that refreshes immediately and then periodically (after
+    /// Spawns a task that refreshes immediately (unless keys are already
+    /// loaded) and then periodically (after
     /// the last `max-age` clamped to [`MIN_REFRESH_INTERVAL`]..=
     /// [`MAX_REFRESH_INTERVAL`], default [`DEFAULT_REFRESH_INTERVAL`]; after
     /// a failure, after the cooldown), so keys removed by the issuer
@@ -413,10 +414,15 @@ impl JwksCache {
         tokio::spawn(async move {
             loop {
                 let Some(cache) = weak.upgrade() else { break };
-                cache.refresh().await;
+                // With keys already loaded, wait a full interval first.
+                if cache.snapshot().is_none() {
+                    cache.refresh().await;
+                }
                 let delay = cache.next_refresh_delay().await;
                 drop(cache);
                 tokio::time::sleep(delay).await;
+                let Some(cache) = weak.upgrade() else { break };
+                cache.refresh().await;
             }
         })
     }

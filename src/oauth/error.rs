@@ -195,7 +195,7 @@ impl From<&crate::exchange::ExchangeError> for OAuthError {
             | E::Unsupported(_) => ErrorCode::InvalidRequest,
             E::ClientAuth(_) => ErrorCode::InvalidClient,
             E::Target => ErrorCode::InvalidTarget,
-            E::Scope(_) => ErrorCode::InvalidScope,
+            E::Scope(_) | E::GrantRequired(_) | E::ApprovalRequired(_) => ErrorCode::InvalidScope,
             E::StoreUnavailable(_) | E::KeysUnavailable(_) | E::Signing(_) => {
                 ErrorCode::TemporarilyUnavailable
             }

@@ -1,11 +1,15 @@
 //! HTTP in and out only: each handler turns a request into a call on the
 //! domain types and the result into a response.
 
+pub mod admin;
+pub mod auth;
+pub mod introspect;
 pub mod metadata;
 pub mod ops;
+pub mod revocations;
 pub mod token;
 
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -17,6 +21,15 @@ pub fn router(state: AppState) -> Router {
     let limits = state.config.limits.clone();
     Router::new()
         .route("/token", post(token::token))
+        .route("/introspect", post(introspect::introspect))
+        .route("/revoke", post(introspect::revoke))
+        .route("/revocations", get(revocations::revocations))
+        .route("/admin/v1/revocations", post(admin::revoke))
+        .route(
+            "/admin/v1/grants",
+            post(admin::create_grant).get(admin::list_grants),
+        )
+        .route("/admin/v1/grants/{id}", delete(admin::revoke_grant))
         .route("/jwks.json", get(metadata::jwks))
         .route(
             "/.well-known/oauth-authorization-server",

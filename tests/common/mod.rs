@@ -5,11 +5,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use reqwest::StatusCode;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 use tessera::app::Running;
 use tessera::config::Config;
@@ -25,6 +22,8 @@ pub const MTLS: &str = "urn:ietf:params:oauth:token-type:mtls";
 pub const BROKER_ISS: &str = "https://tessera.test";
 pub const AGENT: &str = "spiffe://example.org/agent/demo";
 pub const API: &str = "https://api.example.com";
+pub const OPERATOR: &str = "spiffe://example.org/operator/alice";
+pub const PAYMENTS: &str = "spiffe://example.org/service/payments-api";
 
 /// Default policies: the demo agent over mTLS, and CI jobs from the test issuer.
 pub const DEFAULT_POLICIES: &str = r#"
@@ -52,6 +51,10 @@ pub struct Options {
     pub broker_algorithm: SigningAlgorithm,
     pub extra: String,
     pub with_issuer: bool,
+    /// `[store] url` (memory:// when None).
+    pub store_url: Option<String>,
+    /// Reuse this directory's CA, keys and certificates (a second replica).
+    pub share_with: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -63,6 +66,8 @@ impl Default for Options {
             broker_algorithm: SigningAlgorithm::ES256,
             extra: String::new(),
             with_issuer: true,
+            store_url: None,
+            share_with: None,
         }
     }
 }
@@ -71,6 +76,8 @@ pub struct TestBroker {
     pub dir: tempfile::TempDir,
     pub ca: Ca,
     pub agent: IssuedCert,
+    pub operator: IssuedCert,
+    pub payments: IssuedCert,
     pub issuer: Option<TestIssuer>,
     pub running: Option<Running>,
     pub addr: SocketAddr,
@@ -86,19 +93,35 @@ impl TestBroker {
     pub async fn start_with(o: Options) -> TestBroker {
         init();
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let ca = Ca::generate("tessera test CA").unwrap();
-        std::fs::write(d.join("ca.pem"), ca.cert_pem()).unwrap();
-        let server = ca
-            .issue(&LeafSpec::server(
-                &["localhost"],
-                &["127.0.0.1".parse().unwrap()],
-            ))
-            .unwrap();
-        std::fs::write(d.join("server.pem"), &server.cert_pem).unwrap();
-        std::fs::write(d.join("server-key.pem"), &server.key_pem).unwrap();
+        let d = match &o.share_with {
+            Some(p) => p.clone(),
+            None => dir.path().to_path_buf(),
+        };
+        let d = d.as_path();
+        let ca = if o.share_with.is_some() {
+            Ca::from_pem(
+                &std::fs::read_to_string(d.join("ca.pem")).unwrap(),
+                &std::fs::read_to_string(d.join("ca-key.pem")).unwrap(),
+            )
+            .unwrap()
+        } else {
+            let ca = Ca::generate("tessera test CA").unwrap();
+            std::fs::write(d.join("ca.pem"), ca.cert_pem()).unwrap();
+            std::fs::write(d.join("ca-key.pem"), ca.key_pem()).unwrap();
+            let server = ca
+                .issue(&LeafSpec::server(
+                    &["localhost"],
+                    &["127.0.0.1".parse().unwrap()],
+                ))
+                .unwrap();
+            std::fs::write(d.join("server.pem"), &server.cert_pem).unwrap();
+            std::fs::write(d.join("server-key.pem"), &server.key_pem).unwrap();
+            generate_key_file(&d.join("signing"), o.broker_algorithm).unwrap();
+            ca
+        };
         let agent = ca.issue(&LeafSpec::client_spiffe(AGENT)).unwrap();
-        generate_key_file(&d.join("signing"), o.broker_algorithm).unwrap();
+        let operator = ca.issue(&LeafSpec::client_spiffe(OPERATOR)).unwrap();
+        let payments = ca.issue(&LeafSpec::client_spiffe(PAYMENTS)).unwrap();
 
         let issuer = if o.with_issuer {
             Some(
@@ -117,7 +140,8 @@ impl TestBroker {
                 i.ca_path.display(),
                 o.issuer_extra
             ),
-            None => String::new(),
+            // A placeholder so policies naming "ci" still load; never contacted.
+            None => "[[issuers]]\nname = \"ci\"\nissuer = \"https://ci.invalid\"\naudiences = [\"tessera\"]\njwks_uri = \"https://ci.invalid/jwks\"\n".to_string(),
         };
         let text = format!(
             r#"
@@ -132,6 +156,9 @@ client_ca = ["{d}/ca.pem"]
 [tokens]
 signing_keys = "{d}/signing"
 algorithm = "{alg}"
+
+[store]
+url = "{store}"
 
 [admin]
 subjects = ["spiffe://example.org/operator/alice"]
@@ -148,8 +175,9 @@ subjects = ["spiffe://example.org/service/payments-api"]
             alg = o.broker_algorithm.as_str(),
             extra = o.extra,
             policies = o.policies,
+            store = o.store_url.clone().unwrap_or_else(|| "memory://".into()),
         );
-        let config_path = d.join("tessera.toml");
+        let config_path = d.join(format!("tessera-{}.toml", uuid::Uuid::new_v4()));
         std::fs::write(&config_path, &text).unwrap();
         let cfg = Config::load(&config_path).unwrap();
         tessera::app::prepare(&cfg).unwrap();
@@ -160,6 +188,8 @@ subjects = ["spiffe://example.org/service/payments-api"]
             dir,
             ca,
             agent,
+            operator,
+            payments,
             issuer,
             running: Some(running),
             config_path,
@@ -189,6 +219,57 @@ subjects = ["spiffe://example.org/service/payments-api"]
 
     pub fn agent_client(&self) -> reqwest::Client {
         self.client(Some(&self.agent))
+    }
+
+    /// The directory holding this broker's CA, keys and config.
+    pub fn home(&self) -> std::path::PathBuf {
+        self.config_path.parent().unwrap().to_path_buf()
+    }
+
+    /// Calls the admin API as the operator.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut rb = self
+            .client(Some(&self.operator))
+            .request(method, self.url(path));
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let r = rb.send().await.unwrap();
+        let s = r.status();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Introspects `token` as the payments API (an introspection client).
+    pub async fn introspect(&self, token: &str) -> Value {
+        let r = self
+            .client(Some(&self.payments))
+            .post(self.url("/introspect"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(encode_form(&[("token", token)]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+
+    /// An mTLS exchange as the demo agent.
+    pub async fn agent_token(&self, scope: &str, task: Option<&str>) -> (StatusCode, Value) {
+        let mut f = vec![
+            ("grant_type", TE),
+            ("subject_token_type", MTLS),
+            ("audience", API),
+            ("scope", scope),
+        ];
+        if let Some(t) = task {
+            f.push(("task", t));
+        }
+        self.token(&self.agent_client(), &f).await
     }
 
     pub async fn token(
@@ -255,27 +336,7 @@ fn pct(s: &str) -> String {
 }
 
 pub fn client_for(ca_der: &[u8], cert: Option<&IssuedCert>) -> reqwest::Client {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(ca_der.to_vec())).unwrap();
-    let b = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let cfg = match cert {
-        Some(c) => b
-            .with_client_auth_cert(
-                vec![CertificateDer::from(c.cert_der.clone())],
-                PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => b.with_no_client_auth(),
-    };
-    reqwest::Client::builder()
-        .use_preconfigured_tls(cfg)
-        .timeout(std::time::Duration::from_secs(10))
-        .build()
-        .unwrap()
+    tessera::testkit::https_client(ca_der, cert, false).unwrap()
 }
 
 /// Decodes a JWT's header and claims without verification (test helper).

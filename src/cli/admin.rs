@@ -1,0 +1,338 @@
+//! Operator verbs that talk to a running broker over the admin API:
+//! `revoke`, `grant create|list|revoke`. mTLS with the operator's
+//! certificate; the broker decides whether that identity is an operator.
+
+use std::error::Error as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{json, Value};
+
+/// How long one admin call may take.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where and how to reach the broker.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// Base URL (`https://127.0.0.1:8443`).
+    pub url: String,
+    /// Operator certificate (PEM).
+    pub cert: PathBuf,
+    /// Operator key (PEM).
+    pub key: PathBuf,
+    /// CA that signed the broker's server certificate (PEM).
+    pub ca: PathBuf,
+}
+
+/// Builds an HTTPS client trusting `ca` only and presenting `chain`/`key`.
+pub fn mtls_client(
+    ca: Vec<CertificateDer<'static>>,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    h2: bool,
+    timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in ca {
+        roots
+            .add(c)
+            .map_err(|e| format!("bad CA certificate: {e}"))?;
+    }
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let mut cfg = match identity {
+        Some((chain, key)) => b
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| format!("bad client certificate or key: {e}"))?,
+        None => b.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = if h2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    let rb = reqwest::Client::builder()
+        .use_preconfigured_tls(cfg)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout);
+    let rb = if h2 {
+        rb.http2_prior_knowledge()
+    } else {
+        rb.http1_only()
+    };
+    rb.build().map_err(|e| e.to_string())
+}
+
+fn read_pem_certs(what: &str, p: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(p)
+        .map_err(|e| format!("cannot read {what} {}: {e}", p.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{what} {} is not PEM: {e}", p.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{what} {} holds no certificate", p.display()));
+    }
+    Ok(certs)
+}
+
+impl Connection {
+    fn client(&self) -> Result<reqwest::Client, String> {
+        let ca = read_pem_certs("--ca", &self.ca)?;
+        let chain = read_pem_certs("--cert", &self.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| format!("cannot read --key {}: {e}", self.key.display()))?;
+        mtls_client(ca, Some((chain, key)), false, ADMIN_TIMEOUT)
+    }
+
+    fn describe(&self, e: &reqwest::Error) -> String {
+        let mut src: Option<&dyn std::error::Error> = e.source();
+        while let Some(s) = src {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => {
+                        return format!("cannot reach {}: connection refused", self.url)
+                    }
+                    _ => {
+                        if let Some(inner) = io.get_ref() {
+                            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                                return format!("TLS with {} failed: {tls}", self.url);
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(tls) = s.downcast_ref::<rustls::Error>() {
+                return format!("TLS with {} failed: {tls}", self.url);
+            }
+            src = s.source();
+        }
+        if e.is_timeout() {
+            return format!("cannot reach {}: timed out", self.url);
+        }
+        format!("cannot reach {}: {e}", self.url)
+    }
+
+    /// Sends one admin request; `Ok(body)` on 2xx, `Err(message)` otherwise.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        let client = self.client()?;
+        let url = format!("{}{path}", self.url.trim_end_matches('/'));
+        let mut rb = client.request(method, &url);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let resp = rb.send().await.map_err(|e| self.describe(&e))?;
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(v);
+        }
+        let msg = v
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("the broker answered {status}"));
+        Err(match status.as_u16() {
+            401 | 403 => {
+                "operator certificate not authorised (its identity is not in [admin] subjects)"
+                    .to_string()
+            }
+            503 => format!("the change was not made: {msg}"),
+            _ => msg,
+        })
+    }
+}
+
+fn fmt_time(t: u64) -> String {
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    if t > now {
+        format!("in {}", human(t - now))
+    } else {
+        format!("{} ago", human(now - t))
+    }
+}
+
+fn human(s: u64) -> String {
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
+/// What to revoke.
+#[derive(Debug, Clone)]
+pub struct RevokeArgs {
+    /// `jti`, `subject`, `task` or `grant`.
+    pub kind: &'static str,
+    /// The value.
+    pub value: String,
+    /// Why.
+    pub reason: Option<String>,
+    /// Kill switch duration (subject only).
+    pub block_for: Option<String>,
+}
+
+/// Prints an error and returns exit code 1.
+fn fail(msg: &str) -> i32 {
+    eprintln!("error: {msg}");
+    1
+}
+
+/// `tessera revoke ...`.
+pub async fn revoke(conn: &Connection, a: RevokeArgs, as_json: bool) -> i32 {
+    let body =
+        json!({"kind": a.kind, "value": a.value, "reason": a.reason, "block_for": a.block_for});
+    match conn
+        .call(reqwest::Method::POST, "/admin/v1/revocations", Some(body))
+        .await
+    {
+        Ok(v) => {
+            if as_json {
+                println!("{v}");
+            } else {
+                let r = &v["revocation"];
+                println!(
+                    "revoked {} {} (entry expires {}; feed cursor {})",
+                    r["kind"].as_str().unwrap_or(""),
+                    r["value"].as_str().unwrap_or(""),
+                    fmt_time(r["expires_at"].as_u64().unwrap_or(0)),
+                    v["cursor"].as_str().unwrap_or("")
+                );
+                if let Some(u) = v["blocked_until"].as_u64() {
+                    println!("new exchanges for it are refused until {}", fmt_time(u));
+                }
+            }
+            0
+        }
+        Err(m) => fail(&m),
+    }
+}
+
+/// `tessera grant create ...` arguments.
+#[derive(Debug, Clone)]
+pub struct GrantArgs {
+    /// Subject.
+    pub subject: String,
+    /// Space-separated scopes.
+    pub scope: String,
+    /// Audience.
+    pub audience: String,
+    /// Lifetime.
+    pub ttl: String,
+    /// Uses.
+    pub uses: Option<u32>,
+    /// Task.
+    pub task: Option<String>,
+}
+
+fn print_grants(gs: &[Value]) {
+    println!(
+        "{:<36}  {:<40}  {:<28}  {:<24}  {:<9}  EXPIRES",
+        "ID", "SUBJECT", "AUDIENCE", "SCOPES", "USES LEFT"
+    );
+    for g in gs {
+        let left = match (g["remaining"].as_u64(), g["uses"].as_u64()) {
+            (Some(r), Some(u)) => format!("{r}/{u}"),
+            _ => "unlimited".into(),
+        };
+        let scopes = g["scopes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<36}  {:<40}  {:<28}  {:<24}  {:<9}  {}",
+            g["id"].as_str().unwrap_or(""),
+            g["subject"].as_str().unwrap_or(""),
+            g["audience"].as_str().unwrap_or(""),
+            scopes,
+            left,
+            fmt_time(g["expires_at"].as_u64().unwrap_or(0))
+        );
+    }
+}
+
+/// `tessera grant create`.
+pub async fn grant_create(conn: &Connection, a: GrantArgs, as_json: bool) -> i32 {
+    let body = json!({"subject": a.subject, "scope": a.scope, "audience": a.audience, "ttl": a.ttl, "uses": a.uses, "task": a.task});
+    match conn
+        .call(reqwest::Method::POST, "/admin/v1/grants", Some(body))
+        .await
+    {
+        Ok(v) => {
+            if as_json {
+                println!("{v}");
+            } else {
+                println!("created grant {}", v["id"].as_str().unwrap_or(""));
+                print_grants(std::slice::from_ref(&v));
+            }
+            0
+        }
+        Err(m) => fail(&m),
+    }
+}
+
+/// `tessera grant list`.
+pub async fn grant_list(conn: &Connection, subject: Option<String>, as_json: bool) -> i32 {
+    let path = match subject {
+        Some(s) => format!(
+            "/admin/v1/grants?subject={}",
+            percent_encoding::utf8_percent_encode(&s, percent_encoding::NON_ALPHANUMERIC)
+        ),
+        None => "/admin/v1/grants".to_string(),
+    };
+    match conn.call(reqwest::Method::GET, &path, None).await {
+        Ok(v) => {
+            if as_json {
+                println!("{v}");
+            } else {
+                let gs = v["grants"].as_array().cloned().unwrap_or_default();
+                if gs.is_empty() {
+                    println!("no live grants");
+                } else {
+                    print_grants(&gs);
+                }
+            }
+            0
+        }
+        Err(m) => fail(&m),
+    }
+}
+
+/// `tessera grant revoke ID`.
+pub async fn grant_revoke(conn: &Connection, id: &str, as_json: bool) -> i32 {
+    if uuid::Uuid::parse_str(id).is_err() {
+        eprintln!("error: `{id}` is not a grant id (a UUID)");
+        return 2;
+    }
+    match conn
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/admin/v1/grants/{id}"),
+            None,
+        )
+        .await
+    {
+        Ok(v) => {
+            if as_json {
+                println!("{v}");
+            } else {
+                println!("revoked grant {id} and every token issued under it");
+            }
+            0
+        }
+        Err(m) => fail(&m),
+    }
+}

@@ -1,0 +1,386 @@
+//! `/admin/v1/...`: the JSON API the operator CLI uses. mTLS identities in
+//! `[admin] subjects` only. Every change is audited with the operator's
+//! identity; a store failure means the change was NOT made (503).
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::exchange::Peer;
+use crate::oauth::request::valid_task;
+use crate::policy::scope::ScopeSet;
+use crate::routes::auth::{authorize, Role};
+use crate::store::{Grant, Revocation, RevocationKind, StoreError};
+
+/// Longest revocation value (a jti, subject, task or grant id).
+pub const MAX_VALUE_LEN: usize = 2048;
+/// Most uses a grant may be created with.
+pub const MAX_GRANT_USES: u32 = 1_000_000;
+
+/// An admin API error: HTTP status, a stable code and a human message that
+/// the CLI prints (operators are trusted callers; this is not the token
+/// endpoint, so the message may name the cause).
+fn err(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": code, "message": message.into()})),
+    )
+        .into_response()
+}
+
+fn store_err(e: StoreError) -> Response {
+    tracing::warn!(error = %e, "admin: store unavailable");
+    err(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        format!("the change was not made: {e}"),
+    )
+}
+
+// Admin calls are rare: returning the ready Response keeps handlers flat.
+#[allow(clippy::result_large_err)]
+fn caller(app: &AppState, peer: Option<Extension<Peer>>) -> Result<String, Response> {
+    let peer = peer.map(|Extension(p)| p).unwrap_or_default();
+    authorize(app, &peer, Role::Admin).map_err(|_| {
+        err(
+            StatusCode::UNAUTHORIZED,
+            "not_authorised",
+            "operator certificate not authorised (its identity is not in [admin] subjects)",
+        )
+    })
+}
+
+#[allow(clippy::result_large_err)]
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    let obj = crate::jose::json::parse_object(body).map_err(|e| {
+        err(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("body is not a JSON object: {}", e.reason()),
+        )
+    })?;
+    serde_json::from_value(serde_json::Value::Object(obj))
+        .map_err(|e| err(StatusCode::BAD_REQUEST, "invalid_request", format!("{e}")))
+}
+
+/// `POST /admin/v1/revocations` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    /// `jti`, `subject`, `task` or `grant`.
+    pub kind: RevocationKind,
+    /// The value.
+    pub value: String,
+    /// Why (audited).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Subject only: also refuse new exchanges for this long (`30m`).
+    #[serde(default)]
+    pub block_for: Option<String>,
+}
+
+/// `POST /admin/v1/revocations`.
+pub async fn revoke(
+    State(app): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    body: Bytes,
+) -> Response {
+    let who = match caller(&app, peer) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let b: RevokeBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if b.value.is_empty() || b.value.len() > MAX_VALUE_LEN || b.value.chars().any(char::is_control)
+    {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("value must be 1..={MAX_VALUE_LEN} printable characters"),
+        );
+    }
+    if b.kind == RevocationKind::Jti && uuid::Uuid::parse_str(&b.value).is_err() {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "a jti issued by Tessera is a UUID",
+        );
+    }
+    if b.kind == RevocationKind::Task && !valid_task(&b.value) {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "a task id is 1..=128 of [A-Za-z0-9._:-]",
+        );
+    }
+    let block = match (&b.block_for, b.kind) {
+        (None, _) => None,
+        (Some(d), RevocationKind::Subject) => match crate::config::parse_duration(d) {
+            Ok(d) if !d.is_zero() => Some(d),
+            _ => {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("block_for `{d}` is not a duration like 30m"),
+                )
+            }
+        },
+        (Some(_), _) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "block_for applies to subject revocations only",
+            )
+        }
+    };
+    let now = app.clock.now();
+    // Every token a revocation can cover was issued by now and lives at most
+    // [tokens] max_ttl: the entry needs to live no longer than that.
+    let mut expires_at = now + app.config.tokens.max_ttl.as_secs().max(1);
+    if b.kind == RevocationKind::Grant {
+        match app.stores.grants.get(&b.value, now).await {
+            Ok(Some(g)) => {
+                if let Err(e) = app.stores.grants.revoke(&g.id, &g.subject).await {
+                    return store_err(e);
+                }
+                expires_at = expires_at.min(g.expires_at.max(now + 1));
+            }
+            Ok(None) => {}
+            Err(e) => return store_err(e),
+        }
+    }
+    let r = Revocation {
+        kind: b.kind,
+        value: b.value.clone(),
+        revoked_at: now,
+        expires_at,
+    };
+    let cursor = match app.stores.revocations.revoke(r.clone()).await {
+        Ok(c) => c,
+        Err(e) => return store_err(e),
+    };
+    let mut blocked_until = None;
+    if let Some(d) = block {
+        let until = now + d.as_secs();
+        if let Err(e) = app.stores.revocations.block_subject(&b.value, until).await {
+            return store_err(e);
+        }
+        blocked_until = Some(until);
+    }
+    crate::telemetry::metrics()
+        .revocations
+        .with_label_values(&[b.kind.as_str()])
+        .inc();
+    tracing::info!(target: "tessera::audit", decision = "revoked", kind = b.kind.as_str(),
+        value = %crate::routes::token::escape(&b.value), by = %who,
+        reason = %crate::routes::token::escape(b.reason.as_deref().unwrap_or("")),
+        blocked_until = ?blocked_until, %cursor, "revocation recorded");
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "cursor": cursor,
+            "revocation": {"kind": r.kind.as_str(), "value": r.value, "revoked_at": r.revoked_at, "expires_at": r.expires_at},
+            "blocked_until": blocked_until,
+        })),
+    )
+        .into_response()
+}
+
+/// `POST /admin/v1/grants` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantBody {
+    /// The identity the grant is for.
+    pub subject: String,
+    /// Space-separated scopes.
+    pub scope: String,
+    /// The audience.
+    pub audience: String,
+    /// Lifetime (`10m`).
+    pub ttl: String,
+    /// Uses (unlimited until expiry when absent).
+    #[serde(default)]
+    pub uses: Option<u32>,
+    /// Restrict to one task.
+    #[serde(default)]
+    pub task: Option<String>,
+}
+
+/// Longest a JIT grant may live.
+pub const MAX_GRANT_TTL_SECS: u64 = 24 * 3600;
+
+/// `POST /admin/v1/grants`.
+pub async fn create_grant(
+    State(app): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    body: Bytes,
+) -> Response {
+    let who = match caller(&app, peer) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let b: GrantBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if b.subject.is_empty()
+        || b.subject.len() > MAX_VALUE_LEN
+        || b.subject.chars().any(char::is_control)
+    {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "subject must be 1..=2048 printable characters",
+        );
+    }
+    if b.audience.is_empty() || b.audience.len() > 1024 || b.audience.chars().any(char::is_control)
+    {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "audience must be 1..=1024 printable characters",
+        );
+    }
+    let scopes: ScopeSet = match b.scope.parse() {
+        Ok(s) => s,
+        Err(_) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "scope must be space-separated RFC 6749 scope tokens",
+            )
+        }
+    };
+    let ttl = match crate::config::parse_duration(&b.ttl) {
+        Ok(d) if !d.is_zero() && d.as_secs() <= MAX_GRANT_TTL_SECS => d.as_secs(),
+        _ => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("ttl `{}` must be a duration between 1s and 24h", b.ttl),
+            )
+        }
+    };
+    if let Some(u) = b.uses {
+        if u == 0 || u > MAX_GRANT_USES {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("uses must be between 1 and {MAX_GRANT_USES}"),
+            );
+        }
+    }
+    if let Some(t) = &b.task {
+        if !valid_task(t) {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "a task id is 1..=128 of [A-Za-z0-9._:-]",
+            );
+        }
+    }
+    let now = app.clock.now();
+    let g = Grant {
+        id: uuid::Uuid::new_v4().to_string(),
+        subject: b.subject,
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        audience: b.audience,
+        task: b.task,
+        uses: b.uses,
+        remaining: b.uses,
+        created_at: now,
+        expires_at: now + ttl,
+        created_by: who.clone(),
+    };
+    if let Err(e) = app.stores.grants.create(&g).await {
+        return store_err(e);
+    }
+    tracing::info!(target: "tessera::audit", decision = "granted", grant = %g.id,
+        subject = %crate::routes::token::escape(&g.subject), scope = %g.scopes.join(" "),
+        aud = %crate::routes::token::escape(&g.audience), uses = ?g.uses, expires_at = g.expires_at, by = %who,
+        "JIT grant created");
+    (StatusCode::CREATED, Json(g)).into_response()
+}
+
+/// Query of `GET /admin/v1/grants`.
+#[derive(Debug, Deserialize)]
+pub struct GrantQuery {
+    /// Only this subject's grants.
+    pub subject: Option<String>,
+}
+
+/// `GET /admin/v1/grants`.
+pub async fn list_grants(
+    State(app): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    Query(q): Query<GrantQuery>,
+) -> Response {
+    if let Err(r) = caller(&app, peer) {
+        return r;
+    }
+    match app
+        .stores
+        .grants
+        .list(
+            q.subject.as_deref().filter(|s| !s.is_empty()),
+            app.clock.now(),
+        )
+        .await
+    {
+        Ok(gs) => Json(json!({ "grants": gs })).into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+/// `DELETE /admin/v1/grants/{id}`: removes the grant and revokes its tokens.
+pub async fn revoke_grant(
+    State(app): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    Path(id): Path<String>,
+) -> Response {
+    let who = match caller(&app, peer) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let now = app.clock.now();
+    let g = match app.stores.grants.get(&id, now).await {
+        Ok(Some(g)) => g,
+        Ok(None) => {
+            return err(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no live grant {id}"),
+            )
+        }
+        Err(e) => return store_err(e),
+    };
+    if let Err(e) = app.stores.grants.revoke(&g.id, &g.subject).await {
+        return store_err(e);
+    }
+    let r = Revocation {
+        kind: RevocationKind::Grant,
+        value: g.id.clone(),
+        revoked_at: now,
+        expires_at: (now + app.config.tokens.max_ttl.as_secs())
+            .min(g.expires_at)
+            .max(now + 1),
+    };
+    let cursor = match app.stores.revocations.revoke(r).await {
+        Ok(c) => c,
+        Err(e) => return store_err(e),
+    };
+    crate::telemetry::metrics()
+        .revocations
+        .with_label_values(&["grant"])
+        .inc();
+    tracing::info!(target: "tessera::audit", decision = "revoked", kind = "grant", grant = %g.id, by = %who, %cursor,
+        "JIT grant revoked with its tokens");
+    Json(json!({"revoked": g.id, "cursor": cursor})).into_response()
+}

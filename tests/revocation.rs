@@ -1,0 +1,444 @@
+//! Revocation, introspection, the feed and JIT grants, end to end. Every
+//! scenario runs against the memory store and against a private
+//! `redis-server` the test starts itself (skipped loudly when redis-server is
+//! missing, failing when TESSERA_REQUIRE_REDIS=1).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tessera::testkit_redis::{redis_or_skip, RedisServer};
+
+const JIT_POLICIES: &str = r#"
+[[policies]]
+name = "agents"
+owner = "alice@example.com"
+match = { issuer = "mtls", subject = "spiffe://example.org/agent/*" }
+audiences = ["https://api.example.com"]
+scopes = ["tickets:read", "tickets:write", "tickets:delete"]
+jit_scopes = ["tickets:delete"]
+max_ttl = "10m"
+"#;
+
+/// Memory and (when available) Redis variants of the same options.
+async fn backends() -> Vec<(Options, Option<RedisServer>)> {
+    let mut v = vec![(
+        Options {
+            policies: JIT_POLICIES.into(),
+            ..Default::default()
+        },
+        None,
+    )];
+    if let Some(r) = redis_or_skip().unwrap() {
+        v.push((
+            Options {
+                policies: JIT_POLICIES.into(),
+                store_url: Some(r.url()),
+                ..Default::default()
+            },
+            Some(r),
+        ));
+    }
+    v
+}
+
+fn tok(v: &Value) -> String {
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn introspection_is_for_listed_callers_and_reports_active_tokens() {
+    for (o, _r) in backends().await {
+        let b = TestBroker::start_with(o).await;
+        let (s, v) = b.agent_token("tickets:read", Some("t-1")).await;
+        assert_eq!(s, 200);
+        let t = tok(&v);
+        let i = b.introspect(&t).await;
+        assert_eq!(i["active"], true);
+        assert_eq!(i["sub"], AGENT);
+        assert_eq!(i["scope"], "tickets:read");
+        assert_eq!(i["txn"], "t-1");
+        assert_eq!(i["token_type"], "Bearer");
+        // garbage, foreign and tampered tokens are simply inactive, with no other members
+        for bad in ["x", "a.b.c", &t[..t.len() - 3], &b.ci_token()] {
+            let i = b.introspect(bad).await;
+            assert_eq!(i, json!({"active": false}));
+        }
+        // callers not listed: 401
+        for c in [b.anon(), b.agent_client()] {
+            let r = c
+                .post(b.url("/introspect"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(encode_form(&[("token", &t)]))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 401);
+        }
+    }
+}
+
+#[tokio::test]
+async fn revoke_by_jti_subject_and_task() {
+    for (o, _r) in backends().await {
+        let b = TestBroker::start_with(o).await;
+        let (_, a) = b.agent_token("tickets:read", Some("task-a")).await;
+        let (_, bb) = b.agent_token("tickets:read", Some("task-b")).await;
+        let (_, c) = b.agent_token("tickets:read", Some("task-c")).await;
+        let (a, bb, c) = (tok(&a), tok(&bb), tok(&c));
+        let jti_a = decode(&a).1["jti"].as_str().unwrap().to_string();
+
+        // by jti: only that token
+        let (s, v) = b
+            .admin(
+                Method::POST,
+                "/admin/v1/revocations",
+                Some(json!({"kind": "jti", "value": jti_a})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        assert_eq!(b.introspect(&a).await["active"], false);
+        assert_eq!(
+            b.introspect(&bb).await["active"],
+            true,
+            "unaffected token stays active"
+        );
+
+        // by task
+        let (s, _) = b
+            .admin(
+                Method::POST,
+                "/admin/v1/revocations",
+                Some(json!({"kind": "task", "value": "task-b"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+        assert_eq!(b.introspect(&bb).await["active"], false);
+        assert_eq!(b.introspect(&c).await["active"], true);
+
+        // by subject: every token issued until now
+        let (s, _) = b
+            .admin(
+                Method::POST,
+                "/admin/v1/revocations",
+                Some(json!({"kind": "subject", "value": AGENT})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+        assert_eq!(b.introspect(&c).await["active"], false);
+        // a token issued after the revocation second is active again
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (s, d) = b.agent_token("tickets:read", None).await;
+        assert_eq!(s, 200);
+        assert_eq!(b.introspect(&tok(&d)).await["active"], true);
+
+        // the feed lists all three, in order, with a cursor
+        let r = b
+            .client(Some(&b.payments))
+            .get(b.url("/revocations"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let feed: Value = r.json().await.unwrap();
+        let kinds: Vec<&str> = feed["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["jti", "task", "subject"]);
+        let e = &feed["entries"][0];
+        assert_eq!(e["value"], jti_a);
+        assert!(e["expires_at"].as_u64().unwrap() > e["revoked_at"].as_u64().unwrap());
+        let cursor = feed["cursor"].as_str().unwrap().to_string();
+        let r = b
+            .client(Some(&b.payments))
+            .get(b.url(&format!("/revocations?since={cursor}")))
+            .send()
+            .await
+            .unwrap();
+        let after: Value = r.json().await.unwrap();
+        assert_eq!(
+            after["entries"].as_array().unwrap().len(),
+            0,
+            "since is exclusive"
+        );
+        assert_eq!(after["cursor"], cursor);
+        // not for everyone
+        let r = b
+            .agent_client()
+            .get(b.url("/revocations"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+}
+
+#[tokio::test]
+async fn kill_switch_blocks_new_exchanges() {
+    for (o, _r) in backends().await {
+        let b = TestBroker::start_with(o).await;
+        let (s, _) = b
+            .admin(
+                Method::POST,
+                "/admin/v1/revocations",
+                Some(json!({"kind": "subject", "value": AGENT, "block_for": "30m"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+        let (s, v) = b.agent_token("tickets:read", None).await;
+        assert_eq!(
+            (s.as_u16(), v["error"].as_str()),
+            (400, Some("invalid_request"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn holder_revocation_rfc7009() {
+    for (o, _r) in backends().await {
+        let b = TestBroker::start_with(o).await;
+        let (_, v) = b.agent_token("tickets:read", None).await;
+        let t = tok(&v);
+        let post = |c: reqwest::Client, form: Vec<(&'static str, String)>| {
+            let url = b.url("/revoke");
+            async move {
+                let f: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                c.post(url)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(encode_form(&f))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            }
+        };
+        // a bound token cannot be revoked by someone else (200, but no effect)
+        assert_eq!(post(b.anon(), vec![("token", t.clone())]).await, 200);
+        assert_eq!(b.introspect(&t).await["active"], true);
+        // unknown hint
+        assert_eq!(
+            post(
+                b.agent_client(),
+                vec![("token", t.clone()), ("token_type_hint", "saml".into())]
+            )
+            .await,
+            400
+        );
+        // its holder can
+        assert_eq!(
+            post(
+                b.agent_client(),
+                vec![
+                    ("token", t.clone()),
+                    ("token_type_hint", "access_token".into())
+                ]
+            )
+            .await,
+            200
+        );
+        assert_eq!(b.introspect(&t).await["active"], false);
+        // unknown tokens: 200
+        assert_eq!(
+            post(b.anon(), vec![("token", "nonsense".into())]).await,
+            200
+        );
+    }
+}
+
+#[tokio::test]
+async fn jit_grants_are_consumed_exactly_and_revocable() {
+    for (o, _r) in backends().await {
+        let b = TestBroker::start_with(o).await;
+        // without a grant the JIT scope is refused
+        let (s, v) = b.agent_token("tickets:read tickets:delete", None).await;
+        assert_eq!(
+            (s.as_u16(), v["error"].as_str()),
+            (400, Some("invalid_scope"))
+        );
+        // a 2-use grant for 60 s
+        let (s, g) = b
+            .admin(
+                Method::POST,
+                "/admin/v1/grants",
+                Some(json!({"subject": AGENT, "scope": "tickets:delete", "audience": API, "ttl": "60s", "uses": 2})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{g}");
+        let gid = g["id"].as_str().unwrap().to_string();
+        let mut tokens = Vec::new();
+        for _ in 0..2 {
+            let (s, v) = b.agent_token("tickets:read tickets:delete", None).await;
+            assert_eq!(s, 200, "{v}");
+            let (_, c) = decode(&tok(&v));
+            assert_eq!(c["grant"], gid.as_str());
+            assert!(
+                c["exp"].as_u64().unwrap() <= g["expires_at"].as_u64().unwrap(),
+                "never outlives the grant"
+            );
+            tokens.push(tok(&v));
+        }
+        let (s, v) = b.agent_token("tickets:delete", None).await;
+        assert_eq!(
+            (s.as_u16(), v["error"].as_str()),
+            (400, Some("invalid_scope")),
+            "uses exhausted"
+        );
+        // non-JIT scopes never touch grants
+        assert_eq!(b.agent_token("tickets:read", None).await.0, 200);
+        // listed, then revoked with its tokens
+        let (_, l) = b
+            .admin(
+                Method::GET,
+                &format!("/admin/v1/grants?subject={}", urlenc(AGENT)),
+                None,
+            )
+            .await;
+        assert_eq!(l["grants"][0]["remaining"], 0);
+        let (s, _) = b
+            .admin(Method::DELETE, &format!("/admin/v1/grants/{gid}"), None)
+            .await;
+        assert_eq!(s, 200);
+        for t in &tokens {
+            assert_eq!(b.introspect(t).await["active"], false);
+        }
+        let (s, _) = b
+            .admin(Method::DELETE, &format!("/admin/v1/grants/{gid}"), None)
+            .await;
+        assert_eq!(s, 404);
+    }
+}
+
+fn urlenc(s: &str) -> String {
+    encode_form(&[("x", s)])[2..].to_string()
+}
+
+#[tokio::test]
+async fn concurrent_exchanges_consume_exactly_n_uses() {
+    for (o, _r) in backends().await {
+        let b = TestBroker::start_with(o).await;
+        let n = 5;
+        let (s, _) = b
+            .admin(
+                Method::POST,
+                "/admin/v1/grants",
+                Some(json!({"subject": AGENT, "scope": "tickets:delete", "audience": API, "ttl": "60s", "uses": n})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+        let mut tasks = Vec::new();
+        for _ in 0..3 * n {
+            let c = b.agent_client();
+            let url = b.url("/token");
+            tasks.push(tokio::spawn(async move {
+                c.post(url)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(encode_form(&[
+                        ("grant_type", TE),
+                        ("subject_token_type", MTLS),
+                        ("audience", API),
+                        ("scope", "tickets:delete"),
+                    ]))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            if t.await.unwrap() == 200 {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, n, "exactly N tokens from an N-use grant");
+    }
+}
+
+#[tokio::test]
+async fn admin_api_is_for_operators_only() {
+    let b = TestBroker::start_with(Options {
+        policies: JIT_POLICIES.into(),
+        ..Default::default()
+    })
+    .await;
+    for c in [b.anon(), b.agent_client(), b.client(Some(&b.payments))] {
+        let r = c
+            .post(b.url("/admin/v1/revocations"))
+            .json(&json!({"kind": "task", "value": "x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let v: Value = r.json().await.unwrap();
+        assert!(v["message"].as_str().unwrap().contains("not authorised"));
+    }
+    // bad input names the cause
+    for body in [
+        json!({"kind": "jti", "value": "not-a-uuid"}),
+        json!({"kind": "bogus", "value": "x"}),
+        json!({"kind": "task", "value": "a b"}),
+        json!({"kind": "task", "value": "t", "block_for": "30m"}),
+        json!({"kind": "subject", "value": "x", "extra": 1}),
+    ] {
+        let (s, v) = b
+            .admin(Method::POST, "/admin/v1/revocations", Some(body.clone()))
+            .await;
+        assert_eq!(s, 400, "{body} -> {v}");
+        assert!(v["message"].is_string());
+    }
+    for body in [
+        json!({"subject": AGENT, "scope": "a", "audience": API, "ttl": "48h"}),
+        json!({"subject": AGENT, "scope": "a", "audience": API, "ttl": "1m", "uses": 0}),
+        json!({"subject": "", "scope": "a", "audience": API, "ttl": "1m"}),
+        json!({"subject": AGENT, "scope": "", "audience": API, "ttl": "1m"}),
+    ] {
+        let (s, _) = b.admin(Method::POST, "/admin/v1/grants", Some(body)).await;
+        assert_eq!(s, 400);
+    }
+}
+
+#[tokio::test]
+async fn live_feed_streams_new_revocations() {
+    for (o, _r) in backends().await {
+        let b = TestBroker::start_with(o).await;
+        let mut resp = b
+            .client(Some(&b.payments))
+            .get(b.url("/revocations"))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        let (s, _) = b
+            .admin(
+                Method::POST,
+                "/admin/v1/revocations",
+                Some(json!({"kind": "task", "value": "streamed-task"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+        let mut buf = String::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !buf.contains("streamed-task") {
+            let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+                .await
+                .expect("event within 5 s")
+                .unwrap()
+                .unwrap();
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert!(buf.contains("event: revocation"));
+        assert!(buf.contains("id: "));
+    }
+}
