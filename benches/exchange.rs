@@ -18,8 +18,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 use tessera::jose::jwk::VerifyingKey;
 use tessera::mint::keyring::{generate_key_file, KeyRing, SigningAlgorithm, SigningKey};
@@ -120,37 +118,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 fn client(ca: &[u8], cert: Option<&IssuedCert>, h2: bool) -> reqwest::Client {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(ca.to_vec())).unwrap();
-    let b = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut cfg = match cert {
-        Some(c) => b
-            .with_client_auth_cert(
-                vec![CertificateDer::from(c.cert_der.clone())],
-                PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => b.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = if h2 {
-        vec![b"h2".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
-    let mut rb = reqwest::Client::builder()
-        .use_preconfigured_tls(cfg)
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(10));
-    rb = if h2 {
-        rb.http2_prior_knowledge()
-    } else {
-        rb.http1_only()
-    };
-    rb.build().unwrap()
+    tessera::testkit::https_client(ca, cert, h2).unwrap()
 }
 
 struct Outcome {
@@ -360,11 +328,17 @@ scopes = ["deploy:read", "deploy:write"]
     );
     let cfg_path = d.join("bench.toml");
     std::fs::write(&cfg_path, cfg).unwrap();
+    // The broker logs at its default level (audit lines included) to a file,
+    // as in production; only the location differs.
+    let log = std::fs::File::create(d.join("broker.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(["serve", "--config", cfg_path.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_BROKER_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .expect("start tessera serve");
     let pid = child.id();
