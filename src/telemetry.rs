@@ -108,17 +108,27 @@ pub fn token_hash(token: &str) -> String {
 }
 
 /// Installs the tracing subscriber (`RUST_LOG` filters; default `info`).
-/// `TESSERA_LOG_FORMAT=json` switches to JSON lines.
-pub fn init_logging() {
+/// `TESSERA_LOG_FORMAT=json` switches to JSON lines. Lines are written by a
+/// background thread through a buffer that is flushed whenever the queue
+/// drains, so a request never waits on a write syscall; keep the returned
+/// guard alive until exit so buffered lines are flushed.
+pub fn init_logging() -> Option<tracing_appender::non_blocking::WorkerGuard> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("TESSERA_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Never drop audit lines: block (briefly) rather than lose them.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        b.json().try_init()
-    } else {
-        b.try_init()
-    };
+        .with_ansi(ansi)
+        .with_writer(writer);
+    let r = if json { b.json().try_init() } else { b.try_init() };
+    r.ok().map(|_| guard)
 }
+
+/// Log lines queued for the writer thread before callers wait.
+pub const LOG_QUEUE_LINES: usize = 65_536;

@@ -273,6 +273,8 @@ impl Exchanger {
             grant: grant.map(|g| g.id),
             owner: policy.owner().map(str::to_string),
             authorization_details: req.authorization_details.clone(),
+            policy: Some(policy.name().to_string()),
+            ancestors: Vec::new(),
         };
         let access_token = self
             .minter

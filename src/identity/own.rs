@@ -34,6 +34,7 @@ impl OwnToken {
             jti: self.claims.jti.clone(),
             sub: self.claims.sub.clone(),
             actors,
+            ancestors: self.claims.ancestors.clone(),
             txn: self.claims.txn.clone(),
             grant: self.claims.grant.clone(),
             iat: self.claims.iat,

@@ -50,6 +50,14 @@ pub struct AccessTokenClaims {
     /// Rich authorization request details (RFC 9396).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization_details: Option<serde_json::Value>,
+    /// Tessera extension: the policy that granted the token. A re-exchange
+    /// stays within it (grants are never mixed across policies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Tessera extension: `jti` of every token this one was derived from by
+    /// re-exchange, nearest first; revoking any of them revokes this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<String>,
 }
 
 /// An `act` (actor) claim; nested `act` members describe prior actors

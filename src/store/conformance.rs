@@ -9,6 +9,7 @@ fn facts(jti: &str, sub: &str, txn: &str, iat: u64) -> TokenFacts {
         jti: jti.into(),
         sub: sub.into(),
         actors: vec![],
+        ancestors: vec![],
         txn: txn.into(),
         grant: None,
         iat,
@@ -54,10 +55,18 @@ async fn revocation_semantics(s: &Stores) {
     let (j1, b, a) = (uniq("j1"), uniq("spiffe://td/b"), uniq("spiffe://td/a"));
     let t = facts(&j1, &a, &uniq("task-1"), now - 10);
     assert!(!s.revocations.is_revoked(&t, now).await.unwrap());
+    // a token derived from j1 by re-exchange
+    let mut child = facts(&uniq("child"), &a, &uniq("task-1c"), now + 5);
+    child.ancestors = vec![uniq("grandparent"), j1.clone()];
+    assert!(!s.revocations.is_revoked(&child, now).await.unwrap());
     s.revocations
         .revoke(r(RevocationKind::Jti, &j1))
         .await
         .unwrap();
+    assert!(
+        s.revocations.is_revoked(&child, now).await.unwrap(),
+        "revoking a token revokes every token derived from it, whatever their iat"
+    );
     assert!(s.revocations.is_revoked(&t, now).await.unwrap());
     // a jti entry covers its token whatever its iat
     let mut late = t.clone();

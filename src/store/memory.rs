@@ -88,7 +88,12 @@ impl RevocationStore for MemoryStore {
                 .get(&(k, v.to_string()))
                 .filter(|r| r.expires_at > now)
         };
-        if live(RevocationKind::Jti, &t.jti).is_some() {
+        if live(RevocationKind::Jti, &t.jti).is_some()
+            || t
+                .ancestors
+                .iter()
+                .any(|a| live(RevocationKind::Jti, a).is_some())
+        {
             return Ok(true);
         }
         let covers = |r: Option<&Revocation>| r.is_some_and(|r| t.iat <= r.revoked_at);

@@ -74,6 +74,9 @@ pub struct TokenFacts {
     pub sub: String,
     /// Every actor `sub` in the `act` chain.
     pub actors: Vec<String>,
+    /// `jti` of every token this one was derived from by re-exchange: a
+    /// revoked ancestor revokes its descendants.
+    pub ancestors: Vec<String>,
     /// `txn`.
     pub txn: String,
     /// `grant`, if any.

@@ -777,14 +777,19 @@ impl RevocationStore for RedisStore {
     }
 
     async fn is_revoked(&self, t: &TokenFacts, now: u64) -> Result<bool, StoreError> {
-        if t.actors.len() > MAX_ACTORS {
+        if t.actors.len() > MAX_ACTORS || t.ancestors.len() > MAX_ACTORS {
             return Err(StoreError::Protocol("actor chain too long to check".into()));
         }
-        // Order: jti, sub, actors…, txn, grant.
-        let mut keys = vec![
-            self.key_revocation(RevocationKind::Jti, &t.jti),
-            self.key_revocation(RevocationKind::Subject, &t.sub),
-        ];
+        // Order: jti, ancestors' jti…, sub, actors…, txn, grant. Every jti
+        // entry (indices 0..=ancestors) names one token, whatever its iat.
+        let jti_entries = 1 + t.ancestors.len();
+        let mut keys = vec![self.key_revocation(RevocationKind::Jti, &t.jti)];
+        keys.extend(
+            t.ancestors
+                .iter()
+                .map(|a| self.key_revocation(RevocationKind::Jti, a)),
+        );
+        keys.push(self.key_revocation(RevocationKind::Subject, &t.sub));
         keys.extend(
             t.actors
                 .iter()
@@ -813,8 +818,7 @@ impl RevocationStore for RedisStore {
             if expires_at <= now {
                 continue;
             }
-            // index 0 is the jti: it names the one token, whatever its iat
-            if i == 0 || t.iat <= revoked_at {
+            if i < jti_entries || t.iat <= revoked_at {
                 return Ok(true);
             }
         }
