@@ -79,6 +79,7 @@ impl App {
             &config,
             issuers,
             minter.clone(),
+            own_tokens.clone(),
             stores.clone(),
             clock.clone(),
         )?;

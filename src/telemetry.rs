@@ -126,7 +126,11 @@ pub fn init_logging() -> Option<tracing_appender::non_blocking::WorkerGuard> {
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(writer);
-    let r = if json { b.json().try_init() } else { b.try_init() };
+    let r = if json {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
     r.ok().map(|_| guard)
 }
 

@@ -17,6 +17,7 @@ pub use error::ExchangeError;
 use crate::clock::Clock;
 use crate::config::{Config, MTLS_ISSUER};
 use crate::identity::oidc::{IssuerVerifier, OidcError};
+use crate::identity::own::OwnTokenVerifier;
 use crate::identity::peer::PeerIdentity;
 use crate::jose::jws;
 use crate::mint::claims::{AccessTokenClaims, Confirmation};
@@ -75,9 +76,13 @@ pub struct Exchanger {
     issuers: HashMap<String, Arc<IssuerVerifier>>,
     policies: PolicySet,
     minter: Arc<TokenMinter>,
+    own: Arc<OwnTokenVerifier>,
     stores: Stores,
     clock: Arc<dyn Clock>,
 }
+
+/// Most re-exchanges a chain of tokens may go through.
+pub const MAX_REEXCHANGE_DEPTH: usize = 8;
 
 impl std::fmt::Debug for Exchanger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -93,6 +98,7 @@ impl Exchanger {
         cfg: &Config,
         issuers: Vec<Arc<IssuerVerifier>>,
         minter: Arc<TokenMinter>,
+        own: Arc<OwnTokenVerifier>,
         stores: Stores,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, String> {
@@ -107,6 +113,7 @@ impl Exchanger {
                 .collect(),
             policies,
             minter,
+            own,
             stores,
             clock,
         })
@@ -153,15 +160,25 @@ impl Exchanger {
                     not_after: p.not_after,
                 }
             }
-            (_, TokenType::Jwt | TokenType::IdToken) => {
+            (_, TokenType::Jwt | TokenType::IdToken | TokenType::AccessToken) => {
                 let token = req
                     .subject_token
                     .as_deref()
                     .ok_or(ExchangeError::Malformed("subject_token_missing"))?;
-                self.authenticate_jwt(token, now).await?
-            }
-            (_, TokenType::AccessToken) => {
-                return Err(ExchangeError::Unsupported("reexchange_not_enabled"));
+                let parsed =
+                    jws::decode(token).map_err(|e| ExchangeError::SubjectToken(e.reason()))?;
+                let iss = parsed
+                    .unverified_claims()
+                    .get("iss")
+                    .and_then(Value::as_str);
+                if iss == Some(self.issuer.as_str()) {
+                    // One of our own: attenuation by re-exchange.
+                    return self.reexchange(&req, parsed, peer_id.as_ref(), now).await;
+                }
+                if req.subject_token_type == TokenType::AccessToken {
+                    return Err(ExchangeError::SubjectToken("access_token_not_issued_here"));
+                }
+                self.authenticate_jwt(parsed, now).await?
             }
         };
 
@@ -291,12 +308,158 @@ impl Exchanger {
         })
     }
 
+    /// Attenuation: a Tessera token exchanged for a narrower one. Scopes a
+    /// subset of the parent's, audience and scopes allowed by the policy that
+    /// granted the parent, lifetime within the parent's, `txn`, `act`,
+    /// `grant` inherited, and the parent's `jti` recorded so that revoking
+    /// it revokes this token too.
+    async fn reexchange(
+        &self,
+        req: &TokenRequest,
+        parsed: jws::UnverifiedJws,
+        peer: Option<&Arc<PeerIdentity>>,
+        now: u64,
+    ) -> Result<Issued, ExchangeError> {
+        let parent = self
+            .own
+            .verify_decoded(parsed, now)
+            .map_err(ExchangeError::SubjectToken)?;
+        let p = &parent.claims;
+        if self
+            .stores
+            .revocations
+            .is_revoked(&parent.facts(), now)
+            .await?
+        {
+            return Err(ExchangeError::SubjectToken("subject_token_revoked"));
+        }
+        if self.stores.revocations.is_blocked(&p.sub, now).await? {
+            return Err(ExchangeError::Blocked);
+        }
+        // Proof of possession: a certificate-bound parent only over that
+        // certificate; other binding methods are not accepted here.
+        if let Some(c) = &p.cnf {
+            match (&c.x5t_s256, &c.jkt) {
+                (Some(x5t), None) => {
+                    if peer.is_none_or(|pe| &pe.thumbprint != x5t) {
+                        return Err(ExchangeError::SubjectToken("binding_mismatch"));
+                    }
+                }
+                _ => return Err(ExchangeError::SubjectToken("binding_unsupported")),
+            }
+        }
+        // Holder: a workload presenting over mTLS must be the parent's client.
+        if let Some(pe) = peer {
+            if pe.subject != p.client_id {
+                return Err(ExchangeError::SubjectToken("presenter_not_holder"));
+            }
+            if pe.subject != p.sub && self.stores.revocations.is_blocked(&pe.subject, now).await? {
+                return Err(ExchangeError::Blocked);
+            }
+        }
+        if p.ancestors.len() >= MAX_REEXCHANGE_DEPTH {
+            return Err(ExchangeError::SubjectToken("reexchange_too_deep"));
+        }
+        // Never wider: scopes within the parent's ...
+        let parent_scopes: crate::policy::scope::ScopeSet = p
+            .scope
+            .parse()
+            .map_err(|_| ExchangeError::SubjectToken("parent_scope_malformed"))?;
+        if !req.scope.is_subset(&parent_scopes) {
+            let extra: Vec<String> = req
+                .scope
+                .iter()
+                .filter(|s| !parent_scopes.contains(s))
+                .map(|s| s.to_string())
+                .collect();
+            return Err(ExchangeError::Scope(extra.join(" ")));
+        }
+        // ... and within the policy that granted the parent, which must still exist.
+        let policy = p
+            .policy
+            .as_deref()
+            .and_then(|n| self.policies.get(n))
+            .ok_or(ExchangeError::NoPolicy)?;
+        let audience = req.target.as_str();
+        if !policy.allows_audience(audience) {
+            return Err(ExchangeError::Target);
+        }
+        let refused = policy.refused_scopes(&req.scope);
+        if !refused.is_empty() {
+            return Err(ExchangeError::Scope(refused.to_string()));
+        }
+        if policy.require_binding() && peer.is_none() {
+            return Err(ExchangeError::ClientAuth("binding_required"));
+        }
+        if req.task.as_deref().is_some_and(|t| t != p.txn) {
+            return Err(ExchangeError::Malformed("task_differs_from_parent"));
+        }
+        if req.authorization_details.is_some()
+            && req.authorization_details != p.authorization_details
+        {
+            return Err(ExchangeError::Malformed(
+                "authorization_details_differ_from_parent",
+            ));
+        }
+        let asked = req.expires_in.unwrap_or(self.default_ttl);
+        let policy_max = policy
+            .max_ttl()
+            .map(|d| d.as_secs())
+            .unwrap_or(self.max_ttl);
+        let mut exp = now
+            .saturating_add(asked.min(policy_max).min(self.max_ttl))
+            .min(p.exp);
+        if let Some(pe) = peer {
+            exp = exp.min(pe.not_after);
+        }
+        if exp <= now {
+            return Err(ExchangeError::NoLifetime);
+        }
+        let mut ancestors = Vec::with_capacity(p.ancestors.len() + 1);
+        ancestors.push(p.jti.clone());
+        ancestors.extend(p.ancestors.iter().cloned());
+        let claims = AccessTokenClaims {
+            iss: self.issuer.clone(),
+            sub: p.sub.clone(),
+            aud: audience.to_string(),
+            exp,
+            iat: now,
+            nbf: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            client_id: p.client_id.clone(),
+            scope: req.scope.to_string(),
+            txn: p.txn.clone(),
+            act: p.act.clone(),
+            cnf: peer.map(|pe| Confirmation {
+                x5t_s256: Some(pe.thumbprint.clone()),
+                jkt: None,
+            }),
+            grant: p.grant.clone(),
+            owner: policy.owner().map(str::to_string),
+            authorization_details: p.authorization_details.clone(),
+            policy: Some(policy.name().to_string()),
+            ancestors,
+        };
+        let access_token = self
+            .minter
+            .mint(&claims)
+            .map_err(|e| ExchangeError::Signing(e.to_string()))?;
+        Ok(Issued {
+            access_token,
+            issued_token_type: req.requested_token_type.unwrap_or(TokenType::AccessToken),
+            token_type: "Bearer",
+            expires_in: exp - now,
+            scope: claims.scope.clone(),
+            policy: policy.name().to_string(),
+            claims,
+        })
+    }
+
     async fn authenticate_jwt(
         &self,
-        token: &str,
+        parsed: jws::UnverifiedJws,
         now: u64,
     ) -> Result<AuthenticatedSubject, ExchangeError> {
-        let parsed = jws::decode(token).map_err(|e| ExchangeError::SubjectToken(e.reason()))?;
         // Explicit typing (RFC 8725 §3.11): a subject token is a plain JWT or an
         // ID token, never an access token, a logout/SET or a DPoP proof.
         if let Some(typ) = parsed.header().typ.as_deref() {
@@ -309,9 +472,6 @@ impl Exchanger {
             .get("iss")
             .and_then(Value::as_str)
             .ok_or(ExchangeError::SubjectToken("iss_missing"))?;
-        if iss == self.issuer {
-            return Err(ExchangeError::Unsupported("reexchange_not_enabled"));
-        }
         let verifier = self
             .issuers
             .get(iss)

@@ -84,6 +84,15 @@ impl OwnTokenVerifier {
     /// Verifies signature, `typ`, `iss` and `exp` at `now`.
     pub fn verify(&self, token: &str, now: u64) -> Result<OwnToken, &'static str> {
         let parsed = jws::decode(token).map_err(|e| e.reason())?;
+        self.verify_decoded(parsed, now)
+    }
+
+    /// [`Self::verify`] for a token already decoded.
+    pub fn verify_decoded(
+        &self,
+        parsed: jws::UnverifiedJws,
+        now: u64,
+    ) -> Result<OwnToken, &'static str> {
         match parsed.header().typ.as_deref() {
             Some(t)
                 if t.eq_ignore_ascii_case("at+jwt")

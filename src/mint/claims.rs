@@ -128,6 +128,8 @@ mod tests {
             grant: None,
             owner: None,
             authorization_details: None,
+            policy: None,
+            ancestors: Vec::new(),
         }
     }
 

@@ -179,6 +179,8 @@ mod tests {
             grant: Some("demo".into()),
             owner: None,
             authorization_details: None,
+            policy: None,
+            ancestors: Vec::new(),
         }
     }
 

@@ -89,8 +89,7 @@ impl RevocationStore for MemoryStore {
                 .filter(|r| r.expires_at > now)
         };
         if live(RevocationKind::Jti, &t.jti).is_some()
-            || t
-                .ancestors
+            || t.ancestors
                 .iter()
                 .any(|a| live(RevocationKind::Jti, a).is_some())
         {
