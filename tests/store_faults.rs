@@ -368,3 +368,100 @@ async fn operator_cli_verbs() {
         "{err}"
     );
 }
+
+/// H85: a single-use grant redeemed by 50 concurrent requests spread over
+/// three replicas on one Redis: exactly one token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h85_single_use_grant_across_three_replicas() {
+    let Some(redis) = redis_or_skip().unwrap() else {
+        return;
+    };
+    let a = TestBroker::start_with(Options {
+        store_url: Some(redis.url()),
+        policies: jit_policies(),
+        ..Default::default()
+    })
+    .await;
+    let mut replicas = vec![];
+    for _ in 0..2 {
+        replicas.push(
+            TestBroker::start_with(Options {
+                store_url: Some(redis.url()),
+                policies: jit_policies(),
+                share_with: Some(a.home()),
+                with_issuer: false,
+                ..Default::default()
+            })
+            .await,
+        );
+    }
+    let (s, _) = a
+        .admin(Method::POST, "/admin/v1/grants", Some(json!({"subject": AGENT, "scope": "tickets:delete", "audience": API, "ttl": "60s", "uses": 1})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let urls = [
+        a.url("/token"),
+        replicas[0].url("/token"),
+        replicas[1].url("/token"),
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let c = a.agent_client();
+        let url = urls[i % 3].clone();
+        tasks.push(tokio::spawn(async move {
+            c.post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(encode_form(&[
+                    ("grant_type", TE),
+                    ("subject_token_type", MTLS),
+                    ("audience", API),
+                    ("scope", "tickets:delete"),
+                ]))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 400).count(), 49, "{codes:?}");
+}
+
+/// R-class fault: Redis alive but slower than the store timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_redis_fails_closed_within_the_timeout() {
+    let Some(redis) = redis_or_skip().unwrap() else {
+        return;
+    };
+    let b = TestBroker::start_with(Options {
+        store_url: Some(redis.url()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(b.agent_token("tickets:read", None).await.0, 200);
+    redis_cli(&redis.url(), &["CLIENT", "PAUSE", "3000", "ALL"]);
+    let t0 = Instant::now();
+    let (s, v) = b.agent_token("tickets:read", None).await;
+    assert_eq!(
+        (s.as_u16(), v["error"].as_str()),
+        (503, Some("temporarily_unavailable"))
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "answered in {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(ready(&b).await, 503);
+    // after the pause, service resumes by itself
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.agent_token("tickets:read", None).await.0 != 200 {
+        assert!(Instant::now() < deadline, "did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

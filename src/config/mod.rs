@@ -58,6 +58,8 @@ pub struct Config {
     pub admin_subjects: Vec<String>,
     /// `[introspection] subjects`.
     pub introspection_subjects: Vec<String>,
+    /// `[introspection] audiences`: identity → audiences it may see active.
+    pub introspection_audiences: std::collections::BTreeMap<String, Vec<String>>,
     /// `[approvals] ttl`.
     pub approvals_ttl: Duration,
     /// `[dev] generate_missing`.
@@ -481,6 +483,7 @@ impl Config {
             store,
             admin_subjects: raw.admin.subjects.clone(),
             introspection_subjects: raw.introspection.subjects.clone(),
+            introspection_audiences: raw.introspection.audiences.clone(),
             approvals_ttl: dur("approvals.ttl", &raw.approvals.ttl)?,
             dev_generate_missing: raw.dev.generate_missing,
             limits,

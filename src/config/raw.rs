@@ -32,7 +32,7 @@ pub struct RawConfig {
     pub dev: RawDev,
     /// `[introspection]`: identities allowed to introspect and read the feed.
     #[serde(default)]
-    pub introspection: RawSubjects,
+    pub introspection: RawIntrospection,
     /// `[limits]`: request, connection and timeout bounds.
     #[serde(default)]
     pub limits: RawLimits,
@@ -142,6 +142,20 @@ pub struct RawSubjects {
     /// SPIFFE IDs (or DNS names) of the allowed client certificates. Defaults to none.
     #[serde(default)]
     pub subjects: Vec<String>,
+}
+
+/// `[introspection]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntrospection {
+    /// mTLS identities allowed to call `/introspect` and read `/revocations`. Defaults to none.
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    /// Optional: per identity, the audiences whose tokens it may see as
+    /// active (RFC 7662 §4: no token scanning). An identity without an entry
+    /// sees every audience. Defaults to none.
+    #[serde(default)]
+    pub audiences: BTreeMap<String, Vec<String>>,
 }
 
 /// `[approvals]`.

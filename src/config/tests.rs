@@ -15,7 +15,7 @@ fn key_paths(v: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
                     format!("{prefix}.{k}")
                 };
                 out.insert(p.clone());
-                if !p.ends_with("match.claims") {
+                if !p.ends_with("match.claims") && p != "introspection.audiences" {
                     key_paths(child, &p, out);
                 }
             }
@@ -46,8 +46,11 @@ fn full_sample() -> RawConfig {
         dev: RawDev {
             generate_missing: false,
         },
-        introspection: RawSubjects {
+        introspection: RawIntrospection {
             subjects: vec!["b".into()],
+            audiences: [("b".to_string(), vec!["aud".to_string()])]
+                .into_iter()
+                .collect(),
         },
         limits: RawLimits::default(),
         issuers: vec![RawIssuer {

@@ -49,9 +49,10 @@ pub async fn introspect(
     body: Bytes,
 ) -> Response {
     let peer = peer.map(|Extension(p)| p).unwrap_or_default();
-    if let Err(e) = authorize(&app, &peer, Role::Introspection) {
-        return e.into_response();
-    }
+    let caller = match authorize(&app, &peer, Role::Introspection) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
     let (token, _hint) = match form_token(&headers, &body) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
@@ -64,6 +65,12 @@ pub async fn introspect(
         Ok(t) => t,
         Err(_) => return json_no_store(json!({"active": false})),
     };
+    // RFC 7662 §4: a resource server sees only tokens meant for it.
+    if let Some(auds) = app.config.introspection_audiences.get(&caller) {
+        if !auds.iter().any(|a| a == &own.claims.aud) {
+            return json_no_store(json!({"active": false}));
+        }
+    }
     match app.stores.revocations.is_revoked(&own.facts(), now).await {
         Err(e) => {
             tracing::warn!(error = %e, "introspection: store unavailable");

@@ -55,6 +55,8 @@ pub struct Options {
     pub store_url: Option<String>,
     /// Reuse this directory's CA, keys and certificates (a second replica).
     pub share_with: Option<std::path::PathBuf>,
+    /// Extra lines under `[introspection]`.
+    pub introspection_extra: String,
 }
 
 impl Default for Options {
@@ -68,6 +70,7 @@ impl Default for Options {
             with_issuer: true,
             store_url: None,
             share_with: None,
+            introspection_extra: String::new(),
         }
     }
 }
@@ -165,6 +168,7 @@ subjects = ["spiffe://example.org/operator/alice"]
 
 [introspection]
 subjects = ["spiffe://example.org/service/payments-api"]
+{introspection_extra}
 
 {extra}
 
@@ -174,6 +178,7 @@ subjects = ["spiffe://example.org/service/payments-api"]
             d = d.display(),
             alg = o.broker_algorithm.as_str(),
             extra = o.extra,
+            introspection_extra = o.introspection_extra,
             policies = o.policies,
             store = o.store_url.clone().unwrap_or_else(|| "memory://".into()),
         );
