@@ -231,20 +231,10 @@ impl Exchanger {
             return Err(ExchangeError::ClientAuth("binding_required"));
         }
 
-        // Lifetime: min(asked or default, policy max, global max, subject's own end).
-        let asked = req.expires_in.unwrap_or(self.default_ttl);
-        let policy_max = policy
-            .max_ttl()
-            .map(|d| d.as_secs())
-            .unwrap_or(self.max_ttl);
-        let ttl = asked.min(policy_max).min(self.max_ttl);
-        let mut exp = now.saturating_add(ttl).min(subject.not_after);
-        if let Some(p) = &peer_id {
-            exp = exp.min(p.not_after);
-        }
-        if exp <= now {
-            return Err(ExchangeError::NoLifetime);
-        }
+        // Lifetime: min(asked or default, policy max, global max, the subject
+        // credential's own end, the client certificate's end).
+        let peer_end = peer_id.as_ref().map_or(u64::MAX, |p| p.not_after);
+        let mut exp = self.expiry(&req, policy, &[subject.not_after, peer_end], now)?;
 
         // JIT scopes: one use of a live grant covering subject, audience and
         // those scopes is consumed atomically, last, right before signing.
@@ -293,19 +283,7 @@ impl Exchanger {
             policy: Some(policy.name().to_string()),
             ancestors: Vec::new(),
         };
-        let access_token = self
-            .minter
-            .mint(&claims)
-            .map_err(|e| ExchangeError::Signing(e.to_string()))?;
-        Ok(Issued {
-            access_token,
-            issued_token_type: req.requested_token_type.unwrap_or(TokenType::AccessToken),
-            token_type: "Bearer",
-            expires_in: exp - now,
-            scope: claims.scope.clone(),
-            policy: policy.name().to_string(),
-            claims,
-        })
+        self.sign(&req, claims, now)
     }
 
     /// Attenuation: a Tessera token exchanged for a narrower one. Scopes a
@@ -401,20 +379,8 @@ impl Exchanger {
                 "authorization_details_differ_from_parent",
             ));
         }
-        let asked = req.expires_in.unwrap_or(self.default_ttl);
-        let policy_max = policy
-            .max_ttl()
-            .map(|d| d.as_secs())
-            .unwrap_or(self.max_ttl);
-        let mut exp = now
-            .saturating_add(asked.min(policy_max).min(self.max_ttl))
-            .min(p.exp);
-        if let Some(pe) = peer {
-            exp = exp.min(pe.not_after);
-        }
-        if exp <= now {
-            return Err(ExchangeError::NoLifetime);
-        }
+        let peer_end = peer.map_or(u64::MAX, |pe| pe.not_after);
+        let exp = self.expiry(req, policy, &[p.exp, peer_end], now)?;
         let mut ancestors = Vec::with_capacity(p.ancestors.len() + 1);
         ancestors.push(p.jti.clone());
         ancestors.extend(p.ancestors.iter().cloned());
@@ -440,6 +406,38 @@ impl Exchanger {
             policy: Some(policy.name().to_string()),
             ancestors,
         };
+        self.sign(req, claims, now)
+    }
+
+    /// The token's `exp`: `min(expires_in or default, policy max_ttl,
+    /// [tokens] max_ttl, every cap given)`; refused when nothing is left.
+    fn expiry(
+        &self,
+        req: &TokenRequest,
+        policy: &crate::policy::CompiledPolicy,
+        caps: &[u64],
+        now: u64,
+    ) -> Result<u64, ExchangeError> {
+        let asked = req.expires_in.unwrap_or(self.default_ttl);
+        let policy_max = policy
+            .max_ttl()
+            .map(|d| d.as_secs())
+            .unwrap_or(self.max_ttl);
+        let start = now.saturating_add(asked.min(policy_max).min(self.max_ttl));
+        let exp = caps.iter().fold(start, |e, c| e.min(*c));
+        if exp <= now {
+            return Err(ExchangeError::NoLifetime);
+        }
+        Ok(exp)
+    }
+
+    /// Signs the claims and describes the result.
+    fn sign(
+        &self,
+        req: &TokenRequest,
+        claims: AccessTokenClaims,
+        now: u64,
+    ) -> Result<Issued, ExchangeError> {
         let access_token = self
             .minter
             .mint(&claims)
@@ -448,9 +446,9 @@ impl Exchanger {
             access_token,
             issued_token_type: req.requested_token_type.unwrap_or(TokenType::AccessToken),
             token_type: "Bearer",
-            expires_in: exp - now,
+            expires_in: claims.exp.saturating_sub(now),
             scope: claims.scope.clone(),
-            policy: policy.name().to_string(),
+            policy: claims.policy.clone().unwrap_or_default(),
             claims,
         })
     }
