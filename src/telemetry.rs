@@ -107,6 +107,11 @@ pub fn token_hash(token: &str) -> String {
         .collect()
 }
 
+/// Neutralises control characters (and caps length) before a value reaches a log line.
+pub fn log_safe(s: &str) -> String {
+    s.chars().take(256).flat_map(char::escape_default).collect()
+}
+
 /// Installs the tracing subscriber (`RUST_LOG` filters; default `info`).
 /// `TESSERA_LOG_FORMAT=json` switches to JSON lines. Lines are written by a
 /// background thread through a buffer that is flushed whenever the queue
@@ -136,3 +141,17 @@ pub fn init_logging() -> Option<tracing_appender::non_blocking::WorkerGuard> {
 
 /// Log lines queued for the writer thread before callers wait.
 pub const LOG_QUEUE_LINES: usize = 65_536;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_cannot_be_forged_or_flooded() {
+        assert_eq!(log_safe("a\r\nX-Injected: 1"), "a\\r\\nX-Injected: 1");
+        assert_eq!(log_safe("\u{0}\u{202E}"), "\\u{0}\\u{202e}");
+        assert!(log_safe(&"x".repeat(10_000)).len() <= 256);
+        assert_eq!(token_hash("abc").len(), 16);
+        assert_ne!(token_hash("abc"), token_hash("abd"));
+    }
+}

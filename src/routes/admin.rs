@@ -179,8 +179,8 @@ pub async fn revoke(
         .with_label_values(&[b.kind.as_str()])
         .inc();
     tracing::info!(target: "tessera::audit", decision = "revoked", kind = b.kind.as_str(),
-        value = %crate::routes::token::escape(&b.value), by = %who,
-        reason = %crate::routes::token::escape(b.reason.as_deref().unwrap_or("")),
+        value = %crate::telemetry::log_safe(&b.value), by = %who,
+        reason = %crate::telemetry::log_safe(b.reason.as_deref().unwrap_or("")),
         blocked_until = ?blocked_until, %cursor, "revocation recorded");
     (
         StatusCode::CREATED,
@@ -303,8 +303,8 @@ pub async fn create_grant(
         return store_err(e);
     }
     tracing::info!(target: "tessera::audit", decision = "granted", grant = %g.id,
-        subject = %crate::routes::token::escape(&g.subject), scope = %g.scopes.join(" "),
-        aud = %crate::routes::token::escape(&g.audience), uses = ?g.uses, expires_at = g.expires_at, by = %who,
+        subject = %crate::telemetry::log_safe(&g.subject), scope = %g.scopes.join(" "),
+        aud = %crate::telemetry::log_safe(&g.audience), uses = ?g.uses, expires_at = g.expires_at, by = %who,
         "JIT grant created");
     (StatusCode::CREATED, Json(g)).into_response()
 }

@@ -39,7 +39,7 @@ pub fn authorize(app: &AppState, peer: &Peer, role: Role) -> Result<String, OAut
         Ok(p.subject.clone())
     } else {
         tracing::info!(target: "tessera::audit", decision = "refused", reason = "caller_not_authorised",
-            client = %crate::routes::token::escape(&p.subject), role = ?role, "caller not authorised");
+            client = %crate::telemetry::log_safe(&p.subject), role = ?role, "caller not authorised");
         Err(OAuthError::new(ErrorCode::InvalidClient))
     }
 }

@@ -13,7 +13,7 @@ use crate::app::AppState;
 use crate::exchange::{ExchangeError, Issued, Peer};
 use crate::oauth::error::{no_store, OAuthError};
 use crate::oauth::request::{check_content_type, parse_form, token_request, RequestError};
-use crate::telemetry::{metrics, token_hash};
+use crate::telemetry::{log_safe, metrics, token_hash};
 
 #[derive(Serialize)]
 struct TokenResponse<'a> {
@@ -52,9 +52,9 @@ pub async fn token(
                 decision = "issued",
                 jti = %issued.claims.jti,
                 token_sha256 = %token_hash(&issued.access_token),
-                sub = %escape(&issued.claims.sub),
-                client_id = %escape(&issued.claims.client_id),
-                aud = %escape(&issued.claims.aud),
+                sub = %log_safe(&issued.claims.sub),
+                client_id = %log_safe(&issued.claims.client_id),
+                aud = %log_safe(&issued.claims.aud),
                 scope = %issued.scope,
                 txn = %issued.claims.txn,
                 policy = %issued.policy,
@@ -82,7 +82,7 @@ pub async fn token(
                 decision = outcome,
                 error = err.code.as_str(),
                 reason,
-                detail = %escape(&detail),
+                detail = %log_safe(&detail),
                 client = %peer_name(&peer),
                 "token refused"
             );
@@ -140,12 +140,7 @@ fn success(i: &Issued) -> Response {
 fn peer_name(p: &Peer) -> String {
     match p {
         Peer::Anonymous => "-".into(),
-        Peer::Identified(p) => escape(&p.subject),
+        Peer::Identified(p) => log_safe(&p.subject),
         Peer::Unusable(r) => format!("unusable-certificate:{r}"),
     }
-}
-
-/// Neutralises control characters (and caps length) before a value reaches a log line.
-pub fn escape(s: &str) -> String {
-    s.chars().take(256).flat_map(char::escape_default).collect()
 }
