@@ -20,7 +20,7 @@ use crate::identity::oidc::{IssuerVerifier, OidcError};
 use crate::identity::own::OwnTokenVerifier;
 use crate::identity::peer::PeerIdentity;
 use crate::jose::jws;
-use crate::mint::claims::{AccessTokenClaims, Confirmation};
+use crate::mint::claims::{AccessTokenClaims, Actor, Confirmation};
 use crate::mint::TokenMinter;
 use crate::oauth::request::{GrantType, TokenRequest, TokenType};
 use crate::policy::{Denial, PolicySet, Subject};
@@ -62,10 +62,41 @@ pub struct Issued {
 #[derive(Debug, Clone)]
 struct AuthenticatedSubject {
     issuer_name: String,
+    /// The issuer URL (`None` for a client certificate).
+    iss: Option<String>,
     sub: String,
     claims: Option<Map<String, Value>>,
     /// The subject credential's own end of life.
     not_after: u64,
+}
+
+/// The authenticated actor of a delegation.
+#[derive(Debug, Clone)]
+struct AuthenticatedActor {
+    issuer_name: String,
+    /// The issuer URL (`None` for a client certificate).
+    iss: Option<String>,
+    sub: String,
+    claims: Option<Map<String, Value>>,
+    not_after: u64,
+    /// The actor is the TLS client itself.
+    via_mtls: bool,
+}
+
+/// `cnf` of an issued token: bound to the client certificate whenever the
+/// exchange ran over one; for a delegation whose actor is a JWT, unbound
+/// (the contract's rule: the actor, not the presenter, will hold it).
+fn binding(
+    peer: Option<&Arc<PeerIdentity>>,
+    actor: Option<&AuthenticatedActor>,
+) -> Option<Confirmation> {
+    if actor.is_some_and(|a| !a.via_mtls) {
+        return None;
+    }
+    peer.map(|p| Confirmation {
+        x5t_s256: Some(p.thumbprint.clone()),
+        jkt: None,
+    })
 }
 
 /// Runs exchanges. Built once at start-up; cheap to share.
@@ -138,10 +169,14 @@ impl Exchanger {
             Peer::Anonymous => None,
         };
 
-        // Delegation and re-exchange are separate capabilities.
-        if req.actor_token.is_some() {
-            return Err(ExchangeError::Unsupported("delegation_not_enabled"));
-        }
+        // Delegation: the actor is authenticated first, like the subject.
+        let actor = match (req.actor_token.as_deref(), req.actor_token_type) {
+            (Some(t), Some(tt)) => Some(
+                self.authenticate_actor(t, tt, peer_id.as_ref(), now)
+                    .await?,
+            ),
+            _ => None,
+        };
 
         let subject = match (req.grant_type, req.subject_token_type) {
             (GrantType::ClientCredentials, _) | (_, TokenType::Mtls) => {
@@ -155,6 +190,7 @@ impl Exchanger {
                 }
                 AuthenticatedSubject {
                     issuer_name: MTLS_ISSUER.to_string(),
+                    iss: None,
                     sub: p.subject.clone(),
                     claims: None,
                     not_after: p.not_after,
@@ -173,7 +209,9 @@ impl Exchanger {
                     .and_then(Value::as_str);
                 if iss == Some(self.issuer.as_str()) {
                     // One of our own: attenuation by re-exchange.
-                    return self.reexchange(&req, parsed, peer_id.as_ref(), now).await;
+                    return self
+                        .reexchange(&req, parsed, peer_id.as_ref(), actor.as_ref(), now)
+                        .await;
                 }
                 if req.subject_token_type == TokenType::AccessToken {
                     return Err(ExchangeError::SubjectToken("access_token_not_issued_here"));
@@ -215,26 +253,48 @@ impl Exchanger {
                 Denial::ScopeNotAllowed { refused } => ExchangeError::Scope(refused.to_string()),
             })?;
 
+        // Delegation: the actor's own policy must allow the same audience and
+        // scopes and list the subject's issuer in may_act_for.
+        let delegation = match &actor {
+            Some(a) => Some(self.delegate(
+                &subject.issuer_name,
+                &subject.sub,
+                subject.claims.as_ref(),
+                None,
+                a,
+                audience,
+                &req.scope,
+            )?),
+            None => None,
+        };
+        let actor_policy = delegation.as_ref().map(|d| d.0);
+
         // Approval tiers are not built yet: such scopes are refused (closed).
         for s in req.scope.iter() {
-            if policy.is_approval_scope(s) {
+            if policy.is_approval_scope(s) || actor_policy.is_some_and(|p| p.is_approval_scope(s)) {
                 return Err(ExchangeError::ApprovalRequired(s.to_string()));
             }
         }
         let jit: Vec<String> = req
             .scope
             .iter()
-            .filter(|s| policy.is_jit_scope(s))
+            .filter(|s| policy.is_jit_scope(s) || actor_policy.is_some_and(|p| p.is_jit_scope(s)))
             .map(|s| s.to_string())
             .collect();
-        if policy.require_binding() && peer_id.is_none() {
+        if policy.require_binding() && binding(peer_id.as_ref(), actor.as_ref()).is_none() {
             return Err(ExchangeError::ClientAuth("binding_required"));
         }
 
         // Lifetime: min(asked or default, policy max, global max, the subject
         // credential's own end, the client certificate's end).
         let peer_end = peer_id.as_ref().map_or(u64::MAX, |p| p.not_after);
-        let mut exp = self.expiry(&req, policy, &[subject.not_after, peer_end], now)?;
+        let (actor_end, actor_policy_end) = self.actor_caps(&actor, actor_policy, now);
+        let mut exp = self.expiry(
+            &req,
+            policy,
+            &[subject.not_after, peer_end, actor_end, actor_policy_end],
+            now,
+        )?;
 
         // JIT scopes: one use of a live grant covering subject, audience and
         // those scopes is consumed atomically, last, right before signing.
@@ -262,21 +322,21 @@ impl Exchanger {
             iat: now,
             nbf: now,
             jti: uuid::Uuid::new_v4().to_string(),
-            client_id: peer_id
-                .as_ref()
-                .map(|p| p.subject.clone())
-                .unwrap_or_else(|| subject.sub.clone()),
+            client_id: match &actor {
+                Some(a) => a.sub.clone(),
+                None => peer_id
+                    .as_ref()
+                    .map(|p| p.subject.clone())
+                    .unwrap_or_else(|| subject.sub.clone()),
+            },
             scope: req.scope.to_string(),
             txn: req
                 .task
                 .clone()
                 .or_else(|| grant.as_ref().and_then(|g| g.task.clone()))
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            act: None,
-            cnf: peer_id.as_ref().map(|p| Confirmation {
-                x5t_s256: Some(p.thumbprint.clone()),
-                jkt: None,
-            }),
+            cnf: binding(peer_id.as_ref(), actor.as_ref()),
+            act: delegation.map(|d| d.1),
             grant: grant.map(|g| g.id),
             owner: policy.owner().map(str::to_string),
             authorization_details: req.authorization_details.clone(),
@@ -296,6 +356,7 @@ impl Exchanger {
         req: &TokenRequest,
         parsed: jws::UnverifiedJws,
         peer: Option<&Arc<PeerIdentity>>,
+        actor: Option<&AuthenticatedActor>,
         now: u64,
     ) -> Result<Issued, ExchangeError> {
         let parent = self
@@ -326,9 +387,10 @@ impl Exchanger {
                 _ => return Err(ExchangeError::SubjectToken("binding_unsupported")),
             }
         }
-        // Holder: a workload presenting over mTLS must be the parent's client.
+        // Holder: a workload presenting over mTLS must be the parent's client,
+        // unless it acts for the subject under the delegation rules below.
         if let Some(pe) = peer {
-            if pe.subject != p.client_id {
+            if actor.is_none() && pe.subject != p.client_id {
                 return Err(ExchangeError::SubjectToken("presenter_not_holder"));
             }
             if pe.subject != p.sub && self.stores.revocations.is_blocked(&pe.subject, now).await? {
@@ -366,7 +428,25 @@ impl Exchanger {
         if !refused.is_empty() {
             return Err(ExchangeError::Scope(refused.to_string()));
         }
-        if policy.require_binding() && peer.is_none() {
+        let delegation = match actor {
+            Some(a) => Some(self.delegate(
+                policy.issuer(),
+                &p.sub,
+                None,
+                p.act.as_ref(),
+                a,
+                audience,
+                &req.scope,
+            )?),
+            None => None,
+        };
+        if let Some((ap, _)) = &delegation {
+            if req.scope.iter().any(|s| ap.is_approval_scope(s)) {
+                return Err(ExchangeError::ApprovalRequired(req.scope.to_string()));
+            }
+        }
+        let cnf = binding(peer, actor);
+        if policy.require_binding() && cnf.is_none() {
             return Err(ExchangeError::ClientAuth("binding_required"));
         }
         if req.task.as_deref().is_some_and(|t| t != p.txn) {
@@ -380,7 +460,15 @@ impl Exchanger {
             ));
         }
         let peer_end = peer.map_or(u64::MAX, |pe| pe.not_after);
-        let exp = self.expiry(req, policy, &[p.exp, peer_end], now)?;
+        let actor_owned = actor.cloned();
+        let (actor_end, actor_policy_end) =
+            self.actor_caps(&actor_owned, delegation.as_ref().map(|d| d.0), now);
+        let exp = self.expiry(
+            req,
+            policy,
+            &[p.exp, peer_end, actor_end, actor_policy_end],
+            now,
+        )?;
         let mut ancestors = Vec::with_capacity(p.ancestors.len() + 1);
         ancestors.push(p.jti.clone());
         ancestors.extend(p.ancestors.iter().cloned());
@@ -392,14 +480,14 @@ impl Exchanger {
             iat: now,
             nbf: now,
             jti: uuid::Uuid::new_v4().to_string(),
-            client_id: p.client_id.clone(),
+            client_id: actor.map_or_else(|| p.client_id.clone(), |a| a.sub.clone()),
             scope: req.scope.to_string(),
             txn: p.txn.clone(),
-            act: p.act.clone(),
-            cnf: peer.map(|pe| Confirmation {
-                x5t_s256: Some(pe.thumbprint.clone()),
-                jkt: None,
-            }),
+            act: match delegation {
+                Some((_, act)) => Some(act),
+                None => p.act.clone(),
+            },
+            cnf,
             grant: p.grant.clone(),
             owner: policy.owner().map(str::to_string),
             authorization_details: p.authorization_details.clone(),
@@ -407,6 +495,144 @@ impl Exchanger {
             ancestors,
         };
         self.sign(req, claims, now)
+    }
+
+    /// Authenticates the actor of a delegation: the TLS client certificate
+    /// (`...:mtls`, the token being its thumbprint) or an OIDC token from a
+    /// configured issuer. Tessera's own tokens are not accepted as actors.
+    async fn authenticate_actor(
+        &self,
+        token: &str,
+        tt: TokenType,
+        peer: Option<&Arc<PeerIdentity>>,
+        now: u64,
+    ) -> Result<AuthenticatedActor, ExchangeError> {
+        match tt {
+            TokenType::Mtls => {
+                let p = peer.ok_or(ExchangeError::ClientAuth("client_certificate_required"))?;
+                if token != p.thumbprint {
+                    return Err(ExchangeError::ActorToken("mtls_thumbprint_mismatch"));
+                }
+                if self.stores.revocations.is_blocked(&p.subject, now).await? {
+                    return Err(ExchangeError::Blocked);
+                }
+                Ok(AuthenticatedActor {
+                    issuer_name: MTLS_ISSUER.to_string(),
+                    iss: None,
+                    sub: p.subject.clone(),
+                    claims: None,
+                    not_after: p.not_after,
+                    via_mtls: true,
+                })
+            }
+            TokenType::Jwt | TokenType::IdToken => {
+                let parsed =
+                    jws::decode(token).map_err(|e| ExchangeError::ActorToken(e.reason()))?;
+                if parsed
+                    .unverified_claims()
+                    .get("iss")
+                    .and_then(Value::as_str)
+                    == Some(self.issuer.as_str())
+                {
+                    return Err(ExchangeError::ActorToken("actor_token_issued_here"));
+                }
+                let a = self
+                    .authenticate_jwt(parsed, now)
+                    .await
+                    .map_err(|e| match e {
+                        ExchangeError::SubjectToken(r) => ExchangeError::ActorToken(r),
+                        other => other,
+                    })?;
+                if self.stores.revocations.is_blocked(&a.sub, now).await? {
+                    return Err(ExchangeError::Blocked);
+                }
+                Ok(AuthenticatedActor {
+                    issuer_name: a.issuer_name,
+                    iss: a.iss,
+                    sub: a.sub,
+                    claims: a.claims,
+                    not_after: a.not_after,
+                    via_mtls: false,
+                })
+            }
+            TokenType::AccessToken => {
+                Err(ExchangeError::ActorToken("actor_token_type_unsupported"))
+            }
+        }
+    }
+
+    /// The delegation rules (RFC 8693 §4.1, §4.4): the actor differs from the
+    /// subject, matches the subject token's `may_act` when there is one, has
+    /// a policy of its own allowing the same audience and every scope that
+    /// lists the subject's issuer in `may_act_for`, and the resulting `act`
+    /// chain (the actor, then prior actors nested) fits that policy's
+    /// `max_depth`. Returns the actor's policy and the new `act`.
+    #[allow(clippy::too_many_arguments)]
+    fn delegate<'a>(
+        &'a self,
+        subject_issuer: &str,
+        subject_sub: &str,
+        subject_claims: Option<&Map<String, Value>>,
+        prior: Option<&Actor>,
+        actor: &AuthenticatedActor,
+        audience: &str,
+        scopes: &crate::policy::scope::ScopeSet,
+    ) -> Result<(&'a crate::policy::CompiledPolicy, Actor), ExchangeError> {
+        if actor.sub == subject_sub {
+            return Err(ExchangeError::ActorToken("actor_is_subject"));
+        }
+        if let Some(ma) = subject_claims.and_then(|c| c.get("may_act")) {
+            let o = ma
+                .as_object()
+                .ok_or(ExchangeError::SubjectToken("may_act_malformed"))?;
+            let sub_ok = o.get("sub").and_then(Value::as_str) == Some(actor.sub.as_str());
+            let iss_ok = match o.get("iss") {
+                None => true,
+                Some(v) => v.as_str().is_some() && v.as_str() == actor.iss.as_deref(),
+            };
+            if !(sub_ok && iss_ok) {
+                return Err(ExchangeError::ActorToken("actor_not_in_may_act"));
+            }
+        }
+        let asubj = Subject {
+            issuer: &actor.issuer_name,
+            subject: &actor.sub,
+            claims: actor.claims.as_ref(),
+        };
+        let pa = self
+            .policies
+            .decide(&asubj, audience, scopes)
+            .map_err(|d| match d {
+                Denial::NoMatchingPolicy => ExchangeError::ActorToken("actor_no_policy"),
+                Denial::AudienceNotAllowed => ExchangeError::Target,
+                Denial::ScopeNotAllowed { refused } => ExchangeError::Scope(refused.to_string()),
+            })?;
+        if !pa.may_act_for().iter().any(|i| i == subject_issuer) {
+            return Err(ExchangeError::ActorToken("may_act_for_missing"));
+        }
+        let act = Actor {
+            sub: actor.sub.clone(),
+            iss: actor.iss.clone(),
+            act: prior.cloned().map(Box::new),
+        };
+        if act.depth() > pa.max_depth() as usize {
+            return Err(ExchangeError::ActorToken("act_chain_too_deep"));
+        }
+        Ok((pa, act))
+    }
+
+    /// The actor's credential end and its policy's lifetime cap (or no cap).
+    fn actor_caps(
+        &self,
+        actor: &Option<AuthenticatedActor>,
+        actor_policy: Option<&crate::policy::CompiledPolicy>,
+        now: u64,
+    ) -> (u64, u64) {
+        let end = actor.as_ref().map_or(u64::MAX, |a| a.not_after);
+        let policy_end = actor_policy
+            .and_then(|p| p.max_ttl())
+            .map_or(u64::MAX, |d| now.saturating_add(d.as_secs()));
+        (end, policy_end)
     }
 
     /// The token's `exp`: `min(expires_in or default, policy max_ttl,
@@ -497,6 +723,7 @@ impl Exchanger {
         }
         Ok(AuthenticatedSubject {
             issuer_name: cfg.name.clone(),
+            iss: Some(v.iss.clone()),
             sub: v.sub.clone(),
             not_after: v.exp,
             claims: Some(v.claims),
