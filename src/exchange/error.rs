@@ -32,6 +32,9 @@ pub enum ExchangeError {
     /// A scope needs human approval (not available in this build).
     #[error("approval required for: {0}")]
     ApprovalRequired(String),
+    /// The DPoP proof is invalid or replayed.
+    #[error("DPoP proof rejected: {0}")]
+    DpopProof(&'static str),
     /// The subject is blocked by the kill switch.
     #[error("subject is blocked")]
     Blocked,
@@ -60,7 +63,7 @@ impl ExchangeError {
             | Self::SubjectToken(r)
             | Self::ActorToken(r)
             | Self::ClientAuth(r) => r,
-            Self::Unsupported(r) => r,
+            Self::Unsupported(r) | Self::DpopProof(r) => r,
             Self::NoPolicy => "no_matching_policy",
             Self::Target => "target_not_allowed",
             Self::Scope(_) => "scope_not_allowed",

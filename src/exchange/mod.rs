@@ -16,6 +16,7 @@ pub use error::ExchangeError;
 
 use crate::clock::Clock;
 use crate::config::{Config, MTLS_ISSUER};
+use crate::identity::dpop::{self, DpopProof};
 use crate::identity::oidc::{IssuerVerifier, OidcError};
 use crate::identity::own::OwnTokenVerifier;
 use crate::identity::peer::PeerIdentity;
@@ -85,11 +86,19 @@ struct AuthenticatedActor {
 
 /// `cnf` of an issued token: bound to the client certificate whenever the
 /// exchange ran over one; for a delegation whose actor is a JWT, unbound
-/// (the contract's rule: the actor, not the presenter, will hold it).
+/// (the contract's rule: the actor, not the presenter, will hold it);
+/// with a DPoP proof (never together with a certificate), bound to its key.
 fn binding(
     peer: Option<&Arc<PeerIdentity>>,
     actor: Option<&AuthenticatedActor>,
+    dpop: Option<&DpopProof>,
 ) -> Option<Confirmation> {
+    if let Some(d) = dpop {
+        return Some(Confirmation {
+            x5t_s256: None,
+            jkt: Some(d.jkt.clone()),
+        });
+    }
     if actor.is_some_and(|a| !a.via_mtls) {
         return None;
     }
@@ -169,6 +178,30 @@ impl Exchanger {
             Peer::Anonymous => None,
         };
 
+        // DPoP (RFC 9449) for callers without a client certificate.
+        let dpop = match req.dpop.as_deref() {
+            None => None,
+            Some(p) => {
+                if peer_id.is_some() {
+                    return Err(ExchangeError::Malformed("dpop_with_client_certificate"));
+                }
+                let htu = format!("{}/token", self.issuer);
+                let proof =
+                    dpop::verify_proof(p, "POST", &htu, now).map_err(ExchangeError::DpopProof)?;
+                let key = format!("{}:{}", proof.jkt, proof.jti);
+                let until = proof.iat.saturating_add(dpop::DPOP_IAT_WINDOW_SECS + 1);
+                if !self
+                    .stores
+                    .replay
+                    .first_use("dpop", &key, until, now)
+                    .await?
+                {
+                    return Err(ExchangeError::DpopProof("dpop_replayed"));
+                }
+                Some(proof)
+            }
+        };
+
         // Delegation: the actor is authenticated first, like the subject.
         let actor = match (req.actor_token.as_deref(), req.actor_token_type) {
             (Some(t), Some(tt)) => Some(
@@ -210,7 +243,14 @@ impl Exchanger {
                 if iss == Some(self.issuer.as_str()) {
                     // One of our own: attenuation by re-exchange.
                     return self
-                        .reexchange(&req, parsed, peer_id.as_ref(), actor.as_ref(), now)
+                        .reexchange(
+                            &req,
+                            parsed,
+                            peer_id.as_ref(),
+                            actor.as_ref(),
+                            dpop.as_ref(),
+                            now,
+                        )
                         .await;
                 }
                 if req.subject_token_type == TokenType::AccessToken {
@@ -281,7 +321,9 @@ impl Exchanger {
             .filter(|s| policy.is_jit_scope(s) || actor_policy.is_some_and(|p| p.is_jit_scope(s)))
             .map(|s| s.to_string())
             .collect();
-        if policy.require_binding() && binding(peer_id.as_ref(), actor.as_ref()).is_none() {
+        if policy.require_binding()
+            && binding(peer_id.as_ref(), actor.as_ref(), dpop.as_ref()).is_none()
+        {
             return Err(ExchangeError::ClientAuth("binding_required"));
         }
 
@@ -335,7 +377,7 @@ impl Exchanger {
                 .clone()
                 .or_else(|| grant.as_ref().and_then(|g| g.task.clone()))
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            cnf: binding(peer_id.as_ref(), actor.as_ref()),
+            cnf: binding(peer_id.as_ref(), actor.as_ref(), dpop.as_ref()),
             act: delegation.map(|d| d.1),
             grant: grant.map(|g| g.id),
             owner: policy.owner().map(str::to_string),
@@ -357,6 +399,7 @@ impl Exchanger {
         parsed: jws::UnverifiedJws,
         peer: Option<&Arc<PeerIdentity>>,
         actor: Option<&AuthenticatedActor>,
+        dpop: Option<&DpopProof>,
         now: u64,
     ) -> Result<Issued, ExchangeError> {
         let parent = self
@@ -382,6 +425,11 @@ impl Exchanger {
                 (Some(x5t), None) => {
                     if peer.is_none_or(|pe| &pe.thumbprint != x5t) {
                         return Err(ExchangeError::SubjectToken("binding_mismatch"));
+                    }
+                }
+                (None, Some(jkt)) => {
+                    if dpop.is_none_or(|d| &d.jkt != jkt) {
+                        return Err(ExchangeError::SubjectToken("dpop_binding_mismatch"));
                     }
                 }
                 _ => return Err(ExchangeError::SubjectToken("binding_unsupported")),
@@ -445,7 +493,7 @@ impl Exchanger {
                 return Err(ExchangeError::ApprovalRequired(req.scope.to_string()));
             }
         }
-        let cnf = binding(peer, actor);
+        let cnf = binding(peer, actor, dpop);
         if policy.require_binding() && cnf.is_none() {
             return Err(ExchangeError::ClientAuth("binding_required"));
         }
@@ -671,7 +719,11 @@ impl Exchanger {
         Ok(Issued {
             access_token,
             issued_token_type: req.requested_token_type.unwrap_or(TokenType::AccessToken),
-            token_type: "Bearer",
+            token_type: if claims.cnf.as_ref().is_some_and(|c| c.jkt.is_some()) {
+                "DPoP"
+            } else {
+                "Bearer"
+            },
             expires_in: claims.exp.saturating_sub(now),
             scope: claims.scope.clone(),
             policy: claims.policy.clone().unwrap_or_default(),

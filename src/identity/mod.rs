@@ -2,6 +2,7 @@
 //! ([`peer`]) and OIDC issuers ([`oidc`]). Identity comes only from
 //! cryptography: a verified TLS client certificate or a verified signature.
 
+pub mod dpop;
 pub mod oidc;
 pub mod own;
 pub mod peer;

@@ -98,6 +98,9 @@ pub enum JwsError {
     /// The signature did not verify.
     #[error("bad signature: {0}")]
     BadSignature(SignatureError),
+    /// A DPoP proof without an embedded public `jwk` object.
+    #[error("DPoP proof has no jwk header")]
+    InvalidJwk,
 }
 
 impl JwsError {
@@ -122,6 +125,7 @@ impl JwsError {
             JwsError::AlgorithmMismatch => "alg_mismatch",
             JwsError::KidMismatch => "kid_mismatch",
             JwsError::BadSignature(_) => "bad_signature",
+            JwsError::InvalidJwk => "dpop_jwk_missing",
         }
     }
 }
@@ -182,6 +186,27 @@ fn is_token_byte(b: u8) -> bool {
 /// # Errors
 /// A [`JwsError`] naming the first rule broken.
 pub fn decode(token: &str) -> Result<UnverifiedJws, JwsError> {
+    decode_inner(token, false).map(|(j, _)| j)
+}
+
+/// Decodes a DPoP proof (RFC 9449 §4.2): like [`decode`], except that the
+/// header MUST carry the proof's public key as `jwk`, returned beside the
+/// token. Every other forbidden header parameter stays forbidden.
+///
+/// # Errors
+/// A [`JwsError`]; a missing or non-object `jwk` is `InvalidJwk`.
+pub fn decode_dpop_proof(token: &str) -> Result<(UnverifiedJws, Map<String, Value>), JwsError> {
+    let (j, jwk) = decode_inner(token, true)?;
+    match jwk {
+        Some(Value::Object(m)) => Ok((j, m)),
+        _ => Err(JwsError::InvalidJwk),
+    }
+}
+
+fn decode_inner(
+    token: &str,
+    embedded_jwk: bool,
+) -> Result<(UnverifiedJws, Option<Value>), JwsError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(JwsError::TooLarge);
     }
@@ -207,7 +232,12 @@ pub fn decode(token: &str) -> Result<UnverifiedJws, JwsError> {
     let payload_bytes = b64url_decode(p).ok_or(JwsError::Base64(Segment::Payload))?;
     let signature = b64url_decode(s).ok_or(JwsError::Base64(Segment::Signature))?;
 
-    let header_map = json::parse_object(&header_bytes).map_err(JwsError::HeaderJson)?;
+    let mut header_map = json::parse_object(&header_bytes).map_err(JwsError::HeaderJson)?;
+    let jwk = if embedded_jwk {
+        header_map.remove("jwk")
+    } else {
+        None
+    };
     let header = parse_header(&header_map)?;
     let claims = json::parse_object(&payload_bytes).map_err(JwsError::PayloadJson)?;
 
@@ -218,12 +248,15 @@ pub fn decode(token: &str) -> Result<UnverifiedJws, JwsError> {
         .get(..signing_input_len)
         .ok_or(JwsError::SegmentCount)?
         .to_owned();
-    Ok(UnverifiedJws {
-        header,
-        claims,
-        signing_input,
-        signature,
-    })
+    Ok((
+        UnverifiedJws {
+            header,
+            claims,
+            signing_input,
+            signature,
+        },
+        jwk,
+    ))
 }
 
 fn parse_header(map: &Map<String, Value>) -> Result<Header, JwsError> {

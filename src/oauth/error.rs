@@ -33,6 +33,8 @@ pub enum ErrorCode {
     SlowDown,
     /// Malformed RFC 9396 `authorization_details`.
     InvalidAuthorizationDetails,
+    /// A DPoP proof that is invalid (RFC 9449 §5).
+    InvalidDpopProof,
     /// A dependency (store, key, issuer) is unavailable: fail closed.
     TemporarilyUnavailable,
     /// Unexpected internal failure.
@@ -55,6 +57,7 @@ impl ErrorCode {
             Self::ExpiredToken => "expired_token",
             Self::SlowDown => "slow_down",
             Self::InvalidAuthorizationDetails => "invalid_authorization_details",
+            Self::InvalidDpopProof => "invalid_dpop_proof",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
             Self::ServerError => "server_error",
         }
@@ -85,6 +88,7 @@ impl ErrorCode {
             Self::ExpiredToken => "the approval expired",
             Self::SlowDown => "slow down",
             Self::InvalidAuthorizationDetails => "authorization_details rejected",
+            Self::InvalidDpopProof => "DPoP proof rejected",
             Self::TemporarilyUnavailable => "temporarily unavailable, retry later",
             Self::ServerError => "internal error",
         }
@@ -196,6 +200,7 @@ impl From<&crate::exchange::ExchangeError> for OAuthError {
             E::ClientAuth(_) => ErrorCode::InvalidClient,
             E::Target => ErrorCode::InvalidTarget,
             E::Scope(_) | E::GrantRequired(_) | E::ApprovalRequired(_) => ErrorCode::InvalidScope,
+            E::DpopProof(_) => ErrorCode::InvalidDpopProof,
             E::StoreUnavailable(_) | E::KeysUnavailable(_) | E::Signing(_) => {
                 ErrorCode::TemporarilyUnavailable
             }

@@ -105,6 +105,8 @@ pub struct TokenRequest {
     pub approval_id: Option<String>,
     /// `authorization_details` (RFC 9396), shape-checked.
     pub authorization_details: Option<serde_json::Value>,
+    /// The `DPoP` header (RFC 9449), when sent; set by the route.
+    pub dpop: Option<String>,
 }
 
 /// Why a request was refused while parsing: the wire code and an audit reason.
@@ -357,6 +359,7 @@ pub fn token_request(
         task,
         approval_id,
         authorization_details,
+        dpop: None,
     })
 }
 

@@ -25,6 +25,7 @@ pub async fn metadata(State(app): State<AppState>) -> Response {
         "token_endpoint_auth_methods_supported": ["tls_client_auth", "none"],
         "tls_client_certificate_bound_access_tokens": true,
         "access_token_signing_alg_values_supported": [app.minter.algorithm().as_str()],
+        "dpop_signing_alg_values_supported": crate::identity::dpop::DPOP_ALGS.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
         "subject_token_types_supported": [
             "urn:ietf:params:oauth:token-type:jwt",
             "urn:ietf:params:oauth:token-type:id_token",

@@ -117,7 +117,16 @@ async fn run(
         .and_then(|v| v.to_str().ok());
     check_content_type(ct).map_err(Refusal::Request)?;
     let form = parse_form(body).map_err(Refusal::Request)?;
-    let req = token_request(&form, app.config.limits.max_token_bytes).map_err(Refusal::Request)?;
+    let mut req =
+        token_request(&form, app.config.limits.max_token_bytes).map_err(Refusal::Request)?;
+    let mut proofs = headers.get_all("dpop").iter();
+    if let Some(p) = proofs.next() {
+        let bad = || Refusal::Exchange(ExchangeError::DpopProof("dpop_header_malformed"));
+        if proofs.next().is_some() {
+            return Err(bad());
+        }
+        req.dpop = Some(p.to_str().map_err(|_| bad())?.to_string());
+    }
     app.exchanger
         .exchange(req, peer)
         .await

@@ -1,0 +1,148 @@
+//! DPoP (RFC 9449) for callers without a client certificate: proof
+//! validation, `cnf.jkt`, `token_type: DPoP`, the replay cache, binding
+//! required by policy, and re-exchange of a DPoP-bound token.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use tessera::jose::jwk::VerifyingKey;
+use tessera::mint::keyring::{SigningAlgorithm, SigningKey};
+use tessera::testkit::{now, TestIssuer};
+
+const HTU: &str = "https://tessera.test/token";
+
+fn proof_with(key: &SigningKey, header: Value, claims: Value) -> String {
+    TestIssuer::sign_raw_with(key, &header.to_string(), &claims.to_string())
+}
+
+fn proof(key: &SigningKey) -> String {
+    proof_with(
+        key,
+        json!({"typ": "dpop+jwt", "alg": key.algorithm().as_str(), "jwk": key.public_jwk()}),
+        json!({"jti": uuid::Uuid::new_v4().to_string(), "htm": "POST", "htu": HTU, "iat": now()}),
+    )
+}
+
+fn jkt(key: &SigningKey) -> String {
+    VerifyingKey::from_jwk(key.public_jwk().as_object().unwrap()).unwrap().thumbprint()
+}
+
+async fn post(b: &TestBroker, client: &reqwest::Client, form: &[(&str, &str)], dpop: Option<&str>) -> (u16, Value) {
+    let mut rb = client
+        .post(b.url("/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(encode_form(form));
+    if let Some(p) = dpop {
+        rb = rb.header("dpop", p);
+    }
+    let r = rb.send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn dpop_bound_token_for_a_caller_without_certificate() {
+    let b = TestBroker::start().await;
+    let key = SigningKey::generate(SigningAlgorithm::ES256).unwrap().0;
+    let st = b.ci_token();
+    let p = proof(&key);
+    let (s, v) = post(&b, &b.anon(), &TestBroker::oidc_form(&st), Some(&p)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["token_type"], "DPoP");
+    let (_, c) = decode(v["access_token"].as_str().unwrap());
+    assert_eq!(c["cnf"], json!({"jkt": jkt(&key)}));
+    // introspection reports it as a DPoP token
+    assert_eq!(b.introspect(v["access_token"].as_str().unwrap()).await["token_type"], "DPoP");
+    // the same proof again: replay
+    let (s, v) = post(&b, &b.anon(), &TestBroker::oidc_form(&st), Some(&p)).await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_dpop_proof")));
+    // EdDSA proofs work too
+    let ed = SigningKey::generate(SigningAlgorithm::EdDSA).unwrap().0;
+    let (s, v) = post(&b, &b.anon(), &TestBroker::oidc_form(&st), Some(&proof(&ed))).await;
+    assert_eq!(s, 200, "{v}");
+    // metadata advertises the algorithms
+    let m: Value = b.anon().get(b.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
+    assert!(m["dpop_signing_alg_values_supported"].as_array().unwrap().iter().any(|a| a == "ES256"));
+}
+
+#[tokio::test]
+async fn invalid_proofs_are_refused() {
+    let b = TestBroker::start().await;
+    let key = SigningKey::generate(SigningAlgorithm::ES256).unwrap().0;
+    let other = SigningKey::generate(SigningAlgorithm::ES256).unwrap().0;
+    let st = b.ci_token();
+    let h = || json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": key.public_jwk()});
+    let c = |htm: &str, htu: &str, iat: u64| json!({"jti": uuid::Uuid::new_v4().to_string(), "htm": htm, "htu": htu, "iat": iat});
+    let n = now();
+    let mut bad_jwk = key.public_jwk();
+    bad_jwk["d"] = "AAAA".into();
+    let cases = vec![
+        ("wrong method", proof_with(&key, h(), c("GET", HTU, n))),
+        ("wrong URI", proof_with(&key, h(), c("POST", "https://evil.example/token", n))),
+        ("too old", proof_with(&key, h(), c("POST", HTU, n - 300))),
+        ("in the future", proof_with(&key, h(), c("POST", HTU, n + 300))),
+        ("wrong typ", proof_with(&key, json!({"typ": "JWT", "alg": "ES256", "jwk": key.public_jwk()}), c("POST", HTU, n))),
+        ("no jwk", proof_with(&key, json!({"typ": "dpop+jwt", "alg": "ES256"}), c("POST", HTU, n))),
+        ("private key in jwk", proof_with(&key, json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": bad_jwk}), c("POST", HTU, n))),
+        ("signed by another key", proof_with(&other, h(), c("POST", HTU, n))),
+        ("alg none", format!("{}.e30.", base64url(&json!({"typ": "dpop+jwt", "alg": "none", "jwk": key.public_jwk()}).to_string()))),
+        ("no jti", proof_with(&key, h(), json!({"htm": "POST", "htu": HTU, "iat": n}))),
+        ("garbage", "not-a-jwt".to_string()),
+    ];
+    for (what, p) in cases {
+        let (s, v) = post(&b, &b.anon(), &TestBroker::oidc_form(&st), Some(&p)).await;
+        assert_eq!((s, v["error"].as_str()), (400, Some("invalid_dpop_proof")), "{what}");
+    }
+    // a proof together with a client certificate: two binding mechanisms
+    let (s, _) = post(&b, &b.agent_client(), &TestBroker::oidc_form(&st), Some(&proof(&key))).await;
+    assert_eq!(s, 400);
+    // the query string of htu is ignored (RFC 9449 §4.3)
+    let p = proof_with(&key, h(), c("POST", &format!("{HTU}?x=1"), n));
+    assert_eq!(post(&b, &b.anon(), &TestBroker::oidc_form(&st), Some(&p)).await.0, 200);
+}
+
+fn base64url(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+#[tokio::test]
+async fn require_binding_accepts_dpop() {
+    let policies = DEFAULT_POLICIES.replace("max_ttl = \"5m\"", "max_ttl = \"5m\"\nrequire_binding = true");
+    let b = TestBroker::start_with(Options { policies, ..Default::default() }).await;
+    let st = b.ci_token();
+    let (s, _) = post(&b, &b.anon(), &TestBroker::oidc_form(&st), None).await;
+    assert_eq!(s, 401, "unbound refused");
+    let key = SigningKey::generate(SigningAlgorithm::ES256).unwrap().0;
+    let (s, v) = post(&b, &b.anon(), &TestBroker::oidc_form(&st), Some(&proof(&key))).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+#[tokio::test]
+async fn dpop_bound_parent_re_exchanges_only_with_its_key() {
+    let b = TestBroker::start().await;
+    let key = SigningKey::generate(SigningAlgorithm::ES256).unwrap().0;
+    let st = b.ci_token();
+    let mut f = TestBroker::oidc_form(&st);
+    f[4] = ("scope", "deploy:read deploy:write");
+    let (_, v) = post(&b, &b.anon(), &f, Some(&proof(&key))).await;
+    let parent = v["access_token"].as_str().unwrap().to_string();
+    let re = [
+        ("grant_type", TE),
+        ("subject_token_type", ACCESS),
+        ("subject_token", parent.as_str()),
+        ("audience", "https://deploy.example.com"),
+        ("scope", "deploy:read"),
+    ];
+    // no proof, or a proof by another key: refused
+    assert_eq!(post(&b, &b.anon(), &re, None).await.0, 400);
+    let other = SigningKey::generate(SigningAlgorithm::ES256).unwrap().0;
+    assert_eq!(post(&b, &b.anon(), &re, Some(&proof(&other))).await.0, 400);
+    // a fresh proof by the same key: a narrower token, still bound to that key
+    let (s, v) = post(&b, &b.anon(), &re, Some(&proof(&key))).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["token_type"], "DPoP");
+    assert_eq!(decode(v["access_token"].as_str().unwrap()).1["cnf"], json!({"jkt": jkt(&key)}));
+}
