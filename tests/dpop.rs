@@ -26,10 +26,17 @@ fn proof(key: &SigningKey) -> String {
 }
 
 fn jkt(key: &SigningKey) -> String {
-    VerifyingKey::from_jwk(key.public_jwk().as_object().unwrap()).unwrap().thumbprint()
+    VerifyingKey::from_jwk(key.public_jwk().as_object().unwrap())
+        .unwrap()
+        .thumbprint()
 }
 
-async fn post(b: &TestBroker, client: &reqwest::Client, form: &[(&str, &str)], dpop: Option<&str>) -> (u16, Value) {
+async fn post(
+    b: &TestBroker,
+    client: &reqwest::Client,
+    form: &[(&str, &str)],
+    dpop: Option<&str>,
+) -> (u16, Value) {
     let mut rb = client
         .post(b.url("/token"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -54,17 +61,38 @@ async fn dpop_bound_token_for_a_caller_without_certificate() {
     let (_, c) = decode(v["access_token"].as_str().unwrap());
     assert_eq!(c["cnf"], json!({"jkt": jkt(&key)}));
     // introspection reports it as a DPoP token
-    assert_eq!(b.introspect(v["access_token"].as_str().unwrap()).await["token_type"], "DPoP");
+    assert_eq!(
+        b.introspect(v["access_token"].as_str().unwrap()).await["token_type"],
+        "DPoP"
+    );
     // the same proof again: replay
     let (s, v) = post(&b, &b.anon(), &TestBroker::oidc_form(&st), Some(&p)).await;
     assert_eq!((s, v["error"].as_str()), (400, Some("invalid_dpop_proof")));
     // EdDSA proofs work too
     let ed = SigningKey::generate(SigningAlgorithm::EdDSA).unwrap().0;
-    let (s, v) = post(&b, &b.anon(), &TestBroker::oidc_form(&st), Some(&proof(&ed))).await;
+    let (s, v) = post(
+        &b,
+        &b.anon(),
+        &TestBroker::oidc_form(&st),
+        Some(&proof(&ed)),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     // metadata advertises the algorithms
-    let m: Value = b.anon().get(b.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
-    assert!(m["dpop_signing_alg_values_supported"].as_array().unwrap().iter().any(|a| a == "ES256"));
+    let m: Value = b
+        .anon()
+        .get(b.url("/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(m["dpop_signing_alg_values_supported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a == "ES256"));
 }
 
 #[tokio::test]
@@ -80,27 +108,83 @@ async fn invalid_proofs_are_refused() {
     bad_jwk["d"] = "AAAA".into();
     let cases = vec![
         ("wrong method", proof_with(&key, h(), c("GET", HTU, n))),
-        ("wrong URI", proof_with(&key, h(), c("POST", "https://evil.example/token", n))),
+        (
+            "wrong URI",
+            proof_with(&key, h(), c("POST", "https://evil.example/token", n)),
+        ),
         ("too old", proof_with(&key, h(), c("POST", HTU, n - 300))),
-        ("in the future", proof_with(&key, h(), c("POST", HTU, n + 300))),
-        ("wrong typ", proof_with(&key, json!({"typ": "JWT", "alg": "ES256", "jwk": key.public_jwk()}), c("POST", HTU, n))),
-        ("no jwk", proof_with(&key, json!({"typ": "dpop+jwt", "alg": "ES256"}), c("POST", HTU, n))),
-        ("private key in jwk", proof_with(&key, json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": bad_jwk}), c("POST", HTU, n))),
-        ("signed by another key", proof_with(&other, h(), c("POST", HTU, n))),
-        ("alg none", format!("{}.e30.", base64url(&json!({"typ": "dpop+jwt", "alg": "none", "jwk": key.public_jwk()}).to_string()))),
-        ("no jti", proof_with(&key, h(), json!({"htm": "POST", "htu": HTU, "iat": n}))),
+        (
+            "in the future",
+            proof_with(&key, h(), c("POST", HTU, n + 300)),
+        ),
+        (
+            "wrong typ",
+            proof_with(
+                &key,
+                json!({"typ": "JWT", "alg": "ES256", "jwk": key.public_jwk()}),
+                c("POST", HTU, n),
+            ),
+        ),
+        (
+            "no jwk",
+            proof_with(
+                &key,
+                json!({"typ": "dpop+jwt", "alg": "ES256"}),
+                c("POST", HTU, n),
+            ),
+        ),
+        (
+            "private key in jwk",
+            proof_with(
+                &key,
+                json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": bad_jwk}),
+                c("POST", HTU, n),
+            ),
+        ),
+        (
+            "signed by another key",
+            proof_with(&other, h(), c("POST", HTU, n)),
+        ),
+        (
+            "alg none",
+            format!(
+                "{}.e30.",
+                base64url(
+                    &json!({"typ": "dpop+jwt", "alg": "none", "jwk": key.public_jwk()}).to_string()
+                )
+            ),
+        ),
+        (
+            "no jti",
+            proof_with(&key, h(), json!({"htm": "POST", "htu": HTU, "iat": n})),
+        ),
         ("garbage", "not-a-jwt".to_string()),
     ];
     for (what, p) in cases {
         let (s, v) = post(&b, &b.anon(), &TestBroker::oidc_form(&st), Some(&p)).await;
-        assert_eq!((s, v["error"].as_str()), (400, Some("invalid_dpop_proof")), "{what}");
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (400, Some("invalid_dpop_proof")),
+            "{what}"
+        );
     }
     // a proof together with a client certificate: two binding mechanisms
-    let (s, _) = post(&b, &b.agent_client(), &TestBroker::oidc_form(&st), Some(&proof(&key))).await;
+    let (s, _) = post(
+        &b,
+        &b.agent_client(),
+        &TestBroker::oidc_form(&st),
+        Some(&proof(&key)),
+    )
+    .await;
     assert_eq!(s, 400);
     // the query string of htu is ignored (RFC 9449 §4.3)
     let p = proof_with(&key, h(), c("POST", &format!("{HTU}?x=1"), n));
-    assert_eq!(post(&b, &b.anon(), &TestBroker::oidc_form(&st), Some(&p)).await.0, 200);
+    assert_eq!(
+        post(&b, &b.anon(), &TestBroker::oidc_form(&st), Some(&p))
+            .await
+            .0,
+        200
+    );
 }
 
 fn base64url(s: &str) -> String {
@@ -110,13 +194,26 @@ fn base64url(s: &str) -> String {
 
 #[tokio::test]
 async fn require_binding_accepts_dpop() {
-    let policies = DEFAULT_POLICIES.replace("max_ttl = \"5m\"", "max_ttl = \"5m\"\nrequire_binding = true");
-    let b = TestBroker::start_with(Options { policies, ..Default::default() }).await;
+    let policies = DEFAULT_POLICIES.replace(
+        "max_ttl = \"5m\"",
+        "max_ttl = \"5m\"\nrequire_binding = true",
+    );
+    let b = TestBroker::start_with(Options {
+        policies,
+        ..Default::default()
+    })
+    .await;
     let st = b.ci_token();
     let (s, _) = post(&b, &b.anon(), &TestBroker::oidc_form(&st), None).await;
     assert_eq!(s, 401, "unbound refused");
     let key = SigningKey::generate(SigningAlgorithm::ES256).unwrap().0;
-    let (s, v) = post(&b, &b.anon(), &TestBroker::oidc_form(&st), Some(&proof(&key))).await;
+    let (s, v) = post(
+        &b,
+        &b.anon(),
+        &TestBroker::oidc_form(&st),
+        Some(&proof(&key)),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
 }
 
@@ -144,5 +241,59 @@ async fn dpop_bound_parent_re_exchanges_only_with_its_key() {
     let (s, v) = post(&b, &b.anon(), &re, Some(&proof(&key))).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["token_type"], "DPoP");
-    assert_eq!(decode(v["access_token"].as_str().unwrap()).1["cnf"], json!({"jkt": jkt(&key)}));
+    assert_eq!(
+        decode(v["access_token"].as_str().unwrap()).1["cnf"],
+        json!({"jkt": jkt(&key)})
+    );
+}
+
+#[tokio::test]
+async fn use_dpop_nonce_when_nonces_are_required() {
+    let b = TestBroker::start_with(Options {
+        extra: "[dpop]\nnonce = true\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let key = SigningKey::generate(SigningAlgorithm::ES256).unwrap().0;
+    let st = b.ci_token();
+    // without a nonce: use_dpop_nonce, with the nonce to use
+    let r = b
+        .anon()
+        .post(b.url("/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("dpop", proof(&key))
+        .body(encode_form(&TestBroker::oidc_form(&st)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let nonce = r.headers()["dpop-nonce"].to_str().unwrap().to_string();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "use_dpop_nonce");
+    let with = |n: &str| {
+        proof_with(
+            &key,
+            json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": key.public_jwk()}),
+            json!({"jti": uuid::Uuid::new_v4().to_string(), "htm": "POST", "htu": HTU, "iat": now(), "nonce": n}),
+        )
+    };
+    // a made-up nonce is no better
+    let (s, v) = post(
+        &b,
+        &b.anon(),
+        &TestBroker::oidc_form(&st),
+        Some(&with("made-up")),
+    )
+    .await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("use_dpop_nonce")));
+    // with the server's nonce it works
+    let (s, v) = post(
+        &b,
+        &b.anon(),
+        &TestBroker::oidc_form(&st),
+        Some(&with(&nonce)),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["token_type"], "DPoP");
 }

@@ -64,6 +64,8 @@ pub struct Config {
     pub approvals_ttl: Duration,
     /// `[dev] generate_missing`.
     pub dev_generate_missing: bool,
+    /// `[dpop] nonce`.
+    pub dpop_nonce: bool,
     /// `[limits]`.
     pub limits: Limits,
     /// `[[issuers]]`.
@@ -486,6 +488,7 @@ impl Config {
             introspection_audiences: raw.introspection.audiences.clone(),
             approvals_ttl: dur("approvals.ttl", &raw.approvals.ttl)?,
             dev_generate_missing: raw.dev.generate_missing,
+            dpop_nonce: raw.dpop.nonce,
             limits,
             issuers,
             policies,

@@ -36,6 +36,9 @@ pub struct RawConfig {
     /// `[limits]`: request, connection and timeout bounds.
     #[serde(default)]
     pub limits: RawLimits,
+    /// `[dpop]`: DPoP (RFC 9449) options.
+    #[serde(default)]
+    pub dpop: RawDpop,
     /// `[[issuers]]`: trusted OIDC issuers.
     #[serde(default)]
     pub issuers: Vec<RawIssuer>,
@@ -156,6 +159,18 @@ pub struct RawIntrospection {
     /// sees every audience. Defaults to none.
     #[serde(default)]
     pub audiences: BTreeMap<String, Vec<String>>,
+}
+
+/// `[dpop]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDpop {
+    /// Require a server nonce in DPoP proofs (RFC 9449 §8): proofs without a
+    /// fresh nonce get `use_dpop_nonce` with a `DPoP-Nonce` header. Nonces are
+    /// derived from the signing keys, so every replica sharing them accepts
+    /// the same nonces. Defaults to `false`.
+    #[serde(default)]
+    pub nonce: bool,
 }
 
 /// `[approvals]`.

@@ -53,6 +53,7 @@ fn full_sample() -> RawConfig {
                 .collect(),
         },
         limits: RawLimits::default(),
+        dpop: RawDpop { nonce: false },
         issuers: vec![RawIssuer {
             name: "k8s".into(),
             issuer: "https://k8s".into(),

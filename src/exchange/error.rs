@@ -35,6 +35,9 @@ pub enum ExchangeError {
     /// The DPoP proof is invalid or replayed.
     #[error("DPoP proof rejected: {0}")]
     DpopProof(&'static str),
+    /// The DPoP proof lacks a valid server nonce: retry with the one given.
+    #[error("DPoP nonce required")]
+    UseDpopNonce,
     /// The subject is blocked by the kill switch.
     #[error("subject is blocked")]
     Blocked,
@@ -65,6 +68,7 @@ impl ExchangeError {
             | Self::ClientAuth(r) => r,
             Self::Unsupported(r) | Self::DpopProof(r) => r,
             Self::NoPolicy => "no_matching_policy",
+            Self::UseDpopNonce => "dpop_nonce_required",
             Self::Target => "target_not_allowed",
             Self::Scope(_) => "scope_not_allowed",
             Self::GrantRequired(_) => "jit_grant_required",

@@ -71,6 +71,22 @@ struct AuthenticatedSubject {
     not_after: u64,
 }
 
+/// The secret DPoP nonces are derived from: the signing key files, which
+/// every replica shares (hashed, never used as such).
+fn nonce_secret(dir: &std::path::Path) -> Result<Vec<u8>, String> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| format!("tokens.signing_keys: {e}"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+        .collect();
+    files.sort();
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for f in files {
+        ctx.update(&std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?);
+    }
+    Ok(ctx.finish().as_ref().to_vec())
+}
+
 /// The authenticated actor of a delegation.
 #[derive(Debug, Clone)]
 struct AuthenticatedActor {
@@ -119,6 +135,7 @@ pub struct Exchanger {
     own: Arc<OwnTokenVerifier>,
     stores: Stores,
     clock: Arc<dyn Clock>,
+    nonces: Option<dpop::NonceSource>,
 }
 
 /// Most re-exchanges a chain of tokens may go through.
@@ -143,7 +160,15 @@ impl Exchanger {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, String> {
         let policies = PolicySet::compile(cfg.policies.clone()).map_err(|e| e.to_string())?;
+        let nonces = if cfg.dpop_nonce {
+            Some(dpop::NonceSource::new(&nonce_secret(
+                &cfg.tokens.signing_keys,
+            )?))
+        } else {
+            None
+        };
         Ok(Self {
+            nonces,
             issuer: cfg.server.issuer.clone(),
             default_ttl: cfg.tokens.default_ttl.as_secs(),
             max_ttl: cfg.tokens.max_ttl.as_secs(),
@@ -157,6 +182,11 @@ impl Exchanger {
             stores,
             clock,
         })
+    }
+
+    /// The DPoP nonce to hand out now, when nonces are required.
+    pub fn dpop_nonce(&self) -> Option<String> {
+        self.nonces.as_ref().map(|n| n.current(self.clock.now()))
     }
 
     /// The configured issuers' verifiers, by `iss`.
@@ -188,6 +218,11 @@ impl Exchanger {
                 let htu = format!("{}/token", self.issuer);
                 let proof =
                     dpop::verify_proof(p, "POST", &htu, now).map_err(ExchangeError::DpopProof)?;
+                if let Some(n) = &self.nonces {
+                    if !proof.nonce.as_deref().is_some_and(|x| n.accepts(x, now)) {
+                        return Err(ExchangeError::UseDpopNonce);
+                    }
+                }
                 let key = format!("{}:{}", proof.jkt, proof.jti);
                 let until = proof.iat.saturating_add(dpop::DPOP_IAT_WINDOW_SECS + 1);
                 if !self

@@ -29,6 +29,47 @@ pub struct DpopProof {
     pub jti: String,
     /// The proof's `iat`.
     pub iat: u64,
+    /// The proof's `nonce`, if any.
+    pub nonce: Option<String>,
+}
+
+/// How long one server nonce window lasts; a nonce is accepted in its
+/// window and the next.
+pub const NONCE_WINDOW_SECS: u64 = 300;
+
+/// Server nonces (RFC 9449 §8), derived with HMAC-SHA256 from a secret and
+/// the time window, so replicas sharing the secret agree without state.
+#[derive(Debug)]
+pub struct NonceSource {
+    key: aws_lc_rs::hmac::Key,
+}
+
+impl NonceSource {
+    /// A source keyed by `secret` (domain-separated).
+    pub fn new(secret: &[u8]) -> Self {
+        let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, b"tessera dpop nonce v1");
+        let derived = aws_lc_rs::hmac::sign(&k, secret);
+        Self {
+            key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, derived.as_ref()),
+        }
+    }
+
+    fn for_window(&self, w: u64) -> String {
+        use base64::Engine;
+        let tag = aws_lc_rs::hmac::sign(&self.key, &w.to_be_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tag.as_ref()[..18])
+    }
+
+    /// The nonce to hand out now.
+    pub fn current(&self, now: u64) -> String {
+        self.for_window(now / NONCE_WINDOW_SECS)
+    }
+
+    /// Whether `nonce` is this window's or the previous one's.
+    pub fn accepts(&self, nonce: &str, now: u64) -> bool {
+        let w = now / NONCE_WINDOW_SECS;
+        nonce == self.for_window(w) || nonce == self.for_window(w.saturating_sub(1))
+    }
 }
 
 /// Verifies a proof for a request with method `htm` to `htu` at `now`.
@@ -77,5 +118,15 @@ pub fn verify_proof(
     {
         return Err("dpop_iat_window");
     }
-    Ok(DpopProof { jkt, jti, iat })
+    let nonce = match c.get("nonce") {
+        None => None,
+        Some(Value::String(n)) if n.len() <= 256 => Some(n.clone()),
+        Some(_) => return Err("dpop_nonce_malformed"),
+    };
+    Ok(DpopProof {
+        jkt,
+        jti,
+        iat,
+        nonce,
+    })
 }

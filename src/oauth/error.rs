@@ -35,6 +35,8 @@ pub enum ErrorCode {
     InvalidAuthorizationDetails,
     /// A DPoP proof that is invalid (RFC 9449 §5).
     InvalidDpopProof,
+    /// A DPoP proof must carry the server nonce (RFC 9449 §8).
+    UseDpopNonce,
     /// A dependency (store, key, issuer) is unavailable: fail closed.
     TemporarilyUnavailable,
     /// Unexpected internal failure.
@@ -58,6 +60,7 @@ impl ErrorCode {
             Self::SlowDown => "slow_down",
             Self::InvalidAuthorizationDetails => "invalid_authorization_details",
             Self::InvalidDpopProof => "invalid_dpop_proof",
+            Self::UseDpopNonce => "use_dpop_nonce",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
             Self::ServerError => "server_error",
         }
@@ -89,6 +92,7 @@ impl ErrorCode {
             Self::SlowDown => "slow down",
             Self::InvalidAuthorizationDetails => "authorization_details rejected",
             Self::InvalidDpopProof => "DPoP proof rejected",
+            Self::UseDpopNonce => "retry with the DPoP-Nonce given",
             Self::TemporarilyUnavailable => "temporarily unavailable, retry later",
             Self::ServerError => "internal error",
         }
@@ -201,6 +205,7 @@ impl From<&crate::exchange::ExchangeError> for OAuthError {
             E::Target => ErrorCode::InvalidTarget,
             E::Scope(_) | E::GrantRequired(_) | E::ApprovalRequired(_) => ErrorCode::InvalidScope,
             E::DpopProof(_) => ErrorCode::InvalidDpopProof,
+            E::UseDpopNonce => ErrorCode::UseDpopNonce,
             E::StoreUnavailable(_) | E::KeysUnavailable(_) | E::Signing(_) => {
                 ErrorCode::TemporarilyUnavailable
             }

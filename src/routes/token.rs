@@ -61,7 +61,9 @@ pub async fn token(
                 exp = issued.claims.exp,
                 "token issued"
             );
-            success(&issued)
+            let mut resp = success(&issued);
+            add_nonce(&app, &mut resp);
+            resp
         }
         Err(refusal) => {
             let (err, reason, detail) = match &refusal {
@@ -86,7 +88,21 @@ pub async fn token(
                 client = %peer_name(&peer),
                 "token refused"
             );
-            err.into_response()
+            let dpop = err.code == crate::oauth::ErrorCode::UseDpopNonce;
+            let mut resp = err.into_response();
+            if dpop {
+                add_nonce(&app, &mut resp);
+            }
+            resp
+        }
+    }
+}
+
+/// `DPoP-Nonce` on every `/token` answer when nonces are required.
+fn add_nonce(app: &AppState, resp: &mut Response) {
+    if let Some(n) = app.exchanger.dpop_nonce() {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&n) {
+            resp.headers_mut().insert("dpop-nonce", v);
         }
     }
 }
