@@ -386,3 +386,26 @@ async fn broker_keeps_serving_after_refusals() {
         .await;
     assert_eq!(s, 200);
 }
+
+#[tokio::test]
+async fn oidc_issuer_found_by_discovery() {
+    let b = TestBroker::start_with(Options {
+        discovery: true,
+        ..Default::default()
+    })
+    .await;
+    let (s, v) = b
+        .token(&b.anon(), &TestBroker::oidc_form(&b.ci_token()))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = b
+        .token(&b.anon(), &TestBroker::oidc_form(&b.ci_token()))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        b.issuer().discovery_hits(),
+        1,
+        "discovery once, then the JWKS cache"
+    );
+    assert_eq!(b.issuer().jwks_hits(), 1);
+}

@@ -57,6 +57,8 @@ pub struct Options {
     pub share_with: Option<std::path::PathBuf>,
     /// Extra lines under `[introspection]`.
     pub introspection_extra: String,
+    /// Find the test issuer's JWKS by OIDC discovery instead of `jwks_uri`.
+    pub discovery: bool,
 }
 
 impl Default for Options {
@@ -71,6 +73,7 @@ impl Default for Options {
             store_url: None,
             share_with: None,
             introspection_extra: String::new(),
+            discovery: false,
         }
     }
 }
@@ -137,9 +140,9 @@ impl TestBroker {
         };
         let issuer_toml = match &issuer {
             Some(i) => format!(
-                "[[issuers]]\nname = \"ci\"\nissuer = \"{}\"\naudiences = [\"tessera\"]\njwks_uri = \"{}\"\nca = \"{}\"\nalgorithms = [\"RS256\", \"ES256\", \"EdDSA\"]\n{}\n",
+                "[[issuers]]\nname = \"ci\"\nissuer = \"{}\"\naudiences = [\"tessera\"]\n{}ca = \"{}\"\nalgorithms = [\"RS256\", \"ES256\", \"EdDSA\"]\n{}\n",
                 i.url,
-                i.jwks_uri(),
+                if o.discovery { String::new() } else { format!("jwks_uri = \"{}\"\n", i.jwks_uri()) },
                 i.ca_path.display(),
                 o.issuer_extra
             ),
