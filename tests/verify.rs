@@ -80,11 +80,17 @@ async fn verifier_accepts_broker_tokens_and_checks_binding() {
     assert!(t.require_scopes(&["tickets:read"]).is_ok());
     assert!(t.require_scopes(&["tickets:delete"]).is_err());
     // mTLS exchanges are bound to the agent's certificate (RFC 8705).
-    if let Some(x5t) = t.x5t_s256() {
-        assert_eq!(x5t, thumbprint(&b.agent.cert_der));
-        assert!(t.check_certificate(&b.agent.cert_der).is_ok());
-        assert!(t.check_certificate(&b.payments.cert_der).is_err());
-    }
+    assert_eq!(t.x5t_s256(), Some(thumbprint(&b.agent.cert_der).as_str()));
+    assert!(t.check_certificate(&b.agent.cert_der).is_ok());
+    assert_eq!(
+        t.check_certificate(&b.payments.cert_der)
+            .map_err(|e| e.reason()),
+        Err("certificate_mismatch")
+    );
+    assert!(
+        t.check_certificate(b"").is_err(),
+        "bound token without a certificate"
+    );
     // The wrong audience is refused.
     let jwks = b
         .anon()
