@@ -17,7 +17,7 @@
 //!
 //! The module builds without the broker (`default-features = false`); the
 //! HTTPS parts (OIDC discovery, the revocation follower) need the
-//! `verifier-http` feature.
+//! `verifier-http` feature, the axum extractor `Bearer` the `axum` feature.
 //!
 //! ```
 //! # #[cfg(feature = "server")]
@@ -57,6 +57,11 @@ pub use revocation::{
     FollowerError, FollowerTls, RevocationFollower, FEED_PATH, MAX_FEED_BODY_BYTES,
     MAX_LIVE_ENTRIES, MAX_SSE_LINE_BYTES, POLL_INTERVAL, STREAM_RETRY_DELAY,
 };
+
+#[cfg(feature = "axum")]
+mod extract;
+#[cfg(feature = "axum")]
+pub use extract::{Bearer, BearerRejection, ClientCertificate};
 
 #[cfg(feature = "server")]
 #[doc(hidden)]
