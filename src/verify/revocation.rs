@@ -68,6 +68,9 @@ pub const MAX_SSE_LINE_BYTES: usize = 64 * 1024;
 /// assert_eq!(tessera::verify::MAX_LIVE_ENTRIES, 1_000_000);
 /// ```
 pub const MAX_LIVE_ENTRIES: usize = 1_000_000;
+/// Expired entries are also purged every this many applied entries (and
+/// after every catch-up), so a long-lived stream does not accumulate them.
+const PURGE_EVERY_APPLIED: u64 = 1024;
 /// Longest cursor accepted from the broker.
 const MAX_CURSOR_LEN: usize = 64;
 /// Most JSON pages fetched in one catch-up before streaming anyway.
@@ -191,7 +194,8 @@ impl Shared {
         let Ok(mut g) = self.entries.write() else {
             return;
         };
-        if g.len() >= MAX_LIVE_ENTRIES {
+        let applied = self.applied.load(Ordering::Relaxed);
+        if g.len() >= MAX_LIVE_ENTRIES || applied % PURGE_EVERY_APPLIED == 0 {
             g.retain(|_, l| l.expires_at > now);
         }
         let key = (kind, e.value);
@@ -227,6 +231,37 @@ impl Shared {
 
     fn cursor(&self) -> Option<String> {
         self.cursor.read().ok().and_then(|g| g.clone())
+    }
+
+    fn is_revoked(&self, token: &VerifiedToken) -> bool {
+        let now = self.clock.now();
+        let Ok(g) = self.entries.read() else {
+            // A poisoned lock means a writer panicked: fail closed.
+            return true;
+        };
+        let live = |k: Kind, v: &str| {
+            g.get(&(k, v.to_owned()))
+                .filter(|l| l.expires_at > now)
+                .copied()
+        };
+        if live(Kind::Jti, token.jti()).is_some()
+            || token
+                .ancestors()
+                .iter()
+                .any(|a| live(Kind::Jti, a).is_some())
+        {
+            return true;
+        }
+        // A token without iat is treated as issued at 0 (covered).
+        let iat = token.iat().unwrap_or(0);
+        let covers = |l: Option<Live>| l.is_some_and(|l| iat <= l.revoked_at);
+        covers(live(Kind::Subject, token.subject()))
+            || token
+                .actors()
+                .iter()
+                .any(|a| covers(live(Kind::Subject, a)))
+            || covers(live(Kind::Task, token.task()))
+            || token.grant().is_some_and(|g| covers(live(Kind::Grant, g)))
     }
 
     fn purge(&self) {
@@ -607,34 +642,7 @@ impl RevocationFollower {
     /// ```
     #[must_use]
     pub fn is_revoked(&self, token: &VerifiedToken) -> bool {
-        let now = self.shared.clock.now();
-        let Ok(g) = self.shared.entries.read() else {
-            // A poisoned lock means a writer panicked: fail closed.
-            return true;
-        };
-        let live = |k: Kind, v: &str| {
-            g.get(&(k, v.to_owned()))
-                .filter(|l| l.expires_at > now)
-                .copied()
-        };
-        if live(Kind::Jti, token.jti()).is_some()
-            || token
-                .ancestors()
-                .iter()
-                .any(|a| live(Kind::Jti, a).is_some())
-        {
-            return true;
-        }
-        // A token without iat is treated as issued at 0 (covered).
-        let iat = token.iat().unwrap_or(0);
-        let covers = |l: Option<Live>| l.is_some_and(|l| iat <= l.revoked_at);
-        covers(live(Kind::Subject, token.subject()))
-            || token
-                .actors()
-                .iter()
-                .any(|a| covers(live(Kind::Subject, a)))
-            || covers(live(Kind::Task, token.task()))
-            || token.grant().is_some_and(|g| covers(live(Kind::Grant, g)))
+        self.shared.is_revoked(token)
     }
 
     /// Whether the first catch-up has completed (before it, the follower
@@ -803,6 +811,79 @@ mod tests {
         let g = s.entries.read().unwrap_or_else(|p| p.into_inner());
         let l = g.get(&(Kind::Subject, "v".into())).copied();
         assert_eq!(l.map(|l| (l.revoked_at, l.expires_at)), Some((80, 150)));
+    }
+
+    #[test]
+    fn verify_entries_expire_and_purge() {
+        let clock = Arc::new(ManualClock::new(100));
+        let mut s = shared(100);
+        s.clock = clock.clone();
+        s.apply(WireEntry {
+            kind: "jti".into(),
+            value: "j".into(),
+            revoked_at: 90,
+            expires_at: 150,
+        });
+        let live = |s: &Shared| s.entries.read().map(|g| g.len()).unwrap_or(9);
+        assert_eq!(live(&s), 1);
+        clock.set(150);
+        s.purge();
+        assert_eq!(live(&s), 0, "gone at expires_at");
+    }
+
+    fn token(iat: u64, extra: serde_json::Value) -> VerifiedToken {
+        let mut c = serde_json::json!({
+            "sub": "s", "exp": 1000, "iat": iat, "jti": "j", "txn": "t",
+            "act": {"sub": "a1", "act": {"sub": "a0"}},
+            "grant": "g", "ancestors": ["p1", "p0"],
+        });
+        if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+        match c {
+            serde_json::Value::Object(m) => VerifiedToken::from_claims(m).unwrap(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn verify_is_revoked_matches_the_broker_rules() {
+        let cases = [
+            ("jti", "j", true),
+            ("jti", "p0", true),
+            ("jti", "other", false),
+            ("subject", "s", true),
+            ("subject", "a0", true),
+            ("subject", "a1", true),
+            ("task", "t", true),
+            ("grant", "g", true),
+            ("grant", "h", false),
+        ];
+        for (kind, value, revoked) in cases {
+            let s = shared(100);
+            s.apply(WireEntry {
+                kind: kind.into(),
+                value: value.into(),
+                revoked_at: 90,
+                expires_at: 500,
+            });
+            assert_eq!(
+                s.is_revoked(&token(90, serde_json::json!({}))),
+                revoked,
+                "{kind}={value}"
+            );
+            // Issued after revoked_at: only jti entries still apply.
+            let later = token(91, serde_json::json!({}));
+            assert_eq!(
+                s.is_revoked(&later),
+                revoked && kind == "jti",
+                "{kind}={value} later"
+            );
+        }
+        let s = shared(100);
+        assert!(!s.is_revoked(&token(90, serde_json::json!({}))));
     }
 
     #[test]
