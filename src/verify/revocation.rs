@@ -741,8 +741,9 @@ impl RevocationFollower {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
-    /// Drops the current stream connection; the follower catches up from
-    /// its cursor and reopens it (for operations and tests).
+    /// Drops the current stream connection (or the next one, if none is
+    /// open); the follower catches up from its cursor and reopens it (for
+    /// operations and tests).
     ///
     /// ```no_run
     /// # fn f(follower: &tessera::verify::RevocationFollower) {
@@ -750,7 +751,9 @@ impl RevocationFollower {
     /// # }
     /// ```
     pub fn reconnect(&self) {
-        self.shared.disconnect.notify_waiters();
+        // notify_one stores a permit, so a request made between two reads
+        // of the stream is not lost.
+        self.shared.disconnect.notify_one();
     }
 }
 
