@@ -188,3 +188,123 @@ async fn follower_sees_revocations_within_a_second_and_resumes_after_a_drop() {
     drop(f);
     b.stop().await;
 }
+
+/// A feed server whose event stream always fails (503): the follower must
+/// poll the JSON form about once a second and still see new entries.
+#[tokio::test]
+async fn follower_falls_back_to_polling_when_the_stream_fails() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    init();
+    let ca = tessera::pki::Ca::generate("feed CA").unwrap();
+    let leaf = ca
+        .issue(&tessera::pki::LeafSpec::server(
+            &["localhost"],
+            &["127.0.0.1".parse().unwrap()],
+        ))
+        .unwrap();
+    let client = ca
+        .issue(&tessera::pki::LeafSpec::client_spiffe(PAYMENTS))
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.cert_der.clone().into()],
+            rustls_pki_types::PrivatePkcs8KeyDer::from(leaf.key_der.clone()).into(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let entries: Arc<Mutex<Vec<Value>>> = Arc::new(Mutex::new(Vec::new()));
+    let (json_hits, stream_hits) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    {
+        let (entries, json_hits, stream_hits) =
+            (entries.clone(), json_hits.clone(), stream_hits.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                let resp = if head.contains("text/event-stream") {
+                    stream_hits.fetch_add(1, Ordering::SeqCst);
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string()
+                } else {
+                    json_hits.fetch_add(1, Ordering::SeqCst);
+                    let all = entries.lock().unwrap().clone();
+                    let n = all.len();
+                    let since = format!("since={n}");
+                    let body = if head.contains(&since) {
+                        json!({"cursor": n.to_string(), "entries": []})
+                    } else {
+                        json!({"cursor": n.to_string(), "entries": all})
+                    }
+                    .to_string();
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+    }
+
+    let tls = FollowerTls {
+        roots: vec![ca.cert_der().to_vec().into()],
+        cert_chain: vec![client.cert_der.clone().into()],
+        key: Some(rustls_pki_types::PrivatePkcs8KeyDer::from(client.key_der.clone()).into()),
+    };
+    let f = RevocationFollower::start(&format!("https://127.0.0.1:{}", addr.port()), tls).unwrap();
+    assert!(f.wait_synced(Duration::from_secs(5)).await);
+    until("stream attempted", Duration::from_secs(5), || {
+        stream_hits.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+
+    // A real token whose task the feed server then revokes.
+    let b = TestBroker::start().await;
+    let v = verifier(&b).await;
+    let t = verified(&v, &b, "task-polled").await;
+    assert!(!f.is_revoked(&t));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    entries.lock().unwrap().push(json!({
+        "kind": "task", "value": "task-polled", "revoked_at": now + 1, "expires_at": now + 600
+    }));
+    let start = Instant::now();
+    until("polled revocation", Duration::from_millis(2500), || {
+        f.is_revoked(&t)
+    })
+    .await;
+    println!("revocation latency while polling: {:?}", start.elapsed());
+    assert!(!f.is_streaming());
+    assert_eq!(
+        stream_hits.load(Ordering::SeqCst),
+        1,
+        "stream retried only after the delay"
+    );
+    assert!(json_hits.load(Ordering::SeqCst) >= 2);
+    drop(f);
+    b.stop().await;
+}
