@@ -27,6 +27,7 @@
 pub mod clock;
 pub mod jose;
 pub mod jwks;
+pub mod verify;
 
 #[cfg(feature = "server")]
 pub mod app;

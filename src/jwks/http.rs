@@ -380,6 +380,6 @@ impl OidcIssuerKeys {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "server"))]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;

@@ -10,7 +10,8 @@
 //! replaces the keys already held.
 //!
 //! The HTTPS fetcher, OIDC discovery and TLS client construction live in
-//! [`http`] (behind the `server` feature, which brings in reqwest).
+//! [`http`] (behind the `verifier-http` feature, which brings in reqwest;
+//! `server` enables it).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,9 +23,9 @@ use tokio::time::Instant;
 
 use crate::jose::jwk::{parse_jwk_set, JwkError, JwkSet, KeyMatchError, VerifyingKey};
 
-#[cfg(feature = "server")]
+#[cfg(feature = "verifier-http")]
 pub mod http;
-#[cfg(feature = "server")]
+#[cfg(feature = "verifier-http")]
 pub use http::{
     discover_jwks_uri, https_client, HttpJwksFetcher, OidcIssuerKeys, CONNECT_TIMEOUT,
     FETCH_TIMEOUT, MAX_DISCOVERY_BYTES,
