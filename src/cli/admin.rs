@@ -33,28 +33,9 @@ pub fn mtls_client(
     h2: bool,
     timeout: Duration,
 ) -> Result<reqwest::Client, String> {
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in ca {
-        roots
-            .add(c)
-            .map_err(|e| format!("bad CA certificate: {e}"))?;
-    }
-    let b = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-    let mut cfg = match identity {
-        Some((chain, key)) => b
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| format!("bad client certificate or key: {e}"))?,
-        None => b.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = if h2 {
-        vec![b"h2".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
+    let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+    let cfg =
+        crate::jwks::http::tls_client_config(&ca, false, identity, alpn).map_err(str::to_string)?;
     let rb = reqwest::Client::builder()
         .use_preconfigured_tls(cfg)
         .redirect(reqwest::redirect::Policy::none())

@@ -43,25 +43,8 @@ pub fn https_client(
     extra_roots: &[CertificateDer<'static>],
     public_roots: bool,
 ) -> Result<reqwest::Client, FetchError> {
-    let mut roots = rustls::RootCertStore::empty();
-    if public_roots {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
-    for cert in extra_roots {
-        roots
-            .add(cert.clone())
-            .map_err(|_| FetchError::Config("invalid extra root certificate"))?;
-    }
-    if roots.is_empty() {
-        return Err(FetchError::Config("no trust anchors configured"));
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|_| FetchError::Config("TLS protocol versions"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tls = tls_client_config(extra_roots, public_roots, None, &[b"h2", b"http/1.1"])
+        .map_err(FetchError::Config)?;
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .https_only(true)
@@ -71,6 +54,48 @@ pub fn https_client(
         .user_agent(USER_AGENT)
         .build()
         .map_err(|_| FetchError::Config("HTTP client build failed"))
+}
+
+/// The one place TLS client configurations are built (JWKS fetching, the
+/// operator CLI, the verifier's revocation follower, tests): the aws-lc-rs
+/// provider, safe protocol versions, exactly the given trust anchors (plus
+/// the public WebPKI roots when asked), an optional client identity, and
+/// the given ALPN protocols. Errors are fixed texts that never contain
+/// key material.
+pub fn tls_client_config(
+    extra_roots: &[CertificateDer<'static>],
+    public_roots: bool,
+    identity: Option<(
+        Vec<CertificateDer<'static>>,
+        rustls_pki_types::PrivateKeyDer<'static>,
+    )>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, &'static str> {
+    let mut roots = rustls::RootCertStore::empty();
+    if public_roots {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    for cert in extra_roots {
+        roots
+            .add(cert.clone())
+            .map_err(|_| "invalid root certificate")?;
+    }
+    if roots.is_empty() {
+        return Err("no trust anchors configured");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|_| "TLS protocol versions")?
+        .with_root_certificates(roots);
+    let mut cfg = match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|_| "client certificate or key rejected")?,
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
 }
 
 /// Parses and checks an https URL without embedded credentials.

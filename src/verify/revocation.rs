@@ -531,27 +531,16 @@ impl SseParser {
 }
 
 fn mtls_client(tls: FollowerTls) -> Result<reqwest::Client, FollowerError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in tls.roots {
-        roots
-            .add(cert)
-            .map_err(|_| FollowerError::Tls("invalid root certificate"))?;
-    }
-    if roots.is_empty() {
+    if tls.roots.is_empty() {
         return Err(FollowerError::Tls("no trust anchors"));
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|_| FollowerError::Tls("protocol versions"))?
-        .with_root_certificates(roots);
-    let mut config = match tls.key {
-        Some(key) if !tls.cert_chain.is_empty() => builder
-            .with_client_auth_cert(tls.cert_chain, key)
-            .map_err(|_| FollowerError::Tls("client certificate or key"))?,
-        _ => return Err(FollowerError::Tls("client certificate and key required")),
-    };
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if tls.key.is_none() || tls.cert_chain.is_empty() {
+        return Err(FollowerError::Tls("client certificate and key required"));
+    }
+    let identity = tls.key.map(|k| (tls.cert_chain, k));
+    let config =
+        crate::jwks::http::tls_client_config(&tls.roots, false, identity, &[b"h2", b"http/1.1"])
+            .map_err(FollowerError::Tls)?;
     reqwest::Client::builder()
         .use_preconfigured_tls(config)
         .https_only(true)
