@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod dpop;
 pub mod jose;
 pub mod jwks;
 pub mod verify;

@@ -297,3 +297,158 @@ async fn use_dpop_nonce_when_nonces_are_required() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["token_type"], "DPoP");
 }
+
+/// RFC 9449 §7 at the resource server: `tessera::verify` checks the scheme,
+/// the proof's key, method, URL, `ath`, time window and single use.
+#[tokio::test]
+async fn resource_server_checks_dpop_proofs() {
+    use tessera::verify::{Presented, Scheme, Verifier};
+    const API_URL: &str = "https://api.test";
+    let b = TestBroker::start().await;
+    let key = SigningKey::generate(SigningAlgorithm::ES256).unwrap().0;
+    let (s, v) = post(
+        &b,
+        &b.anon(),
+        &TestBroker::oidc_form(&b.ci_token()),
+        Some(&proof(&key)),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let jwks = b
+        .anon()
+        .get(b.url("/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let verifier = Verifier::with_static_jwks(BROKER_ISS, "https://deploy.example.com", &jwks)
+        .unwrap()
+        .resource_url(API_URL)
+        .build()
+        .unwrap();
+    let ath = tessera::dpop::access_token_hash(&token);
+    let rs_proof = |k: &SigningKey, claims: Value| {
+        proof_with(
+            k,
+            json!({"typ": "dpop+jwt", "alg": k.algorithm().as_str(), "jwk": k.public_jwk()}),
+            claims,
+        )
+    };
+    let good = |k: &SigningKey| {
+        rs_proof(
+            k,
+            json!({"jti": uuid::Uuid::new_v4().to_string(), "htm": "GET",
+                   "htu": format!("{API_URL}/tickets"), "iat": now(), "ath": ath}),
+        )
+    };
+    let check = |scheme: Scheme, proof: Option<String>, method: &'static str, path: &'static str| {
+        let verifier = &verifier;
+        let token = token.clone();
+        async move {
+            let mut p = Presented::new(scheme, &token, method, path);
+            p.dpop_proof = proof.as_deref();
+            verifier.verify_request(&p).await.map(|_| ()).map_err(|e| e.reason())
+        }
+    };
+
+    // A fresh proof by the token's key for this request: accepted, once.
+    let p = good(&key);
+    assert_eq!(check(Scheme::DPoP, Some(p.clone()), "GET", "/tickets").await, Ok(()));
+    assert_eq!(
+        check(Scheme::DPoP, Some(p), "GET", "/tickets").await,
+        Err("dpop_replayed")
+    );
+    // The query is not part of htu.
+    assert_eq!(
+        check(Scheme::DPoP, Some(good(&key)), "GET", "/tickets?page=2").await,
+        Ok(())
+    );
+    // A DPoP-bound token as a bearer token, or without a proof.
+    assert_eq!(
+        check(Scheme::Bearer, None, "GET", "/tickets").await,
+        Err("scheme_mismatch")
+    );
+    assert_eq!(
+        check(Scheme::DPoP, None, "GET", "/tickets").await,
+        Err("dpop_missing")
+    );
+    // Another key, method, URL, token hash, or an old proof.
+    let other = SigningKey::generate(SigningAlgorithm::ES256).unwrap().0;
+    assert_eq!(
+        check(Scheme::DPoP, Some(good(&other)), "GET", "/tickets").await,
+        Err("dpop_key_mismatch")
+    );
+    assert_eq!(
+        check(Scheme::DPoP, Some(good(&key)), "POST", "/tickets").await,
+        Err("dpop_htm")
+    );
+    assert_eq!(
+        check(Scheme::DPoP, Some(good(&key)), "GET", "/admin").await,
+        Err("dpop_htu")
+    );
+    let c = |extra: Value| {
+        let mut base = json!({"jti": uuid::Uuid::new_v4().to_string(), "htm": "GET",
+                              "htu": format!("{API_URL}/tickets"), "iat": now()});
+        for (k, v) in extra.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        rs_proof(&key, base)
+    };
+    assert_eq!(
+        check(Scheme::DPoP, Some(c(json!({}))), "GET", "/tickets").await,
+        Err("dpop_ath"),
+        "ath is required at a resource server"
+    );
+    assert_eq!(
+        check(
+            Scheme::DPoP,
+            Some(c(json!({"ath": tessera::dpop::access_token_hash("another token")}))),
+            "GET",
+            "/tickets"
+        )
+        .await,
+        Err("dpop_ath")
+    );
+    assert_eq!(
+        check(
+            Scheme::DPoP,
+            Some(c(json!({"ath": ath, "iat": now() - 600}))),
+            "GET",
+            "/tickets"
+        )
+        .await,
+        Err("dpop_iat_window")
+    );
+    // The broker's token-endpoint proof is not a resource-server proof.
+    assert_eq!(
+        check(Scheme::DPoP, Some(proof(&key)), "GET", "/tickets").await,
+        Err("dpop_htm")
+    );
+
+    // Without a configured resource URL, DPoP tokens are refused.
+    let no_url = Verifier::with_static_jwks(BROKER_ISS, "https://deploy.example.com", &jwks)
+        .unwrap()
+        .build()
+        .unwrap();
+    let p = good(&key);
+    let r = no_url
+        .verify_request(&Presented::new(Scheme::DPoP, &token, "GET", "/tickets").dpop(&p))
+        .await;
+    assert_eq!(r.err().map(|e| e.reason()), Some("dpop_resource_url_unset"));
+
+    // An unbound (certificate-less, proof-less) token with the DPoP scheme.
+    let (s, v) = post(&b, &b.anon(), &TestBroker::oidc_form(&b.ci_token()), None).await;
+    assert_eq!(s, 200, "{v}");
+    let bearer = v["access_token"].as_str().unwrap();
+    let r = verifier
+        .verify_request(&Presented::new(Scheme::DPoP, bearer, "GET", "/tickets").dpop(&good(&key)))
+        .await;
+    assert_eq!(r.err().map(|e| e.reason()), Some("scheme_mismatch"));
+    assert!(verifier
+        .verify_request(&Presented::new(Scheme::Bearer, bearer, "GET", "/tickets"))
+        .await
+        .is_ok());
+}

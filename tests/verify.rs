@@ -308,3 +308,91 @@ async fn follower_falls_back_to_polling_when_the_stream_fails() {
     drop(f);
     b.stop().await;
 }
+
+/// Introspection mode: the broker's `/introspect` decides, so a revocation
+/// applies at once; refusals and outages are told apart (401 vs 503).
+#[tokio::test]
+async fn introspection_mode_asks_the_broker() {
+    let b = TestBroker::start().await;
+    let tls = |cert: &tessera::pki::IssuedCert| FollowerTls {
+        roots: vec![b.ca.cert_der().to_vec().into()],
+        cert_chain: vec![cert.cert_der.clone().into()],
+        key: Some(rustls_pki_types::PrivatePkcs8KeyDer::from(cert.key_der.clone()).into()),
+    };
+    let endpoint = b.url("/introspect");
+    let v = Verifier::with_introspection(BROKER_ISS, API, &endpoint, tls(&b.payments))
+        .unwrap()
+        .build()
+        .unwrap();
+    let (s, body) = b.agent_token("tickets:read", Some("task-online")).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let token = tok(&body);
+    let t = v.verify(&token).await.unwrap();
+    assert_eq!(t.subject(), AGENT);
+    assert_eq!(t.task(), "task-online");
+    assert!(t.scopes().contains("tickets:read"));
+    assert!(t.x5t_s256().is_some(), "cnf comes back from introspection");
+    assert!(t.check_certificate(&b.agent.cert_der).is_ok());
+
+    // Garbage and revoked tokens are inactive (401), at once.
+    assert_eq!(
+        v.verify("not.a.token").await.err().map(|e| e.reason()),
+        Some("inactive")
+    );
+    revoke(&b, "task", "task-online").await;
+    let e = v.verify(&token).await.unwrap_err();
+    assert_eq!(e.reason(), "inactive");
+    assert!(!e.is_unavailable());
+
+    // Another audience's verifier refuses the token.
+    let (_, body) = b.agent_token("tickets:read", Some("task-aud")).await;
+    let other = Verifier::with_introspection(BROKER_ISS, "https://other.example.com", &endpoint, tls(&b.payments))
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(
+        other.verify(&tok(&body)).await.err().map(|e| e.reason()),
+        Some("aud_mismatch")
+    );
+
+    // An identity the broker does not allow to introspect: unavailable, not
+    // "inactive" (the resource server is misconfigured, the token may be fine).
+    let agent_as_rs = Verifier::with_introspection(BROKER_ISS, API, &endpoint, tls(&b.agent))
+        .unwrap()
+        .build()
+        .unwrap();
+    let e = agent_as_rs.verify(&tok(&body)).await.unwrap_err();
+    assert_eq!(e.reason(), "introspection_refused");
+    assert!(e.is_unavailable());
+
+    // The broker gone: unavailable (503), never accepted.
+    let port = free_port_now();
+    let gone = Verifier::with_introspection(
+        BROKER_ISS,
+        API,
+        &format!("https://127.0.0.1:{port}/introspect"),
+        tls(&b.payments),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let e = gone.verify(&tok(&body)).await.unwrap_err();
+    assert_eq!(e.reason(), "introspection_unreachable");
+    assert!(e.is_unavailable());
+
+    // Not https: refused at build time.
+    assert_eq!(
+        Verifier::with_introspection(BROKER_ISS, API, "http://127.0.0.1/introspect", tls(&b.payments))
+            .err()
+            .map(|e| e.reason()),
+        Some("invalid_url")
+    );
+}
+
+fn free_port_now() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -216,8 +216,8 @@ impl Exchanger {
                     return Err(ExchangeError::Malformed("dpop_with_client_certificate"));
                 }
                 let htu = format!("{}/token", self.issuer);
-                let proof =
-                    dpop::verify_proof(p, "POST", &htu, now).map_err(ExchangeError::DpopProof)?;
+                let proof = dpop::verify_proof(p, &dpop::ProofCheck::new("POST", &htu, now))
+                    .map_err(ExchangeError::DpopProof)?;
                 if let Some(n) = &self.nonces {
                     if !proof.nonce.as_deref().is_some_and(|x| n.accepts(x, now)) {
                         return Err(ExchangeError::UseDpopNonce);

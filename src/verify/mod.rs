@@ -51,7 +51,11 @@ mod token;
 pub use token::VerifiedToken;
 
 #[cfg(feature = "verifier-http")]
+mod introspect;
+#[cfg(feature = "verifier-http")]
 mod revocation;
+mod request;
+pub use request::{Presented, Scheme};
 #[cfg(feature = "verifier-http")]
 pub use revocation::{
     FollowerError, FollowerTls, RevocationFollower, FEED_PATH, MAX_FEED_BODY_BYTES,
@@ -145,6 +149,12 @@ pub enum BuildError {
     /// The HTTPS client could not be built.
     #[error("HTTP client: {0}")]
     Client(&'static str),
+    /// The introspection endpoint is not an https URL.
+    #[error("introspection endpoint must be an https URL without credentials, query or fragment")]
+    InvalidUrl,
+    /// The mTLS identity is unusable (introspection mode).
+    #[error("TLS: {0}")]
+    Tls(&'static str),
 }
 
 impl BuildError {
@@ -163,6 +173,8 @@ impl BuildError {
             BuildError::NoAlgorithms => "no_algorithms",
             BuildError::LeewayTooLarge => "leeway_too_large",
             BuildError::Client(_) => "client_config",
+            BuildError::InvalidUrl => "invalid_url",
+            BuildError::Tls(_) => "tls",
         }
     }
 }
@@ -221,6 +233,27 @@ pub enum VerifyError {
     /// The token has been revoked.
     #[error("token revoked")]
     Revoked,
+    /// Whether the token is revoked cannot be known right now (the
+    /// revocation follower has not synced, has lost the feed for too long,
+    /// or had to drop entries): answer 503, not 401.
+    #[error("revocation status unknown: {0}")]
+    RevocationStatusUnknown(&'static str),
+    /// A DPoP-bound token (`cnf.jkt`) presented without the `DPoP`
+    /// authorization scheme, or a `DPoP`-scheme request with a token that is
+    /// not DPoP-bound (RFC 9449 §7.1).
+    #[error("token presented with the wrong authorization scheme")]
+    SchemeMismatch,
+    /// The DPoP proof is missing, invalid, replayed, for another request,
+    /// or signed by a key other than the token's `cnf.jkt` (RFC 9449
+    /// `invalid_dpop_proof`). The code names the check that failed.
+    #[error("invalid DPoP proof: {0}")]
+    DpopProof(&'static str),
+    /// The introspection endpoint said the token is not active.
+    #[error("token not active")]
+    Inactive,
+    /// The introspection endpoint could not be asked (answer 503).
+    #[error("introspection unavailable: {0}")]
+    IntrospectionUnavailable(&'static str),
 }
 
 impl VerifyError {
@@ -243,6 +276,11 @@ impl VerifyError {
             VerifyError::InsufficientScope => "insufficient_scope",
             VerifyError::CertificateMismatch => "certificate_mismatch",
             VerifyError::Revoked => "revoked",
+            VerifyError::RevocationStatusUnknown(r)
+            | VerifyError::DpopProof(r)
+            | VerifyError::IntrospectionUnavailable(r) => r,
+            VerifyError::SchemeMismatch => "scheme_mismatch",
+            VerifyError::Inactive => "inactive",
         }
     }
 
@@ -267,7 +305,12 @@ impl VerifyError {
     /// ```
     #[must_use]
     pub const fn is_unavailable(self) -> bool {
-        matches!(self, VerifyError::Key(KeyLookupError::Unavailable))
+        matches!(
+            self,
+            VerifyError::Key(KeyLookupError::Unavailable)
+                | VerifyError::RevocationStatusUnknown(_)
+                | VerifyError::IntrospectionUnavailable(_)
+        )
     }
 }
 
@@ -277,6 +320,9 @@ enum Keys {
     Cache(Arc<JwksCache>),
     #[cfg(feature = "verifier-http")]
     Oidc(Arc<crate::jwks::OidcIssuerKeys>),
+    /// No local keys: every token is sent to the broker's `/introspect`.
+    #[cfg(feature = "verifier-http")]
+    Introspection(Arc<introspect::Introspector>),
 }
 
 impl Keys {
@@ -286,6 +332,8 @@ impl Keys {
             Keys::Cache(cache) => cache.key(Some(kid)).await,
             #[cfg(feature = "verifier-http")]
             Keys::Oidc(oidc) => oidc.key(Some(kid)).await,
+            #[cfg(feature = "verifier-http")]
+            Keys::Introspection(_) => Err(KeyLookupError::Unavailable),
         }
     }
 }
@@ -317,6 +365,8 @@ pub struct VerifierBuilder {
     algorithms: Vec<Algorithm>,
     leeway: Duration,
     clock: Arc<dyn Clock>,
+    resource_url: Option<String>,
+    replay_capacity: usize,
 }
 
 impl std::fmt::Debug for VerifierBuilder {
@@ -345,7 +395,54 @@ impl VerifierBuilder {
             algorithms: DEFAULT_ALGORITHMS.to_vec(),
             leeway: DEFAULT_LEEWAY,
             clock: Arc::new(SystemClock),
+            resource_url: None,
+            replay_capacity: crate::dpop::DEFAULT_REPLAY_CAPACITY,
         })
+    }
+
+    /// The resource server's external base URL (scheme, host, port and
+    /// any path prefix, e.g. `https://api.example.com`). DPoP proofs must
+    /// name it plus the request path in `htu`; without it, DPoP-bound
+    /// tokens are refused (`dpop_resource_url_unset`) rather than trusting
+    /// the request's `Host` header.
+    ///
+    /// ```
+    /// # #[cfg(feature = "server")]
+    /// # {
+    /// # let (jwks, _) = tessera::verify::doc_support::fixture()?;
+    /// let v = tessera::verify::Verifier::with_static_jwks("https://tessera.test", "https://api.example.com", &jwks)?
+    ///     .resource_url("https://api.example.com/")
+    ///     .build()?;
+    /// assert_eq!(v.resource_url(), Some("https://api.example.com"));
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn resource_url(mut self, url: impl Into<String>) -> Self {
+        let url: String = url.into();
+        self.resource_url = Some(url.trim_end_matches('/').to_owned());
+        self
+    }
+
+    /// How many DPoP proofs the replay cache holds (default
+    /// [`crate::dpop::DEFAULT_REPLAY_CAPACITY`]); when full of live proofs
+    /// new ones are refused.
+    ///
+    /// ```
+    /// # #[cfg(feature = "server")]
+    /// # {
+    /// # let (jwks, _) = tessera::verify::doc_support::fixture()?;
+    /// let v = tessera::verify::Verifier::with_static_jwks("https://tessera.test", "https://api.example.com", &jwks)?
+    ///     .dpop_replay_capacity(1000)
+    ///     .build()?;
+    /// # let _ = v;
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn dpop_replay_capacity(mut self, capacity: usize) -> Self {
+        self.replay_capacity = capacity;
+        self
     }
 
     /// Replaces the algorithm allowlist (default [`DEFAULT_ALGORITHMS`]).
@@ -443,6 +540,8 @@ impl VerifierBuilder {
             algorithms: self.algorithms,
             rules,
             clock: self.clock,
+            resource_url: self.resource_url,
+            replay: crate::dpop::ReplayCache::new(self.replay_capacity),
         })
     }
 }
@@ -473,6 +572,8 @@ pub struct Verifier {
     algorithms: Vec<Algorithm>,
     rules: ClaimRules,
     clock: Arc<dyn Clock>,
+    resource_url: Option<String>,
+    replay: crate::dpop::ReplayCache,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -587,6 +688,59 @@ impl Verifier {
         VerifierBuilder::new(issuer, audience.into(), Keys::Oidc(Arc::new(oidc)))
     }
 
+    /// A verifier that asks the broker's `/introspect` (RFC 7662) at
+    /// `endpoint` (e.g. `https://tessera.example.com/introspect`) about
+    /// every token instead of checking signatures locally: an online check
+    /// that also sees revocations at once, at the cost of a round trip per
+    /// request. `tls` is the resource server's mTLS identity, which must be
+    /// listed in the broker's `[introspection] subjects`. The answer's
+    /// `iss`, `aud` and `exp` are still checked against this verifier's.
+    /// A broker that cannot be asked makes verification fail with
+    /// [`VerifyError::IntrospectionUnavailable`] (answer 503).
+    ///
+    /// # Errors
+    /// [`BuildError`] for an empty issuer or audience, a non-https
+    /// endpoint or unusable TLS material.
+    ///
+    /// ```
+    /// use tessera::verify::{FollowerTls, Verifier};
+    /// let tls = FollowerTls { roots: vec![], cert_chain: vec![], key: None };
+    /// let err = Verifier::with_introspection(
+    ///     "https://tessera.example.com", "https://api.example.com",
+    ///     "https://tessera.example.com/introspect", tls).err();
+    /// assert_eq!(err.map(|e| e.reason()), Some("tls"));
+    /// ```
+    #[cfg(feature = "verifier-http")]
+    pub fn with_introspection(
+        issuer: impl Into<String>,
+        audience: impl Into<String>,
+        endpoint: &str,
+        tls: FollowerTls,
+    ) -> Result<VerifierBuilder, BuildError> {
+        let i = introspect::Introspector::new(endpoint, tls)?;
+        VerifierBuilder::new(
+            issuer.into(),
+            audience.into(),
+            Keys::Introspection(Arc::new(i)),
+        )
+    }
+
+    /// The resource server's base URL for DPoP `htu`, if configured.
+    ///
+    /// ```
+    /// # #[cfg(feature = "server")]
+    /// # {
+    /// # let (jwks, _) = tessera::verify::doc_support::fixture()?;
+    /// let v = tessera::verify::Verifier::with_static_jwks("https://tessera.test", "https://api.example.com", &jwks)?.build()?;
+    /// assert_eq!(v.resource_url(), None);
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn resource_url(&self) -> Option<&str> {
+        self.resource_url.as_deref()
+    }
+
     /// The expected issuer.
     ///
     /// ```
@@ -637,6 +791,12 @@ impl Verifier {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub async fn verify(&self, token: &str) -> Result<VerifiedToken, VerifyError> {
+        #[cfg(feature = "verifier-http")]
+        if let Keys::Introspection(i) = &self.keys {
+            return i
+                .introspect(token, &self.issuer, &self.audience, self.clock.now())
+                .await;
+        }
         let parsed = jws::decode(token).map_err(VerifyError::Malformed)?;
         let header = parsed.header();
         if !self.algorithms.contains(&header.alg) {

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::VerifiedToken;
+use super::{VerifiedToken, VerifyError};
 use crate::clock::{Clock, SystemClock};
 use crate::jwks::{CONNECT_TIMEOUT, FETCH_TIMEOUT};
 
@@ -68,6 +68,18 @@ pub const MAX_SSE_LINE_BYTES: usize = 64 * 1024;
 /// assert_eq!(tessera::verify::MAX_LIVE_ENTRIES, 1_000_000);
 /// ```
 pub const MAX_LIVE_ENTRIES: usize = 1_000_000;
+/// Longest the follower may go without hearing from the broker (an event,
+/// a keep-alive comment, or a successful catch-up) before
+/// [`RevocationFollower::check`] fails closed. The broker sends a
+/// keep-alive every 15 s.
+///
+/// ```
+/// assert_eq!(tessera::verify::MAX_FEED_SILENCE, std::time::Duration::from_secs(60));
+/// ```
+pub const MAX_FEED_SILENCE: Duration = Duration::from_secs(60);
+/// An open stream that brings nothing (not even a keep-alive) for this
+/// long is dropped and reopened.
+const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 /// Expired entries are also purged every this many applied entries (and
 /// after every catch-up), so a long-lived stream does not accumulate them.
 const PURGE_EVERY_APPLIED: u64 = 1024;
@@ -176,6 +188,12 @@ struct Shared {
     streams_opened: AtomicU64,
     applied: AtomicU64,
     dropped: AtomicU64,
+    /// Most entries held ([`MAX_LIVE_ENTRIES`]; smaller in tests).
+    max_entries: usize,
+    /// Until when a dropped entry could still cover a live token.
+    overflow_until: AtomicU64,
+    /// When the broker was last heard from (clock seconds).
+    last_contact: AtomicU64,
     disconnect: Notify,
     synced_notify: Notify,
     clock: Arc<dyn Clock>,
@@ -195,11 +213,11 @@ impl Shared {
             return;
         };
         let applied = self.applied.load(Ordering::Relaxed);
-        if g.len() >= MAX_LIVE_ENTRIES || applied % PURGE_EVERY_APPLIED == 0 {
+        if g.len() >= self.max_entries || applied % PURGE_EVERY_APPLIED == 0 {
             g.retain(|_, l| l.expires_at > now);
         }
         let key = (kind, e.value);
-        let full = g.len() >= MAX_LIVE_ENTRIES;
+        let full = g.len() >= self.max_entries;
         match g.get_mut(&key) {
             Some(old) => {
                 old.revoked_at = old.revoked_at.max(e.revoked_at);
@@ -207,6 +225,8 @@ impl Shared {
             }
             None if full => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.overflow_until
+                    .fetch_max(e.expires_at, Ordering::SeqCst);
                 tracing::error!("revocation follower full; entry not held");
                 return;
             }
@@ -221,6 +241,33 @@ impl Shared {
             }
         }
         self.applied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn touch(&self) {
+        self.last_contact
+            .fetch_max(self.clock.now(), Ordering::SeqCst);
+    }
+
+    fn check(&self, token: &VerifiedToken) -> Result<(), VerifyError> {
+        if !self.synced.load(Ordering::SeqCst) {
+            return Err(VerifyError::RevocationStatusUnknown(
+                "revocations_not_synced",
+            ));
+        }
+        let now = self.clock.now();
+        let silent = now.saturating_sub(self.last_contact.load(Ordering::SeqCst));
+        if silent > MAX_FEED_SILENCE.as_secs() {
+            return Err(VerifyError::RevocationStatusUnknown("revocations_stale"));
+        }
+        if now < self.overflow_until.load(Ordering::SeqCst) {
+            return Err(VerifyError::RevocationStatusUnknown(
+                "revocations_overflow",
+            ));
+        }
+        if self.is_revoked(token) {
+            return Err(VerifyError::Revoked);
+        }
+        Ok(())
     }
 
     fn set_cursor(&self, c: String) {
@@ -356,6 +403,7 @@ impl Worker {
             self.shared.set_cursor(page.cursor.clone());
             if empty || before.as_deref() == Some(page.cursor.as_str()) {
                 self.shared.purge();
+                self.shared.touch();
                 if !self.shared.synced.swap(true, Ordering::SeqCst) {
                     self.shared.synced_notify.notify_waiters();
                 }
@@ -395,14 +443,22 @@ impl Worker {
         }
         self.shared.streams_opened.fetch_add(1, Ordering::Relaxed);
         self.shared.streaming.store(true, Ordering::SeqCst);
+        self.shared.touch();
         let mut parser = SseParser::default();
         loop {
             let chunk = tokio::select! {
-                c = resp.chunk() => c,
+                c = tokio::time::timeout(STREAM_IDLE_TIMEOUT, resp.chunk()) => match c {
+                    Ok(c) => c,
+                    Err(_) => {
+                        tracing::warn!("revocation stream silent too long; reconnecting");
+                        break;
+                    }
+                },
                 () = self.shared.disconnect.notified() => break,
             };
             match chunk {
                 Ok(Some(bytes)) => {
+                    self.shared.touch();
                     if parser.feed(&bytes, &self.shared).is_err() {
                         tracing::warn!("revocation stream line too long; reconnecting");
                         break;
@@ -530,7 +586,7 @@ impl SseParser {
     }
 }
 
-fn mtls_client(tls: FollowerTls) -> Result<reqwest::Client, FollowerError> {
+pub(super) fn mtls_client(tls: FollowerTls) -> Result<reqwest::Client, FollowerError> {
     if tls.roots.is_empty() {
         return Err(FollowerError::Tls("no trust anchors"));
     }
@@ -607,6 +663,9 @@ impl RevocationFollower {
             streams_opened: AtomicU64::new(0),
             applied: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            max_entries: MAX_LIVE_ENTRIES,
+            overflow_until: AtomicU64::new(0),
+            last_contact: AtomicU64::new(0),
             disconnect: Notify::new(),
             synced_notify: Notify::new(),
             clock,
@@ -620,7 +679,9 @@ impl RevocationFollower {
         Ok(RevocationFollower { shared, task })
     }
 
-    /// Whether a live entry covers `token` (same rules as the broker).
+    /// Whether a live entry covers `token` (same rules as the broker). This
+    /// is the raw lookup: it says `false` before the first sync; a server
+    /// should call [`Self::check`], which fails closed.
     ///
     /// ```no_run
     /// # async fn f(follower: &tessera::verify::RevocationFollower, token: &tessera::verify::VerifiedToken) {
@@ -632,6 +693,26 @@ impl RevocationFollower {
     #[must_use]
     pub fn is_revoked(&self, token: &VerifiedToken) -> bool {
         self.shared.is_revoked(token)
+    }
+
+    /// The resource server's revocation decision for `token`, failing
+    /// closed: `Err(Revoked)` when a live entry covers it, and
+    /// `Err(RevocationStatusUnknown)` (answer 503) before the first
+    /// catch-up, after [`MAX_FEED_SILENCE`] without hearing from the
+    /// broker, or while an entry the follower had to drop (beyond
+    /// [`MAX_LIVE_ENTRIES`]) could still cover a live token.
+    ///
+    /// # Errors
+    /// [`VerifyError::Revoked`] or [`VerifyError::RevocationStatusUnknown`].
+    ///
+    /// ```no_run
+    /// # fn f(follower: &tessera::verify::RevocationFollower, token: &tessera::verify::VerifiedToken) -> Result<(), tessera::verify::VerifyError> {
+    /// follower.check(token)?; // 401 when revoked, 503 when unknown
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn check(&self, token: &VerifiedToken) -> Result<(), VerifyError> {
+        self.shared.check(token)
     }
 
     /// Whether the first catch-up has completed (before it, the follower
@@ -760,6 +841,9 @@ mod tests {
             streams_opened: AtomicU64::new(0),
             applied: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            max_entries: MAX_LIVE_ENTRIES,
+            overflow_until: AtomicU64::new(0),
+            last_contact: AtomicU64::new(0),
             disconnect: Notify::new(),
             synced_notify: Notify::new(),
             clock: Arc::new(ManualClock::new(now)),
@@ -803,6 +887,52 @@ mod tests {
         let g = s.entries.read().unwrap_or_else(|p| p.into_inner());
         let l = g.get(&(Kind::Subject, "v".into())).copied();
         assert_eq!(l.map(|l| (l.revoked_at, l.expires_at)), Some((80, 150)));
+    }
+
+    #[test]
+    fn verify_follower_check_fails_closed() {
+        let clock = Arc::new(ManualClock::new(100));
+        let mut s = shared(100);
+        s.clock = clock.clone();
+        s.max_entries = 2;
+        let t = token(95, serde_json::json!({}));
+        assert_eq!(
+            s.check(&t),
+            Err(VerifyError::RevocationStatusUnknown("revocations_not_synced"))
+        );
+        s.synced.store(true, Ordering::SeqCst);
+        s.touch();
+        assert_eq!(s.check(&t), Ok(()));
+        // Silence beyond the limit: unknown, until the broker is heard again.
+        clock.set(100 + MAX_FEED_SILENCE.as_secs() + 1);
+        assert_eq!(
+            s.check(&t),
+            Err(VerifyError::RevocationStatusUnknown("revocations_stale"))
+        );
+        s.touch();
+        assert_eq!(s.check(&t), Ok(()));
+        let now = clock.now();
+        let e = |v: &str, x: u64| WireEntry {
+            kind: "jti".into(),
+            value: v.into(),
+            revoked_at: now,
+            expires_at: x,
+        };
+        s.apply(e("a", now + 50));
+        s.apply(e("b", now + 50));
+        s.apply(e("c", now + 90)); // dropped: full
+        assert_eq!(s.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            s.check(&t),
+            Err(VerifyError::RevocationStatusUnknown("revocations_overflow"))
+        );
+        // Once every dropped entry would have expired, service resumes.
+        clock.set(now + 90);
+        s.touch();
+        assert_eq!(s.check(&t), Ok(()));
+        // A revoked token is refused as such.
+        s.apply(e(t.jti(), now + 200));
+        assert_eq!(s.check(&t), Err(VerifyError::Revoked));
     }
 
     #[test]

@@ -48,6 +48,8 @@ struct WireClaims {
     owner: Option<String>,
     #[serde(default)]
     ancestors: Vec<String>,
+    #[serde(default)]
+    authorization_details: Option<Value>,
 }
 
 /// A token that passed [`super::Verifier::verify`]: signature, `typ`,
@@ -80,6 +82,7 @@ pub struct VerifiedToken {
     exp: u64,
     iat: Option<u64>,
     ancestors: Vec<String>,
+    authorization_details: Option<Value>,
 }
 
 fn malformed(name: &'static str) -> VerifyError {
@@ -101,6 +104,12 @@ impl VerifiedToken {
             if claims.get(name).is_some_and(|v| !v.is_string()) {
                 return Err(malformed(name));
             }
+        }
+        if claims
+            .get("authorization_details")
+            .is_some_and(|v| !v.is_array())
+        {
+            return Err(malformed("authorization_details"));
         }
         if !claims.contains_key("txn") {
             return Err(malformed("txn"));
@@ -154,6 +163,7 @@ impl VerifiedToken {
             exp: wire.exp,
             iat: wire.iat,
             ancestors: wire.ancestors,
+            authorization_details: wire.authorization_details,
         })
     }
 
@@ -456,6 +466,25 @@ impl VerifiedToken {
         } else {
             Err(VerifyError::CertificateMismatch)
         }
+    }
+
+    /// `authorization_details` (RFC 9396): the exact action a human
+    /// approved or the workload asked for, as the broker copied it.
+    ///
+    /// ```
+    /// # #[cfg(feature = "server")]
+    /// # {
+    /// # let (jwks, token) = tessera::verify::doc_support::fixture()?;
+    /// # let v = tessera::verify::Verifier::with_static_jwks("https://tessera.test", "https://api.example.com", &jwks)?.build()?;
+    /// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// let t = rt.block_on(v.verify(&token))?;
+    /// assert!(t.authorization_details().is_none());
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn authorization_details(&self) -> Option<&Value> {
+        self.authorization_details.as_ref()
     }
 
     /// Whether the token is sender-constrained (`cnf.x5t#S256` or
