@@ -132,6 +132,20 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
+impl Default for Limits {
+    /// The `[limits]` defaults (see `config/tessera.example.toml`).
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 64 * 1024,
+            max_token_bytes: 8 * 1024,
+            handshake_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+        }
+    }
+}
+
 /// One trusted OIDC issuer, typed.
 #[derive(Debug, Clone)]
 pub struct IssuerConfig {

@@ -1,6 +1,7 @@
 //! The HTTPS listener: accept with a connection cap, TLS handshake under a
-//! timeout, the peer's certificate turned into a [`Peer`] placed in every
-//! request's extensions, HTTP/1.1 or HTTP/2 with a header-read timeout, and
+//! timeout, the peer's certificate turned into a [`Peer`] (and kept as a
+//! [`crate::verify::ClientCertificate`]) placed in every request's
+//! extensions, HTTP/1.1 or HTTP/2 with a header-read timeout, and
 //! graceful shutdown.
 
 pub mod tls;
@@ -90,9 +91,18 @@ pub async fn serve_https(
                         return;
                     }
                 };
-            let peer = peer_from_certs(stream.get_ref().1.peer_certificates());
+            let certs = stream.get_ref().1.peer_certificates();
+            let peer = peer_from_certs(certs);
+            // The raw leaf too, for handlers that verify tokens bound to it
+            // (`tessera::verify::Bearer`, RFC 8705).
+            let leaf = certs
+                .and_then(|c| c.first())
+                .map(|c| crate::verify::ClientCertificate(c.to_vec()));
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(peer.clone());
+                if let Some(l) = &leaf {
+                    req.extensions_mut().insert(l.clone());
+                }
                 router.clone().oneshot(req.map(Body::new))
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
