@@ -288,10 +288,9 @@ async fn propagation(n: usize) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (port, ops) = (free_port(), free_port());
-    let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tessera.toml"),
-    )
-    .unwrap();
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tessera.toml"))
+            .unwrap();
     let cfg = shipped
         .replace("127.0.0.1:8443", &format!("127.0.0.1:{port}"))
         .replace("127.0.0.1:9090", &format!("127.0.0.1:{ops}"));

@@ -113,7 +113,11 @@ fn now() -> u64 {
 fn cached(o: &Options) -> Option<(String, u64)> {
     let text = std::fs::read_to_string(&o.token_file).ok()?;
     let v: Value = serde_json::from_str(&text).ok()?;
-    let (task, token, exp) = (v["task"].as_str()?, v["token"].as_str()?, v["exp"].as_u64()?);
+    let (task, token, exp) = (
+        v["task"].as_str()?,
+        v["token"].as_str()?,
+        v["exp"].as_u64()?,
+    );
     (task == o.task && exp > now() + 10).then(|| (token.to_owned(), exp))
 }
 
@@ -135,8 +139,14 @@ fn save(o: &Options, token: &str, exp: u64) -> Result<(), String> {
 
 async fn exchange(o: &Options, http: &reqwest::Client) -> Result<(String, u64), String> {
     let form = [
-        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
-        ("subject_token_type", "urn:ietf:params:oauth:token-type:mtls"),
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:mtls",
+        ),
         ("audience", o.audience.as_str()),
         ("scope", o.scope.as_str()),
         ("task", o.task.as_str()),

@@ -101,7 +101,11 @@ async fn list_tickets(bearer: Bearer) -> Result<impl IntoResponse, BearerRejecti
 /// `POST /tickets`: needs `tickets:write`.
 async fn create_ticket(bearer: Bearer) -> Result<impl IntoResponse, BearerRejection> {
     bearer.require_scopes(&["tickets:write"])?;
-    println!("201 POST /tickets  sub={} task={}", bearer.0.subject(), bearer.0.task());
+    println!(
+        "201 POST /tickets  sub={} task={}",
+        bearer.0.subject(),
+        bearer.0.task()
+    );
     Ok((axum::http::StatusCode::CREATED, Json(json!({"id": 4712}))))
 }
 
@@ -119,7 +123,11 @@ async fn log_refusals(
             .get("www-authenticate")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        println!("{} {method} {}  {challenge}", resp.status().as_u16(), uri.path());
+        println!(
+            "{} {method} {}  {challenge}",
+            resp.status().as_u16(),
+            uri.path()
+        );
     }
     resp
 }

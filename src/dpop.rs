@@ -8,7 +8,7 @@
 //! use tessera::dpop::{verify_proof, ProofCheck};
 //! // Not a proof at all: a stable reason code comes back.
 //! let err = verify_proof("a.b.c", &ProofCheck::new("GET", "https://api.example.com/x", 1_700_000_000)).unwrap_err();
-//! assert_eq!(err, "token_bad_encoding");
+//! assert_eq!(err, "token_bad_base64");
 //! ```
 
 use serde_json::Value;
@@ -70,6 +70,11 @@ pub const NONCE_WINDOW_SECS: u64 = 300;
 
 /// Server nonces (RFC 9449 §8), derived with HMAC-SHA256 from a secret and
 /// the time window, so replicas sharing the secret agree without state.
+///
+/// ```
+/// let n = tessera::dpop::NonceSource::new(b"shared secret");
+/// assert!(n.accepts(&n.current(1_000), 1_100));
+/// ```
 #[derive(Debug)]
 pub struct NonceSource {
     key: aws_lc_rs::hmac::Key,

@@ -344,19 +344,27 @@ async fn resource_server_checks_dpop_proofs() {
                    "htu": format!("{API_URL}/tickets"), "iat": now(), "ath": ath}),
         )
     };
-    let check = |scheme: Scheme, proof: Option<String>, method: &'static str, path: &'static str| {
-        let verifier = &verifier;
-        let token = token.clone();
-        async move {
-            let mut p = Presented::new(scheme, &token, method, path);
-            p.dpop_proof = proof.as_deref();
-            verifier.verify_request(&p).await.map(|_| ()).map_err(|e| e.reason())
-        }
-    };
+    let check =
+        |scheme: Scheme, proof: Option<String>, method: &'static str, path: &'static str| {
+            let verifier = &verifier;
+            let token = token.clone();
+            async move {
+                let mut p = Presented::new(scheme, &token, method, path);
+                p.dpop_proof = proof.as_deref();
+                verifier
+                    .verify_request(&p)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.reason())
+            }
+        };
 
     // A fresh proof by the token's key for this request: accepted, once.
     let p = good(&key);
-    assert_eq!(check(Scheme::DPoP, Some(p.clone()), "GET", "/tickets").await, Ok(()));
+    assert_eq!(
+        check(Scheme::DPoP, Some(p.clone()), "GET", "/tickets").await,
+        Ok(())
+    );
     assert_eq!(
         check(Scheme::DPoP, Some(p), "GET", "/tickets").await,
         Err("dpop_replayed")
@@ -405,7 +413,9 @@ async fn resource_server_checks_dpop_proofs() {
     assert_eq!(
         check(
             Scheme::DPoP,
-            Some(c(json!({"ath": tessera::dpop::access_token_hash("another token")}))),
+            Some(c(
+                json!({"ath": tessera::dpop::access_token_hash("another token")})
+            )),
             "GET",
             "/tickets"
         )

@@ -346,10 +346,15 @@ async fn introspection_mode_asks_the_broker() {
 
     // Another audience's verifier refuses the token.
     let (_, body) = b.agent_token("tickets:read", Some("task-aud")).await;
-    let other = Verifier::with_introspection(BROKER_ISS, "https://other.example.com", &endpoint, tls(&b.payments))
-        .unwrap()
-        .build()
-        .unwrap();
+    let other = Verifier::with_introspection(
+        BROKER_ISS,
+        "https://other.example.com",
+        &endpoint,
+        tls(&b.payments),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
     assert_eq!(
         other.verify(&tok(&body)).await.err().map(|e| e.reason()),
         Some("aud_mismatch")
@@ -382,9 +387,14 @@ async fn introspection_mode_asks_the_broker() {
 
     // Not https: refused at build time.
     assert_eq!(
-        Verifier::with_introspection(BROKER_ISS, API, "http://127.0.0.1/introspect", tls(&b.payments))
-            .err()
-            .map(|e| e.reason()),
+        Verifier::with_introspection(
+            BROKER_ISS,
+            API,
+            "http://127.0.0.1/introspect",
+            tls(&b.payments)
+        )
+        .err()
+        .map(|e| e.reason()),
         Some("invalid_url")
     );
 }

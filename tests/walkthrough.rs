@@ -76,10 +76,9 @@ fn readme_walkthrough_revoking_a_task_stops_the_agent() {
     let (port, ops, api) = (free_port(), free_port(), free_port());
 
     // The shipped dev config, on free ports.
-    let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tessera.toml"),
-    )
-    .unwrap();
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tessera.toml"))
+            .unwrap();
     assert!(shipped.contains("127.0.0.1:8443") && shipped.contains("127.0.0.1:9090"));
     let cfg = shipped
         .replace("127.0.0.1:8443", &format!("127.0.0.1:{port}"))
@@ -98,7 +97,9 @@ fn readme_walkthrough_revoking_a_task_stops_the_agent() {
             .spawn()
             .unwrap(),
     );
-    wait_for("the broker", &broker_log, || connects(ops) && connects(port));
+    wait_for("the broker", &broker_log, || {
+        connects(ops) && connects(port)
+    });
 
     // 2. The resource server.
     let broker = format!("https://127.0.0.1:{port}");

@@ -21,14 +21,34 @@ use crate::jose::json;
 use crate::jose::jwk::VerifyingKey;
 
 /// Total time allowed for one fetch (connect, TLS, headers and body).
+///
+/// ```
+/// assert!(tessera::jwks::FETCH_TIMEOUT > tessera::jwks::CONNECT_TIMEOUT);
+/// ```
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed to establish the TCP + TLS connection.
+///
+/// ```
+/// assert_eq!(tessera::jwks::CONNECT_TIMEOUT.as_secs(), 3);
+/// ```
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Maximum size of an OIDC discovery document.
+///
+/// ```
+/// assert_eq!(tessera::jwks::MAX_DISCOVERY_BYTES, 64 * 1024);
+/// ```
 pub const MAX_DISCOVERY_BYTES: usize = 64 * 1024;
 /// Path appended to the issuer for OIDC discovery.
+///
+/// ```
+/// assert_eq!(tessera::jwks::http::DISCOVERY_PATH, "/.well-known/openid-configuration");
+/// ```
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 /// User-Agent sent with every request.
+///
+/// ```
+/// assert!(tessera::jwks::http::USER_AGENT.starts_with("tessera/"));
+/// ```
 pub const USER_AGENT: &str = concat!("tessera/", env!("CARGO_PKG_VERSION"));
 
 /// Builds the HTTPS client used for JWKS and discovery fetches: rustls with
@@ -39,6 +59,13 @@ pub const USER_AGENT: &str = concat!("tessera/", env!("CARGO_PKG_VERSION"));
 /// # Errors
 /// [`FetchError::Config`] if a root is invalid, no root is configured, or
 /// the client cannot be built.
+///
+/// ```
+/// // Public WebPKI roots only; pass extra anchors (DER) for a private CA.
+/// let client = tessera::jwks::https_client(&[], true)?;
+/// # let _ = client;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn https_client(
     extra_roots: &[CertificateDer<'static>],
     public_roots: bool,
@@ -62,6 +89,13 @@ pub fn https_client(
 /// the public WebPKI roots when asked), an optional client identity, and
 /// the given ALPN protocols. Errors are fixed texts that never contain
 /// key material.
+///
+/// ```
+/// let cfg = tessera::jwks::http::tls_client_config(&[], true, None, &[b"h2"])?;
+/// assert_eq!(cfg.alpn_protocols, vec![b"h2".to_vec()]);
+/// assert!(tessera::jwks::http::tls_client_config(&[], false, None, &[]).is_err()); // no anchors
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn tls_client_config(
     extra_roots: &[CertificateDer<'static>],
     public_roots: bool,
@@ -226,6 +260,14 @@ async fn get_capped(
 }
 
 /// Fetches a JWK Set over HTTPS.
+///
+/// ```
+/// use tessera::jwks::HttpJwksFetcher;
+/// let client = tessera::jwks::https_client(&[], true)?;
+/// let f = HttpJwksFetcher::new(client, "https://issuer.example.com/jwks.json")?;
+/// assert_eq!(f.url(), "https://issuer.example.com/jwks.json");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct HttpJwksFetcher {
     client: reqwest::Client,
@@ -239,6 +281,14 @@ impl HttpJwksFetcher {
     /// # Errors
     /// [`FetchError::InvalidUrl`] unless `url` is an https URL without
     /// credentials.
+    ///
+    /// ```
+    /// use tessera::jwks::HttpJwksFetcher;
+    /// let client = tessera::jwks::https_client(&[], true)?;
+    /// assert!(HttpJwksFetcher::new(client.clone(), "http://issuer.example.com/jwks").is_err());
+    /// assert!(HttpJwksFetcher::new(client, "https://user:pw@issuer.example.com/jwks").is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(client: reqwest::Client, url: &str) -> Result<HttpJwksFetcher, FetchError> {
         Ok(HttpJwksFetcher {
             client,
@@ -248,6 +298,15 @@ impl HttpJwksFetcher {
     }
 
     /// Overrides the total fetch timeout (default [`FETCH_TIMEOUT`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let client = tessera::jwks::https_client(&[], true)?;
+    /// let f = tessera::jwks::HttpJwksFetcher::new(client, "https://issuer.example.com/jwks")?
+    ///     .with_timeout(Duration::from_secs(2));
+    /// # let _ = f;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn with_timeout(mut self, timeout: Duration) -> HttpJwksFetcher {
         self.timeout = timeout;
@@ -255,6 +314,13 @@ impl HttpJwksFetcher {
     }
 
     /// The JWKS URL.
+    ///
+    /// ```
+    /// let client = tessera::jwks::https_client(&[], true)?;
+    /// let f = tessera::jwks::HttpJwksFetcher::new(client, "https://issuer.example.com/jwks")?;
+    /// assert!(f.url().ends_with("/jwks"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn url(&self) -> &str {
         self.url.as_str()
@@ -282,6 +348,15 @@ impl JwksFetcher for HttpJwksFetcher {
 /// # Errors
 /// Any [`FetchError`] of the request, [`FetchError::InvalidDiscovery`] or
 /// [`FetchError::IssuerMismatch`].
+///
+/// ```
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = tessera::jwks::https_client(&[], true)?;
+/// let jwks_uri = tessera::jwks::discover_jwks_uri(&client, "https://token.actions.githubusercontent.com").await?;
+/// println!("{jwks_uri}");
+/// # Ok(())
+/// # }
+/// ```
 pub async fn discover_jwks_uri(
     client: &reqwest::Client,
     issuer: &str,
@@ -316,6 +391,14 @@ async fn discover_jwks_uri_with_timeout(
 /// Keys of an OIDC issuer: discovery runs lazily on first use (single
 /// flight, retried at most once per cooldown after a failure), then lookups
 /// behave exactly like [`JwksCache::key`].
+///
+/// ```
+/// use tessera::jwks::{OidcIssuerKeys, DEFAULT_REFRESH_COOLDOWN};
+/// let client = tessera::jwks::https_client(&[], true)?;
+/// let keys = OidcIssuerKeys::new(client, "https://issuer.example.com", DEFAULT_REFRESH_COOLDOWN);
+/// assert!(keys.cache().is_none()); // discovery runs on first use
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct OidcIssuerKeys {
     client: reqwest::Client,
     issuer: String,
@@ -337,6 +420,14 @@ impl std::fmt::Debug for OidcIssuerKeys {
 impl OidcIssuerKeys {
     /// Keys for `issuer`, fetched with `client`; `cooldown` applies both to
     /// discovery retries and to the JWKS cache.
+    ///
+    /// ```
+    /// use tessera::jwks::{OidcIssuerKeys, DEFAULT_REFRESH_COOLDOWN};
+    /// let client = tessera::jwks::https_client(&[], true)?;
+    /// let keys = OidcIssuerKeys::new(client, "https://issuer.example.com/", DEFAULT_REFRESH_COOLDOWN);
+    /// # let _ = keys;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn new(client: reqwest::Client, issuer: impl Into<String>, cooldown: Duration) -> Self {
         OidcIssuerKeys {
@@ -350,6 +441,16 @@ impl OidcIssuerKeys {
     }
 
     /// Overrides the per-request timeout (default [`FETCH_TIMEOUT`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tessera::jwks::{OidcIssuerKeys, DEFAULT_REFRESH_COOLDOWN};
+    /// let client = tessera::jwks::https_client(&[], true)?;
+    /// let keys = OidcIssuerKeys::new(client, "https://issuer.example.com", DEFAULT_REFRESH_COOLDOWN)
+    ///     .with_timeout(Duration::from_secs(2));
+    /// # let _ = keys;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -357,12 +458,28 @@ impl OidcIssuerKeys {
     }
 
     /// The issuer these keys belong to.
+    ///
+    /// ```
+    /// use tessera::jwks::{OidcIssuerKeys, DEFAULT_REFRESH_COOLDOWN};
+    /// let client = tessera::jwks::https_client(&[], true)?;
+    /// let keys = OidcIssuerKeys::new(client, "https://issuer.example.com", DEFAULT_REFRESH_COOLDOWN);
+    /// assert_eq!(keys.issuer(), "https://issuer.example.com");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn issuer(&self) -> &str {
         &self.issuer
     }
 
     /// The underlying cache once discovery has succeeded.
+    ///
+    /// ```
+    /// use tessera::jwks::{OidcIssuerKeys, DEFAULT_REFRESH_COOLDOWN};
+    /// let client = tessera::jwks::https_client(&[], true)?;
+    /// let keys = OidcIssuerKeys::new(client, "https://issuer.example.com", DEFAULT_REFRESH_COOLDOWN);
+    /// assert!(keys.cache().is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn cache(&self) -> Option<&JwksCache> {
         self.cache.get()
@@ -400,6 +517,16 @@ impl OidcIssuerKeys {
     /// # Errors
     /// As [`JwksCache::key`]; [`KeyLookupError::Unavailable`] while
     /// discovery has not succeeded.
+    ///
+    /// ```
+    /// use tessera::jwks::{KeyLookupError, OidcIssuerKeys, DEFAULT_REFRESH_COOLDOWN};
+    /// let client = tessera::jwks::https_client(&[], true)?;
+    /// // An issuer that cannot be reached: unavailable (503), never "unknown".
+    /// let keys = OidcIssuerKeys::new(client, "https://127.0.0.1:9", DEFAULT_REFRESH_COOLDOWN);
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// assert_eq!(rt.block_on(keys.key(Some("k1"))).err(), Some(KeyLookupError::Unavailable));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub async fn key(&self, kid: Option<&str>) -> Result<Arc<VerifyingKey>, KeyLookupError> {
         self.resolved().await?.key(kid).await
     }

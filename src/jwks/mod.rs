@@ -32,20 +32,50 @@ pub use http::{
 };
 
 /// Maximum size of a fetched JWK Set document; enforced while streaming.
+///
+/// ```
+/// assert!(tessera::jwks::MAX_JWKS_BYTES >= 16 * 1024);
+/// ```
 pub const MAX_JWKS_BYTES: usize = crate::jose::jwk::MAX_JWK_SET_BYTES;
 /// Default minimum time between two refresh attempts triggered by misses.
+///
+/// ```
+/// assert_eq!(tessera::jwks::DEFAULT_REFRESH_COOLDOWN.as_secs(), 30);
+/// ```
 pub const DEFAULT_REFRESH_COOLDOWN: Duration = Duration::from_secs(30);
 /// Background refresh interval when the server sends no `max-age`.
+///
+/// ```
+/// assert_eq!(tessera::jwks::DEFAULT_REFRESH_INTERVAL.as_secs(), 900);
+/// ```
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(15 * 60);
 /// Lower clamp for a server-provided `max-age`.
+///
+/// ```
+/// assert!(tessera::jwks::MIN_REFRESH_INTERVAL < tessera::jwks::DEFAULT_REFRESH_INTERVAL);
+/// ```
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 /// Upper clamp for a server-provided `max-age`.
+///
+/// ```
+/// assert!(tessera::jwks::MAX_REFRESH_INTERVAL > tessera::jwks::DEFAULT_REFRESH_INTERVAL);
+/// ```
 pub const MAX_REFRESH_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A boxed, `Send` future (object-safe async without extra crates).
+///
+/// ```
+/// let f: tessera::jwks::BoxFuture<'_, u8> = Box::pin(async { 7 });
+/// # let _ = f;
+/// ```
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A raw JWK Set document as fetched.
+///
+/// ```
+/// let doc = tessera::jwks::FetchedJwks { body: br#"{"keys":[]}"#.to_vec(), max_age: None };
+/// assert!(doc.max_age.is_none());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchedJwks {
     /// The response body (at most [`MAX_JWKS_BYTES`]).
@@ -55,6 +85,11 @@ pub struct FetchedJwks {
 }
 
 /// Why fetching a document failed. Carries no response body.
+///
+/// ```
+/// use tessera::jwks::FetchError;
+/// assert_eq!(FetchError::Timeout.reason(), "fetch_timeout");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
     /// The URL is unparsable, not `https`, or carries credentials.
@@ -91,6 +126,10 @@ pub enum FetchError {
 
 impl FetchError {
     /// A short stable code for audit logs and metrics.
+    ///
+    /// ```
+    /// assert_eq!(tessera::jwks::FetchError::TooLarge.reason(), "fetch_too_large");
+    /// ```
     #[must_use]
     pub fn reason(&self) -> &'static str {
         match self {
@@ -109,12 +148,34 @@ impl FetchError {
 }
 
 /// Source of JWK Set documents.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tessera::jwks::{BoxFuture, FetchError, FetchedJwks, JwksCache, JwksFetcher, DEFAULT_REFRESH_COOLDOWN};
+///
+/// /// A fetcher serving a fixed document (an issuer would serve it over HTTPS).
+/// struct Fixed(&'static [u8]);
+/// impl JwksFetcher for Fixed {
+///     fn fetch(&self) -> BoxFuture<'_, Result<FetchedJwks, FetchError>> {
+///         let body = self.0.to_vec();
+///         Box::pin(async move { Ok(FetchedJwks { body, max_age: None }) })
+///     }
+/// }
+/// const JWKS: &[u8] = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","alg":"EdDSA","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+/// let cache = JwksCache::new(Arc::new(Fixed(JWKS)), DEFAULT_REFRESH_COOLDOWN);
+/// # let _ = cache;
+/// ```
 pub trait JwksFetcher: Send + Sync {
     /// Fetches the current JWK Set document.
     fn fetch(&self) -> BoxFuture<'_, Result<FetchedJwks, FetchError>>;
 }
 
 /// Why a refresh did not install a new key set.
+///
+/// ```
+/// use tessera::jwks::RefreshError;
+/// assert_eq!(RefreshError::NoUsableKeys.reason(), "jwks_no_usable_keys");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RefreshError {
     /// Fetching failed.
@@ -130,6 +191,10 @@ pub enum RefreshError {
 
 impl RefreshError {
     /// A short stable code for audit logs and metrics.
+    ///
+    /// ```
+    /// assert_eq!(tessera::jwks::RefreshError::NoUsableKeys.reason(), "jwks_no_usable_keys");
+    /// ```
     #[must_use]
     pub fn reason(&self) -> &'static str {
         match self {
@@ -141,6 +206,11 @@ impl RefreshError {
 }
 
 /// Why [`JwksCache::key`] found no key.
+///
+/// ```
+/// use tessera::jwks::KeyLookupError;
+/// assert_eq!(KeyLookupError::Unavailable.reason(), "jwks_unavailable");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum KeyLookupError {
     /// Keys are loaded but none has this `kid` (or, for a token without
@@ -158,6 +228,10 @@ pub enum KeyLookupError {
 
 impl KeyLookupError {
     /// A short stable code for audit logs and metrics.
+    ///
+    /// ```
+    /// assert_eq!(tessera::jwks::KeyLookupError::UnknownKid.reason(), "unknown_kid");
+    /// ```
     #[must_use]
     pub const fn reason(self) -> &'static str {
         match self {
@@ -195,6 +269,25 @@ struct RefreshState {
 }
 
 /// A JWK Set cache in front of a [`JwksFetcher`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use tessera::jwks::{BoxFuture, FetchError, FetchedJwks, JwksCache, JwksFetcher, DEFAULT_REFRESH_COOLDOWN};
+///
+/// /// A fetcher serving a fixed document (an issuer would serve it over HTTPS).
+/// struct Fixed(&'static [u8]);
+/// impl JwksFetcher for Fixed {
+///     fn fetch(&self) -> BoxFuture<'_, Result<FetchedJwks, FetchError>> {
+///         let body = self.0.to_vec();
+///         Box::pin(async move { Ok(FetchedJwks { body, max_age: None }) })
+///     }
+/// }
+/// const JWKS: &[u8] = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","alg":"EdDSA","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+/// let cache = JwksCache::new(Arc::new(Fixed(JWKS)), DEFAULT_REFRESH_COOLDOWN);
+/// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// assert!(rt.block_on(cache.key(Some("k1"))).is_ok());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct JwksCache {
     fetcher: Arc<dyn JwksFetcher>,
     cooldown: Duration,
@@ -226,6 +319,23 @@ impl JwksCache {
     /// A cache with no keys yet; the first lookup (or [`Self::refresh`])
     /// fetches. `cooldown` is the minimum time between miss-triggered
     /// refresh attempts (see [`DEFAULT_REFRESH_COOLDOWN`]).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tessera::jwks::{BoxFuture, FetchError, FetchedJwks, JwksCache, JwksFetcher, DEFAULT_REFRESH_COOLDOWN};
+    ///
+    /// /// A fetcher serving a fixed document (an issuer would serve it over HTTPS).
+    /// struct Fixed(&'static [u8]);
+    /// impl JwksFetcher for Fixed {
+    ///     fn fetch(&self) -> BoxFuture<'_, Result<FetchedJwks, FetchError>> {
+    ///         let body = self.0.to_vec();
+    ///         Box::pin(async move { Ok(FetchedJwks { body, max_age: None }) })
+    ///     }
+    /// }
+    /// const JWKS: &[u8] = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","alg":"EdDSA","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    /// let cache = JwksCache::new(Arc::new(Fixed(JWKS)), DEFAULT_REFRESH_COOLDOWN);
+    /// assert!(cache.snapshot().is_none()); // nothing fetched yet
+    /// ```
     #[must_use]
     pub fn new(fetcher: Arc<dyn JwksFetcher>, cooldown: Duration) -> JwksCache {
         JwksCache {
@@ -266,6 +376,26 @@ impl JwksCache {
     }
 
     /// The current key set, if one was ever loaded.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tessera::jwks::{BoxFuture, FetchError, FetchedJwks, JwksCache, JwksFetcher, DEFAULT_REFRESH_COOLDOWN};
+    ///
+    /// /// A fetcher serving a fixed document (an issuer would serve it over HTTPS).
+    /// struct Fixed(&'static [u8]);
+    /// impl JwksFetcher for Fixed {
+    ///     fn fetch(&self) -> BoxFuture<'_, Result<FetchedJwks, FetchError>> {
+    ///         let body = self.0.to_vec();
+    ///         Box::pin(async move { Ok(FetchedJwks { body, max_age: None }) })
+    ///     }
+    /// }
+    /// const JWKS: &[u8] = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","alg":"EdDSA","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    /// let cache = JwksCache::new(Arc::new(Fixed(JWKS)), DEFAULT_REFRESH_COOLDOWN);
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// rt.block_on(cache.refresh());
+    /// assert_eq!(cache.snapshot().map(|s| s.len()), Some(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn snapshot(&self) -> Option<Arc<JwkSet>> {
         match self.current.read() {
@@ -285,6 +415,23 @@ impl JwksCache {
     }
 
     /// Number of fetches started so far (for tests and metrics).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tessera::jwks::{BoxFuture, FetchError, FetchedJwks, JwksCache, JwksFetcher, DEFAULT_REFRESH_COOLDOWN};
+    ///
+    /// /// A fetcher serving a fixed document (an issuer would serve it over HTTPS).
+    /// struct Fixed(&'static [u8]);
+    /// impl JwksFetcher for Fixed {
+    ///     fn fetch(&self) -> BoxFuture<'_, Result<FetchedJwks, FetchError>> {
+    ///         let body = self.0.to_vec();
+    ///         Box::pin(async move { Ok(FetchedJwks { body, max_age: None }) })
+    ///     }
+    /// }
+    /// const JWKS: &[u8] = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","alg":"EdDSA","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    /// let cache = JwksCache::new(Arc::new(Fixed(JWKS)), DEFAULT_REFRESH_COOLDOWN);
+    /// assert_eq!(cache.fetch_count(), 0);
+    /// ```
     #[must_use]
     pub fn fetch_count(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
@@ -298,6 +445,31 @@ impl JwksCache {
     /// # Errors
     /// [`KeyLookupError::UnknownKid`], [`KeyLookupError::AmbiguousKid`], or
     /// [`KeyLookupError::Unavailable`] when no key set was ever loaded.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tessera::jwks::{BoxFuture, FetchError, FetchedJwks, JwksCache, JwksFetcher, DEFAULT_REFRESH_COOLDOWN};
+    ///
+    /// /// A fetcher serving a fixed document (an issuer would serve it over HTTPS).
+    /// struct Fixed(&'static [u8]);
+    /// impl JwksFetcher for Fixed {
+    ///     fn fetch(&self) -> BoxFuture<'_, Result<FetchedJwks, FetchError>> {
+    ///         let body = self.0.to_vec();
+    ///         Box::pin(async move { Ok(FetchedJwks { body, max_age: None }) })
+    ///     }
+    /// }
+    /// const JWKS: &[u8] = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","alg":"EdDSA","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    /// use tessera::jwks::KeyLookupError;
+    /// let cache = JwksCache::new(Arc::new(Fixed(JWKS)), DEFAULT_REFRESH_COOLDOWN);
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// assert!(rt.block_on(cache.key(Some("k1"))).is_ok());
+    /// // Unknown kids within the cooldown of the last fetch do not refetch:
+    /// // a burst of random kids costs the issuer nothing.
+    /// assert_eq!(rt.block_on(cache.key(Some("k9"))).err(), Some(KeyLookupError::UnknownKid));
+    /// assert_eq!(rt.block_on(cache.key(Some("k8"))).err(), Some(KeyLookupError::UnknownKid));
+    /// assert_eq!(cache.fetch_count(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub async fn key(&self, kid: Option<&str>) -> Result<Arc<VerifyingKey>, KeyLookupError> {
         // Read the generation before the snapshot: if a refresh lands in
         // between, we notice and do not refresh again.
@@ -335,6 +507,26 @@ impl JwksCache {
     /// Fetches and installs the key set now, ignoring the cooldown (for
     /// start-up and the background task). Failures are logged; the current
     /// keys are kept.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tessera::jwks::{BoxFuture, FetchError, FetchedJwks, JwksCache, JwksFetcher, DEFAULT_REFRESH_COOLDOWN};
+    ///
+    /// /// A fetcher serving a fixed document (an issuer would serve it over HTTPS).
+    /// struct Fixed(&'static [u8]);
+    /// impl JwksFetcher for Fixed {
+    ///     fn fetch(&self) -> BoxFuture<'_, Result<FetchedJwks, FetchError>> {
+    ///         let body = self.0.to_vec();
+    ///         Box::pin(async move { Ok(FetchedJwks { body, max_age: None }) })
+    ///     }
+    /// }
+    /// const JWKS: &[u8] = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","alg":"EdDSA","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    /// let cache = JwksCache::new(Arc::new(Fixed(JWKS)), DEFAULT_REFRESH_COOLDOWN);
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// rt.block_on(cache.refresh());
+    /// assert_eq!(cache.fetch_count(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub async fn refresh(&self) {
         // The outcome is already logged by `try_refresh`.
         let _ = self.try_refresh().await;
@@ -346,6 +538,25 @@ impl JwksCache {
     ///
     /// # Errors
     /// The [`RefreshError`] of the attempt; the current keys are kept.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tessera::jwks::{BoxFuture, FetchError, FetchedJwks, JwksCache, JwksFetcher, DEFAULT_REFRESH_COOLDOWN};
+    ///
+    /// /// A fetcher serving a fixed document (an issuer would serve it over HTTPS).
+    /// struct Fixed(&'static [u8]);
+    /// impl JwksFetcher for Fixed {
+    ///     fn fetch(&self) -> BoxFuture<'_, Result<FetchedJwks, FetchError>> {
+    ///         let body = self.0.to_vec();
+    ///         Box::pin(async move { Ok(FetchedJwks { body, max_age: None }) })
+    ///     }
+    /// }
+    /// const JWKS: &[u8] = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","alg":"EdDSA","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    /// let cache = JwksCache::new(Arc::new(Fixed(JWKS)), DEFAULT_REFRESH_COOLDOWN);
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// assert!(rt.block_on(cache.try_refresh()).is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub async fn try_refresh(&self) -> Result<(), RefreshError> {
         let seen = self.generation.load(Ordering::Acquire);
         let mut state = self.refresh.lock().await;
@@ -410,6 +621,31 @@ impl JwksCache {
     /// a failure, after the cooldown), so keys removed by the issuer
     /// stop being trusted. The task holds only a weak reference and ends
     /// when the cache is dropped. Must be called inside a Tokio runtime.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tessera::jwks::{BoxFuture, FetchError, FetchedJwks, JwksCache, JwksFetcher, DEFAULT_REFRESH_COOLDOWN};
+    ///
+    /// /// A fetcher serving a fixed document (an issuer would serve it over HTTPS).
+    /// struct Fixed(&'static [u8]);
+    /// impl JwksFetcher for Fixed {
+    ///     fn fetch(&self) -> BoxFuture<'_, Result<FetchedJwks, FetchError>> {
+    ///         let body = self.0.to_vec();
+    ///         Box::pin(async move { Ok(FetchedJwks { body, max_age: None }) })
+    ///     }
+    /// }
+    /// const JWKS: &[u8] = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","alg":"EdDSA","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    /// let cache = Arc::new(JwksCache::new(Arc::new(Fixed(JWKS)), DEFAULT_REFRESH_COOLDOWN));
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// rt.block_on(async {
+    ///     let task = cache.spawn_refresh_task();
+    ///     while cache.snapshot().is_none() {
+    ///         tokio::task::yield_now().await;
+    ///     }
+    ///     task.abort();
+    /// });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn spawn_refresh_task(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak: Weak<Self> = Arc::downgrade(self);
         tokio::spawn(async move {

@@ -154,7 +154,10 @@ mod tests {
         let good = json!({"active": true, "iss": "https://b", "aud": "https://api", "exp": 200,
             "sub": "s", "jti": "j", "txn": "t", "scope": "a b", "token_type": "Bearer"});
         let mut m = answer(good.clone());
-        assert_eq!(check_answer(&mut m, "https://b", "https://api", 100), Ok(()));
+        assert_eq!(
+            check_answer(&mut m, "https://b", "https://api", 100),
+            Ok(())
+        );
         let t = VerifiedToken::from_claims(m).unwrap();
         assert_eq!(t.task(), "t");
         assert!(t.scopes().contains("b"));

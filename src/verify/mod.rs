@@ -52,14 +52,14 @@ pub use token::VerifiedToken;
 
 #[cfg(feature = "verifier-http")]
 mod introspect;
+mod request;
 #[cfg(feature = "verifier-http")]
 mod revocation;
-mod request;
 pub use request::{Presented, Scheme};
 #[cfg(feature = "verifier-http")]
 pub use revocation::{
     FollowerError, FollowerTls, RevocationFollower, FEED_PATH, MAX_FEED_BODY_BYTES,
-    MAX_LIVE_ENTRIES, MAX_SSE_LINE_BYTES, POLL_INTERVAL, STREAM_RETRY_DELAY,
+    MAX_FEED_SILENCE, MAX_LIVE_ENTRIES, MAX_SSE_LINE_BYTES, POLL_INTERVAL, STREAM_RETRY_DELAY,
 };
 
 #[cfg(feature = "axum")]

@@ -156,9 +156,7 @@ impl Verifier {
     }
 
     fn check_dpop(&self, jkt: &str, p: &Presented<'_>) -> Result<(), VerifyError> {
-        let proof = p
-            .dpop_proof
-            .ok_or(VerifyError::DpopProof("dpop_missing"))?;
+        let proof = p.dpop_proof.ok_or(VerifyError::DpopProof("dpop_missing"))?;
         let base = self
             .resource_url
             .as_deref()

@@ -260,9 +260,7 @@ impl Shared {
             return Err(VerifyError::RevocationStatusUnknown("revocations_stale"));
         }
         if now < self.overflow_until.load(Ordering::SeqCst) {
-            return Err(VerifyError::RevocationStatusUnknown(
-                "revocations_overflow",
-            ));
+            return Err(VerifyError::RevocationStatusUnknown("revocations_overflow"));
         }
         if self.is_revoked(token) {
             return Err(VerifyError::Revoked);
@@ -898,7 +896,9 @@ mod tests {
         let t = token(95, serde_json::json!({}));
         assert_eq!(
             s.check(&t),
-            Err(VerifyError::RevocationStatusUnknown("revocations_not_synced"))
+            Err(VerifyError::RevocationStatusUnknown(
+                "revocations_not_synced"
+            ))
         );
         s.synced.store(true, Ordering::SeqCst);
         s.touch();
