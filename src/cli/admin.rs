@@ -416,7 +416,7 @@ pub async fn approval_decide(
                 println!("{v}");
             } else if approve {
                 println!(
-                    "approved {id}: {} may now receive {} for {} (one token, until {})",
+                    "approved {id}: {} may now receive {} for {} (one token; the approval expires {})",
                     v["requester"].as_str().unwrap_or(""),
                     strings(&v["scopes"]),
                     v["audience"].as_str().unwrap_or(""),
