@@ -29,6 +29,7 @@ match = { issuer = "mtls", subject = "spiffe://example.org/agent/*" }
 audiences = ["https://api.example.com"]
 scopes = ["tickets:read", "tickets:write", "tickets:delete"]
 approval_scopes = ["tickets:delete"]
+may_act_for = ["ci"]
 max_ttl = "10m"
 
 [[policies]]
@@ -46,6 +47,15 @@ owner = "dave@example.com"
 match = { issuer = "mtls", subject = "spiffe://example.org/operator/*" }
 audiences = ["https://api.example.com"]
 scopes = ["tickets:delete"]
+approval_scopes = ["tickets:delete"]
+may_act_for = ["ci"]
+
+[[policies]]
+name = "users"
+owner = "erin@example.com"
+match = { issuer = "ci", subject = "user:*" }
+audiences = ["https://api.example.com"]
+scopes = ["tickets:read", "tickets:delete"]
 approval_scopes = ["tickets:delete"]
 "#;
 
@@ -621,5 +631,64 @@ async fn cli_lists_approves_and_denies() {
     let (c, out, _) = cli(&b, &["approvals", "list", "--all"]);
     assert_eq!(c, 0);
     assert!(out.contains("consumed") && out.contains("denied"), "{out}");
+    b.stop().await;
+}
+
+/// A delegated request: the user's token as subject, the TLS client's
+/// certificate as actor.
+async fn delegated(
+    b: &TestBroker,
+    actor: &tessera::pki::IssuedCert,
+    user_token: &str,
+    approval_id: Option<&str>,
+) -> (StatusCode, Value) {
+    let tp = thumbprint(&actor.cert_der);
+    let mut f = vec![
+        ("grant_type", TE),
+        ("subject_token_type", JWT),
+        ("subject_token", user_token),
+        ("actor_token_type", MTLS),
+        ("actor_token", tp.as_str()),
+        ("audience", API),
+        ("scope", "tickets:delete"),
+        ("authorization_details", DETAILS),
+    ];
+    if let Some(a) = approval_id {
+        f.push(("approval_id", a));
+    }
+    b.token(&b.client(Some(actor)), &f).await
+}
+
+#[tokio::test]
+async fn delegated_requests_show_the_chain_and_no_actor_approves_itself() {
+    let b = TestBroker::start_with(options("interval = \"2s\"", None)).await;
+    let user = b.issuer().sign(&b.issuer().claims("user:erin", "tessera"));
+
+    // the agent acting for erin: the approver sees both, the token carries act
+    let r = delegated(&b, &b.agent, &user, None).await;
+    assert_eq!(code(&r), (400, "authorization_pending"), "{}", r.1);
+    let id = r.1["approval_id"].as_str().unwrap().to_string();
+    let (_, l) = b.admin(Method::GET, "/admin/v1/approvals", None).await;
+    let a = l["approvals"][0].clone();
+    assert_eq!(a["id"], id.as_str());
+    assert_eq!(a["requester"], AGENT);
+    assert_eq!(a["subject"], "user:erin");
+    assert_eq!(a["actors"], json!([AGENT]));
+    assert_eq!(a["owner"], "erin@example.com");
+    assert_eq!(decide(&b, &id, "approve", "erin asked").await.0, 200);
+    let r = delegated(&b, &b.agent, &user, Some(&id)).await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    let (_, c) = decode(r.1["access_token"].as_str().unwrap());
+    assert_eq!(c["sub"], "user:erin");
+    assert_eq!(c["act"]["sub"], AGENT);
+    assert_eq!(c["authorization_details"][0]["identifier"], "T-4711");
+
+    // the operator acting for erin cannot approve its own request
+    let r = delegated(&b, &b.operator, &user, None).await;
+    assert_eq!(code(&r), (400, "authorization_pending"), "{}", r.1);
+    let id = r.1["approval_id"].as_str().unwrap().to_string();
+    let (s, v) = decide(&b, &id, "approve", "").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(v["error"], "self_approval");
     b.stop().await;
 }
