@@ -335,8 +335,10 @@ impl ApprovalStore for MemoryStore {
             .filter(|(a, _)| a.expires_at.saturating_add(APPROVAL_RETAIN_SECS) > now)
             .map(|(a, _)| a.clone())
             .collect();
-        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        // The newest ones when there are too many (pending ones are recent).
+        out.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
         out.truncate(MAX_APPROVALS_LISTED);
+        out.reverse();
         Ok(out)
     }
 

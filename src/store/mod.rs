@@ -308,7 +308,8 @@ pub trait ApprovalStore: Send + Sync {
     async fn create_approval(&self, a: &Approval) -> Result<bool, StoreError>;
     /// One approval by id while it is retained (expired ones included).
     async fn get_approval(&self, id: &str, now: u64) -> Result<Option<Approval>, StoreError>;
-    /// Every retained approval, oldest first, at most [`MAX_APPROVALS_LISTED`].
+    /// Every retained approval, oldest first; when there are more than
+    /// [`MAX_APPROVALS_LISTED`], the newest that many.
     async fn list_approvals(&self, now: u64) -> Result<Vec<Approval>, StoreError>;
     /// Moves a pending, unexpired approval to approved (`approve`) or denied,
     /// recording who and why.

@@ -1413,11 +1413,13 @@ impl ApprovalStore for RedisStore {
     async fn list_approvals(&self, now: u64) -> Result<Vec<Approval>, StoreError> {
         let mut con = self.conn.manager()?;
         self.run("approval list", async {
+            // The latest-expiring (newest) ones when there are too many.
             let ids: Vec<String> = ::redis::cmd("ZRANGE")
                 .arg(self.key_approval_all())
-                .arg(format!("({now}"))
                 .arg("+inf")
+                .arg(format!("({now}"))
                 .arg("BYSCORE")
+                .arg("REV")
                 .arg("LIMIT")
                 .arg(0)
                 .arg(MAX_APPROVALS_LISTED)
