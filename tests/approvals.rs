@@ -227,6 +227,20 @@ async fn approve_yields_exactly_one_token_for_exactly_what_was_asked() {
 
         // scopes outside the approval tier never touch approvals
         assert_eq!(b.agent_token("tickets:read", None).await.0, 200);
+
+        // counted for the ops dashboard
+        let m = reqwest::get(b.ops_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for event in ["requested", "approved", "redeemed"] {
+            assert!(
+                m.contains(&format!("tessera_approvals_total{{event=\"{event}\"}}")),
+                "{event}"
+            );
+        }
         b.stop().await;
     }
 }

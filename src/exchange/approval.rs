@@ -161,6 +161,10 @@ impl Webhook {
     /// Sends the summary of `a` in the background; failures are logged only.
     pub fn notify(&self, a: &Approval) {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            crate::telemetry::metrics()
+                .approvals
+                .with_label_values(&["webhook_failed"])
+                .inc();
             tracing::warn!(approval = %a.id, "approval webhook skipped: too many deliveries in flight");
             return;
         };
@@ -174,9 +178,17 @@ impl Webhook {
                     tracing::debug!(approval = %id, "approval webhook delivered");
                 }
                 Ok(r) => {
+                    crate::telemetry::metrics()
+                        .approvals
+                        .with_label_values(&["webhook_failed"])
+                        .inc();
                     tracing::warn!(approval = %id, status = r.status().as_u16(), "approval webhook refused");
                 }
                 Err(e) => {
+                    crate::telemetry::metrics()
+                        .approvals
+                        .with_label_values(&["webhook_failed"])
+                        .inc();
                     tracing::warn!(approval = %id, error = %e.without_url(), "approval webhook failed");
                 }
             }

@@ -526,6 +526,10 @@ impl Exchanger {
                 sub = %crate::telemetry::log_safe(&a.subject), scope = %a.scopes.join(" "),
                 aud = %crate::telemetry::log_safe(&a.audience), policy = %a.policy,
                 expires_at = a.expires_at, "human approval requested");
+            crate::telemetry::metrics()
+                .approvals
+                .with_label_values(&["requested"])
+                .inc();
             if let Some(w) = &self.webhook {
                 w.notify(&a);
             }
@@ -540,7 +544,13 @@ impl Exchanger {
             .poll(id, &requester, &request_hash, interval, now)
             .await?
         {
-            PollOutcome::Redeemed(a) => Ok(*a),
+            PollOutcome::Redeemed(a) => {
+                crate::telemetry::metrics()
+                    .approvals
+                    .with_label_values(&["redeemed"])
+                    .inc();
+                Ok(*a)
+            }
             PollOutcome::Pending => Err(ExchangeError::ApprovalPending {
                 id: id.to_string(),
                 interval: shown_interval,

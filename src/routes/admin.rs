@@ -545,6 +545,10 @@ async fn decide(
     };
     match out {
         DecideOutcome::Decided(a) => {
+            crate::telemetry::metrics()
+                .approvals
+                .with_label_values(&[if approve { "approved" } else { "denied" }])
+                .inc();
             tracing::info!(target: "tessera::audit",
                 decision = if approve { "approved" } else { "denied" },
                 approval = %a.id, by = %who,
