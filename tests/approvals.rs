@@ -706,3 +706,38 @@ async fn delegated_requests_show_the_chain_and_no_actor_approves_itself() {
     assert_eq!(v["error"], "self_approval");
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_store_outage_fails_closed() {
+    let Some(mut r) = redis_or_skip().unwrap() else {
+        return;
+    };
+    let b = TestBroker::start_with(options("interval = \"2s\"", Some(r.url()))).await;
+    let id = pending(&b).await;
+    assert_eq!(decide(&b, &id, "approve", "").await.0, 200);
+    r.kill();
+    // no token, no new approval, no decision while the store is away
+    let res = agent_asks(&b, Some(&id)).await;
+    assert_eq!(code(&res), (503, "temporarily_unavailable"));
+    let res = agent_asks(&b, None).await;
+    assert_eq!(code(&res), (503, "temporarily_unavailable"));
+    let (s, _) = b.admin(Method::GET, "/admin/v1/approvals", None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    // back (a fresh, empty redis-server): service resumes by itself; the
+    // approval did not survive the data loss, so it yields no token
+    r.restart().unwrap();
+    let mut last = (StatusCode::SERVICE_UNAVAILABLE, Value::Null);
+    for _ in 0..50 {
+        last = agent_asks(&b, Some(&id)).await;
+        if last.0 != StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(code(&last), (400, "invalid_grant"), "{}", last.1);
+    assert_eq!(
+        code(&agent_asks(&b, None).await),
+        (400, "authorization_pending")
+    );
+    b.stop().await;
+}
