@@ -104,6 +104,37 @@ enum Cmd {
         #[command(subcommand)]
         cmd: GrantCmd,
     },
+    /// Human approvals waiting for an operator.
+    Approvals {
+        #[command(subcommand)]
+        cmd: ApprovalsCmd,
+    },
+    /// Approve a pending request: it becomes one token for exactly what was asked.
+    Approve {
+        /// Approval id.
+        id: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Deny a pending request: its workload gets access_denied.
+    Deny {
+        /// Approval id.
+        id: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCmd {
+    /// Pending approvals (with --all: decided and expired ones still retained).
+    List {
+        /// Also decided and expired approvals.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -257,6 +288,24 @@ fn main() -> ExitCode {
                     block_on(tessera::cli::admin::grant_revoke(&conn, &id, cli.json))
                 }
             }
+        }
+        Cmd::Approvals {
+            cmd: ApprovalsCmd::List { all },
+        } => {
+            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            block_on(tessera::cli::admin::approvals_list(&conn, all, cli.json))
+        }
+        Cmd::Approve { id, reason } => {
+            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            block_on(tessera::cli::admin::approval_decide(
+                &conn, &id, true, reason, cli.json,
+            ))
+        }
+        Cmd::Deny { id, reason } => {
+            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            block_on(tessera::cli::admin::approval_decide(
+                &conn, &id, false, reason, cli.json,
+            ))
         }
     };
     ExitCode::from(code.clamp(0, 255) as u8)

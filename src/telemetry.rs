@@ -22,6 +22,9 @@ pub struct Metrics {
     pub revocations: IntCounterVec,
     /// `tessera_jit_grants_consumed_total`.
     pub grants_consumed: IntCounter,
+    /// `tessera_approvals_total{event}`: `requested`, `approved`, `denied`,
+    /// `redeemed`, `webhook_failed`.
+    pub approvals: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -57,6 +60,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "tessera_jit_grants_consumed_total",
         "Uses of just-in-time grants consumed by exchanges",
     )?;
+    let approvals = IntCounterVec::new(
+        Opts::new(
+            "tessera_approvals_total",
+            "Human approvals requested, decided and redeemed, and failed webhook deliveries",
+        ),
+        &["event"],
+    )?;
+    registry.register(Box::new(approvals.clone()))?;
     registry.register(Box::new(revocations.clone()))?;
     registry.register(Box::new(grants_consumed.clone()))?;
     registry.register(Box::new(exchanges.clone()))?;
@@ -71,6 +82,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         connections_refused,
         revocations,
         grants_consumed,
+        approvals,
     })
 }
 

@@ -215,6 +215,90 @@ async fn jwks(State(s): State<Arc<Shared>>) -> Response {
     Json(json!({ "keys": keys })).into_response()
 }
 
+/// A test HTTPS endpoint (its own CA, on 127.0.0.1) that records the JSON
+/// bodies POSTed to `/hook`: the receiver of `[approvals] webhook` in tests.
+pub struct TestWebhook {
+    /// `https://127.0.0.1:PORT/hook`.
+    pub url: String,
+    /// Path of the PEM CA that signed its server certificate.
+    pub ca_path: PathBuf,
+    bodies: Arc<std::sync::Mutex<Vec<Value>>>,
+    stop: watch::Sender<bool>,
+}
+
+impl TestWebhook {
+    /// Starts the endpoint, writing its CA to `dir/webhook-ca.pem`.
+    pub async fn start(dir: &Path) -> Result<TestWebhook, String> {
+        let ca = Ca::generate("tessera test webhook CA").map_err(|e| e.to_string())?;
+        let leaf = ca
+            .issue(&LeafSpec::server(
+                &["localhost"],
+                &["127.0.0.1".parse().map_err(|_| "ip")?],
+            ))
+            .map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let ca_path = dir.join("webhook-ca.pem");
+        std::fs::write(&ca_path, ca.cert_pem()).map_err(|e| e.to_string())?;
+        let cert_path = dir.join("webhook-server.pem");
+        let key_path = dir.join("webhook-server-key.pem");
+        std::fs::write(&cert_path, &leaf.cert_pem).map_err(|e| e.to_string())?;
+        std::fs::write(&key_path, &leaf.key_pem).map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let url = format!(
+            "https://127.0.0.1:{}/hook",
+            listener.local_addr().map_err(|e| e.to_string())?.port()
+        );
+        let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let router = Router::new()
+            .route("/hook", axum::routing::post(record_hook))
+            .with_state(bodies.clone());
+        let tls = server_tls(&cert_path, &key_path)?;
+        let limits = crate::config::Config::from_toml_str("testkit", "")
+            .map_err(|e| e.to_string())?
+            .limits;
+        let (stop, mut rx) = watch::channel(false);
+        tokio::spawn(async move {
+            crate::server::serve_https(listener, tls, router, limits, async move {
+                let _ = rx.wait_for(|v| *v).await;
+            })
+            .await;
+        });
+        Ok(TestWebhook {
+            url,
+            ca_path,
+            bodies,
+            stop,
+        })
+    }
+
+    /// Every body received so far, oldest first.
+    pub fn bodies(&self) -> Vec<Value> {
+        match self.bodies.lock() {
+            Ok(b) => b.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+impl Drop for TestWebhook {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn record_hook(
+    State(b): State<Arc<std::sync::Mutex<Vec<Value>>>>,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let Ok(mut g) = b.lock() {
+        g.push(v);
+    }
+    StatusCode::NO_CONTENT
+}
+
 fn server_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
     use rustls_pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

@@ -1,5 +1,5 @@
 //! Operator verbs that talk to a running broker over the admin API:
-//! `revoke`, `grant create|list|revoke`. mTLS with the operator's
+//! `revoke`, `grant create|list|revoke`, `approvals list`, `approve`, `deny`. mTLS with the operator's
 //! certificate; the broker decides whether that identity is an operator.
 
 use std::error::Error as _;
@@ -121,6 +121,7 @@ impl Connection {
             .map(str::to_string)
             .unwrap_or_else(|| format!("the broker answered {status}"));
         Err(match status.as_u16() {
+            403 if v.get("error").and_then(Value::as_str) == Some("self_approval") => msg,
             401 | 403 => {
                 "operator certificate not authorised (its identity is not in [admin] subjects)"
                     .to_string()
@@ -311,6 +312,121 @@ pub async fn grant_revoke(conn: &Connection, id: &str, as_json: bool) -> i32 {
                 println!("{v}");
             } else {
                 println!("revoked grant {id} and every token issued under it");
+            }
+            0
+        }
+        Err(m) => fail(&m),
+    }
+}
+
+fn strings(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn print_approvals(list: &[Value]) {
+    println!(
+        "{:<36}  {:<9}  {:<5}  {:<36}  {:<22}  {:<36}  {:<16}  {:<24}  {:<28}  AUTHORIZATION_DETAILS",
+        "ID", "STATE", "AGE", "REQUESTER", "OWNER", "ON BEHALF OF", "TASK", "SCOPES", "AUDIENCE"
+    );
+    for a in list {
+        let mut state = a["state"].as_str().unwrap_or("").to_string();
+        if a["expired"].as_bool() == Some(true) && (state == "pending" || state == "approved") {
+            state = "expired".into();
+        }
+        let behalf = match strings(&a["actors"]).as_str() {
+            "" => a["subject"].as_str().unwrap_or("").to_string(),
+            actors => format!("{} (via {actors})", a["subject"].as_str().unwrap_or("")),
+        };
+        let details = match &a["authorization_details"] {
+            Value::Null => "-".to_string(),
+            d => d.to_string(),
+        };
+        println!(
+            "{:<36}  {:<9}  {:<5}  {:<36}  {:<22}  {:<36}  {:<16}  {:<24}  {:<28}  {}",
+            a["id"].as_str().unwrap_or(""),
+            state,
+            human(a["age"].as_u64().unwrap_or(0)),
+            a["requester"].as_str().unwrap_or(""),
+            a["owner"].as_str().unwrap_or("-"),
+            behalf,
+            a["task"].as_str().unwrap_or("-"),
+            strings(&a["scopes"]),
+            a["audience"].as_str().unwrap_or(""),
+            details,
+        );
+    }
+}
+
+/// `tessera approvals list [--all]`.
+pub async fn approvals_list(conn: &Connection, all: bool, as_json: bool) -> i32 {
+    let path = if all {
+        "/admin/v1/approvals?state=all"
+    } else {
+        "/admin/v1/approvals"
+    };
+    match conn.call(reqwest::Method::GET, path, None).await {
+        Ok(v) => {
+            if as_json {
+                println!("{v}");
+            } else {
+                let list = v["approvals"].as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    println!("no {}approvals", if all { "retained " } else { "pending " });
+                } else {
+                    print_approvals(&list);
+                }
+            }
+            0
+        }
+        Err(m) => fail(&m),
+    }
+}
+
+/// `tessera approve ID [--reason TEXT]` (`approve = true`) and
+/// `tessera deny ID [--reason TEXT]`.
+pub async fn approval_decide(
+    conn: &Connection,
+    id: &str,
+    approve: bool,
+    reason: Option<String>,
+    as_json: bool,
+) -> i32 {
+    if uuid::Uuid::parse_str(id).is_err() {
+        eprintln!("error: `{id}` is not an approval id (a UUID)");
+        return 2;
+    }
+    let verb = if approve { "approve" } else { "deny" };
+    match conn
+        .call(
+            reqwest::Method::POST,
+            &format!("/admin/v1/approvals/{id}/{verb}"),
+            Some(json!({ "reason": reason })),
+        )
+        .await
+    {
+        Ok(v) => {
+            if as_json {
+                println!("{v}");
+            } else if approve {
+                println!(
+                    "approved {id}: {} may now receive {} for {} (one token; the approval expires {})",
+                    v["requester"].as_str().unwrap_or(""),
+                    strings(&v["scopes"]),
+                    v["audience"].as_str().unwrap_or(""),
+                    fmt_time(v["expires_at"].as_u64().unwrap_or(0))
+                );
+            } else {
+                println!(
+                    "denied {id}: {} will get access_denied",
+                    v["requester"].as_str().unwrap_or("")
+                );
             }
             0
         }

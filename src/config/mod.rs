@@ -30,6 +30,10 @@ use crate::policy::PolicySpec;
 pub const MAX_TOKEN_TTL_CAP: Duration = Duration::from_secs(24 * 3600);
 /// The issuer name reserved for client certificates in `match.issuer`.
 pub const MTLS_ISSUER: &str = "mtls";
+/// Longest `[approvals] ttl`.
+pub const MAX_APPROVAL_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Longest `[approvals] interval`.
+pub const MAX_APPROVAL_INTERVAL: Duration = Duration::from_secs(300);
 
 /// A configuration error: which file, which key, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,6 +66,12 @@ pub struct Config {
     pub introspection_audiences: std::collections::BTreeMap<String, Vec<String>>,
     /// `[approvals] ttl`.
     pub approvals_ttl: Duration,
+    /// `[approvals] interval` (zero: no `slow_down`).
+    pub approvals_interval: Duration,
+    /// `[approvals] webhook` (an `https://` URL).
+    pub approvals_webhook: Option<String>,
+    /// `[approvals] webhook_ca`.
+    pub approvals_webhook_ca: Option<PathBuf>,
     /// `[dev] generate_missing`.
     pub dev_generate_missing: bool,
     /// `[dpop] nonce`.
@@ -492,6 +502,44 @@ impl Config {
             reason: e.to_string(),
         })?;
 
+        // [approvals]
+        let approvals_ttl = dur("approvals.ttl", &raw.approvals.ttl)?;
+        if approvals_ttl > MAX_APPROVAL_TTL {
+            return Err(err("approvals.ttl", "must be at most 24h".into()));
+        }
+        let approvals_interval =
+            parse_duration(&raw.approvals.interval).map_err(|r| err("approvals.interval", r))?;
+        if approvals_interval > MAX_APPROVAL_INTERVAL {
+            return Err(err("approvals.interval", "must be at most 5m".into()));
+        }
+        if let Some(w) = &raw.approvals.webhook {
+            let ok = reqwest::Url::parse(w).is_ok_and(|u| {
+                u.scheme() == "https"
+                    && u.host().is_some()
+                    && u.username().is_empty()
+                    && u.password().is_none()
+                    && u.fragment().is_none()
+            });
+            if !ok {
+                return Err(err(
+                    "approvals.webhook",
+                    "must be an https:// URL without credentials or fragment".into(),
+                ));
+            }
+        }
+        let approvals_webhook_ca = match &raw.approvals.webhook_ca {
+            Some(p) => {
+                if raw.approvals.webhook.is_none() {
+                    return Err(err(
+                        "approvals.webhook_ca",
+                        "is only used with approvals.webhook".into(),
+                    ));
+                }
+                Some(nonempty_path("approvals.webhook_ca", p)?)
+            }
+            None => None,
+        };
+
         Ok(Config {
             source: PathBuf::from(file),
             server,
@@ -500,7 +548,10 @@ impl Config {
             admin_subjects: raw.admin.subjects.clone(),
             introspection_subjects: raw.introspection.subjects.clone(),
             introspection_audiences: raw.introspection.audiences.clone(),
-            approvals_ttl: dur("approvals.ttl", &raw.approvals.ttl)?,
+            approvals_ttl,
+            approvals_interval,
+            approvals_webhook: raw.approvals.webhook.clone(),
+            approvals_webhook_ca,
             dev_generate_missing: raw.dev.generate_missing,
             dpop_nonce: raw.dpop.nonce,
             limits,
@@ -522,6 +573,9 @@ impl Config {
             "tokens.signing_keys".to_string(),
             self.tokens.signing_keys.clone(),
         ));
+        if let Some(ca) = &self.approvals_webhook_ca {
+            v.push(("approvals.webhook_ca".to_string(), ca.clone()));
+        }
         for (i, is) in self.issuers.iter().enumerate() {
             if let Some(ca) = &is.ca {
                 v.push((format!("issuers[{i}].ca"), ca.clone()));

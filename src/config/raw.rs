@@ -177,15 +177,32 @@ pub struct RawDpop {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawApprovals {
-    /// How long a pending approval waits. Defaults to `10m`.
+    /// How long a pending approval waits (and how long an approved one may
+    /// be redeemed). Defaults to `10m`.
     #[serde(default = "d_approvals_ttl")]
     pub ttl: String,
+    /// Least time between two polls of one pending approval; faster polls
+    /// answer `slow_down` (RFC 8628 §3.5). `0s` disables the check.
+    /// Defaults to `5s`.
+    #[serde(default = "d_approvals_interval")]
+    pub interval: String,
+    /// `https://` URL that receives a JSON summary of every new pending
+    /// approval (best effort, never blocking a request). Defaults to none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    /// Extra trust anchor (PEM) for the webhook's HTTPS, besides the public
+    /// WebPKI roots. Defaults to none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_ca: Option<String>,
 }
 
 impl Default for RawApprovals {
     fn default() -> Self {
         Self {
             ttl: d_approvals_ttl(),
+            interval: d_approvals_interval(),
+            webhook: None,
+            webhook_ca: None,
         }
     }
 }
@@ -361,6 +378,9 @@ fn d_store_timeout() -> String {
 }
 fn d_approvals_ttl() -> String {
     "10m".into()
+}
+fn d_approvals_interval() -> String {
+    "5s".into()
 }
 fn d_max_body() -> u64 {
     65536

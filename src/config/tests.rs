@@ -42,7 +42,12 @@ fn full_sample() -> RawConfig {
         admin: RawSubjects {
             subjects: vec!["a".into()],
         },
-        approvals: RawApprovals::default(),
+        approvals: RawApprovals {
+            ttl: "10m".into(),
+            interval: "5s".into(),
+            webhook: Some("https://hooks.example.com/tessera".into()),
+            webhook_ca: Some("keys/hooks-ca.pem".into()),
+        },
         dev: RawDev {
             generate_missing: false,
         },
@@ -129,6 +134,8 @@ fn empty_config_gets_contract_defaults() {
     assert_eq!(c.tokens.max_ttl.as_secs(), 900);
     assert_eq!(c.store.url, "memory://");
     assert_eq!(c.approvals_ttl.as_secs(), 600);
+    assert_eq!(c.approvals_interval.as_secs(), 5);
+    assert!(c.approvals_webhook.is_none());
     assert!(
         !c.dev_generate_missing,
         "only the shipped dev config generates material"

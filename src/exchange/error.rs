@@ -29,9 +29,40 @@ pub enum ExchangeError {
     /// A JIT scope was asked for and no live grant covers it (names the scopes).
     #[error("no live JIT grant covers: {0}")]
     GrantRequired(String),
-    /// A scope needs human approval (not available in this build).
+    /// A scope needs a human approval that this path cannot ask for (an
+    /// actor's approval scope on a re-exchange).
     #[error("approval required for: {0}")]
     ApprovalRequired(String),
+    /// A human approval is pending: poll again with `approval_id`.
+    #[error("approval {id} pending")]
+    ApprovalPending {
+        /// The approval id to poll with.
+        id: String,
+        /// Seconds to wait between polls.
+        interval: u64,
+    },
+    /// Polled a pending approval faster than the interval (RFC 8628).
+    #[error("approval polled too fast")]
+    ApprovalSlowDown {
+        /// Seconds to wait between polls.
+        interval: u64,
+    },
+    /// The approver denied the request.
+    #[error("approval denied")]
+    ApprovalDenied,
+    /// The approval expired before it was decided or redeemed.
+    #[error("approval expired")]
+    ApprovalExpired,
+    /// The approval id is unknown, someone else's, bound to another request
+    /// or already redeemed (one reason code for all: nothing leaks).
+    #[error("approval not usable for this request")]
+    ApprovalInvalid,
+    /// The requester has too many live approvals.
+    #[error("too many live approvals for this requester")]
+    ApprovalsFull,
+    /// RFC 9396 details missing where a policy requires them, or unusable.
+    #[error("authorization_details rejected: {0}")]
+    AuthorizationDetails(&'static str),
     /// The DPoP proof is invalid or replayed.
     #[error("DPoP proof rejected: {0}")]
     DpopProof(&'static str),
@@ -73,6 +104,13 @@ impl ExchangeError {
             Self::Scope(_) => "scope_not_allowed",
             Self::GrantRequired(_) => "jit_grant_required",
             Self::ApprovalRequired(_) => "approval_required",
+            Self::ApprovalPending { .. } => "approval_pending",
+            Self::ApprovalSlowDown { .. } => "approval_polled_too_fast",
+            Self::ApprovalDenied => "approval_denied",
+            Self::ApprovalExpired => "approval_expired",
+            Self::ApprovalInvalid => "approval_not_usable",
+            Self::ApprovalsFull => "too_many_approvals",
+            Self::AuthorizationDetails(r) => r,
             Self::Blocked => "subject_blocked",
             Self::NoLifetime => "no_lifetime_left",
             Self::StoreUnavailable(_) => "store_unavailable",

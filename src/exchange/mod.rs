@@ -5,6 +5,7 @@
 //! tiers → lifetime → mint. Nothing is minted unless every step said yes;
 //! a dependency that fails makes the whole exchange fail (closed).
 
+pub mod approval;
 pub mod error;
 
 use std::collections::HashMap;
@@ -57,6 +58,8 @@ pub struct Issued {
     pub claims: AccessTokenClaims,
     /// The policy that granted it.
     pub policy: String,
+    /// The human approval redeemed for it, when one was.
+    pub approval: Option<String>,
 }
 
 /// The authenticated subject of an exchange.
@@ -136,6 +139,9 @@ pub struct Exchanger {
     stores: Stores,
     clock: Arc<dyn Clock>,
     nonces: Option<dpop::NonceSource>,
+    approvals_ttl: u64,
+    approvals_interval: u64,
+    webhook: Option<approval::Webhook>,
 }
 
 /// Most re-exchanges a chain of tokens may go through.
@@ -167,8 +173,18 @@ impl Exchanger {
         } else {
             None
         };
+        let webhook = match &cfg.approvals_webhook {
+            Some(u) => Some(approval::Webhook::new(
+                u,
+                cfg.approvals_webhook_ca.as_deref(),
+            )?),
+            None => None,
+        };
         Ok(Self {
             nonces,
+            approvals_ttl: cfg.approvals_ttl.as_secs(),
+            approvals_interval: cfg.approvals_interval.as_secs(),
+            webhook,
             issuer: cfg.server.issuer.clone(),
             default_ttl: cfg.tokens.default_ttl.as_secs(),
             max_ttl: cfg.tokens.max_ttl.as_secs(),
@@ -344,11 +360,22 @@ impl Exchanger {
         };
         let actor_policy = delegation.as_ref().map(|d| d.0);
 
-        // Approval tiers are not built yet: such scopes are refused (closed).
-        for s in req.scope.iter() {
-            if policy.is_approval_scope(s) || actor_policy.is_some_and(|p| p.is_approval_scope(s)) {
-                return Err(ExchangeError::ApprovalRequired(s.to_string()));
-            }
+        // Approval tier: such scopes only through a human approval of exactly
+        // this request; policies may require RFC 9396 details for them.
+        let needs_approval = req.scope.iter().any(|s| {
+            policy.is_approval_scope(s) || actor_policy.is_some_and(|p| p.is_approval_scope(s))
+        });
+        if needs_approval
+            && req.authorization_details.is_none()
+            && (policy.require_authorization_details()
+                || actor_policy.is_some_and(|p| p.require_authorization_details()))
+        {
+            return Err(ExchangeError::AuthorizationDetails(
+                "authorization_details_required",
+            ));
+        }
+        if !needs_approval && req.approval_id.is_some() {
+            return Err(ExchangeError::Malformed("approval_id_not_applicable"));
         }
         let jit: Vec<String> = req
             .scope
@@ -372,6 +399,32 @@ impl Exchanger {
             &[subject.not_after, peer_end, actor_end, actor_policy_end],
             now,
         )?;
+
+        // Approval: ask for one, or redeem the approved one (atomically, once).
+        let mut approval = None;
+        if needs_approval {
+            let requester = match (&peer_id, &actor) {
+                (Some(p), _) => p.subject.clone(),
+                (None, Some(a)) => a.sub.clone(),
+                (None, None) => subject.sub.clone(),
+            };
+            let bound = approval::BoundRequest {
+                subject_issuer: &subject.issuer_name,
+                subject: &subject.sub,
+                actor: actor
+                    .as_ref()
+                    .map(|a| (a.issuer_name.as_str(), a.sub.as_str())),
+                scopes: req.scope.iter().map(|s| s.as_str()).collect(),
+                audience,
+                task: req.task.as_deref(),
+                details: req.authorization_details.as_ref(),
+            };
+            let hash = bound.hash();
+            let a = self
+                .approval_step(&req, requester, hash, &subject, actor.as_ref(), policy, now)
+                .await?;
+            approval = Some(a);
+        }
 
         // JIT scopes: one use of a live grant covering subject, audience and
         // those scopes is consumed atomically, last, right before signing.
@@ -420,7 +473,95 @@ impl Exchanger {
             policy: Some(policy.name().to_string()),
             ancestors: Vec::new(),
         };
-        self.sign(&req, claims, now)
+        let mut issued = self.sign(&req, claims, now)?;
+        issued.approval = approval.map(|a| a.id);
+        Ok(issued)
+    }
+
+    /// Without `approval_id`: records a pending approval of exactly this
+    /// request (and tells the webhook) and answers `authorization_pending`.
+    /// With it: one poll; the approval is returned only when it was approved
+    /// and this poll consumed it.
+    #[allow(clippy::too_many_arguments)]
+    async fn approval_step(
+        &self,
+        req: &TokenRequest,
+        requester: String,
+        request_hash: String,
+        subject: &AuthenticatedSubject,
+        actor: Option<&AuthenticatedActor>,
+        policy: &crate::policy::CompiledPolicy,
+        now: u64,
+    ) -> Result<crate::store::Approval, ExchangeError> {
+        use crate::store::{Approval, ApprovalState, PollOutcome};
+        let interval = self.approvals_interval;
+        // RFC 8628 §3.2: clients default to 5 s when no interval is given;
+        // tell them at least 1 s even when slow_down is disabled.
+        let shown_interval = interval.max(1);
+        let Some(id) = req.approval_id.as_deref() else {
+            let a = Approval {
+                id: uuid::Uuid::new_v4().to_string(),
+                request_hash,
+                requester,
+                subject: subject.sub.clone(),
+                actors: actor.map(|a| vec![a.sub.clone()]).unwrap_or_default(),
+                owner: policy.owner().map(str::to_string),
+                policy: policy.name().to_string(),
+                scopes: req.scope.iter().map(|s| s.to_string()).collect(),
+                audience: req.target.as_str().to_string(),
+                task: req.task.clone(),
+                authorization_details: req.authorization_details.clone(),
+                created_at: now,
+                expires_at: now.saturating_add(self.approvals_ttl),
+                state: ApprovalState::Pending,
+                decided_by: None,
+                decided_at: None,
+                reason: None,
+            };
+            if !self.stores.approvals.create_approval(&a).await? {
+                return Err(ExchangeError::ApprovalsFull);
+            }
+            tracing::info!(target: "tessera::audit", decision = "approval_requested",
+                approval = %a.id, requester = %crate::telemetry::log_safe(&a.requester),
+                sub = %crate::telemetry::log_safe(&a.subject), scope = %a.scopes.join(" "),
+                aud = %crate::telemetry::log_safe(&a.audience), policy = %a.policy,
+                expires_at = a.expires_at, "human approval requested");
+            crate::telemetry::metrics()
+                .approvals
+                .with_label_values(&["requested"])
+                .inc();
+            if let Some(w) = &self.webhook {
+                w.notify(&a);
+            }
+            return Err(ExchangeError::ApprovalPending {
+                id: a.id,
+                interval: shown_interval,
+            });
+        };
+        match self
+            .stores
+            .approvals
+            .poll(id, &requester, &request_hash, interval, now)
+            .await?
+        {
+            PollOutcome::Redeemed(a) => {
+                crate::telemetry::metrics()
+                    .approvals
+                    .with_label_values(&["redeemed"])
+                    .inc();
+                Ok(*a)
+            }
+            PollOutcome::Pending => Err(ExchangeError::ApprovalPending {
+                id: id.to_string(),
+                interval: shown_interval,
+            }),
+            PollOutcome::SlowDown => Err(ExchangeError::ApprovalSlowDown {
+                interval: shown_interval,
+            }),
+            PollOutcome::Denied => Err(ExchangeError::ApprovalDenied),
+            PollOutcome::Expired => Err(ExchangeError::ApprovalExpired),
+            PollOutcome::Invalid => Err(ExchangeError::ApprovalInvalid),
+        }
     }
 
     /// Attenuation: a Tessera token exchanged for a narrower one. Scopes a
@@ -763,6 +904,7 @@ impl Exchanger {
             scope: claims.scope.clone(),
             policy: claims.policy.clone().unwrap_or_default(),
             claims,
+            approval: None,
         })
     }
 

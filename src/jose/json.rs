@@ -101,6 +101,32 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, JsonError> {
     }
 }
 
+/// Parses `bytes` as one JSON value of any type (array, object, scalar)
+/// under the same strict rules as [`parse_object`]: UTF-8 without BOM, no
+/// duplicate member names at any depth, bounded nesting, nothing after it.
+///
+/// # Errors
+/// A [`JsonError`] naming the first rule that was broken.
+pub fn parse_value(bytes: &[u8]) -> Result<Value, JsonError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| JsonError::InvalidUtf8)?;
+    if text.starts_with('\u{feff}') {
+        return Err(JsonError::ByteOrderMark);
+    }
+    let failure = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_str(text);
+    // The top level counts as depth 1, as in parse_object.
+    let seed = StrictValue {
+        failure: &failure,
+        depth: 0,
+    };
+    let value = match seed.deserialize(&mut de) {
+        Ok(v) => v,
+        Err(_) => return Err(failure.get().unwrap_or(JsonError::Syntax)),
+    };
+    de.end().map_err(|_| JsonError::Syntax)?;
+    Ok(value)
+}
+
 /// Seed/visitor pair that builds a [`Value`] while enforcing the strict rules.
 /// `failure` is a side channel so the precise reason survives serde's
 /// string-typed error.
@@ -212,6 +238,20 @@ mod tests {
         assert_eq!(m["a"], Value::from(1));
         assert!(m["a"].is_u64());
         assert_eq!(m["b"][3]["c"], Value::from(-2.5));
+    }
+
+    #[test]
+    fn parse_value_is_as_strict_for_any_top_level() {
+        assert_eq!(parse_value(b" [1, {\"a\": 2}] ").unwrap()[1]["a"], 2);
+        assert_eq!(parse_value(b"\"s\"").unwrap(), "s");
+        assert_eq!(
+            parse_value(br#"[{"a":1,"a":2}]"#),
+            Err(JsonError::DuplicateKey)
+        );
+        assert_eq!(parse_value(b"[1] [2]"), Err(JsonError::Syntax));
+        assert_eq!(parse_value(b"[1],\"x\":2"), Err(JsonError::Syntax));
+        let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
+        assert_eq!(parse_value(deep.as_bytes()), Err(JsonError::TooDeep));
     }
 
     #[test]

@@ -182,6 +182,9 @@ impl IntoResponse for OAuthError {
     }
 }
 
+/// `Retry-After` when a requester has too many live approvals.
+pub const APPROVALS_FULL_RETRY_SECS: u64 = 30;
+
 impl From<ErrorCode> for OAuthError {
     fn from(code: ErrorCode) -> Self {
         Self::new(code)
@@ -193,6 +196,23 @@ impl From<ErrorCode> for OAuthError {
 impl From<&crate::exchange::ExchangeError> for OAuthError {
     fn from(e: &crate::exchange::ExchangeError) -> Self {
         use crate::exchange::ExchangeError as E;
+        match e {
+            E::ApprovalPending { id, interval } => {
+                return OAuthError {
+                    approval_id: Some(id.clone()),
+                    interval: Some(*interval),
+                    ..OAuthError::new(ErrorCode::AuthorizationPending)
+                }
+            }
+            E::ApprovalSlowDown { interval } => {
+                return OAuthError {
+                    interval: Some(*interval),
+                    ..OAuthError::new(ErrorCode::SlowDown)
+                }
+            }
+            E::ApprovalsFull => return OAuthError::rate_limited(APPROVALS_FULL_RETRY_SECS),
+            _ => {}
+        }
         let code = match e {
             E::Malformed(_)
             | E::SubjectToken(_)
@@ -204,6 +224,12 @@ impl From<&crate::exchange::ExchangeError> for OAuthError {
             E::ClientAuth(_) => ErrorCode::InvalidClient,
             E::Target => ErrorCode::InvalidTarget,
             E::Scope(_) | E::GrantRequired(_) | E::ApprovalRequired(_) => ErrorCode::InvalidScope,
+            E::ApprovalPending { .. } => ErrorCode::AuthorizationPending,
+            E::ApprovalSlowDown { .. } | E::ApprovalsFull => ErrorCode::SlowDown,
+            E::ApprovalDenied => ErrorCode::AccessDenied,
+            E::ApprovalExpired => ErrorCode::ExpiredToken,
+            E::ApprovalInvalid => ErrorCode::InvalidGrant,
+            E::AuthorizationDetails(_) => ErrorCode::InvalidAuthorizationDetails,
             E::DpopProof(_) => ErrorCode::InvalidDpopProof,
             E::UseDpopNonce => ErrorCode::UseDpopNonce,
             E::StoreUnavailable(_) | E::KeysUnavailable(_) | E::Signing(_) => {
@@ -274,6 +300,35 @@ mod tests {
             assert_eq!(v["error_description"], code.description());
             assert_eq!(v.as_object().unwrap().len(), 2);
         }
+        // authorization_pending carries approval_id and interval (RFC 8628 §3.5 style)
+        let e = crate::exchange::ExchangeError::ApprovalPending {
+            id: "4f1c".into(),
+            interval: 5,
+        };
+        let resp = OAuthError::from(&e).into_response();
+        assert_eq!(resp.status(), 400);
+        let bytes = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": "authorization_pending",
+                "error_description": "waiting for human approval", "approval_id": "4f1c", "interval": 5})
+        );
+        use crate::exchange::ExchangeError as E;
+        for (e, wire) in [
+            (E::ApprovalSlowDown { interval: 5 }, "slow_down"),
+            (E::ApprovalDenied, "access_denied"),
+            (E::ApprovalExpired, "expired_token"),
+            (E::ApprovalInvalid, "invalid_grant"),
+            (
+                E::AuthorizationDetails("authorization_details_required"),
+                "invalid_authorization_details",
+            ),
+        ] {
+            assert_eq!(OAuthError::from(&e).code.as_str(), wire);
+        }
+        let r = OAuthError::from(&E::ApprovalsFull).into_response();
+        assert_eq!(r.status(), 429);
         let r = OAuthError::rate_limited(3).into_response();
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()["retry-after"], "3");

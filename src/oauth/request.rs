@@ -386,27 +386,38 @@ fn is_absolute_uri_without_fragment(s: &str) -> bool {
     scheme_ok && !rest.is_empty() && !s.contains('#') && !s.bytes().any(|b| b <= b' ')
 }
 
-/// RFC 9396: a JSON array of objects, each with a string `type`; duplicate
-/// member names are rejected like everywhere else.
+/// Largest `authorization_details` value (bytes of JSON, after form decoding).
+pub const MAX_AUTHORIZATION_DETAILS_BYTES: usize = 8 * 1024;
+/// Most entries in `authorization_details`.
+pub const MAX_AUTHORIZATION_DETAILS_ENTRIES: usize = 16;
+/// Longest `type` of one entry.
+pub const MAX_AUTHORIZATION_DETAILS_TYPE_LEN: usize = 256;
+
+/// RFC 9396 §2: a non-empty JSON array (at most
+/// [`MAX_AUTHORIZATION_DETAILS_ENTRIES`] entries, at most
+/// [`MAX_AUTHORIZATION_DETAILS_BYTES`]) of objects, each with a non-empty
+/// string `type`. Parsed strictly (duplicate member names rejected, nothing
+/// after the array) and kept verbatim otherwise.
 pub fn parse_authorization_details(s: &str) -> Result<serde_json::Value, RequestError> {
-    let e = || {
-        bad(
-            ErrorCode::InvalidAuthorizationDetails,
-            "authorization_details_malformed",
-        )
-    };
-    let wrapped = format!("{{\"d\":{s}}}");
-    let mut obj = crate::jose::json::parse_object(wrapped.as_bytes()).map_err(|_| e())?;
-    let v = obj.remove("d").ok_or_else(e)?;
-    let arr = v.as_array().ok_or_else(e)?;
-    if arr.is_empty() || arr.len() > 16 {
-        return Err(e());
+    let e = |reason| bad(ErrorCode::InvalidAuthorizationDetails, reason);
+    if s.len() > MAX_AUTHORIZATION_DETAILS_BYTES {
+        return Err(e("authorization_details_too_large"));
+    }
+    let v = crate::jose::json::parse_value(s.as_bytes())
+        .map_err(|_| e("authorization_details_not_json"))?;
+    let arr = v
+        .as_array()
+        .ok_or_else(|| e("authorization_details_not_array"))?;
+    if arr.is_empty() || arr.len() > MAX_AUTHORIZATION_DETAILS_ENTRIES {
+        return Err(e("authorization_details_entries"));
     }
     for item in arr {
-        let o = item.as_object().ok_or_else(e)?;
+        let o = item
+            .as_object()
+            .ok_or_else(|| e("authorization_details_entry_not_object"))?;
         match o.get("type").and_then(|t| t.as_str()) {
-            Some(t) if !t.is_empty() && t.len() <= 256 => {}
-            _ => return Err(e()),
+            Some(t) if !t.is_empty() && t.len() <= MAX_AUTHORIZATION_DETAILS_TYPE_LEN => {}
+            _ => return Err(e("authorization_details_type")),
         }
     }
     Ok(v)
@@ -581,9 +592,21 @@ mod tests {
             r#"[{"amount":5}]"#,
             r#"[{"type":1}]"#,
             r#"[{"type":"a","type":"b"}]"#,
+            r#"[{"type":""}]"#,
+            // not one JSON value: must not be smuggled through a wrapper object
+            r#"[{"type":"a"}],"x":1"#,
             "[",
         ] {
             assert!(parse_authorization_details(bad).is_err(), "{bad}");
         }
+        let big = format!(r#"[{{"type":"a","pad":"{}"}}]"#, "x".repeat(8192));
+        assert_eq!(
+            parse_authorization_details(&big).unwrap_err().reason,
+            "authorization_details_too_large"
+        );
+        let many = format!("[{}]", vec![r#"{"type":"a"}"#; 17].join(","));
+        assert!(parse_authorization_details(&many).is_err());
+        let sixteen = format!("[{}]", vec![r#"{"type":"a"}"#; 16].join(","));
+        assert!(parse_authorization_details(&sixteen).is_ok());
     }
 }

@@ -384,3 +384,196 @@ pub async fn revoke_grant(
         "JIT grant revoked with its tokens");
     Json(json!({"revoked": g.id, "cursor": cursor})).into_response()
 }
+
+/// Longest reason an operator may give for a decision.
+pub const MAX_REASON_LEN: usize = 1024;
+
+/// Query of `GET /admin/v1/approvals`.
+#[derive(Debug, Deserialize)]
+pub struct ApprovalQuery {
+    /// `pending` (the default) or `all` (decided and expired ones too, while
+    /// they are retained).
+    pub state: Option<String>,
+}
+
+/// An approval as the admin API shows it: the record plus `age` (seconds
+/// since it was asked) and `expired`.
+fn approval_view(a: &crate::store::Approval, now: u64) -> serde_json::Value {
+    let mut v = serde_json::to_value(a).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("request_hash");
+        o.insert("age".into(), json!(now.saturating_sub(a.created_at)));
+        o.insert("expired".into(), json!(a.expires_at <= now));
+    }
+    v
+}
+
+/// `GET /admin/v1/approvals[?state=pending|all]`.
+pub async fn list_approvals(
+    State(app): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    Query(q): Query<ApprovalQuery>,
+) -> Response {
+    if let Err(r) = caller(&app, peer) {
+        return r;
+    }
+    let all = match q.state.as_deref() {
+        None | Some("") | Some("pending") => false,
+        Some("all") => true,
+        Some(_) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "state must be pending or all",
+            )
+        }
+    };
+    let now = app.clock.now();
+    match app.stores.approvals.list_approvals(now).await {
+        Ok(list) => {
+            let shown: Vec<serde_json::Value> = list
+                .iter()
+                .filter(|a| {
+                    all || (a.state == crate::store::ApprovalState::Pending && a.expires_at > now)
+                })
+                .map(|a| approval_view(a, now))
+                .collect();
+            Json(json!({ "approvals": shown })).into_response()
+        }
+        Err(e) => store_err(e),
+    }
+}
+
+/// Body of `POST /admin/v1/approvals/{id}/approve|deny`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    /// Why (audited, shown in `approvals list --all`).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /admin/v1/approvals/{id}/approve`.
+pub async fn approve(
+    State(app): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    decide(app, peer, id, body, true).await
+}
+
+/// `POST /admin/v1/approvals/{id}/deny`.
+pub async fn deny(
+    State(app): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    decide(app, peer, id, body, false).await
+}
+
+async fn decide(
+    app: AppState,
+    peer: Option<Extension<Peer>>,
+    id: String,
+    body: Bytes,
+    approve: bool,
+) -> Response {
+    use crate::store::DecideOutcome;
+    let who = match caller(&app, peer) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let b: DecisionBody = if body.iter().all(u8::is_ascii_whitespace) {
+        DecisionBody::default()
+    } else {
+        match parse_body(&body) {
+            Ok(b) => b,
+            Err(r) => return r,
+        }
+    };
+    let reason = b.reason.filter(|r| !r.is_empty());
+    if reason
+        .as_deref()
+        .is_some_and(|r| r.len() > MAX_REASON_LEN || r.chars().any(char::is_control))
+    {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("reason must be at most {MAX_REASON_LEN} printable characters"),
+        );
+    }
+    if uuid::Uuid::parse_str(&id).is_err() {
+        return err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "an approval id is a UUID",
+        );
+    }
+    let now = app.clock.now();
+    let a = match app.stores.approvals.get_approval(&id, now).await {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            return err(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no approval {id}"),
+            )
+        }
+        Err(e) => return store_err(e),
+    };
+    // Four eyes: whoever asked (the presenting workload, the subject, any
+    // actor) never decides.
+    if who == a.requester || who == a.subject || a.actors.iter().any(|x| x == &who) {
+        tracing::info!(target: "tessera::audit", decision = "refused", reason = "self_approval",
+            approval = %a.id, by = %who, "approval decision refused: the approver is part of the request");
+        return err(
+            StatusCode::FORBIDDEN,
+            "self_approval",
+            "the approver cannot be the requester, the subject or an actor of the request",
+        );
+    }
+    let out = match app
+        .stores
+        .approvals
+        .decide(&id, approve, &who, reason.as_deref(), now)
+        .await
+    {
+        Ok(o) => o,
+        Err(e) => return store_err(e),
+    };
+    match out {
+        DecideOutcome::Decided(a) => {
+            crate::telemetry::metrics()
+                .approvals
+                .with_label_values(&[if approve { "approved" } else { "denied" }])
+                .inc();
+            tracing::info!(target: "tessera::audit",
+                decision = if approve { "approved" } else { "denied" },
+                approval = %a.id, by = %who,
+                reason = %crate::telemetry::log_safe(a.reason.as_deref().unwrap_or("")),
+                requester = %crate::telemetry::log_safe(&a.requester),
+                sub = %crate::telemetry::log_safe(&a.subject),
+                scope = %a.scopes.join(" "), aud = %crate::telemetry::log_safe(&a.audience),
+                policy = %a.policy, request_sha256 = %a.request_hash,
+                "human approval decided");
+            Json(approval_view(&a, now)).into_response()
+        }
+        DecideOutcome::NotFound => err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no approval {id}"),
+        ),
+        DecideOutcome::NotPending(s) => err(
+            StatusCode::CONFLICT,
+            "not_pending",
+            format!("approval {id} is already {}", s.as_str()),
+        ),
+        DecideOutcome::Expired => err(
+            StatusCode::CONFLICT,
+            "expired",
+            format!("approval {id} expired before the decision"),
+        ),
+    }
+}

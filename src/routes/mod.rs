@@ -30,6 +30,9 @@ pub fn router(state: AppState) -> Router {
             post(admin::create_grant).get(admin::list_grants),
         )
         .route("/admin/v1/grants/{id}", delete(admin::revoke_grant))
+        .route("/admin/v1/approvals", get(admin::list_approvals))
+        .route("/admin/v1/approvals/{id}/approve", post(admin::approve))
+        .route("/admin/v1/approvals/{id}/deny", post(admin::deny))
         .route("/jwks.json", get(metadata::jwks))
         .route(
             "/.well-known/oauth-authorization-server",

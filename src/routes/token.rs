@@ -58,6 +58,7 @@ pub async fn token(
                 scope = %issued.scope,
                 txn = %issued.claims.txn,
                 policy = %issued.policy,
+                approval = issued.approval.as_deref().unwrap_or("-"),
                 exp = issued.claims.exp,
                 "token issued"
             );

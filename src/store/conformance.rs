@@ -41,6 +41,11 @@ pub async fn run_all(s: Stores) {
     grant_expiry(&s).await;
     grant_concurrent_consume(&s).await;
     grant_unlimited(&s).await;
+    approval_lifecycle(&s).await;
+    approval_binding_and_denial(&s).await;
+    approval_expiry(&s).await;
+    approval_concurrent_redeem(&s).await;
+    approval_requester_cap(&s).await;
     s.health.ping().await.unwrap();
 }
 
@@ -491,4 +496,296 @@ async fn grant_unlimited(s: &Stores) {
         assert_eq!(got.uses, None);
     }
     assert_eq!(s.grants.get(&g.id, now).await.unwrap(), Some(g));
+}
+
+/// A pending approval for `requester`, created now, expiring in 60 s.
+pub fn approval(requester: &str, hash: &str) -> Approval {
+    let now = unix_now();
+    Approval {
+        id: uuid::Uuid::new_v4().to_string(),
+        request_hash: hash.into(),
+        requester: requester.into(),
+        subject: requester.into(),
+        actors: vec![],
+        owner: Some("alice@example.com".into()),
+        policy: "p".into(),
+        scopes: vec!["deploy:prod".into()],
+        audience: "api".into(),
+        task: Some("t-1".into()),
+        authorization_details: Some(serde_json::json!([{"type": "deploy", "target": "prod"}])),
+        created_at: now,
+        expires_at: now + 60,
+        state: ApprovalState::Pending,
+        decided_by: None,
+        decided_at: None,
+        reason: None,
+    }
+}
+
+async fn approval_lifecycle(s: &Stores) {
+    let now = unix_now();
+    let req = uniq("spiffe://td/apr");
+    let a = approval(&req, "h1");
+    assert!(s.approvals.create_approval(&a).await.unwrap());
+    assert_eq!(
+        s.approvals.get_approval(&a.id, now).await.unwrap(),
+        Some(a.clone())
+    );
+    assert!(s.approvals.list_approvals(now).await.unwrap().contains(&a));
+    // the creating request counts as a poll: at once is too fast, after the interval it is pending
+    assert_eq!(
+        s.approvals
+            .poll(&a.id, &req, "h1", 5, now + 1)
+            .await
+            .unwrap(),
+        PollOutcome::SlowDown
+    );
+    assert_eq!(
+        s.approvals
+            .poll(&a.id, &req, "h1", 5, now + 3)
+            .await
+            .unwrap(),
+        PollOutcome::SlowDown,
+        "a too-fast poll also counts as the last poll"
+    );
+    assert_eq!(
+        s.approvals
+            .poll(&a.id, &req, "h1", 5, now + 8)
+            .await
+            .unwrap(),
+        PollOutcome::Pending
+    );
+    // approve, once
+    let d = s
+        .approvals
+        .decide(
+            &a.id,
+            true,
+            "spiffe://td/operator",
+            Some("looks right"),
+            now + 9,
+        )
+        .await
+        .unwrap();
+    let DecideOutcome::Decided(got) = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(got.state, ApprovalState::Approved);
+    assert_eq!(got.decided_by.as_deref(), Some("spiffe://td/operator"));
+    assert_eq!(got.decided_at, Some(now + 9));
+    assert_eq!(got.reason.as_deref(), Some("looks right"));
+    assert_eq!(
+        s.approvals
+            .decide(&a.id, false, "spiffe://td/other", None, now + 9)
+            .await
+            .unwrap(),
+        DecideOutcome::NotPending(ApprovalState::Approved)
+    );
+    // redeemed by the next poll, even a fast one (slow_down is a variant of pending)
+    let PollOutcome::Redeemed(r) = s
+        .approvals
+        .poll(&a.id, &req, "h1", 5, now + 9)
+        .await
+        .unwrap()
+    else {
+        panic!("not redeemed")
+    };
+    assert_eq!(r.scopes, a.scopes);
+    assert_eq!(r.audience, a.audience);
+    assert_eq!(r.task, a.task);
+    assert_eq!(r.authorization_details, a.authorization_details);
+    assert_eq!(r.decided_by.as_deref(), Some("spiffe://td/operator"));
+    // exactly once
+    assert_eq!(
+        s.approvals
+            .poll(&a.id, &req, "h1", 5, now + 20)
+            .await
+            .unwrap(),
+        PollOutcome::Invalid
+    );
+    assert_eq!(
+        s.approvals
+            .get_approval(&a.id, now + 20)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        ApprovalState::Consumed
+    );
+    // unknown ids
+    assert_eq!(
+        s.approvals
+            .poll(&uniq("nope"), &req, "h1", 5, now)
+            .await
+            .unwrap(),
+        PollOutcome::Invalid
+    );
+    assert_eq!(
+        s.approvals
+            .decide(&uniq("nope"), true, "x", None, now)
+            .await
+            .unwrap(),
+        DecideOutcome::NotFound
+    );
+    assert_eq!(
+        s.approvals.get_approval(&uniq("nope"), now).await.unwrap(),
+        None
+    );
+}
+
+async fn approval_binding_and_denial(s: &Stores) {
+    let now = unix_now();
+    let req = uniq("spiffe://td/bind");
+    let a = approval(&req, "h-bound");
+    assert!(s.approvals.create_approval(&a).await.unwrap());
+    // another requester, or another request, learns nothing and changes nothing
+    for (who, hash) in [
+        (uniq("spiffe://td/x").as_str(), "h-bound"),
+        (req.as_str(), "h-other"),
+    ] {
+        assert_eq!(
+            s.approvals
+                .poll(&a.id, who, hash, 0, now + 10)
+                .await
+                .unwrap(),
+            PollOutcome::Invalid
+        );
+    }
+    s.approvals
+        .decide(&a.id, true, "op", None, now + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.approvals
+            .poll(&a.id, &req, "h-other", 0, now + 10)
+            .await
+            .unwrap(),
+        PollOutcome::Invalid,
+        "an approval is redeemed only by exactly the request it was made for"
+    );
+    assert!(matches!(
+        s.approvals
+            .poll(&a.id, &req, "h-bound", 0, now + 10)
+            .await
+            .unwrap(),
+        PollOutcome::Redeemed(_)
+    ));
+    // denied stays denied
+    let d = approval(&req, "h-deny");
+    assert!(s.approvals.create_approval(&d).await.unwrap());
+    let out = s
+        .approvals
+        .decide(&d.id, false, "op", Some("no"), now + 1)
+        .await
+        .unwrap();
+    assert!(matches!(out, DecideOutcome::Decided(ref x) if x.state == ApprovalState::Denied));
+    for t in [now + 2, now + 100] {
+        assert_eq!(
+            s.approvals.poll(&d.id, &req, "h-deny", 0, t).await.unwrap(),
+            PollOutcome::Denied
+        );
+    }
+}
+
+async fn approval_expiry(s: &Stores) {
+    let now = unix_now();
+    let req = uniq("spiffe://td/aexp");
+    let mut a = approval(&req, "h");
+    a.expires_at = now + 10;
+    assert!(s.approvals.create_approval(&a).await.unwrap());
+    assert_eq!(
+        s.approvals
+            .poll(&a.id, &req, "h", 0, now + 10)
+            .await
+            .unwrap(),
+        PollOutcome::Expired
+    );
+    assert_eq!(
+        s.approvals
+            .decide(&a.id, true, "op", None, now + 10)
+            .await
+            .unwrap(),
+        DecideOutcome::Expired
+    );
+    // approved, then not redeemed in time
+    let mut b = approval(&req, "h2");
+    b.expires_at = now + 10;
+    assert!(s.approvals.create_approval(&b).await.unwrap());
+    s.approvals
+        .decide(&b.id, true, "op", None, now + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.approvals
+            .poll(&b.id, &req, "h2", 0, now + 11)
+            .await
+            .unwrap(),
+        PollOutcome::Expired
+    );
+    // forgotten after the retention
+    let gone = now + 10 + APPROVAL_RETAIN_SECS;
+    assert_eq!(s.approvals.get_approval(&a.id, gone).await.unwrap(), None);
+    assert!(!s
+        .approvals
+        .list_approvals(gone)
+        .await
+        .unwrap()
+        .iter()
+        .any(|x| x.id == a.id));
+    assert_eq!(
+        s.approvals.poll(&a.id, &req, "h", 0, gone).await.unwrap(),
+        PollOutcome::Invalid
+    );
+}
+
+async fn approval_concurrent_redeem(s: &Stores) {
+    let now = unix_now();
+    let req = uniq("spiffe://td/aconc");
+    let a = approval(&req, "h");
+    assert!(s.approvals.create_approval(&a).await.unwrap());
+    s.approvals
+        .decide(&a.id, true, "op", None, now)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let st = s.approvals.clone();
+        let (id, req) = (a.id.clone(), req.clone());
+        tasks.push(tokio::spawn(async move {
+            st.poll(&id, &req, "h", 5, now).await.unwrap()
+        }));
+    }
+    let mut redeemed = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            PollOutcome::Redeemed(_) => redeemed += 1,
+            PollOutcome::Invalid => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(redeemed, 1, "one approval, one token");
+}
+
+async fn approval_requester_cap(s: &Stores) {
+    let req = uniq("spiffe://td/acap");
+    for i in 0..MAX_APPROVALS_PER_REQUESTER {
+        assert!(
+            s.approvals
+                .create_approval(&approval(&req, &format!("h{i}")))
+                .await
+                .unwrap(),
+            "{i}"
+        );
+    }
+    assert!(!s
+        .approvals
+        .create_approval(&approval(&req, "one-too-many"))
+        .await
+        .unwrap());
+    // others are not affected
+    assert!(s
+        .approvals
+        .create_approval(&approval(&uniq("spiffe://td/acap2"), "h"))
+        .await
+        .unwrap());
 }

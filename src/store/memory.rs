@@ -20,6 +20,8 @@ struct Inner {
     blocked: HashMap<String, u64>,
     seen: HashMap<(String, String), u64>,
     grants: HashMap<String, Grant>,
+    /// Approvals by id, with the time of their last poll.
+    approvals: HashMap<String, (Approval, u64)>,
 }
 
 impl Inner {
@@ -29,6 +31,8 @@ impl Inner {
         self.blocked.retain(|_, until| *until > now);
         self.seen.retain(|_, exp| *exp > now);
         self.grants.retain(|_, g| g.expires_at > now);
+        self.approvals
+            .retain(|_, (a, _)| a.expires_at.saturating_add(APPROVAL_RETAIN_SECS) > now);
     }
 }
 
@@ -287,6 +291,124 @@ impl GrantStore for MemoryStore {
             *r = r.saturating_sub(1);
         }
         Ok(Some(before))
+    }
+}
+
+#[async_trait]
+impl ApprovalStore for MemoryStore {
+    async fn create_approval(&self, a: &Approval) -> Result<bool, StoreError> {
+        let mut inner = self.lock()?;
+        inner.purge(a.created_at);
+        if inner.approvals.contains_key(&a.id) {
+            return Err(StoreError::Protocol("approval id already exists".into()));
+        }
+        let live_of_requester = inner
+            .approvals
+            .values()
+            .filter(|(x, _)| x.requester == a.requester && x.expires_at > a.created_at)
+            .count();
+        if live_of_requester >= MAX_APPROVALS_PER_REQUESTER
+            || inner.approvals.len() >= MAX_APPROVALS_TOTAL
+        {
+            return Ok(false);
+        }
+        let mut stored = a.clone();
+        stored.state = ApprovalState::Pending;
+        inner.approvals.insert(a.id.clone(), (stored, a.created_at));
+        Ok(true)
+    }
+
+    async fn get_approval(&self, id: &str, now: u64) -> Result<Option<Approval>, StoreError> {
+        let inner = self.lock()?;
+        Ok(inner
+            .approvals
+            .get(id)
+            .filter(|(a, _)| a.expires_at.saturating_add(APPROVAL_RETAIN_SECS) > now)
+            .map(|(a, _)| a.clone()))
+    }
+
+    async fn list_approvals(&self, now: u64) -> Result<Vec<Approval>, StoreError> {
+        let inner = self.lock()?;
+        let mut out: Vec<Approval> = inner
+            .approvals
+            .values()
+            .filter(|(a, _)| a.expires_at.saturating_add(APPROVAL_RETAIN_SECS) > now)
+            .map(|(a, _)| a.clone())
+            .collect();
+        // The newest ones when there are too many (pending ones are recent).
+        out.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        out.truncate(MAX_APPROVALS_LISTED);
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn decide(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        reason: Option<&str>,
+        now: u64,
+    ) -> Result<DecideOutcome, StoreError> {
+        let mut inner = self.lock()?;
+        let Some((a, _)) = inner
+            .approvals
+            .get_mut(id)
+            .filter(|(a, _)| a.expires_at.saturating_add(APPROVAL_RETAIN_SECS) > now)
+        else {
+            return Ok(DecideOutcome::NotFound);
+        };
+        if a.state != ApprovalState::Pending {
+            return Ok(DecideOutcome::NotPending(a.state));
+        }
+        if a.expires_at <= now {
+            return Ok(DecideOutcome::Expired);
+        }
+        a.state = if approve {
+            ApprovalState::Approved
+        } else {
+            ApprovalState::Denied
+        };
+        a.decided_by = Some(by.to_string());
+        a.decided_at = Some(now);
+        a.reason = reason.map(str::to_string);
+        Ok(DecideOutcome::Decided(Box::new(a.clone())))
+    }
+
+    async fn poll(
+        &self,
+        id: &str,
+        requester: &str,
+        request_hash: &str,
+        interval: u64,
+        now: u64,
+    ) -> Result<PollOutcome, StoreError> {
+        let mut inner = self.lock()?;
+        let Some((a, last)) = inner.approvals.get_mut(id).filter(|(a, _)| {
+            a.expires_at.saturating_add(APPROVAL_RETAIN_SECS) > now
+                && a.requester == requester
+                && a.request_hash == request_hash
+        }) else {
+            return Ok(PollOutcome::Invalid);
+        };
+        Ok(match a.state {
+            ApprovalState::Consumed => PollOutcome::Invalid,
+            ApprovalState::Denied => PollOutcome::Denied,
+            _ if a.expires_at <= now => PollOutcome::Expired,
+            ApprovalState::Approved => {
+                a.state = ApprovalState::Consumed;
+                PollOutcome::Redeemed(Box::new(a.clone()))
+            }
+            ApprovalState::Pending => {
+                let too_fast = now < last.saturating_add(interval);
+                *last = now;
+                if too_fast {
+                    PollOutcome::SlowDown
+                } else {
+                    PollOutcome::Pending
+                }
+            }
+        })
     }
 }
 

@@ -1,5 +1,5 @@
-//! State that outlives a request: revocations, replay records (and, with the
-//! Redis backend, JIT grants). Every call is async and fallible: a store that
+//! State that outlives a request: revocations, replay records, JIT grants
+//! and pending human approvals. Every call is async and fallible: a store that
 //! cannot answer makes the caller fail closed (503, no token).
 //!
 //! Backends: [`memory::MemoryStore`] (embedded, single process, the default)
@@ -179,6 +179,162 @@ pub trait GrantStore: Send + Sync {
 /// work of `consume`, which examines every grant of the subject).
 pub const MAX_GRANTS_PER_SUBJECT: usize = 100;
 
+/// Where a human approval stands. `expired` is not a state: an approval
+/// whose `expires_at` has passed is expired whatever it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalState {
+    /// Waiting for an operator.
+    Pending,
+    /// Approved: the next poll of exactly this request gets one token.
+    Approved,
+    /// Denied by an operator.
+    Denied,
+    /// Approved and redeemed: its one token was issued.
+    Consumed,
+}
+
+impl ApprovalState {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Consumed => "consumed",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Approved, Self::Denied, Self::Consumed]
+            .into_iter()
+            .find(|x| x.as_str() == s)
+    }
+}
+
+/// A request waiting for (or decided by) a human: bound to exactly what
+/// was asked through `request_hash`, usable only by `requester`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Approval id (UUID), the `approval_id` the workload polls with.
+    pub id: String,
+    /// Hex SHA-256 of the request it is bound to (subject, actors, scopes,
+    /// audience, task, `authorization_details`).
+    pub request_hash: String,
+    /// The presenting workload (client certificate identity, else the subject).
+    pub requester: String,
+    /// On whose behalf: the subject of the request.
+    pub subject: String,
+    /// Actors of the request, current actor first.
+    pub actors: Vec<String>,
+    /// The accountable human of the policy that would grant it.
+    pub owner: Option<String>,
+    /// That policy's name.
+    pub policy: String,
+    /// Every requested scope.
+    pub scopes: Vec<String>,
+    /// The one audience.
+    pub audience: String,
+    /// The task, when the request named one.
+    pub task: Option<String>,
+    /// RFC 9396 details of the request, verbatim.
+    pub authorization_details: Option<serde_json::Value>,
+    /// Creation time (Unix seconds).
+    pub created_at: u64,
+    /// When it stops being decidable or redeemable (Unix seconds).
+    pub expires_at: u64,
+    /// Where it stands.
+    pub state: ApprovalState,
+    /// The operator who decided.
+    pub decided_by: Option<String>,
+    /// When it was decided.
+    pub decided_at: Option<u64>,
+    /// The operator's reason.
+    pub reason: Option<String>,
+}
+
+/// The answer to one poll of an approval by its workload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PollOutcome {
+    /// Still pending; the poll was recorded.
+    Pending,
+    /// Still pending, and polled faster than the interval (RFC 8628 `slow_down`).
+    SlowDown,
+    /// Approved, and now consumed by this poll: mint exactly one token.
+    Redeemed(Box<Approval>),
+    /// An operator denied it.
+    Denied,
+    /// It expired before being decided or redeemed.
+    Expired,
+    /// Unknown, someone else's, bound to a different request, or already
+    /// redeemed: the caller cannot tell which (nothing leaks).
+    Invalid,
+}
+
+/// The result of an operator's decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DecideOutcome {
+    /// Recorded; the approval as it is now.
+    Decided(Box<Approval>),
+    /// No such approval (or no longer retained).
+    NotFound,
+    /// Already decided (its state).
+    NotPending(ApprovalState),
+    /// Expired before the decision.
+    Expired,
+}
+
+/// How long an approval is kept after `expires_at`, so that a late poll
+/// still learns `expired_token` / `access_denied` rather than nothing.
+pub const APPROVAL_RETAIN_SECS: u64 = 600;
+/// Most live approvals (any state) one requester may have; more are refused.
+pub const MAX_APPROVALS_PER_REQUESTER: usize = 20;
+/// Most approvals kept in all.
+pub const MAX_APPROVALS_TOTAL: usize = 10_000;
+/// Most approvals `list` returns.
+pub const MAX_APPROVALS_LISTED: usize = 1_000;
+/// Largest stored approval (its JSON).
+pub const MAX_APPROVAL_BYTES: usize = 64 * 1024;
+
+/// Human approvals. Every transition is atomic: an approval is decided once
+/// and redeemed at most once, whatever the concurrency.
+#[async_trait]
+pub trait ApprovalStore: Send + Sync {
+    /// Stores a new pending approval, kept until `expires_at` +
+    /// [`APPROVAL_RETAIN_SECS`]. `false` (nothing stored) when its requester
+    /// already has [`MAX_APPROVALS_PER_REQUESTER`] live approvals or the
+    /// store holds [`MAX_APPROVALS_TOTAL`].
+    async fn create_approval(&self, a: &Approval) -> Result<bool, StoreError>;
+    /// One approval by id while it is retained (expired ones included).
+    async fn get_approval(&self, id: &str, now: u64) -> Result<Option<Approval>, StoreError>;
+    /// Every retained approval, oldest first; when there are more than
+    /// [`MAX_APPROVALS_LISTED`], the newest that many.
+    async fn list_approvals(&self, now: u64) -> Result<Vec<Approval>, StoreError>;
+    /// Moves a pending, unexpired approval to approved (`approve`) or denied,
+    /// recording who and why.
+    async fn decide(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        reason: Option<&str>,
+        now: u64,
+    ) -> Result<DecideOutcome, StoreError>;
+    /// One poll by `requester` for the request hashing to `request_hash`:
+    /// records the poll time of a pending approval (slow_down when the last
+    /// poll is less than `interval` seconds ago), and consumes an approved
+    /// one atomically (exactly one of N concurrent polls gets `Redeemed`).
+    async fn poll(
+        &self,
+        id: &str,
+        requester: &str,
+        request_hash: &str,
+        interval: u64,
+        now: u64,
+    ) -> Result<PollOutcome, StoreError>;
+}
+
 /// Liveness of the backend (`/readyz`).
 #[async_trait]
 pub trait StoreHealth: Send + Sync {
@@ -197,19 +353,22 @@ pub struct Stores {
     pub health: Arc<dyn StoreHealth>,
     /// Just-in-time grants.
     pub grants: Arc<dyn GrantStore>,
+    /// Human approvals.
+    pub approvals: Arc<dyn ApprovalStore>,
 }
 
 impl Stores {
-    /// All four from one backend.
+    /// All of them from one backend.
     pub fn from_backend<T>(b: Arc<T>) -> Self
     where
-        T: RevocationStore + ReplayGuard + StoreHealth + GrantStore + 'static,
+        T: RevocationStore + ReplayGuard + StoreHealth + GrantStore + ApprovalStore + 'static,
     {
         Self {
             revocations: b.clone(),
             replay: b.clone(),
             health: b.clone(),
-            grants: b,
+            grants: b.clone(),
+            approvals: b,
         }
     }
 

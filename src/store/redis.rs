@@ -35,6 +35,9 @@
 //! | `P:{g:H(subject)}:idx` | set of `H(id)` of the subject's grants | `EXPIREAT` the latest grant's expiry (only ever extended) | grant create / consume / revoke scripts |
 //! | `P:{gx}:id:H(id)` | string subject | `EXAT expires_at` | grant pointer script |
 //! | `P:{gx}:all` | sorted set id → expires_at | `EXPIREAT` the latest grant's expiry | grant pointer script |
+//! | `P:{ap}:a:H(id)` | hash `j` (approval JSON as created), `s` (state), `p` (last poll), `x` (expires_at), `r` (requester), `h` (request hash), `b`/`t`/`w` (decided by, at, reason) | `EXAT expires_at + APPROVAL_RETAIN_SECS` | approval create script; decide and poll scripts change `s`, `p`, `b`, `t`, `w` |
+//! | `P:{ap}:all` | sorted set id → expires_at + retention | `EXPIREAT` the latest (only ever extended) | approval create script |
+//! | `P:{ap}:rq:H(requester)` | sorted set id → expires_at (the requester's live approvals, for the cap) | `EXPIREAT` the latest | approval create script |
 //!
 //! Why the hash tags: all revocation keys and the feed share the tag `{rev}`,
 //! so the revoke script (entry + feed) touches one cluster slot. Each
@@ -45,6 +48,9 @@
 //! (written by one script). A grant therefore spans two slots: the pointer is
 //! written first (refusing an id already used by another subject), then the
 //! grant; a pointer left behind by a failed create points at nothing.
+//!
+//! Approvals share the tag `{ap}`: the create script (record and both
+//! indexes) is one slot, and decide and poll touch the record alone.
 //!
 //! Timestamps from the caller (`now`) are checked against the stored
 //! `expires_at` on every read (defence in depth even if a TTL was lost); TTLs
@@ -292,6 +298,9 @@ pub struct RedisStore {
     grant_pointer_script: Script,
     grant_consume_script: Script,
     grant_revoke_script: Script,
+    approval_create_script: Script,
+    approval_decide_script: Script,
+    approval_poll_script: Script,
 }
 
 impl fmt::Debug for RedisStore {
@@ -452,6 +461,65 @@ if best_r ~= 'u' then redis.call('HINCRBY', kp .. best, 'r', -1) end
 return {best_j, best_r}
 "#;
 
+/// KEYS: record, all, requester index. ARGV: id, json, expires_at,
+/// keep_until, requester, request hash, created_at (caller's now),
+/// max per requester, max total.
+/// 1 stored, 0 already gone, -1 exists, -2 requester full, -3 store full.
+const LUA_APPROVAL_CREATE: &str = r#"
+local x = tonumber(ARGV[3])
+local keep = tonumber(ARGV[4])
+if keep <= now then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[7])
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[8]) then return -2 end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[9]) then return -3 end
+redis.call('HSET', KEYS[1], 'j', ARGV[2], 's', 'pending', 'p', ARGV[7], 'x', ARGV[3],
+  'r', ARGV[5], 'h', ARGV[6])
+redis.call('EXPIREAT', KEYS[1], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+extend(KEYS[2], keep, now)
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+extend(KEYS[3], x, now)
+return 1
+"#;
+
+/// KEYS: record. ARGV: new state, by, at (caller's now), reason, retention.
+/// Returns 'ok', 'missing', 'expired' or the current (non-pending) state.
+const LUA_APPROVAL_DECIDE: &str = r#"
+local f = redis.call('HMGET', KEYS[1], 's', 'x')
+if not f[1] then return 'missing' end
+if (tonumber(f[2] or '0') or 0) + tonumber(ARGV[5]) <= tonumber(ARGV[3]) then return 'missing' end
+if f[1] ~= 'pending' then return f[1] end
+if (tonumber(f[2] or '0') or 0) <= tonumber(ARGV[3]) then return 'expired' end
+redis.call('HSET', KEYS[1], 's', ARGV[1], 'b', ARGV[2], 't', ARGV[3], 'w', ARGV[4])
+return 'ok'
+"#;
+
+/// KEYS: record. ARGV: requester, request hash, interval, now (caller's),
+/// retention. Returns {outcome} or {'redeemed', json, by, at, reason}.
+const LUA_APPROVAL_POLL: &str = r#"
+local f = redis.call('HMGET', KEYS[1], 'r', 'h', 's', 'x', 'p')
+if not f[1] or f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then return {'invalid'} end
+local s = f[3]
+local x = tonumber(f[4] or '0') or 0
+local at = tonumber(ARGV[4])
+if x + tonumber(ARGV[5]) <= at then return {'invalid'} end
+if s == 'consumed' then return {'invalid'} end
+if s == 'denied' then return {'denied'} end
+if x <= at then return {'expired'} end
+if s == 'approved' then
+  redis.call('HSET', KEYS[1], 's', 'consumed')
+  local d = redis.call('HMGET', KEYS[1], 'j', 'b', 't', 'w')
+  return {'redeemed', d[1] or '', d[2] or '', d[3] or '', d[4] or ''}
+end
+if s ~= 'pending' then return {'invalid'} end
+local p = tonumber(f[5] or '0') or 0
+redis.call('HSET', KEYS[1], 'p', ARGV[4])
+if at < p + tonumber(ARGV[3]) then return {'slow_down'} end
+return {'pending'}
+"#;
+
 fn script(body: &str) -> Script {
     Script::new(&format!("{LUA_EXTEND}{body}"))
 }
@@ -602,6 +670,9 @@ impl RedisStore {
             grant_pointer_script: script(LUA_GRANT_POINTER),
             grant_consume_script: script(LUA_GRANT_CONSUME),
             grant_revoke_script: script(LUA_GRANT_REVOKE),
+            approval_create_script: script(LUA_APPROVAL_CREATE),
+            approval_decide_script: script(LUA_APPROVAL_DECIDE),
+            approval_poll_script: script(LUA_APPROVAL_POLL),
         })
     }
 
@@ -648,6 +719,18 @@ impl RedisStore {
 
     pub(crate) fn key_grant_index(&self, subject: &str) -> String {
         format!("{}:{{g:{}}}:idx", self.prefix, h(subject.as_bytes()))
+    }
+
+    pub(crate) fn key_approval(&self, id: &str) -> String {
+        format!("{}:{{ap}}:a:{}", self.prefix, h(id.as_bytes()))
+    }
+
+    pub(crate) fn key_approval_all(&self) -> String {
+        format!("{}:{{ap}}:all", self.prefix)
+    }
+
+    pub(crate) fn key_approval_requester(&self, requester: &str) -> String {
+        format!("{}:{{ap}}:rq:{}", self.prefix, h(requester.as_bytes()))
     }
 
     pub(crate) fn key_grant_pointer(&self, id: &str) -> String {
@@ -1209,5 +1292,268 @@ impl GrantStore for RedisStore {
         };
         let g = parse_grant(&j, &r)?;
         Ok(Some(g).filter(|g| g.subject == subject && g.audience == audience))
+    }
+}
+
+/// Longest approval id the Redis store looks up.
+pub const MAX_APPROVAL_ID_BYTES: usize = 128;
+
+/// The hash fields an approval is read from, in this order.
+const APPROVAL_FIELDS: [&str; 6] = ["j", "s", "x", "b", "t", "w"];
+
+type ApprovalFields = (
+    Option<Vec<u8>>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// An approval from its stored JSON and its decision fields.
+fn approval_from(
+    j: &[u8],
+    state: Option<&str>,
+    by: Option<String>,
+    at: Option<String>,
+    reason: Option<String>,
+) -> Result<Approval, StoreError> {
+    let bad = || StoreError::Protocol("malformed approval in redis".into());
+    let mut a: Approval = serde_json::from_slice(j).map_err(|_| bad())?;
+    if let Some(s) = state {
+        a.state = ApprovalState::parse(s).ok_or_else(bad)?;
+    }
+    a.decided_by = by.filter(|b| !b.is_empty());
+    a.decided_at = match at.filter(|t| !t.is_empty()) {
+        Some(t) => Some(t.parse().map_err(|_| bad())?),
+        None => None,
+    };
+    a.reason = reason.filter(|r| !r.is_empty());
+    Ok(a)
+}
+
+/// A retained approval from its hash fields, if present and retained at `now`.
+fn approval_from_fields(f: ApprovalFields, now: u64) -> Result<Option<Approval>, StoreError> {
+    let (Some(j), Some(s), Some(x), b, t, w) = f else {
+        return Ok(None);
+    };
+    let x: u64 = x
+        .parse()
+        .map_err(|_| StoreError::Protocol("malformed approval in redis".into()))?;
+    if x.saturating_add(APPROVAL_RETAIN_SECS) <= now {
+        return Ok(None);
+    }
+    approval_from(&j, Some(&s), b, t, w).map(Some)
+}
+
+fn valid_approval_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_APPROVAL_ID_BYTES
+}
+
+#[async_trait]
+impl ApprovalStore for RedisStore {
+    async fn create_approval(&self, a: &Approval) -> Result<bool, StoreError> {
+        if !valid_approval_id(&a.id) {
+            return Err(StoreError::Protocol("approval id empty or too long".into()));
+        }
+        let keep = a.expires_at.saturating_add(APPROVAL_RETAIN_SECS);
+        check_time(keep, "expires_at")?;
+        let mut stored = a.clone();
+        stored.state = ApprovalState::Pending;
+        let json = serde_json::to_vec(&stored)
+            .map_err(|_| StoreError::Protocol("approval does not serialize".into()))?;
+        if json.len() > MAX_APPROVAL_BYTES {
+            return Err(StoreError::Protocol("approval too large".into()));
+        }
+        let mut con = self.conn.manager()?;
+        let n: i64 = self
+            .run("approval create", async {
+                Ok(self
+                    .approval_create_script
+                    .key(self.key_approval(&a.id))
+                    .key(self.key_approval_all())
+                    .key(self.key_approval_requester(&a.requester))
+                    .arg(a.id.as_str())
+                    .arg(json.as_slice())
+                    .arg(a.expires_at)
+                    .arg(keep)
+                    .arg(a.requester.as_str())
+                    .arg(a.request_hash.as_str())
+                    .arg(a.created_at)
+                    .arg(MAX_APPROVALS_PER_REQUESTER)
+                    .arg(MAX_APPROVALS_TOTAL)
+                    .invoke_async(&mut con)
+                    .await?)
+            })
+            .await?;
+        match n {
+            -1 => Err(StoreError::Protocol("approval id already exists".into())),
+            -2 | -3 => Ok(false),
+            // 0: already past retention by the server clock; nothing stored.
+            _ => Ok(true),
+        }
+    }
+
+    async fn get_approval(&self, id: &str, now: u64) -> Result<Option<Approval>, StoreError> {
+        if !valid_approval_id(id) {
+            return Ok(None);
+        }
+        let mut con = self.conn.manager()?;
+        self.run("approval get", async {
+            let f: ApprovalFields = ::redis::cmd("HMGET")
+                .arg(self.key_approval(id))
+                .arg(&APPROVAL_FIELDS[..])
+                .query_async(&mut con)
+                .await?;
+            Ok(approval_from_fields(f, now)?.filter(|a| a.id == id))
+        })
+        .await
+    }
+
+    async fn list_approvals(&self, now: u64) -> Result<Vec<Approval>, StoreError> {
+        let mut con = self.conn.manager()?;
+        self.run("approval list", async {
+            // The latest-expiring (newest) ones when there are too many.
+            let ids: Vec<String> = ::redis::cmd("ZRANGE")
+                .arg(self.key_approval_all())
+                .arg("+inf")
+                .arg(format!("({now}"))
+                .arg("BYSCORE")
+                .arg("REV")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(MAX_APPROVALS_LISTED)
+                .query_async(&mut con)
+                .await?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut pipe = ::redis::pipe();
+            for id in &ids {
+                pipe.cmd("HMGET")
+                    .arg(self.key_approval(id))
+                    .arg(&APPROVAL_FIELDS[..]);
+            }
+            let rows: Vec<ApprovalFields> = pipe.query_async(&mut con).await?;
+            let mut out = Vec::new();
+            for (f, id) in rows.into_iter().zip(&ids) {
+                if let Some(a) = approval_from_fields(f, now)? {
+                    if &a.id == id {
+                        out.push(a);
+                    }
+                }
+            }
+            out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn decide(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        reason: Option<&str>,
+        now: u64,
+    ) -> Result<DecideOutcome, StoreError> {
+        if !valid_approval_id(id) {
+            return Ok(DecideOutcome::NotFound);
+        }
+        let state = if approve {
+            ApprovalState::Approved
+        } else {
+            ApprovalState::Denied
+        };
+        let mut con = self.conn.manager()?;
+        let r: String = self
+            .run("approval decide", async {
+                Ok(self
+                    .approval_decide_script
+                    .key(self.key_approval(id))
+                    .arg(state.as_str())
+                    .arg(by)
+                    .arg(now)
+                    .arg(reason.unwrap_or(""))
+                    .arg(APPROVAL_RETAIN_SECS)
+                    .invoke_async(&mut con)
+                    .await?)
+            })
+            .await?;
+        match r.as_str() {
+            "ok" => match self.get_approval(id, now).await? {
+                Some(a) => Ok(DecideOutcome::Decided(Box::new(a))),
+                None => Ok(DecideOutcome::NotFound),
+            },
+            "missing" => Ok(DecideOutcome::NotFound),
+            "expired" => Ok(DecideOutcome::Expired),
+            other => Ok(DecideOutcome::NotPending(
+                ApprovalState::parse(other).ok_or_else(|| {
+                    StoreError::Protocol("malformed approval state in redis".into())
+                })?,
+            )),
+        }
+    }
+
+    async fn poll(
+        &self,
+        id: &str,
+        requester: &str,
+        request_hash: &str,
+        interval: u64,
+        now: u64,
+    ) -> Result<PollOutcome, StoreError> {
+        if !valid_approval_id(id) {
+            return Ok(PollOutcome::Invalid);
+        }
+        let mut con = self.conn.manager()?;
+        let r: Vec<Vec<u8>> = self
+            .run("approval poll", async {
+                Ok(self
+                    .approval_poll_script
+                    .key(self.key_approval(id))
+                    .arg(requester)
+                    .arg(request_hash)
+                    .arg(interval)
+                    .arg(now)
+                    .arg(APPROVAL_RETAIN_SECS)
+                    .invoke_async(&mut con)
+                    .await?)
+            })
+            .await?;
+        let text = |i: usize| {
+            r.get(i)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
+        Ok(match text(0).as_str() {
+            "pending" => PollOutcome::Pending,
+            "slow_down" => PollOutcome::SlowDown,
+            "denied" => PollOutcome::Denied,
+            "expired" => PollOutcome::Expired,
+            "invalid" => PollOutcome::Invalid,
+            "redeemed" => {
+                let j = r.get(1).map(Vec::as_slice).unwrap_or_default();
+                let mut a = approval_from(
+                    j,
+                    Some("consumed"),
+                    Some(text(2)),
+                    Some(text(3)),
+                    Some(text(4)),
+                )?;
+                if a.id != id || a.requester != requester || a.request_hash != request_hash {
+                    return Err(StoreError::Protocol(
+                        "approval record mismatch in redis".into(),
+                    ));
+                }
+                a.state = ApprovalState::Consumed;
+                PollOutcome::Redeemed(Box::new(a))
+            }
+            _ => {
+                return Err(StoreError::Protocol(
+                    "unexpected approval poll reply".into(),
+                ))
+            }
+        })
     }
 }
