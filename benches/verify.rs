@@ -1,6 +1,7 @@
 //! Verifier benchmark: verifications per second per core with
-//! `tessera::verify::Verifier`, against the raw signature check (aws-lc-rs,
-//! the same tokens, the same run) and against the `jsonwebtoken` crate
+//! `tessera::verify::Verifier`, against the raw signature check (aws-lc-rs
+//! with a pre-parsed public key: the physical limit; the same tokens, the
+//! same run) and against the `jsonwebtoken` crate
 //! verifying the same tokens with equivalent checks (alg, iss, aud, exp,
 //! nbf). One thread, so the figures are per core. Each contender runs 15
 //! interleaved batches over 1,000 distinct tokens; the median batch counts.
@@ -84,7 +85,7 @@ struct Case {
     jwks: Value,
     /// (signing input, signature) of each token, decoded ahead of time.
     raw: Vec<(Vec<u8>, Vec<u8>)>,
-    raw_key: aws_lc_rs::signature::UnparsedPublicKey<Vec<u8>>,
+    raw_key: aws_lc_rs::signature::ParsedPublicKey,
 }
 
 fn case(alg: SigningAlgorithm) -> Case {
@@ -129,15 +130,17 @@ fn case(alg: SigningAlgorithm) -> Case {
             let mut pt = vec![4u8];
             pt.extend(b64(jwk["x"].as_str().unwrap()));
             pt.extend(b64(jwk["y"].as_str().unwrap()));
-            aws_lc_rs::signature::UnparsedPublicKey::new(
+            aws_lc_rs::signature::ParsedPublicKey::new(
                 &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
                 pt,
             )
+            .unwrap()
         }
-        SigningAlgorithm::EdDSA => aws_lc_rs::signature::UnparsedPublicKey::new(
+        SigningAlgorithm::EdDSA => aws_lc_rs::signature::ParsedPublicKey::new(
             &aws_lc_rs::signature::ED25519,
             b64(jwk["x"].as_str().unwrap()),
-        ),
+        )
+        .unwrap(),
         other => panic!("unsupported {other:?}"),
     };
     Case {
@@ -209,7 +212,7 @@ fn verify_throughput(a: &Args) {
         for (i, t) in c.tokens.iter().enumerate() {
             assert!(verifier.verify(t).now_or_never().unwrap().is_ok());
             assert!(jsonwebtoken::decode::<Value>(t, &key, &validation).is_ok());
-            assert!(c.raw_key.verify(&c.raw[i].0, &c.raw[i].1).is_ok());
+            assert!(c.raw_key.verify_sig(&c.raw[i].0, &c.raw[i].1).is_ok());
         }
 
         let mut tessera = |i: usize| {
@@ -218,12 +221,27 @@ fn verify_throughput(a: &Args) {
         };
         let mut raw = |i: usize| {
             let (input, sig) = &c.raw[i];
-            black_box(c.raw_key.verify(input, sig)).unwrap();
+            black_box(c.raw_key.verify_sig(input, sig)).unwrap();
         };
         let mut jwt = |i: usize| {
             let r = jsonwebtoken::decode::<Value>(&c.tokens[i], &key, &validation);
             black_box(r.unwrap());
         };
+        // Deterministic cost (`valgrind --tool=callgrind`, see BENCHMARKS.md):
+        // BENCH_PROFILE=tessera|raw|jsonwebtoken:N runs only that contender.
+        if let Ok(spec) = std::env::var("BENCH_PROFILE") {
+            let (who, n) = spec.split_once(':').expect("BENCH_PROFILE=who:N");
+            let n: usize = n.parse().expect("BENCH_PROFILE=who:N");
+            for i in 0..n {
+                match who {
+                    "tessera" => tessera(i % TOKENS),
+                    "raw" => raw(i % TOKENS),
+                    "jsonwebtoken" => jwt(i % TOKENS),
+                    other => panic!("unknown contender {other}"),
+                }
+            }
+            continue;
+        }
         let us = race(
             Duration::from_secs(a.seconds),
             &mut [

@@ -156,7 +156,7 @@ pub struct UnverifiedJws {
 pub struct VerifiedJws {
     header: Header,
     claims: Map<String, Value>,
-    signing_input_hash: [u8; 32],
+    signing_input: String,
 }
 
 impl std::fmt::Debug for UnverifiedJws {
@@ -178,7 +178,17 @@ impl std::fmt::Debug for VerifiedJws {
 }
 
 fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'
+    // Branch-free so that checking a whole token vectorises: A-Z/a-z (the
+    // 0x20 bit folds case), 0-9, `-`, `_`, `.`.
+    let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+    let digit = b.wrapping_sub(b'0') < 10;
+    letter | digit | (b == b'-') | (b == b'_') | (b == b'.')
+}
+
+/// Whether every byte is a base64url character or `.`, without
+/// short-circuiting (the compiler turns the fold into SIMD).
+fn all_token_bytes(bytes: &[u8]) -> bool {
+    bytes.iter().fold(true, |ok, &b| ok & is_token_byte(b))
 }
 
 /// Decodes a compact JWS. No signature is checked.
@@ -210,7 +220,7 @@ fn decode_inner(
     if token.len() > MAX_TOKEN_BYTES {
         return Err(JwsError::TooLarge);
     }
-    if !token.bytes().all(is_token_byte) {
+    if !all_token_bytes(token.as_bytes()) {
         return Err(JwsError::InvalidCharacter);
     }
     let mut parts = token.split('.');
@@ -264,10 +274,13 @@ fn parse_header(map: &Map<String, Value>) -> Result<Header, JwsError> {
         if let Some(forbidden) = FORBIDDEN_HEADER_PARAMS.iter().find(|f| **f == name) {
             return Err(JwsError::ForbiddenHeader(forbidden));
         }
-        let is_variant = FORBIDDEN_HEADER_PARAMS
-            .iter()
-            .chain(KNOWN_HEADER_PARAMS.iter())
-            .any(|known| *known != name && known.eq_ignore_ascii_case(name));
+        // Every listed name is lower case, so only a name with an upper-case
+        // letter can be a case variant of one.
+        let is_variant = name.bytes().any(|b| b.is_ascii_uppercase())
+            && FORBIDDEN_HEADER_PARAMS
+                .iter()
+                .chain(KNOWN_HEADER_PARAMS.iter())
+                .any(|known| known.eq_ignore_ascii_case(name));
         if is_variant {
             return Err(JwsError::CaseVariantHeader);
         }
@@ -324,13 +337,10 @@ impl UnverifiedJws {
         }
         key.verify(self.signing_input.as_bytes(), &self.signature)
             .map_err(JwsError::BadSignature)?;
-        let mut signing_input_hash = [0u8; 32];
-        let d = digest::digest(&digest::SHA256, self.signing_input.as_bytes());
-        signing_input_hash.copy_from_slice(d.as_ref());
         Ok(VerifiedJws {
             header: self.header,
             claims: self.claims,
-            signing_input_hash,
+            signing_input: self.signing_input,
         })
     }
 }
@@ -356,10 +366,14 @@ impl VerifiedJws {
 
     /// SHA-256 of the signing input (`header.payload`). Use this, not the
     /// signature bytes, as a replay/dedup key: ECDSA signatures are
-    /// malleable, the signed content is not.
+    /// malleable, the signed content is not. Computed on demand, so
+    /// verifiers that never need it do not pay for the hash.
     #[must_use]
     pub fn signing_input_hash(&self) -> [u8; 32] {
-        self.signing_input_hash
+        let mut out = [0u8; 32];
+        let d = digest::digest(&digest::SHA256, self.signing_input.as_bytes());
+        out.copy_from_slice(d.as_ref());
+        out
     }
 }
 
@@ -462,6 +476,28 @@ mod tests {
         // Just at the cap is decoded (and fails later for other reasons).
         let at_cap = "A".repeat(MAX_TOKEN_BYTES);
         assert_eq!(decode_err(&at_cap), JwsError::SegmentCount);
+    }
+
+    #[test]
+    fn header_names_are_lower_case_so_the_variant_fast_path_holds() {
+        for n in FORBIDDEN_HEADER_PARAMS
+            .iter()
+            .chain(KNOWN_HEADER_PARAMS.iter())
+        {
+            assert!(!n.bytes().any(|b| b.is_ascii_uppercase()), "{n}");
+        }
+        for n in crate::jose::validate::REGISTERED_CLAIMS {
+            assert!(!n.bytes().any(|b| b.is_ascii_uppercase()), "{n}");
+        }
+    }
+
+    #[test]
+    fn token_byte_table_matches_the_definition() {
+        for b in 0..=255u8 {
+            let want = b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.';
+            assert_eq!(is_token_byte(b), want, "byte {b:#04x}");
+            assert_eq!(all_token_bytes(&[b'a', b, b'Z']), want, "byte {b:#04x}");
+        }
     }
 
     #[test]

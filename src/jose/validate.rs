@@ -208,31 +208,49 @@ fn numeric_date(
     }
 }
 
-fn audiences(claims: &Map<String, Value>) -> Result<Vec<String>, ClaimError> {
-    match claims.get("aud") {
-        None => Err(ClaimError::Missing("aud")),
-        Some(Value::String(s)) if !s.is_empty() => Ok(vec![s.clone()]),
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .map(|v| match v {
-                Value::String(s) if !s.is_empty() => Ok(s.clone()),
-                _ => Err(ClaimError::Invalid("aud")),
-            })
-            .collect(),
-        Some(_) => Err(ClaimError::Invalid("aud")),
-    }
+/// What [`check`] read: borrowed, so checking allocates nothing.
+struct Checked<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    exp: u64,
+    iat: Option<u64>,
+    nbf: Option<u64>,
+    jti: Option<&'a str>,
 }
 
-/// Validates the claims of `jws` against `rules` at time `now` (seconds
-/// since the epoch).
+/// The audiences of `claims` without copying them.
+fn each_audience<'a>(
+    claims: &'a Map<String, Value>,
+) -> Result<impl Iterator<Item = &'a str>, ClaimError> {
+    let items: &'a [Value] = match claims.get("aud") {
+        None => return Err(ClaimError::Missing("aud")),
+        Some(v @ Value::String(s)) if !s.is_empty() => std::slice::from_ref(v),
+        Some(Value::Array(items)) if !items.is_empty() => items,
+        Some(_) => return Err(ClaimError::Invalid("aud")),
+    };
+    if items
+        .iter()
+        .any(|v| !matches!(v, Value::String(s) if !s.is_empty()))
+    {
+        return Err(ClaimError::Invalid("aud"));
+    }
+    Ok(items.iter().filter_map(Value::as_str))
+}
+
+/// Checks the claims of `jws` against `rules` at time `now` (seconds since
+/// the epoch) exactly as [`validate`] does, without copying anything out.
 ///
 /// # Errors
 /// The first [`ClaimError`] found.
-pub fn validate(
-    jws: &VerifiedJws,
+pub fn check(jws: &VerifiedJws, rules: &ClaimRules, now: u64) -> Result<(), ClaimError> {
+    check_inner(jws, rules, now).map(|_| ())
+}
+
+fn check_inner<'a>(
+    jws: &'a VerifiedJws,
     rules: &ClaimRules,
     now: u64,
-) -> Result<ValidatedClaims, ClaimError> {
+) -> Result<Checked<'a>, ClaimError> {
     if !rules.required_typ.is_empty() {
         let typ = jws.header().typ.as_deref().ok_or(ClaimError::TypMismatch)?;
         if !rules
@@ -245,9 +263,12 @@ pub fn validate(
     }
     let claims = jws.claims();
     for name in claims.keys() {
-        if REGISTERED_CLAIMS
-            .iter()
-            .any(|r| *r != name && r.eq_ignore_ascii_case(name))
+        // Registered names are lower case: only a name with an upper-case
+        // letter can be a variant of one.
+        if name.bytes().any(|b| b.is_ascii_uppercase())
+            && REGISTERED_CLAIMS
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(name))
         {
             return Err(ClaimError::CaseVariant);
         }
@@ -266,8 +287,7 @@ pub fn validate(
         Some(Value::String(s)) if !s.is_empty() => s,
         Some(_) => return Err(ClaimError::Invalid("sub")),
     };
-    let aud = audiences(claims)?;
-    if !aud.iter().any(|a| rules.audiences.iter().any(|r| r == a)) {
+    if !each_audience(claims)?.any(|a| rules.audiences.iter().any(|r| r == a)) {
         return Err(ClaimError::AudienceMismatch);
     }
 
@@ -279,7 +299,7 @@ pub fn validate(
     let jti = match claims.get("jti") {
         None if rules.require_jti => return Err(ClaimError::Missing("jti")),
         None => None,
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_JTI_LEN => Some(s.clone()),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_JTI_LEN => Some(s.as_str()),
         Some(_) => return Err(ClaimError::Invalid("jti")),
     };
 
@@ -307,15 +327,37 @@ pub fn validate(
         }
     }
 
-    Ok(ValidatedClaims {
-        iss: iss.clone(),
-        sub: sub.clone(),
-        aud,
+    Ok(Checked {
+        iss,
+        sub,
         exp,
         iat,
         nbf,
         jti,
-        claims: claims.clone(),
+    })
+}
+
+/// Validates the claims of `jws` against `rules` at time `now` (seconds
+/// since the epoch).
+///
+/// # Errors
+/// The first [`ClaimError`] found.
+pub fn validate(
+    jws: &VerifiedJws,
+    rules: &ClaimRules,
+    now: u64,
+) -> Result<ValidatedClaims, ClaimError> {
+    let c = check_inner(jws, rules, now)?;
+    let aud = each_audience(jws.claims())?.map(str::to_owned).collect();
+    Ok(ValidatedClaims {
+        iss: c.iss.to_owned(),
+        sub: c.sub.to_owned(),
+        aud,
+        exp: c.exp,
+        iat: c.iat,
+        nbf: c.nbf,
+        jti: c.jti.map(str::to_owned),
+        claims: jws.claims().clone(),
     })
 }
 

@@ -813,7 +813,7 @@ impl Verifier {
         }
         let verified = parsed.verify(&key).map_err(VerifyError::Signature)?;
         let now = self.clock.now();
-        validate::validate(&verified, &self.rules, now).map_err(|e| match e {
+        validate::check(&verified, &self.rules, now).map_err(|e| match e {
             ClaimError::TypMismatch => VerifyError::TypMismatch,
             other => VerifyError::Claims(other),
         })?;

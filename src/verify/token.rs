@@ -2,55 +2,9 @@
 
 use std::collections::BTreeSet;
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{VerifyError, MAX_ACTOR_DEPTH, MAX_SCOPES};
-
-/// `act` as it appears on the wire.
-#[derive(Deserialize)]
-struct WireActor {
-    sub: String,
-    #[serde(default)]
-    act: Option<Box<WireActor>>,
-}
-
-/// `cnf` as it appears on the wire.
-#[derive(Deserialize, Default)]
-struct WireCnf {
-    #[serde(rename = "x5t#S256", default)]
-    x5t_s256: Option<String>,
-    #[serde(default)]
-    jkt: Option<String>,
-}
-
-/// The Tessera claims read after validation (registered claims were
-/// type-checked by `jose::validate` already).
-#[derive(Deserialize)]
-struct WireClaims {
-    sub: String,
-    exp: u64,
-    #[serde(default)]
-    iat: Option<u64>,
-    jti: String,
-    #[serde(default)]
-    client_id: Option<String>,
-    #[serde(default)]
-    scope: Option<String>,
-    txn: String,
-    #[serde(default)]
-    act: Option<WireActor>,
-    #[serde(default)]
-    cnf: Option<WireCnf>,
-    #[serde(default)]
-    grant: Option<String>,
-    #[serde(default)]
-    owner: Option<String>,
-    #[serde(default)]
-    ancestors: Vec<String>,
-    #[serde(default)]
-    authorization_details: Option<Value>,
-}
 
 /// A token that passed [`super::Verifier::verify`]: signature, `typ`,
 /// `iss`, `aud` and times checked. Only the verifier creates one.
@@ -90,48 +44,59 @@ fn malformed(name: &'static str) -> VerifyError {
 }
 
 impl VerifiedToken {
-    pub(super) fn from_claims(claims: Map<String, Value>) -> Result<Self, VerifyError> {
-        // Check the shape of the nested claims before serde sees them, so the
-        // error names the claim.
-        for (name, expect_object) in [("act", true), ("cnf", true)] {
-            if let Some(v) = claims.get(name) {
-                if expect_object && !v.is_object() {
-                    return Err(malformed(name));
-                }
+    pub(super) fn from_claims(mut claims: Map<String, Value>) -> Result<Self, VerifyError> {
+        // Take each claim out of the map (no copies); the registered ones
+        // were type-checked by `jose::validate` already, but nothing here
+        // relies on that.
+        fn string(
+            claims: &mut Map<String, Value>,
+            name: &'static str,
+        ) -> Result<Option<String>, VerifyError> {
+            match claims.remove(name) {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(_) => Err(malformed(name)),
             }
         }
-        for name in ["txn", "scope", "grant", "owner", "client_id"] {
-            if claims.get(name).is_some_and(|v| !v.is_string()) {
-                return Err(malformed(name));
+        fn number(
+            claims: &Map<String, Value>,
+            name: &'static str,
+        ) -> Result<Option<u64>, VerifyError> {
+            match claims.get(name) {
+                None => Ok(None),
+                Some(v) => v.as_u64().map(Some).ok_or(malformed(name)),
             }
         }
-        if claims
-            .get("authorization_details")
-            .is_some_and(|v| !v.is_array())
-        {
-            return Err(malformed("authorization_details"));
-        }
-        if !claims.contains_key("txn") {
-            return Err(malformed("txn"));
-        }
-        let wire: WireClaims =
-            serde_json::from_value(Value::Object(claims)).map_err(|_| malformed("claims"))?;
+        let subject = string(&mut claims, "sub")?.ok_or(malformed("sub"))?;
+        let jti = string(&mut claims, "jti")?.ok_or(malformed("jti"))?;
+        let task = string(&mut claims, "txn")?
+            .filter(|t| !t.is_empty())
+            .ok_or(malformed("txn"))?;
+        let exp = number(&claims, "exp")?.ok_or(malformed("exp"))?;
+        let iat = number(&claims, "iat")?;
+        let scope = string(&mut claims, "scope")?;
+        let grant = string(&mut claims, "grant")?;
+        let owner = string(&mut claims, "owner")?;
+        let client_id = string(&mut claims, "client_id")?;
 
         let mut actors = Vec::new();
-        let mut cur = wire.act.as_ref();
+        let mut cur = claims.get("act");
         while let Some(a) = cur {
+            let Value::Object(a) = a else {
+                return Err(malformed("act"));
+            };
             if actors.len() >= MAX_ACTOR_DEPTH {
                 return Err(malformed("act"));
             }
-            if a.sub.is_empty() {
-                return Err(malformed("act"));
+            match a.get("sub") {
+                Some(Value::String(s)) if !s.is_empty() => actors.push(s.clone()),
+                _ => return Err(malformed("act")),
             }
-            actors.push(a.sub.clone());
-            cur = a.act.as_deref();
+            cur = a.get("act");
         }
 
         let mut scopes = BTreeSet::new();
-        for s in wire.scope.as_deref().unwrap_or("").split(' ') {
+        for s in scope.as_deref().unwrap_or("").split(' ') {
             if s.is_empty() {
                 continue;
             }
@@ -140,30 +105,54 @@ impl VerifiedToken {
             }
             scopes.insert(s.to_owned());
         }
-        if wire.txn.is_empty() {
-            return Err(malformed("txn"));
+
+        let (mut x5t_s256, mut jkt) = (None, None);
+        match claims.remove("cnf") {
+            None => {}
+            Some(Value::Object(mut cnf)) => {
+                x5t_s256 = string(&mut cnf, "x5t#S256").map_err(|_| malformed("cnf"))?;
+                jkt = string(&mut cnf, "jkt").map_err(|_| malformed("cnf"))?;
+            }
+            Some(_) => return Err(malformed("cnf")),
         }
-        let cnf = wire.cnf.unwrap_or_default();
-        if cnf.x5t_s256.as_deref().is_some_and(str::is_empty)
-            || cnf.jkt.as_deref().is_some_and(str::is_empty)
+        if x5t_s256.as_deref().is_some_and(str::is_empty)
+            || jkt.as_deref().is_some_and(str::is_empty)
         {
             return Err(malformed("cnf"));
         }
+
+        let ancestors = match claims.remove("ancestors") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s),
+                    _ => Err(malformed("ancestors")),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(malformed("ancestors")),
+        };
+        let authorization_details = match claims.remove("authorization_details") {
+            None => None,
+            Some(v @ Value::Array(_)) => Some(v),
+            Some(_) => return Err(malformed("authorization_details")),
+        };
+
         Ok(VerifiedToken {
-            subject: wire.sub,
+            subject,
             actors,
             scopes,
-            task: wire.txn,
-            grant: wire.grant,
-            owner: wire.owner,
-            client_id: wire.client_id,
-            x5t_s256: cnf.x5t_s256,
-            jkt: cnf.jkt,
-            jti: wire.jti,
-            exp: wire.exp,
-            iat: wire.iat,
-            ancestors: wire.ancestors,
-            authorization_details: wire.authorization_details,
+            task,
+            grant,
+            owner,
+            client_id,
+            x5t_s256,
+            jkt,
+            jti,
+            exp,
+            iat,
+            ancestors,
+            authorization_details,
         })
     }
 
