@@ -22,6 +22,10 @@ pub struct Metrics {
     pub revocations: IntCounterVec,
     /// `tessera_jit_grants_consumed_total`.
     pub grants_consumed: IntCounter,
+    /// `tessera_audit_records_total{event}`: records written to every sink.
+    pub audit_records: IntCounterVec,
+    /// `tessera_audit_failures_total`: records that could not be written.
+    pub audit_failures: IntCounter,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -57,6 +61,19 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "tessera_jit_grants_consumed_total",
         "Uses of just-in-time grants consumed by exchanges",
     )?;
+    let audit_records = IntCounterVec::new(
+        Opts::new(
+            "tessera_audit_records_total",
+            "Audit records written to every sink, by event",
+        ),
+        &["event"],
+    )?;
+    let audit_failures = IntCounter::new(
+        "tessera_audit_failures_total",
+        "Audit records that could not be written (the decision failed closed)",
+    )?;
+    registry.register(Box::new(audit_records.clone()))?;
+    registry.register(Box::new(audit_failures.clone()))?;
     registry.register(Box::new(revocations.clone()))?;
     registry.register(Box::new(grants_consumed.clone()))?;
     registry.register(Box::new(exchanges.clone()))?;
@@ -71,6 +88,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         connections_refused,
         revocations,
         grants_consumed,
+        audit_records,
+        audit_failures,
     })
 }
 
