@@ -308,7 +308,8 @@ async fn writer(
 
 /// Verifies a JSON-lines audit file.
 pub fn verify_file(path: &Path) -> Result<Report, String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let f =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut v = ChainVerifier::default();
     let mut r = std::io::BufReader::new(f);
     let mut line = Vec::new();

@@ -96,7 +96,11 @@ fn a_record_resealed_after_tampering_breaks_the_next_link() {
 fn garbage_and_unknown_fields_are_reported() {
     let mut ls = lines(3);
     ls[1] = ls[1].replacen('{', "{\"extra\":1,", 1);
-    assert!(verify(&ls).broken.unwrap().why.contains("not an audit record"));
+    assert!(verify(&ls)
+        .broken
+        .unwrap()
+        .why
+        .contains("not an audit record"));
     let b = verify(&["{not json".to_string()]).broken.unwrap();
     assert_eq!(b.position, 1);
 }
@@ -130,7 +134,10 @@ fn interleaved_chains_verify_separately() {
 #[test]
 fn time_format() {
     assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
-    assert_eq!(rfc3339_millis(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    assert_eq!(
+        rfc3339_millis(1_700_000_000_123),
+        "2023-11-14T22:13:20.123Z"
+    );
     let now = rfc3339_now();
     assert_eq!(now.len(), 24, "{now}");
     assert!(now.ends_with('Z'));

@@ -56,6 +56,9 @@ pub enum ExchangeError {
     /// Signing failed: fail closed.
     #[error("signing failed: {0}")]
     Signing(String),
+    /// The decision's audit record could not be written: fail closed.
+    #[error("audit unavailable: {0}")]
+    AuditUnavailable(String),
 }
 
 impl ExchangeError {
@@ -78,6 +81,7 @@ impl ExchangeError {
             Self::StoreUnavailable(_) => "store_unavailable",
             Self::KeysUnavailable(_) => "issuer_keys_unavailable",
             Self::Signing(_) => "signing_failed",
+            Self::AuditUnavailable(_) => "audit_unavailable",
         }
     }
 }

@@ -206,9 +206,10 @@ impl From<&crate::exchange::ExchangeError> for OAuthError {
             E::Scope(_) | E::GrantRequired(_) | E::ApprovalRequired(_) => ErrorCode::InvalidScope,
             E::DpopProof(_) => ErrorCode::InvalidDpopProof,
             E::UseDpopNonce => ErrorCode::UseDpopNonce,
-            E::StoreUnavailable(_) | E::KeysUnavailable(_) | E::Signing(_) => {
-                ErrorCode::TemporarilyUnavailable
-            }
+            E::StoreUnavailable(_)
+            | E::KeysUnavailable(_)
+            | E::Signing(_)
+            | E::AuditUnavailable(_) => ErrorCode::TemporarilyUnavailable,
         };
         OAuthError::new(code)
     }

@@ -30,6 +30,7 @@ pub fn router(state: AppState) -> Router {
             post(admin::create_grant).get(admin::list_grants),
         )
         .route("/admin/v1/grants/{id}", delete(admin::revoke_grant))
+        .route("/admin/v1/audit", get(admin::audit))
         .route("/jwks.json", get(metadata::jwks))
         .route(
             "/.well-known/oauth-authorization-server",

@@ -10,10 +10,11 @@ use axum::{Extension, Json};
 use serde::Serialize;
 
 use crate::app::AppState;
+use crate::audit::{AuditRecord, Event};
 use crate::exchange::{ExchangeError, Issued, Peer};
 use crate::oauth::error::{no_store, OAuthError};
 use crate::oauth::request::{check_content_type, parse_form, token_request, RequestError};
-use crate::telemetry::{log_safe, metrics, token_hash};
+use crate::telemetry::metrics;
 
 #[derive(Serialize)]
 struct TokenResponse<'a> {
@@ -40,6 +41,20 @@ pub async fn token(
     let started = Instant::now();
     let peer = peer.map(|Extension(p)| p).unwrap_or_default();
     let result = run(&app, &peer, &uri, &headers, &body).await;
+    // No token leaves before its `issued` record is written (fail closed).
+    let result = match result {
+        Ok(issued) => match app.auditor.record(issued_record(&issued, &peer)).await {
+            Ok(()) => Ok(issued),
+            Err(e) => {
+                tracing::error!(error = %e, jti = %issued.claims.jti,
+                    "token withheld: its audit record could not be written");
+                Err(Refusal::Exchange(ExchangeError::AuditUnavailable(
+                    e.to_string(),
+                )))
+            }
+        },
+        Err(r) => Err(r),
+    };
     let m = metrics();
     match result {
         Ok(issued) => {
@@ -47,20 +62,6 @@ pub async fn token(
             m.exchange_seconds
                 .with_label_values(&["issued"])
                 .observe(started.elapsed().as_secs_f64());
-            tracing::info!(
-                target: "tessera::audit",
-                decision = "issued",
-                jti = %issued.claims.jti,
-                token_sha256 = %token_hash(&issued.access_token),
-                sub = %log_safe(&issued.claims.sub),
-                client_id = %log_safe(&issued.claims.client_id),
-                aud = %log_safe(&issued.claims.aud),
-                scope = %issued.scope,
-                txn = %issued.claims.txn,
-                policy = %issued.policy,
-                exp = issued.claims.exp,
-                "token issued"
-            );
             let mut resp = success(&issued);
             add_nonce(&app, &mut resp);
             resp
@@ -70,7 +71,8 @@ pub async fn token(
                 Refusal::Request(e) => (OAuthError::from(e), e.reason, String::new()),
                 Refusal::Exchange(e) => (OAuthError::from(e), e.reason(), e.to_string()),
             };
-            let outcome = if err.code == crate::oauth::ErrorCode::TemporarilyUnavailable {
+            let unavailable = err.code == crate::oauth::ErrorCode::TemporarilyUnavailable;
+            let outcome = if unavailable {
                 "unavailable"
             } else {
                 "refused"
@@ -79,15 +81,22 @@ pub async fn token(
             m.exchange_seconds
                 .with_label_values(&[outcome])
                 .observe(started.elapsed().as_secs_f64());
-            tracing::info!(
-                target: "tessera::audit",
-                decision = outcome,
-                error = err.code.as_str(),
-                reason,
-                detail = %log_safe(&detail),
-                client = %peer_name(&peer),
-                "token refused"
-            );
+            // An audit failure was recorded as such already (it could not be).
+            if reason != "audit_unavailable" {
+                let rec = AuditRecord::new(if unavailable {
+                    Event::Unavailable
+                } else {
+                    Event::Refused
+                })
+                .reason(reason)
+                .error(err.code.as_str())
+                .client(&peer_name(&peer))
+                .detail(&detail);
+                if let Err(e) = app.auditor.record(rec).await {
+                    // Nothing was granted: the refusal stands, the gap is logged.
+                    tracing::error!(error = %e, reason, "refusal not audited: audit unavailable");
+                }
+            }
             let dpop = err.code == crate::oauth::ErrorCode::UseDpopNonce;
             let mut resp = err.into_response();
             if dpop {
@@ -96,6 +105,30 @@ pub async fn token(
             resp
         }
     }
+}
+
+/// The `issued` record: who got what, under which policy, and the token's
+/// `jti` and SHA-256 (never the token).
+fn issued_record(i: &Issued, peer: &Peer) -> AuditRecord {
+    let c = &i.claims;
+    let mut actors = Vec::new();
+    let mut a = c.act.as_ref();
+    while let Some(x) = a {
+        actors.push(x.sub.clone());
+        a = x.act.as_deref();
+    }
+    AuditRecord::new(Event::Issued)
+        .client(&peer_name(peer))
+        .subject(&c.sub)
+        .actors(actors)
+        .owner(c.owner.as_deref())
+        .task(&c.txn)
+        .scopes(&i.scope)
+        .audience(&c.aud)
+        .policy(&i.policy)
+        .grant(c.grant.as_deref())
+        .jti(&c.jti)
+        .token(&i.access_token)
 }
 
 /// `DPoP-Nonce` on every `/token` answer when nonces are required.
@@ -162,10 +195,12 @@ fn success(i: &Issued) -> Response {
     resp
 }
 
-fn peer_name(p: &Peer) -> String {
+/// The caller's identity for the audit record: the certificate's SPIFFE ID
+/// or DNS name, `anonymous`, or why the certificate is not an identity.
+pub fn peer_name(p: &Peer) -> String {
     match p {
-        Peer::Anonymous => "-".into(),
-        Peer::Identified(p) => log_safe(&p.subject),
+        Peer::Anonymous => "anonymous".into(),
+        Peer::Identified(p) => p.subject.clone(),
         Peer::Unusable(r) => format!("unusable-certificate:{r}"),
     }
 }
