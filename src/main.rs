@@ -104,6 +104,30 @@ enum Cmd {
         #[command(subcommand)]
         cmd: GrantCmd,
     },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// The newest records of the broker's audit stream.
+    Tail {
+        /// Keep printing new records (polls every second).
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// How many of the newest records to print first.
+        #[arg(short = 'n', long = "lines", default_value_t = 20)]
+        n: usize,
+    },
+    /// Check the hash chains of an audit file, or of the broker's audit stream.
+    Verify {
+        /// A JSON-lines audit file (default: the broker's stream).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -258,6 +282,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Audit { cmd } => match cmd {
+            AuditCmd::Tail { follow, n } => {
+                let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+                block_on(tessera::cli::audit::tail(&conn, n, follow, cli.json))
+            }
+            AuditCmd::Verify { file: Some(f) } => tessera::cli::audit::verify_file(&f, cli.json),
+            AuditCmd::Verify { file: None } => {
+                let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+                block_on(tessera::cli::audit::verify_stream(&conn, cli.json))
+            }
+        },
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }
