@@ -334,7 +334,7 @@ pub fn rfc3339_now() -> String {
 /// Unix milliseconds as RFC 3339 UTC with milliseconds.
 ///
 /// ```
-/// assert_eq!(tessera::audit::rfc3339_millis(1_795_348_586_007), "2026-11-22T09:16:26.007Z");
+/// assert_eq!(tessera::audit::rfc3339_millis(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
 /// ```
 pub fn rfc3339_millis(ms: i128) -> String {
     match time::OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000) {
