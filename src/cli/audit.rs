@@ -29,7 +29,11 @@ fn cell(v: &Value, k: &str) -> String {
 fn print_records(records: &[Value], as_json: bool, header: &mut bool) {
     for r in records {
         if as_json {
-            println!("{r}");
+            // in the record's own field order when it is one
+            match serde_json::from_value::<AuditRecord>(r.clone()) {
+                Ok(rec) => println!("{}", serde_json::to_string(&rec).unwrap_or_default()),
+                Err(_) => println!("{r}"),
+            }
             continue;
         }
         if !*header {
