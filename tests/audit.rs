@@ -137,6 +137,12 @@ async fn every_issued_token_has_exactly_one_record_and_no_record_holds_a_token()
         refused.iter().any(|(_, e)| *e == "invalid_client"),
         "{refused:?}"
     );
+    let scope = records
+        .iter()
+        .find(|r| r["reason"] == "scope_not_allowed")
+        .unwrap();
+    assert_eq!(scope["audience"], API, "the refusal says what was asked");
+    assert_eq!(scope["scopes"], json!(["tickets:delete"]));
     let anon = records
         .iter()
         .find(|r| r["error"] == "invalid_client")

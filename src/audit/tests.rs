@@ -275,3 +275,53 @@ async fn concurrent_records_form_one_gapless_chain() {
     assert_eq!(r.records, 2000);
     assert_eq!(r.chains.len(), 1);
 }
+
+/// Throughput of the writer alone (`cargo test --lib audit_throughput --
+/// --ignored --nocapture`): 64 concurrent callers, a file sink and the
+/// in-memory stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn audit_throughput() {
+    let d = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryStore::new());
+    let a = Auditor::start(
+        &AuditSink::File(d.path().join("a.jsonl")),
+        Some((mem, 100_000)),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    const CALLERS: usize = 64;
+    const EACH: usize = 2_000;
+    let t0 = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CALLERS {
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let r = AuditRecord::new(Event::Issued)
+                    .client("spiffe://example.org/agent/demo")
+                    .subject("spiffe://example.org/agent/demo")
+                    .owner(Some("alice@example.com"))
+                    .task(&format!("task-{c}"))
+                    .scopes("tickets:read tickets:write")
+                    .audience("https://api.example.com")
+                    .policy("agents")
+                    .jti(&uuid::Uuid::new_v4().to_string())
+                    .token(&format!("eyJ.{c}.{i}"));
+                a.record(r).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n = CALLERS * EACH;
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "audit_throughput: {n} records in {secs:.2}s = {:.0} records/s",
+        n as f64 / secs
+    );
+    let r = verify_file(&d.path().join("a.jsonl")).unwrap();
+    assert!(r.intact());
+    assert_eq!(r.records as usize, n);
+}

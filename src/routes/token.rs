@@ -25,6 +25,14 @@ struct TokenResponse<'a> {
     scope: &'a str,
 }
 
+/// What a request asked for, once parsed (for the refusal's audit record).
+#[derive(Default)]
+struct Asked {
+    audience: String,
+    scopes: String,
+    task: String,
+}
+
 enum Refusal {
     Request(RequestError),
     Exchange(ExchangeError),
@@ -40,7 +48,8 @@ pub async fn token(
 ) -> Response {
     let started = Instant::now();
     let peer = peer.map(|Extension(p)| p).unwrap_or_default();
-    let result = run(&app, &peer, &uri, &headers, &body).await;
+    let mut asked = Asked::default();
+    let result = run(&app, &peer, &uri, &headers, &body, &mut asked).await;
     // No token leaves before its `issued` record is written (fail closed).
     let result = match result {
         Ok(issued) => match app.auditor.record(issued_record(&issued, &peer)).await {
@@ -91,6 +100,9 @@ pub async fn token(
                 .reason(reason)
                 .error(err.code.as_str())
                 .client(&peer_name(&peer))
+                .audience(&asked.audience)
+                .scopes(&asked.scopes)
+                .task(&asked.task)
                 .detail(&detail);
                 if let Err(e) = app.auditor.record(rec).await {
                     // Nothing was granted: the refusal stands, the gap is logged.
@@ -146,6 +158,7 @@ async fn run(
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
+    asked: &mut Asked,
 ) -> Result<Issued, Refusal> {
     let req_err = |code, reason| Refusal::Request(RequestError { code, reason });
     use crate::oauth::ErrorCode::InvalidRequest;
@@ -168,6 +181,9 @@ async fn run(
     let form = parse_form(body).map_err(Refusal::Request)?;
     let mut req =
         token_request(&form, app.config.limits.max_token_bytes).map_err(Refusal::Request)?;
+    asked.audience = req.target.as_str().to_string();
+    asked.scopes = req.scope.to_string();
+    asked.task = req.task.clone().unwrap_or_default();
     let mut proofs = headers.get_all("dpop").iter();
     if let Some(p) = proofs.next() {
         let bad = || Refusal::Exchange(ExchangeError::DpopProof("dpop_header_malformed"));
