@@ -143,6 +143,7 @@ async fn every_issued_token_has_exactly_one_record_and_no_record_holds_a_token()
         .unwrap();
     assert_eq!(scope["audience"], API, "the refusal says what was asked");
     assert_eq!(scope["scopes"], json!(["tickets:delete"]));
+    assert_eq!(scope["subject"], AGENT, "and who the subject was");
     let anon = records
         .iter()
         .find(|r| r["error"] == "invalid_client")

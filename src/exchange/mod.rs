@@ -59,6 +59,16 @@ pub struct Issued {
     pub policy: String,
 }
 
+/// Who an exchange was about, as far as it got: filled in as the subject
+/// and actor are authenticated (for the audit record of a refusal).
+#[derive(Debug, Clone, Default)]
+pub struct Noted {
+    /// The authenticated subject.
+    pub subject: Option<String>,
+    /// The authenticated actor.
+    pub actor: Option<String>,
+}
+
 /// The authenticated subject of an exchange.
 #[derive(Debug, Clone)]
 struct AuthenticatedSubject {
@@ -196,6 +206,17 @@ impl Exchanger {
 
     /// Runs one exchange.
     pub async fn exchange(&self, req: TokenRequest, peer: &Peer) -> Result<Issued, ExchangeError> {
+        self.exchange_noting(req, peer, &mut Noted::default()).await
+    }
+
+    /// [`Exchanger::exchange`], noting who the subject and actor were once
+    /// authenticated (so a refusal's audit record can name them).
+    pub async fn exchange_noting(
+        &self,
+        req: TokenRequest,
+        peer: &Peer,
+        noted: &mut Noted,
+    ) -> Result<Issued, ExchangeError> {
         let now = self.clock.now();
         let peer_id = match peer {
             Peer::Unusable(r) => return Err(ExchangeError::ClientAuth(r)),
@@ -245,6 +266,9 @@ impl Exchanger {
             ),
             _ => None,
         };
+        if let Some(a) = &actor {
+            noted.actor = Some(a.sub.clone());
+        }
 
         let subject = match (req.grant_type, req.subject_token_type) {
             (GrantType::ClientCredentials, _) | (_, TokenType::Mtls) => {
@@ -285,6 +309,7 @@ impl Exchanger {
                             actor.as_ref(),
                             dpop.as_ref(),
                             now,
+                            noted,
                         )
                         .await;
                 }
@@ -294,6 +319,8 @@ impl Exchanger {
                 self.authenticate_jwt(parsed, now).await?
             }
         };
+
+        noted.subject = Some(subject.sub.clone());
 
         // Kill switch: the subject, and the presenting workload.
         if self
@@ -428,6 +455,8 @@ impl Exchanger {
     /// granted the parent, lifetime within the parent's, `txn`, `act`,
     /// `grant` inherited, and the parent's `jti` recorded so that revoking
     /// it revokes this token too.
+    // The pipeline's state so far, passed as is; a struct would only rename it.
+    #[allow(clippy::too_many_arguments)]
     async fn reexchange(
         &self,
         req: &TokenRequest,
@@ -436,12 +465,14 @@ impl Exchanger {
         actor: Option<&AuthenticatedActor>,
         dpop: Option<&DpopProof>,
         now: u64,
+        noted: &mut Noted,
     ) -> Result<Issued, ExchangeError> {
         let parent = self
             .own
             .verify_decoded(parsed, now)
             .map_err(ExchangeError::SubjectToken)?;
         let p = &parent.claims;
+        noted.subject = Some(p.sub.clone());
         if self
             .stores
             .revocations

@@ -31,6 +31,7 @@ struct Asked {
     audience: String,
     scopes: String,
     task: String,
+    who: crate::exchange::Noted,
 }
 
 enum Refusal {
@@ -100,6 +101,8 @@ pub async fn token(
                 .reason(reason)
                 .error(err.code.as_str())
                 .client(&peer_name(&peer))
+                .subject(asked.who.subject.as_deref().unwrap_or(""))
+                .actors(asked.who.actor.clone())
                 .audience(&asked.audience)
                 .scopes(&asked.scopes)
                 .task(&asked.task)
@@ -193,7 +196,7 @@ async fn run(
         req.dpop = Some(p.to_str().map_err(|_| bad())?.to_string());
     }
     app.exchanger
-        .exchange(req, peer)
+        .exchange_noting(req, peer, &mut asked.who)
         .await
         .map_err(Refusal::Exchange)
 }
