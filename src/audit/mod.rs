@@ -49,7 +49,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use record::{rfc3339_millis, rfc3339_now, sha256_hex, AuditRecord, ChainHead, Event, GENESIS};
+pub use record::{
+    rfc3339_millis, rfc3339_now, sha256_hex, AuditRecord, ChainHead, Event, GENESIS,
+    MAX_FIELD_CHARS, MAX_LIST_ENTRIES, MAX_RECORD_BYTES,
+};
 pub use verify::{head_from_line, Break, ChainSummary, ChainVerifier, Report};
 
 use crate::config::AuditSink;

@@ -135,15 +135,39 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
-/// Longest text kept in a free-form field (values longer are cut).
-pub const MAX_FIELD_CHARS: usize = 512;
+/// Longest text kept in a field, after escaping (values longer are cut).
+/// Control characters and non-ASCII are escaped (`\u{e9}`), so a field is
+/// ASCII and at most twice this in JSON.
+pub const MAX_FIELD_CHARS: usize = 1024;
+/// Most entries kept in a list field (`scopes`, `actors`); the rest are
+/// counted in a last entry `…(+N more)`.
+pub const MAX_LIST_ENTRIES: usize = 32;
+/// No sealed record is longer than this: every field and list is capped, so
+/// one oversized record can never fail a batch holding other callers'
+/// records.
+pub const MAX_RECORD_BYTES: usize = 256 * 1024;
 
 fn safe(s: &str) -> String {
     s.chars()
-        .take(MAX_FIELD_CHARS)
         .flat_map(char::escape_default)
-        .take(MAX_FIELD_CHARS * 2)
+        .take(MAX_FIELD_CHARS)
         .collect()
+}
+
+fn capped_list(items: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut more = 0usize;
+    for i in items {
+        if out.len() < MAX_LIST_ENTRIES {
+            out.push(safe(&i));
+        } else {
+            more += 1;
+        }
+    }
+    if more > 0 {
+        out.push(format!("…(+{more} more)"));
+    }
+    out
 }
 
 fn opt(s: &str) -> Option<String> {
@@ -199,7 +223,7 @@ impl AuditRecord {
     }
     /// Sets `actors` (current actor first).
     pub fn actors(mut self, v: impl IntoIterator<Item = String>) -> Self {
-        self.actors = v.into_iter().map(|a| safe(&a)).collect();
+        self.actors = capped_list(v.into_iter());
         self
     }
     /// Sets `owner` when present.
@@ -214,7 +238,7 @@ impl AuditRecord {
     }
     /// Sets `scopes` from a space-separated list.
     pub fn scopes(mut self, v: &str) -> Self {
-        self.scopes = v.split_ascii_whitespace().map(safe).collect();
+        self.scopes = capped_list(v.split_ascii_whitespace().map(str::to_string));
         self
     }
     /// Sets `audience`.

@@ -132,6 +132,33 @@ fn interleaved_chains_verify_separately() {
 }
 
 #[test]
+fn no_record_can_grow_past_the_cap() {
+    let huge = "\u{7}\"é".repeat(5_000);
+    let many = format!("{huge} ").repeat(50) + &"s ".repeat(10_000);
+    let mut r = AuditRecord::new(Event::Refused)
+        .reason(&huge)
+        .error(&huge)
+        .client(&huge)
+        .subject(&huge)
+        .actors(vec![huge.clone(); 1000])
+        .owner(Some(&huge))
+        .task(&huge)
+        .scopes(&many)
+        .audience(&huge)
+        .policy(&huge)
+        .grant(Some(&huge))
+        .jti(&huge)
+        .token(&huge)
+        .detail(&huge);
+    assert_eq!(r.scopes.len(), MAX_LIST_ENTRIES + 1);
+    assert_eq!(r.scopes.last().unwrap(), "…(+10018 more)");
+    let line = ChainHead::fresh().seal(&mut r, rfc3339_now());
+    assert!(line.len() <= MAX_RECORD_BYTES, "{}", line.len());
+    assert!(line.is_ascii() || line.contains('…'));
+    assert!(verify(&[line]).intact());
+}
+
+#[test]
 fn time_format() {
     assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
     assert_eq!(

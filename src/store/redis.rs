@@ -97,8 +97,6 @@ pub const MAX_UNIX_SECS: u64 = 253_402_300_799;
 /// by length; the TTL only keeps the "every key expires" rule for a broker
 /// fleet that is gone).
 pub const AUDIT_STREAM_IDLE_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
-/// Largest audit record stored in the stream.
-pub const MAX_AUDIT_RECORD_BYTES: usize = 64 * 1024;
 /// Least time between two replacements of the connection manager.
 pub const REBUILD_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -1244,7 +1242,10 @@ impl AuditStream for RedisStore {
         if records.is_empty() {
             return Ok(());
         }
-        if records.iter().any(|r| r.len() > MAX_AUDIT_RECORD_BYTES) {
+        if records
+            .iter()
+            .any(|r| r.len() > crate::audit::MAX_RECORD_BYTES)
+        {
             return Err(StoreError::Protocol("audit record too large".into()));
         }
         let key = self.key_audit_stream();
