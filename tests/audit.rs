@@ -258,9 +258,10 @@ fn redis_cli(url: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// Fail closed: with the audit stream refusing writes (Redis denies XADD,
-/// everything else works), /token answers 503 and never a token; the
-/// operator learns that a grant was not made; service resumes by itself.
+/// Fail closed: with the audit stream refusing writes (a Redis ACL makes
+/// that one key read-only, everything else works), /token answers 503 and
+/// never a token; a grant is not made; a revocation is made and the operator
+/// learns it was not audited; service resumes by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_is_issued_whose_record_cannot_be_written() {
     let Some(redis) = redis_or_skip().unwrap() else {
@@ -276,10 +277,18 @@ async fn no_token_is_issued_whose_record_cannot_be_written() {
     let before = b.audit_records().await;
     assert_eq!(count(&before, "issued"), 1);
 
-    assert_eq!(
-        redis_cli(&redis.url(), &["ACL", "SETUSER", "default", "-xadd"]).trim(),
-        "OK"
-    );
+    // Redis refuses writes to the audit stream only; every other key works
+    let deny = [
+        "ACL",
+        "SETUSER",
+        "default",
+        "resetkeys",
+        "%R~*",
+        "~tessera:{rev}:*",
+        "~tessera:{g*",
+        "~tessera:rp:*",
+    ];
+    assert_eq!(redis_cli(&redis.url(), &deny).trim(), "OK");
     for _ in 0..3 {
         let r = b
             .agent_client()
@@ -314,6 +323,25 @@ async fn no_token_is_issued_whose_record_cannot_be_written() {
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     let (_, list) = b.admin(Method::GET, "/admin/v1/grants", None).await;
     assert_eq!(list["grants"].as_array().unwrap().len(), 0);
+    // a revocation stands (it only takes authority away), and the operator
+    // learns its record is missing: the CLI exits 1 saying so
+    let (code, _, err) = cli(&b, &["revoke", "--task", "unaudited-task"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("WAS made") && err.contains("audit"), "{err}");
+    let feed: Value = b
+        .client(Some(&b.payments))
+        .get(b.url("/revocations"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(feed["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["value"] == "unaudited-task"));
     let m = reqwest::get(b.ops_url("/metrics"))
         .await
         .unwrap()
@@ -328,7 +356,11 @@ async fn no_token_is_issued_whose_record_cannot_be_written() {
     );
 
     assert_eq!(
-        redis_cli(&redis.url(), &["ACL", "SETUSER", "default", "+xadd"]).trim(),
+        redis_cli(
+            &redis.url(),
+            &["ACL", "SETUSER", "default", "resetkeys", "~*"]
+        )
+        .trim(),
         "OK"
     );
     let (s, v) = b.agent_token("tickets:read", None).await;
