@@ -267,9 +267,11 @@ async fn no_token_is_issued_whose_record_cannot_be_written() {
     let Some(redis) = redis_or_skip().unwrap() else {
         return;
     };
+    let dir = tempfile::tempdir().unwrap();
     let b = TestBroker::start_with(Options {
         store_url: Some(redis.url()),
         with_issuer: false,
+        audit: file_audit(dir.path()),
         ..Default::default()
     })
     .await;
@@ -378,6 +380,32 @@ async fn no_token_is_issued_whose_record_cannot_be_written() {
         .parse()
         .unwrap();
     assert!(ttl > 0, "{ttl}");
+
+    // The file sink kept working: it holds the `issued` records of the three
+    // withheld tokens, each followed by an `unavailable` record naming the
+    // same jti, so issued minus withheld is the count of tokens returned.
+    let file = dir.path().join("audit.jsonl");
+    let recs: Vec<Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let withheld: std::collections::BTreeSet<&str> = recs
+        .iter()
+        .filter(|r| r["event"] == "unavailable" && r["reason"] == "audit_unavailable")
+        .map(|r| r["jti"].as_str().unwrap())
+        .collect();
+    assert_eq!(withheld.len(), 3, "{recs:?}");
+    let issued: Vec<&str> = recs
+        .iter()
+        .filter(|r| r["event"] == "issued")
+        .map(|r| r["jti"].as_str().unwrap())
+        .collect();
+    assert_eq!(issued.len(), 5);
+    assert!(withheld.iter().all(|j| issued.contains(j)));
+    assert_eq!(issued.len() - withheld.len(), 2, "tokens returned");
+    let report = tessera::audit::verify_file(&file).unwrap();
+    assert!(report.intact(), "{report:?}");
 }
 
 fn cli(b: &TestBroker, args: &[&str]) -> (i32, String, String) {

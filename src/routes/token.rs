@@ -58,6 +58,18 @@ pub async fn token(
             Err(e) => {
                 tracing::error!(error = %e, jti = %issued.claims.jti,
                     "token withheld: its audit record could not be written");
+                // If the failure was partial (one sink has the `issued`
+                // record), say that this jti was withheld. Best effort, and
+                // without waiting: the audit is likely down.
+                app.auditor.submit(
+                    AuditRecord::new(Event::Unavailable)
+                        .reason("audit_unavailable")
+                        .error(crate::oauth::ErrorCode::TemporarilyUnavailable.as_str())
+                        .client(&peer_name(&peer))
+                        .subject(&issued.claims.sub)
+                        .jti(&issued.claims.jti)
+                        .detail(&format!("token withheld: {e}")),
+                );
                 Err(Refusal::Exchange(ExchangeError::AuditUnavailable(
                     e.to_string(),
                 )))
@@ -91,7 +103,7 @@ pub async fn token(
             m.exchange_seconds
                 .with_label_values(&[outcome])
                 .observe(started.elapsed().as_secs_f64());
-            // An audit failure was recorded as such already (it could not be).
+            // An audit failure was recorded above (as far as it could be).
             if reason != "audit_unavailable" {
                 let rec = AuditRecord::new(if unavailable {
                     Event::Unavailable
