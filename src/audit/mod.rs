@@ -118,7 +118,8 @@ impl std::fmt::Debug for Auditor {
 }
 
 impl Auditor {
-    /// Opens the sinks and spawns the writer (inside a Tokio runtime).
+    /// Opens the sinks and spawns the writer (inside a Tokio runtime; an
+    /// error outside one).
     /// `stream` is the bounded stream with its approximate length cap.
     /// A file sink that exists continues its last chain; a new one starts a
     /// fresh chain. Errors when the file cannot be opened.
@@ -127,6 +128,11 @@ impl Auditor {
         stream: Option<(Arc<dyn AuditStream>, u64)>,
         timeout: Duration,
     ) -> Result<Self, AuditError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(AuditError::Sink(
+                "the auditor must be started inside a Tokio runtime".into(),
+            ));
+        }
         let (lines, head) = match sink {
             AuditSink::Off => (Lines::Off, ChainHead::fresh()),
             AuditSink::Stdout => (Lines::Stdout, ChainHead::fresh()),

@@ -159,6 +159,11 @@ fn no_record_can_grow_past_the_cap() {
 }
 
 #[test]
+fn starting_outside_a_runtime_is_an_error_not_a_panic() {
+    assert!(Auditor::start(&AuditSink::Off, None, Duration::from_secs(1)).is_err());
+}
+
+#[test]
 fn time_format() {
     assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
     assert_eq!(
