@@ -140,7 +140,7 @@ pub struct AuditRecord {
 /// ASCII and at most twice this in JSON.
 pub const MAX_FIELD_CHARS: usize = 1024;
 /// Most entries kept in a list field (`scopes`, `actors`); the rest are
-/// counted in a last entry `…(+N more)`.
+/// counted in a last entry `...(+N more)` (records stay ASCII).
 pub const MAX_LIST_ENTRIES: usize = 32;
 /// No sealed record is longer than this: every field and list is capped, so
 /// one oversized record can never fail a batch holding other callers'
@@ -165,7 +165,7 @@ fn capped_list(items: impl Iterator<Item = String>) -> Vec<String> {
         }
     }
     if more > 0 {
-        out.push(format!("…(+{more} more)"));
+        out.push(format!("...(+{more} more)"));
     }
     out
 }
