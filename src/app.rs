@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::audit::{AuditRecord, Auditor, Event};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::exchange::Exchanger;
@@ -44,6 +45,8 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     /// Set when shutdown began: `/readyz` answers 503.
     pub draining: AtomicBool,
+    /// The audit trail.
+    pub auditor: Auditor,
 }
 
 /// Shared handle to the [`App`].
@@ -75,6 +78,12 @@ impl App {
             &config.server.issuer,
             &keyring,
         )?);
+        let auditor = Auditor::start(
+            &config.audit.sink,
+            Some((stores.audit.clone(), config.audit.stream_max_len)),
+            config.audit.timeout,
+        )
+        .map_err(|e| format!("audit.path: {e}"))?;
         let exchanger = Exchanger::new(
             &config,
             issuers,
@@ -83,6 +92,19 @@ impl App {
             stores.clone(),
             clock.clone(),
         )?;
+        // The first record of every start: which configuration is in force.
+        let rec = AuditRecord::new(Event::ConfigLoaded)
+            .detail(&config_summary(&config))
+            .reason("startup");
+        if let Err(e) = auditor.record(rec).await {
+            // The store may be down at start-up (the broker starts anyway and
+            // fails closed until it answers); a file sink that cannot be
+            // written is an error.
+            if matches!(config.audit.sink, crate::config::AuditSink::File(_)) {
+                return Err(format!("audit.path: the first audit record failed: {e}"));
+            }
+            tracing::warn!(error = %e, "the config_loaded audit record could not be written");
+        }
         Ok(App {
             config,
             exchanger,
@@ -92,8 +114,26 @@ impl App {
             own_tokens,
             clock,
             draining: AtomicBool::new(false),
+            auditor,
         })
     }
+}
+
+/// `file=… sha256=… policies=N issuers=N store=…` for the `config_loaded`
+/// record (the store URL without credentials).
+fn config_summary(c: &Config) -> String {
+    let hash = std::fs::read(&c.source)
+        .map(|b| crate::audit::sha256_hex(&b))
+        .unwrap_or_else(|_| "-".into());
+    let store = c.store.url.split_once("://").map(|(s, _)| s).unwrap_or("-");
+    format!(
+        "file={} sha256={} policies={} issuers={} store={}",
+        c.source.display(),
+        hash,
+        c.policies.len(),
+        c.issuers.len(),
+        store
+    )
 }
 
 /// Generates missing development material when the config allows it, then

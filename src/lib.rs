@@ -17,7 +17,9 @@
 //! - `identity`: SPIFFE IDs, client-certificate identities, OIDC issuers.
 //! - `policy`: compiled policies, glob matching, scope sets.
 //! - `mint`: the signing key ring and RFC 9068 minting.
-//! - `store`: revocation / replay traits with the in-memory backend.
+//! - `store`: revocation / replay / grant / audit-stream traits with the
+//!   in-memory and Redis backends.
+//! - `audit`: the hash-chained audit trail (one record per decision).
 //! - `exchange`: the pipeline; `oauth`, `routes`, `server`, `app`: the service.
 //! - `cli`: operator verbs; `pki`: development and test certificates.
 
@@ -32,6 +34,8 @@ pub mod verify;
 
 #[cfg(feature = "server")]
 pub mod app;
+#[cfg(feature = "server")]
+pub mod audit;
 #[cfg(feature = "server")]
 pub mod cli;
 #[cfg(feature = "server")]

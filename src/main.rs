@@ -125,6 +125,11 @@ enum Cmd {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -134,6 +139,25 @@ enum ApprovalsCmd {
         /// Also decided and expired approvals.
         #[arg(long)]
         all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// The newest records of the broker's audit stream.
+    Tail {
+        /// Keep printing new records (polls every second).
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// How many of the newest records to print first.
+        #[arg(short = 'n', long = "lines", default_value_t = 20)]
+        n: usize,
+    },
+    /// Check the hash chains of an audit file, or of the broker's audit stream.
+    Verify {
+        /// A JSON-lines audit file (default: the broker's stream).
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
 }
 
@@ -307,6 +331,17 @@ fn main() -> ExitCode {
                 &conn, &id, false, reason, cli.json,
             ))
         }
+        Cmd::Audit { cmd } => match cmd {
+            AuditCmd::Tail { follow, n } => {
+                let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+                block_on(tessera::cli::audit::tail(&conn, n, follow, cli.json))
+            }
+            AuditCmd::Verify { file: Some(f) } => tessera::cli::audit::verify_file(&f, cli.json),
+            AuditCmd::Verify { file: None } => {
+                let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+                block_on(tessera::cli::audit::verify_stream(&conn, cli.json))
+            }
+        },
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }

@@ -25,6 +25,10 @@ pub struct Metrics {
     /// `tessera_approvals_total{event}`: `requested`, `approved`, `denied`,
     /// `redeemed`, `webhook_failed`.
     pub approvals: IntCounterVec,
+    /// `tessera_audit_records_total{event}`: records written to every sink.
+    pub audit_records: IntCounterVec,
+    /// `tessera_audit_failures_total`: records that could not be written.
+    pub audit_failures: IntCounter,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -68,6 +72,19 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["event"],
     )?;
     registry.register(Box::new(approvals.clone()))?;
+    let audit_records = IntCounterVec::new(
+        Opts::new(
+            "tessera_audit_records_total",
+            "Audit records written to every sink, by event",
+        ),
+        &["event"],
+    )?;
+    let audit_failures = IntCounter::new(
+        "tessera_audit_failures_total",
+        "Audit records that could not be written (the decision failed closed)",
+    )?;
+    registry.register(Box::new(audit_records.clone()))?;
+    registry.register(Box::new(audit_failures.clone()))?;
     registry.register(Box::new(revocations.clone()))?;
     registry.register(Box::new(grants_consumed.clone()))?;
     registry.register(Box::new(exchanges.clone()))?;
@@ -83,6 +100,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         revocations,
         grants_consumed,
         approvals,
+        audit_records,
+        audit_failures,
     })
 }
 

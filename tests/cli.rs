@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
@@ -151,7 +151,7 @@ async fn fresh_clone_serve_generates_dev_material_and_exchanges() {
     let mut child = Command::new(BIN)
         .arg("serve")
         .current_dir(d.path())
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(d.path().join("audit.out")).unwrap())
         .stderr(log)
         .spawn()
         .unwrap();
@@ -221,6 +221,23 @@ async fn fresh_clone_serve_generates_dev_material_and_exchanges() {
     let (_, claims) = common::decode(v["access_token"].as_str().unwrap());
     assert_eq!(claims["sub"], "spiffe://example.org/agent/demo");
     assert_eq!(claims["txn"], "triage-4711");
+
+    // the default audit sink is stdout, and stdout carries audit records
+    // only (logs go to stderr); the token's record was written before the
+    // token was returned
+    let out = std::fs::read_to_string(d.path().join("audit.out")).unwrap();
+    let recs: Vec<tessera::audit::AuditRecord> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(recs[0].event, tessera::audit::Event::ConfigLoaded);
+    let issued = recs
+        .iter()
+        .find(|r| r.event == tessera::audit::Event::Issued)
+        .unwrap();
+    assert_eq!(issued.jti.as_deref(), claims["jti"].as_str());
+    let report = tessera::audit::verify_file(&d.path().join("audit.out")).unwrap();
+    assert!(report.intact(), "{report:?}");
 
     // a second start creates nothing new
     let _ = child.kill();

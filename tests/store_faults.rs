@@ -228,6 +228,12 @@ async fn revocation_entries_expire_with_the_tokens_they_cover() {
     assert!(!keys.is_empty());
     for k in keys {
         let ttl: i64 = redis_cli(&redis.url(), &["TTL", k]).trim().parse().unwrap();
+        if k.contains(":{audit}:") {
+            // the audit stream is bounded by length (MAXLEN ~), and expires
+            // only when no broker has written to it for a long time
+            assert!(ttl > 15 * 60, "{k}: ttl {ttl}");
+            continue;
+        }
         assert!(ttl > 0 && ttl <= 15 * 60 + 1, "{k}: ttl {ttl}");
     }
 }

@@ -4,6 +4,7 @@
 //! (0 success, 1 refused or failed, 2 bad usage) and prints errors to stderr.
 
 pub mod admin;
+pub mod audit;
 
 use std::io::Read;
 use std::path::Path;

@@ -78,6 +78,8 @@ pub struct Config {
     pub dpop_nonce: bool,
     /// `[limits]`.
     pub limits: Limits,
+    /// `[audit]`.
+    pub audit: AuditConfig,
     /// `[[issuers]]`.
     pub issuers: Vec<IssuerConfig>,
     /// `[[policies]]`, in file order.
@@ -124,6 +126,33 @@ pub struct StoreConfig {
     /// Per-call timeout.
     pub timeout: Duration,
 }
+
+/// Where audit records are written as JSON lines (`[audit] sink`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
+    /// Standard output (logs go to standard error).
+    Stdout,
+    /// Appended to this file.
+    File(PathBuf),
+    /// Nowhere (only the store's bounded stream).
+    Off,
+}
+
+/// `[audit]`, typed.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// The JSON-lines sink.
+    pub sink: AuditSink,
+    /// About how many records the store's audit stream keeps.
+    pub stream_max_len: u64,
+    /// Longest a decision waits for its record.
+    pub timeout: Duration,
+}
+
+/// Most records `[audit] stream_max_len` may keep.
+pub const MAX_AUDIT_STREAM_LEN: u64 = 100_000_000;
+/// Longest `[audit] timeout`.
+pub const MAX_AUDIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `[limits]`, typed.
 #[derive(Debug, Clone)]
@@ -356,6 +385,41 @@ impl Config {
             max_connections: l.max_connections as usize,
         };
 
+        // [audit]
+        let a = &raw.audit;
+        let sink = match (a.sink.as_str(), &a.path) {
+            ("stdout", _) => AuditSink::Stdout,
+            ("off", _) => AuditSink::Off,
+            ("file", Some(p)) => AuditSink::File(nonempty_path("audit.path", p)?),
+            ("file", None) => {
+                return Err(err(
+                    "audit.path",
+                    "is required when audit.sink = \"file\"".into(),
+                ))
+            }
+            (other, _) => {
+                return Err(err(
+                    "audit.sink",
+                    format!("`{other}` is not one of stdout, file, off"),
+                ))
+            }
+        };
+        if a.stream_max_len < 1000 || a.stream_max_len > MAX_AUDIT_STREAM_LEN {
+            return Err(err(
+                "audit.stream_max_len",
+                format!("must be between 1000 and {MAX_AUDIT_STREAM_LEN}"),
+            ));
+        }
+        let audit_timeout = dur("audit.timeout", &a.timeout)?;
+        if audit_timeout > MAX_AUDIT_TIMEOUT {
+            return Err(err("audit.timeout", "must be at most 30s".into()));
+        }
+        let audit = AuditConfig {
+            sink,
+            stream_max_len: a.stream_max_len,
+            timeout: audit_timeout,
+        };
+
         // [[issuers]]
         let mut issuers: Vec<IssuerConfig> = Vec::new();
         for (i, ri) in raw.issuers.iter().enumerate() {
@@ -555,6 +619,7 @@ impl Config {
             dev_generate_missing: raw.dev.generate_missing,
             dpop_nonce: raw.dpop.nonce,
             limits,
+            audit,
             issuers,
             policies,
         })

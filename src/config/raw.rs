@@ -39,6 +39,9 @@ pub struct RawConfig {
     /// `[dpop]`: DPoP (RFC 9449) options.
     #[serde(default)]
     pub dpop: RawDpop,
+    /// `[audit]`: where audit records go.
+    #[serde(default)]
+    pub audit: RawAudit,
     /// `[[issuers]]`: trusted OIDC issuers.
     #[serde(default)]
     pub issuers: Vec<RawIssuer>,
@@ -171,6 +174,39 @@ pub struct RawDpop {
     /// the same nonces. Defaults to `false`.
     #[serde(default)]
     pub nonce: bool,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// JSON-lines sink: `stdout` (default), `file` (needs `path`) or `off`.
+    /// The bounded stream in the store is written in every case.
+    #[serde(default = "d_audit_sink")]
+    pub sink: String,
+    /// The audit file when `sink = "file"`; an existing file's chain is
+    /// continued. Defaults to none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// About how many records the store's audit stream keeps (oldest
+    /// trimmed first). Defaults to `100000`.
+    #[serde(default = "d_audit_stream_max_len")]
+    pub stream_max_len: u64,
+    /// Longest a decision waits for its record to be written before it
+    /// fails closed (503). Defaults to `2s`.
+    #[serde(default = "d_audit_timeout")]
+    pub timeout: String,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self {
+            sink: d_audit_sink(),
+            path: None,
+            stream_max_len: d_audit_stream_max_len(),
+            timeout: d_audit_timeout(),
+        }
+    }
 }
 
 /// `[approvals]`.
@@ -375,6 +411,15 @@ fn d_prefix() -> String {
 }
 fn d_store_timeout() -> String {
     "250ms".into()
+}
+fn d_audit_sink() -> String {
+    "stdout".into()
+}
+fn d_audit_stream_max_len() -> u64 {
+    100_000
+}
+fn d_audit_timeout() -> String {
+    "2s".into()
 }
 fn d_approvals_ttl() -> String {
     "10m".into()

@@ -59,6 +59,12 @@ fn full_sample() -> RawConfig {
         },
         limits: RawLimits::default(),
         dpop: RawDpop { nonce: false },
+        audit: RawAudit {
+            sink: "file".into(),
+            path: Some("audit.jsonl".into()),
+            stream_max_len: 100_000,
+            timeout: "2s".into(),
+        },
         issuers: vec![RawIssuer {
             name: "k8s".into(),
             issuer: "https://k8s".into(),
@@ -136,6 +142,9 @@ fn empty_config_gets_contract_defaults() {
     assert_eq!(c.approvals_ttl.as_secs(), 600);
     assert_eq!(c.approvals_interval.as_secs(), 5);
     assert!(c.approvals_webhook.is_none());
+    assert_eq!(c.audit.sink, AuditSink::Stdout);
+    assert_eq!(c.audit.stream_max_len, 100_000);
+    assert_eq!(c.audit.timeout.as_secs(), 2);
     assert!(
         !c.dev_generate_missing,
         "only the shipped dev config generates material"
@@ -165,6 +174,15 @@ fn errors_name_file_key_and_reason() {
 
     let e = err_of("[store]\nurl = \"postgres://x\"\n");
     assert_eq!(e.key, "store.url");
+
+    let e = err_of("[audit]\nsink = \"syslog\"\n");
+    assert_eq!(e.key, "audit.sink");
+    let e = err_of("[audit]\nsink = \"file\"\n");
+    assert_eq!(e.key, "audit.path");
+    let e = err_of("[audit]\nstream_max_len = 10\n");
+    assert_eq!(e.key, "audit.stream_max_len");
+    let e = err_of("[audit]\ntimeout = \"0s\"\n");
+    assert_eq!(e.key, "audit.timeout");
 }
 
 #[test]

@@ -87,6 +87,9 @@ pub enum ExchangeError {
     /// Signing failed: fail closed.
     #[error("signing failed: {0}")]
     Signing(String),
+    /// The decision's audit record could not be written: fail closed.
+    #[error("audit unavailable: {0}")]
+    AuditUnavailable(String),
 }
 
 impl ExchangeError {
@@ -116,6 +119,7 @@ impl ExchangeError {
             Self::StoreUnavailable(_) => "store_unavailable",
             Self::KeysUnavailable(_) => "issuer_keys_unavailable",
             Self::Signing(_) => "signing_failed",
+            Self::AuditUnavailable(_) => "audit_unavailable",
         }
     }
 }

@@ -62,6 +62,16 @@ pub struct Issued {
     pub approval: Option<String>,
 }
 
+/// Who an exchange was about, as far as it got: filled in as the subject
+/// and actor are authenticated (for the audit record of a refusal).
+#[derive(Debug, Clone, Default)]
+pub struct Noted {
+    /// The authenticated subject.
+    pub subject: Option<String>,
+    /// The authenticated actor.
+    pub actor: Option<String>,
+}
+
 /// The authenticated subject of an exchange.
 #[derive(Debug, Clone)]
 struct AuthenticatedSubject {
@@ -212,6 +222,17 @@ impl Exchanger {
 
     /// Runs one exchange.
     pub async fn exchange(&self, req: TokenRequest, peer: &Peer) -> Result<Issued, ExchangeError> {
+        self.exchange_noting(req, peer, &mut Noted::default()).await
+    }
+
+    /// [`Exchanger::exchange`], noting who the subject and actor were once
+    /// authenticated (so a refusal's audit record can name them).
+    pub async fn exchange_noting(
+        &self,
+        req: TokenRequest,
+        peer: &Peer,
+        noted: &mut Noted,
+    ) -> Result<Issued, ExchangeError> {
         let now = self.clock.now();
         let peer_id = match peer {
             Peer::Unusable(r) => return Err(ExchangeError::ClientAuth(r)),
@@ -261,6 +282,9 @@ impl Exchanger {
             ),
             _ => None,
         };
+        if let Some(a) = &actor {
+            noted.actor = Some(a.sub.clone());
+        }
 
         let subject = match (req.grant_type, req.subject_token_type) {
             (GrantType::ClientCredentials, _) | (_, TokenType::Mtls) => {
@@ -301,6 +325,7 @@ impl Exchanger {
                             actor.as_ref(),
                             dpop.as_ref(),
                             now,
+                            noted,
                         )
                         .await;
                 }
@@ -310,6 +335,8 @@ impl Exchanger {
                 self.authenticate_jwt(parsed, now).await?
             }
         };
+
+        noted.subject = Some(subject.sub.clone());
 
         // Kill switch: the subject, and the presenting workload.
         if self
@@ -521,11 +548,11 @@ impl Exchanger {
             if !self.stores.approvals.create_approval(&a).await? {
                 return Err(ExchangeError::ApprovalsFull);
             }
-            tracing::info!(target: "tessera::audit", decision = "approval_requested",
-                approval = %a.id, requester = %crate::telemetry::log_safe(&a.requester),
-                sub = %crate::telemetry::log_safe(&a.subject), scope = %a.scopes.join(" "),
-                aud = %crate::telemetry::log_safe(&a.audience), policy = %a.policy,
-                expires_at = a.expires_at, "human approval requested");
+            // The pending answer itself is audited by the token route
+            // (a refusal with reason `authorization_pending`, naming the
+            // approval id in its detail).
+            tracing::info!(approval = %a.id, policy = %a.policy, expires_at = a.expires_at,
+                "human approval requested");
             crate::telemetry::metrics()
                 .approvals
                 .with_label_values(&["requested"])
@@ -569,6 +596,8 @@ impl Exchanger {
     /// granted the parent, lifetime within the parent's, `txn`, `act`,
     /// `grant` inherited, and the parent's `jti` recorded so that revoking
     /// it revokes this token too.
+    // The pipeline's state so far, passed as is; a struct would only rename it.
+    #[allow(clippy::too_many_arguments)]
     async fn reexchange(
         &self,
         req: &TokenRequest,
@@ -577,12 +606,14 @@ impl Exchanger {
         actor: Option<&AuthenticatedActor>,
         dpop: Option<&DpopProof>,
         now: u64,
+        noted: &mut Noted,
     ) -> Result<Issued, ExchangeError> {
         let parent = self
             .own
             .verify_decoded(parsed, now)
             .map_err(ExchangeError::SubjectToken)?;
         let p = &parent.claims;
+        noted.subject = Some(p.sub.clone());
         if self
             .stores
             .revocations

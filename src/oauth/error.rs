@@ -232,9 +232,10 @@ impl From<&crate::exchange::ExchangeError> for OAuthError {
             E::AuthorizationDetails(_) => ErrorCode::InvalidAuthorizationDetails,
             E::DpopProof(_) => ErrorCode::InvalidDpopProof,
             E::UseDpopNonce => ErrorCode::UseDpopNonce,
-            E::StoreUnavailable(_) | E::KeysUnavailable(_) | E::Signing(_) => {
-                ErrorCode::TemporarilyUnavailable
-            }
+            E::StoreUnavailable(_)
+            | E::KeysUnavailable(_)
+            | E::Signing(_)
+            | E::AuditUnavailable(_) => ErrorCode::TemporarilyUnavailable,
         };
         OAuthError::new(code)
     }

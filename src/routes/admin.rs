@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::app::AppState;
+use crate::audit::{AuditError, AuditRecord, Event};
 use crate::exchange::Peer;
 use crate::oauth::request::valid_task;
 use crate::policy::scope::ScopeSet;
@@ -31,6 +32,17 @@ fn err(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
         Json(json!({"error": code, "message": message.into()})),
     )
         .into_response()
+}
+
+/// The change was made but its audit record could not be written: the
+/// operator must know (the CLI prints the message and exits 1).
+fn audit_err(e: AuditError) -> Response {
+    tracing::error!(error = %e, "admin: change made but not audited");
+    err(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "audit_unavailable",
+        format!("the change WAS made, but its audit record could not be written: {e}"),
+    )
 }
 
 fn store_err(e: StoreError) -> Response {
@@ -178,10 +190,27 @@ pub async fn revoke(
         .revocations
         .with_label_values(&[b.kind.as_str()])
         .inc();
-    tracing::info!(target: "tessera::audit", decision = "revoked", kind = b.kind.as_str(),
-        value = %crate::telemetry::log_safe(&b.value), by = %who,
-        reason = %crate::telemetry::log_safe(b.reason.as_deref().unwrap_or("")),
-        blocked_until = ?blocked_until, %cursor, "revocation recorded");
+    // The revocation stands whatever happens to its record (it only ever
+    // takes authority away); a failed record is reported to the operator.
+    let mut rec = AuditRecord::new(Event::Revoked)
+        .reason(b.kind.as_str())
+        .client(&who)
+        .detail(&format!(
+            "{}{}",
+            b.reason.as_deref().unwrap_or(""),
+            blocked_until
+                .map(|u| format!(" (blocked until {u})"))
+                .unwrap_or_default()
+        ));
+    rec = match b.kind {
+        RevocationKind::Jti => rec.jti(&b.value),
+        RevocationKind::Subject => rec.subject(&b.value),
+        RevocationKind::Task => rec.task(&b.value),
+        RevocationKind::Grant => rec.grant(Some(&b.value)),
+    };
+    if let Err(e) = app.auditor.record(rec).await {
+        return audit_err(e);
+    }
     (
         StatusCode::CREATED,
         Json(json!({
@@ -299,13 +328,39 @@ pub async fn create_grant(
         expires_at: now + ttl,
         created_by: who.clone(),
     };
+    // Audited before it exists: no grant without its record (fail closed).
+    let rec = AuditRecord::new(Event::Granted)
+        .client(&who)
+        .subject(&g.subject)
+        .scopes(&g.scopes.join(" "))
+        .audience(&g.audience)
+        .task(g.task.as_deref().unwrap_or(""))
+        .grant(Some(&g.id))
+        .detail(&format!(
+            "uses={} expires_at={}",
+            g.uses
+                .map(|u| u.to_string())
+                .unwrap_or_else(|| "unlimited".into()),
+            g.expires_at
+        ));
+    if let Err(e) = app.auditor.record(rec).await {
+        tracing::error!(error = %e, "admin: grant not created: audit unavailable");
+        return err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            format!("the change was not made: {e}"),
+        );
+    }
     if let Err(e) = app.stores.grants.create(&g).await {
+        // The trail says it did not happen after all (best effort).
+        let undo = AuditRecord::new(Event::Unavailable)
+            .reason("grant_not_stored")
+            .client(&who)
+            .grant(Some(&g.id))
+            .detail(&e.to_string());
+        let _ = app.auditor.record(undo).await;
         return store_err(e);
     }
-    tracing::info!(target: "tessera::audit", decision = "granted", grant = %g.id,
-        subject = %crate::telemetry::log_safe(&g.subject), scope = %g.scopes.join(" "),
-        aud = %crate::telemetry::log_safe(&g.audience), uses = ?g.uses, expires_at = g.expires_at, by = %who,
-        "JIT grant created");
     (StatusCode::CREATED, Json(g)).into_response()
 }
 
@@ -380,8 +435,15 @@ pub async fn revoke_grant(
         .revocations
         .with_label_values(&["grant"])
         .inc();
-    tracing::info!(target: "tessera::audit", decision = "revoked", kind = "grant", grant = %g.id, by = %who, %cursor,
-        "JIT grant revoked with its tokens");
+    let rec = AuditRecord::new(Event::GrantRevoked)
+        .client(&who)
+        .subject(&g.subject)
+        .audience(&g.audience)
+        .scopes(&g.scopes.join(" "))
+        .grant(Some(&g.id));
+    if let Err(e) = app.auditor.record(rec).await {
+        return audit_err(e);
+    }
     Json(json!({"revoked": g.id, "cursor": cursor})).into_response()
 }
 
@@ -526,12 +588,53 @@ async fn decide(
     // Four eyes: whoever asked (the presenting workload, the subject, any
     // actor) never decides.
     if who == a.requester || who == a.subject || a.actors.iter().any(|x| x == &who) {
-        tracing::info!(target: "tessera::audit", decision = "refused", reason = "self_approval",
-            approval = %a.id, by = %who, "approval decision refused: the approver is part of the request");
+        let rec = AuditRecord::new(Event::Refused)
+            .reason("self_approval")
+            .client(&who)
+            .subject(&a.subject)
+            .actors(a.actors.iter().cloned())
+            .scopes(&a.scopes.join(" "))
+            .audience(&a.audience)
+            .policy(&a.policy)
+            .detail(&format!("approval {}", a.id));
+        if let Err(e) = app.auditor.record(rec).await {
+            return audit_err(e);
+        }
         return err(
             StatusCode::FORBIDDEN,
             "self_approval",
             "the approver cannot be the requester, the subject or an actor of the request",
+        );
+    }
+    // Audited before it is decided: no approval without its record (fail
+    // closed); if the store then refuses, a second record says so.
+    let rec = AuditRecord::new(if approve {
+        Event::Approved
+    } else {
+        Event::Denied
+    })
+    .client(&who)
+    .subject(&a.subject)
+    .actors(a.actors.iter().cloned())
+    .owner(a.owner.as_deref())
+    .task(a.task.as_deref().unwrap_or(""))
+    .scopes(&a.scopes.join(" "))
+    .audience(&a.audience)
+    .policy(&a.policy)
+    .detail(&format!(
+        "approval {} requested by {} (request sha256 {}){}{}",
+        a.id,
+        a.requester,
+        a.request_hash,
+        if reason.is_some() { ": " } else { "" },
+        reason.as_deref().unwrap_or("")
+    ));
+    if let Err(e) = app.auditor.record(rec).await {
+        tracing::error!(error = %e, "admin: approval not decided: audit unavailable");
+        return err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            format!("the change was not made: {e}"),
         );
     }
     let out = match app
@@ -541,23 +644,28 @@ async fn decide(
         .await
     {
         Ok(o) => o,
-        Err(e) => return store_err(e),
+        Err(e) => {
+            let undo = AuditRecord::new(Event::Unavailable)
+                .reason("approval_not_decided")
+                .client(&who)
+                .detail(&format!("approval {id}: {e}"));
+            let _ = app.auditor.record(undo).await;
+            return store_err(e);
+        }
     };
+    if !matches!(out, DecideOutcome::Decided(_)) {
+        let undo = AuditRecord::new(Event::Refused)
+            .reason("approval_not_pending")
+            .client(&who)
+            .detail(&format!("approval {id}: the decision above did not apply"));
+        let _ = app.auditor.record(undo).await;
+    }
     match out {
         DecideOutcome::Decided(a) => {
             crate::telemetry::metrics()
                 .approvals
                 .with_label_values(&[if approve { "approved" } else { "denied" }])
                 .inc();
-            tracing::info!(target: "tessera::audit",
-                decision = if approve { "approved" } else { "denied" },
-                approval = %a.id, by = %who,
-                reason = %crate::telemetry::log_safe(a.reason.as_deref().unwrap_or("")),
-                requester = %crate::telemetry::log_safe(&a.requester),
-                sub = %crate::telemetry::log_safe(&a.subject),
-                scope = %a.scopes.join(" "), aud = %crate::telemetry::log_safe(&a.audience),
-                policy = %a.policy, request_sha256 = %a.request_hash,
-                "human approval decided");
             Json(approval_view(&a, now)).into_response()
         }
         DecideOutcome::NotFound => err(
@@ -575,5 +683,76 @@ async fn decide(
             "expired",
             format!("approval {id} expired before the decision"),
         ),
+    }
+}
+
+/// Query of `GET /admin/v1/audit`.
+#[derive(Debug, Deserialize)]
+pub struct AuditQuery {
+    /// Records after this cursor (`0`: from the oldest kept); without it,
+    /// the newest `limit`.
+    pub after: Option<String>,
+    /// Most records returned (default 100, at most 10,000).
+    pub limit: Option<usize>,
+}
+
+/// Default page of `GET /admin/v1/audit`.
+pub const AUDIT_PAGE: usize = 100;
+
+/// `GET /admin/v1/audit?after=CURSOR&limit=N`: records from the store's
+/// bounded audit stream, oldest first, with the cursor to resume from:
+/// `{"cursor": "...", "records": [{...}, ...]}`.
+pub async fn audit(
+    State(app): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    Query(q): Query<AuditQuery>,
+) -> Response {
+    if let Err(r) = caller(&app, peer) {
+        return r;
+    }
+    let limit = q
+        .limit
+        .unwrap_or(AUDIT_PAGE)
+        .clamp(1, crate::store::MAX_AUDIT_PAGE);
+    let after = q.after.as_deref().filter(|s| !s.is_empty());
+    match app.stores.audit.read(after, limit).await {
+        Ok((rows, cursor)) => {
+            // Records go out as written (field order kept); anything in the
+            // stream that is not JSON goes out as a string, so `audit verify`
+            // reports it instead of it vanishing.
+            let mut body = String::with_capacity(64 + rows.len() * 512);
+            body.push_str("{\"cursor\":");
+            body.push_str(&json!(cursor).to_string());
+            body.push_str(",\"records\":[");
+            for (i, (_, r)) in rows.iter().enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                if serde_json::from_str::<serde::de::IgnoredAny>(r).is_ok() {
+                    body.push_str(r);
+                } else {
+                    body.push_str(&json!(r).to_string());
+                }
+            }
+            body.push_str("]}");
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response()
+        }
+        Err(StoreError::Protocol(m)) if m == "invalid cursor" => err(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "after is not a cursor from this API",
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "admin: audit stream unavailable");
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                format!("the audit stream cannot be read: {e}"),
+            )
+        }
     }
 }

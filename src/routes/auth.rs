@@ -38,8 +38,17 @@ pub fn authorize(app: &AppState, peer: &Peer, role: Role) -> Result<String, OAut
     if ok {
         Ok(p.subject.clone())
     } else {
-        tracing::info!(target: "tessera::audit", decision = "refused", reason = "caller_not_authorised",
-            client = %crate::telemetry::log_safe(&p.subject), role = ?role, "caller not authorised");
+        // Grants nothing: queued without waiting (authorisation is synchronous).
+        app.auditor.submit(
+            crate::audit::AuditRecord::new(crate::audit::Event::Refused)
+                .reason("caller_not_authorised")
+                .error(ErrorCode::InvalidClient.as_str())
+                .client(&p.subject)
+                .detail(match role {
+                    Role::Admin => "role=admin",
+                    Role::Introspection => "role=introspection",
+                }),
+        );
         Err(OAuthError::new(ErrorCode::InvalidClient))
     }
 }

@@ -8,13 +8,13 @@ use axum::{Extension, Json};
 use serde_json::{json, Value};
 
 use crate::app::AppState;
+use crate::audit::{AuditRecord, Event};
 use crate::exchange::Peer;
 use crate::oauth::error::no_store;
 use crate::oauth::request::{check_content_type, parse_form};
 use crate::oauth::{ErrorCode, OAuthError};
 use crate::routes::auth::{authorize, Role};
 use crate::store::{Revocation, RevocationKind};
-use crate::telemetry::token_hash;
 
 fn form_token(headers: &HeaderMap, body: &[u8]) -> Result<(String, Option<String>), OAuthError> {
     let ct = headers
@@ -133,8 +133,14 @@ pub async fn revoke(
     if let Some(bound) = own.claims.cnf.as_ref().and_then(|c| c.x5t_s256.as_deref()) {
         let same = matches!(&peer, Peer::Identified(p) if p.thumbprint == bound);
         if !same {
-            tracing::info!(target: "tessera::audit", decision = "refused", reason = "revoke_not_holder",
-                jti = %own.claims.jti, "revocation of a bound token by another client ignored");
+            app.auditor.submit(
+                AuditRecord::new(Event::Refused)
+                    .reason("revoke_not_holder")
+                    .client(&crate::routes::token::peer_name(&peer))
+                    .subject(&own.claims.sub)
+                    .jti(&own.claims.jti)
+                    .token(&token),
+            );
             return ok();
         }
     }
@@ -150,8 +156,18 @@ pub async fn revoke(
                 .revocations
                 .with_label_values(&["jti"])
                 .inc();
-            tracing::info!(target: "tessera::audit", decision = "revoked", kind = "jti", jti = %own.claims.jti,
-                token_sha256 = %token_hash(&token), by = "holder", %cursor, "token revoked by its holder");
+            let rec = AuditRecord::new(Event::Revoked)
+                .reason("holder")
+                .client(&crate::routes::token::peer_name(&peer))
+                .subject(&own.claims.sub)
+                .task(&own.claims.txn)
+                .jti(&own.claims.jti)
+                .token(&token)
+                .detail(&format!("cursor={cursor}"));
+            // RFC 7009 answers 200 either way; the revocation stands.
+            if let Err(e) = app.auditor.record(rec).await {
+                tracing::error!(error = %e, jti = %own.claims.jti, "holder revocation not audited");
+            }
             ok()
         }
         Err(e) => {

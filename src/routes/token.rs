@@ -10,10 +10,11 @@ use axum::{Extension, Json};
 use serde::Serialize;
 
 use crate::app::AppState;
+use crate::audit::{AuditRecord, Event};
 use crate::exchange::{ExchangeError, Issued, Peer};
 use crate::oauth::error::{no_store, OAuthError};
 use crate::oauth::request::{check_content_type, parse_form, token_request, RequestError};
-use crate::telemetry::{log_safe, metrics, token_hash};
+use crate::telemetry::metrics;
 
 #[derive(Serialize)]
 struct TokenResponse<'a> {
@@ -22,6 +23,15 @@ struct TokenResponse<'a> {
     token_type: &'static str,
     expires_in: u64,
     scope: &'a str,
+}
+
+/// What a request asked for, once parsed (for the refusal's audit record).
+#[derive(Default)]
+struct Asked {
+    audience: String,
+    scopes: String,
+    task: String,
+    who: crate::exchange::Noted,
 }
 
 enum Refusal {
@@ -39,7 +49,34 @@ pub async fn token(
 ) -> Response {
     let started = Instant::now();
     let peer = peer.map(|Extension(p)| p).unwrap_or_default();
-    let result = run(&app, &peer, &uri, &headers, &body).await;
+    let mut asked = Asked::default();
+    let result = run(&app, &peer, &uri, &headers, &body, &mut asked).await;
+    // No token leaves before its `issued` record is written (fail closed).
+    let result = match result {
+        Ok(issued) => match app.auditor.record(issued_record(&issued, &peer)).await {
+            Ok(()) => Ok(issued),
+            Err(e) => {
+                tracing::error!(error = %e, jti = %issued.claims.jti,
+                    "token withheld: its audit record could not be written");
+                // If the failure was partial (one sink has the `issued`
+                // record), say that this jti was withheld. Best effort, and
+                // without waiting: the audit is likely down.
+                app.auditor.submit(
+                    AuditRecord::new(Event::Unavailable)
+                        .reason("audit_unavailable")
+                        .error(crate::oauth::ErrorCode::TemporarilyUnavailable.as_str())
+                        .client(&peer_name(&peer))
+                        .subject(&issued.claims.sub)
+                        .jti(&issued.claims.jti)
+                        .detail(&format!("token withheld: {e}")),
+                );
+                Err(Refusal::Exchange(ExchangeError::AuditUnavailable(
+                    e.to_string(),
+                )))
+            }
+        },
+        Err(r) => Err(r),
+    };
     let m = metrics();
     match result {
         Ok(issued) => {
@@ -47,21 +84,6 @@ pub async fn token(
             m.exchange_seconds
                 .with_label_values(&["issued"])
                 .observe(started.elapsed().as_secs_f64());
-            tracing::info!(
-                target: "tessera::audit",
-                decision = "issued",
-                jti = %issued.claims.jti,
-                token_sha256 = %token_hash(&issued.access_token),
-                sub = %log_safe(&issued.claims.sub),
-                client_id = %log_safe(&issued.claims.client_id),
-                aud = %log_safe(&issued.claims.aud),
-                scope = %issued.scope,
-                txn = %issued.claims.txn,
-                policy = %issued.policy,
-                approval = issued.approval.as_deref().unwrap_or("-"),
-                exp = issued.claims.exp,
-                "token issued"
-            );
             let mut resp = success(&issued);
             add_nonce(&app, &mut resp);
             resp
@@ -71,7 +93,8 @@ pub async fn token(
                 Refusal::Request(e) => (OAuthError::from(e), e.reason, String::new()),
                 Refusal::Exchange(e) => (OAuthError::from(e), e.reason(), e.to_string()),
             };
-            let outcome = if err.code == crate::oauth::ErrorCode::TemporarilyUnavailable {
+            let unavailable = err.code == crate::oauth::ErrorCode::TemporarilyUnavailable;
+            let outcome = if unavailable {
                 "unavailable"
             } else {
                 "refused"
@@ -80,15 +103,27 @@ pub async fn token(
             m.exchange_seconds
                 .with_label_values(&[outcome])
                 .observe(started.elapsed().as_secs_f64());
-            tracing::info!(
-                target: "tessera::audit",
-                decision = outcome,
-                error = err.code.as_str(),
-                reason,
-                detail = %log_safe(&detail),
-                client = %peer_name(&peer),
-                "token refused"
-            );
+            // An audit failure was recorded above (as far as it could be).
+            if reason != "audit_unavailable" {
+                let rec = AuditRecord::new(if unavailable {
+                    Event::Unavailable
+                } else {
+                    Event::Refused
+                })
+                .reason(reason)
+                .error(err.code.as_str())
+                .client(&peer_name(&peer))
+                .subject(asked.who.subject.as_deref().unwrap_or(""))
+                .actors(asked.who.actor.clone())
+                .audience(&asked.audience)
+                .scopes(&asked.scopes)
+                .task(&asked.task)
+                .detail(&detail);
+                if let Err(e) = app.auditor.record(rec).await {
+                    // Nothing was granted: the refusal stands, the gap is logged.
+                    tracing::error!(error = %e, reason, "refusal not audited: audit unavailable");
+                }
+            }
             let dpop = err.code == crate::oauth::ErrorCode::UseDpopNonce;
             let mut resp = err.into_response();
             if dpop {
@@ -97,6 +132,36 @@ pub async fn token(
             resp
         }
     }
+}
+
+/// The `issued` record: who got what, under which policy, and the token's
+/// `jti` and SHA-256 (never the token).
+fn issued_record(i: &Issued, peer: &Peer) -> AuditRecord {
+    let c = &i.claims;
+    let mut actors = Vec::new();
+    let mut a = c.act.as_ref();
+    while let Some(x) = a {
+        actors.push(x.sub.clone());
+        a = x.act.as_deref();
+    }
+    AuditRecord::new(Event::Issued)
+        .client(&peer_name(peer))
+        .subject(&c.sub)
+        .actors(actors)
+        .owner(c.owner.as_deref())
+        .task(&c.txn)
+        .scopes(&i.scope)
+        .audience(&c.aud)
+        .policy(&i.policy)
+        .grant(c.grant.as_deref())
+        .jti(&c.jti)
+        .token(&i.access_token)
+        .detail(
+            &i.approval
+                .as_deref()
+                .map(|a| format!("approved request {a}"))
+                .unwrap_or_default(),
+        )
 }
 
 /// `DPoP-Nonce` on every `/token` answer when nonces are required.
@@ -114,6 +179,7 @@ async fn run(
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
+    asked: &mut Asked,
 ) -> Result<Issued, Refusal> {
     let req_err = |code, reason| Refusal::Request(RequestError { code, reason });
     use crate::oauth::ErrorCode::InvalidRequest;
@@ -136,6 +202,9 @@ async fn run(
     let form = parse_form(body).map_err(Refusal::Request)?;
     let mut req =
         token_request(&form, app.config.limits.max_token_bytes).map_err(Refusal::Request)?;
+    asked.audience = req.target.as_str().to_string();
+    asked.scopes = req.scope.to_string();
+    asked.task = req.task.clone().unwrap_or_default();
     let mut proofs = headers.get_all("dpop").iter();
     if let Some(p) = proofs.next() {
         let bad = || Refusal::Exchange(ExchangeError::DpopProof("dpop_header_malformed"));
@@ -145,7 +214,7 @@ async fn run(
         req.dpop = Some(p.to_str().map_err(|_| bad())?.to_string());
     }
     app.exchanger
-        .exchange(req, peer)
+        .exchange_noting(req, peer, &mut asked.who)
         .await
         .map_err(Refusal::Exchange)
 }
@@ -163,10 +232,12 @@ fn success(i: &Issued) -> Response {
     resp
 }
 
-fn peer_name(p: &Peer) -> String {
+/// The caller's identity for the audit record: the certificate's SPIFFE ID
+/// or DNS name, `anonymous`, or why the certificate is not an identity.
+pub fn peer_name(p: &Peer) -> String {
     match p {
-        Peer::Anonymous => "-".into(),
-        Peer::Identified(p) => log_safe(&p.subject),
+        Peer::Anonymous => "anonymous".into(),
+        Peer::Identified(p) => p.subject.clone(),
         Peer::Unusable(r) => format!("unusable-certificate:{r}"),
     }
 }

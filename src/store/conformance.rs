@@ -46,6 +46,7 @@ pub async fn run_all(s: Stores) {
     approval_expiry(&s).await;
     approval_concurrent_redeem(&s).await;
     approval_requester_cap(&s).await;
+    audit_stream(&s).await;
     s.health.ping().await.unwrap();
 }
 
@@ -788,4 +789,49 @@ async fn approval_requester_cap(s: &Stores) {
         .create_approval(&approval(&uniq("spiffe://td/acap2"), "h"))
         .await
         .unwrap());
+}
+
+async fn audit_stream(s: &Stores) {
+    // other runs may have written to the same stream: work from its end
+    let (_, start) = s.audit.read(None, 1).await.unwrap();
+    let recs: Vec<String> = (0..3)
+        .map(|i| format!("{{\"n\":{i},\"u\":\"{}\"}}", uniq("a")))
+        .collect();
+    s.audit.append(&recs, 1_000_000).await.unwrap();
+    s.audit.append(&[], 1_000_000).await.unwrap();
+    let (got, c1) = s.audit.read(Some(&start), 10).await.unwrap();
+    assert_eq!(
+        got.iter().map(|x| x.1.clone()).collect::<Vec<_>>(),
+        recs,
+        "in order, as written"
+    );
+    assert!(got[0].0 > start && got[0].0 < got[1].0 && got[1].0 < got[2].0);
+    assert_eq!(c1, got[2].0);
+    // paging: limit, then resume from the cursor
+    let (p1, c) = s.audit.read(Some(&start), 2).await.unwrap();
+    assert_eq!(p1.len(), 2);
+    let (p2, _) = s.audit.read(Some(&c), 2).await.unwrap();
+    assert_eq!(p2.len(), 1);
+    assert_eq!(p2[0].1, recs[2]);
+    // nothing new: the cursor stays
+    let (none, c2) = s.audit.read(Some(&c1), 10).await.unwrap();
+    assert!(none.is_empty());
+    assert_eq!(c2, c1);
+    // without a cursor: the newest, oldest first
+    let (last, _) = s.audit.read(None, 2).await.unwrap();
+    assert_eq!(last[1].1, recs[2]);
+    assert_eq!(last[0].1, recs[1]);
+    // bounded: about max_len records are kept, the oldest trimmed first
+    let many: Vec<String> = (0..1200).map(|i| format!("{{\"m\":{i}}}")).collect();
+    for chunk in many.chunks(100) {
+        s.audit.append(chunk, 200).await.unwrap();
+    }
+    let (kept, _) = s.audit.read(Some("0"), 10_000).await.unwrap();
+    assert!(
+        kept.len() >= 200 && kept.len() <= 400,
+        "kept {} records",
+        kept.len()
+    );
+    assert_eq!(kept.last().unwrap().1, many[1199]);
+    assert!(s.audit.read(Some("not-a-cursor"), 1).await.is_err());
 }

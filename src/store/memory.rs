@@ -41,10 +41,18 @@ fn cursor_string(c: u64) -> String {
     format!("{c:020}")
 }
 
+/// The audit ring buffer: (cursor, record), oldest first.
+#[derive(Default)]
+struct AuditRing {
+    records: std::collections::VecDeque<(u64, String)>,
+    next: u64,
+}
+
 /// In-memory backend for every store trait.
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    audit: Mutex<AuditRing>,
 }
 
 impl MemoryStore {
@@ -409,6 +417,72 @@ impl ApprovalStore for MemoryStore {
                 }
             }
         })
+    }
+}
+
+#[async_trait]
+impl AuditStream for MemoryStore {
+    async fn append(&self, records: &[String], max_len: u64) -> Result<(), StoreError> {
+        let mut a = self
+            .audit
+            .lock()
+            .map_err(|_| StoreError::Unavailable("memory audit lock poisoned".into()))?;
+        for r in records {
+            a.next += 1;
+            let c = a.next;
+            a.records.push_back((c, r.clone()));
+        }
+        let max = usize::try_from(max_len.max(1)).unwrap_or(usize::MAX);
+        while a.records.len() > max {
+            a.records.pop_front();
+        }
+        Ok(())
+    }
+
+    async fn read(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, String)>, String), StoreError> {
+        let limit = limit.min(MAX_AUDIT_PAGE);
+        let after = after
+            .map(|c| {
+                c.parse::<u64>()
+                    .map_err(|_| StoreError::Protocol("invalid cursor".into()))
+            })
+            .transpose()?;
+        let a = self
+            .audit
+            .lock()
+            .map_err(|_| StoreError::Unavailable("memory audit lock poisoned".into()))?;
+        let out: Vec<(String, String)> = match after {
+            Some(c) => {
+                // cursors are consecutive: skip straight to the first after c
+                let first = a.records.front().map(|x| x.0).unwrap_or(0);
+                let skip = usize::try_from(c.saturating_add(1).saturating_sub(first))
+                    .unwrap_or(usize::MAX);
+                a.records
+                    .iter()
+                    .skip(skip)
+                    .take(limit)
+                    .map(|(c, r)| (cursor_string(*c), r.clone()))
+                    .collect()
+            }
+            None => {
+                let skip = a.records.len().saturating_sub(limit);
+                a.records
+                    .iter()
+                    .skip(skip)
+                    .map(|(c, r)| (cursor_string(*c), r.clone()))
+                    .collect()
+            }
+        };
+        let cursor = match (out.last(), after) {
+            (Some((c, _)), _) => c.clone(),
+            (None, Some(c)) => cursor_string(c),
+            (None, None) => cursor_string(a.next),
+        };
+        Ok((out, cursor))
     }
 }
 

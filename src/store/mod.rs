@@ -335,6 +335,28 @@ pub trait ApprovalStore: Send + Sync {
     ) -> Result<PollOutcome, StoreError>;
 }
 
+/// The bounded audit stream: sealed audit records (JSON lines) shared by
+/// every replica using the store, oldest trimmed first. A Redis stream with
+/// the Redis backend, a ring buffer in memory.
+#[async_trait]
+pub trait AuditStream: Send + Sync {
+    /// Appends `records` in order (one round trip), keeping about
+    /// `max_len` records in all (older ones are trimmed).
+    async fn append(&self, records: &[String], max_len: u64) -> Result<(), StoreError>;
+    /// Records after `after` (exclusive; `"0"`: from the oldest kept; `None`:
+    /// the newest `limit`), oldest first, at most `limit`, with the cursor to
+    /// resume from (the last record returned, or `after` when nothing is new).
+    /// Cursors are opaque strings that sort in stream order.
+    async fn read(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, String)>, String), StoreError>;
+}
+
+/// Most audit records one [`AuditStream::read`] returns.
+pub const MAX_AUDIT_PAGE: usize = 10_000;
+
 /// Liveness of the backend (`/readyz`).
 #[async_trait]
 pub trait StoreHealth: Send + Sync {
@@ -355,20 +377,29 @@ pub struct Stores {
     pub grants: Arc<dyn GrantStore>,
     /// Human approvals.
     pub approvals: Arc<dyn ApprovalStore>,
+    /// The bounded audit stream.
+    pub audit: Arc<dyn AuditStream>,
 }
 
 impl Stores {
-    /// All of them from one backend.
+    /// Every store from one backend.
     pub fn from_backend<T>(b: Arc<T>) -> Self
     where
-        T: RevocationStore + ReplayGuard + StoreHealth + GrantStore + ApprovalStore + 'static,
+        T: RevocationStore
+            + ReplayGuard
+            + StoreHealth
+            + GrantStore
+            + ApprovalStore
+            + AuditStream
+            + 'static,
     {
         Self {
             revocations: b.clone(),
             replay: b.clone(),
             health: b.clone(),
             grants: b.clone(),
-            approvals: b,
+            approvals: b.clone(),
+            audit: b,
         }
     }
 

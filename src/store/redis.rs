@@ -38,6 +38,7 @@
 //! | `P:{ap}:a:H(id)` | hash `j` (approval JSON as created), `s` (state), `p` (last poll), `x` (expires_at), `r` (requester), `h` (request hash), `b`/`t`/`w` (decided by, at, reason) | `EXAT expires_at + APPROVAL_RETAIN_SECS` | approval create script; decide and poll scripts change `s`, `p`, `b`, `t`, `w` |
 //! | `P:{ap}:all` | sorted set id → expires_at + retention | `EXPIREAT` the latest (only ever extended) | approval create script |
 //! | `P:{ap}:rq:H(requester)` | sorted set id → expires_at (the requester's live approvals, for the cap) | `EXPIREAT` the latest | approval create script |
+//! | `P:{audit}:stream` | stream, field `rec` (one sealed audit record, JSON), `MAXLEN ~ [audit] stream_max_len` | [`AUDIT_STREAM_IDLE_TTL`] after the last append (refreshed by each) | audit writer (`XADD` pipeline) |
 //!
 //! Why the hash tags: all revocation keys and the feed share the tag `{rev}`,
 //! so the revoke script (entry + feed) touches one cluster slot. Each
@@ -98,6 +99,10 @@ pub const MAX_ACTORS: usize = 32;
 /// Latest timestamp accepted (9999-12-31T23:59:59Z); Redis refuses larger
 /// expiry times.
 pub const MAX_UNIX_SECS: u64 = 253_402_300_799;
+/// The audit stream expires this long after its last append (it is bounded
+/// by length; the TTL only keeps the "every key expires" rule for a broker
+/// fleet that is gone).
+pub const AUDIT_STREAM_IDLE_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Least time between two replacements of the connection manager.
 pub const REBUILD_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -739,6 +744,10 @@ impl RedisStore {
 
     pub(crate) fn key_grant_all(&self) -> String {
         format!("{}:{{gx}}:all", self.prefix)
+    }
+
+    pub(crate) fn key_audit_stream(&self) -> String {
+        format!("{}:{{audit}}:stream", self.prefix)
     }
 
     // ---- calls ----
@@ -1555,5 +1564,107 @@ impl ApprovalStore for RedisStore {
                 ))
             }
         })
+    }
+}
+
+type StreamRows = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
+
+fn audit_rows(rows: StreamRows) -> Result<Vec<(String, String)>, Fail> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, fields) in rows {
+        let rec = fields
+            .iter()
+            .find(|(k, _)| k.as_slice() == b"rec")
+            .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+            .ok_or_else(|| protocol("malformed audit stream entry in redis"))?;
+        out.push((encode_cursor(&id)?, rec));
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl AuditStream for RedisStore {
+    async fn append(&self, records: &[String], max_len: u64) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        if records
+            .iter()
+            .any(|r| r.len() > crate::audit::MAX_RECORD_BYTES)
+        {
+            return Err(StoreError::Protocol("audit record too large".into()));
+        }
+        let key = self.key_audit_stream();
+        let mut con = self.conn.manager()?;
+        self.run("audit append", async {
+            let mut pipe = ::redis::pipe();
+            for r in records {
+                pipe.cmd("XADD")
+                    .arg(&key)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(max_len.max(1))
+                    .arg("*")
+                    .arg("rec")
+                    .arg(r.as_str())
+                    .ignore();
+            }
+            pipe.cmd("EXPIRE")
+                .arg(&key)
+                .arg(AUDIT_STREAM_IDLE_TTL.as_secs())
+                .ignore();
+            let () = pipe.query_async(&mut con).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn read(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, String)>, String), StoreError> {
+        let limit = limit.clamp(1, MAX_AUDIT_PAGE);
+        let start = match after {
+            None => None,
+            Some("0") => Some("-".to_string()),
+            Some(c) => Some(format!("({}", decode_cursor(c)?)),
+        };
+        let key = self.key_audit_stream();
+        let mut con = self.conn.manager()?;
+        self.run("audit read", async {
+            let out = match &start {
+                Some(from) => {
+                    let rows: StreamRows = ::redis::cmd("XRANGE")
+                        .arg(&key)
+                        .arg(from)
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(limit)
+                        .query_async(&mut con)
+                        .await?;
+                    audit_rows(rows)?
+                }
+                None => {
+                    let mut rows: StreamRows = ::redis::cmd("XREVRANGE")
+                        .arg(&key)
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(limit)
+                        .query_async(&mut con)
+                        .await?;
+                    rows.reverse();
+                    audit_rows(rows)?
+                }
+            };
+            let cursor = match (out.last(), after) {
+                (Some((c, _)), _) => c.clone(),
+                (None, Some(c)) if c != "0" => c.to_string(),
+                _ => encode_cursor("0-0")?,
+            };
+            Ok((out, cursor))
+        })
+        .await
     }
 }

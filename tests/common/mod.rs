@@ -59,6 +59,9 @@ pub struct Options {
     pub introspection_extra: String,
     /// Find the test issuer's JWKS by OIDC discovery instead of `jwks_uri`.
     pub discovery: bool,
+    /// Lines under `[audit]` (default `sink = "off"`: tests keep stdout
+    /// quiet; the store's audit stream is written in every case).
+    pub audit: String,
 }
 
 impl Default for Options {
@@ -74,6 +77,7 @@ impl Default for Options {
             share_with: None,
             introspection_extra: String::new(),
             discovery: false,
+            audit: "sink = \"off\"".into(),
         }
     }
 }
@@ -173,6 +177,9 @@ subjects = ["spiffe://example.org/operator/alice"]
 subjects = ["spiffe://example.org/service/payments-api"]
 {introspection_extra}
 
+[audit]
+{audit}
+
 {extra}
 
 {issuer_toml}
@@ -182,6 +189,7 @@ subjects = ["spiffe://example.org/service/payments-api"]
             alg = o.broker_algorithm.as_str(),
             extra = o.extra,
             introspection_extra = o.introspection_extra,
+            audit = o.audit,
             policies = o.policies,
             store = o.store_url.clone().unwrap_or_else(|| "memory://".into()),
         );
@@ -250,6 +258,29 @@ subjects = ["spiffe://example.org/service/payments-api"]
         let r = rb.send().await.unwrap();
         let s = r.status();
         (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Every record of the broker's audit stream, oldest first (pages
+    /// through `GET /admin/v1/audit`).
+    pub async fn audit_records(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after = "0".to_string();
+        loop {
+            let (s, v) = self
+                .admin(
+                    reqwest::Method::GET,
+                    &format!("/admin/v1/audit?after={after}&limit=500"),
+                    None,
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            let page = v["records"].as_array().unwrap().clone();
+            if page.is_empty() {
+                return out;
+            }
+            out.extend(page);
+            after = v["cursor"].as_str().unwrap().to_string();
+        }
     }
 
     /// Introspects `token` as the payments API (an introspection client).
