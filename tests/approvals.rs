@@ -241,6 +241,32 @@ async fn approve_yields_exactly_one_token_for_exactly_what_was_asked() {
                 "{event}"
             );
         }
+
+        // the audit trail tells the story: pending, approved by whom, issued
+        let (s, t) = b
+            .admin(Method::GET, "/admin/v1/audit?after=0&limit=1000", None)
+            .await;
+        assert_eq!(s, 200, "{t}");
+        let recs = t["records"].as_array().unwrap();
+        let mentions = |r: &&Value| r["detail"].as_str().unwrap_or("").contains(id.as_str());
+        let events: Vec<&str> = recs
+            .iter()
+            .filter(mentions)
+            .map(|r| r["event"].as_str().unwrap())
+            .collect();
+        assert!(events.contains(&"refused"), "pending answer: {events:?}");
+        assert!(events.contains(&"approved"), "{events:?}");
+        assert!(events.contains(&"issued"), "{events:?}");
+        let approved = recs
+            .iter()
+            .find(|r| r["event"] == "approved" && mentions(r))
+            .unwrap();
+        assert_eq!(approved["client"], OPERATOR);
+        assert_eq!(approved["subject"], AGENT);
+        assert!(approved["detail"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate ticket, checked"));
         b.stop().await;
     }
 }
