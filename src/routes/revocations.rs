@@ -88,8 +88,11 @@ pub async fn revocations(
         cursor: Option<String>,
         pending: std::collections::VecDeque<(String, Revocation)>,
         started: tokio::time::Instant,
+        events: tokio::sync::watch::Receiver<u64>,
     }
+    let events = app.stores.revocation_events.subscribe();
     let init = St {
+        events,
         app,
         cursor: since,
         pending: Default::default(),
@@ -130,7 +133,12 @@ pub async fn revocations(
                     return Some((Ok(ev), st));
                 }
             }
-            tokio::time::sleep(STREAM_POLL).await;
+            // Poll again after STREAM_POLL (revocations made by other
+            // replicas), or at once when this process records one.
+            tokio::select! {
+                () = tokio::time::sleep(STREAM_POLL) => {}
+                _ = st.events.changed() => {}
+            }
         }
     });
     Sse::new(stream)

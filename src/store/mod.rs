@@ -379,6 +379,43 @@ pub struct Stores {
     pub approvals: Arc<dyn ApprovalStore>,
     /// The bounded audit stream.
     pub audit: Arc<dyn AuditStream>,
+    /// Bumped after every revocation this process records, so live
+    /// `/revocations` streams push it at once instead of at their next poll
+    /// (revocations made by other replicas arrive at the next poll).
+    pub revocation_events: tokio::sync::watch::Sender<u64>,
+}
+
+/// A [`RevocationStore`] that announces each recorded revocation on a
+/// watch channel.
+struct Announcing {
+    inner: Arc<dyn RevocationStore>,
+    events: tokio::sync::watch::Sender<u64>,
+}
+
+#[async_trait]
+impl RevocationStore for Announcing {
+    async fn revoke(&self, r: Revocation) -> Result<String, StoreError> {
+        let cursor = self.inner.revoke(r).await?;
+        self.events.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(cursor)
+    }
+    async fn is_revoked(&self, t: &TokenFacts, now: u64) -> Result<bool, StoreError> {
+        self.inner.is_revoked(t, now).await
+    }
+    async fn list_since(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        now: u64,
+    ) -> Result<(Vec<(String, Revocation)>, String), StoreError> {
+        self.inner.list_since(cursor, limit, now).await
+    }
+    async fn block_subject(&self, subject: &str, until: u64) -> Result<(), StoreError> {
+        self.inner.block_subject(subject, until).await
+    }
+    async fn is_blocked(&self, subject: &str, now: u64) -> Result<bool, StoreError> {
+        self.inner.is_blocked(subject, now).await
+    }
 }
 
 impl Stores {
@@ -393,8 +430,13 @@ impl Stores {
             + AuditStream
             + 'static,
     {
+        let (events, _) = tokio::sync::watch::channel(0u64);
         Self {
-            revocations: b.clone(),
+            revocations: Arc::new(Announcing {
+                inner: b.clone(),
+                events: events.clone(),
+            }),
+            revocation_events: events,
             replay: b.clone(),
             health: b.clone(),
             grants: b.clone(),
