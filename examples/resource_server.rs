@@ -25,7 +25,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::http::Method;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -33,7 +32,9 @@ use axum::{Extension, Json, Router};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
-use tessera::verify::{Bearer, BearerRejection, FollowerTls, RevocationFollower, Verifier};
+use tessera::verify::{
+    Bearer, BearerRejection, FollowerTls, RejectionReason, RevocationFollower, Verifier,
+};
 
 struct Options {
     broker: String,
@@ -123,8 +124,13 @@ async fn log_refusals(
             .get("www-authenticate")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
+        // The precise reason stays on this side (never in the answer).
+        let why = resp
+            .extensions()
+            .get::<RejectionReason>()
+            .map_or("", |r| r.0);
         println!(
-            "{} {method} {}  {challenge}",
+            "{} {method} {}  {challenge}  reason={why}",
             resp.status().as_u16(),
             uri.path()
         );
@@ -132,7 +138,7 @@ async fn log_refusals(
     resp
 }
 
-async fn health(State(_): State<Arc<Verifier>>) -> &'static str {
+async fn health() -> &'static str {
     "ok"
 }
 

@@ -28,8 +28,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `target/<profile>/examples/<name>`: `cargo test` builds the examples
-/// next to the test binaries' `deps` directory.
+/// `target/<profile>/examples/<name>`: `cargo test` builds the examples next
+/// to the test binaries' `deps` directory (`cargo test --test walkthrough`
+/// alone does not: run `cargo build --examples` first).
 fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
@@ -133,7 +134,6 @@ fn readme_walkthrough_revoking_a_task_stops_the_agent() {
     assert!(out.contains("GET /tickets -> 200"), "{out}");
     assert!(out.contains("spiffe://example.org/agent/demo"), "{out}");
 
-    // A scope the route needs but the token lacks: 403 naming the scope.
     let token = std::fs::read_to_string(d.join("target/demo-agent.token")).unwrap();
     let token: serde_json::Value = serde_json::from_str(&token).unwrap();
     assert!(token["token"].as_str().unwrap().starts_with("ey"));
@@ -168,4 +168,5 @@ fn readme_walkthrough_revoking_a_task_stops_the_agent() {
     let log = std::fs::read_to_string(&rs_log).unwrap();
     assert!(log.contains("200 GET /tickets"), "{log}");
     assert!(log.contains("401 GET /tickets"), "{log}");
+    assert!(log.contains("reason=revoked"), "{log}");
 }

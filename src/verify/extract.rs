@@ -186,9 +186,22 @@ fn dpop_algs() -> String {
         .join(" ")
 }
 
+/// The stable reason code of a refusal, attached to the response's
+/// extensions (never sent to the client) so a logging layer can say why.
+///
+/// ```
+/// use axum::response::IntoResponse;
+/// use tessera::verify::{BearerRejection, RejectionReason, VerifyError};
+/// let r = BearerRejection::from(VerifyError::Revoked).into_response();
+/// assert_eq!(r.extensions().get::<RejectionReason>(), Some(&RejectionReason("revoked")));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RejectionReason(pub &'static str);
+
 impl IntoResponse for BearerRejection {
     fn into_response(self) -> Response {
         let mut r = self.status().into_response();
+        r.extensions_mut().insert(RejectionReason(self.reason()));
         if let Some(c) = self.challenge() {
             if let Ok(v) = HeaderValue::from_str(&c) {
                 r.headers_mut().insert(WWW_AUTHENTICATE, v);

@@ -65,7 +65,7 @@ pub use revocation::{
 #[cfg(feature = "axum")]
 mod extract;
 #[cfg(feature = "axum")]
-pub use extract::{Bearer, BearerRejection, ClientCertificate};
+pub use extract::{Bearer, BearerRejection, ClientCertificate, RejectionReason};
 
 #[cfg(feature = "server")]
 #[doc(hidden)]
