@@ -4,7 +4,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric Tessera exports.
@@ -29,6 +30,17 @@ pub struct Metrics {
     pub audit_records: IntCounterVec,
     /// `tessera_audit_failures_total`: records that could not be written.
     pub audit_failures: IntCounter,
+    /// `tessera_store_duration_seconds{op}`: time of each Redis operation.
+    pub store_seconds: HistogramVec,
+    /// `tessera_store_errors_total{op,kind}`: failed store operations
+    /// (`unavailable` or `protocol`).
+    pub store_errors: IntCounterVec,
+    /// `tessera_jwks_refreshes_total{outcome}`: JWKS fetches of trusted
+    /// issuers, `ok` or the failure reason.
+    pub jwks_refreshes: IntCounterVec,
+    /// `tessera_approvals_pending`: approvals waiting for a human (updated
+    /// when `/metrics` is scraped).
+    pub approvals_pending: IntGauge,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -83,6 +95,38 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "tessera_audit_failures_total",
         "Audit records that could not be written (the decision failed closed)",
     )?;
+    let store_seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "tessera_store_duration_seconds",
+            "Time of each shared-store (Redis) operation",
+        )
+        .buckets(vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        ]),
+        &["op"],
+    )?;
+    let store_errors = IntCounterVec::new(
+        Opts::new(
+            "tessera_store_errors_total",
+            "Failed shared-store operations, by operation and kind",
+        ),
+        &["op", "kind"],
+    )?;
+    let jwks_refreshes = IntCounterVec::new(
+        Opts::new(
+            "tessera_jwks_refreshes_total",
+            "JWKS fetches of trusted issuers, by outcome (ok or the failure reason)",
+        ),
+        &["outcome"],
+    )?;
+    let approvals_pending = IntGauge::new(
+        "tessera_approvals_pending",
+        "Approvals waiting for a human decision (as of the last scrape)",
+    )?;
+    registry.register(Box::new(store_seconds.clone()))?;
+    registry.register(Box::new(store_errors.clone()))?;
+    registry.register(Box::new(jwks_refreshes.clone()))?;
+    registry.register(Box::new(approvals_pending.clone()))?;
     registry.register(Box::new(audit_records.clone()))?;
     registry.register(Box::new(audit_failures.clone()))?;
     registry.register(Box::new(revocations.clone()))?;
@@ -102,6 +146,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         approvals,
         audit_records,
         audit_failures,
+        store_seconds,
+        store_errors,
+        jwks_refreshes,
+        approvals_pending,
     })
 }
 

@@ -255,6 +255,13 @@ async fn approve_yields_exactly_one_token_for_exactly_what_was_asked() {
             .map(|r| r["event"].as_str().unwrap())
             .collect();
         assert!(events.contains(&"refused"), "pending answer: {events:?}");
+        // the fresh request above is still waiting: the gauge shows it
+        let gauge = m
+            .lines()
+            .find(|l| l.starts_with("tessera_approvals_pending "))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok());
+        assert!(gauge >= Some(1.0), "{m}");
         assert!(events.contains(&"approved"), "{events:?}");
         assert!(events.contains(&"issued"), "{events:?}");
         let approved = recs

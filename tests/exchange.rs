@@ -130,8 +130,19 @@ async fn oidc_exchange_over_https_issuer() {
     let (s, v) = b.token(&b.anon(), &f).await;
     assert_eq!(s, 200);
     assert!(v["expires_in"].as_u64().unwrap() <= 300);
-    // one JWKS fetch served both
+    // one JWKS fetch served both, and it is counted
     assert_eq!(b.issuer().jwks_hits(), 1);
+    let m = reqwest::get(b.ops_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("tessera_jwks_refreshes_total{outcome=\"ok\"} ")),
+        "{m}"
+    );
 }
 
 #[tokio::test]

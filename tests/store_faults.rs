@@ -75,6 +75,30 @@ async fn redis_down_fails_closed_and_service_resumes_without_restart() {
     );
     assert_eq!(ready(&b).await, 503);
 
+    // the outage is visible on /metrics: store errors by operation and kind,
+    // and store latency
+    let m = reqwest::get(b.ops_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = |name: &str, needle: &str| {
+        m.lines().any(|l| {
+            l.starts_with(name)
+                && l.contains(needle)
+                && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) > Some(0.0)
+        })
+    };
+    assert!(
+        counted("tessera_store_errors_total{", "kind=\"unavailable\""),
+        "{m}"
+    );
+    assert!(
+        counted("tessera_store_duration_seconds_count{", "op=\""),
+        "{m}"
+    );
+
     // the CLI says the change was not made and exits 1
     let o = cli(&b, &["revoke", "--task", "t-1"]);
     assert_eq!(o.0, 1, "{o:?}");

@@ -593,6 +593,14 @@ impl JwksCache {
         if let Err(e) = &result {
             tracing::warn!(reason = e.reason(), error = %e, "JWKS refresh failed; keeping current keys");
         }
+        #[cfg(feature = "server")]
+        crate::telemetry::metrics()
+            .jwks_refreshes
+            .with_label_values(&[match &result {
+                Ok(()) => "ok",
+                Err(e) => e.reason(),
+            }])
+            .inc();
         state.last_result = result.clone();
         self.generation.fetch_add(1, Ordering::Release);
         result

@@ -28,8 +28,25 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
-/// Prometheus text.
-pub async fn metrics() -> Response {
+/// Prometheus text. Gauges that live in the store (pending approvals) are
+/// read now, within the store timeout; a store that does not answer leaves
+/// them at their last value.
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    let now = app.clock.now();
+    if let Ok(Ok(list)) = tokio::time::timeout(
+        app.config.store.timeout,
+        app.stores.approvals.list_approvals(now),
+    )
+    .await
+    {
+        let pending = list
+            .iter()
+            .filter(|a| a.state == crate::store::ApprovalState::Pending && a.expires_at > now)
+            .count();
+        crate::telemetry::metrics()
+            .approvals_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::telemetry::metrics().render(),

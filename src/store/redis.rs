@@ -757,6 +757,26 @@ impl RedisStore {
     where
         F: Future<Output = Result<T, Fail>>,
     {
+        let started = std::time::Instant::now();
+        let r = self.run_inner(op, f).await;
+        let m = crate::telemetry::metrics();
+        m.store_seconds
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = &r {
+            let kind = match e {
+                StoreError::Unavailable(_) => "unavailable",
+                StoreError::Protocol(_) => "protocol",
+            };
+            m.store_errors.with_label_values(&[op, kind]).inc();
+        }
+        r
+    }
+
+    async fn run_inner<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, Fail>>,
+    {
         match tokio::time::timeout(self.timeout, f).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(Fail::Store(e))) => Err(e),
