@@ -41,6 +41,9 @@ pub struct Metrics {
     /// `tessera_approvals_pending`: approvals waiting for a human (updated
     /// when `/metrics` is scraped).
     pub approvals_pending: IntGauge,
+    /// `tessera_peer_rate_limited_total`: connections closed and requests
+    /// answered 429 by the pre-authentication limit.
+    pub peer_rate_limited: IntCounter,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -123,6 +126,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "tessera_approvals_pending",
         "Approvals waiting for a human decision (as of the last scrape)",
     )?;
+    let peer_rate_limited = IntCounter::new(
+        "tessera_peer_rate_limited_total",
+        "Connections closed and requests answered 429 by the per-peer pre-authentication limit",
+    )?;
+    registry.register(Box::new(peer_rate_limited.clone()))?;
     registry.register(Box::new(store_seconds.clone()))?;
     registry.register(Box::new(store_errors.clone()))?;
     registry.register(Box::new(jwks_refreshes.clone()))?;
@@ -150,6 +158,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         store_errors,
         jwks_refreshes,
         approvals_pending,
+        peer_rate_limited,
     })
 }
 

@@ -1662,3 +1662,149 @@ async fn l112_body_limit_is_global() {
     }
     assert_eq!(b.agent_token("tickets:read", None).await.0, 200);
 }
+
+/// A TLS connection to the broker that has sent `bytes` and nothing more.
+async fn stalled_connection(
+    b: &TestBroker,
+    bytes: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let cfg = tessera::jwks::http::tls_client_config(
+        &[b.ca.cert_der().to_vec().into()],
+        false,
+        None,
+        &[b"http/1.1"],
+    )
+    .unwrap();
+    let port: u16 = b.url("").rsplit(':').next().unwrap().parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(bytes).await.unwrap();
+    tls.flush().await.unwrap();
+    tls
+}
+
+/// L113 slowloris: connections that dribble their headers are closed after
+/// the header-read timeout, and good clients are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l113_slowloris_connections_are_cut_and_good_clients_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = TestBroker::start_with(Options {
+        extra: "[limits]\nheader_read_timeout = \"1s\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..30 {
+        slow.push(stalled_connection(&b, b"POST /token HTTP/1.1\r\nHost: x\r\n").await);
+    }
+    let started = std::time::Instant::now();
+    // Dribble one header byte every 200 ms on every connection, and watch
+    // for the server closing it.
+    let watchers: Vec<_> = slow
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let t0 = std::time::Instant::now();
+                let mut buf = [0u8; 512];
+                loop {
+                    if c.write_all(b"X").await.is_err() {
+                        return t0.elapsed();
+                    }
+                    match tokio::time::timeout(
+                        std::time::Duration::from_millis(200),
+                        c.read(&mut buf),
+                    )
+                    .await
+                    {
+                        Ok(Ok(0)) | Ok(Err(_)) => return t0.elapsed(),
+                        // 408 or similar: the server answered and closes.
+                        Ok(Ok(_)) => return t0.elapsed(),
+                        Err(_) => {}
+                    }
+                    if t0.elapsed() > std::time::Duration::from_secs(10) {
+                        return t0.elapsed();
+                    }
+                }
+            })
+        })
+        .collect();
+    // Good clients are served while the slow ones hang on.
+    for _ in 0..10 {
+        assert_eq!(b.agent_token("tickets:read", None).await.0, 200);
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    for w in watchers {
+        let closed_after = w.await.unwrap();
+        assert!(
+            closed_after < std::time::Duration::from_secs(4),
+            "a slowloris connection lived {closed_after:?} despite a 1 s header timeout"
+        );
+        assert!(
+            closed_after > std::time::Duration::from_millis(500),
+            "closed after {closed_after:?}: not by the header timeout"
+        );
+    }
+    assert_eq!(b.agent_token("tickets:read", None).await.0, 200);
+}
+
+/// L115: the pre-authentication limit keys on the peer address only and
+/// answers 429 `slow_down` with `Retry-After`; the peer is served again once
+/// its bucket refills. (Per-identity limits on *verified* identities are the
+/// anomaly guard's.)
+#[tokio::test]
+async fn l115_pre_authentication_limit_is_per_peer() {
+    let b = TestBroker::start_with(Options {
+        extra: "[limits]\npeer_rate = 5\npeer_burst = 5\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let c = b.agent_client();
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for _ in 0..12 {
+        let r = c
+            .post(b.url("/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=nonsense")
+            .send()
+            .await;
+        match r {
+            Ok(r) => {
+                statuses.push(r.status().as_u16());
+                if r.status() == 429 && limited.is_none() {
+                    let retry = r.headers().get("retry-after").cloned();
+                    let v: Value = r.json().await.unwrap();
+                    limited = Some((retry, v));
+                }
+            }
+            // A new connection beyond the rate is closed before TLS.
+            Err(_) => statuses.push(0),
+        }
+    }
+    assert!(
+        statuses.iter().filter(|s| **s == 400).count() <= 5,
+        "{statuses:?}"
+    );
+    let (retry, v) = limited.expect("no 429 within 12 fast requests");
+    assert!(retry.is_some(), "Retry-After");
+    assert_eq!(v["error"], "slow_down");
+    // A refilled bucket serves the peer again.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(b.agent_token("tickets:read", None).await.0, 200);
+    let m = reqwest::get(b.ops_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m
+        .lines()
+        .any(|l| l.starts_with("tessera_peer_rate_limited_total ") && !l.ends_with(" 0")));
+}

@@ -169,6 +169,11 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Connection cap.
     pub max_connections: usize,
+    /// Pre-authentication events (connections + requests) per second per
+    /// peer IP; 0: off.
+    pub peer_rate: u32,
+    /// Burst above `peer_rate`.
+    pub peer_burst: u32,
 }
 
 impl Default for Limits {
@@ -181,6 +186,8 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             max_connections: 4096,
+            peer_rate: 1000,
+            peer_burst: 2000,
         }
     }
 }
@@ -383,6 +390,8 @@ impl Config {
             header_read_timeout: dur("limits.header_read_timeout", &l.header_read_timeout)?,
             request_timeout: dur("limits.request_timeout", &l.request_timeout)?,
             max_connections: l.max_connections as usize,
+            peer_rate: l.peer_rate,
+            peer_burst: l.peer_burst,
         };
 
         // [audit]

@@ -275,6 +275,15 @@ pub struct RawLimits {
     /// Most concurrent connections on the HTTPS listener. Defaults to `4096`.
     #[serde(default = "d_max_connections")]
     pub max_connections: u64,
+    /// Pre-authentication rate limit: new connections plus requests per
+    /// second allowed from one peer IP address, before anything is parsed
+    /// (429 `slow_down` above it; `0` turns it off, e.g. behind a proxy
+    /// that hides client addresses). Defaults to `1000`.
+    #[serde(default = "d_peer_rate")]
+    pub peer_rate: u32,
+    /// Burst allowed above `peer_rate`. Defaults to `2000`.
+    #[serde(default = "d_peer_burst")]
+    pub peer_burst: u32,
 }
 
 impl Default for RawLimits {
@@ -286,6 +295,8 @@ impl Default for RawLimits {
             header_read_timeout: d_header_timeout(),
             request_timeout: d_request_timeout(),
             max_connections: d_max_connections(),
+            peer_rate: d_peer_rate(),
+            peer_burst: d_peer_burst(),
         }
     }
 }
@@ -441,6 +452,12 @@ fn d_header_timeout() -> String {
 }
 fn d_request_timeout() -> String {
     "10s".into()
+}
+fn d_peer_rate() -> u32 {
+    1000
+}
+fn d_peer_burst() -> u32 {
+    2000
 }
 fn d_max_connections() -> u64 {
     4096

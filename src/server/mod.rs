@@ -4,12 +4,14 @@
 //! extensions, HTTP/1.1 or HTTP/2 with a header-read timeout, and
 //! graceful shutdown.
 
+pub mod limit;
 pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::response::IntoResponse;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -50,6 +52,7 @@ pub async fn serve_https(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let conns = Arc::new(Semaphore::new(limits.max_connections));
+    let peers = limit::PeerLimiter::new(limits.peer_rate, limits.peer_burst).map(Arc::new);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -64,6 +67,14 @@ pub async fn serve_https(
                 }
             },
         };
+        // Before the (expensive) handshake: a peer over its rate is closed.
+        if let Some(p) = &peers {
+            if p.check(remote.ip()).is_err() {
+                crate::telemetry::metrics().peer_rate_limited.inc();
+                drop(tcp);
+                continue;
+            }
+        }
         let Ok(permit) = conns.clone().try_acquire_owned() else {
             tracing::warn!(%remote, "connection cap reached; closing new connection");
             crate::telemetry::metrics().connections_refused.inc();
@@ -75,6 +86,7 @@ pub async fn serve_https(
         let router = router.clone();
         let watcher = graceful.watcher();
         let limits = limits.clone();
+        let peers = peers.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let stream =
@@ -99,11 +111,21 @@ pub async fn serve_https(
                 .and_then(|c| c.first())
                 .map(|c| crate::verify::ClientCertificate(c.to_vec()));
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                // Every request is charged to the peer before routing.
+                let limited = peers.as_ref().and_then(|p| p.check(remote.ip()).err());
                 req.extensions_mut().insert(peer.clone());
                 if let Some(l) = &leaf {
                     req.extensions_mut().insert(l.clone());
                 }
-                router.clone().oneshot(req.map(Body::new))
+                let router = router.clone();
+                async move {
+                    if let Some(wait) = limited {
+                        crate::telemetry::metrics().peer_rate_limited.inc();
+                        let secs = wait.as_secs().saturating_add(1);
+                        return Ok(crate::oauth::OAuthError::rate_limited(secs).into_response());
+                    }
+                    router.oneshot(req.map(Body::new)).await
+                }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
