@@ -1,0 +1,771 @@
+//! `tessera policy explain`: an offline dry run of one request against a
+//! config's policies. It says, per policy, whether `match` fits (and which
+//! condition fails), whether the audience and each scope are allowed, and
+//! the final verdict the broker's policy step would reach: the ONE policy
+//! that grants (first in file order, [`PolicySet::decide`]) with its tiers,
+//! or the OAuth error and the precise reason.
+//!
+//! It evaluates policies only: it never sees a token, the kill switch, JIT
+//! grants or approvals (it says which of those the request would need).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::config::lint::fmt_duration;
+use crate::config::Config;
+use crate::policy::claims::{claim_path_lookup, validate_claim_path};
+use crate::policy::scope::ScopeSet;
+use crate::policy::{
+    CompiledPolicy, Denial, PolicySet, Subject, SubjectMismatch, VerdictOutcome, MTLS_ISSUER,
+};
+
+/// The command line of `tessera policy explain`.
+#[derive(Debug, Clone)]
+pub struct ExplainArgs {
+    /// Config file.
+    pub config: PathBuf,
+    /// Issuer name, or `mtls`.
+    pub issuer: String,
+    /// The subject (`sub`, SPIFFE ID or DNS name).
+    pub subject: String,
+    /// `path=value` claims; paths step into objects at `/`, values are
+    /// strings, a path given twice makes an array.
+    pub claims: Vec<String>,
+    /// The audience (one).
+    pub audience: String,
+    /// Space-separated scopes.
+    pub scope: String,
+}
+
+/// The request being dry-run, parsed.
+#[derive(Debug, Clone)]
+pub struct DryRun {
+    /// Issuer name, or `mtls`.
+    pub issuer: String,
+    /// The subject.
+    pub subject: String,
+    /// Token claims (`None` for mTLS, as in the broker).
+    pub claims: Option<Map<String, Value>>,
+    /// The audience.
+    pub audience: String,
+    /// The scopes.
+    pub scopes: ScopeSet,
+}
+
+/// Something the request needs besides the policy (a tier of the granting
+/// policy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    /// `jit_grant`, `approval`, `authorization_details` or `binding`.
+    pub kind: &'static str,
+    /// The scopes concerned (empty when it is about the whole request).
+    pub scopes: Vec<String>,
+    /// What is needed, and the error without it.
+    pub message: String,
+}
+
+/// One policy's view of the request.
+#[derive(Debug, Clone)]
+pub struct PolicyReport {
+    /// Position in the file.
+    pub index: usize,
+    /// Name.
+    pub name: String,
+    /// What [`PolicySet::explain`] says.
+    pub outcome: VerdictOutcome,
+    /// Whether this is the policy the broker would pick.
+    pub selected: bool,
+    /// Why `match` does not fit: `(condition, message)`.
+    pub mismatch: Option<(&'static str, String)>,
+    /// Whether an audience pattern allows the audience.
+    pub audience_allowed: bool,
+    /// The requested scopes no pattern of this policy allows.
+    pub refused_scopes: Vec<String>,
+}
+
+/// The final answer.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// One policy grants.
+    Granted {
+        /// Its name.
+        policy: String,
+        /// Its owner.
+        owner: Option<String>,
+        /// The longest lifetime a token can get: `min(policy max_ttl, [tokens] max_ttl)`.
+        max_ttl: Duration,
+        /// The lifetime when the request names none.
+        default_ttl: Duration,
+        /// What the request still needs (tiers).
+        conditions: Vec<Condition>,
+    },
+    /// Refused.
+    Refused {
+        /// The OAuth `error` the broker answers.
+        error: &'static str,
+        /// The reason code of the audit record.
+        reason: &'static str,
+        /// The precise reason (the broker never tells the caller this).
+        message: String,
+    },
+}
+
+/// Per-policy reports and the verdict.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// Every policy, in file order.
+    pub policies: Vec<PolicyReport>,
+    /// The verdict.
+    pub verdict: Verdict,
+}
+
+/// Parses `--claim path=value` arguments into a claims object: `/` steps
+/// into nested objects (as in `match.claims`), values are strings, and a
+/// path given twice makes an array of strings.
+pub fn parse_claims(items: &[String]) -> Result<Map<String, Value>, String> {
+    let mut map = Map::new();
+    for item in items {
+        let Some((path, value)) = item.split_once('=') else {
+            return Err(format!("--claim `{item}` is not path=value"));
+        };
+        validate_claim_path(path).map_err(|e| format!("--claim `{item}`: {e}"))?;
+        let mut segments: Vec<&str> = path.split('/').collect();
+        let last = segments.pop().unwrap_or_default();
+        let conflict = || format!("--claim `{item}` conflicts with another --claim");
+        let mut cur = &mut map;
+        for s in segments {
+            let next = cur
+                .entry(s.to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
+            cur = next.as_object_mut().ok_or_else(conflict)?;
+        }
+        let value = Value::String(value.to_string());
+        match cur.get_mut(last) {
+            None => {
+                cur.insert(last.to_string(), value);
+            }
+            Some(Value::Array(a)) => a.push(value),
+            Some(old @ Value::String(_)) => {
+                let first = old.take();
+                *old = Value::Array(vec![first, value]);
+            }
+            Some(_) => return Err(conflict()),
+        }
+    }
+    Ok(map)
+}
+
+/// Why `policy` does not match, in words naming the failed condition.
+fn mismatch(p: &CompiledPolicy, req: &DryRun, why: &SubjectMismatch) -> (&'static str, String) {
+    match why {
+        SubjectMismatch::Issuer => (
+            "issuer",
+            format!("match.issuer is `{}`, not `{}`", p.issuer(), req.issuer),
+        ),
+        SubjectMismatch::EmptySubject => ("subject", "the subject is empty".into()),
+        SubjectMismatch::Subject => (
+            "subject",
+            format!(
+                "subject `{}` does not match match.subject `{}`",
+                req.subject,
+                p.subject_pattern()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ),
+        ),
+        SubjectMismatch::ClaimsUnavailable => (
+            "claims",
+            "the policy has claim conditions and an mTLS subject has no claims".into(),
+        ),
+        SubjectMismatch::Claim { path } => {
+            let pattern = p
+                .claim_conditions()
+                .iter()
+                .find(|c| c.path() == path)
+                .map(|c| c.pattern().to_string())
+                .unwrap_or_default();
+            let got = req.claims.as_ref().and_then(|c| claim_path_lookup(c, path));
+            let message = match got {
+                None => format!("claim `{path}` is missing (match.claims wants `{pattern}`)"),
+                Some(v) => format!("claim `{path}` = {v} does not match `{pattern}`"),
+            };
+            ("claim", message)
+        }
+    }
+}
+
+/// The tiers of the granting policy that apply to this request, in the
+/// order the broker checks them.
+fn conditions(p: &CompiledPolicy, req: &DryRun) -> Vec<Condition> {
+    let mut out = Vec::new();
+    let approval: Vec<String> = req
+        .scopes
+        .iter()
+        .filter(|s| p.is_approval_scope(s))
+        .map(ToString::to_string)
+        .collect();
+    let jit: Vec<String> = req
+        .scopes
+        .iter()
+        .filter(|s| p.is_jit_scope(s))
+        .map(ToString::to_string)
+        .collect();
+    if !approval.is_empty() && p.require_authorization_details() {
+        out.push(Condition {
+            kind: "authorization_details",
+            scopes: approval.clone(),
+            message: "the request must carry authorization_details (RFC 9396, require_authorization_details); without them: invalid_authorization_details".into(),
+        });
+    }
+    if p.require_binding() {
+        let message = if req.issuer == MTLS_ISSUER {
+            "require_binding: met, an mTLS request is bound to its client certificate".into()
+        } else {
+            "require_binding: the request must come over a client certificate or carry a DPoP proof; unbound: invalid_client".into()
+        };
+        out.push(Condition {
+            kind: "binding",
+            scopes: Vec::new(),
+            message,
+        });
+    }
+    if !approval.is_empty() {
+        out.push(Condition {
+            kind: "approval",
+            message: format!(
+                "{} needs a human approval of this exact request (approval_scopes): the broker answers authorization_pending with an approval_id until an operator runs `tessera approve ID`",
+                approval.join(" ")
+            ),
+            scopes: approval,
+        });
+    }
+    if !jit.is_empty() {
+        out.push(Condition {
+            kind: "jit_grant",
+            message: format!(
+                "{} needs a live JIT grant (jit_scopes), e.g. `tessera grant create --subject {} --audience {} --scope \"{}\" --ttl 10m`; without one: invalid_scope",
+                jit.join(" "),
+                req.subject,
+                req.audience,
+                jit.join(" ")
+            ),
+            scopes: jit,
+        });
+    }
+    out
+}
+
+/// Dry-runs `req` against the config's policies.
+pub fn explain(cfg: &Config, req: &DryRun) -> Result<Explanation, String> {
+    let set = PolicySet::compile(cfg.policies.clone()).map_err(|e| e.to_string())?;
+    let subject = Subject {
+        issuer: &req.issuer,
+        subject: &req.subject,
+        claims: req.claims.as_ref(),
+    };
+    let verdicts = set.explain(&subject, &req.audience, &req.scopes);
+    let policies = set
+        .policies()
+        .iter()
+        .zip(verdicts)
+        .map(|(p, v)| PolicyReport {
+            index: p.index(),
+            name: p.name().to_string(),
+            mismatch: match &v.outcome {
+                VerdictOutcome::SubjectMismatch(why) => Some(mismatch(p, req, why)),
+                _ => None,
+            },
+            outcome: v.outcome,
+            selected: v.selected,
+            audience_allowed: p.allows_audience(&req.audience),
+            refused_scopes: p
+                .refused_scopes(&req.scopes)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        })
+        .collect::<Vec<_>>();
+    let matching: Vec<&str> = policies
+        .iter()
+        .filter(|p| p.mismatch.is_none())
+        .map(|p| p.name.as_str())
+        .collect();
+    let verdict = match set.decide(&subject, &req.audience, &req.scopes) {
+        Ok(p) => {
+            let max_ttl = p
+                .max_ttl()
+                .unwrap_or(cfg.tokens.max_ttl)
+                .min(cfg.tokens.max_ttl);
+            Verdict::Granted {
+                policy: p.name().to_string(),
+                owner: p.owner().map(str::to_string),
+                max_ttl,
+                default_ttl: cfg.tokens.default_ttl.min(max_ttl),
+                conditions: conditions(p, req),
+            }
+        }
+        Err(Denial::NoMatchingPolicy) => Verdict::Refused {
+            error: "invalid_request",
+            reason: "no_matching_policy",
+            message: format!(
+                "no policy matches issuer `{}` subject `{}`",
+                req.issuer, req.subject
+            ),
+        },
+        Err(Denial::AudienceNotAllowed) => Verdict::Refused {
+            error: "invalid_target",
+            reason: "target_not_allowed",
+            message: format!(
+                "polic{} {} match the subject but none allows audience `{}`",
+                if matching.len() == 1 { "y" } else { "ies" },
+                quoted(&matching),
+                req.audience
+            ),
+        },
+        Err(Denial::ScopeNotAllowed { refused }) => {
+            let refused_list: Vec<String> = refused.iter().map(ToString::to_string).collect();
+            let closest = policies
+                .iter()
+                .find(|p| {
+                    p.mismatch.is_none() && p.audience_allowed && p.refused_scopes == refused_list
+                })
+                .map(|p| format!(" ({:?})", p.name))
+                .unwrap_or_default();
+            Verdict::Refused {
+                error: "invalid_scope",
+                reason: "scope_not_allowed",
+                message: format!(
+                    "no policy matching the subject and allowing audience `{}` allows every scope; the closest{closest} refuses: {}",
+                    req.audience, refused
+                ),
+            }
+        }
+    };
+    Ok(Explanation { policies, verdict })
+}
+
+/// `"a", "b"`.
+fn quoted(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One line about one policy.
+fn describe(p: &PolicyReport, explanation: &Explanation) -> String {
+    if let Some((_, why)) = &p.mismatch {
+        return format!("no match: {why}");
+    }
+    let audience = if p.audience_allowed {
+        "audience ok".to_string()
+    } else {
+        "audience NOT allowed".to_string()
+    };
+    let scopes = if p.refused_scopes.is_empty() {
+        "scopes ok".to_string()
+    } else {
+        format!("scope(s) NOT allowed: {}", p.refused_scopes.join(" "))
+    };
+    let tail = match (&p.outcome, p.selected) {
+        (VerdictOutcome::Granted, true) => " => grants (selected)".to_string(),
+        (VerdictOutcome::Granted, false) => {
+            let first = explanation
+                .policies
+                .iter()
+                .find(|q| q.selected)
+                .map(|q| q.name.as_str())
+                .unwrap_or_default();
+            format!(" => would grant, shadowed by {first:?} (first in file order wins)")
+        }
+        _ => String::new(),
+    };
+    format!("match ok; {audience}; {scopes}{tail}")
+}
+
+/// The structured explanation (`--json`).
+pub fn to_json(req: &DryRun, e: &Explanation) -> Value {
+    let policies: Vec<Value> = e
+        .policies
+        .iter()
+        .map(|p| {
+            json!({
+                "index": p.index,
+                "name": p.name,
+                "outcome": match p.outcome {
+                    VerdictOutcome::Granted => "granted",
+                    VerdictOutcome::SubjectMismatch(_) => "subject_mismatch",
+                    VerdictOutcome::AudienceNotAllowed => "audience_not_allowed",
+                    VerdictOutcome::ScopesNotAllowed { .. } => "scopes_not_allowed",
+                },
+                "selected": p.selected,
+                "match": p.mismatch.is_none(),
+                "mismatch": p.mismatch.as_ref().map(|(c, m)| json!({"condition": c, "message": m})),
+                "audience_allowed": p.audience_allowed,
+                "refused_scopes": p.refused_scopes,
+            })
+        })
+        .collect();
+    let request = json!({
+        "issuer": req.issuer,
+        "subject": req.subject,
+        "claims": req.claims,
+        "audience": req.audience,
+        "scopes": req.scopes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    });
+    match &e.verdict {
+        Verdict::Granted {
+            policy,
+            owner,
+            max_ttl,
+            default_ttl,
+            conditions,
+        } => json!({
+            "request": request,
+            "granted": true,
+            "policy": policy,
+            "owner": owner,
+            "max_ttl": max_ttl.as_secs(),
+            "default_ttl": default_ttl.as_secs(),
+            "conditions": conditions.iter().map(|c| json!({"kind": c.kind, "scopes": c.scopes, "message": c.message})).collect::<Vec<_>>(),
+            "error": null,
+            "reason": null,
+            "message": null,
+            "policies": policies,
+        }),
+        Verdict::Refused {
+            error,
+            reason,
+            message,
+        } => json!({
+            "request": request,
+            "granted": false,
+            "policy": null,
+            "error": error,
+            "reason": reason,
+            "message": message,
+            "conditions": [],
+            "policies": policies,
+        }),
+    }
+}
+
+/// The human-readable explanation.
+pub fn to_text(req: &DryRun, e: &Explanation) -> String {
+    let mut out = format!(
+        "dry run: issuer {}, subject {}, audience {}, scope \"{}\"\n",
+        req.issuer, req.subject, req.audience, req.scopes
+    );
+    if e.policies.is_empty() {
+        out.push_str("  (the config has no policy)\n");
+    }
+    for p in &e.policies {
+        out.push_str(&format!(
+            "  policies[{}] {:?}: {}\n",
+            p.index,
+            p.name,
+            describe(p, e)
+        ));
+    }
+    match &e.verdict {
+        Verdict::Granted {
+            policy,
+            owner,
+            max_ttl,
+            default_ttl,
+            conditions,
+        } => {
+            out.push_str(&format!(
+                "GRANTED by policy {policy:?} (owner {}, max_ttl {}, default lifetime {})\n",
+                owner.as_deref().unwrap_or("none"),
+                fmt_duration(*max_ttl),
+                fmt_duration(*default_ttl)
+            ));
+            for c in conditions {
+                out.push_str(&format!("  {}: {}\n", c.kind, c.message));
+            }
+        }
+        Verdict::Refused {
+            error,
+            reason,
+            message,
+        } => {
+            out.push_str(&format!("REFUSED: {error} ({reason}): {message}\n"));
+        }
+    }
+    out.push_str("(offline: tokens, the kill switch, grants and approvals are not checked)");
+    out
+}
+
+/// `tessera policy explain`: exit 0 when the request would be granted, 1
+/// when refused (the reason also on stderr) or the config is invalid, 2 on
+/// bad usage.
+pub fn policy_explain(args: &ExplainArgs, as_json: bool) -> i32 {
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let req = match dry_run(&cfg, args) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let e = match explain(&cfg, &req) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    if as_json {
+        println!("{}", to_json(&req, &e));
+    } else {
+        println!("{}", to_text(&req, &e));
+    }
+    match &e.verdict {
+        Verdict::Granted { .. } => 0,
+        Verdict::Refused {
+            error,
+            reason,
+            message,
+        } => {
+            eprintln!("error: refused: {error} ({reason}): {message}");
+            1
+        }
+    }
+}
+
+/// Checks the command line against the config and builds the request.
+fn dry_run(cfg: &Config, args: &ExplainArgs) -> Result<DryRun, String> {
+    let known = args.issuer == MTLS_ISSUER || cfg.issuers.iter().any(|i| i.name == args.issuer);
+    if !known {
+        let names: Vec<&str> = std::iter::once(MTLS_ISSUER)
+            .chain(cfg.issuers.iter().map(|i| i.name.as_str()))
+            .collect();
+        return Err(format!(
+            "--issuer `{}` is neither `mtls` nor an [[issuers]] name in {} (one of: {})",
+            args.issuer,
+            cfg.source.display(),
+            names.join(", ")
+        ));
+    }
+    if args.subject.is_empty() {
+        return Err("--subject must not be empty".into());
+    }
+    if args.audience.is_empty() {
+        return Err("--audience must not be empty".into());
+    }
+    let claims = if args.issuer == MTLS_ISSUER {
+        if !args.claims.is_empty() {
+            return Err("--claim goes with an OIDC --issuer: an mTLS subject has no claims".into());
+        }
+        None
+    } else {
+        Some(parse_claims(&args.claims)?)
+    };
+    let scopes = ScopeSet::parse(&args.scope).map_err(|e| format!("--scope: {e}"))?;
+    Ok(DryRun {
+        issuer: args.issuer.clone(),
+        subject: args.subject.clone(),
+        claims,
+        audience: args.audience.clone(),
+        scopes,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const CFG: &str = r#"
+[[issuers]]
+name = "k8s"
+issuer = "https://k8s.example"
+audiences = ["tessera"]
+
+[[policies]]
+name = "ci"
+owner = "alice"
+match = { issuer = "k8s", subject = "system:serviceaccount:ci:*", claims = { "kubernetes.io/namespace" = "ci" } }
+audiences = ["https://deploy"]
+scopes = ["deploy:read", "deploy:write", "deploy:prod"]
+jit_scopes = ["deploy:write"]
+approval_scopes = ["deploy:prod"]
+require_authorization_details = true
+max_ttl = "10m"
+
+[[policies]]
+name = "agents"
+owner = "bob"
+match = { issuer = "mtls", subject = "spiffe://x/agent/*" }
+audiences = ["https://api"]
+scopes = ["read"]
+require_binding = true
+"#;
+
+    fn cfg() -> Config {
+        Config::from_toml_str("t.toml", CFG).unwrap()
+    }
+
+    fn run(issuer: &str, sub: &str, claims: &[&str], aud: &str, scope: &str) -> Explanation {
+        let args = ExplainArgs {
+            config: "t.toml".into(),
+            issuer: issuer.into(),
+            subject: sub.into(),
+            claims: claims.iter().map(|s| s.to_string()).collect(),
+            audience: aud.into(),
+            scope: scope.into(),
+        };
+        let c = cfg();
+        explain(&c, &dry_run(&c, &args).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn claims_parse_nested_paths_and_arrays() {
+        let m = parse_claims(&[
+            "kubernetes.io/namespace=ci".into(),
+            "groups=a".into(),
+            "groups=b".into(),
+            "x=a=b".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            Value::Object(m),
+            json!({"kubernetes.io": {"namespace": "ci"}, "groups": ["a", "b"], "x": "a=b"})
+        );
+        assert!(parse_claims(&["nokey".into()]).is_err());
+        assert!(parse_claims(&["/a=b".into()]).is_err());
+        assert!(parse_claims(&["a=b".into(), "a/c=d".into()]).is_err());
+    }
+
+    #[test]
+    fn granted_with_tiers() {
+        let e = run(
+            "k8s",
+            "system:serviceaccount:ci:deployer",
+            &["kubernetes.io/namespace=ci"],
+            "https://deploy",
+            "deploy:read deploy:write deploy:prod",
+        );
+        let Verdict::Granted {
+            policy,
+            max_ttl,
+            conditions,
+            ..
+        } = &e.verdict
+        else {
+            panic!("{:?}", e.verdict)
+        };
+        assert_eq!(policy, "ci");
+        assert_eq!(max_ttl.as_secs(), 600);
+        let kinds: Vec<&str> = conditions.iter().map(|c| c.kind).collect();
+        assert_eq!(kinds, ["authorization_details", "approval", "jit_grant"]);
+        assert_eq!(conditions[2].scopes, ["deploy:write"]);
+        assert!(e.policies[0].selected);
+        assert_eq!(e.policies[1].mismatch.as_ref().unwrap().0, "issuer");
+    }
+
+    #[test]
+    fn refusals_name_the_error_and_reason() {
+        // claim missing → no policy
+        let e = run(
+            "k8s",
+            "system:serviceaccount:ci:deployer",
+            &[],
+            "https://deploy",
+            "deploy:read",
+        );
+        assert!(matches!(
+            &e.verdict,
+            Verdict::Refused {
+                error: "invalid_request",
+                reason: "no_matching_policy",
+                ..
+            }
+        ));
+        let (cond, msg) = e.policies[0].mismatch.clone().unwrap();
+        assert_eq!(cond, "claim");
+        assert!(
+            msg.contains("kubernetes.io/namespace") && msg.contains("missing"),
+            "{msg}"
+        );
+        // claim with the wrong value
+        let e = run(
+            "k8s",
+            "system:serviceaccount:ci:d",
+            &["kubernetes.io/namespace=prod"],
+            "https://deploy",
+            "deploy:read",
+        );
+        assert!(e.policies[0]
+            .mismatch
+            .as_ref()
+            .unwrap()
+            .1
+            .contains("\"prod\""));
+        // subject pattern
+        let e = run("mtls", "spiffe://x/service/a", &[], "https://api", "read");
+        assert!(e.policies[1]
+            .mismatch
+            .as_ref()
+            .unwrap()
+            .1
+            .contains("spiffe://x/agent/*"));
+        // audience
+        let e = run("mtls", "spiffe://x/agent/a", &[], "https://other", "read");
+        assert!(
+            matches!(&e.verdict, Verdict::Refused { error: "invalid_target", message, .. } if message.contains("\"agents\""))
+        );
+        // scope
+        let e = run(
+            "mtls",
+            "spiffe://x/agent/a",
+            &[],
+            "https://api",
+            "read write",
+        );
+        assert!(
+            matches!(&e.verdict, Verdict::Refused { error: "invalid_scope", message, .. } if message.ends_with("the closest (\"agents\") refuses: write"))
+        );
+        assert_eq!(e.policies[1].refused_scopes, ["write"]);
+    }
+
+    #[test]
+    fn binding_is_met_over_mtls() {
+        let e = run("mtls", "spiffe://x/agent/a", &[], "https://api", "read");
+        let Verdict::Granted { conditions, .. } = &e.verdict else {
+            panic!()
+        };
+        assert_eq!(conditions[0].kind, "binding");
+        assert!(conditions[0].message.contains("met"));
+    }
+
+    #[test]
+    fn bad_usage() {
+        let c = cfg();
+        let mut args = ExplainArgs {
+            config: "t.toml".into(),
+            issuer: "nope".into(),
+            subject: "s".into(),
+            claims: vec![],
+            audience: "a".into(),
+            scope: "read".into(),
+        };
+        assert!(dry_run(&c, &args).unwrap_err().contains("k8s"));
+        args.issuer = "mtls".into();
+        args.claims = vec!["a=b".into()];
+        assert!(dry_run(&c, &args).is_err());
+        args.claims = vec![];
+        args.scope = "bad\"scope".into();
+        assert!(dry_run(&c, &args).is_err());
+    }
+}
