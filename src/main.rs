@@ -241,6 +241,15 @@ enum PolicyCmd {
         /// Space-separated scopes.
         #[arg(long)]
         scope: String,
+        /// Delegation: the actor's [[issuers]] name, or `mtls`.
+        #[arg(long, requires = "actor")]
+        actor_issuer: Option<String>,
+        /// Delegation: the actor's subject.
+        #[arg(long, requires = "actor_issuer")]
+        actor: Option<String>,
+        /// A claim of the actor's token, like --claim (repeatable).
+        #[arg(long = "actor-claim", value_name = "PATH=VALUE", requires = "actor")]
+        actor_claims: Vec<String>,
     },
 }
 
@@ -297,6 +306,9 @@ fn main() -> ExitCode {
                     claims,
                     audience,
                     scope,
+                    actor_issuer,
+                    actor,
+                    actor_claims,
                 },
         } => {
             let args = tessera::cli::explain::ExplainArgs {
@@ -306,6 +318,9 @@ fn main() -> ExitCode {
                 claims,
                 audience,
                 scope,
+                actor_issuer,
+                actor,
+                actor_claims,
             };
             tessera::cli::explain::policy_explain(&args, cli.json)
         }

@@ -479,3 +479,104 @@ fn policy_explain_json_and_bad_usage() {
         assert_eq!(code, 2, "{args:?}: {err}");
     }
 }
+
+const DELEGATION: &str = r#"
+[dev]
+generate_missing = true
+
+[[issuers]]
+name = "corp"
+issuer = "https://idp.example.com"
+audiences = ["tessera"]
+
+[[policies]]
+name = "humans"
+owner = "it@example.com"
+match = { issuer = "corp", subject = "*@example.com" }
+audiences = ["https://mail.example.com"]
+scopes = ["mail:read"]
+
+[[policies]]
+name = "assistant"
+owner = "ai@example.com"
+match = { issuer = "mtls", subject = "spiffe://example.org/agent/assistant" }
+audiences = ["https://mail.example.com"]
+scopes = ["mail:read"]
+may_act_for = ["corp"]
+max_ttl = "2m"
+
+[[policies]]
+name = "other-agent"
+owner = "ai@example.com"
+match = { issuer = "mtls", subject = "spiffe://example.org/agent/other" }
+audiences = ["https://mail.example.com"]
+scopes = ["mail:read"]
+"#;
+
+#[test]
+fn policy_explain_delegation() {
+    let d = dir_with(&[("deleg.toml", DELEGATION)]);
+    let base = [
+        "--json",
+        "policy",
+        "explain",
+        "--config",
+        "deleg.toml",
+        "--issuer",
+        "corp",
+        "--subject",
+        "ann@example.com",
+        "--audience",
+        "https://mail.example.com",
+        "--scope",
+        "mail:read",
+        "--actor-issuer",
+        "mtls",
+        "--actor",
+    ];
+    let with = |actor: &str| {
+        let mut a = base.to_vec();
+        a.push(actor);
+        run(d.path(), &a)
+    };
+    let (code, out, err) = with("spiffe://example.org/agent/assistant");
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["policy"], "humans");
+    assert_eq!(v["actor_policy"], "assistant");
+    assert_eq!(v["max_ttl"], 120);
+    assert_eq!(v["actor_policies"][1]["selected"], true);
+    assert_eq!(
+        v["request"]["actor"]["subject"],
+        "spiffe://example.org/agent/assistant"
+    );
+
+    let (code, out, err) = with("spiffe://example.org/agent/other");
+    assert_eq!(code, 1, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["error"], "invalid_request");
+    assert_eq!(v["reason"], "may_act_for_missing");
+    assert!(err.contains("may_act_for"), "{err}");
+
+    // --actor without --actor-issuer is bad usage
+    let (code, _, _) = run(
+        d.path(),
+        &[
+            "policy",
+            "explain",
+            "--config",
+            "deleg.toml",
+            "--issuer",
+            "corp",
+            "--subject",
+            "ann@example.com",
+            "--audience",
+            "https://mail.example.com",
+            "--scope",
+            "mail:read",
+            "--actor",
+            "spiffe://example.org/agent/assistant",
+        ],
+    );
+    assert_eq!(code, 2);
+}

@@ -5,6 +5,12 @@
 //! that grants (first in file order, [`PolicySet::decide`]) with its tiers,
 //! or the OAuth error and the precise reason.
 //!
+//! With an actor (`--actor-issuer`, `--actor`), it also checks delegation as
+//! the broker does: the actor is not the subject, fits the subject's
+//! `may_act` claim when there is one, has a policy of its own allowing the
+//! same audience and scopes, and that policy lists the subject's issuer in
+//! `may_act_for`.
+//!
 //! It evaluates policies only: it never sees a token, the kill switch, JIT
 //! grants or approvals (it says which of those the request would need).
 
@@ -37,6 +43,25 @@ pub struct ExplainArgs {
     pub audience: String,
     /// Space-separated scopes.
     pub scope: String,
+    /// The actor's issuer name, or `mtls` (delegation).
+    pub actor_issuer: Option<String>,
+    /// The actor's subject.
+    pub actor: Option<String>,
+    /// The actor's claims, as `claims`.
+    pub actor_claims: Vec<String>,
+}
+
+/// The actor of a delegated request.
+#[derive(Debug, Clone)]
+pub struct ActorRun {
+    /// Issuer name, or `mtls`.
+    pub issuer: String,
+    /// The actor's subject.
+    pub subject: String,
+    /// The actor token's claims (`None` for mTLS).
+    pub claims: Option<Map<String, Value>>,
+    /// The `iss` the actor's token would carry (`None` for mTLS), for `may_act`.
+    pub iss: Option<String>,
 }
 
 /// The request being dry-run, parsed.
@@ -52,6 +77,8 @@ pub struct DryRun {
     pub audience: String,
     /// The scopes.
     pub scopes: ScopeSet,
+    /// The actor, for a delegated request.
+    pub actor: Option<ActorRun>,
 }
 
 /// Something the request needs besides the policy (a tier of the granting
@@ -92,6 +119,8 @@ pub enum Verdict {
     Granted {
         /// Its name.
         policy: String,
+        /// The actor's policy, for a delegated request.
+        actor_policy: Option<String>,
         /// Its owner.
         owner: Option<String>,
         /// The longest lifetime a token can get: `min(policy max_ttl, [tokens] max_ttl)`.
@@ -117,6 +146,8 @@ pub enum Verdict {
 pub struct Explanation {
     /// Every policy, in file order.
     pub policies: Vec<PolicyReport>,
+    /// Every policy for the actor (empty without one).
+    pub actor_policies: Vec<PolicyReport>,
     /// The verdict.
     pub verdict: Verdict,
 }
@@ -158,18 +189,22 @@ pub fn parse_claims(items: &[String]) -> Result<Map<String, Value>, String> {
 }
 
 /// Why `policy` does not match, in words naming the failed condition.
-fn mismatch(p: &CompiledPolicy, req: &DryRun, why: &SubjectMismatch) -> (&'static str, String) {
+fn mismatch(
+    p: &CompiledPolicy,
+    who: &Subject<'_>,
+    why: &SubjectMismatch,
+) -> (&'static str, String) {
     match why {
         SubjectMismatch::Issuer => (
             "issuer",
-            format!("match.issuer is `{}`, not `{}`", p.issuer(), req.issuer),
+            format!("match.issuer is `{}`, not `{}`", p.issuer(), who.issuer),
         ),
         SubjectMismatch::EmptySubject => ("subject", "the subject is empty".into()),
         SubjectMismatch::Subject => (
             "subject",
             format!(
                 "subject `{}` does not match match.subject `{}`",
-                req.subject,
+                who.subject,
                 p.subject_pattern()
                     .map(ToString::to_string)
                     .unwrap_or_default()
@@ -186,7 +221,7 @@ fn mismatch(p: &CompiledPolicy, req: &DryRun, why: &SubjectMismatch) -> (&'stati
                 .find(|c| c.path() == path)
                 .map(|c| c.pattern().to_string())
                 .unwrap_or_default();
-            let got = req.claims.as_ref().and_then(|c| claim_path_lookup(c, path));
+            let got = who.claims.and_then(|c| claim_path_lookup(c, path));
             let message = match got {
                 None => format!("claim `{path}` is missing (match.claims wants `{pattern}`)"),
                 Some(v) => format!("claim `{path}` = {v} does not match `{pattern}`"),
@@ -198,21 +233,24 @@ fn mismatch(p: &CompiledPolicy, req: &DryRun, why: &SubjectMismatch) -> (&'stati
 
 /// The tiers of the granting policy that apply to this request, in the
 /// order the broker checks them.
-fn conditions(p: &CompiledPolicy, req: &DryRun) -> Vec<Condition> {
+fn conditions(p: &CompiledPolicy, pa: Option<&CompiledPolicy>, req: &DryRun) -> Vec<Condition> {
     let mut out = Vec::new();
     let approval: Vec<String> = req
         .scopes
         .iter()
-        .filter(|s| p.is_approval_scope(s))
+        .filter(|s| p.is_approval_scope(s) || pa.is_some_and(|a| a.is_approval_scope(s)))
         .map(ToString::to_string)
         .collect();
     let jit: Vec<String> = req
         .scopes
         .iter()
-        .filter(|s| p.is_jit_scope(s))
+        .filter(|s| p.is_jit_scope(s) || pa.is_some_and(|a| a.is_jit_scope(s)))
         .map(ToString::to_string)
         .collect();
-    if !approval.is_empty() && p.require_authorization_details() {
+    if !approval.is_empty()
+        && (p.require_authorization_details()
+            || pa.is_some_and(CompiledPolicy::require_authorization_details))
+    {
         out.push(Condition {
             kind: "authorization_details",
             scopes: approval.clone(),
@@ -220,7 +258,9 @@ fn conditions(p: &CompiledPolicy, req: &DryRun) -> Vec<Condition> {
         });
     }
     if p.require_binding() {
-        let message = if req.issuer == MTLS_ISSUER {
+        let over_mtls = req.issuer == MTLS_ISSUER
+            || req.actor.as_ref().is_some_and(|a| a.issuer == MTLS_ISSUER);
+        let message = if over_mtls {
             "require_binding: met, an mTLS request is bound to its client certificate".into()
         } else {
             "require_binding: the request must come over a client certificate or carry a DPoP proof; unbound: invalid_client".into()
@@ -257,24 +297,17 @@ fn conditions(p: &CompiledPolicy, req: &DryRun) -> Vec<Condition> {
     out
 }
 
-/// Dry-runs `req` against the config's policies.
-pub fn explain(cfg: &Config, req: &DryRun) -> Result<Explanation, String> {
-    let set = PolicySet::compile(cfg.policies.clone()).map_err(|e| e.to_string())?;
-    let subject = Subject {
-        issuer: &req.issuer,
-        subject: &req.subject,
-        claims: req.claims.as_ref(),
-    };
-    let verdicts = set.explain(&subject, &req.audience, &req.scopes);
-    let policies = set
-        .policies()
+/// Per-policy reports for one identity.
+fn reports(set: &PolicySet, who: &Subject<'_>, req: &DryRun) -> Vec<PolicyReport> {
+    let verdicts = set.explain(who, &req.audience, &req.scopes);
+    set.policies()
         .iter()
         .zip(verdicts)
         .map(|(p, v)| PolicyReport {
             index: p.index(),
             name: p.name().to_string(),
             mismatch: match &v.outcome {
-                VerdictOutcome::SubjectMismatch(why) => Some(mismatch(p, req, why)),
+                VerdictOutcome::SubjectMismatch(why) => Some(mismatch(p, who, why)),
                 _ => None,
             },
             outcome: v.outcome,
@@ -286,47 +319,47 @@ pub fn explain(cfg: &Config, req: &DryRun) -> Result<Explanation, String> {
                 .map(ToString::to_string)
                 .collect(),
         })
-        .collect::<Vec<_>>();
-    let matching: Vec<&str> = policies
+        .collect()
+}
+
+/// The refusal for a policy denial of `who` (the subject, or the actor).
+fn refusal(
+    denial: Denial,
+    reports: &[PolicyReport],
+    who: &Subject<'_>,
+    role: &str,
+    audience: &str,
+) -> Verdict {
+    let matching: Vec<&str> = reports
         .iter()
         .filter(|p| p.mismatch.is_none())
         .map(|p| p.name.as_str())
         .collect();
-    let verdict = match set.decide(&subject, &req.audience, &req.scopes) {
-        Ok(p) => {
-            let max_ttl = p
-                .max_ttl()
-                .unwrap_or(cfg.tokens.max_ttl)
-                .min(cfg.tokens.max_ttl);
-            Verdict::Granted {
-                policy: p.name().to_string(),
-                owner: p.owner().map(str::to_string),
-                max_ttl,
-                default_ttl: cfg.tokens.default_ttl.min(max_ttl),
-                conditions: conditions(p, req),
-            }
-        }
-        Err(Denial::NoMatchingPolicy) => Verdict::Refused {
+    match denial {
+        Denial::NoMatchingPolicy => Verdict::Refused {
             error: "invalid_request",
-            reason: "no_matching_policy",
+            reason: if role == "actor" {
+                "actor_no_policy"
+            } else {
+                "no_matching_policy"
+            },
             message: format!(
-                "no policy matches issuer `{}` subject `{}`",
-                req.issuer, req.subject
+                "no policy matches {role} issuer `{}` subject `{}`",
+                who.issuer, who.subject
             ),
         },
-        Err(Denial::AudienceNotAllowed) => Verdict::Refused {
+        Denial::AudienceNotAllowed => Verdict::Refused {
             error: "invalid_target",
             reason: "target_not_allowed",
             message: format!(
-                "polic{} {} match the subject but none allows audience `{}`",
+                "polic{} {} match the {role} but none allows audience `{audience}`",
                 if matching.len() == 1 { "y" } else { "ies" },
                 quoted(&matching),
-                req.audience
             ),
         },
-        Err(Denial::ScopeNotAllowed { refused }) => {
+        Denial::ScopeNotAllowed { refused } => {
             let refused_list: Vec<String> = refused.iter().map(ToString::to_string).collect();
-            let closest = policies
+            let closest = reports
                 .iter()
                 .find(|p| {
                     p.mismatch.is_none() && p.audience_allowed && p.refused_scopes == refused_list
@@ -337,13 +370,129 @@ pub fn explain(cfg: &Config, req: &DryRun) -> Result<Explanation, String> {
                 error: "invalid_scope",
                 reason: "scope_not_allowed",
                 message: format!(
-                    "no policy matching the subject and allowing audience `{}` allows every scope; the closest{closest} refuses: {}",
-                    req.audience, refused
+                    "no policy matching the {role} and allowing audience `{audience}` allows every scope; the closest{closest} refuses: {refused}"
                 ),
             }
         }
+    }
+}
+
+/// The delegation checks of the broker, in its order; `None` when they pass.
+fn delegation_refusal(
+    req: &DryRun,
+    actor: &ActorRun,
+    actor_policy: &CompiledPolicy,
+) -> Option<Verdict> {
+    let refuse = |reason: &'static str, message: String| {
+        Some(Verdict::Refused {
+            error: "invalid_request",
+            reason,
+            message,
+        })
     };
-    Ok(Explanation { policies, verdict })
+    if let Some(ma) = req.claims.as_ref().and_then(|c| c.get("may_act")) {
+        let Some(o) = ma.as_object() else {
+            return refuse(
+                "may_act_malformed",
+                "the subject's may_act claim is not an object".into(),
+            );
+        };
+        let sub_ok = o.get("sub").and_then(Value::as_str) == Some(actor.subject.as_str());
+        let iss_ok = match o.get("iss") {
+            None => true,
+            Some(v) => v.as_str().is_some() && v.as_str() == actor.iss.as_deref(),
+        };
+        if !(sub_ok && iss_ok) {
+            return refuse(
+                "actor_not_in_may_act",
+                format!(
+                    "the subject's may_act claim ({ma}) does not name actor `{}`",
+                    actor.subject
+                ),
+            );
+        }
+    }
+    if !actor_policy.may_act_for().contains(&req.issuer) {
+        return refuse(
+            "may_act_for_missing",
+            format!(
+                "the actor's policy {:?} does not list the subject's issuer `{}` in may_act_for",
+                actor_policy.name(),
+                req.issuer
+            ),
+        );
+    }
+    None
+}
+
+/// Dry-runs `req` against the config's policies.
+pub fn explain(cfg: &Config, req: &DryRun) -> Result<Explanation, String> {
+    let set = PolicySet::compile(cfg.policies.clone()).map_err(|e| e.to_string())?;
+    let subject = Subject {
+        issuer: &req.issuer,
+        subject: &req.subject,
+        claims: req.claims.as_ref(),
+    };
+    let actor_subject = req.actor.as_ref().map(|a| Subject {
+        issuer: &a.issuer,
+        subject: &a.subject,
+        claims: a.claims.as_ref(),
+    });
+    let policies = reports(&set, &subject, req);
+    let actor_policies = actor_subject
+        .as_ref()
+        .map(|a| reports(&set, a, req))
+        .unwrap_or_default();
+    let cap = cfg.tokens.max_ttl;
+    let verdict = match set.decide(&subject, &req.audience, &req.scopes) {
+        Err(d) => refusal(d, &policies, &subject, "subject", &req.audience),
+        Ok(p) => {
+            let delegated = match (&req.actor, &actor_subject) {
+                (Some(actor), Some(asubj)) => {
+                    if actor.subject == req.subject {
+                        Err(Verdict::Refused {
+                            error: "invalid_request",
+                            reason: "actor_is_subject",
+                            message: "the actor is the subject".into(),
+                        })
+                    } else {
+                        match set.decide(asubj, &req.audience, &req.scopes) {
+                            Err(d) => {
+                                Err(refusal(d, &actor_policies, asubj, "actor", &req.audience))
+                            }
+                            Ok(pa) => match delegation_refusal(req, actor, pa) {
+                                Some(v) => Err(v),
+                                None => Ok(Some(pa)),
+                            },
+                        }
+                    }
+                }
+                _ => Ok(None),
+            };
+            match delegated {
+                Err(v) => v,
+                Ok(pa) => {
+                    let max_ttl = [p.max_ttl(), pa.and_then(CompiledPolicy::max_ttl)]
+                        .into_iter()
+                        .flatten()
+                        .fold(cap, Duration::min);
+                    Verdict::Granted {
+                        policy: p.name().to_string(),
+                        actor_policy: pa.map(|a| a.name().to_string()),
+                        owner: p.owner().map(str::to_string),
+                        max_ttl,
+                        default_ttl: cfg.tokens.default_ttl.min(max_ttl),
+                        conditions: conditions(p, pa, req),
+                    }
+                }
+            }
+        }
+    };
+    Ok(Explanation {
+        policies,
+        actor_policies,
+        verdict,
+    })
 }
 
 /// `"a", "b"`.
@@ -356,7 +505,7 @@ fn quoted(names: &[&str]) -> String {
 }
 
 /// One line about one policy.
-fn describe(p: &PolicyReport, explanation: &Explanation) -> String {
+fn describe(p: &PolicyReport, all: &[PolicyReport]) -> String {
     if let Some((_, why)) = &p.mismatch {
         return format!("no match: {why}");
     }
@@ -373,8 +522,7 @@ fn describe(p: &PolicyReport, explanation: &Explanation) -> String {
     let tail = match (&p.outcome, p.selected) {
         (VerdictOutcome::Granted, true) => " => grants (selected)".to_string(),
         (VerdictOutcome::Granted, false) => {
-            let first = explanation
-                .policies
+            let first = all
                 .iter()
                 .find(|q| q.selected)
                 .map(|q| q.name.as_str())
@@ -387,9 +535,8 @@ fn describe(p: &PolicyReport, explanation: &Explanation) -> String {
 }
 
 /// The structured explanation (`--json`).
-pub fn to_json(req: &DryRun, e: &Explanation) -> Value {
-    let policies: Vec<Value> = e
-        .policies
+fn reports_json(reports: &[PolicyReport]) -> Vec<Value> {
+    reports
         .iter()
         .map(|p| {
             json!({
@@ -408,17 +555,29 @@ pub fn to_json(req: &DryRun, e: &Explanation) -> Value {
                 "refused_scopes": p.refused_scopes,
             })
         })
-        .collect();
+        .collect()
+}
+
+/// The structured explanation (`--json`).
+pub fn to_json(req: &DryRun, e: &Explanation) -> Value {
+    let policies = reports_json(&e.policies);
+    let actor_policies = reports_json(&e.actor_policies);
+    let actor = req
+        .actor
+        .as_ref()
+        .map(|a| json!({"issuer": a.issuer, "subject": a.subject, "claims": a.claims}));
     let request = json!({
         "issuer": req.issuer,
         "subject": req.subject,
         "claims": req.claims,
         "audience": req.audience,
         "scopes": req.scopes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "actor": actor,
     });
     match &e.verdict {
         Verdict::Granted {
             policy,
+            actor_policy,
             owner,
             max_ttl,
             default_ttl,
@@ -427,6 +586,7 @@ pub fn to_json(req: &DryRun, e: &Explanation) -> Value {
             "request": request,
             "granted": true,
             "policy": policy,
+            "actor_policy": actor_policy,
             "owner": owner,
             "max_ttl": max_ttl.as_secs(),
             "default_ttl": default_ttl.as_secs(),
@@ -435,6 +595,7 @@ pub fn to_json(req: &DryRun, e: &Explanation) -> Value {
             "reason": null,
             "message": null,
             "policies": policies,
+            "actor_policies": actor_policies,
         }),
         Verdict::Refused {
             error,
@@ -444,11 +605,13 @@ pub fn to_json(req: &DryRun, e: &Explanation) -> Value {
             "request": request,
             "granted": false,
             "policy": null,
+            "actor_policy": null,
             "error": error,
             "reason": reason,
             "message": message,
             "conditions": [],
             "policies": policies,
+            "actor_policies": actor_policies,
         }),
     }
 }
@@ -467,19 +630,38 @@ pub fn to_text(req: &DryRun, e: &Explanation) -> String {
             "  policies[{}] {:?}: {}\n",
             p.index,
             p.name,
-            describe(p, e)
+            describe(p, &e.policies)
         ));
+    }
+    if let Some(a) = &req.actor {
+        out.push_str(&format!(
+            "actor: issuer {}, subject {}\n",
+            a.issuer, a.subject
+        ));
+        for p in &e.actor_policies {
+            out.push_str(&format!(
+                "  policies[{}] {:?}: {}\n",
+                p.index,
+                p.name,
+                describe(p, &e.actor_policies)
+            ));
+        }
     }
     match &e.verdict {
         Verdict::Granted {
             policy,
+            actor_policy,
             owner,
             max_ttl,
             default_ttl,
             conditions,
         } => {
             out.push_str(&format!(
-                "GRANTED by policy {policy:?} (owner {}, max_ttl {}, default lifetime {})\n",
+                "GRANTED by policy {policy:?}{} (owner {}, max_ttl {}, default lifetime {})\n",
+                actor_policy
+                    .as_ref()
+                    .map(|a| format!(", actor policy {a:?}"))
+                    .unwrap_or_default(),
                 owner.as_deref().unwrap_or("none"),
                 fmt_duration(*max_ttl),
                 fmt_duration(*default_ttl)
@@ -543,20 +725,24 @@ pub fn policy_explain(args: &ExplainArgs, as_json: bool) -> i32 {
     }
 }
 
+/// Checks that `name` is `mtls` or a configured issuer name.
+fn known_issuer(cfg: &Config, flag: &str, name: &str) -> Result<(), String> {
+    if name == MTLS_ISSUER || cfg.issuers.iter().any(|i| i.name == name) {
+        return Ok(());
+    }
+    let names: Vec<&str> = std::iter::once(MTLS_ISSUER)
+        .chain(cfg.issuers.iter().map(|i| i.name.as_str()))
+        .collect();
+    Err(format!(
+        "{flag} `{name}` is neither `mtls` nor an [[issuers]] name in {} (one of: {})",
+        cfg.source.display(),
+        names.join(", ")
+    ))
+}
+
 /// Checks the command line against the config and builds the request.
 fn dry_run(cfg: &Config, args: &ExplainArgs) -> Result<DryRun, String> {
-    let known = args.issuer == MTLS_ISSUER || cfg.issuers.iter().any(|i| i.name == args.issuer);
-    if !known {
-        let names: Vec<&str> = std::iter::once(MTLS_ISSUER)
-            .chain(cfg.issuers.iter().map(|i| i.name.as_str()))
-            .collect();
-        return Err(format!(
-            "--issuer `{}` is neither `mtls` nor an [[issuers]] name in {} (one of: {})",
-            args.issuer,
-            cfg.source.display(),
-            names.join(", ")
-        ));
-    }
+    known_issuer(cfg, "--issuer", &args.issuer)?;
     if args.subject.is_empty() {
         return Err("--subject must not be empty".into());
     }
@@ -572,12 +758,49 @@ fn dry_run(cfg: &Config, args: &ExplainArgs) -> Result<DryRun, String> {
         Some(parse_claims(&args.claims)?)
     };
     let scopes = ScopeSet::parse(&args.scope).map_err(|e| format!("--scope: {e}"))?;
+    let actor = match (&args.actor_issuer, &args.actor) {
+        (None, None) if args.actor_claims.is_empty() => None,
+        (Some(issuer), Some(subject)) => {
+            known_issuer(cfg, "--actor-issuer", issuer)?;
+            if subject.is_empty() {
+                return Err("--actor must not be empty".into());
+            }
+            let (claims, iss) = if issuer == MTLS_ISSUER {
+                if !args.actor_claims.is_empty() {
+                    return Err(
+                        "--actor-claim goes with an OIDC --actor-issuer: an mTLS actor has no claims"
+                            .into(),
+                    );
+                }
+                (None, None)
+            } else {
+                let iss = cfg
+                    .issuers
+                    .iter()
+                    .find(|i| i.name == *issuer)
+                    .map(|i| i.issuer.clone());
+                (Some(parse_claims(&args.actor_claims)?), iss)
+            };
+            Some(ActorRun {
+                issuer: issuer.clone(),
+                subject: subject.clone(),
+                claims,
+                iss,
+            })
+        }
+        _ => {
+            return Err(
+                "--actor-issuer and --actor go together (and --actor-claim with them)".into(),
+            )
+        }
+    };
     Ok(DryRun {
         issuer: args.issuer.clone(),
         subject: args.subject.clone(),
         claims,
         audience: args.audience.clone(),
         scopes,
+        actor,
     })
 }
 
@@ -610,6 +833,22 @@ match = { issuer = "mtls", subject = "spiffe://x/agent/*" }
 audiences = ["https://api"]
 scopes = ["read"]
 require_binding = true
+
+[[policies]]
+name = "delegate"
+owner = "dan"
+match = { issuer = "mtls", subject = "spiffe://x/delegate/*" }
+audiences = ["https://deploy"]
+scopes = ["deploy:read"]
+may_act_for = ["k8s"]
+max_ttl = "2m"
+
+[[policies]]
+name = "no-delegation"
+owner = "erin"
+match = { issuer = "mtls", subject = "spiffe://x/nodelegate/*" }
+audiences = ["https://deploy"]
+scopes = ["deploy:read"]
 "#;
 
     fn cfg() -> Config {
@@ -624,6 +863,9 @@ require_binding = true
             claims: claims.iter().map(|s| s.to_string()).collect(),
             audience: aud.into(),
             scope: scope.into(),
+            actor_issuer: None,
+            actor: None,
+            actor_claims: vec![],
         };
         let c = cfg();
         explain(&c, &dry_run(&c, &args).unwrap()).unwrap()
@@ -759,13 +1001,110 @@ require_binding = true
             claims: vec![],
             audience: "a".into(),
             scope: "read".into(),
+            actor_issuer: None,
+            actor: None,
+            actor_claims: vec![],
         };
         assert!(dry_run(&c, &args).unwrap_err().contains("k8s"));
+        args.issuer = "k8s".into();
+        args.actor = Some("a".into());
+        assert!(dry_run(&c, &args).unwrap_err().contains("go together"));
+        args.actor_issuer = Some("mtls".into());
+        args.actor_claims = vec!["a=b".into()];
+        assert!(dry_run(&c, &args).is_err());
+        args.actor_claims = vec![];
+        args.actor_issuer = Some("nope".into());
+        assert!(dry_run(&c, &args).unwrap_err().contains("--actor-issuer"));
+        args.actor_issuer = None;
+        args.actor = None;
         args.issuer = "mtls".into();
         args.claims = vec!["a=b".into()];
         assert!(dry_run(&c, &args).is_err());
         args.claims = vec![];
         args.scope = "bad\"scope".into();
         assert!(dry_run(&c, &args).is_err());
+    }
+
+    fn delegated(claims: &[&str], actor: &str) -> (DryRun, Explanation) {
+        let args = ExplainArgs {
+            config: "t.toml".into(),
+            issuer: "k8s".into(),
+            subject: "system:serviceaccount:ci:deployer".into(),
+            claims: claims.iter().map(|s| s.to_string()).collect(),
+            audience: "https://deploy".into(),
+            scope: "deploy:read".into(),
+            actor_issuer: Some("mtls".into()),
+            actor: Some(actor.into()),
+            actor_claims: vec![],
+        };
+        let c = cfg();
+        let req = dry_run(&c, &args).unwrap();
+        let e = explain(&c, &req).unwrap();
+        (req, e)
+    }
+
+    fn refused_reason((_, e): &(DryRun, Explanation)) -> &'static str {
+        match &e.verdict {
+            Verdict::Refused { reason, .. } => reason,
+            Verdict::Granted { .. } => "granted",
+        }
+    }
+
+    #[test]
+    fn delegation_follows_the_broker() {
+        let ns = "kubernetes.io/namespace=ci";
+        let (req, e) = delegated(&[ns], "spiffe://x/delegate/bot");
+        let Verdict::Granted {
+            policy,
+            actor_policy,
+            max_ttl,
+            conditions,
+            ..
+        } = &e.verdict
+        else {
+            panic!("{:?}", e.verdict)
+        };
+        assert_eq!(
+            (policy.as_str(), actor_policy.as_deref()),
+            ("ci", Some("delegate"))
+        );
+        // the actor's policy caps the lifetime too
+        assert_eq!(max_ttl.as_secs(), 120);
+        assert!(conditions.is_empty());
+        assert!(e.actor_policies[2].selected);
+        let text = to_text(&req, &e);
+        assert!(text.contains("actor policy \"delegate\""), "{text}");
+
+        // no actor policy / audience / may_act_for / may_act / actor is subject
+        assert_eq!(
+            refused_reason(&delegated(&[ns], "spiffe://x/other/a")),
+            "actor_no_policy"
+        );
+        assert_eq!(
+            refused_reason(&delegated(&[ns], "spiffe://x/agent/a")),
+            "target_not_allowed"
+        );
+        assert_eq!(
+            refused_reason(&delegated(&[ns], "spiffe://x/nodelegate/a")),
+            "may_act_for_missing"
+        );
+        assert_eq!(
+            refused_reason(&delegated(
+                &[ns, "may_act/sub=spiffe://x/delegate/other"],
+                "spiffe://x/delegate/bot"
+            )),
+            "actor_not_in_may_act"
+        );
+        assert_eq!(
+            refused_reason(&delegated(
+                &[ns, "may_act/sub=spiffe://x/delegate/bot"],
+                "spiffe://x/delegate/bot"
+            )),
+            "granted"
+        );
+        assert_eq!(
+            refused_reason(&delegated(&[ns], "system:serviceaccount:ci:deployer")),
+            "actor_is_subject"
+        );
     }
 }
