@@ -580,3 +580,54 @@ fn policy_explain_delegation() {
     );
     assert_eq!(code, 2);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `serve` logs each warning once at start-up, one line each.
+#[test]
+fn serve_logs_each_warning_once() {
+    let server = format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\nops_listen = \"127.0.0.1:{}\"\n",
+        free_port(),
+        free_port()
+    );
+    let d = dir_with(&[("risky.toml", &format!("{server}{RISKY}"))]);
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", "risky.toml"])
+        .current_dir(d.path())
+        .stdout(std::fs::File::create(d.path().join("audit.out")).unwrap())
+        .stderr(std::fs::File::create(d.path().join("serve.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut logs = String::new();
+    while std::time::Instant::now() < deadline {
+        logs = std::fs::read_to_string(d.path().join("serve.log")).unwrap();
+        if logs.contains("tessera serving") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(logs.contains("tessera serving"), "{logs}");
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("config warning:"))
+        .collect();
+    assert_eq!(lines.len(), 7, "{logs}");
+    assert!(lines.iter().all(|l| l.contains("WARN")), "{logs}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("key=policies[0].match.claims")
+                && l.contains("kind=\"shared_issuer_without_claims\"")),
+        "{logs}"
+    );
+}
