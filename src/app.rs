@@ -55,6 +55,17 @@ pub type AppState = Arc<App>;
 impl App {
     /// Loads keys, opens the store and builds the pipeline.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<App, String> {
+        // Trust that is valid but too wide: one line each, as `config check` says.
+        for w in config.warnings() {
+            tracing::warn!(
+                file = %w.file,
+                key = %w.key(),
+                policy = w.policy.as_deref().unwrap_or("-"),
+                kind = w.kind.as_str(),
+                "config warning: {}",
+                w.message
+            );
+        }
         let keyring = Arc::new(
             KeyRing::load_dir(&config.tokens.signing_keys, config.tokens.algorithm)
                 .map_err(|e| format!("tokens.signing_keys: {e}"))?,

@@ -67,6 +67,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
     /// Signing keys.
     Keys {
         #[command(subcommand)]
@@ -199,11 +204,52 @@ enum GrantCmd {
 
 #[derive(Subcommand)]
 enum ConfigCmd {
-    /// Validate a config file without serving (exit 1 naming file, key and reason).
+    /// Validate a config file without serving (exit 1 naming file, key and
+    /// reason); warn (stderr) about trust that is valid but too wide.
     Check {
         /// Config file.
         #[arg(long, default_value = "config/tessera.toml", env = "TESSERA_CONFIG")]
         config: PathBuf,
+        /// Exit 1 when there is any warning (for CI).
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Dry-run a request against the config's policies, offline: which
+    /// policy would grant, or why it would be refused (exit 0 granted, 1 refused).
+    Explain {
+        /// Config file.
+        #[arg(long, default_value = "config/tessera.toml", env = "TESSERA_CONFIG")]
+        config: PathBuf,
+        /// An [[issuers]] name, or `mtls` for a client certificate.
+        #[arg(long)]
+        issuer: String,
+        /// The subject: `sub` of the token, or the certificate's SPIFFE ID / DNS name.
+        #[arg(long)]
+        subject: String,
+        /// A token claim, `path=value` (repeatable); `/` steps into objects
+        /// (`kubernetes.io/namespace=ci`), values are strings, a path given
+        /// twice makes an array.
+        #[arg(long = "claim", value_name = "PATH=VALUE")]
+        claims: Vec<String>,
+        /// The audience (one).
+        #[arg(long)]
+        audience: String,
+        /// Space-separated scopes.
+        #[arg(long)]
+        scope: String,
+        /// Delegation: the actor's [[issuers]] name, or `mtls`.
+        #[arg(long, requires = "actor")]
+        actor_issuer: Option<String>,
+        /// Delegation: the actor's subject.
+        #[arg(long, requires = "actor_issuer")]
+        actor: Option<String>,
+        /// A claim of the actor's token, like --claim (repeatable).
+        #[arg(long = "actor-claim", value_name = "PATH=VALUE", requires = "actor")]
+        actor_claims: Vec<String>,
     },
 }
 
@@ -245,8 +291,39 @@ fn main() -> ExitCode {
     let code = match cli.cmd {
         Cmd::Serve { config } => serve(config),
         Cmd::Config {
-            cmd: ConfigCmd::Check { config },
-        } => tessera::cli::config_check(&config, cli.json),
+            cmd:
+                ConfigCmd::Check {
+                    config,
+                    deny_warnings,
+                },
+        } => tessera::cli::config_check(&config, cli.json, deny_warnings),
+        Cmd::Policy {
+            cmd:
+                PolicyCmd::Explain {
+                    config,
+                    issuer,
+                    subject,
+                    claims,
+                    audience,
+                    scope,
+                    actor_issuer,
+                    actor,
+                    actor_claims,
+                },
+        } => {
+            let args = tessera::cli::explain::ExplainArgs {
+                config,
+                issuer,
+                subject,
+                claims,
+                audience,
+                scope,
+                actor_issuer,
+                actor,
+                actor_claims,
+            };
+            tessera::cli::explain::policy_explain(&args, cli.json)
+        }
         Cmd::Keys {
             cmd: KeysCmd::Generate { algorithm, dir },
         } => tessera::cli::keys_generate(&algorithm, &dir, cli.json),

@@ -1,10 +1,11 @@
 //! Operator verbs that work offline: `config check`, `keys generate`,
-//! `keys list`, `token decode` (and, in [`admin`], the verbs that talk to a
+//! `keys list`, `token decode`, `policy explain` (in [`explain`]) (and, in [`admin`], the verbs that talk to a
 //! running broker). Each returns the process exit code
 //! (0 success, 1 refused or failed, 2 bad usage) and prints errors to stderr.
 
 pub mod admin;
 pub mod audit;
+pub mod explain;
 
 use std::io::Read;
 use std::path::Path;
@@ -16,8 +17,13 @@ use crate::config::Config;
 use crate::mint::keyring::{generate_key_file, KeyRing};
 use crate::mint::SigningAlgorithm;
 
-/// `tessera config check [--config PATH]`.
-pub fn config_check(path: &Path, as_json: bool) -> i32 {
+/// `tessera config check [--config PATH] [--deny-warnings]`: errors exit 1;
+/// warnings (trust that is valid but too wide, see [`crate::config::lint`])
+/// go to stderr, one `warning: FILE: KEY: REASON` line each, and exit 0
+/// unless `deny_warnings`. With `--json`, stdout carries one object
+/// (`ok`, `warnings`: `[{policy, field, kind, message}]`) and stderr only
+/// the reason of a failure.
+pub fn config_check(path: &Path, as_json: bool, deny_warnings: bool) -> i32 {
     let cfg = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -40,24 +46,50 @@ pub fn config_check(path: &Path, as_json: bool) -> i32 {
     if cfg.dev_generate_missing {
         notes.push("[dev] generate_missing = true: development only, never in production".into());
     }
+    let warnings = cfg.warnings();
+    let failed = deny_warnings && !warnings.is_empty();
     if as_json {
+        let ws: Vec<_> = warnings
+            .iter()
+            .map(|w| {
+                json!({"policy": w.policy, "field": w.key(), "kind": w.kind.as_str(),
+                       "message": w.message})
+            })
+            .collect();
         println!(
             "{}",
-            json!({"ok": true, "file": path.display().to_string(), "issuers": cfg.issuers.len(),
-                   "policies": cfg.policies.len(), "store": cfg.store.url, "notes": notes})
+            json!({"ok": !failed, "file": path.display().to_string(), "issuers": cfg.issuers.len(),
+                   "policies": cfg.policies.len(), "store": cfg.store.url, "notes": notes,
+                   "warnings": ws})
         );
     } else {
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
         println!(
-            "{}: OK ({} issuer(s), {} polic{}, store {})",
+            "{}: OK ({} issuer(s), {} polic{}, store {}){}",
             path.display(),
             cfg.issuers.len(),
             cfg.policies.len(),
             if cfg.policies.len() == 1 { "y" } else { "ies" },
-            cfg.store.url
+            cfg.store.url,
+            match warnings.len() {
+                0 => String::new(),
+                1 => ", 1 warning".to_string(),
+                n => format!(", {n} warnings"),
+            }
         );
         for n in notes {
             println!("note: {n}");
         }
+    }
+    if failed {
+        eprintln!(
+            "error: {}: {} warning(s) and --deny-warnings",
+            path.display(),
+            warnings.len()
+        );
+        return 1;
     }
     0
 }

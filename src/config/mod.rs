@@ -13,6 +13,7 @@
 //! ```
 
 pub mod duration;
+pub mod lint;
 pub mod raw;
 
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::parse_duration;
+pub use lint::{ConfigWarning, WarningKind};
 pub use raw::RawConfig;
 
 use crate::jose::alg::Algorithm;

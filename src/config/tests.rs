@@ -225,3 +225,164 @@ fn missing_files_are_named() {
     assert_eq!(e.key, "server.tls_cert");
     assert!(e.reason.contains("/definitely/not/here.pem"));
 }
+
+/// The warnings of a config text: `(key, kind)`.
+fn warnings_of(text: &str) -> Vec<(String, &'static str)> {
+    Config::from_toml_str("w.toml", text)
+        .unwrap()
+        .warnings()
+        .iter()
+        .map(|w| (w.key(), w.kind.as_str()))
+        .collect()
+}
+
+const GH: &str = "[[issuers]]\nname = \"gh\"\nissuer = \"https://token.actions.githubusercontent.com\"\naudiences = [\"tessera\"]\n";
+const K8S: &str =
+    "[[issuers]]\nname = \"k8s\"\nissuer = \"https://k8s.example\"\naudiences = [\"tessera\"]\n";
+
+fn policy(matcher: &str, extra: &str) -> String {
+    format!("[[policies]]\nname = \"p\"\nowner = \"alice\"\nmatch = {matcher}\naudiences = [\"https://api\"]\nscopes = [\"read\"]\n{extra}")
+}
+
+#[test]
+fn shipped_and_example_configs_have_no_warnings() {
+    let c = Config::from_toml_str("tessera.toml", SHIPPED).unwrap();
+    assert_eq!(c.warnings(), vec![]);
+    let c = Config::from_toml_str("tessera.example.toml", EXAMPLE).unwrap();
+    assert_eq!(c.warnings(), vec![]);
+}
+
+#[test]
+fn warns_shared_issuer_without_claims() {
+    let text = format!(
+        "{GH}{}",
+        policy("{ issuer = \"gh\", subject = \"repo:org/app:*\" }", "")
+    );
+    assert_eq!(
+        warnings_of(&text),
+        vec![(
+            "policies[0].match.claims".to_string(),
+            "shared_issuer_without_claims"
+        )]
+    );
+    let w = &Config::from_toml_str("config/x.toml", &text)
+        .unwrap()
+        .warnings()[0];
+    assert_eq!(
+        w.to_string(),
+        "config/x.toml: policies[0] \"p\".match.claims: issuer `gh` (https://token.actions.githubusercontent.com) is shared by every GitHub Actions workflow of every repository; add a claim condition such as repository_owner"
+    );
+    // negative: a claim condition pins the tenant; a private issuer is fine
+    let text = format!(
+        "{GH}{}",
+        policy(
+            "{ issuer = \"gh\", subject = \"repo:org/app:*\", claims = { repository_owner = \"org\" } }",
+            ""
+        )
+    );
+    assert_eq!(warnings_of(&text), vec![]);
+    let text = format!(
+        "{K8S}{}",
+        policy(
+            "{ issuer = \"k8s\", subject = \"system:serviceaccount:ci:*\" }",
+            ""
+        )
+    );
+    assert_eq!(warnings_of(&text), vec![]);
+}
+
+#[test]
+fn shared_issuer_rule_is_by_url() {
+    use super::lint::shared_issuer;
+    assert!(shared_issuer("https://token.actions.githubusercontent.com").is_some());
+    assert!(shared_issuer("https://token.actions.githubusercontent.com/").is_some());
+    assert!(shared_issuer("https://gitlab.com").is_some());
+    assert!(shared_issuer("https://accounts.google.com").is_some());
+    // an enterprise-specific GitHub issuer or a self-managed GitLab is not shared
+    assert!(shared_issuer("https://token.actions.githubusercontent.com/acme").is_none());
+    assert!(shared_issuer("https://gitlab.acme.example").is_none());
+}
+
+#[test]
+fn warns_any_subject() {
+    let text = policy("{ issuer = \"mtls\" }", "");
+    assert_eq!(
+        warnings_of(&text),
+        vec![("policies[0].match.subject".to_string(), "any_subject")]
+    );
+    let text = policy(
+        "{ issuer = \"mtls\", subject = \"spiffe://x/agent/*\" }",
+        "",
+    );
+    assert_eq!(warnings_of(&text), vec![]);
+}
+
+#[test]
+fn warns_double_star_subject() {
+    let text = policy("{ issuer = \"mtls\", subject = \"spiffe://x/**\" }", "");
+    assert_eq!(
+        warnings_of(&text),
+        vec![(
+            "policies[0].match.subject".to_string(),
+            "subject_double_star"
+        )]
+    );
+    let w = Config::from_toml_str("w.toml", &text).unwrap().warnings();
+    assert!(w[0].message.contains("`spiffe://x/**`"), "{}", w[0].message);
+    let text = policy("{ issuer = \"mtls\", subject = \"spiffe://x/*\" }", "");
+    assert_eq!(warnings_of(&text), vec![]);
+}
+
+#[test]
+fn warns_wildcard_audience_and_scope() {
+    let text = "[[policies]]\nname = \"p\"\nowner = \"o\"\nmatch = { issuer = \"mtls\", subject = \"a\" }\naudiences = [\"https://api\", \"*\"]\nscopes = [\"read\", \"**\", \"deploy:*\"]\n";
+    assert_eq!(
+        warnings_of(text),
+        vec![
+            ("policies[0].audiences[1]".to_string(), "wildcard_audience"),
+            ("policies[0].scopes[1]".to_string(), "wildcard_scope"),
+        ]
+    );
+    let w = Config::from_toml_str("w.toml", text).unwrap().warnings();
+    assert!(w[0].message.starts_with("`*` allows"), "{}", w[0].message);
+    assert!(w[1].message.starts_with("`**` allows"), "{}", w[1].message);
+}
+
+#[test]
+fn warns_no_owner() {
+    let text = "[[policies]]\nname = \"p\"\nmatch = { issuer = \"mtls\", subject = \"a\" }\naudiences = [\"x\"]\nscopes = [\"s\"]\n";
+    assert_eq!(
+        warnings_of(text),
+        vec![("policies[0].owner".to_string(), "no_owner")]
+    );
+    assert_eq!(
+        warnings_of(&text.replace("name = \"p\"\n", "name = \"p\"\nowner = \"o\"\n")),
+        vec![]
+    );
+}
+
+#[test]
+fn warns_long_issuer_token_lifetime() {
+    let text = format!("{K8S}max_token_lifetime = \"48h\"\n");
+    assert_eq!(
+        warnings_of(&text),
+        vec![(
+            "issuers[0].max_token_lifetime".to_string(),
+            "long_issuer_token_lifetime"
+        )]
+    );
+    let w = Config::from_toml_str("w.toml", &text).unwrap().warnings();
+    assert_eq!(w[0].policy, None);
+    assert!(
+        w[0].to_string()
+            .starts_with("w.toml: issuers[0].max_token_lifetime: `2d`"),
+        "{}",
+        w[0]
+    );
+    // the default (24h) and shorter are fine
+    assert_eq!(warnings_of(K8S), vec![]);
+    assert_eq!(
+        warnings_of(&format!("{K8S}max_token_lifetime = \"1h\"\n")),
+        vec![]
+    );
+}

@@ -242,6 +242,23 @@ pub enum LintKind {
     NoOwner,
     /// The policy trusts a shared issuer without any claim condition.
     SharedIssuerWithoutClaims,
+    /// Neither a subject pattern nor a claim condition: every subject of the
+    /// issuer matches (for `mtls`: every certificate the client CA signed).
+    AnySubject,
+}
+
+impl LintKind {
+    /// Stable machine-readable name (`--json` output, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LintKind::SubjectDoubleStar => "subject_double_star",
+            LintKind::WildcardAudience => "wildcard_audience",
+            LintKind::WildcardScope => "wildcard_scope",
+            LintKind::NoOwner => "no_owner",
+            LintKind::SharedIssuerWithoutClaims => "shared_issuer_without_claims",
+            LintKind::AnySubject => "any_subject",
+        }
+    }
 }
 
 /// A risky but valid policy construct, reported by [`PolicySet::lint`].
@@ -266,6 +283,9 @@ impl fmt::Display for PolicyWarning {
             LintKind::NoOwner => "policy has no owner",
             LintKind::SharedIssuerWithoutClaims => {
                 "issuer is shared by many tenants but the policy has no claim condition"
+            }
+            LintKind::AnySubject => {
+                "no subject pattern and no claim condition: every subject of the issuer matches"
             }
         };
         write!(f, "policy {:?}: {}: {}", self.policy, self.field, what)
@@ -699,6 +719,9 @@ impl PolicySet {
             }
             if p.subject.as_ref().is_some_and(Pattern::has_double_star) {
                 warn("match.subject".to_owned(), LintKind::SubjectDoubleStar);
+            }
+            if p.subject.is_none() && p.claims.is_empty() {
+                warn("match.subject".to_owned(), LintKind::AnySubject);
             }
             if shared_issuers.contains(&p.issuer.as_str()) && p.claims.is_empty() {
                 warn(

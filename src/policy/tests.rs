@@ -522,7 +522,8 @@ fn lint_flags_risky_policies() {
     a.scopes = strings(&["read", "**"]);
     let mut b = spec("scoped", "github");
     b.match_claims = vec![("repository_owner".to_owned(), "org".to_owned())];
-    let c = spec("other", "internal");
+    let mut c = spec("other", "internal");
+    c.match_subject = Some("svc-*".to_owned());
     let set = PolicySet::compile(vec![a, b, c]).unwrap();
     let w = set.lint(&["github"]);
     let kinds: Vec<(&str, &str, LintKind)> = w
@@ -541,4 +542,42 @@ fn lint_flags_risky_policies() {
     );
     assert!(w[0].to_string().contains("wide"));
     assert!(set.lint(&[]).len() == 4);
+}
+
+#[test]
+fn lint_any_subject_only_without_subject_and_claims() {
+    // no subject pattern, no claim condition: every subject matches
+    let open = spec("open", "mtls");
+    // either narrowing is enough
+    let mut by_subject = spec("by-subject", "mtls");
+    by_subject.match_subject = Some("spiffe://example.org/agent/*".to_owned());
+    let mut by_claim = spec("by-claim", "k8s");
+    by_claim.match_claims = vec![("kubernetes.io/namespace".to_owned(), "ci".to_owned())];
+    let set = PolicySet::compile(vec![open, by_subject, by_claim]).unwrap();
+    let w = set.lint(&[]);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(
+        (w[0].policy.as_str(), w[0].field.as_str(), w[0].kind),
+        ("open", "match.subject", LintKind::AnySubject)
+    );
+    assert_eq!(w[0].kind.as_str(), "any_subject");
+    assert!(w[0].to_string().contains("every subject"));
+}
+
+#[test]
+fn lint_kind_names_are_stable() {
+    let all = [
+        (LintKind::SubjectDoubleStar, "subject_double_star"),
+        (LintKind::WildcardAudience, "wildcard_audience"),
+        (LintKind::WildcardScope, "wildcard_scope"),
+        (LintKind::NoOwner, "no_owner"),
+        (
+            LintKind::SharedIssuerWithoutClaims,
+            "shared_issuer_without_claims",
+        ),
+        (LintKind::AnySubject, "any_subject"),
+    ];
+    for (k, name) in all {
+        assert_eq!(k.as_str(), name);
+    }
 }
