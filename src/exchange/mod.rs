@@ -7,6 +7,7 @@
 
 pub mod approval;
 pub mod error;
+pub mod guard;
 
 use std::collections::HashMap;
 use std::sync::Arc;
