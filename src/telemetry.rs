@@ -29,6 +29,10 @@ pub struct Metrics {
     pub audit_records: IntCounterVec,
     /// `tessera_audit_failures_total`: records that could not be written.
     pub audit_failures: IntCounter,
+    /// `tessera_guard_actions_total{action, trigger}`: what the anomaly
+    /// guard did (`slow_down`, `approval`, `revoke`) and why (`rate`,
+    /// `rate_learned`, `new_audience`, `refusal_streak`).
+    pub guard_actions: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -83,6 +87,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "tessera_audit_failures_total",
         "Audit records that could not be written (the decision failed closed)",
     )?;
+    let guard_actions = IntCounterVec::new(
+        Opts::new(
+            "tessera_guard_actions_total",
+            "Actions of the anomaly guard, by action and trigger",
+        ),
+        &["action", "trigger"],
+    )?;
+    registry.register(Box::new(guard_actions.clone()))?;
     registry.register(Box::new(audit_records.clone()))?;
     registry.register(Box::new(audit_failures.clone()))?;
     registry.register(Box::new(revocations.clone()))?;
@@ -102,6 +114,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         approvals,
         audit_records,
         audit_failures,
+        guard_actions,
     })
 }
 
