@@ -203,6 +203,38 @@ async fn new_audience_steps_up_to_approval_and_a_known_one_does_not() {
 }
 
 #[tokio::test]
+async fn rate_step_up_can_be_redeemed_after_the_window_moved() {
+    let (b, clock) = broker(
+        "window = \"10s\"\nmax_rate = 1\non_rate = \"approval\"",
+        "[approvals]\ninterval = \"0s\"",
+    )
+    .await;
+    assert_eq!(b.agent_token("tickets:read", None).await.0, 200);
+    let (_, v) = b.agent_token("tickets:read", None).await;
+    assert_eq!(v["error"], "authorization_pending", "{v}");
+    let id = v["approval_id"].as_str().unwrap().to_string();
+    let (s, v) = b
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/approvals/{id}/approve"),
+            Some(json!({"reason": "batch job, expected"})),
+        )
+        .await;
+    assert!(s.is_success(), "{v}");
+    // The rate no longer fires, yet the approved request is redeemed.
+    clock.advance(30);
+    let mut poll = agent_form(API, "tickets:read");
+    poll.push(("approval_id", &id));
+    let (s, _, v) = raw_token(&b, &b.agent_client(), &poll).await;
+    assert_eq!(s, 200, "{v}");
+    let recs = b.audit_records().await;
+    assert!(recs
+        .iter()
+        .any(|r| r["reason"] == "guard_rate" && r["error"] == "authorization_pending"));
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn refusal_streak_revokes_the_identity_and_blocks_it() {
     let (b, clock) = broker(
         "refusal_streak = 3\non_refusal_streak = \"revoke\"\nblock_for = \"1m\"",

@@ -336,6 +336,16 @@ impl Guard {
             .unwrap_or(self.cfg.actions)
     }
 
+    /// Whether the guard may step a request of this policy up to a human
+    /// approval (so a poll with `approval_id` is valid even once the
+    /// trigger no longer fires: the window moved on, the cooldown ended).
+    pub fn may_step_up(&self, policy: &str) -> bool {
+        let a = self.actions_for(policy);
+        a.on_rate == GuardAction::Approval
+            || a.on_new_audience == GuardAction::Approval
+            || (self.cfg.refusal_streak > 0 && self.cfg.on_refusal_streak == GuardAction::Approval)
+    }
+
     /// Identities tracked now.
     pub fn tracked(&self) -> usize {
         self.shards

@@ -356,11 +356,15 @@ impl Exchanger {
         } else {
             &both[..1]
         };
+        // A poll of a step-up approval stays one after the trigger stopped
+        // firing (the approval is bound to this exact request and requester,
+        // and a human approved it or not).
+        let keep_polling = can_ask && polling && g.may_step_up(policy);
         let Some(hit) = g.check(ids, audience, g.actions_for(policy), now) else {
-            return Ok(false);
+            return Ok(keep_polling);
         };
         if hit.action == A::Allow {
-            return Ok(false);
+            return Ok(keep_polling);
         }
         if hit.action == A::Revoke {
             self.guard_revoke(&hit, now, noted).await?;
