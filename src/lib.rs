@@ -20,7 +20,8 @@
 //! - `store`: revocation / replay / grant / audit-stream traits with the
 //!   in-memory and Redis backends.
 //! - `audit`: the hash-chained audit trail (one record per decision).
-//! - `exchange`: the pipeline; `oauth`, `routes`, `server`, `app`: the service.
+//! - `exchange`: the pipeline (and `exchange::guard`, the anomaly guard);
+//!   `oauth`, `routes`, `server`, `app`: the service.
 //! - `cli`: operator verbs; `pki`: development and test certificates.
 
 #![forbid(unsafe_code)]

@@ -44,6 +44,10 @@ pub struct Metrics {
     /// `tessera_peer_rate_limited_total`: connections closed and requests
     /// answered 429 by the pre-authentication limit.
     pub peer_rate_limited: IntCounter,
+    /// `tessera_guard_actions_total{action, trigger}`: what the anomaly
+    /// guard did (`slow_down`, `approval`, `revoke`) and why (`rate`,
+    /// `rate_learned`, `new_audience`, `refusal_streak`).
+    pub guard_actions: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -135,6 +139,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(store_errors.clone()))?;
     registry.register(Box::new(jwks_refreshes.clone()))?;
     registry.register(Box::new(approvals_pending.clone()))?;
+    let guard_actions = IntCounterVec::new(
+        Opts::new(
+            "tessera_guard_actions_total",
+            "Actions of the anomaly guard, by action and trigger",
+        ),
+        &["action", "trigger"],
+    )?;
+    registry.register(Box::new(guard_actions.clone()))?;
     registry.register(Box::new(audit_records.clone()))?;
     registry.register(Box::new(audit_failures.clone()))?;
     registry.register(Box::new(revocations.clone()))?;
@@ -159,6 +171,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         jwks_refreshes,
         approvals_pending,
         peer_rate_limited,
+        guard_actions,
     })
 }
 

@@ -24,6 +24,7 @@ pub use duration::parse_duration;
 pub use lint::{ConfigWarning, WarningKind};
 pub use raw::RawConfig;
 
+use crate::exchange::guard::{GuardAction, GuardConfig, Learned, PolicyActions};
 use crate::jose::alg::Algorithm;
 use crate::mint::SigningAlgorithm;
 use crate::policy::PolicySpec;
@@ -34,6 +35,12 @@ pub const MAX_TOKEN_TTL_CAP: Duration = Duration::from_secs(24 * 3600);
 pub const MTLS_ISSUER: &str = "mtls";
 /// Longest `[approvals] ttl`.
 pub const MAX_APPROVAL_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Longest `[guard] window`.
+pub const MAX_GUARD_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Most identities `[guard] max_identities` may track.
+pub const MAX_GUARD_IDENTITIES: u64 = 10_000_000;
+/// Most audiences `[guard] max_audiences` may remember per identity.
+pub const MAX_GUARD_AUDIENCES: u64 = 4096;
 /// Longest `[approvals] interval`.
 pub const MAX_APPROVAL_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -86,6 +93,8 @@ pub struct Config {
     pub issuers: Vec<IssuerConfig>,
     /// `[[policies]]`, in file order.
     pub policies: Vec<PolicySpec>,
+    /// `[guard]` with the policies' overrides.
+    pub guard: GuardConfig,
 }
 
 /// `[server]`, typed.
@@ -513,6 +522,41 @@ impl Config {
             });
         }
 
+        // [guard]
+        let g = &raw.guard;
+        let action = |key: &str, v: &str| -> Result<GuardAction, ConfigError> {
+            v.parse().map_err(|r| err(key, r))
+        };
+        let guard_window = dur("guard.window", &g.window)?;
+        if guard_window > MAX_GUARD_WINDOW {
+            return Err(err("guard.window", "must be at most 24h".into()));
+        }
+        if g.learn && (g.learn_multiplier < 2 || g.learn_warmup == 0 || g.learn_floor == 0) {
+            return Err(err(
+                "guard.learn_multiplier",
+                "with learn = true: learn_multiplier >= 2, learn_warmup >= 1 and learn_floor >= 1"
+                    .into(),
+            ));
+        }
+        if g.max_identities == 0 || g.max_identities > MAX_GUARD_IDENTITIES {
+            return Err(err(
+                "guard.max_identities",
+                format!("must be between 1 and {MAX_GUARD_IDENTITIES}"),
+            ));
+        }
+        if g.max_audiences == 0 || g.max_audiences > MAX_GUARD_AUDIENCES {
+            return Err(err(
+                "guard.max_audiences",
+                format!("must be between 1 and {MAX_GUARD_AUDIENCES}"),
+            ));
+        }
+        let on_refusal_streak = action("guard.on_refusal_streak", &g.on_refusal_streak)?;
+        let guard_defaults = PolicyActions {
+            on_rate: action("guard.on_rate", &g.on_rate)?,
+            on_new_audience: action("guard.on_new_audience", &g.on_new_audience)?,
+        };
+        let mut guard_policies = std::collections::HashMap::new();
+
         // [[policies]]
         let known_issuer = |n: &str| n == MTLS_ISSUER || issuers.iter().any(|x| x.name == n);
         let mut policies = Vec::new();
@@ -548,6 +592,20 @@ impl Config {
                 }
                 None => None,
             };
+            if let Some(pg) = &rp.guard {
+                let base = guard_defaults;
+                let pa = PolicyActions {
+                    on_rate: match &pg.on_rate {
+                        Some(v) => action(&k("guard.on_rate"), v)?,
+                        None => base.on_rate,
+                    },
+                    on_new_audience: match &pg.on_new_audience {
+                        Some(v) => action(&k("guard.on_new_audience"), v)?,
+                        None => base.on_new_audience,
+                    },
+                };
+                guard_policies.insert(rp.name.clone(), pa);
+            }
             policies.push(PolicySpec {
                 name: rp.name.clone(),
                 owner: rp.owner.clone(),
@@ -576,6 +634,25 @@ impl Config {
             key: "policies".into(),
             reason: e.to_string(),
         })?;
+
+        let guard = GuardConfig {
+            enabled: g.enabled,
+            window: guard_window.as_secs().max(1),
+            max_rate: g.max_rate,
+            learned: g.learn.then_some(Learned {
+                multiplier: g.learn_multiplier,
+                warmup: g.learn_warmup,
+                floor: g.learn_floor,
+            }),
+            actions: guard_defaults,
+            refusal_streak: g.refusal_streak,
+            on_refusal_streak,
+            cooldown: dur("guard.cooldown", &g.cooldown)?.as_secs().max(1),
+            block_for: dur("guard.block_for", &g.block_for)?.as_secs().max(1),
+            max_identities: g.max_identities as usize,
+            max_audiences: g.max_audiences as usize,
+            policies: guard_policies,
+        };
 
         // [approvals]
         let approvals_ttl = dur("approvals.ttl", &raw.approvals.ttl)?;
@@ -633,6 +710,7 @@ impl Config {
             audit,
             issuers,
             policies,
+            guard,
         })
     }
 

@@ -42,6 +42,9 @@ pub struct RawConfig {
     /// `[audit]`: where audit records go.
     #[serde(default)]
     pub audit: RawAudit,
+    /// `[guard]`: the anomaly guard (off by default).
+    #[serde(default)]
+    pub guard: RawGuard,
     /// `[[issuers]]`: trusted OIDC issuers.
     #[serde(default)]
     pub issuers: Vec<RawIssuer>,
@@ -209,6 +212,99 @@ impl Default for RawAudit {
     }
 }
 
+/// `[guard]`: the anomaly guard. Its state is per process (per replica).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuard {
+    /// Run the guard. Defaults to `false`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Length of the sliding window rates are measured over. Defaults to `1m`.
+    #[serde(default = "d_guard_window")]
+    pub window: String,
+    /// Most exchanges admitted per identity per `window`; `0` sets no
+    /// configured limit. Defaults to `0`.
+    #[serde(default)]
+    pub max_rate: u32,
+    /// Learn each identity's normal rate (an EWMA of its windows) and act
+    /// above `learn_multiplier` times it. Defaults to `false`.
+    #[serde(default)]
+    pub learn: bool,
+    /// Act above this many times the learned rate. Defaults to `10`.
+    #[serde(default = "d_guard_learn_multiplier")]
+    pub learn_multiplier: u32,
+    /// Windows observed before the learned rate is used. Defaults to `10`.
+    #[serde(default = "d_guard_learn_warmup")]
+    pub learn_warmup: u32,
+    /// Never act on the learned rate at or below this many exchanges per
+    /// window. Defaults to `20`.
+    #[serde(default = "d_guard_learn_floor")]
+    pub learn_floor: u32,
+    /// When a rate is exceeded: `allow`, `slow_down`, `approval` or
+    /// `revoke`. Defaults to `slow_down`.
+    #[serde(default = "d_guard_slow_down")]
+    pub on_rate: String,
+    /// When an identity uses an audience it was never issued a token for.
+    /// Defaults to `allow`.
+    #[serde(default = "d_guard_allow")]
+    pub on_new_audience: String,
+    /// Consecutive refusals after authentication that trip the streak
+    /// trigger; `0` turns it off. Defaults to `0`.
+    #[serde(default)]
+    pub refusal_streak: u32,
+    /// When a refusal streak trips. Defaults to `slow_down`.
+    #[serde(default = "d_guard_slow_down")]
+    pub on_refusal_streak: String,
+    /// How long a tripped streak keeps answering `slow_down` / `approval`.
+    /// Defaults to `5m`.
+    #[serde(default = "d_guard_cooldown")]
+    pub cooldown: String,
+    /// How long `revoke` blocks the identity. Defaults to `15m`.
+    #[serde(default = "d_guard_block_for")]
+    pub block_for: String,
+    /// Most identities tracked (idle ones are forgotten first). Defaults to `100000`.
+    #[serde(default = "d_guard_max_identities")]
+    pub max_identities: u64,
+    /// Most audiences remembered per identity. Defaults to `64`.
+    #[serde(default = "d_guard_max_audiences")]
+    pub max_audiences: u64,
+}
+
+impl Default for RawGuard {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            window: d_guard_window(),
+            max_rate: 0,
+            learn: false,
+            learn_multiplier: d_guard_learn_multiplier(),
+            learn_warmup: d_guard_learn_warmup(),
+            learn_floor: d_guard_learn_floor(),
+            on_rate: d_guard_slow_down(),
+            on_new_audience: d_guard_allow(),
+            refusal_streak: 0,
+            on_refusal_streak: d_guard_slow_down(),
+            cooldown: d_guard_cooldown(),
+            block_for: d_guard_block_for(),
+            max_identities: d_guard_max_identities(),
+            max_audiences: d_guard_max_audiences(),
+        }
+    }
+}
+
+/// `guard = { on_rate, on_new_audience }` of a policy: overrides of the
+/// `[guard]` actions for requests this policy would grant.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicyGuard {
+    /// Overrides `[guard] on_rate`. Defaults to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_rate: Option<String>,
+    /// Overrides `[guard] on_new_audience`. Defaults to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_new_audience: Option<String>,
+}
+
 /// `[approvals]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -368,6 +464,9 @@ pub struct RawPolicy {
     /// Refuse unbound (bearer) tokens for this policy. Defaults to `false`.
     #[serde(default)]
     pub require_binding: bool,
+    /// Anomaly guard actions for this policy. Defaults to the `[guard]` ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<RawPolicyGuard>,
 }
 
 /// `match = { issuer, subject, claims }` of a policy.
@@ -470,4 +569,34 @@ fn d_leeway() -> String {
 }
 fn d_max_depth() -> u32 {
     1
+}
+fn d_guard_window() -> String {
+    "1m".into()
+}
+fn d_guard_learn_multiplier() -> u32 {
+    10
+}
+fn d_guard_learn_warmup() -> u32 {
+    10
+}
+fn d_guard_learn_floor() -> u32 {
+    20
+}
+fn d_guard_slow_down() -> String {
+    "slow_down".into()
+}
+fn d_guard_allow() -> String {
+    "allow".into()
+}
+fn d_guard_cooldown() -> String {
+    "5m".into()
+}
+fn d_guard_block_for() -> String {
+    "15m".into()
+}
+fn d_guard_max_identities() -> u64 {
+    100_000
+}
+fn d_guard_max_audiences() -> u64 {
+    64
 }

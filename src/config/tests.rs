@@ -65,6 +65,13 @@ fn full_sample() -> RawConfig {
             stream_max_len: 100_000,
             timeout: "2s".into(),
         },
+        guard: RawGuard {
+            enabled: true,
+            max_rate: 120,
+            learn: true,
+            refusal_streak: 10,
+            ..RawGuard::default()
+        },
         issuers: vec![RawIssuer {
             name: "k8s".into(),
             issuer: "https://k8s".into(),
@@ -93,6 +100,10 @@ fn full_sample() -> RawConfig {
             max_depth: 1,
             require_authorization_details: false,
             require_binding: false,
+            guard: Some(RawPolicyGuard {
+                on_rate: Some("approval".into()),
+                on_new_audience: Some("approval".into()),
+            }),
         }],
     }
 }
@@ -385,4 +396,33 @@ fn warns_long_issuer_token_lifetime() {
         warnings_of(&format!("{K8S}max_token_lifetime = \"1h\"\n")),
         vec![]
     );
+}
+
+#[test]
+fn guard_is_off_by_default_and_checked() {
+    let c = Config::from_toml_str("t.toml", "").unwrap();
+    assert!(!c.guard.enabled);
+    assert!(crate::exchange::guard::Guard::new(&c.guard).is_none());
+    let c = Config::from_toml_str(
+        "t.toml",
+        "[guard]\nenabled = true\nmax_rate = 5\nwindow = \"10s\"\non_new_audience = \"approval\"\n\
+         [[policies]]\nname = \"p\"\nmatch = { issuer = \"mtls\" }\naudiences = [\"a\"]\nscopes = [\"s\"]\n\
+         guard = { on_rate = \"revoke\" }\n",
+    )
+    .unwrap();
+    use crate::exchange::guard::GuardAction as A;
+    assert_eq!(c.guard.window, 10);
+    assert_eq!(c.guard.actions.on_new_audience, A::Approval);
+    let p = c.guard.policies["p"];
+    assert_eq!((p.on_rate, p.on_new_audience), (A::Revoke, A::Approval));
+    let e = err_of("[guard]\non_rate = \"panic\"\n");
+    assert_eq!(e.key, "guard.on_rate");
+    let e = err_of("[guard]\nwindow = \"0s\"\n");
+    assert_eq!(e.key, "guard.window");
+    let e = err_of("[guard]\nmax_identities = 0\n");
+    assert_eq!(e.key, "guard.max_identities");
+    let e = err_of(
+        "[[policies]]\nname = \"p\"\nmatch = { issuer = \"mtls\" }\naudiences = [\"a\"]\nscopes = [\"s\"]\nguard = { on_new_audience = \"maybe\" }\n",
+    );
+    assert_eq!(e.key, "policies[0].guard.on_new_audience");
 }

@@ -87,6 +87,20 @@ pub enum ExchangeError {
     /// Signing failed: fail closed.
     #[error("signing failed: {0}")]
     Signing(String),
+    /// The anomaly guard acted on this request (`slow_down`: 429 with
+    /// `Retry-After`; `revoke`: the identity's tokens were revoked and it is
+    /// blocked; `approval` where no human approval can be asked for).
+    #[error("anomaly guard: {} for {identity}: {}", .trigger.reason(), .action.as_str())]
+    Guard {
+        /// What fired.
+        trigger: super::guard::Trigger,
+        /// What the guard did.
+        action: super::guard::GuardAction,
+        /// The identity it was about.
+        identity: String,
+        /// Seconds until the identity may try again.
+        retry_after: u64,
+    },
     /// The decision's audit record could not be written: fail closed.
     #[error("audit unavailable: {0}")]
     AuditUnavailable(String),
@@ -120,6 +134,7 @@ impl ExchangeError {
             Self::KeysUnavailable(_) => "issuer_keys_unavailable",
             Self::Signing(_) => "signing_failed",
             Self::AuditUnavailable(_) => "audit_unavailable",
+            Self::Guard { trigger, .. } => trigger.reason(),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod approval;
 pub mod error;
+pub mod guard;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,6 +71,38 @@ pub struct Noted {
     pub subject: Option<String>,
     /// The authenticated actor.
     pub actor: Option<String>,
+    /// What the anomaly guard did about this exchange (for its audit records).
+    pub guard: Vec<GuardNote>,
+}
+
+/// One action of the anomaly guard during an exchange.
+#[derive(Debug, Clone)]
+pub struct GuardNote {
+    /// What fired.
+    pub trigger: guard::Trigger,
+    /// What the guard did.
+    pub action: guard::GuardAction,
+    /// The identity it was about.
+    pub identity: String,
+    /// For `revoke`: until when the identity is blocked.
+    pub blocked_until: Option<u64>,
+    /// A refusal streak tripped with this refusal (the action applies to
+    /// the identity's next requests).
+    pub tripped: bool,
+}
+
+/// Refusals after authentication that make up a streak (probing for what
+/// policy allows, or guessing approvals).
+fn counts_as_probe(e: &ExchangeError) -> bool {
+    matches!(
+        e,
+        ExchangeError::NoPolicy
+            | ExchangeError::Target
+            | ExchangeError::Scope(_)
+            | ExchangeError::GrantRequired(_)
+            | ExchangeError::ApprovalRequired(_)
+            | ExchangeError::ApprovalInvalid
+    )
 }
 
 /// The authenticated subject of an exchange.
@@ -152,6 +185,15 @@ pub struct Exchanger {
     approvals_ttl: u64,
     approvals_interval: u64,
     webhook: Option<approval::Webhook>,
+    guard: Option<guard::Guard>,
+}
+
+/// Counts one action of the anomaly guard.
+fn guard_counted(hit: &guard::Hit) {
+    crate::telemetry::metrics()
+        .guard_actions
+        .with_label_values(&[hit.action.as_str(), hit.trigger.label()])
+        .inc();
 }
 
 /// Most re-exchanges a chain of tokens may go through.
@@ -191,6 +233,7 @@ impl Exchanger {
             None => None,
         };
         Ok(Self {
+            guard: guard::Guard::new(&cfg.guard),
             nonces,
             approvals_ttl: cfg.approvals_ttl.as_secs(),
             approvals_interval: cfg.approvals_interval.as_secs(),
@@ -225,9 +268,173 @@ impl Exchanger {
         self.exchange_noting(req, peer, &mut Noted::default()).await
     }
 
+    /// The anomaly guard, when configured.
+    pub fn guard(&self) -> Option<&guard::Guard> {
+        self.guard.as_ref()
+    }
+
     /// [`Exchanger::exchange`], noting who the subject and actor were once
-    /// authenticated (so a refusal's audit record can name them).
+    /// authenticated (so a refusal's audit record can name them), and what
+    /// the anomaly guard did.
     pub async fn exchange_noting(
+        &self,
+        req: TokenRequest,
+        peer: &Peer,
+        noted: &mut Noted,
+    ) -> Result<Issued, ExchangeError> {
+        let result = self.pipeline(req, peer, noted).await;
+        let Some(g) = &self.guard else {
+            return result;
+        };
+        // Only authenticated identities are tracked: garbage cannot move
+        // another identity's counters.
+        let buf;
+        let ids: &[&str] = match (noted.subject.as_deref(), noted.actor.as_deref()) {
+            (Some(s), Some(a)) => {
+                buf = [s, a];
+                &buf
+            }
+            (Some(x), None) | (None, Some(x)) => {
+                buf = [x, x];
+                &buf[..1]
+            }
+            (None, None) => return result,
+        };
+        let now = self.clock.now();
+        let hits = match &result {
+            Ok(issued) => {
+                g.issued(ids, &issued.claims.aud, now);
+                Vec::new()
+            }
+            Err(e) if counts_as_probe(e) => g.refused(ids, now),
+            Err(_) => Vec::new(),
+        };
+        for hit in hits {
+            if hit.action == guard::GuardAction::Revoke {
+                // The refusal stands either way; a failed revocation
+                // is logged (and the streak trips again later).
+                if let Err(e) = self.guard_revoke(&hit, now, noted).await {
+                    tracing::error!(error = %e, identity = %crate::telemetry::log_safe(&hit.identity),
+                        "anomaly guard: revocation failed");
+                }
+            } else {
+                tracing::warn!(identity = %crate::telemetry::log_safe(&hit.identity),
+                    action = hit.action.as_str(), "anomaly guard: refusal streak tripped");
+                noted.guard.push(GuardNote {
+                    trigger: hit.trigger,
+                    action: hit.action,
+                    identity: hit.identity,
+                    blocked_until: None,
+                    tripped: true,
+                });
+            }
+        }
+        result
+    }
+
+    /// The anomaly guard on a request policy would grant. `Ok(true)`: the
+    /// request must wait for a human approval (only when `can_ask`).
+    #[allow(clippy::too_many_arguments)]
+    async fn guard_check(
+        &self,
+        subject: &str,
+        actor: Option<&str>,
+        audience: &str,
+        policy: &str,
+        can_ask: bool,
+        polling: bool,
+        now: u64,
+        noted: &mut Noted,
+    ) -> Result<bool, ExchangeError> {
+        use guard::GuardAction as A;
+        let Some(g) = &self.guard else {
+            return Ok(false);
+        };
+        let both = [subject, actor.unwrap_or_default()];
+        let ids = if actor.is_some() {
+            &both[..]
+        } else {
+            &both[..1]
+        };
+        // A poll of a step-up approval stays one after the trigger stopped
+        // firing (the approval is bound to this exact request and requester,
+        // and a human approved it or not).
+        let keep_polling = can_ask && polling && g.may_step_up(policy);
+        let Some(hit) = g.check(ids, audience, g.actions_for(policy), now) else {
+            return Ok(keep_polling);
+        };
+        if hit.action == A::Allow {
+            return Ok(keep_polling);
+        }
+        if hit.action == A::Revoke {
+            self.guard_revoke(&hit, now, noted).await?;
+        } else if !(hit.action == A::Approval && polling) {
+            // A poll of the step-up approval is not a new action.
+            guard_counted(&hit);
+        }
+        if hit.action == A::Approval && can_ask {
+            if !polling {
+                noted.guard.push(GuardNote {
+                    trigger: hit.trigger,
+                    action: hit.action,
+                    identity: hit.identity,
+                    blocked_until: None,
+                    tripped: false,
+                });
+            }
+            return Ok(true);
+        }
+        Err(ExchangeError::Guard {
+            trigger: hit.trigger,
+            action: hit.action,
+            identity: hit.identity,
+            retry_after: hit.retry_after,
+        })
+    }
+
+    /// `revoke`: every live token of the identity (as subject or actor) is
+    /// revoked and the identity blocked for `[guard] block_for`.
+    async fn guard_revoke(
+        &self,
+        hit: &guard::Hit,
+        now: u64,
+        noted: &mut Noted,
+    ) -> Result<(), ExchangeError> {
+        let block_for = self.guard.as_ref().map_or(0, |g| g.config().block_for);
+        self.stores
+            .revocations
+            .revoke(crate::store::Revocation {
+                kind: crate::store::RevocationKind::Subject,
+                value: hit.identity.clone(),
+                revoked_at: now,
+                expires_at: now.saturating_add(self.max_ttl.max(1)),
+            })
+            .await?;
+        let until = now.saturating_add(block_for);
+        self.stores
+            .revocations
+            .block_subject(&hit.identity, until)
+            .await?;
+        crate::telemetry::metrics()
+            .revocations
+            .with_label_values(&["subject"])
+            .inc();
+        guard_counted(hit);
+        tracing::warn!(identity = %crate::telemetry::log_safe(&hit.identity),
+            trigger = hit.trigger.reason(), blocked_until = until,
+            "anomaly guard: identity revoked and blocked");
+        noted.guard.push(GuardNote {
+            trigger: hit.trigger,
+            action: hit.action,
+            identity: hit.identity.clone(),
+            blocked_until: Some(until),
+            tripped: false,
+        });
+        Ok(())
+    }
+
+    /// The pipeline proper (see the module docs for its order).
+    async fn pipeline(
         &self,
         req: TokenRequest,
         peer: &Peer,
@@ -387,12 +594,28 @@ impl Exchanger {
         };
         let actor_policy = delegation.as_ref().map(|d| d.0);
 
+        // Anomaly guard: the identities are authenticated and policy would
+        // grant; it may slow down, step up to a human, or revoke.
+        let guard_step_up = self
+            .guard_check(
+                &subject.sub,
+                actor.as_ref().map(|a| a.sub.as_str()),
+                audience,
+                policy.name(),
+                true,
+                req.approval_id.is_some(),
+                now,
+                noted,
+            )
+            .await?;
+
         // Approval tier: such scopes only through a human approval of exactly
         // this request; policies may require RFC 9396 details for them.
-        let needs_approval = req.scope.iter().any(|s| {
+        let scope_approval = req.scope.iter().any(|s| {
             policy.is_approval_scope(s) || actor_policy.is_some_and(|p| p.is_approval_scope(s))
         });
-        if needs_approval
+        let needs_approval = scope_approval || guard_step_up;
+        if scope_approval
             && req.authorization_details.is_none()
             && (policy.require_authorization_details()
                 || actor_policy.is_some_and(|p| p.require_authorization_details()))
@@ -700,6 +923,19 @@ impl Exchanger {
                 return Err(ExchangeError::ApprovalRequired(req.scope.to_string()));
             }
         }
+        // Anomaly guard (a re-exchange cannot wait for a human: `approval`
+        // refuses it).
+        self.guard_check(
+            &p.sub,
+            actor.map(|a| a.sub.as_str()),
+            audience,
+            policy.name(),
+            false,
+            false,
+            now,
+            noted,
+        )
+        .await?;
         let cnf = binding(peer, actor, dpop);
         if policy.require_binding() && cnf.is_none() {
             return Err(ExchangeError::ClientAuth("binding_required"));

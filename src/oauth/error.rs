@@ -211,6 +211,11 @@ impl From<&crate::exchange::ExchangeError> for OAuthError {
                 }
             }
             E::ApprovalsFull => return OAuthError::rate_limited(APPROVALS_FULL_RETRY_SECS),
+            E::Guard {
+                action: crate::exchange::guard::GuardAction::SlowDown,
+                retry_after,
+                ..
+            } => return OAuthError::rate_limited((*retry_after).max(1)),
             _ => {}
         }
         let code = match e {
@@ -227,6 +232,12 @@ impl From<&crate::exchange::ExchangeError> for OAuthError {
             E::ApprovalPending { .. } => ErrorCode::AuthorizationPending,
             E::ApprovalSlowDown { .. } | E::ApprovalsFull => ErrorCode::SlowDown,
             E::ApprovalDenied => ErrorCode::AccessDenied,
+            // `revoke`: like the kill switch; `approval` where none can be
+            // asked for (a re-exchange): denied.
+            E::Guard { action, .. } => match action {
+                crate::exchange::guard::GuardAction::Revoke => ErrorCode::InvalidRequest,
+                _ => ErrorCode::AccessDenied,
+            },
             E::ApprovalExpired => ErrorCode::ExpiredToken,
             E::ApprovalInvalid => ErrorCode::InvalidGrant,
             E::AuthorizationDetails(_) => ErrorCode::InvalidAuthorizationDetails,
@@ -328,6 +339,29 @@ mod tests {
         ] {
             assert_eq!(OAuthError::from(&e).code.as_str(), wire);
         }
+        use crate::exchange::guard::{GuardAction, Trigger};
+        let guard = |action| E::Guard {
+            trigger: Trigger::Rate,
+            action,
+            identity: "x".into(),
+            retry_after: 7,
+        };
+        let r = OAuthError::from(&guard(GuardAction::SlowDown)).into_response();
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["retry-after"], "7");
+        let bytes = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"], "slow_down");
+        assert_eq!(
+            OAuthError::from(&guard(GuardAction::Revoke)).code.as_str(),
+            "invalid_request"
+        );
+        assert_eq!(
+            OAuthError::from(&guard(GuardAction::Approval))
+                .code
+                .as_str(),
+            "access_denied"
+        );
         let r = OAuthError::from(&E::ApprovalsFull).into_response();
         assert_eq!(r.status(), 429);
         let r = OAuthError::rate_limited(3).into_response();

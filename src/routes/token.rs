@@ -89,10 +89,36 @@ pub async fn token(
             resp
         }
         Err(refusal) => {
-            let (err, reason, detail) = match &refusal {
+            let (err, mut reason, mut detail) = match &refusal {
                 Refusal::Request(e) => (OAuthError::from(e), e.reason, String::new()),
                 Refusal::Exchange(e) => (OAuthError::from(e), e.reason(), e.to_string()),
             };
+            // The anomaly guard's actions: a step-up is this refusal's
+            // reason; a tripped streak is said in its detail; a revocation
+            // gets its own `revoked` record below.
+            let pending = matches!(
+                &refusal,
+                Refusal::Exchange(ExchangeError::ApprovalPending { .. })
+            );
+            for n in &asked.who.guard {
+                use crate::exchange::guard::GuardAction as A;
+                match n.action {
+                    A::Revoke => {}
+                    A::Approval if pending && !n.tripped => {
+                        reason = n.trigger.reason();
+                        detail = format!("{detail}; anomaly guard step-up for {}", n.identity);
+                    }
+                    _ if n.tripped => {
+                        detail = format!(
+                            "{detail}; anomaly guard: {} of {} tripped, {} from now on",
+                            n.trigger.reason(),
+                            n.identity,
+                            n.action.as_str()
+                        );
+                    }
+                    _ => {}
+                }
+            }
             let unavailable = err.code == crate::oauth::ErrorCode::TemporarilyUnavailable;
             let outcome = if unavailable {
                 "unavailable"
@@ -122,6 +148,25 @@ pub async fn token(
                 if let Err(e) = app.auditor.record(rec).await {
                     // Nothing was granted: the refusal stands, the gap is logged.
                     tracing::error!(error = %e, reason, "refusal not audited: audit unavailable");
+                }
+            }
+            for n in asked
+                .who
+                .guard
+                .iter()
+                .filter(|n| n.action == crate::exchange::guard::GuardAction::Revoke)
+            {
+                let rec = AuditRecord::new(Event::Revoked)
+                    .reason(n.trigger.reason())
+                    .client(&peer_name(&peer))
+                    .subject(&n.identity)
+                    .detail(&format!(
+                        "anomaly guard: every token of the subject revoked, blocked until {}",
+                        n.blocked_until.unwrap_or_default()
+                    ));
+                if let Err(e) = app.auditor.record(rec).await {
+                    // The revocation stands (it only takes authority away).
+                    tracing::error!(error = %e, "guard revocation not audited: audit unavailable");
                 }
             }
             let dpop = err.code == crate::oauth::ErrorCode::UseDpopNonce;

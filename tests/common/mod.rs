@@ -62,6 +62,8 @@ pub struct Options {
     /// Lines under `[audit]` (default `sink = "off"`: tests keep stdout
     /// quiet; the store's audit stream is written in every case).
     pub audit: String,
+    /// The broker's clock (the system clock when None).
+    pub clock: Option<std::sync::Arc<dyn tessera::clock::Clock>>,
 }
 
 impl Default for Options {
@@ -78,6 +80,7 @@ impl Default for Options {
             introspection_extra: String::new(),
             discovery: false,
             audit: "sink = \"off\"".into(),
+            clock: None,
         }
     }
 }
@@ -197,7 +200,10 @@ subjects = ["spiffe://example.org/service/payments-api"]
         std::fs::write(&config_path, &text).unwrap();
         let cfg = Config::load(&config_path).unwrap();
         tessera::app::prepare(&cfg).unwrap();
-        let running = tessera::app::start(cfg).await.unwrap();
+        let running = match o.clock.clone() {
+            Some(c) => tessera::app::start_with_clock(cfg, c).await.unwrap(),
+            None => tessera::app::start(cfg).await.unwrap(),
+        };
         TestBroker {
             addr: running.addr,
             ops_addr: running.ops_addr,

@@ -1,0 +1,743 @@
+//! The anomaly guard: per-identity issuance rates, first use of a new
+//! audience, and streaks of refusals, each answered by a configured action
+//! (`slow_down`, human `approval`, or `revoke`).
+//!
+//! # What is tracked, and where
+//! Per authenticated identity (the subject, and for a delegation also the
+//! actor; never an unverified claim), in this process only (per replica):
+//! - a sliding window of admitted exchanges: two fixed buckets of `window`
+//!   seconds, the previous one weighted by how much of it still overlaps the
+//!   window ending now (`prev * (W - e) / W + cur`, `e` seconds into the
+//!   current bucket);
+//! - the learned baseline (optional): an exponentially weighted moving
+//!   average of the identity's completed windows (`ewma = 0.3 * count +
+//!   0.7 * ewma`, an idle window counts as 0); after `learn_warmup` windows
+//!   the limit is `max(learn_floor, learn_multiplier * ewma)`. A window in
+//!   which that learned limit was hit is not learned from, so a sustained
+//!   burst cannot teach the guard that it is normal;
+//! - the audiences the identity was issued tokens for (at most
+//!   `max_audiences`, oldest forgotten first, stored as 64-bit keyed hashes);
+//!   the audience of its first issuance is learned without action;
+//! - its streak of consecutive refusals after authentication (`invalid_scope`,
+//!   `invalid_target`, no matching policy): an issuance resets it.
+//!
+//! Memory is bounded: at most `max_identities` entries (about 150 bytes plus
+//! 8 per audience each), in 16 shards behind their own mutex; a full shard
+//! first forgets identities idle for two windows, then the least recently
+//! seen one. A forgotten identity starts afresh (its audiences are learned
+//! again). A fleet-wide guard (shared counters in Redis) is a later step.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+
+/// What the guard does when a trigger fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardAction {
+    /// Nothing (the trigger is off).
+    Allow,
+    /// `429 slow_down` with `Retry-After`.
+    SlowDown,
+    /// The request waits for a human approval (`authorization_pending`).
+    Approval,
+    /// Revoke the identity's live tokens, block it for `block_for`, refuse.
+    Revoke,
+}
+
+impl GuardAction {
+    /// The config and metric name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::SlowDown => "slow_down",
+            Self::Approval => "approval",
+            Self::Revoke => "revoke",
+        }
+    }
+}
+
+impl std::str::FromStr for GuardAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "allow" => Ok(Self::Allow),
+            "slow_down" => Ok(Self::SlowDown),
+            "approval" => Ok(Self::Approval),
+            "revoke" => Ok(Self::Revoke),
+            _ => Err(format!(
+                "`{s}` is not one of allow, slow_down, approval, revoke"
+            )),
+        }
+    }
+}
+
+/// What made the guard act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The configured `max_rate` was exceeded.
+    Rate,
+    /// The learned baseline times `learn_multiplier` was exceeded.
+    LearnedRate,
+    /// First use of an audience by an identity.
+    NewAudience,
+    /// `refusal_streak` consecutive refusals.
+    RefusalStreak,
+}
+
+impl Trigger {
+    /// The audit `reason`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Rate => "guard_rate",
+            Self::LearnedRate => "guard_rate_learned",
+            Self::NewAudience => "guard_new_audience",
+            Self::RefusalStreak => "guard_refusal_streak",
+        }
+    }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Rate => "rate",
+            Self::LearnedRate => "rate_learned",
+            Self::NewAudience => "new_audience",
+            Self::RefusalStreak => "refusal_streak",
+        }
+    }
+}
+
+/// The actions of the triggers decided with a policy at hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyActions {
+    /// When a rate (configured or learned) is exceeded.
+    pub on_rate: GuardAction,
+    /// When an identity uses an audience it was never issued a token for.
+    pub on_new_audience: GuardAction,
+}
+
+/// The learned baseline's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Learned {
+    /// Alert above this many times the learned average.
+    pub multiplier: u32,
+    /// Completed windows observed before the baseline is used.
+    pub warmup: u32,
+    /// Never alert at or below this many exchanges per window.
+    pub floor: u32,
+}
+
+/// `[guard]`, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardConfig {
+    /// The guard runs at all.
+    pub enabled: bool,
+    /// Sliding window length in seconds.
+    pub window: u64,
+    /// Most exchanges admitted per identity per window (0: no configured limit).
+    pub max_rate: u32,
+    /// The learned baseline, when on.
+    pub learned: Option<Learned>,
+    /// Default actions (policies may override them).
+    pub actions: PolicyActions,
+    /// Consecutive refusals that trip the streak trigger (0: off).
+    pub refusal_streak: u32,
+    /// What a tripped streak does.
+    pub on_refusal_streak: GuardAction,
+    /// How long a tripped streak keeps slowing down or stepping up, seconds.
+    pub cooldown: u64,
+    /// How long `revoke` blocks the identity, seconds.
+    pub block_for: u64,
+    /// Most identities tracked.
+    pub max_identities: usize,
+    /// Most audiences remembered per identity.
+    pub max_audiences: usize,
+    /// Per-policy action overrides, by policy name.
+    pub policies: HashMap<String, PolicyActions>,
+}
+
+impl Default for GuardConfig {
+    /// Off; the values are the `[guard]` defaults.
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            window: 60,
+            max_rate: 0,
+            learned: None,
+            actions: PolicyActions {
+                on_rate: GuardAction::SlowDown,
+                on_new_audience: GuardAction::Allow,
+            },
+            refusal_streak: 0,
+            on_refusal_streak: GuardAction::SlowDown,
+            cooldown: 300,
+            block_for: 900,
+            max_identities: 100_000,
+            max_audiences: 64,
+            policies: HashMap::new(),
+        }
+    }
+}
+
+/// Smoothing of the learned baseline (weight of the newest window).
+pub const LEARN_ALPHA: f64 = 0.3;
+/// Idle windows folded into the baseline at most (older history is gone).
+const MAX_IDLE_WINDOWS: u64 = 64;
+/// Shards of the identity table (fewer when `max_identities` is small).
+const SHARDS: usize = 16;
+
+/// The guard's decision about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    /// Why.
+    pub trigger: Trigger,
+    /// What to do.
+    pub action: GuardAction,
+    /// The identity it is about.
+    pub identity: String,
+    /// Seconds until the identity may try again (for `slow_down`).
+    pub retry_after: u64,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    /// Index of the current bucket (`now / window`).
+    bucket: u64,
+    cur: u64,
+    prev: u64,
+    ewma: f64,
+    windows: u32,
+    /// The learned limit was hit in the current bucket.
+    spiked: bool,
+    audiences: VecDeque<u64>,
+    streak: u32,
+    tripped_until: u64,
+    last_seen: u64,
+}
+
+impl Entry {
+    /// Moves the buckets to `now`, folding completed windows into the baseline.
+    fn roll(&mut self, now: u64, window: u64) {
+        let b = now / window;
+        if b <= self.bucket {
+            return;
+        }
+        if self.last_seen > 0 {
+            if !self.spiked {
+                self.learn(self.cur as f64);
+            }
+            let idle = (b - self.bucket - 1).min(MAX_IDLE_WINDOWS);
+            for _ in 0..idle {
+                self.learn(0.0);
+            }
+        }
+        self.prev = if b == self.bucket + 1 { self.cur } else { 0 };
+        self.cur = 0;
+        self.spiked = false;
+        self.bucket = b;
+    }
+
+    fn learn(&mut self, sample: f64) {
+        self.ewma = if self.windows == 0 {
+            sample
+        } else {
+            LEARN_ALPHA * sample + (1.0 - LEARN_ALPHA) * self.ewma
+        };
+        self.windows = self.windows.saturating_add(1);
+    }
+
+    /// The learned limit once warm.
+    fn learned_limit(&self, l: &Learned) -> Option<u64> {
+        (self.windows >= l.warmup).then(|| {
+            let m = (self.ewma * f64::from(l.multiplier)).ceil();
+            // `as` saturates for floats; the value is non-negative.
+            (m as u64).max(u64::from(l.floor))
+        })
+    }
+}
+
+/// Whether one more exchange at `now` keeps the sliding estimate within
+/// `limit`: `prev * (W - e) / W + cur + 1 <= limit`, in integers.
+fn admits(prev: u64, cur: u64, e: u64, window: u64, limit: u64) -> bool {
+    let lhs = prev
+        .saturating_mul(window.saturating_sub(e))
+        .saturating_add(cur.saturating_add(1).saturating_mul(window));
+    lhs <= limit.saturating_mul(window)
+}
+
+/// Seconds from `e` (into the current bucket) until [`admits`] holds, if
+/// nothing else is admitted meanwhile (at least 1).
+fn retry_after(prev: u64, cur: u64, e: u64, window: u64, limit: u64) -> u64 {
+    let room = limit.saturating_sub(1);
+    // Later in this bucket: prev * (W - e') <= (limit - 1 - cur) * W.
+    if cur <= room {
+        let free = (room - cur).saturating_mul(window);
+        let need = match free.checked_div(prev) {
+            Some(q) => window.saturating_sub(q),
+            None => 0,
+        };
+        if need < window {
+            return need.saturating_sub(e).max(1);
+        }
+    }
+    // In the next bucket (prev = cur, cur = 0): cur * (W - e2) <= (limit - 1) * W.
+    let free = room.saturating_mul(window);
+    let need = match free.checked_div(cur) {
+        Some(q) => window.saturating_sub(q),
+        None => 0,
+    };
+    window.saturating_sub(e).saturating_add(need).max(1)
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    map: HashMap<Box<str>, Entry>,
+}
+
+/// The guard's state (per process). Cheap to call: one short lock per
+/// identity per request.
+#[derive(Debug)]
+pub struct Guard {
+    cfg: GuardConfig,
+    shards: Box<[Mutex<Shard>]>,
+    shard_cap: usize,
+    hasher: RandomState,
+}
+
+impl Guard {
+    /// A guard with empty state, or `None` when the config turns it off.
+    pub fn new(cfg: &GuardConfig) -> Option<Self> {
+        if !cfg.enabled {
+            return None;
+        }
+        let n = if cfg.max_identities >= 1024 {
+            SHARDS
+        } else {
+            1
+        };
+        Some(Self {
+            shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
+            shard_cap: (cfg.max_identities / n).max(1),
+            cfg: cfg.clone(),
+            hasher: RandomState::new(),
+        })
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> &GuardConfig {
+        &self.cfg
+    }
+
+    /// The actions for a policy (its override, or the defaults).
+    pub fn actions_for(&self, policy: &str) -> PolicyActions {
+        self.cfg
+            .policies
+            .get(policy)
+            .copied()
+            .unwrap_or(self.cfg.actions)
+    }
+
+    /// Whether the guard may step a request of this policy up to a human
+    /// approval (so a poll with `approval_id` is valid even once the
+    /// trigger no longer fires: the window moved on, the cooldown ended).
+    pub fn may_step_up(&self, policy: &str) -> bool {
+        let a = self.actions_for(policy);
+        a.on_rate == GuardAction::Approval
+            || a.on_new_audience == GuardAction::Approval
+            || (self.cfg.refusal_streak > 0 && self.cfg.on_refusal_streak == GuardAction::Approval)
+    }
+
+    /// Identities tracked now.
+    pub fn tracked(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).map.len())
+            .sum()
+    }
+
+    fn with<R>(&self, id: &str, now: u64, f: impl FnOnce(&mut Entry) -> R) -> R {
+        let h = self.hasher.hash_one(id);
+        let i = (h % self.shards.len() as u64) as usize;
+        let Some(m) = self.shards.get(i) else {
+            // Unreachable (i < len); act as a fresh identity.
+            return f(&mut Entry::default());
+        };
+        let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
+        if !s.map.contains_key(id) && s.map.len() >= self.shard_cap {
+            let idle_before = now.saturating_sub(self.cfg.window.saturating_mul(2));
+            s.map
+                .retain(|_, e| e.last_seen > idle_before || e.tripped_until > now);
+            if s.map.len() >= self.shard_cap {
+                let oldest = s
+                    .map
+                    .iter()
+                    .min_by_key(|(_, e)| e.last_seen)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    s.map.remove(&k);
+                }
+            }
+        }
+        if !s.map.contains_key(id) {
+            s.map.insert(id.into(), Entry::default());
+        }
+        let Some(e) = s.map.get_mut(id) else {
+            return f(&mut Entry::default());
+        };
+        e.roll(now, self.cfg.window);
+        let r = f(e);
+        e.last_seen = now;
+        r
+    }
+
+    /// Decides about a request that policy would grant: a tripped refusal
+    /// streak, the rate (configured and learned), then a new audience. When
+    /// nothing fires, the exchange is counted against every identity.
+    pub fn check(
+        &self,
+        identities: &[&str],
+        audience: &str,
+        actions: PolicyActions,
+        now: u64,
+    ) -> Option<Hit> {
+        let aud = self.hasher.hash_one(audience);
+        let cfg = &self.cfg;
+        let w = cfg.window;
+        for id in identities {
+            let hit = self.with(id, now, |e| {
+                let hit = |trigger, action, retry_after| {
+                    Some(Hit {
+                        trigger,
+                        action,
+                        identity: id.to_string(),
+                        retry_after,
+                    })
+                };
+                if e.tripped_until > now && cfg.on_refusal_streak != GuardAction::Revoke {
+                    return hit(
+                        Trigger::RefusalStreak,
+                        cfg.on_refusal_streak,
+                        e.tripped_until - now,
+                    );
+                }
+                let into = now % w;
+                if actions.on_rate != GuardAction::Allow {
+                    if cfg.max_rate > 0 {
+                        let l = u64::from(cfg.max_rate);
+                        if !admits(e.prev, e.cur, into, w, l) {
+                            let ra = retry_after(e.prev, e.cur, into, w, l);
+                            return hit(Trigger::Rate, actions.on_rate, ra);
+                        }
+                    }
+                    if let Some(l) = cfg.learned.as_ref().and_then(|x| e.learned_limit(x)) {
+                        if !admits(e.prev, e.cur, into, w, l) {
+                            e.spiked = true;
+                            let ra = retry_after(e.prev, e.cur, into, w, l);
+                            return hit(Trigger::LearnedRate, actions.on_rate, ra);
+                        }
+                    }
+                }
+                if actions.on_new_audience != GuardAction::Allow
+                    && !e.audiences.is_empty()
+                    && !e.audiences.contains(&aud)
+                {
+                    return hit(Trigger::NewAudience, actions.on_new_audience, 0);
+                }
+                e.cur = e.cur.saturating_add(1);
+                None
+            });
+            if hit.is_some() {
+                return hit;
+            }
+        }
+        None
+    }
+
+    /// A token was issued to these identities for `audience`: the streak
+    /// ends and the audience is known from now on.
+    pub fn issued(&self, identities: &[&str], audience: &str, now: u64) {
+        let aud = self.hasher.hash_one(audience);
+        let cap = self.cfg.max_audiences;
+        for id in identities {
+            self.with(id, now, |e| {
+                e.streak = 0;
+                if !e.audiences.contains(&aud) {
+                    if e.audiences.len() >= cap {
+                        e.audiences.pop_front();
+                    }
+                    e.audiences.push_back(aud);
+                }
+            });
+        }
+    }
+
+    /// A request by these identities was refused after authentication.
+    /// Returns the hit when this refusal completes a streak (the streak
+    /// starts over; `slow_down` and `approval` then hold for `cooldown`).
+    pub fn refused(&self, identities: &[&str], now: u64) -> Vec<Hit> {
+        let cfg = &self.cfg;
+        if cfg.refusal_streak == 0 || cfg.on_refusal_streak == GuardAction::Allow {
+            return Vec::new();
+        }
+        let mut hits = Vec::new();
+        for id in identities {
+            let tripped = self.with(id, now, |e| {
+                e.streak = e.streak.saturating_add(1);
+                if e.streak < cfg.refusal_streak {
+                    return false;
+                }
+                e.streak = 0;
+                if cfg.on_refusal_streak != GuardAction::Revoke {
+                    e.tripped_until = now.saturating_add(cfg.cooldown);
+                }
+                true
+            });
+            if tripped {
+                hits.push(Hit {
+                    trigger: Trigger::RefusalStreak,
+                    action: cfg.on_refusal_streak,
+                    identity: id.to_string(),
+                    retry_after: cfg.cooldown,
+                });
+            }
+        }
+        hits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn cfg() -> GuardConfig {
+        GuardConfig {
+            enabled: true,
+            window: 10,
+            max_rate: 5,
+            ..GuardConfig::default()
+        }
+    }
+
+    const SLOW: PolicyActions = PolicyActions {
+        on_rate: GuardAction::SlowDown,
+        on_new_audience: GuardAction::Approval,
+    };
+
+    #[test]
+    fn off_by_default() {
+        assert!(Guard::new(&GuardConfig::default()).is_none());
+    }
+
+    #[test]
+    fn sliding_window_counts_and_forgets() {
+        let g = Guard::new(&cfg()).unwrap();
+        let t0 = 1_000; // bucket start (1000 % 10 == 0)
+        for _ in 0..5 {
+            assert!(g.check(&["a"], "aud", SLOW, t0).is_none());
+        }
+        let h = g.check(&["a"], "aud", SLOW, t0 + 3).unwrap();
+        assert_eq!(h.trigger, Trigger::Rate);
+        assert_eq!(h.action, GuardAction::SlowDown);
+        // Next bucket, 0 s in: the previous 5 still weigh fully.
+        assert!(g.check(&["a"], "aud", SLOW, t0 + 10).is_some());
+        // 2 s in: 5 * 8/10 = 4, one more fits.
+        assert!(g.check(&["a"], "aud", SLOW, t0 + 12).is_none());
+        assert!(g.check(&["a"], "aud", SLOW, t0 + 12).is_some());
+        // Two windows later everything is forgotten.
+        for _ in 0..5 {
+            assert!(g.check(&["a"], "aud", SLOW, t0 + 40).is_none());
+        }
+        // Another identity is not affected.
+        assert!(g.check(&["b"], "aud", SLOW, t0 + 40).is_none());
+    }
+
+    #[test]
+    fn retry_after_is_exactly_when_one_more_fits() {
+        for w in [1u64, 7, 10, 60] {
+            for limit in 1u64..6 {
+                for prev in 0u64..8 {
+                    for cur in 0u64..8 {
+                        for e in 0..w {
+                            if admits(prev, cur, e, w, limit) {
+                                continue;
+                            }
+                            // Brute force over the future (nothing admitted meanwhile).
+                            let mut t = 1;
+                            loop {
+                                let at = e + t;
+                                let ok = if at < w {
+                                    admits(prev, cur, at, w, limit)
+                                } else if at < 2 * w {
+                                    admits(cur, 0, at - w, w, limit)
+                                } else {
+                                    true
+                                };
+                                if ok {
+                                    break;
+                                }
+                                t += 1;
+                            }
+                            assert_eq!(
+                                retry_after(prev, cur, e, w, limit),
+                                t,
+                                "w={w} limit={limit} prev={prev} cur={cur} e={e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn learned_baseline_alerts_after_warmup_and_does_not_learn_the_spike() {
+        let c = GuardConfig {
+            max_rate: 0,
+            learned: Some(Learned {
+                multiplier: 3,
+                warmup: 3,
+                floor: 4,
+            }),
+            ..cfg()
+        };
+        let g = Guard::new(&c).unwrap();
+        // Warm-up: 4 windows of 2 exchanges each; no limit applies yet, so
+        // a burst in the first window is admitted.
+        for _ in 0..20 {
+            assert!(g.check(&["a"], "aud", SLOW, 1_000).is_none());
+        }
+        for b in 1..4u64 {
+            for _ in 0..2 {
+                assert!(g.check(&["a"], "aud", SLOW, 1_000 + b * 10 + 9).is_none());
+            }
+        }
+        // ewma after windows 20, 2, 2, 2: 20 -> 14.6 -> 10.8 -> 8.2; six idle
+        // windows (0.7^6 ~ 0.12) bring it to ~1: limit max(floor 4, 3 * 1).
+        let t = 1_000 + 100 + 9;
+        let mut admitted = 0;
+        while g.check(&["a"], "aud", SLOW, t).is_none() {
+            admitted += 1;
+            assert!(admitted < 100, "the learned limit never applied");
+        }
+        let h = g.check(&["a"], "aud", SLOW, t).unwrap();
+        assert_eq!(h.trigger, Trigger::LearnedRate);
+        assert!(admitted >= 4, "floor respected: {admitted}");
+        assert!(admitted <= 8, "about 3x the quiet baseline: {admitted}");
+        // The spiking window is not learned from: the next window's limit is
+        // no higher than this one's.
+        let mut again = 0;
+        while g.check(&["a"], "aud", SLOW, t + 10).is_none() {
+            again += 1;
+            assert!(again < 100);
+        }
+        assert!(again <= admitted, "{again} > {admitted}");
+    }
+
+    #[test]
+    fn new_audience_after_the_first_issuance() {
+        let g = Guard::new(&cfg()).unwrap();
+        assert!(g.check(&["a"], "one", SLOW, 1_000).is_none());
+        g.issued(&["a"], "one", 1_000);
+        assert!(g.check(&["a"], "one", SLOW, 1_001).is_none());
+        let h = g.check(&["a"], "two", SLOW, 1_001).unwrap();
+        assert_eq!(
+            (h.trigger, h.action),
+            (Trigger::NewAudience, GuardAction::Approval)
+        );
+        g.issued(&["a"], "two", 1_002);
+        assert!(g.check(&["a"], "two", SLOW, 1_002).is_none());
+        let allow = PolicyActions {
+            on_new_audience: GuardAction::Allow,
+            ..SLOW
+        };
+        assert!(g.check(&["a"], "three", allow, 1_003).is_none());
+    }
+
+    #[test]
+    fn refusal_streak_trips_then_cools_down() {
+        let c = GuardConfig {
+            refusal_streak: 3,
+            cooldown: 30,
+            ..cfg()
+        };
+        let g = Guard::new(&c).unwrap();
+        assert!(g.refused(&["a"], 1_000).is_empty());
+        g.issued(&["a"], "x", 1_000); // an issuance resets the streak
+        assert!(g.refused(&["a"], 1_001).is_empty());
+        assert!(g.refused(&["a"], 1_001).is_empty());
+        let hits = g.refused(&["a"], 1_002);
+        assert_eq!(hits.len(), 1);
+        let h = g.check(&["a"], "x", SLOW, 1_010).unwrap();
+        assert_eq!(h.trigger, Trigger::RefusalStreak);
+        assert_eq!(h.retry_after, 22);
+        assert!(g.check(&["b"], "x", SLOW, 1_010).is_none());
+        assert!(g.check(&["a"], "x", SLOW, 1_032).is_none());
+    }
+
+    #[test]
+    fn tracking_is_capped_and_idle_identities_go_first() {
+        let c = GuardConfig {
+            max_identities: 4,
+            ..cfg()
+        };
+        let g = Guard::new(&c).unwrap();
+        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+            g.check(&[*id], "x", SLOW, 1_000 + i as u64);
+        }
+        assert_eq!(g.tracked(), 4);
+        // Full: the least recently seen ("a") is evicted.
+        g.check(&["e"], "x", SLOW, 1_005);
+        assert_eq!(g.tracked(), 4);
+        // "a" starts afresh: it has its full rate again.
+        for _ in 0..5 {
+            assert!(g.check(&["a"], "x", SLOW, 1_006).is_none());
+        }
+        // Much later, every idle identity goes at once.
+        g.check(&["f"], "x", SLOW, 2_000);
+        assert_eq!(g.tracked(), 1);
+        // A large table is sharded and still capped.
+        let c = GuardConfig {
+            max_identities: 2048,
+            ..cfg()
+        };
+        let g = Guard::new(&c).unwrap();
+        for i in 0..10_000 {
+            g.check(&[format!("id-{i}").as_str()], "x", SLOW, 1_000);
+        }
+        assert!(g.tracked() <= 2048, "{}", g.tracked());
+    }
+
+    /// Rough cost per exchange (check + issued) over 10 000 identities;
+    /// run with `cargo test --release --lib guard_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn guard_cost() {
+        let c = GuardConfig {
+            max_rate: 1_000_000,
+            refusal_streak: 10,
+            actions: SLOW,
+            learned: Some(Learned {
+                multiplier: 10,
+                warmup: 10,
+                floor: 20,
+            }),
+            ..cfg()
+        };
+        let g = Guard::new(&c).unwrap();
+        let ids: Vec<String> = (0..10_000)
+            .map(|i| format!("spiffe://example.org/agent/{i}"))
+            .collect();
+        let n = 1_000_000u64;
+        let start = std::time::Instant::now();
+        for i in 0..n {
+            let id = ids[(i % 10_000) as usize].as_str();
+            let now = 1_000 + i / 100_000;
+            assert!(g
+                .check(&[id], "https://api.example.com", SLOW, now)
+                .is_none());
+            g.issued(&[id], "https://api.example.com", now);
+        }
+        let per = start.elapsed().as_nanos() as f64 / n as f64;
+        println!("guard check + issued: {per:.0} ns per exchange");
+    }
+}
