@@ -50,23 +50,45 @@ pub fn now() -> u64 {
     crate::clock::Clock::now(&crate::clock::SystemClock)
 }
 
+/// A fresh CA and a `localhost` / 127.0.0.1 server certificate for a test
+/// HTTPS endpoint, written under `dir` as `{stem}-ca.pem`,
+/// `{stem}-server.pem` and `{stem}-server-key.pem`; returns the CA and
+/// those paths.
+fn server_material(
+    dir: &Path,
+    stem: &str,
+    ca_name: &str,
+) -> Result<
+    (
+        Ca,
+        std::path::PathBuf,
+        std::path::PathBuf,
+        std::path::PathBuf,
+    ),
+    String,
+> {
+    let ca = Ca::generate(ca_name).map_err(|e| e.to_string())?;
+    let leaf = ca
+        .issue(&LeafSpec::server(
+            &["localhost"],
+            &["127.0.0.1".parse().map_err(|_| "ip")?],
+        ))
+        .map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let ca_path = dir.join(format!("{stem}-ca.pem"));
+    std::fs::write(&ca_path, ca.cert_pem()).map_err(|e| e.to_string())?;
+    let cert_path = dir.join(format!("{stem}-server.pem"));
+    let key_path = dir.join(format!("{stem}-server-key.pem"));
+    std::fs::write(&cert_path, &leaf.cert_pem).map_err(|e| e.to_string())?;
+    std::fs::write(&key_path, &leaf.key_pem).map_err(|e| e.to_string())?;
+    Ok((ca, ca_path, cert_path, key_path))
+}
+
 impl TestIssuer {
     /// Starts an issuer signing with `alg`, writing its CA to `dir/issuer-ca.pem`.
     pub async fn start(dir: &Path, alg: SigningAlgorithm) -> Result<TestIssuer, String> {
-        let ca = Ca::generate("tessera test issuer CA").map_err(|e| e.to_string())?;
-        let leaf = ca
-            .issue(&LeafSpec::server(
-                &["localhost"],
-                &["127.0.0.1".parse().map_err(|_| "ip")?],
-            ))
-            .map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let ca_path = dir.join("issuer-ca.pem");
-        std::fs::write(&ca_path, ca.cert_pem()).map_err(|e| e.to_string())?;
-        let cert_path = dir.join("issuer-server.pem");
-        let key_path = dir.join("issuer-server-key.pem");
-        std::fs::write(&cert_path, &leaf.cert_pem).map_err(|e| e.to_string())?;
-        std::fs::write(&key_path, &leaf.key_pem).map_err(|e| e.to_string())?;
+        let (ca, ca_path, cert_path, key_path) =
+            server_material(dir, "issuer", "tessera test issuer CA")?;
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -229,20 +251,8 @@ pub struct TestWebhook {
 impl TestWebhook {
     /// Starts the endpoint, writing its CA to `dir/webhook-ca.pem`.
     pub async fn start(dir: &Path) -> Result<TestWebhook, String> {
-        let ca = Ca::generate("tessera test webhook CA").map_err(|e| e.to_string())?;
-        let leaf = ca
-            .issue(&LeafSpec::server(
-                &["localhost"],
-                &["127.0.0.1".parse().map_err(|_| "ip")?],
-            ))
-            .map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let ca_path = dir.join("webhook-ca.pem");
-        std::fs::write(&ca_path, ca.cert_pem()).map_err(|e| e.to_string())?;
-        let cert_path = dir.join("webhook-server.pem");
-        let key_path = dir.join("webhook-server-key.pem");
-        std::fs::write(&cert_path, &leaf.cert_pem).map_err(|e| e.to_string())?;
-        std::fs::write(&key_path, &leaf.key_pem).map_err(|e| e.to_string())?;
+        let (_ca, ca_path, cert_path, key_path) =
+            server_material(dir, "webhook", "tessera test webhook CA")?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| e.to_string())?;
