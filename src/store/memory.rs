@@ -420,6 +420,13 @@ impl ApprovalStore for MemoryStore {
     }
 }
 
+/// Most audit records the embedded store keeps in memory (about 6 MB at
+/// ~600 bytes a record), whatever `[audit] stream_max_len` says: the
+/// in-process ring serves `tessera audit tail` and `verify`; the complete
+/// trail is the JSON-lines sink. A shared Redis stream keeps
+/// `stream_max_len`.
+pub const MEMORY_AUDIT_MAX_RECORDS: usize = 10_000;
+
 #[async_trait]
 impl AuditStream for MemoryStore {
     async fn append(&self, records: &[String], max_len: u64) -> Result<(), StoreError> {
@@ -432,7 +439,9 @@ impl AuditStream for MemoryStore {
             let c = a.next;
             a.records.push_back((c, r.clone()));
         }
-        let max = usize::try_from(max_len.max(1)).unwrap_or(usize::MAX);
+        let max = usize::try_from(max_len.max(1))
+            .unwrap_or(usize::MAX)
+            .min(MEMORY_AUDIT_MAX_RECORDS);
         while a.records.len() > max {
             a.records.pop_front();
         }
