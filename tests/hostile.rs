@@ -1288,6 +1288,41 @@ async fn g77_lifetime_caps() {
     assert_eq!(claims["exp"].as_u64().unwrap() - iat, ei);
 }
 
+/// P2 / I1: a token obtained with a client certificate never outlives the
+/// certificate (`notAfter`), whatever the policy would allow.
+#[tokio::test]
+async fn g77_certificate_not_after_caps_the_lifetime() {
+    let b = TestBroker::start().await;
+    let not_after = std::time::SystemTime::now() + std::time::Duration::from_secs(90);
+    let short =
+        b.ca.issue(&LeafSpec::client_spiffe(AGENT).valid_between(
+            std::time::SystemTime::now() - std::time::Duration::from_secs(60),
+            not_after,
+        ))
+        .unwrap();
+    let f = [
+        ("grant_type", TE),
+        ("subject_token_type", MTLS),
+        ("audience", API),
+        ("scope", "tickets:read"),
+        ("expires_in", "600"),
+    ];
+    let (s, v) = b.token(&b.client(Some(&short)), &f).await;
+    assert_eq!(s, 200, "{v}");
+    let (_, claims) = decode(v["access_token"].as_str().unwrap());
+    let cert_end = not_after
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let exp = claims["exp"].as_u64().unwrap();
+    assert!(exp <= cert_end, "exp {exp} outlives notAfter {cert_end}");
+    assert!(v["expires_in"].as_u64().unwrap() <= 90);
+    // the same identity with a long-lived certificate gets the policy's 5 min
+    let (s, v) = b.token(&b.agent_client(), &f).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["expires_in"].as_u64().unwrap() > 200);
+}
+
 #[tokio::test]
 async fn g78_no_refresh_tokens() {
     let b = TestBroker::start().await;
