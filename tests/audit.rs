@@ -248,16 +248,6 @@ async fn an_unwritable_audit_file_stops_the_start() {
     );
 }
 
-fn redis_cli(url: &str, args: &[&str]) -> String {
-    let o = Command::new("redis-cli")
-        .arg("-u")
-        .arg(url)
-        .args(args)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// Fail closed: with the audit stream refusing writes (a Redis ACL makes
 /// that one key read-only, everything else works), /token answers 503 and
 /// never a token; a grant is not made; a revocation is made and the operator

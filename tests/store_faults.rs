@@ -495,3 +495,58 @@ async fn slow_redis_fails_closed_within_the_timeout() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// R4: Redis reads work but writes fail (OOM under `maxmemory`). No token is
+/// minted whose grant was not consumed, or whose audit record was not
+/// written; the CLI says the revocation was not made; after recovery the
+/// grant yields exactly its one token (I2, I3, I4, I5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r4_writes_failing_fail_closed_and_the_grant_survives() {
+    let Some(redis) = redis_or_skip().unwrap() else {
+        return;
+    };
+    let b = TestBroker::start_with(Options {
+        store_url: Some(redis.url()),
+        policies: jit_policies(),
+        ..Default::default()
+    })
+    .await;
+    let (s, _) = b
+        .admin(Method::POST, "/admin/v1/grants", Some(json!({"subject": AGENT, "scope": "tickets:delete", "audience": API, "ttl": "60s", "uses": 1})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    // Every write is refused from now on; reads still answer.
+    assert_eq!(
+        redis_cli(
+            &redis.url(),
+            &["CONFIG", "SET", "maxmemory-policy", "noeviction"]
+        )
+        .trim(),
+        "OK"
+    );
+    assert_eq!(
+        redis_cli(&redis.url(), &["CONFIG", "SET", "maxmemory", "1"]).trim(),
+        "OK"
+    );
+    assert!(redis_cli(&redis.url(), &["SET", "probe", "x"]).contains("OOM"));
+    for scope in ["tickets:delete", "tickets:read"] {
+        let (s, v) = b.agent_token(scope, None).await;
+        assert_eq!(s.as_u16(), 503, "{scope}: {v}");
+        assert!(v.get("access_token").is_none(), "I5: no token with a 503");
+        assert_eq!(v["error"], "temporarily_unavailable");
+    }
+    let o = cli(&b, &["revoke", "--task", "t-r4"]);
+    assert_eq!(o.0, 1, "{o:?}");
+
+    // Writes come back: the grant was never consumed, and yields one token.
+    assert_eq!(
+        redis_cli(&redis.url(), &["CONFIG", "SET", "maxmemory", "0"]).trim(),
+        "OK"
+    );
+    let (s, v) = b.agent_token("tickets:delete", None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = b.agent_token("tickets:delete", None).await;
+    assert_eq!(s, 400, "I2: a one-use grant yields one token");
+    assert_eq!(cli(&b, &["revoke", "--task", "t-r4"]).0, 0);
+}

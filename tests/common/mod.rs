@@ -417,3 +417,15 @@ pub fn init() {
         .try_init();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
+
+/// Runs `redis-cli -u URL ARGS…` and returns its stdout (tests that
+/// reconfigure their private redis-server).
+pub fn redis_cli(url: &str, args: &[&str]) -> String {
+    let o = std::process::Command::new("redis-cli")
+        .arg("-u")
+        .arg(url)
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
