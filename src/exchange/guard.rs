@@ -706,38 +706,4 @@ mod tests {
         }
         assert!(g.tracked() <= 2048, "{}", g.tracked());
     }
-
-    /// Rough cost per exchange (check + issued) over 10 000 identities;
-    /// run with `cargo test --release --lib guard_cost -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn guard_cost() {
-        let c = GuardConfig {
-            max_rate: 1_000_000,
-            refusal_streak: 10,
-            actions: SLOW,
-            learned: Some(Learned {
-                multiplier: 10,
-                warmup: 10,
-                floor: 20,
-            }),
-            ..cfg()
-        };
-        let g = Guard::new(&c).unwrap();
-        let ids: Vec<String> = (0..10_000)
-            .map(|i| format!("spiffe://example.org/agent/{i}"))
-            .collect();
-        let n = 1_000_000u64;
-        let start = std::time::Instant::now();
-        for i in 0..n {
-            let id = ids[(i % 10_000) as usize].as_str();
-            let now = 1_000 + i / 100_000;
-            assert!(g
-                .check(&[id], "https://api.example.com", SLOW, now)
-                .is_none());
-            g.issued(&[id], "https://api.example.com", now);
-        }
-        let per = start.elapsed().as_nanos() as f64 / n as f64;
-        println!("guard check + issued: {per:.0} ns per exchange");
-    }
 }
