@@ -84,6 +84,31 @@ fn server_material(
     Ok((ca, ca_path, cert_path, key_path))
 }
 
+/// Serves `router` over HTTPS on `listener` with the default limits until
+/// the returned sender is set to `true` (or dropped).
+fn serve_test_https(
+    listener: tokio::net::TcpListener,
+    cert_path: &Path,
+    key_path: &Path,
+    router: Router,
+) -> Result<watch::Sender<bool>, String> {
+    let tls = server_tls(cert_path, key_path)?;
+    let (stop, mut rx) = watch::channel(false);
+    tokio::spawn(async move {
+        crate::server::serve_https(
+            listener,
+            tls,
+            router,
+            crate::config::Limits::default(),
+            async move {
+                let _ = rx.wait_for(|v| *v).await;
+            },
+        )
+        .await;
+    });
+    Ok(stop)
+}
+
 impl TestIssuer {
     /// Starts an issuer signing with `alg`, writing its CA to `dir/issuer-ca.pem`.
     pub async fn start(dir: &Path, alg: SigningAlgorithm) -> Result<TestIssuer, String> {
@@ -110,17 +135,7 @@ impl TestIssuer {
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/jwks", get(jwks))
             .with_state(shared.clone());
-        let tls = server_tls(&cert_path, &key_path)?;
-        let limits = crate::config::Config::from_toml_str("testkit", "")
-            .map_err(|e| e.to_string())?
-            .limits;
-        let (stop, mut rx) = watch::channel(false);
-        tokio::spawn(async move {
-            crate::server::serve_https(listener, tls, router, limits, async move {
-                let _ = rx.wait_for(|v| *v).await;
-            })
-            .await;
-        });
+        let stop = serve_test_https(listener, &cert_path, &key_path, router)?;
         Ok(TestIssuer {
             url,
             ca_path,
@@ -264,17 +279,7 @@ impl TestWebhook {
         let router = Router::new()
             .route("/hook", axum::routing::post(record_hook))
             .with_state(bodies.clone());
-        let tls = server_tls(&cert_path, &key_path)?;
-        let limits = crate::config::Config::from_toml_str("testkit", "")
-            .map_err(|e| e.to_string())?
-            .limits;
-        let (stop, mut rx) = watch::channel(false);
-        tokio::spawn(async move {
-            crate::server::serve_https(listener, tls, router, limits, async move {
-                let _ = rx.wait_for(|v| *v).await;
-            })
-            .await;
-        });
+        let stop = serve_test_https(listener, &cert_path, &key_path, router)?;
         Ok(TestWebhook {
             url,
             ca_path,

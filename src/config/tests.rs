@@ -426,3 +426,14 @@ fn guard_is_off_by_default_and_checked() {
     );
     assert_eq!(e.key, "policies[0].guard.on_new_audience");
 }
+
+/// `Limits::default()` (used where no config file exists: test servers,
+/// the example resource server) says what an empty `[limits]` says.
+#[test]
+fn limits_default_matches_the_config_defaults() {
+    let parsed = Config::from_toml_str("empty.toml", "").unwrap().limits;
+    assert_eq!(
+        format!("{:?}", super::Limits::default()),
+        format!("{parsed:?}")
+    );
+}
