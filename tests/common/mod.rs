@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
+pub mod invariants;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
