@@ -85,6 +85,9 @@ pub enum JwkError {
     /// The crypto library rejected the key (e.g. EC point not on the curve).
     #[error("public key rejected")]
     InvalidKey,
+    /// An Ed25519 key of small order (under which forgeries verify).
+    #[error("Ed25519 public key of small order")]
+    SmallOrderKey,
     /// `kid` is not a string of 1..=MAX_KID_LEN bytes.
     #[error("invalid `kid`")]
     InvalidKid,
@@ -118,6 +121,7 @@ impl JwkError {
             JwkError::RsaExponent => "jwk_rsa_exponent",
             JwkError::CoordinateLength => "jwk_coordinate_length",
             JwkError::InvalidKey => "jwk_invalid_key",
+            JwkError::SmallOrderKey => "jwk_small_order",
             JwkError::InvalidKid => "jwk_invalid_kid",
             JwkError::Json(_) => "jwks_json",
             JwkError::TooLarge => "jwks_too_large",
@@ -246,6 +250,44 @@ fn declared_alg(jwk: &Map<String, Value>) -> Result<Option<Algorithm>, JwkError>
 }
 
 /// Minimal big-endian bytes: non-empty and no leading zero octet.
+/// The y-coordinates (little-endian, sign bit of x cleared) whose points
+/// have an order dividing 8, in canonical and non-canonical spellings: 0
+/// (order 4), 1 (the identity), the two of order 8, p − 1 (order 2), p (= 0)
+/// and p + 1 (= 1). The same set libsodium refuses.
+const ED25519_SMALL_ORDER_Y: [[u8; 32]; 7] = {
+    let mut t = [[0u8; 32]; 7];
+    t[1][0] = 1;
+    t[2] = [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ];
+    t[3] = [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ];
+    let mut i = 4;
+    while i < 7 {
+        t[i] = [0xff; 32];
+        t[i][31] = 0x7f;
+        i += 1;
+    }
+    t[4][0] = 0xec; // p - 1
+    t[5][0] = 0xed; // p
+    t[6][0] = 0xee; // p + 1
+    t
+};
+
+/// Whether an encoded Ed25519 point has small order (either sign of x).
+/// Public values: not constant time.
+fn ed25519_small_order(enc: &[u8]) -> bool {
+    enc.len() == 32
+        && ED25519_SMALL_ORDER_Y
+            .iter()
+            .any(|y| enc[..31] == y[..31] && (enc[31] & 0x7f) == y[31])
+}
+
 fn is_minimal(bytes: &[u8]) -> bool {
     bytes.first().is_some_and(|b| *b != 0)
 }
@@ -402,6 +444,9 @@ impl VerifyingKey {
         let x = get_b64(jwk, "x")?;
         if x.len() != signature::ED25519_PUBLIC_KEY_LEN {
             return Err(JwkError::CoordinateLength);
+        }
+        if ed25519_small_order(&x) {
+            return Err(JwkError::SmallOrderKey);
         }
         let key =
             ParsedPublicKey::new(&signature::ED25519, &x).map_err(|_| JwkError::InvalidKey)?;
@@ -739,7 +784,7 @@ mod tests {
     }
 
     #[test]
-    fn rsa_size_and_exponent_rules() {
+    fn d42_rsa_size_and_exponent_rules() {
         let k = TestKey::rsa().public_jwk();
         let n = b64url_decode(k["n"].as_str().unwrap()).unwrap();
         assert_eq!(bit_len(&n), 2048);
@@ -795,7 +840,7 @@ mod tests {
     }
 
     #[test]
-    fn ec_rules() {
+    fn d43_ec_rules() {
         let k = TestKey::es256().public_jwk();
         // Off-curve point: flip a bit of y.
         let mut y = b64url_decode(k["y"].as_str().unwrap()).unwrap();
@@ -853,6 +898,68 @@ mod tests {
         );
     }
 
+    /// SECURITY.md #41: an Ed25519 key of small order verifies forgeries.
+    /// aws-lc-rs 1.x accepts the identity key and then verifies R = identity,
+    /// S = 0 for any message (checked by hand on 2026-11-22), so such keys
+    /// are refused at load, in every spelling; and a signature
+    /// with a non-canonical S (S ≥ L) never verifies.
+    #[test]
+    fn d41_ed25519_small_order_keys_and_non_canonical_s() {
+        let base = TestKey::ed25519().public_jwk();
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut order2 = [0xffu8; 32];
+        order2[0] = 0xec;
+        order2[31] = 0x7f;
+        let mut p_plus_1 = [0xffu8; 32];
+        p_plus_1[0] = 0xee;
+        p_plus_1[31] = 0x7f;
+        let order8 = [
+            0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef,
+            0x98, 0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88,
+            0x6d, 0x53, 0xfc, 0x05,
+        ];
+        for (name, enc) in [
+            ("zero", [0u8; 32]),
+            ("identity", identity),
+            ("order 2", order2),
+            ("identity as p+1", p_plus_1),
+            ("order 8", order8),
+        ] {
+            for sign in [false, true] {
+                let mut e = enc;
+                if sign {
+                    e[31] |= 0x80;
+                }
+                let mut j = base.clone();
+                j.insert("x".into(), b64url_encode(&e).into());
+                assert_eq!(
+                    VerifyingKey::from_jwk(&j).err(),
+                    Some(JwkError::SmallOrderKey),
+                    "{name}, sign bit {sign}"
+                );
+            }
+        }
+        // Non-canonical S: S + L verifies nowhere.
+        let k = TestKey::ed25519();
+        let vk = k.verifying_key(Algorithm::EdDSA, None);
+        let sig = k.sign(Algorithm::EdDSA, b"m");
+        assert_eq!(vk.verify(b"m", &sig), Ok(()));
+        const L: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let mut high = sig.clone();
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let v = u16::from(high[32 + i]) + u16::from(L[i]) + carry;
+            high[32 + i] = (v & 0xff) as u8;
+            carry = v >> 8;
+        }
+        assert_eq!(carry, 0, "S + L fits in 32 bytes for a fresh signature");
+        assert_eq!(vk.verify(b"m", &high), Err(SignatureError::Invalid));
+    }
+
     #[test]
     fn okp_rules() {
         let k = TestKey::ed25519().public_jwk();
@@ -871,7 +978,7 @@ mod tests {
     }
 
     #[test]
-    fn use_and_key_ops() {
+    fn c33_use_and_key_ops() {
         let k = TestKey::es256();
         let mut enc = k.public_jwk();
         enc.insert("use".into(), "enc".into());
@@ -1003,7 +1110,7 @@ mod tests {
     }
 
     #[test]
-    fn jwk_set_parsing() {
+    fn c33_jwk_set_parsing_refuses_ambiguous_kids() {
         let a = TestKey::es256();
         let b = TestKey::ed25519();
         let c = TestKey::es256();
