@@ -352,7 +352,7 @@ async fn polling_faster_than_the_interval_answers_slow_down() {
 }
 
 #[tokio::test]
-async fn an_approval_id_is_bound_to_its_request_and_requester() {
+async fn h87_an_approval_id_is_bound_to_its_request_and_requester() {
     for (o, _r) in backends("interval = \"2s\"") {
         let b = TestBroker::start_with(o).await;
         let id = pending(&b).await;
@@ -403,7 +403,7 @@ async fn an_approval_id_is_bound_to_its_request_and_requester() {
 }
 
 #[tokio::test]
-async fn the_approver_cannot_be_the_requester() {
+async fn h87_the_approver_cannot_be_the_requester() {
     let b = TestBroker::start_with(options("interval = \"2s\"", None)).await;
     // the operator asks for an approval scope for itself ...
     let op = b.client(Some(&b.operator));

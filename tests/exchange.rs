@@ -18,7 +18,7 @@ fn mtls_form<'a>(aud: &'a str, scope: &'a str) -> Vec<(&'a str, &'a str)> {
 }
 
 #[tokio::test]
-async fn mtls_exchange_mints_rfc9068_token_bound_to_the_certificate() {
+async fn j105_mtls_exchange_mints_rfc9068_token_bound_to_the_certificate() {
     let b = TestBroker::start().await;
     let mut form = mtls_form(API, "tickets:read");
     form.push(("task", "triage-4711"));

@@ -320,7 +320,7 @@ fn urlenc(s: &str) -> String {
 }
 
 #[tokio::test]
-async fn concurrent_exchanges_consume_exactly_n_uses() {
+async fn h86_ten_n_concurrent_exchanges_consume_exactly_n_uses() {
     for (o, _r) in backends().await {
         let b = TestBroker::start_with(o).await;
         let n = 5;
@@ -333,7 +333,7 @@ async fn concurrent_exchanges_consume_exactly_n_uses() {
             .await;
         assert_eq!(s, StatusCode::CREATED);
         let mut tasks = Vec::new();
-        for _ in 0..3 * n {
+        for _ in 0..10 * n {
             let c = b.agent_client();
             let url = b.url("/token");
             tasks.push(tokio::spawn(async move {
@@ -362,7 +362,7 @@ async fn concurrent_exchanges_consume_exactly_n_uses() {
 }
 
 #[tokio::test]
-async fn admin_api_is_for_operators_only() {
+async fn m119_m120_admin_api_is_for_operators_only_and_bounds_grants() {
     let b = TestBroker::start_with(Options {
         policies: JIT_POLICIES.into(),
         ..Default::default()
@@ -398,6 +398,10 @@ async fn admin_api_is_for_operators_only() {
         json!({"subject": AGENT, "scope": "a", "audience": API, "ttl": "1m", "uses": 0}),
         json!({"subject": "", "scope": "a", "audience": API, "ttl": "1m"}),
         json!({"subject": AGENT, "scope": "", "audience": API, "ttl": "1m"}),
+        json!({"subject": AGENT, "scope": "*", "audience": API, "ttl": "1m"}),
+        json!({"subject": AGENT, "scope": "tickets:*", "audience": API, "ttl": "1m"}),
+        json!({"subject": AGENT, "scope": "a", "audience": "*", "ttl": "1m"}),
+        json!({"subject": AGENT, "scope": "a", "audience": API, "ttl": "1m", "uses": 1_000_000_000u64}),
     ] {
         let (s, _) = b.admin(Method::POST, "/admin/v1/grants", Some(body)).await;
         assert_eq!(s, 400);

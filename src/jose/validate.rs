@@ -410,6 +410,51 @@ mod tests {
         c
     }
 
+    proptest::proptest! {
+        /// SECURITY.md #45: the claims that reach policy are exactly the
+        /// verified payload. For arbitrary extra claims (and payload text
+        /// spelled with escapes and whitespace), the validated claims equal
+        /// an independent parse of the very bytes whose signature was
+        /// checked: there is no second parse, no merge and no other source.
+        #[test]
+        fn e45_validated_claims_are_the_verified_bytes(
+            extra in proptest::collection::btree_map("[a-z_]{1,8}", "[ -~]{0,12}", 0..6),
+            spaced in proptest::bool::ANY,
+        ) {
+            let mut c = claims(NOW);
+            for (k, v) in &extra {
+                if !["iss", "sub", "aud", "exp", "iat", "nbf", "jti"].contains(&k.as_str()) {
+                    c[k.as_str()] = Value::String(v.clone());
+                }
+            }
+            let mut payload = serde_json::to_string(&c).unwrap();
+            if spaced {
+                // Same claims, other bytes: whitespace and a \u escape.
+                payload = payload
+                    .replace(ISS, "https:\\/\\/issuer\\u002eexample")
+                    .replace("\",\"", "\" ,\n\"")
+                    .replace("\":", "\" : ");
+            }
+            let k = key();
+            let header = serde_json::to_string(&header(Algorithm::EdDSA, None)).unwrap();
+            let t = crate::jose::testutil::token_raw(&header, &payload, |m| {
+                k.sign(Algorithm::EdDSA, m)
+            });
+            let v = decode(&t)
+                .unwrap()
+                .verify(&k.verifying_key(Algorithm::EdDSA, None))
+                .unwrap();
+            let got = validate(&v, &rules(), NOW).unwrap();
+            // The signed bytes, taken from the token independently.
+            let seg = t.split('.').nth(1).unwrap();
+            let signed = crate::jose::b64url_decode(seg).unwrap();
+            let independent: Map<String, Value> = serde_json::from_slice(&signed).unwrap();
+            proptest::prop_assert_eq!(&got.claims, &independent);
+            proptest::prop_assert_eq!(Some(got.sub.as_str()), independent["sub"].as_str());
+            proptest::prop_assert_eq!(got.iss.as_str(), ISS);
+        }
+    }
+
     #[test]
     fn rules_require_issuer_and_audience() {
         assert_eq!(

@@ -287,6 +287,15 @@ pub async fn create_grant(
             )
         }
     };
+    // Grants are literal: a `*` would read as a wildcard to whoever lists
+    // them, and match nothing but itself (SECURITY #120).
+    if scopes.iter().any(|s| s.as_str().contains('*')) || b.audience.contains('*') {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "a grant names exact scopes and one exact audience: `*` is not allowed",
+        );
+    }
     let ttl = match crate::config::parse_duration(&b.ttl) {
         Ok(d) if !d.is_zero() && d.as_secs() <= MAX_GRANT_TTL_SECS => d.as_secs(),
         _ => {

@@ -209,7 +209,7 @@ async fn ttls_follow_expiries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_identifiers_are_plain_values() {
+async fn h91_hostile_identifiers_are_plain_values() {
     let srv = require_redis!();
     let st = store(&srv);
     let now = unix_now();
@@ -489,7 +489,7 @@ async fn two_brokers_share_one_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lost_ttl_grant_past_its_end_is_not_consumed() {
+async fn h88_lost_ttl_grant_past_its_end_is_not_consumed() {
     let srv = require_redis!();
     let st = store(&srv);
     let mut con = raw(&srv).await;
