@@ -468,7 +468,7 @@ async fn c29_kid_injection_is_an_opaque_miss() {
 }
 
 #[tokio::test]
-async fn c30_key_lookup_is_per_issuer() {
+async fn c30_f55_key_lookup_is_per_issuer() {
     let dir = tempfile::tempdir().unwrap();
     let other = TestIssuer::start(dir.path(), SigningAlgorithm::RS256)
         .await
@@ -1406,7 +1406,7 @@ async fn g80_binding_required_refuses_unauthenticated_callers() {
 }
 
 #[tokio::test]
-async fn g81_g84_github_style_globs() {
+async fn g81_g82_g84_github_style_globs() {
     let policies = r#"
 [[policies]]
 name = "gh"
@@ -1607,7 +1607,7 @@ async fn i98_expired_and_not_yet_valid_certificates() {
 }
 
 #[tokio::test]
-async fn i103_identity_headers_are_ignored() {
+async fn i103_j107_identity_headers_are_ignored() {
     let b = TestBroker::start().await;
     let r = b
         .anon()
@@ -1643,6 +1643,194 @@ async fn i103_identity_headers_are_ignored() {
     let v: Value = r.json().await.unwrap();
     let (_, c) = decode(v["access_token"].as_str().unwrap());
     assert!(c.get("cnf").is_none());
+}
+
+/// A rustls client for the broker limited to one protocol version, with
+/// session resumption on (rustls' default in-memory store).
+fn tls_client(
+    b: &TestBroker,
+    cert: Option<&tessera::pki::IssuedCert>,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(
+            b.ca.cert_der().to_vec(),
+        ))
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots);
+    let cfg = match cert {
+        Some(c) => builder
+            .with_client_auth_cert(
+                vec![rustls_pki_types::CertificateDer::from(c.cert_der.clone())],
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    std::sync::Arc::new(cfg)
+}
+
+/// One HTTP/1.1 request over a fresh TLS connection made with `cfg`; the
+/// kind of handshake it took and the response's status line.
+async fn one_request(
+    b: &TestBroker,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+) -> (rustls::HandshakeKind, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"GET /jwks.json HTTP/1.1\r\nhost: broker\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    let text = String::from_utf8_lossy(&out);
+    (kind, text.lines().next().unwrap_or("").to_string())
+}
+
+/// I102: a resumed TLS session would carry the identity of its first
+/// handshake past the leaf's expiry, revocation or CA removal. The broker
+/// keeps no session state (no TLS 1.3 tickets, no TLS 1.2 cache): a client
+/// that tries to resume gets a full handshake, and presents and verifies
+/// its certificate again, every time.
+#[tokio::test]
+async fn i102_sessions_are_never_resumed() {
+    let b = TestBroker::start().await;
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        for cert in [Some(&b.agent), None] {
+            let cfg = tls_client(&b, cert, version);
+            for attempt in 0..3 {
+                let (kind, status) = one_request(&b, cfg.clone()).await;
+                assert_eq!(status, "HTTP/1.1 200 OK");
+                assert_eq!(
+                    kind,
+                    rustls::HandshakeKind::Full,
+                    "{version:?}, client cert {}, attempt {attempt}",
+                    cert.is_some()
+                );
+            }
+        }
+    }
+}
+
+/// Sends `bytes` to the broker's TLS port and returns what came back before
+/// it closed (waiting at most `wait`).
+async fn raw_tls_exchange(
+    b: &TestBroker,
+    chunks: &[Vec<u8>],
+    wait: std::time::Duration,
+) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    for c in chunks {
+        if tcp.write_all(c).await.is_err() {
+            break;
+        }
+        tcp.flush().await.unwrap();
+    }
+    let mut out = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    let deadline = tokio::time::Instant::now() + wait;
+    while got < out.len() {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut out[got..])).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => {
+                got += n;
+                // a ServerHello flight or an alert is all the test needs
+                if got >= 6 {
+                    break;
+                }
+            }
+        }
+    }
+    out.truncate(got);
+    out
+}
+
+/// The ClientHello a real rustls client sends, as one TLS record.
+fn modern_client_hello(b: &TestBroker) -> Vec<u8> {
+    let cfg = tls_client(b, None, &rustls::version::TLS13);
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut conn = rustls::ClientConnection::new(cfg, name).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    assert_eq!(out[0], 0x16, "a handshake record");
+    out
+}
+
+/// A TLS 1.0 / 1.1 ClientHello (no supported_versions extension).
+fn legacy_client_hello(version: [u8; 2]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&version);
+    body.extend_from_slice(&[7u8; 32]); // random
+    body.push(0); // session id
+    body.extend_from_slice(&[0, 4, 0xc0, 0x13, 0x00, 0x2f]); // two CBC suites
+    body.extend_from_slice(&[1, 0]); // null compression
+    let mut hs = vec![1u8, 0, 0, body.len() as u8];
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x01, 0, hs.len() as u8];
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+/// I101: TLS 1.0 and 1.1 are refused with an alert; a ClientHello split
+/// into many records, or into one-byte TCP segments, still completes; a
+/// `close_notify` or garbage mid-handshake closes that connection only.
+/// The broker keeps serving good clients (rustls does not implement
+/// renegotiation, and TLS 1.3 post-handshake auth is never requested).
+#[tokio::test]
+async fn i101_old_versions_fragmented_hellos_and_aborted_handshakes() {
+    const FIVE: std::time::Duration = std::time::Duration::from_secs(5);
+    let b = TestBroker::start().await;
+    for v in [[3u8, 1u8], [3, 2], [3, 0]] {
+        let got = raw_tls_exchange(&b, &[legacy_client_hello(v)], FIVE).await;
+        assert!(!got.is_empty(), "{v:?}: an alert, not silence");
+        assert_eq!(got[0], 0x15, "{v:?}: an alert record, got {got:02x?}");
+    }
+    // A modern hello, re-framed as records of 7 bytes each.
+    let hello = modern_client_hello(&b);
+    let payload = &hello[5..];
+    let mut reframed = Vec::new();
+    for piece in payload.chunks(7) {
+        reframed.extend_from_slice(&[0x16, 0x03, 0x01, 0, piece.len() as u8]);
+        reframed.extend_from_slice(piece);
+    }
+    let got = raw_tls_exchange(&b, &[reframed], FIVE).await;
+    assert!(
+        got.len() >= 6 && got[0] == 0x16 && got[5] == 0x02,
+        "a ServerHello for a fragmented ClientHello, got {got:02x?}"
+    );
+    // The same hello in one-byte TCP segments.
+    let bytes: Vec<Vec<u8>> = hello.iter().map(|b| vec![*b]).collect();
+    let got = raw_tls_exchange(&b, &bytes, FIVE).await;
+    assert!(
+        got.len() >= 6 && got[0] == 0x16 && got[5] == 0x02,
+        "{got:02x?}"
+    );
+    // close_notify instead of a hello, half a hello then close_notify, and
+    // an SSLv2-style hello.
+    let close_notify = vec![0x15, 0x03, 0x03, 0, 2, 1, 0];
+    let mut half = hello[..hello.len() / 2].to_vec();
+    half.extend_from_slice(&close_notify);
+    for junk in [
+        close_notify.clone(),
+        half,
+        vec![0x80, 0x2e, 0x01, 0x03, 0x01, 0, 0x15, 0, 0, 0, 0x10],
+    ] {
+        let _ = raw_tls_exchange(&b, &[junk], std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(b.agent_token("tickets:read", None).await.0, 200);
 }
 
 // ---------------- K. Published keys / L. limits ----------------

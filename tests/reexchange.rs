@@ -100,7 +100,7 @@ async fn g71_g72_never_wider() {
 }
 
 #[tokio::test]
-async fn j108_bound_parent_only_over_its_certificate() {
+async fn j108_g73_bound_parent_only_over_its_certificate() {
     let b = TestBroker::start().await;
     let (_, v) = b.agent_token("tickets:read", None).await;
     let parent = tok(&v);
@@ -133,7 +133,7 @@ async fn j108_bound_parent_only_over_its_certificate() {
 }
 
 #[tokio::test]
-async fn unbound_oidc_token_re_exchanges_anonymously_within_its_policy() {
+async fn g73_unbound_oidc_token_re_exchanges_anonymously_within_its_policy() {
     let b = TestBroker::start().await;
     let st = b.ci_token();
     let mut f = TestBroker::oidc_form(&st);

@@ -70,7 +70,7 @@ async fn revoke(b: &TestBroker, kind: &str, value: &str) -> Instant {
 }
 
 #[tokio::test]
-async fn verifier_accepts_broker_tokens_and_checks_binding() {
+async fn j106_verifier_accepts_broker_tokens_and_checks_binding() {
     let b = TestBroker::start().await;
     let v = verifier(&b).await;
     let t = verified(&v, &b, "task-plain").await;
@@ -90,6 +90,15 @@ async fn verifier_accepts_broker_tokens_and_checks_binding() {
     assert!(
         t.check_certificate(b"").is_err(),
         "bound token without a certificate"
+    );
+    // J106: the same SPIFFE ID with a rotated key is another certificate.
+    let rotated =
+        b.ca.issue(&tessera::pki::LeafSpec::client_spiffe(AGENT))
+            .unwrap();
+    assert_eq!(
+        t.check_certificate(&rotated.cert_der)
+            .map_err(|e| e.reason()),
+        Err("certificate_mismatch")
     );
     // The wrong audience is refused.
     let jwks = b

@@ -51,9 +51,12 @@ pub fn server_config(
         .with_single_cert(chain, key_der)
         .map_err(|e| format!("server.tls_cert/server.tls_key: {e}"))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // Resumed sessions reuse the original authentication (RFC 8446 §2.2);
-    // tickets stay off so every connection presents its certificate again,
-    // and the stateful cache lets TLS 1.2 clients resume cheaply within it.
+    // Resumed sessions reuse the original authentication (RFC 8446 §2.2):
+    // a session resumed after the leaf expired, was revoked, or its CA left
+    // the bundle would still carry the old identity (SECURITY #102). No
+    // TLS 1.3 tickets and no TLS 1.2 session cache: every connection
+    // presents and verifies its certificate again.
     cfg.send_tls13_tickets = 0;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(cfg))
 }
