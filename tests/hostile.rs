@@ -500,7 +500,7 @@ async fn c30_f55_key_lookup_is_per_issuer() {
 }
 
 #[tokio::test]
-async fn c31_burst_of_random_kids_causes_at_most_one_refresh() {
+async fn c31_l116_bursts_of_random_kids_and_signatures_stay_cheap() {
     let b = TestBroker::start().await;
     accepted(&b, &b.ci_token()).await;
     assert_eq!(b.issuer().jwks_hits(), 1);
@@ -531,6 +531,39 @@ async fn c31_burst_of_random_kids_causes_at_most_one_refresh() {
         b.issuer().jwks_hits()
     );
     // good keys were not evicted
+    accepted(&b, &b.ci_token()).await;
+    // L116: the known kid with random signatures: each is one cheap failed
+    // verification, and no refetch.
+    let hits = b.issuer().jwks_hits();
+    let good = b.ci_token();
+    let (signing_input, _) = good.rsplit_once('.').unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200u32 {
+        let sig: Vec<u8> = (0..256u32)
+            .map(|j| (i.wrapping_mul(31).wrapping_add(j * 7) & 0xff) as u8)
+            .collect();
+        let st = format!("{signing_input}.{}", b64(&sig));
+        let client = b.anon();
+        let url = b.url("/token");
+        tasks.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(encode_form(&TestBroker::oidc_form(&st)))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 400);
+    }
+    assert_eq!(
+        b.issuer().jwks_hits(),
+        hits,
+        "a bad signature never refetches"
+    );
     accepted(&b, &b.ci_token()).await;
 }
 
@@ -1435,6 +1468,59 @@ scopes = ["deploy:read"]
         ("repo:acme/app:ref:refs/heads/main", Value::Null),  // G84: claim missing
     ] {
         refused(&b, &mk(sub, rid), "invalid_request").await;
+    }
+}
+
+/// G83: CI tokens from the wrong kind of run (a self-hosted runner, a
+/// `pull_request_target` event, an unpinned reusable workflow) are refused
+/// when the rule requires those attributes. (The Kubernetes half of #83,
+/// a deleted pod or service account, needs TokenReview, which Tessera
+/// does not call: projected tokens are accepted until their short `exp`.)
+#[tokio::test]
+async fn g83_ci_run_attributes_are_enforced_when_required() {
+    let policies = r#"
+[[policies]]
+name = "gh-deploy"
+owner = "bob@example.com"
+match = { issuer = "ci", subject = "repo:acme/app:ref:refs/heads/main", claims = { "runner_environment" = "github-hosted", "event_name" = "push", "job_workflow_ref" = "acme/app/.github/workflows/deploy.yml@refs/heads/main" } }
+audiences = ["https://deploy.example.com"]
+scopes = ["deploy:read"]
+"#;
+    let b = TestBroker::start_with(Options {
+        policies: policies.into(),
+        ..Default::default()
+    })
+    .await;
+    let mk = |field: &str, value: Value| {
+        let mut c = b
+            .issuer()
+            .claims("repo:acme/app:ref:refs/heads/main", "tessera");
+        c["runner_environment"] = "github-hosted".into();
+        c["event_name"] = "push".into();
+        c["job_workflow_ref"] = "acme/app/.github/workflows/deploy.yml@refs/heads/main".into();
+        if value.is_null() {
+            c.as_object_mut().unwrap().remove(field);
+        } else {
+            c[field] = value;
+        }
+        b.issuer().sign(&c)
+    };
+    accepted(&b, &mk("none", Value::Null)).await;
+    for (field, value) in [
+        ("runner_environment", json!("self-hosted")),
+        ("runner_environment", Value::Null),
+        ("event_name", json!("pull_request_target")),
+        ("event_name", json!("workflow_dispatch")),
+        (
+            "job_workflow_ref",
+            json!("acme/app/.github/workflows/deploy.yml@refs/heads/feature"),
+        ),
+        (
+            "job_workflow_ref",
+            json!("evil/fork/.github/workflows/deploy.yml@refs/heads/main"),
+        ),
+    ] {
+        refused(&b, &mk(field, value.clone()), "invalid_request").await;
     }
 }
 

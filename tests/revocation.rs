@@ -497,3 +497,58 @@ async fn k109_k110_introspection_privacy_and_inactive_tokens() {
         .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"active": false}));
 }
+
+/// H90: revocation values are validated and bounded server-side: an
+/// oversized, binary or pattern-like `jti` is refused with a reason; a
+/// well-formed jti the broker never minted is accepted (harmless: its key
+/// is a fixed-size hash that expires with the longest token lifetime) and
+/// changes nothing for other tokens.
+#[tokio::test]
+async fn h90_revocation_values_are_validated_and_bounded() {
+    let b = TestBroker::start_with(Options {
+        policies: JIT_POLICIES.into(),
+        ..Default::default()
+    })
+    .await;
+    let (_, v) = b.agent_token("tickets:read", Some("h90")).await;
+    let live = tok(&v);
+    for value in [
+        "x".repeat(5000),
+        "\u{0}\u{1}binary".to_string(),
+        "a:b*{c}".to_string(),
+        "6f1c2a4e-0000-4000-8000-00000000000*".to_string(),
+        String::new(),
+    ] {
+        let (s, v) = b
+            .admin(
+                Method::POST,
+                "/admin/v1/revocations",
+                Some(json!({"kind": "jti", "value": value})),
+            )
+            .await;
+        assert_eq!(s, 400, "{v}");
+        let m = v["message"].as_str().unwrap();
+        assert!(m.contains("jti") || m.contains("value"), "the cause: {v}");
+    }
+    for (kind, value) in [("task", "t".repeat(5000)), ("subject", "s".repeat(5000))] {
+        let (s, v) = b
+            .admin(
+                Method::POST,
+                "/admin/v1/revocations",
+                Some(json!({"kind": kind, "value": value})),
+            )
+            .await;
+        assert_eq!(s, 400, "{kind}: {v}");
+    }
+    let never = uuid::Uuid::new_v4().to_string();
+    let (s, v) = b
+        .admin(
+            Method::POST,
+            "/admin/v1/revocations",
+            Some(json!({"kind": "jti", "value": never})),
+        )
+        .await;
+    assert!(s.is_success(), "{v}");
+    assert_eq!(b.introspect(&live).await["active"], true);
+    assert_eq!(b.agent_token("tickets:read", None).await.0, 200);
+}
