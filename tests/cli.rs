@@ -256,3 +256,82 @@ async fn fresh_clone_serve_generates_dev_material_and_exchanges() {
 }
 
 use rustls_pki_types::pem::PemObject;
+
+/// M117: dangerous configurations. Refused outright, naming file, key and
+/// reason: an issuer or JWKS over `http://`, an HS256 or `none` allowlist,
+/// a policy TTL above `[tokens] max_ttl`, a `[tokens] max_ttl` above the
+/// 24 h hard cap. Valid but too wide (a `*` audience, a rule without a
+/// subject, a `**` subject): a warning, and `--deny-warnings` refuses it
+/// (`serve` logs the same warnings and starts; see the README).
+#[test]
+fn m117_dangerous_configs_are_refused_or_flagged() {
+    let d = tempfile::tempdir().unwrap();
+    let dev = "[dev]\ngenerate_missing = true\n";
+    let issuer = "[[issuers]]\nname = \"ci\"\nissuer = \"https://ci.example\"\naudiences = [\"tessera\"]\njwks_uri = \"https://ci.example/jwks\"\n";
+    let policy = "[[policies]]\nname = \"p\"\nowner = \"o@example.com\"\nmatch = { issuer = \"ci\", subject = \"repo:acme/*\" }\naudiences = [\"https://api.example\"]\nscopes = [\"read\"]\n";
+    let check = |text: String, deny: bool| {
+        std::fs::write(d.path().join("c.toml"), text).unwrap();
+        let mut args = vec!["config", "check", "--config", "c.toml"];
+        if deny {
+            args.insert(2, "--deny-warnings");
+        }
+        run(d.path(), &args)
+    };
+    let (code, out, err) = check(format!("{dev}{issuer}{policy}"), true);
+    assert_eq!(code, 0, "the baseline is clean: {out}{err}");
+    for (text, key, reason) in [
+        (
+            issuer.replace("https://ci.example\"", "http://ci.example\""),
+            "issuers[0].issuer",
+            "https://",
+        ),
+        (
+            issuer.replace("https://ci.example/jwks", "http://ci.example/jwks"),
+            "issuers[0].jwks_uri",
+            "https://",
+        ),
+        (
+            format!("{issuer}algorithms = [\"HS256\"]\n"),
+            "issuers[0].algorithms[0]",
+            "never none or HS*",
+        ),
+        (
+            format!("{issuer}algorithms = [\"none\"]\n"),
+            "issuers[0].algorithms[0]",
+            "never none or HS*",
+        ),
+        (
+            format!("{issuer}{policy}max_ttl = \"2h\"\n"),
+            "policies[0].max_ttl",
+            "tokens.max_ttl",
+        ),
+        (
+            format!("[tokens]\nmax_ttl = \"25h\"\n{issuer}"),
+            "tokens.max_ttl",
+            "at most",
+        ),
+    ] {
+        let text = if text.contains("[[policies]]") {
+            format!("{dev}{text}")
+        } else {
+            format!("{dev}{text}{policy}")
+        };
+        let (code, _, err) = check(text, false);
+        assert_eq!(code, 1, "{key}: {err}");
+        assert!(
+            err.contains(&format!("c.toml: {key}:")) && err.contains(reason),
+            "{key}: {err}"
+        );
+    }
+    for wide in [
+        policy.replace("https://api.example", "*"),
+        policy.replace(", subject = \"repo:acme/*\"", ""),
+        policy.replace("repo:acme/*", "**"),
+    ] {
+        let text = format!("{dev}{issuer}{wide}");
+        let (code, out, err) = check(text.clone(), false);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("1 warning"), "{out}{err}");
+        assert_eq!(check(text, true).0, 1, "--deny-warnings refuses: {wide}");
+    }
+}
