@@ -1919,6 +1919,86 @@ async fn i101_old_versions_fragmented_hellos_and_aborted_handshakes() {
     assert_eq!(b.agent_token("tickets:read", None).await.0, 200);
 }
 
+/// L114: HTTP/2 abuse on one connection: 10,000 streams opened and reset at
+/// once (rapid reset), and more concurrent streams than allowed. The
+/// server advertises its stream cap ([`tessera::server::MAX_H2_STREAMS`]),
+/// ends an abusive connection (h2 ≥ 0.4.16 counts resets and sends
+/// GOAWAY), and keeps serving other clients. (CONTINUATION floods are
+/// bounded by the h2 crate's header-list limit; the lock file pins h2
+/// 0.4.20.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l114_http2_rapid_reset_and_stream_floods() {
+    let b = TestBroker::start().await;
+    let mut cfg = (*tls_client(&b, Some(&b.agent), &rustls::version::TLS13)).clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = h2::client::Builder::new()
+        .max_concurrent_reset_streams(100_000)
+        .handshake::<_, bytes::Bytes>(tls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    // One whole request first, so the server's SETTINGS have arrived.
+    send = send.ready().await.unwrap();
+    let req = axum::http::Request::get(b.url("/jwks.json"))
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    send = send.ready().await.unwrap();
+    assert_eq!(
+        send.current_max_send_streams(),
+        tessera::server::MAX_H2_STREAMS as usize,
+        "the server's stream cap"
+    );
+    let mut opened = 0u32;
+    let mut ended = None;
+    for _ in 0..10_000 {
+        send = match send.ready().await {
+            Ok(s) => s,
+            Err(e) => {
+                ended = Some(e.to_string());
+                break;
+            }
+        };
+        let req = axum::http::Request::post(b.url("/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(())
+            .unwrap();
+        match send.send_request(req, false) {
+            Ok((resp, mut body)) => {
+                opened += 1;
+                // Reset at once: the rapid-reset pattern.
+                body.send_reset(h2::Reason::CANCEL);
+                drop(resp);
+            }
+            Err(e) => {
+                ended = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), driver).await;
+    assert!(opened > 0, "streams were opened");
+    println!("rapid reset: {opened} streams opened; connection ended: {ended:?}");
+    assert!(
+        opened < 10_000 && ended.is_some(),
+        "the server ends a connection that resets stream after stream"
+    );
+    // Other clients are served, over HTTP/2 and HTTP/1.1.
+    assert_eq!(b.agent_token("tickets:read", None).await.0, 200);
+    let h2c = tessera::testkit::https_client(b.ca.cert_der(), Some(&b.agent), true).unwrap();
+    let r = h2c.get(b.url("/jwks.json")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+}
+
 // ---------------- K. Published keys / L. limits ----------------
 
 #[tokio::test]
