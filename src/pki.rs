@@ -431,6 +431,27 @@ impl Ca {
         Ok(Ca::assemble(cert.der().to_vec(), key, params))
     }
 
+    /// Issues a sub-CA without a path length constraint, signed by this CA
+    /// (tests build long and wide chains with it).
+    pub fn issue_sub_ca(&self, common_name: &str) -> Result<Ca, PkiError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = ca_params(common_name, BasicConstraints::Unconstrained)?;
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Ca::assemble(cert.der().to_vec(), key, params))
+    }
+
+    /// Issues a sub-CA (unconstrained) for an existing key: called several
+    /// times with one key it makes cross-signed twins (same subject and key,
+    /// other certificates), for tests of path-building budgets.
+    pub fn issue_sub_ca_with_key(&self, common_name: &str, key_pem: &str) -> Result<Ca, PkiError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let mut params = ca_params(common_name, BasicConstraints::Unconstrained)?;
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Ca::assemble(cert.der().to_vec(), key, params))
+    }
+
     fn assemble(cert_der: Vec<u8>, key: KeyPair, params: CertificateParams) -> Ca {
         Ca {
             cert_pem: keyring::pem_encode("CERTIFICATE", &cert_der),

@@ -1785,6 +1785,136 @@ async fn one_request(
     (kind, text.lines().next().unwrap_or("").to_string())
 }
 
+/// A TLS 1.3 mTLS handshake presenting `chain` (leaf first) with the key of
+/// `leaf`; whether it was accepted, and how long it took.
+async fn present_chain(
+    b: &TestBroker,
+    leaf: &tessera::pki::IssuedCert,
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+) -> (bool, std::time::Duration) {
+    use rustls_pki_types::pem::PemObject;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(
+            b.ca.cert_der().to_vec(),
+        ))
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            chain,
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let (_, status) = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        match tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+        {
+            Err(_) => ((), String::new()),
+            Ok(mut tls) => {
+                // TLS 1.3: the server judges the client certificate after
+                // the client thinks the handshake is done; a request tells.
+                let _ = tls
+                    .write_all(b"GET /jwks.json HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n")
+                    .await;
+                let mut out = Vec::new();
+                let _ = tls.read_to_end(&mut out).await;
+                (
+                    (),
+                    String::from_utf8_lossy(&out)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string(),
+                )
+            }
+        }
+    };
+    (status.starts_with("HTTP/1.1 200"), t0.elapsed())
+}
+
+/// I100: pathological client chains. A chain 50 sub-CAs deep, and a chain
+/// with six cross-signed twins at each of four levels (1,296 paths, none
+/// valid, ending at an untrusted root) are refused within the
+/// path-building budget of rustls-webpki;
+/// a normal two-level chain is accepted, and other clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i100_pathological_chains_fail_within_budget() {
+    use rustls_pki_types::CertificateDer;
+    let b = TestBroker::start().await;
+    // baseline: root -> sub -> leaf is accepted
+    let sub = b.ca.issue_sub_ca("Sub 1").unwrap();
+    let leaf = sub.issue(&LeafSpec::client_spiffe(AGENT)).unwrap();
+    let chain = vec![
+        CertificateDer::from(leaf.cert_der.clone()),
+        CertificateDer::from(sub.cert_der().to_vec()),
+    ];
+    let (ok, _) = present_chain(&b, &leaf, chain).await;
+    assert!(ok, "a normal chain through a sub-CA is accepted");
+
+    // deep: 50 sub-CAs
+    let mut cas = vec![b.ca.issue_sub_ca("Deep 1").unwrap()];
+    for i in 2..=50 {
+        let next = cas
+            .last()
+            .unwrap()
+            .issue_sub_ca(&format!("Deep {i}"))
+            .unwrap();
+        cas.push(next);
+    }
+    let leaf = cas
+        .last()
+        .unwrap()
+        .issue(&LeafSpec::client_spiffe(AGENT))
+        .unwrap();
+    let mut chain = vec![CertificateDer::from(leaf.cert_der.clone())];
+    chain.extend(
+        cas.iter()
+            .rev()
+            .map(|c| CertificateDer::from(c.cert_der().to_vec())),
+    );
+    let (ok, took) = present_chain(&b, &leaf, chain).await;
+    assert!(!ok, "a 50-deep chain is refused");
+    println!("50-deep chain refused in {took:?}");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+
+    // wide: four levels of cross-signed twins (six certificates for one
+    // key and name at each level, each a valid signature), 6^4 = 1,296
+    // paths, all ending at a root the broker does not trust
+    let rogue = tessera::pki::Ca::generate("Rogue root").unwrap();
+    let mut parent = rogue;
+    let mut presented: Vec<CertificateDer<'static>> = Vec::new();
+    for depth in 1..=4 {
+        let name = format!("Twin {depth}");
+        let key = parent.issue_sub_ca(&name).unwrap().key_pem().to_string();
+        let twins: Vec<tessera::pki::Ca> = (0..6)
+            .map(|_| parent.issue_sub_ca_with_key(&name, &key).unwrap())
+            .collect();
+        presented.extend(
+            twins
+                .iter()
+                .map(|c| CertificateDer::from(c.cert_der().to_vec())),
+        );
+        parent = twins.into_iter().next().unwrap();
+    }
+    let leaf = parent.issue(&LeafSpec::client_spiffe(AGENT)).unwrap();
+    let mut chain = vec![CertificateDer::from(leaf.cert_der.clone())];
+    chain.extend(presented.into_iter().rev());
+    let (ok, took) = present_chain(&b, &leaf, chain).await;
+    assert!(!ok, "no valid path among the candidates");
+    println!("wide chain refused in {took:?}");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    assert_eq!(b.agent_token("tickets:read", None).await.0, 200);
+}
+
 /// I102: a resumed TLS session would carry the identity of its first
 /// handshake past the leaf's expiry, revocation or CA removal. The broker
 /// keeps no session state (no TLS 1.3 tickets, no TLS 1.2 cache): a client
