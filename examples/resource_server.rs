@@ -188,6 +188,7 @@ async fn run(o: Options) -> Result<(), String> {
         &o.keys.join("server.pem"),
         &o.keys.join("server-key.pem"),
         &[o.keys.join("ca.pem")],
+        &Default::default(),
     )?;
     let listener = tokio::net::TcpListener::bind(o.listen)
         .await

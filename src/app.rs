@@ -204,6 +204,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         &config.server.tls_cert,
         &config.server.tls_key,
         &config.server.client_ca,
+        &config.server.trust_domains,
     )?;
     let listen = config.server.listen;
     let ops_listen = config.server.ops_listen;

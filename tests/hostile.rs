@@ -1841,6 +1841,71 @@ async fn present_chain(
     (status.starts_with("HTTP/1.1 200"), t0.elapsed())
 }
 
+/// I93: with `[server] trust_domains`, a CA can only vouch for its own
+/// trust domain. example.org's CA asserting a partner.org ID, partner.org's
+/// CA asserting an example.org ID, and an ID in a domain with no bundle all
+/// fail the handshake; each CA's own IDs are accepted; a certificate without
+/// a SPIFFE ID chains to `client_ca` only.
+#[tokio::test]
+async fn i93_a_ca_vouches_only_for_its_own_trust_domain() {
+    let extra = tempfile::tempdir().unwrap();
+    let partner = tessera::pki::Ca::generate("partner.org CA").unwrap();
+    let partner_pem = extra.path().join("partner.pem");
+    std::fs::write(&partner_pem, partner.cert_pem()).unwrap();
+    let b = TestBroker::start_with(Options {
+        server_extra: format!(
+            "trust_domains = {{ \"example.org\" = [\"{{dir}}/ca.pem\"], \"partner.org\" = [\"{}\"] }}",
+            partner_pem.display()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let accepted_chain = |leaf: &tessera::pki::IssuedCert| {
+        let der = rustls_pki_types::CertificateDer::from(leaf.cert_der.clone());
+        let leaf = leaf.clone();
+        let b = &b;
+        async move { present_chain(b, &leaf, vec![der]).await.0 }
+    };
+    let own = b.ca.issue(&LeafSpec::client_spiffe(AGENT)).unwrap();
+    assert!(accepted_chain(&own).await, "example.org by its own CA");
+    let theirs = partner
+        .issue(&LeafSpec::client_spiffe("spiffe://partner.org/agent/x"))
+        .unwrap();
+    assert!(accepted_chain(&theirs).await, "partner.org by its own CA");
+    for (what, leaf) in [
+        (
+            "example.org's CA asserting partner.org",
+            b.ca.issue(&LeafSpec::client_spiffe("spiffe://partner.org/agent/x"))
+                .unwrap(),
+        ),
+        (
+            "partner.org's CA asserting example.org",
+            partner.issue(&LeafSpec::client_spiffe(AGENT)).unwrap(),
+        ),
+        (
+            "a trust domain without a bundle",
+            b.ca.issue(&LeafSpec::client_spiffe("spiffe://other.org/agent/x"))
+                .unwrap(),
+        ),
+        (
+            "a DNS-named client from a CA outside client_ca",
+            partner
+                .issue(&LeafSpec::client_dns("svc.partner.org"))
+                .unwrap(),
+        ),
+    ] {
+        assert!(!accepted_chain(&leaf).await, "{what} must be refused");
+    }
+    let dns =
+        b.ca.issue(&LeafSpec::client_dns("svc.example.org"))
+            .unwrap();
+    assert!(
+        accepted_chain(&dns).await,
+        "a DNS-named client from client_ca"
+    );
+    assert_eq!(b.agent_token("tickets:read", None).await.0, 200);
+}
+
 /// I100: pathological client chains. A chain 50 sub-CAs deep, and a chain
 /// with six cross-signed twins at each of four levels (1,296 paths, none
 /// valid, ending at an untrusted root) are refused within the

@@ -112,6 +112,9 @@ pub struct ServerConfig {
     pub client_ca: Vec<PathBuf>,
     /// Ops listener.
     pub ops_listen: SocketAddr,
+    /// SPIFFE trust domain → its CA files (empty: any `client_ca` CA may
+    /// assert any trust domain).
+    pub trust_domains: std::collections::BTreeMap<String, Vec<PathBuf>>,
 }
 
 /// `[tokens]`, typed.
@@ -296,6 +299,29 @@ impl Config {
                 "needs at least one CA file (client certificates are verified against it)".into(),
             ));
         }
+        // SPIFFE trust domain → 1..=16 CA files.
+        let mut trust_domains = std::collections::BTreeMap::new();
+        for (td, files) in &s.trust_domains {
+            let key = format!("server.trust_domains.\"{td}\"");
+            let valid = crate::identity::spiffe::SpiffeId::parse(&format!("spiffe://{td}/x"))
+                .is_ok_and(|id| id.trust_domain() == td);
+            if !valid {
+                return Err(err(
+                    &key,
+                    "is not a SPIFFE trust domain name (lower-case letters, digits, `.`, `-`, `_`)"
+                        .into(),
+                ));
+            }
+            if files.is_empty() || files.len() > 16 {
+                return Err(err(&key, "needs 1 to 16 CA files".into()));
+            }
+            let paths = files
+                .iter()
+                .enumerate()
+                .map(|(i, p)| nonempty_path(&format!("{key}[{i}]"), p))
+                .collect::<Result<Vec<_>, _>>()?;
+            trust_domains.insert(td.clone(), paths);
+        }
         let server = ServerConfig {
             listen: addr("server.listen", &s.listen)?,
             issuer,
@@ -308,6 +334,7 @@ impl Config {
                 .map(|(i, p)| nonempty_path(&format!("server.client_ca[{i}]"), p))
                 .collect::<Result<_, _>>()?,
             ops_listen: addr("server.ops_listen", &s.ops_listen)?,
+            trust_domains,
         };
 
         // [tokens]
@@ -722,6 +749,11 @@ impl Config {
         ];
         for (i, p) in self.server.client_ca.iter().enumerate() {
             v.push((format!("server.client_ca[{i}]"), p.clone()));
+        }
+        for (td, files) in &self.server.trust_domains {
+            for (i, p) in files.iter().enumerate() {
+                v.push((format!("server.trust_domains.\"{td}\"[{i}]"), p.clone()));
+            }
         }
         v.push((
             "tokens.signing_keys".to_string(),

@@ -75,6 +75,10 @@ pub struct RawServer {
     /// Plain-HTTP listener for `/healthz`, `/readyz`, `/metrics`. Defaults to `127.0.0.1:9090`.
     #[serde(default = "d_ops_listen")]
     pub ops_listen: String,
+    /// SPIFFE trust domain → its CA files. When set, a certificate whose
+    /// SPIFFE ID is in a trust domain must chain to that domain's CAs.
+    #[serde(default)]
+    pub trust_domains: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for RawServer {
@@ -86,6 +90,7 @@ impl Default for RawServer {
             tls_key: d_tls_key(),
             client_ca: d_client_ca(),
             ops_listen: d_ops_listen(),
+            trust_domains: BTreeMap::new(),
         }
     }
 }

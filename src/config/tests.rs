@@ -15,7 +15,10 @@ fn key_paths(v: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
                     format!("{prefix}.{k}")
                 };
                 out.insert(p.clone());
-                if !p.ends_with("match.claims") && p != "introspection.audiences" {
+                if !p.ends_with("match.claims")
+                    && p != "introspection.audiences"
+                    && p != "server.trust_domains"
+                {
                     key_paths(child, &p, out);
                 }
             }
@@ -436,4 +439,26 @@ fn limits_default_matches_the_config_defaults() {
         format!("{:?}", super::Limits::default()),
         format!("{parsed:?}")
     );
+}
+
+#[test]
+fn trust_domains_are_validated() {
+    let e = err_of("[server]\ntrust_domains = { \"Example.ORG\" = [\"ca.pem\"] }\n");
+    assert!(
+        e.to_string().contains("server.trust_domains.\"Example.ORG\"")
+            && e.to_string().contains("trust domain name"),
+        "{e}"
+    );
+    let e = err_of("[server]\ntrust_domains = { \"example.org\" = [] }\n");
+    assert!(e.to_string().contains("1 to 16 CA files"), "{e}");
+    let c = Config::from_toml_str(
+        "t.toml",
+        "[server]\ntrust_domains = { \"example.org\" = [\"a.pem\"], \"partner.org\" = [\"b.pem\", \"c.pem\"] }\n",
+    )
+    .unwrap();
+    assert_eq!(c.server.trust_domains.len(), 2);
+    assert!(c
+        .referenced_files()
+        .iter()
+        .any(|(k, p)| k == "server.trust_domains.\"partner.org\"[1]" && p.ends_with("c.pem")));
 }

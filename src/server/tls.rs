@@ -4,9 +4,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::UnixTime;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Reads every certificate in a PEM file; the error names the key and path.
@@ -27,6 +32,7 @@ pub fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: &[std::path::PathBuf],
+    trust_domains: &BTreeMap<String, Vec<std::path::PathBuf>>,
 ) -> Result<Arc<ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let chain = read_certs("server.tls_cert", cert)?;
@@ -40,10 +46,42 @@ pub fn server_config(
                 .map_err(|e| format!("server.client_ca[{i}]: `{}`: {e}", p.display()))?;
         }
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| format!("server.client_ca: {e}"))?;
+    let build = |roots: RootCertStore, key: &str| {
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| format!("{key}: {e}"))
+    };
+    let verifier: Arc<dyn ClientCertVerifier> = if trust_domains.is_empty() {
+        build(roots, "server.client_ca")?
+    } else {
+        // The handshake offers every anchor; each leaf is then held to the
+        // anchors of its own trust domain.
+        let mut all = roots.clone();
+        let mut per_domain = BTreeMap::new();
+        for (td, files) in trust_domains {
+            let mut td_roots = RootCertStore::empty();
+            for (i, p) in files.iter().enumerate() {
+                let key = format!("server.trust_domains.\"{td}\"[{i}]");
+                for c in read_certs(&key, p)? {
+                    all.add(c.clone())
+                        .map_err(|e| format!("{key}: `{}`: {e}", p.display()))?;
+                    td_roots
+                        .add(c)
+                        .map_err(|e| format!("{key}: `{}`: {e}", p.display()))?;
+                }
+            }
+            per_domain.insert(
+                td.clone(),
+                build(td_roots, &format!("server.trust_domains.\"{td}\""))?,
+            );
+        }
+        Arc::new(TrustDomainVerifier {
+            any: build(all, "server.trust_domains")?,
+            no_spiffe_id: build(roots, "server.client_ca")?,
+            per_domain,
+        })
+    };
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("tls: {e}"))?
@@ -59,4 +97,78 @@ pub fn server_config(
     cfg.send_tls13_tickets = 0;
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(cfg))
+}
+
+/// SPIFFE trust-domain binding (SECURITY #93): a leaf whose SPIFFE ID is in
+/// trust domain T must chain to T's own anchors, so a CA of one domain
+/// cannot assert another domain's IDs. Leaves without a SPIFFE ID chain to
+/// `client_ca`; a trust domain with no bundle is refused.
+#[derive(Debug)]
+struct TrustDomainVerifier {
+    /// Every anchor: the hints sent to clients, and handshake signatures.
+    any: Arc<dyn ClientCertVerifier>,
+    /// `client_ca` alone, for leaves without a SPIFFE ID.
+    no_spiffe_id: Arc<dyn ClientCertVerifier>,
+    /// Trust domain → its anchors.
+    per_domain: BTreeMap<String, Arc<dyn ClientCertVerifier>>,
+}
+
+impl ClientCertVerifier for TrustDomainVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.any.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let spiffe = crate::identity::peer::from_leaf_der(end_entity.as_ref())
+            .ok()
+            .and_then(|p| p.spiffe_id);
+        let verifier = match &spiffe {
+            None => &self.no_spiffe_id,
+            Some(id) => self.per_domain.get(id.trust_domain()).ok_or_else(|| {
+                tracing::debug!(
+                    trust_domain = id.trust_domain(),
+                    "no bundle for this trust domain"
+                );
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                )
+            })?,
+        };
+        verifier.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.any.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.any.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.any.supported_verify_schemes()
+    }
 }

@@ -66,6 +66,8 @@ pub struct Options {
     pub audit: String,
     /// The broker's clock (the system clock when None).
     pub clock: Option<std::sync::Arc<dyn tessera::clock::Clock>>,
+    /// Lines under `[server]`; `{dir}` is replaced by the broker's directory.
+    pub server_extra: String,
 }
 
 impl Default for Options {
@@ -83,6 +85,7 @@ impl Default for Options {
             discovery: false,
             audit: "sink = \"off\"".into(),
             clock: None,
+            server_extra: String::new(),
         }
     }
 }
@@ -167,6 +170,7 @@ issuer = "{BROKER_ISS}"
 tls_cert = "{d}/server.pem"
 tls_key = "{d}/server-key.pem"
 client_ca = ["{d}/ca.pem"]
+{server_extra}
 
 [tokens]
 signing_keys = "{d}/signing"
@@ -191,6 +195,7 @@ subjects = ["spiffe://example.org/service/payments-api"]
 {policies}
 "#,
             d = d.display(),
+            server_extra = o.server_extra.replace("{dir}", &d.display().to_string()),
             alg = o.broker_algorithm.as_str(),
             extra = o.extra,
             introspection_extra = o.introspection_extra,
