@@ -82,6 +82,8 @@ fn full_sample() -> RawConfig {
             single_use: false,
             max_token_lifetime: "24h".into(),
             leeway: "30s".into(),
+            jwks_refresh_cooldown: "30s".into(),
+            jwks_max_stale: "24h".into(),
         }],
         policies: vec![RawPolicy {
             name: "p".into(),
