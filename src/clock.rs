@@ -34,6 +34,12 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
         static ORIGIN: OnceLock<Instant> = OnceLock::new();
         ORIGIN.get_or_init(Instant::now).elapsed()
     }
+
+    /// `(wall, monotonic)` read together (a test clock reads both under
+    /// one lock, so a concurrent `advance` is never seen half done).
+    fn both(&self) -> (Duration, Duration) {
+        (self.wall(), self.monotonic())
+    }
 }
 
 /// The system clock.
@@ -73,8 +79,9 @@ impl Clock for SystemClock {
 /// ```
 #[derive(Debug, Default)]
 pub struct ManualClock {
-    wall: AtomicU64,
-    mono: AtomicU64,
+    /// (wall seconds, monotonic seconds), moved together under one lock so
+    /// that no reader sees one moved without the other.
+    state: Mutex<(u64, u64)>,
 }
 
 impl ManualClock {
@@ -86,9 +93,16 @@ impl ManualClock {
     /// ```
     pub fn new(now: u64) -> Self {
         Self {
-            wall: AtomicU64::new(now),
-            mono: AtomicU64::new(0),
+            state: Mutex::new((now, 0)),
         }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut (u64, u64)) -> T) -> T {
+        let mut g = match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut g)
     }
     /// Lets `secs` seconds pass (wall and monotonic).
     ///
@@ -100,8 +114,10 @@ impl ManualClock {
     /// assert_eq!(c.monotonic().as_secs(), 3);
     /// ```
     pub fn advance(&self, secs: u64) {
-        self.mono.fetch_add(secs, Ordering::SeqCst);
-        self.wall.fetch_add(secs, Ordering::SeqCst);
+        self.with(|(w, m)| {
+            *w = w.saturating_add(secs);
+            *m = m.saturating_add(secs);
+        });
     }
     /// Sets the wall clock (monotonic time does not move: a step).
     ///
@@ -113,7 +129,7 @@ impl ManualClock {
     /// assert_eq!(c.monotonic().as_secs(), 0);
     /// ```
     pub fn set(&self, now: u64) {
-        self.wall.store(now, Ordering::SeqCst);
+        self.with(|(w, _)| *w = now);
     }
     /// Steps the wall clock by `secs` (either way) without time passing.
     ///
@@ -125,22 +141,25 @@ impl ManualClock {
     /// assert_eq!(c.now(), 95);
     /// ```
     pub fn step(&self, secs: i64) {
-        let cur = self.wall.load(Ordering::SeqCst);
-        let next = if secs >= 0 {
-            cur.saturating_add(secs.unsigned_abs())
-        } else {
-            cur.saturating_sub(secs.unsigned_abs())
-        };
-        self.wall.store(next, Ordering::SeqCst);
+        self.with(|(w, _)| {
+            *w = if secs >= 0 {
+                w.saturating_add(secs.unsigned_abs())
+            } else {
+                w.saturating_sub(secs.unsigned_abs())
+            };
+        });
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> u64 {
-        self.wall.load(Ordering::SeqCst)
+        self.with(|(w, _)| *w)
     }
     fn monotonic(&self) -> Duration {
-        Duration::from_secs(self.mono.load(Ordering::SeqCst))
+        Duration::from_secs(self.with(|(_, m)| *m))
+    }
+    fn both(&self) -> (Duration, Duration) {
+        self.with(|(w, m)| (Duration::from_secs(*w), Duration::from_secs(*m)))
     }
 }
 
@@ -230,8 +249,7 @@ impl ClockTrust {
     /// # Errors
     /// [`ClockUntrusted`] while a quarantine runs.
     pub fn sample(&self) -> Result<(), ClockUntrusted> {
-        let wall = self.clock.wall();
-        let mono = self.clock.monotonic();
+        let (wall, mono) = self.clock.both();
         let prev = {
             let mut g = match self.last.lock() {
                 Ok(g) => g,

@@ -146,11 +146,16 @@ impl IssuerVerifier {
                 KeyLookupError::Unavailable => {
                     OidcError::Unavailable("no usable keys could be fetched".into())
                 }
-                KeyLookupError::Stale => OidcError::Stale(format!(
-                    "issuer {}: no successful JWKS fetch within jwks_max_stale ({}s)",
-                    self.cfg.name,
-                    self.cfg.jwks_max_stale.as_secs()
-                )),
+                KeyLookupError::Stale => {
+                    // Never wait on the upstream here: fetch in the
+                    // background, so the next request can succeed.
+                    cache.kick_refresh();
+                    OidcError::Stale(format!(
+                        "issuer {}: no successful JWKS fetch within jwks_max_stale ({}s)",
+                        self.cfg.name,
+                        self.cfg.jwks_max_stale.as_secs()
+                    ))
+                }
                 other => OidcError::Rejected(other.reason()),
             })?;
         // Once keys are loaded, refresh them in the background so keys the

@@ -614,6 +614,20 @@ impl JwksCache {
         let _ = self.refresh_locked(&mut state).await;
     }
 
+    /// Starts one refresh in the background, unless one is running or the
+    /// cooldown since the last attempt has not elapsed; returns at once.
+    /// Callers that got [`KeyLookupError::Stale`] use it so that the cache
+    /// recovers as soon as the upstream does, without any request waiting
+    /// on the upstream. Must be called inside a Tokio runtime.
+    pub fn kick_refresh(self: &Arc<Self>) {
+        if self.in_flight.load(Ordering::Acquire) || self.cooling_down_idle() {
+            return;
+        }
+        let seen = self.generation.load(Ordering::Acquire);
+        let me = Arc::clone(self);
+        tokio::spawn(async move { me.refresh_after_miss(seen).await });
+    }
+
     /// Fetches and installs the key set now, ignoring the cooldown (for
     /// start-up and the background task). Failures are logged; the current
     /// keys are kept.
@@ -1139,6 +1153,70 @@ mod tests {
         .unwrap();
         let claims = crate::jose::validate::validate(&v, &rules, now).unwrap();
         assert_eq!(claims.sub, "workload-1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_keys_fail_closed_until_a_fetch_succeeds() {
+        let a = TestKey::es256();
+        let f = ScriptedFetcher::new(Some(set_of(&[(&a, Some("a"))])));
+        let clock = Arc::new(crate::clock::ManualClock::new(1_700_000_000));
+        let fetcher: Arc<dyn JwksFetcher> = f.clone();
+        let c = Arc::new(
+            JwksCache::new(fetcher, DEFAULT_REFRESH_COOLDOWN)
+                .with_max_stale(Duration::from_secs(600))
+                .with_clock(clock.clone()),
+        );
+        assert!(c.key(Some("a")).await.is_ok());
+        f.set(None); // the upstream goes down
+        clock.advance(600);
+        tokio::time::advance(DEFAULT_REFRESH_COOLDOWN).await;
+        // Exactly at the window's end the keys still work...
+        assert!(c.key(Some("a")).await.is_ok());
+        assert_eq!(c.age(), Some(Duration::from_secs(600)));
+        // ...one second later they do not, for known and unknown kids alike,
+        // and the lookup does not fetch.
+        clock.advance(1);
+        let fetches = c.fetch_count();
+        assert_eq!(c.key(Some("a")).await.unwrap_err(), KeyLookupError::Stale);
+        assert_eq!(c.key(Some("zz")).await.unwrap_err(), KeyLookupError::Stale);
+        assert_eq!(c.fetch_count(), fetches);
+        assert_eq!(KeyLookupError::Stale.reason(), "issuer_keys_stale");
+        // A kick fetches in the background; while the upstream is down the
+        // keys stay stale.
+        c.kick_refresh();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(c.fetch_count(), fetches + 1);
+        assert_eq!(c.key(Some("a")).await.unwrap_err(), KeyLookupError::Stale);
+        // Within the cooldown a kick does nothing.
+        c.kick_refresh();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(c.fetch_count(), fetches + 1);
+        // The upstream is back: the next kick after the cooldown recovers.
+        f.set(Some(set_of(&[(&a, Some("a"))])));
+        tokio::time::advance(DEFAULT_REFRESH_COOLDOWN).await;
+        c.kick_refresh();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(c.fetch_count(), fetches + 2);
+        assert!(c.key(Some("a")).await.is_ok());
+        assert_eq!(c.age(), Some(Duration::ZERO));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn background_refresh_runs_within_half_the_max_stale_window() {
+        let a = TestKey::es256();
+        let f = ScriptedFetcher::new(Some(set_of(&[(&a, Some("a"))])));
+        let fetcher: Arc<dyn JwksFetcher> = f.clone();
+        let c = Arc::new(
+            JwksCache::new(fetcher, DEFAULT_REFRESH_COOLDOWN)
+                .with_max_stale(Duration::from_secs(120)),
+        );
+        let task = c.spawn_refresh_task();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(c.fetch_count(), 1);
+        // Default interval is 15 min, but the window is 2 min: every 1 min.
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert_eq!(c.fetch_count(), 2);
+        task.abort();
     }
 
     #[test]
