@@ -402,23 +402,24 @@ async fn r11_slow_upstream_does_not_stall_requests_whose_kid_is_cached() {
     }
 
     // While that fetch hangs, requests whose kid is cached are answered at
-    // once: each within a generous 2 s, all before the fetch gives up.
-    let mut answered = 0;
-    let t_all = Instant::now();
+    // once: each within a generous 2 s, several before the miss (waiting on
+    // the fetch) is answered.
+    let mut during_hang = 0;
     for _ in 0..20 {
+        if miss.is_finished() {
+            break;
+        }
         let t = Instant::now();
-        let tok = up_token(&iss, &u.key);
-        let a = exchange(&b, &ledger, &tok).await;
+        let a = exchange(&b, &ledger, &up_token(&iss, &u.key)).await;
         assert_eq!(a.status, 200, "{}", a.body);
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-        answered += 1;
+        if !miss.is_finished() {
+            during_hang += 1;
+        }
     }
-    assert_eq!(answered, 20);
-    assert_eq!(
-        u.up.hanging.load(Ordering::SeqCst),
-        1,
-        "the upstream fetch was still hanging after {:?}",
-        t_all.elapsed()
+    assert!(
+        during_hang >= 3,
+        "only {during_hang} answers while the fetch hung"
     );
 
     // The miss itself waits at most the fetch timeout (5 s), then is refused.
