@@ -16,16 +16,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::audit::{AuditRecord, Auditor, Event};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, ClockTrust, SystemClock};
 use crate::config::Config;
 use crate::exchange::Exchanger;
 use crate::identity::oidc::IssuerVerifier;
 use crate::mint::keyring::KeyRing;
 use crate::mint::TokenMinter;
 use crate::store::Stores;
-
-/// How often an issuer's JWKS may be refetched for an unknown `kid`.
-pub const JWKS_REFRESH_COOLDOWN: Duration = Duration::from_secs(30);
 
 /// Everything a request needs.
 pub struct App {
@@ -43,6 +40,8 @@ pub struct App {
     pub own_tokens: Arc<crate::identity::own::OwnTokenVerifier>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// Whether the wall clock can be trusted to mint (`/readyz`, `/token`).
+    pub clock_trust: Arc<ClockTrust>,
     /// Set when shutdown began: `/readyz` answers 503.
     pub draining: AtomicBool,
     /// The audit trail.
@@ -80,10 +79,7 @@ impl App {
         .map_err(|e| format!("store.url: {e}"))?;
         let mut issuers = Vec::new();
         for i in &config.issuers {
-            issuers.push(Arc::new(IssuerVerifier::new(
-                i.clone(),
-                JWKS_REFRESH_COOLDOWN,
-            )?));
+            issuers.push(Arc::new(IssuerVerifier::new(i.clone(), clock.clone())?));
         }
         let own_tokens = Arc::new(crate::identity::own::OwnTokenVerifier::new(
             &config.server.issuer,
@@ -103,6 +99,13 @@ impl App {
             stores.clone(),
             clock.clone(),
         )?;
+        let clock_trust = Arc::new(ClockTrust::new(
+            clock.clone(),
+            config.server.max_clock_step,
+            config.server.clock_quarantine,
+        ));
+        clock_trust.spawn_monitor();
+        let exchanger = exchanger.with_clock_trust(clock_trust.clone());
         // The first record of every start: which configuration is in force.
         let rec = AuditRecord::new(Event::ConfigLoaded)
             .detail(&config_summary(&config))
@@ -124,6 +127,7 @@ impl App {
             stores,
             own_tokens,
             clock,
+            clock_trust,
             draining: AtomicBool::new(false),
             auditor,
         })

@@ -252,6 +252,39 @@ async fn jwks(State(s): State<Arc<Shared>>) -> Response {
     Json(json!({ "keys": keys })).into_response()
 }
 
+/// A test HTTPS endpoint serving any router, with its own CA, on
+/// 127.0.0.1 (slow, hostile or misconfigured upstreams in tests).
+pub struct TestHttps {
+    /// `https://127.0.0.1:PORT` (no trailing slash).
+    pub url: String,
+    /// Path of the PEM CA that signed its server certificate.
+    pub ca_path: PathBuf,
+    stop: watch::Sender<bool>,
+}
+
+impl TestHttps {
+    /// Serves `router`, writing its CA to `dir/{stem}-ca.pem`.
+    pub async fn start(dir: &Path, stem: &str, router: Router) -> Result<TestHttps, String> {
+        let (_ca, ca_path, cert_path, key_path) =
+            server_material(dir, stem, "tessera test upstream CA")?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let url = format!(
+            "https://127.0.0.1:{}",
+            listener.local_addr().map_err(|e| e.to_string())?.port()
+        );
+        let stop = serve_test_https(listener, &cert_path, &key_path, router)?;
+        Ok(TestHttps { url, ca_path, stop })
+    }
+}
+
+impl Drop for TestHttps {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
 /// A test HTTPS endpoint (its own CA, on 127.0.0.1) that records the JSON
 /// bodies POSTed to `/hook`: the receiver of `[approvals] webhook` in tests.
 pub struct TestWebhook {

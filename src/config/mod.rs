@@ -33,6 +33,12 @@ use crate::policy::PolicySpec;
 pub const MAX_TOKEN_TTL_CAP: Duration = Duration::from_secs(24 * 3600);
 /// The issuer name reserved for client certificates in `match.issuer`.
 pub const MTLS_ISSUER: &str = "mtls";
+/// Bounds of `[server] max_clock_step`.
+pub const CLOCK_STEP_BOUNDS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
+/// Bounds of `[server] clock_quarantine`.
+pub const CLOCK_QUARANTINE_BOUNDS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
 /// Longest `[approvals] ttl`.
 pub const MAX_APPROVAL_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Longest `[guard] window`.
@@ -115,6 +121,10 @@ pub struct ServerConfig {
     /// SPIFFE trust domain → its CA files (empty: any `client_ca` CA may
     /// assert any trust domain).
     pub trust_domains: std::collections::BTreeMap<String, Vec<PathBuf>>,
+    /// Largest tolerated wall-clock step relative to monotonic time.
+    pub max_clock_step: Duration,
+    /// How long minting stops after a larger step.
+    pub clock_quarantine: Duration,
 }
 
 /// `[tokens]`, typed.
@@ -227,6 +237,10 @@ pub struct IssuerConfig {
     pub max_token_lifetime: Duration,
     /// Clock leeway.
     pub leeway: Duration,
+    /// Least time between miss-triggered JWKS refetches.
+    pub jwks_refresh_cooldown: Duration,
+    /// How long keys stay usable after the last successful fetch.
+    pub jwks_max_stale: Duration,
 }
 
 impl Config {
@@ -264,6 +278,23 @@ impl Config {
             let d = parse_duration(v).map_err(|r| err(key, r))?;
             if d.is_zero() {
                 return Err(err(key, "must be greater than zero".into()));
+            }
+            Ok(d)
+        };
+        let bounded = |key: &str,
+                       v: &str,
+                       range: &std::ops::RangeInclusive<Duration>|
+         -> Result<Duration, ConfigError> {
+            let d = parse_duration(v).map_err(|r| err(key, r))?;
+            if !range.contains(&d) {
+                return Err(err(
+                    key,
+                    format!(
+                        "`{v}` is out of bounds: must be between {}s and {}s",
+                        range.start().as_secs(),
+                        range.end().as_secs()
+                    ),
+                ));
             }
             Ok(d)
         };
@@ -335,6 +366,16 @@ impl Config {
                 .collect::<Result<_, _>>()?,
             ops_listen: addr("server.ops_listen", &s.ops_listen)?,
             trust_domains,
+            max_clock_step: bounded(
+                "server.max_clock_step",
+                &s.max_clock_step,
+                &CLOCK_STEP_BOUNDS,
+            )?,
+            clock_quarantine: bounded(
+                "server.clock_quarantine",
+                &s.clock_quarantine,
+                &CLOCK_QUARANTINE_BOUNDS,
+            )?,
         };
 
         // [tokens]
@@ -546,6 +587,16 @@ impl Config {
                 single_use: ri.single_use,
                 max_token_lifetime: dur(&k("max_token_lifetime"), &ri.max_token_lifetime)?,
                 leeway: parse_duration(&ri.leeway).map_err(|r| err(&k("leeway"), r))?,
+                jwks_refresh_cooldown: bounded(
+                    &k("jwks_refresh_cooldown"),
+                    &ri.jwks_refresh_cooldown,
+                    &crate::jwks::REFRESH_COOLDOWN_BOUNDS,
+                )?,
+                jwks_max_stale: bounded(
+                    &k("jwks_max_stale"),
+                    &ri.jwks_max_stale,
+                    &crate::jwks::MAX_STALE_BOUNDS,
+                )?,
             });
         }
 

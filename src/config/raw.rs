@@ -79,6 +79,14 @@ pub struct RawServer {
     /// SPIFFE ID is in a trust domain must chain to that domain's CAs.
     #[serde(default)]
     pub trust_domains: BTreeMap<String, Vec<String>>,
+    /// Largest wall-clock step (relative to monotonic time, sampled every
+    /// second) that is tolerated; a larger one stops minting for
+    /// `clock_quarantine`. Defaults to `5s`; 1s..=1h.
+    #[serde(default = "d_max_clock_step")]
+    pub max_clock_step: String,
+    /// How long minting stays stopped after a clock step. Defaults to `1m`; 1s..=1h.
+    #[serde(default = "d_clock_quarantine")]
+    pub clock_quarantine: String,
 }
 
 impl Default for RawServer {
@@ -91,6 +99,8 @@ impl Default for RawServer {
             client_ca: d_client_ca(),
             ops_listen: d_ops_listen(),
             trust_domains: BTreeMap::new(),
+            max_clock_step: d_max_clock_step(),
+            clock_quarantine: d_clock_quarantine(),
         }
     }
 }
@@ -430,6 +440,15 @@ pub struct RawIssuer {
     /// Clock leeway for `exp`/`nbf`/`iat`. Defaults to `30s`.
     #[serde(default = "d_leeway")]
     pub leeway: String,
+    /// Least time between two JWKS refetches triggered by an unknown `kid`
+    /// (and between retries after a failed fetch). Defaults to `30s`; 1s..=1h.
+    #[serde(default = "d_jwks_refresh_cooldown")]
+    pub jwks_refresh_cooldown: String,
+    /// How long cached keys stay usable after the last successful JWKS
+    /// fetch while the issuer cannot be reached; after that its tokens are
+    /// refused with 503. Defaults to `24h`; 1m..=7d.
+    #[serde(default = "d_jwks_max_stale")]
+    pub jwks_max_stale: String,
 }
 
 /// One `[[policies]]` entry.
@@ -571,6 +590,18 @@ fn d_issuer_max_lifetime() -> String {
 }
 fn d_leeway() -> String {
     "30s".into()
+}
+fn d_jwks_refresh_cooldown() -> String {
+    "30s".into()
+}
+fn d_jwks_max_stale() -> String {
+    "24h".into()
+}
+fn d_max_clock_step() -> String {
+    "5s".into()
+}
+fn d_clock_quarantine() -> String {
+    "1m".into()
 }
 fn d_max_depth() -> u32 {
     1

@@ -85,6 +85,8 @@ fn full_sample() -> RawConfig {
             single_use: false,
             max_token_lifetime: "24h".into(),
             leeway: "30s".into(),
+            jwks_refresh_cooldown: "30s".into(),
+            jwks_max_stale: "24h".into(),
         }],
         policies: vec![RawPolicy {
             name: "p".into(),
@@ -445,7 +447,8 @@ fn limits_default_matches_the_config_defaults() {
 fn trust_domains_are_validated() {
     let e = err_of("[server]\ntrust_domains = { \"Example.ORG\" = [\"ca.pem\"] }\n");
     assert!(
-        e.to_string().contains("server.trust_domains.\"Example.ORG\"")
+        e.to_string()
+            .contains("server.trust_domains.\"Example.ORG\"")
             && e.to_string().contains("trust domain name"),
         "{e}"
     );
@@ -461,4 +464,59 @@ fn trust_domains_are_validated() {
         .referenced_files()
         .iter()
         .any(|(k, p)| k == "server.trust_domains.\"partner.org\"[1]" && p.ends_with("c.pem")));
+}
+
+#[test]
+fn upstream_and_clock_trust_keys_have_defaults_and_bounds() {
+    let base = "[[issuers]]\nname = \"k\"\nissuer = \"https://k\"\naudiences = [\"t\"]\n";
+    let c = Config::from_toml_str("f", base).unwrap();
+    assert_eq!(c.issuers[0].jwks_refresh_cooldown.as_secs(), 30);
+    assert_eq!(c.issuers[0].jwks_max_stale.as_secs(), 24 * 3600);
+    assert_eq!(c.server.max_clock_step.as_secs(), 5);
+    assert_eq!(c.server.clock_quarantine.as_secs(), 60);
+
+    let c = Config::from_toml_str(
+        "f",
+        &format!("{base}jwks_refresh_cooldown = \"2s\"\njwks_max_stale = \"10m\"\n"),
+    )
+    .unwrap();
+    assert_eq!(c.issuers[0].jwks_refresh_cooldown.as_secs(), 2);
+    assert_eq!(c.issuers[0].jwks_max_stale.as_secs(), 600);
+
+    for (extra, key) in [
+        (
+            "jwks_refresh_cooldown = \"0s\"",
+            "issuers[0].jwks_refresh_cooldown",
+        ),
+        (
+            "jwks_refresh_cooldown = \"2h\"",
+            "issuers[0].jwks_refresh_cooldown",
+        ),
+        ("jwks_max_stale = \"30s\"", "issuers[0].jwks_max_stale"),
+        ("jwks_max_stale = \"8d\"", "issuers[0].jwks_max_stale"),
+    ] {
+        let e = err_of(&format!("{base}{extra}\n"));
+        assert_eq!(e.key, key, "{extra}");
+        assert!(e.reason.contains("out of bounds"), "{}", e.reason);
+    }
+    for (text, key) in [
+        (
+            "[server]\nmax_clock_step = \"500ms\"\n",
+            "server.max_clock_step",
+        ),
+        (
+            "[server]\nmax_clock_step = \"2h\"\n",
+            "server.max_clock_step",
+        ),
+        (
+            "[server]\nclock_quarantine = \"0s\"\n",
+            "server.clock_quarantine",
+        ),
+        (
+            "[server]\nclock_quarantine = \"1d\"\n",
+            "server.clock_quarantine",
+        ),
+    ] {
+        assert_eq!(err_of(text).key, key, "{text}");
+    }
 }

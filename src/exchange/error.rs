@@ -84,6 +84,12 @@ pub enum ExchangeError {
     /// An issuer's keys could not be fetched: fail closed.
     #[error("issuer keys unavailable: {0}")]
     KeysUnavailable(String),
+    /// An issuer's keys are older than its max-stale window: fail closed.
+    #[error("issuer keys stale: {0}")]
+    KeysStale(String),
+    /// The wall clock stepped recently (clock-trust quarantine): fail closed.
+    #[error("clock untrusted: {0}")]
+    ClockUntrusted(String),
     /// Signing failed: fail closed.
     #[error("signing failed: {0}")]
     Signing(String),
@@ -132,6 +138,8 @@ impl ExchangeError {
             Self::NoLifetime => "no_lifetime_left",
             Self::StoreUnavailable(_) => "store_unavailable",
             Self::KeysUnavailable(_) => "issuer_keys_unavailable",
+            Self::KeysStale(_) => "issuer_keys_stale",
+            Self::ClockUntrusted(_) => "clock_untrusted",
             Self::Signing(_) => "signing_failed",
             Self::AuditUnavailable(_) => "audit_unavailable",
             Self::Guard { trigger, .. } => trigger.reason(),

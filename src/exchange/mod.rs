@@ -186,6 +186,8 @@ pub struct Exchanger {
     approvals_interval: u64,
     webhook: Option<approval::Webhook>,
     guard: Option<guard::Guard>,
+    /// When set, nothing is minted while the wall clock is in quarantine.
+    clock_trust: Option<Arc<crate::clock::ClockTrust>>,
 }
 
 /// Counts one action of the anomaly guard.
@@ -250,7 +252,16 @@ impl Exchanger {
             own,
             stores,
             clock,
+            clock_trust: None,
         })
+    }
+
+    /// Refuses every exchange (503 `clock_untrusted`) while `trust` reports
+    /// a recent wall-clock step.
+    #[must_use]
+    pub fn with_clock_trust(mut self, trust: Arc<crate::clock::ClockTrust>) -> Self {
+        self.clock_trust = Some(trust);
+        self
     }
 
     /// The DPoP nonce to hand out now, when nonces are required.
@@ -440,6 +451,12 @@ impl Exchanger {
         peer: &Peer,
         noted: &mut Noted,
     ) -> Result<Issued, ExchangeError> {
+        // Fail closed on an untrusted wall clock before reading it: every
+        // `iat`/`exp` below comes from this one reading.
+        if let Some(t) = &self.clock_trust {
+            t.check()
+                .map_err(|e| ExchangeError::ClockUntrusted(e.to_string()))?;
+        }
         let now = self.clock.now();
         let peer_id = match peer {
             Peer::Unusable(r) => return Err(ExchangeError::ClientAuth(r)),
@@ -1200,6 +1217,7 @@ impl Exchanger {
         let v = verifier.verify(parsed, now).await.map_err(|e| match e {
             OidcError::Rejected(r) => ExchangeError::SubjectToken(r),
             OidcError::Unavailable(d) => ExchangeError::KeysUnavailable(d),
+            OidcError::Stale(d) => ExchangeError::KeysStale(d),
         })?;
         let cfg = verifier.config();
         if cfg.single_use {

@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::Clock;
+
 use rustls_pki_types::{pem::PemObject, CertificateDer};
 use tokio::sync::{Mutex, OnceCell};
 
@@ -24,6 +26,10 @@ pub enum OidcError {
     /// The issuer's keys cannot be had right now: fail closed (503).
     #[error("issuer keys unavailable: {0}")]
     Unavailable(String),
+    /// The issuer's keys are older than its max-stale window and cannot be
+    /// refreshed: fail closed (503).
+    #[error("issuer keys stale: {0}")]
+    Stale(String),
 }
 
 /// Verifies tokens of one configured issuer.
@@ -35,6 +41,7 @@ pub struct IssuerVerifier {
     refresher: std::sync::atomic::AtomicBool,
     discovery_failed_at: Mutex<Option<tokio::time::Instant>>,
     cooldown: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for IssuerVerifier {
@@ -47,8 +54,11 @@ impl std::fmt::Debug for IssuerVerifier {
 }
 
 impl IssuerVerifier {
-    /// Builds the verifier (no network until the first token arrives).
-    pub fn new(cfg: IssuerConfig, cooldown: Duration) -> Result<Self, String> {
+    /// Builds the verifier (no network until the first token arrives). The
+    /// refresh cooldown and max-stale window come from `cfg`; `clock`'s
+    /// monotonic face measures how stale the keys are.
+    pub fn new(cfg: IssuerConfig, clock: Arc<dyn Clock>) -> Result<Self, String> {
+        let cooldown = cfg.jwks_refresh_cooldown;
         let mut roots = Vec::new();
         if let Some(ca) = &cfg.ca {
             for c in CertificateDer::pem_file_iter(ca)
@@ -73,6 +83,7 @@ impl IssuerVerifier {
             refresher: std::sync::atomic::AtomicBool::new(false),
             discovery_failed_at: Mutex::new(None),
             cooldown,
+            clock,
         })
     }
 
@@ -104,7 +115,11 @@ impl IssuerVerifier {
                 };
                 let fetcher =
                     HttpJwksFetcher::new(self.client.clone(), &uri).map_err(|e| e.to_string())?;
-                Ok::<_, String>(Arc::new(JwksCache::new(Arc::new(fetcher), self.cooldown)))
+                Ok::<_, String>(Arc::new(
+                    JwksCache::new(Arc::new(fetcher), self.cooldown)
+                        .with_max_stale(self.cfg.jwks_max_stale)
+                        .with_clock(self.clock.clone()),
+                ))
             })
             .await;
         match res {
@@ -130,6 +145,16 @@ impl IssuerVerifier {
             .map_err(|e| match e {
                 KeyLookupError::Unavailable => {
                     OidcError::Unavailable("no usable keys could be fetched".into())
+                }
+                KeyLookupError::Stale => {
+                    // Never wait on the upstream here: fetch in the
+                    // background, so the next request can succeed.
+                    cache.kick_refresh();
+                    OidcError::Stale(format!(
+                        "issuer {}: no successful JWKS fetch within jwks_max_stale ({}s)",
+                        self.cfg.name,
+                        self.cfg.jwks_max_stale.as_secs()
+                    ))
                 }
                 other => OidcError::Rejected(other.reason()),
             })?;

@@ -9,6 +9,16 @@
 //! new snapshot instead of fetching again). A failed or empty refresh never
 //! replaces the keys already held.
 //!
+//! Expiry is stale-while-revalidate: lookups never wait for a scheduled
+//! refresh; [`JwksCache::spawn_refresh_task`] refetches in the background.
+//! Only a miss (unknown `kid`) or an empty cache waits, for one fetch at
+//! most (bounded by the fetcher's timeout) and at most once per cooldown.
+//! Keys held keep working while the upstream is down, for at most
+//! `max_stale` (see [`DEFAULT_MAX_STALE`]) after the last successful fetch,
+//! measured on the monotonic face of the injected [`Clock`]; after that
+//! every lookup fails with [`KeyLookupError::Stale`] (fail closed) until a
+//! fetch succeeds again.
+//!
 //! The HTTPS fetcher, OIDC discovery and TLS client construction live in
 //! [`http`] (behind the `verifier-http` feature, which brings in reqwest;
 //! `server` enables it).
@@ -21,6 +31,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::clock::{Clock, SystemClock};
 use crate::jose::jwk::{parse_jwk_set, JwkError, JwkSet, KeyMatchError, VerifyingKey};
 
 #[cfg(feature = "verifier-http")]
@@ -43,6 +54,29 @@ pub const MAX_JWKS_BYTES: usize = crate::jose::jwk::MAX_JWK_SET_BYTES;
 /// assert_eq!(tessera::jwks::DEFAULT_REFRESH_COOLDOWN.as_secs(), 30);
 /// ```
 pub const DEFAULT_REFRESH_COOLDOWN: Duration = Duration::from_secs(30);
+/// Bounds of a configured refresh cooldown.
+///
+/// ```
+/// use tessera::jwks::{DEFAULT_REFRESH_COOLDOWN, REFRESH_COOLDOWN_BOUNDS};
+/// assert!(REFRESH_COOLDOWN_BOUNDS.contains(&DEFAULT_REFRESH_COOLDOWN));
+/// ```
+pub const REFRESH_COOLDOWN_BOUNDS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
+/// Default max-stale window: how long keys stay usable after the last
+/// successful fetch while the upstream cannot be reached.
+///
+/// ```
+/// assert_eq!(tessera::jwks::DEFAULT_MAX_STALE.as_secs(), 24 * 3600);
+/// ```
+pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(24 * 60 * 60);
+/// Bounds of a configured max-stale window.
+///
+/// ```
+/// use tessera::jwks::{DEFAULT_MAX_STALE, MAX_STALE_BOUNDS};
+/// assert!(MAX_STALE_BOUNDS.contains(&DEFAULT_MAX_STALE));
+/// ```
+pub const MAX_STALE_BOUNDS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(60)..=Duration::from_secs(7 * 24 * 3600);
 /// Background refresh interval when the server sends no `max-age`.
 ///
 /// ```
@@ -224,6 +258,11 @@ pub enum KeyLookupError {
     /// No key set has ever been loaded and fetching failed (map to 503).
     #[error("signing keys unavailable")]
     Unavailable,
+    /// Keys are held, but the last successful fetch is older than the
+    /// max-stale window and the upstream still cannot be reached (map to
+    /// 503).
+    #[error("signing keys stale: no successful fetch within the max-stale window")]
+    Stale,
 }
 
 impl KeyLookupError {
@@ -238,6 +277,7 @@ impl KeyLookupError {
             KeyLookupError::UnknownKid => "unknown_kid",
             KeyLookupError::AmbiguousKid => "ambiguous_kid",
             KeyLookupError::Unavailable => "jwks_unavailable",
+            KeyLookupError::Stale => "issuer_keys_stale",
         }
     }
 }
@@ -303,12 +343,20 @@ pub struct JwksCache {
     last_attempt_ms: AtomicU64,
     /// True while a fetch is running (misses then wait for its result).
     in_flight: AtomicBool,
+    /// Wall and monotonic time (the monotonic face measures staleness).
+    clock: Arc<dyn Clock>,
+    /// How long keys stay usable after the last successful fetch.
+    max_stale: Duration,
+    /// `clock.monotonic()` in milliseconds at the last successful fetch,
+    /// plus one (0 = never).
+    last_success_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for JwksCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwksCache")
             .field("cooldown", &self.cooldown)
+            .field("max_stale", &self.max_stale)
             .field("keys", &self.snapshot().map(|s| s.len()))
             .field("fetches", &self.fetch_count())
             .finish_non_exhaustive()
@@ -352,7 +400,62 @@ impl JwksCache {
             created: Instant::now(),
             last_attempt_ms: AtomicU64::new(0),
             in_flight: AtomicBool::new(false),
+            clock: Arc::new(SystemClock),
+            max_stale: DEFAULT_MAX_STALE,
+            last_success_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Sets the max-stale window (default [`DEFAULT_MAX_STALE`]).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use tessera::jwks::{BoxFuture, FetchError, FetchedJwks, JwksCache, JwksFetcher, DEFAULT_REFRESH_COOLDOWN};
+    /// struct Down;
+    /// impl JwksFetcher for Down {
+    ///     fn fetch(&self) -> BoxFuture<'_, Result<FetchedJwks, FetchError>> {
+    ///         Box::pin(async { Err(FetchError::Status(503)) })
+    ///     }
+    /// }
+    /// let cache = JwksCache::new(Arc::new(Down), DEFAULT_REFRESH_COOLDOWN)
+    ///     .with_max_stale(Duration::from_secs(3600));
+    /// assert_eq!(cache.max_stale(), Duration::from_secs(3600));
+    /// ```
+    #[must_use]
+    pub fn with_max_stale(mut self, max_stale: Duration) -> JwksCache {
+        self.max_stale = max_stale;
+        self
+    }
+
+    /// Sets the clock whose monotonic face measures staleness (default
+    /// [`SystemClock`]).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> JwksCache {
+        self.clock = clock;
+        self
+    }
+
+    /// The max-stale window.
+    #[must_use]
+    pub fn max_stale(&self) -> Duration {
+        self.max_stale
+    }
+
+    /// Time since the last successful fetch (`None` before the first).
+    #[must_use]
+    pub fn age(&self) -> Option<Duration> {
+        let stamp = self.last_success_ms.load(Ordering::Acquire);
+        if stamp == 0 {
+            return None;
+        }
+        let at = Duration::from_millis(stamp.saturating_sub(1));
+        Some(self.clock.monotonic().saturating_sub(at))
+    }
+
+    /// True when keys are held but older than the max-stale window.
+    fn is_stale(&self) -> bool {
+        self.age().is_some_and(|a| a > self.max_stale)
     }
 
     fn millis_since_created(&self, t: Instant) -> u64 {
@@ -444,7 +547,10 @@ impl JwksCache {
     ///
     /// # Errors
     /// [`KeyLookupError::UnknownKid`], [`KeyLookupError::AmbiguousKid`], or
-    /// [`KeyLookupError::Unavailable`] when no key set was ever loaded.
+    /// [`KeyLookupError::Unavailable`] when no key set was ever loaded,
+    /// [`KeyLookupError::Stale`] when the keys are older than the
+    /// max-stale window (a stale cache does not fetch on the request path;
+    /// the background task keeps retrying).
     ///
     /// ```
     /// use std::sync::Arc;
@@ -475,6 +581,9 @@ impl JwksCache {
         // between, we notice and do not refresh again.
         let seen = self.generation.load(Ordering::Acquire);
         if let Some(set) = self.snapshot() {
+            if self.is_stale() {
+                return Err(KeyLookupError::Stale);
+            }
             if let Ok(key) = set.find(kid) {
                 return Ok(key);
             }
@@ -482,6 +591,7 @@ impl JwksCache {
         self.refresh_after_miss(seen).await;
         match self.snapshot() {
             None => Err(KeyLookupError::Unavailable),
+            Some(_) if self.is_stale() => Err(KeyLookupError::Stale),
             Some(set) => set.find(kid).map_err(KeyLookupError::from),
         }
     }
@@ -502,6 +612,20 @@ impl JwksCache {
         }
         // Failures are logged and recorded inside; the caller re-checks.
         let _ = self.refresh_locked(&mut state).await;
+    }
+
+    /// Starts one refresh in the background, unless one is running or the
+    /// cooldown since the last attempt has not elapsed; returns at once.
+    /// Callers that got [`KeyLookupError::Stale`] use it so that the cache
+    /// recovers as soon as the upstream does, without any request waiting
+    /// on the upstream. Must be called inside a Tokio runtime.
+    pub fn kick_refresh(self: &Arc<Self>) {
+        if self.in_flight.load(Ordering::Acquire) || self.cooling_down_idle() {
+            return;
+        }
+        let seen = self.generation.load(Ordering::Acquire);
+        let me = Arc::clone(self);
+        tokio::spawn(async move { me.refresh_after_miss(seen).await });
     }
 
     /// Fetches and installs the key set now, ignoring the cooldown (for
@@ -585,6 +709,12 @@ impl JwksCache {
                 Ok(set) => {
                     tracing::info!(keys = set.len(), "installed JWKS");
                     self.install(set);
+                    self.last_success_ms.store(
+                        u64::try_from(self.clock.monotonic().as_millis())
+                            .unwrap_or(u64::MAX)
+                            .saturating_add(1),
+                        Ordering::Release,
+                    );
                     state.max_age = doc.max_age;
                     Ok(())
                 }
@@ -610,7 +740,8 @@ impl JwksCache {
     /// the last `max-age` clamped to
     /// [`MIN_REFRESH_INTERVAL`]..=[`MAX_REFRESH_INTERVAL`] (default
     /// [`DEFAULT_REFRESH_INTERVAL`]) after a success, the cooldown after a
-    /// failure.
+    /// failure. Never more than half the max-stale window, so keys are
+    /// renewed before they go stale.
     async fn next_refresh_delay(&self) -> Duration {
         let state = self.refresh.lock().await;
         if state.last_result.is_err() {
@@ -620,6 +751,8 @@ impl JwksCache {
             .max_age
             .unwrap_or(DEFAULT_REFRESH_INTERVAL)
             .clamp(MIN_REFRESH_INTERVAL, MAX_REFRESH_INTERVAL)
+            .min(self.max_stale / 2)
+            .max(Duration::from_secs(1))
     }
 
     /// Spawns a task that refreshes immediately (unless keys are already
@@ -1020,6 +1153,70 @@ mod tests {
         .unwrap();
         let claims = crate::jose::validate::validate(&v, &rules, now).unwrap();
         assert_eq!(claims.sub, "workload-1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_keys_fail_closed_until_a_fetch_succeeds() {
+        let a = TestKey::es256();
+        let f = ScriptedFetcher::new(Some(set_of(&[(&a, Some("a"))])));
+        let clock = Arc::new(crate::clock::ManualClock::new(1_700_000_000));
+        let fetcher: Arc<dyn JwksFetcher> = f.clone();
+        let c = Arc::new(
+            JwksCache::new(fetcher, DEFAULT_REFRESH_COOLDOWN)
+                .with_max_stale(Duration::from_secs(600))
+                .with_clock(clock.clone()),
+        );
+        assert!(c.key(Some("a")).await.is_ok());
+        f.set(None); // the upstream goes down
+        clock.advance(600);
+        tokio::time::advance(DEFAULT_REFRESH_COOLDOWN).await;
+        // Exactly at the window's end the keys still work...
+        assert!(c.key(Some("a")).await.is_ok());
+        assert_eq!(c.age(), Some(Duration::from_secs(600)));
+        // ...one second later they do not, for known and unknown kids alike,
+        // and the lookup does not fetch.
+        clock.advance(1);
+        let fetches = c.fetch_count();
+        assert_eq!(c.key(Some("a")).await.unwrap_err(), KeyLookupError::Stale);
+        assert_eq!(c.key(Some("zz")).await.unwrap_err(), KeyLookupError::Stale);
+        assert_eq!(c.fetch_count(), fetches);
+        assert_eq!(KeyLookupError::Stale.reason(), "issuer_keys_stale");
+        // A kick fetches in the background; while the upstream is down the
+        // keys stay stale.
+        c.kick_refresh();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(c.fetch_count(), fetches + 1);
+        assert_eq!(c.key(Some("a")).await.unwrap_err(), KeyLookupError::Stale);
+        // Within the cooldown a kick does nothing.
+        c.kick_refresh();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(c.fetch_count(), fetches + 1);
+        // The upstream is back: the next kick after the cooldown recovers.
+        f.set(Some(set_of(&[(&a, Some("a"))])));
+        tokio::time::advance(DEFAULT_REFRESH_COOLDOWN).await;
+        c.kick_refresh();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(c.fetch_count(), fetches + 2);
+        assert!(c.key(Some("a")).await.is_ok());
+        assert_eq!(c.age(), Some(Duration::ZERO));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn background_refresh_runs_within_half_the_max_stale_window() {
+        let a = TestKey::es256();
+        let f = ScriptedFetcher::new(Some(set_of(&[(&a, Some("a"))])));
+        let fetcher: Arc<dyn JwksFetcher> = f.clone();
+        let c = Arc::new(
+            JwksCache::new(fetcher, DEFAULT_REFRESH_COOLDOWN)
+                .with_max_stale(Duration::from_secs(120)),
+        );
+        let task = c.spawn_refresh_task();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(c.fetch_count(), 1);
+        // Default interval is 15 min, but the window is 2 min: every 1 min.
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert_eq!(c.fetch_count(), 2);
+        task.abort();
     }
 
     #[test]

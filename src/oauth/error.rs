@@ -245,6 +245,8 @@ impl From<&crate::exchange::ExchangeError> for OAuthError {
             E::UseDpopNonce => ErrorCode::UseDpopNonce,
             E::StoreUnavailable(_)
             | E::KeysUnavailable(_)
+            | E::KeysStale(_)
+            | E::ClockUntrusted(_)
             | E::Signing(_)
             | E::AuditUnavailable(_) => ErrorCode::TemporarilyUnavailable,
         };

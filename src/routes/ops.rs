@@ -13,10 +13,15 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: the store answers within its timeout and the broker is not draining.
+/// Readiness: the store answers within its timeout, the broker is not
+/// draining, and the wall clock is trusted (no recent step).
 pub async fn readyz(State(app): State<AppState>) -> Response {
     if app.draining.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    if let Err(e) = app.clock_trust.check() {
+        tracing::warn!(error = %e, "readyz: clock untrusted");
+        return (StatusCode::SERVICE_UNAVAILABLE, "clock untrusted\n").into_response();
     }
     match tokio::time::timeout(app.config.store.timeout, app.stores.health.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),

@@ -307,7 +307,7 @@ impl VerifyError {
     pub const fn is_unavailable(self) -> bool {
         matches!(
             self,
-            VerifyError::Key(KeyLookupError::Unavailable)
+            VerifyError::Key(KeyLookupError::Unavailable | KeyLookupError::Stale)
                 | VerifyError::RevocationStatusUnknown(_)
                 | VerifyError::IntrospectionUnavailable(_)
         )
