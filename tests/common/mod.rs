@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod invariants;
+pub mod latency_proxy;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
