@@ -769,3 +769,219 @@ async fn r3_slow_redis_opens_the_breaker_and_requests_fail_fast() {
     );
     eprintln!("ledger: {summary:?}");
 }
+
+/// Waits until the replica at `url` reports `master_link_status:up`.
+fn wait_link_up(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !redis_cli(url, &["INFO", "replication"]).contains("master_link_status:up") {
+        assert!(Instant::now() < deadline, "the replica never synced");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether the Redis at `url` holds a task revocation entry.
+fn has_task_entry(url: &str) -> bool {
+    redis_cli(url, &["--scan", "--pattern", "*{rev}:e:task:*"])
+        .lines()
+        .any(|l| !l.trim().is_empty())
+}
+
+fn re_exchange(parent: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("grant_type", TE),
+        ("subject_token_type", ACCESS),
+        ("subject_token", parent),
+        ("audience", API),
+        ("scope", "tickets:read"),
+    ]
+}
+
+/// R5 / P7 with `[store] revocation_replicas = 1`: a revocation is reported
+/// durable only once the replica acknowledged it (and the replica holds
+/// it); with the replica gone, the CLI says "not durable", naming the acks,
+/// and exits 3 (not 1: the revocation IS in force on the primary, so the
+/// revoked token is refused as a subject token and introspects inactive);
+/// the admin API answers 202 with `durable: false`; the audit record notes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r5_revocation_waits_for_a_replica_and_says_when_not_durable() {
+    let Some(primary) = redis_or_skip().unwrap() else {
+        return;
+    };
+    let port = primary.port().to_string();
+    let mut replica =
+        tessera::testkit_redis::RedisServer::start_with(&["--replicaof", "127.0.0.1", &port])
+            .unwrap();
+    wait_link_up(&replica.url());
+    let b = TestBroker::start_with(Options {
+        store_url: Some(primary.url()),
+        store_extra: "revocation_replicas = 1\nrevocation_wait = \"500ms\"\n".into(),
+        policies: jit_policies(),
+        ..Default::default()
+    })
+    .await;
+
+    // both up: durable, exit 0, and the replica holds the entry
+    let (s, v) = b.agent_token("tickets:read", Some("r5-a")).await;
+    assert_eq!(s, 200, "{v}");
+    let (code, out, err) = cli(&b, &["revoke", "--task", "r5-a"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("durable: 1 of 1"), "{out}");
+    assert!(!err.contains("not durable"), "{err}");
+    assert!(
+        has_task_entry(&replica.url()),
+        "acknowledged: on the replica"
+    );
+
+    // the replica dies: in force on the primary, but not durable
+    let (s, v) = b.agent_token("tickets:read", Some("r5-b")).await;
+    assert_eq!(s, 200, "{v}");
+    let token = v["access_token"].as_str().unwrap().to_string();
+    replica.kill();
+    let (code, out, err) = cli(&b, &["revoke", "--task", "r5-b"]);
+    assert_eq!(code, 3, "distinct from 1 (not made): {out}{err}");
+    assert!(err.contains("not durable"), "{err}");
+    assert!(err.contains("only 0 of 1 required replicas"), "{err}");
+    assert!(out.contains("revoked task r5-b"), "{out}");
+    assert_eq!(b.introspect(&token).await["active"], false);
+    let (s, v) = b.token(&b.agent_client(), &re_exchange(&token)).await;
+    assert_eq!(
+        (s.as_u16(), v["error"].as_str()),
+        (400, Some("invalid_request")),
+        "the revoked token is refused as a subject token: {v}"
+    );
+
+    // the admin API: 202 with the durability fields. WAIT blocks the
+    // connection it runs on for up to revocation_wait (500 ms, twice the
+    // store timeout): exchanges running meanwhile are not stuck behind it.
+    let (revoked, exchanged) = tokio::join!(
+        b.admin(
+            Method::POST,
+            "/admin/v1/revocations",
+            Some(json!({"kind": "task", "value": "r5-c"})),
+        ),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            b.agent_token("tickets:read", None).await
+        }
+    );
+    assert_eq!(exchanged.0, 200, "{}", exchanged.1);
+    let (s, v) = revoked;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["durable"], false);
+    assert_eq!(v["replicas_acked"], 0);
+    assert_eq!(v["replicas_required"], 1);
+
+    // grant revoke shares the path
+    let (s, g) = b
+        .admin(Method::POST, "/admin/v1/grants", Some(json!({"subject": AGENT, "scope": "tickets:delete", "audience": API, "ttl": "60s", "uses": 1})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (code, _, err) = cli(&b, &["grant", "revoke", g["id"].as_str().unwrap()]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("not durable"), "{err}");
+    assert_eq!(b.agent_token("tickets:delete", None).await.0, 400);
+
+    // the audit records say which revocations are durable
+    let records = b.audit_records().await;
+    let detail = |task: &str| {
+        records
+            .iter()
+            .find(|r| r["event"] == "revoked" && r["task"] == task)
+            .map(|r| r["detail"].as_str().unwrap_or("").to_string())
+            .unwrap_or_else(|| panic!("no revoked record for {task}"))
+    };
+    assert!(
+        detail("r5-a").contains("durable: 1/1"),
+        "{}",
+        detail("r5-a")
+    );
+    assert!(
+        detail("r5-b").contains("NOT durable: 0/1"),
+        "{}",
+        detail("r5-b")
+    );
+    assert!(records.iter().any(|r| r["event"] == "grant_revoked"
+        && r["detail"].as_str().unwrap_or("").contains("NOT durable")));
+
+    // the replica comes back (empty, resyncs): durable again
+    replica.restart().unwrap();
+    wait_link_up(&replica.url());
+    let (code, out, err) = cli(&b, &["revoke", "--task", "r5-d"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// R5 without `WAIT` (`revocation_replicas = 0`, the default): Redis
+/// replication is asynchronous, so a revocation the CLI reported made can be
+/// lost by a failover. The replica's link is held back by a proxy (the
+/// window is then seconds instead of the usual sub-millisecond), the
+/// revocation succeeds on the primary, the replica is promoted at once, and
+/// a broker on the promoted replica finds the revoked token active again.
+/// With `revocation_replicas = 1` the same window is reported: "not durable".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r5_without_wait_a_failover_can_lose_a_reported_revocation() {
+    use common::latency_proxy::LatencyProxy;
+
+    let Some(primary) = redis_or_skip().unwrap() else {
+        return;
+    };
+    let proxy = LatencyProxy::start(([127, 0, 0, 1], primary.port()).into()).await;
+    let port = proxy.port().to_string();
+    let replica =
+        tessera::testkit_redis::RedisServer::start_with(&["--replicaof", "127.0.0.1", &port])
+            .unwrap();
+    wait_link_up(&replica.url());
+    let a = TestBroker::start_with(Options {
+        store_url: Some(primary.url()),
+        ..Default::default()
+    })
+    .await;
+    let (s, v) = a.agent_token("tickets:read", Some("r5-lost")).await;
+    assert_eq!(s, 200, "{v}");
+    let token = v["access_token"].as_str().unwrap().to_string();
+
+    // the replication stream (primary -> replica) now lags by 5 s
+    proxy.set_answer_delay(Duration::from_secs(5));
+    let (code, out, err) = cli(&a, &["revoke", "--task", "r5-lost", "--json"]);
+    assert_eq!(code, 0, "reported made: {out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["durable"], true, "nothing required, nothing waited for");
+    assert_eq!(v["replicas_required"], 0);
+    assert!(v["replicas_acked"].is_null());
+    assert_eq!(a.introspect(&token).await["active"], false);
+    assert!(has_task_entry(&primary.url()));
+    assert!(
+        !has_task_entry(&replica.url()),
+        "the window: the replica does not have it yet"
+    );
+
+    // with WAIT the same window is reported, not hidden
+    let waiting = TestBroker::start_with(Options {
+        store_url: Some(primary.url()),
+        store_extra: "revocation_replicas = 1\nrevocation_wait = \"300ms\"\n".into(),
+        share_with: Some(a.home()),
+        with_issuer: false,
+        ..Default::default()
+    })
+    .await;
+    let (code, _, err) = cli(&waiting, &["revoke", "--task", "r5-other"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("not durable"), "{err}");
+
+    // failover: the replica is promoted before the revocation reached it
+    assert_eq!(
+        redis_cli(&replica.url(), &["REPLICAOF", "NO", "ONE"]).trim(),
+        "OK"
+    );
+    let b = TestBroker::start_with(Options {
+        store_url: Some(replica.url()),
+        share_with: Some(a.home()),
+        with_issuer: false,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        b.introspect(&token).await["active"],
+        true,
+        "R5: the revocation was lost with the failover"
+    );
+}

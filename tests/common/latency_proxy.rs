@@ -3,9 +3,13 @@
 //!
 //! Every chunk a client sends is held for `delay ± jitter` (uniform, never
 //! negative) before it is forwarded; chunks of one connection keep their
-//! order (a chunk is never released before the one before it). Answers flow
-//! back undelayed. The delay can be changed at any time and applies to
-//! chunks read from then on, on every connection. The proxy counts the
+//! order (a chunk is never released before the one before it), so on one
+//! connection a long delay also holds back the chunks behind it (head-of-line
+//! blocking, as with a slow server). Answers flow back undelayed unless
+//! [`LatencyProxy::set_answer_delay`] says otherwise (to hold back a Redis
+//! replication stream, whose data flows from the server to the replica).
+//! Delays can be changed at any time and apply to chunks read from then on,
+//! on every connection. The proxy counts the
 //! chunks it forwarded, so a test can see how much traffic reached the
 //! server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -24,6 +28,7 @@ use tokio::time::Instant;
 struct Shared {
     delay_us: AtomicU64,
     jitter_us: AtomicU64,
+    answer_delay_us: AtomicU64,
     forwarded: AtomicU64,
     connections: AtomicU64,
 }
@@ -77,6 +82,13 @@ impl LatencyProxy {
             .store(jitter.as_micros() as u64, Ordering::SeqCst);
     }
 
+    /// Holds every chunk the server sends from now on for `delay`.
+    pub fn set_answer_delay(&self, delay: Duration) {
+        self.shared
+            .answer_delay_us
+            .store(delay.as_micros() as u64, Ordering::SeqCst);
+    }
+
     /// Chunks forwarded upstream so far.
     pub fn forwarded(&self) -> u64 {
         self.shared.forwarded.load(Ordering::SeqCst)
@@ -107,41 +119,60 @@ fn sample_delay(s: &Shared) -> Duration {
 }
 
 async fn pump(client: TcpStream, server: TcpStream, s: Arc<Shared>) {
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
+    let up = s.clone();
+    let down = s.clone();
+    let _ = tokio::join!(
+        delayed_copy(cr, sw, s.clone(), move || sample_delay(&up), true),
+        delayed_copy(
+            sr,
+            cw,
+            s,
+            move || Duration::from_micros(down.answer_delay_us.load(Ordering::SeqCst)),
+            false
+        ),
+    );
+}
+
+/// Copies `r` to `w`, holding each chunk for `delay()` and keeping order;
+/// counts forwarded chunks when `count`.
+async fn delayed_copy(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    s: Arc<Shared>,
+    delay: impl Fn() -> Duration,
+    count: bool,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    let counter = s.clone();
-    // client -> queue, stamped with its release time
+    // reader -> queue, stamped with its release time
     let reader = async move {
         let mut buf = vec![0u8; 64 * 1024];
         let mut last = Instant::now();
         loop {
-            let n = match cr.read(&mut buf).await {
+            let n = match r.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let release = (Instant::now() + sample_delay(&s)).max(last);
+            let release = (Instant::now() + delay()).max(last);
             last = release;
             if tx.send((release, buf[..n].to_vec())).is_err() {
                 break;
             }
         }
     };
-    // queue -> server, each chunk at its release time
-    let writer = async {
+    // queue -> writer, each chunk at its release time
+    let writer = async move {
         while let Some((release, chunk)) = rx.recv().await {
             tokio::time::sleep_until(release).await;
-            if sw.write_all(&chunk).await.is_err() {
+            if w.write_all(&chunk).await.is_err() {
                 break;
             }
-            counter.forwarded.fetch_add(1, Ordering::SeqCst);
+            if count {
+                s.forwarded.fetch_add(1, Ordering::SeqCst);
+            }
         }
-        let _ = sw.shutdown().await;
+        let _ = w.shutdown().await;
     };
-    // server -> client, undelayed
-    let back = async move {
-        let _ = tokio::io::copy(&mut sr, &mut cw).await;
-        let _ = cw.shutdown().await;
-    };
-    let _ = tokio::join!(reader, writer, back);
+    tokio::join!(reader, writer);
 }
