@@ -674,9 +674,19 @@ async fn r3_slow_redis_opens_the_breaker_and_requests_fail_fast() {
     proxy.set_jitter(Duration::from_millis(150));
     let a = load(&b, &ledger, 16, Duration::from_secs(3)).await;
     let ok_a = a.iter().filter(|(s, _)| *s == 200).count();
+    let mut admitted: Vec<Duration> = a
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, t)| *t)
+        .collect();
+    admitted.sort();
+    // Reported, not asserted (performance is measured by benchmarks). On one
+    // multiplexed connection the proxy's delays queue behind each other, so
+    // most calls exceed the timeout and the breaker opens early in this phase.
     eprintln!(
-        "200 ms ± 150 ms: {} answers, {ok_a} tokens, {} 503",
+        "200 ms ± 150 ms: {} answers, {ok_a} tokens (p99 {:?}), {} 503",
         a.len(),
+        admitted.get(admitted.len().saturating_sub(1) * 99 / 100),
         a.len() - ok_a
     );
 
