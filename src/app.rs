@@ -70,10 +70,11 @@ impl App {
                 .map_err(|e| format!("tokens.signing_keys: {e}"))?,
         );
         let minter = Arc::new(TokenMinter::new(keyring.clone()));
-        let stores = Stores::open(
+        let stores = Stores::open_with(
             &config.store.url,
             &config.store.prefix,
             config.store.timeout,
+            &config.store.options,
         )
         .await
         .map_err(|e| format!("store.url: {e}"))?;

@@ -35,6 +35,12 @@ pub struct Metrics {
     /// `tessera_store_errors_total{op,kind}`: failed store operations
     /// (`unavailable` or `protocol`).
     pub store_errors: IntCounterVec,
+    /// `tessera_store_breaker_open`: 1 while the store's circuit breaker
+    /// is open or half-open (calls fail fast), else 0.
+    pub store_breaker_open: IntGauge,
+    /// `tessera_store_fast_failures_total{op}`: store calls refused at once
+    /// by the open circuit breaker, without touching Redis.
+    pub store_fast_failures: IntCounterVec,
     /// `tessera_jwks_refreshes_total{outcome}`: JWKS fetches of trusted
     /// issuers, `ok` or the failure reason.
     pub jwks_refreshes: IntCounterVec,
@@ -137,6 +143,19 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(peer_rate_limited.clone()))?;
     registry.register(Box::new(store_seconds.clone()))?;
     registry.register(Box::new(store_errors.clone()))?;
+    let store_breaker_open = IntGauge::new(
+        "tessera_store_breaker_open",
+        "1 while the store circuit breaker is open (calls fail fast without touching Redis)",
+    )?;
+    let store_fast_failures = IntCounterVec::new(
+        Opts::new(
+            "tessera_store_fast_failures_total",
+            "Store calls refused at once by the open circuit breaker, by operation",
+        ),
+        &["op"],
+    )?;
+    registry.register(Box::new(store_breaker_open.clone()))?;
+    registry.register(Box::new(store_fast_failures.clone()))?;
     registry.register(Box::new(jwks_refreshes.clone()))?;
     registry.register(Box::new(approvals_pending.clone()))?;
     let guard_actions = IntCounterVec::new(
@@ -168,6 +187,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         audit_failures,
         store_seconds,
         store_errors,
+        store_breaker_open,
+        store_fast_failures,
         jwks_refreshes,
         approvals_pending,
         peer_rate_limited,

@@ -162,6 +162,27 @@ pub struct RevokeArgs {
     pub block_for: Option<String>,
 }
 
+/// Exit code of a revocation that is in force on the primary but was
+/// acknowledged by fewer replicas than `[store] revocation_replicas`
+/// (distinct from 1, "not made").
+pub const EXIT_NOT_DURABLE: i32 = 3;
+
+/// For a revocation answer that says `"durable": false`: prints why on
+/// stderr and returns [`EXIT_NOT_DURABLE`]; else 0.
+fn durability_exit(v: &Value) -> i32 {
+    if v["durable"].as_bool() != Some(false) {
+        return 0;
+    }
+    let acked = v["replicas_acked"].as_u64().unwrap_or(0);
+    let required = v["replicas_required"].as_u64().unwrap_or(0);
+    eprintln!(
+        "warning: not durable: the revocation is in force on the primary, but only {acked} of \
+         {required} required replicas acknowledged it; a failover now could lose it (check the \
+         replicas, then repeat the revocation: it is idempotent)"
+    );
+    EXIT_NOT_DURABLE
+}
+
 /// Prints an error and returns exit code 1.
 fn fail(msg: &str) -> i32 {
     eprintln!("error: {msg}");
@@ -191,8 +212,16 @@ pub async fn revoke(conn: &Connection, a: RevokeArgs, as_json: bool) -> i32 {
                 if let Some(u) = v["blocked_until"].as_u64() {
                     println!("new exchanges for it are refused until {}", fmt_time(u));
                 }
+                if let (Some(true), Some(a)) =
+                    (v["durable"].as_bool(), v["replicas_acked"].as_u64())
+                {
+                    println!(
+                        "durable: {a} of {} required replicas acknowledged it",
+                        v["replicas_required"].as_u64().unwrap_or(0)
+                    );
+                }
             }
-            0
+            durability_exit(&v)
         }
         Err(m) => fail(&m),
     }
@@ -313,7 +342,7 @@ pub async fn grant_revoke(conn: &Connection, id: &str, as_json: bool) -> i32 {
             } else {
                 println!("revoked grant {id} and every token issued under it");
             }
-            0
+            durability_exit(&v)
         }
         Err(m) => fail(&m),
     }

@@ -149,6 +149,8 @@ pub struct StoreConfig {
     pub prefix: String,
     /// Per-call timeout.
     pub timeout: Duration,
+    /// Circuit breaker and revocation acknowledgement settings.
+    pub options: crate::store::StoreOptions,
 }
 
 /// Where audit records are written as JSON lines (`[audit] sink`).
@@ -436,10 +438,54 @@ impl Config {
                 "must be non-empty and use only letters, digits, '-', '_' and '.'".into(),
             ));
         }
+        let breaker_cooloff = dur("store.breaker_cooloff", &st.breaker_cooloff)?;
+        let breaker_cooloff_max = dur("store.breaker_cooloff_max", &st.breaker_cooloff_max)?;
+        if breaker_cooloff_max < breaker_cooloff
+            || breaker_cooloff_max > crate::store::redis::MAX_BREAKER_COOL_OFF
+        {
+            return Err(err(
+                "store.breaker_cooloff_max",
+                "must be at least store.breaker_cooloff and at most 10m".into(),
+            ));
+        }
+        if st.breaker_failures > 1000 {
+            return Err(err(
+                "store.breaker_failures",
+                "must be at most 1000 (0 turns the breaker off)".into(),
+            ));
+        }
+        if st.revocation_replicas > crate::store::redis::MAX_REVOCATION_REPLICAS {
+            return Err(err(
+                "store.revocation_replicas",
+                format!(
+                    "must be at most {}",
+                    crate::store::redis::MAX_REVOCATION_REPLICAS
+                ),
+            ));
+        }
+        if st.revocation_replicas > 0 && st.url.starts_with("memory://") {
+            return Err(err(
+                "store.revocation_replicas",
+                "needs a Redis store (memory:// has no replicas)".into(),
+            ));
+        }
+        let revocation_wait = dur("store.revocation_wait", &st.revocation_wait)?;
+        if revocation_wait > crate::store::redis::MAX_REVOCATION_WAIT {
+            return Err(err("store.revocation_wait", "must be at most 10s".into()));
+        }
         let store = StoreConfig {
             url: st.url.clone(),
             prefix: st.prefix.clone(),
             timeout: dur("store.timeout", &st.timeout)?,
+            options: crate::store::StoreOptions {
+                breaker: crate::store::breaker::BreakerConfig {
+                    failures: st.breaker_failures,
+                    cool_off: breaker_cooloff,
+                    cool_off_max: breaker_cooloff_max,
+                },
+                revocation_replicas: st.revocation_replicas,
+                revocation_wait,
+            },
         };
 
         // [limits]

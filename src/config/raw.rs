@@ -147,6 +147,23 @@ pub struct RawStore {
     /// Timeout of every store call. Defaults to `250ms`.
     #[serde(default = "d_store_timeout")]
     pub timeout: String,
+    /// Consecutive timeouts or connection failures that open the circuit
+    /// breaker (0: no breaker). Defaults to 5.
+    #[serde(default = "d_breaker_failures")]
+    pub breaker_failures: u32,
+    /// First cool-off of an open breaker. Defaults to `500ms`.
+    #[serde(default = "d_breaker_cooloff")]
+    pub breaker_cooloff: String,
+    /// Longest cool-off after repeated failed probes. Defaults to `5s`.
+    #[serde(default = "d_breaker_cooloff_max")]
+    pub breaker_cooloff_max: String,
+    /// Replicas that must acknowledge an operator's revocation (Redis
+    /// `WAIT`) for it to be reported durable; 0 does not wait. Defaults to 0.
+    #[serde(default)]
+    pub revocation_replicas: u32,
+    /// Longest wait for those acknowledgements. Defaults to `500ms`.
+    #[serde(default = "d_revocation_wait")]
+    pub revocation_wait: String,
 }
 
 impl Default for RawStore {
@@ -155,6 +172,11 @@ impl Default for RawStore {
             url: d_store_url(),
             prefix: d_prefix(),
             timeout: d_store_timeout(),
+            breaker_failures: d_breaker_failures(),
+            breaker_cooloff: d_breaker_cooloff(),
+            breaker_cooloff_max: d_breaker_cooloff_max(),
+            revocation_replicas: 0,
+            revocation_wait: d_revocation_wait(),
         }
     }
 }
@@ -545,6 +567,18 @@ fn d_prefix() -> String {
 }
 fn d_store_timeout() -> String {
     "250ms".into()
+}
+fn d_breaker_failures() -> u32 {
+    5
+}
+fn d_breaker_cooloff() -> String {
+    "500ms".into()
+}
+fn d_breaker_cooloff_max() -> String {
+    "5s".into()
+}
+fn d_revocation_wait() -> String {
+    "500ms".into()
 }
 fn d_audit_sink() -> String {
     "stdout".into()

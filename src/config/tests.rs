@@ -155,6 +155,9 @@ fn empty_config_gets_contract_defaults() {
     assert_eq!(c.tokens.default_ttl.as_secs(), 300);
     assert_eq!(c.tokens.max_ttl.as_secs(), 900);
     assert_eq!(c.store.url, "memory://");
+    assert_eq!(c.store.options, crate::store::StoreOptions::default());
+    assert_eq!(c.store.options.breaker.failures, 5);
+    assert_eq!(c.store.options.revocation_replicas, 0);
     assert_eq!(c.approvals_ttl.as_secs(), 600);
     assert_eq!(c.approvals_interval.as_secs(), 5);
     assert!(c.approvals_webhook.is_none());
@@ -190,6 +193,19 @@ fn errors_name_file_key_and_reason() {
 
     let e = err_of("[store]\nurl = \"postgres://x\"\n");
     assert_eq!(e.key, "store.url");
+    let e = err_of("[store]\nrevocation_replicas = 1\n");
+    assert_eq!(e.key, "store.revocation_replicas");
+    assert!(e.reason.contains("Redis"), "{}", e.reason);
+    let e = err_of("[store]\nurl = \"redis://r:6379\"\nrevocation_replicas = 65\n");
+    assert_eq!(e.key, "store.revocation_replicas");
+    let e = err_of("[store]\nurl = \"redis://r:6379\"\nrevocation_wait = \"11s\"\n");
+    assert_eq!(e.key, "store.revocation_wait");
+    let e = err_of("[store]\nrevocation_wait = \"0ms\"\n");
+    assert_eq!(e.key, "store.revocation_wait");
+    let e = err_of("[store]\nbreaker_cooloff = \"10s\"\nbreaker_cooloff_max = \"5s\"\n");
+    assert_eq!(e.key, "store.breaker_cooloff_max");
+    let e = err_of("[store]\nbreaker_failures = 1001\n");
+    assert_eq!(e.key, "store.breaker_failures");
 
     let e = err_of("[audit]\nsink = \"syslog\"\n");
     assert_eq!(e.key, "audit.sink");

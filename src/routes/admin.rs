@@ -16,7 +16,7 @@ use crate::exchange::Peer;
 use crate::oauth::request::valid_task;
 use crate::policy::scope::ScopeSet;
 use crate::routes::auth::{authorize, Role};
-use crate::store::{Grant, Revocation, RevocationKind, StoreError};
+use crate::store::{Grant, Revocation, RevocationKind, Revoked, StoreError};
 
 /// Longest revocation value (a jti, subject, task or grant id).
 pub const MAX_VALUE_LEN: usize = 2048;
@@ -43,6 +43,36 @@ fn audit_err(e: AuditError) -> Response {
         "audit_unavailable",
         format!("the change WAS made, but its audit record could not be written: {e}"),
     )
+}
+
+/// The durability fields of a revocation answer: `durable` (enough replicas
+/// acknowledged it, or none are required), `replicas_acked` (`null` when the
+/// store did not wait) and `replicas_required`.
+fn durability(done: &Revoked) -> serde_json::Value {
+    json!({
+        "durable": done.durable(),
+        "replicas_acked": done.replicas.map(|a| a.acked),
+        "replicas_required": done.replicas.map_or(0, |a| a.required),
+    })
+}
+
+/// The success status of a revocation: `ok`, or `202 Accepted` when it is in
+/// force on the primary but fewer replicas than required acknowledged it.
+fn revoked_status(done: &Revoked, ok: StatusCode) -> StatusCode {
+    if done.durable() {
+        ok
+    } else {
+        StatusCode::ACCEPTED
+    }
+}
+
+/// The audit note of a revocation's durability.
+fn durability_note(done: &Revoked) -> String {
+    match done.replicas {
+        None => String::new(),
+        Some(a) if a.durable() => format!(" [durable: {}/{} replicas acked]", a.acked, a.required),
+        Some(a) => format!(" [NOT durable: {}/{} replicas acked]", a.acked, a.required),
+    }
 }
 
 fn store_err(e: StoreError) -> Response {
@@ -78,6 +108,13 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response
     })?;
     serde_json::from_value(serde_json::Value::Object(obj))
         .map_err(|e| err(StatusCode::BAD_REQUEST, "invalid_request", format!("{e}")))
+}
+
+/// Adds the fields of the object `extra` to the object `body`.
+fn merge(body: &mut serde_json::Value, extra: serde_json::Value) {
+    if let (Some(b), serde_json::Value::Object(e)) = (body.as_object_mut(), extra) {
+        b.extend(e);
+    }
 }
 
 /// `POST /admin/v1/revocations` body.
@@ -174,10 +211,8 @@ pub async fn revoke(
         revoked_at: now,
         expires_at,
     };
-    let cursor = match app.stores.revocations.revoke(r.clone()).await {
-        Ok(c) => c,
-        Err(e) => return store_err(e),
-    };
+    // The block first: the acknowledged revocation below is written after
+    // it, so replicas that acknowledge the revocation hold the block too.
     let mut blocked_until = None;
     if let Some(d) = block {
         let until = now + d.as_secs();
@@ -186,6 +221,10 @@ pub async fn revoke(
         }
         blocked_until = Some(until);
     }
+    let done = match app.stores.revocations.revoke_acked(r.clone()).await {
+        Ok(d) => d,
+        Err(e) => return store_err(e),
+    };
     crate::telemetry::metrics()
         .revocations
         .with_label_values(&[b.kind.as_str()])
@@ -196,11 +235,12 @@ pub async fn revoke(
         .reason(b.kind.as_str())
         .client(&who)
         .detail(&format!(
-            "{}{}",
+            "{}{}{}",
             b.reason.as_deref().unwrap_or(""),
             blocked_until
                 .map(|u| format!(" (blocked until {u})"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            durability_note(&done)
         ));
     rec = match b.kind {
         RevocationKind::Jti => rec.jti(&b.value),
@@ -211,15 +251,13 @@ pub async fn revoke(
     if let Err(e) = app.auditor.record(rec).await {
         return audit_err(e);
     }
-    (
-        StatusCode::CREATED,
-        Json(json!({
-            "cursor": cursor,
-            "revocation": {"kind": r.kind.as_str(), "value": r.value, "revoked_at": r.revoked_at, "expires_at": r.expires_at},
-            "blocked_until": blocked_until,
-        })),
-    )
-        .into_response()
+    let mut body = json!({
+        "cursor": done.cursor,
+        "revocation": {"kind": r.kind.as_str(), "value": r.value, "revoked_at": r.revoked_at, "expires_at": r.expires_at},
+        "blocked_until": blocked_until,
+    });
+    merge(&mut body, durability(&done));
+    (revoked_status(&done, StatusCode::CREATED), Json(body)).into_response()
 }
 
 /// `POST /admin/v1/grants` body.
@@ -436,24 +474,30 @@ pub async fn revoke_grant(
             .min(g.expires_at)
             .max(now + 1),
     };
-    let cursor = match app.stores.revocations.revoke(r).await {
-        Ok(c) => c,
+    let done = match app.stores.revocations.revoke_acked(r).await {
+        Ok(d) => d,
         Err(e) => return store_err(e),
     };
     crate::telemetry::metrics()
         .revocations
         .with_label_values(&["grant"])
         .inc();
-    let rec = AuditRecord::new(Event::GrantRevoked)
+    let mut rec = AuditRecord::new(Event::GrantRevoked)
         .client(&who)
         .subject(&g.subject)
         .audience(&g.audience)
         .scopes(&g.scopes.join(" "))
         .grant(Some(&g.id));
+    let note = durability_note(&done);
+    if !note.is_empty() {
+        rec = rec.detail(note.trim_start());
+    }
     if let Err(e) = app.auditor.record(rec).await {
         return audit_err(e);
     }
-    Json(json!({"revoked": g.id, "cursor": cursor})).into_response()
+    let mut body = json!({"revoked": g.id, "cursor": done.cursor});
+    merge(&mut body, durability(&done));
+    (revoked_status(&done, StatusCode::OK), Json(body)).into_response()
 }
 
 /// Longest reason an operator may give for a decision.

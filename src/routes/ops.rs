@@ -23,11 +23,28 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         tracing::warn!(error = %e, "readyz: clock untrusted");
         return (StatusCode::SERVICE_UNAVAILABLE, "clock untrusted\n").into_response();
     }
-    match tokio::time::timeout(app.config.store.timeout, app.stores.health.ping()).await {
+    // The ping is bounded by the store timeout itself, and goes through the
+    // store's circuit breaker: while the breaker is open it fails at once
+    // (not ready), and after the cool-off it may be the one probe that closes
+    // it. This outer bound is a backstop, longer than the store's own so the
+    // store classifies a slow answer itself (a cancelled probe also counts
+    // as failed, so a probe slot is never held).
+    let backstop = app
+        .config
+        .store
+        .timeout
+        .saturating_mul(2)
+        .max(std::time::Duration::from_millis(100));
+    match tokio::time::timeout(backstop, app.stores.health.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readyz: store unavailable");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()
+            let body = if e.to_string().contains("circuit open") {
+                "store unavailable (circuit breaker open)\n"
+            } else {
+                "store unavailable\n"
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
         }
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store timed out\n").into_response(),
     }

@@ -5,6 +5,7 @@
 //! Backends: [`memory::MemoryStore`] (embedded, single process, the default)
 //! and [`redis::RedisStore`] (shared by a fleet; `redis://` and `rediss://`).
 
+pub mod breaker;
 pub mod memory;
 pub mod redis;
 
@@ -65,6 +66,41 @@ pub struct Revocation {
     pub expires_at: u64,
 }
 
+/// How many replicas acknowledged a revocation (`[store]
+/// revocation_replicas`, Redis `WAIT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaAck {
+    /// Replicas that acknowledged the write within `revocation_wait`.
+    pub acked: u32,
+    /// Replicas required (`revocation_replicas`).
+    pub required: u32,
+}
+
+impl ReplicaAck {
+    /// Whether enough replicas acknowledged it.
+    pub fn durable(&self) -> bool {
+        self.acked >= self.required
+    }
+}
+
+/// A recorded revocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    /// Its feed cursor.
+    pub cursor: String,
+    /// Replica acknowledgements, when the store waited for them (`None`: no
+    /// replicas are required, or the backend has none).
+    pub replicas: Option<ReplicaAck>,
+}
+
+impl Revoked {
+    /// Whether the revocation meets the configured durability: true when no
+    /// replicas are required, else when enough acknowledged it.
+    pub fn durable(&self) -> bool {
+        self.replicas.as_ref().is_none_or(ReplicaAck::durable)
+    }
+}
+
 /// The facts of a token that revocation entries are matched against.
 #[derive(Debug, Clone, Default)]
 pub struct TokenFacts {
@@ -91,6 +127,16 @@ pub trait RevocationStore: Send + Sync {
     /// Records a revocation; returns its feed cursor. The entry lives until
     /// `r.expires_at` (the longest a covered token can live) and no longer.
     async fn revoke(&self, r: Revocation) -> Result<String, StoreError>;
+    /// Like [`RevocationStore::revoke`], then waits (boundedly) until the
+    /// configured number of replicas acknowledged it, and says how many did.
+    /// Fewer than required is not an error: the revocation is in force on
+    /// the primary, but not durable. Used by the operator paths (admin API).
+    async fn revoke_acked(&self, r: Revocation) -> Result<Revoked, StoreError> {
+        Ok(Revoked {
+            cursor: self.revoke(r).await?,
+            replicas: None,
+        })
+    }
     /// Whether any live entry covers the token.
     async fn is_revoked(&self, t: &TokenFacts, now: u64) -> Result<bool, StoreError>;
     /// Entries after `cursor` (exclusive; `None`: every live entry), oldest
@@ -399,6 +445,11 @@ impl RevocationStore for Announcing {
         self.events.send_modify(|n| *n = n.wrapping_add(1));
         Ok(cursor)
     }
+    async fn revoke_acked(&self, r: Revocation) -> Result<Revoked, StoreError> {
+        let done = self.inner.revoke_acked(r).await?;
+        self.events.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(done)
+    }
     async fn is_revoked(&self, t: &TokenFacts, now: u64) -> Result<bool, StoreError> {
         self.inner.is_revoked(t, now).await
     }
@@ -415,6 +466,29 @@ impl RevocationStore for Announcing {
     }
     async fn is_blocked(&self, subject: &str, now: u64) -> Result<bool, StoreError> {
         self.inner.is_blocked(subject, now).await
+    }
+}
+
+/// Resilience settings of a shared store (`[store]`); the memory store
+/// ignores them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The circuit breaker around every call.
+    pub breaker: breaker::BreakerConfig,
+    /// Replicas that must acknowledge an operator's revocation (`WAIT`);
+    /// 0: do not wait.
+    pub revocation_replicas: u32,
+    /// Longest wait for those acknowledgements.
+    pub revocation_wait: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            breaker: breaker::BreakerConfig::default(),
+            revocation_replicas: 0,
+            revocation_wait: Duration::from_millis(500),
+        }
     }
 }
 
@@ -454,6 +528,16 @@ impl Stores {
     /// `/readyz` fails until it answers), so the broker starts and recovers on
     /// its own. Malformed URLs, prefixes and timeouts are errors.
     pub async fn open(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
+        Self::open_with(url, prefix, timeout, &StoreOptions::default()).await
+    }
+
+    /// [`Stores::open`] with the breaker and replica-acknowledgement settings.
+    pub async fn open_with(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        options: &StoreOptions,
+    ) -> Result<Self, StoreError> {
         let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
         match scheme {
             "memory" => Ok(Self::from_backend(Arc::new(memory::MemoryStore::new()))),
@@ -463,7 +547,8 @@ impl Stores {
                     prefix: prefix.to_string(),
                     timeout,
                     ca_pem: None,
-                })?;
+                })?
+                .with_options(options)?;
                 if let Err(e) = store.ping().await {
                     tracing::warn!(
                         error = %e,

@@ -105,6 +105,12 @@ pub const MAX_UNIX_SECS: u64 = 253_402_300_799;
 pub const AUDIT_STREAM_IDLE_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Least time between two replacements of the connection manager.
 pub const REBUILD_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Most replicas a revocation may be required to reach (`WAIT numreplicas`).
+pub const MAX_REVOCATION_REPLICAS: u32 = 64;
+/// Longest wait for replica acknowledgements of a revocation.
+pub const MAX_REVOCATION_WAIT: Duration = Duration::from_secs(10);
+/// Longest breaker cool-off.
+pub const MAX_BREAKER_COOL_OFF: Duration = Duration::from_secs(600);
 
 /// How to reach Redis. `Debug` never shows the URL (it may hold a password).
 #[derive(Clone)]
@@ -291,8 +297,33 @@ fn is_unavailable(e: &RedisError) -> bool {
         || e.code().is_some_and(|c| UNAVAILABLE_CODES.contains(&c))
 }
 
+/// The circuit breaker and the revocation acknowledgement settings.
+struct Resilience {
+    breaker: super::breaker::Breaker,
+    revocation_replicas: u32,
+    revocation_wait: Duration,
+}
+
+impl Resilience {
+    fn new(o: &StoreOptions) -> Self {
+        Self {
+            breaker: super::breaker::Breaker::new(o.breaker),
+            revocation_replicas: o.revocation_replicas,
+            revocation_wait: o.revocation_wait,
+        }
+    }
+}
+
+/// Whether an error means Redis could not be reached at all (what the
+/// circuit breaker counts), as opposed to an answer, even a refusal such
+/// as `OOM` or `READONLY`.
+fn is_unreachable(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
 /// Redis backend for every store trait.
 pub struct RedisStore {
+    resilience: Resilience,
     conn: Conn,
     prefix: String,
     timeout: Duration,
@@ -661,6 +692,7 @@ impl RedisStore {
             .set_number_of_retries(0);
         let manager = Conn::lazy(&client, &config)?;
         Ok(Self {
+            resilience: Resilience::new(&StoreOptions::default()),
             conn: Conn {
                 client,
                 config,
@@ -684,6 +716,39 @@ impl RedisStore {
     /// The per-call timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Applies the circuit breaker and revocation acknowledgement settings
+    /// (the defaults of [`StoreOptions`] until then). Errors for values out
+    /// of bounds.
+    pub fn with_options(mut self, o: &StoreOptions) -> Result<Self, StoreError> {
+        if o.revocation_replicas > MAX_REVOCATION_REPLICAS {
+            return Err(config_error(&format!(
+                "revocation_replicas must be at most {MAX_REVOCATION_REPLICAS}"
+            )));
+        }
+        if o.revocation_wait.is_zero() || o.revocation_wait > MAX_REVOCATION_WAIT {
+            return Err(config_error(
+                "revocation_wait must be above 0 and at most 10 s",
+            ));
+        }
+        let b = &o.breaker;
+        if b.cool_off.is_zero()
+            || b.cool_off > b.cool_off_max
+            || b.cool_off_max > MAX_BREAKER_COOL_OFF
+        {
+            return Err(config_error(
+                "breaker cool-off must be above 0, at most breaker_cooloff_max, which is at \
+                 most 10 min",
+            ));
+        }
+        self.resilience = Resilience::new(o);
+        Ok(self)
+    }
+
+    /// The circuit breaker (its state, for tests and diagnostics).
+    pub fn breaker(&self) -> &super::breaker::Breaker {
+        &self.resilience.breaker
     }
 
     // ---- keys (the only places key names are made) ----
@@ -757,29 +822,75 @@ impl RedisStore {
     where
         F: Future<Output = Result<T, Fail>>,
     {
-        let started = std::time::Instant::now();
-        let r = self.run_inner(op, f).await;
-        let m = crate::telemetry::metrics();
-        m.store_seconds
-            .with_label_values(&[op])
-            .observe(started.elapsed().as_secs_f64());
-        if let Err(e) = &r {
-            let kind = match e {
-                StoreError::Unavailable(_) => "unavailable",
-                StoreError::Protocol(_) => "protocol",
-            };
-            m.store_errors.with_label_values(&[op, kind]).inc();
-        }
-        r
+        self.run_for(op, self.timeout, f).await
     }
 
-    async fn run_inner<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    /// Runs one operation under `timeout`, through the circuit breaker: while
+    /// it is open the call fails at once without touching Redis (and is
+    /// counted in `tessera_store_fast_failures_total`, not in the latency
+    /// histogram, which measures Redis operations only).
+    async fn run_for<T, F>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T, StoreError>
     where
         F: Future<Output = Result<T, Fail>>,
     {
-        match tokio::time::timeout(self.timeout, f).await {
+        let m = crate::telemetry::metrics();
+        let breaker = &self.resilience.breaker;
+        let permit = match breaker.admit() {
+            Ok(p) => p,
+            Err(rejected) => {
+                m.store_fast_failures.with_label_values(&[op]).inc();
+                m.store_breaker_open.set(1);
+                return Err(StoreError::Unavailable(format!(
+                    "redis {op}: circuit open after repeated timeouts or connection failures; \
+                     not tried (next probe in {} ms)",
+                    rejected.retry_in.as_millis()
+                )));
+            }
+        };
+        let started = std::time::Instant::now();
+        let r = self.run_inner(op, timeout, f).await;
+        m.store_seconds
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        match &r {
+            Err((e, unreachable)) => {
+                let kind = match e {
+                    StoreError::Unavailable(_) => "unavailable",
+                    StoreError::Protocol(_) => "protocol",
+                };
+                m.store_errors.with_label_values(&[op, kind]).inc();
+                if *unreachable {
+                    permit.unreachable();
+                } else {
+                    permit.answered();
+                }
+            }
+            Ok(_) => permit.answered(),
+        }
+        m.store_breaker_open.set(i64::from(breaker.is_open()));
+        r.map_err(|(e, _)| e)
+    }
+
+    /// The call's result; a failure says whether Redis was unreachable (a
+    /// timeout or a connection failure: what the breaker counts) rather
+    /// than answering with an error.
+    async fn run_inner<T, F>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T, (StoreError, bool)>
+    where
+        F: Future<Output = Result<T, Fail>>,
+    {
+        match tokio::time::timeout(timeout, f).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(Fail::Store(e))) => Err(e),
+            Ok(Err(Fail::Store(e))) => Err((e, false)),
             Ok(Err(Fail::Redis(e))) => {
                 let what = describe(&e);
                 if is_unavailable(&e) {
@@ -788,19 +899,25 @@ impl RedisStore {
                     if !e.is_io_error() || e.is_timeout() {
                         self.conn.rebuild();
                     }
-                    Err(StoreError::Unavailable(format!("redis {op}: {what}")))
+                    Err((
+                        StoreError::Unavailable(format!("redis {op}: {what}")),
+                        is_unreachable(&e),
+                    ))
                 } else {
-                    Err(StoreError::Protocol(format!("redis {op}: {what}")))
+                    Err((StoreError::Protocol(format!("redis {op}: {what}")), false))
                 }
             }
             Err(_) => {
                 // A server that does not answer may sit behind a half-open
                 // connection the manager cannot see: start afresh.
                 self.conn.rebuild();
-                Err(StoreError::Unavailable(format!(
-                    "redis {op}: no answer within {} ms",
-                    self.timeout.as_millis()
-                )))
+                Err((
+                    StoreError::Unavailable(format!(
+                        "redis {op}: no answer within {} ms",
+                        timeout.as_millis()
+                    )),
+                    true,
+                ))
             }
         }
     }
@@ -886,6 +1003,80 @@ impl RevocationStore for RedisStore {
             })
             .await?;
         encode_cursor(&id)
+    }
+
+    /// The revoke script and `WAIT revocation_replicas revocation_wait` as
+    /// one pipeline on a connection of its own, opened for this call.
+    ///
+    /// Why not the shared [`ConnectionManager`]: `WAIT` counts the replicas
+    /// that acknowledged the last write *of the connection it runs on*, so it
+    /// must follow the script on the same connection with no reconnection in
+    /// between (one pipeline on one connection guarantees both; a manager
+    /// that reconnected between two calls would run `WAIT` on a fresh
+    /// connection with nothing written, and report a false "durable"). And
+    /// `WAIT` blocks the connection it runs on: on the multiplexed connection
+    /// every other store call of the process would queue behind it for up to
+    /// `revocation_wait`. Operator revocations are rare; the extra connect is
+    /// cheap. Earlier writes of this process on the shared connection (a
+    /// grant removal, a subject block) precede the script in the primary's
+    /// replication stream, so an acknowledgement of the script covers them.
+    async fn revoke_acked(&self, r: Revocation) -> Result<Revoked, StoreError> {
+        let required = self.resilience.revocation_replicas;
+        if required == 0 {
+            return Ok(Revoked {
+                cursor: RevocationStore::revoke(self, r).await?,
+                replicas: None,
+            });
+        }
+        if r.value.len() > MAX_REVOCATION_VALUE_BYTES {
+            return Err(StoreError::Protocol("revocation value too long".into()));
+        }
+        check_time(r.expires_at, "expires_at")?;
+        check_time(r.revoked_at, "revoked_at")?;
+        let wait = self.resilience.revocation_wait;
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        let (id, acked): (String, i64) = self
+            .run_for("revoke", self.timeout.saturating_add(wait), async {
+                let config = ::redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(None);
+                let mut con = self
+                    .conn
+                    .client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                let mut pipe = ::redis::pipe();
+                pipe.cmd("EVAL")
+                    .arg(format!("{LUA_EXTEND}{LUA_REVOKE}"))
+                    .arg(2)
+                    .arg(self.key_revocation(r.kind, &r.value))
+                    .arg(self.key_feed())
+                    .arg(r.revoked_at)
+                    .arg(r.expires_at)
+                    .arg(r.kind.as_str())
+                    .arg(r.value.as_str())
+                    .arg(FEED_MAXLEN)
+                    .cmd("WAIT")
+                    .arg(required)
+                    .arg(wait_ms);
+                Ok(pipe.query_async(&mut con).await?)
+            })
+            .await?;
+        let acked = u32::try_from(acked.max(0)).unwrap_or(u32::MAX);
+        if acked < required {
+            tracing::warn!(
+                kind = r.kind.as_str(),
+                acked,
+                required,
+                wait_ms,
+                "redis store: revocation in force on the primary but NOT durable (too few \
+                 replica acknowledgements)"
+            );
+        }
+        Ok(Revoked {
+            cursor: encode_cursor(&id)?,
+            replicas: Some(ReplicaAck { acked, required }),
+        })
     }
 
     async fn is_revoked(&self, t: &TokenFacts, now: u64) -> Result<bool, StoreError> {

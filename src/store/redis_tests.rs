@@ -775,3 +775,146 @@ fn digest_is_sha256_hex() {
         "tessera:{rev}:blk:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
 }
+
+fn store_with(s: &RedisServer, o: &StoreOptions) -> Arc<RedisStore> {
+    Arc::new(
+        RedisStore::new(&cfg(&s.url()))
+            .unwrap()
+            .with_options(o)
+            .unwrap(),
+    )
+}
+
+/// R3: consecutive connection failures open the breaker (calls then fail
+/// without touching Redis, naming the open circuit); error answers such as
+/// `OOM` never do; the breaker closes by itself once Redis answers a probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_opens_on_unreachable_redis_only_and_closes_when_it_answers() {
+    let mut srv = require_redis!();
+    let st = store_with(
+        &srv,
+        &StoreOptions {
+            breaker: super::breaker::BreakerConfig {
+                failures: 3,
+                cool_off: Duration::from_millis(200),
+                cool_off_max: Duration::from_secs(1),
+            },
+            ..Default::default()
+        },
+    );
+    let now = unix_now();
+    st.ping().await.unwrap();
+
+    // answers, even refusals, never open it
+    let mut admin = raw(&srv).await;
+    let () = ::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(1)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let r = st.first_use("oom", &format!("{i}"), now + 60, now).await;
+        assert!(is_unavailable(&r), "{r:?}");
+    }
+    assert!(!st.breaker().is_open(), "OOM is an answer");
+    let () = ::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    drop(admin);
+
+    srv.kill();
+    for _ in 0..3 {
+        let e = st.ping().await.unwrap_err().to_string();
+        assert!(!e.contains("circuit open"), "{e}");
+    }
+    assert!(st.breaker().is_open());
+    for _ in 0..20 {
+        let e = st.is_blocked("x", now).await.unwrap_err().to_string();
+        assert!(e.contains("circuit open"), "{e}");
+        assert!(e.contains("is_blocked"), "names the operation: {e}");
+    }
+
+    srv.restart().unwrap();
+    assert!(
+        wait_healthy(&st, Duration::from_secs(5)).await,
+        "a probe closes it"
+    );
+    assert!(!st.breaker().is_open());
+    assert!(!st.is_blocked("x", now).await.unwrap());
+}
+
+/// R5: with no replica required nothing is waited for; with one required
+/// and none attached, the revocation is made (and enforced) after at most
+/// about `revocation_wait`, reported with 0 acks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_acked_reports_replica_acknowledgements() {
+    let srv = require_redis!();
+    let now = unix_now();
+    let rev = |v: &str| Revocation {
+        kind: RevocationKind::Task,
+        value: v.into(),
+        revoked_at: now,
+        expires_at: now + 60,
+    };
+    let plain = store(&srv);
+    let done = plain.revoke_acked(rev("t0")).await.unwrap();
+    assert_eq!(done.replicas, None);
+    assert!(done.durable());
+
+    let st = store_with(
+        &srv,
+        &StoreOptions {
+            revocation_replicas: 1,
+            revocation_wait: Duration::from_millis(100),
+            ..Default::default()
+        },
+    );
+    let started = Instant::now();
+    let done = st.revoke_acked(rev("t1")).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert_eq!(
+        done.replicas,
+        Some(ReplicaAck {
+            acked: 0,
+            required: 1
+        })
+    );
+    assert!(!done.durable());
+    let t = TokenFacts {
+        txn: "t1".into(),
+        iat: now,
+        ..Default::default()
+    };
+    assert!(st.is_revoked(&t, now).await.unwrap(), "in force anyway");
+    // the feed has it, after t0
+    let (entries, _) = st.list_since(None, 10, now).await.unwrap();
+    let values: Vec<&str> = entries.iter().map(|(_, r)| r.value.as_str()).collect();
+    assert_eq!(values, ["t0", "t1"]);
+
+    // bounds
+    for o in [
+        StoreOptions {
+            revocation_replicas: 65,
+            ..Default::default()
+        },
+        StoreOptions {
+            revocation_wait: Duration::ZERO,
+            ..Default::default()
+        },
+        StoreOptions {
+            revocation_wait: Duration::from_secs(11),
+            ..Default::default()
+        },
+    ] {
+        assert!(RedisStore::new(&cfg(&srv.url()))
+            .unwrap()
+            .with_options(&o)
+            .is_err());
+    }
+}

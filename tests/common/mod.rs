@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod invariants;
+pub mod latency_proxy;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +56,8 @@ pub struct Options {
     pub with_issuer: bool,
     /// `[store] url` (memory:// when None).
     pub store_url: Option<String>,
+    /// Extra lines under `[store]` (breaker, revocation acknowledgements).
+    pub store_extra: String,
     /// Reuse this directory's CA, keys and certificates (a second replica).
     pub share_with: Option<std::path::PathBuf>,
     /// Extra lines under `[introspection]`.
@@ -80,6 +83,7 @@ impl Default for Options {
             extra: String::new(),
             with_issuer: true,
             store_url: None,
+            store_extra: String::new(),
             share_with: None,
             introspection_extra: String::new(),
             discovery: false,
@@ -178,6 +182,7 @@ algorithm = "{alg}"
 
 [store]
 url = "{store}"
+{store_extra}
 
 [admin]
 subjects = ["spiffe://example.org/operator/alice"]
@@ -202,6 +207,7 @@ subjects = ["spiffe://example.org/service/payments-api"]
             audit = o.audit,
             policies = o.policies,
             store = o.store_url.clone().unwrap_or_else(|| "memory://".into()),
+            store_extra = o.store_extra,
         );
         let config_path = d.join(format!("tessera-{}.toml", uuid::Uuid::new_v4()));
         std::fs::write(&config_path, &text).unwrap();
