@@ -534,6 +534,23 @@ impl RedisSentinel {
         Ok(s)
     }
 
+    /// Waits until the replica has applied everything the primary wrote
+    /// (replication offsets equal; replication is asynchronous, so what it
+    /// has not received is lost in a failover).
+    pub fn wait_replicated(&self, within: Duration) -> Result<(), String> {
+        let offset = |port: u16, field: &str| -> Option<u64> {
+            let info = command_text(port, &["INFO", "replication"]).ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let (p, r) = (self.nodes[0].port(), self.nodes[1].port());
+        wait_for(within, "the replica to catch up", || {
+            let po = offset(p, "master_repl_offset:");
+            po.is_some() && po == offset(r, "slave_repl_offset:")
+        })
+    }
+
     /// `redis+sentinel://127.0.0.1:SP/m`.
     pub fn url(&self) -> String {
         format!(
