@@ -1,7 +1,10 @@
-//! The Redis backend: every store trait over one Redis primary, shared by a
-//! fleet of brokers. Speaks `redis://` and `rediss://` (TLS with rustls and
-//! the aws-lc-rs provider); needs Redis 7.0 or later (`EXPIREAT … GT`,
-//! exclusive `XRANGE` bounds).
+//! The Redis backend: every store trait over Redis, shared by a fleet of
+//! brokers. Speaks `redis://` and `rediss://` to one primary (TLS with
+//! rustls and the aws-lc-rs provider), `redis+cluster://h:p,h:p[,…]` to a
+//! Redis Cluster and `redis+sentinel://h:p[,h:p…]/mastername` to the primary
+//! that Redis Sentinel names (both without TLS: `rediss+cluster://` and
+//! `rediss+sentinel://` are refused). Needs Redis 7.0 or later
+//! (`EXPIREAT … GT`, exclusive `XRANGE` bounds).
 //!
 //! # Failure model
 //! Every call runs under [`tokio::time::timeout`] with the configured
@@ -16,6 +19,14 @@
 //! manager with a fresh lazy one, at most once per [`REBUILD_MIN_INTERVAL`].
 //! Error messages name the operation and the class of failure, never a token,
 //! key, value or the URL (which may hold a password).
+//!
+//! The connection is a `Con`: the manager above, or for a cluster a
+//! `cluster_async::ClusterConnection` (follows `MOVED`/`ASK`, reconnects to a
+//! node by itself; a dead master fails only the calls whose slots it holds),
+//! or for Sentinel a connection manager to the primary the sentinels name
+//! (checked with `ROLE`), forgotten and asked for again after any error that
+//! may mean a failover. Both connect on first use, inside the caller's
+//! timeout, and the replacement rule above applies to them too.
 //!
 //! # Keys
 //! `P` is the configured prefix (`[A-Za-z0-9_.-]{1,32}`, so it never holds a
@@ -49,6 +60,21 @@
 //! (written by one script). A grant therefore spans two slots: the pointer is
 //! written first (refusing an id already used by another subject), then the
 //! grant; a pointer left behind by a failed create points at nothing.
+//!
+//! The grant create and consume scripts touch grant keys they did not
+//! declare in `KEYS` (they are only known from the index, inside the
+//! script). Redis Cluster formally wants every key declared; what Redis 7
+//! checks is that each key the script touches is served by the node
+//! (`non local key` otherwise), and later versions also that it is in the
+//! declared slot (without `allow-cross-slot-keys`). Built as `KEYS[1]`'s
+//! prefix (an `ARGV`) followed by a hex digest, these keys are always in the
+//! slot of `KEYS[1]`, so both checks pass, during a resharding too (the slot
+//! moves as a whole). Declaring them would cost a round trip before every
+//! consume (read the index, then run the script on what it named), for no
+//! change in atomicity; `cluster_tests` proves the slots by CRC16 and runs
+//! the conformance suite on a real cluster. Pipelines stay in one slot too:
+//! the one exception, reading grants of many subjects, issues one command
+//! per grant on a cluster.
 //!
 //! Approvals share the tag `{ap}`: the create script (record and both
 //! indexes) is one slot, and decide and poll touch the record alone.
