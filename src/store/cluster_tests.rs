@@ -238,3 +238,126 @@ async fn sentinel_conformance() {
     };
     assert!(n > 10, "the suite wrote keys on the primary ({n})");
 }
+
+/// The quoted arguments of one `MONITOR` line (`"GET" "k"`), unescaped
+/// enough to compare key names (which are ASCII without quotes).
+fn monitor_args(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match (&mut cur, c) {
+            (None, '"') => cur = Some(String::new()),
+            (Some(s), '\\') => {
+                if let Some(n) = chars.next() {
+                    s.push('\\');
+                    s.push(n);
+                }
+            }
+            (Some(_), '"') => out.push(cur.take().unwrap()),
+            (Some(s), c) => s.push(c),
+            (None, _) => {}
+        }
+    }
+    out
+}
+
+/// The keys a script call declares: `EVALSHA sha numkeys key…`.
+fn declared_keys(args: &[String]) -> Vec<String> {
+    let n: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+    args.iter().skip(3).take(n).cloned().collect()
+}
+
+/// Every key each script really touches (seen with `MONITOR` while the
+/// conformance suite runs on one server) is in the slot of the keys the
+/// call declared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_touch_only_their_declared_slot_under_monitor() {
+    let srv = crate::require_redis!();
+    let log = srv.dir().join("monitor.log");
+    let mut monitor = std::process::Command::new("redis-cli")
+        .args(["-p", &srv.port().to_string(), "monitor"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-cli");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).unwrap().starts_with("OK") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "MONITOR did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let st = store(&srv.url());
+    conformance::run_all(Stores::from_backend(st)).await;
+    // until the monitor has seen the suite's last command
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+
+    let lines: Vec<(bool, Vec<String>)> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains('"'))
+        .map(|l| (l.contains(" lua] "), monitor_args(l)))
+        .collect();
+    let is_script = |i: usize| {
+        lines.get(i).is_some_and(|(lua, a)| {
+            !lua && a.first().is_some_and(|c| {
+                c.eq_ignore_ascii_case("EVALSHA") || c.eq_ignore_ascii_case("EVAL")
+            })
+        })
+    };
+    let (mut runs, mut touched, mut i) = (0, 0, 0);
+    while i < lines.len() {
+        if !lines[i].0 {
+            i += 1;
+            continue;
+        }
+        // a run of commands from one script, next to its EVALSHA line
+        let start = i;
+        let mut keys = Vec::new();
+        while i < lines.len() && lines[i].0 {
+            let a = &lines[i].1;
+            if !a[0].eq_ignore_ascii_case("TIME") {
+                keys.push(a[1].clone());
+            }
+            i += 1;
+        }
+        let mut callers = Vec::new();
+        if start > 0 && is_script(start - 1) {
+            callers.push(start - 1);
+        }
+        if is_script(i) {
+            callers.push(i);
+        }
+        assert!(
+            !callers.is_empty(),
+            "script commands without their call: {keys:?}"
+        );
+        let declared_slots: Vec<u16> = callers
+            .iter()
+            .filter_map(|&c| declared_keys(&lines[c].1).first().map(|k| slot(k)))
+            .collect();
+        for k in &keys {
+            assert!(
+                declared_slots.contains(&slot(k)),
+                "a script touched {k} outside its declared slot"
+            );
+        }
+        for &c in &callers {
+            let d = declared_keys(&lines[c].1);
+            if !d.is_empty() {
+                one_slot("declared keys", &d);
+            }
+        }
+        runs += 1;
+        touched += keys.len();
+    }
+    eprintln!("MONITOR: {runs} script runs, {touched} keys touched from Lua");
+    assert!(
+        runs > 20 && touched > runs,
+        "{runs} script runs, {touched} keys seen"
+    );
+}
