@@ -361,7 +361,7 @@ pub fn command(port: u16, args: &[&str]) -> Result<::redis::Value, String> {
 }
 
 /// Runs one command that answers text (`INFO`, `CLUSTER INFO`).
-fn command_text(port: u16, args: &[&str]) -> Result<String, String> {
+pub fn command_text(port: u16, args: &[&str]) -> Result<String, String> {
     match command(port, args)? {
         ::redis::Value::BulkString(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
         ::redis::Value::VerbatimString { text, .. } => Ok(text),
@@ -525,11 +525,33 @@ impl RedisSentinel {
             nodes: vec![primary, replica],
             sentinel,
         };
+        // Promotable: the sentinel has the replica's own INFO (its run id)
+        // and sees its link to the primary up.
         wait_for(START_TIMEOUT, "the sentinel to see the replica", || {
-            matches!(
-                command(s.sentinel.port(), &["SENTINEL", "REPLICAS", SENTINEL_MASTER]),
-                Ok(::redis::Value::Array(v)) if !v.is_empty()
-            )
+            let Ok(::redis::Value::Array(replicas)) = command(
+                s.sentinel.port(),
+                &["SENTINEL", "REPLICAS", SENTINEL_MASTER],
+            ) else {
+                return false;
+            };
+            replicas.iter().any(|r| {
+                let ::redis::Value::Array(kv) = r else {
+                    return false;
+                };
+                let field = |name: &str| {
+                    kv.chunks(2).find_map(|p| match p {
+                        [::redis::Value::BulkString(k), ::redis::Value::BulkString(v)]
+                            if k.as_slice() == name.as_bytes() =>
+                        {
+                            Some(String::from_utf8_lossy(v).into_owned())
+                        }
+                        _ => None,
+                    })
+                };
+                field("flags").as_deref() == Some("slave")
+                    && field("master-link-status").as_deref() == Some("ok")
+                    && field("runid").is_some_and(|r| !r.is_empty())
+            })
         })?;
         Ok(s)
     }

@@ -267,33 +267,87 @@ impl LazyCluster {
 }
 
 /// A connection to the primary that the sentinels name, resolved on first
-/// use and again after any failure that may mean a failover (the old
-/// primary is unreachable, or answers `READONLY` as a replica).
+/// use, checked with the sentinels again at most every
+/// [`SENTINEL_RECHECK`] (a failover that left the old primary reachable is
+/// noticed), and resolved again after any failure that may mean a failover
+/// (the old primary is unreachable, or answers `READONLY` as a replica).
 struct LazySentinel {
     sentinel: Arc<tokio::sync::Mutex<SentinelClient>>,
     config: ConnectionManagerConfig,
-    primary: Mutex<Option<ConnectionManager>>,
+    primary: Mutex<Option<Primary>>,
 }
 
+/// The primary in use, where it is, and when the sentinels last named it.
+struct Primary {
+    manager: ConnectionManager,
+    addr: ::redis::ConnectionAddr,
+    checked: Instant,
+}
+
+/// How often the store asks the sentinels whether the primary it uses is
+/// still the one they name.
+pub const SENTINEL_RECHECK: Duration = Duration::from_secs(1);
+
 impl LazySentinel {
-    fn current(&self) -> Option<ConnectionManager> {
-        self.primary.lock().ok().and_then(|g| g.clone())
+    /// The primary in use, and whether it was named recently.
+    fn current(&self) -> Option<(ConnectionManager, ::redis::ConnectionAddr, bool)> {
+        let g = self.primary.lock().ok()?;
+        g.as_ref().map(|p| {
+            (
+                p.manager.clone(),
+                p.addr.clone(),
+                p.checked.elapsed() < SENTINEL_RECHECK,
+            )
+        })
+    }
+
+    fn set(&self, manager: &ConnectionManager, addr: ::redis::ConnectionAddr) {
+        if let Ok(mut g) = self.primary.lock() {
+            *g = Some(Primary {
+                manager: manager.clone(),
+                addr,
+                checked: Instant::now(),
+            });
+        }
     }
 
     async fn get(&self) -> ::redis::RedisResult<ConnectionManager> {
-        if let Some(m) = self.current() {
-            return Ok(m);
-        }
-        let mut s = self.sentinel.lock().await;
-        if let Some(m) = self.current() {
-            return Ok(m);
-        }
+        let mut s = match self.current() {
+            Some((m, _, true)) => return Ok(m),
+            // Due for a check: one caller asks, the others go on meanwhile.
+            Some((m, _, false)) => match self.sentinel.try_lock() {
+                Ok(s) => s,
+                Err(_) => return Ok(m),
+            },
+            None => self.sentinel.lock().await,
+        };
+        let known = match self.current() {
+            Some((m, _, true)) => return Ok(m),
+            other => other,
+        };
         // Asks the sentinels, then checks with `ROLE` that it is a primary.
-        let client = s.async_get_client().await?;
-        let m = ConnectionManager::new_lazy_with_config(client, self.config.clone())?;
-        if let Ok(mut g) = self.primary.lock() {
-            *g = Some(m.clone());
+        let client = match s.async_get_client().await {
+            Ok(c) => c,
+            Err(e) => match known {
+                // The sentinels or the check failed: keep the primary; a
+                // failure of its own will make it go.
+                Some((m, addr, _)) => {
+                    self.set(&m, addr);
+                    return Ok(m);
+                }
+                None => return Err(e),
+            },
+        };
+        let addr = client.get_connection_info().addr().clone();
+        if let Some((m, a, _)) = known {
+            if a == addr {
+                self.set(&m, addr);
+                return Ok(m);
+            }
+            tracing::warn!("redis store: the sentinels name another primary; switching");
         }
+        let m = ConnectionManager::new_lazy_with_config(client, self.config.clone())?;
+        self.set(&m, addr);
         tracing::debug!("redis store: primary resolved through the sentinels");
         Ok(m)
     }
