@@ -25,7 +25,9 @@
 //! node by itself; a dead master fails only the calls whose slots it holds),
 //! or for Sentinel a connection manager to the primary the sentinels name
 //! (checked with `ROLE`), forgotten and asked for again after any error that
-//! may mean a failover. Both connect on first use, inside the caller's
+//! may mean a failover, and checked with the sentinels at most every
+//! [`SENTINEL_RECHECK`] (an old primary keeps taking writes until it is
+//! demoted). Both connect on first use, inside the caller's
 //! timeout, and the replacement rule above applies to them too.
 //!
 //! # Keys
