@@ -70,11 +70,14 @@
 //! (`non local key` otherwise), and later versions also that it is in the
 //! declared slot (without `allow-cross-slot-keys`). Built as `KEYS[1]`'s
 //! prefix (an `ARGV`) followed by a hex digest, these keys are always in the
-//! slot of `KEYS[1]`, so both checks pass, during a resharding too (the slot
-//! moves as a whole). Declaring them would cost a round trip before every
-//! consume (read the index, then run the script on what it named), for no
-//! change in atomicity; `cluster_tests` proves the slots by CRC16 and runs
-//! the conformance suite on a real cluster. Pipelines stay in one slot too:
+//! slot of `KEYS[1]`, so both checks pass. While that slot migrates, a key
+//! already moved is "non local" to the script: it fails (503), it never
+//! reads a half-moved slot (declared keys would get `ASK`/`TRYAGAIN`, also a
+//! 503). Declaring them would cost a round trip before every consume (read
+//! the index, then run the script on what it named), for no change in
+//! atomicity; `cluster_tests` checks the slots by CRC16 and under `MONITOR`,
+//! and runs the conformance suite on a real cluster. Pipelines stay in one
+//! slot too:
 //! the one exception, reading grants of many subjects, issues one command
 //! per grant on a cluster.
 //!
