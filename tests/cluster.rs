@@ -274,3 +274,46 @@ async fn sentinel_failover_is_followed_and_fails_closed_meanwhile() {
         summary.by_status
     );
 }
+
+/// The connection is lazy: a broker starts while the whole cluster is down
+/// (503, no token), and serves once it is back, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_starts_while_the_cluster_is_down_and_recovers() {
+    let Some(mut cluster) = cluster_or_skip(3).unwrap() else {
+        return;
+    };
+    for n in &mut cluster.nodes {
+        n.kill();
+    }
+    let b = broker(cluster.url()).await;
+    let ledger = Ledger::new();
+    ledger.phase(Phase::StoreDown);
+    let (s, v) = exchange(&b, &ledger, "tickets:read", None).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (503, Some("temporarily_unavailable")),
+        "{v}"
+    );
+    for n in &mut cluster.nodes {
+        n.restart().unwrap();
+    }
+    cluster.wait_ok(Duration::from_secs(10)).unwrap();
+    ledger.phase(Phase::Normal);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, v) = exchange(&b, &ledger, "tickets:read", None).await;
+        if s == 200 {
+            break;
+        }
+        assert_eq!(s, 503, "{v}");
+        assert!(Instant::now() < deadline, "did not recover: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ledger.check(
+        &b.audit_records().await,
+        &Expect {
+            cap_secs: 15 * 60,
+            ..Default::default()
+        },
+    );
+}
