@@ -39,6 +39,11 @@ pub struct RedisServer {
     child: Option<Child>,
     tls: bool,
     extra: Vec<String>,
+    /// `redis-server` configuration file written to the directory and
+    /// passed first (a sentinel's, which Sentinel rewrites).
+    conf: Option<String>,
+    /// Whether readiness is checked with `PING` even with extra arguments.
+    ping: bool,
 }
 
 /// Whether `redis-server` can be run.
@@ -56,25 +61,52 @@ pub fn redis_required() -> bool {
     std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1")
 }
 
+/// `Ok(true)` when `redis-server` can run; `Ok(false)` after a loud
+/// `SKIPPED` line when it cannot and is not required; `Err` when required.
+fn available_or_skip() -> Result<bool, String> {
+    if redis_available() {
+        return Ok(true);
+    }
+    if redis_required() {
+        return Err(format!(
+            "redis-server is not installed but {REQUIRE_ENV}=1 demands the Redis tests"
+        ));
+    }
+    // Straight to the process's stderr: the test harness captures
+    // `eprintln!` of passing tests, and this line must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED: redis-server not installed (set {REQUIRE_ENV}=1 to fail instead) ***"
+    );
+    Ok(false)
+}
+
 /// A started server; `Ok(None)` (after a loud `SKIPPED` line on stderr) when
 /// `redis-server` is not installed and [`REQUIRE_ENV`] is not `1`; `Err` when
 /// it is required but missing, or does not start.
 pub fn redis_or_skip() -> Result<Option<RedisServer>, String> {
-    if !redis_available() {
-        if redis_required() {
-            return Err(format!(
-                "redis-server is not installed but {REQUIRE_ENV}=1 demands the Redis tests"
-            ));
-        }
-        // Straight to the process's stderr: the test harness captures
-        // `eprintln!` of passing tests, and this line must be seen.
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n*** SKIPPED: redis-server not installed (set {REQUIRE_ENV}=1 to fail instead) ***"
-        );
+    if !available_or_skip()? {
         return Ok(None);
     }
     RedisServer::start().map(Some)
+}
+
+/// A started [`RedisCluster`] of `masters` nodes, or `Ok(None)` / `Err`
+/// exactly as [`redis_or_skip`].
+pub fn cluster_or_skip(masters: usize) -> Result<Option<RedisCluster>, String> {
+    if !available_or_skip()? {
+        return Ok(None);
+    }
+    RedisCluster::start(masters).map(Some)
+}
+
+/// A started [`RedisSentinel`], or `Ok(None)` / `Err` exactly as
+/// [`redis_or_skip`].
+pub fn sentinel_or_skip() -> Result<Option<RedisSentinel>, String> {
+    if !available_or_skip()? {
+        return Ok(None);
+    }
+    RedisSentinel::start().map(Some)
 }
 
 /// Starts a private Redis server for this test, or skips the test (returns
@@ -118,6 +150,24 @@ impl RedisServer {
         Self::start_inner(None, extra)
     }
 
+    /// Starts a plain-TCP server with extra arguments that leave `PING`
+    /// open (cluster nodes, replicas), and optionally a configuration file.
+    fn start_open(conf: Option<String>, extra: &[&str]) -> Result<Self, String> {
+        let s = Self {
+            port: 0,
+            dir: temp_dir()?,
+            child: None,
+            tls: false,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            conf,
+            ping: true,
+        };
+        if let Some(c) = &s.conf {
+            std::fs::write(s.dir.join("server.conf"), c).map_err(|e| format!("write conf: {e}"))?;
+        }
+        s.start_loop()
+    }
+
     /// Starts a TLS-only server (`--port 0 --tls-port P`, clients not
     /// authenticated) with the given certificate.
     pub fn start_tls(files: &TlsFiles) -> Result<Self, String> {
@@ -135,21 +185,27 @@ impl RedisServer {
                 std::fs::write(dir.join(name), data).map_err(|e| format!("write {name}: {e}"))?;
             }
         }
-        let mut s = Self {
+        let s = Self {
             port: 0,
             dir,
             child: None,
             tls: tls.is_some(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            conf: None,
+            ping: false,
         };
+        s.start_loop()
+    }
+
+    fn start_loop(mut self) -> Result<Self, String> {
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
-            s.port = free_port()?;
-            match s.spawn() {
-                Ok(()) => return Ok(s),
+            self.port = free_port()?;
+            match self.spawn() {
+                Ok(()) => return Ok(self),
                 Err(e) => {
                     last = e;
-                    s.kill();
+                    self.kill();
                 }
             }
         }
@@ -159,6 +215,9 @@ impl RedisServer {
     fn spawn(&mut self) -> Result<(), String> {
         let port = self.port.to_string();
         let mut cmd = Command::new("redis-server");
+        if self.conf.is_some() {
+            cmd.arg(self.dir.join("server.conf"));
+        }
         cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -210,10 +269,8 @@ impl RedisServer {
         let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
             return false;
         };
-        if self.tls || !self.extra.is_empty() {
-            // the whole log: a replica logs its sync after this line
-            return std::fs::read_to_string(self.dir.join("redis.log"))
-                .is_ok_and(|l| l.contains("Ready to accept connections"));
+        if self.tls || (!self.extra.is_empty() && !self.ping) {
+            return self.log().contains("Ready to accept connections");
         }
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         if s.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
@@ -281,5 +338,271 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A synchronous connection to a test server (setup only).
+fn connect(port: u16) -> Result<::redis::Connection, String> {
+    ::redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+        .map_err(|e| format!("cannot connect to 127.0.0.1:{port}: {e}"))
+}
+
+/// Runs one command on a test server (setup only).
+pub fn command(port: u16, args: &[&str]) -> Result<::redis::Value, String> {
+    let mut con = connect(port)?;
+    let _ = con.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut cmd = ::redis::cmd(args.first().copied().unwrap_or("PING"));
+    for a in args.iter().skip(1) {
+        cmd.arg(*a);
+    }
+    cmd.query(&mut con)
+        .map_err(|e| format!("{args:?} on port {port}: {e}"))
+}
+
+/// Runs one command that answers text (`INFO`, `CLUSTER INFO`).
+pub fn command_text(port: u16, args: &[&str]) -> Result<String, String> {
+    match command(port, args)? {
+        ::redis::Value::BulkString(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        ::redis::Value::VerbatimString { text, .. } => Ok(text),
+        ::redis::Value::SimpleString(s) => Ok(s),
+        other => Err(format!("{args:?}: unexpected reply {other:?}")),
+    }
+}
+
+/// Waits until `ok()` holds, polling; `Err(what)` after `within`.
+fn wait_for(within: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        if Instant::now() >= deadline {
+            return Err(format!("timed out waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// A private Redis Cluster: `n` masters (no replicas) on free ports, each
+/// with its own directory, slots split evenly. `cluster-require-full-coverage
+/// no`, so the slots of a live master keep working while another is down.
+/// Kills its processes on drop.
+pub struct RedisCluster {
+    /// The masters, in slot order (node `i` holds the `i`-th slot range).
+    pub nodes: Vec<RedisServer>,
+}
+
+/// Cluster node timeout of the test cluster (how soon a dead master is
+/// marked failed, and a restarted one accepted again).
+pub const CLUSTER_NODE_TIMEOUT_MS: u64 = 1_000;
+
+impl RedisCluster {
+    /// Starts `masters` (1..=16) nodes, assigns slots with `CLUSTER
+    /// ADDSLOTSRANGE`, joins them with `CLUSTER MEET` and waits until every
+    /// node says `cluster_state:ok`.
+    pub fn start(masters: usize) -> Result<Self, String> {
+        if !(1..=16).contains(&masters) {
+            return Err("a test cluster has 1 to 16 masters".into());
+        }
+        let timeout = CLUSTER_NODE_TIMEOUT_MS.to_string();
+        let mut nodes = Vec::new();
+        for _ in 0..masters {
+            nodes.push(RedisServer::start_open(
+                None,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    &timeout,
+                    "--cluster-require-full-coverage",
+                    "no",
+                ],
+            )?);
+        }
+        let c = Self { nodes };
+        for (i, n) in c.nodes.iter().enumerate() {
+            let from = (i * 16384 / masters).to_string();
+            let to = ((i + 1) * 16384 / masters - 1).to_string();
+            command(n.port(), &["CLUSTER", "ADDSLOTSRANGE", &from, &to])?;
+        }
+        let first = c.nodes[0].port();
+        for n in c.nodes.iter().skip(1) {
+            command(
+                first,
+                &["CLUSTER", "MEET", "127.0.0.1", &n.port().to_string()],
+            )?;
+        }
+        c.wait_ok(START_TIMEOUT)?;
+        Ok(c)
+    }
+
+    /// Waits until every running node says `cluster_state:ok` and knows
+    /// every node and every slot.
+    pub fn wait_ok(&self, within: Duration) -> Result<(), String> {
+        let n = self.nodes.len();
+        wait_for(within, "cluster_state:ok on every node", || {
+            self.nodes.iter().all(|node| {
+                command_text(node.port(), &["CLUSTER", "INFO"]).is_ok_and(|info| {
+                    info.contains("cluster_state:ok")
+                        && info.contains("cluster_slots_assigned:16384")
+                        && info.contains("cluster_slots_ok:16384")
+                        && info.contains(&format!("cluster_known_nodes:{n}\r\n"))
+                })
+            })
+        })
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…`.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// The index of the node that serves `key`.
+    pub fn node_for(&self, key: &str) -> Result<usize, String> {
+        let slot = match command(self.nodes[0].port(), &["CLUSTER", "KEYSLOT", key])? {
+            ::redis::Value::Int(i) => usize::try_from(i).map_err(|e| e.to_string())?,
+            other => return Err(format!("CLUSTER KEYSLOT: {other:?}")),
+        };
+        Ok(slot * self.nodes.len() / 16384)
+    }
+}
+
+/// A private Redis Sentinel set-up: a primary, one replica and one sentinel
+/// (`sentinel monitor m 127.0.0.1 PORT 1`, `down-after-milliseconds` 500,
+/// `failover-timeout` 2000). Kills its processes on drop.
+pub struct RedisSentinel {
+    /// The data nodes: `[0]` starts as the primary, `[1]` as its replica.
+    pub nodes: Vec<RedisServer>,
+    /// The sentinel.
+    pub sentinel: RedisServer,
+}
+
+/// The master name the test sentinel monitors.
+pub const SENTINEL_MASTER: &str = "m";
+
+impl RedisSentinel {
+    /// Starts the primary, the replica (waits until it is in sync) and the
+    /// sentinel (waits until it knows the replica).
+    pub fn start() -> Result<Self, String> {
+        let primary = RedisServer::start_open(
+            None,
+            &[
+                "--repl-diskless-sync",
+                "yes",
+                "--repl-diskless-sync-delay",
+                "0",
+            ],
+        )?;
+        let pport = primary.port().to_string();
+        let replica = RedisServer::start_open(
+            None,
+            &[
+                "--replicaof",
+                "127.0.0.1",
+                &pport,
+                "--repl-diskless-load",
+                "swapdb",
+            ],
+        )?;
+        wait_for(START_TIMEOUT, "the replica to sync", || {
+            command_text(replica.port(), &["INFO", "replication"])
+                .is_ok_and(|i| i.contains("master_link_status:up"))
+        })?;
+        let conf = format!(
+            "sentinel monitor {m} 127.0.0.1 {pport} 1\n\
+             sentinel down-after-milliseconds {m} 500\n\
+             sentinel failover-timeout {m} 2000\n",
+            m = SENTINEL_MASTER
+        );
+        let sentinel = RedisServer::start_open(Some(conf), &["--sentinel"])?;
+        let s = Self {
+            nodes: vec![primary, replica],
+            sentinel,
+        };
+        // Promotable: the sentinel has the replica's own INFO (its run id)
+        // and sees its link to the primary up.
+        wait_for(START_TIMEOUT, "the sentinel to see the replica", || {
+            let Ok(::redis::Value::Array(replicas)) = command(
+                s.sentinel.port(),
+                &["SENTINEL", "REPLICAS", SENTINEL_MASTER],
+            ) else {
+                return false;
+            };
+            replicas.iter().any(|r| {
+                let ::redis::Value::Array(kv) = r else {
+                    return false;
+                };
+                let field = |name: &str| {
+                    kv.chunks(2).find_map(|p| match p {
+                        [::redis::Value::BulkString(k), ::redis::Value::BulkString(v)]
+                            if k.as_slice() == name.as_bytes() =>
+                        {
+                            Some(String::from_utf8_lossy(v).into_owned())
+                        }
+                        _ => None,
+                    })
+                };
+                field("flags").as_deref() == Some("slave")
+                    && field("master-link-status").as_deref() == Some("ok")
+                    && field("runid").is_some_and(|r| !r.is_empty())
+            })
+        })?;
+        Ok(s)
+    }
+
+    /// Waits until the replica has applied everything the primary wrote
+    /// (replication offsets equal; replication is asynchronous, so what it
+    /// has not received is lost in a failover).
+    pub fn wait_replicated(&self, within: Duration) -> Result<(), String> {
+        let offset = |port: u16, field: &str| -> Option<u64> {
+            let info = command_text(port, &["INFO", "replication"]).ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let (p, r) = (self.nodes[0].port(), self.nodes[1].port());
+        wait_for(within, "the replica to catch up", || {
+            let po = offset(p, "master_repl_offset:");
+            po.is_some() && po == offset(r, "slave_repl_offset:")
+        })
+    }
+
+    /// `redis+sentinel://127.0.0.1:SP/m`.
+    pub fn url(&self) -> String {
+        format!(
+            "redis+sentinel://127.0.0.1:{}/{SENTINEL_MASTER}",
+            self.sentinel.port()
+        )
+    }
+
+    /// The port of the primary the sentinel names now.
+    pub fn primary_port(&self) -> Result<u16, String> {
+        match command(
+            self.sentinel.port(),
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_MASTER],
+        )? {
+            ::redis::Value::Array(v) => match v.get(1) {
+                Some(::redis::Value::BulkString(p)) => String::from_utf8_lossy(p)
+                    .parse()
+                    .map_err(|e| format!("bad port: {e}")),
+                other => Err(format!("unexpected master address {other:?}")),
+            },
+            other => Err(format!("unexpected master address {other:?}")),
+        }
+    }
+
+    /// The index in [`Self::nodes`] of the primary the sentinel names now.
+    pub fn primary_index(&self) -> Result<usize, String> {
+        let p = self.primary_port()?;
+        self.nodes
+            .iter()
+            .position(|n| n.port() == p)
+            .ok_or_else(|| format!("the sentinel names an unknown primary on port {p}"))
     }
 }

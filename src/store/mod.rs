@@ -3,7 +3,8 @@
 //! cannot answer makes the caller fail closed (503, no token).
 //!
 //! Backends: [`memory::MemoryStore`] (embedded, single process, the default)
-//! and [`redis::RedisStore`] (shared by a fleet; `redis://` and `rediss://`).
+//! and [`redis::RedisStore`] (shared by a fleet; `redis://`, `rediss://`,
+//! `redis+cluster://` and `redis+sentinel://`).
 
 pub mod breaker;
 pub mod memory;
@@ -541,7 +542,8 @@ impl Stores {
         let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
         match scheme {
             "memory" => Ok(Self::from_backend(Arc::new(memory::MemoryStore::new()))),
-            "redis" | "rediss" => {
+            "redis" | "rediss" | "redis+cluster" | "redis+sentinel" | "rediss+cluster"
+            | "rediss+sentinel" => {
                 let store = redis::RedisStore::new(&redis::RedisConfig {
                     url: url.to_string(),
                     prefix: prefix.to_string(),
@@ -558,19 +560,17 @@ impl Stores {
                 }
                 Ok(Self::from_backend(Arc::new(store)))
             }
-            "redis+cluster" | "redis+sentinel" | "rediss+cluster" | "rediss+sentinel" => {
-                Err(StoreError::Unavailable(format!(
-                    "store backend `{scheme}` is not supported yet (use redis:// or rediss:// \
-                     to one primary)"
-                )))
-            }
             _ => Err(StoreError::Unavailable(
-                "store url must start with memory://, redis:// or rediss://".into(),
+                "store url must start with memory://, redis://, rediss://, redis+cluster:// or \
+                 redis+sentinel://"
+                    .into(),
             )),
         }
     }
 }
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 pub(crate) mod conformance;
 #[cfg(test)]

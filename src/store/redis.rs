@@ -1,7 +1,10 @@
-//! The Redis backend: every store trait over one Redis primary, shared by a
-//! fleet of brokers. Speaks `redis://` and `rediss://` (TLS with rustls and
-//! the aws-lc-rs provider); needs Redis 7.0 or later (`EXPIREAT … GT`,
-//! exclusive `XRANGE` bounds).
+//! The Redis backend: every store trait over Redis, shared by a fleet of
+//! brokers. Speaks `redis://` and `rediss://` to one primary (TLS with
+//! rustls and the aws-lc-rs provider), `redis+cluster://h:p,h:p[,…]` to a
+//! Redis Cluster and `redis+sentinel://h:p[,h:p…]/mastername` to the primary
+//! that Redis Sentinel names (both without TLS: `rediss+cluster://` and
+//! `rediss+sentinel://` are refused). Needs Redis 7.0 or later
+//! (`EXPIREAT … GT`, exclusive `XRANGE` bounds).
 //!
 //! # Failure model
 //! Every call runs under [`tokio::time::timeout`] with the configured
@@ -16,6 +19,16 @@
 //! manager with a fresh lazy one, at most once per [`REBUILD_MIN_INTERVAL`].
 //! Error messages name the operation and the class of failure, never a token,
 //! key, value or the URL (which may hold a password).
+//!
+//! The connection is a `Con`: the manager above, or for a cluster a
+//! `cluster_async::ClusterConnection` (follows `MOVED`/`ASK`, reconnects to a
+//! node by itself; a dead master fails only the calls whose slots it holds),
+//! or for Sentinel a connection manager to the primary the sentinels name
+//! (checked with `ROLE`), forgotten and asked for again after any error that
+//! may mean a failover, and checked with the sentinels at most every
+//! [`SENTINEL_RECHECK`] (an old primary keeps taking writes until it is
+//! demoted). Both connect on first use, inside the caller's
+//! timeout, and the replacement rule above applies to them too.
 //!
 //! # Keys
 //! `P` is the configured prefix (`[A-Za-z0-9_.-]{1,32}`, so it never holds a
@@ -50,6 +63,24 @@
 //! written first (refusing an id already used by another subject), then the
 //! grant; a pointer left behind by a failed create points at nothing.
 //!
+//! The grant create and consume scripts touch grant keys they did not
+//! declare in `KEYS` (they are only known from the index, inside the
+//! script). Redis Cluster formally wants every key declared; what Redis 7
+//! checks is that each key the script touches is served by the node
+//! (`non local key` otherwise), and later versions also that it is in the
+//! declared slot (without `allow-cross-slot-keys`). Built as `KEYS[1]`'s
+//! prefix (an `ARGV`) followed by a hex digest, these keys are always in the
+//! slot of `KEYS[1]`, so both checks pass. While that slot migrates, a key
+//! already moved is "non local" to the script: it fails (503), it never
+//! reads a half-moved slot (declared keys would get `ASK`/`TRYAGAIN`, also a
+//! 503). Declaring them would cost a round trip before every consume (read
+//! the index, then run the script on what it named), for no change in
+//! atomicity; `cluster_tests` checks the slots by CRC16 and under `MONITOR`,
+//! and runs the conformance suite on a real cluster. Pipelines stay in one
+//! slot too:
+//! the one exception, reading grants of many subjects, issues one command
+//! per grant on a cluster.
+//!
 //! Approvals share the tag `{ap}`: the create script (record and both
 //! indexes) is one slot, and decide and poll touch the record alone.
 //!
@@ -59,11 +90,14 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, ErrorKind, RedisError, Script};
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use ::redis::{Client, ErrorKind, RedisError, RedisFuture, Script, Value};
 use async_trait::async_trait;
 
 use super::*;
@@ -185,30 +219,253 @@ fn h(x: &[u8]) -> String {
     out
 }
 
-/// One connection manager, replaced when it may be stuck.
-struct Conn {
-    client: Client,
+/// What the store URL names; makes fresh connections.
+#[derive(Clone)]
+enum Target {
+    /// `redis://` / `rediss://`: one server.
+    Single {
+        client: Client,
+        config: ConnectionManagerConfig,
+    },
+    /// `redis+cluster://`: the seed nodes of a Redis Cluster.
+    Cluster { client: ClusterClient },
+    /// `redis+sentinel://`: the sentinels that name the primary.
+    Sentinel {
+        sentinel: Arc<tokio::sync::Mutex<SentinelClient>>,
+        config: ConnectionManagerConfig,
+    },
+}
+
+impl Target {
+    /// A fresh connection that does no I/O until its first command.
+    fn lazy(&self) -> Result<Con, StoreError> {
+        match self {
+            Self::Single { client, config } => {
+                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                    .map(Con::Single)
+                    .map_err(|e| StoreError::Unavailable(format!("redis client: {}", describe(&e))))
+            }
+            Self::Cluster { client } => Ok(Con::Cluster(Arc::new(LazyCluster {
+                client: client.clone(),
+                conn: tokio::sync::Mutex::new(None),
+            }))),
+            Self::Sentinel { sentinel, config } => Ok(Con::Sentinel(Arc::new(LazySentinel {
+                sentinel: sentinel.clone(),
+                config: config.clone(),
+                primary: Mutex::new(None),
+            }))),
+        }
+    }
+}
+
+/// A Redis Cluster connection made on first use (under the caller's
+/// timeout). It follows `MOVED`/`ASK` and reconnects to a node by itself.
+struct LazyCluster {
+    client: ClusterClient,
+    conn: tokio::sync::Mutex<Option<ClusterConnection>>,
+}
+
+impl LazyCluster {
+    async fn get(&self) -> ::redis::RedisResult<ClusterConnection> {
+        let mut g = self.conn.lock().await;
+        if let Some(c) = g.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = self.client.get_async_connection().await?;
+        *g = Some(c.clone());
+        Ok(c)
+    }
+}
+
+/// A connection to the primary that the sentinels name, resolved on first
+/// use, checked with the sentinels again at most every
+/// [`SENTINEL_RECHECK`] (a failover that left the old primary reachable is
+/// noticed), and resolved again after any failure that may mean a failover
+/// (the old primary is unreachable, or answers `READONLY` as a replica).
+struct LazySentinel {
+    sentinel: Arc<tokio::sync::Mutex<SentinelClient>>,
     config: ConnectionManagerConfig,
-    slot: Mutex<(ConnectionManager, Instant)>,
+    primary: Mutex<Option<Primary>>,
+}
+
+/// The primary in use, where it is, and when the sentinels last named it.
+struct Primary {
+    manager: ConnectionManager,
+    addr: ::redis::ConnectionAddr,
+    checked: Instant,
+}
+
+/// How often the store asks the sentinels whether the primary it uses is
+/// still the one they name.
+pub const SENTINEL_RECHECK: Duration = Duration::from_secs(1);
+
+impl LazySentinel {
+    /// The primary in use, and whether it was named recently.
+    fn current(&self) -> Option<(ConnectionManager, ::redis::ConnectionAddr, bool)> {
+        let g = self.primary.lock().ok()?;
+        g.as_ref().map(|p| {
+            (
+                p.manager.clone(),
+                p.addr.clone(),
+                p.checked.elapsed() < SENTINEL_RECHECK,
+            )
+        })
+    }
+
+    fn set(&self, manager: &ConnectionManager, addr: ::redis::ConnectionAddr) {
+        if let Ok(mut g) = self.primary.lock() {
+            *g = Some(Primary {
+                manager: manager.clone(),
+                addr,
+                checked: Instant::now(),
+            });
+        }
+    }
+
+    async fn get(&self) -> ::redis::RedisResult<ConnectionManager> {
+        let mut s = match self.current() {
+            Some((m, _, true)) => return Ok(m),
+            // Due for a check: one caller asks, the others go on meanwhile.
+            Some((m, _, false)) => match self.sentinel.try_lock() {
+                Ok(s) => s,
+                Err(_) => return Ok(m),
+            },
+            None => self.sentinel.lock().await,
+        };
+        let known = match self.current() {
+            Some((m, _, true)) => return Ok(m),
+            other => other,
+        };
+        // Asks the sentinels, then checks with `ROLE` that it is a primary.
+        let client = match s.async_get_client().await {
+            Ok(c) => c,
+            Err(e) => match known {
+                // The sentinels or the check failed: keep the primary; a
+                // failure of its own will make it go.
+                Some((m, addr, _)) => {
+                    self.set(&m, addr);
+                    return Ok(m);
+                }
+                None => return Err(e),
+            },
+        };
+        let addr = client.get_connection_info().addr().clone();
+        if let Some((m, a, _)) = known {
+            if a == addr {
+                self.set(&m, addr);
+                return Ok(m);
+            }
+            tracing::warn!("redis store: the sentinels name another primary; switching");
+        }
+        let m = ConnectionManager::new_lazy_with_config(client, self.config.clone())?;
+        self.set(&m, addr);
+        tracing::debug!("redis store: primary resolved through the sentinels");
+        Ok(m)
+    }
+
+    /// Forgets the primary after an error that may mean it moved.
+    fn after<T>(&self, r: &::redis::RedisResult<T>) {
+        if let Err(e) = r {
+            if e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || e.is_timeout()
+                || e.code()
+                    .is_some_and(|c| matches!(c, "READONLY" | "MASTERDOWN" | "LOADING" | "NOAUTH"))
+            {
+                if let Ok(mut g) = self.primary.lock() {
+                    *g = None;
+                }
+            }
+        }
+    }
+}
+
+/// One connection to the store, whatever its topology; cheap to clone.
+#[derive(Clone)]
+enum Con {
+    /// One server, through a connection manager.
+    Single(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(Arc<LazyCluster>),
+    /// The primary named by Redis Sentinel.
+    Sentinel(Arc<LazySentinel>),
+}
+
+impl Con {
+    /// Whether commands of one pipeline must all be in one slot.
+    fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+impl ConnectionLike for Con {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a ::redis::Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(m) => m.req_packed_command(cmd),
+            Self::Cluster(c) => Box::pin(async move {
+                let mut k = c.get().await?;
+                k.req_packed_command(cmd).await
+            }),
+            Self::Sentinel(s) => Box::pin(async move {
+                let r = async {
+                    let mut k = s.get().await?;
+                    k.req_packed_command(cmd).await
+                }
+                .await;
+                s.after(&r);
+                r
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a ::redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(m) => m.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => Box::pin(async move {
+                let mut k = c.get().await?;
+                k.req_packed_commands(pipeline, offset, count).await
+            }),
+            Self::Sentinel(s) => Box::pin(async move {
+                let r = async {
+                    let mut k = s.get().await?;
+                    k.req_packed_commands(pipeline, offset, count).await
+                }
+                .await;
+                s.after(&r);
+                r
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(m) => m.get_db(),
+            Self::Cluster(_) | Self::Sentinel(_) => 0,
+        }
+    }
+}
+
+/// One connection, replaced when it may be stuck.
+struct Conn {
+    target: Target,
+    slot: Mutex<(Con, Instant)>,
 }
 
 impl Conn {
-    fn lazy(
-        client: &Client,
-        config: &ConnectionManagerConfig,
-    ) -> Result<ConnectionManager, StoreError> {
-        ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-            .map_err(|e| StoreError::Unavailable(format!("redis client: {}", describe(&e))))
-    }
-
-    fn manager(&self) -> Result<ConnectionManager, StoreError> {
+    fn manager(&self) -> Result<Con, StoreError> {
         self.slot
             .lock()
             .map(|g| g.0.clone())
             .map_err(|_| StoreError::Unavailable("redis connection lock poisoned".into()))
     }
 
-    /// Replaces the manager with a fresh lazy one, at most once per
+    /// Replaces the connection with a fresh lazy one, at most once per
     /// [`REBUILD_MIN_INTERVAL`].
     fn rebuild(&self) {
         let Ok(mut g) = self.slot.lock() else {
@@ -217,11 +474,122 @@ impl Conn {
         if g.1.elapsed() < REBUILD_MIN_INTERVAL {
             return;
         }
-        if let Ok(m) = Self::lazy(&self.client, &self.config) {
+        if let Ok(m) = self.target.lazy() {
             *g = (m, Instant::now());
             tracing::debug!("redis store: connection manager replaced");
         }
     }
+}
+
+/// Most nodes (cluster seeds or sentinels) a store URL may list.
+pub const MAX_URL_NODES: usize = 16;
+
+/// The parts of `redis+cluster://[user:password@]h:p,h:p[,…]` or
+/// `redis+sentinel://[user:password@]h:p[,h:p…]/mastername`.
+struct Topology {
+    /// `user:password` (as written, percent-encoded), for the data nodes.
+    userinfo: Option<String>,
+    /// `host:port`, each.
+    nodes: Vec<String>,
+    /// What follows the first `/` (the master name for Sentinel).
+    path: String,
+}
+
+fn parse_topology(rest: &str) -> Result<Topology, StoreError> {
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u.to_string()), h),
+        None => (None, authority),
+    };
+    let mut nodes = Vec::new();
+    for n in hosts.split(',') {
+        let ok = n.rsplit_once(':').is_some_and(|(h, p)| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.[]:_".contains(&b))
+                && p.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            return Err(config_error(
+                "every node must be host:port (comma-separated, port required)",
+            ));
+        }
+        nodes.push(n.to_string());
+    }
+    if nodes.len() > MAX_URL_NODES {
+        return Err(config_error("at most 16 nodes in a store URL"));
+    }
+    Ok(Topology {
+        userinfo,
+        nodes,
+        path: path.to_string(),
+    })
+}
+
+/// The connection target for a `redis+cluster://` or `redis+sentinel://`
+/// URL (without our `?ca=`, which they refuse).
+fn topology_target(
+    url: &str,
+    timeout: Duration,
+    config: &ConnectionManagerConfig,
+) -> Result<Target, StoreError> {
+    let node_url = |userinfo: &Option<String>, n: &str| match userinfo {
+        Some(u) => format!("redis://{u}@{n}"),
+        None => format!("redis://{n}"),
+    };
+    if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        let t = parse_topology(rest)?;
+        if !t.path.is_empty() {
+            return Err(config_error(
+                "a redis+cluster:// URL has no path (a cluster has only database 0)",
+            ));
+        }
+        let urls: Vec<String> = t.nodes.iter().map(|n| node_url(&t.userinfo, n)).collect();
+        let client = ClusterClientBuilder::new(urls)
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            // Redirections (MOVED/ASK) and reconnections; every call is
+            // bounded by the store timeout anyway.
+            .retries(2)
+            .min_retry_wait(10)
+            .max_retry_wait(100)
+            .build()
+            .map_err(|e| config_error(&format!("bad cluster URL ({:?})", e.kind())))?;
+        return Ok(Target::Cluster { client });
+    }
+    if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+        let t = parse_topology(rest)?;
+        let name = t.path.as_str();
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        {
+            return Err(config_error(
+                "a redis+sentinel:// URL ends in /mastername (1-64 of [A-Za-z0-9_.-])",
+            ));
+        }
+        let sentinels: Vec<String> = t.nodes.iter().map(|n| format!("redis://{n}")).collect();
+        let mut node = SentinelNodeConnectionInfo::default();
+        if let Some(u) = &t.userinfo {
+            let info = ::redis::IntoConnectionInfo::into_connection_info(node_url(
+                &Some(u.clone()),
+                "127.0.0.1:1",
+            ))
+            .map_err(|e| config_error(&format!("bad credentials in URL ({:?})", e.kind())))?;
+            node = node.set_redis_connection_info(info.redis_settings().clone());
+        }
+        let client = SentinelClient::build(sentinels, name, Some(node), SentinelServerType::Master)
+            .map_err(|e| config_error(&format!("bad sentinel URL ({:?})", e.kind())))?;
+        return Ok(Target::Sentinel {
+            sentinel: Arc::new(tokio::sync::Mutex::new(client)),
+            config: config.clone(),
+        });
+    }
+    Err(config_error(
+        "URL must start with redis://, rediss://, redis+cluster:// or redis+sentinel://",
+    ))
 }
 
 /// A failure inside one call.
@@ -292,7 +660,12 @@ fn is_unavailable(e: &RedisError) -> bool {
         || e.is_connection_refusal()
         || matches!(
             e.kind(),
-            ErrorKind::AuthenticationFailed | ErrorKind::Client | ErrorKind::InvalidClientConfig
+            ErrorKind::AuthenticationFailed
+                | ErrorKind::Client
+                | ErrorKind::InvalidClientConfig
+                | ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::MasterNameNotFoundBySentinel
+                | ErrorKind::EmptySentinelList
         )
         || e.code().is_some_and(|c| UNAVAILABLE_CODES.contains(&c))
 }
@@ -655,6 +1028,57 @@ impl RedisStore {
             return Err(config_error("timeout must be above 0 and at most 30 s"));
         }
         let (url, ca_path) = split_url(&cfg.url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.timeout))
+            .set_response_timeout(None)
+            .set_number_of_retries(0);
+        let (target, tls) =
+            if url.starts_with("rediss+cluster://") || url.starts_with("rediss+sentinel://") {
+                return Err(config_error(
+                    "TLS to a Redis Cluster or through Sentinel (rediss+cluster://, \
+                 rediss+sentinel://) is not supported; use rediss:// to one primary, or \
+                 redis+cluster:// / redis+sentinel:// on a private network",
+                ));
+            } else if url.starts_with("redis+cluster://") || url.starts_with("redis+sentinel://") {
+                if cfg.ca_pem.is_some() || ca_path.is_some() {
+                    return Err(config_error("a CA is only used with rediss://"));
+                }
+                (topology_target(&url, cfg.timeout, &config)?, false)
+            } else {
+                (
+                    Self::single_target(&url, ca_path, cfg, &config)?,
+                    url.starts_with("rediss://"),
+                )
+            };
+        let manager = target.lazy()?;
+        Ok(Self {
+            resilience: Resilience::new(&StoreOptions::default()),
+            conn: Conn {
+                target,
+                slot: Mutex::new((manager, Instant::now())),
+            },
+            prefix: cfg.prefix.clone(),
+            timeout: cfg.timeout,
+            tls,
+            revoke_script: script(LUA_REVOKE),
+            block_script: script(LUA_BLOCK),
+            grant_create_script: script(LUA_GRANT_CREATE),
+            grant_pointer_script: script(LUA_GRANT_POINTER),
+            grant_consume_script: script(LUA_GRANT_CONSUME),
+            grant_revoke_script: script(LUA_GRANT_REVOKE),
+            approval_create_script: script(LUA_APPROVAL_CREATE),
+            approval_decide_script: script(LUA_APPROVAL_DECIDE),
+            approval_poll_script: script(LUA_APPROVAL_POLL),
+        })
+    }
+
+    /// The target for a `redis://` or `rediss://` URL.
+    fn single_target(
+        url: &str,
+        ca_path: Option<String>,
+        cfg: &RedisConfig,
+        config: &ConnectionManagerConfig,
+    ) -> Result<Target, StoreError> {
         let tls = url.starts_with("rediss://");
         if !tls && !url.starts_with("redis://") {
             return Err(config_error("URL must start with redis:// or rediss://"));
@@ -677,39 +1101,18 @@ impl RedisStore {
         }
         let client = match ca_pem {
             Some(pem) => Client::build_with_tls(
-                url.as_str(),
+                url,
                 ::redis::TlsCertificates {
                     client_tls: None,
                     root_cert: Some(pem),
                 },
             ),
-            None => Client::open(url.as_str()),
+            None => Client::open(url),
         }
         .map_err(|e| config_error(&format!("bad URL or TLS material ({:?})", e.kind())))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.timeout))
-            .set_response_timeout(None)
-            .set_number_of_retries(0);
-        let manager = Conn::lazy(&client, &config)?;
-        Ok(Self {
-            resilience: Resilience::new(&StoreOptions::default()),
-            conn: Conn {
-                client,
-                config,
-                slot: Mutex::new((manager, Instant::now())),
-            },
-            prefix: cfg.prefix.clone(),
-            timeout: cfg.timeout,
-            tls,
-            revoke_script: script(LUA_REVOKE),
-            block_script: script(LUA_BLOCK),
-            grant_create_script: script(LUA_GRANT_CREATE),
-            grant_pointer_script: script(LUA_GRANT_POINTER),
-            grant_consume_script: script(LUA_GRANT_CONSUME),
-            grant_revoke_script: script(LUA_GRANT_REVOKE),
-            approval_create_script: script(LUA_APPROVAL_CREATE),
-            approval_decide_script: script(LUA_APPROVAL_DECIDE),
-            approval_poll_script: script(LUA_APPROVAL_POLL),
+        Ok(Target::Single {
+            client,
+            config: config.clone(),
         })
     }
 
@@ -740,6 +1143,14 @@ impl RedisStore {
             return Err(config_error(
                 "breaker cool-off must be above 0, at most breaker_cooloff_max, which is at \
                  most 10 min",
+            ));
+        }
+        if o.revocation_replicas > 0 && matches!(self.conn.target, Target::Cluster { .. }) {
+            // WAIT counts the replicas of the master it reaches; a revocation
+            // would need it sent to the master of `{rev}`: not done yet.
+            return Err(config_error(
+                "revocation_replicas is not supported with redis+cluster:// (use a single \
+                 primary or Sentinel)",
             ));
         }
         self.resilience = Resilience::new(o);
@@ -922,12 +1333,7 @@ impl RedisStore {
         }
     }
 
-    async fn get_grant(
-        &self,
-        con: &mut ConnectionManager,
-        id: &str,
-        now: u64,
-    ) -> Result<Option<Grant>, Fail> {
+    async fn get_grant(&self, con: &mut Con, id: &str, now: u64) -> Result<Option<Grant>, Fail> {
         let subject: Option<String> = ::redis::cmd("GET")
             .arg(self.key_grant_pointer(id))
             .query_async(con)
@@ -948,23 +1354,38 @@ impl RedisStore {
 
     async fn load_grants(
         &self,
-        con: &mut ConnectionManager,
+        con: &mut Con,
         pairs: &[(String, String)],
         now: u64,
     ) -> Result<Vec<Grant>, Fail> {
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = ::redis::pipe();
-        for (subject, id) in pairs {
-            pipe.cmd("HMGET")
-                .arg(self.key_grant(subject, id))
+        type Fields = (Option<Vec<u8>>, Option<String>, Option<String>);
+        let hmget = |subject: &str, id: &str| {
+            let mut c = ::redis::cmd("HMGET");
+            c.arg(self.key_grant(subject, id))
                 .arg("j")
                 .arg("r")
                 .arg("x");
-        }
-        type Fields = (Option<Vec<u8>>, Option<String>, Option<String>);
-        let rows: Vec<Fields> = pipe.query_async(con).await?;
+            c
+        };
+        let rows: Vec<Fields> = if con.is_cluster() {
+            // The grants of different subjects are in different slots, and
+            // a cluster pipeline must stay in one: one command each, at once.
+            futures_util::future::try_join_all(pairs.iter().map(|(subject, id)| {
+                let mut c = con.clone();
+                let cmd = hmget(subject, id);
+                async move { cmd.query_async::<Fields>(&mut c).await }
+            }))
+            .await?
+        } else {
+            let mut pipe = ::redis::pipe();
+            for (subject, id) in pairs {
+                pipe.add_command(hmget(subject, id));
+            }
+            pipe.query_async(con).await?
+        };
         let mut out = Vec::new();
         for ((j, r, x), (subject, id)) in rows.into_iter().zip(pairs) {
             if let Some(g) = grant_from_fields(j, r, x, now)? {
@@ -1040,9 +1461,20 @@ impl RevocationStore for RedisStore {
                 let config = ::redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(self.timeout))
                     .set_response_timeout(None);
-                let mut con = self
-                    .conn
-                    .client
+                // A connection of its own, to the primary: with Sentinel,
+                // the one the sentinels name now.
+                let client = match &self.conn.target {
+                    Target::Single { client, .. } => client.clone(),
+                    Target::Sentinel { sentinel, .. } => {
+                        sentinel.lock().await.async_get_client().await?
+                    }
+                    Target::Cluster { .. } => {
+                        return Err(Fail::Store(StoreError::Protocol(
+                            "revocation_replicas is not supported with redis+cluster://".into(),
+                        )))
+                    }
+                };
+                let mut con = client
                     .get_multiplexed_async_connection_with_config(&config)
                     .await?;
                 let mut pipe = ::redis::pipe();

@@ -584,9 +584,27 @@ async fn configuration_errors_never_show_the_url() {
         c.timeout = timeout;
         assert!(RedisStore::new(&c).is_err());
     }
-    for url in ["redis+cluster://h:1", "redis+sentinel://h:1"] {
-        let e = Stores::open(url, "tessera", T).await.err().unwrap();
-        assert!(e.to_string().contains("not supported yet"), "{e}");
+    // cluster and sentinel URLs open lazily; malformed ones are refused,
+    // naming the rule, never the URL
+    for url in [
+        "redis+cluster://127.0.0.1:1",
+        "redis+sentinel://127.0.0.1:1/m",
+    ] {
+        assert!(Stores::open(url, "tessera", T).await.is_ok(), "{url}");
+    }
+    for (url, why) in [
+        ("rediss+cluster://:pw-1@h:1", "not supported"),
+        ("rediss+sentinel://:pw-1@h:1/m", "not supported"),
+        ("redis+cluster://:pw-1@h", "host:port"),
+        ("redis+cluster://:pw-1@h:1,", "host:port"),
+        ("redis+cluster://:pw-1@h:1/0", "no path"),
+        ("redis+sentinel://:pw-1@h:1", "mastername"),
+        ("redis+sentinel://:pw-1@h:1/m{x}", "mastername"),
+        ("redis+cluster://:pw-1@h:1?ca=/etc/hosts", "CA"),
+    ] {
+        let e = RedisStore::new(&cfg(url)).unwrap_err();
+        assert!(e.to_string().contains(why), "{url}: {e}");
+        assert!(!e.to_string().contains("pw-1"), "{e}");
     }
     assert!(Stores::open("memory://", "tessera", T).await.is_ok());
     // outside a runtime: an error, not a panic
