@@ -75,6 +75,14 @@ pub struct RawServer {
     /// Plain-HTTP listener for `/healthz`, `/readyz`, `/metrics`. Defaults to `127.0.0.1:9090`.
     #[serde(default = "d_ops_listen")]
     pub ops_listen: String,
+    /// On SIGTERM: how long `/readyz` answers 503 before the listener stops
+    /// accepting (0s to 60s). Defaults to `1s`.
+    #[serde(default = "d_shutdown_grace")]
+    pub shutdown_grace: String,
+    /// On SIGTERM, after the grace: how long in-flight requests may take to
+    /// finish before their connections are closed (1s to 5m). Defaults to `10s`.
+    #[serde(default = "d_drain_timeout")]
+    pub drain_timeout: String,
 }
 
 impl Default for RawServer {
@@ -86,6 +94,8 @@ impl Default for RawServer {
             tls_key: d_tls_key(),
             client_ca: d_client_ca(),
             ops_listen: d_ops_listen(),
+            shutdown_grace: d_shutdown_grace(),
+            drain_timeout: d_drain_timeout(),
         }
     }
 }
@@ -500,6 +510,12 @@ fn d_client_ca() -> Vec<String> {
 }
 fn d_ops_listen() -> String {
     "127.0.0.1:9090".into()
+}
+fn d_shutdown_grace() -> String {
+    "1s".into()
+}
+fn d_drain_timeout() -> String {
+    "10s".into()
 }
 fn d_signing_keys() -> String {
     "keys/signing".into()

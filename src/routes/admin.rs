@@ -155,7 +155,7 @@ pub async fn revoke(
     let now = app.clock.now();
     // Every token a revocation can cover was issued by now and lives at most
     // [tokens] max_ttl: the entry needs to live no longer than that.
-    let mut expires_at = now + app.config.tokens.max_ttl.as_secs().max(1);
+    let mut expires_at = now + app.snapshot().config.tokens.max_ttl.as_secs().max(1);
     if b.kind == RevocationKind::Grant {
         match app.stores.grants.get(&b.value, now).await {
             Ok(Some(g)) => {
@@ -423,7 +423,7 @@ pub async fn revoke_grant(
         kind: RevocationKind::Grant,
         value: g.id.clone(),
         revoked_at: now,
-        expires_at: (now + app.config.tokens.max_ttl.as_secs())
+        expires_at: (now + app.snapshot().config.tokens.max_ttl.as_secs())
             .min(g.expires_at)
             .max(now + 1),
     };

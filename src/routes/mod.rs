@@ -18,7 +18,8 @@ use crate::app::AppState;
 
 /// The HTTPS router.
 pub fn router(state: AppState) -> Router {
-    let limits = state.config.limits.clone();
+    // Restart-only: a reload that changes [limits] is refused.
+    let limits = state.snapshot().config.limits.clone();
     Router::new()
         .route("/token", post(token::token))
         .route("/introspect", post(introspect::introspect))

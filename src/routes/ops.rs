@@ -18,7 +18,12 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     if app.draining.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
-    match tokio::time::timeout(app.config.store.timeout, app.stores.health.ping()).await {
+    match tokio::time::timeout(
+        app.snapshot().config.store.timeout,
+        app.stores.health.ping(),
+    )
+    .await
+    {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readyz: store unavailable");
@@ -34,7 +39,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 pub async fn metrics(State(app): State<AppState>) -> Response {
     let now = app.clock.now();
     if let Ok(Ok(list)) = tokio::time::timeout(
-        app.config.store.timeout,
+        app.snapshot().config.store.timeout,
         app.stores.approvals.list_approvals(now),
     )
     .await
