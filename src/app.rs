@@ -439,13 +439,23 @@ impl App {
     /// (`tessera_config_reloads_total{outcome}`), logged and audited
     /// (`config_loaded`, reason `reload` or `reload_rejected`).
     pub async fn reload(&self) -> Result<ReloadDiff, String> {
+        self.reload_as("signal:SIGHUP").await
+    }
+
+    /// [`App::reload`] on behalf of `who` (the audit record's `client`: the
+    /// operator of `POST /admin/v1/reload`, or `signal:SIGHUP`).
+    pub async fn reload_as(&self, who: &str) -> Result<ReloadDiff, String> {
         let source = self.snapshot().config.source.clone();
-        self.reload_from(&source).await
+        self.reload_file(&source, who).await
     }
 
     /// [`App::reload`] from another file (tests; the restart-only keys are
     /// compared with the configuration in force all the same).
     pub async fn reload_from(&self, path: &std::path::Path) -> Result<ReloadDiff, String> {
+        self.reload_file(path, "test").await
+    }
+
+    async fn reload_file(&self, path: &std::path::Path, who: &str) -> Result<ReloadDiff, String> {
         let _one = self.reloading.lock().await;
         let old = self.snapshot();
         let built = {
@@ -486,6 +496,7 @@ impl App {
                 // because the audit store is down would be worse).
                 let rec = AuditRecord::new(Event::ConfigLoaded)
                     .reason("reload")
+                    .client(who)
                     .detail(&summary);
                 if let Err(e) = self.auditor.record(rec).await {
                     tracing::warn!(error = %e, "the config_loaded (reload) audit record could not be written");
@@ -498,6 +509,7 @@ impl App {
                     "configuration reload rejected; the configuration in force stays");
                 let rec = AuditRecord::new(Event::ConfigLoaded)
                     .reason("reload_rejected")
+                    .client(who)
                     .detail(&e);
                 if let Err(ae) = self.auditor.record(rec).await {
                     tracing::warn!(error = %ae, "the config_loaded (reload_rejected) audit record could not be written");

@@ -134,6 +134,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// Make the broker at --url re-read its configuration file (as SIGHUP
+    /// does; one replica). Exit 1 naming the cause if it was refused.
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -415,6 +418,10 @@ fn main() -> ExitCode {
             block_on(tessera::cli::admin::approval_decide(
                 &conn, &id, false, reason, cli.json,
             ))
+        }
+        Cmd::Reload => {
+            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            block_on(tessera::cli::admin::reload(&conn, cli.json))
         }
         Cmd::Audit { cmd } => match cmd {
             AuditCmd::Tail { follow, n } => {

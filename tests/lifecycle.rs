@@ -413,6 +413,48 @@ async fn r13_invalid_reload_is_rejected_and_the_old_config_keeps_serving() {
     assert!(reload_records(&records, "reload").is_empty());
     assert!(b.logs().contains("configuration reload rejected"));
     ledger.check(&records, &Expect::default());
+
+    // The same through the admin API (`tessera reload`): refused with the
+    // cause, then applied once the file is fixed.
+    let d = home.d();
+    std::fs::write(d.join("operator.pem"), &home.operator.cert_pem).unwrap();
+    std::fs::write(d.join("operator-key.pem"), &home.operator.key_pem).unwrap();
+    let cli = || {
+        let o = Command::new(BIN)
+            .arg("reload")
+            .args(["--url", &b.url("")])
+            .arg("--ca")
+            .arg(d.join("ca.pem"))
+            .arg("--cert")
+            .arg(d.join("operator.pem"))
+            .arg("--key")
+            .arg(d.join("operator-key.pem"))
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // Only operators may reload.
+    let r = agent.post(b.url("/admin/v1/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let (code, _, err) = cli();
+    assert_eq!(code, Some(1));
+    assert!(err.contains("server.listen"), "{err}");
+    let mut fixed = spec.clone();
+    fixed.rest = format!("{AGENTS_POLICY}\n{PAYMENTS_POLICY}");
+    b.rewrite(&home, &fixed);
+    let (code, out, err) = cli();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("policies +[payments] -[] ~[]"), "{out}");
+    assert_eq!(b.reloads("rejected").await, 4);
+    assert_eq!(b.reloads("ok").await, 1);
+    let records = b.audit(&operator).await;
+    let ok = reload_records(&records, "reload");
+    assert_eq!(ok.len(), 1);
+    assert_eq!(ok[0]["client"], OPERATOR, "the audit names who reloaded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

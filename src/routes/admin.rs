@@ -756,3 +756,30 @@ pub async fn audit(
         }
     }
 }
+
+/// `POST /admin/v1/reload`: what SIGHUP does, on this replica only. 200 with
+/// the changes, or 409 naming why the configuration in force stays.
+pub async fn reload(State(app): State<AppState>, peer: Option<Extension<Peer>>) -> Response {
+    let who = match caller(&app, peer) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    match app.reload_as(&who).await {
+        Ok(d) => Json(json!({
+            "reloaded": true,
+            "generation": app.snapshot().generation,
+            "changes": d.to_string(),
+            "policies_added": d.policies_added,
+            "policies_removed": d.policies_removed,
+            "policies_changed": d.policies_changed,
+            "issuers_added": d.issuers_added,
+            "issuers_removed": d.issuers_removed,
+            "issuers_changed": d.issuers_changed,
+            "keys_added": d.keys_added,
+            "keys_removed": d.keys_removed,
+            "signing_kid": app.snapshot().keyring.signing_key().kid(),
+        }))
+        .into_response(),
+        Err(e) => err(StatusCode::CONFLICT, "reload_rejected", e),
+    }
+}

@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/approvals/{id}/approve", post(admin::approve))
         .route("/admin/v1/approvals/{id}/deny", post(admin::deny))
         .route("/admin/v1/audit", get(admin::audit))
+        .route("/admin/v1/reload", post(admin::reload))
         .route("/jwks.json", get(metadata::jwks))
         .route(
             "/.well-known/oauth-authorization-server",
