@@ -669,3 +669,50 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         tasks: vec![https, ops_task],
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> Config {
+        Config::from_toml_str("t.toml", text).unwrap()
+    }
+
+    #[test]
+    fn restart_only_changes_name_each_key_and_nothing_else() {
+        let base = cfg("[tokens]\ndefault_ttl = \"1m\"\n");
+        // Reloadable settings are not restart-only.
+        let reloadable = cfg("[tokens]\ndefault_ttl = \"2m\"\n[admin]\nsubjects = [\"x\"]\n");
+        assert!(restart_only_changes(&base, &reloadable).is_empty());
+        let fixed = cfg(
+            "[server]\nlisten = \"127.0.0.1:1\"\nshutdown_grace = \"5s\"\n\
+             [store]\nprefix = \"other\"\n[limits]\npeer_rate = 0\n[audit]\nsink = \"off\"\n",
+        );
+        assert_eq!(
+            restart_only_changes(&base, &fixed),
+            vec![
+                "server.listen",
+                "server.shutdown_grace",
+                "store.prefix",
+                "audit.sink",
+                "limits.peer_rate"
+            ]
+        );
+    }
+
+    #[test]
+    fn reload_diff_reads_as_one_line() {
+        let d = ReloadDiff {
+            policies_added: vec!["a".into()],
+            policies_removed: vec!["b".into(), "c".into()],
+            keys_added: vec!["k2".into()],
+            signing_kid: Some("k2".into()),
+            ..ReloadDiff::default()
+        };
+        assert_eq!(
+            d.to_string(),
+            "policies +[a] -[b,c] ~[]; issuers +[] -[] ~[]; keys +[k2] -[]; signing kid now k2"
+        );
+    }
+}

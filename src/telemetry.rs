@@ -158,6 +158,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["outcome"],
     )?;
     registry.register(Box::new(config_reloads.clone()))?;
+    // Both series exist from the start (at 0), so an alert on `rejected`
+    // needs no `absent()`.
+    for outcome in ["ok", "rejected"] {
+        config_reloads.with_label_values(&[outcome]);
+    }
     registry.register(Box::new(audit_records.clone()))?;
     registry.register(Box::new(audit_failures.clone()))?;
     registry.register(Box::new(revocations.clone()))?;

@@ -522,16 +522,21 @@ async fn r13_added_issuer_is_usable_after_reload() {
             ("scope", "deploy:read"),
         ])
     };
-    let ci_exchange = || async {
-        let r = anon
-            .post(b.url("/token"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form(&ci))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    let ci_exchange_with = |t: &str| {
+        let body = form(t);
+        let (anon, url) = (anon.clone(), b.url("/token"));
+        async move {
+            let r = anon
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
     };
+    let ci_exchange = || ci_exchange_with(&ci);
     let ledger = Ledger::new();
     let (s, v) = ci_exchange().await;
     ledger.record(s, &v);
@@ -551,11 +556,31 @@ async fn r13_added_issuer_is_usable_after_reload() {
     let (_, c) = decode(v["access_token"].as_str().unwrap());
     assert_eq!(c["sub"], "repo:acme/app:ref:refs/heads/main");
 
+    // A reload that leaves the issuer alone keeps its verifier and JWKS
+    // cache: no refetch.
+    let hits = issuer.jwks_hits();
+    assert!(hits >= 1);
+    spec.rest = format!("{}\n{PAYMENTS_POLICY}", spec.rest);
+    b.rewrite(&home, &spec);
+    b.reload("ok").await;
+    let ci = issuer.sign(&claims);
+    let (s, v) = ci_exchange_with(&ci).await;
+    ledger.record(s, &v);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        issuer.jwks_hits(),
+        hits,
+        "an unchanged issuer's JWKS was refetched"
+    );
+
     let records = b.audit(&home.client(&home.operator)).await;
     let ok = reload_records(&records, "reload");
     let detail = ok[0]["detail"].as_str().unwrap();
     assert!(detail.contains("policies +[ci]"), "{detail}");
     assert!(detail.contains("issuers +[ci] -[]"), "{detail}");
+    let detail = ok[1]["detail"].as_str().unwrap();
+    assert!(detail.contains("policies +[payments]"), "{detail}");
+    assert!(detail.contains("issuers +[] -[] ~[]"), "{detail}");
     ledger.check(&records, &Expect::default());
 }
 
