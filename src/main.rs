@@ -467,17 +467,6 @@ fn block_on(f: impl std::future::Future<Output = i32>) -> i32 {
 
 fn serve(config: PathBuf) -> i32 {
     let _log_guard = tessera::telemetry::init_logging();
-    let cfg = match tessera::config::Config::load(&config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
-    };
-    if let Err(e) = tessera::app::prepare(&cfg) {
-        eprintln!("error: {e}");
-        return 1;
-    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -489,8 +478,8 @@ fn serve(config: PathBuf) -> i32 {
         }
     };
     rt.block_on(async move {
-        // Before anything slow: a SIGHUP that arrives during start-up must
-        // not kill the process (the default action) but reload.
+        // First of all: a SIGHUP that arrives during start-up must not kill
+        // the process (the default action); it reloads once serving.
         let mut signals = match Signals::install() {
             Ok(s) => s,
             Err(e) => {
@@ -498,6 +487,17 @@ fn serve(config: PathBuf) -> i32 {
                 return 1;
             }
         };
+        let cfg = match tessera::config::Config::load(&config) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        };
+        if let Err(e) = tessera::app::prepare(&cfg) {
+            eprintln!("error: {e}");
+            return 1;
+        }
         let running = match tessera::app::start(cfg).await {
             Ok(r) => r,
             Err(e) => {
