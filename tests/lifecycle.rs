@@ -763,14 +763,28 @@ async fn r8_key_rotation_under_load_has_zero_verification_failures() {
     /// The resource server refetches the JWKS this often (its cache TTL).
     const RS_TTL: Duration = Duration::from_millis(800);
 
+    // Two replicas sharing the key directory (as with a mounted secret).
     let home = Home::new();
-    let spec = Spec::new(&format!("{AGENTS_POLICY}{NO_PEER_LIMIT}"));
-    let b = Broker::start(&home, "a", &spec);
-    b.wait_ready().await;
+    let fleet = [
+        Broker::start(
+            &home,
+            "a",
+            &Spec::new(&format!("{AGENTS_POLICY}{NO_PEER_LIMIT}")),
+        ),
+        Broker::start(
+            &home,
+            "b",
+            &Spec::new(&format!("{AGENTS_POLICY}{NO_PEER_LIMIT}")),
+        ),
+    ];
+    for r in &fleet {
+        r.wait_ready().await;
+    }
+    let b = &fleet[0];
     let old_file = home.d().join("signing/20200101T000000Z-es256.pem");
     let kid_a = kid_of_file(&old_file);
 
-    // The resource server: a JWKS cache on /jwks.json, refreshed every
+    // The resource server: a JWKS cache on one replica's /jwks.json, refreshed every
     // RS_TTL, that never refetches on an unknown kid within the test (a
     // cooldown of an hour): a kid used before it was published fails.
     let roots = [CertificateDer::from(home.ca.cert_der().to_vec())];
@@ -804,9 +818,9 @@ async fn r8_key_rotation_under_load_has_zero_verification_failures() {
     let by_kid = Arc::new(Mutex::new(HashMap::<String, u64>::new()));
     let verified = Arc::new(AtomicU64::new(0));
     let mut minters = Vec::new();
-    for _ in 0..2 {
+    for r in &fleet {
         let c = home.client(&home.agent);
-        let port = b.port;
+        let port = r.port;
         let (stop, ledger, failures, by_kid, verified, verifier) = (
             stop.clone(),
             ledger.clone(),
@@ -847,8 +861,10 @@ async fn r8_key_rotation_under_load_has_zero_verification_failures() {
     // 1. Publish the next key: in the JWKS, not signing.
     let next = generate_next_key_file(&home.d().join("signing"), SigningAlgorithm::ES256).unwrap();
     let kid_b = kid_of_file(&next);
-    b.reload("ok").await;
-    assert!(b.jwks_kids(&anon).await.contains(&kid_b));
+    for r in &fleet {
+        r.reload("ok").await;
+        assert!(r.jwks_kids(&anon).await.contains(&kid_b));
+    }
     // Wait at least the resource servers' cache TTL.
     tokio::time::sleep(RS_TTL * 2 + Duration::from_millis(200)).await;
     assert!(cache.snapshot().unwrap().find(Some(&kid_b)).is_ok());
@@ -857,7 +873,11 @@ async fn r8_key_rotation_under_load_has_zero_verification_failures() {
     // 2. Promote it: rename and reload.
     let promoted = PathBuf::from(next.to_string_lossy().replace(".next.pem", ".pem"));
     std::fs::rename(&next, &promoted).unwrap();
-    b.reload("ok").await;
+    // One replica after the other: for a while both keys sign.
+    for r in &fleet {
+        r.reload("ok").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let deadline = Instant::now() + DEADLINE;
     while count(&kid_b) == 0 {
         assert!(Instant::now() < deadline, "the promoted key never signed");
@@ -882,8 +902,10 @@ async fn r8_key_rotation_under_load_has_zero_verification_failures() {
         );
     }
     std::fs::remove_file(&old_file).unwrap();
-    b.reload("ok").await;
-    assert!(!b.jwks_kids(&anon).await.contains(&kid_a));
+    for r in &fleet {
+        r.reload("ok").await;
+        assert!(!r.jwks_kids(&anon).await.contains(&kid_a));
+    }
     let b_after_retire = count(&kid_b);
     tokio::time::sleep(RS_TTL * 2).await;
 
@@ -901,9 +923,12 @@ async fn r8_key_rotation_under_load_has_zero_verification_failures() {
         bb - b_after_retire
     );
     assert!(a > 0 && bb > b_after_retire, "both keys must have signed");
-    let records = b.audit(&home.client(&home.operator)).await;
+    let operator = home.client(&home.operator);
+    let mut records = fleet[1].audit(&operator).await;
+    assert_eq!(reload_records(&records, "reload").len(), 3);
+    records.extend(b.audit(&operator).await);
     let reloads = reload_records(&records, "reload");
-    assert_eq!(reloads.len(), 3);
+    let reloads = &reloads[3..];
     let d: Vec<&str> = reloads
         .iter()
         .map(|r| r["detail"].as_str().unwrap())
