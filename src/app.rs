@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -24,20 +25,95 @@ use crate::mint::keyring::KeyRing;
 use crate::mint::TokenMinter;
 use crate::store::Stores;
 
-/// Everything a request needs.
-pub struct App {
+/// Everything derived from one configuration file: swapped as a whole on
+/// reload (SIGHUP), so a request that loaded it once sees one consistent
+/// configuration from start to end.
+pub struct Snapshot {
     /// The validated configuration.
     pub config: Config,
-    /// The exchange pipeline.
+    /// The exchange pipeline (policies, issuers, token settings).
     pub exchanger: Exchanger,
     /// Signing keys (published at `/jwks.json`).
     pub keyring: Arc<KeyRing>,
-    /// The minter (newest key of the configured algorithm).
+    /// The minter (newest active key of the configured algorithm).
     pub minter: Arc<TokenMinter>,
-    /// The stores.
-    pub stores: Stores,
     /// Verifies tokens Tessera issued (introspection, revocation).
     pub own_tokens: Arc<crate::identity::own::OwnTokenVerifier>,
+    /// 1 at start, +1 for every reload applied.
+    pub generation: u64,
+}
+
+impl Snapshot {
+    /// Builds everything `config` describes. With `previous`, the verifiers
+    /// (and their JWKS caches) of issuers whose settings did not change are
+    /// kept, and so is the anomaly guard's state when its settings did not
+    /// change.
+    fn build(
+        config: Config,
+        stores: &Stores,
+        clock: &Arc<dyn Clock>,
+        clock_trust: &Arc<ClockTrust>,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, String> {
+        let keyring = Arc::new(
+            KeyRing::load_dir(&config.tokens.signing_keys, config.tokens.algorithm)
+                .map_err(|e| format!("tokens.signing_keys: {e}"))?,
+        );
+        let minter = Arc::new(TokenMinter::new(keyring.clone()));
+        let mut issuers = Vec::new();
+        for i in &config.issuers {
+            let kept = previous.and_then(|p| {
+                p.exchanger
+                    .issuers()
+                    .find(|v| same_issuer(v.config(), i))
+                    .cloned()
+            });
+            match kept {
+                Some(v) => issuers.push(v),
+                None => issuers.push(Arc::new(IssuerVerifier::new(i.clone(), clock.clone())?)),
+            }
+        }
+        let own_tokens = Arc::new(crate::identity::own::OwnTokenVerifier::new(
+            &config.server.issuer,
+            &keyring,
+        )?);
+        let mut exchanger = Exchanger::new(
+            &config,
+            issuers,
+            minter.clone(),
+            own_tokens.clone(),
+            stores.clone(),
+            clock.clone(),
+        )?;
+        if let Some(p) = previous {
+            exchanger.keep_state_of(&p.exchanger);
+        }
+        let exchanger = exchanger.with_clock_trust(clock_trust.clone());
+        Ok(Snapshot {
+            config,
+            exchanger,
+            keyring,
+            minter,
+            own_tokens,
+            generation: previous.map_or(1, |p| p.generation + 1),
+        })
+    }
+}
+
+/// Whether an issuer's settings are unchanged (its verifier and JWKS cache
+/// can be kept). Compared through `Debug`, which prints every field: a
+/// field added later is compared too.
+fn same_issuer(a: &crate::config::IssuerConfig, b: &crate::config::IssuerConfig) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+}
+
+/// Everything a request needs.
+pub struct App {
+    /// The configuration in force and all that is derived from it. Load it
+    /// once per request ([`App::snapshot`]).
+    current: ArcSwap<Snapshot>,
+    /// The stores.
+    pub stores: Stores,
     /// The clock.
     pub clock: Arc<dyn Clock>,
     /// Whether the wall clock can be trusted to mint (`/readyz`, `/token`).
@@ -46,30 +122,268 @@ pub struct App {
     pub draining: AtomicBool,
     /// The audit trail.
     pub auditor: Auditor,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 /// Shared handle to the [`App`].
 pub type AppState = Arc<App>;
 
+/// What a reload changed, for its audit record and log line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadDiff {
+    /// Policies added, by name.
+    pub policies_added: Vec<String>,
+    /// Policies removed, by name.
+    pub policies_removed: Vec<String>,
+    /// Policies whose settings changed, by name.
+    pub policies_changed: Vec<String>,
+    /// Issuers added, by name.
+    pub issuers_added: Vec<String>,
+    /// Issuers removed, by name.
+    pub issuers_removed: Vec<String>,
+    /// Issuers whose settings changed (verifier and JWKS cache rebuilt).
+    pub issuers_changed: Vec<String>,
+    /// Signing keys added to the JWK Set, by kid.
+    pub keys_added: Vec<String>,
+    /// Signing keys removed from the JWK Set, by kid.
+    pub keys_removed: Vec<String>,
+    /// The kid that signs, when it changed.
+    pub signing_kid: Option<String>,
+}
+
+impl std::fmt::Display for ReloadDiff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let l = |v: &[String]| v.join(",");
+        write!(
+            f,
+            "policies +[{}] -[{}] ~[{}]; issuers +[{}] -[{}] ~[{}]; keys +[{}] -[{}]",
+            l(&self.policies_added),
+            l(&self.policies_removed),
+            l(&self.policies_changed),
+            l(&self.issuers_added),
+            l(&self.issuers_removed),
+            l(&self.issuers_changed),
+            l(&self.keys_added),
+            l(&self.keys_removed),
+        )?;
+        if let Some(k) = &self.signing_kid {
+            write!(f, "; signing kid now {k}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ReloadDiff {
+    fn between(old: &Snapshot, new: &Snapshot) -> ReloadDiff {
+        fn by_name<'a, T: std::fmt::Debug + 'a>(
+            old: impl Iterator<Item = (&'a str, &'a T)>,
+            new: impl Iterator<Item = (&'a str, &'a T)>,
+        ) -> (Vec<String>, Vec<String>, Vec<String>) {
+            let old: std::collections::BTreeMap<&str, String> =
+                old.map(|(n, v)| (n, format!("{v:?}"))).collect();
+            let new: std::collections::BTreeMap<&str, String> =
+                new.map(|(n, v)| (n, format!("{v:?}"))).collect();
+            let added = new
+                .keys()
+                .filter(|k| !old.contains_key(*k))
+                .map(|k| k.to_string())
+                .collect();
+            let removed = old
+                .keys()
+                .filter(|k| !new.contains_key(*k))
+                .map(|k| k.to_string())
+                .collect();
+            let changed = new
+                .iter()
+                .filter(|(k, v)| old.get(*k).is_some_and(|o| o != *v))
+                .map(|(k, _)| k.to_string())
+                .collect();
+            (added, removed, changed)
+        }
+        let (pa, pr, pc) = by_name(
+            old.config.policies.iter().map(|p| (p.name.as_str(), p)),
+            new.config.policies.iter().map(|p| (p.name.as_str(), p)),
+        );
+        let (ia, ir, ic) = by_name(
+            old.config.issuers.iter().map(|i| (i.name.as_str(), i)),
+            new.config.issuers.iter().map(|i| (i.name.as_str(), i)),
+        );
+        let kids = |s: &Snapshot| -> Vec<String> {
+            s.keyring
+                .keys()
+                .iter()
+                .map(|k| k.kid().to_string())
+                .collect()
+        };
+        let (ok, nk) = (kids(old), kids(new));
+        let old_signing = old.keyring.signing_key().kid();
+        let new_signing = new.keyring.signing_key().kid();
+        ReloadDiff {
+            policies_added: pa,
+            policies_removed: pr,
+            policies_changed: pc,
+            issuers_added: ia,
+            issuers_removed: ir,
+            issuers_changed: ic,
+            keys_added: nk.iter().filter(|k| !ok.contains(k)).cloned().collect(),
+            keys_removed: ok.iter().filter(|k| !nk.contains(k)).cloned().collect(),
+            signing_kid: (old_signing != new_signing).then(|| new_signing.to_string()),
+        }
+    }
+}
+
+/// The settings a reload cannot change (the listeners, TLS material, the
+/// store, the audit sink and the connection limits are built once at
+/// start): the keys that differ between `old` and `new`. A reload that
+/// changes any of them is refused as a whole.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut cmp = |key: &'static str, a: String, b: String| {
+        if a != b {
+            out.push(key);
+        }
+    };
+    let (o, n) = (&old.server, &new.server);
+    cmp("server.listen", o.listen.to_string(), n.listen.to_string());
+    cmp(
+        "server.ops_listen",
+        o.ops_listen.to_string(),
+        n.ops_listen.to_string(),
+    );
+    cmp("server.issuer", o.issuer.clone(), n.issuer.clone());
+    cmp(
+        "server.tls_cert",
+        format!("{:?}", o.tls_cert),
+        format!("{:?}", n.tls_cert),
+    );
+    cmp(
+        "server.tls_key",
+        format!("{:?}", o.tls_key),
+        format!("{:?}", n.tls_key),
+    );
+    cmp(
+        "server.client_ca",
+        format!("{:?}", o.client_ca),
+        format!("{:?}", n.client_ca),
+    );
+    cmp(
+        "server.shutdown_grace",
+        format!("{:?}", o.shutdown_grace),
+        format!("{:?}", n.shutdown_grace),
+    );
+    cmp(
+        "server.drain_timeout",
+        format!("{:?}", o.drain_timeout),
+        format!("{:?}", n.drain_timeout),
+    );
+    cmp("store.url", old.store.url.clone(), new.store.url.clone());
+    cmp(
+        "store.prefix",
+        old.store.prefix.clone(),
+        new.store.prefix.clone(),
+    );
+    cmp(
+        "store.timeout",
+        format!("{:?}", old.store.timeout),
+        format!("{:?}", new.store.timeout),
+    );
+    cmp(
+        "audit.sink",
+        format!("{:?}", old.audit.sink),
+        format!("{:?}", new.audit.sink),
+    );
+    cmp(
+        "audit.stream_max_len",
+        old.audit.stream_max_len.to_string(),
+        new.audit.stream_max_len.to_string(),
+    );
+    cmp(
+        "audit.timeout",
+        format!("{:?}", old.audit.timeout),
+        format!("{:?}", new.audit.timeout),
+    );
+    let (o, n) = (&old.limits, &new.limits);
+    cmp(
+        "limits.max_body_bytes",
+        o.max_body_bytes.to_string(),
+        n.max_body_bytes.to_string(),
+    );
+    cmp(
+        "limits.max_token_bytes",
+        o.max_token_bytes.to_string(),
+        n.max_token_bytes.to_string(),
+    );
+    cmp(
+        "limits.handshake_timeout",
+        format!("{:?}", o.handshake_timeout),
+        format!("{:?}", n.handshake_timeout),
+    );
+    cmp(
+        "limits.header_read_timeout",
+        format!("{:?}", o.header_read_timeout),
+        format!("{:?}", n.header_read_timeout),
+    );
+    cmp(
+        "limits.request_timeout",
+        format!("{:?}", o.request_timeout),
+        format!("{:?}", n.request_timeout),
+    );
+    cmp(
+        "limits.max_connections",
+        o.max_connections.to_string(),
+        n.max_connections.to_string(),
+    );
+    cmp(
+        "limits.peer_rate",
+        o.peer_rate.to_string(),
+        n.peer_rate.to_string(),
+    );
+    cmp(
+        "limits.peer_burst",
+        o.peer_burst.to_string(),
+        n.peer_burst.to_string(),
+    );
+    cmp(
+        "dev.generate_missing",
+        old.dev_generate_missing.to_string(),
+        new.dev_generate_missing.to_string(),
+    );
+    // A field added to one of these sections later is caught here, by
+    // section, until it gets its own line above.
+    for (section, a, b) in [
+        (
+            "server",
+            format!("{:?}", old.server),
+            format!("{:?}", new.server),
+        ),
+        (
+            "store",
+            format!("{:?}", old.store),
+            format!("{:?}", new.store),
+        ),
+        (
+            "audit",
+            format!("{:?}", old.audit),
+            format!("{:?}", new.audit),
+        ),
+        (
+            "limits",
+            format!("{:?}", old.limits),
+            format!("{:?}", new.limits),
+        ),
+    ] {
+        if a != b && !out.iter().any(|k| k.starts_with(section)) {
+            out.push(section);
+        }
+    }
+    out
+}
+
 impl App {
     /// Loads keys, opens the store and builds the pipeline.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<App, String> {
-        // Trust that is valid but too wide: one line each, as `config check` says.
-        for w in config.warnings() {
-            tracing::warn!(
-                file = %w.file,
-                key = %w.key(),
-                policy = w.policy.as_deref().unwrap_or("-"),
-                kind = w.kind.as_str(),
-                "config warning: {}",
-                w.message
-            );
-        }
-        let keyring = Arc::new(
-            KeyRing::load_dir(&config.tokens.signing_keys, config.tokens.algorithm)
-                .map_err(|e| format!("tokens.signing_keys: {e}"))?,
-        );
-        let minter = Arc::new(TokenMinter::new(keyring.clone()));
+        log_warnings(&config);
         let stores = Stores::open_with(
             &config.store.url,
             &config.store.prefix,
@@ -78,65 +392,158 @@ impl App {
         )
         .await
         .map_err(|e| format!("store.url: {e}"))?;
-        let mut issuers = Vec::new();
-        for i in &config.issuers {
-            issuers.push(Arc::new(IssuerVerifier::new(i.clone(), clock.clone())?));
-        }
-        let own_tokens = Arc::new(crate::identity::own::OwnTokenVerifier::new(
-            &config.server.issuer,
-            &keyring,
-        )?);
         let auditor = Auditor::start(
             &config.audit.sink,
             Some((stores.audit.clone(), config.audit.stream_max_len)),
             config.audit.timeout,
         )
         .map_err(|e| format!("audit.path: {e}"))?;
-        let exchanger = Exchanger::new(
-            &config,
-            issuers,
-            minter.clone(),
-            own_tokens.clone(),
-            stores.clone(),
-            clock.clone(),
-        )?;
+        // Clock trust is restart-only ([server]): one monitor per process.
         let clock_trust = Arc::new(ClockTrust::new(
             clock.clone(),
             config.server.max_clock_step,
             config.server.clock_quarantine,
         ));
         clock_trust.spawn_monitor();
-        let exchanger = exchanger.with_clock_trust(clock_trust.clone());
+        let snapshot = Snapshot::build(config, &stores, &clock, &clock_trust, None)?;
         // The first record of every start: which configuration is in force.
         let rec = AuditRecord::new(Event::ConfigLoaded)
-            .detail(&config_summary(&config))
+            .detail(&config_summary(&snapshot.config))
             .reason("startup");
         if let Err(e) = auditor.record(rec).await {
             // The store may be down at start-up (the broker starts anyway and
             // fails closed until it answers); a file sink that cannot be
             // written is an error.
-            if matches!(config.audit.sink, crate::config::AuditSink::File(_)) {
+            if matches!(
+                snapshot.config.audit.sink,
+                crate::config::AuditSink::File(_)
+            ) {
                 return Err(format!("audit.path: the first audit record failed: {e}"));
             }
             tracing::warn!(error = %e, "the config_loaded audit record could not be written");
         }
         Ok(App {
-            config,
-            exchanger,
-            keyring,
-            minter,
+            current: ArcSwap::from_pointee(snapshot),
             stores,
-            own_tokens,
             clock,
             clock_trust,
             draining: AtomicBool::new(false),
             auditor,
+            reloading: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The configuration in force and everything derived from it. A request
+    /// loads it once and uses that one snapshot throughout.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the configuration file the broker started with and, if it
+    /// is valid (policies, issuers, keys) and changes no restart-only key,
+    /// swaps it in atomically. Otherwise the configuration in force stays,
+    /// and the error names the cause. Either way the outcome is counted
+    /// (`tessera_config_reloads_total{outcome}`), logged and audited
+    /// (`config_loaded`, reason `reload` or `reload_rejected`).
+    pub async fn reload(&self) -> Result<ReloadDiff, String> {
+        self.reload_as("signal:SIGHUP").await
+    }
+
+    /// [`App::reload`] on behalf of `who` (the audit record's `client`: the
+    /// operator of `POST /admin/v1/reload`, or `signal:SIGHUP`).
+    pub async fn reload_as(&self, who: &str) -> Result<ReloadDiff, String> {
+        let source = self.snapshot().config.source.clone();
+        self.reload_file(&source, who).await
+    }
+
+    /// [`App::reload`] from another file (tests; the restart-only keys are
+    /// compared with the configuration in force all the same).
+    pub async fn reload_from(&self, path: &std::path::Path) -> Result<ReloadDiff, String> {
+        self.reload_file(path, "test").await
+    }
+
+    async fn reload_file(&self, path: &std::path::Path, who: &str) -> Result<ReloadDiff, String> {
+        let _one = self.reloading.lock().await;
+        let old = self.snapshot();
+        let built = {
+            let path = path.to_path_buf();
+            let stores = self.stores.clone();
+            let clock = self.clock.clone();
+            let clock_trust = self.clock_trust.clone();
+            let old = old.clone();
+            // Key files and CA files are read from disk: off the runtime.
+            tokio::task::spawn_blocking(move || -> Result<Snapshot, String> {
+                let cfg = Config::load(&path).map_err(|e| e.to_string())?;
+                cfg.check_files().map_err(|e| e.to_string())?;
+                let fixed = restart_only_changes(&old.config, &cfg);
+                if !fixed.is_empty() {
+                    return Err(format!(
+                        "{}: {} cannot change without a restart (the configuration in force stays)",
+                        path.display(),
+                        fixed.join(", ")
+                    ));
+                }
+                Snapshot::build(cfg, &stores, &clock, &clock_trust, Some(&old))
+            })
+            .await
+            .map_err(|e| format!("reload task failed: {e}"))
+            .and_then(|r| r)
+        };
+        let m = &crate::telemetry::metrics().config_reloads;
+        match built {
+            Ok(new) => {
+                log_warnings(&new.config);
+                let diff = ReloadDiff::between(&old, &new);
+                let summary = format!("{}; {diff}", config_summary(&new.config));
+                let generation = new.generation;
+                self.current.store(Arc::new(new));
+                m.with_label_values(&["ok"]).inc();
+                tracing::info!(generation, changes = %diff, "configuration reloaded");
+                // The new configuration is in force whether or not its record
+                // can be written (refusing to apply, say, a removed policy
+                // because the audit store is down would be worse).
+                let rec = AuditRecord::new(Event::ConfigLoaded)
+                    .reason("reload")
+                    .client(who)
+                    .detail(&summary);
+                if let Err(e) = self.auditor.record(rec).await {
+                    tracing::warn!(error = %e, "the config_loaded (reload) audit record could not be written");
+                }
+                Ok(diff)
+            }
+            Err(e) => {
+                m.with_label_values(&["rejected"]).inc();
+                tracing::error!(error = %e, generation = old.generation,
+                    "configuration reload rejected; the configuration in force stays");
+                let rec = AuditRecord::new(Event::ConfigLoaded)
+                    .reason("reload_rejected")
+                    .client(who)
+                    .detail(&e);
+                if let Err(ae) = self.auditor.record(rec).await {
+                    tracing::warn!(error = %ae, "the config_loaded (reload_rejected) audit record could not be written");
+                }
+                Err(e)
+            }
+        }
     }
 }
 
-/// `file=… sha256=… policies=N issuers=N store=…` for the `config_loaded`
-/// record (the store URL without credentials).
+/// Trust that is valid but too wide: one line each, as `config check` says.
+fn log_warnings(config: &Config) {
+    for w in config.warnings() {
+        tracing::warn!(
+            file = %w.file,
+            key = %w.key(),
+            policy = w.policy.as_deref().unwrap_or("-"),
+            kind = w.kind.as_str(),
+            "config warning: {}",
+            w.message
+        );
+    }
+}
+
+/// `file=… sha256=… policies=N issuers=N store=…` for the
+/// `config_loaded` record (the store URL without credentials).
 fn config_summary(c: &Config) -> String {
     let hash = std::fs::read(&c.source)
         .map(|b| crate::audit::sha256_hex(&b))
@@ -187,14 +594,28 @@ pub struct Running {
 
 impl Running {
     /// Marks the broker as draining (`/readyz` → 503), waits `grace` so load
-    /// balancers notice, stops accepting, and drains in-flight requests.
+    /// balancers notice, stops accepting (new connections are refused), and
+    /// drains in-flight requests for up to `[server] drain_timeout`. Returns
+    /// within `grace + drain_timeout` (plus a second for the ops listener).
     pub async fn shutdown(self, grace: Duration) {
         self.app.draining.store(true, Ordering::SeqCst);
         tokio::time::sleep(grace).await;
+        tracing::info!("shutdown: the listener closes now; draining in-flight requests");
         let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+        let drain = self.app.snapshot().config.server.drain_timeout;
+        let deadline = tokio::time::Instant::now() + drain + Duration::from_secs(1);
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                tracing::warn!("shutdown: a listener did not stop in time; aborting it");
+                t.abort();
+            }
         }
+    }
+
+    /// [`Running::shutdown`] with the configured `[server] shutdown_grace`.
+    pub async fn shutdown_configured(self) {
+        let grace = self.app.snapshot().config.server.shutdown_grace;
+        self.shutdown(grace).await;
     }
 }
 
@@ -225,13 +646,15 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
     let (tx, rx) = watch::channel(false);
 
     let router = crate::routes::router(app.clone());
-    let limits = app.config.limits.clone();
+    let snap = app.snapshot();
+    let limits = snap.config.limits.clone();
+    let drain = snap.config.server.drain_timeout;
     let mut rx1 = rx.clone();
     let https = tokio::spawn(async move {
-        crate::server::serve_https(listener, tls, router, limits, async move {
+        let stop = async move {
             let _ = rx1.wait_for(|v| *v).await;
-        })
-        .await;
+        };
+        crate::server::serve_https_draining(listener, tls, router, limits, stop, drain).await;
     });
     let ops_router = crate::routes::ops_router(app.clone());
     let mut rx2 = rx;
@@ -245,7 +668,8 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
             tracing::error!(error = %e, "ops listener failed");
         }
     });
-    tracing::info!(%addr, %ops_addr, issuer = %app.config.server.issuer, store = %app.config.store.url, "tessera serving");
+    tracing::info!(%addr, %ops_addr, issuer = %snap.config.server.issuer, store = %snap.config.store.url, "tessera serving");
+    drop(snap);
     Ok(Running {
         addr,
         ops_addr,
@@ -253,4 +677,51 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
         shutdown: tx,
         tasks: vec![https, ops_task],
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> Config {
+        Config::from_toml_str("t.toml", text).unwrap()
+    }
+
+    #[test]
+    fn restart_only_changes_name_each_key_and_nothing_else() {
+        let base = cfg("[tokens]\ndefault_ttl = \"1m\"\n");
+        // Reloadable settings are not restart-only.
+        let reloadable = cfg("[tokens]\ndefault_ttl = \"2m\"\n[admin]\nsubjects = [\"x\"]\n");
+        assert!(restart_only_changes(&base, &reloadable).is_empty());
+        let fixed = cfg(
+            "[server]\nlisten = \"127.0.0.1:1\"\nshutdown_grace = \"5s\"\n\
+             [store]\nprefix = \"other\"\n[limits]\npeer_rate = 0\n[audit]\nsink = \"off\"\n",
+        );
+        assert_eq!(
+            restart_only_changes(&base, &fixed),
+            vec![
+                "server.listen",
+                "server.shutdown_grace",
+                "store.prefix",
+                "audit.sink",
+                "limits.peer_rate"
+            ]
+        );
+    }
+
+    #[test]
+    fn reload_diff_reads_as_one_line() {
+        let d = ReloadDiff {
+            policies_added: vec!["a".into()],
+            policies_removed: vec!["b".into(), "c".into()],
+            keys_added: vec!["k2".into()],
+            signing_kid: Some("k2".into()),
+            ..ReloadDiff::default()
+        };
+        assert_eq!(
+            d.to_string(),
+            "policies +[a] -[b,c] ~[]; issuers +[] -[] ~[]; keys +[k2] -[]; signing kid now k2"
+        );
+    }
 }

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -135,6 +134,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// Make the broker at --url re-read its configuration file (as SIGHUP
+    /// does; one replica). Exit 1 naming the cause if it was refused.
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -263,6 +265,10 @@ enum KeysCmd {
         /// Key directory.
         #[arg(long, default_value = "keys/signing")]
         dir: PathBuf,
+        /// Write a *next* key (`….next.pem`): published after the next reload
+        /// but never signing until renamed without `.next` (key rotation).
+        #[arg(long)]
+        next: bool,
     },
     /// List the local key directory.
     List {
@@ -325,8 +331,13 @@ fn main() -> ExitCode {
             tessera::cli::explain::policy_explain(&args, cli.json)
         }
         Cmd::Keys {
-            cmd: KeysCmd::Generate { algorithm, dir },
-        } => tessera::cli::keys_generate(&algorithm, &dir, cli.json),
+            cmd:
+                KeysCmd::Generate {
+                    algorithm,
+                    dir,
+                    next,
+                },
+        } => tessera::cli::keys_generate_as(&algorithm, &dir, next, cli.json),
         Cmd::Keys {
             cmd: KeysCmd::List { dir, algorithm },
         } => tessera::cli::keys_list(&dir, &algorithm, cli.json),
@@ -408,6 +419,10 @@ fn main() -> ExitCode {
                 &conn, &id, false, reason, cli.json,
             ))
         }
+        Cmd::Reload => {
+            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            block_on(tessera::cli::admin::reload(&conn, cli.json))
+        }
         Cmd::Audit { cmd } => match cmd {
             AuditCmd::Tail { follow, n } => {
                 let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
@@ -452,17 +467,6 @@ fn block_on(f: impl std::future::Future<Output = i32>) -> i32 {
 
 fn serve(config: PathBuf) -> i32 {
     let _log_guard = tessera::telemetry::init_logging();
-    let cfg = match tessera::config::Config::load(&config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
-    };
-    if let Err(e) = tessera::app::prepare(&cfg) {
-        eprintln!("error: {e}");
-        return 1;
-    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -474,6 +478,26 @@ fn serve(config: PathBuf) -> i32 {
         }
     };
     rt.block_on(async move {
+        // First of all: a SIGHUP that arrives during start-up must not kill
+        // the process (the default action); it reloads once serving.
+        let mut signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot install signal handlers: {e}");
+                return 1;
+            }
+        };
+        let cfg = match tessera::config::Config::load(&config) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        };
+        if let Err(e) = tessera::app::prepare(&cfg) {
+            eprintln!("error: {e}");
+            return 1;
+        }
         let running = match tessera::app::start(cfg).await {
             Ok(r) => r,
             Err(e) => {
@@ -481,31 +505,70 @@ fn serve(config: PathBuf) -> i32 {
                 return 1;
             }
         };
-        wait_for_signal().await;
-        tracing::info!("shutting down: readyz now fails, draining in-flight requests");
-        running.shutdown(Duration::from_secs(1)).await;
+        // SIGHUP reloads (outcome logged, counted and audited by `reload`);
+        // SIGTERM or ctrl-c ends the loop.
+        while let Signal::Reload = signals.next().await {
+            tracing::info!("SIGHUP: reloading the configuration");
+            let _ = running.app.reload().await;
+        }
+        let snap = running.app.snapshot();
+        tracing::info!(
+            grace = ?snap.config.server.shutdown_grace,
+            drain_timeout = ?snap.config.server.drain_timeout,
+            "shutting down: readyz now fails, then the listener closes and in-flight requests drain"
+        );
+        drop(snap);
+        running.shutdown_configured().await;
+        tracing::info!("shutdown complete");
         0
     })
 }
 
-async fn wait_for_signal() {
+/// What a signal asks of `serve`.
+enum Signal {
+    /// SIGHUP: re-read the configuration.
+    Reload,
+    /// SIGTERM or ctrl-c: drain and exit 0.
+    Terminate,
+}
+
+/// The signals `serve` handles.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                hup: signal(SignalKind::hangup())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => Signal::Terminate,
+                _ = self.term.recv() => Signal::Terminate,
+                _ = self.hup.recv() => Signal::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Terminate
+        }
     }
 }

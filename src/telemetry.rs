@@ -54,6 +54,9 @@ pub struct Metrics {
     /// guard did (`slow_down`, `approval`, `revoke`) and why (`rate`,
     /// `rate_learned`, `new_audience`, `refusal_streak`).
     pub guard_actions: IntCounterVec,
+    /// `tessera_config_reloads_total{outcome}`: configuration reloads
+    /// (SIGHUP), `ok` or `rejected` (the configuration in force stayed).
+    pub config_reloads: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -166,6 +169,19 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["action", "trigger"],
     )?;
     registry.register(Box::new(guard_actions.clone()))?;
+    let config_reloads = IntCounterVec::new(
+        Opts::new(
+            "tessera_config_reloads_total",
+            "Configuration reloads by outcome (ok, or rejected: the configuration in force stayed)",
+        ),
+        &["outcome"],
+    )?;
+    registry.register(Box::new(config_reloads.clone()))?;
+    // Both series exist from the start (at 0), so an alert on `rejected`
+    // needs no `absent()`.
+    for outcome in ["ok", "rejected"] {
+        config_reloads.with_label_values(&[outcome]);
+    }
     registry.register(Box::new(audit_records.clone()))?;
     registry.register(Box::new(audit_failures.clone()))?;
     registry.register(Box::new(revocations.clone()))?;
@@ -193,6 +209,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         approvals_pending,
         peer_rate_limited,
         guard_actions,
+        config_reloads,
     })
 }
 

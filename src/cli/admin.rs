@@ -348,6 +348,30 @@ pub async fn grant_revoke(conn: &Connection, id: &str, as_json: bool) -> i32 {
     }
 }
 
+/// `tessera reload`: the broker at `--url` re-reads its configuration file
+/// (what SIGHUP does; one replica).
+pub async fn reload(conn: &Connection, as_json: bool) -> i32 {
+    match conn
+        .call(reqwest::Method::POST, "/admin/v1/reload", None)
+        .await
+    {
+        Ok(v) => {
+            if as_json {
+                println!("{v}");
+            } else {
+                println!(
+                    "reloaded (generation {}): {}",
+                    v["generation"],
+                    v["changes"].as_str().unwrap_or("")
+                );
+                println!("signing kid: {}", v["signing_kid"].as_str().unwrap_or("-"));
+            }
+            0
+        }
+        Err(m) => fail(&m),
+    }
+}
+
 fn strings(v: &Value) -> String {
     v.as_array()
         .map(|a| {

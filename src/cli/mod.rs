@@ -96,11 +96,22 @@ pub fn config_check(path: &Path, as_json: bool, deny_warnings: bool) -> i32 {
 
 /// `tessera keys generate [--algorithm ES256|EdDSA|RS256] [--dir DIR]`.
 pub fn keys_generate(alg: &str, dir: &Path, as_json: bool) -> i32 {
+    keys_generate_as(alg, dir, false, as_json)
+}
+
+/// `tessera keys generate [--next]`: with `next`, the key is written as a
+/// next key (published, never signing until promoted by a rename).
+pub fn keys_generate_as(alg: &str, dir: &Path, next: bool, as_json: bool) -> i32 {
     let Ok(alg) = alg.parse::<SigningAlgorithm>() else {
         eprintln!("error: --algorithm `{alg}` is not one of ES256, EdDSA, RS256");
         return 2;
     };
-    match generate_key_file(dir, alg) {
+    let written = if next {
+        crate::mint::keyring::generate_next_key_file(dir, alg)
+    } else {
+        generate_key_file(dir, alg)
+    };
+    match written {
         Ok(path) => {
             let kid = KeyRing::load_dir(dir, alg)
                 .ok()
@@ -114,11 +125,23 @@ pub fn keys_generate(alg: &str, dir: &Path, as_json: bool) -> i32 {
             if as_json {
                 println!(
                     "{}",
-                    json!({"path": path.display().to_string(), "algorithm": alg.as_str(), "kid": kid})
+                    json!({"path": path.display().to_string(), "algorithm": alg.as_str(), "kid": kid, "next": next})
+                );
+            } else if next {
+                println!("wrote {} ({}, kid {})", path.display(), alg.as_str(), kid);
+                let promoted = path.to_string_lossy().replace(".next.pem", ".pem");
+                println!("A next key: published in /jwks.json once the broker reloads (SIGHUP), never signing.");
+                println!("After resource servers have refetched the JWKS, promote it and reload:");
+                println!(
+                    "  mv {} {promoted} && kill -HUP <broker pid>",
+                    path.display()
                 );
             } else {
                 println!("wrote {} ({}, kid {})", path.display(), alg.as_str(), kid);
-                println!("It is published at once and signs from now on (the newest key of the configured algorithm signs).");
+                println!("It is published and signs once the broker reloads (SIGHUP) or restarts (the newest active key of the configured algorithm signs).");
+                println!(
+                    "To rotate without verification failures, use --next instead (see the README)."
+                );
             }
             0
         }
@@ -148,7 +171,7 @@ pub fn keys_list(dir: &Path, algorithm: &str, as_json: bool) -> i32 {
             .keys()
             .iter()
             .map(|k| json!({"kid": k.kid(), "algorithm": k.algorithm().as_str(),
-                            "path": k.path().map(|p| p.display().to_string()), "signing": k.kid() == signing}))
+                            "path": k.path().map(|p| p.display().to_string()), "signing": k.kid() == signing, "next": k.is_next()}))
             .collect();
         println!("{}", json!({"keys": keys}));
     } else {
@@ -158,7 +181,13 @@ pub fn keys_list(dir: &Path, algorithm: &str, as_json: bool) -> i32 {
                 "{:<45} {:<7} {:<8} {}",
                 k.kid(),
                 k.algorithm().as_str(),
-                if k.kid() == signing { "yes" } else { "no" },
+                if k.kid() == signing {
+                    "yes"
+                } else if k.is_next() {
+                    "next"
+                } else {
+                    "no"
+                },
                 k.path()
                     .map(|p| p.display().to_string())
                     .unwrap_or_default()

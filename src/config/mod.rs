@@ -47,6 +47,10 @@ pub const MAX_GUARD_WINDOW: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_GUARD_IDENTITIES: u64 = 10_000_000;
 /// Most audiences `[guard] max_audiences` may remember per identity.
 pub const MAX_GUARD_AUDIENCES: u64 = 4096;
+/// Longest `[server] shutdown_grace`.
+pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+/// Longest `[server] drain_timeout`.
+pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest `[approvals] interval`.
 pub const MAX_APPROVAL_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -125,6 +129,10 @@ pub struct ServerConfig {
     pub max_clock_step: Duration,
     /// How long minting stops after a larger step.
     pub clock_quarantine: Duration,
+    /// On SIGTERM: how long `/readyz` fails before the listener closes.
+    pub shutdown_grace: Duration,
+    /// On SIGTERM, after the grace: the longest wait for in-flight requests.
+    pub drain_timeout: Duration,
 }
 
 /// `[tokens]`, typed.
@@ -378,7 +386,20 @@ impl Config {
                 &s.clock_quarantine,
                 &CLOCK_QUARANTINE_BOUNDS,
             )?,
+            shutdown_grace: parse_duration(&s.shutdown_grace)
+                .map_err(|r| err("server.shutdown_grace", r))?,
+            drain_timeout: dur("server.drain_timeout", &s.drain_timeout)?,
         };
+        if server.shutdown_grace > MAX_SHUTDOWN_GRACE {
+            return Err(err("server.shutdown_grace", "must be at most 60s".into()));
+        }
+        if server.drain_timeout < Duration::from_secs(1) || server.drain_timeout > MAX_DRAIN_TIMEOUT
+        {
+            return Err(err(
+                "server.drain_timeout",
+                "must be between 1s and 5m".into(),
+            ));
+        }
 
         // [tokens]
         let t = &raw.tokens;

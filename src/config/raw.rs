@@ -87,6 +87,14 @@ pub struct RawServer {
     /// How long minting stays stopped after a clock step. Defaults to `1m`; 1s..=1h.
     #[serde(default = "d_clock_quarantine")]
     pub clock_quarantine: String,
+    /// On SIGTERM: how long `/readyz` answers 503 before the listener stops
+    /// accepting (0s to 60s). Defaults to `1s`.
+    #[serde(default = "d_shutdown_grace")]
+    pub shutdown_grace: String,
+    /// On SIGTERM, after the grace: how long in-flight requests may take to
+    /// finish before their connections are closed (1s to 5m). Defaults to `10s`.
+    #[serde(default = "d_drain_timeout")]
+    pub drain_timeout: String,
 }
 
 impl Default for RawServer {
@@ -101,6 +109,8 @@ impl Default for RawServer {
             trust_domains: BTreeMap::new(),
             max_clock_step: d_max_clock_step(),
             clock_quarantine: d_clock_quarantine(),
+            shutdown_grace: d_shutdown_grace(),
+            drain_timeout: d_drain_timeout(),
         }
     }
 }
@@ -546,6 +556,12 @@ fn d_client_ca() -> Vec<String> {
 }
 fn d_ops_listen() -> String {
     "127.0.0.1:9090".into()
+}
+fn d_shutdown_grace() -> String {
+    "1s".into()
+}
+fn d_drain_timeout() -> String {
+    "10s".into()
 }
 fn d_signing_keys() -> String {
     "keys/signing".into()

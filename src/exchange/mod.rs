@@ -185,7 +185,7 @@ pub struct Exchanger {
     approvals_ttl: u64,
     approvals_interval: u64,
     webhook: Option<approval::Webhook>,
-    guard: Option<guard::Guard>,
+    guard: Option<Arc<guard::Guard>>,
     /// When set, nothing is minted while the wall clock is in quarantine.
     clock_trust: Option<Arc<crate::clock::ClockTrust>>,
 }
@@ -235,7 +235,7 @@ impl Exchanger {
             None => None,
         };
         Ok(Self {
-            guard: guard::Guard::new(&cfg.guard),
+            guard: guard::Guard::new(&cfg.guard).map(Arc::new),
             nonces,
             approvals_ttl: cfg.approvals_ttl.as_secs(),
             approvals_interval: cfg.approvals_interval.as_secs(),
@@ -281,7 +281,18 @@ impl Exchanger {
 
     /// The anomaly guard, when configured.
     pub fn guard(&self) -> Option<&guard::Guard> {
-        self.guard.as_ref()
+        self.guard.as_deref()
+    }
+
+    /// After a configuration reload: keeps what `previous` learned at run
+    /// time (the anomaly guard's per-identity counters) when its settings
+    /// did not change, so a reload is not a way to reset the guard.
+    pub fn keep_state_of(&mut self, previous: &Exchanger) {
+        if let (Some(new), Some(old)) = (&self.guard, &previous.guard) {
+            if new.config() == old.config() {
+                self.guard = Some(old.clone());
+            }
+        }
     }
 
     /// [`Exchanger::exchange`], noting who the subject and actor were once

@@ -41,6 +41,11 @@ pub const MIN_RSA_MODULUS_BYTES: usize = 256;
 /// File extension of key files in a key directory.
 pub const KEY_FILE_EXTENSION: &str = "pem";
 
+/// Suffix of a *next* key's file name (`20261122T101500Z-es256.next.pem`):
+/// published in the JWK Set but never signing. Renaming it to drop `.next`
+/// (and reloading) promotes it; the rotation procedure is in the README.
+pub const NEXT_KEY_SUFFIX: &str = ".next.pem";
+
 /// PEM line length used when writing key files.
 const PEM_LINE_LEN: usize = 64;
 
@@ -168,8 +173,9 @@ pub enum KeyRingError {
         /// Why.
         source: KeyParseError,
     },
-    /// No loaded key has the configured algorithm.
-    #[error("signing key directory {} has no {algorithm} key", path.display())]
+    /// No loaded key that may sign (not a `*.next.pem` key) has the
+    /// configured algorithm.
+    #[error("signing key directory {} has no active {algorithm} key (a *.next.pem key is published but never signs)", path.display())]
     NoKeyForAlgorithm {
         /// The directory.
         path: PathBuf,
@@ -214,6 +220,7 @@ pub struct SigningKey {
     kid: String,
     jwk: serde_json::Value,
     path: Option<PathBuf>,
+    next: bool,
 }
 
 impl fmt::Debug for SigningKey {
@@ -222,6 +229,7 @@ impl fmt::Debug for SigningKey {
             .field("algorithm", &self.algorithm())
             .field("kid", &self.kid)
             .field("path", &self.path)
+            .field("next", &self.next)
             .finish_non_exhaustive()
     }
 }
@@ -284,6 +292,7 @@ impl SigningKey {
             kid,
             jwk,
             path: None,
+            next: false,
         })
     }
 
@@ -330,6 +339,19 @@ impl SigningKey {
     /// The file the key was loaded from, if any.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+
+    /// Whether this is a *next* key: published, but never signing (its file
+    /// name ends in [`NEXT_KEY_SUFFIX`]).
+    pub fn is_next(&self) -> bool {
+        self.next
+    }
+
+    /// Marks the key as a *next* key (published, never signing).
+    #[must_use]
+    pub fn into_next(mut self) -> SigningKey {
+        self.next = true;
+        self
     }
 
     /// The public JWK: `kty`, `crv`/`x`/`y` or `n`/`e`, `kid`, `alg`, `use: "sig"`.
@@ -463,7 +485,9 @@ pub struct KeyRing {
 impl KeyRing {
     /// Loads every `*.pem` file in `dir` (sorted by file name). Any unreadable
     /// or unparsable key file is an error naming it. The signing key is the
-    /// last key, in lexical file-name order, whose algorithm is `algorithm`.
+    /// last key, in lexical file-name order, whose algorithm is `algorithm`
+    /// and whose name does not end in [`NEXT_KEY_SUFFIX`] (next keys are
+    /// published only).
     pub fn load_dir(dir: &Path, algorithm: SigningAlgorithm) -> Result<KeyRing, KeyRingError> {
         let files = pem_files(dir)?;
         if files.is_empty() {
@@ -484,6 +508,7 @@ impl KeyRing {
                 path: path.clone(),
                 source,
             })?;
+            key.next = is_next_key_file(&path);
             key.path = Some(path);
             keys.push(key);
         }
@@ -497,7 +522,8 @@ impl KeyRing {
     }
 
     /// Builds a ring from keys in age order (oldest first). The last key of
-    /// `algorithm` signs. Keys sharing a kid are published once.
+    /// `algorithm` that is not a next key ([`SigningKey::is_next`]) signs.
+    /// Keys sharing a kid are published once.
     pub fn from_keys(
         keys: Vec<SigningKey>,
         algorithm: SigningAlgorithm,
@@ -509,7 +535,7 @@ impl KeyRing {
         let signing = keys
             .iter()
             .rev()
-            .find(|k| k.algorithm() == algorithm)
+            .find(|k| k.algorithm() == algorithm && !k.is_next())
             .cloned()
             .ok_or(KeyRingError::NoKeyOfAlgorithm(algorithm))?;
         let mut published: Vec<serde_json::Value> = Vec::with_capacity(keys.len());
@@ -558,6 +584,13 @@ impl KeyRing {
     pub fn jwks_ref(&self) -> &serde_json::Value {
         &self.jwks
     }
+}
+
+/// Whether `path` names a next key (`*.next.pem`).
+pub fn is_next_key_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(NEXT_KEY_SUFFIX))
 }
 
 /// Lists `*.pem` regular files in `dir`, sorted by file name.
@@ -618,11 +651,31 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, KeyRingError> {
 /// `dir`, creating the directory (mode 0700 on unix) if needed. The file is
 /// created with mode 0600 on unix; an existing file is never overwritten.
 pub fn generate_key_file(dir: &Path, alg: SigningAlgorithm) -> Result<PathBuf, KeyRingError> {
+    write_generated_key(dir, alg, false)
+}
+
+/// Like [`generate_key_file`], but the key is a *next* key
+/// (`YYYYMMDDTHHMMSSZ-<alg>.next.pem`): published in the JWK Set once the
+/// broker reloads, never signing until it is renamed without `.next`.
+pub fn generate_next_key_file(dir: &Path, alg: SigningAlgorithm) -> Result<PathBuf, KeyRingError> {
+    write_generated_key(dir, alg, true)
+}
+
+fn write_generated_key(
+    dir: &Path,
+    alg: SigningAlgorithm,
+    next: bool,
+) -> Result<PathBuf, KeyRingError> {
     let (_key, der) = SigningKey::generate(alg)?;
     let name = format!(
-        "{}-{}.{KEY_FILE_EXTENSION}",
+        "{}-{}{}",
         utc_stamp(SystemTime::now()),
-        alg.file_tag()
+        alg.file_tag(),
+        if next {
+            NEXT_KEY_SUFFIX.to_string()
+        } else {
+            format!(".{KEY_FILE_EXTENSION}")
+        }
     );
     let path = dir.join(name);
     create_private_dir(dir)?;
@@ -786,6 +839,37 @@ mod tests {
         );
         assert!(SigningKey::from_pkcs8_der(&[]).is_err());
         assert!(SigningKey::from_pkcs8_der(&[0x30, 0x82, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn next_key_is_published_but_never_signs_until_renamed(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+        let (a, der_a) = SigningKey::generate(SigningAlgorithm::ES256)?;
+        let (b, der_b) = SigningKey::generate(SigningAlgorithm::ES256)?;
+        std::fs::write(d.join("1-es256.pem"), pem_encode("PRIVATE KEY", &der_a))?;
+        // Newer by name, but a next key: published only.
+        std::fs::write(
+            d.join("2-es256.next.pem"),
+            pem_encode("PRIVATE KEY", &der_b),
+        )?;
+        let ring = KeyRing::load_dir(d, SigningAlgorithm::ES256)?;
+        assert_eq!(ring.signing_key().kid(), a.kid());
+        assert!(ring.key_by_kid(b.kid()).is_some_and(|k| k.is_next()));
+        assert_eq!(ring.jwks()["keys"].as_array().map(Vec::len), Some(2));
+        // Promotion is a rename.
+        std::fs::rename(d.join("2-es256.next.pem"), d.join("2-es256.pem"))?;
+        let ring = KeyRing::load_dir(d, SigningAlgorithm::ES256)?;
+        assert_eq!(ring.signing_key().kid(), b.kid());
+        // Only next keys: nothing may sign, and the error says why.
+        std::fs::remove_file(d.join("1-es256.pem"))?;
+        std::fs::rename(d.join("2-es256.pem"), d.join("2-es256.next.pem"))?;
+        let e = KeyRing::load_dir(d, SigningAlgorithm::ES256)
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("next.pem")));
+        Ok(())
     }
 
     #[test]

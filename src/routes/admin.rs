@@ -192,7 +192,7 @@ pub async fn revoke(
     let now = app.clock.now();
     // Every token a revocation can cover was issued by now and lives at most
     // [tokens] max_ttl: the entry needs to live no longer than that.
-    let mut expires_at = now + app.config.tokens.max_ttl.as_secs().max(1);
+    let mut expires_at = now + app.snapshot().config.tokens.max_ttl.as_secs().max(1);
     if b.kind == RevocationKind::Grant {
         match app.stores.grants.get(&b.value, now).await {
             Ok(Some(g)) => {
@@ -470,7 +470,7 @@ pub async fn revoke_grant(
         kind: RevocationKind::Grant,
         value: g.id.clone(),
         revoked_at: now,
-        expires_at: (now + app.config.tokens.max_ttl.as_secs())
+        expires_at: (now + app.snapshot().config.tokens.max_ttl.as_secs())
             .min(g.expires_at)
             .max(now + 1),
     };
@@ -807,5 +807,32 @@ pub async fn audit(
                 format!("the audit stream cannot be read: {e}"),
             )
         }
+    }
+}
+
+/// `POST /admin/v1/reload`: what SIGHUP does, on this replica only. 200 with
+/// the changes, or 409 naming why the configuration in force stays.
+pub async fn reload(State(app): State<AppState>, peer: Option<Extension<Peer>>) -> Response {
+    let who = match caller(&app, peer) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    match app.reload_as(&who).await {
+        Ok(d) => Json(json!({
+            "reloaded": true,
+            "generation": app.snapshot().generation,
+            "changes": d.to_string(),
+            "policies_added": d.policies_added,
+            "policies_removed": d.policies_removed,
+            "policies_changed": d.policies_changed,
+            "issuers_added": d.issuers_added,
+            "issuers_removed": d.issuers_removed,
+            "issuers_changed": d.issuers_changed,
+            "keys_added": d.keys_added,
+            "keys_removed": d.keys_removed,
+            "signing_kid": app.snapshot().keyring.signing_key().kid(),
+        }))
+        .into_response(),
+        Err(e) => err(StatusCode::CONFLICT, "reload_rejected", e),
     }
 }

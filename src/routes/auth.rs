@@ -17,18 +17,29 @@ pub enum Role {
 
 /// The caller's identity when it is on the list for `role`.
 pub fn authorize(app: &AppState, peer: &Peer, role: Role) -> Result<String, OAuthError> {
+    authorize_in(app, &app.snapshot(), peer, role)
+}
+
+/// [`authorize`] against the configuration snapshot the request already
+/// loaded (one request, one configuration).
+pub fn authorize_in(
+    app: &AppState,
+    snap: &crate::app::Snapshot,
+    peer: &Peer,
+    role: Role,
+) -> Result<String, OAuthError> {
     let Peer::Identified(p) = peer else {
         return Err(OAuthError::new(ErrorCode::InvalidClient));
     };
     if p.not_after <= app.clock.now() {
         return Err(OAuthError::new(ErrorCode::InvalidClient));
     }
-    let admin = app.config.admin_subjects.iter().any(|s| s == &p.subject);
+    let admin = snap.config.admin_subjects.iter().any(|s| s == &p.subject);
     let ok = match role {
         Role::Admin => admin,
         Role::Introspection => {
             admin
-                || app
+                || snap
                     .config
                     .introspection_subjects
                     .iter()

@@ -13,7 +13,7 @@ use crate::exchange::Peer;
 use crate::oauth::error::no_store;
 use crate::oauth::request::{check_content_type, parse_form};
 use crate::oauth::{ErrorCode, OAuthError};
-use crate::routes::auth::{authorize, Role};
+use crate::routes::auth::{authorize_in, Role};
 use crate::store::{Revocation, RevocationKind};
 
 fn form_token(headers: &HeaderMap, body: &[u8]) -> Result<(String, Option<String>), OAuthError> {
@@ -49,7 +49,8 @@ pub async fn introspect(
     body: Bytes,
 ) -> Response {
     let peer = peer.map(|Extension(p)| p).unwrap_or_default();
-    let caller = match authorize(&app, &peer, Role::Introspection) {
+    let snap = app.snapshot();
+    let caller = match authorize_in(&app, &snap, &peer, Role::Introspection) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -57,16 +58,16 @@ pub async fn introspect(
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    if token.len() > app.config.limits.max_token_bytes {
+    if token.len() > snap.config.limits.max_token_bytes {
         return json_no_store(json!({"active": false}));
     }
     let now = app.clock.now();
-    let own = match app.own_tokens.verify(&token, now) {
+    let own = match snap.own_tokens.verify(&token, now) {
         Ok(t) => t,
         Err(_) => return json_no_store(json!({"active": false})),
     };
     // RFC 7662 §4: a resource server sees only tokens meant for it.
-    if let Some(auds) = app.config.introspection_audiences.get(&caller) {
+    if let Some(auds) = snap.config.introspection_audiences.get(&caller) {
         if !auds.iter().any(|a| a == &own.claims.aud) {
             return json_no_store(json!({"active": false}));
         }
@@ -124,10 +125,11 @@ pub async fn revoke(
         no_store(&mut r);
         r
     };
-    if token.len() > app.config.limits.max_token_bytes {
+    let snap = app.snapshot();
+    if token.len() > snap.config.limits.max_token_bytes {
         return ok();
     }
-    let Ok(own) = app.own_tokens.verify(&token, now) else {
+    let Ok(own) = snap.own_tokens.verify(&token, now) else {
         return ok();
     };
     if let Some(bound) = own.claims.cnf.as_ref().and_then(|c| c.x5t_s256.as_deref()) {

@@ -15,7 +15,8 @@ pub const JWKS_MAX_AGE_SECS: u64 = 60;
 /// `GET /.well-known/oauth-authorization-server` (also served at
 /// `/.well-known/openid-configuration`).
 pub async fn metadata(State(app): State<AppState>) -> Response {
-    let iss = &app.config.server.issuer;
+    let snap = app.snapshot();
+    let iss = &snap.config.server.issuer;
     let body = json!({
         "issuer": iss,
         "token_endpoint": format!("{iss}/token"),
@@ -24,7 +25,7 @@ pub async fn metadata(State(app): State<AppState>) -> Response {
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": ["tls_client_auth", "none"],
         "tls_client_certificate_bound_access_tokens": true,
-        "access_token_signing_alg_values_supported": [app.minter.algorithm().as_str()],
+        "access_token_signing_alg_values_supported": [snap.minter.algorithm().as_str()],
         "dpop_signing_alg_values_supported": crate::identity::dpop::DPOP_ALGS.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
         "subject_token_types_supported": [
             "urn:ietf:params:oauth:token-type:jwt",
@@ -42,7 +43,7 @@ pub async fn metadata(State(app): State<AppState>) -> Response {
 
 /// `GET /jwks.json`: every public key a live token can be signed with.
 pub async fn jwks(State(app): State<AppState>) -> Response {
-    let mut r = Json(app.keyring.jwks()).into_response();
+    let mut r = Json(app.snapshot().keyring.jwks_ref()).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={JWKS_MAX_AGE_SECS}")) {
         r.headers_mut().insert(header::CACHE_CONTROL, v);
     }

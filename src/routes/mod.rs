@@ -18,7 +18,8 @@ use crate::app::AppState;
 
 /// The HTTPS router.
 pub fn router(state: AppState) -> Router {
-    let limits = state.config.limits.clone();
+    // Restart-only: a reload that changes [limits] is refused.
+    let limits = state.snapshot().config.limits.clone();
     Router::new()
         .route("/token", post(token::token))
         .route("/introspect", post(introspect::introspect))
@@ -34,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/approvals/{id}/approve", post(admin::approve))
         .route("/admin/v1/approvals/{id}/deny", post(admin::deny))
         .route("/admin/v1/audit", get(admin::audit))
+        .route("/admin/v1/reload", post(admin::reload))
         .route("/jwks.json", get(metadata::jwks))
         .route(
             "/.well-known/oauth-authorization-server",

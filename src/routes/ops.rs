@@ -30,6 +30,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     // store classifies a slow answer itself (a cancelled probe also counts
     // as failed, so a probe slot is never held).
     let backstop = app
+        .snapshot()
         .config
         .store
         .timeout
@@ -56,7 +57,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 pub async fn metrics(State(app): State<AppState>) -> Response {
     let now = app.clock.now();
     if let Ok(Ok(list)) = tokio::time::timeout(
-        app.config.store.timeout,
+        app.snapshot().config.store.timeout,
         app.stores.approvals.list_approvals(now),
     )
     .await

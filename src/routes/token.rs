@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Serialize;
 
-use crate::app::AppState;
+use crate::app::{AppState, Snapshot};
 use crate::audit::{AuditRecord, Event};
 use crate::exchange::{ExchangeError, Issued, Peer};
 use crate::oauth::error::{no_store, OAuthError};
@@ -50,7 +50,9 @@ pub async fn token(
     let started = Instant::now();
     let peer = peer.map(|Extension(p)| p).unwrap_or_default();
     let mut asked = Asked::default();
-    let result = run(&app, &peer, &uri, &headers, &body, &mut asked).await;
+    // One configuration for the whole request, even if a reload lands now.
+    let snap = app.snapshot();
+    let result = run(&snap, &peer, &uri, &headers, &body, &mut asked).await;
     // No token leaves before its `issued` record is written (fail closed).
     let result = match result {
         Ok(issued) => match app.auditor.record(issued_record(&issued, &peer)).await {
@@ -85,7 +87,7 @@ pub async fn token(
                 .with_label_values(&["issued"])
                 .observe(started.elapsed().as_secs_f64());
             let mut resp = success(&issued);
-            add_nonce(&app, &mut resp);
+            add_nonce(&snap, &mut resp);
             resp
         }
         Err(refusal) => {
@@ -172,7 +174,7 @@ pub async fn token(
             let dpop = err.code == crate::oauth::ErrorCode::UseDpopNonce;
             let mut resp = err.into_response();
             if dpop {
-                add_nonce(&app, &mut resp);
+                add_nonce(&snap, &mut resp);
             }
             resp
         }
@@ -210,8 +212,8 @@ fn issued_record(i: &Issued, peer: &Peer) -> AuditRecord {
 }
 
 /// `DPoP-Nonce` on every `/token` answer when nonces are required.
-fn add_nonce(app: &AppState, resp: &mut Response) {
-    if let Some(n) = app.exchanger.dpop_nonce() {
+fn add_nonce(snap: &Snapshot, resp: &mut Response) {
+    if let Some(n) = snap.exchanger.dpop_nonce() {
         if let Ok(v) = axum::http::HeaderValue::from_str(&n) {
             resp.headers_mut().insert("dpop-nonce", v);
         }
@@ -219,7 +221,7 @@ fn add_nonce(app: &AppState, resp: &mut Response) {
 }
 
 async fn run(
-    app: &AppState,
+    snap: &Snapshot,
     peer: &Peer,
     uri: &Uri,
     headers: &HeaderMap,
@@ -246,7 +248,7 @@ async fn run(
     check_content_type(ct).map_err(Refusal::Request)?;
     let form = parse_form(body).map_err(Refusal::Request)?;
     let mut req =
-        token_request(&form, app.config.limits.max_token_bytes).map_err(Refusal::Request)?;
+        token_request(&form, snap.config.limits.max_token_bytes).map_err(Refusal::Request)?;
     asked.audience = req.target.as_str().to_string();
     asked.scopes = req.scope.to_string();
     asked.task = req.task.clone().unwrap_or_default();
@@ -258,7 +260,7 @@ async fn run(
         }
         req.dpop = Some(p.to_str().map_err(|_| bad())?.to_string());
     }
-    app.exchanger
+    snap.exchanger
         .exchange_noting(req, peer, &mut asked.who)
         .await
         .map_err(Refusal::Exchange)

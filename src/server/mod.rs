@@ -25,7 +25,8 @@ use tower::ServiceExt;
 use crate::config::Limits;
 use crate::exchange::Peer;
 
-/// How long shutdown waits for in-flight requests.
+/// How long shutdown waits for in-flight requests, unless configured
+/// (`[server] drain_timeout`).
 pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most concurrent HTTP/2 streams per connection.
 pub const MAX_H2_STREAMS: u32 = 128;
@@ -49,6 +50,21 @@ pub async fn serve_https(
     router: Router,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
+) {
+    serve_https_draining(listener, tls, router, limits, shutdown, DRAIN_TIMEOUT).await;
+}
+
+/// [`serve_https`] with the drain deadline given: once `shutdown`
+/// completes, the listener is closed at once (new connections are refused),
+/// idle keep-alive connections are closed, and requests already in flight
+/// get up to `drain` to finish before their connections are dropped.
+pub async fn serve_https_draining(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send,
+    drain: std::time::Duration,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let conns = Arc::new(Semaphore::new(limits.max_connections));
@@ -143,10 +159,16 @@ pub async fn serve_https(
             }
         });
     }
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    // Stop accepting before draining: new connections are refused, not
+    // left waiting in the backlog.
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("drain timed out; closing remaining connections");
+        tracing::warn!(
+            drain_timeout = ?drain,
+            "drain timed out; closing remaining connections"
+        );
     }
 }
