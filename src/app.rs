@@ -412,12 +412,16 @@ impl App {
             .reason("startup");
         if let Err(e) = auditor.record(rec).await {
             // The store may be down at start-up (the broker starts anyway and
-            // fails closed until it answers); a file sink that cannot be
-            // written is an error.
-            if matches!(
-                snapshot.config.audit.sink,
-                crate::config::AuditSink::File(_)
-            ) {
+            // fails closed until it answers: SECURITY R1); a file sink that
+            // cannot be written is an error.
+            let store_only =
+                matches!(&e, crate::audit::AuditError::Sink(m) if m.starts_with("audit stream:"));
+            if !store_only
+                && matches!(
+                    snapshot.config.audit.sink,
+                    crate::config::AuditSink::File(_)
+                )
+            {
                 return Err(format!("audit.path: the first audit record failed: {e}"));
             }
             tracing::warn!(error = %e, "the config_loaded audit record could not be written");

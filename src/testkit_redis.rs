@@ -270,7 +270,9 @@ impl RedisServer {
             return false;
         };
         if self.tls || (!self.extra.is_empty() && !self.ping) {
-            return self.log().contains("Ready to accept connections");
+            // the whole log: a replica logs its sync after this line
+            return std::fs::read_to_string(self.dir.join("redis.log"))
+                .is_ok_and(|l| l.contains("Ready to accept connections"));
         }
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         if s.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {

@@ -265,9 +265,13 @@ async fn no_token_is_issued_whose_record_cannot_be_written() {
         ..Default::default()
     })
     .await;
-    assert_eq!(b.agent_token("tickets:read", None).await.0, 200);
+    let ledger = common::invariants::Ledger::new();
+    let (s, v) = b.agent_token("tickets:read", None).await;
+    ledger.record(s.as_u16(), &v);
+    assert_eq!(s, 200);
     let before = b.audit_records().await;
     assert_eq!(count(&before, "issued"), 1);
+    ledger.phase(common::invariants::Phase::StoreDown);
 
     // Redis refuses writes to the audit stream only; every other key works
     let deny = [
@@ -300,6 +304,7 @@ async fn no_token_is_issued_whose_record_cannot_be_written() {
         let text = r.text().await.unwrap();
         assert!(!text.contains("access_token"), "{text}");
         let v: Value = serde_json::from_str(&text).unwrap();
+        ledger.record(503, &v);
         assert_eq!(v["error"], "temporarily_unavailable");
     }
     // an operator's grant is not made without its record
@@ -355,11 +360,16 @@ async fn no_token_is_issued_whose_record_cannot_be_written() {
         .trim(),
         "OK"
     );
+    ledger.phase(common::invariants::Phase::Normal);
     let (s, v) = b.agent_token("tickets:read", None).await;
+    ledger.record(s.as_u16(), &v);
     assert_eq!(s, 200, "{v}");
     let after = b.audit_records().await;
     // every token the broker returned has its record; the withheld ones may not
     assert_eq!(count(&after, "issued"), 2);
+    // I1–I5 over the run, against the stream (the records that gate issue)
+    let summary = ledger.check(&after, &common::invariants::Expect::default());
+    assert_eq!(summary.tokens, 2);
     let report = verify_values(&after);
     assert!(report.intact(), "{report:?}");
     // the failed batches started new chains; the stream still verifies

@@ -232,9 +232,13 @@ async fn rejections_mint_nothing_and_write_only_counters_and_audit_records() {
         .header("content-type", "application/x-www-form-urlencoded")
         .body(format!("x={big}"))
         .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
+        .await;
+    // 413, or the connection closed under the client while it still wrote
+    // the body (the server answers and closes as soon as the cap is hit).
+    match r {
+        Ok(r) => assert_eq!(r.status(), 413),
+        Err(e) => assert!(e.is_request(), "{e}"),
+    }
 
     // Nothing but the audit stream changed.
     assert_eq!(keyspace(&url), before_keys, "a refusal wrote to the store");

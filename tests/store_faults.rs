@@ -22,6 +22,24 @@ fn jit_policies() -> String {
     )
 }
 
+/// `[audit]` lines for a JSON-lines file in `dir` (the records outlive a
+/// Redis restart, which empties the test server's audit stream).
+fn file_audit(dir: &std::path::Path) -> String {
+    format!(
+        "sink = \"file\"\npath = \"{}\"\n",
+        dir.join("audit.jsonl").display()
+    )
+}
+
+/// The records of the audit file written by [`file_audit`].
+fn file_records(dir: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 async fn ready(b: &TestBroker) -> u16 {
     reqwest::get(b.ops_url("/readyz"))
         .await
@@ -35,16 +53,22 @@ async fn redis_down_fails_closed_and_service_resumes_without_restart() {
     let Some(mut redis) = redis_or_skip().unwrap() else {
         return;
     };
+    let dir = tempfile::tempdir().unwrap();
     let b = TestBroker::start_with(Options {
         store_url: Some(redis.url()),
         policies: jit_policies(),
+        audit: file_audit(dir.path()),
         ..Default::default()
     })
     .await;
-    assert_eq!(b.agent_token("tickets:read", None).await.0, 200);
+    let ledger = invariants::Ledger::new();
+    let (s, v) = b.agent_token("tickets:read", None).await;
+    ledger.record(s.as_u16(), &v);
+    assert_eq!(s, 200);
     assert_eq!(ready(&b).await, 200);
 
     redis.kill();
+    ledger.phase(invariants::Phase::StoreDown);
     // every path that needs the store answers 503 with Retry-After, never a token
     let t0 = Instant::now();
     let r = b
@@ -63,6 +87,7 @@ async fn redis_down_fails_closed_and_service_resumes_without_restart() {
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
     let v: Value = r.json().await.unwrap();
+    ledger.record(503, &v);
     assert_eq!(v["error"], "temporarily_unavailable");
     assert!(v.get("access_token").is_none());
     assert!(
@@ -70,6 +95,7 @@ async fn redis_down_fails_closed_and_service_resumes_without_restart() {
         "bounded by the store timeout"
     );
     let (s, v) = b.agent_token("tickets:delete", None).await;
+    ledger.record(s.as_u16(), &v);
     assert_eq!(
         (s.as_u16(), v["error"].as_str()),
         (503, Some("temporarily_unavailable"))
@@ -120,9 +146,11 @@ async fn redis_down_fails_closed_and_service_resumes_without_restart() {
     );
 
     redis.restart().unwrap();
+    ledger.phase(invariants::Phase::Normal);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (s, _) = b.agent_token("tickets:read", None).await;
+        let (s, v) = b.agent_token("tickets:read", None).await;
+        ledger.record(s.as_u16(), &v);
         if s == 200 {
             break;
         }
@@ -131,6 +159,8 @@ async fn redis_down_fails_closed_and_service_resumes_without_restart() {
     }
     assert_eq!(ready(&b).await, 200);
     assert_eq!(cli(&b, &["revoke", "--task", "t-1"]).0, 0);
+    let s = ledger.check(&file_records(dir.path()), &invariants::Expect::default());
+    assert_eq!(s.tokens, 2, "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,19 +169,36 @@ async fn broker_starts_while_redis_is_down_and_recovers() {
         return;
     };
     redis.kill();
+    let dir = tempfile::tempdir().unwrap();
     let b = TestBroker::start_with(Options {
         store_url: Some(redis.url()),
+        audit: file_audit(dir.path()),
         ..Default::default()
     })
     .await;
+    let ledger = invariants::Ledger::new();
+    ledger.phase(invariants::Phase::StoreDown);
     assert_eq!(ready(&b).await, 503);
-    assert_eq!(b.agent_token("tickets:read", None).await.0, 503);
+    let (s, v) = b.agent_token("tickets:read", None).await;
+    ledger.record(s.as_u16(), &v);
+    assert_eq!(s, 503);
+    // /livez-style liveness: the process answers while not ready
+    let live = reqwest::get(b.ops_url("/healthz")).await.unwrap().status();
+    assert_eq!(live, 200);
     redis.restart().unwrap();
+    ledger.phase(invariants::Phase::Normal);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while b.agent_token("tickets:read", None).await.0 != 200 {
+    loop {
+        let (s, v) = b.agent_token("tickets:read", None).await;
+        ledger.record(s.as_u16(), &v);
+        if s == 200 {
+            break;
+        }
         assert!(Instant::now() < deadline, "did not recover");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let s = ledger.check(&file_records(dir.path()), &invariants::Expect::default());
+    assert_eq!(s.tokens, 1, "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,12 +559,16 @@ async fn r4_writes_failing_fail_closed_and_the_grant_survives() {
         ..Default::default()
     })
     .await;
-    let (s, _) = b
+    let (s, v) = b
         .admin(Method::POST, "/admin/v1/grants", Some(json!({"subject": AGENT, "scope": "tickets:delete", "audience": API, "ttl": "60s", "uses": 1})))
         .await;
     assert_eq!(s, StatusCode::CREATED);
+    let grant_id = v["id"].as_str().unwrap().to_string();
+    let records_before = b.audit_records().await.len();
+    let ledger = invariants::Ledger::new();
 
     // Every write is refused from now on; reads still answer.
+    ledger.phase(invariants::Phase::StoreDown);
     assert_eq!(
         redis_cli(
             &redis.url(),
@@ -533,6 +584,7 @@ async fn r4_writes_failing_fail_closed_and_the_grant_survives() {
     assert!(redis_cli(&redis.url(), &["SET", "probe", "x"]).contains("OOM"));
     for scope in ["tickets:delete", "tickets:read"] {
         let (s, v) = b.agent_token(scope, None).await;
+        ledger.record(s.as_u16(), &v);
         assert_eq!(s.as_u16(), 503, "{scope}: {v}");
         assert!(v.get("access_token").is_none(), "I5: no token with a 503");
         assert_eq!(v["error"], "temporarily_unavailable");
@@ -545,11 +597,19 @@ async fn r4_writes_failing_fail_closed_and_the_grant_survives() {
         redis_cli(&redis.url(), &["CONFIG", "SET", "maxmemory", "0"]).trim(),
         "OK"
     );
+    ledger.phase(invariants::Phase::Normal);
     let (s, v) = b.agent_token("tickets:delete", None).await;
+    ledger.record(s.as_u16(), &v);
     assert_eq!(s, 200, "{v}");
-    let (s, _) = b.agent_token("tickets:delete", None).await;
+    let (s, v) = b.agent_token("tickets:delete", None).await;
+    ledger.record(s.as_u16(), &v);
     assert_eq!(s, 400, "I2: a one-use grant yields one token");
     assert_eq!(cli(&b, &["revoke", "--task", "t-r4"]).0, 0);
+    let records = b.audit_records().await;
+    let mut expect = invariants::Expect::default();
+    expect.grant_uses.insert(grant_id, 1);
+    let s = ledger.check(&records[records_before..], &expect);
+    assert_eq!(s.tokens, 1, "{s:?}");
 }
 
 /// One mTLS exchange as the agent: status, whether `Retry-After` was sent,

@@ -536,3 +536,16 @@ fn upstream_and_clock_trust_keys_have_defaults_and_bounds() {
         assert_eq!(err_of(text).key, key, "{text}");
     }
 }
+
+/// The container's configuration (`deploy/tessera.toml`) validates and
+/// raises no warning.
+#[test]
+fn deploy_config_validates_without_warnings() {
+    let c = Config::from_toml_str(
+        "deploy/tessera.toml",
+        include_str!("../../deploy/tessera.toml"),
+    )
+    .unwrap();
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    assert!(c.store.url.starts_with("redis+sentinel://"));
+}
