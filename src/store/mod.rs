@@ -5,6 +5,7 @@
 //! Backends: [`memory::MemoryStore`] (embedded, single process, the default)
 //! and [`redis::RedisStore`] (shared by a fleet; `redis://` and `rediss://`).
 
+pub mod feed;
 pub mod memory;
 pub mod redis;
 
@@ -383,6 +384,9 @@ pub struct Stores {
     /// `/revocations` streams push it at once instead of at their next poll
     /// (revocations made by other replicas arrive at the next poll).
     pub revocation_events: tokio::sync::watch::Sender<u64>,
+    /// The process's one poller of the revocation feed, fanned out to every
+    /// live `/revocations` stream.
+    pub revocation_feed: Arc<feed::FeedHub>,
 }
 
 /// A [`RevocationStore`] that announces each recorded revocation on a
@@ -431,11 +435,13 @@ impl Stores {
             + 'static,
     {
         let (events, _) = tokio::sync::watch::channel(0u64);
+        let revocations: Arc<dyn RevocationStore> = Arc::new(Announcing {
+            inner: b.clone(),
+            events: events.clone(),
+        });
         Self {
-            revocations: Arc::new(Announcing {
-                inner: b.clone(),
-                events: events.clone(),
-            }),
+            revocation_feed: Arc::new(feed::FeedHub::new(revocations.clone(), events.clone())),
+            revocations,
             revocation_events: events,
             replay: b.clone(),
             health: b.clone(),
