@@ -491,13 +491,15 @@ async fn feed_reads(ops: u16) -> u64 {
         .unwrap_or(0)
 }
 
-/// One `/revocations` stream, parsed: (cursor, value) of every entry, in
-/// the order received.
+/// (cursor, value) of every entry a stream received, in order.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// One `/revocations` stream, parsed into `seen`.
 fn open_stream(
     c: reqwest::Client,
     port: u16,
     since: Option<String>,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    seen: Seen,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let url = match since {
@@ -539,7 +541,7 @@ fn open_stream(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_streams_are_served_by_one_feed_poller_per_process() {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     init();
     let Some(redis) = redis_or_skip().unwrap() else {
         return;
@@ -573,8 +575,7 @@ async fn twenty_streams_are_served_by_one_feed_poller_per_process() {
         expected.push(v);
     }
     const STREAMS: usize = 20;
-    let seen: Vec<Arc<Mutex<Vec<(String, String)>>>> =
-        (0..STREAMS).map(|_| Arc::default()).collect();
+    let seen: Vec<Seen> = (0..STREAMS).map(|_| Arc::default()).collect();
     let _streams: Vec<_> = seen
         .iter()
         .map(|s| open_stream(pay_c.clone(), port_a, None, s.clone()))
@@ -606,7 +607,7 @@ async fn twenty_streams_are_served_by_one_feed_poller_per_process() {
     .await;
     // a resuming stream gets exactly the entries after its cursor
     let cursor = seen[0].lock().unwrap()[4].0.clone();
-    let resumed: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let resumed: Seen = Arc::default();
     let _r = open_stream(pay_c.clone(), port_a, Some(cursor), resumed.clone());
     within(
         "the resumed stream caught up",
