@@ -553,10 +553,25 @@ fn pct_enc(s: &str) -> String {
         .collect()
 }
 
+/// The pid of a redis-server (`INFO server` `process_id`).
+fn redis_pid(url: &str) -> u32 {
+    let o = Command::new("redis-cli")
+        .args(["-u", url, "INFO", "server"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("process_id in INFO server")
+}
+
 struct Broker {
     label: &'static str,
     port: u16,
     pid: u32,
+    /// Its redis-server's pid, if any.
+    redis_pid: Option<u32>,
     /// Agent tokens this broker minted.
     tokens: Arc<Vec<String>>,
 }
@@ -624,6 +639,7 @@ async fn run(a: Args) {
             label,
             port,
             pid,
+            redis_pid: url.starts_with("redis://").then(|| redis_pid(url)),
             tokens: Arc::new(tokens),
         });
     }
@@ -733,7 +749,12 @@ async fn run(a: Args) {
                     )
                 }
             };
+            let redis_cpu0 = b.redis_pid.map(cpu_seconds);
             let o = drive(url, body_for, clients, a.seconds, b.pid).await;
+            let redis_cpu_us = match (b.redis_pid, redis_cpu0) {
+                (Some(p), Some(c0)) => Some((cpu_seconds(p) - c0) * 1e6 / o.ok.max(1) as f64),
+                _ => None,
+            };
             let raw = match *path {
                 "oidc" | "delegation" => verify_us + sign_us,
                 "reexchange" => own_verify_us + sign_us,
@@ -746,6 +767,7 @@ async fn run(a: Args) {
                 "store": b.label, "path": path, "clients": a.clients, "seconds": o.secs, "exchanges": o.ok, "failed": o.failed,
                 "exchanges_per_s": per_s, "p50_ms": pct(&o.lat_us, 0.50), "p99_ms": pct(&o.lat_us, 0.99), "p999_ms": pct(&o.lat_us, 0.999),
                 "broker_cpu_us_per_exchange": cpu_us, "broker_cores_busy": o.cpu / o.secs,
+                "redis_cpu_us_per_op": redis_cpu_us,
                 "raw_signature_us": raw, "cpu_to_raw_ratio": cpu_us / raw,
             }));
         }
@@ -777,9 +799,12 @@ async fn run(a: Args) {
         sign_us,
         own_verify_us,
         verify_us,
-        brokers
-            .iter()
-            .map(|b| format!("{} {:.1} MiB", b.label, peak_rss_kib(b.pid) as f64 / 1024.0))
+        rss.iter()
+            .map(|r| format!(
+                "{} {:.1} MiB",
+                r["store"].as_str().unwrap(),
+                r["peak_rss_mib"].as_f64().unwrap()
+            ))
             .collect::<Vec<_>>()
             .join(", "),
         alg = a.alg.as_str(),
@@ -796,12 +821,12 @@ async fn run(a: Args) {
             seeded["bytes_per_grant"].as_f64().unwrap(),
         );
     }
-    println!("| store | path | ops/s | p50 ms | p99 ms | p99.9 ms | broker CPU µs/op | raw signature µs | CPU / raw | failed |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| store | path | ops/s | p50 ms | p99 ms | p99.9 ms | broker CPU µs/op | raw signature µs | CPU / raw | redis CPU µs/op | failed |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let rows = summary["results"].as_array().unwrap();
     for r in rows {
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2}× | {} |",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2}× | {} | {} |",
             r["store"].as_str().unwrap(),
             r["path"].as_str().unwrap(),
             r["exchanges_per_s"].as_f64().unwrap(),
@@ -811,14 +836,18 @@ async fn run(a: Args) {
             r["broker_cpu_us_per_exchange"].as_f64().unwrap(),
             r["raw_signature_us"].as_f64().unwrap(),
             r["cpu_to_raw_ratio"].as_f64().unwrap(),
+            r["redis_cpu_us_per_op"]
+                .as_f64()
+                .map(|v| format!("{v:.1}"))
+                .unwrap_or_else(|| "—".into()),
             r["failed"]
         );
     }
     if !seeded.is_null() {
         println!();
         println!("cost vs state: empty redis-server vs seeded");
-        println!("| path | empty ops/s | seeded ops/s | Δ ops/s | empty CPU µs/op | seeded CPU µs/op | Δ CPU |");
-        println!("|---|---|---|---|---|---|---|");
+        println!("| path | empty ops/s | seeded ops/s | Δ ops/s | empty CPU µs/op | seeded CPU µs/op | Δ CPU | empty redis µs/op | seeded redis µs/op |");
+        println!("|---|---|---|---|---|---|---|---|---|");
         for path in &a.paths {
             let find = |store: &str| {
                 rows.iter()
@@ -834,10 +863,13 @@ async fn run(a: Args) {
                 e["broker_cpu_us_per_exchange"].as_f64().unwrap(),
                 f["broker_cpu_us_per_exchange"].as_f64().unwrap(),
             );
+            let redis = |r: &serde_json::Value| r["redis_cpu_us_per_op"].as_f64().unwrap_or(0.0);
             println!(
-                "| {path} | {eo:.0} | {fo:.0} | {:+.1}% | {ec:.1} | {fc:.1} | {:+.1}% |",
+                "| {path} | {eo:.0} | {fo:.0} | {:+.1}% | {ec:.1} | {fc:.1} | {:+.1}% | {:.1} | {:.1} |",
                 (fo / eo - 1.0) * 100.0,
-                (fc / ec - 1.0) * 100.0
+                (fc / ec - 1.0) * 100.0,
+                redis(e),
+                redis(f)
             );
         }
     }

@@ -6,6 +6,8 @@
 //! `tessera revoke --task …` against replica 1, and time from the spawn
 //! until replica 2 and replica 3 answer `active: false` to introspection
 //! (each polled every millisecond) and until the follower refuses the token.
+//! Each run starts after a random 0–250 ms pause, so that the revocation
+//! lands at a random point of replica 3's 200 ms feed poll.
 //!
 //! ```sh
 //! cargo bench --bench fleet -- --runs 100
@@ -290,6 +292,11 @@ async fn run(a: Args) {
             assert!(active(&pay_c, p, &token).await);
         }
 
+        // A random pause of 0–250 ms: otherwise every run would start just
+        // after the previous one was seen, in the same phase of replica 3's
+        // 200 ms feed poll, and measure that phase instead of the spread.
+        let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * 250 / 255;
+        tokio::time::sleep(Duration::from_millis(jitter)).await;
         let start = Instant::now();
         let mut child = Command::new(BIN)
             .args(["revoke", "--task", &task, "--url", &url(0)])
