@@ -23,7 +23,10 @@
 //! revocations=N,grants=M` (redis: two brokers, one on an empty
 //! redis-server and one on a redis-server seeded through the store API with
 //! N live revocations and M live grants; every path is measured on both,
-//! interleaved, side by side; also reports Redis memory per entry), `--json`.
+//! interleaved, side by side; also reports Redis memory per entry),
+//! `--rounds N` (each path's time is split into N rounds interleaved across
+//! the stores, and the median round counts; 5 with `--state`, else 1),
+//! `--json`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -47,6 +50,8 @@ struct Args {
     redis: bool,
     /// (revocations, grants) to seed.
     state: Option<(u64, u64)>,
+    /// Interleaved rounds per path (the median round counts).
+    rounds: Option<u32>,
 }
 
 const ALL_PATHS: [&str; 5] = ["mtls", "oidc", "reexchange", "delegation", "introspect"];
@@ -61,6 +66,7 @@ fn args() -> Args {
         json: false,
         redis: false,
         state: None,
+        rounds: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -89,6 +95,10 @@ fn args() -> Args {
                         })
                         .collect(),
                 };
+                i += 1;
+            }
+            "--rounds" => {
+                a.rounds = Some(next.parse().expect("--rounds N"));
                 i += 1;
             }
             "--store" => {
@@ -182,7 +192,7 @@ async fn drive(
     url: String,
     body_for: Arc<dyn Fn(usize) -> String + Send + Sync>,
     clients: Vec<reqwest::Client>,
-    seconds: u64,
+    seconds: f64,
     pid: u32,
 ) -> Outcome {
     // warm-up: connections open, JWKS cached
@@ -196,7 +206,7 @@ async fn drive(
     }
     let cpu0 = cpu_seconds(pid);
     let start = Instant::now();
-    let deadline = start + Duration::from_secs(seconds);
+    let deadline = start + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for (i, c) in clients.into_iter().enumerate() {
         let url = url.clone();
@@ -672,8 +682,14 @@ async fn run(a: Args) {
 
     let te = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange";
     let mut results = Vec::new();
+    let rounds = a
+        .rounds
+        .unwrap_or(if a.state.is_some() { 5 } else { 1 })
+        .max(1);
+    let round_secs = a.seconds as f64 / f64::from(rounds);
     for path in &a.paths {
-        // interleaved: every store in turn for one path
+        // the load for every store, built once
+        let mut loads = Vec::new();
         for b in &brokers {
             let url = if *path == "introspect" {
                 format!("https://127.0.0.1:{}/introspect", b.port)
@@ -749,24 +765,62 @@ async fn run(a: Args) {
                     )
                 }
             };
-            let redis_cpu0 = b.redis_pid.map(cpu_seconds);
-            let o = drive(url, body_for, clients, a.seconds, b.pid).await;
-            let redis_cpu_us = match (b.redis_pid, redis_cpu0) {
-                (Some(p), Some(c0)) => Some((cpu_seconds(p) - c0) * 1e6 / o.ok.max(1) as f64),
-                _ => None,
+            loads.push((url, clients, body_for));
+        }
+        // interleaved rounds: every store in turn, `rounds` times
+        let mut outcomes: Vec<Vec<(Outcome, Option<f64>)>> =
+            brokers.iter().map(|_| Vec::new()).collect();
+        for _ in 0..rounds {
+            for (k, b) in brokers.iter().enumerate() {
+                let (url, clients, body_for) = &loads[k];
+                let redis_cpu0 = b.redis_pid.map(cpu_seconds);
+                let o = drive(
+                    url.clone(),
+                    body_for.clone(),
+                    clients.clone(),
+                    round_secs,
+                    b.pid,
+                )
+                .await;
+                let redis_cpu_us = match (b.redis_pid, redis_cpu0) {
+                    (Some(p), Some(c0)) => Some((cpu_seconds(p) - c0) * 1e6 / o.ok.max(1) as f64),
+                    _ => None,
+                };
+                outcomes[k].push((o, redis_cpu_us));
+            }
+        }
+        let raw = match *path {
+            "oidc" | "delegation" => verify_us + sign_us,
+            "reexchange" => own_verify_us + sign_us,
+            "introspect" => own_verify_us,
+            _ => sign_us,
+        };
+        for (b, runs) in brokers.iter().zip(outcomes) {
+            let median = |mut v: Vec<f64>| {
+                v.sort_by(|x, y| x.total_cmp(y));
+                v[v.len() / 2]
             };
-            let raw = match *path {
-                "oidc" | "delegation" => verify_us + sign_us,
-                "reexchange" => own_verify_us + sign_us,
-                "introspect" => own_verify_us,
-                _ => sign_us,
+            let per_s = median(runs.iter().map(|(o, _)| o.ok as f64 / o.secs).collect());
+            let cpu_us = median(
+                runs.iter()
+                    .map(|(o, _)| o.cpu * 1e6 / o.ok.max(1) as f64)
+                    .collect(),
+            );
+            let busy = median(runs.iter().map(|(o, _)| o.cpu / o.secs).collect());
+            let redis_cpu_us = if b.redis_pid.is_some() {
+                Some(median(runs.iter().map(|(_, r)| r.unwrap_or(0.0)).collect()))
+            } else {
+                None
             };
-            let per_s = o.ok as f64 / o.secs;
-            let cpu_us = o.cpu * 1e6 / o.ok.max(1) as f64;
+            let (ok, failed, secs) = runs.iter().fold((0, 0, 0.0), |(k, f, t), (o, _)| {
+                (k + o.ok, f + o.failed, t + o.secs)
+            });
+            let mut lat: Vec<u32> = runs.into_iter().flat_map(|(o, _)| o.lat_us).collect();
+            lat.sort_unstable();
             results.push(json!({
-                "store": b.label, "path": path, "clients": a.clients, "seconds": o.secs, "exchanges": o.ok, "failed": o.failed,
-                "exchanges_per_s": per_s, "p50_ms": pct(&o.lat_us, 0.50), "p99_ms": pct(&o.lat_us, 0.99), "p999_ms": pct(&o.lat_us, 0.999),
-                "broker_cpu_us_per_exchange": cpu_us, "broker_cores_busy": o.cpu / o.secs,
+                "store": b.label, "path": path, "clients": a.clients, "seconds": secs, "rounds": rounds, "exchanges": ok, "failed": failed,
+                "exchanges_per_s": per_s, "p50_ms": pct(&lat, 0.50), "p99_ms": pct(&lat, 0.99), "p999_ms": pct(&lat, 0.999),
+                "broker_cpu_us_per_exchange": cpu_us, "broker_cores_busy": busy,
                 "redis_cpu_us_per_op": redis_cpu_us,
                 "raw_signature_us": raw, "cpu_to_raw_ratio": cpu_us / raw,
             }));
@@ -788,9 +842,10 @@ async fn run(a: Args) {
         return;
     }
     println!(
-        "tessera exchange benchmark: {} clients, {} s per path and store, broker signs {}, {}",
+        "tessera exchange benchmark: {} clients, {} s per path and store ({} interleaved rounds, median round), broker signs {}, {}",
         a.clients,
         a.seconds,
+        rounds,
         a.alg.as_str(),
         summary["http"].as_str().unwrap()
     );
