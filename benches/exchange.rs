@@ -1,16 +1,32 @@
-//! Exchange benchmark: drives `/token` over keep-alive HTTPS with N
-//! concurrent clients against a real `tessera serve` process, on the mTLS
-//! path and the OIDC path, and reports exchanges/s, latency percentiles, the
-//! broker's CPU time per exchange (from /proc/PID/stat of the broker process),
-//! and — measured in the same run — the raw cost of the signature operations
-//! one exchange needs.
+//! Exchange benchmark: drives `/token` (and `/introspect`) over keep-alive
+//! HTTPS with N concurrent clients against a real `tessera serve` process,
+//! and reports operations/s, latency percentiles, the broker's CPU time per
+//! operation (from /proc/PID/stat of the broker process), and — measured in
+//! the same run — the raw cost of the signature operations one operation
+//! needs.
+//!
+//! Paths: `mtls` (certificate in, token out), `oidc` (an OIDC subject
+//! token), `reexchange` (a Tessera token exchanged for a narrower one over
+//! its certificate), `delegation` (a user's OIDC token with the agent's
+//! certificate as `actor_token`), `introspect` (RFC 7662 by a resource
+//! server).
 //!
 //! ```sh
 //! cargo bench --bench exchange -- --clients 32 --seconds 10
+//! cargo bench --bench exchange -- --store redis --state revocations=1000000,grants=100000
 //! ```
-//! Options: `--clients N` (32), `--seconds S` (10), `--path mtls|oidc|both`
-//! (both), `--alg ES256|EdDSA` (ES256, the broker's signing algorithm),
-//! `--h2` (HTTP/2 instead of HTTP/1.1 keep-alive), `--json`.
+//! Options: `--clients N` (32), `--seconds S` (10), `--path
+//! mtls,oidc,reexchange,delegation,introspect|both|all` (both = mtls,oidc),
+//! `--alg ES256|EdDSA` (ES256, the broker's signing algorithm), `--h2`
+//! (HTTP/2 instead of HTTP/1.1 keep-alive), `--store memory|redis`
+//! (memory; redis starts a private redis-server), `--state
+//! revocations=N,grants=M` (redis: two brokers, one on an empty
+//! redis-server and one on a redis-server seeded through the store API with
+//! N live revocations and M live grants; every path is measured on both,
+//! interleaved, side by side; also reports Redis memory per entry),
+//! `--rounds N` (each path's time is split into N rounds interleaved across
+//! the stores, and the median round counts; 5 with `--state`, else 1),
+//! `--json`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -31,7 +47,14 @@ struct Args {
     alg: SigningAlgorithm,
     h2: bool,
     json: bool,
+    redis: bool,
+    /// (revocations, grants) to seed.
+    state: Option<(u64, u64)>,
+    /// Interleaved rounds per path (the median round counts).
+    rounds: Option<u32>,
 }
+
+const ALL_PATHS: [&str; 5] = ["mtls", "oidc", "reexchange", "delegation", "introspect"];
 
 fn args() -> Args {
     let mut a = Args {
@@ -41,6 +64,9 @@ fn args() -> Args {
         alg: SigningAlgorithm::ES256,
         h2: false,
         json: false,
+        redis: false,
+        state: None,
+        rounds: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -57,10 +83,43 @@ fn args() -> Args {
             }
             "--path" => {
                 a.paths = match next.as_str() {
-                    "mtls" => vec!["mtls"],
-                    "oidc" => vec!["oidc"],
-                    _ => vec!["mtls", "oidc"],
+                    "both" => vec!["mtls", "oidc"],
+                    "all" => ALL_PATHS.to_vec(),
+                    list => list
+                        .split(',')
+                        .map(|p| {
+                            *ALL_PATHS
+                                .iter()
+                                .find(|x| **x == p)
+                                .unwrap_or_else(|| panic!("unknown path {p}"))
+                        })
+                        .collect(),
                 };
+                i += 1;
+            }
+            "--rounds" => {
+                a.rounds = Some(next.parse().expect("--rounds N"));
+                i += 1;
+            }
+            "--store" => {
+                a.redis = match next.as_str() {
+                    "redis" => true,
+                    "memory" => false,
+                    other => panic!("--store memory|redis, not {other}"),
+                };
+                i += 1;
+            }
+            "--state" => {
+                let (mut r, mut g) = (0, 0);
+                for kv in next.split(',') {
+                    match kv.split_once('=') {
+                        Some(("revocations", n)) => r = n.parse().expect("revocations=N"),
+                        Some(("grants", n)) => g = n.parse().expect("grants=N"),
+                        _ => panic!("--state revocations=N,grants=M"),
+                    }
+                }
+                a.state = Some((r, g));
+                a.redis = true;
                 i += 1;
             }
             "--alg" => {
@@ -133,7 +192,7 @@ async fn drive(
     url: String,
     body_for: Arc<dyn Fn(usize) -> String + Send + Sync>,
     clients: Vec<reqwest::Client>,
-    seconds: u64,
+    seconds: f64,
     pid: u32,
 ) -> Outcome {
     // warm-up: connections open, JWKS cached
@@ -147,7 +206,7 @@ async fn drive(
     }
     let cpu0 = cpu_seconds(pid);
     let start = Instant::now();
-    let deadline = start + Duration::from_secs(seconds);
+    let deadline = start + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for (i, c) in clients.into_iter().enumerate() {
         let url = url.clone();
@@ -274,26 +333,19 @@ fn main() {
     rt.block_on(run(a));
 }
 
-async fn run(a: Args) {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let ca = Ca::generate("bench CA").unwrap();
-    std::fs::write(d.join("ca.pem"), ca.cert_pem()).unwrap();
-    let server = ca
-        .issue(&LeafSpec::server(
-            &["localhost"],
-            &["127.0.0.1".parse().unwrap()],
-        ))
-        .unwrap();
-    std::fs::write(d.join("server.pem"), &server.cert_pem).unwrap();
-    std::fs::write(d.join("server-key.pem"), &server.key_pem).unwrap();
-    let agent = ca
-        .issue(&LeafSpec::client_spiffe("spiffe://example.org/agent/bench"))
-        .unwrap();
-    generate_key_file(&d.join("signing"), a.alg).unwrap();
-    let issuer = TestIssuer::start(&d.join("issuer"), SigningAlgorithm::RS256)
-        .await
-        .unwrap();
+const AGENT: &str = "spiffe://example.org/agent/bench";
+const PLANNER: &str = "spiffe://example.org/planner/bench";
+const PAYMENTS: &str = "spiffe://example.org/service/payments-api";
+const API: &str = "https://api.example.com";
+
+/// Starts one `tessera serve` on free ports; returns (guard, port, pid).
+fn start_broker(
+    d: &Path,
+    name: &str,
+    alg: SigningAlgorithm,
+    store: &str,
+    issuer: &TestIssuer,
+) -> (Guard, u16, u32) {
     let (port, ops) = (free_port(), free_port());
     let cfg = format!(
         r#"
@@ -307,10 +359,14 @@ client_ca = ["{d}/ca.pem"]
 [tokens]
 signing_keys = "{d}/signing"
 algorithm = "{alg}"
+[store]
+url = "{store}"
 # The load generator is one peer driving ~10k requests/s: the per-peer
 # pre-authentication limit would measure itself, not the broker.
 [limits]
 peer_rate = 0
+[introspection]
+subjects = ["{PAYMENTS}"]
 [[issuers]]
 name = "ci"
 issuer = "{iss}"
@@ -321,7 +377,7 @@ ca = "{ica}"
 name = "agents"
 owner = "bench@example.com"
 match = {{ issuer = "mtls", subject = "spiffe://example.org/agent/*" }}
-audiences = ["https://api.example.com"]
+audiences = ["{API}"]
 scopes = ["tickets:read", "tickets:write"]
 [[policies]]
 name = "ci"
@@ -329,18 +385,31 @@ owner = "bench@example.com"
 match = {{ issuer = "ci", subject = "repo:acme/app:ref:refs/heads/*", claims = {{ "env" = "prod" }} }}
 audiences = ["https://deploy.example.com"]
 scopes = ["deploy:read", "deploy:write"]
+[[policies]]
+name = "users"
+owner = "bench@example.com"
+match = {{ issuer = "ci", subject = "user:*" }}
+audiences = ["{API}"]
+scopes = ["tickets:read", "tickets:write"]
+[[policies]]
+name = "planner"
+match = {{ issuer = "mtls", subject = "{PLANNER}" }}
+audiences = ["{API}"]
+scopes = ["tickets:read", "tickets:write"]
+may_act_for = ["ci"]
+max_depth = 3
 "#,
         d = d.display(),
-        alg = a.alg.as_str(),
+        alg = alg.as_str(),
         iss = issuer.url,
         jwks = issuer.jwks_uri(),
         ica = issuer.ca_path.display()
     );
-    let cfg_path = d.join("bench.toml");
+    let cfg_path = d.join(format!("{name}.toml"));
     std::fs::write(&cfg_path, cfg).unwrap();
     // The broker logs at its default level (audit lines included) to a file,
     // as in production; only the location differs.
-    let log = std::fs::File::create(d.join("broker.log")).unwrap();
+    let log = std::fs::File::create(d.join(format!("{name}.log"))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(["serve", "--config", cfg_path.to_str().unwrap()])
         .env(
@@ -352,9 +421,238 @@ scopes = ["deploy:read", "deploy:write"]
         .spawn()
         .expect("start tessera serve");
     let pid = child.id();
-    let _guard = Guard(child);
+    let guard = Guard(child);
     wait_ready(ops);
-    let url = format!("https://127.0.0.1:{port}/token");
+    (guard, port, pid)
+}
+
+/// `used_memory` of a redis-server, bytes.
+fn used_memory(url: &str) -> u64 {
+    let o = Command::new("redis-cli")
+        .args(["-u", url, "INFO", "memory"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory in INFO memory")
+}
+
+/// Seeds `url` through the store API (the broker's own key format) with
+/// live revocations (70% jti, 20% task, 10% subject, none covering the
+/// benchmark's tokens) and live grants of other subjects. Returns a JSON
+/// report with the bytes of Redis memory per entry.
+async fn seed(url: &str, revocations: u64, grants: u64) -> serde_json::Value {
+    use tessera::store::{Grant, Revocation, RevocationKind, Stores};
+    const WORKERS: u64 = 64;
+    let stores = Stores::open(url, "tessera", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let now = tessera::testkit::now();
+    let m0 = used_memory(url);
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let st = stores.revocations.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while i < revocations {
+                let (kind, value) = match i % 10 {
+                    0..=6 => (RevocationKind::Jti, uuid::Uuid::new_v4().to_string()),
+                    7 | 8 => (RevocationKind::Task, format!("seed-task-{i}")),
+                    _ => (
+                        RevocationKind::Subject,
+                        format!("spiffe://example.org/seed/s{i}"),
+                    ),
+                };
+                st.revoke(Revocation {
+                    kind,
+                    value,
+                    revoked_at: now,
+                    expires_at: now + 3 * 3600,
+                })
+                .await
+                .unwrap();
+                i += WORKERS;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rev_secs = t.elapsed().as_secs_f64();
+    let m1 = used_memory(url);
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let st = stores.grants.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut i, mut refused) = (w, 0u64);
+            while i < grants {
+                let g = Grant {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    subject: format!("spiffe://example.org/seed/g{}", i / 50),
+                    scopes: vec!["tickets:read".into(), "tickets:write".into()],
+                    audience: API.into(),
+                    task: None,
+                    uses: Some(5),
+                    remaining: Some(5),
+                    created_at: now,
+                    expires_at: now + 3 * 3600,
+                    created_by: "spiffe://example.org/operator/bench".into(),
+                };
+                if st.create(&g).await.is_err() {
+                    refused += 1;
+                }
+                i += WORKERS;
+            }
+            refused
+        }));
+    }
+    let mut refused = 0;
+    for t in tasks {
+        refused += t.await.unwrap();
+    }
+    let grant_secs = t.elapsed().as_secs_f64();
+    let m2 = used_memory(url);
+    let live = stores.grants.list(None, now).await.map(|g| g.len()).ok();
+    json!({
+        "revocations": revocations, "grants": grants, "grants_refused": refused,
+        "grants_listed_sample": live,
+        "seed_revocations_s": rev_secs, "seed_grants_s": grant_secs,
+        "used_memory_empty": m0, "used_memory_after_revocations": m1, "used_memory_after_grants": m2,
+        "bytes_per_revocation": if revocations > 0 { (m1 - m0) as f64 / revocations as f64 } else { 0.0 },
+        "bytes_per_grant": if grants > refused { (m2 - m1) as f64 / (grants - refused) as f64 } else { 0.0 },
+    })
+}
+
+/// A pool of 256 tokens of the agent minted by the broker at `port`
+/// (parents for re-exchange, tokens to introspect).
+async fn broker_tokens(c: &reqwest::Client, port: u16) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in 0..256 {
+        let r: serde_json::Value = c
+            .post(format!("https://127.0.0.1:{port}/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Amtls&audience=https%3A%2F%2Fapi.example.com&scope=tickets%3Aread%20tickets%3Awrite&task=bench-{i}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        out.push(
+            r["access_token"]
+                .as_str()
+                .expect("a parent token")
+                .to_string(),
+        );
+    }
+    out
+}
+
+fn pct_enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The pid of a redis-server (`INFO server` `process_id`).
+fn redis_pid(url: &str) -> u32 {
+    let o = Command::new("redis-cli")
+        .args(["-u", url, "INFO", "server"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("process_id in INFO server")
+}
+
+struct Broker {
+    label: &'static str,
+    port: u16,
+    pid: u32,
+    /// Its redis-server's pid, if any.
+    redis_pid: Option<u32>,
+    /// Agent tokens this broker minted.
+    tokens: Arc<Vec<String>>,
+}
+
+async fn run(a: Args) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = Ca::generate("bench CA").unwrap();
+    std::fs::write(d.join("ca.pem"), ca.cert_pem()).unwrap();
+    let server = ca
+        .issue(&LeafSpec::server(
+            &["localhost"],
+            &["127.0.0.1".parse().unwrap()],
+        ))
+        .unwrap();
+    std::fs::write(d.join("server.pem"), &server.cert_pem).unwrap();
+    std::fs::write(d.join("server-key.pem"), &server.key_pem).unwrap();
+    let agent = ca.issue(&LeafSpec::client_spiffe(AGENT)).unwrap();
+    let planner = ca.issue(&LeafSpec::client_spiffe(PLANNER)).unwrap();
+    let payments = ca.issue(&LeafSpec::client_spiffe(PAYMENTS)).unwrap();
+    generate_key_file(&d.join("signing"), a.alg).unwrap();
+    let issuer = TestIssuer::start(&d.join("issuer"), SigningAlgorithm::RS256)
+        .await
+        .unwrap();
+
+    // Stores: memory, one redis-server, or (with --state) an empty one and a
+    // seeded one side by side.
+    let mut redis_servers = Vec::new();
+    let mut seeded = serde_json::Value::Null;
+    let stores: Vec<(&'static str, String)> = if !a.redis {
+        vec![("memory", "memory://".to_string())]
+    } else {
+        let empty = tessera::testkit_redis::RedisServer::start().expect("redis-server");
+        let mut v = vec![(
+            if a.state.is_some() { "empty" } else { "redis" },
+            empty.url(),
+        )];
+        redis_servers.push(empty);
+        if let Some((r, g)) = a.state {
+            let full = tessera::testkit_redis::RedisServer::start().expect("redis-server");
+            eprintln!("seeding {r} revocations and {g} grants…");
+            seeded = seed(&full.url(), r, g).await;
+            eprintln!("seeded: {seeded}");
+            v.push(("seeded", full.url()));
+            redis_servers.push(full);
+        }
+        v
+    };
+    let agent_c = client(ca.cert_der(), Some(&agent), a.h2);
+    let mut guards = Vec::new();
+    let mut brokers = Vec::new();
+    for (label, url) in &stores {
+        let (g, port, pid) = start_broker(d, label, a.alg, url, &issuer);
+        guards.push(g);
+        let tokens = if a
+            .paths
+            .iter()
+            .any(|p| *p == "reexchange" || *p == "introspect")
+        {
+            broker_tokens(&agent_c, port).await
+        } else {
+            Vec::new()
+        };
+        brokers.push(Broker {
+            label,
+            port,
+            pid,
+            redis_pid: url.starts_with("redis://").then(|| redis_pid(url)),
+            tokens: Arc::new(tokens),
+        });
+    }
 
     // Raw signature cost, measured in this run on this machine.
     let ring = KeyRing::load_dir(&d.join("signing"), a.alg).unwrap();
@@ -375,82 +673,216 @@ scopes = ["deploy:read", "deploy:write"]
     let verify_us = per_op_us(1500, || {
         vk.verify(input.as_bytes(), &sig).unwrap();
     });
+    // the broker's own signature, verified (re-exchange, introspection)
+    let own = signer.sign(input.as_bytes()).unwrap();
+    let own_vk = VerifyingKey::from_jwk(signer.public_jwk().as_object().unwrap()).unwrap();
+    let own_verify_us = per_op_us(1500, || {
+        own_vk.verify(input.as_bytes(), &own).unwrap();
+    });
 
+    let te = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange";
     let mut results = Vec::new();
+    let rounds = a
+        .rounds
+        .unwrap_or(if a.state.is_some() { 5 } else { 1 })
+        .max(1);
+    let round_secs = a.seconds as f64 / f64::from(rounds);
     for path in &a.paths {
-        let (clients, body_for): (
-            Vec<reqwest::Client>,
-            Arc<dyn Fn(usize) -> String + Send + Sync>,
-        ) = match *path {
-            "mtls" => (
-                (0..a.clients)
-                    .map(|_| client(ca.cert_der(), Some(&agent), a.h2))
-                    .collect(),
-                Arc::new(|_| {
-                    "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Amtls&audience=https%3A%2F%2Fapi.example.com&scope=tickets%3Aread".to_string()
-                }),
-            ),
-            _ => {
-                // a pool of distinct subject tokens, as many workloads would present
-                let pool: Vec<String> = (0..256).map(|i| {
-                    let mut c = issuer.claims(&format!("repo:acme/app:ref:refs/heads/b{i}"), "tessera");
-                    c["env"] = "prod".into();
-                    c["exp"] = (tessera::testkit::now() + 3600).into();
-                    format!("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&subject_token={}&audience=https%3A%2F%2Fdeploy.example.com&scope=deploy%3Aread", issuer.sign(&c))
-                }).collect();
-                let pool = Arc::new(pool);
-                (
+        // the load for every store, built once
+        let mut loads = Vec::new();
+        for b in &brokers {
+            let url = if *path == "introspect" {
+                format!("https://127.0.0.1:{}/introspect", b.port)
+            } else {
+                format!("https://127.0.0.1:{}/token", b.port)
+            };
+            let (clients, body_for): (
+                Vec<reqwest::Client>,
+                Arc<dyn Fn(usize) -> String + Send + Sync>,
+            ) = match *path {
+                "mtls" => (
                     (0..a.clients)
-                        .map(|_| client(ca.cert_der(), None, a.h2))
+                        .map(|_| client(ca.cert_der(), Some(&agent), a.h2))
                         .collect(),
-                    Arc::new(move |n| pool[n % pool.len()].clone()),
+                    Arc::new(move |_| {
+                        format!("{te}&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Amtls&audience=https%3A%2F%2Fapi.example.com&scope=tickets%3Aread")
+                    }),
+                ),
+                "oidc" => {
+                    // a pool of distinct subject tokens, as many workloads would present
+                    let pool: Vec<String> = (0..256).map(|i| {
+                        let mut c = issuer.claims(&format!("repo:acme/app:ref:refs/heads/b{i}"), "tessera");
+                        c["env"] = "prod".into();
+                        c["exp"] = (tessera::testkit::now() + 3600).into();
+                        format!("{te}&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&subject_token={}&audience=https%3A%2F%2Fdeploy.example.com&scope=deploy%3Aread", issuer.sign(&c))
+                    }).collect();
+                    let pool = Arc::new(pool);
+                    (
+                        (0..a.clients)
+                            .map(|_| client(ca.cert_der(), None, a.h2))
+                            .collect(),
+                        Arc::new(move |n| pool[n % pool.len()].clone()),
+                    )
+                }
+                "reexchange" => {
+                    // the agent narrows one of its own tokens, over its certificate
+                    let pool: Arc<Vec<String>> = Arc::new(b.tokens.iter().map(|t| {
+                        format!("{te}&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token&subject_token={t}&audience=https%3A%2F%2Fapi.example.com&scope=tickets%3Aread")
+                    }).collect());
+                    (
+                        (0..a.clients)
+                            .map(|_| client(ca.cert_der(), Some(&agent), a.h2))
+                            .collect(),
+                        Arc::new(move |n| pool[n % pool.len()].clone()),
+                    )
+                }
+                "delegation" => {
+                    // the planner (its certificate is the actor) acts for users
+                    let actor = pct_enc(&tessera::identity::peer::thumbprint_sha256(
+                        &planner.cert_der,
+                    ));
+                    let pool: Vec<String> = (0..256).map(|i| {
+                        let mut c = issuer.claims(&format!("user:u{i}"), "tessera");
+                        c["exp"] = (tessera::testkit::now() + 3600).into();
+                        format!("{te}&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&subject_token={}&actor_token={actor}&actor_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Amtls&audience=https%3A%2F%2Fapi.example.com&scope=tickets%3Aread", issuer.sign(&c))
+                    }).collect();
+                    let pool = Arc::new(pool);
+                    (
+                        (0..a.clients)
+                            .map(|_| client(ca.cert_der(), Some(&planner), a.h2))
+                            .collect(),
+                        Arc::new(move |n| pool[n % pool.len()].clone()),
+                    )
+                }
+                _ => {
+                    let pool: Arc<Vec<String>> =
+                        Arc::new(b.tokens.iter().map(|t| format!("token={t}")).collect());
+                    (
+                        (0..a.clients)
+                            .map(|_| client(ca.cert_der(), Some(&payments), a.h2))
+                            .collect(),
+                        Arc::new(move |n| pool[n % pool.len()].clone()),
+                    )
+                }
+            };
+            loads.push((url, clients, body_for));
+        }
+        // interleaved rounds: every store in turn, `rounds` times
+        let mut outcomes: Vec<Vec<(Outcome, Option<f64>)>> =
+            brokers.iter().map(|_| Vec::new()).collect();
+        for _ in 0..rounds {
+            for (k, b) in brokers.iter().enumerate() {
+                let (url, clients, body_for) = &loads[k];
+                let redis_cpu0 = b.redis_pid.map(cpu_seconds);
+                let o = drive(
+                    url.clone(),
+                    body_for.clone(),
+                    clients.clone(),
+                    round_secs,
+                    b.pid,
                 )
+                .await;
+                let redis_cpu_us = match (b.redis_pid, redis_cpu0) {
+                    (Some(p), Some(c0)) => Some((cpu_seconds(p) - c0) * 1e6 / o.ok.max(1) as f64),
+                    _ => None,
+                };
+                outcomes[k].push((o, redis_cpu_us));
             }
+        }
+        let raw = match *path {
+            "oidc" | "delegation" => verify_us + sign_us,
+            "reexchange" => own_verify_us + sign_us,
+            "introspect" => own_verify_us,
+            _ => sign_us,
         };
-        let o = drive(url.clone(), body_for, clients, a.seconds, pid).await;
-        let raw = if *path == "oidc" {
-            verify_us + sign_us
-        } else {
-            sign_us
-        };
-        let per_s = o.ok as f64 / o.secs;
-        let cpu_us = o.cpu * 1e6 / o.ok.max(1) as f64;
-        results.push(json!({
-            "path": path, "clients": a.clients, "seconds": o.secs, "exchanges": o.ok, "failed": o.failed,
-            "exchanges_per_s": per_s, "p50_ms": pct(&o.lat_us, 0.50), "p99_ms": pct(&o.lat_us, 0.99), "p999_ms": pct(&o.lat_us, 0.999),
-            "broker_cpu_us_per_exchange": cpu_us, "broker_cores_busy": o.cpu / o.secs,
-            "raw_signature_us": raw, "cpu_to_raw_ratio": cpu_us / raw,
-        }));
+        for (b, runs) in brokers.iter().zip(outcomes) {
+            let median = |mut v: Vec<f64>| {
+                v.sort_by(|x, y| x.total_cmp(y));
+                v[v.len() / 2]
+            };
+            let per_s = median(runs.iter().map(|(o, _)| o.ok as f64 / o.secs).collect());
+            let cpu_us = median(
+                runs.iter()
+                    .map(|(o, _)| o.cpu * 1e6 / o.ok.max(1) as f64)
+                    .collect(),
+            );
+            let busy = median(runs.iter().map(|(o, _)| o.cpu / o.secs).collect());
+            let redis_cpu_us = if b.redis_pid.is_some() {
+                Some(median(runs.iter().map(|(_, r)| r.unwrap_or(0.0)).collect()))
+            } else {
+                None
+            };
+            let (ok, failed, secs) = runs.iter().fold((0, 0, 0.0), |(k, f, t), (o, _)| {
+                (k + o.ok, f + o.failed, t + o.secs)
+            });
+            let mut lat: Vec<u32> = runs.into_iter().flat_map(|(o, _)| o.lat_us).collect();
+            lat.sort_unstable();
+            results.push(json!({
+                "store": b.label, "path": path, "clients": a.clients, "seconds": secs, "rounds": rounds, "exchanges": ok, "failed": failed,
+                "exchanges_per_s": per_s, "p50_ms": pct(&lat, 0.50), "p99_ms": pct(&lat, 0.99), "p999_ms": pct(&lat, 0.999),
+                "broker_cpu_us_per_exchange": cpu_us, "broker_cores_busy": busy,
+                "redis_cpu_us_per_op": redis_cpu_us,
+                "raw_signature_us": raw, "cpu_to_raw_ratio": cpu_us / raw,
+            }));
+        }
     }
-    let rss = peak_rss_kib(pid);
+    let rss: Vec<serde_json::Value> = brokers
+        .iter()
+        .map(|b| json!({"store": b.label, "peak_rss_mib": peak_rss_kib(b.pid) as f64 / 1024.0}))
+        .collect();
     let summary = json!({
         "alg": a.alg.as_str(), "http": if a.h2 { "h2" } else { "http/1.1 keep-alive" },
-        "raw_sign_us": sign_us, "raw_verify_rs256_us": verify_us, "broker_peak_rss_mib": rss as f64 / 1024.0,
+        "raw_sign_us": sign_us, "raw_verify_rs256_us": verify_us, "raw_verify_own_us": own_verify_us,
+        "broker_peak_rss": rss, "state": seeded,
         "results": results,
     });
+    drop(guards);
     if a.json {
         println!("{summary}");
         return;
     }
     println!(
-        "tessera exchange benchmark: {} clients, {} s per path, broker signs {}, {}",
+        "tessera exchange benchmark: {} clients, {} s per path and store ({} interleaved rounds, median round), broker signs {}, {}",
         a.clients,
         a.seconds,
+        rounds,
         a.alg.as_str(),
         summary["http"].as_str().unwrap()
     );
     println!(
-        "raw cost in this run: sign {} {:.1} µs, verify RS256 {:.1} µs; broker peak RSS {:.1} MiB",
-        a.alg.as_str(),
+        "raw cost in this run: sign {alg} {:.1} µs, verify {alg} {:.1} µs, verify RS256 {:.1} µs; broker peak RSS {}",
         sign_us,
+        own_verify_us,
         verify_us,
-        rss as f64 / 1024.0
+        rss.iter()
+            .map(|r| format!(
+                "{} {:.1} MiB",
+                r["store"].as_str().unwrap(),
+                r["peak_rss_mib"].as_f64().unwrap()
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
+        alg = a.alg.as_str(),
     );
-    println!("| path | exchanges/s | p50 ms | p99 ms | p99.9 ms | broker CPU µs/exchange | raw signature µs | CPU / raw | failed |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for r in summary["results"].as_array().unwrap() {
+    if !seeded.is_null() {
         println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2}× | {} |",
+            "state: {} revocations seeded in {:.1} s, {:.0} bytes of Redis memory each; {} grants ({} refused) in {:.1} s, {:.0} bytes each",
+            seeded["revocations"],
+            seeded["seed_revocations_s"].as_f64().unwrap(),
+            seeded["bytes_per_revocation"].as_f64().unwrap(),
+            seeded["grants"],
+            seeded["grants_refused"],
+            seeded["seed_grants_s"].as_f64().unwrap(),
+            seeded["bytes_per_grant"].as_f64().unwrap(),
+        );
+    }
+    println!("| store | path | ops/s | p50 ms | p99 ms | p99.9 ms | broker CPU µs/op | raw signature µs | CPU / raw | redis CPU µs/op | failed |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let rows = summary["results"].as_array().unwrap();
+    for r in rows {
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2}× | {} | {} |",
+            r["store"].as_str().unwrap(),
             r["path"].as_str().unwrap(),
             r["exchanges_per_s"].as_f64().unwrap(),
             r["p50_ms"].as_f64().unwrap(),
@@ -459,8 +891,42 @@ scopes = ["deploy:read", "deploy:write"]
             r["broker_cpu_us_per_exchange"].as_f64().unwrap(),
             r["raw_signature_us"].as_f64().unwrap(),
             r["cpu_to_raw_ratio"].as_f64().unwrap(),
+            r["redis_cpu_us_per_op"]
+                .as_f64()
+                .map(|v| format!("{v:.1}"))
+                .unwrap_or_else(|| "—".into()),
             r["failed"]
         );
     }
-    let _ = Path::new("");
+    if !seeded.is_null() {
+        println!();
+        println!("cost vs state: empty redis-server vs seeded");
+        println!("| path | empty ops/s | seeded ops/s | Δ ops/s | empty CPU µs/op | seeded CPU µs/op | Δ CPU | empty redis µs/op | seeded redis µs/op |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for path in &a.paths {
+            let find = |store: &str| {
+                rows.iter()
+                    .find(|r| r["store"] == store && r["path"] == *path)
+                    .unwrap()
+            };
+            let (e, f) = (find("empty"), find("seeded"));
+            let (eo, fo) = (
+                e["exchanges_per_s"].as_f64().unwrap(),
+                f["exchanges_per_s"].as_f64().unwrap(),
+            );
+            let (ec, fc) = (
+                e["broker_cpu_us_per_exchange"].as_f64().unwrap(),
+                f["broker_cpu_us_per_exchange"].as_f64().unwrap(),
+            );
+            let redis = |r: &serde_json::Value| r["redis_cpu_us_per_op"].as_f64().unwrap_or(0.0);
+            println!(
+                "| {path} | {eo:.0} | {fo:.0} | {:+.1}% | {ec:.1} | {fc:.1} | {:+.1}% | {:.1} | {:.1} |",
+                (fo / eo - 1.0) * 100.0,
+                (fc / ec - 1.0) * 100.0,
+                redis(e),
+                redis(f)
+            );
+        }
+    }
+    drop(redis_servers);
 }

@@ -16,12 +16,14 @@ use crate::app::AppState;
 use crate::exchange::Peer;
 use crate::oauth::{ErrorCode, OAuthError};
 use crate::routes::auth::{authorize, Role};
+use crate::store::feed::FeedEvent;
 use crate::store::Revocation;
 
 /// Most entries in one JSON page or one stream poll.
 pub const PAGE_LIMIT: usize = 1000;
-/// How often the live stream polls the store for new entries.
-pub const STREAM_POLL: Duration = Duration::from_millis(200);
+/// How often the process's feed poller reads the store for entries made by
+/// other replicas (local ones are pushed at once).
+pub const STREAM_POLL: Duration = crate::store::feed::FEED_POLL;
 /// Longest a single stream stays open before the client must resume.
 pub const STREAM_MAX_LIFETIME: Duration = Duration::from_secs(3600);
 /// Longest cursor accepted.
@@ -81,65 +83,34 @@ pub async fn revocations(
             }
         };
     }
-    // Live stream: poll the store (shared by every replica) and push new
-    // entries as `id: CURSOR / event: revocation / data: ENTRY`.
+    // Live stream: the process's one feed poller (shared by every stream)
+    // pushes new entries as `id: CURSOR / event: revocation / data: ENTRY`;
+    // the subscription first catches up from the store after `since`.
     struct St {
-        app: AppState,
-        cursor: Option<String>,
-        pending: std::collections::VecDeque<(String, Revocation)>,
+        sub: crate::store::feed::FeedSubscription,
         started: tokio::time::Instant,
-        events: tokio::sync::watch::Receiver<u64>,
     }
-    let events = app.stores.revocation_events.subscribe();
     let init = St {
-        events,
-        app,
-        cursor: since,
-        pending: Default::default(),
+        sub: app
+            .stores
+            .revocation_feed
+            .subscribe(since, app.clock.clone()),
         started: tokio::time::Instant::now(),
     };
     let stream = futures_util::stream::unfold(init, |mut st| async move {
-        loop {
-            if let Some((c, r)) = st.pending.pop_front() {
-                let ev = Event::default()
-                    .id(c)
-                    .event("revocation")
-                    .data(entry_json(&r).to_string());
-                return Some((Ok::<Event, Infallible>(ev), st));
+        let left = STREAM_MAX_LIFETIME.checked_sub(st.started.elapsed())?;
+        let ev = match tokio::time::timeout(left, st.sub.next()).await {
+            Err(_) => return None,
+            Ok(FeedEvent::Entry(c, r)) => Event::default()
+                .id(c)
+                .event("revocation")
+                .data(entry_json(&r).to_string()),
+            // Tell the follower; it keeps its cursor and resumes.
+            Ok(FeedEvent::Unavailable(_)) => {
+                Event::default().event("error").data("store unavailable")
             }
-            if st.started.elapsed() > STREAM_MAX_LIFETIME {
-                return None;
-            }
-            let now = st.app.clock.now();
-            match st
-                .app
-                .stores
-                .revocations
-                .list_since(st.cursor.as_deref(), PAGE_LIMIT, now)
-                .await
-            {
-                Ok((entries, cursor)) => {
-                    st.cursor = Some(cursor);
-                    st.pending.extend(entries);
-                    if !st.pending.is_empty() {
-                        continue;
-                    }
-                }
-                Err(e) => {
-                    // Tell the follower; it keeps its cursor and resumes.
-                    tracing::warn!(error = %e, "revocation stream: store unavailable");
-                    let ev = Event::default().event("error").data("store unavailable");
-                    tokio::time::sleep(STREAM_POLL).await;
-                    return Some((Ok(ev), st));
-                }
-            }
-            // Poll again after STREAM_POLL (revocations made by other
-            // replicas), or at once when this process records one.
-            tokio::select! {
-                () = tokio::time::sleep(STREAM_POLL) => {}
-                _ = st.events.changed() => {}
-            }
-        }
+        };
+        Some((Ok::<Event, Infallible>(ev), st))
     });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

@@ -7,6 +7,7 @@
 //! `redis+cluster://` and `redis+sentinel://`).
 
 pub mod breaker;
+pub mod feed;
 pub mod memory;
 pub mod redis;
 
@@ -430,6 +431,9 @@ pub struct Stores {
     /// `/revocations` streams push it at once instead of at their next poll
     /// (revocations made by other replicas arrive at the next poll).
     pub revocation_events: tokio::sync::watch::Sender<u64>,
+    /// The process's one poller of the revocation feed, fanned out to every
+    /// live `/revocations` stream.
+    pub revocation_feed: Arc<feed::FeedHub>,
 }
 
 /// A [`RevocationStore`] that announces each recorded revocation on a
@@ -506,11 +510,13 @@ impl Stores {
             + 'static,
     {
         let (events, _) = tokio::sync::watch::channel(0u64);
+        let revocations: Arc<dyn RevocationStore> = Arc::new(Announcing {
+            inner: b.clone(),
+            events: events.clone(),
+        });
         Self {
-            revocations: Arc::new(Announcing {
-                inner: b.clone(),
-                events: events.clone(),
-            }),
+            revocation_feed: Arc::new(feed::FeedHub::new(revocations.clone(), events.clone())),
+            revocations,
             revocation_events: events,
             replay: b.clone(),
             health: b.clone(),
