@@ -239,116 +239,42 @@ impl ReloadDiff {
 /// changes any of them is refused as a whole.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
-    let mut cmp = |key: &'static str, a: String, b: String| {
-        if a != b {
-            out.push(key);
-        }
-    };
-    let (o, n) = (&old.server, &new.server);
-    cmp("server.listen", o.listen.to_string(), n.listen.to_string());
-    cmp(
-        "server.ops_listen",
-        o.ops_listen.to_string(),
-        n.ops_listen.to_string(),
-    );
-    cmp("server.issuer", o.issuer.clone(), n.issuer.clone());
-    cmp(
-        "server.tls_cert",
-        format!("{:?}", o.tls_cert),
-        format!("{:?}", n.tls_cert),
-    );
-    cmp(
-        "server.tls_key",
-        format!("{:?}", o.tls_key),
-        format!("{:?}", n.tls_key),
-    );
-    cmp(
-        "server.client_ca",
-        format!("{:?}", o.client_ca),
-        format!("{:?}", n.client_ca),
-    );
-    cmp(
-        "server.shutdown_grace",
-        format!("{:?}", o.shutdown_grace),
-        format!("{:?}", n.shutdown_grace),
-    );
-    cmp(
-        "server.drain_timeout",
-        format!("{:?}", o.drain_timeout),
-        format!("{:?}", n.drain_timeout),
-    );
-    cmp("store.url", old.store.url.clone(), new.store.url.clone());
-    cmp(
-        "store.prefix",
-        old.store.prefix.clone(),
-        new.store.prefix.clone(),
-    );
-    cmp(
-        "store.timeout",
-        format!("{:?}", old.store.timeout),
-        format!("{:?}", new.store.timeout),
-    );
-    cmp(
-        "audit.sink",
-        format!("{:?}", old.audit.sink),
-        format!("{:?}", new.audit.sink),
-    );
-    cmp(
-        "audit.stream_max_len",
-        old.audit.stream_max_len.to_string(),
-        new.audit.stream_max_len.to_string(),
-    );
-    cmp(
-        "audit.timeout",
-        format!("{:?}", old.audit.timeout),
-        format!("{:?}", new.audit.timeout),
-    );
-    let (o, n) = (&old.limits, &new.limits);
-    cmp(
-        "limits.max_body_bytes",
-        o.max_body_bytes.to_string(),
-        n.max_body_bytes.to_string(),
-    );
-    cmp(
-        "limits.max_token_bytes",
-        o.max_token_bytes.to_string(),
-        n.max_token_bytes.to_string(),
-    );
-    cmp(
-        "limits.handshake_timeout",
-        format!("{:?}", o.handshake_timeout),
-        format!("{:?}", n.handshake_timeout),
-    );
-    cmp(
-        "limits.header_read_timeout",
-        format!("{:?}", o.header_read_timeout),
-        format!("{:?}", n.header_read_timeout),
-    );
-    cmp(
-        "limits.request_timeout",
-        format!("{:?}", o.request_timeout),
-        format!("{:?}", n.request_timeout),
-    );
-    cmp(
-        "limits.max_connections",
-        o.max_connections.to_string(),
-        n.max_connections.to_string(),
-    );
-    cmp(
-        "limits.peer_rate",
-        o.peer_rate.to_string(),
-        n.peer_rate.to_string(),
-    );
-    cmp(
-        "limits.peer_burst",
-        o.peer_burst.to_string(),
-        n.peer_burst.to_string(),
-    );
-    cmp(
-        "dev.generate_missing",
-        old.dev_generate_missing.to_string(),
-        new.dev_generate_missing.to_string(),
-    );
+    // `key`, then the field path read from both configurations.
+    macro_rules! restart_only {
+        ($($key:literal => $($field:ident).+;)*) => {$(
+            if format!("{:?}", old.$($field).+) != format!("{:?}", new.$($field).+) {
+                out.push($key);
+            }
+        )*};
+    }
+    restart_only! {
+        "server.listen" => server.listen;
+        "server.ops_listen" => server.ops_listen;
+        "server.issuer" => server.issuer;
+        "server.tls_cert" => server.tls_cert;
+        "server.tls_key" => server.tls_key;
+        "server.client_ca" => server.client_ca;
+        "server.trust_domains" => server.trust_domains;
+        "server.max_clock_step" => server.max_clock_step;
+        "server.clock_quarantine" => server.clock_quarantine;
+        "server.shutdown_grace" => server.shutdown_grace;
+        "server.drain_timeout" => server.drain_timeout;
+        "store.url" => store.url;
+        "store.prefix" => store.prefix;
+        "store.timeout" => store.timeout;
+        "audit.sink" => audit.sink;
+        "audit.stream_max_len" => audit.stream_max_len;
+        "audit.timeout" => audit.timeout;
+        "limits.max_body_bytes" => limits.max_body_bytes;
+        "limits.max_token_bytes" => limits.max_token_bytes;
+        "limits.handshake_timeout" => limits.handshake_timeout;
+        "limits.header_read_timeout" => limits.header_read_timeout;
+        "limits.request_timeout" => limits.request_timeout;
+        "limits.max_connections" => limits.max_connections;
+        "limits.peer_rate" => limits.peer_rate;
+        "limits.peer_burst" => limits.peer_burst;
+        "dev.generate_missing" => dev_generate_missing;
+    }
     // A field added to one of these sections later is caught here, by
     // section, until it gets its own line above.
     for (section, a, b) in [
