@@ -171,7 +171,12 @@ impl Ledger {
         }
         for (jti, sha) in &delivered {
             let recs = by_jti.get(jti.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-            assert_eq!(recs.len(), 1, "I4: token {jti} has {} issued records", recs.len());
+            assert_eq!(
+                recs.len(),
+                1,
+                "I4: token {jti} has {} issued records",
+                recs.len()
+            );
             assert_eq!(
                 recs[0]["token_sha256"].as_str(),
                 Some(sha.as_str()),
