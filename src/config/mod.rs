@@ -269,16 +269,34 @@ impl Config {
 
     /// Parses and validates TOML text; `file` is used in error messages.
     pub fn from_toml_str(file: &str, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
-            file: file.to_string(),
-            key: toml_error_key(&e, text),
-            reason: e.message().trim().to_string(),
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let reason = match e.message().trim() {
+                // toml gives no message for some syntax errors, such as a
+                // control character in a comment (found by fuzzing).
+                "" => "invalid TOML on this line (the parser gave no detail; \
+                       a control character in a comment does this)"
+                    .to_string(),
+                m => bounded_reason(m),
+            };
+            ConfigError {
+                file: file.to_string(),
+                key: toml_error_key(&e, text),
+                reason,
+            }
         })?;
         Self::from_raw(file, raw)
     }
 
-    /// Validates a parsed [`RawConfig`].
+    /// Validates a parsed [`RawConfig`]. A reason that quotes a long value
+    /// is cut to [`MAX_ERROR_REASON_LEN`] bytes.
     pub fn from_raw(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
+        Self::from_raw_unbounded(file, raw).map_err(|mut e| {
+            e.reason = bounded_reason(&e.reason);
+            e
+        })
+    }
+
+    fn from_raw_unbounded(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
         let err = |key: &str, reason: String| ConfigError {
             file: file.to_string(),
             key: key.to_string(),
@@ -901,6 +919,32 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Longest `reason` of a [`ConfigError`]. Errors quote the offending value;
+/// a long one is not echoed whole (found by fuzzing: a 400-byte `issuer`
+/// came back in full).
+pub const MAX_ERROR_REASON_LEN: usize = 240;
+
+/// `reason` unchanged if short; else its start and its end (where the cause
+/// is named, as in "`…` must be an https:// URL") around an ellipsis.
+fn bounded_reason(reason: &str) -> String {
+    if reason.len() <= MAX_ERROR_REASON_LEN {
+        return reason.to_string();
+    }
+    let mut head = 120;
+    while !reason.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = reason.len() - 100;
+    while !reason.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!(
+        "{} … {}",
+        reason.get(..head).unwrap_or_default(),
+        reason.get(tail..).unwrap_or_default()
+    )
 }
 
 /// Where a TOML error is: `line N` (the message itself names the key).
