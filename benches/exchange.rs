@@ -26,7 +26,8 @@
 //! interleaved, side by side; also reports Redis memory per entry),
 //! `--rounds N` (each path's time is split into N rounds interleaved across
 //! the stores, and the median round counts; 5 with `--state`, else 1),
-//! `--json`.
+//! `--json`. Environment: `BENCH_BROKER_LOG` (the broker's `RUST_LOG`, `info`),
+//! `BENCH_AUDIT_SINK` (`stdout`, the default sink; `off` to measure without it).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -365,6 +366,10 @@ url = "{store}"
 # pre-authentication limit would measure itself, not the broker.
 [limits]
 peer_rate = 0
+# Audit lines go to stdout (discarded here) as by default; BENCH_AUDIT_SINK=off
+# measures the broker without its line sink (the store stream stays).
+[audit]
+sink = "{audit_sink}"
 [introspection]
 subjects = ["{PAYMENTS}"]
 [[issuers]]
@@ -401,6 +406,7 @@ max_depth = 3
 "#,
         d = d.display(),
         alg = alg.as_str(),
+        audit_sink = std::env::var("BENCH_AUDIT_SINK").unwrap_or_else(|_| "stdout".into()),
         iss = issuer.url,
         jwks = issuer.jwks_uri(),
         ica = issuer.ca_path.display()

@@ -148,6 +148,14 @@ pub const MAX_LIST_ENTRIES: usize = 32;
 pub const MAX_RECORD_BYTES: usize = 256 * 1024;
 
 fn safe(s: &str) -> String {
+    // Fast path (nearly every value): printable ASCII that `escape_default`
+    // leaves alone is copied as is; the output is the same.
+    if s.len() <= MAX_FIELD_CHARS
+        && s.bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && !matches!(b, b'\\' | b'\'' | b'"'))
+    {
+        return s.to_owned();
+    }
     s.chars()
         .flat_map(char::escape_default)
         .take(MAX_FIELD_CHARS)
@@ -373,5 +381,43 @@ pub fn rfc3339_millis(ms: i128) -> String {
             t.millisecond()
         ),
         Err(_) => "1970-01-01T00:00:00.000Z".into(),
+    }
+}
+
+#[cfg(test)]
+mod safe_tests {
+    use super::*;
+
+    fn slow(s: &str) -> String {
+        s.chars()
+            .flat_map(char::escape_default)
+            .take(MAX_FIELD_CHARS)
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// The fast path of `safe` gives exactly what escaping gives.
+        #[test]
+        fn fast_path_is_the_same_escaping(s in "\\PC{0,40}|[ -~]{0,1100}") {
+            proptest::prop_assert_eq!(safe(&s), slow(&s));
+        }
+    }
+
+    #[test]
+    fn quotes_backslashes_and_controls_are_escaped() {
+        for s in [
+            "a\"b",
+            "a'b",
+            "a\\b",
+            "a\nb",
+            "é",
+            &"x".repeat(MAX_FIELD_CHARS + 1),
+        ] {
+            assert_eq!(safe(s), slow(s), "{s}");
+        }
+        assert_eq!(
+            safe("spiffe://example.org/agent/demo"),
+            "spiffe://example.org/agent/demo"
+        );
     }
 }

@@ -729,7 +729,7 @@ impl Exchanger {
             exp,
             iat: now,
             nbf: now,
-            jti: uuid::Uuid::new_v4().to_string(),
+            jti: crate::mint::random_uuid().to_string(),
             client_id: match &actor {
                 Some(a) => a.sub.clone(),
                 None => peer_id
@@ -742,7 +742,7 @@ impl Exchanger {
                 .task
                 .clone()
                 .or_else(|| grant.as_ref().and_then(|g| g.task.clone()))
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                .unwrap_or_else(|| crate::mint::random_uuid().to_string()),
             cnf: binding(peer_id.as_ref(), actor.as_ref(), dpop.as_ref()),
             act: delegation.map(|d| d.1),
             grant: grant.map(|g| g.id),
@@ -998,7 +998,7 @@ impl Exchanger {
             exp,
             iat: now,
             nbf: now,
-            jti: uuid::Uuid::new_v4().to_string(),
+            jti: crate::mint::random_uuid().to_string(),
             client_id: actor.map_or_else(|| p.client_id.clone(), |a| a.sub.clone()),
             scope: req.scope.to_string(),
             txn: p.txn.clone(),
