@@ -936,3 +936,27 @@ async fn revoke_acked_reports_replica_acknowledgements() {
             .is_err());
     }
 }
+
+/// `WAIT` is not routed to the `{rev}` master on a cluster yet: asking for
+/// replica acknowledgements with a cluster URL is refused at start-up, by
+/// name; Sentinel and single-primary URLs accept it. No server is needed
+/// (connections are lazy).
+#[tokio::test]
+async fn revocation_replicas_are_refused_on_a_cluster_url() {
+    let o = StoreOptions {
+        revocation_replicas: 1,
+        ..StoreOptions::default()
+    };
+    let t = Duration::from_millis(250);
+    let e = Stores::open_with("redis+cluster://127.0.0.1:1,127.0.0.1:2", "t", t, &o)
+        .await
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("redis+cluster"), "{e}");
+    for url in [
+        "redis://127.0.0.1:1",
+        "redis+sentinel://127.0.0.1:1/mymaster",
+    ] {
+        assert!(Stores::open_with(url, "t", t, &o).await.is_ok(), "{url}");
+    }
+}
