@@ -340,8 +340,7 @@ impl App {
             // The store may be down at start-up (the broker starts anyway and
             // fails closed until it answers: SECURITY R1); a file sink that
             // cannot be written is an error.
-            let store_only =
-                matches!(&e, crate::audit::AuditError::Sink(m) if m.starts_with("audit stream:"));
+            let store_only = matches!(e, crate::audit::AuditError::Stream(_));
             if !store_only
                 && matches!(
                     snapshot.config.audit.sink,

@@ -77,9 +77,13 @@ pub enum AuditError {
     /// The record was not acknowledged in time.
     #[error("audit write not acknowledged within {0} ms")]
     Timeout(u128),
-    /// A sink refused the batch.
+    /// The line sink (stdout or file) refused the batch.
     #[error("audit sink failed: {0}")]
     Sink(String),
+    /// The store's audit stream refused the batch (the lines, if any, were
+    /// written).
+    #[error("audit sink failed: audit stream: {0}")]
+    Stream(String),
     /// The audit file cannot be opened.
     #[error("cannot open the audit file {path}: {reason}")]
     Open {
@@ -282,17 +286,16 @@ async fn writer(
                 Some((s, max_len)) => s
                     .append(&sealed, *max_len)
                     .await
-                    .map_err(|e| format!("audit stream: {e}")),
+                    .map_err(|e| AuditError::Stream(e.to_string())),
                 None => Ok(()),
             }
         };
         let both = async {
             let (a, b) = tokio::join!(write_lines(&lines, buf), to_stream);
-            a.and(b)
+            a.map_err(AuditError::Sink).and(b)
         };
         let result = match tokio::time::timeout(timeout, both).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(AuditError::Sink(e)),
+            Ok(r) => r,
             Err(_) => Err(AuditError::Timeout(timeout.as_millis())),
         };
         let m = crate::telemetry::metrics();
