@@ -505,25 +505,14 @@ async fn c31_l116_bursts_of_random_kids_and_signatures_stay_cheap() {
     accepted(&b, &b.ci_token()).await;
     assert_eq!(b.issuer().jwks_hits(), 1);
     let c = good_claims(&b).to_string();
-    let mut tasks = Vec::new();
-    for i in 0..200 {
-        let h = json!({"alg": "RS256", "kid": format!("random-{i}")}).to_string();
-        let st = b.issuer().sign_raw(&h, &c);
-        let client = b.anon();
-        let url = b.url("/token");
-        tasks.push(tokio::spawn(async move {
-            client
-                .post(url)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(encode_form(&TestBroker::oidc_form(&st)))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 400);
+    let random_kids = (0..200)
+        .map(|i| {
+            let h = json!({"alg": "RS256", "kid": format!("random-{i}")}).to_string();
+            b.issuer().sign_raw(&h, &c)
+        })
+        .collect();
+    for status in burst(&b, random_kids).await {
+        assert_eq!(status, 400);
     }
     assert!(
         b.issuer().jwks_hits() <= 2,
@@ -537,27 +526,16 @@ async fn c31_l116_bursts_of_random_kids_and_signatures_stay_cheap() {
     let hits = b.issuer().jwks_hits();
     let good = b.ci_token();
     let (signing_input, _) = good.rsplit_once('.').unwrap();
-    let mut tasks = Vec::new();
-    for i in 0..200u32 {
-        let sig: Vec<u8> = (0..256u32)
-            .map(|j| (i.wrapping_mul(31).wrapping_add(j * 7) & 0xff) as u8)
-            .collect();
-        let st = format!("{signing_input}.{}", b64(&sig));
-        let client = b.anon();
-        let url = b.url("/token");
-        tasks.push(tokio::spawn(async move {
-            client
-                .post(url)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(encode_form(&TestBroker::oidc_form(&st)))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 400);
+    let random_signatures = (0..200u32)
+        .map(|i| {
+            let sig: Vec<u8> = (0..256u32)
+                .map(|j| (i.wrapping_mul(31).wrapping_add(j * 7) & 0xff) as u8)
+                .collect();
+            format!("{signing_input}.{}", b64(&sig))
+        })
+        .collect();
+    for status in burst(&b, random_signatures).await {
+        assert_eq!(status, 400);
     }
     assert_eq!(
         b.issuer().jwks_hits(),
@@ -565,6 +543,32 @@ async fn c31_l116_bursts_of_random_kids_and_signatures_stay_cheap() {
         "a bad signature never refetches"
     );
     accepted(&b, &b.ci_token()).await;
+}
+
+/// Presents every subject token at once (one task each); their statuses.
+async fn burst(b: &TestBroker, subject_tokens: Vec<String>) -> Vec<StatusCode> {
+    let tasks: Vec<_> = subject_tokens
+        .into_iter()
+        .map(|st| {
+            let client = b.anon();
+            let url = b.url("/token");
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(encode_form(&TestBroker::oidc_form(&st)))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
 }
 
 #[tokio::test]
@@ -1738,6 +1742,24 @@ fn tls_client(
     cert: Option<&tessera::pki::IssuedCert>,
     version: &'static rustls::SupportedProtocolVersion,
 ) -> std::sync::Arc<rustls::ClientConfig> {
+    let identity = cert.map(|c| {
+        (
+            vec![rustls_pki_types::CertificateDer::from(c.cert_der.clone())],
+            c,
+        )
+    });
+    client_config(b, identity, version)
+}
+
+/// [`tls_client`] presenting `chain` (leaf first) with the key of a leaf.
+fn client_config(
+    b: &TestBroker,
+    identity: Option<(
+        Vec<rustls_pki_types::CertificateDer<'static>>,
+        &tessera::pki::IssuedCert,
+    )>,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> std::sync::Arc<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -1750,11 +1772,11 @@ fn tls_client(
         .with_protocol_versions(&[version])
         .unwrap()
         .with_root_certificates(roots);
-    let cfg = match cert {
-        Some(c) => builder
+    let cfg = match identity {
+        Some((chain, leaf)) => builder
             .with_client_auth_cert(
-                vec![rustls_pki_types::CertificateDer::from(c.cert_der.clone())],
-                rustls_pki_types::PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
+                chain,
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap(),
             )
             .unwrap(),
         None => builder.with_no_client_auth(),
@@ -1762,27 +1784,38 @@ fn tls_client(
     std::sync::Arc::new(cfg)
 }
 
-/// One HTTP/1.1 request over a fresh TLS connection made with `cfg`; the
-/// kind of handshake it took and the response's status line.
-async fn one_request(
+/// One HTTP/1.1 request over a fresh TLS connection made with `cfg`: the
+/// kind of handshake it took and the response's status line, or `None` when
+/// the handshake failed. (With TLS 1.3 the server judges the client
+/// certificate after the client thinks the handshake is done: a refused
+/// certificate shows as an empty answer.)
+async fn try_request(
     b: &TestBroker,
     cfg: std::sync::Arc<rustls::ClientConfig>,
-) -> (rustls::HandshakeKind, String) {
+) -> Option<(rustls::HandshakeKind, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tcp = tokio::net::TcpStream::connect(b.addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(cfg)
         .connect(name, tcp)
         .await
-        .unwrap();
-    tls.write_all(b"GET /jwks.json HTTP/1.1\r\nhost: broker\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
+        .ok()?;
+    let _ = tls
+        .write_all(b"GET /jwks.json HTTP/1.1\r\nhost: broker\r\nconnection: close\r\n\r\n")
+        .await;
     let mut out = Vec::new();
     let _ = tls.read_to_end(&mut out).await;
-    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    let kind = tls.get_ref().1.handshake_kind()?;
     let text = String::from_utf8_lossy(&out);
-    (kind, text.lines().next().unwrap_or("").to_string())
+    Some((kind, text.lines().next().unwrap_or("").to_string()))
+}
+
+/// [`try_request`] that must complete its handshake.
+async fn one_request(
+    b: &TestBroker,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+) -> (rustls::HandshakeKind, String) {
+    try_request(b, cfg).await.expect("the TLS handshake")
 }
 
 /// A TLS 1.3 mTLS handshake presenting `chain` (leaf first) with the key of
@@ -1792,53 +1825,11 @@ async fn present_chain(
     leaf: &tessera::pki::IssuedCert,
     chain: Vec<rustls_pki_types::CertificateDer<'static>>,
 ) -> (bool, std::time::Duration) {
-    use rustls_pki_types::pem::PemObject;
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls_pki_types::CertificateDer::from(
-            b.ca.cert_der().to_vec(),
-        ))
-        .unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            chain,
-            rustls_pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap(),
-        )
-        .unwrap();
+    let cfg = client_config(b, Some((chain, leaf)), &rustls::version::TLS13);
     let t0 = std::time::Instant::now();
-    let (_, status) = {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let tcp = tokio::net::TcpStream::connect(b.addr).await.unwrap();
-        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        match tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-            .connect(name, tcp)
-            .await
-        {
-            Err(_) => ((), String::new()),
-            Ok(mut tls) => {
-                // TLS 1.3: the server judges the client certificate after
-                // the client thinks the handshake is done; a request tells.
-                let _ = tls
-                    .write_all(b"GET /jwks.json HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n")
-                    .await;
-                let mut out = Vec::new();
-                let _ = tls.read_to_end(&mut out).await;
-                (
-                    (),
-                    String::from_utf8_lossy(&out)
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .to_string(),
-                )
-            }
-        }
-    };
-    (status.starts_with("HTTP/1.1 200"), t0.elapsed())
+    let answer = try_request(b, cfg).await;
+    let ok = answer.is_some_and(|(_, status)| status.starts_with("HTTP/1.1 200"));
+    (ok, t0.elapsed())
 }
 
 /// I93: with `[server] trust_domains`, a CA can only vouch for its own
