@@ -31,9 +31,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tessera::testkit::{free_port, ChildGuard};
 
 use serde_json::json;
 use tessera::jose::jwk::VerifyingKey;
@@ -135,14 +136,6 @@ fn args() -> Args {
         i += 1;
     }
     a
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// utime + stime of a process, in seconds.
@@ -317,14 +310,6 @@ fn wait_ready(ops: u16) {
     panic!("broker did not become ready");
 }
 
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn main() {
     let a = args();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -346,7 +331,7 @@ fn start_broker(
     alg: SigningAlgorithm,
     store: &str,
     issuer: &TestIssuer,
-) -> (Guard, u16, u32) {
+) -> (ChildGuard, u16, u32) {
     let (port, ops) = (free_port(), free_port());
     let cfg = format!(
         r#"
@@ -427,7 +412,7 @@ max_depth = 3
         .spawn()
         .expect("start tessera serve");
     let pid = child.id();
-    let guard = Guard(child);
+    let guard = ChildGuard(child);
     wait_ready(ops);
     (guard, port, pid)
 }

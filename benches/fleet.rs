@@ -16,9 +16,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tessera::testkit::{free_port, ChildGuard};
 
 use serde_json::{json, Value};
 use tessera::mint::keyring::{generate_key_file, SigningAlgorithm};
@@ -62,22 +63,6 @@ fn args() -> Args {
     a
 }
 
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn pct(v: &[f64], p: f64) -> f64 {
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     v[i.min(v.len() - 1)]
@@ -89,7 +74,7 @@ fn write_cert(d: &Path, name: &str, c: &IssuedCert) {
 }
 
 /// One replica on free ports; returns (guard, port, ops port).
-fn serve(d: &Path, name: &str, redis: &str) -> (Guard, u16, u16) {
+fn serve(d: &Path, name: &str, redis: &str) -> (ChildGuard, u16, u16) {
     let (port, ops) = (free_port(), free_port());
     let cfg = format!(
         r#"
@@ -129,7 +114,7 @@ scopes = ["tickets:read"]
         .stderr(log)
         .spawn()
         .expect("start tessera serve");
-    (Guard(child), port, ops)
+    (ChildGuard(child), port, ops)
 }
 
 async fn wait_ready(ops: u16) {

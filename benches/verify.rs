@@ -19,9 +19,10 @@
 
 use std::hint::black_box;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tessera::testkit::{free_port, ChildGuard};
 
 use base64::Engine;
 use futures_util::FutureExt;
@@ -268,22 +269,6 @@ fn verify_throughput(a: &Args) {
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn pem_certs(p: &Path) -> Vec<rustls_pki_types::CertificateDer<'static>> {
     use rustls_pki_types::pem::PemObject;
     rustls_pki_types::CertificateDer::pem_file_iter(p)
@@ -314,7 +299,7 @@ async fn propagation(n: usize) {
         .replace("127.0.0.1:9090", &format!("127.0.0.1:{ops}"));
     std::fs::create_dir_all(d.join("config")).unwrap();
     std::fs::write(d.join("config/tessera.toml"), cfg).unwrap();
-    let _broker = Guard(
+    let _broker = ChildGuard(
         Command::new(BIN)
             .arg("serve")
             .current_dir(d)

@@ -45,6 +45,32 @@ fn b64(s: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(s)
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago (for tests and
+/// benchmarks that start `tessera serve` processes on chosen ports).
+///
+/// # Panics
+/// When no port can be bound (a test helper: never on a request path).
+#[allow(clippy::expect_used)]
+#[must_use]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// A child process that is killed and reaped when dropped, so a failing
+/// test or benchmark never leaves a broker running.
+#[derive(Debug)]
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Unix seconds now.
 pub fn now() -> u64 {
     crate::clock::Clock::now(&crate::clock::SystemClock)

@@ -8,6 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use tessera::testkit::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
@@ -22,14 +23,6 @@ fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use tessera::testkit::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
@@ -579,14 +580,6 @@ fn policy_explain_delegation() {
         ],
     );
     assert_eq!(code, 2);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `serve` logs each warning once at start-up, one line each.

@@ -8,8 +8,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use tessera::testkit::{free_port, ChildGuard};
 
 use common::*;
 use serde_json::Value;
@@ -19,23 +20,7 @@ use tessera::testkit_redis::redis_or_skip;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn serve(d: &Path, name: &str, redis: &str) -> (Proc, u16, u16) {
+fn serve(d: &Path, name: &str, redis: &str) -> (ChildGuard, u16, u16) {
     let (port, ops) = (free_port(), free_port());
     let cfg = format!(
         r#"
@@ -73,7 +58,7 @@ jit_scopes = ["tickets:delete"]
         .stderr(log)
         .spawn()
         .unwrap();
-    (Proc(child), port, ops)
+    (ChildGuard(child), port, ops)
 }
 
 async fn wait_ready(ops: u16) {

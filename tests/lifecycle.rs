@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tessera::testkit::free_port;
 
 use common::invariants::{Expect, Ledger};
 use common::*;
@@ -151,14 +152,6 @@ subjects = ["{PAYMENTS}"]
             rest = self.rest,
         )
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A `tessera serve` child process, killed when dropped.

@@ -380,7 +380,7 @@ async fn introspection_mode_asks_the_broker() {
     assert!(e.is_unavailable());
 
     // The broker gone: unavailable (503), never accepted.
-    let port = free_port_now();
+    let port = tessera::testkit::free_port();
     let gone = Verifier::with_introspection(
         BROKER_ISS,
         API,
@@ -406,12 +406,4 @@ async fn introspection_mode_asks_the_broker() {
         .map(|e| e.reason()),
         Some("invalid_url")
     );
-}
-
-fn free_port_now() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

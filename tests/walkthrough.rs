@@ -7,26 +7,11 @@
 //! `tessera revoke --task` → the agent, reusing its task token, is refused.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use tessera::testkit::{free_port, ChildGuard};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `target/<profile>/examples/<name>`: `cargo test` builds the examples next
 /// to the test binaries' `deps` directory (`cargo test --test walkthrough`
@@ -89,7 +74,7 @@ fn readme_walkthrough_revoking_a_task_stops_the_agent() {
 
     // 1. The broker (generates keys/dev and keys/signing in `d`).
     let broker_log = d.join("broker.log");
-    let _broker = Proc(
+    let _broker = ChildGuard(
         Command::new(BIN)
             .arg("serve")
             .current_dir(d)
@@ -106,7 +91,7 @@ fn readme_walkthrough_revoking_a_task_stops_the_agent() {
     let broker = format!("https://127.0.0.1:{port}");
     let api_url = format!("https://127.0.0.1:{api}");
     let rs_log = d.join("resource_server.log");
-    let _rs = Proc(
+    let _rs = ChildGuard(
         Command::new(example("resource_server"))
             .args(["--broker", &broker, "--listen", &format!("127.0.0.1:{api}")])
             .current_dir(d)
