@@ -192,6 +192,31 @@ impl Broker {
         }
     }
 
+    /// Like [`Broker::start`], with standard output a pipe the test holds
+    /// (as under a container runtime or systemd).
+    fn start_piped(home: &Home, name: &str, spec: &Spec) -> (Broker, std::process::ChildStdout) {
+        let path = home.d().join(format!("{name}.toml"));
+        std::fs::write(&path, spec.render(home.d())).unwrap();
+        let log = home.d().join(format!("{name}.log"));
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let b = Broker {
+            child,
+            port: spec.port,
+            ops: spec.ops,
+            path,
+            log,
+        };
+        (b, out)
+    }
+
     fn rewrite(&self, home: &Home, spec: &Spec) {
         std::fs::write(&self.path, spec.render(home.d())).unwrap();
     }
@@ -1268,4 +1293,125 @@ async fn r7_sigkill_mid_load_keeps_grants_single_use_and_every_delivered_token_a
     assert!(summary.tokens > 0 && summary.tokens <= GRANTS);
     assert!(issued <= GRANTS, "more tokens minted than grant uses");
     drop(redis);
+}
+
+/// The default audit sink on a piped stdout (a container's log FIFO): a
+/// reader that stops reading fills the pipe, and then exchanges fail closed
+/// (503, no token) after the audit timeout while the broker stays
+/// responsive (no thread is held waiting); once the reader drains, service
+/// resumes without a restart. The output never holds a torn line, its
+/// chains verify, and every delivered token's `issued` record is in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_stdout_pipe_fails_closed_when_its_reader_stalls_and_resumes() {
+    let home = Home::new();
+    let mut spec = Spec::new(&format!("{AGENTS_POLICY}{NO_PEER_LIMIT}"));
+    spec.audit = "sink = \"stdout\"\ntimeout = \"300ms\"".into();
+    let (b, out) = Broker::start_piped(&home, "piped", &spec);
+    // The smallest pipe the kernel allows (a page): a few records fill it.
+    rustix::pipe::fcntl_setpipe_size(&out, 4096).unwrap();
+    b.wait_ready().await;
+    let agent = home.client(&home.agent);
+
+    let mut delivered = Vec::new();
+    let mut refused = None;
+    for _ in 0..200 {
+        let (status, v) = exchange(&agent, b.port, "tickets:read").await.unwrap();
+        match status {
+            200 => delivered.push(v["access_token"].as_str().unwrap().to_string()),
+            503 => {
+                refused = Some(v);
+                break;
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    let refused = refused.expect("a stalled stdout reader must stop issuance");
+    assert_eq!(refused["error"], "temporarily_unavailable", "{refused}");
+    assert!(refused.get("access_token").is_none());
+    assert!(!delivered.is_empty(), "the pipe held some records first");
+
+    // Still stalled: the broker keeps refusing tokens without a thread
+    // per waiting batch (a blocking write per batch would leave one thread
+    // stuck in write(2) for each), and answers at once on the ops listener.
+    let threads = || {
+        std::fs::read_to_string(format!("/proc/{}/status", b.child.id()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .unwrap()
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let before = threads();
+    for _ in 0..10 {
+        let (status, v) = exchange(&agent, b.port, "tickets:read").await.unwrap();
+        assert_eq!(status, 503, "{v}");
+    }
+    assert!(
+        threads() <= before + 2,
+        "threads grew while stdout was stalled: {before} -> {}",
+        threads()
+    );
+    let t0 = Instant::now();
+    let h = reqwest::get(format!("http://127.0.0.1:{}/healthz", b.ops))
+        .await
+        .unwrap();
+    assert_eq!(h.status(), 200);
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    let (status, v) = exchange(&agent, b.port, "tickets:read").await.unwrap();
+    assert_eq!(status, 503, "{v}");
+
+    // The reader comes back: service resumes.
+    let reader = std::thread::spawn(move || {
+        let mut out = out;
+        let mut all = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut all).unwrap();
+        all
+    });
+    let deadline = Instant::now() + DEADLINE;
+    let mut resumed = 0;
+    while resumed < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "service did not resume; log:\n{}",
+            b.logs()
+        );
+        let (status, v) = exchange(&agent, b.port, "tickets:read").await.unwrap();
+        if status == 200 {
+            delivered.push(v["access_token"].as_str().unwrap().to_string());
+            resumed += 1;
+        }
+    }
+
+    b.signal("TERM");
+    let all = tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(all).unwrap();
+    assert!(text.ends_with('\n'), "the output ends mid-line");
+    let mut v = tessera::audit::ChainVerifier::default();
+    let mut issued = HashSet::new();
+    for line in text.lines() {
+        let r: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a torn or invalid line ({e}): {line:?}"));
+        if r["event"] == "issued" {
+            issued.insert(r["jti"].as_str().unwrap().to_string());
+        }
+        v.push_line(line);
+    }
+    let report = v.finish();
+    assert!(report.intact(), "{report:?}");
+    assert!(
+        report.chains.len() >= 2,
+        "the failed batch ends a chain: {report:?}"
+    );
+    for t in &delivered {
+        let (_, claims) = decode(t);
+        let jti = claims["jti"].as_str().unwrap();
+        assert!(
+            issued.contains(jti),
+            "delivered token {jti} has no issued record on stdout"
+        );
+    }
 }
