@@ -27,7 +27,10 @@
 //! `--rounds N` (each path's time is split into N rounds interleaved across
 //! the stores, and the median round counts; 5 with `--state`, else 1),
 //! `--json`. Environment: `BENCH_BROKER_LOG` (the broker's `RUST_LOG`, `info`),
-//! `BENCH_AUDIT_SINK` (`stdout`, the default sink; `off` to measure without it).
+//! `BENCH_AUDIT_SINK` (`stdout`, the default sink; `off` to measure without it),
+//! `BENCH_STDOUT` (`pipe`, the default: the broker's stdout is a pipe the
+//! benchmark drains, as under a container runtime or systemd; `null`:
+//! `/dev/null`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -351,7 +354,8 @@ url = "{store}"
 # pre-authentication limit would measure itself, not the broker.
 [limits]
 peer_rate = 0
-# Audit lines go to stdout (discarded here) as by default; BENCH_AUDIT_SINK=off
+# Audit lines go to stdout as by default (a pipe the benchmark drains, or
+# /dev/null with BENCH_STDOUT=null); BENCH_AUDIT_SINK=off
 # measures the broker without its line sink (the store stream stays).
 [audit]
 sink = "{audit_sink}"
@@ -407,14 +411,44 @@ max_depth = 3
             "RUST_LOG",
             std::env::var("BENCH_BROKER_LOG").unwrap_or_else(|_| "info".into()),
         )
-        .stdout(Stdio::null())
+        .stdout(match bench_stdout() {
+            BenchStdout::Pipe => Stdio::piped(),
+            BenchStdout::Null => Stdio::null(),
+        })
         .stderr(log)
         .spawn()
         .expect("start tessera serve");
+    let mut child = child;
+    if let Some(mut out) = child.stdout.take() {
+        // The log collector: drains the pipe as a container runtime or
+        // journald would (its CPU is not the broker's).
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            while matches!(std::io::Read::read(&mut out, &mut buf), Ok(n) if n > 0) {}
+        });
+    }
     let pid = child.id();
     let guard = ChildGuard(child);
     wait_ready(ops);
     (guard, port, pid)
+}
+
+/// Where the broker's standard output (its audit lines) goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BenchStdout {
+    /// A pipe the benchmark drains, as a container runtime's log FIFO or
+    /// journald's socket (the default: what production looks like).
+    Pipe,
+    /// `/dev/null`.
+    Null,
+}
+
+fn bench_stdout() -> BenchStdout {
+    match std::env::var("BENCH_STDOUT").as_deref() {
+        Ok("null") => BenchStdout::Null,
+        Ok("pipe") | Err(_) => BenchStdout::Pipe,
+        Ok(other) => panic!("BENCH_STDOUT must be pipe or null, not {other:?}"),
+    }
 }
 
 /// `used_memory` of a redis-server, bytes.
@@ -823,6 +857,8 @@ async fn run(a: Args) {
         .collect();
     let summary = json!({
         "alg": a.alg.as_str(), "http": if a.h2 { "h2" } else { "http/1.1 keep-alive" },
+        "audit_sink": std::env::var("BENCH_AUDIT_SINK").unwrap_or_else(|_| "stdout".into()),
+        "stdout": if bench_stdout() == BenchStdout::Pipe { "pipe" } else { "/dev/null" },
         "raw_sign_us": sign_us, "raw_verify_rs256_us": verify_us, "raw_verify_own_us": own_verify_us,
         "broker_peak_rss": rss, "state": seeded,
         "results": results,
@@ -833,12 +869,14 @@ async fn run(a: Args) {
         return;
     }
     println!(
-        "tessera exchange benchmark: {} clients, {} s per path and store ({} interleaved rounds, median round), broker signs {}, {}",
+        "tessera exchange benchmark: {} clients, {} s per path and store ({} interleaved rounds, median round), broker signs {}, {}, audit sink {} (stdout: {})",
         a.clients,
         a.seconds,
         rounds,
         a.alg.as_str(),
-        summary["http"].as_str().unwrap()
+        summary["http"].as_str().unwrap(),
+        summary["audit_sink"].as_str().unwrap(),
+        summary["stdout"].as_str().unwrap(),
     );
     println!(
         "raw cost in this run: sign {alg} {:.1} µs, verify {alg} {:.1} µs, verify RS256 {:.1} µs; broker peak RSS {}",
