@@ -100,6 +100,16 @@ pub fn cluster_or_skip(masters: usize) -> Result<Option<RedisCluster>, String> {
     RedisCluster::start(masters).map(Some)
 }
 
+/// A started [`RedisCluster`] of `masters` nodes with one replica each
+/// ([`RedisCluster::start_with_replicas`]), or `Ok(None)` / `Err` exactly as
+/// [`redis_or_skip`].
+pub fn cluster_with_replicas_or_skip(masters: usize) -> Result<Option<RedisCluster>, String> {
+    if !available_or_skip()? {
+        return Ok(None);
+    }
+    RedisCluster::start_with_replicas(masters).map(Some)
+}
+
 /// A started [`RedisSentinel`], or `Ok(None)` / `Err` exactly as
 /// [`redis_or_skip`].
 pub fn sentinel_or_skip() -> Result<Option<RedisSentinel>, String> {
@@ -317,6 +327,35 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server process (SIGSTOP): it keeps its connections open
+    /// but answers nothing, a replica acknowledges nothing, until
+    /// [`RedisServer::resume`].
+    pub fn suspend(&self) -> Result<(), String> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a [suspended](RedisServer::suspend) server run again (SIGCONT).
+    pub fn resume(&self) -> Result<(), String> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, sig: &str) -> Result<(), String> {
+        let pid = self
+            .child
+            .as_ref()
+            .ok_or("the server is not running")?
+            .id()
+            .to_string();
+        let status = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .map_err(|e| format!("kill {sig} {pid}: {e}"))?;
+        status
+            .success()
+            .then_some(())
+            .ok_or_else(|| format!("kill {sig} {pid}: {status}"))
+    }
+
     /// Kills the server (if running) and starts a fresh, empty one on the
     /// same port.
     pub fn restart(&mut self) -> Result<(), String> {
@@ -384,13 +423,16 @@ fn wait_for(within: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Resul
     Ok(())
 }
 
-/// A private Redis Cluster: `n` masters (no replicas) on free ports, each
-/// with its own directory, slots split evenly. `cluster-require-full-coverage
-/// no`, so the slots of a live master keep working while another is down.
-/// Kills its processes on drop.
+/// A private Redis Cluster: `n` masters on free ports (optionally each with
+/// one replica), each with its own directory, slots split evenly.
+/// `cluster-require-full-coverage no`, so the slots of a live master keep
+/// working while another is down. Kills its processes on drop.
 pub struct RedisCluster {
     /// The masters, in slot order (node `i` holds the `i`-th slot range).
     pub nodes: Vec<RedisServer>,
+    /// The replicas: `replicas[i]` replicates `nodes[i]`; empty unless
+    /// started with [`RedisCluster::start_with_replicas`].
+    pub replicas: Vec<RedisServer>,
 }
 
 /// Cluster node timeout of the test cluster (how soon a dead master is
@@ -402,49 +444,107 @@ impl RedisCluster {
     /// ADDSLOTSRANGE`, joins them with `CLUSTER MEET` and waits until every
     /// node says `cluster_state:ok`.
     pub fn start(masters: usize) -> Result<Self, String> {
+        Self::start_inner(masters, false)
+    }
+
+    /// Like [`RedisCluster::start`], and gives each master one replica
+    /// (`CLUSTER REPLICATE`, after `CLUSTER MEET`); waits until every
+    /// replica is in sync and every master counts its replica.
+    pub fn start_with_replicas(masters: usize) -> Result<Self, String> {
+        Self::start_inner(masters, true)
+    }
+
+    fn start_inner(masters: usize, with_replicas: bool) -> Result<Self, String> {
         if !(1..=16).contains(&masters) {
             return Err("a test cluster has 1 to 16 masters".into());
         }
         let timeout = CLUSTER_NODE_TIMEOUT_MS.to_string();
-        let mut nodes = Vec::new();
-        for _ in 0..masters {
-            nodes.push(RedisServer::start_open(
-                None,
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    &timeout,
-                    "--cluster-require-full-coverage",
-                    "no",
-                ],
-            )?);
+        let mut args = vec![
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            &timeout,
+            "--cluster-require-full-coverage",
+            "no",
+        ];
+        if with_replicas {
+            // a replica's first sync at once, not after the default delay
+            args.extend([
+                "--repl-diskless-sync",
+                "yes",
+                "--repl-diskless-sync-delay",
+                "0",
+            ]);
         }
-        let c = Self { nodes };
+        let start = |n: usize| -> Result<Vec<RedisServer>, String> {
+            (0..n)
+                .map(|_| RedisServer::start_open(None, &args))
+                .collect()
+        };
+        let nodes = start(masters)?;
+        let replicas = if with_replicas {
+            start(masters)?
+        } else {
+            Vec::new()
+        };
+        let c = Self { nodes, replicas };
         for (i, n) in c.nodes.iter().enumerate() {
             let from = (i * 16384 / masters).to_string();
             let to = ((i + 1) * 16384 / masters - 1).to_string();
             command(n.port(), &["CLUSTER", "ADDSLOTSRANGE", &from, &to])?;
         }
         let first = c.nodes[0].port();
-        for n in c.nodes.iter().skip(1) {
+        for n in c.all().skip(1) {
             command(
                 first,
                 &["CLUSTER", "MEET", "127.0.0.1", &n.port().to_string()],
             )?;
         }
+        if with_replicas {
+            // A replica must know its master before it may replicate it.
+            c.wait_known(START_TIMEOUT)?;
+            for (m, r) in c.nodes.iter().zip(&c.replicas) {
+                let id = command_text(m.port(), &["CLUSTER", "MYID"])?;
+                command(r.port(), &["CLUSTER", "REPLICATE", id.trim()])?;
+            }
+            wait_for(START_TIMEOUT, "every replica in sync", || {
+                c.replicas.iter().all(|r| {
+                    command_text(r.port(), &["INFO", "replication"])
+                        .is_ok_and(|i| i.contains("master_link_status:up"))
+                }) && c.nodes.iter().all(|m| {
+                    command_text(m.port(), &["INFO", "replication"])
+                        .is_ok_and(|i| i.contains("connected_slaves:1\r\n"))
+                })
+            })?;
+        }
         c.wait_ok(START_TIMEOUT)?;
         Ok(c)
+    }
+
+    /// Every node: the masters, then the replicas.
+    fn all(&self) -> impl Iterator<Item = &RedisServer> {
+        self.nodes.iter().chain(&self.replicas)
+    }
+
+    /// Waits until every node knows every other node.
+    fn wait_known(&self, within: Duration) -> Result<(), String> {
+        let n = self.nodes.len() + self.replicas.len();
+        wait_for(within, "every node to know every node", || {
+            self.all().all(|node| {
+                command_text(node.port(), &["CLUSTER", "INFO"])
+                    .is_ok_and(|info| info.contains(&format!("cluster_known_nodes:{n}\r\n")))
+            })
+        })
     }
 
     /// Waits until every running node says `cluster_state:ok` and knows
     /// every node and every slot.
     pub fn wait_ok(&self, within: Duration) -> Result<(), String> {
-        let n = self.nodes.len();
+        let n = self.nodes.len() + self.replicas.len();
         wait_for(within, "cluster_state:ok on every node", || {
-            self.nodes.iter().all(|node| {
+            self.all().all(|node| {
                 command_text(node.port(), &["CLUSTER", "INFO"]).is_ok_and(|info| {
                     info.contains("cluster_state:ok")
                         && info.contains("cluster_slots_assigned:16384")

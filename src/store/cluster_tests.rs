@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::conformance;
-use super::redis::{RedisConfig, RedisStore};
+use super::redis::{cluster_slot as slot, crc16, RedisConfig, RedisStore};
 use super::*;
 use crate::testkit_redis::{cluster_or_skip, command, sentinel_or_skip};
 
@@ -25,36 +25,6 @@ fn store(url: &str) -> Arc<RedisStore> {
         })
         .unwrap(),
     )
-}
-
-/// CRC16/XMODEM, as Redis Cluster computes it.
-fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
-
-/// The cluster slot of a key: CRC16 of its hash tag (the text between the
-/// first `{` and the next `}`, when not empty) or of the whole key.
-fn slot(key: &str) -> u16 {
-    let k = key.as_bytes();
-    let tagged = k.iter().position(|&b| b == b'{').and_then(|s| {
-        let rest = &k[s + 1..];
-        rest.iter()
-            .position(|&b| b == b'}')
-            .filter(|&e| e > 0)
-            .map(|e| &rest[..e])
-    });
-    crc16(tagged.unwrap_or(k)) % 16384
 }
 
 #[test]
@@ -432,4 +402,352 @@ async fn sentinel_manual_failover_moves_the_store_to_the_new_primary() {
         Ok(::redis::Value::Int(1))
     ));
     assert_eq!(s.primary_index().unwrap(), 1);
+}
+
+// ---- revocation_replicas on a cluster: WAIT on the master of `{rev}` ----
+
+/// A cluster store that asks `replicas` acknowledgements of a revocation,
+/// waiting at most `wait`.
+fn acked_store(url: &str, replicas: u32, wait: Duration) -> Arc<RedisStore> {
+    Arc::new(
+        RedisStore::new(&RedisConfig {
+            url: url.to_string(),
+            prefix: "tessera".into(),
+            timeout: T,
+            ca_pem: None,
+        })
+        .unwrap()
+        .with_options(&StoreOptions {
+            revocation_replicas: replicas,
+            revocation_wait: wait,
+            ..StoreOptions::default()
+        })
+        .unwrap(),
+    )
+}
+
+fn task_revocation(value: &str) -> Revocation {
+    let now = conformance::unix_now();
+    Revocation {
+        kind: RevocationKind::Task,
+        value: value.into(),
+        revoked_at: now,
+        expires_at: now + 600,
+    }
+}
+
+/// A token of task `value` issued a minute ago (before the revocation:
+/// a task revocation covers the tokens issued up to it).
+fn task_token(value: &str) -> TokenFacts {
+    TokenFacts {
+        jti: "j".into(),
+        sub: "s".into(),
+        txn: value.into(),
+        iat: conformance::unix_now() - 60,
+        ..Default::default()
+    }
+}
+
+async fn task_revoked(st: &RedisStore, value: &str) -> bool {
+    let now = conformance::unix_now();
+    st.is_revoked(&task_token(value), now).await.unwrap()
+}
+
+/// How many times a node ran `cmd` since its last `CONFIG RESETSTAT`
+/// (`INFO commandstats`).
+fn calls(port: u16, cmd: &str) -> u64 {
+    let info = crate::testkit_redis::command_text(port, &["INFO", "commandstats"]).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// The `{rev}` master of the test cluster, after checking that the store's
+/// slot function agrees with the cluster's `CLUSTER KEYSLOT`.
+fn rev_master(cluster: &crate::testkit_redis::RedisCluster, st: &RedisStore) -> usize {
+    let feed = st.key_feed();
+    let Ok(::redis::Value::Int(s)) =
+        command(cluster.nodes[0].port(), &["CLUSTER", "KEYSLOT", &feed])
+    else {
+        panic!("CLUSTER KEYSLOT")
+    };
+    assert_eq!(i64::from(slot(&feed)), s);
+    cluster.node_for(&feed).unwrap()
+}
+
+/// With every replica up, an acknowledged revocation on a cluster is
+/// durable and in force, and its `WAIT` ran on the master of `{rev}` and on
+/// no other. With only the `{rev}` master's replica left, it is still
+/// acknowledged by exactly one replica (a `WAIT` sent to another master
+/// would report 0); two required: acked 1, not durable. That replica
+/// stopped: 0 (a `WAIT` with nothing written before it would say 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_revoke_acked_waits_on_the_rev_master() {
+    let Some(mut cluster) = crate::testkit_redis::cluster_with_replicas_or_skip(3).unwrap() else {
+        return;
+    };
+    let st = acked_store(&cluster.url(), 1, Duration::from_secs(2));
+    let rev = rev_master(&cluster, &st);
+    for m in &cluster.nodes {
+        command(m.port(), &["CONFIG", "RESETSTAT"]).unwrap();
+    }
+
+    let done = st.revoke_acked(task_revocation("all-up")).await.unwrap();
+    let ack = done.replicas.expect("replicas were asked for");
+    assert_eq!(ack.required, 1);
+    assert!(ack.acked >= 1, "{ack:?}");
+    assert!(done.durable());
+    assert!(task_revoked(&st, "all-up").await);
+    for (i, m) in cluster.nodes.iter().enumerate() {
+        let (wait, eval) = (calls(m.port(), "wait"), calls(m.port(), "eval"));
+        if i == rev {
+            assert_eq!((wait, eval), (1, 1), "WAIT and EVAL on the {{rev}} master");
+        } else {
+            assert_eq!(
+                (wait, eval),
+                (0, 0),
+                "WAIT or EVAL on master {i}, not {rev}"
+            );
+        }
+    }
+
+    // Only the {rev} master keeps its replica.
+    for (i, r) in cluster.replicas.iter_mut().enumerate() {
+        if i != rev {
+            r.kill();
+        }
+    }
+    let done = st
+        .revoke_acked(task_revocation("rev-replica-only"))
+        .await
+        .unwrap();
+    assert_eq!(
+        done.replicas,
+        Some(ReplicaAck {
+            acked: 1,
+            required: 1
+        })
+    );
+    assert!(task_revoked(&st, "rev-replica-only").await);
+
+    let wait = Duration::from_millis(300);
+    let two = acked_store(&cluster.url(), 2, wait);
+    let started = std::time::Instant::now();
+    let done = two
+        .revoke_acked(task_revocation("two-required"))
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= wait, "WAIT waited for the second");
+    assert_eq!(
+        done.replicas,
+        Some(ReplicaAck {
+            acked: 1,
+            required: 2
+        })
+    );
+    assert!(!done.durable());
+    assert!(task_revoked(&st, "two-required").await);
+    assert_eq!(calls(cluster.nodes[rev].port(), "wait"), 3);
+
+    // Its replica stopped (connected, acknowledging nothing): not
+    // acknowledged. A WAIT with nothing written before it on its connection
+    // would count the replica's old acknowledgement and say 1.
+    let quick = acked_store(&cluster.url(), 1, wait);
+    cluster.replicas[rev].suspend().unwrap();
+    let done = quick.revoke_acked(task_revocation("stopped")).await;
+    cluster.replicas[rev].resume().unwrap();
+    assert_eq!(
+        done.unwrap().replicas,
+        Some(ReplicaAck {
+            acked: 0,
+            required: 1
+        })
+    );
+    assert!(task_revoked(&st, "stopped").await);
+}
+
+/// The `{rev}` master's replica killed (the others up): the revocation is
+/// made and in force on the master, and reported not durable (0 of 1)
+/// after about `revocation_wait`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_revoke_acked_without_the_rev_replica_is_not_durable() {
+    let Some(mut cluster) = crate::testkit_redis::cluster_with_replicas_or_skip(3).unwrap() else {
+        return;
+    };
+    let wait = Duration::from_millis(400);
+    let st = acked_store(&cluster.url(), 1, wait);
+    let rev = rev_master(&cluster, &st);
+    // connected to the cluster, and durable while the replica is up
+    assert!(st
+        .revoke_acked(task_revocation("before"))
+        .await
+        .unwrap()
+        .durable());
+
+    cluster.replicas[rev].kill();
+    let started = std::time::Instant::now();
+    let done = st.revoke_acked(task_revocation("after")).await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= wait && took < wait + Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert_eq!(
+        done.replicas,
+        Some(ReplicaAck {
+            acked: 0,
+            required: 1
+        })
+    );
+    assert!(!done.durable());
+    assert!(task_revoked(&st, "after").await, "in force anyway");
+    let key = st.key_revocation(RevocationKind::Task, "after");
+    assert!(matches!(
+        command(cluster.nodes[rev].port(), &["EXISTS", &key]),
+        Ok(::redis::Value::Int(1))
+    ));
+}
+
+/// While the revocation slot migrates and its keys have already moved,
+/// the `{rev}` master answers `ASK`: the store follows it once (`ASKING`,
+/// then the pipeline on the importing master), and `WAIT` runs there, where
+/// the write went: acknowledged by the importing master's replica although
+/// the old master's replica is dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_revoke_acked_follows_ask_during_a_migration() {
+    let Some(mut cluster) = crate::testkit_redis::cluster_with_replicas_or_skip(3).unwrap() else {
+        return;
+    };
+    let st = acked_store(&cluster.url(), 1, Duration::from_millis(300));
+    let from = rev_master(&cluster, &st);
+    let to = (from + 1) % cluster.nodes.len();
+    let (fp, tp) = (cluster.nodes[from].port(), cluster.nodes[to].port());
+    // The entry and the feed exist, so both keys move (a script whose keys
+    // are split between the two masters gets TRYAGAIN: 503).
+    assert!(st
+        .revoke_acked(task_revocation("moving"))
+        .await
+        .unwrap()
+        .durable());
+    cluster.replicas[from].kill();
+
+    let s = slot(&st.key_feed()).to_string();
+    let id = |port: u16| {
+        crate::testkit_redis::command_text(port, &["CLUSTER", "MYID"])
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (fid, tid) = (id(fp), id(tp));
+    command(tp, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &fid]).unwrap();
+    command(fp, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &tid]).unwrap();
+    let Ok(::redis::Value::Array(keys)) = command(fp, &["CLUSTER", "GETKEYSINSLOT", &s, "100"])
+    else {
+        panic!("GETKEYSINSLOT")
+    };
+    let keys: Vec<String> = keys
+        .into_iter()
+        .map(|k| match k {
+            ::redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(keys.len(), 2, "the entry and the feed: {keys:?}");
+    let tport = tp.to_string();
+    let mut migrate = vec!["MIGRATE", "127.0.0.1", &tport, "", "0", "5000", "KEYS"];
+    migrate.extend(keys.iter().map(String::as_str));
+    command(fp, &migrate).unwrap();
+    for m in &cluster.nodes {
+        command(m.port(), &["CONFIG", "RESETSTAT"]).unwrap();
+    }
+
+    let done = st.revoke_acked(task_revocation("moving")).await.unwrap();
+    assert_eq!(
+        done.replicas,
+        Some(ReplicaAck {
+            acked: 1,
+            required: 1
+        })
+    );
+    assert_eq!(calls(tp, "asking"), 1);
+    assert_eq!((calls(tp, "wait"), calls(tp, "eval")), (1, 1));
+    // the old master answered ASK to the script (a refused command is not
+    // counted); the WAIT after it there was not reported
+    assert_eq!(calls(fp, "eval"), 0);
+
+    // The migration completes; the revocation is in force through the
+    // cluster connection (which follows MOVED).
+    for m in &cluster.nodes {
+        command(m.port(), &["CLUSTER", "SETSLOT", &s, "NODE", &tid]).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let facts = task_token("moving");
+    loop {
+        match st.is_revoked(&facts, conformance::unix_now()).await {
+            Ok(r) => {
+                assert!(r);
+                break;
+            }
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `CLUSTER SLOTS` answers and `MOVED`/`ASK` errors as the store reads them.
+#[test]
+fn slot_master_and_redirections_are_parsed() {
+    use super::redis::{redirection, slot_master};
+    use ::redis::Value::{Array, BulkString, Int, Nil};
+    let node = |h: Option<&str>, p: i64| {
+        Array(vec![
+            h.map_or(Nil, |h| BulkString(h.into())),
+            Int(p),
+            BulkString(b"id".to_vec()),
+        ])
+    };
+    let slots = Array(vec![
+        Array(vec![Int(0), Int(99), node(Some("10.0.0.1"), 7000)]),
+        Array(vec![
+            Int(100),
+            Int(199),
+            node(Some("redis-b.internal"), 7001),
+            node(Some("10.0.0.9"), 7101),
+        ]),
+        Array(vec![Int(200), Int(299), node(Some(""), 7002)]),
+        Array(vec![Int(300), Int(399), node(None, 7003)]),
+        Array(vec![Int(400), Int(499), node(Some("?"), 7004)]),
+    ]);
+    assert_eq!(slot_master(&slots, 0), Ok(("10.0.0.1".into(), 7000)));
+    assert_eq!(
+        slot_master(&slots, 150),
+        Ok(("redis-b.internal".into(), 7001))
+    );
+    for unknown in [250, 300, 499] {
+        assert!(slot_master(&slots, unknown).is_err(), "{unknown}");
+    }
+    assert!(slot_master(&slots, 1000).is_err(), "no range");
+    assert!(slot_master(&Nil, 0).is_err());
+
+    let err = |wire: &[u8]| {
+        ::redis::parse_redis_value(wire)
+            .unwrap()
+            .extract_error()
+            .unwrap_err()
+    };
+    assert_eq!(
+        redirection(&err(b"-MOVED 3999 10.0.0.2:6381\r\n"), "a"),
+        Some((("10.0.0.2".into(), 6381), false))
+    );
+    assert_eq!(
+        redirection(&err(b"-ASK 3999 [::1]:6381\r\n"), "a"),
+        Some((("::1".into(), 6381), true))
+    );
+    assert_eq!(
+        redirection(&err(b"-MOVED 3999 :6381\r\n"), "asked"),
+        Some((("asked".into(), 6381), false))
+    );
+    assert_eq!(redirection(&err(b"-MOVED 3999 ?:6381\r\n"), "a"), None);
+    assert_eq!(redirection(&err(b"-TRYAGAIN busy\r\n"), "a"), None);
 }

@@ -96,8 +96,12 @@ use std::time::{Duration, Instant};
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use ::redis::cluster_async::ClusterConnection;
+use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use ::redis::{Client, ErrorKind, RedisError, RedisFuture, Script, Value};
+use ::redis::{
+    Client, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisConnectionInfo, RedisError,
+    RedisFuture, Script, ServerErrorKind, Value,
+};
 use async_trait::async_trait;
 
 use super::*;
@@ -219,6 +223,39 @@ fn h(x: &[u8]) -> String {
     out
 }
 
+/// CRC16/XMODEM, as Redis Cluster computes it.
+pub(crate) fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// Number of slots of a Redis Cluster.
+const CLUSTER_SLOTS: u16 = 16384;
+
+/// The cluster slot of a key: CRC16 of its hash tag (the text between the
+/// first `{` and the next `}`, when not empty) or of the whole key.
+pub(crate) fn cluster_slot(key: &str) -> u16 {
+    let k = key.as_bytes();
+    let tagged = k.iter().position(|&b| b == b'{').and_then(|s| {
+        let rest = &k[s + 1..];
+        rest.iter()
+            .position(|&b| b == b'}')
+            .filter(|&e| e > 0)
+            .map(|e| &rest[..e])
+    });
+    crc16(tagged.unwrap_or(k)) % CLUSTER_SLOTS
+}
+
 /// What the store URL names; makes fresh connections.
 #[derive(Clone)]
 enum Target {
@@ -227,8 +264,12 @@ enum Target {
         client: Client,
         config: ConnectionManagerConfig,
     },
-    /// `redis+cluster://`: the seed nodes of a Redis Cluster.
-    Cluster { client: ClusterClient },
+    /// `redis+cluster://`: the seed nodes of a Redis Cluster, and the
+    /// credentials of the URL for a connection of its own to one node.
+    Cluster {
+        client: ClusterClient,
+        node: RedisConnectionInfo,
+    },
     /// `redis+sentinel://`: the sentinels that name the primary.
     Sentinel {
         sentinel: Arc<tokio::sync::Mutex<SentinelClient>>,
@@ -245,7 +286,7 @@ impl Target {
                     .map(Con::Single)
                     .map_err(|e| StoreError::Unavailable(format!("redis client: {}", describe(&e))))
             }
-            Self::Cluster { client } => Ok(Con::Cluster(Arc::new(LazyCluster {
+            Self::Cluster { client, .. } => Ok(Con::Cluster(Arc::new(LazyCluster {
                 client: client.clone(),
                 conn: tokio::sync::Mutex::new(None),
             }))),
@@ -555,7 +596,14 @@ fn topology_target(
             .max_retry_wait(100)
             .build()
             .map_err(|e| config_error(&format!("bad cluster URL ({:?})", e.kind())))?;
-        return Ok(Target::Cluster { client });
+        // What the cluster client sends each node (user, password, database
+        // 0), for `revoke_acked`'s connection to the master of `{rev}`.
+        let node = node_url(&t.userinfo, "127.0.0.1:1")
+            .into_connection_info()
+            .map_err(|e| config_error(&format!("bad credentials in URL ({:?})", e.kind())))?
+            .redis_settings()
+            .clone();
+        return Ok(Target::Cluster { client, node });
     }
     if let Some(rest) = url.strip_prefix("redis+sentinel://") {
         let t = parse_topology(rest)?;
@@ -1145,14 +1193,6 @@ impl RedisStore {
                  most 10 min",
             ));
         }
-        if o.revocation_replicas > 0 && matches!(self.conn.target, Target::Cluster { .. }) {
-            // WAIT counts the replicas of the master it reaches; a revocation
-            // would need it sent to the master of `{rev}`: not done yet.
-            return Err(config_error(
-                "revocation_replicas is not supported with redis+cluster:// (use a single \
-                 primary or Sentinel)",
-            ));
-        }
         self.resilience = Resilience::new(o);
         Ok(self)
     }
@@ -1399,6 +1439,202 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// The revoke script (`EVAL`, so a fresh connection needs no script
+    /// load) then `WAIT required wait_ms`, as one pipeline; after `ASKING`
+    /// when it goes to the node an `ASK` named (a slot being migrated).
+    fn revoke_wait_pipe(
+        &self,
+        r: &Revocation,
+        required: u32,
+        wait_ms: u64,
+        asking: bool,
+    ) -> ::redis::Pipeline {
+        let mut pipe = ::redis::pipe();
+        if asking {
+            pipe.cmd("ASKING").ignore();
+        }
+        pipe.cmd("EVAL")
+            .arg(format!("{LUA_EXTEND}{LUA_REVOKE}"))
+            .arg(2)
+            .arg(self.key_revocation(r.kind, &r.value))
+            .arg(self.key_feed())
+            .arg(r.revoked_at)
+            .arg(r.expires_at)
+            .arg(r.kind.as_str())
+            .arg(r.value.as_str())
+            .arg(FEED_MAXLEN)
+            .cmd("WAIT")
+            .arg(required)
+            .arg(wait_ms);
+        pipe
+    }
+
+    /// Where the master that owns the slot of `{rev}` listens, as the
+    /// cluster says now: `CLUSTER SLOTS`, asked (through the cluster
+    /// connection) of the node that connection holds for that slot.
+    async fn rev_master(&self) -> Result<(String, u16), Fail> {
+        let Con::Cluster(c) = self.conn.manager()? else {
+            return Err(protocol("revoke: not a cluster connection"));
+        };
+        let feed = self.key_feed();
+        let mut cmd = ::redis::cmd("CLUSTER");
+        cmd.arg("SLOTS");
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+            &feed,
+            SlotAddr::Master,
+        )));
+        let slots = c.get().await?.route_command(cmd, route).await?;
+        slot_master(&slots, cluster_slot(&feed)).map_err(|why| {
+            Fail::Store(StoreError::Unavailable(format!(
+                "redis revoke: {why} (CLUSTER SLOTS)"
+            )))
+        })
+    }
+
+    /// [`RevocationStore::revoke_acked`] on a cluster: the revoke pipeline
+    /// on a connection of its own to the master that owns the slot of
+    /// `{rev}`, looked up just before ([`RedisStore::rev_master`]). The
+    /// script succeeds only on the node that owns the slot at that moment
+    /// (any other answers `MOVED` or `ASK`), so the `WAIT` after it on the
+    /// same connection counts that master's replicas.
+    ///
+    /// One more try, and only when the first wrote nothing: after `MOVED`
+    /// or `ASK` (the slot moved since the lookup; to the node the answer
+    /// names, after `ASKING` for `ASK`), or after a connection that could not
+    /// be made (to the master the cluster names then). Any other failure,
+    /// or a second one, fails the call: the revocation is reported as not
+    /// made, never as durable.
+    async fn cluster_revoke_acked(
+        &self,
+        node: &RedisConnectionInfo,
+        config: &::redis::AsyncConnectionConfig,
+        r: &Revocation,
+        required: u32,
+        wait_ms: u64,
+    ) -> Result<(String, i64), Fail> {
+        let mut to = self.rev_master().await?;
+        let mut asking = false;
+        let mut retried = false;
+        loop {
+            let pipe = self.revoke_wait_pipe(r, required, wait_ms, asking);
+            let (e, connected) = match revoke_at(node, config, &to, &pipe).await {
+                Ok(v) => return Ok(v),
+                Err(failed) => failed,
+            };
+            if retried {
+                return Err(e.into());
+            }
+            retried = true;
+            if let Some((addr, ask)) = redirection(&e, &to.0) {
+                tracing::debug!(
+                    ask,
+                    "redis store: the revocation slot moved; following the redirection"
+                );
+                to = addr;
+                asking = ask;
+            } else if !connected {
+                tracing::debug!(
+                    "redis store: no connection to the master of the revocation slot; \
+                     asking the cluster again"
+                );
+                to = self.rev_master().await?;
+                asking = false;
+            } else {
+                return Err(e.into());
+            }
+        }
+    }
+}
+
+/// Runs `pipe` (the revoke pipeline) on a new connection to `to` with the
+/// URL's credentials. A failure says whether the connection was made (if
+/// not, nothing was sent).
+async fn revoke_at(
+    node: &RedisConnectionInfo,
+    config: &::redis::AsyncConnectionConfig,
+    to: &(String, u16),
+    pipe: &::redis::Pipeline,
+) -> Result<(String, i64), (RedisError, bool)> {
+    let client = ConnectionAddr::Tcp(to.0.clone(), to.1)
+        .into_connection_info()
+        .map(|i| i.set_redis_settings(node.clone()))
+        .and_then(Client::open)
+        .map_err(|e| (e, false))?;
+    let mut con = client
+        .get_multiplexed_async_connection_with_config(config)
+        .await
+        .map_err(|e| (e, false))?;
+    pipe.query_async(&mut con).await.map_err(|e| (e, true))
+}
+
+/// The master of `slot` in a `CLUSTER SLOTS` answer (`[start, end,
+/// [host, port, id, …], replicas…]` per range), or why there is none to
+/// connect to.
+pub(crate) fn slot_master(slots: &Value, slot: u16) -> Result<(String, u16), &'static str> {
+    let Value::Array(ranges) = slots else {
+        return Err("unexpected answer");
+    };
+    for range in ranges {
+        let Value::Array(item) = range else {
+            continue;
+        };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(master)) =
+            (item.first(), item.get(1), item.get(2))
+        else {
+            continue;
+        };
+        if !(*start..=*end).contains(&i64::from(slot)) {
+            continue;
+        }
+        let Value::Array(m) = master else {
+            return Err("unexpected answer");
+        };
+        let host = match m.first() {
+            Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
+            Some(Value::SimpleString(h)) => h.clone(),
+            _ => String::new(),
+        };
+        // Empty, NULL or "?": the node does not know where it is reachable
+        // (set cluster-announce-ip); a wildcard is not an address.
+        if host.is_empty() || matches!(host.as_str(), "?" | "0.0.0.0" | "::") {
+            return Err("the master of the revocation slot announces no address");
+        }
+        let port = match m.get(1) {
+            Some(Value::Int(p)) => u16::try_from(*p).ok().filter(|p| *p > 0),
+            _ => None,
+        };
+        return port
+            .map(|p| (host, p))
+            .ok_or("the master of the revocation slot announces no port");
+    }
+    Err("no master serves the revocation slot")
+}
+
+/// Where a `MOVED` or `ASK` answer (alone or in a pipeline) sends the
+/// command, and whether it was `ASK`. An empty host means the host of the
+/// node that answered (`asked`).
+pub(crate) fn redirection(e: &RedisError, asked: &str) -> Option<((String, u16), bool)> {
+    let errors = e.clone().into_server_errors()?;
+    errors.iter().find_map(|(_, s)| {
+        let ask = match s.kind()? {
+            ServerErrorKind::Moved => false,
+            ServerErrorKind::Ask => true,
+            _ => return None,
+        };
+        let addr = s.details()?.split_ascii_whitespace().nth(1)?;
+        let (host, port) = addr.rsplit_once(':')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = match host {
+            "" => asked,
+            "?" => return None,
+            h => h,
+        };
+        let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+        Some(((host.to_string(), port), ask))
+    })
+}
+
 #[async_trait]
 impl RevocationStore for RedisStore {
     async fn revoke(&self, r: Revocation) -> Result<String, StoreError> {
@@ -1441,6 +1677,11 @@ impl RevocationStore for RedisStore {
     /// cheap. Earlier writes of this process on the shared connection (a
     /// grant removal, a subject block) precede the script in the primary's
     /// replication stream, so an acknowledgement of the script covers them.
+    ///
+    /// On a cluster the connection goes to the master that owns the slot
+    /// of `{rev}` (see [`RedisStore::cluster_revoke_acked`]): only its
+    /// replicas receive the script's write, and `WAIT` on any other master
+    /// would count replicas of a stream the script never entered.
     async fn revoke_acked(&self, r: Revocation) -> Result<Revoked, StoreError> {
         let required = self.resilience.revocation_replicas;
         if required == 0 {
@@ -1456,42 +1697,37 @@ impl RevocationStore for RedisStore {
         check_time(r.revoked_at, "revoked_at")?;
         let wait = self.resilience.revocation_wait;
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        let budget = match self.conn.target {
+            // one more try after a redirection or a connection not made
+            Target::Cluster { .. } => self.timeout.saturating_add(wait).saturating_mul(2),
+            Target::Single { .. } | Target::Sentinel { .. } => self.timeout.saturating_add(wait),
+        };
         let (id, acked): (String, i64) = self
-            .run_for("revoke", self.timeout.saturating_add(wait), async {
+            .run_for("revoke", budget, async {
                 let config = ::redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(self.timeout))
                     .set_response_timeout(None);
                 // A connection of its own, to the primary: with Sentinel,
-                // the one the sentinels name now.
+                // the one the sentinels name now; on a cluster, the master
+                // of the revocation slot.
                 let client = match &self.conn.target {
                     Target::Single { client, .. } => client.clone(),
                     Target::Sentinel { sentinel, .. } => {
                         sentinel.lock().await.async_get_client().await?
                     }
-                    Target::Cluster { .. } => {
-                        return Err(Fail::Store(StoreError::Protocol(
-                            "revocation_replicas is not supported with redis+cluster://".into(),
-                        )))
+                    Target::Cluster { node, .. } => {
+                        return self
+                            .cluster_revoke_acked(node, &config, &r, required, wait_ms)
+                            .await;
                     }
                 };
                 let mut con = client
                     .get_multiplexed_async_connection_with_config(&config)
                     .await?;
-                let mut pipe = ::redis::pipe();
-                pipe.cmd("EVAL")
-                    .arg(format!("{LUA_EXTEND}{LUA_REVOKE}"))
-                    .arg(2)
-                    .arg(self.key_revocation(r.kind, &r.value))
-                    .arg(self.key_feed())
-                    .arg(r.revoked_at)
-                    .arg(r.expires_at)
-                    .arg(r.kind.as_str())
-                    .arg(r.value.as_str())
-                    .arg(FEED_MAXLEN)
-                    .cmd("WAIT")
-                    .arg(required)
-                    .arg(wait_ms);
-                Ok(pipe.query_async(&mut con).await?)
+                Ok(self
+                    .revoke_wait_pipe(&r, required, wait_ms, false)
+                    .query_async(&mut con)
+                    .await?)
             })
             .await?;
         let acked = u32::try_from(acked.max(0)).unwrap_or(u32::MAX);

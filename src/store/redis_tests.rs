@@ -937,25 +937,22 @@ async fn revoke_acked_reports_replica_acknowledgements() {
     }
 }
 
-/// `WAIT` is not routed to the `{rev}` master on a cluster yet: asking for
-/// replica acknowledgements with a cluster URL is refused at start-up, by
-/// name; Sentinel and single-primary URLs accept it. No server is needed
-/// (connections are lazy).
+/// Replica acknowledgements are accepted with every kind of URL: a
+/// single primary, Sentinel, and a cluster (where `WAIT` goes to the master
+/// of the revocation slot; `cluster_tests` checks it on a real cluster). No
+/// server is needed (connections are lazy).
 #[tokio::test]
-async fn revocation_replicas_are_refused_on_a_cluster_url() {
+async fn revocation_replicas_are_accepted_on_every_url_kind() {
     let o = StoreOptions {
         revocation_replicas: 1,
         ..StoreOptions::default()
     };
     let t = Duration::from_millis(250);
-    let e = Stores::open_with("redis+cluster://127.0.0.1:1,127.0.0.1:2", "t", t, &o)
-        .await
-        .err()
-        .expect("refused");
-    assert!(e.to_string().contains("redis+cluster"), "{e}");
     for url in [
         "redis://127.0.0.1:1",
         "redis+sentinel://127.0.0.1:1/mymaster",
+        "redis+cluster://127.0.0.1:1,127.0.0.1:2",
+        "redis+cluster://user:secret@127.0.0.1:1",
     ] {
         assert!(Stores::open_with(url, "t", t, &o).await.is_ok(), "{url}");
     }
