@@ -431,6 +431,7 @@ PLANTED=(
   keys/dev/ca-key.pem keys/dev/server.pem keys/signing/20260101T000000Z-es256.pem
   keys/signing/20260101T000000Z-es256.next.pem keys/README.md
   secrets/x.pem secrets/tls/server-key.pem secrets/signing/20260101T000000Z-es256.pem
+  secrets/tls/server.key secrets/redis-password
   dev-keys/operator-key.pem dev-keys/ca.pem config/local-key.pem src/leaked.pem
   target/release/tessera target/debug/deps/libtessera.rlib fuzz/target/x/y
   tessera.audit.jsonl audit.jsonl var/log/tessera.audit.jsonl tests/out.jsonl
