@@ -13,6 +13,11 @@
 #     -v "$PWD/secrets/signing:/etc/tessera/signing:ro" \
 #     tessera:dev
 #
+# The mounted files must be readable by uid 65532 (keys written by `tessera
+# keys generate` are 0600 for their owner), and deploy/tessera.toml also
+# expects Kubernetes' service-account CA and a Redis Sentinel set: see
+# "Deployment" in the README.
+#
 # For reproducible images, pin both base images by digest
 # (FROM rust:1.95.0-slim-bookworm@sha256:…) in your own build pipeline.
 
