@@ -28,6 +28,8 @@
 //! the stores, and the median round counts; 5 with `--state`, else 1),
 //! `--json`. Environment: `BENCH_BROKER_LOG` (the broker's `RUST_LOG`, `info`),
 //! `BENCH_AUDIT_SINK` (`stdout`, the default sink; `off` to measure without it),
+//! `BENCH_BROKER_BIN` (run another build of `tessera` as the broker, e.g.
+//! the previous commit's, to compare builds in one window),
 //! `BENCH_STDOUT` (`pipe`, the default: the broker's stdout is a pipe the
 //! benchmark drains, as under a container runtime or systemd; `null`:
 //! `/dev/null`).
@@ -405,7 +407,7 @@ max_depth = 3
     // The broker logs at its default level (audit lines included) to a file,
     // as in production; only the location differs.
     let log = std::fs::File::create(d.join(format!("{name}.log"))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+    let child = Command::new(broker_bin())
         .args(["serve", "--config", cfg_path.to_str().unwrap()])
         .env(
             "RUST_LOG",
@@ -431,6 +433,12 @@ max_depth = 3
     let guard = ChildGuard(child);
     wait_ready(ops);
     (guard, port, pid)
+}
+
+/// The broker binary: this build's, or `BENCH_BROKER_BIN` (another build,
+/// to compare two builds in one window on a noisy machine).
+fn broker_bin() -> String {
+    std::env::var("BENCH_BROKER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tessera").into())
 }
 
 /// Where the broker's standard output (its audit lines) goes.
@@ -859,6 +867,7 @@ async fn run(a: Args) {
         "alg": a.alg.as_str(), "http": if a.h2 { "h2" } else { "http/1.1 keep-alive" },
         "audit_sink": std::env::var("BENCH_AUDIT_SINK").unwrap_or_else(|_| "stdout".into()),
         "stdout": if bench_stdout() == BenchStdout::Pipe { "pipe" } else { "/dev/null" },
+        "broker_bin": broker_bin(),
         "raw_sign_us": sign_us, "raw_verify_rs256_us": verify_us, "raw_verify_own_us": own_verify_us,
         "broker_peak_rss": rss, "state": seeded,
         "results": results,
@@ -879,7 +888,8 @@ async fn run(a: Args) {
         summary["stdout"].as_str().unwrap(),
     );
     println!(
-        "raw cost in this run: sign {alg} {:.1} µs, verify {alg} {:.1} µs, verify RS256 {:.1} µs; broker peak RSS {}",
+        "broker: {}\nraw cost in this run: sign {alg} {:.1} µs, verify {alg} {:.1} µs, verify RS256 {:.1} µs; broker peak RSS {}",
+        summary["broker_bin"].as_str().unwrap(),
         sign_us,
         own_verify_us,
         verify_us,
