@@ -328,3 +328,43 @@ fn m117_dangerous_configs_are_refused_or_flagged() {
         assert_eq!(check(text, true).0, 1, "--deny-warnings refuses: {wide}");
     }
 }
+
+/// `tessera … | head` where the reader has gone: the CLI ends quietly with
+/// 141 (as a process killed by SIGPIPE), not with a panic's backtrace; a
+/// stdout that fails otherwise (a full disk: /dev/full) is reported with
+/// status 1.
+#[test]
+fn a_closed_or_failing_stdout_ends_the_cli_without_a_panic() {
+    let d = tempfile::tempdir().unwrap();
+    let tok = "eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCJ9.eyJzdWIiOiJ4IiwiZXhwIjoxfQ.c2ln";
+    let (r, w) = std::io::pipe().unwrap();
+    drop(r);
+    let o = Command::new(BIN)
+        .args(["token", "decode", tok])
+        .current_dir(d.path())
+        .stdout(w)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.is_empty(),
+        "a closed pipe is not an error to report: {err}"
+    );
+
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let o = Command::new(BIN)
+        .args(["token", "decode", tok])
+        .current_dir(d.path())
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("cannot write to stdout"), "{err}");
+}

@@ -199,10 +199,10 @@ pub async fn revoke(conn: &Connection, a: RevokeArgs, as_json: bool) -> i32 {
     {
         Ok(v) => {
             if as_json {
-                println!("{v}");
+                outln!("{v}");
             } else {
                 let r = &v["revocation"];
-                println!(
+                outln!(
                     "revoked {} {} (entry expires {}; feed cursor {})",
                     r["kind"].as_str().unwrap_or(""),
                     r["value"].as_str().unwrap_or(""),
@@ -210,12 +210,12 @@ pub async fn revoke(conn: &Connection, a: RevokeArgs, as_json: bool) -> i32 {
                     v["cursor"].as_str().unwrap_or("")
                 );
                 if let Some(u) = v["blocked_until"].as_u64() {
-                    println!("new exchanges for it are refused until {}", fmt_time(u));
+                    outln!("new exchanges for it are refused until {}", fmt_time(u));
                 }
                 if let (Some(true), Some(a)) =
                     (v["durable"].as_bool(), v["replicas_acked"].as_u64())
                 {
-                    println!(
+                    outln!(
                         "durable: {a} of {} required replicas acknowledged it",
                         v["replicas_required"].as_u64().unwrap_or(0)
                     );
@@ -245,9 +245,13 @@ pub struct GrantArgs {
 }
 
 fn print_grants(gs: &[Value]) {
-    println!(
+    outln!(
         "{:<36}  {:<40}  {:<28}  {:<24}  {:<9}  EXPIRES",
-        "ID", "SUBJECT", "AUDIENCE", "SCOPES", "USES LEFT"
+        "ID",
+        "SUBJECT",
+        "AUDIENCE",
+        "SCOPES",
+        "USES LEFT"
     );
     for g in gs {
         let left = match (g["remaining"].as_u64(), g["uses"].as_u64()) {
@@ -263,7 +267,7 @@ fn print_grants(gs: &[Value]) {
                     .join(" ")
             })
             .unwrap_or_default();
-        println!(
+        outln!(
             "{:<36}  {:<40}  {:<28}  {:<24}  {:<9}  {}",
             g["id"].as_str().unwrap_or(""),
             g["subject"].as_str().unwrap_or(""),
@@ -284,9 +288,9 @@ pub async fn grant_create(conn: &Connection, a: GrantArgs, as_json: bool) -> i32
     {
         Ok(v) => {
             if as_json {
-                println!("{v}");
+                outln!("{v}");
             } else {
-                println!("created grant {}", v["id"].as_str().unwrap_or(""));
+                outln!("created grant {}", v["id"].as_str().unwrap_or(""));
                 print_grants(std::slice::from_ref(&v));
             }
             0
@@ -307,11 +311,11 @@ pub async fn grant_list(conn: &Connection, subject: Option<String>, as_json: boo
     match conn.call(reqwest::Method::GET, &path, None).await {
         Ok(v) => {
             if as_json {
-                println!("{v}");
+                outln!("{v}");
             } else {
                 let gs = v["grants"].as_array().cloned().unwrap_or_default();
                 if gs.is_empty() {
-                    println!("no live grants");
+                    outln!("no live grants");
                 } else {
                     print_grants(&gs);
                 }
@@ -338,9 +342,9 @@ pub async fn grant_revoke(conn: &Connection, id: &str, as_json: bool) -> i32 {
     {
         Ok(v) => {
             if as_json {
-                println!("{v}");
+                outln!("{v}");
             } else {
-                println!("revoked grant {id} and every token issued under it");
+                outln!("revoked grant {id} and every token issued under it");
             }
             durability_exit(&v)
         }
@@ -357,14 +361,14 @@ pub async fn reload(conn: &Connection, as_json: bool) -> i32 {
     {
         Ok(v) => {
             if as_json {
-                println!("{v}");
+                outln!("{v}");
             } else {
-                println!(
+                outln!(
                     "reloaded (generation {}): {}",
                     v["generation"],
                     v["changes"].as_str().unwrap_or("")
                 );
-                println!("signing kid: {}", v["signing_kid"].as_str().unwrap_or("-"));
+                outln!("signing kid: {}", v["signing_kid"].as_str().unwrap_or("-"));
             }
             0
         }
@@ -384,7 +388,7 @@ fn strings(v: &Value) -> String {
 }
 
 fn print_approvals(list: &[Value]) {
-    println!(
+    outln!(
         "{:<36}  {:<9}  {:<5}  {:<36}  {:<22}  {:<36}  {:<16}  {:<24}  {:<28}  AUTHORIZATION_DETAILS",
         "ID", "STATE", "AGE", "REQUESTER", "OWNER", "ON BEHALF OF", "TASK", "SCOPES", "AUDIENCE"
     );
@@ -401,7 +405,7 @@ fn print_approvals(list: &[Value]) {
             Value::Null => "-".to_string(),
             d => d.to_string(),
         };
-        println!(
+        outln!(
             "{:<36}  {:<9}  {:<5}  {:<36}  {:<22}  {:<36}  {:<16}  {:<24}  {:<28}  {}",
             a["id"].as_str().unwrap_or(""),
             state,
@@ -427,11 +431,11 @@ pub async fn approvals_list(conn: &Connection, all: bool, as_json: bool) -> i32 
     match conn.call(reqwest::Method::GET, path, None).await {
         Ok(v) => {
             if as_json {
-                println!("{v}");
+                outln!("{v}");
             } else {
                 let list = v["approvals"].as_array().cloned().unwrap_or_default();
                 if list.is_empty() {
-                    println!("no {}approvals", if all { "retained " } else { "pending " });
+                    outln!("no {}approvals", if all { "retained " } else { "pending " });
                 } else {
                     print_approvals(&list);
                 }
@@ -466,9 +470,9 @@ pub async fn approval_decide(
     {
         Ok(v) => {
             if as_json {
-                println!("{v}");
+                outln!("{v}");
             } else if approve {
-                println!(
+                outln!(
                     "approved {id}: {} may now receive {} for {} (one token; the approval expires {})",
                     v["requester"].as_str().unwrap_or(""),
                     strings(&v["scopes"]),
@@ -476,7 +480,7 @@ pub async fn approval_decide(
                     fmt_time(v["expires_at"].as_u64().unwrap_or(0))
                 );
             } else {
-                println!(
+                outln!(
                     "denied {id}: {} will get access_denied",
                     v["requester"].as_str().unwrap_or("")
                 );

@@ -31,19 +31,25 @@ fn print_records(records: &[Value], as_json: bool, header: &mut bool) {
         if as_json {
             // in the record's own field order when it is one
             match serde_json::from_value::<AuditRecord>(r.clone()) {
-                Ok(rec) => println!("{}", serde_json::to_string(&rec).unwrap_or_default()),
-                Err(_) => println!("{r}"),
+                Ok(rec) => outln!("{}", serde_json::to_string(&rec).unwrap_or_default()),
+                Err(_) => outln!("{r}"),
             }
             continue;
         }
         if !*header {
-            println!(
+            outln!(
                 "{:<24}  {:<13}  {:<28}  {:<36}  {:<36}  {:<28}  {:<24}  JTI",
-                "TIME", "EVENT", "REASON", "CLIENT", "SUBJECT", "AUDIENCE", "SCOPES"
+                "TIME",
+                "EVENT",
+                "REASON",
+                "CLIENT",
+                "SUBJECT",
+                "AUDIENCE",
+                "SCOPES"
             );
             *header = true;
         }
-        println!(
+        outln!(
             "{:<24}  {:<13}  {:<28}  {:<36}  {:<36}  {:<28}  {:<24}  {}",
             cell(r, "time"),
             cell(r, "event"),
@@ -85,7 +91,7 @@ pub async fn tail(conn: &Connection, n: usize, follow: bool, as_json: bool) -> i
     };
     let (records, mut cursor) = page(&first);
     if records.is_empty() && !follow && !as_json {
-        println!("no audit records");
+        outln!("no audit records");
     }
     print_records(&records, as_json, &mut header);
     if !follow {
@@ -116,14 +122,14 @@ pub async fn tail(conn: &Connection, n: usize, follow: bool, as_json: bool) -> i
 
 fn report_out(r: &Report, source: &str, as_json: bool) -> i32 {
     if as_json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"source": source, "intact": r.intact(), "records": r.records,
                                "chains": r.chains, "broken": r.broken})
         );
     } else {
         for c in &r.chains {
-            println!(
+            outln!(
                 "chain {}: seq {}..{} ({} records){}",
                 c.node,
                 c.first_seq,
@@ -137,7 +143,7 @@ fn report_out(r: &Report, source: &str, as_json: bool) -> i32 {
             );
         }
         if r.intact() {
-            println!(
+            outln!(
                 "{source}: intact ({} records in {} chain(s))",
                 r.records,
                 r.chains.len()

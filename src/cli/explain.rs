@@ -708,9 +708,9 @@ pub fn policy_explain(args: &ExplainArgs, as_json: bool) -> i32 {
         }
     };
     if as_json {
-        println!("{}", to_json(&req, &e));
+        outln!("{}", to_json(&req, &e));
     } else {
-        println!("{}", to_text(&req, &e));
+        outln!("{}", to_text(&req, &e));
     }
     match &e.verdict {
         Verdict::Granted { .. } => 0,

@@ -2,12 +2,27 @@
 //! `keys list`, `token decode`, `policy explain` (in [`explain`]) (and, in [`admin`], the verbs that talk to a
 //! running broker). Each returns the process exit code
 //! (0 success, 1 refused or failed, 2 bad usage) and prints errors to stderr.
+//!
+//! Output goes through `outln!`: a closed stdout (`tessera audit tail
+//! --follow | head`) ends the process quietly with status 141, as a SIGPIPE
+//! would, instead of `println!`'s panic; any other write error is reported
+//! on stderr with status 1.
+
+/// `println!` for the CLI (see the module docs).
+macro_rules! outln {
+    () => {
+        $crate::cli::out_line(format_args!(""))
+    };
+    ($($t:tt)*) => {
+        $crate::cli::out_line(format_args!($($t)*))
+    };
+}
 
 pub mod admin;
 pub mod audit;
 pub mod explain;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use base64::Engine;
@@ -56,7 +71,7 @@ pub fn config_check(path: &Path, as_json: bool, deny_warnings: bool) -> i32 {
                        "message": w.message})
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({"ok": !failed, "file": path.display().to_string(), "issuers": cfg.issuers.len(),
                    "policies": cfg.policies.len(), "store": cfg.store.url, "notes": notes,
@@ -66,7 +81,7 @@ pub fn config_check(path: &Path, as_json: bool, deny_warnings: bool) -> i32 {
         for w in &warnings {
             eprintln!("warning: {w}");
         }
-        println!(
+        outln!(
             "{}: OK ({} issuer(s), {} polic{}, store {}){}",
             path.display(),
             cfg.issuers.len(),
@@ -80,7 +95,7 @@ pub fn config_check(path: &Path, as_json: bool, deny_warnings: bool) -> i32 {
             }
         );
         for n in notes {
-            println!("note: {n}");
+            outln!("note: {n}");
         }
     }
     if failed {
@@ -123,23 +138,23 @@ pub fn keys_generate_as(alg: &str, dir: &Path, next: bool, as_json: bool) -> i32
                 })
                 .unwrap_or_default();
             if as_json {
-                println!(
+                outln!(
                     "{}",
                     json!({"path": path.display().to_string(), "algorithm": alg.as_str(), "kid": kid, "next": next})
                 );
             } else if next {
-                println!("wrote {} ({}, kid {})", path.display(), alg.as_str(), kid);
+                outln!("wrote {} ({}, kid {})", path.display(), alg.as_str(), kid);
                 let promoted = path.to_string_lossy().replace(".next.pem", ".pem");
-                println!("A next key: published in /jwks.json once the broker reloads (SIGHUP), never signing.");
-                println!("After resource servers have refetched the JWKS, promote it and reload:");
-                println!(
+                outln!("A next key: published in /jwks.json once the broker reloads (SIGHUP), never signing.");
+                outln!("After resource servers have refetched the JWKS, promote it and reload:");
+                outln!(
                     "  mv {} {promoted} && kill -HUP <broker pid>",
                     path.display()
                 );
             } else {
-                println!("wrote {} ({}, kid {})", path.display(), alg.as_str(), kid);
-                println!("It is published and signs once the broker reloads (SIGHUP) or restarts (the newest active key of the configured algorithm signs).");
-                println!(
+                outln!("wrote {} ({}, kid {})", path.display(), alg.as_str(), kid);
+                outln!("It is published and signs once the broker reloads (SIGHUP) or restarts (the newest active key of the configured algorithm signs).");
+                outln!(
                     "To rotate without verification failures, use --next instead (see the README)."
                 );
             }
@@ -173,11 +188,11 @@ pub fn keys_list(dir: &Path, algorithm: &str, as_json: bool) -> i32 {
             .map(|k| json!({"kid": k.kid(), "algorithm": k.algorithm().as_str(),
                             "path": k.path().map(|p| p.display().to_string()), "signing": k.kid() == signing, "next": k.is_next()}))
             .collect();
-        println!("{}", json!({"keys": keys}));
+        outln!("{}", json!({"keys": keys}));
     } else {
-        println!("{:<45} {:<7} {:<8} PATH", "KID", "ALG", "SIGNS");
+        outln!("{:<45} {:<7} {:<8} PATH", "KID", "ALG", "SIGNS");
         for k in ring.keys() {
-            println!(
+            outln!(
                 "{:<45} {:<7} {:<8} {}",
                 k.kid(),
                 k.algorithm().as_str(),
@@ -236,28 +251,49 @@ pub fn token_decode(token: &str, as_json: bool) -> i32 {
         }
     };
     if as_json {
-        println!(
+        outln!(
             "{}",
             json!({"verified": false, "header": header, "claims": claims})
         );
     } else {
-        println!("NOT VERIFIED: decoded offline; the signature was not checked.");
-        println!(
+        outln!("NOT VERIFIED: decoded offline; the signature was not checked.");
+        outln!(
             "header: {}",
             serde_json::to_string_pretty(&header).unwrap_or_default()
         );
-        println!(
+        outln!(
             "claims: {}",
             serde_json::to_string_pretty(&claims).unwrap_or_default()
         );
         let now = crate::clock::Clock::now(&crate::clock::SystemClock);
         if let Some(exp) = claims.get("exp").and_then(|v| v.as_u64()) {
             if exp <= now {
-                println!("expired {}s ago", now - exp);
+                outln!("expired {}s ago", now - exp);
             } else {
-                println!("expires in {}s", exp - now);
+                outln!("expires in {}s", exp - now);
             }
         }
     }
     0
+}
+
+/// Writes one line to stdout; on failure ends the process (see the module
+/// docs): 141 for a closed pipe, 1 otherwise.
+pub fn out_line(args: std::fmt::Arguments<'_>) {
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_fmt(args).and_then(|()| o.write_all(b"\n")) {
+        drop(o);
+        std::process::exit(stdout_failure_status(&e));
+    }
+}
+
+/// The exit status for a failed write to stdout, after saying why when it
+/// is not a reader that went away.
+fn stdout_failure_status(e: &std::io::Error) -> i32 {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        141
+    } else {
+        let _ = writeln!(std::io::stderr(), "error: cannot write to stdout: {e}");
+        1
+    }
 }
