@@ -32,6 +32,9 @@ COPY benches ./benches
 COPY examples ./examples
 COPY tests ./tests
 COPY config ./config
+# The release profile keeps line tables for profiling (`debug = 1`: a
+# ~90 MB binary); the image ships it without debug info.
+ENV CARGO_PROFILE_RELEASE_STRIP=debuginfo
 # The registry and target directories are build caches, not image layers.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/build/target \
