@@ -26,6 +26,8 @@
 //! interleaved, side by side; also reports Redis memory per entry),
 //! `--rounds N` (each path's time is split into N rounds interleaved across
 //! the stores, and the median round counts; 5 with `--state`, else 1),
+//! `--rate R` (open loop: R exchanges/s offered across all clients, each
+//! latency counted from its scheduled send time; default closed loop),
 //! `--json`. Environment: `BENCH_BROKER_LOG` (the broker's `RUST_LOG`, `info`),
 //! `BENCH_AUDIT_SINK` (`stdout`, the default sink; `off` to measure without it),
 //! `BENCH_BROKER_BIN` (run another build of `tessera` as the broker, e.g.
@@ -59,6 +61,9 @@ struct Args {
     state: Option<(u64, u64)>,
     /// Interleaved rounds per path (the median round counts).
     rounds: Option<u32>,
+    /// Offered load, exchanges/s across all clients (open loop); `None`:
+    /// each client sends its next request as soon as the last is answered.
+    rate: Option<f64>,
 }
 
 const ALL_PATHS: [&str; 5] = ["mtls", "oidc", "reexchange", "delegation", "introspect"];
@@ -74,6 +79,7 @@ fn args() -> Args {
         redis: false,
         state: None,
         rounds: None,
+        rate: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -106,6 +112,12 @@ fn args() -> Args {
             }
             "--rounds" => {
                 a.rounds = Some(next.parse().expect("--rounds N"));
+                i += 1;
+            }
+            "--rate" => {
+                let r: f64 = next.parse().expect("--rate R (exchanges/s)");
+                assert!(r > 0.0, "--rate must be above 0");
+                a.rate = Some(r);
                 i += 1;
             }
             "--store" => {
@@ -193,6 +205,7 @@ async fn drive(
     clients: Vec<reqwest::Client>,
     seconds: f64,
     pid: u32,
+    rate: Option<f64>,
 ) -> Outcome {
     // warm-up: connections open, JWKS cached
     for (i, c) in clients.iter().enumerate() {
@@ -207,14 +220,33 @@ async fn drive(
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
+    let n_clients = clients.len().max(1);
     for (i, c) in clients.into_iter().enumerate() {
         let url = url.clone();
         let body_for = body_for.clone();
+        // Open loop (--rate): client i sends its k-th request at
+        // start + (i + k * clients) / rate, and its latency counts from that
+        // scheduled moment, so a slow answer that delays the next send is
+        // charged to the latency (no coordinated omission).
+        let every = rate.map(|r| Duration::from_secs_f64(n_clients as f64 / r));
+        let first = rate.map(|r| start + Duration::from_secs_f64(i as f64 / r));
         tasks.push(tokio::spawn(async move {
             let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::with_capacity(100_000));
             let mut n = i;
+            let mut k = 0u32;
             while Instant::now() < deadline {
-                let t = Instant::now();
+                let t = match (first, every) {
+                    (Some(f), Some(e)) => {
+                        let at = f + e * k;
+                        k += 1;
+                        if at >= deadline {
+                            break;
+                        }
+                        tokio::time::sleep_until(at.into()).await;
+                        at
+                    }
+                    _ => Instant::now(),
+                };
                 let r = c
                     .post(&url)
                     .header("content-type", "application/x-www-form-urlencoded")
@@ -813,6 +845,7 @@ async fn run(a: Args) {
                     clients.clone(),
                     round_secs,
                     b.pid,
+                    a.rate,
                 )
                 .await;
                 let redis_cpu_us = match (b.redis_pid, redis_cpu0) {
@@ -868,6 +901,7 @@ async fn run(a: Args) {
         "audit_sink": std::env::var("BENCH_AUDIT_SINK").unwrap_or_else(|_| "stdout".into()),
         "stdout": if bench_stdout() == BenchStdout::Pipe { "pipe" } else { "/dev/null" },
         "broker_bin": broker_bin(),
+        "offered_rate": a.rate,
         "raw_sign_us": sign_us, "raw_verify_rs256_us": verify_us, "raw_verify_own_us": own_verify_us,
         "broker_peak_rss": rss, "state": seeded,
         "results": results,
@@ -878,8 +912,12 @@ async fn run(a: Args) {
         return;
     }
     println!(
-        "tessera exchange benchmark: {} clients, {} s per path and store ({} interleaved rounds, median round), broker signs {}, {}, audit sink {} (stdout: {})",
+        "tessera exchange benchmark: {} clients, {}, {} s per path and store ({} interleaved rounds, median round), broker signs {}, {}, audit sink {} (stdout: {})",
         a.clients,
+        match a.rate {
+            Some(r) => format!("open loop at {r} exchanges/s offered"),
+            None => "closed loop".into(),
+        },
         a.seconds,
         rounds,
         a.alg.as_str(),
