@@ -100,11 +100,14 @@ pub(crate) struct PipeLines {
 }
 
 impl PipeLines {
-    /// Takes a duplicate of `fd` (a FIFO or a stream socket), makes it
-    /// non-blocking and registers it with the reactor. `None` (the caller
-    /// falls back to the blocking pool) when any step fails.
-    pub(crate) fn new(fd: BorrowedFd<'_>) -> Option<Self> {
-        let kind = classify(fd);
+    /// Takes a duplicate of `fd` (a FIFO or a stream socket, as
+    /// [`classify`] found it), makes it non-blocking and registers it with
+    /// the reactor. `None` (the caller falls back to the blocking pool) for
+    /// any other kind, or when any step fails.
+    pub(crate) fn new(fd: BorrowedFd<'_>, kind: StdoutKind) -> Option<Self> {
+        if !matches!(kind, StdoutKind::Fifo | StdoutKind::StreamSocket) {
+            return None;
+        }
         let owned = fd.try_clone_to_owned().ok()?;
         let flags = rustix::fs::fcntl_getfl(&owned).ok()?;
         let out = match kind {
@@ -196,7 +199,9 @@ impl Lines {
         let fd = out.as_fd();
         let kind = classify(fd);
         let lines = match kind {
-            StdoutKind::Fifo | StdoutKind::StreamSocket => PipeLines::new(fd).map(Lines::Pipe),
+            StdoutKind::Fifo | StdoutKind::StreamSocket => {
+                PipeLines::new(fd, kind).map(Lines::Pipe)
+            }
             StdoutKind::NonBlockingDevice => fd
                 .try_clone_to_owned()
                 .ok()
@@ -221,21 +226,20 @@ impl Lines {
 
     /// Writes one batch of lines; `Err` names the cause.
     pub(crate) async fn write(&mut self, buf: Vec<u8>) -> Result<(), String> {
-        let task = match self {
-            Lines::Off => return Ok(()),
-            Lines::Pipe(p) => return p.write(&buf).await.map_err(|e| format!("audit lines: {e}")),
-            Lines::Inline(f) => {
-                return (&*f)
-                    .write_all(&buf)
-                    .map_err(|e| format!("audit lines: {e}"))
+        let r = match self {
+            Lines::Off => Ok(()),
+            Lines::Pipe(p) => p.write(&buf).await,
+            Lines::Inline(f) => f.write_all(&buf),
+            Lines::Stdout => {
+                on_blocking_pool(move || {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&buf).and_then(|_| out.flush())
+                })
+                .await
             }
-            Lines::Stdout => tokio::task::spawn_blocking(move || {
-                let mut out = std::io::stdout().lock();
-                out.write_all(&buf).and_then(|_| out.flush())
-            }),
             Lines::File(f) => {
                 let f = f.clone();
-                tokio::task::spawn_blocking(move || {
+                on_blocking_pool(move || {
                     let mut f = f
                         .lock()
                         .map_err(|_| std::io::Error::other("audit file lock poisoned"))?;
@@ -247,14 +251,20 @@ impl Lines {
                     }
                     r
                 })
+                .await
             }
         };
-        match task.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("audit lines: {e}")),
-            Err(e) => Err(format!("audit lines: writer task failed: {e}")),
-        }
+        r.map_err(|e| format!("audit lines: {e}"))
     }
+}
+
+/// Runs a blocking write on the blocking pool.
+async fn on_blocking_pool(
+    f: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(format!("writer task failed: {e}"))))
 }
 
 #[cfg(test)]
@@ -294,7 +304,7 @@ mod tests {
         let (mut r, w) = pipe();
         let before = rustix::fs::fcntl_getfl(&w).unwrap();
         assert!(!before.contains(rustix::fs::OFlags::NONBLOCK));
-        let mut p = PipeLines::new(w.as_fd()).unwrap();
+        let mut p = PipeLines::new(w.as_fd(), StdoutKind::Fifo).unwrap();
         assert!(rustix::fs::fcntl_getfl(&w)
             .unwrap()
             .contains(rustix::fs::OFlags::NONBLOCK));
@@ -314,7 +324,7 @@ mod tests {
     async fn a_full_pipe_times_out_and_never_leaves_a_torn_line() {
         let (r, w) = pipe();
         let cap = rustix::pipe::fcntl_getpipe_size(&w).unwrap();
-        let mut p = PipeLines::new(w.as_fd()).unwrap();
+        let mut p = PipeLines::new(w.as_fd(), StdoutKind::Fifo).unwrap();
         // Lines of 100 bytes, more than the pipe holds, so one is torn.
         let line = |c: u8| {
             let mut l = vec![c; 99];
@@ -352,7 +362,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_socket_gets_every_line() {
         let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let mut p = PipeLines::new(a.as_fd()).unwrap();
+        let mut p = PipeLines::new(a.as_fd(), StdoutKind::StreamSocket).unwrap();
         assert!(matches!(p.out, Conduit::Socket(_)));
         p.write(b"one\n").await.unwrap();
         p.write(b"two\n").await.unwrap();
@@ -366,7 +376,7 @@ mod tests {
     #[tokio::test]
     async fn a_closed_reader_is_an_error_not_a_hang() {
         let (r, w) = pipe();
-        let mut p = PipeLines::new(w.as_fd()).unwrap();
+        let mut p = PipeLines::new(w.as_fd(), StdoutKind::Fifo).unwrap();
         drop(r);
         let e = p.write(b"x\n").await.unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
