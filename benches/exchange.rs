@@ -34,7 +34,14 @@
 //! the previous commit's, to compare builds in one window),
 //! `BENCH_STDOUT` (`pipe`, the default: the broker's stdout is a pipe the
 //! benchmark drains, as under a container runtime or systemd; `null`:
-//! `/dev/null`).
+//! `/dev/null`), `BENCH_CALLGRIND=1` (run the broker under valgrind's
+//! callgrind and count the instructions it executes per operation, in
+//! user space, and of those the signature operations' (aws-lc's
+//! `EVP_DigestSign` and `EVP_DigestVerify`, inclusive): the same for the
+//! same build and load whatever else the machine is doing, so two builds
+//! compare on a noisy VM; times and rates are meaningless in this mode, and
+//! the kernel's share is not counted; `BENCH_CALLGRIND_KEEP=DIR` keeps
+//! each dump for `callgrind_annotate`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -197,6 +204,8 @@ struct Outcome {
     secs: f64,
     cpu: f64,
     lat_us: Vec<u32>,
+    /// `BENCH_CALLGRIND=1`: (instructions, of them signature operations).
+    instr: Option<(u64, u64)>,
 }
 
 async fn drive(
@@ -215,6 +224,9 @@ async fn drive(
             .body(body_for(i))
             .send()
             .await;
+    }
+    if callgrind() {
+        callgrind_control("-z", pid);
     }
     let cpu0 = cpu_seconds(pid);
     let start = Instant::now();
@@ -287,6 +299,7 @@ async fn drive(
         secs: 0.0,
         cpu: 0.0,
         lat_us: Vec::new(),
+        instr: None,
     };
     for t in tasks {
         let (ok, failed, lat) = t.await.unwrap();
@@ -297,6 +310,10 @@ async fn drive(
     out.secs = start.elapsed().as_secs_f64();
     out.cpu = cpu_seconds(pid) - cpu0;
     out.lat_us.sort_unstable();
+    if callgrind() {
+        // every client has its answer: nothing is in flight at the dump
+        out.instr = Some(callgrind_counts(pid));
+    }
     out
 }
 
@@ -331,7 +348,9 @@ fn per_op_us(ms: u64, mut f: impl FnMut()) -> f64 {
 }
 
 fn wait_ready(ops: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // valgrind starts the broker about 50 times slower
+    let wait = if callgrind() { 300 } else { 30 };
+    let deadline = Instant::now() + Duration::from_secs(wait);
     while Instant::now() < deadline {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", ops)) {
             use std::io::{Read, Write};
@@ -346,6 +365,81 @@ fn wait_ready(ops: u16) {
     }
     panic!("broker did not become ready");
 }
+
+/// `BENCH_CALLGRIND=1`: the broker runs under callgrind.
+fn callgrind() -> bool {
+    std::env::var("BENCH_CALLGRIND").is_ok_and(|v| v == "1")
+}
+
+/// Where callgrind writes the broker `name`'s dumps (`<file>.1`, `.2`, …).
+fn callgrind_out(d: &Path, name: &str) -> Option<std::path::PathBuf> {
+    callgrind().then(|| d.join(format!("{name}.callgrind")))
+}
+
+fn callgrind_control(flag: &str, pid: u32) {
+    let st = Command::new("callgrind_control")
+        .args([flag, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .expect("callgrind_control (valgrind) installed");
+    assert!(st.success(), "callgrind_control {flag} {pid} failed");
+}
+
+/// Instructions (total, signature operations) counted since the last
+/// `callgrind_control -z`: dumps them and reads the dump with
+/// `callgrind_annotate --inclusive=yes`.
+fn callgrind_counts(pid: u32) -> (u64, u64) {
+    callgrind_control("-d", pid);
+    // the newest dump
+    let dir = CALLGRIND_DIR.get().expect("callgrind dir");
+    let newest = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains(".callgrind"))
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .expect("a callgrind dump");
+    let out = Command::new("callgrind_annotate")
+        .args(["--inclusive=yes", "--threshold=100", "--auto=no"])
+        .arg(&newest)
+        .output()
+        .expect("callgrind_annotate");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // BENCH_CALLGRIND_KEEP=DIR: keep each dump there for callgrind_annotate
+    if let Ok(keep) = std::env::var("BENCH_CALLGRIND_KEEP") {
+        let name = newest.file_name().unwrap_or_default();
+        let _ = std::fs::create_dir_all(&keep);
+        std::fs::copy(&newest, Path::new(&keep).join(name)).expect("BENCH_CALLGRIND_KEEP");
+    }
+    let count = |l: &str| -> u64 {
+        l.split_whitespace()
+            .next()
+            .unwrap_or("0")
+            .replace(',', "")
+            .parse()
+            .unwrap_or(0)
+    };
+    let total = text
+        .lines()
+        .find(|l| l.contains("PROGRAM TOTALS"))
+        .map(count)
+        .expect("callgrind totals");
+    // inclusive cost of the signature operations (their hashing included,
+    // as in the raw measurement)
+    // function lines: `  554,586,161 (56.74%)  /aws-lc/…/digestsign.c:aws_lc_0_47_0_EVP_DigestSign [/path/to/tessera]`
+    let sig: u64 = text
+        .lines()
+        .filter(|l| l.contains("%)") && l.trim_end().ends_with(']'))
+        .filter(|l| {
+            let f = l.rsplit_once(" [").map_or("", |x| x.0);
+            f.ends_with("_EVP_DigestSign") || f.ends_with("_EVP_DigestVerify")
+        })
+        .map(count)
+        .sum();
+    (total, sig)
+}
+
+static CALLGRIND_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
 fn main() {
     let a = args();
@@ -439,7 +533,20 @@ max_depth = 3
     // The broker logs at its default level (audit lines included) to a file,
     // as in production; only the location differs.
     let log = std::fs::File::create(d.join(format!("{name}.log"))).unwrap();
-    let child = Command::new(broker_bin())
+    let mut cmd = match callgrind_out(d, name) {
+        Some(out) => {
+            let mut c = Command::new("valgrind");
+            c.args([
+                "--tool=callgrind",
+                "--quiet",
+                &format!("--callgrind-out-file={}", out.display()),
+                &broker_bin(),
+            ]);
+            c
+        }
+        None => Command::new(broker_bin()),
+    };
+    let child = cmd
         .args(["serve", "--config", cfg_path.to_str().unwrap()])
         .env(
             "RUST_LOG",
@@ -654,6 +761,7 @@ struct Broker {
 async fn run(a: Args) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    let _ = CALLGRIND_DIR.set(d.to_path_buf());
     let ca = Ca::generate("bench CA").unwrap();
     std::fs::write(d.join("ca.pem"), ca.cert_pem()).unwrap();
     let server = ca
@@ -881,6 +989,19 @@ async fn run(a: Args) {
             let (ok, failed, secs) = runs.iter().fold((0, 0, 0.0), |(k, f, t), (o, _)| {
                 (k + o.ok, f + o.failed, t + o.secs)
             });
+            // callgrind: instructions over every round (deterministic: no median needed)
+            let (instr, sig_instr) = runs
+                .iter()
+                .filter_map(|(o, _)| o.instr)
+                .fold((0u64, 0u64), |(t, s), (a, b)| (t + a, s + b));
+            let instr = runs.iter().any(|(o, _)| o.instr.is_some()).then(|| {
+                let per = |x: u64| x as f64 / ok.max(1) as f64;
+                json!({
+                    "instructions_per_op": per(instr),
+                    "signature_instructions_per_op": per(sig_instr),
+                    "instructions_to_signature_ratio": instr as f64 / sig_instr.max(1) as f64,
+                })
+            });
             let mut lat: Vec<u32> = runs.into_iter().flat_map(|(o, _)| o.lat_us).collect();
             lat.sort_unstable();
             results.push(json!({
@@ -889,6 +1010,7 @@ async fn run(a: Args) {
                 "broker_cpu_us_per_exchange": cpu_us, "broker_cores_busy": busy,
                 "redis_cpu_us_per_op": redis_cpu_us,
                 "raw_signature_us": raw, "cpu_to_raw_ratio": cpu_us / raw,
+                "callgrind": instr,
             }));
         }
     }
@@ -974,6 +1096,28 @@ async fn run(a: Args) {
                 .unwrap_or_else(|| "—".into()),
             r["failed"]
         );
+    }
+    if callgrind() {
+        println!();
+        println!("callgrind (user-space instructions executed by the broker per operation; times above are under valgrind)");
+        println!("(valgrind hides AVX-512 and ADX from aws-lc, so its signatures take more instructions than natively: compare builds on the overhead column, not this ratio with the native CPU/raw)");
+        println!("| store | path | operations | instructions/op | signature ops | overhead (the rest) | instructions / signature |");
+        println!("|---|---|---|---|---|---|---|");
+        for r in rows {
+            let c = &r["callgrind"];
+            let total = c["instructions_per_op"].as_f64().unwrap_or(0.0);
+            let sig = c["signature_instructions_per_op"].as_f64().unwrap_or(0.0);
+            println!(
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2}× |",
+                r["store"].as_str().unwrap(),
+                r["path"].as_str().unwrap(),
+                r["exchanges"],
+                total,
+                sig,
+                total - sig,
+                c["instructions_to_signature_ratio"].as_f64().unwrap_or(0.0),
+            );
+        }
     }
     if !seeded.is_null() {
         println!();
