@@ -1,8 +1,6 @@
 //! `POST /token` form → [`TokenRequest`]: the RFC 6749 / 8693 request rules
 //! (form content type, no repeated parameters, token types, one target).
 
-use std::collections::HashMap;
-
 use crate::oauth::error::ErrorCode;
 use crate::policy::scope::ScopeSet;
 
@@ -144,11 +142,70 @@ pub fn check_content_type(ct: Option<&str>) -> Result<(), RequestError> {
     Ok(())
 }
 
+/// A decoded form: each name once, with every value it was given, in the
+/// order the names first appeared. At most [`MAX_FORM_PARAMS`] pairs, so
+/// a list searched in order is cheaper than hashing every name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Form {
+    pairs: Vec<(String, Vec<String>)>,
+}
+
+impl Form {
+    /// Every value given for `name`.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<&Vec<String>> {
+        self.pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    /// The names with their values.
+    pub fn iter(&self) -> impl Iterator<Item = FormEntry<'_>> {
+        self.into_iter()
+    }
+
+    /// The values, a list per name.
+    pub fn values(&self) -> impl Iterator<Item = &Vec<String>> {
+        self.pairs.iter().map(|(_, v)| v)
+    }
+
+    /// How many distinct names.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// Whether the form has no names.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    fn push(&mut self, name: String, value: String) {
+        match self.pairs.iter_mut().find(|(k, _)| *k == name) {
+            Some((_, v)) => v.push(value),
+            None => self.pairs.push((name, vec![value])),
+        }
+    }
+}
+
+/// A name and its values, as [`Form::iter`] gives them.
+type FormEntry<'a> = (&'a String, &'a Vec<String>);
+
+impl<'a> IntoIterator for &'a Form {
+    type Item = FormEntry<'a>;
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, Vec<String>)>,
+        fn(&'a (String, Vec<String>)) -> FormEntry<'a>,
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.pairs.iter().map(|(k, v)| (k, v))
+    }
+}
+
 /// Decodes `application/x-www-form-urlencoded` strictly: percent-decoded bytes
 /// must be UTF-8 (no lossy replacement), at most [`MAX_FORM_PARAMS`] pairs.
 /// Returns each name with every value it was given.
-pub fn parse_form(body: &[u8]) -> Result<HashMap<String, Vec<String>>, RequestError> {
-    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+pub fn parse_form(body: &[u8]) -> Result<Form, RequestError> {
+    let mut out = Form::default();
     let mut count = 0usize;
     // `memchr` finds the separators a word at a time: the body is mostly one
     // long token, which a byte-by-byte split walks one byte at a time.
@@ -169,7 +226,7 @@ pub fn parse_form(body: &[u8]) -> Result<HashMap<String, Vec<String>>, RequestEr
             };
             let k = decode_component(k)?;
             let v = decode_component(v)?;
-            out.entry(k).or_default().push(v);
+            out.push(k, v);
         }
         match next {
             Some(n) => rest = n,
@@ -219,10 +276,7 @@ fn decode_component(raw: &[u8]) -> Result<String, RequestError> {
 }
 
 /// Builds a [`TokenRequest`] from the decoded form.
-pub fn token_request(
-    form: &HashMap<String, Vec<String>>,
-    max_token_bytes: usize,
-) -> Result<TokenRequest, RequestError> {
+pub fn token_request(form: &Form, max_token_bytes: usize) -> Result<TokenRequest, RequestError> {
     // RFC 6749 §3.2: parameters MUST NOT repeat (audience/resource are
     // counted separately: more than one target is invalid_target).
     for (k, vs) in form {
@@ -467,7 +521,7 @@ pub fn parse_authorization_details(s: &str) -> Result<serde_json::Value, Request
 mod tests {
     use super::*;
 
-    fn form(s: &str) -> HashMap<String, Vec<String>> {
+    fn form(s: &str) -> Form {
         parse_form(s.as_bytes()).unwrap()
     }
     fn req(s: &str) -> Result<TokenRequest, RequestError> {
@@ -660,6 +714,7 @@ mod tests {
     /// values, too many pairs).
     #[test]
     fn parse_form_matches_a_plain_split() {
+        use std::collections::HashMap;
         fn reference(body: &[u8]) -> Result<HashMap<String, Vec<String>>, &'static str> {
             let mut out: HashMap<String, Vec<String>> = HashMap::new();
             let mut count = 0;
@@ -678,6 +733,9 @@ mod tests {
             }
             Ok(out)
         }
+        fn as_map(f: Form) -> HashMap<String, Vec<String>> {
+            f.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        }
         let many = "a=1&".repeat(MAX_FORM_PARAMS + 1);
         for body in [
             "",
@@ -691,7 +749,9 @@ mod tests {
             many.as_str(),
         ] {
             assert_eq!(
-                parse_form(body.as_bytes()).map_err(|e| e.reason),
+                parse_form(body.as_bytes())
+                    .map(as_map)
+                    .map_err(|e| e.reason),
                 reference(body.as_bytes()),
                 "{body}"
             );
@@ -701,7 +761,7 @@ mod tests {
             0..60,
         ))| {
             proptest::prop_assert_eq!(
-                parse_form(&body).map_err(|e| e.reason),
+                parse_form(&body).map(as_map).map_err(|e| e.reason),
                 reference(&body)
             );
         });
