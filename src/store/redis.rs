@@ -223,22 +223,6 @@ fn h(x: &[u8]) -> String {
     out
 }
 
-/// CRC16/XMODEM, as Redis Cluster computes it.
-pub(crate) fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
-
 /// Number of slots of a Redis Cluster.
 const CLUSTER_SLOTS: u16 = 16384;
 
@@ -253,7 +237,7 @@ pub(crate) fn cluster_slot(key: &str) -> u16 {
             .filter(|&e| e > 0)
             .map(|e| &rest[..e])
     });
-    crc16(tagged.unwrap_or(k)) % CLUSTER_SLOTS
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(k)) % CLUSTER_SLOTS
 }
 
 /// What the store URL names; makes fresh connections.
