@@ -140,19 +140,20 @@ impl PipeLines {
     /// Writes `buf` (whole lines) after whatever a timed-out batch left:
     /// the rest of a started line is finished first; lines not started are
     /// dropped (their batch was refused). Cancel-safe: dropping the future
-    /// keeps the unwritten bytes for the next call.
-    pub(crate) async fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        if !self.at_line_start {
+    /// keeps the unwritten bytes for the next call. The batch is taken, not
+    /// copied, when nothing was left.
+    pub(crate) async fn write(&mut self, buf: Vec<u8>) -> std::io::Result<()> {
+        if self.at_line_start {
+            self.pending = buf;
+        } else {
             let end = self
                 .pending
                 .iter()
                 .position(|&b| b == b'\n')
                 .map_or(self.pending.len(), |i| i + 1);
             self.pending.truncate(end);
-        } else {
-            self.pending.clear();
+            self.pending.extend_from_slice(&buf);
         }
-        self.pending.extend_from_slice(buf);
         while !self.pending.is_empty() {
             match self.out.try_write(&self.pending) {
                 Ok(0) => {
@@ -228,7 +229,7 @@ impl Lines {
     pub(crate) async fn write(&mut self, buf: Vec<u8>) -> Result<(), String> {
         let r = match self {
             Lines::Off => Ok(()),
-            Lines::Pipe(p) => p.write(&buf).await,
+            Lines::Pipe(p) => p.write(buf).await,
             Lines::Inline(f) => f.write_all(&buf),
             Lines::Stdout => {
                 on_blocking_pool(move || {
@@ -308,7 +309,7 @@ mod tests {
         assert!(rustix::fs::fcntl_getfl(&w)
             .unwrap()
             .contains(rustix::fs::OFlags::NONBLOCK));
-        p.write(b"one\ntwo\n").await.unwrap();
+        p.write(b"one\ntwo\n".to_vec()).await.unwrap();
         drop(p);
         assert_eq!(rustix::fs::fcntl_getfl(&w).unwrap(), before);
         drop(w);
@@ -334,7 +335,8 @@ mod tests {
         let big: Vec<u8> = (0..(cap / 100 + 50))
             .flat_map(|i| line(b'a' + (i % 20) as u8))
             .collect();
-        let cut = tokio::time::timeout(std::time::Duration::from_millis(200), p.write(&big)).await;
+        let cut =
+            tokio::time::timeout(std::time::Duration::from_millis(200), p.write(big.clone())).await;
         assert!(cut.is_err(), "a full pipe must not complete the batch");
         assert!(!p.at_line_start, "the pipe filled mid-line");
         // A reader drains in the background while the next batch is written.
@@ -344,7 +346,7 @@ mod tests {
             r.read_to_end(&mut all).unwrap();
             all
         });
-        p.write(b"next\n").await.unwrap();
+        p.write(b"next\n".to_vec()).await.unwrap();
         drop(p);
         drop(w);
         let all = reader.join().unwrap();
@@ -364,8 +366,8 @@ mod tests {
         let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut p = PipeLines::new(a.as_fd(), StdoutKind::StreamSocket).unwrap();
         assert!(matches!(p.out, Conduit::Socket(_)));
-        p.write(b"one\n").await.unwrap();
-        p.write(b"two\n").await.unwrap();
+        p.write(b"one\n".to_vec()).await.unwrap();
+        p.write(b"two\n".to_vec()).await.unwrap();
         drop(p);
         drop(a);
         let mut got = String::new();
@@ -378,7 +380,7 @@ mod tests {
         let (r, w) = pipe();
         let mut p = PipeLines::new(w.as_fd(), StdoutKind::Fifo).unwrap();
         drop(r);
-        let e = p.write(b"x\n").await.unwrap_err();
+        let e = p.write(b"x\n".to_vec()).await.unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
     }
 }
