@@ -158,25 +158,8 @@ impl Form {
     }
 
     /// The names with their values.
-    pub fn iter(&self) -> impl Iterator<Item = FormEntry<'_>> {
-        self.into_iter()
-    }
-
-    /// The values, a list per name.
-    pub fn values(&self) -> impl Iterator<Item = &Vec<String>> {
-        self.pairs.iter().map(|(_, v)| v)
-    }
-
-    /// How many distinct names.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.pairs.len()
-    }
-
-    /// Whether the form has no names.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Vec<String>)> {
+        self.pairs.iter().map(|(k, v)| (k, v))
     }
 
     fn push(&mut self, name: String, value: String) {
@@ -184,20 +167,6 @@ impl Form {
             Some((_, v)) => v.push(value),
             None => self.pairs.push((name, vec![value])),
         }
-    }
-}
-
-/// A name and its values, as [`Form::iter`] gives them.
-type FormEntry<'a> = (&'a String, &'a Vec<String>);
-
-impl<'a> IntoIterator for &'a Form {
-    type Item = FormEntry<'a>;
-    type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (String, Vec<String>)>,
-        fn(&'a (String, Vec<String>)) -> FormEntry<'a>,
-    >;
-    fn into_iter(self) -> Self::IntoIter {
-        self.pairs.iter().map(|(k, v)| (k, v))
     }
 }
 
@@ -279,7 +248,7 @@ fn decode_component(raw: &[u8]) -> Result<String, RequestError> {
 pub fn token_request(form: &Form, max_token_bytes: usize) -> Result<TokenRequest, RequestError> {
     // RFC 6749 §3.2: parameters MUST NOT repeat (audience/resource are
     // counted separately: more than one target is invalid_target).
-    for (k, vs) in form {
+    for (k, vs) in form.iter() {
         if vs.len() > 1 && k != "audience" && k != "resource" {
             return Err(bad(ErrorCode::InvalidRequest, "repeated_parameter"));
         }

@@ -22,7 +22,7 @@ fn form_token(headers: &HeaderMap, body: &[u8]) -> Result<(String, Option<String
         .and_then(|v| v.to_str().ok());
     check_content_type(ct).map_err(|e| OAuthError::new(e.code))?;
     let form = parse_form(body).map_err(|e| OAuthError::new(e.code))?;
-    if form.values().any(|v| v.len() > 1) {
+    if form.iter().any(|(_, v)| v.len() > 1) {
         return Err(OAuthError::new(ErrorCode::InvalidRequest));
     }
     let get = |k: &str| {
