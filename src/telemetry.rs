@@ -41,6 +41,14 @@ pub struct Metrics {
     /// `tessera_store_fast_failures_total{op}`: store calls refused at once
     /// by the open circuit breaker, without touching Redis.
     pub store_fast_failures: IntCounterVec,
+    /// `tessera_store_block_cache_lookups_total{result}`: subject block
+    /// checks answered by the block cache (`hit`), read from Redis and
+    /// cached (`miss`), or read from Redis with the cache off (`off`);
+    /// indexed in that order.
+    pub block_cache_lookups: [IntCounter; 3],
+    /// `tessera_store_block_cache_live`: 1 while the block cache answers
+    /// (its tracking connection is up and checked), else 0.
+    pub block_cache_live: IntGauge,
     /// `tessera_jwks_refreshes_total{outcome}`: JWKS fetches of trusted
     /// issuers, `ok` or the failure reason.
     pub jwks_refreshes: IntCounterVec,
@@ -159,6 +167,25 @@ fn build() -> Result<Metrics, prometheus::Error> {
     )?;
     registry.register(Box::new(store_breaker_open.clone()))?;
     registry.register(Box::new(store_fast_failures.clone()))?;
+    let lookups = IntCounterVec::new(
+        Opts::new(
+            "tessera_store_block_cache_lookups_total",
+            "Subject block checks: answered by the block cache (hit), read from Redis and \
+             cached (miss), or read from Redis with the cache off (off)",
+        ),
+        &["result"],
+    )?;
+    registry.register(Box::new(lookups.clone()))?;
+    let block_cache_lookups = [
+        lookups.with_label_values(&["hit"]),
+        lookups.with_label_values(&["miss"]),
+        lookups.with_label_values(&["off"]),
+    ];
+    let block_cache_live = IntGauge::new(
+        "tessera_store_block_cache_live",
+        "1 while the subject block cache answers (its Redis tracking connection is up), else 0",
+    )?;
+    registry.register(Box::new(block_cache_live.clone()))?;
     registry.register(Box::new(jwks_refreshes.clone()))?;
     registry.register(Box::new(approvals_pending.clone()))?;
     let guard_actions = IntCounterVec::new(
@@ -205,6 +232,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         store_errors,
         store_breaker_open,
         store_fast_failures,
+        block_cache_lookups,
+        block_cache_live,
         jwks_refreshes,
         approvals_pending,
         peer_rate_limited,

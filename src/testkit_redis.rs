@@ -389,6 +389,21 @@ fn connect(port: u16) -> Result<::redis::Connection, String> {
         .map_err(|e| format!("cannot connect to 127.0.0.1:{port}: {e}"))
 }
 
+/// How many times a server ran `cmd` (lower case) since it started or
+/// since its last `CONFIG RESETSTAT` (`INFO commandstats`).
+pub fn command_calls(port: u16, cmd: &str) -> Result<u64, String> {
+    let info = command_text(port, &["INFO", "commandstats"])?;
+    let prefix = format!("cmdstat_{cmd}:calls=");
+    match info.lines().find_map(|l| l.strip_prefix(prefix.as_str())) {
+        None => Ok(0),
+        Some(rest) => rest
+            .split(',')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("unreadable INFO commandstats line for {cmd}")),
+    }
+}
+
 /// Runs one command on a test server (setup only).
 pub fn command(port: u16, args: &[&str]) -> Result<::redis::Value, String> {
     let mut con = connect(port)?;

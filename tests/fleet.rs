@@ -220,6 +220,50 @@ async fn two_serve_processes_share_state_through_redis() {
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["grants"][0]["remaining"], 0);
+
+    // The kill switch made through A is enforced by B, although B answers
+    // "not blocked" from its block cache (kept exact by Redis tracking).
+    let metric = |ops: u16, name: &'static str| async move {
+        let text = reqwest::get(format!("http://127.0.0.1:{ops}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let live = r#"tessera_store_block_cache_live"#;
+    let hits = r#"tessera_store_block_cache_lookups_total{result="hit"}"#;
+    within("B's block cache live", Duration::from_secs(5), || async {
+        metric(ops_b, live).await == 1.0
+    })
+    .await;
+    for i in 0..3 {
+        let task: &'static str = ["k0", "k1", "k2"][i];
+        assert_eq!(exchange(port_b, "tickets:read", task).await.0, 200);
+    }
+    assert!(
+        metric(ops_b, hits).await >= 1.0,
+        "B never answered from its cache"
+    );
+    let (code, _, err) = cli(
+        d,
+        port_a,
+        &["revoke", "--subject", AGENT, "--block-for", "5m"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let blocked = r#"tessera_exchanges_total{outcome="refused",reason="subject_blocked"}"#;
+    within(
+        "the block enforced at B",
+        Duration::from_secs(1),
+        || async { exchange(port_b, "tickets:read", "k3").await.0 != 200 },
+    )
+    .await;
+    assert!(metric(ops_b, blocked).await >= 1.0);
+    assert_ne!(exchange(port_a, "tickets:read", "k4").await.0, 200);
 }
 
 const ISS: &str = "https://tessera.fleet";

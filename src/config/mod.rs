@@ -524,6 +524,7 @@ impl Config {
                 },
                 revocation_replicas: st.revocation_replicas,
                 revocation_wait,
+                block_cache: st.block_cache,
             },
         };
 

@@ -174,6 +174,11 @@ pub struct RawStore {
     /// Longest wait for those acknowledgements. Defaults to `500ms`.
     #[serde(default = "d_revocation_wait")]
     pub revocation_wait: String,
+    /// Hold subject blocks in the broker, kept exact by Redis client
+    /// tracking (`redis://` and `rediss://` only; with Cluster or Sentinel
+    /// every exchange reads Redis). Defaults to true.
+    #[serde(default = "d_true")]
+    pub block_cache: bool,
 }
 
 impl Default for RawStore {
@@ -187,6 +192,7 @@ impl Default for RawStore {
             breaker_cooloff_max: d_breaker_cooloff_max(),
             revocation_replicas: 0,
             revocation_wait: d_revocation_wait(),
+            block_cache: true,
         }
     }
 }
@@ -685,4 +691,8 @@ fn d_guard_max_identities() -> u64 {
 }
 fn d_guard_max_audiences() -> u64 {
     64
+}
+
+fn d_true() -> bool {
+    true
 }

@@ -170,6 +170,23 @@ fn empty_config_gets_contract_defaults() {
     );
 }
 
+#[test]
+fn block_cache_is_on_by_default_and_can_be_turned_off() {
+    let on = Config::from_toml_str("a.toml", "[store]\nurl = \"redis://r:6379\"\n").unwrap();
+    assert!(on.store.options.block_cache);
+    let off = Config::from_toml_str(
+        "b.toml",
+        "[store]\nurl = \"redis://r:6379\"\nblock_cache = false\n",
+    )
+    .unwrap();
+    assert!(!off.store.options.block_cache);
+    let e = err_of("[store]\nblock_cache = \"no\"\n");
+    assert!(
+        e.to_string().contains("line 2") && e.to_string().contains("boolean"),
+        "{e}"
+    );
+}
+
 fn err_of(text: &str) -> ConfigError {
     Config::from_toml_str("bad.toml", text).unwrap_err()
 }

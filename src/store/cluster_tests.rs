@@ -454,14 +454,8 @@ async fn task_revoked(st: &RedisStore, value: &str) -> bool {
     st.is_revoked(&task_token(value), now).await.unwrap()
 }
 
-/// How many times a node ran `cmd` since its last `CONFIG RESETSTAT`
-/// (`INFO commandstats`).
 fn calls(port: u16, cmd: &str) -> u64 {
-    let info = crate::testkit_redis::command_text(port, &["INFO", "commandstats"]).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
+    crate::testkit_redis::command_calls(port, cmd).unwrap()
 }
 
 /// The `{rev}` master of the test cluster, after checking that the store's

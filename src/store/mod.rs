@@ -6,6 +6,7 @@
 //! and [`redis::RedisStore`] (shared by a fleet; `redis://`, `rediss://`,
 //! `redis+cluster://` and `redis+sentinel://`).
 
+pub mod block_cache;
 pub mod breaker;
 pub mod feed;
 pub mod memory;
@@ -485,6 +486,9 @@ pub struct StoreOptions {
     pub revocation_replicas: u32,
     /// Longest wait for those acknowledgements.
     pub revocation_wait: Duration,
+    /// Hold subject blocks in the broker, kept exact by Redis client
+    /// tracking ([`block_cache`]); `redis://` and `rediss://` only.
+    pub block_cache: bool,
 }
 
 impl Default for StoreOptions {
@@ -493,6 +497,7 @@ impl Default for StoreOptions {
             breaker: breaker::BreakerConfig::default(),
             revocation_replicas: 0,
             revocation_wait: Duration::from_millis(500),
+            block_cache: true,
         }
     }
 }

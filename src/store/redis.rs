@@ -93,6 +93,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::block_cache::{BlockCache, Lookup};
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use ::redis::cluster_async::ClusterConnection;
@@ -647,7 +648,7 @@ fn protocol(msg: &str) -> Fail {
 }
 
 /// The class of a Redis error, without its free text (which could echo data).
-fn describe(e: &RedisError) -> String {
+pub(crate) fn describe(e: &RedisError) -> String {
     if e.is_connection_refusal() {
         return "connection refused".into();
     }
@@ -742,6 +743,9 @@ pub struct RedisStore {
     approval_create_script: Script,
     approval_decide_script: Script,
     approval_poll_script: Script,
+    /// Subject blocks held here ([`super::block_cache`]), with the task
+    /// that keeps them exact; `None` when off or not a single primary.
+    block_cache: Option<(Arc<BlockCache>, super::block_cache::Tracker)>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -1101,6 +1105,7 @@ impl RedisStore {
             approval_create_script: script(LUA_APPROVAL_CREATE),
             approval_decide_script: script(LUA_APPROVAL_DECIDE),
             approval_poll_script: script(LUA_APPROVAL_POLL),
+            block_cache: None,
         })
     }
 
@@ -1178,7 +1183,25 @@ impl RedisStore {
             ));
         }
         self.resilience = Resilience::new(o);
+        self.block_cache = match (&self.conn.target, o.block_cache) {
+            (Target::Single { client, .. }, true) => {
+                let cache = Arc::new(BlockCache::new());
+                let tracker = super::block_cache::spawn(
+                    cache.clone(),
+                    client,
+                    format!("{}:{{rev}}:blk:", self.prefix),
+                    self.timeout,
+                );
+                Some((cache, tracker))
+            }
+            _ => None,
+        };
         Ok(self)
+    }
+
+    /// The block cache, when on (for tests and diagnostics).
+    pub fn block_cache(&self) -> Option<&BlockCache> {
+        self.block_cache.as_ref().map(|(c, _)| c.as_ref())
     }
 
     /// The circuit breaker (its state, for tests and diagnostics).
@@ -1849,38 +1872,54 @@ impl RevocationStore for RedisStore {
 
     async fn block_subject(&self, subject: &str, until: u64) -> Result<(), StoreError> {
         check_time(until, "until")?;
+        let key = self.key_block(subject);
         let mut con = self.conn.manager()?;
-        self.run("block_subject", async {
-            let _: i64 = self
-                .block_script
-                .key(self.key_block(subject))
-                .arg(until)
-                .invoke_async(&mut con)
-                .await?;
-            Ok(())
-        })
-        .await
+        let r = self
+            .run("block_subject", async {
+                let _: i64 = self
+                    .block_script
+                    .key(&key)
+                    .arg(until)
+                    .invoke_async(&mut con)
+                    .await?;
+                Ok(())
+            })
+            .await;
+        // Before the caller hears of it, and whatever the outcome (a write
+        // may have landed): an exchange here reads the block from Redis.
+        if let Some((c, _)) = &self.block_cache {
+            c.invalidate(key.as_bytes());
+        }
+        r
     }
 
     async fn is_blocked(&self, subject: &str, now: u64) -> Result<bool, StoreError> {
+        let key = self.key_block(subject);
+        // With the breaker open the store is failing: no cached answers.
+        let lookup = match &self.block_cache {
+            Some((c, _)) if !self.resilience.breaker.is_open() => c.lookup(&key),
+            _ => Lookup::Off,
+        };
+        if let Lookup::Hit(until) = lookup {
+            return Ok(until.is_some_and(|u| u > now));
+        }
         let mut con = self.conn.manager()?;
         let v: Option<String> = self
             .run("is_blocked", async {
-                Ok(::redis::cmd("GET")
-                    .arg(self.key_block(subject))
-                    .query_async(&mut con)
-                    .await?)
+                Ok(::redis::cmd("GET").arg(&key).query_async(&mut con).await?)
             })
             .await?;
-        match v {
-            None => Ok(false),
-            Some(v) => {
-                let until: u64 = v
-                    .parse()
-                    .map_err(|_| StoreError::Protocol("malformed block entry in redis".into()))?;
-                Ok(until > now)
-            }
+        let until = match v {
+            None => None,
+            Some(v) => Some(
+                v.parse::<u64>()
+                    .map_err(|_| StoreError::Protocol("malformed block entry in redis".into()))?,
+            ),
+        };
+        if let (Lookup::Miss(seq), Some((c, _))) = (lookup, &self.block_cache) {
+            c.fill(&key, seq, until);
         }
+        Ok(until.is_some_and(|u| u > now))
     }
 }
 

@@ -957,3 +957,319 @@ async fn revocation_replicas_are_accepted_on_every_url_kind() {
         assert!(Stores::open_with(url, "t", t, &o).await.is_ok(), "{url}");
     }
 }
+
+// ---- the subject block cache (`super::block_cache`) ----
+
+use super::block_cache::{CONNECTION_NAME, LEASE};
+use crate::testkit_redis::command_calls;
+
+/// A store with the block cache on, once its tracking connection is live.
+async fn cached_store(s: &RedisServer) -> Arc<RedisStore> {
+    let st = store_with(s, &StoreOptions::default());
+    wait_live(&st, true).await;
+    st
+}
+
+/// Waits (at most 3 s) until the block cache is (or is not) live.
+async fn wait_live(st: &RedisStore, live: bool) {
+    let c = st.block_cache().expect("block cache on");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while c.is_live() != live {
+        assert!(
+            Instant::now() < deadline,
+            "block cache live={} after 3 s, wanted {live}",
+            c.is_live()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Polls `is_blocked` (at most 2 s) until it says `want`.
+async fn wait_blocked(st: &RedisStore, subject: &str, now: u64, want: bool) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while st.is_blocked(subject, now).await.unwrap() != want {
+        assert!(
+            Instant::now() < deadline,
+            "{subject}: is_blocked still {} after 2 s",
+            !want
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The id of the block cache's tracking connection (`CLIENT LIST`).
+fn tracker_id(port: u16) -> Option<String> {
+    let list = crate::testkit_redis::command_text(port, &["CLIENT", "LIST"]).unwrap();
+    list.lines()
+        .find(|l| l.contains(&format!(" name={CONNECTION_NAME} ")))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_string)
+}
+
+/// Repeated checks of one subject are answered here: one `GET` reaches
+/// Redis, however many checks; the tracking connection is a broadcast one on
+/// the block prefix only; and every store behaviour is unchanged (the
+/// conformance suite with the cache live).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_cache_answers_repeat_checks_without_a_redis_read() {
+    let srv = require_redis!();
+    let st = cached_store(&srv).await;
+    let now = unix_now();
+    let gets = command_calls(srv.port(), "get").unwrap();
+    for _ in 0..50 {
+        assert!(!st.is_blocked("spiffe://td/a", now).await.unwrap());
+    }
+    assert_eq!(command_calls(srv.port(), "get").unwrap(), gets + 1);
+    let s = st.block_cache().unwrap().stats();
+    assert_eq!((s.misses, s.hits, s.off), (1, 49, 0));
+
+    // A blocked subject is cached as blocked (once Redis's invalidations
+    // of this store's own write have arrived), and its end is honoured
+    // without asking Redis again.
+    st.block_subject("spiffe://td/b", now + 100).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let hits = st.block_cache().unwrap().stats().hits;
+        assert!(st.is_blocked("spiffe://td/b", now).await.unwrap());
+        if st.block_cache().unwrap().stats().hits > hits {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the block was never cached");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let gets = command_calls(srv.port(), "get").unwrap();
+    assert!(st.is_blocked("spiffe://td/b", now + 99).await.unwrap());
+    assert!(!st.is_blocked("spiffe://td/b", now + 100).await.unwrap());
+    assert_eq!(command_calls(srv.port(), "get").unwrap(), gets);
+
+    let list = crate::testkit_redis::command_text(srv.port(), &["CLIENT", "LIST"]).unwrap();
+    let line = list
+        .lines()
+        .find(|l| l.contains(&format!(" name={CONNECTION_NAME} ")))
+        .expect("tracking connection listed");
+    assert!(line.contains(" resp=3"), "{line}");
+    let flags = line
+        .split(' ')
+        .find_map(|f| f.strip_prefix("flags="))
+        .unwrap();
+    assert!(flags.contains('t') && flags.contains('B'), "{line}");
+
+    conformance::run_all(Stores::from_backend(st.clone())).await;
+    assert!(st.block_cache().unwrap().stats().hits > 49);
+    assert_keys_bounded(&srv).await;
+}
+
+/// Blocks written by another broker, by hand, by expiry or by a flush are
+/// honoured as soon as Redis's invalidation arrives; a block written
+/// through this store is honoured at once, with no wait at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_cache_follows_writes_from_anywhere() {
+    let srv = require_redis!();
+    let a = cached_store(&srv).await;
+    let b = store(&srv); // another replica, without a cache
+    let now = unix_now();
+    let subject = "spiffe://td/elsewhere";
+    assert!(!a.is_blocked(subject, now).await.unwrap());
+    assert_eq!(a.block_cache().unwrap().len(), 1);
+
+    // Another broker blocks the subject.
+    b.block_subject(subject, now + 100).await.unwrap();
+    wait_blocked(&a, subject, now, true).await;
+    assert!(a.block_cache().unwrap().stats().invalidations >= 1);
+
+    // Deleted by hand: unblocked here too.
+    let key = a.key_block(subject);
+    let mut con = raw(&srv).await;
+    let () = ::redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    wait_blocked(&a, subject, now, false).await;
+
+    // Written by hand.
+    let () = ::redis::cmd("SET")
+        .arg(&key)
+        .arg(now + 100)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    wait_blocked(&a, subject, now, true).await;
+
+    // A flush of the database empties the cache.
+    assert!(!a.block_cache().unwrap().is_empty());
+    let () = ::redis::cmd("FLUSHALL")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    wait_blocked(&a, subject, now, false).await;
+
+    // Through this store: strict, no polling.
+    let here = "spiffe://td/here";
+    assert!(!a.is_blocked(here, now).await.unwrap());
+    assert!(!a.is_blocked(here, now).await.unwrap());
+    a.block_subject(here, now + 100).await.unwrap();
+    assert!(a.is_blocked(here, now).await.unwrap());
+}
+
+/// A read that was on the wire when a block was written is never cached as
+/// "not blocked": hammered from several tasks while another store blocks
+/// and unblocks, the cached answer ends right after every change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_cache_never_keeps_an_answer_older_than_a_write() {
+    let srv = require_redis!();
+    let a = cached_store(&srv).await;
+    let b = store(&srv);
+    let mut con = raw(&srv).await;
+    let now = unix_now();
+    let subject = "spiffe://td/racy";
+    let key = a.key_block(subject);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let a = a.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    a.is_blocked(subject, now).await.unwrap();
+                    // A hit does no I/O: let the connections' tasks run.
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for round in 0..40 {
+        if round % 2 == 0 {
+            b.block_subject(subject, now + 100).await.unwrap();
+        } else {
+            let () = ::redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+        }
+        wait_blocked(&a, subject, now, round % 2 == 0).await;
+        // And it stays so: nothing older was cached after the change.
+        for _ in 0..20 {
+            assert_eq!(
+                a.is_blocked(subject, now).await.unwrap(),
+                round % 2 == 0,
+                "round {round}: a stale answer came back"
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        r.await.unwrap();
+    }
+    assert!(a.block_cache().unwrap().stats().hits > 0);
+}
+
+/// Losing the tracking connection turns the cache off at once (checks read
+/// Redis, and see a block written meanwhile); it comes back by itself.
+/// A server that stops answering turns it off within the lease, and the
+/// check then fails closed instead of answering from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_cache_turns_off_when_its_connection_fails_and_fails_closed() {
+    let mut srv = require_redis!();
+    let a = cached_store(&srv).await;
+    let b = store(&srv);
+    let now = unix_now();
+    let subject = "spiffe://td/conn";
+    assert!(!a.is_blocked(subject, now).await.unwrap());
+    assert!(!a.is_blocked(subject, now).await.unwrap());
+    let cache = a.block_cache().unwrap();
+    assert_eq!(cache.stats().sessions, 1);
+
+    // Killed by the server: off, and empty.
+    let id = tracker_id(srv.port()).expect("tracking connection listed");
+    crate::testkit_redis::command(srv.port(), &["CLIENT", "KILL", "ID", &id]).unwrap();
+    wait_live(&a, false).await;
+    assert!(cache.is_empty());
+    b.block_subject(subject, now + 100).await.unwrap();
+    assert!(a.is_blocked(subject, now).await.unwrap());
+    // Back by itself, on a new connection, starting empty.
+    wait_live(&a, true).await;
+    assert_eq!(cache.stats().sessions, 2);
+    assert_ne!(tracker_id(srv.port()), Some(id));
+    assert!(a.is_blocked(subject, now).await.unwrap());
+    let hits = cache.stats().hits;
+    assert!(a.is_blocked(subject, now).await.unwrap());
+    assert_eq!(cache.stats().hits, hits + 1);
+
+    // A server that stops answering: no cached answer after the lease, even
+    // while the tracking connection still waits for its `PONG` (this store
+    // waits 2 s for an answer, far longer than the lease).
+    let slow = Arc::new(
+        RedisStore::new(&RedisConfig {
+            timeout: Duration::from_secs(2),
+            ..cfg(&srv.url())
+        })
+        .unwrap()
+        .with_options(&StoreOptions::default())
+        .unwrap(),
+    );
+    wait_live(&slow, true).await;
+    let other = "spiffe://td/cached";
+    for st in [&a, &slow] {
+        assert!(!st.is_blocked(other, now).await.unwrap());
+        assert!(!st.is_blocked(other, now).await.unwrap());
+    }
+    srv.suspend().unwrap();
+    tokio::time::sleep(LEASE + Duration::from_millis(150)).await;
+    for st in [&a, &slow] {
+        let cache = st.block_cache().unwrap();
+        assert!(!cache.is_live());
+        assert_eq!(
+            cache.stats().sessions,
+            if Arc::ptr_eq(st, &a) { 2 } else { 1 }
+        );
+        let e = st.is_blocked(other, now).await.unwrap_err();
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+    }
+    srv.resume().unwrap();
+    wait_live(&a, true).await;
+    wait_live(&slow, true).await;
+    assert!(!a.is_blocked(other, now).await.unwrap());
+
+    // A restarted (empty) server: the cache follows.
+    srv.restart().unwrap();
+    wait_live(&a, true).await;
+    // (The store's own connection may fail once on the dropped socket.)
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while a.is_blocked(subject, now).await.is_err() {
+        assert!(Instant::now() < deadline, "no answer after the restart");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!a.is_blocked(subject, now).await.unwrap());
+}
+
+/// Off when configured off, and for Cluster and Sentinel URLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_cache_is_only_for_a_single_primary_and_can_be_turned_off() {
+    let srv = require_redis!();
+    let off = store_with(
+        &srv,
+        &StoreOptions {
+            block_cache: false,
+            ..Default::default()
+        },
+    );
+    assert!(off.block_cache().is_none());
+    let gets = command_calls(srv.port(), "get").unwrap();
+    for _ in 0..3 {
+        assert!(!off.is_blocked("spiffe://td/x", unix_now()).await.unwrap());
+    }
+    assert_eq!(command_calls(srv.port(), "get").unwrap(), gets + 3);
+    assert!(tracker_id(srv.port()).is_none());
+    for url in [
+        "redis+cluster://127.0.0.1:1,127.0.0.1:2",
+        "redis+sentinel://127.0.0.1:1/mymaster",
+    ] {
+        let st = RedisStore::new(&cfg(url))
+            .unwrap()
+            .with_options(&StoreOptions::default())
+            .unwrap();
+        assert!(st.block_cache().is_none(), "{url}");
+    }
+}
