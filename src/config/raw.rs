@@ -175,7 +175,7 @@ pub struct RawStore {
     #[serde(default = "d_revocation_wait")]
     pub revocation_wait: String,
     /// Hold subject blocks in the broker, kept exact by Redis client
-    /// tracking (`redis://` and `rediss://` only; with Cluster or Sentinel
+    /// tracking (`redis://`, `rediss://`, `redis+sentinel://`; with Cluster
     /// every exchange reads Redis). Defaults to true.
     #[serde(default = "d_true")]
     pub block_cache: bool,

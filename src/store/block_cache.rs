@@ -36,10 +36,17 @@
 //!   message to cross the network, under a millisecond on a LAN, never more
 //!   than [`LEASE`].
 //!
-//! Only `redis://` and `rediss://` (one primary) use the cache: with Redis
-//! Cluster or Sentinel every exchange reads Redis as before (the tracking
-//! connection would have to follow the `{rev}` slot's master, or the
-//! primary, through failovers). `[store] block_cache = false` turns it off.
+//! With Redis Sentinel the tracking connection goes to the primary the
+//! sentinels name, checks with `ROLE` that it still is one, and asks the
+//! sentinels again every [`super::redis::SENTINEL_RECHECK`]: when they name
+//! another primary (a failover) the cache turns off, empties, and follows.
+//! A failover is a window, as for the store's own connection: until the
+//! broker learns of the new primary (at most that recheck, or at once if
+//! the old primary's connection drops), a block written through a broker
+//! that already moved may not be seen here (README: what Sentinel does not
+//! give). With Redis Cluster every exchange reads Redis as before (the
+//! tracking connection would have to follow the `{rev}` slot's master).
+//! `[store] block_cache = false` turns it off.
 //!
 //! redis-rs's own client-side cache (feature `cache-aio`) is not used: it is
 //! marked experimental, it needs the whole store connection on RESP3, it
@@ -51,8 +58,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ::redis::sentinel::SentinelClient;
 use ::redis::{
-    AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, RedisResult, Value,
+    AsyncConnectionConfig, Client, ConnectionAddr, ProtocolVersion, PushInfo, PushKind,
+    RedisResult, Value,
 };
 
 /// Most block answers held; when full the cache starts empty again
@@ -320,31 +329,28 @@ impl Drop for Tracker {
     }
 }
 
-/// Starts the tracking connection for `cache`: block keys start with
-/// `prefix`; `client` is the store's (its protocol is switched to RESP3);
-/// `timeout` bounds each connection attempt and command.
-pub fn spawn(
-    cache: Arc<BlockCache>,
-    client: &Client,
-    prefix: String,
-    timeout: Duration,
-) -> Tracker {
+/// Where the tracking connection goes.
+pub enum Source {
+    /// One server (`redis://`, `rediss://`): the store's client.
+    Single(Box<Client>),
+    /// The primary that these sentinels name (`redis+sentinel://`).
+    Sentinel(Arc<tokio::sync::Mutex<SentinelClient>>),
+}
+
+/// `client`, speaking RESP3 (pushes need it).
+fn resp3(client: &Client) -> RedisResult<Client> {
     let info = client.get_connection_info().clone();
     let redis = info
         .redis_settings()
         .clone()
         .set_protocol(ProtocolVersion::RESP3);
-    let client = Client::open(info.set_redis_settings(redis));
-    let task = tokio::spawn(async move {
-        let client = match client {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = ?e.kind(), "redis block cache off: cannot make its client");
-                return;
-            }
-        };
-        track(cache, client, prefix, timeout).await;
-    });
+    Client::open(info.set_redis_settings(redis))
+}
+
+/// Starts the tracking connection for `cache`: block keys start with
+/// `prefix`; `timeout` bounds each connection attempt and command.
+pub fn spawn(cache: Arc<BlockCache>, source: Source, prefix: String, timeout: Duration) -> Tracker {
+    let task = tokio::spawn(track(cache, source, prefix, timeout));
     Tracker { task }
 }
 
@@ -356,12 +362,12 @@ enum End {
     Refused(String),
 }
 
-async fn track(cache: Arc<BlockCache>, client: Client, prefix: String, timeout: Duration) {
+async fn track(cache: Arc<BlockCache>, source: Source, prefix: String, timeout: Duration) {
     let mut backoff = RECONNECT_FIRST;
     let mut warned = false;
     loop {
         let went_live = cache.stats().sessions;
-        let end = session(&cache, &client, &prefix, timeout).await;
+        let end = session(&cache, &source, &prefix, timeout).await;
         let was_live = cache.stats().sessions > went_live;
         cache.go_dead();
         if was_live {
@@ -394,7 +400,45 @@ fn lost(what: &str, e: &::redis::RedisError) -> End {
     }
 }
 
-async fn session(cache: &Arc<BlockCache>, client: &Client, prefix: &str, timeout: Duration) -> End {
+/// The primary the sentinels name now, and its address.
+async fn named_primary(
+    sentinel: &tokio::sync::Mutex<SentinelClient>,
+    timeout: Duration,
+) -> Result<(Client, ConnectionAddr), End> {
+    let ask = async { sentinel.lock().await.async_get_client().await };
+    match tokio::time::timeout(timeout, ask).await {
+        Ok(Ok(c)) => {
+            let addr = c.get_connection_info().addr().clone();
+            Ok((c, addr))
+        }
+        Ok(Err(e)) => Err(lost("asking the sentinels", &e)),
+        Err(_) => Err(End::Lost("asking the sentinels: timed out".into())),
+    }
+}
+
+/// Whether the server behind `con` says it is a primary (`ROLE`).
+async fn is_primary(con: &mut ::redis::aio::MultiplexedConnection) -> Result<bool, End> {
+    let role: RedisResult<Value> = ::redis::cmd("ROLE").query_async(con).await;
+    match role {
+        Ok(Value::Array(v)) => Ok(matches!(v.first(),
+            Some(Value::BulkString(b)) if b.as_slice() == b"master")),
+        Ok(_) => Ok(false),
+        Err(e) => Err(lost("ROLE", &e)),
+    }
+}
+
+async fn session(cache: &Arc<BlockCache>, source: &Source, prefix: &str, timeout: Duration) -> End {
+    let (client, sentinel) = match source {
+        Source::Single(c) => (Client::clone(c), None),
+        Source::Sentinel(s) => match named_primary(s, timeout).await {
+            Ok((c, addr)) => (c, Some((s, addr))),
+            Err(end) => return end,
+        },
+    };
+    let client = match resp3(&client) {
+        Ok(c) => c,
+        Err(e) => return lost("RESP3 client", &e),
+    };
     let pushes = cache.clone();
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
@@ -417,6 +461,13 @@ async fn session(cache: &Arc<BlockCache>, client: &Client, prefix: &str, timeout
     if let Err(e) = name {
         return lost("CLIENT SETNAME", &e);
     }
+    if sentinel.is_some() {
+        match is_primary(&mut con).await {
+            Ok(true) => {}
+            Ok(false) => return End::Lost("the server the sentinels name is not a primary".into()),
+            Err(end) => return end,
+        }
+    }
     let on: RedisResult<()> = ::redis::cmd("CLIENT")
         .arg("TRACKING")
         .arg("ON")
@@ -435,6 +486,7 @@ async fn session(cache: &Arc<BlockCache>, client: &Client, prefix: &str, timeout
     }
     cache.go_live(sent);
     tracing::info!("redis block cache live: blocks are invalidated by CLIENT TRACKING (broadcast)");
+    let mut checked = Instant::now();
     loop {
         tokio::time::sleep(HEARTBEAT).await;
         let sent = Instant::now();
@@ -445,6 +497,23 @@ async fn session(cache: &Arc<BlockCache>, client: &Client, prefix: &str, timeout
         if !cache.inner.lock().is_ok_and(|g| g.live) {
             // The connection reported itself closed between replies.
             return End::Lost("connection closed".into());
+        }
+        if let Some((s, addr)) = &sentinel {
+            if checked.elapsed() >= super::redis::SENTINEL_RECHECK {
+                checked = Instant::now();
+                match is_primary(&mut con).await {
+                    Ok(true) => {}
+                    Ok(false) => return End::Lost("the primary became a replica".into()),
+                    Err(end) => return end,
+                }
+                // Unreachable sentinels: keep the primary (as the store's
+                // own connection does); its failure will end the session.
+                if let Ok((_, named)) = named_primary(s, timeout).await {
+                    if &named != addr {
+                        return End::Lost("the sentinels name another primary".into());
+                    }
+                }
+            }
         }
         cache.renew(sent);
     }

@@ -405,6 +405,172 @@ async fn sentinel_manual_failover_moves_the_store_to_the_new_primary() {
     assert_eq!(s.primary_index().unwrap(), 1);
 }
 
+/// The block cache through Sentinel: its tracking connection is on the
+/// primary, a block written through another store is seen, and after a
+/// failover it follows the new primary (and sees blocks written there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_block_cache_follows_the_primary_through_a_failover() {
+    let Some(s) = sentinel_or_skip().unwrap() else {
+        return;
+    };
+    let cached = Arc::new(
+        RedisStore::new(&RedisConfig {
+            url: s.url(),
+            prefix: "tessera".into(),
+            timeout: T,
+            ca_pem: None,
+        })
+        .unwrap()
+        .with_options(&StoreOptions::default())
+        .unwrap(),
+    );
+    let other = store(&s.url());
+    let cache = cached.block_cache().expect("block cache on with Sentinel");
+    let live = |want: bool, sessions: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        async move {
+            while cache.is_live() != want || cache.stats().sessions < sessions {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "block cache live={} sessions={}",
+                    cache.is_live(),
+                    cache.stats().sessions
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    live(true, 1).await;
+    let primary = s.nodes[s.primary_index().unwrap()].port();
+    assert!(super::redis_tests::tracker_id(primary).is_some());
+    let now = conformance::unix_now();
+    let blocked = |st: Arc<RedisStore>, subject: &'static str, want: bool| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(b) = st.is_blocked(subject, now).await {
+                if b == want {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{subject}: never {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    assert!(!cached.is_blocked("spiffe://td/s1", now).await.unwrap());
+    let gets = crate::testkit_redis::command_calls(primary, "get").unwrap();
+    assert!(!cached.is_blocked("spiffe://td/s1", now).await.unwrap());
+    assert_eq!(
+        crate::testkit_redis::command_calls(primary, "get").unwrap(),
+        gets
+    );
+    other
+        .block_subject("spiffe://td/s1", now + 600)
+        .await
+        .unwrap();
+    blocked(cached.clone(), "spiffe://td/s1", true).await;
+
+    // Failover: the cache goes to the new primary, on a new session.
+    assert!(!cached.is_blocked("spiffe://td/s2", now).await.unwrap());
+    s.wait_replicated(Duration::from_secs(10)).unwrap();
+    command(
+        s.sentinel.port(),
+        &[
+            "SENTINEL",
+            "FAILOVER",
+            crate::testkit_redis::SENTINEL_MASTER,
+        ],
+    )
+    .unwrap();
+    live(true, 2).await;
+    let new_primary = s.nodes[s.primary_index().unwrap()].port();
+    assert_ne!(new_primary, primary);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while super::redis_tests::tracker_id(new_primary).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not on the new primary"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A block written on the new primary, by a store that followed it too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while other
+        .block_subject("spiffe://td/s2", now + 600)
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no write after failover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    blocked(cached.clone(), "spiffe://td/s2", true).await;
+    blocked(cached.clone(), "spiffe://td/s1", true).await;
+}
+
+/// When the sentinels start naming another primary while the old one is
+/// still a reachable primary (nothing drops), the block cache's recheck
+/// moves it there: the old primary would never see blocks written on the
+/// new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_block_cache_moves_when_the_sentinels_name_another_primary() {
+    let Some(s) = sentinel_or_skip().unwrap() else {
+        return;
+    };
+    let Some(elsewhere) = crate::testkit_redis::redis_or_skip().unwrap() else {
+        return;
+    };
+    let cached = RedisStore::new(&RedisConfig {
+        url: s.url(),
+        prefix: "tessera".into(),
+        timeout: T,
+        ca_pem: None,
+    })
+    .unwrap()
+    .with_options(&StoreOptions::default())
+    .unwrap();
+    let cache = cached.block_cache().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cache.is_live() {
+        assert!(std::time::Instant::now() < deadline, "never live");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let now = conformance::unix_now();
+    assert!(!cached.is_blocked("spiffe://td/m", now).await.unwrap());
+    let old = s.nodes[s.primary_index().unwrap()].port();
+    // The sentinels now watch another server under the same name.
+    let m = crate::testkit_redis::SENTINEL_MASTER;
+    command(s.sentinel.port(), &["SENTINEL", "REMOVE", m]).unwrap();
+    let port = elsewhere.port().to_string();
+    command(
+        s.sentinel.port(),
+        &["SENTINEL", "MONITOR", m, "127.0.0.1", &port, "1"],
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while super::redis_tests::tracker_id(elsewhere.port()).is_none() || !cache.is_live() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the block cache stayed on the old primary"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(super::redis_tests::tracker_id(old).is_none());
+    assert!(cache.stats().sessions >= 2);
+    // A block written on the newly named primary is honoured.
+    let key = cached.key_block("spiffe://td/m");
+    command(elsewhere.port(), &["SET", &key, &(now + 600).to_string()]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !matches!(cached.is_blocked("spiffe://td/m", now).await, Ok(true)) {
+        assert!(std::time::Instant::now() < deadline, "block not seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 // ---- revocation_replicas on a cluster: WAIT on the master of `{rev}` ----
 
 /// A cluster store that asks `replicas` acknowledgements of a revocation,

@@ -744,7 +744,7 @@ pub struct RedisStore {
     approval_decide_script: Script,
     approval_poll_script: Script,
     /// Subject blocks held here ([`super::block_cache`]), with the task
-    /// that keeps them exact; `None` when off or not a single primary.
+    /// that keeps them exact; `None` when off or with a cluster.
     block_cache: Option<(Arc<BlockCache>, super::block_cache::Tracker)>,
 }
 
@@ -1183,19 +1183,25 @@ impl RedisStore {
             ));
         }
         self.resilience = Resilience::new(o);
-        self.block_cache = match (&self.conn.target, o.block_cache) {
+        let source = match (&self.conn.target, o.block_cache) {
             (Target::Single { client, .. }, true) => {
-                let cache = Arc::new(BlockCache::new());
-                let tracker = super::block_cache::spawn(
-                    cache.clone(),
-                    client,
-                    format!("{}:{{rev}}:blk:", self.prefix),
-                    self.timeout,
-                );
-                Some((cache, tracker))
+                Some(super::block_cache::Source::Single(Box::new(client.clone())))
+            }
+            (Target::Sentinel { sentinel, .. }, true) => {
+                Some(super::block_cache::Source::Sentinel(sentinel.clone()))
             }
             _ => None,
         };
+        self.block_cache = source.map(|source| {
+            let cache = Arc::new(BlockCache::new());
+            let tracker = super::block_cache::spawn(
+                cache.clone(),
+                source,
+                format!("{}:{{rev}}:blk:", self.prefix),
+                self.timeout,
+            );
+            (cache, tracker)
+        });
         Ok(self)
     }
 
