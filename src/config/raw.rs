@@ -175,8 +175,8 @@ pub struct RawStore {
     #[serde(default = "d_revocation_wait")]
     pub revocation_wait: String,
     /// Hold subject blocks in the broker, kept exact by Redis client
-    /// tracking (`redis://`, `rediss://`, `redis+sentinel://`; with Cluster
-    /// every exchange reads Redis). Defaults to true.
+    /// tracking (every Redis topology; see `store::block_cache`). Defaults
+    /// to true.
     #[serde(default = "d_true")]
     pub block_cache: bool,
 }

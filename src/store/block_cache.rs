@@ -44,8 +44,18 @@
 //! broker learns of the new primary (at most that recheck, or at once if
 //! the old primary's connection drops), a block written through a broker
 //! that already moved may not be seen here (README: what Sentinel does not
-//! give). With Redis Cluster every exchange reads Redis as before (the
-//! tracking connection would have to follow the `{rev}` slot's master).
+//! give).
+//!
+//! With Redis Cluster every block key has the hash tag `{rev}`, so they are
+//! all on the master that owns that slot: the tracking connection goes
+//! there (`CLUSTER SLOTS`, asked of the URL's nodes), and every
+//! [`super::redis::SENTINEL_RECHECK`] checks with `CLUSTER NODES` that
+//! the node still owns the slot and is not migrating it away, and asks the
+//! URL's nodes again who owns it. A migration of the slot turns the cache
+//! off until it completes (keys already moved are written on the importing
+//! node, which the tracking connection does not see); a failover or a
+//! finished migration moves it to the new owner.
+//!
 //! `[store] block_cache = false` turns it off.
 //!
 //! redis-rs's own client-side cache (feature `cache-aio`) is not used: it is
@@ -60,8 +70,8 @@ use std::time::{Duration, Instant};
 
 use ::redis::sentinel::SentinelClient;
 use ::redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, ProtocolVersion, PushInfo, PushKind,
-    RedisResult, Value,
+    AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, PushInfo,
+    PushKind, RedisConnectionInfo, RedisResult, Value,
 };
 
 /// Most block answers held; when full the cache starts empty again
@@ -335,6 +345,92 @@ pub enum Source {
     Single(Box<Client>),
     /// The primary that these sentinels name (`redis+sentinel://`).
     Sentinel(Arc<tokio::sync::Mutex<SentinelClient>>),
+    /// The master that owns `slot` (the block keys' `{rev}`) in the
+    /// cluster these seeds (`host:port`) belong to; `node` is what to send
+    /// each node (user, password).
+    Cluster {
+        /// The URL's nodes.
+        seeds: Vec<String>,
+        /// Credentials and database for every node.
+        node: RedisConnectionInfo,
+        /// The hash slot of the block keys.
+        slot: u16,
+    },
+}
+
+/// A client for `host:port` with `node`'s credentials.
+fn node_client(host: &str, port: u16, node: &RedisConnectionInfo) -> RedisResult<Client> {
+    let info = ConnectionAddr::Tcp(host.to_string(), port)
+        .into_connection_info()?
+        .set_redis_settings(node.clone());
+    Client::open(info)
+}
+
+/// Where the master of `slot` listens, asked of the first seed (after the
+/// last master known) that answers `CLUSTER SLOTS`.
+async fn slot_owner(
+    seeds: &[String],
+    last: Option<&(String, u16)>,
+    node: &RedisConnectionInfo,
+    slot: u16,
+    timeout: Duration,
+) -> Result<(String, u16), End> {
+    let mut tried: Vec<(String, u16)> = last.into_iter().cloned().collect();
+    for s in seeds {
+        if let Some((h, p)) = s.rsplit_once(':') {
+            if let Ok(p) = p.parse::<u16>() {
+                tried.push((
+                    h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                    p,
+                ));
+            }
+        }
+    }
+    let mut why = End::Lost("no cluster node to ask".into());
+    for (h, p) in tried {
+        let ask = async {
+            let client = node_client(&h, p, node)?;
+            let mut con = client.get_multiplexed_async_connection().await?;
+            ::redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<Value>(&mut con)
+                .await
+        };
+        match tokio::time::timeout(timeout, ask).await {
+            Ok(Ok(slots)) => match super::redis::slot_master(&slots, slot) {
+                Ok(owner) => return Ok(owner),
+                Err(w) => why = End::Lost(format!("CLUSTER SLOTS: {w}")),
+            },
+            Ok(Err(e)) => why = lost("CLUSTER SLOTS", &e),
+            Err(_) => why = End::Lost("CLUSTER SLOTS: timed out".into()),
+        }
+    }
+    Err(why)
+}
+
+/// Whether the node behind `con` owns `slot` now and is not migrating it
+/// away (`CLUSTER NODES`: its own line lists the slot, without `[slot->-`).
+async fn owns_slot(con: &mut ::redis::aio::MultiplexedConnection, slot: u16) -> Result<bool, End> {
+    let nodes: RedisResult<String> = ::redis::cmd("CLUSTER").arg("NODES").query_async(con).await;
+    let nodes = match nodes {
+        Ok(n) => n,
+        Err(e) => return Err(lost("CLUSTER NODES", &e)),
+    };
+    let Some(me) = nodes.lines().find(|l| {
+        l.split(' ')
+            .nth(2)
+            .is_some_and(|f| f.split(',').any(|f| f == "myself"))
+    }) else {
+        return Ok(false);
+    };
+    let migrating = format!("[{slot}->-");
+    if me.contains(&migrating) {
+        return Ok(false);
+    }
+    Ok(me.split(' ').skip(8).any(|r| {
+        let (a, b) = r.split_once('-').unwrap_or((r, r));
+        matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+    }))
 }
 
 /// `client`, speaking RESP3 (pushes need it).
@@ -428,12 +524,21 @@ async fn is_primary(con: &mut ::redis::aio::MultiplexedConnection) -> Result<boo
 }
 
 async fn session(cache: &Arc<BlockCache>, source: &Source, prefix: &str, timeout: Duration) -> End {
-    let (client, sentinel) = match source {
-        Source::Single(c) => (Client::clone(c), None),
+    let (client, sentinel, cluster) = match source {
+        Source::Single(c) => (Client::clone(c), None, None),
         Source::Sentinel(s) => match named_primary(s, timeout).await {
-            Ok((c, addr)) => (c, Some((s, addr))),
+            Ok((c, addr)) => (c, Some((s, addr)), None),
             Err(end) => return end,
         },
+        Source::Cluster { seeds, node, slot } => {
+            match slot_owner(seeds, None, node, *slot, timeout).await {
+                Ok((h, p)) => match node_client(&h, p, node) {
+                    Ok(c) => (c, None, Some((seeds, node, *slot, (h, p)))),
+                    Err(e) => return lost("cluster node", &e),
+                },
+                Err(end) => return end,
+            }
+        }
     };
     let client = match resp3(&client) {
         Ok(c) => c,
@@ -468,6 +573,15 @@ async fn session(cache: &Arc<BlockCache>, source: &Source, prefix: &str, timeout
             Err(end) => return end,
         }
     }
+    if let Some((_, _, slot, _)) = &cluster {
+        match owns_slot(&mut con, *slot).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return End::Lost("the revocation slot is moving or not on this node".into())
+            }
+            Err(end) => return end,
+        }
+    }
     let on: RedisResult<()> = ::redis::cmd("CLIENT")
         .arg("TRACKING")
         .arg("ON")
@@ -497,6 +611,23 @@ async fn session(cache: &Arc<BlockCache>, source: &Source, prefix: &str, timeout
         if !cache.inner.lock().is_ok_and(|g| g.live) {
             // The connection reported itself closed between replies.
             return End::Lost("connection closed".into());
+        }
+        if let Some((seeds, node, slot, owner)) = &cluster {
+            if checked.elapsed() >= super::redis::SENTINEL_RECHECK {
+                checked = Instant::now();
+                // Still the slot's master, not migrating it away, and the
+                // cluster agrees (a failover elsewhere may have moved it).
+                match owns_slot(&mut con, *slot).await {
+                    Ok(true) => {}
+                    Ok(false) => return End::Lost("the revocation slot moved or is moving".into()),
+                    Err(end) => return end,
+                }
+                if let Ok(now) = slot_owner(seeds, None, node, *slot, timeout).await {
+                    if &now != owner {
+                        return End::Lost("the cluster names another master for the slot".into());
+                    }
+                }
+            }
         }
         if let Some((s, addr)) = &sentinel {
             if checked.elapsed() >= super::redis::SENTINEL_RECHECK {

@@ -571,6 +571,132 @@ async fn sentinel_block_cache_moves_when_the_sentinels_name_another_primary() {
     }
 }
 
+/// The block cache on a cluster: its tracking connection is on the master
+/// of `{rev}`; it turns off while that slot migrates, and comes back on the
+/// new owner once the migration completes, seeing blocks written there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_block_cache_follows_the_revocation_slot() {
+    let Some(cluster) = cluster_or_skip(3).unwrap() else {
+        return;
+    };
+    let cached = Arc::new(
+        RedisStore::new(&RedisConfig {
+            url: cluster.url(),
+            prefix: "tessera".into(),
+            timeout: T,
+            ca_pem: None,
+        })
+        .unwrap()
+        .with_options(&StoreOptions::default())
+        .unwrap(),
+    );
+    let other = store(&cluster.url());
+    let cache = cached.block_cache().expect("block cache on with a cluster");
+    let wait = |what: &'static str, f: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let from = rev_master(&cluster, &cached);
+    let to = (from + 1) % cluster.nodes.len();
+    let (fp, tp) = (cluster.nodes[from].port(), cluster.nodes[to].port());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !cache.is_live() {
+        assert!(std::time::Instant::now() < deadline, "never live");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(super::redis_tests::tracker_id(fp).is_some());
+    let now = conformance::unix_now();
+    // Seen once through the cluster, then answered here.
+    assert!(!cached.is_blocked("spiffe://td/c1", now).await.unwrap());
+    let gets = calls(fp, "get");
+    assert!(!cached.is_blocked("spiffe://td/c1", now).await.unwrap());
+    assert_eq!(calls(fp, "get"), gets);
+    other
+        .block_subject("spiffe://td/c1", now + 600)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !cached.is_blocked("spiffe://td/c1", now).await.unwrap() {
+        assert!(std::time::Instant::now() < deadline, "block not seen");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // The slot starts migrating: the cache turns off.
+    let s = slot(&cached.key_feed()).to_string();
+    let id = |port: u16| {
+        crate::testkit_redis::command_text(port, &["CLUSTER", "MYID"])
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (fid, tid) = (id(fp), id(tp));
+    command(tp, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &fid]).unwrap();
+    command(fp, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &tid]).unwrap();
+    tokio::task::block_in_place(|| wait("off while migrating", &|| !cache.is_live()));
+    let Ok(::redis::Value::Array(keys)) = command(fp, &["CLUSTER", "GETKEYSINSLOT", &s, "100"])
+    else {
+        panic!("GETKEYSINSLOT")
+    };
+    let keys: Vec<String> = keys
+        .into_iter()
+        .map(|k| match k {
+            ::redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let tport = tp.to_string();
+    let mut migrate = vec!["MIGRATE", "127.0.0.1", &tport, "", "0", "5000", "KEYS"];
+    migrate.extend(keys.iter().map(String::as_str));
+    command(fp, &migrate).unwrap();
+    assert!(!cache.is_live(), "live while the slot migrates");
+    for m in &cluster.nodes {
+        command(m.port(), &["CLUSTER", "SETSLOT", &s, "NODE", &tid]).unwrap();
+    }
+    // Back, on the new owner.
+    tokio::task::block_in_place(|| {
+        wait("live on the new owner", &|| {
+            cache.is_live() && super::redis_tests::tracker_id(tp).is_some()
+        })
+    });
+    assert!(super::redis_tests::tracker_id(fp).is_none());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match cached.is_blocked("spiffe://td/c1", now).await {
+            Ok(b) => {
+                assert!(b, "the migrated block was lost");
+                break;
+            }
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!cached.is_blocked("spiffe://td/c2", now).await.unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while other
+        .block_subject("spiffe://td/c2", now + 600)
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no write after the move"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !cached.is_blocked("spiffe://td/c2", now).await.unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "block on the new owner not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(cache.stats().sessions >= 2);
+}
+
 // ---- revocation_replicas on a cluster: WAIT on the master of `{rev}` ----
 
 /// A cluster store that asks `replicas` acknowledgements of a revocation,

@@ -487,7 +487,7 @@ pub struct StoreOptions {
     /// Longest wait for those acknowledgements.
     pub revocation_wait: Duration,
     /// Hold subject blocks in the broker, kept exact by Redis client
-    /// tracking ([`block_cache`]); not with Redis Cluster.
+    /// tracking ([`block_cache`]).
     pub block_cache: bool,
 }
 

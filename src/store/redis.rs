@@ -30,6 +30,10 @@
 //! demoted). Both connect on first use, inside the caller's
 //! timeout, and the replacement rule above applies to them too.
 //!
+//! `is_blocked` answers from [`super::block_cache`] when it is live (a
+//! connection of its own with `CLIENT TRACKING` keeps it exact), and reads
+//! Redis otherwise.
+//!
 //! # Keys
 //! `P` is the configured prefix (`[A-Za-z0-9_.-]{1,32}`, so it never holds a
 //! `{` and the hash tag is always the one shown). `H(x)` is
@@ -254,6 +258,8 @@ enum Target {
     Cluster {
         client: ClusterClient,
         node: RedisConnectionInfo,
+        /// The seed nodes, `host:port`, for the block cache's own lookups.
+        seeds: Vec<String>,
     },
     /// `redis+sentinel://`: the sentinels that name the primary.
     Sentinel {
@@ -588,7 +594,11 @@ fn topology_target(
             .map_err(|e| config_error(&format!("bad credentials in URL ({:?})", e.kind())))?
             .redis_settings()
             .clone();
-        return Ok(Target::Cluster { client, node });
+        return Ok(Target::Cluster {
+            client,
+            node,
+            seeds: t.nodes.clone(),
+        });
     }
     if let Some(rest) = url.strip_prefix("redis+sentinel://") {
         let t = parse_topology(rest)?;
@@ -744,7 +754,7 @@ pub struct RedisStore {
     approval_decide_script: Script,
     approval_poll_script: Script,
     /// Subject blocks held here ([`super::block_cache`]), with the task
-    /// that keeps them exact; `None` when off or with a cluster.
+    /// that keeps them exact; `None` when off.
     block_cache: Option<(Arc<BlockCache>, super::block_cache::Tracker)>,
 }
 
@@ -1189,6 +1199,13 @@ impl RedisStore {
             }
             (Target::Sentinel { sentinel, .. }, true) => {
                 Some(super::block_cache::Source::Sentinel(sentinel.clone()))
+            }
+            (Target::Cluster { node, seeds, .. }, true) => {
+                Some(super::block_cache::Source::Cluster {
+                    seeds: seeds.clone(),
+                    node: node.clone(),
+                    slot: cluster_slot(&self.key_feed()),
+                })
             }
             _ => None,
         };
