@@ -56,6 +56,13 @@
 //! node, which the tracking connection does not see); a failover or a
 //! finished migration moves it to the new owner.
 //!
+//! The same connection also tracks the revocation feed's key
+//! (`P:{rev}:feed`): Redis's invalidation of it, sent on every revocation
+//! made anywhere, wakes this process's feed poller
+//! ([`super::feed`]) at once instead of at its next poll, so followers of
+//! this broker's `/revocations` stream learn of another replica's
+//! revocation within milliseconds.
+//!
 //! `[store] block_cache = false` turns it off.
 //!
 //! redis-rs's own client-side cache (feature `cache-aio`) is not used: it is
@@ -131,6 +138,10 @@ struct Inner {
 /// The cache of block answers (see the module documentation).
 pub struct BlockCache {
     inner: Mutex<Inner>,
+    /// The revocation feed's key, also tracked: its invalidations bump
+    /// `feed` instead of touching the cache.
+    feed_key: Option<Box<[u8]>>,
+    feed: tokio::sync::watch::Sender<u64>,
     base: Instant,
     /// Nanoseconds after `base` until which the cache may answer; 0: off.
     fresh_until: AtomicU64,
@@ -150,12 +161,24 @@ impl Default for BlockCache {
 impl BlockCache {
     /// An empty cache, off until [`BlockCache::go_live`].
     pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// [`BlockCache::new`], whose tracking connection also watches the
+    /// revocation feed `key` ([`BlockCache::feed_changes`]).
+    pub fn with_feed_key(key: &str) -> Self {
+        Self::build(Some(key.as_bytes().into()))
+    }
+
+    fn build(feed_key: Option<Box<[u8]>>) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 seq: 0,
                 live: false,
                 entries: HashMap::new(),
             }),
+            feed_key,
+            feed: tokio::sync::watch::Sender::new(0),
             base: Instant::now(),
             fresh_until: AtomicU64::new(0),
             hits: AtomicU64::new(0),
@@ -214,6 +237,26 @@ impl BlockCache {
         g.entries.insert(key.as_bytes().into(), until);
     }
 
+    /// Bumped whenever Redis says the feed key changed (a revocation made
+    /// anywhere), when everything is flushed, and when the tracking
+    /// connection goes live (changes may have been missed while it was off).
+    pub fn feed_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.feed.subscribe()
+    }
+
+    fn feed_changed(&self) {
+        self.feed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Applies Redis's invalidation of one key.
+    fn invalidated(&self, key: &[u8]) {
+        if self.feed_key.as_deref() == Some(key) {
+            self.feed_changed();
+        } else {
+            self.invalidate(key);
+        }
+    }
+
     /// Forgets one key (an invalidation, or a block written here).
     pub fn invalidate(&self, key: &[u8]) {
         if let Ok(mut g) = self.inner.lock() {
@@ -230,6 +273,7 @@ impl BlockCache {
             g.entries.clear();
         }
         self.invalidations.fetch_add(1, Ordering::Relaxed);
+        self.feed_changed();
     }
 
     /// Starts answering: tracking is on, and a check sent at `sent` came back.
@@ -243,6 +287,7 @@ impl BlockCache {
         }
         self.sessions.fetch_add(1, Ordering::Relaxed);
         crate::telemetry::metrics().block_cache_live.set(1);
+        self.feed_changed();
     }
 
     /// Extends the lease: a check sent at `sent` came back.
@@ -316,7 +361,7 @@ impl BlockCache {
                 }
                 if readable {
                     for k in keys {
-                        self.invalidate(k);
+                        self.invalidated(k);
                     }
                 } else {
                     self.flush();
@@ -582,14 +627,17 @@ async fn session(cache: &Arc<BlockCache>, source: &Source, prefix: &str, timeout
             Err(end) => return end,
         }
     }
-    let on: RedisResult<()> = ::redis::cmd("CLIENT")
+    let mut tracking = ::redis::cmd("CLIENT");
+    tracking
         .arg("TRACKING")
         .arg("ON")
         .arg("BCAST")
         .arg("PREFIX")
-        .arg(prefix)
-        .query_async(&mut con)
-        .await;
+        .arg(prefix);
+    if let Some(feed) = &cache.feed_key {
+        tracking.arg("PREFIX").arg(feed.as_ref());
+    }
+    let on: RedisResult<()> = tracking.query_async(&mut con).await;
     if let Err(e) = on {
         return lost("CLIENT TRACKING", &e);
     }
@@ -740,6 +788,33 @@ mod tests {
             });
             assert!(c.is_empty(), "not flushed by {data:?}");
         }
+    }
+
+    #[test]
+    fn the_feed_key_signals_the_feed_and_leaves_the_cache_alone() {
+        let c = BlockCache::with_feed_key("p:{rev}:feed");
+        c.go_live(Instant::now());
+        let mut feed = c.feed_changes();
+        let Lookup::Miss(seq) = c.lookup("k") else {
+            panic!("expected a miss")
+        };
+        c.on_push(PushInfo {
+            kind: PushKind::Invalidate,
+            data: vec![Value::Array(vec![Value::BulkString(
+                b"p:{rev}:feed".to_vec(),
+            )])],
+        });
+        assert!(feed.has_changed().unwrap());
+        feed.borrow_and_update();
+        // A fill in flight still lands: the feed is not a block key.
+        c.fill("k", seq, None);
+        assert_eq!(c.lookup("k"), Lookup::Hit(None));
+        // A flush, and a new session, signal the feed too.
+        c.flush();
+        assert!(feed.has_changed().unwrap());
+        feed.borrow_and_update();
+        c.go_live(Instant::now());
+        assert!(feed.has_changed().unwrap());
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //!
 //! The poller starts with the first stream and stops (within one poll
 //! interval) after the last one ends. It reads entries made on any replica
-//! once, every [`FEED_POLL`] or at once when this process records a
-//! revocation, and broadcasts them. Store reads therefore grow with the
+//! once, every [`FEED_POLL`], or at once when this process records a
+//! revocation or the store signals that the feed changed (Redis: the block
+//! cache's tracking connection, [`super::block_cache`]), and broadcasts
+//! them. Store reads therefore grow with the
 //! number of processes, not with the number of followers.
 //!
 //! A [`FeedSubscription`] first catches up from the store from its own
@@ -55,6 +57,8 @@ pub struct FeedHub {
     store: Arc<dyn RevocationStore>,
     events: watch::Sender<u64>,
     backlog: usize,
+    /// The poller's interval when nothing wakes it.
+    poll: Duration,
     /// The running poller's sender; `None` when no poller runs.
     live: tokio::sync::Mutex<Option<broadcast::Sender<Item>>>,
     polls: AtomicU64,
@@ -88,11 +92,20 @@ impl FeedHub {
             store,
             events,
             backlog: backlog.max(1),
+            poll: FEED_POLL,
             live: tokio::sync::Mutex::new(None),
             polls: AtomicU64::new(0),
             pollers_started: AtomicU64::new(0),
             resyncs: AtomicU64::new(0),
         }
+    }
+
+    /// The hub with its poller reading the store every `poll` when nothing
+    /// wakes it (at most [`FEED_POLL`] unless the store signals changes:
+    /// a longer interval would delay other replicas' revocations).
+    pub fn with_poll(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
     }
 
     /// Store reads made by the poller so far.
@@ -160,10 +173,22 @@ async fn poll_loop(
     clock: Arc<dyn Clock>,
 ) {
     let mut events = hub.events.subscribe();
+    let mut remote = hub.store.feed_changes();
     loop {
         tokio::select! {
-            () = tokio::time::sleep(FEED_POLL) => {}
+            () = tokio::time::sleep(hub.poll) => {}
             _ = events.changed() => {}
+            changed = async {
+                match remote.as_mut() {
+                    Some(r) => r.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            } => {
+                if !changed {
+                    // The store dropped its signal: poll from now on.
+                    remote = None;
+                }
+            }
         }
         if tx.receiver_count() == 0 {
             // Subscribing happens under the same lock: nobody can join

@@ -156,6 +156,13 @@ pub trait RevocationStore: Send + Sync {
     async fn block_subject(&self, subject: &str, until: u64) -> Result<(), StoreError>;
     /// Whether `subject` is blocked now.
     async fn is_blocked(&self, subject: &str, now: u64) -> Result<bool, StoreError>;
+    /// A signal bumped when the feed may have new entries, whoever wrote
+    /// them (for the Redis store: Redis's invalidation of the feed key on
+    /// the block cache's tracking connection). `None`: no such signal; the
+    /// feed is polled.
+    fn feed_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// Replay protection: remembers identifiers until they expire.
@@ -472,6 +479,9 @@ impl RevocationStore for Announcing {
     }
     async fn is_blocked(&self, subject: &str, now: u64) -> Result<bool, StoreError> {
         self.inner.is_blocked(subject, now).await
+    }
+    fn feed_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.feed_changes()
     }
 }
 

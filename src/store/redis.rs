@@ -1210,7 +1210,7 @@ impl RedisStore {
             _ => None,
         };
         self.block_cache = source.map(|source| {
-            let cache = Arc::new(BlockCache::new());
+            let cache = Arc::new(BlockCache::with_feed_key(&self.key_feed()));
             let tracker = super::block_cache::spawn(
                 cache.clone(),
                 source,
@@ -1914,6 +1914,10 @@ impl RevocationStore for RedisStore {
             c.invalidate(key.as_bytes());
         }
         r
+    }
+
+    fn feed_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.block_cache.as_ref().map(|(c, _)| c.feed_changes())
     }
 
     async fn is_blocked(&self, subject: &str, now: u64) -> Result<bool, StoreError> {

@@ -1274,3 +1274,66 @@ async fn block_cache_can_be_turned_off() {
         assert!(st.block_cache().is_some_and(|c| !c.is_live()), "{url}");
     }
 }
+
+/// A revocation made through another broker wakes this process's feed
+/// poller at once (Redis's invalidation of the feed key on the tracking
+/// connection): a follower of this broker's feed gets it although the
+/// poller would not read the store again for an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_elsewhere_reaches_the_feed_without_waiting_for_a_poll() {
+    let srv = require_redis!();
+    let a: Arc<RedisStore> = cached_store(&srv).await;
+    let b = store(&srv);
+    let mut signal = a.feed_changes().expect("a feed signal with the cache on");
+    signal.borrow_and_update();
+    let (events, _) = tokio::sync::watch::channel(0u64);
+    let hub = Arc::new(feed::FeedHub::new(a.clone(), events).with_poll(Duration::from_secs(3600)));
+    let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
+    let mut sub = hub.subscribe(None, clock);
+    let now = unix_now();
+    let rev = |v: &str| Revocation {
+        kind: RevocationKind::Task,
+        value: v.into(),
+        revoked_at: now,
+        expires_at: now + 600,
+    };
+    RevocationStore::revoke(&*b, rev("before")).await.unwrap();
+    // Catch-up from the store (the poller starts at the feed's end).
+    match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+        Ok(feed::FeedEvent::Entry(_, r)) => assert_eq!(r.value, "before"),
+        other => panic!("{other:?}"),
+    }
+    // Caught up: from now on the subscription waits on the poller.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err(),
+        "nothing more to deliver"
+    );
+    for i in 0..3 {
+        let v = format!("elsewhere-{i}");
+        // Made while the subscription waits on the poller.
+        let writer = {
+            let (b, r) = (b.clone(), rev(&v));
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                RevocationStore::revoke(&*b, r).await.unwrap();
+            })
+        };
+        match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+            Ok(feed::FeedEvent::Entry(_, r)) => assert_eq!(r.value, v),
+            other => panic!("{v}: not delivered without a poll: {other:?}"),
+        }
+        writer.await.unwrap();
+    }
+    assert!(signal.has_changed().unwrap());
+    // Without the cache there is no signal: the poller polls.
+    let off = store_with(
+        &srv,
+        &StoreOptions {
+            block_cache: false,
+            ..Default::default()
+        },
+    );
+    assert!(off.feed_changes().is_none());
+}
