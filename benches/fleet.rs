@@ -7,12 +7,14 @@
 //! until replica 2 and replica 3 answer `active: false` to introspection
 //! (each polled every millisecond) and until the follower refuses the token.
 //! Each run starts after a random 0–250 ms pause, so that the revocation
-//! lands at a random point of replica 3's 200 ms feed poll.
+//! lands at a random point of replica 3's 200 ms feed poll (which Redis's
+//! invalidation of the feed key now short-cuts, `store::block_cache`).
 //!
 //! ```sh
 //! cargo bench --bench fleet -- --runs 100
 //! ```
-//! Options: `--runs N` (100), `--json`.
+//! Options: `--runs N` (100), `--json`. `BENCH_BROKER_BIN=path` runs another
+//! build of `tessera` as the replicas and the CLI (to compare two builds).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -27,7 +29,11 @@ use tessera::pki::{Ca, IssuedCert, LeafSpec};
 use tessera::testkit_redis::RedisServer;
 use tessera::verify::{FollowerTls, RevocationFollower, Verifier};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+/// The `tessera` binary for the replicas and the CLI: this build's, or
+/// `BENCH_BROKER_BIN` (another build, to compare two in one window).
+fn bin() -> String {
+    std::env::var("BENCH_BROKER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tessera").into())
+}
 const ISS: &str = "https://tessera.fleet";
 const AUD: &str = "https://api.example.com";
 const AGENT: &str = "spiffe://example.org/agent/bench";
@@ -106,7 +112,7 @@ scopes = ["tickets:read"]
     let path = d.join(format!("{name}.toml"));
     std::fs::write(&path, cfg).unwrap();
     let log = std::fs::File::create(d.join(format!("{name}.log"))).unwrap();
-    let child = Command::new(BIN)
+    let child = Command::new(bin())
         .args(["serve", "--config"])
         .arg(&path)
         .env("RUST_LOG", "warn")
@@ -283,7 +289,7 @@ async fn run(a: Args) {
         let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * 250 / 255;
         tokio::time::sleep(Duration::from_millis(jitter)).await;
         let start = Instant::now();
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .args(["revoke", "--task", &task, "--url", &url(0)])
             .arg("--ca")
             .arg(d.join("ca.pem"))
