@@ -411,16 +411,15 @@ fn node_client(host: &str, port: u16, node: &RedisConnectionInfo) -> RedisResult
     Client::open(info)
 }
 
-/// Where the master of `slot` listens, asked of the first seed (after the
-/// last master known) that answers `CLUSTER SLOTS`.
+/// Where the master of `slot` listens, asked of the first of the URL's
+/// nodes that answers `CLUSTER SLOTS`.
 async fn slot_owner(
     seeds: &[String],
-    last: Option<&(String, u16)>,
     node: &RedisConnectionInfo,
     slot: u16,
     timeout: Duration,
 ) -> Result<(String, u16), End> {
-    let mut tried: Vec<(String, u16)> = last.into_iter().cloned().collect();
+    let mut tried: Vec<(String, u16)> = Vec::new();
     for s in seeds {
         if let Some((h, p)) = s.rsplit_once(':') {
             if let Ok(p) = p.parse::<u16>() {
@@ -576,7 +575,7 @@ async fn session(cache: &Arc<BlockCache>, source: &Source, prefix: &str, timeout
             Err(end) => return end,
         },
         Source::Cluster { seeds, node, slot } => {
-            match slot_owner(seeds, None, node, *slot, timeout).await {
+            match slot_owner(seeds, node, *slot, timeout).await {
                 Ok((h, p)) => match node_client(&h, p, node) {
                     Ok(c) => (c, None, Some((seeds, node, *slot, (h, p)))),
                     Err(e) => return lost("cluster node", &e),
@@ -670,7 +669,7 @@ async fn session(cache: &Arc<BlockCache>, source: &Source, prefix: &str, timeout
                     Ok(false) => return End::Lost("the revocation slot moved or is moving".into()),
                     Err(end) => return end,
                 }
-                if let Ok(now) = slot_owner(seeds, None, node, *slot, timeout).await {
+                if let Ok(now) = slot_owner(seeds, node, *slot, timeout).await {
                     if &now != owner {
                         return End::Lost("the cluster names another master for the slot".into());
                     }
