@@ -224,16 +224,7 @@ async fn two_serve_processes_share_state_through_redis() {
     // The kill switch made through A is enforced by B, although B answers
     // "not blocked" from its block cache (kept exact by Redis tracking).
     let metric = |ops: u16, name: &'static str| async move {
-        let text = reqwest::get(format!("http://127.0.0.1:{ops}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
+        metric_at(&format!("http://127.0.0.1:{ops}/metrics"), name).await
     };
     let live = r#"tessera_store_block_cache_live"#;
     let hits = r#"tessera_store_block_cache_lookups_total{result="hit"}"#;
@@ -507,17 +498,11 @@ async fn active_not(c: &reqwest::Client, port: u16, t: &str) -> bool {
 /// `tessera_store_duration_seconds_count{op="list_since"}` of one replica:
 /// every store read of the revocation feed it made.
 async fn feed_reads(ops: u16) -> u64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{ops}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with("tessera_store_duration_seconds_count{op=\"list_since\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(0)
+    metric_at(
+        &format!("http://127.0.0.1:{ops}/metrics"),
+        "tessera_store_duration_seconds_count{op=\"list_since\"}",
+    )
+    .await as u64
 }
 
 /// (cursor, value) of every entry a stream received, in order.

@@ -79,15 +79,7 @@ fn agent_form<'a>(aud: &'a str, scope: &'a str) -> Vec<(&'a str, &'a str)> {
 
 /// The value of one sample on `/metrics` (0 when absent).
 async fn metric(b: &TestBroker, sample: &str) -> f64 {
-    let text = reqwest::get(b.ops_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    metric_at(&b.ops_url("/metrics"), sample).await
 }
 
 fn guard_sample(action: &str, trigger: &str) -> String {

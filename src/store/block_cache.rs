@@ -707,6 +707,14 @@ mod tests {
         c
     }
 
+    /// Looks `key` up (a miss) and fills it with `until`.
+    fn cache(c: &BlockCache, key: &str, until: Option<u64>) {
+        let Lookup::Miss(seq) = c.lookup(key) else {
+            panic!("expected a miss for {key}")
+        };
+        c.fill(key, seq, until);
+    }
+
     #[test]
     fn off_until_live_then_miss_fill_hit() {
         let c = BlockCache::new();
@@ -749,10 +757,7 @@ mod tests {
     #[test]
     fn an_invalidation_after_a_fill_removes_the_entry() {
         let c = live();
-        let Lookup::Miss(seq) = c.lookup("k") else {
-            panic!("expected a miss")
-        };
-        c.fill("k", seq, None);
+        cache(&c, "k", None);
         assert_eq!(c.lookup("k"), Lookup::Hit(None));
         c.on_push(PushInfo {
             kind: PushKind::Invalidate,
@@ -775,10 +780,7 @@ mod tests {
         ] {
             let c = live();
             for k in ["a", "b"] {
-                let Lookup::Miss(seq) = c.lookup(k) else {
-                    panic!("expected a miss")
-                };
-                c.fill(k, seq, None);
+                cache(&c, k, None);
             }
             assert_eq!(c.len(), 2);
             c.on_push(PushInfo {
@@ -823,6 +825,7 @@ mod tests {
             panic!("expected a miss")
         };
         c.fill("k", seq, None);
+        assert_eq!(c.lookup("k"), Lookup::Hit(None));
         c.on_push(PushInfo {
             kind: PushKind::Disconnection,
             data: vec![],
@@ -857,11 +860,7 @@ mod tests {
     fn it_is_bounded() {
         let c = live();
         for i in 0..MAX_ENTRIES + 10 {
-            let k = format!("k{i}");
-            let Lookup::Miss(seq) = c.lookup(&k) else {
-                panic!("expected a miss")
-            };
-            c.fill(&k, seq, None);
+            cache(&c, &format!("k{i}"), None);
             assert!(c.len() <= MAX_ENTRIES);
         }
         assert!(c.len() <= MAX_ENTRIES);

@@ -15,6 +15,108 @@ use crate::testkit_redis::{cluster_or_skip, command, sentinel_or_skip};
 /// Per-call timeout of these tests (a first call connects to every node).
 const T: Duration = Duration::from_secs(2);
 
+/// A store with options `o`.
+fn store_with(url: &str, o: &StoreOptions) -> Arc<RedisStore> {
+    Arc::new(
+        RedisStore::new(&RedisConfig {
+            url: url.to_string(),
+            prefix: "tessera".into(),
+            timeout: T,
+            ca_pem: None,
+        })
+        .unwrap()
+        .with_options(o)
+        .unwrap(),
+    )
+}
+
+/// A store with the default options (the block cache on).
+fn cached_store(url: &str) -> Arc<RedisStore> {
+    store_with(url, &StoreOptions::default())
+}
+
+/// Waits (at most `within`, retrying errors: a store may be between two
+/// primaries) until `st` says `subject` is blocked.
+async fn until_blocked(st: &RedisStore, subject: &str, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while !matches!(
+        st.is_blocked(subject, conformance::unix_now()).await,
+        Ok(true)
+    ) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{subject}: not blocked within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Blocks `subject` for 10 minutes through `st`, retrying (at most
+/// `within`) while the store is between two primaries.
+async fn block_retrying(st: &RedisStore, subject: &str, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while let Err(e) = st
+        .block_subject(subject, conformance::unix_now() + 600)
+        .await
+    {
+        assert!(std::time::Instant::now() < deadline, "{subject}: {e:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts migrating `slot` from the master on port `from` to the one on
+/// `to` (`SETSLOT IMPORTING` / `MIGRATING`); returns the target's node id.
+fn start_migration(from: u16, to: u16, slot: &str) -> String {
+    let node_id = |port: u16| {
+        crate::testkit_redis::command_text(port, &["CLUSTER", "MYID"])
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (fid, tid) = (node_id(from), node_id(to));
+    command(to, &["CLUSTER", "SETSLOT", slot, "IMPORTING", &fid]).unwrap();
+    command(from, &["CLUSTER", "SETSLOT", slot, "MIGRATING", &tid]).unwrap();
+    tid
+}
+
+/// Moves every key of `slot` (at most 100) from `from` to `to`
+/// (`MIGRATE … KEYS`); returns their names.
+fn migrate_keys(from: u16, to: u16, slot: &str) -> Vec<String> {
+    let Ok(::redis::Value::Array(keys)) = command(from, &["CLUSTER", "GETKEYSINSLOT", slot, "100"])
+    else {
+        panic!("GETKEYSINSLOT")
+    };
+    let keys: Vec<String> = keys
+        .into_iter()
+        .map(|k| match k {
+            ::redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    if !keys.is_empty() {
+        let tport = to.to_string();
+        let mut migrate = vec!["MIGRATE", "127.0.0.1", &tport, "", "0", "5000", "KEYS"];
+        migrate.extend(keys.iter().map(String::as_str));
+        command(from, &migrate).unwrap();
+    }
+    keys
+}
+
+/// Waits until the replica has everything, then asks the sentinel for a
+/// failover (`SENTINEL FAILOVER`: the replica is promoted).
+fn failover(s: &crate::testkit_redis::RedisSentinel) {
+    s.wait_replicated(Duration::from_secs(10)).unwrap();
+    command(
+        s.sentinel.port(),
+        &[
+            "SENTINEL",
+            "FAILOVER",
+            crate::testkit_redis::SENTINEL_MASTER,
+        ],
+    )
+    .unwrap();
+}
+
 fn store(url: &str) -> Arc<RedisStore> {
     Arc::new(
         RedisStore::new(&RedisConfig {
@@ -350,16 +452,7 @@ async fn sentinel_manual_failover_moves_the_store_to_the_new_primary() {
         expires_at: now + 600,
     };
     RevocationStore::revoke(&*st, rev("before")).await.unwrap();
-    s.wait_replicated(Duration::from_secs(10)).unwrap();
-    command(
-        s.sentinel.port(),
-        &[
-            "SENTINEL",
-            "FAILOVER",
-            crate::testkit_redis::SENTINEL_MASTER,
-        ],
-    )
-    .unwrap();
+    failover(&s);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut n = 0;
     loop {
@@ -413,17 +506,7 @@ async fn sentinel_block_cache_follows_the_primary_through_a_failover() {
     let Some(s) = sentinel_or_skip().unwrap() else {
         return;
     };
-    let cached = Arc::new(
-        RedisStore::new(&RedisConfig {
-            url: s.url(),
-            prefix: "tessera".into(),
-            timeout: T,
-            ca_pem: None,
-        })
-        .unwrap()
-        .with_options(&StoreOptions::default())
-        .unwrap(),
-    );
+    let cached = cached_store(&s.url());
     let other = store(&s.url());
     let cache = cached.block_cache().expect("block cache on with Sentinel");
     let live = |want: bool, sessions: u64| {
@@ -444,21 +527,6 @@ async fn sentinel_block_cache_follows_the_primary_through_a_failover() {
     let primary = s.nodes[s.primary_index().unwrap()].port();
     assert!(super::redis_tests::tracker_id(primary).is_some());
     let now = conformance::unix_now();
-    let blocked = |st: Arc<RedisStore>, subject: &'static str, want: bool| async move {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(b) = st.is_blocked(subject, now).await {
-                if b == want {
-                    return;
-                }
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{subject}: never {want}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
     assert!(!cached.is_blocked("spiffe://td/s1", now).await.unwrap());
     let gets = crate::testkit_redis::command_calls(primary, "get").unwrap();
     assert!(!cached.is_blocked("spiffe://td/s1", now).await.unwrap());
@@ -466,24 +534,12 @@ async fn sentinel_block_cache_follows_the_primary_through_a_failover() {
         crate::testkit_redis::command_calls(primary, "get").unwrap(),
         gets
     );
-    other
-        .block_subject("spiffe://td/s1", now + 600)
-        .await
-        .unwrap();
-    blocked(cached.clone(), "spiffe://td/s1", true).await;
+    block_retrying(&other, "spiffe://td/s1", T).await;
+    until_blocked(&cached, "spiffe://td/s1", Duration::from_secs(5)).await;
 
     // Failover: the cache goes to the new primary, on a new session.
     assert!(!cached.is_blocked("spiffe://td/s2", now).await.unwrap());
-    s.wait_replicated(Duration::from_secs(10)).unwrap();
-    command(
-        s.sentinel.port(),
-        &[
-            "SENTINEL",
-            "FAILOVER",
-            crate::testkit_redis::SENTINEL_MASTER,
-        ],
-    )
-    .unwrap();
+    failover(&s);
     live(true, 2).await;
     let new_primary = s.nodes[s.primary_index().unwrap()].port();
     assert_ne!(new_primary, primary);
@@ -496,20 +552,9 @@ async fn sentinel_block_cache_follows_the_primary_through_a_failover() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A block written on the new primary, by a store that followed it too.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while other
-        .block_subject("spiffe://td/s2", now + 600)
-        .await
-        .is_err()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no write after failover"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    blocked(cached.clone(), "spiffe://td/s2", true).await;
-    blocked(cached.clone(), "spiffe://td/s1", true).await;
+    block_retrying(&other, "spiffe://td/s2", Duration::from_secs(20)).await;
+    until_blocked(&cached, "spiffe://td/s2", Duration::from_secs(20)).await;
+    until_blocked(&cached, "spiffe://td/s1", Duration::from_secs(20)).await;
 }
 
 /// When the sentinels start naming another primary while the old one is
@@ -524,15 +569,7 @@ async fn sentinel_block_cache_moves_when_the_sentinels_name_another_primary() {
     let Some(elsewhere) = crate::testkit_redis::redis_or_skip().unwrap() else {
         return;
     };
-    let cached = RedisStore::new(&RedisConfig {
-        url: s.url(),
-        prefix: "tessera".into(),
-        timeout: T,
-        ca_pem: None,
-    })
-    .unwrap()
-    .with_options(&StoreOptions::default())
-    .unwrap();
+    let cached = cached_store(&s.url());
     let cache = cached.block_cache().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !cache.is_live() {
@@ -564,11 +601,7 @@ async fn sentinel_block_cache_moves_when_the_sentinels_name_another_primary() {
     // A block written on the newly named primary is honoured.
     let key = cached.key_block("spiffe://td/m");
     command(elsewhere.port(), &["SET", &key, &(now + 600).to_string()]).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !matches!(cached.is_blocked("spiffe://td/m", now).await, Ok(true)) {
-        assert!(std::time::Instant::now() < deadline, "block not seen");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_blocked(&cached, "spiffe://td/m", Duration::from_secs(10)).await;
 }
 
 /// The block cache on a cluster: its tracking connection is on the master
@@ -579,17 +612,7 @@ async fn cluster_block_cache_follows_the_revocation_slot() {
     let Some(cluster) = cluster_or_skip(3).unwrap() else {
         return;
     };
-    let cached = Arc::new(
-        RedisStore::new(&RedisConfig {
-            url: cluster.url(),
-            prefix: "tessera".into(),
-            timeout: T,
-            ca_pem: None,
-        })
-        .unwrap()
-        .with_options(&StoreOptions::default())
-        .unwrap(),
-    );
+    let cached = cached_store(&cluster.url());
     let other = store(&cluster.url());
     let cache = cached.block_cache().expect("block cache on with a cluster");
     let wait = |what: &'static str, f: &dyn Fn() -> bool| {
@@ -614,43 +637,14 @@ async fn cluster_block_cache_follows_the_revocation_slot() {
     let gets = calls(fp, "get");
     assert!(!cached.is_blocked("spiffe://td/c1", now).await.unwrap());
     assert_eq!(calls(fp, "get"), gets);
-    other
-        .block_subject("spiffe://td/c1", now + 600)
-        .await
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !cached.is_blocked("spiffe://td/c1", now).await.unwrap() {
-        assert!(std::time::Instant::now() < deadline, "block not seen");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    block_retrying(&other, "spiffe://td/c1", T).await;
+    until_blocked(&cached, "spiffe://td/c1", Duration::from_secs(5)).await;
 
     // The slot starts migrating: the cache turns off.
     let s = slot(&cached.key_feed()).to_string();
-    let id = |port: u16| {
-        crate::testkit_redis::command_text(port, &["CLUSTER", "MYID"])
-            .unwrap()
-            .trim()
-            .to_string()
-    };
-    let (fid, tid) = (id(fp), id(tp));
-    command(tp, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &fid]).unwrap();
-    command(fp, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &tid]).unwrap();
+    let tid = start_migration(fp, tp, &s);
     tokio::task::block_in_place(|| wait("off while migrating", &|| !cache.is_live()));
-    let Ok(::redis::Value::Array(keys)) = command(fp, &["CLUSTER", "GETKEYSINSLOT", &s, "100"])
-    else {
-        panic!("GETKEYSINSLOT")
-    };
-    let keys: Vec<String> = keys
-        .into_iter()
-        .map(|k| match k {
-            ::redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
-            other => panic!("{other:?}"),
-        })
-        .collect();
-    let tport = tp.to_string();
-    let mut migrate = vec!["MIGRATE", "127.0.0.1", &tport, "", "0", "5000", "KEYS"];
-    migrate.extend(keys.iter().map(String::as_str));
-    command(fp, &migrate).unwrap();
+    migrate_keys(fp, tp, &s);
     assert!(!cache.is_live(), "live while the slot migrates");
     for m in &cluster.nodes {
         command(m.port(), &["CLUSTER", "SETSLOT", &s, "NODE", &tid]).unwrap();
@@ -662,38 +656,12 @@ async fn cluster_block_cache_follows_the_revocation_slot() {
         })
     });
     assert!(super::redis_tests::tracker_id(fp).is_none());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match cached.is_blocked("spiffe://td/c1", now).await {
-            Ok(b) => {
-                assert!(b, "the migrated block was lost");
-                break;
-            }
-            Err(e) => assert!(std::time::Instant::now() < deadline, "{e:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The migrated block is still in force, and one written on the new
+    // owner is seen.
+    until_blocked(&cached, "spiffe://td/c1", Duration::from_secs(10)).await;
     assert!(!cached.is_blocked("spiffe://td/c2", now).await.unwrap());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while other
-        .block_subject("spiffe://td/c2", now + 600)
-        .await
-        .is_err()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no write after the move"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !cached.is_blocked("spiffe://td/c2", now).await.unwrap() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "block on the new owner not seen"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    block_retrying(&other, "spiffe://td/c2", Duration::from_secs(10)).await;
+    until_blocked(&cached, "spiffe://td/c2", Duration::from_secs(5)).await;
     assert!(cache.stats().sessions >= 2);
 }
 
@@ -702,20 +670,13 @@ async fn cluster_block_cache_follows_the_revocation_slot() {
 /// A cluster store that asks `replicas` acknowledgements of a revocation,
 /// waiting at most `wait`.
 fn acked_store(url: &str, replicas: u32, wait: Duration) -> Arc<RedisStore> {
-    Arc::new(
-        RedisStore::new(&RedisConfig {
-            url: url.to_string(),
-            prefix: "tessera".into(),
-            timeout: T,
-            ca_pem: None,
-        })
-        .unwrap()
-        .with_options(&StoreOptions {
+    store_with(
+        url,
+        &StoreOptions {
             revocation_replicas: replicas,
             revocation_wait: wait,
             ..StoreOptions::default()
-        })
-        .unwrap(),
+        },
     )
 }
 
@@ -920,31 +881,9 @@ async fn cluster_revoke_acked_follows_ask_during_a_migration() {
     cluster.replicas[from].kill();
 
     let s = slot(&st.key_feed()).to_string();
-    let id = |port: u16| {
-        crate::testkit_redis::command_text(port, &["CLUSTER", "MYID"])
-            .unwrap()
-            .trim()
-            .to_string()
-    };
-    let (fid, tid) = (id(fp), id(tp));
-    command(tp, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &fid]).unwrap();
-    command(fp, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &tid]).unwrap();
-    let Ok(::redis::Value::Array(keys)) = command(fp, &["CLUSTER", "GETKEYSINSLOT", &s, "100"])
-    else {
-        panic!("GETKEYSINSLOT")
-    };
-    let keys: Vec<String> = keys
-        .into_iter()
-        .map(|k| match k {
-            ::redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let tid = start_migration(fp, tp, &s);
+    let keys = migrate_keys(fp, tp, &s);
     assert_eq!(keys.len(), 2, "the entry and the feed: {keys:?}");
-    let tport = tp.to_string();
-    let mut migrate = vec!["MIGRATE", "127.0.0.1", &tport, "", "0", "5000", "KEYS"];
-    migrate.extend(keys.iter().map(String::as_str));
-    command(fp, &migrate).unwrap();
     for m in &cluster.nodes {
         command(m.port(), &["CONFIG", "RESETSTAT"]).unwrap();
     }

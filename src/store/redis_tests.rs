@@ -970,6 +970,17 @@ async fn cached_store(s: &RedisServer) -> Arc<RedisStore> {
     st
 }
 
+/// A store with the block cache off.
+fn uncached_store(s: &RedisServer) -> Arc<RedisStore> {
+    store_with(
+        s,
+        &StoreOptions {
+            block_cache: false,
+            ..Default::default()
+        },
+    )
+}
+
 /// Waits (at most 3 s) until the block cache is (or is not) live.
 async fn wait_live(st: &RedisStore, live: bool) {
     let c = st.block_cache().expect("block cache on");
@@ -1248,13 +1259,7 @@ async fn block_cache_turns_off_when_its_connection_fails_and_fails_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_cache_can_be_turned_off() {
     let srv = require_redis!();
-    let off = store_with(
-        &srv,
-        &StoreOptions {
-            block_cache: false,
-            ..Default::default()
-        },
-    );
+    let off = uncached_store(&srv);
     assert!(off.block_cache().is_none());
     let gets = command_calls(srv.port(), "get").unwrap();
     for _ in 0..3 {
@@ -1328,12 +1333,6 @@ async fn a_revocation_elsewhere_reaches_the_feed_without_waiting_for_a_poll() {
     }
     assert!(signal.has_changed().unwrap());
     // Without the cache there is no signal: the poller polls.
-    let off = store_with(
-        &srv,
-        &StoreOptions {
-            block_cache: false,
-            ..Default::default()
-        },
-    );
+    let off = uncached_store(&srv);
     assert!(off.feed_changes().is_none());
 }

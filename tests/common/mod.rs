@@ -442,3 +442,12 @@ pub fn redis_cli(url: &str, args: &[&str]) -> String {
         .unwrap();
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// The value of one sample (name and labels, as exported) on a `/metrics`
+/// page at `url`; 0 when absent.
+pub async fn metric_at(url: &str, sample: &str) -> f64 {
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
