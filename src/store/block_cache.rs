@@ -411,42 +411,72 @@ fn node_client(host: &str, port: u16, node: &RedisConnectionInfo) -> RedisResult
     Client::open(info)
 }
 
-/// Where the master of `slot` listens, asked of the first of the URL's
-/// nodes that answers `CLUSTER SLOTS`.
+/// Where the master of `slot` listens, asked with `CLUSTER SLOTS` on
+/// `asker` (a connection to one of the URL's nodes, kept between calls),
+/// or else of the first of the URL's nodes that answers (which becomes
+/// `asker`).
 async fn slot_owner(
     seeds: &[String],
     node: &RedisConnectionInfo,
     slot: u16,
     timeout: Duration,
+    asker: &mut Option<::redis::aio::MultiplexedConnection>,
 ) -> Result<(String, u16), End> {
-    let mut tried: Vec<(String, u16)> = Vec::new();
-    for s in seeds {
-        if let Some((h, p)) = s.rsplit_once(':') {
-            if let Ok(p) = p.parse::<u16>() {
-                tried.push((
-                    h.trim_start_matches('[').trim_end_matches(']').to_string(),
-                    p,
-                ));
-            }
+    let ask = |mut con: ::redis::aio::MultiplexedConnection| async move {
+        let slots = tokio::time::timeout(
+            timeout,
+            ::redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<Value>(&mut con),
+        )
+        .await;
+        (con, slots)
+    };
+    let answer = |slots: Result<RedisResult<Value>, tokio::time::error::Elapsed>| match slots {
+        Ok(Ok(slots)) => super::redis::slot_master(&slots, slot)
+            .map_err(|w| End::Lost(format!("CLUSTER SLOTS: {w}"))),
+        Ok(Err(e)) => Err(lost("CLUSTER SLOTS", &e)),
+        Err(_) => Err(End::Lost("CLUSTER SLOTS: timed out".into())),
+    };
+    if let Some(con) = asker.take() {
+        let (con, slots) = ask(con).await;
+        if let Ok(owner) = answer(slots) {
+            *asker = Some(con);
+            return Ok(owner);
         }
     }
     let mut why = End::Lost("no cluster node to ask".into());
-    for (h, p) in tried {
-        let ask = async {
-            let client = node_client(&h, p, node)?;
-            let mut con = client.get_multiplexed_async_connection().await?;
-            ::redis::cmd("CLUSTER")
-                .arg("SLOTS")
-                .query_async::<Value>(&mut con)
+    for s in seeds {
+        let Some((h, p)) = s.rsplit_once(':') else {
+            continue;
+        };
+        let Ok(p) = p.parse::<u16>() else {
+            continue;
+        };
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        let connect = async {
+            node_client(h, p, node)?
+                .get_multiplexed_async_connection()
                 .await
         };
-        match tokio::time::timeout(timeout, ask).await {
-            Ok(Ok(slots)) => match super::redis::slot_master(&slots, slot) {
-                Ok(owner) => return Ok(owner),
-                Err(w) => why = End::Lost(format!("CLUSTER SLOTS: {w}")),
-            },
-            Ok(Err(e)) => why = lost("CLUSTER SLOTS", &e),
-            Err(_) => why = End::Lost("CLUSTER SLOTS: timed out".into()),
+        let con = match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(con)) => con,
+            Ok(Err(e)) => {
+                why = lost("CLUSTER SLOTS", &e);
+                continue;
+            }
+            Err(_) => {
+                why = End::Lost("CLUSTER SLOTS: connect timed out".into());
+                continue;
+            }
+        };
+        let (con, slots) = ask(con).await;
+        match answer(slots) {
+            Ok(owner) => {
+                *asker = Some(con);
+                return Ok(owner);
+            }
+            Err(w) => why = w,
         }
     }
     Err(why)
@@ -568,6 +598,8 @@ async fn is_primary(con: &mut ::redis::aio::MultiplexedConnection) -> Result<boo
 }
 
 async fn session(cache: &Arc<BlockCache>, source: &Source, prefix: &str, timeout: Duration) -> End {
+    // Cluster: the connection the slot's owner is asked on, kept.
+    let mut asker = None;
     let (client, sentinel, cluster) = match source {
         Source::Single(c) => (Client::clone(c), None, None),
         Source::Sentinel(s) => match named_primary(s, timeout).await {
@@ -575,7 +607,7 @@ async fn session(cache: &Arc<BlockCache>, source: &Source, prefix: &str, timeout
             Err(end) => return end,
         },
         Source::Cluster { seeds, node, slot } => {
-            match slot_owner(seeds, node, *slot, timeout).await {
+            match slot_owner(seeds, node, *slot, timeout, &mut asker).await {
                 Ok((h, p)) => match node_client(&h, p, node) {
                     Ok(c) => (c, None, Some((seeds, node, *slot, (h, p)))),
                     Err(e) => return lost("cluster node", &e),
@@ -669,7 +701,7 @@ async fn session(cache: &Arc<BlockCache>, source: &Source, prefix: &str, timeout
                     Ok(false) => return End::Lost("the revocation slot moved or is moving".into()),
                     Err(end) => return end,
                 }
-                if let Ok(now) = slot_owner(seeds, node, *slot, timeout).await {
+                if let Ok(now) = slot_owner(seeds, node, *slot, timeout, &mut asker).await {
                     if &now != owner {
                         return End::Lost("the cluster names another master for the slot".into());
                     }

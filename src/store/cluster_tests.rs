@@ -631,6 +631,25 @@ async fn cluster_block_cache_follows_the_revocation_slot() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(super::redis_tests::tracker_id(fp).is_some());
+    // Its once-a-second check of the slot's owner reuses one connection.
+    let accepted = || -> u64 {
+        cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                let info =
+                    crate::testkit_redis::command_text(n.port(), &["INFO", "stats"]).unwrap();
+                info.lines()
+                    .find_map(|l| l.strip_prefix("total_connections_received:"))
+                    .map_or(0, |v| v.trim().parse().unwrap())
+            })
+            .sum()
+    };
+    let before = accepted();
+    tokio::time::sleep(super::redis::SENTINEL_RECHECK * 3 + Duration::from_millis(300)).await;
+    // (the INFO connections themselves are counted: one per node per call)
+    let opened = accepted() - before - cluster.nodes.len() as u64;
+    assert!(opened <= 1, "{opened} connections opened by the rechecks");
     let now = conformance::unix_now();
     // Seen once through the cluster, then answered here.
     assert!(!cached.is_blocked("spiffe://td/c1", now).await.unwrap());
