@@ -1336,3 +1336,47 @@ async fn a_revocation_elsewhere_reaches_the_feed_without_waiting_for_a_poll() {
     let off = uncached_store(&srv);
     assert!(off.feed_changes().is_none());
 }
+
+/// A Redis user without `CLIENT` (ACL): the cache stays off, and every
+/// check reads Redis (no error reaches the exchange).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_cache_without_the_client_permission_stays_off_and_checks_still_work() {
+    let srv = require_redis!();
+    crate::testkit_redis::command(
+        srv.port(),
+        &[
+            "ACL",
+            "SETUSER",
+            "limited",
+            "on",
+            ">pw-limited",
+            "~*",
+            "+@all",
+            "-client",
+        ],
+    )
+    .unwrap();
+    let url = format!("redis://limited:pw-limited@127.0.0.1:{}", srv.port());
+    let st = Arc::new(
+        RedisStore::new(&cfg(&url))
+            .unwrap()
+            .with_options(&StoreOptions::default())
+            .unwrap(),
+    );
+    let now = unix_now();
+    st.block_subject("spiffe://td/acl", now + 600)
+        .await
+        .unwrap();
+    // Well past the first attempt (made at once, refused with NOPERM).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cache = st.block_cache().unwrap();
+    assert!(!cache.is_live());
+    assert_eq!(cache.stats().sessions, 0);
+    let gets = command_calls(srv.port(), "get").unwrap();
+    for _ in 0..3 {
+        assert!(st.is_blocked("spiffe://td/acl", now).await.unwrap());
+        assert!(!st.is_blocked("spiffe://td/ok", now).await.unwrap());
+    }
+    assert_eq!(command_calls(srv.port(), "get").unwrap(), gets + 6);
+    assert_eq!(cache.stats().off, 6);
+}
