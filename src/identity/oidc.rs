@@ -13,7 +13,7 @@ use tokio::sync::{Mutex, OnceCell};
 
 use crate::config::IssuerConfig;
 use crate::jose::jws::UnverifiedJws;
-use crate::jose::validate::{validate, ClaimRules, ValidatedClaims};
+use crate::jose::validate::{validate_owned, ClaimRules, ValidatedClaims};
 use crate::jwks::{discover_jwks_uri, https_client, HttpJwksFetcher, JwksCache, KeyLookupError};
 
 /// Why a token from an OIDC issuer was refused.
@@ -169,7 +169,7 @@ impl IssuerVerifier {
         let verified = jws
             .verify(&key)
             .map_err(|e| OidcError::Rejected(e.reason()))?;
-        validate(&verified, &self.rules, now).map_err(|e| OidcError::Rejected(e.reason()))
+        validate_owned(verified, &self.rules, now).map_err(|e| OidcError::Rejected(e.reason()))
     }
 
     /// How many JWKS fetches this issuer has made (for tests and metrics).
