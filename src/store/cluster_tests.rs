@@ -15,19 +15,20 @@ use crate::testkit_redis::{cluster_or_skip, command, sentinel_or_skip};
 /// Per-call timeout of these tests (a first call connects to every node).
 const T: Duration = Duration::from_secs(2);
 
+/// A store for `url` as constructed (no options applied: no block cache).
+fn bare_store(url: &str) -> RedisStore {
+    RedisStore::new(&RedisConfig {
+        url: url.to_string(),
+        prefix: "tessera".into(),
+        timeout: T,
+        ca_pem: None,
+    })
+    .unwrap()
+}
+
 /// A store with options `o`.
 fn store_with(url: &str, o: &StoreOptions) -> Arc<RedisStore> {
-    Arc::new(
-        RedisStore::new(&RedisConfig {
-            url: url.to_string(),
-            prefix: "tessera".into(),
-            timeout: T,
-            ca_pem: None,
-        })
-        .unwrap()
-        .with_options(o)
-        .unwrap(),
-    )
+    Arc::new(bare_store(url).with_options(o).unwrap())
 }
 
 /// A store with the default options (the block cache on).
@@ -118,15 +119,7 @@ fn failover(s: &crate::testkit_redis::RedisSentinel) {
 }
 
 fn store(url: &str) -> Arc<RedisStore> {
-    Arc::new(
-        RedisStore::new(&RedisConfig {
-            url: url.to_string(),
-            prefix: "tessera".into(),
-            timeout: T,
-            ca_pem: None,
-        })
-        .unwrap(),
-    )
+    Arc::new(bare_store(url))
 }
 
 #[test]
