@@ -1380,3 +1380,33 @@ async fn block_cache_without_the_client_permission_stays_off_and_checks_still_wo
     assert_eq!(command_calls(srv.port(), "get").unwrap(), gets + 6);
     assert_eq!(cache.stats().off, 6);
 }
+
+/// Over TLS with a private CA (`rediss://`), the tracking connection uses
+/// the store's TLS settings: the cache goes live and answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_cache_over_tls_with_a_private_ca() {
+    let _probe = require_redis!();
+    let (files, ca_pem) = tls_material();
+    let srv = RedisServer::start_tls(&files).unwrap();
+    let mut c = cfg(&srv.url());
+    c.ca_pem = Some(ca_pem);
+    let st = Arc::new(
+        RedisStore::new(&c)
+            .unwrap()
+            .with_options(&StoreOptions::default())
+            .unwrap(),
+    );
+    wait_live(&st, true).await;
+    let now = unix_now();
+    for _ in 0..3 {
+        assert!(!st.is_blocked("spiffe://td/tls", now).await.unwrap());
+    }
+    let s = st.block_cache().unwrap().stats();
+    assert_eq!((s.misses, s.hits), (1, 2));
+    let other = Arc::new(RedisStore::new(&c).unwrap());
+    other
+        .block_subject("spiffe://td/tls", now + 600)
+        .await
+        .unwrap();
+    wait_blocked(&st, "spiffe://td/tls", now, true).await;
+}
