@@ -77,8 +77,8 @@ use std::time::{Duration, Instant};
 
 use ::redis::sentinel::SentinelClient;
 use ::redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, PushInfo,
-    PushKind, RedisConnectionInfo, RedisResult, Value,
+    AsyncConnectionConfig, Client, ConnectionAddr, ProtocolVersion, PushInfo, PushKind,
+    RedisConnectionInfo, RedisResult, Value,
 };
 
 /// Most block answers held; when full the cache starts empty again
@@ -391,11 +391,11 @@ pub enum Source {
     /// The primary that these sentinels name (`redis+sentinel://`).
     Sentinel(Arc<tokio::sync::Mutex<SentinelClient>>),
     /// The master that owns `slot` (the block keys' `{rev}`) in the
-    /// cluster these seeds (`host:port`) belong to; `node` is what to send
-    /// each node (user, password).
+    /// cluster these seeds belong to; `node` is what to send each node
+    /// (user, password).
     Cluster {
         /// The URL's nodes.
-        seeds: Vec<String>,
+        seeds: Vec<(String, u16)>,
         /// Credentials and database for every node.
         node: RedisConnectionInfo,
         /// The hash slot of the block keys.
@@ -403,20 +403,12 @@ pub enum Source {
     },
 }
 
-/// A client for `host:port` with `node`'s credentials.
-fn node_client(host: &str, port: u16, node: &RedisConnectionInfo) -> RedisResult<Client> {
-    let info = ConnectionAddr::Tcp(host.to_string(), port)
-        .into_connection_info()?
-        .set_redis_settings(node.clone());
-    Client::open(info)
-}
-
 /// Where the master of `slot` listens, asked with `CLUSTER SLOTS` on
 /// `asker` (a connection to one of the URL's nodes, kept between calls),
 /// or else of the first of the URL's nodes that answers (which becomes
 /// `asker`).
 async fn slot_owner(
-    seeds: &[String],
+    seeds: &[(String, u16)],
     node: &RedisConnectionInfo,
     slot: u16,
     timeout: Duration,
@@ -446,16 +438,9 @@ async fn slot_owner(
         }
     }
     let mut why = End::Lost("no cluster node to ask".into());
-    for s in seeds {
-        let Some((h, p)) = s.rsplit_once(':') else {
-            continue;
-        };
-        let Ok(p) = p.parse::<u16>() else {
-            continue;
-        };
-        let h = h.trim_start_matches('[').trim_end_matches(']');
+    for (h, p) in seeds {
         let connect = async {
-            node_client(h, p, node)?
+            super::redis::node_client(h, *p, node)?
                 .get_multiplexed_async_connection()
                 .await
         };
@@ -597,24 +582,109 @@ async fn is_primary(con: &mut ::redis::aio::MultiplexedConnection) -> Result<boo
     }
 }
 
-async fn session(cache: &Arc<BlockCache>, source: &Source, prefix: &str, timeout: Duration) -> End {
-    // Cluster: the connection the slot's owner is asked on, kept.
-    let mut asker = None;
-    let (client, sentinel, cluster) = match source {
-        Source::Single(c) => (Client::clone(c), None, None),
-        Source::Sentinel(s) => match named_primary(s, timeout).await {
-            Ok((c, addr)) => (c, Some((s, addr)), None),
-            Err(end) => return end,
-        },
-        Source::Cluster { seeds, node, slot } => {
-            match slot_owner(seeds, node, *slot, timeout, &mut asker).await {
-                Ok((h, p)) => match node_client(&h, p, node) {
-                    Ok(c) => (c, None, Some((seeds, node, *slot, (h, p)))),
-                    Err(e) => return lost("cluster node", &e),
-                },
-                Err(end) => return end,
+/// The node the tracking connection is on, and how to check that it
+/// still holds the block keys.
+enum Holder<'a> {
+    /// One server: always.
+    Single,
+    /// The primary these sentinels named, at `addr`.
+    Sentinel {
+        sentinel: &'a tokio::sync::Mutex<SentinelClient>,
+        addr: ConnectionAddr,
+    },
+    /// The master of `slot`, at `owner`, found by asking `seeds` on `asker`.
+    Cluster {
+        seeds: &'a [(String, u16)],
+        node: &'a RedisConnectionInfo,
+        slot: u16,
+        owner: (String, u16),
+        asker: Option<::redis::aio::MultiplexedConnection>,
+    },
+}
+
+impl<'a> Holder<'a> {
+    /// The node to connect to for `source`, and the client for it.
+    async fn find(source: &'a Source, timeout: Duration) -> Result<(Client, Self), End> {
+        match source {
+            Source::Single(c) => Ok((Client::clone(c), Self::Single)),
+            Source::Sentinel(sentinel) => {
+                let (c, addr) = named_primary(sentinel, timeout).await?;
+                Ok((c, Self::Sentinel { sentinel, addr }))
+            }
+            Source::Cluster { seeds, node, slot } => {
+                let mut asker = None;
+                let owner = slot_owner(seeds, node, *slot, timeout, &mut asker).await?;
+                let c = super::redis::node_client(&owner.0, owner.1, node)
+                    .map_err(|e| lost("cluster node", &e))?;
+                let holder = Self::Cluster {
+                    seeds,
+                    node,
+                    slot: *slot,
+                    owner,
+                    asker,
+                };
+                Ok((c, holder))
             }
         }
+    }
+
+    /// Whether the node behind `con` still holds the block keys: for
+    /// Sentinel a primary (`ROLE`), for a cluster the slot's owner, not
+    /// migrating it (`CLUSTER NODES`). With `ask_again`, also whether the
+    /// sentinels or the URL's nodes still name it (when they cannot be
+    /// asked, the node is kept: its own failure ends the session).
+    async fn check(
+        &mut self,
+        con: &mut ::redis::aio::MultiplexedConnection,
+        timeout: Duration,
+        ask_again: bool,
+    ) -> Result<(), End> {
+        match self {
+            Self::Single => Ok(()),
+            Self::Sentinel { sentinel, addr } => {
+                if !is_primary(con).await? {
+                    return Err(End::Lost("the sentinels' primary is not a primary".into()));
+                }
+                if ask_again {
+                    if let Ok((_, named)) = named_primary(sentinel, timeout).await {
+                        if &named != addr {
+                            return Err(End::Lost("the sentinels name another primary".into()));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Self::Cluster {
+                seeds,
+                node,
+                slot,
+                owner,
+                asker,
+            } => {
+                if !owns_slot(con, *slot).await? {
+                    return Err(End::Lost(
+                        "the revocation slot is moving or not on this node".into(),
+                    ));
+                }
+                if ask_again {
+                    if let Ok(now) = slot_owner(seeds, node, *slot, timeout, asker).await {
+                        if &now != owner {
+                            return Err(End::Lost(
+                                "the cluster names another master for the slot".into(),
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn session(cache: &Arc<BlockCache>, source: &Source, prefix: &str, timeout: Duration) -> End {
+    let (client, mut holder) = match Holder::find(source, timeout).await {
+        Ok(found) => found,
+        Err(end) => return end,
     };
     let client = match resp3(&client) {
         Ok(c) => c,
@@ -642,21 +712,8 @@ async fn session(cache: &Arc<BlockCache>, source: &Source, prefix: &str, timeout
     if let Err(e) = name {
         return lost("CLIENT SETNAME", &e);
     }
-    if sentinel.is_some() {
-        match is_primary(&mut con).await {
-            Ok(true) => {}
-            Ok(false) => return End::Lost("the server the sentinels name is not a primary".into()),
-            Err(end) => return end,
-        }
-    }
-    if let Some((_, _, slot, _)) = &cluster {
-        match owns_slot(&mut con, *slot).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return End::Lost("the revocation slot is moving or not on this node".into())
-            }
-            Err(end) => return end,
-        }
+    if let Err(end) = holder.check(&mut con, timeout, false).await {
+        return end;
     }
     let mut tracking = ::redis::cmd("CLIENT");
     tracking
@@ -691,38 +748,10 @@ async fn session(cache: &Arc<BlockCache>, source: &Source, prefix: &str, timeout
             // The connection reported itself closed between replies.
             return End::Lost("connection closed".into());
         }
-        if let Some((seeds, node, slot, owner)) = &cluster {
-            if checked.elapsed() >= super::redis::SENTINEL_RECHECK {
-                checked = Instant::now();
-                // Still the slot's master, not migrating it away, and the
-                // cluster agrees (a failover elsewhere may have moved it).
-                match owns_slot(&mut con, *slot).await {
-                    Ok(true) => {}
-                    Ok(false) => return End::Lost("the revocation slot moved or is moving".into()),
-                    Err(end) => return end,
-                }
-                if let Ok(now) = slot_owner(seeds, node, *slot, timeout, &mut asker).await {
-                    if &now != owner {
-                        return End::Lost("the cluster names another master for the slot".into());
-                    }
-                }
-            }
-        }
-        if let Some((s, addr)) = &sentinel {
-            if checked.elapsed() >= super::redis::SENTINEL_RECHECK {
-                checked = Instant::now();
-                match is_primary(&mut con).await {
-                    Ok(true) => {}
-                    Ok(false) => return End::Lost("the primary became a replica".into()),
-                    Err(end) => return end,
-                }
-                // Unreachable sentinels: keep the primary (as the store's
-                // own connection does); its failure will end the session.
-                if let Ok((_, named)) = named_primary(s, timeout).await {
-                    if &named != addr {
-                        return End::Lost("the sentinels name another primary".into());
-                    }
-                }
+        if checked.elapsed() >= super::redis::SENTINEL_RECHECK {
+            checked = Instant::now();
+            if let Err(end) = holder.check(&mut con, timeout, true).await {
+                return end;
             }
         }
         cache.renew(sent);

@@ -258,8 +258,8 @@ enum Target {
     Cluster {
         client: ClusterClient,
         node: RedisConnectionInfo,
-        /// The seed nodes, `host:port`, for the block cache's own lookups.
-        seeds: Vec<String>,
+        /// The URL's nodes, for the block cache's own lookups.
+        seeds: Vec<(String, u16)>,
     },
     /// `redis+sentinel://`: the sentinels that name the primary.
     Sentinel {
@@ -535,11 +535,10 @@ fn parse_topology(rest: &str) -> Result<Topology, StoreError> {
     };
     let mut nodes = Vec::new();
     for n in hosts.split(',') {
-        let ok = n.rsplit_once(':').is_some_and(|(h, p)| {
+        let ok = host_port(n).is_some_and(|(h, _)| {
             !h.is_empty()
                 && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-.[]:_".contains(&b))
-                && p.parse::<u16>().is_ok_and(|p| p > 0)
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:_".contains(&b))
         });
         if !ok {
             return Err(config_error(
@@ -597,7 +596,11 @@ fn topology_target(
         return Ok(Target::Cluster {
             client,
             node,
-            seeds: t.nodes.clone(),
+            seeds: t
+                .nodes
+                .iter()
+                .filter_map(|n| host_port(n).map(|(h, p)| (h.to_string(), p)))
+                .collect(),
         });
     }
     if let Some(rest) = url.strip_prefix("redis+sentinel://") {
@@ -1586,16 +1589,32 @@ async fn revoke_at(
     to: &(String, u16),
     pipe: &::redis::Pipeline,
 ) -> Result<(String, i64), (RedisError, bool)> {
-    let client = ConnectionAddr::Tcp(to.0.clone(), to.1)
-        .into_connection_info()
-        .map(|i| i.set_redis_settings(node.clone()))
-        .and_then(Client::open)
-        .map_err(|e| (e, false))?;
+    let client = node_client(&to.0, to.1, node).map_err(|e| (e, false))?;
     let mut con = client
         .get_multiplexed_async_connection_with_config(config)
         .await
         .map_err(|e| (e, false))?;
     pipe.query_async(&mut con).await.map_err(|e| (e, true))
+}
+
+/// `host:port` split, an IPv6 host's brackets dropped; `None` without a
+/// port above 0.
+pub(crate) fn host_port(s: &str) -> Option<(&str, u16)> {
+    let (h, p) = s.rsplit_once(':')?;
+    let p = p.parse::<u16>().ok().filter(|p| *p > 0)?;
+    Some((h.trim_start_matches('[').trim_end_matches(']'), p))
+}
+
+/// A client for one node, `host:port`, with the URL's credentials `node`.
+pub(crate) fn node_client(
+    host: &str,
+    port: u16,
+    node: &RedisConnectionInfo,
+) -> ::redis::RedisResult<Client> {
+    let info = ConnectionAddr::Tcp(host.to_string(), port)
+        .into_connection_info()?
+        .set_redis_settings(node.clone());
+    Client::open(info)
 }
 
 /// The master of `slot` in a `CLUSTER SLOTS` answer (`[start, end,
@@ -1653,14 +1672,12 @@ pub(crate) fn redirection(e: &RedisError, asked: &str) -> Option<((String, u16),
             _ => return None,
         };
         let addr = s.details()?.split_ascii_whitespace().nth(1)?;
-        let (host, port) = addr.rsplit_once(':')?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let (host, port) = host_port(addr)?;
         let host = match host {
             "" => asked,
             "?" => return None,
             h => h,
         };
-        let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
         Some(((host.to_string(), port), ask))
     })
 }
