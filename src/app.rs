@@ -259,6 +259,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         "server.clock_quarantine" => server.clock_quarantine;
         "server.shutdown_grace" => server.shutdown_grace;
         "server.drain_timeout" => server.drain_timeout;
+        "server.worker_threads" => server.worker_threads;
         "store.url" => store.url;
         "store.prefix" => store.prefix;
         "store.timeout" => store.timeout;
@@ -597,7 +598,8 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
             tracing::error!(error = %e, "ops listener failed");
         }
     });
-    tracing::info!(%addr, %ops_addr, issuer = %snap.config.server.issuer, store = %snap.config.store.url, "tessera serving");
+    tracing::info!(%addr, %ops_addr, issuer = %snap.config.server.issuer, store = %snap.config.store.display_url(),
+        worker_threads = snap.config.server.threads(), "tessera serving");
     drop(snap);
     Ok(Running {
         addr,

@@ -467,13 +467,25 @@ fn block_on(f: impl std::future::Future<Output = i32>) -> i32 {
 
 fn serve(config: PathBuf) -> i32 {
     let _log_guard = tessera::telemetry::init_logging();
+    // The configuration is read before the runtime exists: it says how many
+    // threads the runtime has (`[server] worker_threads`). Parsing takes
+    // milliseconds; the signal handlers are installed right after.
+    let cfg = match tessera::config::Config::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let threads = cfg.server.threads();
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            eprintln!("error: cannot start the runtime ({threads} worker threads): {e}");
             return 1;
         }
     };
@@ -484,13 +496,6 @@ fn serve(config: PathBuf) -> i32 {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error: cannot install signal handlers: {e}");
-                return 1;
-            }
-        };
-        let cfg = match tessera::config::Config::load(&config) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e}");
                 return 1;
             }
         };

@@ -368,3 +368,30 @@ fn a_closed_or_failing_stdout_ends_the_cli_without_a_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(err.contains("cannot write to stdout"), "{err}");
 }
+
+/// `config check` names the store without its credentials, in text and in
+/// JSON: its output goes to terminals, CI logs and tickets.
+#[test]
+fn config_check_shows_the_store_url_without_its_password() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("c.toml"),
+        "[dev]\ngenerate_missing = true\n[store]\nurl = \"redis+sentinel://tessera:Hunter2-pw@s1:26379,s2:26379/main\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(d.path(), &["config", "check", "--config", "c.toml"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!format!("{out}{err}").contains("Hunter2"), "{out}{err}");
+    assert!(
+        out.contains("store redis+sentinel://***@s1:26379,s2:26379/main"),
+        "{out}"
+    );
+    let (code, out, err) = run(
+        d.path(),
+        &["config", "check", "--json", "--config", "c.toml"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!format!("{out}{err}").contains("Hunter2"), "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["store"], "redis+sentinel://***@s1:26379,s2:26379/main");
+}

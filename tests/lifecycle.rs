@@ -1415,3 +1415,69 @@ async fn audit_stdout_pipe_fails_closed_when_its_reader_stalls_and_resumes() {
         );
     }
 }
+
+/// The runtime's worker threads in a process (Linux): tokio names them
+/// `tokio-rt-worker` (its blocking-pool threads, `tokio-runtime-worker`).
+fn runtime_workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == "tokio-rt-worker")
+        .count()
+}
+
+/// `[server] worker_threads` sets how many threads serve (1 and 3 here, on
+/// any machine), the startup line says how many, and a broker with one
+/// thread serves exchanges concurrently. The startup line shows the store
+/// URL without its password (with a Redis that requires one).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_sets_the_serving_threads_and_the_log_hides_the_store_password() {
+    let home = Home::new();
+    let c = home.client(&home.agent);
+    for n in [1usize, 3] {
+        let mut spec = Spec::new(AGENTS_POLICY);
+        spec.server_extra = format!("worker_threads = {n}\n");
+        let b = Broker::start(&home, &format!("w{n}"), &spec);
+        b.wait_ready().await;
+        assert_eq!(runtime_workers(b.child.id()), n, "log:\n{}", b.logs());
+        assert!(
+            b.logs().contains(&format!("worker_threads={n}")),
+            "{}",
+            b.logs()
+        );
+        let answers =
+            futures_util::future::join_all((0..16).map(|_| exchange(&c, b.port, "tickets:read")))
+                .await;
+        for a in answers {
+            let (status, body) = a.unwrap();
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    // The default: one per CPU this process may use.
+    let b = Broker::start(&home, "wdefault", &Spec::new(AGENTS_POLICY));
+    b.wait_ready().await;
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(runtime_workers(b.child.id()), cpus);
+
+    if !tessera::testkit_redis::redis_available() && !tessera::testkit_redis::redis_required() {
+        eprintln!(
+            "SKIPPED: redis-server is not installed; the store URL redaction check did not run"
+        );
+        return;
+    }
+    let redis =
+        tessera::testkit_redis::RedisServer::start_with(&["--requirepass", "s3cret-Pw-9"]).unwrap();
+    let mut spec = Spec::new(AGENTS_POLICY);
+    spec.store = format!("redis://:s3cret-Pw-9@127.0.0.1:{}", redis.port());
+    let b = Broker::start(&home, "pw", &spec);
+    b.wait_ready().await;
+    let (status, body) = exchange(&c, b.port, "tickets:read").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let logs = b.logs();
+    assert!(!logs.contains("s3cret-Pw-9"), "{logs}");
+    assert!(
+        logs.contains(&format!("store=redis://***@127.0.0.1:{}", redis.port())),
+        "{logs}"
+    );
+}

@@ -74,7 +74,7 @@ pub fn config_check(path: &Path, as_json: bool, deny_warnings: bool) -> i32 {
         outln!(
             "{}",
             json!({"ok": !failed, "file": path.display().to_string(), "issuers": cfg.issuers.len(),
-                   "policies": cfg.policies.len(), "store": cfg.store.url, "notes": notes,
+                   "policies": cfg.policies.len(), "store": cfg.store.display_url(), "notes": notes,
                    "warnings": ws})
         );
     } else {
@@ -87,7 +87,7 @@ pub fn config_check(path: &Path, as_json: bool, deny_warnings: bool) -> i32 {
             cfg.issuers.len(),
             cfg.policies.len(),
             if cfg.policies.len() == 1 { "y" } else { "ies" },
-            cfg.store.url,
+            cfg.store.display_url(),
             match warnings.len() {
                 0 => String::new(),
                 1 => ", 1 warning".to_string(),

@@ -51,6 +51,8 @@ pub const MAX_GUARD_AUDIENCES: u64 = 4096;
 pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 /// Longest `[server] drain_timeout`.
 pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Most `[server] worker_threads`.
+pub const MAX_WORKER_THREADS: u32 = 1024;
 /// Longest `[approvals] interval`.
 pub const MAX_APPROVAL_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -133,6 +135,53 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// On SIGTERM, after the grace: the longest wait for in-flight requests.
     pub drain_timeout: Duration,
+    /// Threads serving requests (`0`: one per CPU this process may use; see
+    /// [`ServerConfig::threads`]).
+    pub worker_threads: usize,
+}
+
+impl ServerConfig {
+    /// How many threads serve requests: `worker_threads`, or when that is
+    /// `0` the CPUs this process may use (its affinity mask and cgroup CPU
+    /// quota, as [`std::thread::available_parallelism`] reads them), at
+    /// least 1.
+    pub fn threads(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The URL with any `user:password@` replaced by `***@`, for logs and
+    /// `config check` (the URL itself may hold a password).
+    ///
+    /// ```
+    /// # let mut c = tessera::config::Config::from_toml_str("t.toml", "").unwrap();
+    /// c.store.url = "redis+sentinel://app:s3cret@10.0.0.1:26379,10.0.0.2:26379/main".into();
+    /// assert_eq!(c.store.display_url(), "redis+sentinel://***@10.0.0.1:26379,10.0.0.2:26379/main");
+    /// ```
+    pub fn display_url(&self) -> String {
+        redacted_url(&self.url)
+    }
+}
+
+/// `scheme://user:password@rest` → `scheme://***@rest`; anything else as is.
+/// The authority ends at the first `/`, `?` or `#`; its last `@` ends the
+/// user information (so an unencoded `@` in a password is hidden too).
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://***@{}{tail}", &authority[at + 1..]),
+        None => url.to_string(),
+    }
 }
 
 /// `[tokens]`, typed.
@@ -407,7 +456,17 @@ impl Config {
             shutdown_grace: parse_duration(&s.shutdown_grace)
                 .map_err(|r| err("server.shutdown_grace", r))?,
             drain_timeout: dur("server.drain_timeout", &s.drain_timeout)?,
+            worker_threads: s.worker_threads as usize,
         };
+        if s.worker_threads > MAX_WORKER_THREADS {
+            return Err(err(
+                "server.worker_threads",
+                format!(
+                    "{} is more than {MAX_WORKER_THREADS}; 0 means one per CPU",
+                    s.worker_threads
+                ),
+            ));
+        }
         if server.shutdown_grace > MAX_SHUTDOWN_GRACE {
             return Err(err("server.shutdown_grace", "must be at most 60s".into()));
         }

@@ -95,6 +95,11 @@ pub struct RawServer {
     /// finish before their connections are closed (1s to 5m). Defaults to `10s`.
     #[serde(default = "d_drain_timeout")]
     pub drain_timeout: String,
+    /// Threads serving requests: `0` (the default) is one per CPU this
+    /// process may use; `1` gives the lowest CPU per exchange (no
+    /// wake-ups between threads) and at most one core's throughput. 0..=1024.
+    #[serde(default)]
+    pub worker_threads: u32,
 }
 
 impl Default for RawServer {
@@ -111,6 +116,7 @@ impl Default for RawServer {
             clock_quarantine: d_clock_quarantine(),
             shutdown_grace: d_shutdown_grace(),
             drain_timeout: d_drain_timeout(),
+            worker_threads: 0,
         }
     }
 }

@@ -566,3 +566,56 @@ fn deploy_config_validates_without_warnings() {
     assert!(c.warnings().is_empty(), "{:?}", c.warnings());
     assert!(c.store.url.starts_with("redis+sentinel://"));
 }
+
+/// `[server] worker_threads`: 0 (the default) is one per CPU the process
+/// may use; an explicit count is kept; more than the bound is refused with
+/// the key named.
+#[test]
+fn worker_threads_default_explicit_and_bound() {
+    let c = Config::from_toml_str("t.toml", "").unwrap();
+    assert_eq!(c.server.worker_threads, 0);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(c.server.threads(), cpus);
+    let c = Config::from_toml_str("t.toml", "[server]\nworker_threads = 1\n").unwrap();
+    assert_eq!(c.server.threads(), 1);
+    let c = Config::from_toml_str("t.toml", "[server]\nworker_threads = 1024\n").unwrap();
+    assert_eq!(c.server.threads(), 1024);
+    let e = err_of("[server]\nworker_threads = 1025\n");
+    assert_eq!(e.key, "server.worker_threads");
+    assert!(e.reason.contains("more than 1024"), "{e}");
+    // Not a count at all: refused by the parser, naming the line.
+    let e = Config::from_toml_str("t.toml", "[server]\nworker_threads = -1\n").unwrap_err();
+    assert!(e.to_string().contains("line 2"), "{e}");
+}
+
+/// The store URL as logged and printed: user information hidden, the rest
+/// (scheme, hosts, database, master name) kept for diagnosis.
+#[test]
+fn store_urls_are_shown_without_credentials() {
+    use crate::config::redacted_url;
+    for (url, shown) in [
+        ("memory://", "memory://"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        (
+            "redis://:hunter2@127.0.0.1:6379",
+            "redis://***@127.0.0.1:6379",
+        ),
+        (
+            "rediss://app:hunter2@redis.internal:6380/2",
+            "rediss://***@redis.internal:6380/2",
+        ),
+        (
+            "redis+cluster://app:hunter2@h1:7000,h2:7001",
+            "redis+cluster://***@h1:7000,h2:7001",
+        ),
+        (
+            "redis+sentinel://app:hu@nter2@s1:26379/main",
+            "redis+sentinel://***@s1:26379/main",
+        ),
+        ("redis://h:1/0?x=a@b", "redis://h:1/0?x=a@b"),
+        ("not a url", "not a url"),
+    ] {
+        assert_eq!(redacted_url(url), shown, "{url}");
+        assert!(!redacted_url(url).contains("nter2"), "{url}");
+    }
+}
