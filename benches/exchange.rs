@@ -28,7 +28,12 @@
 //! the stores, and the median round counts; 5 with `--state`, else 1),
 //! `--rate R` (open loop: R exchanges/s offered across all clients, each
 //! latency counted from its scheduled send time; default closed loop),
-//! `--json`. Environment: `BENCH_BROKER_LOG` (the broker's `RUST_LOG`, `info`),
+//! `--path floor` (not in `all`: the stack's own cost, no Tessera logic:
+//! the mTLS clients POST the mTLS body to a path no route serves and get
+//! the router's 404, so TLS records, HTTP, the router and the kernel's
+//! loopback TCP are all that is measured; its CPU/raw is against one ES256
+//! signature), `--worker-threads N` (the broker's `[server] worker_threads`; 0, the
+//! default, is one per CPU), `--json`. Environment: `BENCH_BROKER_LOG` (the broker's `RUST_LOG`, `info`),
 //! `BENCH_AUDIT_SINK` (`stdout`, the default sink; `off` to measure without it),
 //! `BENCH_BROKER_BIN` (run another build of `tessera` as the broker, e.g.
 //! the previous commit's, to compare builds in one window),
@@ -71,6 +76,8 @@ struct Args {
     /// Offered load, exchanges/s across all clients (open loop); `None`:
     /// each client sends its next request as soon as the last is answered.
     rate: Option<f64>,
+    /// The broker's `[server] worker_threads` (0: one per CPU).
+    worker_threads: u32,
 }
 
 const ALL_PATHS: [&str; 5] = ["mtls", "oidc", "reexchange", "delegation", "introspect"];
@@ -87,6 +94,7 @@ fn args() -> Args {
         state: None,
         rounds: None,
         rate: None,
+        worker_threads: 0,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -110,6 +118,7 @@ fn args() -> Args {
                         .map(|p| {
                             *ALL_PATHS
                                 .iter()
+                                .chain(&["floor"])
                                 .find(|x| **x == p)
                                 .unwrap_or_else(|| panic!("unknown path {p}"))
                         })
@@ -150,6 +159,10 @@ fn args() -> Args {
             }
             "--alg" => {
                 a.alg = next.parse().expect("--alg ES256|EdDSA|RS256");
+                i += 1;
+            }
+            "--worker-threads" => {
+                a.worker_threads = next.parse().expect("--worker-threads N");
                 i += 1;
             }
             "--h2" => a.h2 = true,
@@ -215,6 +228,7 @@ async fn drive(
     seconds: f64,
     pid: u32,
     rate: Option<f64>,
+    expect: u16,
 ) -> Outcome {
     // warm-up: connections open, JWKS cached
     for (i, c) in clients.iter().enumerate() {
@@ -266,7 +280,7 @@ async fn drive(
                     .send()
                     .await;
                 match r {
-                    Ok(r) if r.status() == 200 => {
+                    Ok(r) if r.status() == expect => {
                         let _ = r.bytes().await;
                         ok += 1;
                     }
@@ -462,6 +476,7 @@ fn start_broker(
     alg: SigningAlgorithm,
     store: &str,
     issuer: &TestIssuer,
+    worker_threads: u32,
 ) -> (ChildGuard, u16, u32) {
     let (port, ops) = (free_port(), free_port());
     let cfg = format!(
@@ -473,6 +488,7 @@ issuer = "https://tessera.bench"
 tls_cert = "{d}/server.pem"
 tls_key = "{d}/server-key.pem"
 client_ca = ["{d}/ca.pem"]
+worker_threads = {worker_threads}
 [tokens]
 signing_keys = "{d}/signing"
 algorithm = "{alg}"
@@ -807,7 +823,7 @@ async fn run(a: Args) {
     let mut guards = Vec::new();
     let mut brokers = Vec::new();
     for (label, url) in &stores {
-        let (g, port, pid) = start_broker(d, label, a.alg, url, &issuer);
+        let (g, port, pid) = start_broker(d, label, a.alg, url, &issuer, a.worker_threads);
         guards.push(g);
         let tokens = if a
             .paths
@@ -866,6 +882,8 @@ async fn run(a: Args) {
         for b in &brokers {
             let url = if *path == "introspect" {
                 format!("https://127.0.0.1:{}/introspect", b.port)
+            } else if *path == "floor" {
+                format!("https://127.0.0.1:{}/bench-floor", b.port)
             } else {
                 format!("https://127.0.0.1:{}/token", b.port)
             };
@@ -873,7 +891,7 @@ async fn run(a: Args) {
                 Vec<reqwest::Client>,
                 Arc<dyn Fn(usize) -> String + Send + Sync>,
             ) = match *path {
-                "mtls" => (
+                "mtls" | "floor" => (
                     (0..a.clients)
                         .map(|_| client(ca.cert_der(), Some(&agent), a.h2))
                         .collect(),
@@ -954,6 +972,7 @@ async fn run(a: Args) {
                     round_secs,
                     b.pid,
                     a.rate,
+                    if *path == "floor" { 404 } else { 200 },
                 )
                 .await;
                 let redis_cpu_us = match (b.redis_pid, redis_cpu0) {
@@ -1023,7 +1042,7 @@ async fn run(a: Args) {
         "audit_sink": std::env::var("BENCH_AUDIT_SINK").unwrap_or_else(|_| "stdout".into()),
         "stdout": if bench_stdout() == BenchStdout::Pipe { "pipe" } else { "/dev/null" },
         "broker_bin": broker_bin(),
-        "offered_rate": a.rate,
+        "offered_rate": a.rate, "worker_threads": a.worker_threads,
         "raw_sign_us": sign_us, "raw_verify_rs256_us": verify_us, "raw_verify_own_us": own_verify_us,
         "broker_peak_rss": rss, "state": seeded,
         "results": results,
@@ -1048,8 +1067,15 @@ async fn run(a: Args) {
         summary["stdout"].as_str().unwrap(),
     );
     println!(
-        "broker: {}\nraw cost in this run: sign {alg} {:.1} µs, verify {alg} {:.1} µs, verify RS256 {:.1} µs; broker peak RSS {}",
+        "broker: {} (worker threads: {})\nraw cost in this run: sign {alg} {:.1} µs, verify {alg} {:.1} µs, verify RS256 {:.1} µs; broker peak RSS {}",
         summary["broker_bin"].as_str().unwrap(),
+        match a.worker_threads {
+            0 => format!(
+                "{} (one per CPU)",
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            ),
+            n => n.to_string(),
+        },
         sign_us,
         own_verify_us,
         verify_us,
