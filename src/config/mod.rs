@@ -318,21 +318,36 @@ impl Config {
 
     /// Parses and validates TOML text; `file` is used in error messages.
     pub fn from_toml_str(file: &str, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let reason = match e.message().trim() {
-                // toml gives no message for some syntax errors, such as a
-                // control character in a comment (found by fuzzing).
-                "" => "invalid TOML on this line (the parser gave no detail; \
-                       a control character in a comment does this)"
-                    .to_string(),
-                m => bounded_reason(m),
-            };
-            ConfigError {
-                file: file.to_string(),
-                key: toml_error_key(&e, text),
-                reason,
-            }
-        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|pe| {
+                // The key whose value was refused (`server.worker_threads`),
+                // when the error is about a value and not the syntax.
+                let path = pe.path().to_string();
+                let e = pe.into_inner();
+                let reason = match e.message().trim() {
+                    // toml gives no message for some syntax errors, such as a
+                    // control character in a comment (found by fuzzing).
+                    "" => "invalid TOML on this line (the parser gave no detail; \
+                           a control character in a comment does this)"
+                        .to_string(),
+                    m => bounded_reason(m),
+                };
+                let line = toml_error_key(&e, text);
+                match path.as_str() {
+                    "" | "." | "?" => ConfigError {
+                        file: file.to_string(),
+                        key: line,
+                        reason,
+                    },
+                    // Both bounded: the path holds the key as written,
+                    // which may be a long misspelling.
+                    key => ConfigError {
+                        file: file.to_string(),
+                        key: bounded_reason(key),
+                        reason: bounded_reason(&format!("{line}: {reason}")),
+                    },
+                }
+            })?;
         Self::from_raw(file, raw)
     }
 

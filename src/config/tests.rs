@@ -198,9 +198,15 @@ fn errors_name_file_key_and_reason() {
     assert_eq!(e.key, "server.listen");
     assert!(e.to_string().starts_with("bad.toml: server.listen: "));
 
+    // A misspelt key: named as written, with its line and the keys allowed.
     let e = err_of("[server]\nlistn = \"127.0.0.1:1\"\n");
-    assert_eq!(e.key, "line 2");
-    assert!(e.reason.contains("listn"), "{}", e.reason);
+    assert_eq!(e.key, "server.listn");
+    assert!(
+        e.reason.starts_with("line 2: unknown field `listn`"),
+        "{}",
+        e.reason
+    );
+    assert!(e.reason.contains("`listen`"), "{}", e.reason);
 
     let e = err_of("[tokens]\nalgorithm = \"HS256\"\n");
     assert_eq!(e.key, "tokens.algorithm");
@@ -583,9 +589,10 @@ fn worker_threads_default_explicit_and_bound() {
     let e = err_of("[server]\nworker_threads = 1025\n");
     assert_eq!(e.key, "server.worker_threads");
     assert!(e.reason.contains("more than 1024"), "{e}");
-    // Not a count at all: refused by the parser, naming the line.
-    let e = Config::from_toml_str("t.toml", "[server]\nworker_threads = -1\n").unwrap_err();
-    assert!(e.to_string().contains("line 2"), "{e}");
+    // Not a count at all: refused by the parser, naming the key and line.
+    let e = err_of("[server]\nworker_threads = -1\n");
+    assert_eq!(e.key, "server.worker_threads");
+    assert!(e.reason.starts_with("line 2: "), "{e}");
 }
 
 /// The store URL as logged and printed: user information hidden, the rest
@@ -618,4 +625,57 @@ fn store_urls_are_shown_without_credentials() {
         assert_eq!(redacted_url(url), shown, "{url}");
         assert!(!redacted_url(url).contains("nter2"), "{url}");
     }
+}
+
+/// Values the parser refuses name the key (its full path, arrays indexed)
+/// and the line; syntax errors, which have no key, name the line.
+#[test]
+fn parse_errors_name_the_key_and_the_line() {
+    for (text, key, reason) in [
+        (
+            "[server]\nworker_threads = -1\n",
+            "server.worker_threads",
+            "line 2: invalid value: integer `-1`, expected u32",
+        ),
+        (
+            "[store]\nblock_cache = \"no\"\n",
+            "store.block_cache",
+            "line 2: invalid type: string \"no\", expected a boolean",
+        ),
+        (
+            "[[issuers]]\nname = 3\n",
+            "issuers[0].name",
+            "line 2: invalid type: integer `3`",
+        ),
+        (
+            "[[policies]]\nname = \"p\"\nmatch = { issuer = 1 }\n",
+            "policies[0].match.issuer",
+            "line 3: invalid type: integer `1`",
+        ),
+        (
+            "[limits]\nmax_connections = \"many\"\n",
+            "limits.max_connections",
+            "line 2: invalid type: string \"many\"",
+        ),
+        ("x = [\n", "line 2", "invalid array"),
+    ] {
+        let e = err_of(text);
+        assert_eq!(e.key, key, "{text}");
+        assert!(e.reason.starts_with(reason), "{text}: {e}");
+        assert!(
+            e.to_string().starts_with(&format!("bad.toml: {key}: ")),
+            "{e}"
+        );
+    }
+    // A 5,000-character misspelt key comes back cut, not whole.
+    let long = "k".repeat(5000);
+    let e = err_of(&format!("[server]\n{long} = 1\n"));
+    assert!(e.key.starts_with("server.kkk"), "{}", e.key);
+    assert!(e.key.len() <= MAX_ERROR_REASON_LEN, "{}", e.key.len());
+    assert!(e.reason.len() <= MAX_ERROR_REASON_LEN, "{}", e.reason.len());
+    assert!(
+        e.reason.starts_with("line 2: unknown field"),
+        "{}",
+        e.reason
+    );
 }
