@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::conformance;
+use super::conformance::{self, task_revocation};
 use super::redis::{cluster_slot as slot, RedisConfig, RedisStore};
 use super::*;
 use crate::testkit_redis::{cluster_or_skip, command, sentinel_or_skip};
@@ -438,12 +438,7 @@ async fn sentinel_manual_failover_moves_the_store_to_the_new_primary() {
     };
     let st = store(&s.url());
     let now = conformance::unix_now();
-    let rev = |value: &str| Revocation {
-        kind: RevocationKind::Task,
-        value: value.into(),
-        revoked_at: now,
-        expires_at: now + 600,
-    };
+    let rev = task_revocation;
     RevocationStore::revoke(&*st, rev("before")).await.unwrap();
     failover(&s);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -690,16 +685,6 @@ fn acked_store(url: &str, replicas: u32, wait: Duration) -> Arc<RedisStore> {
             ..StoreOptions::default()
         },
     )
-}
-
-fn task_revocation(value: &str) -> Revocation {
-    let now = conformance::unix_now();
-    Revocation {
-        kind: RevocationKind::Task,
-        value: value.into(),
-        revoked_at: now,
-        expires_at: now + 600,
-    }
 }
 
 /// A token of task `value` issued a minute ago (before the revocation:

@@ -24,6 +24,17 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
+/// A task revocation of `value`, made now, live for ten minutes.
+pub fn task_revocation(value: &str) -> Revocation {
+    let now = unix_now();
+    Revocation {
+        kind: RevocationKind::Task,
+        value: value.into(),
+        revoked_at: now,
+        expires_at: now + 600,
+    }
+}
+
 /// A name unique to this run.
 fn uniq(tag: &str) -> String {
     format!("{tag}-{}", uuid::Uuid::new_v4())

@@ -1295,13 +1295,7 @@ async fn a_revocation_elsewhere_reaches_the_feed_without_waiting_for_a_poll() {
     let hub = Arc::new(feed::FeedHub::new(a.clone(), events).with_poll(Duration::from_secs(3600)));
     let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
     let mut sub = hub.subscribe(None, clock);
-    let now = unix_now();
-    let rev = |v: &str| Revocation {
-        kind: RevocationKind::Task,
-        value: v.into(),
-        revoked_at: now,
-        expires_at: now + 600,
-    };
+    let rev = super::conformance::task_revocation;
     RevocationStore::revoke(&*b, rev("before")).await.unwrap();
     // Catch-up from the store (the poller starts at the feed's end).
     match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
