@@ -1217,7 +1217,7 @@ impl RedisStore {
             let tracker = super::block_cache::spawn(
                 cache.clone(),
                 source,
-                format!("{}:{{rev}}:blk:", self.prefix),
+                self.key_block_prefix(),
                 self.timeout,
             );
             (cache, tracker)
@@ -1250,8 +1250,13 @@ impl RedisStore {
         format!("{}:{{rev}}:feed", self.prefix)
     }
 
+    /// What every block key starts with (the block cache tracks it).
+    fn key_block_prefix(&self) -> String {
+        format!("{}:{{rev}}:blk:", self.prefix)
+    }
+
     pub(crate) fn key_block(&self, subject: &str) -> String {
-        format!("{}:{{rev}}:blk:{}", self.prefix, h(subject.as_bytes()))
+        self.key_block_prefix() + &h(subject.as_bytes())
     }
 
     pub(crate) fn key_replay(&self, namespace: &str, id: &str) -> String {
