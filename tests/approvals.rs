@@ -774,3 +774,48 @@ async fn a_store_outage_fails_closed() {
     );
     b.stop().await;
 }
+
+/// A decision that does not apply (a second approve, a deny after an
+/// approve) is recorded as `refused` only: counting `approved` records (and
+/// `tessera_audit_records_total{event="approved"}`) counts approvals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_decision_is_recorded_as_refused_only() {
+    for (opts, _redis) in backends("interval = \"2s\"") {
+        let b = TestBroker::start_with(opts).await;
+        let id = pending(&b).await;
+        let (s, v) = decide(&b, &id, "approve", "ok").await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, v) = decide(&b, &id, "approve", "again").await;
+        assert_eq!(
+            (s.as_u16(), v["error"].as_str()),
+            (409, Some("not_pending"))
+        );
+        let (s, v) = decide(&b, &id, "deny", "changed my mind").await;
+        assert_eq!(
+            (s.as_u16(), v["error"].as_str()),
+            (409, Some("not_pending"))
+        );
+
+        let records = b.audit_records().await;
+        let about = |event: &str, reason: Option<&str>| {
+            records
+                .iter()
+                .filter(|r| {
+                    r["event"] == event
+                        && reason.is_none_or(|w| r["reason"] == w)
+                        && r["detail"].as_str().unwrap_or("").contains(&id)
+                })
+                .count()
+        };
+        assert_eq!(about("approved", None), 1, "{records:?}");
+        assert_eq!(about("denied", None), 0, "{records:?}");
+        assert_eq!(
+            about("refused", Some("approval_not_pending")),
+            2,
+            "{records:?}"
+        );
+        // `tessera_audit_records_total{event}` is counted where each record
+        // is written (src/audit/mod.rs), so it follows these counts; it is
+        // process-wide, and other tests here approve too, so it is not read.
+    }
+}

@@ -626,6 +626,11 @@ async fn decide(
             "an approval id is a UUID",
         );
     }
+    // One decision at a time on this replica: the state read below is then
+    // the state the store decides on (barring another replica deciding the
+    // same approval in the same instant), so a decision that cannot apply is
+    // recorded as `refused` only, never as `approved`/`denied`.
+    let _one_at_a_time = DECIDING.lock().await;
     let now = app.clock.now();
     let a = match app.stores.approvals.get_approval(&id, now).await {
         Ok(Some(a)) => a,
@@ -638,6 +643,16 @@ async fn decide(
         }
         Err(e) => return store_err(e),
     };
+    let not_applicable = if a.state != crate::store::ApprovalState::Pending {
+        Some(DecideOutcome::NotPending(a.state))
+    } else if a.expires_at <= now {
+        Some(DecideOutcome::Expired)
+    } else {
+        None
+    };
+    if let Some(out) = not_applicable {
+        return refuse_decision(&app, &who, &a, approve, out).await;
+    }
     // Four eyes: whoever asked (the presenting workload, the subject, any
     // actor) never decides.
     if who == a.requester || who == a.subject || a.actors.iter().any(|x| x == &who) {
@@ -706,13 +721,6 @@ async fn decide(
             return store_err(e);
         }
     };
-    if !matches!(out, DecideOutcome::Decided(_)) {
-        let undo = AuditRecord::new(Event::Refused)
-            .reason("approval_not_pending")
-            .client(&who)
-            .detail(&format!("approval {id}: the decision above did not apply"));
-        let _ = app.auditor.record(undo).await;
-    }
     match out {
         DecideOutcome::Decided(a) => {
             crate::telemetry::metrics()
@@ -721,7 +729,64 @@ async fn decide(
                 .inc();
             Json(approval_view(&a, now)).into_response()
         }
-        DecideOutcome::NotFound => err(
+        // Another replica decided it between our read and our write: the
+        // record above stands, and this one says it did not apply.
+        out => {
+            let undo = AuditRecord::new(Event::Refused)
+                .reason("approval_not_pending")
+                .client(&who)
+                .detail(&format!("approval {id}: the decision above did not apply"));
+            let _ = app.auditor.record(undo).await;
+            decision_refused(&id, out)
+        }
+    }
+}
+
+/// Serialises approval decisions on one replica (they are rare and human).
+static DECIDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A decision on an approval that is no longer pending (or expired): the
+/// attempt is audited as `refused` only (so counting `approved` records
+/// counts approvals), and the operator is told why.
+async fn refuse_decision(
+    app: &AppState,
+    who: &str,
+    a: &crate::store::Approval,
+    approve: bool,
+    out: crate::store::DecideOutcome,
+) -> Response {
+    let id = &a.id;
+    let rec = AuditRecord::new(Event::Refused)
+        .reason(match out {
+            crate::store::DecideOutcome::Expired => "approval_expired",
+            _ => "approval_not_pending",
+        })
+        .client(who)
+        .subject(&a.subject)
+        .actors(a.actors.iter().cloned())
+        .scopes(&a.scopes.join(" "))
+        .audience(&a.audience)
+        .policy(&a.policy)
+        .detail(&format!(
+            "approval {id} is {}: {} not applied",
+            if a.state == crate::store::ApprovalState::Pending {
+                "expired"
+            } else {
+                a.state.as_str()
+            },
+            if approve { "approval" } else { "denial" }
+        ));
+    if let Err(e) = app.auditor.record(rec).await {
+        return audit_err(e);
+    }
+    decision_refused(id, out)
+}
+
+/// The admin answer for a decision that did not apply.
+fn decision_refused(id: &str, out: crate::store::DecideOutcome) -> Response {
+    use crate::store::DecideOutcome;
+    match out {
+        DecideOutcome::Decided(_) | DecideOutcome::NotFound => err(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no approval {id}"),
