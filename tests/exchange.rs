@@ -342,6 +342,42 @@ async fn metadata_and_jwks() {
             .unwrap()
             .iter()
             .any(|g| g == TE));
+        // RFC 8414: every endpoint served is listed, and what is listed is
+        // served (same paths on this listener: the test issuer is a name).
+        assert_eq!(
+            v["introspection_endpoint"],
+            format!("{BROKER_ISS}/introspect")
+        );
+        assert_eq!(v["revocation_endpoint"], format!("{BROKER_ISS}/revoke"));
+        assert_eq!(v["response_types_supported"], serde_json::json!([]));
+        let types: Vec<&str> = v["subject_token_types_supported"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        for t in ["jwt", "id_token", "access_token", "mtls"] {
+            assert!(
+                types.contains(&format!("urn:ietf:params:oauth:token-type:{t}").as_str()),
+                "{t} missing from {types:?}"
+            );
+        }
+        for key in [
+            "token_endpoint",
+            "introspection_endpoint",
+            "revocation_endpoint",
+        ] {
+            let path = v[key].as_str().unwrap().strip_prefix(BROKER_ISS).unwrap();
+            let r = b
+                .agent_client()
+                .post(b.url(path))
+                .form(&[("token", "x")])
+                .send()
+                .await
+                .unwrap();
+            assert_ne!(r.status(), 404, "{key} {path} is not served");
+            assert_ne!(r.status(), 405, "{key} {path} is not served");
+        }
     }
     let v: Value = b
         .anon()

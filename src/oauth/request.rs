@@ -31,6 +31,10 @@ pub enum TokenType {
 }
 
 impl TokenType {
+    /// Every type `/token` accepts as a `subject_token_type` (the discovery
+    /// metadata lists exactly these).
+    pub const ALL: [Self; 4] = [Self::Jwt, Self::IdToken, Self::AccessToken, Self::Mtls];
+
     /// The URN.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -43,9 +47,7 @@ impl TokenType {
 
     /// Parses a URN exactly.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Jwt, Self::IdToken, Self::AccessToken, Self::Mtls]
-            .into_iter()
-            .find(|t| t.as_str() == s)
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
     }
 }
 

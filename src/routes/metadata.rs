@@ -7,7 +7,7 @@ use axum::Json;
 use serde_json::json;
 
 use crate::app::AppState;
-use crate::oauth::request::GRANT_TOKEN_EXCHANGE;
+use crate::oauth::request::{TokenType, GRANT_TOKEN_EXCHANGE};
 
 /// How long verifiers may cache `/jwks.json`.
 pub const JWKS_MAX_AGE_SECS: u64 = 60;
@@ -17,21 +17,27 @@ pub const JWKS_MAX_AGE_SECS: u64 = 60;
 pub async fn metadata(State(app): State<AppState>) -> Response {
     let snap = app.snapshot();
     let iss = &snap.config.server.issuer;
+    // RFC 8414 §2: every endpoint this listener serves, with how a caller
+    // authenticates to it. `response_types_supported` is REQUIRED by RFC
+    // 8414 and OpenID Discovery; Tessera has no authorization endpoint, so
+    // the true list is empty (a value would advertise a flow not served).
     let body = json!({
         "issuer": iss,
         "token_endpoint": format!("{iss}/token"),
         "jwks_uri": format!("{iss}/jwks.json"),
+        "introspection_endpoint": format!("{iss}/introspect"),
+        "revocation_endpoint": format!("{iss}/revoke"),
         "grant_types_supported": [GRANT_TOKEN_EXCHANGE, "client_credentials"],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": ["tls_client_auth", "none"],
+        // /introspect: an mTLS identity in [introspection] or [admin] subjects.
+        "introspection_endpoint_auth_methods_supported": ["tls_client_auth"],
+        // /revoke: the holder of the token (a bound token over its certificate).
+        "revocation_endpoint_auth_methods_supported": ["tls_client_auth", "none"],
         "tls_client_certificate_bound_access_tokens": true,
         "access_token_signing_alg_values_supported": [snap.minter.algorithm().as_str()],
         "dpop_signing_alg_values_supported": crate::identity::dpop::DPOP_ALGS.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
-        "subject_token_types_supported": [
-            "urn:ietf:params:oauth:token-type:jwt",
-            "urn:ietf:params:oauth:token-type:id_token",
-            "urn:ietf:params:oauth:token-type:mtls"
-        ],
+        "subject_token_types_supported": TokenType::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
     });
     let mut r = Json(body).into_response();
     r.headers_mut().insert(
