@@ -284,11 +284,35 @@ async fn kill_switch(s: &Stores) {
     s.revocations.block_subject(&k, now + 100).await.unwrap();
     assert!(s.revocations.is_blocked(&k, now + 99).await.unwrap());
     assert!(!s.revocations.is_blocked(&k, now + 100).await.unwrap());
-    // a shorter block never shortens a longer one
-    s.revocations.block_subject(&k, now + 50).await.unwrap();
+    // a shorter block never shortens a longer one, and says so
+    assert_eq!(
+        s.revocations.block_subject(&k, now + 50).await.unwrap(),
+        now + 100
+    );
     assert!(s.revocations.is_blocked(&k, now + 99).await.unwrap());
     // others are not blocked
     assert!(!s.revocations.is_blocked(&uniq("other"), now).await.unwrap());
+    // the block is listed, by subject (store-side time: a block ending
+    // before the store's clock is not live)
+    let k2 = uniq("spiffe://td/k2");
+    assert_eq!(
+        s.revocations.block_subject(&k2, now + 200).await.unwrap(),
+        now + 200
+    );
+    let listed = s.revocations.list_blocks(now).await.unwrap();
+    let mine: Vec<_> = listed.iter().filter(|(x, _)| *x == k || *x == k2).collect();
+    assert_eq!(mine, [&(k.clone(), now + 100), &(k2.clone(), now + 200)]);
+    // the undo: lifted at once, unlisted, and a second unblock finds nothing
+    assert!(s.revocations.unblock_subject(&k, now).await.unwrap());
+    assert!(!s.revocations.is_blocked(&k, now).await.unwrap());
+    assert!(!s.revocations.unblock_subject(&k, now).await.unwrap());
+    let listed = s.revocations.list_blocks(now).await.unwrap();
+    assert!(!listed.iter().any(|(x, _)| *x == k), "{listed:?}");
+    assert!(listed.iter().any(|(x, _)| *x == k2), "{listed:?}");
+    // after an unblock, a shorter block takes effect
+    s.revocations.block_subject(&k, now + 30).await.unwrap();
+    assert!(s.revocations.is_blocked(&k, now + 29).await.unwrap());
+    assert!(!s.revocations.is_blocked(&k, now + 30).await.unwrap());
 }
 
 /// A grant for tests.

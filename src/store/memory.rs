@@ -151,16 +151,34 @@ impl RevocationStore for MemoryStore {
         Ok((entries, last))
     }
 
-    async fn block_subject(&self, subject: &str, until: u64) -> Result<(), StoreError> {
+    async fn block_subject(&self, subject: &str, until: u64) -> Result<u64, StoreError> {
         let mut g = self.lock()?;
         let e = g.blocked.entry(subject.to_string()).or_insert(0);
         *e = (*e).max(until);
-        Ok(())
+        Ok(*e)
     }
 
     async fn is_blocked(&self, subject: &str, now: u64) -> Result<bool, StoreError> {
         let g = self.lock()?;
         Ok(g.blocked.get(subject).is_some_and(|u| *u > now))
+    }
+
+    async fn unblock_subject(&self, subject: &str, now: u64) -> Result<bool, StoreError> {
+        let mut g = self.lock()?;
+        Ok(g.blocked.remove(subject).is_some_and(|u| u > now))
+    }
+
+    async fn list_blocks(&self, now: u64) -> Result<Vec<(String, u64)>, StoreError> {
+        let g = self.lock()?;
+        let mut v: Vec<(String, u64)> = g
+            .blocked
+            .iter()
+            .filter(|(_, u)| **u > now)
+            .map(|(s, u)| (s.clone(), *u))
+            .collect();
+        v.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(super::MAX_LISTED_BLOCKS);
+        Ok(v)
     }
 }
 

@@ -124,6 +124,10 @@ pub struct TokenFacts {
     pub iat: u64,
 }
 
+/// Most blocks [`RevocationStore::list_blocks`] returns (blocks are rare;
+/// a longer list is cut, soonest end first kept).
+pub const MAX_LISTED_BLOCKS: usize = 10_000;
+
 /// Revocations and the kill switch.
 #[async_trait]
 pub trait RevocationStore: Send + Sync {
@@ -153,9 +157,19 @@ pub trait RevocationStore: Send + Sync {
         now: u64,
     ) -> Result<(Vec<(String, Revocation)>, String), StoreError>;
     /// Refuses new exchanges for `subject` until `until` (the kill switch).
-    async fn block_subject(&self, subject: &str, until: u64) -> Result<(), StoreError>;
+    /// A block never shortens a longer one already in force (two operators,
+    /// or the guard and an operator, never undo each other by accident;
+    /// [`RevocationStore::unblock_subject`] is the undo). Returns the time
+    /// the subject is now blocked until (`until` or the longer block's).
+    async fn block_subject(&self, subject: &str, until: u64) -> Result<u64, StoreError>;
     /// Whether `subject` is blocked now.
     async fn is_blocked(&self, subject: &str, now: u64) -> Result<bool, StoreError>;
+    /// Lifts a block at once (the undo of the kill switch); tokens already
+    /// revoked stay revoked. Returns whether a live block was lifted.
+    async fn unblock_subject(&self, subject: &str, now: u64) -> Result<bool, StoreError>;
+    /// The live blocks, `(subject, until)`, soonest end first, at most
+    /// [`MAX_LISTED_BLOCKS`].
+    async fn list_blocks(&self, now: u64) -> Result<Vec<(String, u64)>, StoreError>;
     /// A signal bumped when the feed may have new entries, whoever wrote
     /// them (for the Redis store: Redis's invalidation of the feed key on
     /// the block cache's tracking connection). `None`: no such signal; the
@@ -474,11 +488,17 @@ impl RevocationStore for Announcing {
     ) -> Result<(Vec<(String, Revocation)>, String), StoreError> {
         self.inner.list_since(cursor, limit, now).await
     }
-    async fn block_subject(&self, subject: &str, until: u64) -> Result<(), StoreError> {
+    async fn block_subject(&self, subject: &str, until: u64) -> Result<u64, StoreError> {
         self.inner.block_subject(subject, until).await
     }
     async fn is_blocked(&self, subject: &str, now: u64) -> Result<bool, StoreError> {
         self.inner.is_blocked(subject, now).await
+    }
+    async fn unblock_subject(&self, subject: &str, now: u64) -> Result<bool, StoreError> {
+        self.inner.unblock_subject(subject, now).await
+    }
+    async fn list_blocks(&self, now: u64) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.list_blocks(now).await
     }
     fn feed_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.inner.feed_changes()

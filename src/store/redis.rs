@@ -46,7 +46,8 @@
 //! |-----|------|-----|------------|
 //! | `P:{rev}:e:<kind>:H(value)` | string `"<revoked_at> <expires_at>"` | `EXAT expires_at` (the max of all revocations of it) | revoke script |
 //! | `P:{rev}:feed` | stream, fields `k v r x`, `MAXLEN ~` [`FEED_MAXLEN`] | `EXPIREAT` the latest entry's `expires_at` (refreshed on each write, only ever extended) | revoke script |
-//! | `P:{rev}:blk:H(subject)` | string `until` | `EXAT until` (the max) | block script |
+//! | `P:{rev}:blk:H(subject)` | string `until` | `EXAT until` (the max) | block script; unblock script deletes it |
+//! | `P:{rev}:blocks` | hash subject → until (for `tessera blocks list`; ended ones pruned) | `EXPIREAT` the latest block's end (only ever extended) | block, unblock and list scripts |
 //! | `P:rp:H(len(ns) ‖ ns ‖ id)` | string `1` | `EXAT expires_at` | `SET NX EXAT` |
 //! | `P:{g:H(subject)}:gr:H(id)` | hash `j` (grant JSON), `r` (uses left or `u`), `x` (expires_at) | `EXAT expires_at` | grant create script; consume script decrements `r` |
 //! | `P:{g:H(subject)}:idx` | set of `H(id)` of the subject's grants | `EXPIREAT` the latest grant's expiry (only ever extended) | grant create / consume / revoke scripts |
@@ -749,6 +750,8 @@ pub struct RedisStore {
     tls: bool,
     revoke_script: Script,
     block_script: Script,
+    unblock_script: Script,
+    blocks_list_script: Script,
     grant_create_script: Script,
     grant_pointer_script: Script,
     grant_consume_script: Script,
@@ -813,14 +816,56 @@ extend(KEYS[2], xa, now)
 return id
 "#;
 
-/// KEYS: block key. ARGV: until.
+/// KEYS: block key, block index. ARGV: until, subject.
+/// Returns the until in force (the longer of the two), 0 when already past.
+/// The index (subject → until) is what `tessera blocks list` reads: block
+/// keys are hashes of the subject. It is pruned of ended blocks here once it
+/// holds more than [`BLOCK_INDEX_PRUNE`] fields, and on every listing.
 const LUA_BLOCK: &str = r#"
 local u = tonumber(ARGV[1])
 local old = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 if old > u then u = old end
 if u <= now then return 0 end
 redis.call('SET', KEYS[1], string.format('%d', u), 'EXAT', string.format('%d', u))
-return 1
+redis.call('HSET', KEYS[2], ARGV[2], string.format('%d', u))
+extend(KEYS[2], u, now)
+if redis.call('HLEN', KEYS[2]) > tonumber(ARGV[3]) then
+  local all = redis.call('HGETALL', KEYS[2])
+  for i = 1, #all, 2 do
+    if (tonumber(all[i + 1]) or 0) <= now then redis.call('HDEL', KEYS[2], all[i]) end
+  end
+end
+return u
+"#;
+
+/// Fields of the block index above which the block script prunes it.
+const BLOCK_INDEX_PRUNE: usize = 1024;
+
+/// KEYS: block key, block index. ARGV: subject. Returns 1 when a live block
+/// was lifted. Deleting the key is what tells every replica's block cache
+/// (Redis's invalidation of it on their tracking connections).
+const LUA_UNBLOCK: &str = r#"
+local old = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+redis.call('DEL', KEYS[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if old > now then return 1 end
+return 0
+"#;
+
+/// KEYS: block index. Returns `subject, until, ...` of the live blocks and
+/// removes the ended ones.
+const LUA_BLOCKS_LIST: &str = r#"
+local out = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if (tonumber(all[i + 1]) or 0) > now then
+    out[#out + 1] = all[i]
+    out[#out + 1] = all[i + 1]
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return out
 "#;
 
 /// KEYS: pointer, all. ARGV: subject, id, expires_at, max total.
@@ -1111,6 +1156,8 @@ impl RedisStore {
             tls,
             revoke_script: script(LUA_REVOKE),
             block_script: script(LUA_BLOCK),
+            unblock_script: script(LUA_UNBLOCK),
+            blocks_list_script: script(LUA_BLOCKS_LIST),
             grant_create_script: script(LUA_GRANT_CREATE),
             grant_pointer_script: script(LUA_GRANT_POINTER),
             grant_consume_script: script(LUA_GRANT_CONSUME),
@@ -1257,6 +1304,12 @@ impl RedisStore {
 
     pub(crate) fn key_block(&self, subject: &str) -> String {
         self.key_block_prefix() + &h(subject.as_bytes())
+    }
+
+    /// The block index (subject → until), for listing. Not under the block
+    /// prefix: the block cache does not track it.
+    pub(crate) fn key_block_index(&self) -> String {
+        format!("{}:{{rev}}:blocks", self.prefix)
     }
 
     pub(crate) fn key_replay(&self, namespace: &str, id: &str) -> String {
@@ -1915,19 +1968,23 @@ impl RevocationStore for RedisStore {
         .await
     }
 
-    async fn block_subject(&self, subject: &str, until: u64) -> Result<(), StoreError> {
+    async fn block_subject(&self, subject: &str, until: u64) -> Result<u64, StoreError> {
         check_time(until, "until")?;
         let key = self.key_block(subject);
+        let index = self.key_block_index();
         let mut con = self.conn.manager()?;
         let r = self
             .run("block_subject", async {
-                let _: i64 = self
+                let u: u64 = self
                     .block_script
                     .key(&key)
+                    .key(&index)
                     .arg(until)
+                    .arg(subject)
+                    .arg(BLOCK_INDEX_PRUNE)
                     .invoke_async(&mut con)
                     .await?;
-                Ok(())
+                Ok(u)
             })
             .await;
         // Before the caller hears of it, and whatever the outcome (a write
@@ -1936,6 +1993,54 @@ impl RevocationStore for RedisStore {
             c.invalidate(key.as_bytes());
         }
         r
+    }
+
+    async fn unblock_subject(&self, subject: &str, _now: u64) -> Result<bool, StoreError> {
+        let key = self.key_block(subject);
+        let index = self.key_block_index();
+        let mut con = self.conn.manager()?;
+        let r = self
+            .run("unblock_subject", async {
+                let n: i64 = self
+                    .unblock_script
+                    .key(&key)
+                    .key(&index)
+                    .arg(subject)
+                    .invoke_async(&mut con)
+                    .await?;
+                Ok(n == 1)
+            })
+            .await;
+        // As for a block: this replica's cache forgets the entry before the
+        // operator hears of it; the others on Redis's invalidation.
+        if let Some((c, _)) = &self.block_cache {
+            c.invalidate(key.as_bytes());
+        }
+        r
+    }
+
+    async fn list_blocks(&self, _now: u64) -> Result<Vec<(String, u64)>, StoreError> {
+        let index = self.key_block_index();
+        let mut con = self.conn.manager()?;
+        let flat: Vec<String> = self
+            .run("list_blocks", async {
+                Ok(self
+                    .blocks_list_script
+                    .key(&index)
+                    .invoke_async(&mut con)
+                    .await?)
+            })
+            .await?;
+        let mut v = Vec::with_capacity(flat.len() / 2);
+        for pair in flat.chunks_exact(2) {
+            let until = pair[1]
+                .parse::<u64>()
+                .map_err(|_| StoreError::Protocol("malformed block index entry in redis".into()))?;
+            v.push((pair[0].clone(), until));
+        }
+        v.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(super::MAX_LISTED_BLOCKS);
+        Ok(v)
     }
 
     fn feed_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {

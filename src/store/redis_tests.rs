@@ -1088,6 +1088,13 @@ async fn block_cache_follows_writes_from_anywhere() {
     wait_blocked(&a, subject, now, true).await;
     assert!(a.block_cache().unwrap().stats().invalidations >= 1);
 
+    // Another broker lifts the block (`tessera unblock`): lifted here too.
+    assert!(b.unblock_subject(subject, now).await.unwrap());
+    wait_blocked(&a, subject, now, false).await;
+    assert!(b.list_blocks(now).await.unwrap().is_empty());
+    b.block_subject(subject, now + 100).await.unwrap();
+    wait_blocked(&a, subject, now, true).await;
+
     // Deleted by hand: unblocked here too.
     let key = a.key_block(subject);
     let mut con = raw(&srv).await;
@@ -1121,6 +1128,9 @@ async fn block_cache_follows_writes_from_anywhere() {
     assert!(!a.is_blocked(here, now).await.unwrap());
     a.block_subject(here, now + 100).await.unwrap();
     assert!(a.is_blocked(here, now).await.unwrap());
+    // ... and so is an unblock through this store.
+    assert!(a.unblock_subject(here, now).await.unwrap());
+    assert!(!a.is_blocked(here, now).await.unwrap());
 }
 
 /// A read that was on the wire when a block was written is never cached as
