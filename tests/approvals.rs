@@ -819,3 +819,40 @@ async fn a_second_decision_is_recorded_as_refused_only() {
         // process-wide, and other tests here approve too, so it is not read.
     }
 }
+
+/// "Trojan Source" in an approval (issue 23 item 4): a workload's
+/// `authorization_details` holding bidirectional overrides, isolates and
+/// zero-width characters reach the operator's terminal as visible escapes,
+/// in the table and under `--json` (which stays valid JSON with the same
+/// value), so the action an approver reads is the action the token carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_list_escapes_bidi_and_zero_width_characters() {
+    let b = TestBroker::start_with(options("interval = \"2s\"", None)).await;
+    write_operator(&b, &b.home());
+    let hostile = "[{\"type\":\"ticket_deletion\",\"identifier\":\"T-1\u{202e}\u{2066}9\u{2069}\u{200b}\",\"actions\":[\"delete\"]}]";
+    let r = ask(
+        &b,
+        &b.agent_client(),
+        API,
+        "tickets:delete",
+        Some(hostile),
+        None,
+    )
+    .await;
+    assert_eq!(code(&r), (400, "authorization_pending"), "{}", r.1);
+    let raw = ['\u{202e}', '\u{2066}', '\u{2069}', '\u{200b}'];
+    let (c, out, err) = cli(&b, &["approvals", "list"]);
+    assert_eq!(c, 0, "{err}");
+    assert!(!out.contains(raw), "raw format characters reached the terminal: {out:?}");
+    for esc in ["\\u202e", "\\u2066", "\\u2069", "\\u200b"] {
+        assert!(out.contains(esc), "{esc} missing from {out}");
+    }
+    let (c, out, err) = cli(&b, &["approvals", "list", "--json"]);
+    assert_eq!(c, 0, "{err}");
+    assert!(!out.contains(raw), "{out:?}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["approvals"][0]["authorization_details"][0]["identifier"],
+        "T-1\u{202e}\u{2066}9\u{2069}\u{200b}"
+    );
+}

@@ -175,7 +175,7 @@ fn durability_exit(v: &Value) -> i32 {
     }
     let acked = v["replicas_acked"].as_u64().unwrap_or(0);
     let required = v["replicas_required"].as_u64().unwrap_or(0);
-    eprintln!(
+    errln!(
         "warning: not durable: the revocation is in force on the primary, but only {acked} of \
          {required} required replicas acknowledged it; a failover now could lose it (check the \
          replicas, then repeat the revocation: it is idempotent)"
@@ -185,7 +185,7 @@ fn durability_exit(v: &Value) -> i32 {
 
 /// Prints an error and returns exit code 1.
 fn fail(msg: &str) -> i32 {
-    eprintln!("error: {msg}");
+    errln!("error: {msg}");
     1
 }
 
@@ -329,7 +329,7 @@ pub async fn grant_list(conn: &Connection, subject: Option<String>, as_json: boo
 /// `tessera grant revoke ID`.
 pub async fn grant_revoke(conn: &Connection, id: &str, as_json: bool) -> i32 {
     if uuid::Uuid::parse_str(id).is_err() {
-        eprintln!("error: `{id}` is not a grant id (a UUID)");
+        errln!("error: `{id}` is not a grant id (a UUID)");
         return 2;
     }
     match conn
@@ -456,7 +456,7 @@ pub async fn approval_decide(
     as_json: bool,
 ) -> i32 {
     if uuid::Uuid::parse_str(id).is_err() {
-        eprintln!("error: `{id}` is not an approval id (a UUID)");
+        errln!("error: `{id}` is not an approval id (a UUID)");
         return 2;
     }
     let verb = if approve { "approve" } else { "deny" };

@@ -85,7 +85,7 @@ pub async fn tail(conn: &Connection, n: usize, follow: bool, as_json: bool) -> i
     {
         Ok(v) => v,
         Err(m) => {
-            eprintln!("error: {m}");
+            errln!("error: {m}");
             return 1;
         }
     };
@@ -115,7 +115,7 @@ pub async fn tail(conn: &Connection, n: usize, follow: bool, as_json: bool) -> i
                 }
             }
             // Keep following through a broker restart or a store outage.
-            Err(m) => eprintln!("warning: {m} (retrying)"),
+            Err(m) => errln!("warning: {m} (retrying)"),
         }
     }
 }
@@ -153,7 +153,7 @@ fn report_out(r: &Report, source: &str, as_json: bool) -> i32 {
     match &r.broken {
         None => 0,
         Some(b) => {
-            eprintln!(
+            errln!(
                 "error: {source}: chain broken at record {} (node {}, seq {}): {}",
                 b.position,
                 b.node.as_deref().unwrap_or("?"),
@@ -171,7 +171,7 @@ pub fn verify_file(path: &Path, as_json: bool) -> i32 {
     match crate::audit::verify_file(path) {
         Ok(r) => report_out(&r, &path.display().to_string(), as_json),
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             1
         }
     }
@@ -191,7 +191,7 @@ pub async fn verify_stream(conn: &Connection, as_json: bool) -> i32 {
         let page_v = match conn.call(reqwest::Method::GET, &path, None).await {
             Ok(v) => v,
             Err(m) => {
-                eprintln!("error: {m}");
+                errln!("error: {m}");
                 return 1;
             }
         };

@@ -689,21 +689,21 @@ pub fn policy_explain(args: &ExplainArgs, as_json: bool) -> i32 {
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return 1;
         }
     };
     let req = match dry_run(&cfg, args) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return 2;
         }
     };
     let e = match explain(&cfg, &req) {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return 1;
         }
     };
@@ -719,7 +719,7 @@ pub fn policy_explain(args: &ExplainArgs, as_json: bool) -> i32 {
             reason,
             message,
         } => {
-            eprintln!("error: refused: {error} ({reason}): {message}");
+            errln!("error: refused: {error} ({reason}): {message}");
             1
         }
     }
