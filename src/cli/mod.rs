@@ -346,6 +346,39 @@ pub fn terminal_safe(s: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// Writes one line to stdout, made [`terminal_safe`]; on failure ends the
+/// process (see the module docs): 141 for a closed pipe, 1 otherwise.
+pub fn out_line(args: std::fmt::Arguments<'_>) {
+    let text = args.to_string();
+    let text = terminal_safe(&text);
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o
+        .write_all(text.as_bytes())
+        .and_then(|()| o.write_all(b"\n"))
+    {
+        drop(o);
+        std::process::exit(stdout_failure_status(&e));
+    }
+}
+
+/// Writes one line to stderr, made [`terminal_safe`] (a failure to write
+/// an error message is not reported further).
+pub fn err_line(args: std::fmt::Arguments<'_>) {
+    let text = args.to_string();
+    let _ = writeln!(std::io::stderr().lock(), "{}", terminal_safe(&text));
+}
+
+/// The exit status for a failed write to stdout, after saying why when it
+/// is not a reader that went away.
+fn stdout_failure_status(e: &std::io::Error) -> i32 {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        141
+    } else {
+        let _ = writeln!(std::io::stderr(), "error: cannot write to stdout: {e}");
+        1
+    }
+}
+
 #[cfg(test)]
 mod terminal_tests {
     use super::*;
@@ -398,38 +431,5 @@ mod terminal_tests {
         assert!(safe.chars().all(|c| !is_terminal_unsafe(c)));
         let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
         assert_eq!(back, v);
-    }
-}
-
-/// Writes one line to stdout, made [`terminal_safe`]; on failure ends the
-/// process (see the module docs): 141 for a closed pipe, 1 otherwise.
-pub fn out_line(args: std::fmt::Arguments<'_>) {
-    let text = args.to_string();
-    let text = terminal_safe(&text);
-    let mut o = std::io::stdout().lock();
-    if let Err(e) = o
-        .write_all(text.as_bytes())
-        .and_then(|()| o.write_all(b"\n"))
-    {
-        drop(o);
-        std::process::exit(stdout_failure_status(&e));
-    }
-}
-
-/// Writes one line to stderr, made [`terminal_safe`] (a failure to write
-/// an error message is not reported further).
-pub fn err_line(args: std::fmt::Arguments<'_>) {
-    let text = args.to_string();
-    let _ = writeln!(std::io::stderr().lock(), "{}", terminal_safe(&text));
-}
-
-/// The exit status for a failed write to stdout, after saying why when it
-/// is not a reader that went away.
-fn stdout_failure_status(e: &std::io::Error) -> i32 {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        141
-    } else {
-        let _ = writeln!(std::io::stderr(), "error: cannot write to stdout: {e}");
-        1
     }
 }
