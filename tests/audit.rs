@@ -7,15 +7,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tessera::audit::{sha256_hex, AuditRecord, ChainVerifier};
 use tessera::testkit_redis::redis_or_skip;
-
-const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
 fn file_audit(b_dir: &std::path::Path) -> String {
     format!(
@@ -322,7 +319,7 @@ async fn no_token_is_issued_whose_record_cannot_be_written() {
     assert_eq!(list["grants"].as_array().unwrap().len(), 0);
     // a revocation stands (it only takes authority away), and the operator
     // learns its record is missing: the CLI exits 1 saying so
-    let (code, _, err) = cli(&b, &["revoke", "--task", "unaudited-task"]);
+    let (code, _, err) = b.cli(&["revoke", "--task", "unaudited-task"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("WAS made") && err.contains("audit"), "{err}");
     let feed: Value = b
@@ -408,29 +405,6 @@ async fn no_token_is_issued_whose_record_cannot_be_written() {
     assert!(report.intact(), "{report:?}");
 }
 
-fn cli(b: &TestBroker, args: &[&str]) -> (i32, String, String) {
-    let d = b.home();
-    if !d.join("op.pem").exists() {
-        std::fs::write(d.join("op.pem"), &b.operator.cert_pem).unwrap();
-        std::fs::write(d.join("op-key.pem"), &b.operator.key_pem).unwrap();
-    }
-    let o = Command::new(BIN)
-        .args(args)
-        .args(["--url", &b.url(""), "--ca"])
-        .arg(d.join("ca.pem"))
-        .arg("--cert")
-        .arg(d.join("op.pem"))
-        .arg("--key")
-        .arg(d.join("op-key.pem"))
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_audit_tail_and_verify() {
     let dir = tempfile::tempdir().unwrap();
@@ -453,7 +427,7 @@ async fn cli_audit_tail_and_verify() {
     assert_eq!(b.agent_token("tickets:delete", None).await.0, 400);
 
     // tail --json: one record per line, the newest last
-    let (code, out, err) = cli(&b, &["audit", "tail", "--json", "-n", "2"]);
+    let (code, out, err) = b.cli(&["audit", "tail", "--json", "-n", "2"]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<Value> = out
         .lines()
@@ -463,10 +437,10 @@ async fn cli_audit_tail_and_verify() {
     assert_eq!(lines[0]["jti"], jtis[2].as_str());
     assert_eq!(lines[1]["reason"], "scope_not_allowed");
     // flags before the verb work too; the table by default
-    let (code, out, _) = cli(&b, &["--json", "audit", "tail"]);
+    let (code, out, _) = b.cli(&["--json", "audit", "tail"]);
     assert_eq!(code, 0);
     assert_eq!(out.lines().count(), 5);
-    let (code, out, _) = cli(&b, &["audit", "tail"]);
+    let (code, out, _) = b.cli(&["audit", "tail"]);
     assert_eq!(code, 0);
     assert!(
         out.starts_with("TIME") && out.contains("issued") && out.contains(&jtis[0]),
@@ -474,20 +448,17 @@ async fn cli_audit_tail_and_verify() {
     );
 
     // verify the broker's stream and the file
-    let (code, out, err) = cli(&b, &["audit", "verify"]);
+    let (code, out, err) = b.cli(&["audit", "verify"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("intact (5 records in 1 chain(s))"), "{out}");
     let file = dir.path().join("audit.jsonl");
-    let (code, out, err) = cli(
-        &b,
-        &[
-            "audit",
-            "verify",
-            "--file",
-            file.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    let (code, out, err) = b.cli(&[
+        "audit",
+        "verify",
+        "--file",
+        file.to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -501,7 +472,7 @@ async fn cli_audit_tail_and_verify() {
     lines[2] = lines[2].replace("tickets:read", "tickets:write");
     let bad = dir.path().join("tampered.jsonl");
     std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
-    let (code, _, err) = cli(&b, &["audit", "verify", "--file", bad.to_str().unwrap()]);
+    let (code, _, err) = b.cli(&["audit", "verify", "--file", bad.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(
         err.contains("record 3") && err.contains("seq 3") && err.contains("altered"),
@@ -511,20 +482,17 @@ async fn cli_audit_tail_and_verify() {
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     lines.remove(2);
     std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
-    let (code, _, err) = cli(&b, &["audit", "verify", "--file", bad.to_str().unwrap()]);
+    let (code, _, err) = b.cli(&["audit", "verify", "--file", bad.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("seq 4") && err.contains("missing"), "{err}");
     // a missing file is a failure, bad usage is 2
-    assert_eq!(
-        cli(&b, &["audit", "verify", "--file", "/no/such/file"]).0,
-        1
-    );
-    assert_eq!(cli(&b, &["audit", "nope"]).0, 2);
+    assert_eq!(b.cli(&["audit", "verify", "--file", "/no/such/file"]).0, 1);
+    assert_eq!(b.cli(&["audit", "nope"]).0, 2);
     // not an operator
     let d = b.home();
     std::fs::write(d.join("op.pem"), &b.agent.cert_pem).unwrap();
     std::fs::write(d.join("op-key.pem"), &b.agent.key_pem).unwrap();
-    let (code, _, err) = cli(&b, &["audit", "tail"]);
+    let (code, _, err) = b.cli(&["audit", "tail"]);
     assert_eq!(code, 1);
     assert!(err.contains("not authorised"), "{err}");
 }

@@ -127,7 +127,7 @@ async fn redis_down_fails_closed_and_service_resumes_without_restart() {
     );
 
     // the CLI says the change was not made and exits 1
-    let o = cli(&b, &["revoke", "--task", "t-1"]);
+    let o = b.cli(&["revoke", "--task", "t-1"]);
     assert_eq!(o.0, 1, "{o:?}");
     assert!(o.2.contains("not made"), "{}", o.2);
 
@@ -158,7 +158,7 @@ async fn redis_down_fails_closed_and_service_resumes_without_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(ready(&b).await, 200);
-    assert_eq!(cli(&b, &["revoke", "--task", "t-1"]).0, 0);
+    assert_eq!(b.cli(&["revoke", "--task", "t-1"]).0, 0);
     let s = ledger.check(&file_records(dir.path()), &invariants::Expect::default());
     assert_eq!(s.tokens, 2, "{s:?}");
 }
@@ -320,29 +320,6 @@ fn redis_cli(url: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn cli(b: &TestBroker, args: &[&str]) -> (i32, String, String) {
-    let d = b.home();
-    if !d.join("op.pem").exists() {
-        std::fs::write(d.join("op.pem"), &b.operator.cert_pem).unwrap();
-        std::fs::write(d.join("op-key.pem"), &b.operator.key_pem).unwrap();
-    }
-    let o = Command::new(BIN)
-        .args(args)
-        .args(["--url", &b.url(""), "--ca"])
-        .arg(d.join("ca.pem"))
-        .arg("--cert")
-        .arg(d.join("op.pem"))
-        .arg("--key")
-        .arg(d.join("op-key.pem"))
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_cli_verbs() {
     let b = TestBroker::start_with(Options {
@@ -354,65 +331,56 @@ async fn operator_cli_verbs() {
     std::fs::write(d.join("op.pem"), &b.operator.cert_pem).unwrap();
     std::fs::write(d.join("op-key.pem"), &b.operator.key_pem).unwrap();
     // grant create --json prints an object with id
-    let (code, out, err) = cli(
-        &b,
-        &[
-            "grant",
-            "create",
-            "--subject",
-            AGENT,
-            "--scope",
-            "tickets:delete",
-            "--audience",
-            API,
-            "--ttl",
-            "10m",
-            "--uses",
-            "1",
-            "--json",
-        ],
-    );
+    let (code, out, err) = b.cli(&[
+        "grant",
+        "create",
+        "--subject",
+        AGENT,
+        "--scope",
+        "tickets:delete",
+        "--audience",
+        API,
+        "--ttl",
+        "10m",
+        "--uses",
+        "1",
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let g: Value = serde_json::from_str(&out).unwrap();
     let id = g["id"].as_str().unwrap().to_string();
     // list: a table by default
-    let (code, out, _) = cli(&b, &["grant", "list"]);
+    let (code, out, _) = b.cli(&["grant", "list"]);
     assert_eq!(code, 0);
     assert!(out.contains(&id) && out.contains("SUBJECT"), "{out}");
     // the grant works once
     assert_eq!(b.agent_token("tickets:delete", None).await.0, 200);
-    let (code, _, _) = cli(&b, &["grant", "revoke", &id]);
+    let (code, _, _) = b.cli(&["grant", "revoke", &id]);
     assert_eq!(code, 0);
-    let (code, _, err) = cli(&b, &["grant", "revoke", &id]);
+    let (code, _, err) = b.cli(&["grant", "revoke", &id]);
     assert_eq!(code, 1, "already gone");
     assert!(err.contains("no live grant"), "{err}");
     // revoke verbs; flags after the verb work (contract)
-    let (code, out, _) = cli(
-        &b,
-        &[
-            "revoke",
-            "--subject",
-            AGENT,
-            "--reason",
-            "incident 42",
-            "--block-for",
-            "5m",
-        ],
-    );
+    let (code, out, _) = b.cli(&[
+        "revoke",
+        "--subject",
+        AGENT,
+        "--reason",
+        "incident 42",
+        "--block-for",
+        "5m",
+    ]);
     assert_eq!(code, 0);
     assert!(out.contains("refused until"), "{out}");
     assert_eq!(b.agent_token("tickets:read", None).await.0, 400);
     // usage errors exit 2
-    assert_eq!(cli(&b, &["revoke"]).0, 2);
-    assert_eq!(cli(&b, &["revoke", "--task", "a", "--jti", "b"]).0, 2);
-    assert_eq!(
-        cli(&b, &["revoke", "--task", "a", "--block-for", "5m"]).0,
-        2
-    );
+    assert_eq!(b.cli(&["revoke"]).0, 2);
+    assert_eq!(b.cli(&["revoke", "--task", "a", "--jti", "b"]).0, 2);
+    assert_eq!(b.cli(&["revoke", "--task", "a", "--block-for", "5m"]).0, 2);
     // an identity that is not an operator
     std::fs::write(d.join("op.pem"), &b.agent.cert_pem).unwrap();
     std::fs::write(d.join("op-key.pem"), &b.agent.key_pem).unwrap();
-    let (code, _, err) = cli(&b, &["revoke", "--task", "x"]);
+    let (code, _, err) = b.cli(&["revoke", "--task", "x"]);
     assert_eq!(code, 1);
     assert!(err.contains("operator certificate not authorised"), "{err}");
     // nobody listening
@@ -589,7 +557,7 @@ async fn r4_writes_failing_fail_closed_and_the_grant_survives() {
         assert!(v.get("access_token").is_none(), "I5: no token with a 503");
         assert_eq!(v["error"], "temporarily_unavailable");
     }
-    let o = cli(&b, &["revoke", "--task", "t-r4"]);
+    let o = b.cli(&["revoke", "--task", "t-r4"]);
     assert_eq!(o.0, 1, "{o:?}");
 
     // Writes come back: the grant was never consumed, and yields one token.
@@ -604,7 +572,7 @@ async fn r4_writes_failing_fail_closed_and_the_grant_survives() {
     let (s, v) = b.agent_token("tickets:delete", None).await;
     ledger.record(s.as_u16(), &v);
     assert_eq!(s, 400, "I2: a one-use grant yields one token");
-    assert_eq!(cli(&b, &["revoke", "--task", "t-r4"]).0, 0);
+    assert_eq!(b.cli(&["revoke", "--task", "t-r4"]).0, 0);
     let records = b.audit_records().await;
     let mut expect = invariants::Expect::default();
     expect.grant_uses.insert(grant_id, 1);
@@ -893,7 +861,7 @@ async fn r5_revocation_waits_for_a_replica_and_says_when_not_durable() {
     // both up: durable, exit 0, and the replica holds the entry
     let (s, v) = b.agent_token("tickets:read", Some("r5-a")).await;
     assert_eq!(s, 200, "{v}");
-    let (code, out, err) = cli(&b, &["revoke", "--task", "r5-a"]);
+    let (code, out, err) = b.cli(&["revoke", "--task", "r5-a"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("durable: 1 of 1"), "{out}");
     assert!(!err.contains("not durable"), "{err}");
@@ -907,7 +875,7 @@ async fn r5_revocation_waits_for_a_replica_and_says_when_not_durable() {
     assert_eq!(s, 200, "{v}");
     let token = v["access_token"].as_str().unwrap().to_string();
     replica.kill();
-    let (code, out, err) = cli(&b, &["revoke", "--task", "r5-b"]);
+    let (code, out, err) = b.cli(&["revoke", "--task", "r5-b"]);
     assert_eq!(code, 3, "distinct from 1 (not made): {out}{err}");
     assert!(err.contains("not durable"), "{err}");
     assert!(err.contains("only 0 of 1 required replicas"), "{err}");
@@ -946,7 +914,7 @@ async fn r5_revocation_waits_for_a_replica_and_says_when_not_durable() {
         .admin(Method::POST, "/admin/v1/grants", Some(json!({"subject": AGENT, "scope": "tickets:delete", "audience": API, "ttl": "60s", "uses": 1})))
         .await;
     assert_eq!(s, StatusCode::CREATED);
-    let (code, _, err) = cli(&b, &["grant", "revoke", g["id"].as_str().unwrap()]);
+    let (code, _, err) = b.cli(&["grant", "revoke", g["id"].as_str().unwrap()]);
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("not durable"), "{err}");
     assert_eq!(b.agent_token("tickets:delete", None).await.0, 400);
@@ -976,7 +944,7 @@ async fn r5_revocation_waits_for_a_replica_and_says_when_not_durable() {
     // the replica comes back (empty, resyncs): durable again
     replica.restart().unwrap();
     wait_link_up(&replica.url());
-    let (code, out, err) = cli(&b, &["revoke", "--task", "r5-d"]);
+    let (code, out, err) = b.cli(&["revoke", "--task", "r5-d"]);
     assert_eq!(code, 0, "{out}{err}");
 }
 
@@ -1011,7 +979,7 @@ async fn r5_without_wait_a_failover_can_lose_a_reported_revocation() {
 
     // the replication stream (primary -> replica) now lags by 5 s
     proxy.set_answer_delay(Duration::from_secs(5));
-    let (code, out, err) = cli(&a, &["revoke", "--task", "r5-lost", "--json"]);
+    let (code, out, err) = a.cli(&["revoke", "--task", "r5-lost", "--json"]);
     assert_eq!(code, 0, "reported made: {out}{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["durable"], true, "nothing required, nothing waited for");
@@ -1033,7 +1001,7 @@ async fn r5_without_wait_a_failover_can_lose_a_reported_revocation() {
         ..Default::default()
     })
     .await;
-    let (code, _, err) = cli(&waiting, &["revoke", "--task", "r5-other"]);
+    let (code, _, err) = waiting.cli(&["revoke", "--task", "r5-other"]);
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("not durable"), "{err}");
 

@@ -279,6 +279,31 @@ subjects = ["spiffe://example.org/service/payments-api"]
         (s, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Runs the real `tessera` binary as the operator against this broker
+    /// (its CA, the operator's certificate): exit code, stdout, stderr.
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let d = self.home();
+        if !d.join("op.pem").exists() {
+            std::fs::write(d.join("op.pem"), &self.operator.cert_pem).unwrap();
+            std::fs::write(d.join("op-key.pem"), &self.operator.key_pem).unwrap();
+        }
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args)
+            .args(["--url", &self.url(""), "--ca"])
+            .arg(d.join("ca.pem"))
+            .arg("--cert")
+            .arg(d.join("op.pem"))
+            .arg("--key")
+            .arg(d.join("op-key.pem"))
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
     /// Every record of the broker's audit stream, oldest first (pages
     /// through `GET /admin/v1/audit`).
     pub async fn audit_records(&self) -> Vec<Value> {
