@@ -103,6 +103,26 @@ enum Cmd {
         #[arg(long, requires = "subject")]
         block_for: Option<String>,
     },
+    /// Lift a kill-switch block at once, on every replica (tokens already
+    /// revoked stay revoked).
+    Unblock {
+        /// The blocked identity.
+        #[arg(long)]
+        subject: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Kill-switch blocks in force.
+    Blocks {
+        #[command(subcommand)]
+        cmd: BlocksCmd,
+    },
+    /// Revocations in force (the revocation feed's live entries).
+    Revocations {
+        #[command(subcommand)]
+        cmd: RevocationsCmd,
+    },
     /// Just-in-time grants.
     Grant {
         #[command(subcommand)]
@@ -137,6 +157,18 @@ enum Cmd {
     /// Make the broker at --url re-read its configuration file (as SIGHUP
     /// does; one replica). Exit 1 naming the cause if it was refused.
     Reload,
+}
+
+#[derive(Subcommand)]
+enum BlocksCmd {
+    /// Every live block: subject and until when.
+    List,
+}
+
+#[derive(Subcommand)]
+enum RevocationsCmd {
+    /// Every live revocation: kind, value, when, and until when it is kept.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -184,8 +216,8 @@ enum GrantCmd {
         /// Lifetime, e.g. 10m.
         #[arg(long)]
         ttl: String,
-        /// Uses (unlimited until expiry when absent).
-        #[arg(long)]
+        /// Uses, at least 1 (unlimited until expiry when absent).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         uses: Option<u32>,
         /// Only for this task.
         #[arg(long)]
@@ -292,6 +324,7 @@ enum TokenCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tessera::cli::set_json_output(cli.json);
     // One crypto provider for every TLS user in the process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let code = match cli.cmd {
@@ -353,19 +386,31 @@ fn main() -> ExitCode {
             block_for,
         } => {
             if block_for.is_some() && subject.is_none() {
-                eprintln!("error: --block-for goes with --subject");
+                tessera::cli::print_error("--block-for goes with --subject", 2, cli.json);
                 return ExitCode::from(2);
             }
+            use tessera::store::RevocationKind as K;
             let (kind, value) = match (jti, subject, task, grant) {
-                (Some(v), _, _, _) => ("jti", v),
-                (_, Some(v), _, _) => ("subject", v),
-                (_, _, Some(v), _) => ("task", v),
-                (_, _, _, Some(v)) => ("grant", v),
+                (Some(v), _, _, _) => (K::Jti, v),
+                (_, Some(v), _, _) => (K::Subject, v),
+                (_, _, Some(v), _) => (K::Task, v),
+                (_, _, _, Some(v)) => (K::Grant, v),
                 _ => return ExitCode::from(2),
             };
+            // Bad usage is found here, before any round trip.
+            let checked =
+                tessera::exchange::operator::check_revocation(kind, &value).and_then(|()| {
+                    match &block_for {
+                        Some(d) => tessera::exchange::operator::parse_block_for(d).map(|_| ()),
+                        None => Ok(()),
+                    }
+                });
+            if let Err(m) = checked {
+                return usage_error(&m, cli.json);
+            }
             let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
             let a = tessera::cli::admin::RevokeArgs {
-                kind,
+                kind: kind.as_str(),
                 value,
                 reason,
                 block_for,
@@ -383,6 +428,13 @@ fn main() -> ExitCode {
                     uses,
                     task,
                 } => {
+                    let checked =
+                        tessera::exchange::operator::check_identity(&subject).and_then(|()| {
+                            tessera::exchange::operator::check_grant_ttl(&ttl).map(|_| ())
+                        });
+                    if let Err(m) = checked {
+                        return usage_error(&m, cli.json);
+                    }
                     let a = tessera::cli::admin::GrantArgs {
                         subject,
                         scope,
@@ -400,6 +452,27 @@ fn main() -> ExitCode {
                     block_on(tessera::cli::admin::grant_revoke(&conn, &id, cli.json))
                 }
             }
+        }
+        Cmd::Unblock { subject, reason } => {
+            if let Err(m) = tessera::exchange::operator::check_identity(&subject) {
+                return usage_error(&m, cli.json);
+            }
+            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            block_on(tessera::cli::admin::unblock(
+                &conn, &subject, reason, cli.json,
+            ))
+        }
+        Cmd::Blocks {
+            cmd: BlocksCmd::List,
+        } => {
+            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            block_on(tessera::cli::admin::blocks_list(&conn, cli.json))
+        }
+        Cmd::Revocations {
+            cmd: RevocationsCmd::List,
+        } => {
+            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            block_on(tessera::cli::admin::revocations_list(&conn, cli.json))
         }
         Cmd::Approvals {
             cmd: ApprovalsCmd::List { all },
@@ -436,6 +509,13 @@ fn main() -> ExitCode {
         },
     };
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// Bad usage found before any round trip: the message on stderr (a JSON
+/// object under `--json`), exit 2.
+fn usage_error(msg: &str, json: bool) -> ExitCode {
+    tessera::cli::print_error(msg, 2, json);
+    ExitCode::from(2)
 }
 
 fn connection(

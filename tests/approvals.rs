@@ -843,7 +843,10 @@ async fn approvals_list_escapes_bidi_and_zero_width_characters() {
     let raw = ['\u{202e}', '\u{2066}', '\u{2069}', '\u{200b}'];
     let (c, out, err) = cli(&b, &["approvals", "list"]);
     assert_eq!(c, 0, "{err}");
-    assert!(!out.contains(raw), "raw format characters reached the terminal: {out:?}");
+    assert!(
+        !out.contains(raw),
+        "raw format characters reached the terminal: {out:?}"
+    );
     for esc in ["\\u202e", "\\u2066", "\\u2069", "\\u200b"] {
         assert!(out.contains(esc), "{esc} missing from {out}");
     }

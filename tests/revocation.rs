@@ -552,3 +552,138 @@ async fn h90_revocation_values_are_validated_and_bounded() {
     assert_eq!(b.introspect(&live).await["active"], true);
     assert_eq!(b.agent_token("tickets:read", None).await.0, 200);
 }
+
+/// The kill switch can be undone (issue 21 item 1): `tessera unblock` lifts
+/// a block at once (audited), `tessera blocks list` shows what is in force
+/// with an absolute end and the time left, `tessera revocations list` shows
+/// the live revocations; a block never shortens a longer one, and the CLI
+/// says until when the block really runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_switch_is_listed_and_undone_from_the_cli() {
+    for (o, _r) in backends().await {
+        let b = TestBroker::start_with(o).await;
+        let (c, out, err) = b.cli(&["revoke", "--subject", AGENT, "--block-for", "30m"]);
+        assert_eq!(c, 0, "{err}");
+        assert!(
+            out.contains("refused until 20") && out.contains("(in 30m)"),
+            "{out}"
+        );
+        assert!(out.contains("tessera unblock --subject"), "{out}");
+        assert!(!out.contains("until in"), "{out}");
+        assert!(err.is_empty(), "a matched subject gets no warning: {err}");
+        let (s, _) = b.agent_token("tickets:read", None).await;
+        assert_eq!(s, 400);
+
+        // a shorter block does not shorten it, and the answer says so
+        let (c, out, err) = b.cli(&["revoke", "--subject", AGENT, "--block-for", "1s"]);
+        assert_eq!(c, 0, "{err}");
+        assert!(out.contains("(in 30m)") || out.contains("(in 29m"), "{out}");
+
+        let (c, out, err) = b.cli(&["blocks", "list"]);
+        assert_eq!(c, 0, "{err}");
+        assert!(out.contains(AGENT) && out.contains("1 block"), "{out}");
+        let (c, out, _) = b.cli(&["blocks", "list", "--json"]);
+        assert_eq!(c, 0);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["blocks"][0]["subject"], AGENT);
+
+        let (c, out, err) = b.cli(&["revocations", "list"]);
+        assert_eq!(c, 0, "{err}");
+        assert!(out.contains("subject") && out.contains(AGENT), "{out}");
+        assert!(out.contains("2 revocations"), "{out}");
+
+        // the undo
+        let (c, out, err) = b.cli(&["unblock", "--subject", AGENT, "--reason", "demo"]);
+        assert_eq!(c, 0, "{err}");
+        assert!(out.contains("unblocked"), "{out}");
+        let (s, v) = b.agent_token("tickets:read", None).await;
+        assert_eq!(s, 200, "{v}");
+        let (c, out, _) = b.cli(&["blocks", "list"]);
+        assert_eq!(c, 0);
+        assert!(out.contains("no blocks in force"), "{out}");
+        // nothing to lift: exit 1, naming why
+        let (c, _, err) = b.cli(&["unblock", "--subject", AGENT]);
+        assert_eq!(c, 1);
+        assert!(err.contains("is not blocked"), "{err}");
+        let records = b.audit_records().await;
+        let unblocked: Vec<_> = records
+            .iter()
+            .filter(|r| r["event"] == "unblocked")
+            .collect();
+        assert_eq!(unblocked.len(), 1, "{records:?}");
+        assert_eq!(unblocked[0]["subject"], AGENT);
+        assert_eq!(unblocked[0]["client"], "spiffe://example.org/operator/alice");
+    }
+}
+
+/// Operator input that cannot mean anything (issue 21 items 6 and 8): bad
+/// usage exits 2 before any round trip (the broker here is down), with the
+/// precise reason, as JSON under `--json`; a subject no policy matches is
+/// revoked with a warning; an unknown grant gets one answer from both verbs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_input_is_checked_before_the_round_trip() {
+    let b = TestBroker::start_with(backends().await.remove(0).0).await;
+    let down = format!("https://127.0.0.1:{}", tessera::testkit::free_port());
+    // No broker at --url, and no operator certificate where the CLI looks.
+    let offline = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args)
+            .args(["--url", &down])
+            .current_dir(b.home())
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let usage = |args: &[&str], want: &str| {
+        let (c, err) = offline(args);
+        assert_eq!(c, 2, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("cannot reach"), "{args:?}: {err}");
+    };
+    usage(&["revoke", "--jti", "nope"], "UUID");
+    usage(
+        &["revoke", "--subject", AGENT, "--block-for", "0s"],
+        "out of range: a block lasts 1s to 365d",
+    );
+    usage(&["revoke", "--subject", "not a spiffe id"], "white space");
+    usage(&["revoke", "--subject", "spiffe://example.org"], "SPIFFE ID");
+    usage(&["revoke", "--task", "a b"], "task id");
+    let grant = ["grant", "create", "--subject", AGENT, "--scope", "tickets:delete"];
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        let mut v = grant.to_vec();
+        v.extend(["--audience", API]);
+        v.extend(extra);
+        v
+    };
+    usage(&with(&["--ttl", "10x"]), "not a unit");
+    usage(&with(&["--ttl", "10 minutes"]), "`10 minutes`: write 10m");
+    usage(&with(&["--ttl", "0s"]), "1s to 24h");
+    usage(&with(&["--ttl", "10m", "--uses", "0"]), "--uses");
+    usage(&["unblock", "--subject", "bad id"], "white space");
+    // --json: the error is a JSON object too
+    let (c, err) = offline(&["--json", "revoke", "--jti", "nope"]);
+    assert_eq!(c, 2);
+    let v: Value = serde_json::from_str(err.trim()).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("UUID"), "{v}");
+    assert_eq!(v["exit"], 2);
+
+    // a subject no policy matches: revoked and blocked anyway, with a warning
+    let typo = "spiffe://example.org/agnet/demo";
+    let (c, _, err) = b.cli(&["revoke", "--subject", typo, "--block-for", "1m"]);
+    assert_eq!(c, 0, "{err}");
+    assert!(err.contains("warning: no policy matches the subject"), "{err}");
+
+    // one answer for an unknown grant, from both verbs
+    let unknown = uuid::Uuid::new_v4().to_string();
+    for args in [
+        vec!["revoke", "--grant", unknown.as_str()],
+        vec!["grant", "revoke", unknown.as_str()],
+    ] {
+        let (c, _, err) = b.cli(&args);
+        assert_eq!(c, 1, "{args:?}");
+        assert!(err.contains(&format!("no live grant {unknown}")), "{args:?}: {err}");
+    }
+}

@@ -21,6 +21,8 @@ pub enum Event {
     Granted,
     /// A just-in-time grant was removed together with its tokens.
     GrantRevoked,
+    /// A kill-switch block was lifted by an operator.
+    Unblocked,
     /// A pending approval was approved.
     Approved,
     /// A pending approval was denied.
@@ -39,6 +41,7 @@ impl Event {
             Self::Revoked => "revoked",
             Self::Granted => "granted",
             Self::GrantRevoked => "grant_revoked",
+            Self::Unblocked => "unblocked",
             Self::Approved => "approved",
             Self::Denied => "denied",
             Self::ConfigLoaded => "config_loaded",

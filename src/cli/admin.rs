@@ -105,10 +105,11 @@ impl Connection {
     ) -> Result<Value, String> {
         let client = self.client()?;
         let url = format!("{}{path}", self.url.trim_end_matches('/'));
-        let mut rb = client.request(method, &url);
+        let mut rb = client.request(method.clone(), &url);
         if let Some(b) = body {
             rb = rb.json(&b);
         }
+        let change = method != reqwest::Method::GET;
         let resp = rb.send().await.map_err(|e| self.describe(&e))?;
         let status = resp.status();
         let v: Value = resp.json().await.unwrap_or(Value::Null);
@@ -126,12 +127,13 @@ impl Connection {
                 "operator certificate not authorised (its identity is not in [admin] subjects)"
                     .to_string()
             }
-            503 => format!("the change was not made: {msg}"),
+            503 if change => format!("the change was not made: {msg}"),
             _ => msg,
         })
     }
 }
 
+/// `t` relative to now: `in 29m 12s`, `2h 5m ago`.
 fn fmt_time(t: u64) -> String {
     let now = crate::clock::Clock::now(&crate::clock::SystemClock);
     if t > now {
@@ -141,11 +143,28 @@ fn fmt_time(t: u64) -> String {
     }
 }
 
-fn human(s: u64) -> String {
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        _ => format!("{}h", s / 3600),
+/// `t` as an absolute UTC time and relative to now:
+/// `2026-12-05T16:40:00Z (in 30m)`.
+fn fmt_until(t: u64) -> String {
+    let abs = crate::audit::rfc3339_millis(i128::from(t) * 1000);
+    format!(
+        "{}Z ({})",
+        abs.trim_end_matches('Z').trim_end_matches(".000"),
+        fmt_time(t)
+    )
+}
+
+/// A duration for people, to two units: `45s`, `29m 12s`, `2h 5m`, `3d 4h`.
+pub fn human(s: u64) -> String {
+    let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{sec}s"),
+        (0, 0, _) if sec == 0 => format!("{m}m"),
+        (0, 0, _) => format!("{m}m {sec}s"),
+        (0, _, 0) => format!("{h}h"),
+        (0, _, _) => format!("{h}h {m}m"),
+        (_, 0, _) => format!("{d}d"),
+        _ => format!("{d}d {h}h"),
     }
 }
 
@@ -210,7 +229,11 @@ pub async fn revoke(conn: &Connection, a: RevokeArgs, as_json: bool) -> i32 {
                     v["cursor"].as_str().unwrap_or("")
                 );
                 if let Some(u) = v["blocked_until"].as_u64() {
-                    outln!("new exchanges for it are refused until {}", fmt_time(u));
+                    outln!(
+                        "new exchanges for it are refused until {} (undo: tessera unblock --subject {})",
+                        fmt_until(u),
+                        r["value"].as_str().unwrap_or("")
+                    );
                 }
                 if let (Some(true), Some(a)) =
                     (v["durable"].as_bool(), v["replicas_acked"].as_u64())
@@ -221,10 +244,120 @@ pub async fn revoke(conn: &Connection, a: RevokeArgs, as_json: bool) -> i32 {
                     );
                 }
             }
+            print_warnings(&v);
             durability_exit(&v)
         }
         Err(m) => fail(&m),
     }
+}
+
+/// The broker's `warnings` of an answer, one `warning: …` line each on
+/// stderr (the change was made).
+fn print_warnings(v: &Value) {
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        errln!("warning: {}", w.as_str().unwrap_or(""));
+    }
+}
+
+/// `tessera unblock --subject S [--reason TEXT]`.
+pub async fn unblock(
+    conn: &Connection,
+    subject: &str,
+    reason: Option<String>,
+    as_json: bool,
+) -> i32 {
+    match conn
+        .call(
+            reqwest::Method::POST,
+            "/admin/v1/unblock",
+            Some(json!({"subject": subject, "reason": reason})),
+        )
+        .await
+    {
+        Ok(v) => {
+            if as_json {
+                outln!("{v}");
+            } else {
+                outln!(
+                    "unblocked {subject}: new exchanges are accepted again on every replica \
+                     (tokens revoked with the block stay revoked)"
+                );
+            }
+            0
+        }
+        Err(m) => fail(&m),
+    }
+}
+
+/// `tessera blocks list`.
+pub async fn blocks_list(conn: &Connection, as_json: bool) -> i32 {
+    match conn
+        .call(reqwest::Method::GET, "/admin/v1/blocks", None)
+        .await
+    {
+        Ok(v) => {
+            if as_json {
+                outln!("{v}");
+                return 0;
+            }
+            let list = v["blocks"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                outln!("no blocks in force");
+                return 0;
+            }
+            outln!("{:<60}  BLOCKED UNTIL", "SUBJECT");
+            for b in &list {
+                outln!(
+                    "{:<60}  {}",
+                    b["subject"].as_str().unwrap_or(""),
+                    fmt_until(b["until"].as_u64().unwrap_or(0))
+                );
+            }
+            outln!("{}", count(list.len(), "block", "blocks"));
+            0
+        }
+        Err(m) => fail(&m),
+    }
+}
+
+/// `tessera revocations list`: the live entries of the revocation feed.
+pub async fn revocations_list(conn: &Connection, as_json: bool) -> i32 {
+    match conn.call(reqwest::Method::GET, "/revocations", None).await {
+        Ok(v) => {
+            if as_json {
+                outln!("{v}");
+                return 0;
+            }
+            let list = v["entries"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                outln!("no revocations in force");
+                return 0;
+            }
+            outln!(
+                "{:<8}  {:<60}  {:<24}  KEPT UNTIL",
+                "KIND",
+                "VALUE",
+                "REVOKED"
+            );
+            for e in &list {
+                outln!(
+                    "{:<8}  {:<60}  {:<24}  {}",
+                    e["kind"].as_str().unwrap_or(""),
+                    e["value"].as_str().unwrap_or(""),
+                    fmt_time(e["revoked_at"].as_u64().unwrap_or(0)),
+                    fmt_until(e["expires_at"].as_u64().unwrap_or(0))
+                );
+            }
+            outln!("{}", count(list.len(), "revocation", "revocations"));
+            0
+        }
+        Err(m) => fail(&m),
+    }
+}
+
+/// `1 record`, `2 records`.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// `tessera grant create ...` arguments.

@@ -18,6 +18,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if t.is_empty() {
         return Err("empty duration; write e.g. 90s, 5m or 1h".into());
     }
+    if let Some(hint) = spelled_out(t) {
+        return Err(format!("`{s}`: write {hint}"));
+    }
     let mut total_ms: u128 = 0;
     let bytes = t.as_bytes();
     let mut i = 0;
@@ -57,9 +60,41 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(total_ms as u64))
 }
 
+/// `10 minutes`, `30 sec`, `2 hours` → `10m`, `30s`, `2h`: a duration
+/// written out in words (or with a space), as people do.
+fn spelled_out(t: &str) -> Option<String> {
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 || digits > 12 {
+        return None;
+    }
+    let word = t[digits..].trim().to_ascii_lowercase();
+    let unit = match word.as_str() {
+        "ms" | "s" | "m" | "h" | "d" if t[digits..].starts_with(' ') => word.as_str(),
+        "msec" | "msecs" | "millisecond" | "milliseconds" => "ms",
+        "sec" | "secs" | "second" | "seconds" => "s",
+        "min" | "mins" | "minute" | "minutes" => "m",
+        "hr" | "hrs" | "hour" | "hours" => "h",
+        "day" | "days" => "d",
+        _ => return None,
+    };
+    Some(format!("{}{unit}", &t[..digits]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn words_get_a_hint() {
+        assert_eq!(
+            parse_duration("10 minutes").unwrap_err(),
+            "`10 minutes`: write 10m"
+        );
+        assert_eq!(parse_duration("30sec").unwrap_err(), "`30sec`: write 30s");
+        assert_eq!(parse_duration("2 h").unwrap_err(), "`2 h`: write 2h");
+        assert_eq!(parse_duration("1 day").unwrap_err(), "`1 day`: write 1d");
+        assert!(parse_duration("10x").unwrap_err().contains("not a unit"));
+    }
 
     #[test]
     fn units_and_sums() {

@@ -8,6 +8,7 @@
 pub mod approval;
 pub mod error;
 pub mod guard;
+pub mod operator;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -188,6 +189,13 @@ pub struct Exchanger {
     guard: Option<Arc<guard::Guard>>,
     /// When set, nothing is minted while the wall clock is in quarantine.
     clock_trust: Option<Arc<crate::clock::ClockTrust>>,
+}
+
+impl Exchanger {
+    /// The policies in force.
+    pub fn policies(&self) -> &PolicySet {
+        &self.policies
+    }
 }
 
 /// Counts one action of the anomaly guard.

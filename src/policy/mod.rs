@@ -630,6 +630,18 @@ impl PolicySet {
         self.policies.iter().find(|p| p.name == name)
     }
 
+    /// Names of the policies that could match `identity` as a subject or an
+    /// actor, whatever its issuer: those whose `match.subject` pattern
+    /// matches it, and those with no subject pattern (claims only). Empty:
+    /// no token could ever be issued to or through it (an operator's typo).
+    pub fn could_match_identity(&self, identity: &str) -> Vec<&str> {
+        self.policies
+            .iter()
+            .filter(|p| p.subject.as_ref().is_none_or(|pat| pat.matches(identity)))
+            .map(|p| p.name.as_str())
+            .collect()
+    }
+
     /// Policies matching `subject`, in configuration order.
     pub fn matching<'a>(&'a self, subject: &Subject<'_>) -> Vec<&'a CompiledPolicy> {
         self.policies

@@ -18,8 +18,6 @@ use crate::policy::scope::ScopeSet;
 use crate::routes::auth::{authorize, Role};
 use crate::store::{Grant, Revocation, RevocationKind, Revoked, StoreError};
 
-/// Longest revocation value (a jti, subject, task or grant id).
-pub const MAX_VALUE_LEN: usize = 2048;
 /// Most uses a grant may be created with.
 pub const MAX_GRANT_USES: u32 = 1_000_000;
 
@@ -75,12 +73,14 @@ fn durability_note(done: &Revoked) -> String {
     }
 }
 
+/// The store failed: 503. The message names the cause only; the CLI says
+/// "the change was not made" for a change (not for a read).
 fn store_err(e: StoreError) -> Response {
     tracing::warn!(error = %e, "admin: store unavailable");
     err(
         StatusCode::SERVICE_UNAVAILABLE,
         "temporarily_unavailable",
-        format!("the change was not made: {e}"),
+        format!("the store is unavailable: {e}"),
     )
 }
 
@@ -147,39 +147,14 @@ pub async fn revoke(
         Ok(b) => b,
         Err(r) => return r,
     };
-    if b.value.is_empty() || b.value.len() > MAX_VALUE_LEN || b.value.chars().any(char::is_control)
-    {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!("value must be 1..={MAX_VALUE_LEN} printable characters"),
-        );
-    }
-    if b.kind == RevocationKind::Jti && uuid::Uuid::parse_str(&b.value).is_err() {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "a jti issued by Tessera is a UUID",
-        );
-    }
-    if b.kind == RevocationKind::Task && !valid_task(&b.value) {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "a task id is 1..=128 of [A-Za-z0-9._:-]",
-        );
+    if let Err(m) = crate::exchange::operator::check_revocation(b.kind, &b.value) {
+        return err(StatusCode::BAD_REQUEST, "invalid_request", m);
     }
     let block = match (&b.block_for, b.kind) {
         (None, _) => None,
-        (Some(d), RevocationKind::Subject) => match crate::config::parse_duration(d) {
-            Ok(d) if !d.is_zero() => Some(d),
-            _ => {
-                return err(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    format!("block_for `{d}` is not a duration like 30m"),
-                )
-            }
+        (Some(d), RevocationKind::Subject) => match crate::exchange::operator::parse_block_for(d) {
+            Ok(d) => Some(d),
+            Err(m) => return err(StatusCode::BAD_REQUEST, "invalid_request", m),
         },
         (Some(_), _) => {
             return err(
@@ -201,7 +176,8 @@ pub async fn revoke(
                 }
                 expires_at = expires_at.min(g.expires_at.max(now + 1));
             }
-            Ok(None) => {}
+            // The same answer as `DELETE /admin/v1/grants/{id}`.
+            Ok(None) => return no_such_grant(&b.value),
             Err(e) => return store_err(e),
         }
     }
@@ -216,10 +192,11 @@ pub async fn revoke(
     let mut blocked_until = None;
     if let Some(d) = block {
         let until = now + d.as_secs();
-        if let Err(e) = app.stores.revocations.block_subject(&b.value, until).await {
-            return store_err(e);
+        match app.stores.revocations.block_subject(&b.value, until).await {
+            // A longer block already in force stays: say until when.
+            Ok(u) => blocked_until = Some(u.max(until)),
+            Err(e) => return store_err(e),
         }
-        blocked_until = Some(until);
     }
     let done = match app.stores.revocations.revoke_acked(r.clone()).await {
         Ok(d) => d,
@@ -256,8 +233,130 @@ pub async fn revoke(
         "revocation": {"kind": r.kind.as_str(), "value": r.value, "revoked_at": r.revoked_at, "expires_at": r.expires_at},
         "blocked_until": blocked_until,
     });
+    if b.kind == RevocationKind::Subject {
+        if let Some(w) = unmatched_identity_warning(&app, &b.value) {
+            merge(&mut body, json!({ "warnings": [w] }));
+        }
+    }
     merge(&mut body, durability(&done));
     (revoked_status(&done, StatusCode::CREATED), Json(body)).into_response()
+}
+
+/// The warning for an identity no policy could match (a typo, most likely:
+/// the real identity keeps minting). The change is made anyway: a
+/// revocation or block only takes authority away.
+fn unmatched_identity_warning(app: &AppState, identity: &str) -> Option<String> {
+    let snap = app.snapshot();
+    snap.exchanger
+        .policies()
+        .could_match_identity(identity)
+        .is_empty()
+        .then(|| {
+            format!(
+                "no policy matches the subject `{identity}`: no token is issued to or through it \
+                 (a typo?); the change was made anyway"
+            )
+        })
+}
+
+fn no_such_grant(id: &str) -> Response {
+    err(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no live grant {id}"),
+    )
+}
+
+/// `GET /admin/v1/blocks`: the live kill-switch blocks, soonest end first:
+/// `{"blocks": [{"subject": "...", "until": 1700000000}]}`.
+pub async fn list_blocks(State(app): State<AppState>, peer: Option<Extension<Peer>>) -> Response {
+    if let Err(r) = caller(&app, peer) {
+        return r;
+    }
+    match app.stores.revocations.list_blocks(app.clock.now()).await {
+        Ok(list) => Json(json!({
+            "blocks": list
+                .into_iter()
+                .map(|(subject, until)| json!({"subject": subject, "until": until}))
+                .collect::<Vec<_>>()
+        }))
+        .into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+/// `POST /admin/v1/unblock` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnblockBody {
+    /// The blocked identity.
+    pub subject: String,
+    /// Why (audited).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /admin/v1/unblock`: lifts a kill-switch block at once, on every
+/// replica (through the store, and Redis's invalidation of every replica's
+/// block cache). Tokens revoked with the block stay revoked. 404 when the
+/// subject was not blocked.
+pub async fn unblock(
+    State(app): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    body: Bytes,
+) -> Response {
+    let who = match caller(&app, peer) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let b: UnblockBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Err(m) = crate::exchange::operator::check_identity(&b.subject) {
+        return err(StatusCode::BAD_REQUEST, "invalid_request", m);
+    }
+    if let Err(r) = check_reason(b.reason.as_deref()) {
+        return r;
+    }
+    let now = app.clock.now();
+    let lifted = match app
+        .stores
+        .revocations
+        .unblock_subject(&b.subject, now)
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => return store_err(e),
+    };
+    if !lifted {
+        return err(
+            StatusCode::NOT_FOUND,
+            "not_blocked",
+            format!("{} is not blocked", b.subject),
+        );
+    }
+    let rec = AuditRecord::new(Event::Unblocked)
+        .client(&who)
+        .subject(&b.subject)
+        .detail(b.reason.as_deref().unwrap_or(""));
+    if let Err(e) = app.auditor.record(rec).await {
+        return audit_err(e);
+    }
+    Json(json!({"subject": b.subject, "unblocked": true})).into_response()
+}
+
+/// An operator's reason: at most [`MAX_REASON_LEN`] printable characters.
+#[allow(clippy::result_large_err)]
+fn check_reason(reason: Option<&str>) -> Result<(), Response> {
+    if reason.is_some_and(|r| r.len() > MAX_REASON_LEN || r.chars().any(char::is_control)) {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("reason must be at most {MAX_REASON_LEN} printable characters"),
+        ));
+    }
+    Ok(())
 }
 
 /// `POST /admin/v1/grants` body.
@@ -280,9 +379,6 @@ pub struct GrantBody {
     pub task: Option<String>,
 }
 
-/// Longest a JIT grant may live.
-pub const MAX_GRANT_TTL_SECS: u64 = 24 * 3600;
-
 /// `POST /admin/v1/grants`.
 pub async fn create_grant(
     State(app): State<AppState>,
@@ -297,15 +393,8 @@ pub async fn create_grant(
         Ok(b) => b,
         Err(r) => return r,
     };
-    if b.subject.is_empty()
-        || b.subject.len() > MAX_VALUE_LEN
-        || b.subject.chars().any(char::is_control)
-    {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "subject must be 1..=2048 printable characters",
-        );
+    if let Err(m) = crate::exchange::operator::check_identity(&b.subject) {
+        return err(StatusCode::BAD_REQUEST, "invalid_request", m);
     }
     if b.audience.is_empty() || b.audience.len() > 1024 || b.audience.chars().any(char::is_control)
     {
@@ -334,15 +423,9 @@ pub async fn create_grant(
             "a grant names exact scopes and one exact audience: `*` is not allowed",
         );
     }
-    let ttl = match crate::config::parse_duration(&b.ttl) {
-        Ok(d) if !d.is_zero() && d.as_secs() <= MAX_GRANT_TTL_SECS => d.as_secs(),
-        _ => {
-            return err(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                format!("ttl `{}` must be a duration between 1s and 24h", b.ttl),
-            )
-        }
+    let ttl = match crate::exchange::operator::check_grant_ttl(&b.ttl) {
+        Ok(d) => d.as_secs(),
+        Err(m) => return err(StatusCode::BAD_REQUEST, "invalid_request", m),
     };
     if let Some(u) = b.uses {
         if u == 0 || u > MAX_GRANT_USES {
@@ -395,7 +478,7 @@ pub async fn create_grant(
         return err(
             StatusCode::SERVICE_UNAVAILABLE,
             "temporarily_unavailable",
-            format!("the change was not made: {e}"),
+            format!("the audit trail is unavailable: {e}"),
         );
     }
     if let Err(e) = app.stores.grants.create(&g).await {
@@ -609,15 +692,8 @@ async fn decide(
         }
     };
     let reason = b.reason.filter(|r| !r.is_empty());
-    if reason
-        .as_deref()
-        .is_some_and(|r| r.len() > MAX_REASON_LEN || r.chars().any(char::is_control))
-    {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!("reason must be at most {MAX_REASON_LEN} printable characters"),
-        );
+    if let Err(r) = check_reason(reason.as_deref()) {
+        return r;
     }
     if uuid::Uuid::parse_str(&id).is_err() {
         return err(
@@ -702,7 +778,7 @@ async fn decide(
         return err(
             StatusCode::SERVICE_UNAVAILABLE,
             "temporarily_unavailable",
-            format!("the change was not made: {e}"),
+            format!("the audit trail is unavailable: {e}"),
         );
     }
     let out = match app
