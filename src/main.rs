@@ -222,6 +222,10 @@ enum GrantCmd {
         /// Only for this task.
         #[arg(long)]
         task: Option<String>,
+        /// Refuse (exit 1) a grant that no policy could ever use, instead
+        /// of creating it with a warning.
+        #[arg(long)]
+        strict: bool,
     },
     /// Live grants.
     List {
@@ -427,6 +431,7 @@ fn main() -> ExitCode {
                     ttl,
                     uses,
                     task,
+                    strict,
                 } => {
                     let checked =
                         tessera::exchange::operator::check_identity(&subject).and_then(|()| {
@@ -442,6 +447,7 @@ fn main() -> ExitCode {
                         ttl,
                         uses,
                         task,
+                        strict,
                     };
                     block_on(tessera::cli::admin::grant_create(&conn, a, cli.json))
                 }

@@ -612,7 +612,10 @@ async fn kill_switch_is_listed_and_undone_from_the_cli() {
             .collect();
         assert_eq!(unblocked.len(), 1, "{records:?}");
         assert_eq!(unblocked[0]["subject"], AGENT);
-        assert_eq!(unblocked[0]["client"], "spiffe://example.org/operator/alice");
+        assert_eq!(
+            unblocked[0]["client"],
+            "spiffe://example.org/operator/alice"
+        );
     }
 }
 
@@ -649,9 +652,19 @@ async fn operator_input_is_checked_before_the_round_trip() {
         "out of range: a block lasts 1s to 365d",
     );
     usage(&["revoke", "--subject", "not a spiffe id"], "white space");
-    usage(&["revoke", "--subject", "spiffe://example.org"], "SPIFFE ID");
+    usage(
+        &["revoke", "--subject", "spiffe://example.org"],
+        "SPIFFE ID",
+    );
     usage(&["revoke", "--task", "a b"], "task id");
-    let grant = ["grant", "create", "--subject", AGENT, "--scope", "tickets:delete"];
+    let grant = [
+        "grant",
+        "create",
+        "--subject",
+        AGENT,
+        "--scope",
+        "tickets:delete",
+    ];
     let with = |extra: &[&'static str]| -> Vec<&str> {
         let mut v = grant.to_vec();
         v.extend(["--audience", API]);
@@ -674,7 +687,10 @@ async fn operator_input_is_checked_before_the_round_trip() {
     let typo = "spiffe://example.org/agnet/demo";
     let (c, _, err) = b.cli(&["revoke", "--subject", typo, "--block-for", "1m"]);
     assert_eq!(c, 0, "{err}");
-    assert!(err.contains("warning: no policy matches the subject"), "{err}");
+    assert!(
+        err.contains("warning: no policy matches the subject"),
+        "{err}"
+    );
 
     // one answer for an unknown grant, from both verbs
     let unknown = uuid::Uuid::new_v4().to_string();
@@ -684,6 +700,100 @@ async fn operator_input_is_checked_before_the_round_trip() {
     ] {
         let (c, _, err) = b.cli(&args);
         assert_eq!(c, 1, "{args:?}");
-        assert!(err.contains(&format!("no live grant {unknown}")), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("no live grant {unknown}")),
+            "{args:?}: {err}"
+        );
     }
+}
+
+/// A grant no policy could ever use is created with a warning naming why,
+/// and refused with `--strict` (issue 21 item 2); a usable one is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_create_warns_about_grants_no_policy_could_use() {
+    let b = TestBroker::start_with(backends().await.remove(0).0).await;
+    let create = |subject: &str, scope: &str, aud: &str, strict: bool| {
+        let mut a = vec![
+            "grant",
+            "create",
+            "--subject",
+            subject,
+            "--scope",
+            scope,
+            "--audience",
+            aud,
+            "--ttl",
+            "5m",
+        ];
+        if strict {
+            a.push("--strict");
+        }
+        b.cli(&a)
+    };
+    for (subject, scope, aud, why) in [
+        (
+            "spiffe://example.org/robot/x",
+            "tickets:delete",
+            API,
+            "no policy matches the subject",
+        ),
+        (
+            AGENT,
+            "tickets:delete",
+            "https://other.example.com",
+            "allows the audience",
+        ),
+        (AGENT, "tickets:read", API, "it is allowed without a grant"),
+        (
+            AGENT,
+            "tickets:admin",
+            API,
+            "no policy for this subject and audience allows it",
+        ),
+    ] {
+        let (c, _, err) = create(subject, scope, aud, false);
+        assert_eq!(c, 0, "{err}");
+        assert!(
+            err.contains("warning: no policy could ever use this grant") && err.contains(why),
+            "{scope} {aud}: {err}"
+        );
+        let (c, _, err) = create(subject, scope, aud, true);
+        assert_eq!(c, 1, "{err}");
+        assert!(err.contains(why), "{err}");
+    }
+    // the strict refusals created nothing; the warned ones exist
+    let (_, out, _) = b.cli(&["--json", "grant", "list"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["grants"].as_array().unwrap().len(), 4, "{v}");
+
+    let (c, out, err) = create(AGENT, "tickets:delete", API, true);
+    assert_eq!(c, 0, "{err}");
+    assert!(err.is_empty(), "{err}");
+    assert!(out.contains("created grant"), "{out}");
+    let (s, v) = b.agent_token("tickets:delete", None).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// The shipped dev config and the README's grant example agree: the
+/// example's scope is a `jit_scopes` scope of the demo policy, and the
+/// approval scope is not one a grant can unlock.
+#[test]
+fn shipped_config_makes_the_readme_grant_example_usable() {
+    let cfg = tessera::config::Config::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/tessera.toml"
+    )))
+    .unwrap();
+    let set = tessera::policy::PolicySet::compile(cfg.policies).unwrap();
+    let scopes = |s: &str| s.parse::<tessera::policy::scope::ScopeSet>().unwrap();
+    assert_eq!(
+        set.grant_use(AGENT, API, &scopes("tickets:close")),
+        Ok("demo-agent")
+    );
+    assert!(set
+        .grant_use(AGENT, API, &scopes("tickets:delete"))
+        .unwrap_err()
+        .contains("approval scope"));
+    let readme = include_str!("../README.md");
+    assert!(readme.contains("--scope tickets:close --audience https://api.example.com --ttl 10m"));
 }

@@ -375,6 +375,8 @@ pub struct GrantArgs {
     pub uses: Option<u32>,
     /// Task.
     pub task: Option<String>,
+    /// Refuse a grant no policy could use (`--strict`).
+    pub strict: bool,
 }
 
 fn print_grants(gs: &[Value]) {
@@ -414,7 +416,7 @@ fn print_grants(gs: &[Value]) {
 
 /// `tessera grant create`.
 pub async fn grant_create(conn: &Connection, a: GrantArgs, as_json: bool) -> i32 {
-    let body = json!({"subject": a.subject, "scope": a.scope, "audience": a.audience, "ttl": a.ttl, "uses": a.uses, "task": a.task});
+    let body = json!({"subject": a.subject, "scope": a.scope, "audience": a.audience, "ttl": a.ttl, "uses": a.uses, "task": a.task, "strict": a.strict});
     match conn
         .call(reqwest::Method::POST, "/admin/v1/grants", Some(body))
         .await
@@ -426,6 +428,7 @@ pub async fn grant_create(conn: &Connection, a: GrantArgs, as_json: bool) -> i32
                 outln!("created grant {}", v["id"].as_str().unwrap_or(""));
                 print_grants(std::slice::from_ref(&v));
             }
+            print_warnings(&v);
             0
         }
         Err(m) => fail(&m),

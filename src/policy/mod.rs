@@ -642,6 +642,62 @@ impl PolicySet {
             .collect()
     }
 
+    /// Whether a JIT grant of `scopes` for `audience` to `identity` could
+    /// ever be used: one policy that could match the identity must allow
+    /// the audience and have every scope among its allowed `jit_scopes`
+    /// (a grant unlocks nothing else: other scopes need no grant, and an
+    /// approval scope waits for `tessera approve`). `Ok(policy name)`, or
+    /// why not.
+    pub fn grant_use(
+        &self,
+        identity: &str,
+        audience: &str,
+        scopes: &ScopeSet,
+    ) -> Result<&str, String> {
+        let names = self.could_match_identity(identity);
+        if names.is_empty() {
+            return Err(format!("no policy matches the subject `{identity}`"));
+        }
+        let candidates: Vec<&CompiledPolicy> = self
+            .policies
+            .iter()
+            .filter(|p| names.contains(&p.name.as_str()) && p.allows_audience(audience))
+            .collect();
+        if candidates.is_empty() {
+            return Err(format!(
+                "no policy for this subject ({}) allows the audience `{audience}`",
+                names.join(", ")
+            ));
+        }
+        let usable = |p: &CompiledPolicy, s: &Scope| p.allows_scope(s) && p.is_jit_scope(s);
+        if let Some(p) = candidates
+            .iter()
+            .find(|p| scopes.iter().all(|s| usable(p, s)))
+        {
+            return Ok(p.name.as_str());
+        }
+        for s in scopes.iter() {
+            if candidates.iter().any(|p| usable(p, s)) {
+                continue;
+            }
+            let why = match candidates.iter().find(|p| p.is_approval_scope(s)) {
+                Some(p) => format!(
+                    "it is an approval scope of policy `{}` (approvals are decided with tessera approve)",
+                    p.name
+                ),
+                None if candidates.iter().any(|p| p.allows_scope(s)) => {
+                    "it is allowed without a grant".to_string()
+                }
+                None => "no policy for this subject and audience allows it".to_string(),
+            };
+            return Err(format!(
+                "`{s}` is not among the jit_scopes of any policy for this subject and audience: {why}",
+                s = s.as_str()
+            ));
+        }
+        Err("no single policy has every scope among its jit_scopes (grants are never mixed across policies)".into())
+    }
+
     /// Policies matching `subject`, in configuration order.
     pub fn matching<'a>(&'a self, subject: &Subject<'_>) -> Vec<&'a CompiledPolicy> {
         self.policies

@@ -377,6 +377,10 @@ pub struct GrantBody {
     /// Restrict to one task.
     #[serde(default)]
     pub task: Option<String>,
+    /// Refuse a grant no policy could ever use (else: create it, with a
+    /// warning).
+    #[serde(default)]
+    pub strict: bool,
 }
 
 /// `POST /admin/v1/grants`.
@@ -445,6 +449,16 @@ pub async fn create_grant(
             );
         }
     }
+    let unusable = app
+        .snapshot()
+        .exchanger
+        .policies()
+        .grant_use(&b.subject, &b.audience, &scopes)
+        .err()
+        .map(|why| format!("no policy could ever use this grant: {why}"));
+    if let (Some(why), true) = (&unusable, b.strict) {
+        return err(StatusCode::BAD_REQUEST, "unusable_grant", why.clone());
+    }
     let now = app.clock.now();
     let g = Grant {
         id: uuid::Uuid::new_v4().to_string(),
@@ -491,7 +505,11 @@ pub async fn create_grant(
         let _ = app.auditor.record(undo).await;
         return store_err(e);
     }
-    (StatusCode::CREATED, Json(g)).into_response()
+    let mut body = serde_json::to_value(&g).unwrap_or_default();
+    if let Some(w) = unusable {
+        merge(&mut body, json!({ "warnings": [w] }));
+    }
+    (StatusCode::CREATED, Json(body)).into_response()
 }
 
 /// Query of `GET /admin/v1/grants`.
