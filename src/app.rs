@@ -307,6 +307,33 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     out
 }
 
+/// Audits the store's loss of its data (`store_epoch_lost`, SECURITY R6)
+/// when this broker notices it. The record reaches the file sink; the
+/// store's own stream refuses it, as every other store call. (The
+/// recovery is audited by the operator's `store recover`.)
+fn watch_data_loss(stores: &Stores, auditor: &Auditor) {
+    let Some(mut rx) = stores.health.data_lost_changes() else {
+        return;
+    };
+    let auditor = auditor.clone();
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let lost = *rx.borrow_and_update();
+            if lost {
+                let rec = AuditRecord::new(Event::Unavailable)
+                    .reason("store_epoch_lost")
+                    .detail(
+                        "the store lost its data (its data epoch vanished or changed): every \
+                         store call fails closed until an operator runs `tessera store recover`",
+                    );
+                if let Err(e) = auditor.record(rec).await {
+                    tracing::error!(error = %e, "store_epoch_lost not audited");
+                }
+            }
+        }
+    });
+}
+
 impl App {
     /// Loads keys, opens the store and builds the pipeline.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<App, String> {
@@ -352,6 +379,7 @@ impl App {
             }
             tracing::warn!(error = %e, "the config_loaded audit record could not be written");
         }
+        watch_data_loss(&stores, &auditor);
         Ok(App {
             current: ArcSwap::from_pointee(snapshot),
             stores,

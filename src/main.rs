@@ -123,6 +123,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: RevocationsCmd,
     },
+    /// The shared store: recover after it lost its data.
+    Store {
+        #[command(subcommand)]
+        cmd: StoreCmd,
+    },
     /// Just-in-time grants.
     Grant {
         #[command(subcommand)]
@@ -157,6 +162,23 @@ enum Cmd {
     /// Make the broker at --url re-read its configuration file (as SIGHUP
     /// does; one replica). Exit 1 naming the cause if it was refused.
     Reload,
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// After the store lost its data (every call answers 503, /readyz says
+    /// so): re-apply every revocation and block an audit trail says can
+    /// still matter, and serve again. Idempotent.
+    #[command(group(clap::ArgGroup::new("from").required(true).args(["from_audit", "accept_loss"])))]
+    Recover {
+        /// A JSON-lines audit file of the broker (its `[audit] path`).
+        #[arg(long, value_name = "FILE")]
+        from_audit: Option<PathBuf>,
+        /// Serve again WITHOUT restoring anything (no audit trail to hand):
+        /// revoked tokens still alive become valid again. Audited as such.
+        #[arg(long)]
+        accept_loss: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -466,6 +488,21 @@ fn main() -> ExitCode {
             let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
             block_on(tessera::cli::admin::unblock(
                 &conn, &subject, reason, cli.json,
+            ))
+        }
+        Cmd::Store {
+            cmd:
+                StoreCmd::Recover {
+                    from_audit,
+                    accept_loss,
+                },
+        } => {
+            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            block_on(tessera::cli::admin::store_recover(
+                &conn,
+                from_audit.as_deref(),
+                accept_loss,
+                cli.json,
             ))
         }
         Cmd::Blocks {

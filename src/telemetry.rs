@@ -38,6 +38,10 @@ pub struct Metrics {
     /// `tessera_store_breaker_open`: 1 while the store's circuit breaker
     /// is open or half-open (calls fail fast), else 0.
     pub store_breaker_open: IntGauge,
+    /// `tessera_store_epoch_lost`: 1 while the store is marked as having
+    /// lost its data (its data epoch vanished or changed; see
+    /// `store::epoch`): everything fails closed until `tessera store recover`.
+    pub store_epoch_lost: IntGauge,
     /// `tessera_store_fast_failures_total{op}`: store calls refused at once
     /// by the open circuit breaker, without touching Redis.
     pub store_fast_failures: IntCounterVec,
@@ -166,6 +170,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["op"],
     )?;
     registry.register(Box::new(store_breaker_open.clone()))?;
+    let store_epoch_lost = IntGauge::new(
+        "tessera_store_epoch_lost",
+        "1 while the store is marked as having lost its data (its data epoch vanished or changed): every call fails closed until `tessera store recover`",
+    )?;
+    registry.register(Box::new(store_epoch_lost.clone()))?;
     registry.register(Box::new(store_fast_failures.clone()))?;
     let lookups = IntCounterVec::new(
         Opts::new(
@@ -231,6 +240,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         store_seconds,
         store_errors,
         store_breaker_open,
+        store_epoch_lost,
         store_fast_failures,
         block_cache_lookups,
         block_cache_live,

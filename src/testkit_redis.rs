@@ -91,6 +91,16 @@ pub fn redis_or_skip() -> Result<Option<RedisServer>, String> {
     RedisServer::start().map(Some)
 }
 
+/// Like [`redis_or_skip`], for a server that keeps its data across a
+/// crash (`--appendonly yes --appendfsync always`): a [`RedisServer::kill`]
+/// and [`RedisServer::restart`] is an outage, not a data loss.
+pub fn persistent_redis_or_skip() -> Result<Option<RedisServer>, String> {
+    if !available_or_skip()? {
+        return Ok(None);
+    }
+    RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).map(Some)
+}
+
 /// A started [`RedisCluster`] of `masters` nodes, or `Ok(None)` / `Err`
 /// exactly as [`redis_or_skip`].
 pub fn cluster_or_skip(masters: usize) -> Result<Option<RedisCluster>, String> {

@@ -50,7 +50,9 @@ async fn ready(b: &TestBroker) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_fails_closed_and_service_resumes_without_restart() {
-    let Some(mut redis) = redis_or_skip().unwrap() else {
+    // A Redis that keeps its data (AOF): the outage is an outage only. One
+    // that comes back empty is R6 (`r6_*` below).
+    let Some(mut redis) = tessera::testkit_redis::persistent_redis_or_skip().unwrap() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -304,6 +306,11 @@ async fn revocation_entries_expire_with_the_tokens_they_cover() {
             // the audit stream is bounded by length (MAXLEN ~), and expires
             // only when no broker has written to it for a long time
             assert!(ttl > 15 * 60, "{k}: ttl {ttl}");
+            continue;
+        }
+        if k.ends_with(":{rev}:epoch") {
+            // one key, as long-lived as the data it vouches for (R6)
+            assert_eq!(ttl, -1, "{k}");
             continue;
         }
         assert!(ttl > 0 && ttl <= 15 * 60 + 1, "{k}: ttl {ttl}");
@@ -1022,4 +1029,191 @@ async fn r5_without_wait_a_failover_can_lose_a_reported_revocation() {
         true,
         "R5: the revocation was lost with the failover"
     );
+}
+
+/// Polls `/readyz` until it answers `want` (the epoch is checked every
+/// second), or fails after 10 s.
+async fn wait_ready(b: &TestBroker, want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready(b).await != want {
+        assert!(Instant::now() < deadline, "/readyz never answered {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether `token` is active at `/introspect` (`None`: not a 200 answer).
+async fn introspect_active(b: &TestBroker, token: &str) -> Option<bool> {
+    // The operator may introspect every token (the payments service only
+    // those for its own audience).
+    let r = b
+        .client(Some(&b.operator))
+        .post(b.url("/introspect"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    if r.status() != 200 {
+        assert_eq!(r.status(), 503, "introspection fails closed");
+        return None;
+    }
+    let v: Value = r.json().await.unwrap();
+    v["active"].as_bool()
+}
+
+/// R6: the store loses its data (`FLUSHALL`; then a restart without
+/// persistence) while two brokers share it. Both notice within a second or
+/// two (the data epoch), fail closed everywhere — `/token`, `/introspect`,
+/// the admin API, `/readyz` — and audit `store_epoch_lost`; `tessera store
+/// recover --from-audit` on one restores the revocation and the block from
+/// the audit file, the other broker adopts the recovered epoch, and the
+/// revoked token stays refused everywhere (introspection, re-exchange),
+/// the blocked identity stays blocked. `--accept-loss` is the other way out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r6_lost_redis_data_fails_closed_until_recovered_from_the_audit_trail() {
+    let Some(mut redis) = redis_or_skip().unwrap() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_with(Options {
+        store_url: Some(redis.url()),
+        policies: jit_policies(),
+        audit: file_audit(dir.path()),
+        ..Default::default()
+    })
+    .await;
+    // another replica: same CA and signing keys
+    let other = TestBroker::start_with(Options {
+        store_url: Some(redis.url()),
+        policies: jit_policies(),
+        share_with: Some(b.home()),
+        with_issuer: false,
+        ..Default::default()
+    })
+    .await;
+    let (s, v) = b.agent_token("tickets:read", None).await;
+    assert_eq!(s, 200, "{v}");
+    let revoked = v["access_token"].as_str().unwrap().to_string();
+    let jti = decode(&revoked).1["jti"].as_str().unwrap().to_string();
+    assert_eq!(b.cli(&["revoke", "--jti", &jti]).0, 0);
+    let blocked = "spiffe://example.org/agent/rogue";
+    assert_eq!(
+        b.cli(&["revoke", "--subject", blocked, "--block-for", "10m"])
+            .0,
+        0
+    );
+    assert_eq!(introspect_active(&b, &revoked).await, Some(false));
+    wait_ready(&b, 200).await;
+    wait_ready(&other, 200).await;
+
+    // The data is gone.
+    redis_cli(&redis.url(), &["FLUSHALL"]);
+    // At once, before any periodic check: the epoch rides along with every
+    // revocation read, so the empty answer is never taken for "not revoked".
+    assert_eq!(introspect_active(&b, &revoked).await, None);
+    for x in [&b, &other] {
+        wait_ready(x, 503).await;
+        let (s, v) = x.agent_token("tickets:read", None).await;
+        assert_eq!(
+            (s.as_u16(), v["error"].as_str()),
+            (503, Some("temporarily_unavailable"))
+        );
+        // never `active: true` for a token that might be revoked
+        assert_eq!(introspect_active(x, &revoked).await, None);
+        let (c, _, err) = x.cli(&["revoke", "--task", "t-9"]);
+        assert_eq!(c, 1, "{err}");
+        let m = metric_at(&x.ops_url("/metrics"), "tessera_store_epoch_lost").await;
+        assert_eq!(m, 1.0);
+    }
+    let body = reqwest::get(b.ops_url("/readyz"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("store lost its data"), "{body}");
+    assert!(
+        file_records(dir.path())
+            .iter()
+            .any(|r| r["reason"] == "store_epoch_lost"),
+        "the loss is audited"
+    );
+    // a broker started now against the empty store does not clear it
+    let late = TestBroker::start_with(Options {
+        store_url: Some(redis.url()),
+        policies: jit_policies(),
+        share_with: Some(b.home()),
+        with_issuer: false,
+        ..Default::default()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(ready(&b).await, 503);
+    drop(late);
+
+    // Recovery from the audit file, through one broker.
+    let audit = dir.path().join("audit.jsonl");
+    let (c, out, err) = b.cli(&["store", "recover", "--from-audit", audit.to_str().unwrap()]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains("restored 2 revocations and 1 block"), "{out}");
+    wait_ready(&b, 200).await;
+    wait_ready(&other, 200).await;
+    for x in [&b, &other] {
+        assert_eq!(introspect_active(x, &revoked).await, Some(false));
+        let (s, v) = x
+            .token(
+                &x.agent_client(),
+                &[
+                    ("grant_type", TE),
+                    ("subject_token_type", ACCESS),
+                    ("subject_token", revoked.as_str()),
+                    ("audience", API),
+                    ("scope", "tickets:read"),
+                ],
+            )
+            .await;
+        assert_eq!(
+            (s.as_u16(), v["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{v}"
+        );
+        let (s, v) = x.agent_token("tickets:read", None).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let (_, out, _) = b.cli(&["blocks", "list"]);
+    assert!(out.contains(blocked), "{out}");
+    // not lost any more: nothing to recover
+    let (c, _, err) = b.cli(&["store", "recover", "--accept-loss"]);
+    assert_eq!(c, 1);
+    assert!(err.contains("has not lost its data"), "{err}");
+
+    // A restart without persistence: the same, and --accept-loss.
+    redis.kill();
+    redis.restart().unwrap();
+    // (503 at first for the outage itself; then for the loss)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = reqwest::get(b.ops_url("/readyz"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if body.contains("store lost its data") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the loss was not noticed: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (c, out, err) = b.cli(&["store", "recover", "--accept-loss"]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains("accepted the loss"), "{out}");
+    wait_ready(&b, 200).await;
+    wait_ready(&other, 200).await;
+    assert!(file_records(dir.path())
+        .iter()
+        .any(|r| r["reason"] == "store_epoch_loss_accepted"
+            && r["client"] == "spiffe://example.org/operator/alice"));
 }

@@ -41,6 +41,7 @@
 
 mod lines;
 mod record;
+pub mod restore;
 mod verify;
 
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -355,6 +355,72 @@ pub async fn revocations_list(conn: &Connection, as_json: bool) -> i32 {
     }
 }
 
+/// `tessera store recover --from-audit FILE | --accept-loss`.
+pub async fn store_recover(
+    conn: &Connection,
+    from_audit: Option<&Path>,
+    accept_loss: bool,
+    as_json: bool,
+) -> i32 {
+    let body = match from_audit {
+        Some(path) => {
+            let text = match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) => return fail(&format!("cannot read {}: {e}", path.display())),
+            };
+            // The chain tells whether records were removed; the plan is made
+            // either way (what is there still has to be restored).
+            match crate::audit::verify_file(path) {
+                Ok(r) if r.intact() => {}
+                Ok(r) => errln!(
+                    "warning: {}: the hash chain is broken ({:?}); restoring what it holds",
+                    path.display(),
+                    r.broken
+                ),
+                Err(e) => errln!("warning: {e}"),
+            }
+            let plan = match crate::audit::restore::RestorePlan::from_lines(text.lines()) {
+                Ok(p) => p,
+                Err(e) => return fail(&format!("{}: {e}", path.display())),
+            };
+            json!({"plan": plan, "source": path.display().to_string()})
+        }
+        None if accept_loss => json!({"accept_loss": true}),
+        None => return fail("give --from-audit FILE or --accept-loss"),
+    };
+    match conn
+        .call(reqwest::Method::POST, "/admin/v1/store/recover", Some(body))
+        .await
+    {
+        Ok(v) => {
+            if as_json {
+                outln!("{v}");
+                return 0;
+            }
+            let r = &v["recovered"];
+            let n = |k: &str| usize::try_from(r[k].as_u64().unwrap_or(0)).unwrap_or(0);
+            if accept_loss {
+                outln!(
+                    "accepted the loss: nothing restored; serving again (epoch {})",
+                    r["epoch"].as_str().unwrap_or("")
+                );
+            } else {
+                outln!(
+                    "restored {} and {} ({} and {} left out: every token they covered has expired); \
+                     serving again (epoch {})",
+                    count(n("revocations"), "revocation", "revocations"),
+                    count(n("blocks"), "block", "blocks"),
+                    count(n("expired"), "revocation", "revocations"),
+                    count(n("blocks_over"), "block", "blocks"),
+                    r["epoch"].as_str().unwrap_or("")
+                );
+            }
+            0
+        }
+        Err(m) => fail(&m),
+    }
+}
+
 /// `1 record`, `2 records`.
 pub fn count(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })

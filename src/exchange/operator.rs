@@ -97,6 +97,85 @@ pub fn check_grant_ttl(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// What a recovery restored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RestoreReport {
+    /// Revocations re-applied.
+    pub revocations: usize,
+    /// Revocations left out: every token they covered has expired.
+    pub expired: usize,
+    /// Blocks re-applied.
+    pub blocks: usize,
+    /// Blocks left out: already over.
+    pub blocks_over: usize,
+    /// The new data epoch.
+    pub epoch: String,
+}
+
+/// Restores after the store lost its data ([`crate::store::epoch`]):
+/// re-applies every revocation of `plan` that can still cover a live token
+/// (recorded less than `max_ttl` ago: no token lives longer; kept as long
+/// as when first made) and every block not yet over, then writes a new
+/// `recovered` epoch so every broker serves again. The store's lost-data
+/// refusal is lifted for these calls only. An empty plan is `--accept-loss`.
+pub async fn restore(
+    stores: &crate::store::Stores,
+    plan: &crate::audit::restore::RestorePlan,
+    max_ttl: u64,
+    now: u64,
+) -> Result<RestoreReport, String> {
+    use crate::store::{Revocation, RevocationKind as K};
+    crate::store::epoch::recovering(async {
+        let mut report = RestoreReport::default();
+        for r in &plan.revocations {
+            let kind = match r.kind.as_str() {
+                "jti" => K::Jti,
+                "subject" => K::Subject,
+                "task" => K::Task,
+                "grant" => K::Grant,
+                k => return Err(format!("unknown revocation kind `{k}` in the plan")),
+            };
+            check_revocation(kind, &r.value)?;
+            let expires_at = r.revoked_at.saturating_add(max_ttl.max(1));
+            if expires_at <= now {
+                report.expired += 1;
+                continue;
+            }
+            stores
+                .revocations
+                .revoke(Revocation {
+                    kind,
+                    value: r.value.clone(),
+                    revoked_at: r.revoked_at.min(now),
+                    expires_at,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            report.revocations += 1;
+        }
+        for b in &plan.blocks {
+            check_identity(&b.subject)?;
+            if b.until <= now {
+                report.blocks_over += 1;
+                continue;
+            }
+            stores
+                .revocations
+                .block_subject(&b.subject, b.until)
+                .await
+                .map_err(|e| e.to_string())?;
+            report.blocks += 1;
+        }
+        report.epoch = stores
+            .health
+            .rearm_epoch()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(report)
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

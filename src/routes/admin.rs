@@ -346,6 +346,93 @@ pub async fn unblock(
     Json(json!({"subject": b.subject, "unblocked": true})).into_response()
 }
 
+/// `POST /admin/v1/store/recover` body: what the operator's audit trail
+/// says must be restored, or `accept_loss` with nothing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverBody {
+    /// The plan (`tessera store recover --from-audit FILE` reads it).
+    #[serde(default)]
+    pub plan: Option<crate::audit::restore::RestorePlan>,
+    /// Serve again without restoring anything (no audit trail to hand).
+    #[serde(default)]
+    pub accept_loss: bool,
+    /// Where the plan came from (audited).
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+/// `POST /admin/v1/store/recover`: after the store lost its data (its
+/// data epoch; every call answers 503 until then), re-applies the plan's
+/// revocations and blocks, writes a new epoch, and audits it. 409 when the
+/// store has not lost its data.
+pub async fn recover_store(
+    State(app): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    body: Bytes,
+) -> Response {
+    let who = match caller(&app, peer) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let b: RecoverBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let plan = match (b.plan, b.accept_loss) {
+        (Some(p), false) => p,
+        (None, true) => crate::audit::restore::RestorePlan::default(),
+        _ => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "give a plan (from an audit trail) or accept_loss, not both",
+            )
+        }
+    };
+    if !app.stores.health.data_lost() {
+        return err(
+            StatusCode::CONFLICT,
+            "not_lost",
+            "the store has not lost its data (its data epoch is the one this broker knows):              nothing to recover",
+        );
+    }
+    let now = app.clock.now();
+    let max_ttl = app.snapshot().config.tokens.max_ttl.as_secs();
+    let report = match crate::exchange::operator::restore(&app.stores, &plan, max_ttl, now).await {
+        Ok(r) => r,
+        Err(m) => {
+            return err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                format!("the recovery did not finish (run it again: it is idempotent): {m}"),
+            )
+        }
+    };
+    let rec = AuditRecord::new(Event::Unavailable)
+        .reason(if b.accept_loss {
+            "store_epoch_loss_accepted"
+        } else {
+            "store_epoch_recovered"
+        })
+        .client(&who)
+        .detail(&format!(
+            "source={} revocations={} (expired {}) blocks={} (over {}) epoch={}",
+            b.source
+                .as_deref()
+                .unwrap_or(if b.accept_loss { "none" } else { "-" }),
+            report.revocations,
+            report.expired,
+            report.blocks,
+            report.blocks_over,
+            report.epoch
+        ));
+    if let Err(e) = app.auditor.record(rec).await {
+        return audit_err(e);
+    }
+    Json(json!({"recovered": report, "accept_loss": b.accept_loss})).into_response()
+}
+
 /// An operator's reason: at most [`MAX_REASON_LEN`] printable characters.
 #[allow(clippy::result_large_err)]
 fn check_reason(reason: Option<&str>) -> Result<(), Response> {

@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/grants/{id}", delete(admin::revoke_grant))
         .route("/admin/v1/blocks", get(admin::list_blocks))
         .route("/admin/v1/unblock", post(admin::unblock))
+        .route("/admin/v1/store/recover", post(admin::recover_store))
         .route("/admin/v1/approvals", get(admin::list_approvals))
         .route("/admin/v1/approvals/{id}/approve", post(admin::approve))
         .route("/admin/v1/approvals/{id}/deny", post(admin::deny))

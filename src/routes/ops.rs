@@ -36,6 +36,13 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         .timeout
         .saturating_mul(2)
         .max(std::time::Duration::from_millis(100));
+    if app.stores.health.data_lost() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store lost its data (data epoch): run `tessera store recover`\n",
+        )
+            .into_response();
+    }
     match tokio::time::timeout(backstop, app.stores.health.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => {

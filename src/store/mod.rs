@@ -8,6 +8,7 @@
 
 pub mod block_cache;
 pub mod breaker;
+pub mod epoch;
 pub mod feed;
 pub mod memory;
 pub mod redis;
@@ -432,6 +433,25 @@ pub const MAX_AUDIT_PAGE: usize = 10_000;
 pub trait StoreHealth: Send + Sync {
     /// Succeeds when the backend answers.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Whether the store is marked as having lost its data
+    /// ([`epoch`]); never for a store that cannot lose it apart from the
+    /// broker (memory).
+    fn data_lost(&self) -> bool {
+        false
+    }
+    /// `true` while the data is lost; changes on loss and on recovery.
+    /// `None`: a store without a data epoch.
+    fn data_lost_changes(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
+    /// After an operator restored (or gave up) what was lost: writes a new
+    /// `recovered` epoch, and this broker serves again (the others adopt it
+    /// within [`epoch::CHECK_EVERY`]). Returns the new epoch's id.
+    async fn rearm_epoch(&self) -> Result<String, StoreError> {
+        Err(StoreError::Protocol(
+            "this store keeps no data epoch (memory://): nothing to recover".into(),
+        ))
+    }
 }
 
 /// The stores the broker uses, as trait objects.
@@ -599,7 +619,9 @@ impl Stores {
                          fails until it does"
                     );
                 }
-                Ok(Self::from_backend(Arc::new(store)))
+                let store = Arc::new(store);
+                redis::RedisStore::watch_epoch(&store);
+                Ok(Self::from_backend(store))
             }
             _ => Err(StoreError::Unavailable(
                 "store url must start with memory://, redis://, rediss://, redis+cluster:// or \

@@ -47,6 +47,7 @@
 //! | `P:{rev}:e:<kind>:H(value)` | string `"<revoked_at> <expires_at>"` | `EXAT expires_at` (the max of all revocations of it) | revoke script |
 //! | `P:{rev}:feed` | stream, fields `k v r x`, `MAXLEN ~` [`FEED_MAXLEN`] | `EXPIREAT` the latest entry's `expires_at` (refreshed on each write, only ever extended) | revoke script |
 //! | `P:{rev}:blk:H(subject)` | string `until` | `EXAT until` (the max) | block script; unblock script deletes it |
+//! | `P:{rev}:epoch` | string `ID AT new\|recovered` (the data epoch, [`super::epoch`]) | none | `SET NX` by the first broker; `SET` by `tessera store recover` |
 //! | `P:{rev}:blocks` | hash subject → until (for `tessera blocks list`; ended ones pruned) | `EXPIREAT` the latest block's end (only ever extended) | block, unblock and list scripts |
 //! | `P:rp:H(len(ns) ‖ ns ‖ id)` | string `1` | `EXAT expires_at` | `SET NX EXAT` |
 //! | `P:{g:H(subject)}:gr:H(id)` | hash `j` (grant JSON), `r` (uses left or `u`), `x` (expires_at) | `EXAT expires_at` | grant create script; consume script decrements `r` |
@@ -762,6 +763,8 @@ pub struct RedisStore {
     /// Subject blocks held here ([`super::block_cache`]), with the task
     /// that keeps them exact; `None` when off.
     block_cache: Option<(Arc<BlockCache>, super::block_cache::Tracker)>,
+    /// The data epoch this broker saw ([`super::epoch`]).
+    epoch: Arc<super::epoch::EpochState>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -1166,6 +1169,7 @@ impl RedisStore {
             approval_decide_script: script(LUA_APPROVAL_DECIDE),
             approval_poll_script: script(LUA_APPROVAL_POLL),
             block_cache: None,
+            epoch: Arc::default(),
         })
     }
 
@@ -1357,6 +1361,92 @@ impl RedisStore {
         format!("{}:{{audit}}:stream", self.prefix)
     }
 
+    pub(crate) fn key_epoch(&self) -> String {
+        format!("{}:{{rev}}:epoch", self.prefix)
+    }
+
+    // ---- the data epoch ----
+
+    /// Reads the epoch (writing a `new` one when this broker has seen none
+    /// and there is none), and folds it into this broker's view.
+    pub async fn check_epoch(&self) -> Result<super::epoch::Verdict, StoreError> {
+        use super::epoch::{Epoch, Origin};
+        let key = self.key_epoch();
+        let mut con = self.conn.manager()?;
+        let first = self.epoch.known().is_none();
+        let now = unix_now();
+        let v: Option<String> = self
+            .run(EPOCH_OP, async {
+                if first {
+                    let fresh = Epoch::fresh(Origin::New, now).encode();
+                    let _: Option<String> = ::redis::cmd("SET")
+                        .arg(&key)
+                        .arg(&fresh)
+                        .arg("NX")
+                        .query_async(&mut con)
+                        .await?;
+                }
+                Ok(::redis::cmd("GET").arg(&key).query_async(&mut con).await?)
+            })
+            .await?;
+        let found = match v {
+            None => None,
+            Some(s) => Some(
+                Epoch::parse(&s)
+                    .ok_or_else(|| StoreError::Protocol("malformed data epoch in redis".into()))?,
+            ),
+        };
+        Ok(self.epoch.observe(found))
+    }
+
+    /// Folds the epoch read along with an answer into this broker's view:
+    /// an error when the store has lost its data (so the answer it came
+    /// with is not used). Before the first check there is nothing to
+    /// compare with.
+    fn vouch(&self, found: Option<String>, op: &'static str) -> Result<(), StoreError> {
+        if self.epoch.known().is_none() {
+            return Ok(());
+        }
+        let found = found
+            .map(|s| {
+                super::epoch::Epoch::parse(&s)
+                    .ok_or_else(|| StoreError::Protocol("malformed data epoch in redis".into()))
+            })
+            .transpose()?;
+        if let super::epoch::Verdict::Lost(why) = self.epoch.observe(found) {
+            tracing::error!(reason = %why, "store_epoch_lost");
+        }
+        if self.epoch.refuses() {
+            return Err(self.epoch.refusal(op));
+        }
+        Ok(())
+    }
+
+    /// Checks the epoch every [`super::epoch::CHECK_EVERY`] while `store`
+    /// lives (a task holding only a weak reference), and once now.
+    pub fn watch_epoch(store: &Arc<RedisStore>) {
+        let weak = Arc::downgrade(store);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(super::epoch::CHECK_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(store) = weak.upgrade() else { return };
+                match store.check_epoch().await {
+                    Ok(super::epoch::Verdict::Lost(why)) => {
+                        tracing::error!(reason = %why, "store_epoch_lost");
+                    }
+                    Ok(super::epoch::Verdict::Recovered) => {
+                        tracing::warn!("store data epoch recovered by an operator: serving again");
+                    }
+                    Ok(super::epoch::Verdict::Same) => {}
+                    // Unreachable: the breaker and the readiness probe say so.
+                    Err(e) => tracing::debug!(error = %e, "data epoch not checked"),
+                }
+            }
+        });
+    }
+
     // ---- calls ----
 
     /// Runs one operation under the timeout and maps its failure.
@@ -1381,6 +1471,12 @@ impl RedisStore {
         F: Future<Output = Result<T, Fail>>,
     {
         let m = crate::telemetry::metrics();
+        // The store lost its data: nothing it says can be trusted to hold
+        // every revocation (R6). The epoch check itself still runs.
+        if op != EPOCH_OP && self.epoch.refuses() {
+            m.store_fast_failures.with_label_values(&[op]).inc();
+            return Err(self.epoch.refusal(op));
+        }
         let breaker = &self.resilience.breaker;
         let permit = match breaker.admit() {
             Ok(p) => p,
@@ -1875,8 +1971,11 @@ impl RevocationStore for RedisStore {
         if let Some(g) = &t.grant {
             keys.push(self.key_revocation(RevocationKind::Grant, g));
         }
+        // The data epoch rides along (same slot, `{rev}`): an answer from a
+        // store that lost its data is never taken for "not revoked".
+        keys.push(self.key_epoch());
         let mut con = self.conn.manager()?;
-        let values: Vec<Option<String>> = self
+        let mut values: Vec<Option<String>> = self
             .run("is_revoked", async {
                 let mut pipe = ::redis::pipe();
                 for k in &keys {
@@ -1888,6 +1987,7 @@ impl RevocationStore for RedisStore {
         if values.len() != keys.len() {
             return Err(StoreError::Protocol("short pipeline reply".into()));
         }
+        self.vouch(values.pop().flatten(), "is_revoked")?;
         for (i, v) in values.iter().enumerate() {
             let Some(v) = v else { continue };
             let (revoked_at, expires_at) = parse_entry(v)?;
@@ -2051,18 +2151,26 @@ impl RevocationStore for RedisStore {
         let key = self.key_block(subject);
         // With the breaker open the store is failing: no cached answers.
         let lookup = match &self.block_cache {
-            Some((c, _)) if !self.resilience.breaker.is_open() => c.lookup(&key),
+            Some((c, _)) if !self.resilience.breaker.is_open() && !self.epoch.refuses() => {
+                c.lookup(&key)
+            }
             _ => Lookup::Off,
         };
         if let Lookup::Hit(until) = lookup {
             return Ok(until.is_some_and(|u| u > now));
         }
         let mut con = self.conn.manager()?;
-        let v: Option<String> = self
+        let epoch_key = self.key_epoch();
+        let (v, epoch): (Option<String>, Option<String>) = self
             .run("is_blocked", async {
-                Ok(::redis::cmd("GET").arg(&key).query_async(&mut con).await?)
+                Ok(::redis::pipe()
+                    .get(&key)
+                    .get(&epoch_key)
+                    .query_async(&mut con)
+                    .await?)
             })
             .await?;
+        self.vouch(epoch, "is_blocked")?;
         let until = match v {
             None => None,
             Some(v) => Some(
@@ -2129,8 +2237,45 @@ impl ReplayGuard for RedisStore {
     }
 }
 
+/// The operation name of the epoch check (runs while the store is lost).
+const EPOCH_OP: &str = "epoch";
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[async_trait]
 impl StoreHealth for RedisStore {
+    fn data_lost(&self) -> bool {
+        self.epoch.is_lost()
+    }
+
+    fn data_lost_changes(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        Some(self.epoch.watch())
+    }
+
+    async fn rearm_epoch(&self) -> Result<String, StoreError> {
+        use super::epoch::{Epoch, Origin};
+        let e = Epoch::fresh(Origin::Recovered, unix_now());
+        let key = self.key_epoch();
+        let value = e.encode();
+        let mut con = self.conn.manager()?;
+        let () = self
+            .run(EPOCH_OP, async {
+                Ok(::redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&value)
+                    .query_async(&mut con)
+                    .await?)
+            })
+            .await?;
+        let id = e.id.clone();
+        self.epoch.rearmed(e);
+        Ok(id)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut con = self.conn.manager()?;
         let pong: String = self
