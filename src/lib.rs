@@ -31,6 +31,7 @@ pub mod clock;
 pub mod dpop;
 pub mod jose;
 pub mod jwks;
+pub mod revocation;
 pub mod text;
 pub mod verify;
 

@@ -95,31 +95,14 @@ impl RevocationStore for MemoryStore {
 
     async fn is_revoked(&self, t: &TokenFacts, now: u64) -> Result<bool, StoreError> {
         let g = self.lock()?;
-        let live = |k: RevocationKind, v: &str| {
+        Ok(t.covered().revoked_with(now, |k, v| {
             g.revocations
                 .get(&(k, v.to_string()))
-                .filter(|r| r.expires_at > now)
-        };
-        if live(RevocationKind::Jti, &t.jti).is_some()
-            || t.ancestors
-                .iter()
-                .any(|a| live(RevocationKind::Jti, a).is_some())
-        {
-            return Ok(true);
-        }
-        let covers = |r: Option<&Revocation>| r.is_some_and(|r| t.iat <= r.revoked_at);
-        if covers(live(RevocationKind::Subject, &t.sub))
-            || t.actors
-                .iter()
-                .any(|a| covers(live(RevocationKind::Subject, a)))
-            || covers(live(RevocationKind::Task, &t.txn))
-            || t.grant
-                .as_deref()
-                .is_some_and(|g| covers(live(RevocationKind::Grant, g)))
-        {
-            return Ok(true);
-        }
-        Ok(false)
+                .map(|r| crate::revocation::Entry {
+                    revoked_at: r.revoked_at,
+                    expires_at: r.expires_at,
+                })
+        }))
     }
 
     async fn list_since(

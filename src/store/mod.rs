@@ -30,31 +30,7 @@ pub enum StoreError {
     Protocol(String),
 }
 
-/// What a revocation entry covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RevocationKind {
-    /// One token, by `jti`.
-    Jti,
-    /// Every token issued until now whose `sub` or any actor is this identity.
-    Subject,
-    /// Every token of a task (`txn`).
-    Task,
-    /// Every token issued under a JIT grant.
-    Grant,
-}
-
-impl RevocationKind {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Jti => "jti",
-            Self::Subject => "subject",
-            Self::Task => "task",
-            Self::Grant => "grant",
-        }
-    }
-}
+pub use crate::revocation::RevocationKind;
 
 /// One revocation (the feed's entry shape).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +78,21 @@ impl Revoked {
     /// replicas are required, else when enough acknowledged it.
     pub fn durable(&self) -> bool {
         self.replicas.as_ref().is_none_or(ReplicaAck::durable)
+    }
+}
+
+impl TokenFacts {
+    /// The token as the one coverage rule ([`crate::revocation`]) reads it.
+    pub fn covered(&self) -> crate::revocation::Covered<'_> {
+        crate::revocation::Covered {
+            jti: &self.jti,
+            ancestors: &self.ancestors,
+            sub: &self.sub,
+            actors: &self.actors,
+            txn: &self.txn,
+            grant: self.grant.as_deref(),
+            iat: self.iat,
+        }
     }
 }
 

@@ -1952,28 +1952,18 @@ impl RevocationStore for RedisStore {
         if t.actors.len() > MAX_ACTORS || t.ancestors.len() > MAX_ACTORS {
             return Err(StoreError::Protocol("actor chain too long to check".into()));
         }
-        // Order: jti, ancestors' jti…, sub, actors…, txn, grant. Every jti
-        // entry (indices 0..=ancestors) names one token, whatever its iat.
-        let jti_entries = 1 + t.ancestors.len();
-        let mut keys = vec![self.key_revocation(RevocationKind::Jti, &t.jti)];
-        keys.extend(
-            t.ancestors
-                .iter()
-                .map(|a| self.key_revocation(RevocationKind::Jti, a)),
-        );
-        keys.push(self.key_revocation(RevocationKind::Subject, &t.sub));
-        keys.extend(
-            t.actors
-                .iter()
-                .map(|a| self.key_revocation(RevocationKind::Subject, a)),
-        );
-        keys.push(self.key_revocation(RevocationKind::Task, &t.txn));
-        if let Some(g) = &t.grant {
-            keys.push(self.key_revocation(RevocationKind::Grant, g));
-        }
+        let covered = t.covered();
+        let mut keys: Vec<String> = covered
+            .lookups()
+            .into_iter()
+            .map(|(kind, value)| self.key_revocation(kind, value))
+            .collect();
         // The data epoch rides along (same slot, `{rev}`): an answer from a
         // store that lost its data is never taken for "not revoked".
-        keys.push(self.key_epoch());
+        let vouched = self.epoch.known().is_some();
+        if vouched {
+            keys.push(self.key_epoch());
+        }
         let mut con = self.conn.manager()?;
         let mut values: Vec<Option<String>> = self
             .run("is_revoked", async {
@@ -1987,18 +1977,21 @@ impl RevocationStore for RedisStore {
         if values.len() != keys.len() {
             return Err(StoreError::Protocol("short pipeline reply".into()));
         }
-        self.vouch(values.pop().flatten(), "is_revoked")?;
-        for (i, v) in values.iter().enumerate() {
-            let Some(v) = v else { continue };
-            let (revoked_at, expires_at) = parse_entry(v)?;
-            if expires_at <= now {
-                continue;
-            }
-            if i < jti_entries || t.iat <= revoked_at {
-                return Ok(true);
-            }
+        if vouched {
+            self.vouch(values.pop().flatten(), "is_revoked")?;
         }
-        Ok(false)
+        let found = values
+            .iter()
+            .map(|v| {
+                v.as_deref().map(parse_entry).transpose().map(|e| {
+                    e.map(|(revoked_at, expires_at)| crate::revocation::Entry {
+                        revoked_at,
+                        expires_at,
+                    })
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(covered.revoked_by(found, now))
     }
 
     async fn list_since(
@@ -2160,17 +2153,28 @@ impl RevocationStore for RedisStore {
             return Ok(until.is_some_and(|u| u > now));
         }
         let mut con = self.conn.manager()?;
-        let epoch_key = self.key_epoch();
+        // With the data epoch when this broker holds one (see is_revoked).
+        let epoch_key = self.epoch.known().map(|_| self.key_epoch());
         let (v, epoch): (Option<String>, Option<String>) = self
             .run("is_blocked", async {
-                Ok(::redis::pipe()
-                    .get(&key)
-                    .get(&epoch_key)
-                    .query_async(&mut con)
-                    .await?)
+                Ok(match &epoch_key {
+                    Some(e) => {
+                        ::redis::pipe()
+                            .get(&key)
+                            .get(e)
+                            .query_async(&mut con)
+                            .await?
+                    }
+                    None => (
+                        ::redis::cmd("GET").arg(&key).query_async(&mut con).await?,
+                        None,
+                    ),
+                })
             })
             .await?;
-        self.vouch(epoch, "is_blocked")?;
+        if epoch_key.is_some() {
+            self.vouch(epoch, "is_blocked")?;
+        }
         let until = match v {
             None => None,
             Some(v) => Some(

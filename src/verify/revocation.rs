@@ -139,25 +139,7 @@ pub struct FollowerTls {
     pub key: Option<PrivateKeyDer<'static>>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Kind {
-    Jti,
-    Subject,
-    Task,
-    Grant,
-}
-
-impl Kind {
-    fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "jti" => Some(Kind::Jti),
-            "subject" => Some(Kind::Subject),
-            "task" => Some(Kind::Task),
-            "grant" => Some(Kind::Grant),
-            _ => None,
-        }
-    }
-}
+use crate::revocation::RevocationKind as Kind;
 
 #[derive(Deserialize)]
 struct WireEntry {
@@ -284,29 +266,22 @@ impl Shared {
             // A poisoned lock means a writer panicked: fail closed.
             return true;
         };
-        let live = |k: Kind, v: &str| {
-            g.get(&(k, v.to_owned()))
-                .filter(|l| l.expires_at > now)
-                .copied()
+        let covered = crate::revocation::Covered {
+            jti: token.jti(),
+            ancestors: token.ancestors(),
+            sub: token.subject(),
+            actors: token.actors(),
+            txn: token.task(),
+            grant: token.grant(),
+            // A token without iat is treated as issued at 0 (covered).
+            iat: token.iat().unwrap_or(0),
         };
-        if live(Kind::Jti, token.jti()).is_some()
-            || token
-                .ancestors()
-                .iter()
-                .any(|a| live(Kind::Jti, a).is_some())
-        {
-            return true;
-        }
-        // A token without iat is treated as issued at 0 (covered).
-        let iat = token.iat().unwrap_or(0);
-        let covers = |l: Option<Live>| l.is_some_and(|l| iat <= l.revoked_at);
-        covers(live(Kind::Subject, token.subject()))
-            || token
-                .actors()
-                .iter()
-                .any(|a| covers(live(Kind::Subject, a)))
-            || covers(live(Kind::Task, token.task()))
-            || token.grant().is_some_and(|g| covers(live(Kind::Grant, g)))
+        covered.revoked_with(now, |k, v| {
+            g.get(&(k, v.to_owned())).map(|l| crate::revocation::Entry {
+                revoked_at: l.revoked_at,
+                expires_at: l.expires_at,
+            })
+        })
     }
 
     fn purge(&self) {
