@@ -386,18 +386,16 @@ fn delegation<'p>(
     actor: &ActorRun,
     asubj: &Subject<'_>,
     actor_policies: &[PolicyReport],
-) -> Result<Option<&'p CompiledPolicy>, Verdict> {
-    let refuse = |reason: &'static str, message: String| Verdict::Refused {
-        error: "invalid_request",
-        reason,
-        message,
+) -> Result<Option<&'p CompiledPolicy>, Box<Verdict>> {
+    let refuse = |reason: &'static str, message: String| {
+        Box::new(Verdict::Refused {
+            error: "invalid_request",
+            reason,
+            message,
+        })
     };
-    let may_act = may_act_of(req.claims.as_ref()).map_err(|()| {
-        refuse(
-            "may_act_malformed",
-            "the subject's may_act claim is not an object with a string sub".into(),
-        )
-    })?;
+    let may_act = may_act_of(req.claims.as_ref())
+        .map_err(|e| refuse("may_act_malformed", format!("the subject's {e}")))?;
     let d = Delegation {
         subject_issuer: &req.issuer,
         subject: &req.subject,
@@ -412,9 +410,13 @@ fn delegation<'p>(
         claims: actor.claims.as_ref(),
     }];
     set.delegate(&d, &chain).map_err(|e| match e {
-        DelegationDenial::Policy { denial, .. } => {
-            refusal(denial, actor_policies, asubj, "actor", &req.audience)
-        }
+        DelegationDenial::Policy { denial, .. } => Box::new(refusal(
+            denial,
+            actor_policies,
+            asubj,
+            "actor",
+            &req.audience,
+        )),
         other => refuse(other.reason(), other.to_string()),
     })
 }
@@ -446,7 +448,7 @@ pub fn explain(cfg: &Config, req: &DryRun) -> Result<Explanation, String> {
                 _ => Ok(None),
             };
             match delegated {
-                Err(v) => v,
+                Err(v) => *v,
                 Ok(pa) => {
                     let max_ttl = [p.max_ttl(), pa.and_then(CompiledPolicy::max_ttl)]
                         .into_iter()

@@ -612,7 +612,7 @@ impl Exchanger {
         // The subject token's may_act binds this hop and every later one
         // (it is carried into the token).
         let may_act = may_act_of(subject.claims.as_ref())
-            .map_err(|()| ExchangeError::SubjectToken("may_act_malformed"))?;
+            .map_err(|_| ExchangeError::SubjectToken("may_act_malformed"))?;
         let delegation = self.delegate(
             &subject.issuer_name,
             &subject.sub,

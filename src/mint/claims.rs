@@ -77,15 +77,24 @@ pub struct MayAct {
     pub iss: Option<String>,
 }
 
+/// A `may_act` claim that is not an object with a string `sub` (and,
+/// optionally, a string `iss`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("may_act is not an object with a string sub and an optional string iss")]
+pub struct MayActMalformed;
+
 impl MayAct {
     /// Parses a subject token's `may_act` member: an object with a string
-    /// `sub` and, optionally, a string `iss`; anything else is `Err`.
-    pub fn from_claim(v: &serde_json::Value) -> Result<MayAct, ()> {
-        let o = v.as_object().ok_or(())?;
-        let sub = o.get("sub").and_then(serde_json::Value::as_str).ok_or(())?;
+    /// `sub` and, optionally, a string `iss`; anything else is malformed.
+    pub fn from_claim(v: &serde_json::Value) -> Result<MayAct, MayActMalformed> {
+        let o = v.as_object().ok_or(MayActMalformed)?;
+        let sub = o
+            .get("sub")
+            .and_then(serde_json::Value::as_str)
+            .ok_or(MayActMalformed)?;
         let iss = match o.get("iss") {
             None => None,
-            Some(i) => Some(i.as_str().ok_or(())?.to_string()),
+            Some(i) => Some(i.as_str().ok_or(MayActMalformed)?.to_string()),
         };
         Ok(MayAct {
             sub: sub.to_string(),

@@ -12,7 +12,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::mint::claims::MayAct;
+use crate::mint::claims::{MayAct, MayActMalformed};
 use crate::policy::scope::ScopeSet;
 use crate::policy::{CompiledPolicy, Denial, PolicySet, Subject};
 
@@ -132,7 +132,7 @@ impl std::fmt::Display for DelegationDenial {
 /// The subject token's `may_act`, parsed: `Ok(None)` without one, `Err`
 /// when it is there but not an object with a string `sub` (and, optionally,
 /// a string `iss`).
-pub fn may_act_of(claims: Option<&Map<String, Value>>) -> Result<Option<MayAct>, ()> {
+pub fn may_act_of(claims: Option<&Map<String, Value>>) -> Result<Option<MayAct>, MayActMalformed> {
     claims
         .and_then(|c| c.get("may_act"))
         .map(MayAct::from_claim)
@@ -312,7 +312,7 @@ mod tests {
             serde_json::json!({"sub": 1}),
             serde_json::json!({"sub": "a", "iss": 2}),
         ] {
-            assert_eq!(parse(bad), Err(()));
+            assert_eq!(parse(bad), Err(MayActMalformed));
         }
     }
 }
