@@ -265,18 +265,7 @@ async fn introspection_and_reexchange_agree_at_the_expiry_boundary() {
         ..Default::default()
     })
     .await;
-    let (s, v) = b
-        .token(
-            &b.agent_client(),
-            &[
-                ("grant_type", TE),
-                ("subject_token_type", MTLS),
-                ("audience", API),
-                ("scope", "tickets:read"),
-                ("expires_in", "60"),
-            ],
-        )
-        .await;
+    let (s, v) = b.agent_token("tickets:read", None).await;
     assert_eq!(s, 200, "{v}");
     let parent = tok(&v);
     let exp = decode(&parent).1["exp"].as_u64().unwrap();
