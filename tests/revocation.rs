@@ -552,3 +552,44 @@ async fn h90_revocation_values_are_validated_and_bounded() {
     assert_eq!(b.introspect(&live).await["active"], true);
     assert_eq!(b.agent_token("tickets:read", None).await.0, 200);
 }
+
+/// Issue 23 item 5 (decision recorded in SECURITY.md): a token the blocked
+/// identity holds only as `client_id` (it presented another subject's token
+/// over its certificate) can no longer be re-exchanged, but the subject
+/// revocation does not cover it: it stays active until `exp`.
+#[tokio::test]
+async fn kill_switch_and_tokens_held_only_as_client_id() {
+    let b = TestBroker::start().await;
+    let ci = b.ci_token();
+    let (s, v) = b
+        .token(&b.agent_client(), &TestBroker::oidc_form(&ci))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let held = tok(&v);
+    let (_, c) = decode(&held);
+    assert_eq!(c["client_id"], AGENT);
+    assert_ne!(c["sub"], AGENT);
+    assert!(c.get("act").is_none());
+    let form = [
+        ("grant_type", TE),
+        ("subject_token_type", ACCESS),
+        ("subject_token", held.as_str()),
+        ("audience", "https://deploy.example.com"),
+        ("scope", "deploy:read"),
+    ];
+    assert_eq!(b.token(&b.agent_client(), &form).await.0, 200);
+    let (s, _) = b
+        .admin(
+            Method::POST,
+            "/admin/v1/revocations",
+            Some(json!({"kind": "subject", "value": AGENT, "block_for": "30m"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = b.token(&b.agent_client(), &form).await;
+    assert_eq!(
+        (s.as_u16(), v["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    assert_eq!(b.introspect(&held).await["active"], true);
+}
