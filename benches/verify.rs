@@ -115,6 +115,7 @@ fn case(alg: SigningAlgorithm) -> Case {
                 authorization_details: None,
                 policy: Some("demo-agent".into()),
                 ancestors: Vec::new(),
+                may_act: None,
             };
             minter.mint(&claims).unwrap()
         })

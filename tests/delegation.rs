@@ -434,3 +434,127 @@ async fn g76_max_depth_caps_the_chain_and_upstream_act_is_never_trusted() {
     .await;
     assert_eq!(s, 400);
 }
+
+/// The planner's policy block as the configuration file has it.
+fn planner_policy(b: &TestBroker) -> String {
+    let text = std::fs::read_to_string(&b.config_path).unwrap();
+    let start = text.find("[[policies]]\nname = \"planner\"").unwrap();
+    let len = text[start..].find("\n\n").unwrap() + 1;
+    text[start..start + len].to_string()
+}
+
+/// Rewrites the broker's configuration file (the planner's policy replaced
+/// by `planner`) and reloads it through the admin API (`tessera reload`).
+async fn reload_with_planner(b: &TestBroker, planner: &str) {
+    let original = planner_policy(b);
+    let text = std::fs::read_to_string(&b.config_path).unwrap();
+    std::fs::write(&b.config_path, text.replace(&original, planner)).unwrap();
+    let (s, v) = b.admin(Method::POST, "/admin/v1/reload", None).await;
+    assert_eq!(s, 200, "{v}");
+    // and back, for the next case (the file, not yet the broker)
+    std::fs::write(&b.config_path, text).unwrap();
+}
+
+/// The planner acts (over its certificate) for the subject of `st`.
+async fn planner_acts(f: &Fixture, st: &str, st_type: &str, scope: &str) -> (u16, Value) {
+    let planner = f.b.client(Some(&f.planner));
+    let thumb = thumbprint(&f.planner.cert_der);
+    exchange(&f.b, &planner, st, st_type, &thumb, MTLS, scope).await
+}
+
+/// The planner re-exchanges `held` (no actor token) for `tickets:read`.
+async fn planner_reexchanges(f: &Fixture, held: &str) -> (u16, Value) {
+    let form = [
+        ("grant_type", TE),
+        ("subject_token", held),
+        ("subject_token_type", ACCESS),
+        ("audience", API),
+        ("scope", "tickets:read"),
+    ];
+    let (s, v) = f.b.token(&f.b.client(Some(&f.planner)), &form).await;
+    (s.as_u16(), v)
+}
+
+/// Issue 23 item 1: re-exchanging a delegated token re-runs the delegation
+/// rule for every actor of its chain against the configuration in force.
+#[tokio::test]
+async fn reexchange_rechecks_every_actor_after_a_reload() {
+    let f = fixture().await;
+    let b = &f.b;
+    let user = user_token(b, json!({}));
+    let (s, v) = planner_acts(&f, &user, JWT, "tickets:read tickets:write").await;
+    assert_eq!(s, 200, "{v}");
+    let held = tok(&v);
+    assert_eq!(decode(&held).1["act"], json!({"sub": PLANNER}));
+    let unchanged = planner_policy(b);
+    assert!(unchanged.contains("may_act_for = [\"ci\"]"), "{unchanged}");
+    // nothing changed: still works, and keeps the chain
+    reload_with_planner(b, &unchanged).await;
+    let (s, v) = planner_reexchanges(&f, &held).await;
+    assert_eq!(s, 200, "{v}");
+    let (_, c) = decode(&tok(&v));
+    assert_eq!(c["sub"], "user:alice");
+    assert_eq!(c["act"], json!({"sub": PLANNER}));
+
+    let cases = [
+        // (a) may_act_for switched to another issuer
+        (
+            unchanged.replace(r#"may_act_for = ["ci"]"#, r#"may_act_for = ["mtls"]"#),
+            "invalid_request",
+        ),
+        // (b) the agent's policy deleted
+        (String::new(), "invalid_request"),
+        // (c) the scope removed from it
+        (
+            unchanged.replace(r#""tickets:read", "tickets:write""#, r#""tickets:write""#),
+            "invalid_scope",
+        ),
+    ];
+    for (policy, error) in cases {
+        reload_with_planner(b, &policy).await;
+        let (s, v) = planner_reexchanges(&f, &held).await;
+        assert_eq!((s, v["error"].as_str()), (400, Some(error)), "{policy}");
+        // a new delegation is refused the same way
+        let (s, v) = planner_acts(&f, &user, JWT, "tickets:read").await;
+        assert_eq!((s, v["error"].as_str()), (400, Some(error)), "{policy}");
+    }
+    // rights restored: the held token works again
+    reload_with_planner(b, &unchanged).await;
+    assert_eq!(planner_reexchanges(&f, &held).await.0, 200);
+}
+
+/// Issue 23 item 3: the subject token's `may_act` binds the whole chain.
+#[tokio::test]
+async fn may_act_is_carried_and_binds_every_later_hop() {
+    let f = fixture().await;
+    let b = &f.b;
+    let planner = b.client(Some(&f.planner));
+    let user = user_token(b, json!({"may_act": {"sub": PLANNER}}));
+    let (s, v) = planner_acts(&f, &user, JWT, "tickets:read").await;
+    assert_eq!(s, 200, "{v}");
+    let t1 = tok(&v);
+    assert_eq!(decode(&t1).1["may_act"], json!({"sub": PLANNER}));
+    // the coder (max_depth 3, may_act_for ci) acts on the planner's token:
+    // the person named only the planner
+    let coder = coder_token(b);
+    let (s, v) = exchange(b, &planner, &t1, ACCESS, &coder, JWT, "tickets:read").await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{v}"
+    );
+    // the planner re-exchanging its own token is fine, and the restriction stays
+    let (s, v) = planner_reexchanges(&f, &t1).await;
+    assert_eq!(s, 200, "{v}");
+    let t2 = tok(&v);
+    assert_eq!(decode(&t2).1["may_act"], json!({"sub": PLANNER}));
+    // introspection accepts the claim
+    assert_eq!(b.introspect(&t2).await["active"], true);
+    // without may_act the same second hop is allowed (the refusal above is may_act's)
+    let (s, v) = planner_acts(&f, &user_token(b, json!({})), JWT, "tickets:read").await;
+    assert_eq!(s, 200, "{v}");
+    let free = tok(&v);
+    assert!(decode(&free).1.get("may_act").is_none());
+    let (s, v) = exchange(b, &planner, &free, ACCESS, &coder, JWT, "tickets:read").await;
+    assert_eq!(s, 200, "{v}");
+}

@@ -54,6 +54,7 @@ fn fixture() -> &'static (String, Verifier) {
             authorization_details: None,
             policy: None,
             ancestors: Vec::new(),
+            may_act: None,
         };
         let token = TokenMinter::new(ring.clone()).mint(&claims).unwrap();
         let jwks = serde_json::to_vec(&ring.jwks()).unwrap();

@@ -250,3 +250,42 @@ async fn revoking_the_task_or_grant_covers_derived_tokens() {
     assert_eq!(s, 200);
     assert_eq!(b.introspect(&child).await["active"], false);
 }
+
+/// Issue 23 item 5: one expiry rule for introspection and re-exchange — a
+/// token is live until the second before `exp` and dead from `exp` on, for
+/// both (no leeway in one and not the other).
+#[tokio::test]
+async fn introspection_and_reexchange_agree_at_the_expiry_boundary() {
+    use std::sync::Arc;
+    use tessera::clock::ManualClock;
+    let start = tessera::testkit::now();
+    let clock = Arc::new(ManualClock::new(start));
+    let b = TestBroker::start_with(Options {
+        clock: Some(clock.clone()),
+        ..Default::default()
+    })
+    .await;
+    let (s, v) = b.agent_token("tickets:read", None).await;
+    assert_eq!(s, 200, "{v}");
+    let parent = tok(&v);
+    let exp = decode(&parent).1["exp"].as_u64().unwrap();
+
+    clock.set(exp - 1);
+    assert_eq!(b.introspect(&parent).await["active"], true);
+    let (s, v) = b
+        .token(&b.agent_client(), &re(&parent, API, "tickets:read"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["expires_in"], 1);
+
+    clock.set(exp);
+    assert_eq!(b.introspect(&parent).await["active"], false);
+    let (s, v) = b
+        .token(&b.agent_client(), &re(&parent, API, "tickets:read"))
+        .await;
+    assert_eq!(
+        (s.as_u16(), v["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{v}"
+    );
+}

@@ -324,14 +324,14 @@ async fn h86_ten_n_concurrent_exchanges_consume_exactly_n_uses() {
     for (o, _r) in backends().await {
         let b = TestBroker::start_with(o).await;
         let n = 5;
-        let (s, _) = b
+        let (s, v) = b
             .admin(
                 Method::POST,
                 "/admin/v1/grants",
                 Some(json!({"subject": AGENT, "scope": "tickets:delete", "audience": API, "ttl": "60s", "uses": n})),
             )
             .await;
-        assert_eq!(s, StatusCode::CREATED);
+        assert_eq!(s, StatusCode::CREATED, "{v}");
         let mut tasks = Vec::new();
         for _ in 0..10 * n {
             let c = b.agent_client();
@@ -796,4 +796,45 @@ fn shipped_config_makes_the_readme_grant_example_usable() {
         .contains("approval scope"));
     let readme = include_str!("../README.md");
     assert!(readme.contains("--scope tickets:close --audience https://api.example.com --ttl 10m"));
+}
+
+/// Issue 23 item 5 (decision recorded in SECURITY.md): a token the blocked
+/// identity holds only as `client_id` (it presented another subject's token
+/// over its certificate) can no longer be re-exchanged, but the subject
+/// revocation does not cover it: it stays active until `exp`.
+#[tokio::test]
+async fn kill_switch_and_tokens_held_only_as_client_id() {
+    let b = TestBroker::start().await;
+    let ci = b.ci_token();
+    let (s, v) = b
+        .token(&b.agent_client(), &TestBroker::oidc_form(&ci))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let held = tok(&v);
+    let (_, c) = decode(&held);
+    assert_eq!(c["client_id"], AGENT);
+    assert_ne!(c["sub"], AGENT);
+    assert!(c.get("act").is_none());
+    let form = [
+        ("grant_type", TE),
+        ("subject_token_type", ACCESS),
+        ("subject_token", held.as_str()),
+        ("audience", "https://deploy.example.com"),
+        ("scope", "deploy:read"),
+    ];
+    assert_eq!(b.token(&b.agent_client(), &form).await.0, 200);
+    let (s, _) = b
+        .admin(
+            Method::POST,
+            "/admin/v1/revocations",
+            Some(json!({"kind": "subject", "value": AGENT, "block_for": "30m"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = b.token(&b.agent_client(), &form).await;
+    assert_eq!(
+        (s.as_u16(), v["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    assert_eq!(b.introspect(&held).await["active"], true);
 }

@@ -107,6 +107,7 @@ fn base_claims(jti: &str) -> AccessTokenClaims {
         authorization_details: None,
         policy: None,
         ancestors: Vec::new(),
+        may_act: None,
     }
 }
 

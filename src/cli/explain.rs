@@ -5,11 +5,11 @@
 //! that grants (first in file order, [`PolicySet::decide`]) with its tiers,
 //! or the OAuth error and the precise reason.
 //!
-//! With an actor (`--actor-issuer`, `--actor`), it also checks delegation as
-//! the broker does: the actor is not the subject, fits the subject's
-//! `may_act` claim when there is one, has a policy of its own allowing the
-//! same audience and scopes, and that policy lists the subject's issuer in
-//! `may_act_for`.
+//! With an actor (`--actor-issuer`, `--actor`), it also checks delegation
+//! with the broker's own rule ([`PolicySet::delegate`]): the actor is not
+//! the subject, fits the subject's `may_act` claim when there is one, has a
+//! policy of its own allowing the same audience and scopes that lists the
+//! subject's issuer in `may_act_for`, and the chain fits its `max_depth`.
 //!
 //! It evaluates policies only: it never sees a token, the kill switch, JIT
 //! grants or approvals (it says which of those the request would need).
@@ -22,6 +22,7 @@ use serde_json::{json, Map, Value};
 use crate::config::lint::fmt_duration;
 use crate::config::Config;
 use crate::policy::claims::{claim_path_lookup, validate_claim_path};
+use crate::policy::delegation::{may_act_of, ChainActor, Delegation, DelegationDenial};
 use crate::policy::scope::ScopeSet;
 use crate::policy::{
     CompiledPolicy, Denial, PolicySet, Subject, SubjectMismatch, VerdictOutcome, MTLS_ISSUER,
@@ -377,52 +378,47 @@ fn refusal(
     }
 }
 
-/// The delegation checks of the broker, in its order; `None` when they pass.
-fn delegation_refusal(
+/// The broker's delegation rule ([`PolicySet::delegate`], the same
+/// function) for the request's actor: the actor's policy, or the refusal.
+fn delegation<'p>(
+    set: &'p PolicySet,
     req: &DryRun,
     actor: &ActorRun,
-    actor_policy: &CompiledPolicy,
-) -> Option<Verdict> {
+    asubj: &Subject<'_>,
+    actor_policies: &[PolicyReport],
+) -> Result<Option<&'p CompiledPolicy>, Box<Verdict>> {
     let refuse = |reason: &'static str, message: String| {
-        Some(Verdict::Refused {
+        Box::new(Verdict::Refused {
             error: "invalid_request",
             reason,
             message,
         })
     };
-    if let Some(ma) = req.claims.as_ref().and_then(|c| c.get("may_act")) {
-        let Some(o) = ma.as_object() else {
-            return refuse(
-                "may_act_malformed",
-                "the subject's may_act claim is not an object".into(),
-            );
-        };
-        let sub_ok = o.get("sub").and_then(Value::as_str) == Some(actor.subject.as_str());
-        let iss_ok = match o.get("iss") {
-            None => true,
-            Some(v) => v.as_str().is_some() && v.as_str() == actor.iss.as_deref(),
-        };
-        if !(sub_ok && iss_ok) {
-            return refuse(
-                "actor_not_in_may_act",
-                format!(
-                    "the subject's may_act claim ({ma}) does not name actor `{}`",
-                    actor.subject
-                ),
-            );
-        }
-    }
-    if !actor_policy.may_act_for().contains(&req.issuer) {
-        return refuse(
-            "may_act_for_missing",
-            format!(
-                "the actor's policy {:?} does not list the subject's issuer `{}` in may_act_for",
-                actor_policy.name(),
-                req.issuer
-            ),
-        );
-    }
-    None
+    let may_act = may_act_of(req.claims.as_ref())
+        .map_err(|e| refuse("may_act_malformed", format!("the subject's {e}")))?;
+    let d = Delegation {
+        subject_issuer: &req.issuer,
+        subject: &req.subject,
+        may_act: may_act.as_ref(),
+        audience: &req.audience,
+        scopes: &req.scopes,
+    };
+    let chain = [ChainActor {
+        issuer: &actor.issuer,
+        iss: actor.iss.as_deref(),
+        sub: &actor.subject,
+        claims: actor.claims.as_ref(),
+    }];
+    set.delegate(&d, &chain).map_err(|e| match e {
+        DelegationDenial::Policy { denial, .. } => Box::new(refusal(
+            denial,
+            actor_policies,
+            asubj,
+            "actor",
+            &req.audience,
+        )),
+        other => refuse(other.reason(), other.to_string()),
+    })
 }
 
 /// Dry-runs `req` against the config's policies.
@@ -448,29 +444,11 @@ pub fn explain(cfg: &Config, req: &DryRun) -> Result<Explanation, String> {
         Err(d) => refusal(d, &policies, &subject, "subject", &req.audience),
         Ok(p) => {
             let delegated = match (&req.actor, &actor_subject) {
-                (Some(actor), Some(asubj)) => {
-                    if actor.subject == req.subject {
-                        Err(Verdict::Refused {
-                            error: "invalid_request",
-                            reason: "actor_is_subject",
-                            message: "the actor is the subject".into(),
-                        })
-                    } else {
-                        match set.decide(asubj, &req.audience, &req.scopes) {
-                            Err(d) => {
-                                Err(refusal(d, &actor_policies, asubj, "actor", &req.audience))
-                            }
-                            Ok(pa) => match delegation_refusal(req, actor, pa) {
-                                Some(v) => Err(v),
-                                None => Ok(Some(pa)),
-                            },
-                        }
-                    }
-                }
+                (Some(actor), Some(asubj)) => delegation(&set, req, actor, asubj, &actor_policies),
                 _ => Ok(None),
             };
             match delegated {
-                Err(v) => v,
+                Err(v) => *v,
                 Ok(pa) => {
                     let max_ttl = [p.max_ttl(), pa.and_then(CompiledPolicy::max_ttl)]
                         .into_iter()

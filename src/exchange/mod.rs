@@ -24,9 +24,10 @@ use crate::identity::oidc::{IssuerVerifier, OidcError};
 use crate::identity::own::OwnTokenVerifier;
 use crate::identity::peer::PeerIdentity;
 use crate::jose::jws;
-use crate::mint::claims::{AccessTokenClaims, Actor, Confirmation};
+use crate::mint::claims::{AccessTokenClaims, Actor, Confirmation, MayAct};
 use crate::mint::TokenMinter;
 use crate::oauth::request::{GrantType, TokenRequest, TokenType};
+use crate::policy::delegation::{may_act_of, ChainActor, Delegation, DelegationDenial};
 use crate::policy::{Denial, PolicySet, Subject};
 use crate::store::Stores;
 
@@ -616,18 +617,19 @@ impl Exchanger {
 
         // Delegation: the actor's own policy must allow the same audience and
         // scopes and list the subject's issuer in may_act_for.
-        let delegation = match &actor {
-            Some(a) => Some(self.delegate(
-                &subject.issuer_name,
-                &subject.sub,
-                subject.claims.as_ref(),
-                None,
-                a,
-                audience,
-                &req.scope,
-            )?),
-            None => None,
-        };
+        // The subject token's may_act binds this hop and every later one
+        // (it is carried into the token).
+        let may_act = may_act_of(subject.claims.as_ref())
+            .map_err(|_| ExchangeError::SubjectToken("may_act_malformed"))?;
+        let delegation = self.delegate(
+            &subject.issuer_name,
+            &subject.sub,
+            may_act.as_ref(),
+            None,
+            actor.as_ref(),
+            audience,
+            &req.scope,
+        )?;
         let actor_policy = delegation.as_ref().map(|d| d.0);
 
         // Anomaly guard: the identities are authenticated and policy would
@@ -758,6 +760,7 @@ impl Exchanger {
             authorization_details: req.authorization_details.clone(),
             policy: Some(policy.name().to_string()),
             ancestors: Vec::new(),
+            may_act,
         };
         let mut issued = self.sign(&req, claims, now)?;
         issued.approval = approval.map(|a| a.id);
@@ -942,18 +945,17 @@ impl Exchanger {
         if !refused.is_empty() {
             return Err(ExchangeError::Scope(refused.to_string()));
         }
-        let delegation = match actor {
-            Some(a) => Some(self.delegate(
-                policy.issuer(),
-                &p.sub,
-                None,
-                p.act.as_ref(),
-                a,
-                audience,
-                &req.scope,
-            )?),
-            None => None,
-        };
+        // Every actor of the chain (a new one, and those already in `act`)
+        // against the current policies, and the original subject's may_act.
+        let delegation = self.delegate(
+            policy.issuer(),
+            &p.sub,
+            p.may_act.as_ref(),
+            p.act.as_ref(),
+            actor,
+            audience,
+            &req.scope,
+        )?;
         if let Some((ap, _)) = &delegation {
             if req.scope.iter().any(|s| ap.is_approval_scope(s)) {
                 return Err(ExchangeError::ApprovalRequired(req.scope.to_string()));
@@ -1020,6 +1022,7 @@ impl Exchanger {
             authorization_details: p.authorization_details.clone(),
             policy: Some(policy.name().to_string()),
             ancestors,
+            may_act: p.may_act.clone(),
         };
         self.sign(req, claims, now)
     }
@@ -1088,64 +1091,83 @@ impl Exchanger {
         }
     }
 
-    /// The delegation rules (RFC 8693 §4.1, §4.4): the actor differs from the
-    /// subject, matches the subject token's `may_act` when there is one, has
-    /// a policy of its own allowing the same audience and every scope that
-    /// lists the subject's issuer in `may_act_for`, and the resulting `act`
-    /// chain (the actor, then prior actors nested) fits that policy's
-    /// `max_depth`. Returns the actor's policy and the new `act`.
+    /// The delegation rule ([`PolicySet::delegate`], the one the CLI's
+    /// `policy explain` runs too) for this request's actor, if any, on top of
+    /// the prior actors of the subject token's `act`: every actor of the
+    /// chain is checked against the current policies. Returns the new
+    /// actor's policy and the new `act`, when there is a new actor.
     #[allow(clippy::too_many_arguments)]
     fn delegate<'a>(
         &'a self,
         subject_issuer: &str,
         subject_sub: &str,
-        subject_claims: Option<&Map<String, Value>>,
+        may_act: Option<&MayAct>,
         prior: Option<&Actor>,
-        actor: &AuthenticatedActor,
+        actor: Option<&AuthenticatedActor>,
         audience: &str,
         scopes: &crate::policy::scope::ScopeSet,
-    ) -> Result<(&'a crate::policy::CompiledPolicy, Actor), ExchangeError> {
-        if actor.sub == subject_sub {
-            return Err(ExchangeError::ActorToken("actor_is_subject"));
+    ) -> Result<Option<(&'a crate::policy::CompiledPolicy, Actor)>, ExchangeError> {
+        let mut chain = Vec::new();
+        if let Some(a) = actor {
+            chain.push(ChainActor {
+                issuer: &a.issuer_name,
+                iss: a.iss.as_deref(),
+                sub: &a.sub,
+                claims: a.claims.as_ref(),
+            });
         }
-        if let Some(ma) = subject_claims.and_then(|c| c.get("may_act")) {
-            let o = ma
-                .as_object()
-                .ok_or(ExchangeError::SubjectToken("may_act_malformed"))?;
-            let sub_ok = o.get("sub").and_then(Value::as_str) == Some(actor.sub.as_str());
-            let iss_ok = match o.get("iss") {
-                None => true,
-                Some(v) => v.as_str().is_some() && v.as_str() == actor.iss.as_deref(),
-            };
-            if !(sub_ok && iss_ok) {
-                return Err(ExchangeError::ActorToken("actor_not_in_may_act"));
+        let mut link = prior;
+        while let Some(l) = link {
+            // MAX_REEXCHANGE_DEPTH and max_depth bound real chains; a longer
+            // one is refused by the depth check below anyway.
+            if chain.len() > crate::mint::claims::MAX_ACTOR_DEPTH {
+                return Err(ExchangeError::ActorToken("act_chain_too_deep"));
             }
+            let issuer = match l.iss.as_deref() {
+                None => MTLS_ISSUER,
+                Some(iss) => self
+                    .issuers
+                    .get(iss)
+                    .map(|v| v.config().name.as_str())
+                    .ok_or(ExchangeError::ActorToken("actor_issuer_unknown"))?,
+            };
+            chain.push(ChainActor {
+                issuer,
+                iss: l.iss.as_deref(),
+                sub: &l.sub,
+                claims: None,
+            });
+            link = l.act.as_deref();
         }
-        let asubj = Subject {
-            issuer: &actor.issuer_name,
-            subject: &actor.sub,
-            claims: actor.claims.as_ref(),
+        let d = Delegation {
+            subject_issuer,
+            subject: subject_sub,
+            may_act,
+            audience,
+            scopes,
         };
-        let pa = self
-            .policies
-            .decide(&asubj, audience, scopes)
-            .map_err(|d| match d {
-                Denial::NoMatchingPolicy => ExchangeError::ActorToken("actor_no_policy"),
-                Denial::AudienceNotAllowed => ExchangeError::Target,
-                Denial::ScopeNotAllowed { refused } => ExchangeError::Scope(refused.to_string()),
-            })?;
-        if !pa.may_act_for().iter().any(|i| i == subject_issuer) {
-            return Err(ExchangeError::ActorToken("may_act_for_missing"));
-        }
-        let act = Actor {
-            sub: actor.sub.clone(),
-            iss: actor.iss.clone(),
-            act: prior.cloned().map(Box::new),
-        };
-        if act.depth() > pa.max_depth() as usize {
-            return Err(ExchangeError::ActorToken("act_chain_too_deep"));
-        }
-        Ok((pa, act))
+        let pa = self.policies.delegate(&d, &chain).map_err(|e| match e {
+            DelegationDenial::Policy {
+                denial: Denial::AudienceNotAllowed,
+                ..
+            } => ExchangeError::Target,
+            DelegationDenial::Policy {
+                denial: Denial::ScopeNotAllowed { refused },
+                ..
+            } => ExchangeError::Scope(refused.to_string()),
+            other => ExchangeError::ActorToken(other.reason()),
+        })?;
+        Ok(match (pa, actor) {
+            (Some(pa), Some(a)) => Some((
+                pa,
+                Actor {
+                    sub: a.sub.clone(),
+                    iss: a.iss.clone(),
+                    act: prior.cloned().map(Box::new),
+                },
+            )),
+            _ => None,
+        })
     }
 
     /// The actor's credential end and its policy's lifetime cap (or no cap).

@@ -11,8 +11,18 @@ use crate::mint::claims::AccessTokenClaims;
 use crate::mint::keyring::KeyRing;
 use crate::store::TokenFacts;
 
-/// Clock leeway for Tessera's own tokens (same clock family; small).
+/// Clock leeway for the `nbf` of Tessera's own tokens (another replica's
+/// clock may run slightly ahead). There is none for `exp`: see [`expired`].
 pub const OWN_LEEWAY_SECS: u64 = 5;
+
+/// Whether a Tessera token is expired at `now`: from `exp` on, with no
+/// leeway. The one rule for introspection (`/introspect`, `/revoke`) and
+/// re-exchange: a token introspection calls active can be re-exchanged, and
+/// one it calls inactive cannot (a re-exchanged token never outlives its
+/// parent, so a leeway past `exp` could only give it no lifetime).
+pub fn expired(exp: u64, now: u64) -> bool {
+    exp <= now
+}
 
 /// A verified Tessera token.
 #[derive(Debug, Clone)]
@@ -108,7 +118,7 @@ impl OwnTokenVerifier {
         if claims.iss != self.issuer {
             return Err("iss_mismatch");
         }
-        if claims.exp.saturating_add(OWN_LEEWAY_SECS) <= now {
+        if expired(claims.exp, now) {
             return Err("expired");
         }
         if claims.nbf > now.saturating_add(OWN_LEEWAY_SECS) {

@@ -58,6 +58,54 @@ pub struct AccessTokenClaims {
     /// re-exchange, nearest first; revoking any of them revokes this one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ancestors: Vec<String>,
+    /// The original subject token's `may_act` (RFC 8693 §4.4), carried so
+    /// that it binds every later hop of the chain: only the party it names
+    /// may ever act for `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub may_act: Option<MayAct>,
+}
+
+/// A `may_act` claim (RFC 8693 §4.4): the one party allowed to act for the
+/// token's subject. Members other than `sub` and `iss` are not checked, so
+/// not carried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MayAct {
+    /// Subject of the party allowed to act.
+    pub sub: String,
+    /// Its issuer, when the claim names one (`None`: any issuer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+}
+
+/// A `may_act` claim that is not an object with a string `sub` (and,
+/// optionally, a string `iss`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("may_act is not an object with a string sub and an optional string iss")]
+pub struct MayActMalformed;
+
+impl MayAct {
+    /// Parses a subject token's `may_act` member: an object with a string
+    /// `sub` and, optionally, a string `iss`; anything else is malformed.
+    pub fn from_claim(v: &serde_json::Value) -> Result<MayAct, MayActMalformed> {
+        let o = v.as_object().ok_or(MayActMalformed)?;
+        let sub = o
+            .get("sub")
+            .and_then(serde_json::Value::as_str)
+            .ok_or(MayActMalformed)?;
+        let iss = match o.get("iss") {
+            None => None,
+            Some(i) => Some(i.as_str().ok_or(MayActMalformed)?.to_string()),
+        };
+        Ok(MayAct {
+            sub: sub.to_string(),
+            iss,
+        })
+    }
+
+    /// Whether it names this party (`iss` is `None` for a client certificate).
+    pub fn admits(&self, sub: &str, iss: Option<&str>) -> bool {
+        self.sub == sub && self.iss.as_deref().is_none_or(|i| Some(i) == iss)
+    }
 }
 
 /// An `act` (actor) claim; nested `act` members describe prior actors
@@ -130,6 +178,7 @@ mod tests {
             authorization_details: None,
             policy: None,
             ancestors: Vec::new(),
+            may_act: None,
         }
     }
 

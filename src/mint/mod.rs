@@ -263,6 +263,7 @@ mod tests {
             authorization_details: None,
             policy: None,
             ancestors: Vec::new(),
+            may_act: None,
         }
     }
 

@@ -4,7 +4,8 @@
 //!
 //! * any character other than `*` matches itself, byte for byte (`?`, `[`
 //!   and `\` are ordinary characters);
-//! * `*` matches any run (possibly empty) of characters other than `/` and `:`;
+//! * `*` matches a run of **at least one** character other than `/` and `:`
+//!   (so `*@example.com` does not match `@example.com`);
 //! * `**` matches any run (possibly empty) of any characters;
 //! * three or more consecutive `*` are rejected, as is the empty pattern.
 //!
@@ -163,14 +164,11 @@ impl Pattern {
                     }
                 }
                 Token::Star => {
-                    // next[j] = reach[j] || (next[j-1] && bytes[j-1] is not a separator)
+                    // At least one byte: next[j] = (reach[j-1] || next[j-1])
+                    // && bytes[j-1] is not a separator; next[0] stays false.
                     let mut carry = false;
-                    for (j, (r, slot)) in reach.iter().zip(next.iter_mut()).enumerate() {
-                        let crossed_ok = j
-                            .checked_sub(1)
-                            .and_then(|k| bytes.get(k))
-                            .is_some_and(|&b| !is_segment_separator(b));
-                        carry = *r || (carry && crossed_ok);
+                    for ((r, b), slot) in reach.iter().zip(bytes).zip(next.iter_mut().skip(1)) {
+                        carry = (carry || *r) && !is_segment_separator(*b);
                         *slot = carry;
                     }
                 }
@@ -242,17 +240,23 @@ mod tests {
             ("*", "a:b", false),
             ("*", "/", false),
             ("*", ":", false),
-            ("a*", "a", true),
+            ("a*", "a", false),
             ("a*", "abc", true),
             ("a*", "a/c", false),
             ("*c", "abc", true),
-            ("a*c", "ac", true),
+            ("a*c", "ac", false),
+            ("a*c", "abc", true),
+            // a star never matches an empty run (issue 23)
+            ("*@example.com", "@example.com", false),
+            ("*@example.com", "a@example.com", true),
+            ("user:*", "user:", false),
+            ("*a", "a", false),
             ("a*c", "a/c", false),
             ("a*c", "a:c", false),
             ("a/*", "a/b", true),
             ("a/*", "a/b/c", false),
             ("a/*/c", "a/b/c", true),
-            ("a/*/c", "a//c", true),
+            ("a/*/c", "a//c", false),
             // double star crosses everything
             ("**", "a/b:c", true),
             ("**", "/", true),
@@ -387,7 +391,7 @@ mod tests {
                 .iter()
                 .position(|&b| is_segment_separator(b))
                 .unwrap_or(v.len());
-            return (0..=stop).any(|i| reference(&p[1..], &v[i..]));
+            return (1..=stop).any(|i| reference(&p[1..], &v[i..]));
         }
         match (p.first(), v.first()) {
             (None, None) => true,

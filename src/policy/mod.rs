@@ -7,6 +7,7 @@
 //! never combined across policies; the first such policy in file order wins.
 
 pub mod claims;
+pub mod delegation;
 pub mod glob;
 pub mod scope;
 

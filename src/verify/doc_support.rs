@@ -34,6 +34,7 @@ pub fn fixture() -> Result<(Vec<u8>, String), Box<dyn std::error::Error>> {
         authorization_details: None,
         policy: None,
         ancestors: Vec::new(),
+        may_act: None,
     };
     let token = TokenMinter::new(ring.clone()).mint(&claims)?;
     Ok((serde_json::to_vec(&ring.jwks())?, token))

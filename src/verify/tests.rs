@@ -57,6 +57,7 @@ fn claims() -> AccessTokenClaims {
         authorization_details: None,
         policy: Some("p".into()),
         ancestors: vec!["parent-jti".into()],
+        may_act: None,
     }
 }
 
