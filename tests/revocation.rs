@@ -180,18 +180,23 @@ async fn revoke_by_jti_subject_and_task() {
     }
 }
 
+/// Kill switch on the demo agent: its tokens revoked, the agent blocked 30 min.
+async fn block_agent(b: &TestBroker) {
+    let (s, _) = b
+        .admin(
+            Method::POST,
+            "/admin/v1/revocations",
+            Some(json!({"kind": "subject", "value": AGENT, "block_for": "30m"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+}
+
 #[tokio::test]
 async fn kill_switch_blocks_new_exchanges() {
     for (o, _r) in backends().await {
         let b = TestBroker::start_with(o).await;
-        let (s, _) = b
-            .admin(
-                Method::POST,
-                "/admin/v1/revocations",
-                Some(json!({"kind": "subject", "value": AGENT, "block_for": "30m"})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED);
+        block_agent(&b).await;
         let (s, v) = b.agent_token("tickets:read", None).await;
         assert_eq!(
             (s.as_u16(), v["error"].as_str()),
@@ -823,14 +828,7 @@ async fn kill_switch_and_tokens_held_only_as_client_id() {
         ("scope", "deploy:read"),
     ];
     assert_eq!(b.token(&b.agent_client(), &form).await.0, 200);
-    let (s, _) = b
-        .admin(
-            Method::POST,
-            "/admin/v1/revocations",
-            Some(json!({"kind": "subject", "value": AGENT, "block_for": "30m"})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED);
+    block_agent(&b).await;
     let (s, v) = b.token(&b.agent_client(), &form).await;
     assert_eq!(
         (s.as_u16(), v["error"].as_str()),
