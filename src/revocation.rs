@@ -5,7 +5,9 @@
 //! A live entry (`expires_at > now`) revokes a token when it is:
 //! - a `jti` entry for the token's `jti`, or for any ancestor's `jti` (the
 //!   tokens it was re-exchanged from): whenever the token was issued;
-//! - a `subject` entry for its `sub` or any actor in its `act` chain, a
+//! - a `subject` entry for its `sub`, any actor in its `act` chain, or
+//!   its `client_id` (the workload that presented the exchange: a blocked
+//!   agent's kill switch covers every token it holds), a
 //!   `task` entry for its `txn`, a `grant` entry for its `grant`: when the
 //!   token was issued no later than the revocation (`iat <= revoked_at`),
 //!   so a subject revoked now can be issued new tokens later (unless
@@ -72,6 +74,8 @@ pub struct Covered<'a> {
     pub sub: &'a str,
     /// Every actor's `sub` in the `act` chain.
     pub actors: &'a [String],
+    /// `client_id`: the workload the token was issued to.
+    pub client_id: Option<&'a str>,
     /// `txn`.
     pub txn: &'a str,
     /// `grant`.
@@ -82,7 +86,8 @@ pub struct Covered<'a> {
 
 impl<'a> Covered<'a> {
     /// Every entry that could revoke the token, in a fixed order: the
-    /// token's `jti`, its ancestors', `sub`, the actors, `txn`, `grant`.
+    /// token's `jti`, its ancestors', `sub`, the actors, `client_id` (when
+    /// it is none of those), `txn`, `grant`.
     /// A store fetches these (in one round trip) and hands the answers to
     /// [`Covered::revoked_by`] in the same order.
     pub fn lookups(&self) -> Vec<(RevocationKind, &'a str)> {
@@ -99,6 +104,12 @@ impl<'a> Covered<'a> {
                 .iter()
                 .map(|a| (RevocationKind::Subject, a.as_str())),
         );
+        if let Some(c) = self
+            .client_id
+            .filter(|c| *c != self.sub && !self.actors.iter().any(|a| a == c))
+        {
+            v.push((RevocationKind::Subject, c));
+        }
         v.push((RevocationKind::Task, self.txn));
         if let Some(g) = self.grant {
             v.push((RevocationKind::Grant, g));
@@ -145,6 +156,7 @@ mod tests {
             ancestors: &ancestors,
             sub: "alice",
             actors: &actors,
+            client_id: Some("ci-runner"),
             txn: "t",
             grant: Some("g"),
             iat: 100,
@@ -164,6 +176,7 @@ mod tests {
         for (k, v) in [
             (RevocationKind::Subject, "alice"),
             (RevocationKind::Subject, "agent"),
+            (RevocationKind::Subject, "ci-runner"),
             (RevocationKind::Task, "t"),
             (RevocationKind::Grant, "g"),
         ] {
@@ -184,6 +197,12 @@ mod tests {
             .map(|(k, v)| (*k == RevocationKind::Task && *v == "t").then_some(entry(100)))
             .collect();
         assert!(t.revoked_by(found, now));
-        assert_eq!(t.lookups().len(), 6);
+        assert_eq!(t.lookups().len(), 7);
+        // a client_id that is the subject or an actor is looked up once
+        let same = Covered {
+            client_id: Some("agent"),
+            ..t
+        };
+        assert_eq!(same.lookups().len(), 6);
     }
 }

@@ -805,8 +805,8 @@ fn shipped_config_makes_the_readme_grant_example_usable() {
 
 /// Issue 23 item 5 (decision recorded in SECURITY.md): a token the blocked
 /// identity holds only as `client_id` (it presented another subject's token
-/// over its certificate) can no longer be re-exchanged, but the subject
-/// revocation does not cover it: it stays active until `exp`.
+/// over its certificate) can no longer be re-exchanged, and the subject
+/// revocation covers it: the kill switch ends every token it holds.
 #[tokio::test]
 async fn kill_switch_and_tokens_held_only_as_client_id() {
     let b = TestBroker::start().await;
@@ -834,5 +834,5 @@ async fn kill_switch_and_tokens_held_only_as_client_id() {
         (s.as_u16(), v["error"].as_str()),
         (400, Some("invalid_request"))
     );
-    assert_eq!(b.introspect(&held).await["active"], true);
+    assert_eq!(b.introspect(&held).await["active"], false);
 }

@@ -44,6 +44,7 @@ impl OwnToken {
             jti: self.claims.jti.clone(),
             sub: self.claims.sub.clone(),
             actors,
+            client_id: Some(self.claims.client_id.clone()),
             ancestors: self.claims.ancestors.clone(),
             txn: self.claims.txn.clone(),
             grant: self.claims.grant.clone(),

@@ -9,6 +9,7 @@ fn facts(jti: &str, sub: &str, txn: &str, iat: u64) -> TokenFacts {
         jti: jti.into(),
         sub: sub.into(),
         actors: vec![],
+        client_id: None,
         ancestors: vec![],
         txn: txn.into(),
         grant: None,
@@ -47,6 +48,7 @@ pub async fn run_all(s: Stores) {
     feed_paging(&s).await;
     replay_guard(&s).await;
     kill_switch(&s).await;
+    subject_covers_client_id(&s).await;
     grant_crud(&s).await;
     grant_coverage(&s).await;
     grant_expiry(&s).await;
@@ -275,6 +277,30 @@ async fn replay_guard(s: &Stores) {
     let old = uniq("old");
     assert!(s.replay.first_use(&ns, &old, now - 1, now).await.unwrap());
     assert!(s.replay.first_use(&ns, &old, now - 1, now).await.unwrap());
+}
+
+/// A subject revocation covers the tokens the identity holds as
+/// `client_id` (it presented another subject's token): the kill switch
+/// covers every token the identity holds.
+async fn subject_covers_client_id(s: &Stores) {
+    let now = unix_now();
+    let agent = uniq("spiffe://td/agent");
+    let mut t = facts(&uniq("j"), "user:alice", &uniq("t"), now - 10);
+    t.client_id = Some(agent.clone());
+    assert!(!s.revocations.is_revoked(&t, now).await.unwrap());
+    s.revocations
+        .revoke(Revocation {
+            kind: RevocationKind::Subject,
+            value: agent.clone(),
+            revoked_at: now,
+            expires_at: now + 600,
+        })
+        .await
+        .unwrap();
+    assert!(s.revocations.is_revoked(&t, now).await.unwrap());
+    // issued after the revocation: not covered
+    t.iat = now + 1;
+    assert!(!s.revocations.is_revoked(&t, now + 1).await.unwrap());
 }
 
 async fn kill_switch(s: &Stores) {

@@ -89,6 +89,7 @@ impl TokenFacts {
             ancestors: &self.ancestors,
             sub: &self.sub,
             actors: &self.actors,
+            client_id: self.client_id.as_deref(),
             txn: &self.txn,
             grant: self.grant.as_deref(),
             iat: self.iat,
@@ -105,6 +106,8 @@ pub struct TokenFacts {
     pub sub: String,
     /// Every actor `sub` in the `act` chain.
     pub actors: Vec<String>,
+    /// `client_id`: the workload the token was issued to.
+    pub client_id: Option<String>,
     /// `jti` of every token this one was derived from by re-exchange: a
     /// revoked ancestor revokes its descendants.
     pub ancestors: Vec<String>,

@@ -271,6 +271,7 @@ impl Shared {
             ancestors: token.ancestors(),
             sub: token.subject(),
             actors: token.actors(),
+            client_id: token.client_id(),
             txn: token.task(),
             grant: token.grant(),
             // A token without iat is treated as issued at 0 (covered).
