@@ -55,10 +55,7 @@ impl Snapshot {
         clock_trust: &Arc<ClockTrust>,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, String> {
-        let keyring = Arc::new(
-            KeyRing::load_dir(&config.tokens.signing_keys, config.tokens.algorithm)
-                .map_err(|e| format!("tokens.signing_keys: {e}"))?,
-        );
+        let keyring = Arc::new(load_keyring(&config)?);
         let minter = Arc::new(TokenMinter::new(keyring.clone()));
         let mut issuers = Vec::new();
         for i in &config.issuers {
@@ -538,6 +535,30 @@ pub fn prepare(config: &Config) -> Result<Vec<PathBuf>, String> {
     Ok(created)
 }
 
+/// The token signing key ring `[tokens] signing_keys` describes; the error
+/// names the key.
+fn load_keyring(config: &Config) -> Result<KeyRing, String> {
+    KeyRing::load_dir(&config.tokens.signing_keys, config.tokens.algorithm)
+        .map_err(|e| format!("tokens.signing_keys: {e}"))
+}
+
+/// Loads the files `serve` needs before it can serve, exactly as `serve`
+/// does: the listener's certificate, key and client CAs (a certificate and
+/// key that do not match, a CA file without a certificate) and the signing
+/// key ring (an empty directory, no usable private key). `serve` and
+/// `tessera config check` both call it, so a config that passes the check
+/// starts. Returns the listener's TLS configuration.
+pub fn load_material(config: &Config) -> Result<Arc<rustls::ServerConfig>, String> {
+    let tls = crate::server::tls::server_config(
+        &config.server.tls_cert,
+        &config.server.tls_key,
+        &config.server.client_ca,
+        &config.server.trust_domains,
+    )?;
+    load_keyring(config)?;
+    Ok(tls)
+}
+
 /// A running broker.
 pub struct Running {
     /// The HTTPS address actually bound.
@@ -584,12 +605,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
 
 /// [`start`] with an injected clock.
 pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
-    let tls = crate::server::tls::server_config(
-        &config.server.tls_cert,
-        &config.server.tls_key,
-        &config.server.client_ca,
-        &config.server.trust_domains,
-    )?;
+    let tls = load_material(&config)?;
     let listen = config.server.listen;
     let ops_listen = config.server.ops_listen;
     let app: AppState = Arc::new(App::build(config, clock).await?);

@@ -395,3 +395,71 @@ fn config_check_shows_the_store_url_without_its_password() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["store"], "redis+sentinel://***@s1:26379,s2:26379/main");
 }
+
+/// Issue 21 item 7: `config check` loads what `serve` loads (one function),
+/// so each of these is refused by both, naming the key.
+#[test]
+fn config_check_refuses_what_serve_refuses() {
+    let d = tempfile::tempdir().unwrap();
+    let dev = d.path().join("dev");
+    let signing = d.path().join("signing");
+    tessera::pki::ensure_dev_material(&dev, &signing).unwrap();
+    let cert_only = d.path().join("cert-only");
+    std::fs::create_dir(&cert_only).unwrap();
+    std::fs::copy(dev.join("ca.pem"), cert_only.join("key.pem")).unwrap();
+    std::fs::create_dir(d.path().join("empty")).unwrap();
+    let config = |tls_key: &str, client_ca: &str, signing_keys: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\nops_listen = \"127.0.0.1:{}\"\n\
+             tls_cert = \"dev/server.pem\"\ntls_key = \"{tls_key}\"\nclient_ca = [\"{client_ca}\"]\n\
+             [tokens]\nsigning_keys = \"{signing_keys}\"\n[store]\nurl = \"memory://\"\n",
+            free_port(),
+            free_port()
+        )
+    };
+    // the valid base passes, so each case below fails for its own reason
+    std::fs::write(
+        d.path().join("ok.toml"),
+        config("dev/server-key.pem", "dev/ca.pem", "signing"),
+    )
+    .unwrap();
+    let (code, out, err) = run(d.path(), &["config", "check", "--config", "ok.toml"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for (name, cfg, key) in [
+        (
+            "mismatch",
+            config("dev/agent-key.pem", "dev/ca.pem", "signing"),
+            "server.tls_key",
+        ),
+        (
+            "ca-is-a-key",
+            config("dev/server-key.pem", "dev/ca-key.pem", "signing"),
+            "server.client_ca[0]",
+        ),
+        (
+            "no-private-key",
+            config("dev/server-key.pem", "dev/ca.pem", "cert-only"),
+            "tokens.signing_keys",
+        ),
+        (
+            "empty-signing",
+            config("dev/server-key.pem", "dev/ca.pem", "empty"),
+            "tokens.signing_keys",
+        ),
+    ] {
+        let file = format!("{name}.toml");
+        std::fs::write(d.path().join(&file), cfg).unwrap();
+        let (code, out, err) = run(d.path(), &["config", "check", "--config", &file]);
+        assert_eq!(code, 1, "{name}: check passed: {out}{err}");
+        assert!(
+            err.contains(key),
+            "{name}: check does not name {key}: {err}"
+        );
+        let (code, _, serve_err) = run(d.path(), &["serve", "--config", &file]);
+        assert_eq!(code, 1, "{name}: serve started: {serve_err}");
+        assert!(
+            serve_err.contains(key),
+            "{name}: serve does not name {key}: {serve_err}"
+        );
+    }
+}
