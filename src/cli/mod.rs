@@ -54,37 +54,24 @@ pub fn config_check(path: &Path, as_json: bool, deny_warnings: bool) -> i32 {
             return 1;
         }
     };
-    let mut notes = Vec::new();
-    let mut to_generate = false;
-    if let Err(e) = cfg.check_files() {
-        if cfg.dev_generate_missing {
-            to_generate = true;
-            notes.push(format!(
-                "{} (will be generated at start-up: [dev] generate_missing = true)",
-                e
-            ));
-        } else {
+    let missing = cfg.check_files();
+    if let (Err(e), false) = (&missing, cfg.dev_generate_missing) {
+        errln!("error: {e}");
+        return 1;
+    }
+    // What `serve` loads, loaded the same way (one function); what start-up
+    // generates first is noted instead.
+    let mut notes = match crate::app::load_material(&cfg) {
+        Ok(m) => m.pending,
+        Err(e) => {
             errln!("error: {e}");
             return 1;
         }
-    }
-    if cfg.dev_generate_missing
-        && !crate::mint::keyring::dir_has_pem(&cfg.tokens.signing_keys).unwrap_or(false)
-    {
-        to_generate = true;
-        notes.push(format!(
-            "tokens.signing_keys: `{}` has no key (one will be generated at start-up: [dev] \
-             generate_missing = true)",
-            cfg.tokens.signing_keys.display()
-        ));
-    }
-    // What `serve` loads, loaded the same way (one function), unless start-up
-    // generates part of it first.
-    if !to_generate {
-        if let Err(e) = crate::app::load_material(&cfg) {
-            eprintln!("error: {}: {e}", path.display());
-            return 1;
-        }
+    };
+    if let (Err(e), true) = (missing, notes.is_empty()) {
+        // absent, and not something start-up generates: `serve` stops too
+        errln!("error: {e}");
+        return 1;
     }
     if cfg.dev_generate_missing {
         notes.push("[dev] generate_missing = true: development only, never in production".into());
