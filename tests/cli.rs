@@ -434,32 +434,42 @@ fn config_check_refuses_what_serve_refuses() {
     // the valid base passes, so each case below fails for its own reason
     let (_, code, out, err) = check("ok", config("dev/server-key.pem", "dev/ca.pem", "signing"));
     assert_eq!(code, 0, "{out}{err}");
+    // (name, tls_key, client_ca, signing_keys, the key named, the cause named)
     let cases = [
         (
             "mismatch",
-            config("dev/agent-key.pem", "dev/ca.pem", "signing"),
+            "dev/agent-key.pem",
+            "dev/ca.pem",
+            "signing",
             "server.tls_key",
             "KeyMismatch",
         ),
         (
             "ca-is-a-key",
-            config("dev/server-key.pem", "dev/ca-key.pem", "signing"),
+            "dev/server-key.pem",
+            "dev/ca-key.pem",
+            "signing",
             "server.client_ca[0]",
             "dev/ca-key.pem",
         ),
         (
             "no-private-key",
-            config("dev/server-key.pem", "dev/ca.pem", "cert-only"),
+            "dev/server-key.pem",
+            "dev/ca.pem",
+            "cert-only",
             "tokens.signing_keys",
             "cert-only",
         ),
         (
             "empty-signing",
-            config("dev/server-key.pem", "dev/ca.pem", "empty"),
+            "dev/server-key.pem",
+            "dev/ca.pem",
+            "empty",
             "tokens.signing_keys",
             "empty",
         ),
-    ];
+    ]
+    .map(|(name, k, ca, sig, key, cause)| (name, config(k, ca, sig), key, cause));
     for (name, text, key, cause) in cases.clone() {
         let (file, code, out, err) = check(name, text);
         assert_eq!(code, 1, "{name}: check passed: {out}{err}");
