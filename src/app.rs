@@ -55,10 +55,7 @@ impl Snapshot {
         clock_trust: &Arc<ClockTrust>,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, String> {
-        let keyring = Arc::new(
-            KeyRing::load_dir(&config.tokens.signing_keys, config.tokens.algorithm)
-                .map_err(|e| format!("tokens.signing_keys: {e}"))?,
-        );
+        let keyring = Arc::new(load_keyring(&config)?);
         let minter = Arc::new(TokenMinter::new(keyring.clone()));
         let mut issuers = Vec::new();
         for i in &config.issuers {
@@ -538,6 +535,71 @@ pub fn prepare(config: &Config) -> Result<Vec<PathBuf>, String> {
     Ok(created)
 }
 
+/// The token signing key ring `[tokens] signing_keys` describes; the error
+/// names the key.
+fn load_keyring(config: &Config) -> Result<KeyRing, String> {
+    KeyRing::load_dir(&config.tokens.signing_keys, config.tokens.algorithm)
+        .map_err(|e| format!("tokens.signing_keys: {e}"))
+}
+
+/// What [`load_material`] loaded, and what it could not load yet because
+/// `[dev] generate_missing` creates it at start-up.
+pub struct Material {
+    /// The listener's TLS configuration; `None` while pending.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// One note per part start-up will generate first (empty once
+    /// [`prepare`] has run).
+    pub pending: Vec<String>,
+}
+
+/// Loads the files `serve` needs before it can serve, exactly as `serve`
+/// does: the listener's certificate, key and client CAs (a certificate and
+/// key that do not match, a CA file without a certificate) and the signing
+/// key ring (an empty directory, no usable private key). `serve` and
+/// `tessera config check` both call it, so a config that passes the check
+/// starts; the error names the config file and the key. Under `[dev] generate_missing` a part whose files are absent (TLS)
+/// or whose directory holds no PEM (signing keys) is not loaded but named in
+/// [`Material::pending`]: start-up generates it before loading it.
+pub fn load_material(config: &Config) -> Result<Material, String> {
+    load_material_parts(config).map_err(|e| format!("{}: {e}", config.source.display()))
+}
+
+fn load_material_parts(config: &Config) -> Result<Material, String> {
+    let generated = "will be generated at start-up: [dev] generate_missing = true";
+    let mut pending = Vec::new();
+    let s = &config.server;
+    let absent_tls = [&s.tls_cert, &s.tls_key]
+        .into_iter()
+        .chain(&s.client_ca)
+        .chain(s.trust_domains.values().flatten())
+        .find(|p| !p.exists());
+    let tls = match absent_tls {
+        Some(p) if config.dev_generate_missing => {
+            pending.push(format!(
+                "server TLS: `{}` does not exist ({generated})",
+                p.display()
+            ));
+            None
+        }
+        _ => Some(crate::server::tls::server_config(
+            &s.tls_cert,
+            &s.tls_key,
+            &s.client_ca,
+            &s.trust_domains,
+        )?),
+    };
+    let signing = &config.tokens.signing_keys;
+    if config.dev_generate_missing && !crate::mint::keyring::dir_has_pem(signing).unwrap_or(false) {
+        pending.push(format!(
+            "tokens.signing_keys: `{}` has no key ({generated})",
+            signing.display()
+        ));
+    } else {
+        load_keyring(config)?;
+    }
+    Ok(Material { tls, pending })
+}
+
 /// A running broker.
 pub struct Running {
     /// The HTTPS address actually bound.
@@ -584,12 +646,8 @@ pub async fn start(config: Config) -> Result<Running, String> {
 
 /// [`start`] with an injected clock.
 pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
-    let tls = crate::server::tls::server_config(
-        &config.server.tls_cert,
-        &config.server.tls_key,
-        &config.server.client_ca,
-        &config.server.trust_domains,
-    )?;
+    let material = load_material(&config)?;
+    let tls = material.tls.ok_or_else(|| material.pending.join("; "))?;
     let listen = config.server.listen;
     let ops_listen = config.server.ops_listen;
     let app: AppState = Arc::new(App::build(config, clock).await?);

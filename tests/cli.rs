@@ -395,3 +395,114 @@ fn config_check_shows_the_store_url_without_its_password() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["store"], "redis+sentinel://***@s1:26379,s2:26379/main");
 }
+
+/// Issue 21 item 7: `config check` loads what `serve` loads (one function),
+/// so each of these is refused by both with the same message, naming the
+/// key; under `[dev] generate_missing` only what start-up generates (absent
+/// files, a signing directory without a PEM) is let through.
+#[test]
+fn config_check_refuses_what_serve_refuses() {
+    let d = tempfile::tempdir().unwrap();
+    let dev = d.path().join("dev");
+    let signing = d.path().join("signing");
+    tessera::pki::ensure_dev_material(&dev, &signing).unwrap();
+    let cert_only = d.path().join("cert-only");
+    std::fs::create_dir(&cert_only).unwrap();
+    std::fs::copy(dev.join("ca.pem"), cert_only.join("key.pem")).unwrap();
+    std::fs::create_dir(d.path().join("empty")).unwrap();
+    let config = |tls_key: &str, client_ca: &str, signing_keys: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\nops_listen = \"127.0.0.1:{}\"\n\
+             tls_cert = \"dev/server.pem\"\ntls_key = \"{tls_key}\"\nclient_ca = [\"{client_ca}\"]\n\
+             [tokens]\nsigning_keys = \"{signing_keys}\"\n[store]\nurl = \"memory://\"\n",
+            free_port(),
+            free_port()
+        )
+    };
+    let check = |name: &str, text: String| {
+        let file = format!("{name}.toml");
+        std::fs::write(d.path().join(&file), text).unwrap();
+        let (code, out, err) = run(d.path(), &["config", "check", "--config", &file]);
+        (file, code, out, err)
+    };
+    let error_line = |err: &str| {
+        err.lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // the valid base passes, so each case below fails for its own reason
+    let (_, code, out, err) = check("ok", config("dev/server-key.pem", "dev/ca.pem", "signing"));
+    assert_eq!(code, 0, "{out}{err}");
+    // (name, tls_key, client_ca, signing_keys, the key named, the cause named)
+    let cases = [
+        (
+            "mismatch",
+            "dev/agent-key.pem",
+            "dev/ca.pem",
+            "signing",
+            "server.tls_key",
+            "KeyMismatch",
+        ),
+        (
+            "ca-is-a-key",
+            "dev/server-key.pem",
+            "dev/ca-key.pem",
+            "signing",
+            "server.client_ca[0]",
+            "dev/ca-key.pem",
+        ),
+        (
+            "no-private-key",
+            "dev/server-key.pem",
+            "dev/ca.pem",
+            "cert-only",
+            "tokens.signing_keys",
+            "cert-only",
+        ),
+        (
+            "empty-signing",
+            "dev/server-key.pem",
+            "dev/ca.pem",
+            "empty",
+            "tokens.signing_keys",
+            "empty",
+        ),
+    ]
+    .map(|(name, k, ca, sig, key, cause)| (name, config(k, ca, sig), key, cause));
+    for (name, text, key, cause) in cases.clone() {
+        let (file, code, out, err) = check(name, text);
+        assert_eq!(code, 1, "{name}: check passed: {out}{err}");
+        let msg = error_line(&err);
+        assert!(
+            msg.contains(&file) && msg.contains(key) && msg.contains(cause),
+            "{name}: check does not name {file}, {key} and {cause}: {err}"
+        );
+        let (code, _, serve_err) = run(d.path(), &["serve", "--config", &file]);
+        assert_eq!(code, 1, "{name}: serve started: {serve_err}");
+        assert_eq!(error_line(&serve_err), msg, "{name}: {serve_err}");
+    }
+    // [dev] generate_missing generates a key into a directory without one
+    // (so an empty one passes), never over a PEM that is not a key
+    let dev_on = "[dev]\ngenerate_missing = true\n";
+    for (name, text, _, _) in &cases[..2] {
+        let (_, code, out, err) = check(name, format!("{text}{dev_on}"));
+        assert_eq!(code, 1, "{name} under generate_missing: {out}{err}");
+    }
+    let (_, code, out, err) = check("no-private-key-dev", format!("{}{dev_on}", cases[2].1));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(error_line(&err).contains("tokens.signing_keys"), "{err}");
+    let (_, code, out, err) = check("empty-signing-dev", format!("{}{dev_on}", cases[3].1));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("has no key (will be generated at start-up"),
+        "{out}"
+    );
+    // absent files start-up generates are noted, not refused
+    let (_, code, out, err) = check(
+        "absent-dev",
+        config("dev2/server-key.pem", "dev2/ca.pem", "signing2").replace("dev/", "dev2/") + dev_on,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("will be generated at start-up"), "{out}");
+}

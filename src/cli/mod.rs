@@ -54,17 +54,24 @@ pub fn config_check(path: &Path, as_json: bool, deny_warnings: bool) -> i32 {
             return 1;
         }
     };
-    let mut notes = Vec::new();
-    if let Err(e) = cfg.check_files() {
-        if cfg.dev_generate_missing {
-            notes.push(format!(
-                "{} (will be generated at start-up: [dev] generate_missing = true)",
-                e
-            ));
-        } else {
+    let missing = cfg.check_files();
+    if let (Err(e), false) = (&missing, cfg.dev_generate_missing) {
+        errln!("error: {e}");
+        return 1;
+    }
+    // What `serve` loads, loaded the same way (one function); what start-up
+    // generates first is noted instead.
+    let mut notes = match crate::app::load_material(&cfg) {
+        Ok(m) => m.pending,
+        Err(e) => {
             errln!("error: {e}");
             return 1;
         }
+    };
+    if let (Err(e), true) = (missing, notes.is_empty()) {
+        // absent, and not something start-up generates: `serve` stops too
+        errln!("error: {e}");
+        return 1;
     }
     if cfg.dev_generate_missing {
         notes.push("[dev] generate_missing = true: development only, never in production".into());
