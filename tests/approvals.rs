@@ -740,7 +740,9 @@ async fn delegated_requests_show_the_chain_and_no_actor_approves_itself() {
     b.stop().await;
 }
 
-#[tokio::test]
+// Two workers: the operator's CLI (a blocking child process) runs while the
+// in-process broker serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_fails_closed() {
     let Some(mut r) = redis_or_skip().unwrap() else {
         return;
@@ -756,9 +758,33 @@ async fn a_store_outage_fails_closed() {
     assert_eq!(code(&res), (503, "temporarily_unavailable"));
     let (s, _) = b.admin(Method::GET, "/admin/v1/approvals", None).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-    // back (a fresh, empty redis-server): service resumes by itself; the
-    // approval did not survive the data loss, so it yields no token
+    // back, but a fresh, empty redis-server: the store lost its data, so
+    // the broker keeps failing closed (R6) until an operator recovers; the
+    // approval did not survive the loss, so it then yields no token
     r.restart().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = reqwest::get(b.ops_url("/readyz"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if ready.contains("store lost its data") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "loss not noticed: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        code(&agent_asks(&b, Some(&id)).await),
+        (503, "temporarily_unavailable")
+    );
+    let (c, out, err) = b.cli(&["store", "recover", "--accept-loss"]);
+    assert_eq!(c, 0, "{out}{err}");
     let mut last = (StatusCode::SERVICE_UNAVAILABLE, Value::Null);
     for _ in 0..50 {
         last = agent_asks(&b, Some(&id)).await;
