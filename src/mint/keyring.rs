@@ -41,7 +41,7 @@ pub const MIN_RSA_MODULUS_BYTES: usize = 256;
 /// File extension of key files in a key directory.
 pub const KEY_FILE_EXTENSION: &str = "pem";
 
-/// Suffix of a *next* key's file name (`20261122T101500Z-es256.next.pem`):
+/// Suffix of a *next* key's file name (`20261122T101500.123456Z-es256-AbCd1234.next.pem`):
 /// published in the JWK Set but never signing. Renaming it to drop `.next`
 /// (and reloading) promotes it; the rotation procedure is in the README.
 pub const NEXT_KEY_SUFFIX: &str = ".next.pem";
