@@ -776,12 +776,12 @@ async fn r13_exchanges_during_repeated_reloads_each_see_one_snapshot() {
 /// (1h) and a `default_ttl` (30m) above it (10m) load (a `ttl_capped`
 /// warning in the log, naming the policy) and tokens live 10m; lowering
 /// `max_ttl` alone to 1m by SIGHUP caps the very next token, no policy
-/// edited.
+/// edited, with a minter running throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_max_ttl_is_a_ceiling_and_lowering_it_by_sighup_caps_the_next_token() {
     let home = Home::new();
     let long = AGENTS_POLICY.replace("jit_scopes", "max_ttl = \"1h\"\njit_scopes");
-    let mut spec = Spec::new(&long);
+    let mut spec = Spec::new(&format!("{long}{NO_PEER_LIMIT}"));
     spec.tokens_extra = "default_ttl = \"30m\"\nmax_ttl = \"10m\"".into();
     let b = Broker::start(&home, "a", &spec);
     b.wait_ready().await;
@@ -800,10 +800,50 @@ async fn tokens_max_ttl_is_a_ceiling_and_lowering_it_by_sighup_caps_the_next_tok
     assert_eq!(lifetime(&v), 600, "capped at [tokens] max_ttl: {v}");
     assert_eq!(v["expires_in"], 600, "{v}");
 
-    // The emergency lever: only [tokens] max_ttl changes.
+    // The emergency lever, under load: only [tokens] max_ttl changes. A
+    // minter runs throughout; every token whose request started after the
+    // reload was counted lives 1m, every earlier one 10m, none is refused.
+    let lowered = Arc::new(AtomicBool::new(false));
+    let after = Arc::new(AtomicU64::new(0));
+    let minter = {
+        let (c, port, lowered, after) = (agent.clone(), b.port, lowered.clone(), after.clone());
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            // Bounded: stops 50 tokens after the reload (or after 10,000).
+            while after.load(Ordering::Relaxed) < 50 && seen.len() < 10_000 {
+                let started_after = lowered.load(Ordering::Relaxed);
+                let (s, v) = exchange(&c, port, "tickets:read").await.unwrap();
+                assert_eq!(s, 200, "{v}");
+                let (_, claims) = decode(v["access_token"].as_str().unwrap());
+                let life = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+                if started_after {
+                    after.fetch_add(1, Ordering::Relaxed);
+                }
+                seen.push((started_after, life));
+            }
+            seen
+        })
+    };
     spec.tokens_extra = "default_ttl = \"30m\"\nmax_ttl = \"1m\"".into();
     b.rewrite(&home, &spec);
     b.reload("ok").await;
+    lowered.store(true, Ordering::Relaxed);
+    let seen = minter.await.unwrap();
+    for (started_after, life) in &seen {
+        if *started_after {
+            assert_eq!(
+                *life, 60,
+                "a token after the reload is not capped: {seen:?}"
+            );
+        } else {
+            assert!(*life == 600 || *life == 60, "{seen:?}");
+        }
+    }
+    assert!(
+        seen.iter().filter(|(a, _)| *a).count() >= 50,
+        "{}",
+        seen.len()
+    );
     let (s, v) = exchange(&agent, b.port, "tickets:read").await.unwrap();
     assert_eq!(s, 200, "{v}");
     assert_eq!(lifetime(&v), 60, "the next token is capped: {v}");
