@@ -324,9 +324,15 @@ enum KeysCmd {
         #[arg(long, default_value = "keys/signing")]
         dir: PathBuf,
         /// Write a *next* key (`….next.pem`): published after the next reload
-        /// but never signing until renamed without `.next` (key rotation).
+        /// but never signing until `tessera keys promote` (key rotation).
         #[arg(long)]
         next: bool,
+    },
+    /// Promote a next key: rename `X.next.pem` to `X.pem` (it signs after
+    /// the next reload); never overwrites an existing file.
+    Promote {
+        /// The next key file.
+        file: PathBuf,
     },
     /// List the local key directory.
     List {
@@ -397,6 +403,9 @@ fn main() -> ExitCode {
                     next,
                 },
         } => tessera::cli::keys_generate_as(&algorithm, &dir, next, cli.json),
+        Cmd::Keys {
+            cmd: KeysCmd::Promote { file },
+        } => tessera::cli::keys_promote(&file, cli.json),
         Cmd::Keys {
             cmd: KeysCmd::List { dir, algorithm },
         } => tessera::cli::keys_list(&dir, &algorithm, cli.json),

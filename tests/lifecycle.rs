@@ -17,9 +17,7 @@ use tessera::testkit::free_port;
 use common::invariants::{Expect, Ledger};
 use common::*;
 use serde_json::{json, Value};
-use tessera::mint::keyring::{
-    generate_key_file, generate_next_key_file, SigningAlgorithm, SigningKey,
-};
+use tessera::mint::keyring::{generate_key_file, SigningAlgorithm, SigningKey};
 use tessera::pki::{Ca, IssuedCert, LeafSpec};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
@@ -774,6 +772,84 @@ async fn r13_exchanges_during_repeated_reloads_each_see_one_snapshot() {
     broker.stop().await;
 }
 
+/// Issue 17 item 5: `[tokens] max_ttl` is a ceiling. A policy `max_ttl`
+/// (1h) and a `default_ttl` (30m) above it (10m) load (a `ttl_capped`
+/// warning in the log, naming the policy) and tokens live 10m; lowering
+/// `max_ttl` alone to 1m by SIGHUP caps the very next token, no policy
+/// edited, with a minter running throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_max_ttl_is_a_ceiling_and_lowering_it_by_sighup_caps_the_next_token() {
+    let home = Home::new();
+    let long = AGENTS_POLICY.replace("jit_scopes", "max_ttl = \"1h\"\njit_scopes");
+    let mut spec = Spec::new(&format!("{long}{NO_PEER_LIMIT}"));
+    spec.tokens_extra = "default_ttl = \"30m\"\nmax_ttl = \"10m\"".into();
+    let b = Broker::start(&home, "a", &spec);
+    b.wait_ready().await;
+    let logs = b.logs();
+    assert!(
+        logs.contains("ttl_capped") && logs.contains("policy `agents` max_ttl `1h`"),
+        "{logs}"
+    );
+    let agent = home.client(&home.agent);
+    let lifetime = |v: &Value| {
+        let (_, c) = decode(v["access_token"].as_str().unwrap());
+        c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap()
+    };
+    let (s, v) = exchange(&agent, b.port, "tickets:read").await.unwrap();
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(lifetime(&v), 600, "capped at [tokens] max_ttl: {v}");
+    assert_eq!(v["expires_in"], 600, "{v}");
+
+    // The emergency lever, under load: only [tokens] max_ttl changes. A
+    // minter runs throughout; every token whose request started after the
+    // reload was counted lives 1m, every earlier one 10m, none is refused.
+    let lowered = Arc::new(AtomicBool::new(false));
+    let after = Arc::new(AtomicU64::new(0));
+    let minter = {
+        let (c, port, lowered, after) = (agent.clone(), b.port, lowered.clone(), after.clone());
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            // Bounded: stops 50 tokens after the reload (or after 10,000).
+            while after.load(Ordering::Relaxed) < 50 && seen.len() < 10_000 {
+                let started_after = lowered.load(Ordering::Relaxed);
+                let (s, v) = exchange(&c, port, "tickets:read").await.unwrap();
+                assert_eq!(s, 200, "{v}");
+                let (_, claims) = decode(v["access_token"].as_str().unwrap());
+                let life = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+                if started_after {
+                    after.fetch_add(1, Ordering::Relaxed);
+                }
+                seen.push((started_after, life));
+            }
+            seen
+        })
+    };
+    spec.tokens_extra = "default_ttl = \"30m\"\nmax_ttl = \"1m\"".into();
+    b.rewrite(&home, &spec);
+    b.reload("ok").await;
+    lowered.store(true, Ordering::Relaxed);
+    let seen = minter.await.unwrap();
+    for (started_after, life) in &seen {
+        if *started_after {
+            assert_eq!(
+                *life, 60,
+                "a token after the reload is not capped: {seen:?}"
+            );
+        } else {
+            assert!(*life == 600 || *life == 60, "{seen:?}");
+        }
+    }
+    assert!(
+        seen.iter().filter(|(a, _)| *a).count() >= 50,
+        "{}",
+        seen.len()
+    );
+    let (s, v) = exchange(&agent, b.port, "tickets:read").await.unwrap();
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(lifetime(&v), 60, "the next token is capped: {v}");
+    assert_eq!(v["expires_in"], 60, "{v}");
+}
+
 // ----------------------------------------------------------------- R8 ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -880,8 +956,23 @@ async fn r8_key_rotation_under_load_has_zero_verification_failures() {
     let anon = client_for(home.ca.cert_der(), None);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    // The documented steps, with the real CLI (issue 17 item 3).
+    let keys_cli = |args: &[&str]| -> Value {
+        let o = Command::new(BIN)
+            .arg("--json")
+            .arg("keys")
+            .args(args)
+            .current_dir(home.d())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "keys {args:?}: {err}");
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+
     // 1. Publish the next key: in the JWKS, not signing.
-    let next = generate_next_key_file(&home.d().join("signing"), SigningAlgorithm::ES256).unwrap();
+    let next = keys_cli(&["generate", "--next", "--dir", "signing"]);
+    let next = home.d().join(next["path"].as_str().unwrap());
     let kid_b = kid_of_file(&next);
     for r in &fleet {
         r.reload("ok").await;
@@ -892,9 +983,11 @@ async fn r8_key_rotation_under_load_has_zero_verification_failures() {
     assert!(cache.snapshot().unwrap().find(Some(&kid_b)).is_ok());
     assert_eq!(count(&kid_b), 0, "a next key signed");
 
-    // 2. Promote it: rename and reload.
-    let promoted = PathBuf::from(next.to_string_lossy().replace(".next.pem", ".pem"));
-    std::fs::rename(&next, &promoted).unwrap();
+    // 2. Promote it (`tessera keys promote`, never overwriting) and reload.
+    let promoted = keys_cli(&["promote", next.to_str().unwrap()]);
+    let promoted = PathBuf::from(promoted["path"].as_str().unwrap());
+    assert!(promoted.exists() && !next.exists());
+    assert_eq!(kid_of_file(&promoted), kid_b);
     // One replica after the other: for a while both keys sign.
     for r in &fleet {
         r.reload("ok").await;

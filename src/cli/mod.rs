@@ -159,19 +159,52 @@ pub fn keys_generate_as(alg: &str, dir: &Path, next: bool, as_json: bool) -> i32
                 );
             } else if next {
                 outln!("wrote {} ({}, kid {})", path.display(), alg.as_str(), kid);
-                let promoted = path.to_string_lossy().replace(".next.pem", ".pem");
                 outln!("A next key: published in /jwks.json once the broker reloads (SIGHUP), never signing.");
-                outln!("After resource servers have refetched the JWKS, promote it and reload:");
+                outln!("After resource servers have refetched the JWKS (their cache time), promote it and reload:");
                 outln!(
-                    "  mv {} {promoted} && kill -HUP <broker pid>",
+                    "  tessera keys promote {} && kill -HUP <broker pid>",
                     path.display()
                 );
+                print_retire_step();
             } else {
                 outln!("wrote {} ({}, kid {})", path.display(), alg.as_str(), kid);
                 outln!("It is published and signs once the broker reloads (SIGHUP) or restarts (the newest active key of the configured algorithm signs).");
                 outln!(
                     "To rotate without verification failures, use --next instead (see the README)."
                 );
+                print_retire_step();
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// The last rotation step: when an old key may go.
+fn print_retire_step() {
+    outln!("Remove a previous key only once it stopped signing (`tessera keys list`: SIGNS no)");
+    outln!("at least [tokens] max_ttl + clock skew + the resource servers' JWKS cache time ago:");
+    outln!("its tokens are alive until then, and fail verification once its kid is gone.");
+}
+
+/// `tessera keys promote FILE`: `X.next.pem` → `X.pem`, never overwriting.
+pub fn keys_promote(file: &Path, as_json: bool) -> i32 {
+    match crate::mint::keyring::promote_next_key_file(file) {
+        Ok(path) => {
+            if as_json {
+                outln!(
+                    "{}",
+                    json!({"from": file.display().to_string(), "path": path.display().to_string()})
+                );
+            } else {
+                outln!("promoted {} -> {}", file.display(), path.display());
+                outln!(
+                    "It signs once the broker reloads (kill -HUP <broker pid>), on every replica."
+                );
+                print_retire_step();
             }
             0
         }

@@ -13,9 +13,7 @@
 //! | `wildcard_scope` | a `scopes` entry is exactly `*` or `**` |
 //! | `no_owner` | a policy has no `owner` |
 //! | `long_issuer_token_lifetime` | an issuer's `max_token_lifetime` is above [`LONG_ISSUER_TOKEN_LIFETIME`] |
-//!
-//! A policy `max_ttl` above `[tokens] max_ttl` is not a warning: it is
-//! already a config error.
+//! | `ttl_capped` | a policy `max_ttl`, or `[tokens] default_ttl`, is above `[tokens] max_ttl` (tokens get `[tokens] max_ttl`) |
 
 use std::fmt;
 use std::time::Duration;
@@ -84,6 +82,9 @@ pub enum WarningKind {
     /// An issuer accepts subject tokens living longer than
     /// [`LONG_ISSUER_TOKEN_LIFETIME`].
     LongIssuerTokenLifetime,
+    /// A policy `max_ttl` or `[tokens] default_ttl` above `[tokens] max_ttl`:
+    /// the tokens live `[tokens] max_ttl` (a ceiling), not what is written.
+    TtlCapped,
 }
 
 impl WarningKind {
@@ -92,6 +93,7 @@ impl WarningKind {
         match self {
             WarningKind::Policy(k) => k.as_str(),
             WarningKind::LongIssuerTokenLifetime => "long_issuer_token_lifetime",
+            WarningKind::TtlCapped => "ttl_capped",
         }
     }
 }
@@ -180,6 +182,7 @@ impl Config {
                 });
             }
         }
+        out.extend(self.ttl_cap_warnings(&file));
         for (i, is) in self.issuers.iter().enumerate() {
             if is.max_token_lifetime > LONG_ISSUER_TOKEN_LIFETIME {
                 out.push(ConfigWarning {
@@ -196,6 +199,50 @@ impl Config {
                     ),
                 });
             }
+        }
+        out
+    }
+
+    /// `[tokens] max_ttl` is a ceiling: every lifetime written above it
+    /// (the default, a policy's `max_ttl`) is capped, which is valid (so
+    /// that lowering `max_ttl` alone is the emergency lever) but says
+    /// something the tokens will not do.
+    fn ttl_cap_warnings(&self, file: &str) -> Vec<ConfigWarning> {
+        let cap = self.tokens.max_ttl;
+        let mut out = Vec::new();
+        if self.tokens.default_ttl > cap {
+            out.push(ConfigWarning {
+                file: file.to_owned(),
+                section: "tokens".into(),
+                policy: None,
+                field: "default_ttl".into(),
+                kind: WarningKind::TtlCapped,
+                message: format!(
+                    "`{}` is above tokens.max_ttl `{}`: tokens get at most {}; lower default_ttl",
+                    fmt_duration(self.tokens.default_ttl),
+                    fmt_duration(cap),
+                    fmt_duration(cap)
+                ),
+            });
+        }
+        for (i, p) in self.policies.iter().enumerate() {
+            let Some(d) = p.max_ttl.filter(|d| *d > cap) else {
+                continue;
+            };
+            out.push(ConfigWarning {
+                file: file.to_owned(),
+                section: format!("policies[{i}]"),
+                policy: Some(p.name.clone()),
+                field: "max_ttl".into(),
+                kind: WarningKind::TtlCapped,
+                message: format!(
+                    "policy `{}` max_ttl `{}` is above tokens.max_ttl `{}`: its tokens get at most {}",
+                    p.name,
+                    fmt_duration(d),
+                    fmt_duration(cap),
+                    fmt_duration(cap)
+                ),
+            });
         }
         out
     }

@@ -509,12 +509,10 @@ impl Config {
                 format!("must be at most {}s", MAX_TOKEN_TTL_CAP.as_secs()),
             ));
         }
-        if default_ttl > max_ttl {
-            return Err(err(
-                "tokens.default_ttl",
-                "must not be longer than tokens.max_ttl".into(),
-            ));
-        }
+        // `max_ttl` is a ceiling (CONTRACT.md: the lifetime is the minimum
+        // of every cap): a longer `default_ttl` is capped when a token is
+        // minted, with a `config check` warning, not a load error, so that
+        // lowering `max_ttl` alone by SIGHUP takes effect at once.
         let tokens = TokensConfig {
             signing_keys: nonempty_path("tokens.signing_keys", &t.signing_keys)?,
             algorithm,
@@ -818,16 +816,9 @@ impl Config {
                 }
             }
             let max_ttl = match &rp.max_ttl {
-                Some(v) => {
-                    let d = dur(&k("max_ttl"), v)?;
-                    if d > tokens.max_ttl {
-                        return Err(err(
-                            &k("max_ttl"),
-                            "must not be longer than tokens.max_ttl".into(),
-                        ));
-                    }
-                    Some(d)
-                }
+                // Above `[tokens] max_ttl` it is capped at minting (and
+                // warned about), not refused: see `[tokens]` above.
+                Some(v) => Some(dur(&k("max_ttl"), v)?),
                 None => None,
             };
             if let Some(pg) = &rp.guard {

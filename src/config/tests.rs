@@ -211,7 +211,9 @@ fn errors_name_file_key_and_reason() {
     let e = err_of("[tokens]\nalgorithm = \"HS256\"\n");
     assert_eq!(e.key, "tokens.algorithm");
 
-    let e = err_of("[tokens]\ndefault_ttl = \"20m\"\n");
+    // default_ttl above max_ttl is capped, not an error (issue 17 item 5);
+    // an unparsable one still is.
+    let e = err_of("[tokens]\ndefault_ttl = \"20 parsecs\"\n");
     assert_eq!(e.key, "tokens.default_ttl");
 
     let e = err_of("[store]\nurl = \"postgres://x\"\n");
@@ -267,9 +269,26 @@ fn policy_errors() {
     let e = err_of(p);
     assert_eq!(e.key, "policies");
     assert!(e.reason.contains('p'));
-    let p = "[[policies]]\nname = \"p\"\nmatch = { issuer = \"mtls\" }\naudiences = [\"a\"]\nscopes = [\"s\"]\nmax_ttl = \"1h\"\n";
-    let e = err_of(p);
-    assert_eq!(e.key, "policies[0].max_ttl");
+}
+
+/// Issue 17 item 5: `[tokens] max_ttl` is a ceiling. A policy `max_ttl`
+/// or a `default_ttl` above it loads (it is capped at minting) and each is
+/// a `ttl_capped` warning naming the policy or the key.
+#[test]
+fn lifetimes_above_tokens_max_ttl_load_with_a_warning_naming_them() {
+    let p = "[tokens]\nmax_ttl = \"1m\"\ndefault_ttl = \"5m\"\n[[policies]]\nname = \"long\"\nowner = \"o\"\nmatch = { issuer = \"mtls\", subject = \"spiffe://x/a\" }\naudiences = [\"a\"]\nscopes = [\"s\"]\nmax_ttl = \"1h\"\n[[policies]]\nname = \"short\"\nowner = \"o\"\nmatch = { issuer = \"mtls\", subject = \"spiffe://x/b\" }\naudiences = [\"a\"]\nscopes = [\"s\"]\nmax_ttl = \"30s\"\n";
+    let c = Config::from_toml_str("f.toml", p).expect("a ceiling, not a load error");
+    let capped: Vec<_> = c
+        .warnings()
+        .into_iter()
+        .filter(|w| w.kind == super::lint::WarningKind::TtlCapped)
+        .collect();
+    assert_eq!(capped.len(), 2, "{capped:?}");
+    assert_eq!(capped[0].key(), "tokens.default_ttl");
+    assert_eq!(capped[1].key(), "policies[0].max_ttl");
+    assert_eq!(capped[1].policy.as_deref(), Some("long"));
+    assert!(capped[1].message.contains("`long`"), "{}", capped[1]);
+    assert!(capped[1].message.contains("at most 1m"), "{}", capped[1]);
 }
 
 #[test]

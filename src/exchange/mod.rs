@@ -1186,6 +1186,10 @@ impl Exchanger {
 
     /// The token's `exp`: `min(expires_in or default, policy max_ttl,
     /// [tokens] max_ttl, every cap given)`; refused when nothing is left.
+    /// The one place a lifetime is capped: the first exchange (with its
+    /// approval or grant) and the re-exchange both call it. `[tokens]
+    /// max_ttl` is a ceiling here, so a policy `max_ttl` or `default_ttl`
+    /// above it (which loads, with a `ttl_capped` warning) is capped.
     fn expiry(
         &self,
         req: &TokenRequest,

@@ -41,7 +41,7 @@ pub const MIN_RSA_MODULUS_BYTES: usize = 256;
 /// File extension of key files in a key directory.
 pub const KEY_FILE_EXTENSION: &str = "pem";
 
-/// Suffix of a *next* key's file name (`20261122T101500Z-es256.next.pem`):
+/// Suffix of a *next* key's file name (`20261122T101500.123456Z-es256-AbCd1234.next.pem`):
 /// published in the JWK Set but never signing. Renaming it to drop `.next`
 /// (and reloading) promotes it; the rotation procedure is in the README.
 pub const NEXT_KEY_SUFFIX: &str = ".next.pem";
@@ -194,6 +194,12 @@ pub enum KeyRingError {
     /// The target key file already exists.
     #[error("refusing to overwrite existing key file {}", path.display())]
     AlreadyExists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// `keys promote` was given a file that is not a next key.
+    #[error("{} is not a next key file (its name must end in .next.pem)", path.display())]
+    NotNextKey {
         /// The file.
         path: PathBuf,
     },
@@ -647,7 +653,9 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, KeyRingError> {
 }
 
 /// Generates a new key of `alg` and writes it as a PKCS#8 PEM file named
-/// `YYYYMMDDTHHMMSSZ-<alg>.pem` (UTC, so lexical order is age order) in
+/// `YYYYMMDDTHHMMSS.ffffffZ-<alg>-<kid prefix>.pem` (UTC to the microsecond,
+/// so lexical order is age order, then the first characters of the key's
+/// kid, so two keys never share a name even within one microsecond) in
 /// `dir`, creating the directory (mode 0700 on unix) if needed. The file is
 /// created with mode 0600 on unix; an existing file is never overwritten.
 pub fn generate_key_file(dir: &Path, alg: SigningAlgorithm) -> Result<PathBuf, KeyRingError> {
@@ -655,20 +663,29 @@ pub fn generate_key_file(dir: &Path, alg: SigningAlgorithm) -> Result<PathBuf, K
 }
 
 /// Like [`generate_key_file`], but the key is a *next* key
-/// (`YYYYMMDDTHHMMSSZ-<alg>.next.pem`): published in the JWK Set once the
-/// broker reloads, never signing until it is renamed without `.next`.
+/// (`….next.pem`): published in the JWK Set once the broker reloads, never
+/// signing until [`promote_next_key_file`] drops the `.next`.
 pub fn generate_next_key_file(dir: &Path, alg: SigningAlgorithm) -> Result<PathBuf, KeyRingError> {
     write_generated_key(dir, alg, true)
 }
+
+/// Characters of the kid kept in a generated file name.
+const KID_IN_FILE_NAME: usize = 8;
 
 fn write_generated_key(
     dir: &Path,
     alg: SigningAlgorithm,
     next: bool,
 ) -> Result<PathBuf, KeyRingError> {
-    let (_key, der) = SigningKey::generate(alg)?;
+    let (key, der) = SigningKey::generate(alg)?;
+    let kid: String = key
+        .kid()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(KID_IN_FILE_NAME)
+        .collect();
     let name = format!(
-        "{}-{}{}",
+        "{}-{}-{kid}{}",
         utc_stamp(SystemTime::now()),
         alg.file_tag(),
         if next {
@@ -679,19 +696,51 @@ fn write_generated_key(
     );
     let path = dir.join(name);
     create_private_dir(dir)?;
-    write_new_private_file(&path, pem_encode("PRIVATE KEY", &der).as_bytes()).map_err(
-        |source| {
-            if source.kind() == io::ErrorKind::AlreadyExists {
-                KeyRingError::AlreadyExists { path: path.clone() }
-            } else {
-                KeyRingError::Write {
-                    path: path.clone(),
-                    source,
-                }
-            }
-        },
-    )?;
+    write_new_private_file(&path, pem_encode("PRIVATE KEY", &der).as_bytes())
+        .map_err(|source| write_error(&path, source))?;
     Ok(path)
+}
+
+/// `AlreadyExists` (the path is named) or another write error.
+fn write_error(path: &Path, source: io::Error) -> KeyRingError {
+    if source.kind() == io::ErrorKind::AlreadyExists {
+        KeyRingError::AlreadyExists {
+            path: path.to_path_buf(),
+        }
+    } else {
+        KeyRingError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Promotes a next key: renames `X.next.pem` to `X.pem` (it signs after the
+/// next reload) and never overwrites: the new name is linked first, which
+/// fails if it exists (exclusive, like `O_EXCL`), then the old one removed.
+/// Returns the new path. A path that is not a next key file is refused.
+pub fn promote_next_key_file(next: &Path) -> Result<PathBuf, KeyRingError> {
+    let name = next
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(NEXT_KEY_SUFFIX))
+        .filter(|stem| !stem.is_empty())
+        .ok_or_else(|| KeyRingError::NotNextKey {
+            path: next.to_path_buf(),
+        })?;
+    // Refuse anything that is not a readable key before touching the name.
+    let bytes = read_limited(next)?;
+    SigningKey::from_pem(&bytes).map_err(|source| KeyRingError::Parse {
+        path: next.to_path_buf(),
+        source,
+    })?;
+    let promoted = next.with_file_name(format!("{name}.{KEY_FILE_EXTENSION}"));
+    fs::hard_link(next, &promoted).map_err(|e| write_error(&promoted, e))?;
+    fs::remove_file(next).map_err(|source| KeyRingError::Write {
+        path: next.to_path_buf(),
+        source,
+    })?;
+    Ok(promoted)
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), KeyRingError> {
@@ -757,17 +806,20 @@ pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// Formats a time as `YYYYMMDDTHHMMSSZ` (UTC); times before 1970 clamp to the epoch.
+/// Formats a time as `YYYYMMDDTHHMMSS.ffffffZ` (UTC, microseconds); times
+/// before 1970 clamp to the epoch.
 fn utc_stamp(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
     format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}.{:06}Z",
         rem / 3600,
         (rem % 3600) / 60,
-        rem % 60
+        rem % 60,
+        since.subsec_micros()
     )
 }
 
@@ -807,13 +859,49 @@ mod tests {
 
     #[test]
     fn utc_stamp_formats() {
-        assert_eq!(utc_stamp(UNIX_EPOCH), "19700101T000000Z");
+        assert_eq!(utc_stamp(UNIX_EPOCH), "19700101T000000.000000Z");
         // 2024-02-29T23:59:59Z (leap day)
-        let t = UNIX_EPOCH + Duration::from_secs(1_709_251_199);
-        assert_eq!(utc_stamp(t), "20240229T235959Z");
+        let t = UNIX_EPOCH + Duration::from_micros(1_709_251_199_000_042);
+        assert_eq!(utc_stamp(t), "20240229T235959.000042Z");
         // 2000-03-01T00:00:00Z
         let t = UNIX_EPOCH + Duration::from_secs(951_868_800);
-        assert_eq!(utc_stamp(t), "20000301T000000Z");
+        assert_eq!(utc_stamp(t), "20000301T000000.000000Z");
+    }
+
+    /// Issue 17 item 3: keys generated back to back (same second, same
+    /// algorithm, with and without `--next`) get distinct names; promoting a
+    /// next key never overwrites an existing file.
+    #[test]
+    fn generated_names_are_unique_and_promotion_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = generate_key_file(dir.path(), SigningAlgorithm::ES256).unwrap();
+        let b = generate_key_file(dir.path(), SigningAlgorithm::ES256).unwrap();
+        let n = generate_next_key_file(dir.path(), SigningAlgorithm::ES256).unwrap();
+        assert_ne!(a, b);
+        let promoted = promote_next_key_file(&n).unwrap();
+        assert!(!n.exists() && promoted.exists());
+        assert!(![&a, &b].contains(&&promoted));
+        assert!(matches!(
+            promote_next_key_file(&a),
+            Err(KeyRingError::NotNextKey { .. })
+        ));
+        // a next key whose promoted name is taken: refused, both files intact
+        let taken = fs::read(&promoted).unwrap();
+        let again = promoted.with_file_name(
+            promoted
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .replace(".pem", NEXT_KEY_SUFFIX),
+        );
+        fs::copy(&a, &again).unwrap();
+        match promote_next_key_file(&again) {
+            Err(KeyRingError::AlreadyExists { path }) => assert_eq!(path, promoted),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fs::read(&promoted).unwrap(), taken);
+        assert!(again.exists());
     }
 
     #[test]

@@ -348,11 +348,13 @@ mod tests {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .ok_or("no file name")?;
+            let ring = Arc::new(KeyRing::load_dir(dir.path(), alg)?);
+            // `…Z-<alg>-<first 8 characters of the kid>.pem`
+            let kid = ring.signing_key().kid();
             assert!(
-                name.ends_with(&format!("Z-{}.pem", alg.file_tag())),
+                name.ends_with(&format!("Z-{}-{}.pem", alg.file_tag(), &kid[..8])),
                 "{name}"
             );
-            let ring = Arc::new(KeyRing::load_dir(dir.path(), alg)?);
             let minter = TokenMinter::new(Arc::clone(&ring));
             assert_eq!(minter.algorithm(), alg);
             let jwks = ring.jwks();

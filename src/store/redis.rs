@@ -17,6 +17,10 @@
 //! (for example a refused `AUTH`) and it cannot notice a half-open TCP
 //! connection; so after a timeout or such an error the store replaces the
 //! manager with a fresh lazy one, at most once per [`REBUILD_MIN_INTERVAL`].
+//! When the circuit breaker opens (or its probe fails) the manager is
+//! replaced at once: the manager's own reconnection attempt, made while
+//! Redis was down, stays cached as failed, and the breaker's first probe
+//! after Redis returns would otherwise fail on it (issue 17 item 4).
 //! Error messages name the operation and the class of failure, never a token,
 //! key, value or the URL (which may hold a password).
 //!
@@ -502,10 +506,23 @@ impl Conn {
     /// Replaces the connection with a fresh lazy one, at most once per
     /// [`REBUILD_MIN_INTERVAL`].
     fn rebuild(&self) {
+        self.replace(false);
+    }
+
+    /// Replaces the connection with a fresh lazy one now, whatever the
+    /// interval: the breaker has just opened (or a probe failed), so the
+    /// next call is the probe, and it must not await the connection attempt
+    /// the old manager made (and cached as failed) while Redis was down.
+    /// A lazy connection does no I/O until the probe uses it.
+    fn renew_for_probe(&self) {
+        self.replace(true);
+    }
+
+    fn replace(&self, now: bool) {
         let Ok(mut g) = self.slot.lock() else {
             return;
         };
-        if g.1.elapsed() < REBUILD_MIN_INTERVAL {
+        if !now && g.1.elapsed() < REBUILD_MIN_INTERVAL {
             return;
         }
         if let Ok(m) = self.target.lazy() {
@@ -1504,6 +1521,11 @@ impl RedisStore {
                 m.store_errors.with_label_values(&[op, kind]).inc();
                 if *unreachable {
                     permit.unreachable();
+                    if breaker.is_open() {
+                        // The next call through is the probe: on a fresh
+                        // connection, so that it succeeds if Redis answers.
+                        self.conn.renew_for_probe();
+                    }
                 } else {
                     permit.answered();
                 }

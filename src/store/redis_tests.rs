@@ -871,6 +871,63 @@ async fn breaker_opens_on_unreachable_redis_only_and_closes_when_it_answers() {
     assert!(!st.is_blocked("x", now).await.unwrap());
 }
 
+/// Sleeps until the open breaker allows its probe (no-op when not open).
+async fn wait_out_cool_off(st: &RedisStore) {
+    if let super::breaker::State::Open { until, .. } = st.breaker().state() {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+    }
+}
+
+/// R3, issue 17 item 4: the breaker closes on the *first* probe that Redis
+/// answers. Before the fix the probe awaited the reconnection attempt the
+/// connection manager had made (and cached as failed) while Redis was down,
+/// so recovery took a second cool-off. Counted in probes, not time: one
+/// probe while Redis is down fails and reopens; Redis restarts on the same
+/// port; the next probe (the first one Redis can answer) closes the breaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_closes_on_the_first_probe_that_redis_answers() {
+    let mut srv = require_redis!();
+    let st = store_with(
+        &srv,
+        &StoreOptions {
+            breaker: super::breaker::BreakerConfig {
+                failures: 2,
+                cool_off: Duration::from_millis(100),
+                cool_off_max: Duration::from_millis(200),
+            },
+            ..Default::default()
+        },
+    );
+    st.ping().await.unwrap();
+    srv.kill();
+    for _ in 0..2 {
+        let e = st.ping().await.unwrap_err().to_string();
+        assert!(!e.contains("circuit open"), "{e}");
+    }
+    assert!(st.breaker().is_open());
+
+    // probe 1: Redis still down, it fails and the breaker stays open
+    wait_out_cool_off(&st).await;
+    let e = st.ping().await.unwrap_err().to_string();
+    assert!(!e.contains("circuit open"), "this call was the probe: {e}");
+    assert!(matches!(
+        st.breaker().state(),
+        super::breaker::State::Open { backoff, .. } if backoff == Duration::from_millis(200)
+    ));
+
+    // probe 2: the first one after Redis is back closes the breaker
+    srv.restart().unwrap();
+    wait_out_cool_off(&st).await;
+    st.ping()
+        .await
+        .expect("the first probe that Redis can answer succeeds");
+    assert_eq!(
+        st.breaker().state(),
+        super::breaker::State::Closed { failures: 0 }
+    );
+    assert!(!st.is_blocked("x", unix_now()).await.unwrap());
+}
+
 /// R5: with no replica required nothing is waited for; with one required
 /// and none attached, the revocation is made (and enforced) after at most
 /// about `revocation_wait`, reported with 0 acks.
