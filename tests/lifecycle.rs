@@ -799,6 +799,7 @@ async fn tokens_max_ttl_is_a_ceiling_and_lowering_it_by_sighup_caps_the_next_tok
     assert_eq!(s, 200, "{v}");
     assert_eq!(lifetime(&v), 600, "capped at [tokens] max_ttl: {v}");
     assert_eq!(v["expires_in"], 600, "{v}");
+    let early = decode(v["access_token"].as_str().unwrap()).1;
 
     // The emergency lever, under load: only [tokens] max_ttl changes. A
     // minter runs throughout; every token whose request started after the
@@ -848,6 +849,25 @@ async fn tokens_max_ttl_is_a_ceiling_and_lowering_it_by_sighup_caps_the_next_tok
     assert_eq!(s, 200, "{v}");
     assert_eq!(lifetime(&v), 60, "the next token is capped: {v}");
     assert_eq!(v["expires_in"], 60, "{v}");
+
+    // A revocation made now still outlives the 10-minute token minted
+    // before the reload (its entry is kept until every token it can cover
+    // has expired, not only the new 1-minute ones).
+    let operator = home.client(&home.operator);
+    let r: Value = operator
+        .post(format!("https://127.0.0.1:{}/admin/v1/revocations", b.port))
+        .json(&json!({"kind": "jti", "value": early["jti"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kept = r["revocation"]["expires_at"].as_u64().unwrap();
+    assert!(
+        kept >= early["exp"].as_u64().unwrap(),
+        "the revocation ({kept}) ends before the token it revokes: {r} {early}"
+    );
 }
 
 // ----------------------------------------------------------------- R8 ----

@@ -177,6 +177,10 @@ pub struct Exchanger {
     issuer: String,
     default_ttl: u64,
     max_ttl: u64,
+    /// The latest `exp` a token minted under an earlier configuration can
+    /// have (its reload time + its `[tokens] max_ttl`): revocations made
+    /// after lowering `max_ttl` still outlive those tokens.
+    earlier_tokens_until: u64,
     issuers: HashMap<String, Arc<IssuerVerifier>>,
     policies: PolicySet,
     minter: Arc<TokenMinter>,
@@ -193,6 +197,16 @@ pub struct Exchanger {
 }
 
 impl Exchanger {
+    /// Until when a revocation recorded `now` must be kept: until every
+    /// token it can cover has expired. That is `now + [tokens] max_ttl`,
+    /// or later while tokens minted before a reload that lowered
+    /// `max_ttl` can still be alive. The one rule every revocation (the
+    /// operator's, the guard's, a recovery's) uses.
+    pub fn revocation_expiry(&self, now: u64) -> u64 {
+        now.saturating_add(self.max_ttl.max(1))
+            .max(self.earlier_tokens_until)
+    }
+
     /// The policies in force.
     pub fn policies(&self) -> &PolicySet {
         &self.policies
@@ -252,6 +266,7 @@ impl Exchanger {
             issuer: cfg.server.issuer.clone(),
             default_ttl: cfg.tokens.default_ttl.as_secs(),
             max_ttl: cfg.tokens.max_ttl.as_secs(),
+            earlier_tokens_until: 0,
             issuers: issuers
                 .into_iter()
                 .map(|v| (v.config().issuer.clone(), v))
@@ -297,6 +312,11 @@ impl Exchanger {
     /// time (the anomaly guard's per-identity counters) when its settings
     /// did not change, so a reload is not a way to reset the guard.
     pub fn keep_state_of(&mut self, previous: &Exchanger) {
+        // Tokens minted until now under the previous lifetimes live at most
+        // until now + its max_ttl (and what it carried from before).
+        self.earlier_tokens_until = previous
+            .earlier_tokens_until
+            .max(self.clock.now().saturating_add(previous.max_ttl));
         if let (Some(new), Some(old)) = (&self.guard, &previous.guard) {
             if new.config() == old.config() {
                 self.guard = Some(old.clone());
@@ -438,7 +458,7 @@ impl Exchanger {
                 kind: crate::store::RevocationKind::Subject,
                 value: hit.identity.clone(),
                 revoked_at: now,
-                expires_at: now.saturating_add(self.max_ttl.max(1)),
+                expires_at: self.revocation_expiry(now),
             })
             .await?;
         let until = now.saturating_add(block_for);

@@ -114,14 +114,14 @@ pub struct RestoreReport {
 
 /// Restores after the store lost its data ([`crate::store::epoch`]):
 /// re-applies every revocation of `plan` that can still cover a live token
-/// (recorded less than `max_ttl` ago: no token lives longer; kept as long
+/// (recorded less than the tokens' longest lifetime ago; kept as long
 /// as when first made) and every block not yet over, then writes a new
 /// `recovered` epoch so every broker serves again. The store's lost-data
 /// refusal is lifted for these calls only. An empty plan is `--accept-loss`.
 pub async fn restore(
     stores: &crate::store::Stores,
     plan: &crate::audit::restore::RestorePlan,
-    max_ttl: u64,
+    exchanger: &super::Exchanger,
     now: u64,
 ) -> Result<RestoreReport, String> {
     use crate::store::{Revocation, RevocationKind as K};
@@ -136,7 +136,7 @@ pub async fn restore(
                 k => return Err(format!("unknown revocation kind `{k}` in the plan")),
             };
             check_revocation(kind, &r.value)?;
-            let expires_at = r.revoked_at.saturating_add(max_ttl.max(1));
+            let expires_at = exchanger.revocation_expiry(r.revoked_at);
             if expires_at <= now {
                 report.expired += 1;
                 continue;

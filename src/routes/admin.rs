@@ -167,7 +167,7 @@ pub async fn revoke(
     let now = app.clock.now();
     // Every token a revocation can cover was issued by now and lives at most
     // [tokens] max_ttl: the entry needs to live no longer than that.
-    let mut expires_at = now + app.snapshot().config.tokens.max_ttl.as_secs().max(1);
+    let mut expires_at = app.snapshot().exchanger.revocation_expiry(now);
     if b.kind == RevocationKind::Grant {
         match app.stores.grants.get(&b.value, now).await {
             Ok(Some(g)) => {
@@ -394,21 +394,22 @@ pub async fn recover_store(
         return err(
             StatusCode::CONFLICT,
             "not_lost",
-            "the store has not lost its data (its data epoch is the one this broker knows):              nothing to recover",
+            "the store has not lost its data (its data epoch is the one this broker knows): nothing to recover",
         );
     }
     let now = app.clock.now();
-    let max_ttl = app.snapshot().config.tokens.max_ttl.as_secs();
-    let report = match crate::exchange::operator::restore(&app.stores, &plan, max_ttl, now).await {
-        Ok(r) => r,
-        Err(m) => {
-            return err(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                format!("the recovery did not finish (run it again: it is idempotent): {m}"),
-            )
-        }
-    };
+    let snap = app.snapshot();
+    let report =
+        match crate::exchange::operator::restore(&app.stores, &plan, &snap.exchanger, now).await {
+            Ok(r) => r,
+            Err(m) => {
+                return err(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    format!("the recovery did not finish (run it again: it is idempotent): {m}"),
+                )
+            }
+        };
     let rec = AuditRecord::new(Event::Unavailable)
         .reason(if b.accept_loss {
             "store_epoch_loss_accepted"
@@ -658,7 +659,10 @@ pub async fn revoke_grant(
         kind: RevocationKind::Grant,
         value: g.id.clone(),
         revoked_at: now,
-        expires_at: (now + app.snapshot().config.tokens.max_ttl.as_secs())
+        expires_at: app
+            .snapshot()
+            .exchanger
+            .revocation_expiry(now)
             .min(g.expires_at)
             .max(now + 1),
     };
