@@ -2418,7 +2418,11 @@ async fn http2_early_answers_to_requests_with_bodies_are_clean() {
                 for _ in 0..2 {
                     sent += 1;
                     // A declared length over the limit is refused first.
-                    let want = if with_length && size > 64 * 1024 { 413 } else { want };
+                    let want = if with_length && size > 64 * 1024 {
+                        413
+                    } else {
+                        want
+                    };
                     if let Err(e) = h2_post(&send, &b, path, size, with_length, want).await {
                         failures.push(format!("POST {path} ({size} bytes, #{rep}): {e}"));
                     }
@@ -2462,7 +2466,11 @@ async fn h2_post(
     want: u16,
 ) -> Result<(), String> {
     use std::time::Duration;
-    let mut ready = send.clone().ready().await.map_err(|e| format!("ready: {e}"))?;
+    let mut ready = send
+        .clone()
+        .ready()
+        .await
+        .map_err(|e| format!("ready: {e}"))?;
     let mut req = axum::http::Request::post(b.url(path))
         .header("content-type", "application/x-www-form-urlencoded");
     if with_length {
@@ -2595,15 +2603,60 @@ async fn certificate_path_rules_are_enforced_at_the_handshake() {
         });
     });
     let cases: Vec<(&str, Vec<&tessera::pki::Ca>, LeafSpec, bool)> = vec![
-        ("intermediate KU without keyCertSign", vec![&digital_only], spiffe.clone(), false),
-        ("intermediate KU with keyCertSign", vec![&good], spiffe.clone(), true),
-        ("intermediate without KU", vec![&no_ku], spiffe.clone(), true),
-        ("pathLen 0 with a CA below it", vec![&len0, &under_len0], spiffe.clone(), false),
-        ("pathLen 0 issuing the leaf", vec![&len0], spiffe.clone(), true),
-        ("a CA certificate as the leaf", vec![&good], spiffe.clone().with_ca_flag(), false),
-        ("intermediate EKU serverAuth only", vec![&eku_server], spiffe.clone(), false),
-        ("intermediate EKU clientAuth", vec![&eku_client], spiffe.clone(), true),
-        ("leaf EKU serverAuth only", vec![&good], spiffe.clone().server_auth_only(), false),
+        (
+            "intermediate KU without keyCertSign",
+            vec![&digital_only],
+            spiffe.clone(),
+            false,
+        ),
+        (
+            "intermediate KU with keyCertSign",
+            vec![&good],
+            spiffe.clone(),
+            true,
+        ),
+        (
+            "intermediate without KU",
+            vec![&no_ku],
+            spiffe.clone(),
+            true,
+        ),
+        (
+            "pathLen 0 with a CA below it",
+            vec![&len0, &under_len0],
+            spiffe.clone(),
+            false,
+        ),
+        (
+            "pathLen 0 issuing the leaf",
+            vec![&len0],
+            spiffe.clone(),
+            true,
+        ),
+        (
+            "a CA certificate as the leaf",
+            vec![&good],
+            spiffe.clone().with_ca_flag(),
+            false,
+        ),
+        (
+            "intermediate EKU serverAuth only",
+            vec![&eku_server],
+            spiffe.clone(),
+            false,
+        ),
+        (
+            "intermediate EKU clientAuth",
+            vec![&eku_client],
+            spiffe.clone(),
+            true,
+        ),
+        (
+            "leaf EKU serverAuth only",
+            vec![&good],
+            spiffe.clone().server_auth_only(),
+            false,
+        ),
         (
             "DNS name outside a permitted subtree",
             vec![&dns_example],
@@ -2651,7 +2704,10 @@ async fn token_over_http1(b: &TestBroker, cfg: std::sync::Arc<rustls::ClientConf
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tcp = tokio::net::TcpStream::connect(b.addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let Ok(mut tls) = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await else {
+    let Ok(mut tls) = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+    else {
         return String::new();
     };
     let body = encode_form(&[
@@ -2667,5 +2723,9 @@ async fn token_over_http1(b: &TestBroker, cfg: std::sync::Arc<rustls::ClientConf
     let _ = tls.write_all(req.as_bytes()).await;
     let mut out = Vec::new();
     let _ = tls.read_to_end(&mut out).await;
-    String::from_utf8_lossy(&out).lines().next().unwrap_or("").to_string()
+    String::from_utf8_lossy(&out)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
