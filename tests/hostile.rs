@@ -2383,3 +2383,349 @@ async fn l115_pre_authentication_limit_is_per_peer() {
         .lines()
         .any(|l| l.starts_with("tessera_peer_rate_limited_total ") && !l.ends_with(" 0")));
 }
+
+/// Issue 21 item 5: a POST with a body to a path that answers early (404
+/// unknown path, 405 wrong method, 413 over the body limit) gets a clean
+/// answer over HTTP/2 every time. The server must not reset the stream with
+/// an error code (curl: "(92) Stream error in the HTTP/2 framing layer")
+/// before or after the answer: the body it did not read is either drained
+/// or the stream is ended with RST_STREAM(NO_ERROR) after a complete
+/// response (RFC 9113 §8.1). Bodies of several sizes, including more than
+/// one flow-control window and more than `limits.max_body_bytes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_early_answers_to_requests_with_bodies_are_clean() {
+    let b = TestBroker::start().await;
+    let mut cfg = (*tls_client(&b, Some(&b.agent), &rustls::version::TLS13)).clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let cfg = std::sync::Arc::new(cfg);
+    let cases: [(&str, u16); 4] = [
+        ("/nope", 404),
+        ("/jwks.json", 405),
+        ("/revocations", 405),
+        ("/token", 413),
+    ];
+    let sizes = [1usize, 1024, 70_000, 200_000];
+    let mut failures = Vec::new();
+    let mut sent = 0;
+    for (path, want) in cases {
+        for &size in &sizes {
+            if want == 413 && size <= 64 * 1024 {
+                continue;
+            }
+            for (with_length, rep) in (0..25).map(|i| (i % 2 == 0, i)) {
+                // A fresh connection now and then, and many streams on one.
+                let send = h2_connect(&b, &cfg).await;
+                for _ in 0..2 {
+                    sent += 1;
+                    // A declared length over the limit is refused first.
+                    let want = if with_length && size > 64 * 1024 {
+                        413
+                    } else {
+                        want
+                    };
+                    if let Err(e) = h2_post(&send, &b, path, size, with_length, want).await {
+                        failures.push(format!("POST {path} ({size} bytes, #{rep}): {e}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} early answers were not clean:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+async fn h2_connect(
+    b: &TestBroker,
+    cfg: &std::sync::Arc<rustls::ClientConfig>,
+) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// One POST of `size` bytes (at most the server's drain bound) on `send`:
+/// the status must be `want`, the response body must end cleanly, and the
+/// stream must not be reset.
+async fn h2_post(
+    send: &h2::client::SendRequest<bytes::Bytes>,
+    b: &TestBroker,
+    path: &str,
+    size: usize,
+    with_length: bool,
+    want: u16,
+) -> Result<(), String> {
+    use std::time::Duration;
+    let mut ready = send
+        .clone()
+        .ready()
+        .await
+        .map_err(|e| format!("ready: {e}"))?;
+    let mut req = axum::http::Request::post(b.url(path))
+        .header("content-type", "application/x-www-form-urlencoded");
+    if with_length {
+        req = req.header("content-length", size.to_string());
+    }
+    let (resp, mut tx) = ready
+        .send_request(req.body(()).unwrap(), false)
+        .map_err(|e| format!("send_request: {e}"))?;
+    // The body goes out as flow control allows, while the answer is read.
+    let upload = tokio::spawn(async move {
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(16 * 1024);
+            tx.reserve_capacity(n);
+            let granted = match std::future::poll_fn(|cx| tx.poll_capacity(cx)).await {
+                Some(Ok(g)) => g.min(n),
+                Some(Err(e)) => return (tx, Some(e)),
+                None => return (tx, None),
+            };
+            if granted == 0 {
+                continue;
+            }
+            left -= granted;
+            if let Err(e) = tx.send_data(bytes::Bytes::from(vec![b'a'; granted]), left == 0) {
+                return (tx, Some(e));
+            }
+        }
+        (tx, None)
+    });
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .map_err(|_| "no answer".to_string())?
+        .map_err(|e| format!("answer: {e}"))?;
+    if resp.status().as_u16() != want {
+        return Err(format!("status {} (want {want})", resp.status()));
+    }
+    let mut body = resp.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| format!("response body: {e}"))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    // The whole upload goes out and the stream ends without any
+    // RST_STREAM: the server reads bodies up to its drain bound (curl 7.88
+    // fails even on a NO_ERROR reset while it is still uploading).
+    let (mut tx, upload_err) = tokio::time::timeout(Duration::from_secs(10), upload)
+        .await
+        .map_err(|_| "upload never ended".to_string())?
+        .unwrap();
+    if let Some(e) = upload_err {
+        return Err(format!("upload: {e}"));
+    }
+    let reset = tokio::time::timeout(
+        Duration::from_millis(20),
+        std::future::poll_fn(|cx| tx.poll_reset(cx)),
+    )
+    .await;
+    match reset {
+        Ok(Ok(reason)) => return Err(format!("stream reset: {reason}")),
+        Ok(Err(e)) if e.reason().is_some() => return Err(format!("stream reset: {e}")),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// An intermediate CA signed by `root` with the usual CA profile
+/// (unconstrained `cA`, KeyUsage keyCertSign + cRLSign) changed by `edit`.
+fn custom_intermediate(
+    root: &tessera::pki::Ca,
+    name: &str,
+    edit: impl FnOnce(&mut rcgen::CertificateParams),
+) -> tessera::pki::Ca {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    // The root as an rcgen issuer: its subject (a common name, as
+    // `Ca::generate` writes it) and its key.
+    let (_, root_x509) = x509_parser::parse_x509_certificate(root.cert_der()).unwrap();
+    let root_cn = root_x509
+        .subject()
+        .iter_common_name()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut root_params = CertificateParams::default();
+    root_params
+        .distinguished_name
+        .push(DnType::CommonName, root_cn);
+    let issuer = rcgen::Issuer::new(root_params, KeyPair::from_pem(root.key_pem()).unwrap());
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    edit(&mut params);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    tessera::pki::Ca::from_pem(&cert.pem(), &key.serialize_pem()).unwrap()
+}
+
+/// Issue 23 item 2 and its family (SECURITY.md "Certificate paths"): client
+/// chains root → intermediate(s) → leaf, each judged at a real TLS
+/// handshake. KeyUsage on intermediates (RFC 5280 §6.1.4 (n)), path length
+/// constraints, a CA used as a leaf, EKU on intermediates and DNS name
+/// constraints each have an accepted and a refused case; the refused
+/// KeyUsage chain cannot get the agent a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_path_rules_are_enforced_at_the_handshake() {
+    use rcgen::{ExtendedKeyUsagePurpose as Eku, GeneralSubtree, KeyUsagePurpose as Ku};
+    use rustls_pki_types::CertificateDer;
+    let b = TestBroker::start().await;
+    let der = |d: &[u8]| CertificateDer::from(d.to_vec());
+    let spiffe = LeafSpec::client_spiffe(AGENT);
+    // (what, chain of CAs under the root, leaf spec, accepted?)
+    let digital_only = custom_intermediate(&b.ca, "KU digitalSignature", |p| {
+        p.key_usages = vec![Ku::DigitalSignature];
+    });
+    let no_ku = custom_intermediate(&b.ca, "no KU", |p| p.key_usages = vec![]);
+    let good = custom_intermediate(&b.ca, "KU keyCertSign", |_| {});
+    let len0 = b.ca.issue_intermediate("pathLen 0").unwrap();
+    let under_len0 = len0.issue_sub_ca("under pathLen 0").unwrap();
+    let eku_server = custom_intermediate(&b.ca, "EKU serverAuth", |p| {
+        p.extended_key_usages = vec![Eku::ServerAuth];
+    });
+    let eku_client = custom_intermediate(&b.ca, "EKU clientAuth", |p| {
+        p.extended_key_usages = vec![Eku::ClientAuth];
+    });
+    let dns_example = custom_intermediate(&b.ca, "permitted DNS example.org", |p| {
+        p.name_constraints = Some(rcgen::NameConstraints {
+            permitted_subtrees: vec![GeneralSubtree::DnsName("example.org".into())],
+            excluded_subtrees: vec![],
+        });
+    });
+    let cases: Vec<(&str, Vec<&tessera::pki::Ca>, LeafSpec, bool)> = vec![
+        (
+            "intermediate KU without keyCertSign",
+            vec![&digital_only],
+            spiffe.clone(),
+            false,
+        ),
+        (
+            "intermediate KU with keyCertSign",
+            vec![&good],
+            spiffe.clone(),
+            true,
+        ),
+        (
+            "intermediate without KU",
+            vec![&no_ku],
+            spiffe.clone(),
+            true,
+        ),
+        (
+            "pathLen 0 with a CA below it",
+            vec![&len0, &under_len0],
+            spiffe.clone(),
+            false,
+        ),
+        (
+            "pathLen 0 issuing the leaf",
+            vec![&len0],
+            spiffe.clone(),
+            true,
+        ),
+        (
+            "a CA certificate as the leaf",
+            vec![&good],
+            spiffe.clone().with_ca_flag(),
+            false,
+        ),
+        (
+            "intermediate EKU serverAuth only",
+            vec![&eku_server],
+            spiffe.clone(),
+            false,
+        ),
+        (
+            "intermediate EKU clientAuth",
+            vec![&eku_client],
+            spiffe.clone(),
+            true,
+        ),
+        (
+            "leaf EKU serverAuth only",
+            vec![&good],
+            spiffe.clone().server_auth_only(),
+            false,
+        ),
+        (
+            "DNS name outside a permitted subtree",
+            vec![&dns_example],
+            LeafSpec::client_dns("svc.evil.org"),
+            false,
+        ),
+        (
+            "DNS name inside a permitted subtree",
+            vec![&dns_example],
+            LeafSpec::client_dns("svc.example.org"),
+            true,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, cas, spec, want) in cases {
+        let issuer = cas.last().unwrap();
+        let leaf = issuer.issue(&spec).unwrap();
+        let mut chain = vec![der(&leaf.cert_der)];
+        chain.extend(cas.iter().rev().map(|c| der(c.cert_der())));
+        let (ok, _) = present_chain(&b, &leaf, chain).await;
+        if ok != want {
+            wrong.push(format!("{what}: accepted={ok}, want {want}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // The attack of issue 23 item 2: the refused chain gets no token, the
+    // agent's own certificate still does.
+    let leaf = digital_only.issue(&spiffe).unwrap();
+    let chain = vec![der(&leaf.cert_der), der(digital_only.cert_der())];
+    let cfg = client_config(&b, Some((chain, &leaf)), &rustls::version::TLS13);
+    let forged = token_over_http1(&b, cfg).await;
+    assert!(!forged.starts_with("HTTP/1.1 200"), "{forged}");
+    // The same request through a keyCertSign intermediate is served.
+    let leaf = good.issue(&spiffe).unwrap();
+    let chain = vec![der(&leaf.cert_der), der(good.cert_der())];
+    let cfg = client_config(&b, Some((chain, &leaf)), &rustls::version::TLS13);
+    let honest = token_over_http1(&b, cfg).await;
+    assert!(honest.starts_with("HTTP/1.1 200"), "{honest}");
+}
+
+/// A token request for the agent's scope over HTTP/1.1 with `cfg`; the
+/// status line, or "" when the handshake failed.
+async fn token_over_http1(b: &TestBroker, cfg: std::sync::Arc<rustls::ClientConfig>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let Ok(mut tls) = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+    else {
+        return String::new();
+    };
+    let body = encode_form(&[
+        ("grant_type", TE),
+        ("subject_token_type", MTLS),
+        ("audience", API),
+        ("scope", "tickets:read"),
+    ]);
+    let req = format!(
+        "POST /token HTTP/1.1\r\nhost: broker\r\nconnection: close\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tls.write_all(req.as_bytes()).await;
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}

@@ -4,6 +4,7 @@
 //! extensions, HTTP/1.1 or HTTP/2 with a header-read timeout, and
 //! graceful shutdown.
 
+mod early;
 pub mod limit;
 pub mod tls;
 
@@ -140,7 +141,13 @@ pub async fn serve_https_draining(
                         let secs = wait.as_secs().saturating_add(1);
                         return Ok(crate::oauth::OAuthError::rate_limited(secs).into_response());
                     }
-                    router.oneshot(req.map(Body::new)).await
+                    if req.version() != hyper::Version::HTTP_2 {
+                        return router.oneshot(req.map(Body::new)).await;
+                    }
+                    let (req, unread) = early::share_body(req);
+                    let resp = router.oneshot(req.map(Body::new)).await;
+                    early::drain(unread).await;
+                    resp
                 }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -82,6 +82,8 @@ pub fn server_config(
             per_domain,
         })
     };
+    // Every path is also held to the RFC 5280 rules webpki leaves out.
+    let verifier: Arc<dyn ClientCertVerifier> = Arc::new(PathRulesVerifier { inner: verifier });
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("tls: {e}"))?
@@ -170,5 +172,103 @@ impl ClientCertVerifier for TrustDomainVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.any.supported_verify_schemes()
+    }
+}
+
+/// The certificate-path rules rustls-webpki does not enforce, checked after
+/// it accepted a client chain (SECURITY.md "Certificate paths"). webpki
+/// already enforces basicConstraints `cA` on every issuer, pathLenConstraint,
+/// a leaf that is not a CA, EKU `clientAuth` (when present) on every
+/// certificate, and name constraints (a URI constraint refuses every URI
+/// SAN). It ignores KeyUsage: RFC 5280 §6.1.4 (n) requires `keyCertSign` on
+/// every CA certificate in the path that has a KeyUsage extension, so a CA
+/// whose key was only meant for signatures cannot vouch for a client.
+#[derive(Debug)]
+struct PathRulesVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+/// Refuses a presented chain in which a certificate other than the leaf has
+/// a KeyUsage extension without `keyCertSign`, or cannot be parsed. Every
+/// presented intermediate is checked, on the path or not (fail closed).
+fn check_issuer_key_usage(intermediates: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+    let refuse = |why: &'static str| {
+        tracing::debug!(reason = why, "client certificate path refused");
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Other(rustls::OtherError(Arc::new(PathRuleError(why)))),
+        ))
+    };
+    for der in intermediates {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+            return refuse("an intermediate certificate cannot be parsed");
+        };
+        match cert.key_usage() {
+            Ok(None) => {}
+            Ok(Some(ku)) if ku.value.key_cert_sign() => {}
+            Ok(Some(_)) => return refuse("an issuing CA's KeyUsage lacks keyCertSign"),
+            Err(_) => return refuse("an intermediate's KeyUsage is malformed or duplicated"),
+        }
+    }
+    Ok(())
+}
+
+/// Why [`PathRulesVerifier`] refused a chain.
+#[derive(Debug)]
+struct PathRuleError(&'static str);
+
+impl std::fmt::Display for PathRuleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for PathRuleError {}
+
+impl ClientCertVerifier for PathRulesVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        check_issuer_key_usage(intermediates)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
