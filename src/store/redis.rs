@@ -233,6 +233,16 @@ fn h(x: &[u8]) -> String {
     out
 }
 
+/// `H(len(a) ‖ a ‖ b)` (the length as 8 bytes big-endian): a digest of two
+/// strings that no other pair shares.
+fn h_pair(a: &str, b: &str) -> String {
+    let mut buf = Vec::with_capacity(8 + a.len() + b.len());
+    buf.extend_from_slice(&(a.len() as u64).to_be_bytes());
+    buf.extend_from_slice(a.as_bytes());
+    buf.extend_from_slice(b.as_bytes());
+    h(&buf)
+}
+
 /// Number of slots of a Redis Cluster.
 const CLUSTER_SLOTS: u16 = 16384;
 
@@ -1339,11 +1349,7 @@ impl RedisStore {
     }
 
     pub(crate) fn key_replay(&self, namespace: &str, id: &str) -> String {
-        let mut buf = Vec::with_capacity(8 + namespace.len() + id.len());
-        buf.extend_from_slice(&(namespace.len() as u64).to_be_bytes());
-        buf.extend_from_slice(namespace.as_bytes());
-        buf.extend_from_slice(id.as_bytes());
-        format!("{}:rp:{}", self.prefix, h(&buf))
+        format!("{}:rp:{}", self.prefix, h_pair(namespace, id))
     }
 
     /// The prefix of a subject's grant keys (ends with `:gr:`).
@@ -1379,11 +1385,11 @@ impl RedisStore {
     /// The pending approval of one request by one requester (for asking
     /// twice): `H(len(requester) ‖ requester ‖ request_hash)`.
     pub(crate) fn key_approval_request(&self, requester: &str, request_hash: &str) -> String {
-        let mut buf = Vec::with_capacity(8 + requester.len() + request_hash.len());
-        buf.extend_from_slice(&(requester.len() as u64).to_be_bytes());
-        buf.extend_from_slice(requester.as_bytes());
-        buf.extend_from_slice(request_hash.as_bytes());
-        format!("{}:{{ap}}:rh:{}", self.prefix, h(&buf))
+        format!(
+            "{}:{{ap}}:rh:{}",
+            self.prefix,
+            h_pair(requester, request_hash)
+        )
     }
 
     pub(crate) fn key_grant_pointer(&self, id: &str) -> String {
