@@ -885,3 +885,43 @@ async fn approvals_list_escapes_bidi_and_zero_width_characters() {
         "T-1\u{202e}\u{2066}9\u{2069}\u{200b}"
     );
 }
+
+#[tokio::test]
+async fn the_same_request_asked_twice_while_pending_gets_the_first_approval() {
+    for (o, _r) in backends("ttl = \"3s\"\ninterval = \"2s\"") {
+        let b = TestBroker::start_with(o).await;
+        let id = pending(&b).await;
+        // asked again (no approval_id): the first approval, not a second one
+        let again = agent_asks(&b, None).await;
+        assert_eq!(code(&again), (400, "authorization_pending"), "{}", again.1);
+        assert_eq!(again.1["approval_id"], id.as_str());
+        let (s, l) = b.admin(Method::GET, "/admin/v1/approvals", None).await;
+        assert_eq!(s, 200);
+        assert_eq!(l["approvals"].as_array().unwrap().len(), 1, "{l}");
+        // another request of the same requester is another approval
+        let other = ask(
+            &b,
+            &b.agent_client(),
+            API,
+            "tickets:delete",
+            Some(DETAILS),
+            None,
+        )
+        .await;
+        assert_eq!(code(&other), (400, "authorization_pending"));
+        assert_ne!(other.1["approval_id"], id.as_str());
+
+        // once decided, asking again makes a new approval
+        assert_eq!(decide(&b, &id, "deny", "no").await.0, 200);
+        let after = pending(&b).await;
+        assert_ne!(after, id);
+        assert_eq!(agent_asks(&b, None).await.1["approval_id"], after.as_str());
+
+        // once expired, asking again makes a new approval
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        let fresh = pending(&b).await;
+        assert_ne!(fresh, after);
+        assert_ne!(fresh, id);
+        b.stop().await;
+    }
+}

@@ -802,7 +802,7 @@ impl Exchanger {
         policy: &crate::policy::CompiledPolicy,
         now: u64,
     ) -> Result<crate::store::Approval, ExchangeError> {
-        use crate::store::{Approval, ApprovalState, PollOutcome};
+        use crate::store::{Approval, ApprovalCreated, ApprovalState, PollOutcome};
         let interval = self.approvals_interval;
         // RFC 8628 §3.2: clients default to 5 s when no interval is given;
         // tell them at least 1 s even when slow_down is disabled.
@@ -827,8 +827,17 @@ impl Exchanger {
                 decided_at: None,
                 reason: None,
             };
-            if !self.stores.approvals.create_approval(&a).await? {
-                return Err(ExchangeError::ApprovalsFull);
+            match self.stores.approvals.create_approval(&a).await? {
+                ApprovalCreated::Created => {}
+                // The same request asked again while the first ask waits:
+                // one approval, one decision (no second webhook).
+                ApprovalCreated::Existing(id) => {
+                    return Err(ExchangeError::ApprovalPending {
+                        id,
+                        interval: shown_interval,
+                    });
+                }
+                ApprovalCreated::Full => return Err(ExchangeError::ApprovalsFull),
             }
             // The pending answer itself is audited by the token route
             // (a refusal with reason `authorization_pending`, naming the

@@ -59,6 +59,7 @@ pub async fn run_all(s: Stores) {
     approval_expiry(&s).await;
     approval_concurrent_redeem(&s).await;
     approval_requester_cap(&s).await;
+    approval_same_request_twice(&s).await;
     audit_stream(&s).await;
     s.health.ping().await.unwrap();
 }
@@ -588,7 +589,10 @@ async fn approval_lifecycle(s: &Stores) {
     let now = unix_now();
     let req = uniq("spiffe://td/apr");
     let a = approval(&req, "h1");
-    assert!(s.approvals.create_approval(&a).await.unwrap());
+    assert_eq!(
+        s.approvals.create_approval(&a).await.unwrap(),
+        ApprovalCreated::Created
+    );
     assert_eq!(
         s.approvals.get_approval(&a.id, now).await.unwrap(),
         Some(a.clone())
@@ -699,7 +703,10 @@ async fn approval_binding_and_denial(s: &Stores) {
     let now = unix_now();
     let req = uniq("spiffe://td/bind");
     let a = approval(&req, "h-bound");
-    assert!(s.approvals.create_approval(&a).await.unwrap());
+    assert_eq!(
+        s.approvals.create_approval(&a).await.unwrap(),
+        ApprovalCreated::Created
+    );
     // another requester, or another request, learns nothing and changes nothing
     for (who, hash) in [
         (uniq("spiffe://td/x").as_str(), "h-bound"),
@@ -734,7 +741,10 @@ async fn approval_binding_and_denial(s: &Stores) {
     ));
     // denied stays denied
     let d = approval(&req, "h-deny");
-    assert!(s.approvals.create_approval(&d).await.unwrap());
+    assert_eq!(
+        s.approvals.create_approval(&d).await.unwrap(),
+        ApprovalCreated::Created
+    );
     let out = s
         .approvals
         .decide(&d.id, false, "op", Some("no"), now + 1)
@@ -754,7 +764,10 @@ async fn approval_expiry(s: &Stores) {
     let req = uniq("spiffe://td/aexp");
     let mut a = approval(&req, "h");
     a.expires_at = now + 10;
-    assert!(s.approvals.create_approval(&a).await.unwrap());
+    assert_eq!(
+        s.approvals.create_approval(&a).await.unwrap(),
+        ApprovalCreated::Created
+    );
     assert_eq!(
         s.approvals
             .poll(&a.id, &req, "h", 0, now + 10)
@@ -772,7 +785,10 @@ async fn approval_expiry(s: &Stores) {
     // approved, then not redeemed in time
     let mut b = approval(&req, "h2");
     b.expires_at = now + 10;
-    assert!(s.approvals.create_approval(&b).await.unwrap());
+    assert_eq!(
+        s.approvals.create_approval(&b).await.unwrap(),
+        ApprovalCreated::Created
+    );
     s.approvals
         .decide(&b.id, true, "op", None, now + 1)
         .await
@@ -804,7 +820,10 @@ async fn approval_concurrent_redeem(s: &Stores) {
     let now = unix_now();
     let req = uniq("spiffe://td/aconc");
     let a = approval(&req, "h");
-    assert!(s.approvals.create_approval(&a).await.unwrap());
+    assert_eq!(
+        s.approvals.create_approval(&a).await.unwrap(),
+        ApprovalCreated::Created
+    );
     s.approvals
         .decide(&a.id, true, "op", None, now)
         .await
@@ -831,25 +850,125 @@ async fn approval_concurrent_redeem(s: &Stores) {
 async fn approval_requester_cap(s: &Stores) {
     let req = uniq("spiffe://td/acap");
     for i in 0..MAX_APPROVALS_PER_REQUESTER {
-        assert!(
+        assert_eq!(
             s.approvals
                 .create_approval(&approval(&req, &format!("h{i}")))
                 .await
                 .unwrap(),
+            ApprovalCreated::Created,
             "{i}"
         );
     }
-    assert!(!s
-        .approvals
-        .create_approval(&approval(&req, "one-too-many"))
-        .await
-        .unwrap());
+    assert_eq!(
+        s.approvals
+            .create_approval(&approval(&req, "one-too-many"))
+            .await
+            .unwrap(),
+        ApprovalCreated::Full
+    );
+    // asking again for one already pending still finds it at the cap
+    assert!(matches!(
+        s.approvals
+            .create_approval(&approval(&req, "h0"))
+            .await
+            .unwrap(),
+        ApprovalCreated::Existing(_)
+    ));
     // others are not affected
-    assert!(s
-        .approvals
-        .create_approval(&approval(&uniq("spiffe://td/acap2"), "h"))
+    assert_eq!(
+        s.approvals
+            .create_approval(&approval(&uniq("spiffe://td/acap2"), "h"))
+            .await
+            .unwrap(),
+        ApprovalCreated::Created
+    );
+}
+
+/// The same request (same hash, same requester) asked while the first ask
+/// is pending finds it; another requester, another request, or an ask after
+/// the first was decided or expired makes a new approval.
+async fn approval_same_request_twice(s: &Stores) {
+    let now = unix_now();
+    let req = uniq("spiffe://td/atwice");
+    let first = approval(&req, "h-twice");
+    assert_eq!(
+        s.approvals.create_approval(&first).await.unwrap(),
+        ApprovalCreated::Created
+    );
+    let again = approval(&req, "h-twice");
+    assert_eq!(
+        s.approvals.create_approval(&again).await.unwrap(),
+        ApprovalCreated::Existing(first.id.clone())
+    );
+    assert_eq!(
+        s.approvals.get_approval(&again.id, now).await.unwrap(),
+        None,
+        "nothing stored for the second ask"
+    );
+    for other in [
+        approval(&uniq("spiffe://td/atw2"), "h-twice"),
+        approval(&req, "h-other"),
+    ] {
+        assert_eq!(
+            s.approvals.create_approval(&other).await.unwrap(),
+            ApprovalCreated::Created
+        );
+    }
+    // once decided, a new ask is a new approval (and it is found in turn)
+    s.approvals
+        .decide(&first.id, false, "op", None, now)
         .await
-        .unwrap());
+        .unwrap();
+    let after_decision = approval(&req, "h-twice");
+    assert_eq!(
+        s.approvals.create_approval(&after_decision).await.unwrap(),
+        ApprovalCreated::Created
+    );
+    assert_eq!(
+        s.approvals
+            .create_approval(&approval(&req, "h-twice"))
+            .await
+            .unwrap(),
+        ApprovalCreated::Existing(after_decision.id.clone())
+    );
+    // an ask after its expiry is a new approval
+    let req2 = uniq("spiffe://td/atwexp");
+    let mut short = approval(&req2, "h");
+    short.expires_at = now + 5;
+    assert_eq!(
+        s.approvals.create_approval(&short).await.unwrap(),
+        ApprovalCreated::Created
+    );
+    let mut later = approval(&req2, "h");
+    later.created_at = now + 5;
+    later.expires_at = now + 65;
+    assert_eq!(
+        s.approvals.create_approval(&later).await.unwrap(),
+        ApprovalCreated::Created
+    );
+    // concurrent identical asks: one creates, the others find it
+    let req3 = uniq("spiffe://td/atwconc");
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let st = s.approvals.clone();
+        let a = approval(&req3, "h");
+        tasks.push(tokio::spawn(async move {
+            st.create_approval(&a).await.unwrap()
+        }));
+    }
+    let mut created = 0;
+    let mut found = std::collections::HashSet::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            ApprovalCreated::Created => created += 1,
+            ApprovalCreated::Existing(id) => {
+                found.insert(id);
+            }
+            ApprovalCreated::Full => panic!("full"),
+        }
+    }
+    assert_eq!(created, 1, "one pending approval for one request");
+    assert!(found.len() <= 1, "{found:?}");
 }
 
 async fn audit_stream(s: &Stores) {

@@ -305,11 +305,19 @@ impl GrantStore for MemoryStore {
 
 #[async_trait]
 impl ApprovalStore for MemoryStore {
-    async fn create_approval(&self, a: &Approval) -> Result<bool, StoreError> {
+    async fn create_approval(&self, a: &Approval) -> Result<ApprovalCreated, StoreError> {
         let mut inner = self.lock()?;
         inner.purge(a.created_at);
         if inner.approvals.contains_key(&a.id) {
             return Err(StoreError::Protocol("approval id already exists".into()));
+        }
+        if let Some((first, _)) = inner.approvals.values().find(|(x, _)| {
+            x.requester == a.requester
+                && x.request_hash == a.request_hash
+                && x.state == ApprovalState::Pending
+                && x.expires_at > a.created_at
+        }) {
+            return Ok(ApprovalCreated::Existing(first.id.clone()));
         }
         let live_of_requester = inner
             .approvals
@@ -319,12 +327,12 @@ impl ApprovalStore for MemoryStore {
         if live_of_requester >= MAX_APPROVALS_PER_REQUESTER
             || inner.approvals.len() >= MAX_APPROVALS_TOTAL
         {
-            return Ok(false);
+            return Ok(ApprovalCreated::Full);
         }
         let mut stored = a.clone();
         stored.state = ApprovalState::Pending;
         inner.approvals.insert(a.id.clone(), (stored, a.created_at));
-        Ok(true)
+        Ok(ApprovalCreated::Created)
     }
 
     async fn get_approval(&self, id: &str, now: u64) -> Result<Option<Approval>, StoreError> {

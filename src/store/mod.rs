@@ -362,15 +362,31 @@ pub const MAX_APPROVALS_LISTED: usize = 1_000;
 /// Largest stored approval (its JSON).
 pub const MAX_APPROVAL_BYTES: usize = 64 * 1024;
 
+/// What [`ApprovalStore::create_approval`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApprovalCreated {
+    /// Stored as a new pending approval.
+    Created,
+    /// Nothing stored: the same requester already has a pending, unexpired
+    /// approval of the same request (same `request_hash`); its id.
+    Existing(String),
+    /// Nothing stored: the requester already has
+    /// [`MAX_APPROVALS_PER_REQUESTER`] live approvals or the store holds
+    /// [`MAX_APPROVALS_TOTAL`].
+    Full,
+}
+
 /// Human approvals. Every transition is atomic: an approval is decided once
 /// and redeemed at most once, whatever the concurrency.
 #[async_trait]
 pub trait ApprovalStore: Send + Sync {
     /// Stores a new pending approval, kept until `expires_at` +
-    /// [`APPROVAL_RETAIN_SECS`]. `false` (nothing stored) when its requester
-    /// already has [`MAX_APPROVALS_PER_REQUESTER`] live approvals or the
-    /// store holds [`MAX_APPROVALS_TOTAL`].
-    async fn create_approval(&self, a: &Approval) -> Result<bool, StoreError>;
+    /// [`APPROVAL_RETAIN_SECS`], unless the same requester already has a
+    /// pending, unexpired approval of the same request (then its id, so a
+    /// request asked twice waits for one decision), or the caps are reached.
+    /// Atomic: of N concurrent identical asks, one creates and the others
+    /// find it.
+    async fn create_approval(&self, a: &Approval) -> Result<ApprovalCreated, StoreError>;
     /// One approval by id while it is retained (expired ones included).
     async fn get_approval(&self, id: &str, now: u64) -> Result<Option<Approval>, StoreError>;
     /// Every retained approval, oldest first; when there are more than

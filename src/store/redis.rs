@@ -61,6 +61,7 @@
 //! | `P:{ap}:a:H(id)` | hash `j` (approval JSON as created), `s` (state), `p` (last poll), `x` (expires_at), `r` (requester), `h` (request hash), `b`/`t`/`w` (decided by, at, reason) | `EXAT expires_at + APPROVAL_RETAIN_SECS` | approval create script; decide and poll scripts change `s`, `p`, `b`, `t`, `w` |
 //! | `P:{ap}:all` | sorted set id → expires_at + retention | `EXPIREAT` the latest (only ever extended) | approval create script |
 //! | `P:{ap}:rq:H(requester)` | sorted set id → expires_at (the requester's live approvals, for the cap) | `EXPIREAT` the latest | approval create script |
+//! | `P:{ap}:rh:H(len(requester) ‖ requester ‖ request hash)` | hash `i` (id), `d` (`H(id)`) of the latest approval of that request by that requester (asking twice while it is pending finds it) | `EXPIREAT expires_at` | approval create script |
 //! | `P:{audit}:stream` | stream, field `rec` (one sealed audit record, JSON), `MAXLEN ~ [audit] stream_max_len` | [`AUDIT_STREAM_IDLE_TTL`] after the last append (refreshed by each) | audit writer (`XADD` pipeline) |
 //!
 //! Why the hash tags: all revocation keys and the feed share the tag `{rev}`,
@@ -91,8 +92,10 @@
 //! the one exception, reading grants of many subjects, issues one command
 //! per grant on a cluster.
 //!
-//! Approvals share the tag `{ap}`: the create script (record and both
-//! indexes) is one slot, and decide and poll touch the record alone.
+//! Approvals share the tag `{ap}`: the create script (record and the
+//! three indexes, plus the record the same-request index names, built from
+//! the prefix and its digest as for grants) is one slot, and decide and poll
+//! touch the record alone.
 //!
 //! Timestamps from the caller (`now`) are checked against the stored
 //! `expires_at` on every read (defence in depth even if a TTL was lost); TTLs
@@ -232,6 +235,16 @@ fn h(x: &[u8]) -> String {
         out.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
     out
+}
+
+/// `H(len(a) ‖ a ‖ b)` (the length as 8 bytes big-endian): a digest of two
+/// strings that no other pair shares.
+fn h_pair(a: &str, b: &str) -> String {
+    let mut buf = Vec::with_capacity(8 + a.len() + b.len());
+    buf.extend_from_slice(&(a.len() as u64).to_be_bytes());
+    buf.extend_from_slice(a.as_bytes());
+    buf.extend_from_slice(b.as_bytes());
+    h(&buf)
 }
 
 /// Number of slots of a Redis Cluster.
@@ -984,19 +997,34 @@ if best_r ~= 'u' then redis.call('HINCRBY', kp .. best, 'r', -1) end
 return {best_j, best_r}
 "#;
 
-/// KEYS: record, all, requester index. ARGV: id, json, expires_at,
-/// keep_until, requester, request hash, created_at (caller's now),
-/// max per requester, max total.
-/// 1 stored, 0 already gone, -1 exists, -2 requester full, -3 store full.
+/// KEYS: record, all, requester index, same-request index. ARGV: id, json,
+/// expires_at, keep_until, requester, request hash, created_at (caller's
+/// now), max per requester, max total, record key prefix (`P:{ap}:a:`),
+/// `H(id)`.
+/// Returns {'1'} stored, {'0'} already gone, {'-1'} exists, {'-2'} requester
+/// full, {'-3'} store full, {'=', id} the same request is already pending as
+/// `id`. The pending approval named by the same-request index is read from
+/// its record key, built from the prefix and the digest the index holds (in
+/// the slot of `{ap}` by construction, like the grant keys of the consume
+/// script).
 const LUA_APPROVAL_CREATE: &str = r#"
 local x = tonumber(ARGV[3])
 local keep = tonumber(ARGV[4])
-if keep <= now then return 0 end
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local at = tonumber(ARGV[7])
+if keep <= now then return {'0'} end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'-1'} end
+local d = redis.call('HMGET', KEYS[4], 'i', 'd')
+if d[1] and d[2] then
+  local f = redis.call('HMGET', ARGV[10] .. d[2], 's', 'x', 'r', 'h')
+  if f[1] == 'pending' and (tonumber(f[2] or '0') or 0) > at
+    and f[3] == ARGV[5] and f[4] == ARGV[6] then
+    return {'=', d[1]}
+  end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[7])
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[8]) then return -2 end
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[9]) then return -3 end
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[8]) then return {'-2'} end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[9]) then return {'-3'} end
 redis.call('HSET', KEYS[1], 'j', ARGV[2], 's', 'pending', 'p', ARGV[7], 'x', ARGV[3],
   'r', ARGV[5], 'h', ARGV[6])
 redis.call('EXPIREAT', KEYS[1], ARGV[4])
@@ -1004,7 +1032,11 @@ redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
 extend(KEYS[2], keep, now)
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 extend(KEYS[3], x, now)
-return 1
+redis.call('DEL', KEYS[4])
+redis.call('HSET', KEYS[4], 'i', ARGV[1], 'd', ARGV[11])
+if x <= now then x = now + 1 end
+redis.call('EXPIREAT', KEYS[4], x)
+return {'1'}
 "#;
 
 /// KEYS: record. ARGV: new state, by, at (caller's now), reason, retention.
@@ -1334,11 +1366,7 @@ impl RedisStore {
     }
 
     pub(crate) fn key_replay(&self, namespace: &str, id: &str) -> String {
-        let mut buf = Vec::with_capacity(8 + namespace.len() + id.len());
-        buf.extend_from_slice(&(namespace.len() as u64).to_be_bytes());
-        buf.extend_from_slice(namespace.as_bytes());
-        buf.extend_from_slice(id.as_bytes());
-        format!("{}:rp:{}", self.prefix, h(&buf))
+        format!("{}:rp:{}", self.prefix, h_pair(namespace, id))
     }
 
     /// The prefix of a subject's grant keys (ends with `:gr:`).
@@ -1355,7 +1383,12 @@ impl RedisStore {
     }
 
     pub(crate) fn key_approval(&self, id: &str) -> String {
-        format!("{}:{{ap}}:a:{}", self.prefix, h(id.as_bytes()))
+        format!("{}{}", self.key_approval_prefix(), h(id.as_bytes()))
+    }
+
+    /// What every approval record key starts with (then `H(id)`).
+    fn key_approval_prefix(&self) -> String {
+        format!("{}:{{ap}}:a:", self.prefix)
     }
 
     pub(crate) fn key_approval_all(&self) -> String {
@@ -1364,6 +1397,16 @@ impl RedisStore {
 
     pub(crate) fn key_approval_requester(&self, requester: &str) -> String {
         format!("{}:{{ap}}:rq:{}", self.prefix, h(requester.as_bytes()))
+    }
+
+    /// The pending approval of one request by one requester (for asking
+    /// twice): `H(len(requester) ‖ requester ‖ request_hash)`.
+    pub(crate) fn key_approval_request(&self, requester: &str, request_hash: &str) -> String {
+        format!(
+            "{}:{{ap}}:rh:{}",
+            self.prefix,
+            h_pair(requester, request_hash)
+        )
     }
 
     pub(crate) fn key_grant_pointer(&self, id: &str) -> String {
@@ -2588,7 +2631,7 @@ fn valid_approval_id(id: &str) -> bool {
 
 #[async_trait]
 impl ApprovalStore for RedisStore {
-    async fn create_approval(&self, a: &Approval) -> Result<bool, StoreError> {
+    async fn create_approval(&self, a: &Approval) -> Result<ApprovalCreated, StoreError> {
         if !valid_approval_id(&a.id) {
             return Err(StoreError::Protocol("approval id empty or too long".into()));
         }
@@ -2602,13 +2645,14 @@ impl ApprovalStore for RedisStore {
             return Err(StoreError::Protocol("approval too large".into()));
         }
         let mut con = self.conn.manager()?;
-        let n: i64 = self
+        let r: Vec<String> = self
             .run("approval create", async {
                 Ok(self
                     .approval_create_script
                     .key(self.key_approval(&a.id))
                     .key(self.key_approval_all())
                     .key(self.key_approval_requester(&a.requester))
+                    .key(self.key_approval_request(&a.requester, &a.request_hash))
                     .arg(a.id.as_str())
                     .arg(json.as_slice())
                     .arg(a.expires_at)
@@ -2618,15 +2662,21 @@ impl ApprovalStore for RedisStore {
                     .arg(a.created_at)
                     .arg(MAX_APPROVALS_PER_REQUESTER)
                     .arg(MAX_APPROVALS_TOTAL)
+                    .arg(self.key_approval_prefix())
+                    .arg(h(a.id.as_bytes()))
                     .invoke_async(&mut con)
                     .await?)
             })
             .await?;
-        match n {
-            -1 => Err(StoreError::Protocol("approval id already exists".into())),
-            -2 | -3 => Ok(false),
+        match r.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+            ["-1"] => Err(StoreError::Protocol("approval id already exists".into())),
+            ["-2"] | ["-3"] => Ok(ApprovalCreated::Full),
+            ["=", id] if valid_approval_id(id) => Ok(ApprovalCreated::Existing(id.to_string())),
             // 0: already past retention by the server clock; nothing stored.
-            _ => Ok(true),
+            ["1"] | ["0"] => Ok(ApprovalCreated::Created),
+            _ => Err(StoreError::Protocol(
+                "unexpected answer from the approval create script".into(),
+            )),
         }
     }
 
