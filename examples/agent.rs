@@ -5,9 +5,12 @@
 //! `cnf.x5t#S256`).
 //!
 //! The agent keeps its task token in `--token-file` (default
-//! `target/demo-agent.token`, mode 0600) and reuses it while it is valid,
-//! as an agent working through a multi-step task would; `--fresh` asks the
-//! broker for a new one.
+//! `target/demo-agent.token`, mode 0600) and reuses it while it is valid
+//! for the same task, scope and audience, as an agent working through a
+//! multi-step task would; `--fresh` asks the broker for a new one. It asks
+//! for a new one too when the scope or audience it needs changed, and when
+//! the API refuses the cached token as `invalid_token` (revoked): a dead
+//! token is dropped, never retried.
 //!
 //! ```sh
 //! cargo run --release --example agent
@@ -109,23 +112,25 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// A cached token for this task that is still valid for a while.
+/// A cached token for this task, scope and audience that is still valid
+/// for a while (a token for another scope or audience is not reused).
 fn cached(o: &Options) -> Option<(String, u64)> {
     let text = std::fs::read_to_string(&o.token_file).ok()?;
     let v: Value = serde_json::from_str(&text).ok()?;
-    let (task, token, exp) = (
-        v["task"].as_str()?,
-        v["token"].as_str()?,
-        v["exp"].as_u64()?,
-    );
-    (task == o.task && exp > now() + 10).then(|| (token.to_owned(), exp))
+    let (token, exp) = (v["token"].as_str()?, v["exp"].as_u64()?);
+    let same = v["task"].as_str()? == o.task
+        && v["scope"].as_str()? == o.scope
+        && v["audience"].as_str()? == o.audience;
+    (same && exp > now() + 10).then(|| (token.to_owned(), exp))
 }
 
 fn save(o: &Options, token: &str, exp: u64) -> Result<(), String> {
     if let Some(dir) = o.token_file.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let body = serde_json::json!({"task": o.task, "token": token, "exp": exp}).to_string();
+    let body = serde_json::json!({"task": o.task, "scope": o.scope, "audience": o.audience,
+                                  "token": token, "exp": exp})
+    .to_string();
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -182,25 +187,55 @@ async fn exchange(o: &Options, http: &reqwest::Client) -> Result<(String, u64), 
 
 async fn run(o: Options) -> Result<(), String> {
     let http = client(&o.keys)?;
-    let (token, exp) = match (o.fresh, cached(&o)) {
+    let reused = match (o.fresh, cached(&o)) {
         (false, Some((t, exp))) => {
             println!(
                 "reusing my task token for task={} (expires in {}s)",
                 o.task,
                 exp.saturating_sub(now())
             );
-            (t, exp)
+            Some(t)
         }
-        _ => {
-            let (t, exp) = exchange(&o, &http).await?;
-            save(&o, &t, exp)?;
-            (t, exp)
-        }
+        _ => None,
     };
-    let _ = exp;
+    if let Some(token) = reused {
+        match call_api(&o, &http, &token).await? {
+            Answer::Refused(challenge) if challenge.contains("invalid_token") => {
+                // Revoked (or otherwise dead): never reuse it again.
+                let _ = std::fs::remove_file(&o.token_file);
+                println!(
+                    "my cached token was refused ({challenge}); asking the broker for a new one"
+                );
+            }
+            answer => return answer.into_result(),
+        }
+    }
+    let (token, exp) = exchange(&o, &http).await?;
+    save(&o, &token, exp)?;
+    call_api(&o, &http, &token).await?.into_result()
+}
+
+/// What the API answered.
+enum Answer {
+    /// 2xx.
+    Served,
+    /// Anything else, with the status and the `WWW-Authenticate` challenge.
+    Refused(String),
+}
+
+impl Answer {
+    fn into_result(self) -> Result<(), String> {
+        match self {
+            Answer::Served => Ok(()),
+            Answer::Refused(why) => Err(format!("the API refused: GET /tickets -> {why}")),
+        }
+    }
+}
+
+async fn call_api(o: &Options, http: &reqwest::Client, token: &str) -> Result<Answer, String> {
     let resp = http
         .get(format!("{}/tickets", o.api))
-        .bearer_auth(&token)
+        .bearer_auth(token)
         .send()
         .await
         .map_err(|e| format!("cannot reach the API at {}: {e}", o.api))?;
@@ -214,12 +249,9 @@ async fn run(o: Options) -> Result<(), String> {
     let body = resp.text().await.unwrap_or_default();
     if status.is_success() {
         println!("GET /tickets -> {} {body}", status.as_u16());
-        Ok(())
+        Ok(Answer::Served)
     } else {
-        Err(format!(
-            "the API refused: GET /tickets -> {} {challenge}",
-            status.as_u16()
-        ))
+        Ok(Answer::Refused(format!("{} {challenge}", status.as_u16())))
     }
 }
 

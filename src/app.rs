@@ -644,8 +644,47 @@ pub async fn start(config: Config) -> Result<Running, String> {
     start_with_clock(config, Arc::new(SystemClock)).await
 }
 
+/// Creates every counter series whose labels are known in advance, at 0,
+/// so that `increase()` and `rate()` alerts see the first event (a series
+/// born at 1 has no increase). Refusal reasons, store operations and fetch
+/// failure kinds are open-ended and appear on first use.
+fn export_known_series_at_zero() {
+    use crate::exchange::guard::{GuardAction, Trigger};
+    let m = crate::telemetry::metrics();
+    m.exchanges.with_label_values(&["issued", "ok"]);
+    for outcome in ["issued", "refused", "unavailable"] {
+        m.exchange_seconds.with_label_values(&[outcome]);
+    }
+    for e in crate::audit::Event::ALL {
+        m.audit_records.with_label_values(&[e.as_str()]);
+    }
+    for k in crate::revocation::RevocationKind::ALL {
+        m.revocations.with_label_values(&[k.as_str()]);
+    }
+    for e in [
+        "requested",
+        "approved",
+        "denied",
+        "redeemed",
+        "webhook_failed",
+    ] {
+        m.approvals.with_label_values(&[e]);
+    }
+    for a in [
+        GuardAction::SlowDown,
+        GuardAction::Approval,
+        GuardAction::Revoke,
+    ] {
+        for t in Trigger::ALL {
+            m.guard_actions.with_label_values(&[a.as_str(), t.label()]);
+        }
+    }
+    m.jwks_refreshes.with_label_values(&["ok"]);
+}
+
 /// [`start`] with an injected clock.
 pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
+    export_known_series_at_zero();
     let material = load_material(&config)?;
     let tls = material.tls.ok_or_else(|| material.pending.join("; "))?;
     let listen = config.server.listen;

@@ -219,6 +219,9 @@ enum AuditCmd {
         /// A JSON-lines audit file (default: the broker's stream).
         #[arg(long)]
         file: Option<PathBuf>,
+        /// Exit 0 when there is no record at all (default: exit 1, "verified nothing").
+        #[arg(long)]
+        allow_empty: bool,
     },
 }
 
@@ -336,12 +339,16 @@ enum KeysCmd {
     },
     /// List the local key directory.
     List {
-        /// Key directory.
-        #[arg(long, default_value = "keys/signing")]
-        dir: PathBuf,
-        /// Which algorithm signs (to mark the signing key).
-        #[arg(long, default_value = "ES256")]
-        algorithm: String,
+        /// Key directory (default: the config's `[tokens] signing_keys`, else keys/signing).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Which algorithm signs, any case (default: the config's `[tokens] algorithm`, else ES256).
+        #[arg(long)]
+        algorithm: Option<String>,
+        /// Config file to read the algorithm and directory from (default:
+        /// config/tessera.toml when it exists).
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -407,8 +414,18 @@ fn main() -> ExitCode {
             cmd: KeysCmd::Promote { file },
         } => tessera::cli::keys_promote(&file, cli.json),
         Cmd::Keys {
-            cmd: KeysCmd::List { dir, algorithm },
-        } => tessera::cli::keys_list(&dir, &algorithm, cli.json),
+            cmd:
+                KeysCmd::List {
+                    dir,
+                    algorithm,
+                    config,
+                },
+        } => tessera::cli::keys_list(
+            dir.as_deref(),
+            algorithm.as_deref(),
+            config.as_deref(),
+            cli.json,
+        ),
         Cmd::Token {
             cmd: TokenCmd::Decode { token },
         } => tessera::cli::token_decode(&token, cli.json),
@@ -443,7 +460,10 @@ fn main() -> ExitCode {
             if let Err(m) = checked {
                 return usage_error(&m, cli.json);
             }
-            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
+                Ok(c) => c,
+                Err(m) => return usage_error(&m, cli.json),
+            };
             let a = tessera::cli::admin::RevokeArgs {
                 kind: kind.as_str(),
                 value,
@@ -453,7 +473,10 @@ fn main() -> ExitCode {
             block_on(tessera::cli::admin::revoke(&conn, a, cli.json))
         }
         Cmd::Grant { cmd } => {
-            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
+                Ok(c) => c,
+                Err(m) => return usage_error(&m, cli.json),
+            };
             match cmd {
                 GrantCmd::Create {
                     subject,
@@ -494,7 +517,10 @@ fn main() -> ExitCode {
             if let Err(m) = tessera::exchange::operator::check_identity(&subject) {
                 return usage_error(&m, cli.json);
             }
-            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
+                Ok(c) => c,
+                Err(m) => return usage_error(&m, cli.json),
+            };
             block_on(tessera::cli::admin::unblock(
                 &conn, &subject, reason, cli.json,
             ))
@@ -506,7 +532,10 @@ fn main() -> ExitCode {
                     accept_loss,
                 },
         } => {
-            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
+                Ok(c) => c,
+                Err(m) => return usage_error(&m, cli.json),
+            };
             block_on(tessera::cli::admin::store_recover(
                 &conn,
                 from_audit.as_deref(),
@@ -517,46 +546,80 @@ fn main() -> ExitCode {
         Cmd::Blocks {
             cmd: BlocksCmd::List,
         } => {
-            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
+                Ok(c) => c,
+                Err(m) => return usage_error(&m, cli.json),
+            };
             block_on(tessera::cli::admin::blocks_list(&conn, cli.json))
         }
         Cmd::Revocations {
             cmd: RevocationsCmd::List,
         } => {
-            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
+                Ok(c) => c,
+                Err(m) => return usage_error(&m, cli.json),
+            };
             block_on(tessera::cli::admin::revocations_list(&conn, cli.json))
         }
         Cmd::Approvals {
             cmd: ApprovalsCmd::List { all },
         } => {
-            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
+                Ok(c) => c,
+                Err(m) => return usage_error(&m, cli.json),
+            };
             block_on(tessera::cli::admin::approvals_list(&conn, all, cli.json))
         }
         Cmd::Approve { id, reason } => {
-            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
+                Ok(c) => c,
+                Err(m) => return usage_error(&m, cli.json),
+            };
             block_on(tessera::cli::admin::approval_decide(
                 &conn, &id, true, reason, cli.json,
             ))
         }
         Cmd::Deny { id, reason } => {
-            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
+                Ok(c) => c,
+                Err(m) => return usage_error(&m, cli.json),
+            };
             block_on(tessera::cli::admin::approval_decide(
                 &conn, &id, false, reason, cli.json,
             ))
         }
         Cmd::Reload => {
-            let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+            let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
+                Ok(c) => c,
+                Err(m) => return usage_error(&m, cli.json),
+            };
             block_on(tessera::cli::admin::reload(&conn, cli.json))
         }
         Cmd::Audit { cmd } => match cmd {
             AuditCmd::Tail { follow, n } => {
-                let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
+                let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
+                    Ok(c) => c,
+                    Err(m) => return usage_error(&m, cli.json),
+                };
                 block_on(tessera::cli::audit::tail(&conn, n, follow, cli.json))
             }
-            AuditCmd::Verify { file: Some(f) } => tessera::cli::audit::verify_file(&f, cli.json),
-            AuditCmd::Verify { file: None } => {
-                let conn = connection(&cli.url, cli.cert, cli.key, cli.ca);
-                block_on(tessera::cli::audit::verify_stream(&conn, cli.json))
+            AuditCmd::Verify {
+                file: Some(f),
+                allow_empty,
+            } => tessera::cli::audit::verify_file(&f, cli.json, allow_empty),
+            AuditCmd::Verify {
+                file: None,
+                allow_empty,
+            } => {
+                let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
+                    Ok(c) => c,
+                    Err(m) => return usage_error(&m, cli.json),
+                };
+                block_on(tessera::cli::audit::verify_stream(
+                    &conn,
+                    cli.json,
+                    allow_empty,
+                ))
             }
         },
     };
@@ -575,13 +638,8 @@ fn connection(
     cert: PathBuf,
     key: PathBuf,
     ca: PathBuf,
-) -> tessera::cli::admin::Connection {
-    tessera::cli::admin::Connection {
-        url: url.to_string(),
-        cert,
-        key,
-        ca,
-    }
+) -> Result<tessera::cli::admin::Connection, String> {
+    tessera::cli::admin::Connection::new(url, cert, key, ca)
 }
 
 fn block_on(f: impl std::future::Future<Output = i32>) -> i32 {

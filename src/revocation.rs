@@ -30,6 +30,9 @@ pub enum RevocationKind {
 }
 
 impl RevocationKind {
+    /// Every kind.
+    pub const ALL: [RevocationKind; 4] = [Self::Jti, Self::Subject, Self::Task, Self::Grant];
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -450,7 +450,7 @@ async fn cli_audit_tail_and_verify() {
     // verify the broker's stream and the file
     let (code, out, err) = b.cli(&["audit", "verify"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("intact (5 records in 1 chain(s))"), "{out}");
+    assert!(out.contains("intact (5 records in 1 chain)"), "{out}");
     let file = dir.path().join("audit.jsonl");
     let (code, out, err) = b.cli(&[
         "audit",
@@ -464,6 +464,16 @@ async fn cli_audit_tail_and_verify() {
     assert_eq!(
         (v["intact"].as_bool(), v["records"].as_u64()),
         (Some(true), Some(5))
+    );
+    // one record is "1 record", not "1 records"
+    let one = dir.path().join("one.jsonl");
+    let first = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&one, first.lines().next().unwrap().to_string() + "\n").unwrap();
+    let (code, out, err) = b.cli(&["audit", "verify", "--file", one.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("seq 1..1 (1 record)") && out.contains("intact (1 record in 1 chain)"),
+        "{out}"
     );
 
     // tamper with the file: one field of the third record

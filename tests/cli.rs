@@ -586,3 +586,192 @@ fn config_check_refuses_what_serve_refuses() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("will be generated at start-up"), "{out}");
 }
+
+/// Issue 21 item 6: the first-hour messages name the cause, offline.
+#[test]
+fn first_hour_messages_name_the_cause() {
+    let d = tempfile::tempdir().unwrap();
+    // a URL without its scheme is bad usage, found before any round trip
+    for verb in [&["blocks", "list"][..], &["audit", "tail"], &["reload"]] {
+        let mut args = vec!["--url", "127.0.0.1:8443"];
+        args.extend_from_slice(verb);
+        let (code, _, err) = run(d.path(), &args);
+        assert_eq!(code, 2, "{verb:?}: {err}");
+        assert!(
+            err.contains("missing https://") && err.contains("https://127.0.0.1:8443"),
+            "{err}"
+        );
+    }
+    let (code, _, err) = run(
+        d.path(),
+        &["--url", "http://127.0.0.1:8443", "blocks", "list"],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("https:// only"), "{err}");
+    let (code, _, err) = run(
+        d.path(),
+        &["--json", "--url", "127.0.0.1:8443", "blocks", "list"],
+    );
+    assert_eq!(code, 2);
+    let v: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("missing https://"));
+
+    // a token pasted with its header prefix
+    let tok = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
+    for pasted in [format!("Bearer {tok}"), format!("bearer {tok}")] {
+        let (code, out, err) = run(d.path(), &["token", "decode", &pasted]);
+        assert_eq!(code, 1);
+        assert!(out.is_empty(), "{out}");
+        assert!(err.contains("drop the `Bearer ` prefix"), "{err}");
+    }
+
+    // an unreadable config: the real I/O error with the path, no `-:` key
+    std::fs::create_dir(d.path().join("cfg.toml")).unwrap();
+    let (code, _, err) = run(d.path(), &["config", "check", "--config", "cfg.toml"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cfg.toml: cannot read the config file:") && err.contains("directory"),
+        "{err}"
+    );
+    assert!(!err.contains(": -:"), "{err}");
+
+    // counts agree with their number
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let (code, out, err) = run(
+        Path::new(repo),
+        &["config", "check", "--config", "config/tessera.toml"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("(s)"), "{out}");
+    assert!(
+        out.contains(" 1 issuer,") || out.contains(" issuers,"),
+        "{out}"
+    );
+
+    // default certificate paths outside the checkout: where they were looked for
+    let (code, _, err) = run(d.path(), &["blocks", "list"]);
+    assert_eq!(code, 1);
+    let looked = d.path().canonicalize().unwrap().join("keys/dev/ca.pem");
+    assert!(
+        err.contains("--ca") && err.contains(&format!("looked at {}", looked.display())),
+        "{err}"
+    );
+
+    // an empty audit file verifies nothing: a failure unless --allow-empty
+    std::fs::write(d.path().join("empty.jsonl"), "").unwrap();
+    let (code, out, err) = run(d.path(), &["audit", "verify", "--file", "empty.jsonl"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("verified nothing"), "{err}");
+    assert!(!out.contains("intact"), "{out}");
+    let (code, out, _) = run(
+        d.path(),
+        &["audit", "verify", "--file", "empty.jsonl", "--allow-empty"],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("verified nothing"), "{out}");
+}
+
+/// Issue 21 item 9: `keys list` marks the key the configured algorithm
+/// signs with, and takes the algorithm in any case.
+#[test]
+fn keys_list_reads_the_configured_algorithm_in_any_case() {
+    let d = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(
+        d.path(),
+        &[
+            "keys",
+            "generate",
+            "--algorithm",
+            "eddsa",
+            "--dir",
+            "k",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let kid = serde_json::from_str::<serde_json::Value>(&out).unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let signs = |out: &str| {
+        out.lines()
+            .any(|l| l.starts_with(&kid) && l.contains("EdDSA") && l.contains(" yes "))
+    };
+    // the shipped config, with EdDSA keys in `k`
+    let cfg =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tessera.toml"))
+            .unwrap()
+            .replace("signing_keys = \"keys/signing\"", "signing_keys = \"k\"")
+            .replace("algorithm = \"ES256\"", "algorithm = \"EdDSA\"");
+    assert!(cfg.contains("algorithm = \"EdDSA\""));
+    std::fs::create_dir_all(d.path().join("config")).unwrap();
+    std::fs::write(d.path().join("config/tessera.toml"), cfg).unwrap();
+    // no flag: the config's algorithm and directory
+    let (code, out, err) = run(d.path(), &["keys", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(signs(&out), "{out}");
+    // any case
+    for alg in ["eddsa", "EDDSA", "EdDSA"] {
+        let (code, out, err) = run(
+            d.path(),
+            &["keys", "list", "--dir", "k", "--algorithm", alg],
+        );
+        assert_eq!(code, 0, "{alg}: {err}");
+        assert!(signs(&out), "{out}");
+    }
+    // an explicit config that cannot be read is an error naming it
+    let (code, _, err) = run(d.path(), &["keys", "list", "--config", "nope.toml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("nope.toml"), "{err}");
+}
+
+/// Issue 21 items 6 and 9 against a running broker: a CA that does not
+/// vouch for the broker is named as such; `audit tail -n 0` prints
+/// nothing; every counter with known labels is on /metrics at 0 right
+/// after start-up (so `increase()` sees the first event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_a_broker_tls_trust_tail_zero_and_counters_at_zero() {
+    common::init();
+    let b = common::TestBroker::start().await;
+
+    // right after start: the series exist, at 0
+    let text = b.metrics_text().await;
+    for sample in [
+        r#"tessera_exchanges_total{outcome="issued",reason="ok"} 0"#,
+        r#"tessera_audit_records_total{event="approved"} 0"#,
+        r#"tessera_audit_records_total{event="unblocked"} 0"#,
+        r#"tessera_revocations_total{kind="subject"} 0"#,
+        r#"tessera_revocations_total{kind="jti"} 0"#,
+        r#"tessera_approvals_total{event="requested"} 0"#,
+        r#"tessera_approvals_total{event="webhook_failed"} 0"#,
+        r#"tessera_guard_actions_total{action="revoke",trigger="rate"} 0"#,
+        r#"tessera_jit_grants_consumed_total 0"#,
+        r#"tessera_config_reloads_total{outcome="rejected"} 0"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == sample),
+            "{sample} missing from /metrics"
+        );
+    }
+
+    // -n 0: nothing at all, not even a header
+    let (code, out, err) = b.cli(&["audit", "tail", "-n", "0"]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    let (code, out, _) = b.cli(&["audit", "tail", "-n", "1"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 2, "header and one record: {out}");
+
+    // a --ca that did not sign the broker's certificate
+    let ca_file = b.home().join("ca.pem");
+    let real = std::fs::read_to_string(&ca_file).unwrap();
+    let other = tessera::pki::Ca::generate("another CA").unwrap();
+    std::fs::write(&ca_file, other.cert_pem()).unwrap();
+    let (code, _, err) = b.cli(&["blocks", "list"]);
+    std::fs::write(&ca_file, real).unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("certificate not trusted (check --ca)"),
+        "{err}"
+    );
+    b.stop().await;
+}

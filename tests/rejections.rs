@@ -40,12 +40,7 @@ fn keyspace(url: &str) -> BTreeMap<String, String> {
 
 /// Sum of `tessera_exchanges_total` by outcome.
 async fn exchange_counters(b: &TestBroker) -> BTreeMap<String, u64> {
-    let text = reqwest::get(b.ops_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = b.metrics_text().await;
     let mut out = BTreeMap::new();
     for l in text.lines() {
         let Some(rest) = l.strip_prefix("tessera_exchanges_total{") else {

@@ -32,6 +32,20 @@ pub enum Event {
 }
 
 impl Event {
+    /// Every event (their counters are exported at 0 from start-up).
+    pub const ALL: [Event; 10] = [
+        Self::Issued,
+        Self::Refused,
+        Self::Unavailable,
+        Self::Revoked,
+        Self::Granted,
+        Self::GrantRevoked,
+        Self::Unblocked,
+        Self::Approved,
+        Self::Denied,
+        Self::ConfigLoaded,
+    ];
+
     /// The wire name (`issued`, `grant_revoked`, …).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -48,9 +48,25 @@ pub fn mtls_client(
     rb.build().map_err(|e| e.to_string())
 }
 
+/// `cannot read --ca keys/dev/ca.pem: …`, and for a relative path where it
+/// was looked for (the defaults are relative to the current directory).
+fn cannot_read(what: &str, p: &Path, e: impl std::fmt::Display) -> String {
+    let looked = if p.is_relative() {
+        std::env::current_dir()
+            .map(|d| format!(" (looked at {})", d.join(p).display()))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    format!(
+        "cannot read {what} {}{looked}: {e}; give {what} (or run from the checkout for the dev material)",
+        p.display()
+    )
+}
+
 fn read_pem_certs(what: &str, p: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(p)
-        .map_err(|e| format!("cannot read {what} {}: {e}", p.display()))?
+        .map_err(|e| cannot_read(what, p, e))?
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{what} {} is not PEM: {e}", p.display()))?;
     if certs.is_empty() {
@@ -60,33 +76,54 @@ fn read_pem_certs(what: &str, p: &Path) -> Result<Vec<CertificateDer<'static>>, 
 }
 
 impl Connection {
+    /// Checks `url` before any round trip: the admin API is served over
+    /// HTTPS only, so `127.0.0.1:8443` is bad usage ("missing https://").
+    pub fn new(url: &str, cert: PathBuf, key: PathBuf, ca: PathBuf) -> Result<Self, String> {
+        check_url(url)?;
+        Ok(Connection {
+            url: url.to_string(),
+            cert,
+            key,
+            ca,
+        })
+    }
+
     fn client(&self) -> Result<reqwest::Client, String> {
         let ca = read_pem_certs("--ca", &self.ca)?;
         let chain = read_pem_certs("--cert", &self.cert)?;
         let key = PrivateKeyDer::from_pem_file(&self.key)
-            .map_err(|e| format!("cannot read --key {}: {e}", self.key.display()))?;
+            .map_err(|e| cannot_read("--key", &self.key, e))?;
         mtls_client(ca, Some((chain, key)), false, ADMIN_TIMEOUT)
     }
 
+    /// Says what went wrong with TLS; a certificate the `--ca` does not
+    /// vouch for is named as such.
+    fn tls_failed(&self, tls: &rustls::Error) -> String {
+        match tls {
+            rustls::Error::InvalidCertificate(_) => format!(
+                "TLS with {} failed: the broker's certificate not trusted (check --ca): {tls}",
+                self.url
+            ),
+            _ => format!("TLS with {} failed: {tls}", self.url),
+        }
+    }
+
     fn describe(&self, e: &reqwest::Error) -> String {
+        // The rustls error sits inside io::Errors (wrapped twice by hyper
+        // and tokio-rustls), which carry it as their payload, not a source.
         let mut src: Option<&dyn std::error::Error> = e.source();
         while let Some(s) = src {
             if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                match io.kind() {
-                    std::io::ErrorKind::ConnectionRefused => {
-                        return format!("cannot reach {}: connection refused", self.url)
-                    }
-                    _ => {
-                        if let Some(inner) = io.get_ref() {
-                            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
-                                return format!("TLS with {} failed: {tls}", self.url);
-                            }
-                        }
-                    }
+                if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                    return format!("cannot reach {}: connection refused", self.url);
+                }
+                if let Some(inner) = io.get_ref() {
+                    src = Some(inner);
+                    continue;
                 }
             }
             if let Some(tls) = s.downcast_ref::<rustls::Error>() {
-                return format!("TLS with {} failed: {tls}", self.url);
+                return self.tls_failed(tls);
             }
             src = s.source();
         }
@@ -421,9 +458,30 @@ pub async fn store_recover(
     }
 }
 
+/// The broker URL of the operator verbs: `https://HOST[:PORT]`, nothing
+/// else (an error naming what is wrong otherwise).
+pub fn check_url(url: &str) -> Result<(), String> {
+    let shown: String = url.chars().take(200).collect();
+    if !url.contains("://") {
+        return Err(format!(
+            "--url `{shown}`: missing https:// (write https://{shown})"
+        ));
+    }
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "https" && u.host().is_some() => Ok(()),
+        Ok(u) if u.scheme() != "https" => Err(format!(
+            "--url `{shown}`: the admin API is served over https:// only, not {}://",
+            u.scheme()
+        )),
+        Ok(_) => Err(format!("--url `{shown}`: no host")),
+        Err(e) => Err(format!("--url `{shown}` is not a URL: {e}")),
+    }
+}
+
 /// `1 record`, `2 records`.
-pub fn count(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
+pub fn count<N: TryInto<u64> + std::fmt::Display + Copy>(n: N, one: &str, many: &str) -> String {
+    let is_one = n.try_into().ok() == Some(1);
+    format!("{n} {}", if is_one { one } else { many })
 }
 
 /// `tessera grant create ...` arguments.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::admin::Connection;
+use super::admin::{count, Connection};
 use crate::audit::{AuditRecord, ChainVerifier, Report};
 
 /// How often `audit tail --follow` polls.
@@ -72,13 +72,17 @@ fn page(v: &Value) -> (Vec<Value>, Option<String>) {
 /// `tessera audit tail`: the newest `n` records of the broker's audit
 /// stream (a table, or one JSON record per line with `--json`); with
 /// `follow`, then every new record, polling every second.
+/// `-n 0` prints nothing (with `follow`, only records written from now on).
 pub async fn tail(conn: &Connection, n: usize, follow: bool, as_json: bool) -> i32 {
-    let n = n.clamp(1, PAGE);
+    if n == 0 && !follow {
+        return 0;
+    }
     let mut header = false;
     let first = match conn
         .call(
             reqwest::Method::GET,
-            &format!("/admin/v1/audit?limit={n}"),
+            // with -n 0, one record only to learn where the stream ends
+            &format!("/admin/v1/audit?limit={}", n.clamp(1, PAGE)),
             None,
         )
         .await
@@ -93,7 +97,9 @@ pub async fn tail(conn: &Connection, n: usize, follow: bool, as_json: bool) -> i
     if records.is_empty() && !follow && !as_json {
         outln!("no audit records");
     }
-    print_records(&records, as_json, &mut header);
+    if n > 0 {
+        print_records(&records, as_json, &mut header);
+    }
     if !follow {
         return 0;
     }
@@ -120,7 +126,10 @@ pub async fn tail(conn: &Connection, n: usize, follow: bool, as_json: bool) -> i
     }
 }
 
-fn report_out(r: &Report, source: &str, as_json: bool) -> i32 {
+/// With `allow_empty` false, an input with no record at all is a failure
+/// (exit 1, "verified nothing"): a wrong path or an emptied file must not
+/// pass as an intact trail.
+fn report_out(r: &Report, source: &str, as_json: bool, allow_empty: bool) -> i32 {
     if as_json {
         outln!(
             "{}",
@@ -130,11 +139,11 @@ fn report_out(r: &Report, source: &str, as_json: bool) -> i32 {
     } else {
         for c in &r.chains {
             outln!(
-                "chain {}: seq {}..{} ({} records){}",
+                "chain {}: seq {}..{} ({}){}",
                 c.node,
                 c.first_seq,
                 c.last_seq,
-                c.records,
+                count(c.records, "record", "records"),
                 if c.start_missing {
                     "; its earlier records are not in this input (trimmed or rotated), so its first link is unchecked"
                 } else {
@@ -142,13 +151,23 @@ fn report_out(r: &Report, source: &str, as_json: bool) -> i32 {
                 }
             );
         }
-        if r.intact() {
+        if r.intact() && r.records > 0 {
             outln!(
-                "{source}: intact ({} records in {} chain(s))",
-                r.records,
-                r.chains.len()
+                "{source}: intact ({} in {})",
+                count(r.records, "record", "records"),
+                count(r.chains.len(), "chain", "chains")
             );
         }
+    }
+    if r.broken.is_none() && r.records == 0 {
+        if allow_empty {
+            if !as_json {
+                outln!("{source}: no records: verified nothing (--allow-empty)");
+            }
+            return 0;
+        }
+        errln!("error: {source}: no records: verified nothing (--allow-empty accepts that)");
+        return 1;
     }
     match &r.broken {
         None => 0,
@@ -167,9 +186,9 @@ fn report_out(r: &Report, source: &str, as_json: bool) -> i32 {
 
 /// `tessera audit verify --file PATH`: checks every chain of a JSON-lines
 /// audit file. Exit 0 intact, 1 broken (the first broken record and why).
-pub fn verify_file(path: &Path, as_json: bool) -> i32 {
+pub fn verify_file(path: &Path, as_json: bool, allow_empty: bool) -> i32 {
     match crate::audit::verify_file(path) {
-        Ok(r) => report_out(&r, &path.display().to_string(), as_json),
+        Ok(r) => report_out(&r, &path.display().to_string(), as_json, allow_empty),
         Err(e) => {
             errln!("error: {e}");
             1
@@ -180,7 +199,7 @@ pub fn verify_file(path: &Path, as_json: bool) -> i32 {
 /// `tessera audit verify` (no `--file`): checks every chain in the broker's
 /// audit stream, from the oldest record kept. A chain whose start was trimmed
 /// from the bounded stream is reported as such, not as tampering.
-pub async fn verify_stream(conn: &Connection, as_json: bool) -> i32 {
+pub async fn verify_stream(conn: &Connection, as_json: bool, allow_empty: bool) -> i32 {
     let mut v = ChainVerifier::default();
     let mut cursor = "0".to_string();
     loop {
@@ -213,5 +232,5 @@ pub async fn verify_stream(conn: &Connection, as_json: bool) -> i32 {
             _ => break,
         }
     }
-    report_out(&v.finish(), "audit stream", as_json)
+    report_out(&v.finish(), "audit stream", as_json, allow_empty)
 }

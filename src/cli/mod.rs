@@ -97,16 +97,14 @@ pub fn config_check(path: &Path, as_json: bool, deny_warnings: bool) -> i32 {
             errln!("warning: {w}");
         }
         outln!(
-            "{}: OK ({} issuer(s), {} polic{}, store {}){}",
+            "{}: OK ({}, {}, store {}){}",
             path.display(),
-            cfg.issuers.len(),
-            cfg.policies.len(),
-            if cfg.policies.len() == 1 { "y" } else { "ies" },
+            admin::count(cfg.issuers.len(), "issuer", "issuers"),
+            admin::count(cfg.policies.len(), "policy", "policies"),
             cfg.store.display_url(),
             match warnings.len() {
                 0 => String::new(),
-                1 => ", 1 warning".to_string(),
-                n => format!(", {n} warnings"),
+                n => format!(", {}", admin::count(n, "warning", "warnings")),
             }
         );
         for n in notes {
@@ -115,9 +113,9 @@ pub fn config_check(path: &Path, as_json: bool, deny_warnings: bool) -> i32 {
     }
     if failed {
         errln!(
-            "error: {}: {} warning(s) and --deny-warnings",
+            "error: {}: {} and --deny-warnings",
             path.display(),
-            warnings.len()
+            admin::count(warnings.len(), "warning", "warnings")
         );
         return 1;
     }
@@ -132,7 +130,7 @@ pub fn keys_generate(alg: &str, dir: &Path, as_json: bool) -> i32 {
 /// `tessera keys generate [--next]`: with `next`, the key is written as a
 /// next key (published, never signing until promoted by a rename).
 pub fn keys_generate_as(alg: &str, dir: &Path, next: bool, as_json: bool) -> i32 {
-    let Ok(alg) = alg.parse::<SigningAlgorithm>() else {
+    let Ok(alg) = SigningAlgorithm::parse_any_case(alg) else {
         errln!("error: --algorithm `{alg}` is not one of ES256, EdDSA, RS256");
         return 2;
     };
@@ -215,13 +213,52 @@ pub fn keys_promote(file: &Path, as_json: bool) -> i32 {
     }
 }
 
-/// `tessera keys list [--dir DIR]`: the local key directory.
-pub fn keys_list(dir: &Path, algorithm: &str, as_json: bool) -> i32 {
-    let Ok(alg) = algorithm.parse::<SigningAlgorithm>() else {
-        errln!("error: --algorithm `{algorithm}` is not one of ES256, EdDSA, RS256");
-        return 2;
+/// The shipped config, read by `keys list` when no `--config` is given.
+pub const DEFAULT_CONFIG: &str = "config/tessera.toml";
+
+/// `tessera keys list [--dir DIR] [--algorithm ALG] [--config PATH]`: the
+/// local key directory. Which algorithm signs (and, without `--dir`, where
+/// the keys are) comes from the config, as `serve` reads them: `--config`,
+/// else [`DEFAULT_CONFIG`] when it exists, else ES256 in `keys/signing`.
+/// `--algorithm` (any case) overrides the config's.
+pub fn keys_list(
+    dir: Option<&Path>,
+    algorithm: Option<&str>,
+    config: Option<&Path>,
+    as_json: bool,
+) -> i32 {
+    let given = match algorithm.map(SigningAlgorithm::parse_any_case) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(_)) => {
+            errln!(
+                "error: --algorithm `{}` is not one of ES256, EdDSA, RS256",
+                algorithm.unwrap_or_default()
+            );
+            return 2;
+        }
     };
-    let ring = match KeyRing::load_dir(dir, alg) {
+    let cfg_path = config.unwrap_or(Path::new(DEFAULT_CONFIG));
+    let needs_config = given.is_none() || dir.is_none();
+    let cfg = if needs_config && (config.is_some() || cfg_path.exists()) {
+        match Config::load(cfg_path) {
+            Ok(c) => Some(c.tokens),
+            Err(e) => {
+                errln!("error: {e} (give --algorithm and --dir to list without a config)");
+                return 1;
+            }
+        }
+    } else {
+        None
+    };
+    let alg = given
+        .or(cfg.as_ref().map(|t| t.algorithm))
+        .unwrap_or(SigningAlgorithm::ES256);
+    let dir = dir
+        .map(Path::to_path_buf)
+        .or(cfg.map(|t| t.signing_keys))
+        .unwrap_or_else(|| "keys/signing".into());
+    let ring = match KeyRing::load_dir(&dir, alg) {
         Ok(r) => r,
         Err(e) => {
             errln!("error: {e}");
@@ -277,6 +314,13 @@ pub fn token_decode(token: &str, as_json: bool) -> i32 {
     } else {
         token.trim()
     };
+    if token
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
+    {
+        errln!("error: drop the `Bearer ` prefix: give the token alone");
+        return 1;
+    }
     let parts: Vec<&str> = token.split('.').collect();
     if parts.len() != 3 {
         errln!(

@@ -57,12 +57,15 @@ pub const MAX_WORKER_THREADS: u32 = 1024;
 pub const MAX_APPROVAL_INTERVAL: Duration = Duration::from_secs(300);
 
 /// A configuration error: which file, which key, and why.
+/// Shown `FILE: KEY: REASON`, or `FILE: REASON` when no key is concerned
+/// (the file could not be read).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: {key}: {reason}")]
+#[error("{file}: {}{reason}", if key.is_empty() { String::new() } else { format!("{key}: ") })]
 pub struct ConfigError {
     /// The file the error is in.
     pub file: String,
-    /// The key (dotted path, `policies[2].match.subject`), or `-` for a parse error.
+    /// The key (dotted path, `policies[2].match.subject`), `-` for a parse
+    /// error, empty when the file itself could not be read.
     pub key: String,
     /// What is wrong.
     pub reason: String,
@@ -308,8 +311,8 @@ impl Config {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: file.clone(),
-            key: "-".into(),
-            reason: format!("cannot read the file: {e}"),
+            key: String::new(),
+            reason: format!("cannot read the config file: {e}"),
         })?;
         let mut cfg = Self::from_toml_str(&file, &text)?;
         cfg.source = path.to_path_buf();

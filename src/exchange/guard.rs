@@ -85,6 +85,14 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    /// Every trigger.
+    pub const ALL: [Trigger; 4] = [
+        Self::Rate,
+        Self::LearnedRate,
+        Self::NewAudience,
+        Self::RefusalStreak,
+    ];
+
     /// The audit `reason`.
     pub fn reason(self) -> &'static str {
         match self {

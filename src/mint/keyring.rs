@@ -91,6 +91,17 @@ impl fmt::Display for SigningAlgorithm {
 #[error("unsupported signing algorithm {0:?} (expected ES256, EdDSA or RS256)")]
 pub struct UnknownAlgorithm(pub String);
 
+impl SigningAlgorithm {
+    /// An operator's spelling (`es256`, `eddsa`, `RS256`): the JWS name in
+    /// any case. Tokens and JWKS use the exact name ([`FromStr`]).
+    pub fn parse_any_case(s: &str) -> Result<Self, UnknownAlgorithm> {
+        [Self::ES256, Self::EdDSA, Self::RS256]
+            .into_iter()
+            .find(|a| a.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| UnknownAlgorithm(s.chars().take(32).collect()))
+    }
+}
+
 impl FromStr for SigningAlgorithm {
     type Err = UnknownAlgorithm;
 
@@ -853,6 +864,14 @@ mod tests {
             assert_eq!(alg.as_str().parse::<SigningAlgorithm>(), Ok(alg));
         }
         assert!("es256".parse::<SigningAlgorithm>().is_err());
+        for (spelled, alg) in [
+            ("es256", SigningAlgorithm::ES256),
+            ("EDDSA", SigningAlgorithm::EdDSA),
+            ("Rs256", SigningAlgorithm::RS256),
+        ] {
+            assert_eq!(SigningAlgorithm::parse_any_case(spelled), Ok(alg));
+        }
+        assert!(SigningAlgorithm::parse_any_case("hs256").is_err());
         assert!("HS256".parse::<SigningAlgorithm>().is_err());
         assert!("".parse::<SigningAlgorithm>().is_err());
     }

@@ -195,7 +195,7 @@ impl Shared {
             return;
         };
         let applied = self.applied.load(Ordering::Relaxed);
-        if g.len() >= self.max_entries || applied % PURGE_EVERY_APPLIED == 0 {
+        if g.len() >= self.max_entries || applied.is_multiple_of(PURGE_EVERY_APPLIED) {
             g.retain(|_, l| l.expires_at > now);
         }
         let key = (kind, e.value);

@@ -243,6 +243,16 @@ subjects = ["spiffe://example.org/service/payments-api"]
         format!("http://{}{path}", self.ops_addr)
     }
 
+    /// The broker's `/metrics` page (Prometheus text).
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(self.ops_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// A client trusting the broker's CA, presenting `cert` if given.
     pub fn client(&self, cert: Option<&IssuedCert>) -> reqwest::Client {
         client_for(self.ca.cert_der(), cert)
