@@ -110,6 +110,18 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response
         .map_err(|e| err(StatusCode::BAD_REQUEST, "invalid_request", format!("{e}")))
 }
 
+/// An operator's change: the caller must be an operator, and the body the
+/// JSON object `T` (every admin change starts here).
+#[allow(clippy::result_large_err)]
+fn operator_request<T: serde::de::DeserializeOwned>(
+    app: &AppState,
+    peer: Option<Extension<Peer>>,
+    body: &[u8],
+) -> Result<(String, T), Response> {
+    let who = caller(app, peer)?;
+    Ok((who, parse_body(body)?))
+}
+
 /// Adds the fields of the object `extra` to the object `body`.
 fn merge(body: &mut serde_json::Value, extra: serde_json::Value) {
     if let (Some(b), serde_json::Value::Object(e)) = (body.as_object_mut(), extra) {
@@ -139,12 +151,8 @@ pub async fn revoke(
     peer: Option<Extension<Peer>>,
     body: Bytes,
 ) -> Response {
-    let who = match caller(&app, peer) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    let b: RevokeBody = match parse_body(&body) {
-        Ok(b) => b,
+    let (who, b): (String, RevokeBody) = match operator_request(&app, peer, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     if let Err(m) = crate::exchange::operator::check_revocation(b.kind, &b.value) {
@@ -305,12 +313,8 @@ pub async fn unblock(
     peer: Option<Extension<Peer>>,
     body: Bytes,
 ) -> Response {
-    let who = match caller(&app, peer) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    let b: UnblockBody = match parse_body(&body) {
-        Ok(b) => b,
+    let (who, b): (String, UnblockBody) = match operator_request(&app, peer, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     if let Err(m) = crate::exchange::operator::check_identity(&b.subject) {
@@ -371,12 +375,8 @@ pub async fn recover_store(
     peer: Option<Extension<Peer>>,
     body: Bytes,
 ) -> Response {
-    let who = match caller(&app, peer) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    let b: RecoverBody = match parse_body(&body) {
-        Ok(b) => b,
+    let (who, b): (String, RecoverBody) = match operator_request(&app, peer, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let plan = match (b.plan, b.accept_loss) {
@@ -477,12 +477,8 @@ pub async fn create_grant(
     peer: Option<Extension<Peer>>,
     body: Bytes,
 ) -> Response {
-    let who = match caller(&app, peer) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    let b: GrantBody = match parse_body(&body) {
-        Ok(b) => b,
+    let (who, b): (String, GrantBody) = match operator_request(&app, peer, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     if let Err(m) = crate::exchange::operator::check_identity(&b.subject) {
