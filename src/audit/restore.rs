@@ -12,11 +12,20 @@
 
 use serde_json::Value;
 
+use crate::revocation::RevocationKind;
+
+/// The `detail` text of a revocation that also blocked its subject (the
+/// operator's and the anomaly guard's records), and what a recovery reads
+/// the block back from: written and parsed only here.
+pub fn block_note(until: u64) -> String {
+    format!("blocked until {until}")
+}
+
 /// One revocation to re-apply.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PlannedRevocation {
-    /// `jti`, `subject`, `task` or `grant`.
-    pub kind: String,
+    /// What it covers.
+    pub kind: RevocationKind,
     /// The value.
     pub value: String,
     /// When it was first recorded (Unix seconds).
@@ -70,7 +79,9 @@ pub fn record_time(s: &str) -> Option<u64> {
 }
 
 fn blocked_until(detail: &str) -> Option<u64> {
-    let rest = &detail[detail.find("blocked until ")? + "blocked until ".len()..];
+    let marker = block_note(0);
+    let marker = marker.trim_end_matches('0');
+    let rest = &detail[detail.find(marker)? + marker.len()..];
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
 }
@@ -94,25 +105,28 @@ impl RestorePlan {
             let at = field("time").and_then(record_time).ok_or_else(|| {
                 format!("line {}: a {event} record without a readable time", i + 1)
             })?;
-            let mut add = |kind: &str, value: Option<&str>| {
+            let mut add = |kind: RevocationKind, value: Option<&str>| {
                 if let Some(v) = value.filter(|v| !v.is_empty()) {
                     plan.revocations.push(PlannedRevocation {
-                        kind: kind.into(),
+                        kind,
                         value: v.into(),
                         revoked_at: at,
                     });
                 }
             };
             match (event, field("reason").unwrap_or("")) {
-                ("grant_revoked", _) => add("grant", field("grant")),
+                ("grant_revoked", _) => add(RevocationKind::Grant, field("grant")),
                 ("unblocked", _) => {
                     let s = field("subject").unwrap_or("");
                     blocks.retain(|b| b.subject != s);
                 }
-                ("revoked", k @ ("jti" | "subject" | "task" | "grant")) => add(k, field(k)),
-                ("revoked", "holder") => add("jti", field("jti")),
-                // The anomaly guard's: the trigger is the reason.
-                ("revoked", _) => add("subject", field("subject")),
+                ("revoked", "holder") => add(RevocationKind::Jti, field("jti")),
+                ("revoked", reason) => match RevocationKind::parse(reason) {
+                    // An operator's: the reason is the kind.
+                    Some(k) => add(k, field(k.as_str())),
+                    // The anomaly guard's: the trigger is the reason.
+                    None => add(RevocationKind::Subject, field("subject")),
+                },
                 _ => {}
             }
             if event == "revoked" {
@@ -158,7 +172,8 @@ mod tests {
                 r#"{{"event":"revoked","time":"{t}","reason":"subject","subject":"a","detail":"oops (blocked until 1700000600)"}}"#
             ),
             format!(
-                r#"{{"event":"revoked","time":"{t}","reason":"burst","subject":"b","detail":"anomaly guard: every token of the subject revoked, blocked until 1700000900"}}"#
+                r#"{{"event":"revoked","time":"{t}","reason":"burst","subject":"b","detail":"anomaly guard: every token of the subject revoked, {}"}}"#,
+                block_note(1_700_000_900)
             ),
             format!(r#"{{"event":"grant_revoked","time":"{t}","grant":"g1"}}"#),
             format!(r#"{{"event":"unblocked","time":"{t}","subject":"a"}}"#),

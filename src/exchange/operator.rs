@@ -124,17 +124,11 @@ pub async fn restore(
     exchanger: &super::Exchanger,
     now: u64,
 ) -> Result<RestoreReport, String> {
-    use crate::store::{Revocation, RevocationKind as K};
+    use crate::store::Revocation;
     crate::store::epoch::recovering(async {
         let mut report = RestoreReport::default();
         for r in &plan.revocations {
-            let kind = match r.kind.as_str() {
-                "jti" => K::Jti,
-                "subject" => K::Subject,
-                "task" => K::Task,
-                "grant" => K::Grant,
-                k => return Err(format!("unknown revocation kind `{k}` in the plan")),
-            };
+            let kind = r.kind;
             check_revocation(kind, &r.value)?;
             let expires_at = exchanger.revocation_expiry(r.revoked_at);
             if expires_at <= now {

@@ -223,7 +223,7 @@ pub async fn revoke(
             "{}{}{}",
             b.reason.as_deref().unwrap_or(""),
             blocked_until
-                .map(|u| format!(" (blocked until {u})"))
+                .map(|u| format!(" ({})", crate::audit::restore::block_note(u)))
                 .unwrap_or_default(),
             durability_note(&done)
         ));

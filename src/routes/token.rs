@@ -155,8 +155,8 @@ pub async fn token(
                     .client(&peer_name(&peer))
                     .subject(&n.identity)
                     .detail(&format!(
-                        "anomaly guard: every token of the subject revoked, blocked until {}",
-                        n.blocked_until.unwrap_or_default()
+                        "anomaly guard: every token of the subject revoked, {}",
+                        crate::audit::restore::block_note(n.blocked_until.unwrap_or_default())
                     ));
                 if let Err(e) = app.auditor.record(rec).await {
                     // The revocation stands (it only takes authority away).
