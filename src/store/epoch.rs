@@ -134,6 +134,9 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct EpochState {
     known: Mutex<Option<Epoch>>,
+    /// Whether `known` is set (read on every revocation and block lookup,
+    /// without the lock or a copy).
+    armed: AtomicBool,
     lost: AtomicBool,
     changes: tokio::sync::watch::Sender<bool>,
 }
@@ -142,6 +145,7 @@ impl Default for EpochState {
     fn default() -> Self {
         EpochState {
             known: Mutex::new(None),
+            armed: AtomicBool::new(false),
             lost: AtomicBool::new(false),
             changes: tokio::sync::watch::channel(false).0,
         }
@@ -162,6 +166,12 @@ impl EpochState {
     /// `true` while lost; changes when it is marked lost or recovered.
     pub fn watch(&self) -> tokio::sync::watch::Receiver<bool> {
         self.changes.subscribe()
+    }
+
+    /// Whether this broker holds an epoch yet (a store opened without the
+    /// watcher never does: nothing is vouched for).
+    pub fn is_armed(&self) -> bool {
+        self.armed.load(Ordering::Acquire)
     }
 
     /// The epoch this broker holds.
@@ -186,6 +196,7 @@ impl EpochState {
         match (&*known, found) {
             (None, Some(f)) => {
                 *known = Some(f);
+                self.armed.store(true, Ordering::Release);
                 Verdict::Same
             }
             (None, None) => Verdict::Same,
@@ -232,6 +243,7 @@ impl EpochState {
     pub fn rearmed(&self, e: Epoch) {
         if let Ok(mut k) = self.known.lock() {
             *k = Some(e);
+            self.armed.store(true, Ordering::Release);
         }
         self.set_lost(false);
     }

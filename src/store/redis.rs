@@ -1433,7 +1433,7 @@ impl RedisStore {
         use super::epoch::{Epoch, Origin};
         let key = self.key_epoch();
         let mut con = self.conn.manager()?;
-        let first = self.epoch.known().is_none();
+        let first = !self.epoch.is_armed();
         let now = unix_now();
         let v: Option<String> = self
             .run(EPOCH_OP, async {
@@ -1464,7 +1464,7 @@ impl RedisStore {
     /// with is not used). Before the first check there is nothing to
     /// compare with.
     fn vouch(&self, found: Option<String>, op: &'static str) -> Result<(), StoreError> {
-        if self.epoch.known().is_none() {
+        if !self.epoch.is_armed() {
             return Ok(());
         }
         let found = found
@@ -2025,7 +2025,7 @@ impl RevocationStore for RedisStore {
             .collect();
         // The data epoch rides along (same slot, `{rev}`): an answer from a
         // store that lost its data is never taken for "not revoked".
-        let vouched = self.epoch.known().is_some();
+        let vouched = self.epoch.is_armed();
         if vouched {
             keys.push(self.key_epoch());
         }
@@ -2219,7 +2219,7 @@ impl RevocationStore for RedisStore {
         }
         let mut con = self.conn.manager()?;
         // With the data epoch when this broker holds one (see is_revoked).
-        let epoch_key = self.epoch.known().map(|_| self.key_epoch());
+        let epoch_key = self.epoch.is_armed().then(|| self.key_epoch());
         let (v, epoch): (Option<String>, Option<String>) = self
             .run("is_blocked", async {
                 Ok(match &epoch_key {
