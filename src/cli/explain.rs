@@ -13,6 +13,11 @@
 //!
 //! It evaluates policies only: it never sees a token, the kill switch, JIT
 //! grants or approvals (it says which of those the request would need).
+//!
+//! One file: the explain verb is one job (read a config, build a dry-run
+//! request, ask the broker's own rules, print the verdict); the rules it
+//! asks live elsewhere (`policy`, `policy::delegation`). About a third of
+//! the lines are its tests.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -11,6 +11,11 @@
 //! ).unwrap();
 //! assert_eq!(cfg.tokens.default_ttl.as_secs(), 120);
 //! ```
+//!
+//! One file for the typed configuration and its validation: every check
+//! needs the whole `Config` (cross-section rules such as TTL ceilings and
+//! trust domains). The parts with a job of their own are already apart:
+//! `raw` (the TOML shape), `duration`, `lint` (warnings), `tests`.
 
 pub mod duration;
 pub mod lint;

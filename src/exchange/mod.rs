@@ -4,6 +4,11 @@
 //! Order matters and is fixed: parse → authenticate → kill switch → policy →
 //! tiers → lifetime → mint. Nothing is minted unless every step said yes;
 //! a dependency that fails makes the whole exchange fail (closed).
+//!
+//! One file for the pipeline: its steps share the request state and must
+//! run in the order above, and reading them top to bottom is the point.
+//! What has a job of its own is apart: `approval`, `guard`, `operator`
+//! (operator input), `error`; the delegation rule is `policy::delegation`.
 
 pub mod approval;
 pub mod error;

@@ -3,6 +3,10 @@
 //!
 //! Key material is never logged and never appears in error messages or
 //! `Debug` output; only file paths, algorithms and key ids do.
+//!
+//! One file: parsing a key, naming its file, loading the directory and
+//! generating or promoting a key are one job (the on-disk key ring), and
+//! share the file-name and kid rules; close to half the lines are tests.
 
 use std::fmt;
 use std::fs;

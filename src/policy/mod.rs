@@ -5,6 +5,10 @@
 //! default: a request is granted only when a **single** policy matches the
 //! subject, allows the audience and allows every requested scope. Grants are
 //! never combined across policies; the first such policy in file order wins.
+//!
+//! One file for the compiled policy set and its decisions (match, audience,
+//! scopes, grants); patterns (`glob`), scopes (`scope`), claim conditions
+//! (`claims`) and delegation (`delegation`) are their own modules.
 
 pub mod claims;
 pub mod delegation;

@@ -1,6 +1,9 @@
 //! One conformance suite for every backend: the memory and Redis stores run
 //! the same functions. Times are relative to the real clock (a Redis backend
 //! sets TTLs with the server's clock), and every identifier is unique per run.
+//!
+//! One file on purpose: it is the one suite every backend runs
+//! ([`run_all`]); splitting it would let a backend run half of it.
 
 use super::*;
 

@@ -100,6 +100,12 @@
 //! Timestamps from the caller (`now`) are checked against the stored
 //! `expires_at` on every read (defence in depth even if a TTL was lost); TTLs
 //! use the Redis server's clock.
+//!
+//! One file: every store trait's Redis form shares the key schema, the Lua
+//! scripts' common prelude, the connection, the breaker and the data epoch
+//! below, and the key table above is only true if it sits next to the
+//! `key_*` functions. Jobs with their own state live apart: `block_cache`,
+//! `breaker`, `epoch`, `feed`; tests are in `redis_tests` / `cluster_tests`.
 
 use std::fmt;
 use std::future::Future;

@@ -1,5 +1,8 @@
 //! Tests of the Redis backend, each against its own private `redis-server`
 //! (see [`crate::testkit_redis`]); skipped loudly when none is installed.
+//!
+//! One file: the tests of one module (`redis.rs`), sharing one set of
+//! private-server helpers; Cluster and Sentinel tests are in `cluster_tests`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;

@@ -12,6 +12,10 @@
 //! broker: a `jti` entry revokes that token and every token derived from it
 //! (`ancestors`); `subject` (also matching any actor), `task` and `grant`
 //! entries revoke tokens issued at or before `revoked_at`.
+//!
+//! One file: catching up (JSON pages), following (the event stream) and the
+//! local entry set are one follower with one lock and one cursor; the
+//! coverage rule itself is `crate::revocation`. About half are tests.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
