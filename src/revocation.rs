@@ -51,9 +51,7 @@ impl RevocationKind {
     /// assert_eq!(RevocationKind::parse("Task"), None);
     /// ```
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Jti, Self::Subject, Self::Task, Self::Grant]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 
