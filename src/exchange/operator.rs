@@ -97,6 +97,59 @@ pub fn check_grant_ttl(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// How long [`revoke_and_block`] waits for the revocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// In force on the primary (the anomaly guard, inside an exchange).
+    Primary,
+    /// Then waits (boundedly) for the configured replicas to acknowledge
+    /// it (an operator, who is told whether it is durable).
+    Replicas,
+}
+
+/// What [`revoke_and_block`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedAndBlocked {
+    /// The revocation as written, with its durability.
+    pub revoked: crate::store::Revoked,
+    /// Until when new exchanges are refused (a longer block already in
+    /// force stays and is reported), when a block was asked for.
+    pub blocked_until: Option<u64>,
+}
+
+/// The one "revoke and block" sequence (admin API and anomaly guard): the
+/// block first, then the revocation, so that replicas that acknowledge the
+/// revocation hold the block too, and a failure between the two leaves the
+/// identity blocked (new exchanges refused) rather than revoked and free to
+/// mint again. `block_until: None` revokes only. A store failure at either
+/// step is returned; nothing after it is attempted.
+pub async fn revoke_and_block(
+    stores: &crate::store::Stores,
+    revocation: crate::store::Revocation,
+    block_until: Option<u64>,
+    ack: Ack,
+) -> Result<RevokedAndBlocked, crate::store::StoreError> {
+    let mut blocked_until = None;
+    if let Some(until) = block_until {
+        let held = stores
+            .revocations
+            .block_subject(&revocation.value, until)
+            .await?;
+        blocked_until = Some(held.max(until));
+    }
+    let revoked = match ack {
+        Ack::Replicas => stores.revocations.revoke_acked(revocation).await?,
+        Ack::Primary => crate::store::Revoked {
+            cursor: stores.revocations.revoke(revocation).await?,
+            replicas: None,
+        },
+    };
+    Ok(RevokedAndBlocked {
+        revoked,
+        blocked_until,
+    })
+}
+
 /// What a recovery restored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RestoreReport {

@@ -201,19 +201,15 @@ pub async fn revoke(
         revoked_at: now,
         expires_at,
     };
-    // The block first: the acknowledged revocation below is written after
-    // it, so replicas that acknowledge the revocation hold the block too.
-    let mut blocked_until = None;
-    if let Some(d) = block {
-        let until = now + d.as_secs();
-        match app.stores.revocations.block_subject(&b.value, until).await {
-            // A longer block already in force stays: say until when.
-            Ok(u) => blocked_until = Some(u.max(until)),
-            Err(e) => return store_err(e),
-        }
-    }
-    let done = match app.stores.revocations.revoke_acked(r.clone()).await {
-        Ok(d) => d,
+    let (done, blocked_until) = match crate::exchange::operator::revoke_and_block(
+        &app.stores,
+        r.clone(),
+        block.map(|d| now + d.as_secs()),
+        crate::exchange::operator::Ack::Replicas,
+    )
+    .await
+    {
+        Ok(d) => (d.revoked, d.blocked_until),
         Err(e) => return store_err(e),
     };
     crate::telemetry::metrics()
