@@ -13,7 +13,9 @@
 pub mod approval;
 pub mod error;
 pub mod guard;
+pub mod introspection;
 pub mod operator;
+pub mod outcome;
 
 use std::collections::HashMap;
 use std::sync::Arc;

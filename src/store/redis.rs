@@ -2850,10 +2850,7 @@ impl AuditStream for RedisStore {
         if records.is_empty() {
             return Ok(());
         }
-        if records
-            .iter()
-            .any(|r| r.len() > MAX_AUDIT_RECORD_BYTES)
-        {
+        if records.iter().any(|r| r.len() > MAX_AUDIT_RECORD_BYTES) {
             return Err(StoreError::Protocol("audit record too large".into()));
         }
         let key = self.key_audit_stream();
