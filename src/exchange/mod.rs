@@ -16,6 +16,7 @@ pub mod guard;
 pub mod introspection;
 pub mod operator;
 pub mod outcome;
+pub mod request;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,23 +34,14 @@ use crate::identity::peer::PeerIdentity;
 use crate::jose::jws;
 use crate::mint::claims::{AccessTokenClaims, Actor, Confirmation, MayAct};
 use crate::mint::TokenMinter;
-use crate::oauth::request::{GrantType, TokenRequest, TokenType};
 use crate::policy::delegation::{may_act_of, ChainActor, Delegation, DelegationDenial};
 use crate::policy::{Denial, PolicySet, Subject};
 use crate::store::Stores;
+use request::{GrantType, TokenRequest, TokenType};
 
-/// What the TLS layer established about the caller.
-#[derive(Debug, Clone, Default)]
-pub enum Peer {
-    /// No client certificate.
-    #[default]
-    Anonymous,
-    /// A verified client certificate that is a usable identity.
-    Identified(Arc<PeerIdentity>),
-    /// A client certificate that chained to a trusted CA but is not a usable
-    /// workload identity (the reason code says why).
-    Unusable(&'static str),
-}
+/// What the TLS layer established about the caller (it lives with the
+/// other connection identities in `identity::peer`, below `server`).
+pub use crate::identity::peer::Peer;
 
 /// A successful exchange.
 #[derive(Debug, Clone)]

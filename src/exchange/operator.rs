@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use super::request::valid_task;
 use crate::identity::spiffe::SpiffeId;
-use crate::oauth::request::valid_task;
 use crate::store::RevocationKind;
 
 /// Longest revocation value (a jti, subject, task or grant id).
