@@ -64,7 +64,7 @@ pub mod server;
 pub mod store;
 #[cfg(feature = "server")]
 pub mod telemetry;
-#[cfg(feature = "server")]
+#[cfg(all(feature = "server", any(test, feature = "testkit")))]
 pub mod testkit;
-#[cfg(feature = "server")]
+#[cfg(all(feature = "server", any(test, feature = "testkit")))]
 pub mod testkit_redis;

@@ -693,7 +693,7 @@ impl Stores {
 
 #[cfg(test)]
 mod cluster_tests;
-#[cfg(test)]
-pub(crate) mod conformance;
+#[cfg(any(test, feature = "testkit"))]
+pub mod conformance;
 #[cfg(test)]
 mod redis_tests;
