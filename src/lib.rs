@@ -33,7 +33,7 @@ pub mod dpop;
 pub mod jose;
 pub mod jwks;
 pub mod revocation;
-pub mod text;
+pub(crate) mod text;
 pub mod verify;
 
 #[cfg(feature = "server")]
@@ -57,7 +57,7 @@ pub mod pki;
 #[cfg(feature = "server")]
 pub mod policy;
 #[cfg(feature = "server")]
-pub mod routes;
+pub(crate) mod routes;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

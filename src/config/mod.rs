@@ -17,9 +17,9 @@
 //! trust domains). The parts with a job of their own are already apart:
 //! `raw` (the TOML shape), `duration`, `lint` (warnings), `tests`.
 
-pub mod duration;
-pub mod lint;
-pub mod raw;
+pub(crate) mod duration;
+pub(crate) mod lint;
+pub(crate) mod raw;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -10,13 +10,13 @@
 //! What has a job of its own is apart: `approval`, `guard`, `operator`
 //! (operator input), `error`; the delegation rule is `policy::delegation`.
 
-pub mod approval;
-pub mod error;
+pub(crate) mod approval;
+pub(crate) mod error;
 pub mod guard;
-pub mod introspection;
+pub(crate) mod introspection;
 pub mod operator;
-pub mod outcome;
-pub mod request;
+pub(crate) mod outcome;
+pub(crate) mod request;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -24,9 +24,6 @@ use crate::routes::admin_error::{response, AdminCode};
 use crate::routes::auth::{authorize, Role};
 use crate::store::{Revoked, StoreError};
 
-/// Most uses a grant may be created with.
-pub use crate::exchange::operator::MAX_GRANT_USES;
-
 /// An admin error spelt inline (the approval handlers, being rewritten
 /// under issue 19): answered through the wire table
 /// ([`crate::routes::admin_error`]); a test checks every such code and

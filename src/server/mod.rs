@@ -5,7 +5,7 @@
 //! graceful shutdown.
 
 mod early;
-pub mod limit;
+pub(crate) mod limit;
 pub mod tls;
 
 use std::future::Future;
