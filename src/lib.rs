@@ -33,6 +33,7 @@ pub mod dpop;
 pub mod jose;
 pub mod jwks;
 pub mod revocation;
+#[cfg(feature = "server")]
 pub(crate) mod text;
 pub mod verify;
 
