@@ -535,7 +535,7 @@ impl Exchanger {
                 }
                 let htu = format!("{}/token", self.issuer);
                 let proof = dpop::verify_proof(p, &dpop::ProofCheck::new("POST", &htu, now))
-                    .map_err(ExchangeError::DpopProof)?;
+                    .map_err(|e| ExchangeError::DpopProof(e.as_str()))?;
                 if let Some(n) = &self.nonces {
                     if !proof.nonce.as_deref().is_some_and(|x| n.accepts(x, now)) {
                         return Err(ExchangeError::UseDpopNonce);
