@@ -625,6 +625,80 @@ mod tests {
         assert!(check_revocation(RevocationKind::Subject, "not a spiffe id").is_err());
     }
 
+    /// The one revoke-and-block sequence (admin API and guard): the block is
+    /// in force and the revocation covers the subject's tokens; a longer
+    /// block already in force stays and is what is reported; without a
+    /// block it only revokes.
+    #[tokio::test]
+    async fn revoke_and_block_blocks_revokes_and_keeps_a_longer_block() {
+        use crate::store::{memory::MemoryStore, Revocation, Stores, TokenFacts};
+        let stores = Stores::from_backend(std::sync::Arc::new(MemoryStore::new()));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let sub = "spiffe://td/agent";
+        let r = |kind, value: &str, at: u64| Revocation {
+            kind,
+            value: value.into(),
+            revoked_at: at,
+            expires_at: at + 600,
+        };
+        let facts = |jti: &str| TokenFacts {
+            jti: jti.into(),
+            sub: sub.into(),
+            actors: vec![],
+            client_id: None,
+            ancestors: vec![],
+            txn: "t".into(),
+            grant: None,
+            iat: now - 1,
+        };
+        assert!(!stores.revocations.is_blocked(sub, now).await.unwrap());
+        let done = revoke_and_block(
+            &stores,
+            r(RevocationKind::Subject, sub, now),
+            Some(now + 60),
+            Ack::Primary,
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.blocked_until, Some(now + 60));
+        assert!(stores.revocations.is_blocked(sub, now).await.unwrap());
+        assert!(stores
+            .revocations
+            .is_revoked(&facts("j1"), now)
+            .await
+            .unwrap());
+        // A shorter block does not shorten the one in force.
+        let done = revoke_and_block(
+            &stores,
+            r(RevocationKind::Subject, sub, now),
+            Some(now + 10),
+            Ack::Replicas,
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.blocked_until, Some(now + 60));
+        assert!(done.revoked.durable());
+        // Without a block: a revocation only.
+        let id = uuid::Uuid::new_v4().to_string();
+        let done = revoke_and_block(
+            &stores,
+            r(RevocationKind::Jti, &id, now),
+            None,
+            Ack::Primary,
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.blocked_until, None);
+        assert!(stores
+            .revocations
+            .is_revoked(&facts(&id), now)
+            .await
+            .unwrap());
+    }
+
     #[test]
     fn block_durations() {
         assert_eq!(parse_block_for("30m"), Ok(Duration::from_secs(1800)));

@@ -5,7 +5,7 @@
 //! graceful shutdown.
 
 mod early;
-pub(crate) mod limit;
+pub mod limit;
 pub mod tls;
 
 use std::future::Future;
