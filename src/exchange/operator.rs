@@ -534,13 +534,13 @@ pub async fn restore(
     plan: &crate::audit::restore::RestorePlan,
     exchanger: &super::Exchanger,
     now: u64,
-) -> Result<RestoreReport, String> {
+) -> Result<RestoreReport, OperatorError> {
     use crate::store::Revocation;
     crate::store::epoch::recovering(async {
         let mut report = RestoreReport::default();
         for r in &plan.revocations {
             let kind = r.kind;
-            check_revocation(kind, &r.value)?;
+            check_revocation(kind, &r.value).map_err(OperatorError::Invalid)?;
             let expires_at = exchanger.revocation_expiry(r.revoked_at);
             if expires_at <= now {
                 report.expired += 1;
@@ -554,12 +554,11 @@ pub async fn restore(
                     revoked_at: r.revoked_at.min(now),
                     expires_at,
                 })
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             report.revocations += 1;
         }
         for b in &plan.blocks {
-            check_identity(&b.subject)?;
+            check_identity(&b.subject).map_err(OperatorError::Invalid)?;
             if b.until <= now {
                 report.blocks_over += 1;
                 continue;
@@ -567,15 +566,10 @@ pub async fn restore(
             stores
                 .revocations
                 .block_subject(&b.subject, b.until)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             report.blocks += 1;
         }
-        report.epoch = stores
-            .health
-            .rearm_epoch()
-            .await
-            .map_err(|e| e.to_string())?;
+        report.epoch = stores.health.rearm_epoch().await?;
         Ok(report)
     })
     .await
