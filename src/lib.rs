@@ -23,6 +23,12 @@
 //! - `exchange`: the pipeline (and `exchange::guard`, the anomaly guard);
 //!   `oauth`, `routes`, `server`, `app`: the service.
 //! - `cli`: operator verbs; `pki`: development and test certificates.
+//!
+//! The layers, who may import whom and where each rule lives:
+//! `docs/architecture.md` (kept by `tests/layering.rs`). Test support
+//! (`testkit`, `testkit_redis`, the hostile half of `pki`, the store
+//! conformance suite) is behind the cargo feature `testkit`, which only the
+//! crate's own tests, benches and examples turn on.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
