@@ -41,7 +41,7 @@
 
 mod lines;
 mod record;
-pub mod restore;
+pub(crate) mod restore;
 mod verify;
 
 use std::io::{Read, Seek, SeekFrom, Write};

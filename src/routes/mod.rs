@@ -2,6 +2,7 @@
 //! domain types and the result into a response.
 
 pub mod admin;
+pub mod admin_error;
 pub mod auth;
 pub mod introspect;
 pub mod metadata;

@@ -5,6 +5,8 @@
 //! One file on purpose: it is the one suite every backend runs
 //! ([`run_all`]); splitting it would let a backend run half of it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
 use super::*;
 
 fn facts(jti: &str, sub: &str, txn: &str, iat: u64) -> TokenFacts {

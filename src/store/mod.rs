@@ -32,6 +32,55 @@ pub enum StoreError {
 
 pub use crate::revocation::RevocationKind;
 
+/// Longest configurable per-call timeout (`[store] timeout`).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest key prefix (`[store] prefix`).
+pub const MAX_PREFIX_LEN: usize = 32;
+/// Most replicas a revocation may be required to reach (`WAIT numreplicas`).
+pub const MAX_REVOCATION_REPLICAS: u32 = 64;
+/// Longest wait for replica acknowledgements of a revocation.
+pub const MAX_REVOCATION_WAIT: Duration = Duration::from_secs(10);
+/// Longest breaker cool-off.
+pub const MAX_BREAKER_COOL_OFF: Duration = Duration::from_secs(600);
+/// Largest audit record (its JSON line) the store's audit stream takes. The
+/// audit layer caps every record below it (`audit::MAX_RECORD_BYTES` is this
+/// constant), so the limit lives here, where both can reach it.
+pub const MAX_AUDIT_RECORD_BYTES: usize = 256 * 1024;
+
+/// A store setting out of its bounds. The message states the rule; the
+/// caller names the key (`store.prefix`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingError(String);
+
+/// The store's key-prefix rule, the one `config check` and the Redis
+/// backend's start-up both apply: 1 to [`MAX_PREFIX_LEN`] bytes of ASCII
+/// letters, digits, `-`, `_` and `.`.
+pub fn check_prefix(prefix: &str) -> Result<(), SettingError> {
+    let charset_ok = prefix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN || !charset_ok {
+        return Err(SettingError(format!(
+            "must be 1 to {MAX_PREFIX_LEN} characters, only letters, digits, '-', '_' and '.' \
+             (got {} characters)",
+            prefix.chars().count()
+        )));
+    }
+    Ok(())
+}
+
+/// The store's per-call timeout rule: above 0 and at most [`MAX_TIMEOUT`].
+pub fn check_timeout(timeout: Duration) -> Result<(), SettingError> {
+    if timeout.is_zero() || timeout > MAX_TIMEOUT {
+        return Err(SettingError(format!(
+            "must be above 0 and at most {}s",
+            MAX_TIMEOUT.as_secs()
+        )));
+    }
+    Ok(())
+}
+
 /// One revocation (the feed's entry shape).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {
@@ -644,7 +693,7 @@ impl Stores {
 
 #[cfg(test)]
 mod cluster_tests;
-#[cfg(test)]
-pub(crate) mod conformance;
+#[cfg(any(test, feature = "testkit"))]
+pub mod conformance;
 #[cfg(test)]
 mod redis_tests;

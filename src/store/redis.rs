@@ -126,10 +126,6 @@ use async_trait::async_trait;
 
 use super::*;
 
-/// Longest configurable per-call timeout.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest key prefix.
-pub const MAX_PREFIX_LEN: usize = 32;
 /// Approximate cap on feed entries (`XADD … MAXLEN ~`).
 pub const FEED_MAXLEN: u64 = 100_000;
 /// Most feed entries `list_since` returns at once (larger limits are cut).
@@ -163,12 +159,6 @@ pub const MAX_UNIX_SECS: u64 = 253_402_300_799;
 pub const AUDIT_STREAM_IDLE_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Least time between two replacements of the connection manager.
 pub const REBUILD_MIN_INTERVAL: Duration = Duration::from_secs(1);
-/// Most replicas a revocation may be required to reach (`WAIT numreplicas`).
-pub const MAX_REVOCATION_REPLICAS: u32 = 64;
-/// Longest wait for replica acknowledgements of a revocation.
-pub const MAX_REVOCATION_WAIT: Duration = Duration::from_secs(10);
-/// Longest breaker cool-off.
-pub const MAX_BREAKER_COOL_OFF: Duration = Duration::from_secs(600);
 
 /// How to reach Redis. `Debug` never shows the URL (it may hold a password).
 #[derive(Clone)]
@@ -222,13 +212,6 @@ fn split_url(url: &str) -> Result<(String, Option<String>), StoreError> {
         }
     }
     Ok((base.to_string(), ca))
-}
-
-fn valid_prefix(p: &str) -> bool {
-    !p.is_empty()
-        && p.len() <= MAX_PREFIX_LEN
-        && p.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 /// `hex(sha256(x))` (64 lowercase hex digits).
@@ -1173,12 +1156,8 @@ impl RedisStore {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(config_error("must be created inside a Tokio runtime"));
         }
-        if !valid_prefix(&cfg.prefix) {
-            return Err(config_error("prefix must be 1-32 of [A-Za-z0-9_.-]"));
-        }
-        if cfg.timeout.is_zero() || cfg.timeout > MAX_TIMEOUT {
-            return Err(config_error("timeout must be above 0 and at most 30 s"));
-        }
+        check_prefix(&cfg.prefix).map_err(|e| config_error(&format!("prefix {e}")))?;
+        check_timeout(cfg.timeout).map_err(|e| config_error(&format!("timeout {e}")))?;
         let (url, ca_path) = split_url(&cfg.url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.timeout))
@@ -2871,10 +2850,7 @@ impl AuditStream for RedisStore {
         if records.is_empty() {
             return Ok(());
         }
-        if records
-            .iter()
-            .any(|r| r.len() > crate::audit::MAX_RECORD_BYTES)
-        {
+        if records.iter().any(|r| r.len() > MAX_AUDIT_RECORD_BYTES) {
             return Err(StoreError::Protocol("audit record too large".into()));
         }
         let key = self.key_audit_stream();
