@@ -811,6 +811,30 @@ pub async fn audit(
     }
 }
 
+/// `GET /admin/v1/audit/checkpoints`: the `seq` and `hash` of the last
+/// record of every chain in the store's audit stream, kept by the store
+/// apart from any audit file: `{"checkpoints": [{"node", "seq", "hash"}]}`.
+/// `tessera audit verify` reads them to find a removed tail.
+pub async fn audit_checkpoints(
+    State(app): State<AppState>,
+    peer: Option<Extension<Peer>>,
+) -> Response {
+    if let Err(r) = caller(&app, peer) {
+        return r;
+    }
+    match app.stores.audit.checkpoints().await {
+        Ok(cps) => Json(json!({ "checkpoints": cps })).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "admin: audit checkpoints unavailable");
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                format!("the audit checkpoints cannot be read: {e}"),
+            )
+        }
+    }
+}
+
 /// `POST /admin/v1/reload`: what SIGHUP does, on this replica only. 200 with
 /// the changes, or 409 naming why the configuration in force stays.
 pub async fn reload(State(app): State<AppState>, peer: Option<Extension<Peer>>) -> Response {

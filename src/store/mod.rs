@@ -482,7 +482,56 @@ pub trait AuditStream: Send + Sync {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<(String, String)>, String), StoreError>;
+    /// Appends the records of chain `node` (in `seq` order) whose `seq` is
+    /// past the chain's checkpoint, and moves the checkpoint to the last one,
+    /// atomically: a batch sent again after a failure, or one that lands
+    /// late after its caller gave up, is never appended twice, so the
+    /// stream holds each record of the chain once, in order. The default
+    /// (a backend without checkpoints) appends every record.
+    async fn append_chain(
+        &self,
+        node: &str,
+        records: &[AuditLine],
+        max_len: u64,
+    ) -> Result<(), StoreError> {
+        let _ = node;
+        let lines: Vec<String> = records.iter().map(|r| r.line.clone()).collect();
+        self.append(&lines, max_len).await
+    }
+    /// The checkpoint of every chain written with
+    /// [`AuditStream::append_chain`] (at most [`MAX_AUDIT_CHECKPOINTS`],
+    /// each kept as long as the stream): the `seq` and `hash` of its last
+    /// record. Kept apart from the audit file, so a removed tail of the file
+    /// (or of the stream) shows. Default: none.
+    async fn checkpoints(&self) -> Result<Vec<AuditCheckpoint>, StoreError> {
+        Ok(Vec::new())
+    }
 }
+
+/// One sealed record of a chain, for [`AuditStream::append_chain`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditLine {
+    /// Its `seq`.
+    pub seq: u64,
+    /// Its `hash`.
+    pub hash: String,
+    /// The record, one JSON line (no newline).
+    pub line: String,
+}
+
+/// The last record of one chain that the audit stream holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditCheckpoint {
+    /// The chain.
+    pub node: String,
+    /// `seq` of its last record.
+    pub seq: u64,
+    /// `hash` of its last record.
+    pub hash: String,
+}
+
+/// Most chain checkpoints kept (the least recently written go first).
+pub const MAX_AUDIT_CHECKPOINTS: usize = 4_096;
 
 /// Most audit records one [`AuditStream::read`] returns.
 pub const MAX_AUDIT_PAGE: usize = 10_000;
