@@ -2947,7 +2947,7 @@ impl AuditStream for RedisStore {
     ) -> Result<(), StoreError> {
         if records
             .iter()
-            .any(|r| r.line.len() > crate::audit::MAX_RECORD_BYTES)
+            .any(|r| r.line.len() > super::MAX_AUDIT_RECORD_BYTES)
         {
             return Err(StoreError::Protocol("audit record too large".into()));
         }
