@@ -648,3 +648,5 @@ mod cluster_tests;
 pub(crate) mod conformance;
 #[cfg(test)]
 mod redis_tests;
+#[cfg(test)]
+mod tls_topology_tests;
