@@ -397,7 +397,7 @@ pub enum Source {
         /// The URL's nodes.
         seeds: Vec<(String, u16)>,
         /// TLS, credentials and database for every node.
-        node: ConnectionInfo,
+        node: Box<ConnectionInfo>,
         /// The hash slot of the block keys.
         slot: u16,
     },

@@ -291,7 +291,7 @@ enum Target {
     /// own to one node.
     Cluster {
         client: ClusterClient,
-        node: ConnectionInfo,
+        node: Box<ConnectionInfo>,
         /// The URL's nodes, for the block cache's own lookups.
         seeds: Vec<(String, u16)>,
     },
@@ -787,7 +787,7 @@ fn cluster_target(
     .map_err(|e| config_error(&format!("bad credentials or TLS material ({:?})", e.kind())))?;
     Ok(Target::Cluster {
         client,
-        node,
+        node: Box::new(node),
         seeds: t
             .nodes
             .iter()
