@@ -32,6 +32,34 @@ pub struct TlsFiles {
     pub ca_pem: Vec<u8>,
 }
 
+impl TlsFiles {
+    /// A fresh private CA and a server certificate it signed for
+    /// `localhost` and `127.0.0.1` (the address cluster nodes and sentinels
+    /// announce), made with rcgen. The CA is the only trust anchor a client
+    /// needs ([`TlsFiles::ca_pem`]).
+    pub fn generate() -> Result<Self, String> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let e = |e: rcgen::Error| format!("test certificate: {e}");
+        let ca_key = KeyPair::generate().map_err(e)?;
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "tessera redis test CA");
+        let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
+        let key = KeyPair::generate().map_err(e)?;
+        let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .map_err(e)?;
+        let cert = params
+            .signed_by(&key, &Issuer::new(ca, ca_key))
+            .map_err(e)?;
+        Ok(Self {
+            cert_pem: cert.pem().into_bytes(),
+            key_pem: key.serialize_pem().into_bytes(),
+            ca_pem: ca_cert.pem().into_bytes(),
+        })
+    }
+}
+
 /// A private `redis-server` process.
 pub struct RedisServer {
     port: u16,
@@ -129,6 +157,28 @@ pub fn sentinel_or_skip() -> Result<Option<RedisSentinel>, String> {
     RedisSentinel::start().map(Some)
 }
 
+/// A started TLS-only [`RedisCluster`] ([`RedisCluster::start_tls`]), or
+/// `Ok(None)` / `Err` exactly as [`redis_or_skip`].
+pub fn tls_cluster_or_skip(
+    masters: usize,
+    with_replicas: bool,
+    files: &TlsFiles,
+) -> Result<Option<RedisCluster>, String> {
+    if !available_or_skip()? {
+        return Ok(None);
+    }
+    RedisCluster::start_tls(masters, with_replicas, files).map(Some)
+}
+
+/// A started TLS-only [`RedisSentinel`] ([`RedisSentinel::start_tls`]), or
+/// `Ok(None)` / `Err` exactly as [`redis_or_skip`].
+pub fn tls_sentinel_or_skip(files: &TlsFiles) -> Result<Option<RedisSentinel>, String> {
+    if !available_or_skip()? {
+        return Ok(None);
+    }
+    RedisSentinel::start_tls(files).map(Some)
+}
+
 /// Starts a private Redis server for this test, or skips the test (returns
 /// from it) when `redis-server` is missing and not required; panics when it
 /// is required, or does not start.
@@ -141,6 +191,19 @@ macro_rules! require_redis {
             Err(e) => panic!("{}", e),
         }
     };
+}
+
+/// Writes the server certificate, key and CA where [`RedisServer`] passes
+/// them to `redis-server`.
+fn write_tls_files(dir: &Path, f: &TlsFiles) -> Result<(), String> {
+    for (name, data) in [
+        ("server.pem", &f.cert_pem),
+        ("server.key", &f.key_pem),
+        ("ca.pem", &f.ca_pem),
+    ] {
+        std::fs::write(dir.join(name), data).map_err(|e| format!("write {name}: {e}"))?;
+    }
+    Ok(())
 }
 
 fn free_port() -> Result<u16, String> {
@@ -170,14 +233,23 @@ impl RedisServer {
         Self::start_inner(None, extra)
     }
 
-    /// Starts a plain-TCP server with extra arguments that leave `PING`
-    /// open (cluster nodes, replicas), and optionally a configuration file.
-    fn start_open(conf: Option<String>, extra: &[&str]) -> Result<Self, String> {
+    /// Starts a server with extra arguments that leave `PING` open
+    /// (cluster nodes, replicas), and optionally a configuration file;
+    /// plain TCP, or TLS-only when `tls` is given.
+    fn start_open_tls(
+        tls: Option<&TlsFiles>,
+        conf: Option<String>,
+        extra: &[&str],
+    ) -> Result<Self, String> {
+        let dir = temp_dir()?;
+        if let Some(f) = tls {
+            write_tls_files(&dir, f)?;
+        }
         let s = Self {
             port: 0,
-            dir: temp_dir()?,
+            dir,
             child: None,
-            tls: false,
+            tls: tls.is_some(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             conf,
             ping: true,
@@ -197,13 +269,7 @@ impl RedisServer {
     fn start_inner(tls: Option<&TlsFiles>, extra: &[&str]) -> Result<Self, String> {
         let dir = temp_dir()?;
         if let Some(f) = tls {
-            for (name, data) in [
-                ("server.pem", &f.cert_pem),
-                ("server.key", &f.key_pem),
-                ("ca.pem", &f.ca_pem),
-            ] {
-                std::fs::write(dir.join(name), data).map_err(|e| format!("write {name}: {e}"))?;
-            }
+            write_tls_files(&dir, f)?;
         }
         let s = Self {
             port: 0,
@@ -289,6 +355,11 @@ impl RedisServer {
         let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
             return false;
         };
+        if self.tls && self.ping {
+            // a real TLS handshake and PING (a sentinel logs no "Ready" line)
+            drop(s);
+            return self.command(&["PING"]).is_ok();
+        }
         if self.tls || (!self.extra.is_empty() && !self.ping) {
             // the whole log: a replica logs its sync after this line
             return std::fs::read_to_string(self.dir.join("redis.log"))
@@ -321,6 +392,26 @@ impl RedisServer {
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Whether the server listens for TLS only.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Runs one command on this server (setup only): over TLS, trusting its
+    /// CA, for a TLS server.
+    pub fn command(&self, args: &[&str]) -> Result<::redis::Value, String> {
+        if !self.tls {
+            return command(self.port, args);
+        }
+        let mut con = connect_tls(self.port, &self.dir.join("ca.pem"))?;
+        run(&mut con, self.port, args)
+    }
+
+    /// [`RedisServer::command`] for a command that answers text.
+    pub fn command_text(&self, args: &[&str]) -> Result<String, String> {
+        as_text(args, self.command(args)?)
     }
 
     /// The server's working directory.
@@ -414,21 +505,62 @@ pub fn command_calls(port: u16, cmd: &str) -> Result<u64, String> {
     }
 }
 
+/// Whether a plain-TCP client gets an answer on `port`: connects, sends
+/// `PING` in clear text and reads what comes back (at most 2 s). A TLS-only
+/// port answers nothing a client could read as `+PONG` (it closes the
+/// connection, or sends a TLS alert): the proof that TLS is really in use.
+pub fn plaintext_answers(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// A synchronous TLS connection to a test server (`localhost`), trusting
+/// the CA in `ca` only (setup only).
+fn connect_tls(port: u16, ca: &Path) -> Result<::redis::Connection, String> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let pem = std::fs::read(ca).map_err(|e| format!("read {}: {e}", ca.display()))?;
+    ::redis::Client::build_with_tls(
+        format!("rediss://localhost:{port}"),
+        ::redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        },
+    )
+    .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+    .map_err(|e| format!("cannot connect over TLS to localhost:{port}: {e}"))
+}
+
 /// Runs one command on a test server (setup only).
 pub fn command(port: u16, args: &[&str]) -> Result<::redis::Value, String> {
     let mut con = connect(port)?;
+    run(&mut con, port, args)
+}
+
+fn run(con: &mut ::redis::Connection, port: u16, args: &[&str]) -> Result<::redis::Value, String> {
     let _ = con.set_read_timeout(Some(Duration::from_secs(5)));
     let mut cmd = ::redis::cmd(args.first().copied().unwrap_or("PING"));
     for a in args.iter().skip(1) {
         cmd.arg(*a);
     }
-    cmd.query(&mut con)
+    cmd.query(con)
         .map_err(|e| format!("{args:?} on port {port}: {e}"))
 }
 
 /// Runs one command that answers text (`INFO`, `CLUSTER INFO`).
 pub fn command_text(port: u16, args: &[&str]) -> Result<String, String> {
-    match command(port, args)? {
+    as_text(args, command(port, args)?)
+}
+
+fn as_text(args: &[&str], v: ::redis::Value) -> Result<String, String> {
+    match v {
         ::redis::Value::BulkString(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
         ::redis::Value::VerbatimString { text, .. } => Ok(text),
         ::redis::Value::SimpleString(s) => Ok(s),
@@ -469,17 +601,35 @@ impl RedisCluster {
     /// ADDSLOTSRANGE`, joins them with `CLUSTER MEET` and waits until every
     /// node says `cluster_state:ok`.
     pub fn start(masters: usize) -> Result<Self, String> {
-        Self::start_inner(masters, false)
+        Self::start_inner(masters, false, None)
+    }
+
+    /// Like [`RedisCluster::start`], TLS-only: every node listens on its
+    /// `tls-port` alone (`port 0`), and the cluster bus and replication are
+    /// TLS too (`tls-cluster yes`, `tls-replication yes`), so a client
+    /// that does not speak TLS reaches nothing.
+    /// With `with_replicas`, each master has a replica as in
+    /// [`RedisCluster::start_with_replicas`].
+    pub fn start_tls(
+        masters: usize,
+        with_replicas: bool,
+        files: &TlsFiles,
+    ) -> Result<Self, String> {
+        Self::start_inner(masters, with_replicas, Some(files))
     }
 
     /// Like [`RedisCluster::start`], and gives each master one replica
     /// (`CLUSTER REPLICATE`, after `CLUSTER MEET`); waits until every
     /// replica is in sync and every master counts its replica.
     pub fn start_with_replicas(masters: usize) -> Result<Self, String> {
-        Self::start_inner(masters, true)
+        Self::start_inner(masters, true, None)
     }
 
-    fn start_inner(masters: usize, with_replicas: bool) -> Result<Self, String> {
+    fn start_inner(
+        masters: usize,
+        with_replicas: bool,
+        tls: Option<&TlsFiles>,
+    ) -> Result<Self, String> {
         if !(1..=16).contains(&masters) {
             return Err("a test cluster has 1 to 16 masters".into());
         }
@@ -494,6 +644,9 @@ impl RedisCluster {
             "--cluster-require-full-coverage",
             "no",
         ];
+        if tls.is_some() {
+            args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+        }
         if with_replicas {
             // a replica's first sync at once, not after the default delay
             args.extend([
@@ -505,7 +658,7 @@ impl RedisCluster {
         }
         let start = |n: usize| -> Result<Vec<RedisServer>, String> {
             (0..n)
-                .map(|_| RedisServer::start_open(None, &args))
+                .map(|_| RedisServer::start_open_tls(tls, None, &args))
                 .collect()
         };
         let nodes = start(masters)?;
@@ -518,28 +671,24 @@ impl RedisCluster {
         for (i, n) in c.nodes.iter().enumerate() {
             let from = (i * 16384 / masters).to_string();
             let to = ((i + 1) * 16384 / masters - 1).to_string();
-            command(n.port(), &["CLUSTER", "ADDSLOTSRANGE", &from, &to])?;
+            n.command(&["CLUSTER", "ADDSLOTSRANGE", &from, &to])?;
         }
-        let first = c.nodes[0].port();
         for n in c.all().skip(1) {
-            command(
-                first,
-                &["CLUSTER", "MEET", "127.0.0.1", &n.port().to_string()],
-            )?;
+            c.nodes[0].command(&["CLUSTER", "MEET", "127.0.0.1", &n.port().to_string()])?;
         }
         if with_replicas {
             // A replica must know its master before it may replicate it.
             c.wait_known(START_TIMEOUT)?;
             for (m, r) in c.nodes.iter().zip(&c.replicas) {
-                let id = command_text(m.port(), &["CLUSTER", "MYID"])?;
-                command(r.port(), &["CLUSTER", "REPLICATE", id.trim()])?;
+                let id = m.command_text(&["CLUSTER", "MYID"])?;
+                r.command(&["CLUSTER", "REPLICATE", id.trim()])?;
             }
             wait_for(START_TIMEOUT, "every replica in sync", || {
                 c.replicas.iter().all(|r| {
-                    command_text(r.port(), &["INFO", "replication"])
+                    r.command_text(&["INFO", "replication"])
                         .is_ok_and(|i| i.contains("master_link_status:up"))
                 }) && c.nodes.iter().all(|m| {
-                    command_text(m.port(), &["INFO", "replication"])
+                    m.command_text(&["INFO", "replication"])
                         .is_ok_and(|i| i.contains("connected_slaves:1\r\n"))
                 })
             })?;
@@ -558,7 +707,7 @@ impl RedisCluster {
         let n = self.nodes.len() + self.replicas.len();
         wait_for(within, "every node to know every node", || {
             self.all().all(|node| {
-                command_text(node.port(), &["CLUSTER", "INFO"])
+                node.command_text(&["CLUSTER", "INFO"])
                     .is_ok_and(|info| info.contains(&format!("cluster_known_nodes:{n}\r\n")))
             })
         })
@@ -570,7 +719,7 @@ impl RedisCluster {
         let n = self.nodes.len() + self.replicas.len();
         wait_for(within, "cluster_state:ok on every node", || {
             self.all().all(|node| {
-                command_text(node.port(), &["CLUSTER", "INFO"]).is_ok_and(|info| {
+                node.command_text(&["CLUSTER", "INFO"]).is_ok_and(|info| {
                     info.contains("cluster_state:ok")
                         && info.contains("cluster_slots_assigned:16384")
                         && info.contains("cluster_slots_ok:16384")
@@ -580,19 +729,30 @@ impl RedisCluster {
         })
     }
 
-    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…`.
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…` (`rediss+cluster://…`
+    /// for a TLS cluster: add `?ca=` [`RedisCluster::ca_file`] to trust it).
     pub fn url(&self) -> String {
         let nodes: Vec<String> = self
             .nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
-        format!("redis+cluster://{}", nodes.join(","))
+        let scheme = if self.nodes[0].is_tls() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}+cluster://{}", nodes.join(","))
+    }
+
+    /// The CA (PEM file) of a TLS cluster's certificates.
+    pub fn ca_file(&self) -> PathBuf {
+        self.nodes[0].dir().join("ca.pem")
     }
 
     /// The index of the node that serves `key`.
     pub fn node_for(&self, key: &str) -> Result<usize, String> {
-        let slot = match command(self.nodes[0].port(), &["CLUSTER", "KEYSLOT", key])? {
+        let slot = match self.nodes[0].command(&["CLUSTER", "KEYSLOT", key])? {
             ::redis::Value::Int(i) => usize::try_from(i).map_err(|e| e.to_string())?,
             other => return Err(format!("CLUSTER KEYSLOT: {other:?}")),
         };
@@ -617,28 +777,44 @@ impl RedisSentinel {
     /// Starts the primary, the replica (waits until it is in sync) and the
     /// sentinel (waits until it knows the replica).
     pub fn start() -> Result<Self, String> {
-        let primary = RedisServer::start_open(
-            None,
-            &[
-                "--repl-diskless-sync",
-                "yes",
-                "--repl-diskless-sync-delay",
-                "0",
-            ],
-        )?;
+        Self::start_inner(None)
+    }
+
+    /// Like [`RedisSentinel::start`], TLS-only: the primary, the replica and
+    /// the sentinel listen on their `tls-port` alone (`port 0`);
+    /// replication and the sentinel's links to the data nodes are TLS
+    /// (`tls-replication yes`), so a client that does not speak TLS reaches
+    /// nothing.
+    pub fn start_tls(files: &TlsFiles) -> Result<Self, String> {
+        Self::start_inner(Some(files))
+    }
+
+    fn start_inner(tls: Option<&TlsFiles>) -> Result<Self, String> {
+        let tls_replication: &[&str] = match tls {
+            Some(_) => &["--tls-replication", "yes"],
+            None => &[],
+        };
+        let mut args = vec![
+            "--repl-diskless-sync",
+            "yes",
+            "--repl-diskless-sync-delay",
+            "0",
+        ];
+        args.extend(tls_replication);
+        let primary = RedisServer::start_open_tls(tls, None, &args)?;
         let pport = primary.port().to_string();
-        let replica = RedisServer::start_open(
-            None,
-            &[
-                "--replicaof",
-                "127.0.0.1",
-                &pport,
-                "--repl-diskless-load",
-                "swapdb",
-            ],
-        )?;
+        let mut args = vec![
+            "--replicaof",
+            "127.0.0.1",
+            &pport,
+            "--repl-diskless-load",
+            "swapdb",
+        ];
+        args.extend(tls_replication);
+        let replica = RedisServer::start_open_tls(tls, None, &args)?;
         wait_for(START_TIMEOUT, "the replica to sync", || {
-            command_text(replica.port(), &["INFO", "replication"])
+            replica
+                .command_text(&["INFO", "replication"])
                 .is_ok_and(|i| i.contains("master_link_status:up"))
         })?;
         let conf = format!(
@@ -647,7 +823,9 @@ impl RedisSentinel {
              sentinel failover-timeout {m} 2000\n",
             m = SENTINEL_MASTER
         );
-        let sentinel = RedisServer::start_open(Some(conf), &["--sentinel"])?;
+        let mut args = vec!["--sentinel"];
+        args.extend(tls_replication);
+        let sentinel = RedisServer::start_open_tls(tls, Some(conf), &args)?;
         let s = Self {
             nodes: vec![primary, replica],
             sentinel,
@@ -655,10 +833,10 @@ impl RedisSentinel {
         // Promotable: the sentinel has the replica's own INFO (its run id)
         // and sees its link to the primary up.
         wait_for(START_TIMEOUT, "the sentinel to see the replica", || {
-            let Ok(::redis::Value::Array(replicas)) = command(
-                s.sentinel.port(),
-                &["SENTINEL", "REPLICAS", SENTINEL_MASTER],
-            ) else {
+            let Ok(::redis::Value::Array(replicas)) =
+                s.sentinel
+                    .command(&["SENTINEL", "REPLICAS", SENTINEL_MASTER])
+            else {
                 return false;
             };
             replicas.iter().any(|r| {
@@ -687,33 +865,44 @@ impl RedisSentinel {
     /// (replication offsets equal; replication is asynchronous, so what it
     /// has not received is lost in a failover).
     pub fn wait_replicated(&self, within: Duration) -> Result<(), String> {
-        let offset = |port: u16, field: &str| -> Option<u64> {
-            let info = command_text(port, &["INFO", "replication"]).ok()?;
+        let offset = |node: &RedisServer, field: &str| -> Option<u64> {
+            let info = node.command_text(&["INFO", "replication"]).ok()?;
             info.lines()
                 .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().parse().ok())
         };
-        let (p, r) = (self.nodes[0].port(), self.nodes[1].port());
+        let (p, r) = (&self.nodes[0], &self.nodes[1]);
         wait_for(within, "the replica to catch up", || {
             let po = offset(p, "master_repl_offset:");
             po.is_some() && po == offset(r, "slave_repl_offset:")
         })
     }
 
-    /// `redis+sentinel://127.0.0.1:SP/m`.
+    /// `redis+sentinel://127.0.0.1:SP/m` (`rediss+sentinel://…` for a TLS
+    /// set-up: add `?ca=` [`RedisSentinel::ca_file`] to trust it).
     pub fn url(&self) -> String {
+        let scheme = if self.sentinel.is_tls() {
+            "rediss"
+        } else {
+            "redis"
+        };
         format!(
-            "redis+sentinel://127.0.0.1:{}/{SENTINEL_MASTER}",
+            "{scheme}+sentinel://127.0.0.1:{}/{SENTINEL_MASTER}",
             self.sentinel.port()
         )
     }
 
+    /// The CA (PEM file) of a TLS set-up's certificates.
+    pub fn ca_file(&self) -> PathBuf {
+        self.sentinel.dir().join("ca.pem")
+    }
+
     /// The port of the primary the sentinel names now.
     pub fn primary_port(&self) -> Result<u16, String> {
-        match command(
-            self.sentinel.port(),
-            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_MASTER],
-        )? {
+        match self
+            .sentinel
+            .command(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_MASTER])?
+        {
             ::redis::Value::Array(v) => match v.get(1) {
                 Some(::redis::Value::BulkString(p)) => String::from_utf8_lossy(p)
                     .parse()

@@ -720,3 +720,58 @@ fn store_settings_are_checked_by_the_store_rule() {
     assert_eq!(e.key, "store.timeout");
     assert!(e.reason.contains("at most 30s"), "{}", e.reason);
 }
+
+/// `[store] url` over TLS to a cluster or through Sentinel (issue 17 item
+/// 7): the `rediss+cluster://` and `rediss+sentinel://` forms load (with a
+/// `?ca=` file that `config check` looks for); a mixed or ambiguous form is
+/// refused at load, naming the rule, never the password.
+#[test]
+fn store_url_tls_forms_load_and_mixed_forms_are_refused() {
+    for url in [
+        "rediss+cluster://app:pw-1@n1:7000,n2:7001",
+        "rediss+sentinel://s1:26379,s2:26379/main",
+        "rediss+cluster://n1:7000?ca=/etc/tessera/redis-ca.pem",
+        "redis+cluster://n1:7000",
+        "rediss://r:6380?ca=/etc/tessera/redis-ca.pem",
+    ] {
+        let c = Config::from_toml_str("t.toml", &format!("[store]\nurl = \"{url}\"\n")).unwrap();
+        assert_eq!(c.store.url, url);
+    }
+    let c = Config::from_toml_str(
+        "t.toml",
+        "[store]\nurl = \"rediss+sentinel://s1:26379/m?ca=/etc/tessera/redis-ca.pem\"\n",
+    )
+    .unwrap();
+    assert!(c
+        .referenced_files()
+        .iter()
+        .any(|(k, p)| k == "store.url (?ca=)" && p.ends_with("redis-ca.pem")));
+    for (url, why) in [
+        ("redis+cluster://rediss://:pw-1@n1:7000", "one scheme"),
+        (
+            "rediss+cluster://:pw-1@n1:7000,redis://n2:7001",
+            "one scheme",
+        ),
+        (
+            "redis+cluster://:pw-1@n1:7000?ca=/ca.pem",
+            "only used with rediss",
+        ),
+        (
+            "redis+sentinel://:pw-1@s1:26379/m?ca=/ca.pem",
+            "only used with rediss",
+        ),
+        (
+            "rediss+cluster://:pw-1@n1:7000?tls=true",
+            "TLS is chosen by the scheme",
+        ),
+        ("rediss+sentinel://:pw-1@s1:26379/m#insecure", "fragments"),
+        ("rediss://:pw-1@n1:7000,n2:7001", "several nodes"),
+        ("rediss+sentinel://:pw-1@s1:26379", "mastername"),
+        ("redis+tls://:pw-1@n1:7000", "must start with memory://"),
+    ] {
+        let e = err_of(&format!("[store]\nurl = \"{url}\"\n"));
+        assert_eq!(e.key, "store.url", "{url}");
+        assert!(e.reason.contains(why), "{url}: {e}");
+        assert!(!e.to_string().contains("pw-1"), "{e}");
+    }
+}

@@ -77,8 +77,8 @@ use std::time::{Duration, Instant};
 
 use ::redis::sentinel::SentinelClient;
 use ::redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, ProtocolVersion, PushInfo, PushKind,
-    RedisConnectionInfo, RedisResult, Value,
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, ProtocolVersion, PushInfo,
+    PushKind, RedisResult, Value,
 };
 
 /// Most block answers held; when full the cache starts empty again
@@ -388,16 +388,16 @@ impl Drop for Tracker {
 pub enum Source {
     /// One server (`redis://`, `rediss://`): the store's client.
     Single(Box<Client>),
-    /// The primary that these sentinels name (`redis+sentinel://`).
+    /// The primary that these sentinels name (`redis(s)+sentinel://`).
     Sentinel(Arc<tokio::sync::Mutex<SentinelClient>>),
     /// The master that owns `slot` (the block keys' `{rev}`) in the
     /// cluster these seeds belong to; `node` is what to send each node
-    /// (user, password).
+    /// (TLS, user, password).
     Cluster {
         /// The URL's nodes.
         seeds: Vec<(String, u16)>,
-        /// Credentials and database for every node.
-        node: RedisConnectionInfo,
+        /// TLS, credentials and database for every node.
+        node: Box<ConnectionInfo>,
         /// The hash slot of the block keys.
         slot: u16,
     },
@@ -409,7 +409,7 @@ pub enum Source {
 /// `asker`).
 async fn slot_owner(
     seeds: &[(String, u16)],
-    node: &RedisConnectionInfo,
+    node: &ConnectionInfo,
     slot: u16,
     timeout: Duration,
     asker: &mut Option<::redis::aio::MultiplexedConnection>,
@@ -595,7 +595,7 @@ enum Holder<'a> {
     /// The master of `slot`, at `owner`, found by asking `seeds` on `asker`.
     Cluster {
         seeds: &'a [(String, u16)],
-        node: &'a RedisConnectionInfo,
+        node: &'a ConnectionInfo,
         slot: u16,
         owner: (String, u16),
         asker: Option<::redis::aio::MultiplexedConnection>,

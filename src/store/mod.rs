@@ -691,6 +691,7 @@ impl Stores {
 
     /// Opens the backend named by a `[store] url`: `memory://`, or
     /// `redis://[:password@]host[:port][/db]` and `rediss://…[?ca=/path/ca.pem]`
+    /// (and the cluster and Sentinel forms, [`redis::StoreUrl`])
     /// (keys under `prefix`, every call bounded by `timeout`).
     ///
     /// A Redis that does not answer at startup is not an error: the store is
@@ -732,8 +733,8 @@ impl Stores {
                 Ok(Self::from_backend(store))
             }
             _ => Err(StoreError::Unavailable(
-                "store url must start with memory://, redis://, rediss://, redis+cluster:// or \
-                 redis+sentinel://"
+                "store url must start with memory://, redis://, rediss://, redis+cluster://, \
+                 rediss+cluster://, redis+sentinel:// or rediss+sentinel://"
                     .into(),
             )),
         }
@@ -746,3 +747,5 @@ mod cluster_tests;
 pub mod conformance;
 #[cfg(test)]
 mod redis_tests;
+#[cfg(test)]
+mod tls_topology_tests;

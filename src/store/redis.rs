@@ -2,8 +2,10 @@
 //! brokers. Speaks `redis://` and `rediss://` to one primary (TLS with
 //! rustls and the aws-lc-rs provider), `redis+cluster://h:p,h:p[,…]` to a
 //! Redis Cluster and `redis+sentinel://h:p[,h:p…]/mastername` to the primary
-//! that Redis Sentinel names (both without TLS: `rediss+cluster://` and
-//! `rediss+sentinel://` are refused). Needs Redis 7.0 or later
+//! that Redis Sentinel names; `rediss+cluster://` and `rediss+sentinel://`
+//! are the same over TLS on every connection (each cluster node, each
+//! sentinel, the primary), with the same `?ca=` as `rediss://`
+//! ([`StoreUrl`] owns the URL rules). Needs Redis 7.0 or later
 //! (`EXPIREAT … GT`, exclusive `XRANGE` bounds).
 //!
 //! # Failure model
@@ -119,10 +121,10 @@ use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use ::redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use ::redis::{
-    Client, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisConnectionInfo, RedisError,
-    RedisFuture, Script, ServerErrorKind, Value,
+    Client, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo, RedisError, RedisFuture,
+    Script, ServerErrorKind, Value,
 };
 use async_trait::async_trait;
 
@@ -165,15 +167,17 @@ pub const REBUILD_MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// How to reach Redis. `Debug` never shows the URL (it may hold a password).
 #[derive(Clone)]
 pub struct RedisConfig {
-    /// `redis://[[user]:password@]host[:port][/db]` or `rediss://…`; a
-    /// `rediss://` URL may end in `?ca=/path/to/ca.pem` (PEM bundle that
-    /// replaces the system roots).
+    /// `redis://[[user]:password@]host[:port][/db]` or `rediss://…`,
+    /// `redis+cluster://…` or `rediss+cluster://…`, `redis+sentinel://…` or
+    /// `rediss+sentinel://…` ([`StoreUrl`]); a TLS (`rediss…`) URL may end
+    /// in `?ca=/path/to/ca.pem` (PEM bundle that replaces the system roots,
+    /// for every connection the URL leads to).
     pub url: String,
     /// Key prefix (`[A-Za-z0-9_.-]{1,32}`).
     pub prefix: String,
     /// Bound on every call, connecting included (0 < timeout <= [`MAX_TIMEOUT`]).
     pub timeout: Duration,
-    /// PEM CA bundle for `rediss://` (replaces the system roots; overrides `?ca=`).
+    /// PEM CA bundle for a TLS URL (replaces the system roots; overrides `?ca=`).
     pub ca_pem: Option<Vec<u8>>,
 }
 
@@ -194,11 +198,9 @@ fn config_error(msg: &str) -> StoreError {
 
 /// Splits our own `?ca=` parameter off the URL; any other parameter or a
 /// fragment (`#insecure`) is refused.
-fn split_url(url: &str) -> Result<(String, Option<String>), StoreError> {
+fn split_url(url: &str) -> Result<(String, Option<String>), String> {
     if url.contains('#') {
-        return Err(config_error(
-            "URL fragments (such as #insecure) are not accepted",
-        ));
+        return Err("URL fragments (such as #insecure) are not accepted".into());
     }
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),
@@ -209,7 +211,13 @@ fn split_url(url: &str) -> Result<(String, Option<String>), StoreError> {
         for pair in q.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some(("ca", path)) if !path.is_empty() => ca = Some(path.to_string()),
-                _ => return Err(config_error("the only URL parameter accepted is ca=<path>")),
+                _ => {
+                    return Err(
+                        "the only URL parameter accepted is ca=<path> (TLS is chosen by \
+                         the scheme: rediss://, rediss+cluster://, rediss+sentinel://)"
+                            .into(),
+                    )
+                }
             }
         }
     }
@@ -263,15 +271,16 @@ enum Target {
         client: Client,
         config: ConnectionManagerConfig,
     },
-    /// `redis+cluster://`: the seed nodes of a Redis Cluster, and the
-    /// credentials of the URL for a connection of its own to one node.
+    /// `redis(s)+cluster://`: the seed nodes of a Redis Cluster, and what
+    /// the URL gives every node (TLS, credentials) for a connection of its
+    /// own to one node.
     Cluster {
         client: ClusterClient,
-        node: RedisConnectionInfo,
+        node: Box<ConnectionInfo>,
         /// The URL's nodes, for the block cache's own lookups.
         seeds: Vec<(String, u16)>,
     },
-    /// `redis+sentinel://`: the sentinels that name the primary.
+    /// `redis(s)+sentinel://`: the sentinels that name the primary.
     Sentinel {
         sentinel: Arc<tokio::sync::Mutex<SentinelClient>>,
         config: ConnectionManagerConfig,
@@ -550,7 +559,7 @@ struct Topology {
     path: String,
 }
 
-fn parse_topology(rest: &str) -> Result<Topology, StoreError> {
+fn parse_topology(rest: &str) -> Result<Topology, String> {
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     let (userinfo, hosts) = match authority.rsplit_once('@') {
         Some((u, h)) => (Some(u.to_string()), h),
@@ -564,14 +573,12 @@ fn parse_topology(rest: &str) -> Result<Topology, StoreError> {
                     .all(|b| b.is_ascii_alphanumeric() || b"-.:_".contains(&b))
         });
         if !ok {
-            return Err(config_error(
-                "every node must be host:port (comma-separated, port required)",
-            ));
+            return Err("every node must be host:port (comma-separated, port required)".into());
         }
         nodes.push(n.to_string());
     }
     if nodes.len() > MAX_URL_NODES {
-        return Err(config_error("at most 16 nodes in a store URL"));
+        return Err("at most 16 nodes in a store URL".into());
     }
     Ok(Topology {
         userinfo,
@@ -580,85 +587,255 @@ fn parse_topology(rest: &str) -> Result<Topology, StoreError> {
     })
 }
 
-/// The connection target for a `redis+cluster://` or `redis+sentinel://`
-/// URL (without our `?ca=`, which they refuse).
-fn topology_target(
-    url: &str,
+/// Which servers a store URL names.
+enum UrlKind {
+    /// `redis://` / `rediss://`: one server.
+    Single,
+    /// `redis+cluster://` / `rediss+cluster://`: the seed nodes.
+    Cluster(Topology),
+    /// `redis+sentinel://` / `rediss+sentinel://`: the sentinels and the
+    /// master name.
+    Sentinel(Topology),
+}
+
+/// A store URL, checked without I/O: the one owner of the URL rules, used
+/// by [`RedisStore::new`] and by the configuration (`config check` refuses
+/// what `serve` would). `rediss…` means TLS on every connection the URL
+/// leads to: each cluster node (the seeds and every node the cluster names),
+/// each sentinel and the primary the sentinels name; there is no form with
+/// TLS on some of them only.
+pub struct StoreUrl {
+    /// The URL without our `?ca=`.
+    base: String,
+    /// The `?ca=` path, when given.
+    ca_path: Option<String>,
+    /// Whether every connection is TLS.
+    tls: bool,
+    kind: UrlKind,
+}
+
+/// The schemes a Redis store URL may have: `(scheme, TLS)`.
+const SCHEMES: [(&str, bool); 6] = [
+    ("redis://", false),
+    ("rediss://", true),
+    ("redis+cluster://", false),
+    ("rediss+cluster://", true),
+    ("redis+sentinel://", false),
+    ("rediss+sentinel://", true),
+];
+
+impl StoreUrl {
+    /// Parses `url`; the error is the rule it breaks, never the URL (which
+    /// may hold a password).
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (base, ca_path) = split_url(url)?;
+        let Some(&(scheme, tls)) = SCHEMES.iter().find(|(s, _)| base.starts_with(s)) else {
+            return Err(
+                "URL must start with redis://, rediss://, redis+cluster://, \
+                 rediss+cluster://, redis+sentinel:// or rediss+sentinel://"
+                    .into(),
+            );
+        };
+        if ca_path.is_some() && !tls {
+            return Err(
+                "a CA (?ca=) is only used with rediss://, rediss+cluster:// or \
+                 rediss+sentinel://"
+                    .into(),
+            );
+        }
+        let rest = &base[scheme.len()..];
+        if rest.contains("://") {
+            return Err(
+                "a store URL has one scheme; its nodes are host:port (TLS or not is \
+                 said once, for every node: rediss+cluster:// or rediss+sentinel://)"
+                    .into(),
+            );
+        }
+        let kind = match scheme {
+            "redis+cluster://" | "rediss+cluster://" => {
+                let t = parse_topology(rest)?;
+                if !t.path.is_empty() {
+                    return Err(format!(
+                        "a {scheme} URL has no path (a cluster has only database 0)"
+                    ));
+                }
+                UrlKind::Cluster(t)
+            }
+            "redis+sentinel://" | "rediss+sentinel://" => {
+                let t = parse_topology(rest)?;
+                let name = t.path.as_str();
+                if name.is_empty()
+                    || name.len() > 64
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+                {
+                    return Err(format!(
+                        "a {scheme} URL ends in /mastername (1-64 of [A-Za-z0-9_.-])"
+                    ));
+                }
+                UrlKind::Sentinel(t)
+            }
+            _ => {
+                let authority = rest.split(['/', '?']).next().unwrap_or("");
+                let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+                if host.contains(',') {
+                    return Err(
+                        "several nodes need rediss+cluster:// or rediss+sentinel:// \
+                         (redis+cluster:// or redis+sentinel:// without TLS)"
+                            .into(),
+                    );
+                }
+                UrlKind::Single
+            }
+        };
+        Ok(Self {
+            base,
+            ca_path,
+            tls,
+            kind,
+        })
+    }
+
+    /// Whether every connection is TLS.
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The `?ca=` file, when given.
+    pub fn ca_file(&self) -> Option<std::path::PathBuf> {
+        self.ca_path.as_ref().map(std::path::PathBuf::from)
+    }
+}
+
+/// The TLS material of a store URL: the CA that replaces the system roots,
+/// if any (no client certificate: Redis `tls-auth-clients no`, or a
+/// password).
+fn certificates(ca_pem: &[u8]) -> ::redis::TlsCertificates {
+    ::redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(ca_pem.to_vec()),
+    }
+}
+
+/// `scheme://[userinfo@]node` for one node of a topology URL.
+fn node_url(tls: bool, userinfo: &Option<String>, n: &str) -> String {
+    let scheme = if tls { "rediss" } else { "redis" };
+    match userinfo {
+        Some(u) => format!("{scheme}://{u}@{n}"),
+        None => format!("{scheme}://{n}"),
+    }
+}
+
+/// The connection target for a `redis(s)+cluster://` URL: every node over
+/// TLS when `tls`, trusting `ca_pem` (else the system roots).
+fn cluster_target(
+    t: &Topology,
+    tls: bool,
+    ca_pem: Option<&[u8]>,
     timeout: Duration,
+) -> Result<Target, StoreError> {
+    let urls: Vec<String> = t
+        .nodes
+        .iter()
+        .map(|n| node_url(tls, &t.userinfo, n))
+        .collect();
+    let mut builder = ClusterClientBuilder::new(urls)
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        // Redirections (MOVED/ASK) and reconnections; every call is
+        // bounded by the store timeout anyway.
+        .retries(2)
+        .min_retry_wait(10)
+        .max_retry_wait(100);
+    if tls {
+        // `rediss://` seeds: every node the cluster names is reached over
+        // TLS too (the mode is the client's, not the seed's).
+        builder = builder.tls(::redis::TlsMode::Secure);
+        if let Some(pem) = ca_pem {
+            builder = builder.certs(certificates(pem));
+        }
+    }
+    let client = builder
+        .build()
+        .map_err(|e| config_error(&format!("bad cluster URL or TLS material ({:?})", e.kind())))?;
+    // What the cluster client sends each node (TLS, user, password,
+    // database 0), for the connections of its own to one node
+    // (`revoke_acked`, the block cache): [`node_client`] keeps all but
+    // the address.
+    let template = node_url(tls, &t.userinfo, "127.0.0.1:1");
+    let node = match ca_pem {
+        Some(pem) if tls => Client::build_with_tls(template, certificates(pem))
+            .map(|c| c.get_connection_info().clone()),
+        _ => template.into_connection_info(),
+    }
+    .map_err(|e| config_error(&format!("bad credentials or TLS material ({:?})", e.kind())))?;
+    Ok(Target::Cluster {
+        client,
+        node: Box::new(node),
+        seeds: t
+            .nodes
+            .iter()
+            .filter_map(|n| host_port(n).map(|(h, p)| (h.to_string(), p)))
+            .collect(),
+    })
+}
+
+/// The connection target for a `redis(s)+sentinel://` URL: the sentinels
+/// and the primary they name over TLS when `tls`, trusting `ca_pem` (else
+/// the system roots); the URL's credentials are for the data nodes.
+fn sentinel_target(
+    t: &Topology,
+    tls: bool,
+    ca_pem: Option<&[u8]>,
     config: &ConnectionManagerConfig,
 ) -> Result<Target, StoreError> {
-    let node_url = |userinfo: &Option<String>, n: &str| match userinfo {
-        Some(u) => format!("redis://{u}@{n}"),
-        None => format!("redis://{n}"),
-    };
-    if let Some(rest) = url.strip_prefix("redis+cluster://") {
-        let t = parse_topology(rest)?;
-        if !t.path.is_empty() {
-            return Err(config_error(
-                "a redis+cluster:// URL has no path (a cluster has only database 0)",
-            ));
+    let sentinels = t.nodes.iter().filter_map(|n| host_port(n)).map(|(h, p)| {
+        if tls {
+            ConnectionAddr::TcpTls {
+                host: h.to_string(),
+                port: p,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(h.to_string(), p)
         }
-        let urls: Vec<String> = t.nodes.iter().map(|n| node_url(&t.userinfo, n)).collect();
-        let client = ClusterClientBuilder::new(urls)
-            .connection_timeout(timeout)
-            .response_timeout(timeout)
-            // Redirections (MOVED/ASK) and reconnections; every call is
-            // bounded by the store timeout anyway.
-            .retries(2)
-            .min_retry_wait(10)
-            .max_retry_wait(100)
-            .build()
-            .map_err(|e| config_error(&format!("bad cluster URL ({:?})", e.kind())))?;
-        // What the cluster client sends each node (user, password, database
-        // 0), for `revoke_acked`'s connection to the master of `{rev}`.
-        let node = node_url(&t.userinfo, "127.0.0.1:1")
+    });
+    let mut b = SentinelClientBuilder::new(sentinels, &t.path, SentinelServerType::Master)
+        .map_err(|e| config_error(&format!("bad sentinel URL ({:?})", e.kind())))?;
+    if t.userinfo.is_some() {
+        let info = node_url(false, &t.userinfo, "127.0.0.1:1")
             .into_connection_info()
-            .map_err(|e| config_error(&format!("bad credentials in URL ({:?})", e.kind())))?
-            .redis_settings()
-            .clone();
-        return Ok(Target::Cluster {
-            client,
-            node,
-            seeds: t
-                .nodes
-                .iter()
-                .filter_map(|n| host_port(n).map(|(h, p)| (h.to_string(), p)))
-                .collect(),
-        });
-    }
-    if let Some(rest) = url.strip_prefix("redis+sentinel://") {
-        let t = parse_topology(rest)?;
-        let name = t.path.as_str();
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-        {
-            return Err(config_error(
-                "a redis+sentinel:// URL ends in /mastername (1-64 of [A-Za-z0-9_.-])",
-            ));
-        }
-        let sentinels: Vec<String> = t.nodes.iter().map(|n| format!("redis://{n}")).collect();
-        let mut node = SentinelNodeConnectionInfo::default();
-        if let Some(u) = &t.userinfo {
-            let info = ::redis::IntoConnectionInfo::into_connection_info(node_url(
-                &Some(u.clone()),
-                "127.0.0.1:1",
-            ))
             .map_err(|e| config_error(&format!("bad credentials in URL ({:?})", e.kind())))?;
-            node = node.set_redis_connection_info(info.redis_settings().clone());
+        let redis = info.redis_settings();
+        if let Some(u) = redis.username() {
+            b = b.set_client_to_redis_username(u);
         }
-        let client = SentinelClient::build(sentinels, name, Some(node), SentinelServerType::Master)
-            .map_err(|e| config_error(&format!("bad sentinel URL ({:?})", e.kind())))?;
-        return Ok(Target::Sentinel {
-            sentinel: Arc::new(tokio::sync::Mutex::new(client)),
-            config: config.clone(),
-        });
+        if let Some(p) = redis.password() {
+            b = b.set_client_to_redis_password(p);
+        }
     }
-    Err(config_error(
-        "URL must start with redis://, rediss://, redis+cluster:// or redis+sentinel://",
-    ))
+    if tls {
+        b = b
+            .set_client_to_sentinel_tls_mode(::redis::TlsMode::Secure)
+            .set_client_to_redis_tls_mode(::redis::TlsMode::Secure);
+        if let Some(pem) = ca_pem {
+            b = b
+                .set_client_to_sentinel_certificates(certificates(pem))
+                .set_client_to_redis_certificates(certificates(pem));
+        }
+    }
+    let client = b.build().map_err(|e| {
+        config_error(&format!(
+            "bad sentinel URL or TLS material ({:?})",
+            e.kind()
+        ))
+    })?;
+    Ok(Target::Sentinel {
+        sentinel: Arc::new(tokio::sync::Mutex::new(client)),
+        config: config.clone(),
+    })
 }
 
 /// A failure inside one call.
@@ -1210,29 +1387,35 @@ impl RedisStore {
         }
         check_prefix(&cfg.prefix).map_err(|e| config_error(&format!("prefix {e}")))?;
         check_timeout(cfg.timeout).map_err(|e| config_error(&format!("timeout {e}")))?;
-        let (url, ca_path) = split_url(&cfg.url)?;
+        let url = StoreUrl::parse(&cfg.url).map_err(|m| config_error(&m))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.timeout))
             .set_response_timeout(None)
             .set_number_of_retries(0);
-        let (target, tls) =
-            if url.starts_with("rediss+cluster://") || url.starts_with("rediss+sentinel://") {
-                return Err(config_error(
-                    "TLS to a Redis Cluster or through Sentinel (rediss+cluster://, \
-                 rediss+sentinel://) is not supported; use rediss:// to one primary, or \
-                 redis+cluster:// / redis+sentinel:// on a private network",
-                ));
-            } else if url.starts_with("redis+cluster://") || url.starts_with("redis+sentinel://") {
-                if cfg.ca_pem.is_some() || ca_path.is_some() {
-                    return Err(config_error("a CA is only used with rediss://"));
-                }
-                (topology_target(&url, cfg.timeout, &config)?, false)
-            } else {
-                (
-                    Self::single_target(&url, ca_path, cfg, &config)?,
-                    url.starts_with("rediss://"),
-                )
-            };
+        let ca_pem = match (&cfg.ca_pem, &url.ca_path) {
+            (Some(pem), _) => Some(pem.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read(path)
+                    .map_err(|e| config_error(&format!("cannot read ?ca= file: {}", e.kind())))?,
+            ),
+            (None, None) => None,
+        };
+        if ca_pem.is_some() && !url.tls {
+            return Err(config_error(
+                "a CA is only used with rediss://, rediss+cluster:// or rediss+sentinel://",
+            ));
+        }
+        if url.tls {
+            // redis-rs builds its rustls config with the process default
+            // provider: make it aws-lc-rs unless the process chose one.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        }
+        let tls = url.tls;
+        let target = match &url.kind {
+            UrlKind::Single => Self::single_target(&url.base, ca_pem, &config)?,
+            UrlKind::Cluster(t) => cluster_target(t, tls, ca_pem.as_deref(), cfg.timeout)?,
+            UrlKind::Sentinel(t) => sentinel_target(t, tls, ca_pem.as_deref(), &config)?,
+        };
         let manager = target.lazy()?;
         Ok(Self {
             resilience: Resilience::new(&StoreOptions::default()),
@@ -1260,41 +1443,15 @@ impl RedisStore {
         })
     }
 
-    /// The target for a `redis://` or `rediss://` URL.
+    /// The target for a `redis://` or `rediss://` URL (checked by
+    /// [`StoreUrl::parse`]; `ca_pem` only with `rediss://`).
     fn single_target(
         url: &str,
-        ca_path: Option<String>,
-        cfg: &RedisConfig,
+        ca_pem: Option<Vec<u8>>,
         config: &ConnectionManagerConfig,
     ) -> Result<Target, StoreError> {
-        let tls = url.starts_with("rediss://");
-        if !tls && !url.starts_with("redis://") {
-            return Err(config_error("URL must start with redis:// or rediss://"));
-        }
-        let ca_pem = match (&cfg.ca_pem, ca_path) {
-            (Some(pem), _) => Some(pem.clone()),
-            (None, Some(path)) => Some(
-                std::fs::read(&path)
-                    .map_err(|e| config_error(&format!("cannot read ?ca= file: {}", e.kind())))?,
-            ),
-            (None, None) => None,
-        };
-        if ca_pem.is_some() && !tls {
-            return Err(config_error("a CA is only used with rediss://"));
-        }
-        if tls {
-            // redis-rs builds its rustls config with the process default
-            // provider: make it aws-lc-rs unless the process chose one.
-            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        }
         let client = match ca_pem {
-            Some(pem) => Client::build_with_tls(
-                url,
-                ::redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                },
-            ),
+            Some(pem) => Client::build_with_tls(url, certificates(&pem)),
             None => Client::open(url),
         }
         .map_err(|e| config_error(&format!("bad URL or TLS material ({:?})", e.kind())))?;
@@ -1805,7 +1962,7 @@ impl RedisStore {
     /// made, never as durable.
     async fn cluster_revoke_acked(
         &self,
-        node: &RedisConnectionInfo,
+        node: &ConnectionInfo,
         config: &::redis::AsyncConnectionConfig,
         r: &Revocation,
         required: u32,
@@ -1849,7 +2006,7 @@ impl RedisStore {
 /// URL's credentials. A failure says whether the connection was made (if
 /// not, nothing was sent).
 async fn revoke_at(
-    node: &RedisConnectionInfo,
+    node: &ConnectionInfo,
     config: &::redis::AsyncConnectionConfig,
     to: &(String, u16),
     pipe: &::redis::Pipeline,
@@ -1870,16 +2027,28 @@ pub(crate) fn host_port(s: &str) -> Option<(&str, u16)> {
     Some((h.trim_start_matches('[').trim_end_matches(']'), p))
 }
 
-/// A client for one node, `host:port`, with the URL's credentials `node`.
+/// A client for one node, `host:port`, with what the URL gives every node
+/// (`node`: credentials, database and, for `rediss+cluster://`, TLS with
+/// the URL's CA); only the address is replaced.
 pub(crate) fn node_client(
     host: &str,
     port: u16,
-    node: &RedisConnectionInfo,
+    node: &ConnectionInfo,
 ) -> ::redis::RedisResult<Client> {
-    let info = ConnectionAddr::Tcp(host.to_string(), port)
-        .into_connection_info()?
-        .set_redis_settings(node.clone());
-    Client::open(info)
+    let addr = match node.addr() {
+        ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => ConnectionAddr::TcpTls {
+            host: host.to_string(),
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => ConnectionAddr::Tcp(host.to_string(), port),
+    };
+    Client::open(node.clone().set_addr(addr))
 }
 
 /// The master of `slot` in a `CLUSTER SLOTS` answer (`[start, end,

@@ -596,12 +596,21 @@ async fn configuration_errors_never_show_the_url() {
     for url in [
         "redis+cluster://127.0.0.1:1",
         "redis+sentinel://127.0.0.1:1/m",
+        "rediss+cluster://127.0.0.1:1",
+        "rediss+sentinel://127.0.0.1:1/m",
     ] {
         assert!(Stores::open(url, "tessera", T).await.is_ok(), "{url}");
     }
     for (url, why) in [
-        ("rediss+cluster://:pw-1@h:1", "not supported"),
-        ("rediss+sentinel://:pw-1@h:1/m", "not supported"),
+        // TLS is said once, by the scheme, for every node (issue 17 item 7)
+        ("redis+cluster://rediss://:pw-1@h:1", "one scheme"),
+        ("rediss+sentinel://:pw-1@h:1,rediss://h:2/m", "one scheme"),
+        ("redis+sentinel://:pw-1@h:1/m?ca=/etc/hosts", "CA"),
+        ("rediss+cluster://:pw-1@h:1?tls=true", "scheme"),
+        ("rediss+cluster://:pw-1@h:1#insecure", "fragments"),
+        ("rediss://:pw-1@h:1,h:2", "several nodes"),
+        ("rediss+cluster://:pw-1@h:1/0", "no path"),
+        ("rediss+sentinel://:pw-1@h:1", "mastername"),
         ("redis+cluster://:pw-1@h", "host:port"),
         ("redis+cluster://:pw-1@h:1,", "host:port"),
         ("redis+cluster://:pw-1@h:1/0", "no path"),
