@@ -33,7 +33,8 @@ fn b64(s: &[u8]) -> String {
 fn keyspace(url: &str) -> BTreeMap<String, String> {
     let keys = redis_cli(url, &["--scan"]);
     keys.lines()
-        .filter(|k| !k.is_empty() && !k.ends_with(":{audit}:stream"))
+        // the audit stream and its chain checkpoints (written with it)
+        .filter(|k| !k.is_empty() && !k.contains(":{audit}:"))
         .map(|k| (k.to_string(), redis_cli(url, &["DUMP", k])))
         .collect()
 }
