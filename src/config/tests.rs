@@ -50,6 +50,15 @@ fn full_sample() -> RawConfig {
             interval: "5s".into(),
             webhook: Some("https://hooks.example.com/tessera".into()),
             webhook_ca: Some("keys/hooks-ca.pem".into()),
+            login_issuer: Some("k8s".into()),
+            login_client_id: Some("tessera".into()),
+            login_client_secret_file: Some("keys/approvals-client-secret".into()),
+            approver_claim: "email".into(),
+            groups_claim: Some("groups".into()),
+            require_mfa: true,
+            mfa_amr: vec!["mfa".into()],
+            max_auth_age: "15m".into(),
+            session_ttl: "1h".into(),
         },
         dev: RawDev {
             generate_missing: false,
@@ -105,6 +114,7 @@ fn full_sample() -> RawConfig {
             max_depth: 1,
             require_authorization_details: false,
             require_binding: false,
+            approvers: Some(vec!["o".into(), "group:leads".into()]),
             guard: Some(RawPolicyGuard {
                 on_rate: Some("approval".into()),
                 on_new_audience: Some("approval".into()),

@@ -256,10 +256,13 @@ impl Exchanger {
             None
         };
         let webhook = match &cfg.approvals_webhook {
-            Some(u) => Some(approval::Webhook::new(
-                u,
-                cfg.approvals_webhook_ca.as_deref(),
-            )?),
+            Some(u) => Some(
+                approval::Webhook::new(u, cfg.approvals_webhook_ca.as_deref())?.with_pages(
+                    cfg.approvals_login
+                        .as_ref()
+                        .map(|_| cfg.server.issuer.as_str()),
+                ),
+            ),
             None => None,
         };
         Ok(Self {

@@ -3,6 +3,7 @@
 //! cryptography: a verified TLS client certificate or a verified signature.
 
 pub mod dpop;
+pub mod login;
 pub mod oidc;
 pub mod own;
 pub mod peer;

@@ -2,6 +2,7 @@
 //! domain types and the result into a response.
 
 pub mod admin;
+pub mod approvals;
 pub mod auth;
 pub mod introspect;
 pub mod metadata;
@@ -39,6 +40,15 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/approvals/{id}/deny", post(admin::deny))
         .route("/admin/v1/audit", get(admin::audit))
         .route("/admin/v1/reload", post(admin::reload))
+        .route("/approvals", get(approvals::list))
+        .route("/approvals/login", get(approvals::login))
+        .route("/approvals/callback", get(approvals::callback))
+        .route("/approvals/logout", post(approvals::logout))
+        .route("/approvals/style.css", get(approvals::style))
+        .route(
+            "/approvals/{id}",
+            get(approvals::detail).post(approvals::decide),
+        )
         .route("/jwks.json", get(metadata::jwks))
         .route(
             "/.well-known/oauth-authorization-server",
