@@ -708,3 +708,50 @@ fn parse_errors_name_the_key_and_the_line() {
         e.reason
     );
 }
+
+#[test]
+fn approval_login_and_approvers_are_validated_together() {
+    let corp = "[[issuers]]\nname = \"corp\"\nissuer = \"https://login.example.com\"\naudiences = [\"tessera-approvals\"]\n";
+    let login = "[approvals]\nlogin_issuer = \"corp\"\nlogin_client_id = \"tessera-approvals\"\n";
+    let pol = |extra: &str| policy("{ issuer = \"mtls\", subject = \"spiffe://td/a\" }", extra);
+    // approvers need a login issuer
+    let e = err_of(&format!("{corp}{}", pol("approvers = [\"bob\"]\n")));
+    assert_eq!(e.key, "policies[0].approvers");
+    // group: entries need groups_claim; empty lists and names are refused
+    let e = err_of(&format!(
+        "{login}{corp}{}",
+        pol("approvers = [\"group:leads\"]\n")
+    ));
+    assert_eq!(e.key, "policies[0].approvers[0]");
+    let e = err_of(&format!("{login}{corp}{}", pol("approvers = []\n")));
+    assert_eq!(e.key, "policies[0].approvers");
+    // the client id must be an audience of the login issuer
+    let e = err_of(&format!(
+        "[approvals]\nlogin_issuer = \"corp\"\nlogin_client_id = \"other\"\n{corp}"
+    ));
+    assert_eq!(e.key, "approvals.login_client_id");
+    let e = err_of(&format!("[approvals]\nlogin_issuer = \"nope\"\n{corp}"));
+    assert_eq!(e.key, "approvals.login_issuer");
+    let e = err_of("[approvals]\nlogin_client_id = \"x\"\n");
+    assert_eq!(e.key, "approvals.login_client_id");
+    let e = err_of(&format!("{login}session_ttl = \"2h\"\n{corp}"));
+    assert_eq!(e.key, "approvals.session_ttl");
+    let e = err_of(&format!("{login}mfa_amr = []\n{corp}"));
+    assert_eq!(e.key, "approvals.mfa_amr");
+    // a valid one
+    let c = Config::from_toml_str(
+        "ok.toml",
+        &format!(
+            "{login}groups_claim = \"groups\"\n{corp}{}",
+            pol("approvers = [\"bob@example.com\", \"group:leads\"]\n")
+        ),
+    )
+    .unwrap();
+    let l = c.approvals_login.unwrap();
+    assert_eq!((l.approver_claim.as_str(), l.require_mfa), ("email", true));
+    assert_eq!(l.max_auth_age.as_secs(), 900);
+    assert_eq!(
+        c.policy_approvers["p"],
+        vec!["bob@example.com", "group:leads"]
+    );
+}

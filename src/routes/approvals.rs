@@ -4,7 +4,7 @@
 //! [`crate::exchange::approval::decide`], which owns who may decide.
 //!
 //! Page security: server-rendered HTML without script, a strict CSP with
-//! `frame-ancestors 'none'`, `Cache-Control: no-store`, no referrer, every
+//! `frame-ancestors 'none'`, `Cache-Control: no-store`, no referrer to other sites, every
 //! workload or IdP value through [`crate::text::html`], a CSRF token from
 //! the session plus an `Origin` check on every POST, a `__Host-` session
 //! cookie whose id is new at each sign-in and whose record lives in the
@@ -97,7 +97,7 @@ fn secure_headers(h: &mut HeaderMap, content_type: &'static str) {
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
