@@ -29,6 +29,14 @@ match = { issuer = "mtls", subject = "spiffe://example.org/agent/*" }
 audiences = ["https://api.example.com"]
 scopes = ["tickets:read", "tickets:delete"]
 approval_scopes = ["tickets:delete"]
+may_act_for = ["ci"]
+
+[[policies]]
+name = "people"
+owner = "alice@example.com"
+match = { issuer = "ci", subject = "user-alice@example.com" }
+audiences = ["https://api.example.com"]
+scopes = ["tickets:delete"]
 
 [[policies]]
 name = "payments"
@@ -411,6 +419,49 @@ async fn a_human_signs_in_and_decides_in_a_real_browser() {
         )
         .await;
     assert_eq!(r.0, StatusCode::OK, "{}", r.1);
+
+    // CIBA end to end: the agent asks alice's consent over the backchannel,
+    // she gives it in the browser, the agent's poll gets a token for her.
+    let r = b
+        .client(Some(&b.agent))
+        .post(b.url("/bc-authorize"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(encode_form(&[
+            ("login_hint", "alice@example.com"),
+            ("scope", "tickets:delete"),
+            ("audience", API),
+            ("binding_message", "Delete T-9 <now>"),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    let auth_req_id = v["auth_req_id"].as_str().unwrap().to_string();
+    s.goto(&format!("{base}/approvals/{auth_req_id}")).await;
+    assert!(s.text().await.contains("Delete T-9 <now>"));
+    s.click("button.approve").await;
+    for _ in 0..50 {
+        if s.url().await == list_url {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = b
+        .token(
+            &b.agent_client(),
+            &[
+                ("grant_type", "urn:openid:params:grant-type:ciba"),
+                ("auth_req_id", &auth_req_id),
+            ],
+        )
+        .await;
+    assert_eq!(r.0, StatusCode::OK, "{}", r.1);
+    let (_, c) = decode(r.1["access_token"].as_str().unwrap());
+    assert_eq!(
+        (c["sub"].as_str(), c["act"]["sub"].as_str()),
+        (Some("alice@example.com"), Some(AGENT))
+    );
     s.close().await;
 
     // alice cannot decide carol's approval even by typing its URL.

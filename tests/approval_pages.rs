@@ -32,6 +32,14 @@ match = { issuer = "mtls", subject = "spiffe://example.org/agent/*" }
 audiences = ["https://api.example.com"]
 scopes = ["tickets:read", "tickets:delete"]
 approval_scopes = ["tickets:delete"]
+may_act_for = ["ci"]
+
+[[policies]]
+name = "people"
+owner = "alice@example.com"
+match = { issuer = "ci", subject = "user-alice@example.com" }
+audiences = ["https://api.example.com"]
+scopes = ["tickets:read", "tickets:delete"]
 
 [[policies]]
 name = "payments"
@@ -728,4 +736,203 @@ async fn logout_ends_the_session_in_the_store_and_a_new_sign_in_gets_a_new_id() 
         assert_eq!(web.get("/approvals").await.0, StatusCode::SEE_OTHER);
         b.stop().await;
     }
+}
+
+const CIBA: &str = "urn:openid:params:grant-type:ciba";
+
+async fn bc_authorize(
+    b: &TestBroker,
+    cert: &tessera::pki::IssuedCert,
+    person: &str,
+) -> (StatusCode, Value) {
+    let r = b
+        .client(Some(cert))
+        .post(b.url("/bc-authorize"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(encode_form(&[
+            ("login_hint", person),
+            ("scope", "tickets:delete"),
+            ("audience", API),
+            ("task", "refund-7"),
+            ("binding_message", "<b>Delete T-4711</b> code 42"),
+            ("authorization_details", DETAILS),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    let s = r.status();
+    (s, r.json().await.unwrap())
+}
+
+async fn ciba_poll(
+    b: &TestBroker,
+    cert: &tessera::pki::IssuedCert,
+    id: &str,
+) -> (StatusCode, Value) {
+    b.token(
+        &b.client(Some(cert)),
+        &[("grant_type", CIBA), ("auth_req_id", id)],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn ciba_consent_by_the_named_person_gives_the_agent_one_token_on_her_behalf() {
+    let (b, base) = start(None).await;
+    // Metadata advertises poll mode.
+    let (_, meta) = {
+        let r = b
+            .anon()
+            .get(b.url("/.well-known/oauth-authorization-server"))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(
+        meta["backchannel_authentication_endpoint"],
+        format!("{base}/bc-authorize")
+    );
+    assert_eq!(
+        meta["backchannel_token_delivery_modes_supported"],
+        serde_json::json!(["poll"])
+    );
+    assert!(meta["grant_types_supported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|g| g == CIBA));
+
+    // Unknown and known people get the same answer.
+    let (s1, known) = bc_authorize(&b, &b.agent, "alice@example.com").await;
+    let (s2, unknown) = bc_authorize(&b, &b.agent, "nobody@example.com").await;
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&known), keys(&unknown));
+    assert_eq!(known["interval"], unknown["interval"]);
+    let id = known["auth_req_id"].as_str().unwrap().to_string();
+    // An agent whose policy may not act for the IdP's users is refused.
+    let (s, v) = bc_authorize(&b, &b.payments, "alice@example.com").await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("access_denied"))
+    );
+
+    assert_eq!(
+        ciba_poll(&b, &b.agent, &id).await.1["error"],
+        "authorization_pending"
+    );
+    // Nobody but alice decides: not the operator, not an approver of the
+    // agent's policy.
+    let (s, v) = b
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/v1/approvals/{id}/approve"),
+            Some(serde_json::json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    b.issuer().sign_in_as(Some(TestIssuer::person(
+        "carol@example.com",
+        &["payments-leads"],
+        &["otp"],
+    )));
+    let carol = Browser::new(&b, &base);
+    let (_, list, _) = carol.sign_in().await;
+    assert!(!list.contains(&id));
+    let (s, _, _) = carol
+        .post(
+            &format!("/approvals/{id}"),
+            &[("decision", "approve"), ("csrf", &csrf(&list))],
+            Some(&base),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(state_of(&b, &id).await, "pending");
+
+    // alice sees the request with the agent's message, escaped, and consents.
+    b.issuer().sign_in_as(Some(alice()));
+    let web = Browser::new(&b, &base);
+    let (_, list, _) = web.sign_in().await;
+    assert!(list.contains(&id));
+    let (_, _, page) = web.get(&format!("/approvals/{id}")).await;
+    assert!(
+        page.contains("&lt;b&gt;Delete T-4711&lt;/b&gt; code 42"),
+        "{page}"
+    );
+    assert!(page.contains("consent"));
+    let (s, _, _) = web
+        .post(
+            &format!("/approvals/{id}"),
+            &[("decision", "approve"), ("csrf", &csrf(&page))],
+            Some(&base),
+        )
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+
+    // Another client cannot redeem it; the agent gets it exactly once.
+    assert_eq!(
+        ciba_poll(&b, &b.payments, &id).await.1["error"],
+        "invalid_grant"
+    );
+    let (s, v) = ciba_poll(&b, &b.agent, &id).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, c) = decode(v["access_token"].as_str().unwrap());
+    assert_eq!(c["sub"], "alice@example.com");
+    assert_eq!(c["act"]["sub"], AGENT);
+    assert_eq!(c["scope"], "tickets:delete");
+    assert_eq!(c["aud"], API);
+    assert_eq!(c["txn"], "refund-7");
+    assert_eq!(c["authorization_details"][0]["identifier"], "T-4711");
+    assert!(
+        c["cnf"]["x5t#S256"].is_string(),
+        "bound to the agent's certificate"
+    );
+    assert_eq!(
+        ciba_poll(&b, &b.agent, &id).await.1["error"],
+        "invalid_grant"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn ciba_consent_needs_the_persons_own_policy_too() {
+    let (b, base) = start(None).await;
+    // bob has no policy of his own: the agent may ask, bob cannot consent.
+    let (s, v) = bc_authorize(&b, &b.agent, "bob@example.com").await;
+    assert_eq!(s, StatusCode::OK);
+    let id = v["auth_req_id"].as_str().unwrap().to_string();
+    b.issuer()
+        .sign_in_as(Some(TestIssuer::person("bob@example.com", &[], &["mfa"])));
+    let web = Browser::new(&b, &base);
+    let (_, list, _) = web.sign_in().await;
+    assert!(list.contains(&id), "the request is his to see");
+    let (s, _, _) = web
+        .post(
+            &format!("/approvals/{id}"),
+            &[("decision", "approve"), ("csrf", &csrf(&list))],
+            Some(&base),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(state_of(&b, &id).await, "pending");
+    assert!(b
+        .audit_records()
+        .await
+        .iter()
+        .any(|r| r["reason"] == "person_policy_denies" && r["client"] == "bob@example.com"));
+    // He may still refuse; the agent then learns access_denied.
+    let (s, _, _) = web
+        .post(
+            &format!("/approvals/{id}"),
+            &[("decision", "deny"), ("csrf", &csrf(&list))],
+            Some(&base),
+        )
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(
+        ciba_poll(&b, &b.agent, &id).await.1["error"],
+        "access_denied"
+    );
+    b.stop().await;
 }

@@ -289,6 +289,10 @@ pub fn is_approver(cfg: &Config, h: &Human, a: &Approval) -> bool {
     if h.idp != login.issuer_name {
         return false;
     }
+    // A CIBA request: the person it names, and nobody else.
+    if let Some(c) = &a.ciba {
+        return c.person_issuer == h.idp && a.subject == h.name;
+    }
     approvers_of(cfg, a)
         .iter()
         .any(|e| match e.strip_prefix("group:") {
@@ -324,6 +328,7 @@ pub fn may_decide(
     now: u64,
 ) -> Result<(), &'static str> {
     match who {
+        Approver::Operator(_) if a.ciba.is_some() => return Err("ciba_needs_the_person"),
         Approver::Operator(_) => {
             if cfg.policy_approvers.contains_key(&a.policy) {
                 return Err("policy_has_approvers");
@@ -342,10 +347,34 @@ pub fn may_decide(
         }
     }
     let name = who.name();
-    if name == a.requester || name == a.subject || a.actors.iter().any(|x| x == name) {
+    // Four eyes: never the requester or an actor; never the subject either,
+    // except in CIBA, where the subject is the person whose consent is asked.
+    let subject_decides = a.ciba.is_some();
+    if name == a.requester
+        || (name == a.subject && !subject_decides)
+        || a.actors.iter().any(|x| x == name)
+    {
         return Err("self_approval");
     }
     Ok(())
+}
+
+/// CIBA consent: the person's own policies (a policy matching the login
+/// issuer and their ID-token claims now) must allow the audience and every
+/// scope, as for any delegation's subject.
+pub fn person_policy_allows(policies: &crate::policy::PolicySet, h: &Human, a: &Approval) -> bool {
+    let Some(sub) = h.claims.get("sub").and_then(Value::as_str) else {
+        return false;
+    };
+    let Ok(scopes) = a.scopes.join(" ").parse::<crate::policy::scope::ScopeSet>() else {
+        return false;
+    };
+    let subject = crate::policy::Subject {
+        issuer: &h.idp,
+        subject: sub,
+        claims: Some(&h.claims),
+    };
+    policies.decide(&subject, &a.audience, &scopes).is_ok()
 }
 
 /// Why [`decide`] did not decide.
@@ -407,8 +436,8 @@ pub async fn decide(
     if uuid::Uuid::parse_str(id).is_err() {
         return Err(DecideError::NotFound(id.to_string()));
     }
-    let cfg = app.snapshot();
-    let cfg = &cfg.config;
+    let snap = app.snapshot();
+    let cfg = &snap.config;
     // One decision at a time on this replica: the state read below is then
     // the state the store decides on (barring another replica deciding the
     // same approval in the same instant), so a decision that cannot apply is
@@ -445,7 +474,13 @@ pub async fn decide(
             .map_err(DecideError::AuditRefusal)?;
         return Err(DecideError::NotApplicable(out));
     }
-    if let Err(code) = may_decide(cfg, who, &a, now) {
+    let mut allowed = may_decide(cfg, who, &a, now);
+    if let (Ok(()), Approver::Human(h), true) = (&allowed, who, approve && a.ciba.is_some()) {
+        if !person_policy_allows(snap.exchanger.policies(), h, &a) {
+            allowed = Err("person_policy_denies");
+        }
+    }
+    if let Err(code) = allowed {
         let rec = refused(who, &a, code, &format!("{what} not allowed ({code})"));
         app.auditor
             .record(rec)

@@ -11,6 +11,7 @@
 //! (operator input), `error`; the delegation rule is `policy::delegation`.
 
 pub mod approval;
+pub mod ciba;
 pub mod error;
 pub mod guard;
 pub mod operator;
@@ -834,6 +835,7 @@ impl Exchanger {
                 decided_by: None,
                 decided_at: None,
                 reason: None,
+                ciba: None,
             };
             match self.stores.approvals.create_approval(&a).await? {
                 ApprovalCreated::Created => {}

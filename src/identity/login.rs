@@ -36,7 +36,14 @@ pub struct Human {
     pub groups: Vec<String>,
     /// When the human authenticated at the IdP (Unix seconds).
     pub auth_time: u64,
+    /// The ID token's claims (for the person's own policies when they
+    /// consent to a CIBA request); empty when they were too large to keep.
+    #[serde(default)]
+    pub claims: serde_json::Map<String, Value>,
 }
+
+/// Most bytes of ID-token claims kept in a session.
+const MAX_KEPT_CLAIMS: usize = 4096;
 
 /// Why a sign-in failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -298,12 +305,18 @@ impl LoginClient {
             Some(g) => strings(claims.claims.get(g)),
             None => Vec::new(),
         };
+        let kept = serde_json::to_string(&claims.claims).map_or(usize::MAX, |t| t.len());
         Ok(Human {
             name,
             idp: self.cfg.issuer_name.clone(),
             amr,
             groups,
             auth_time,
+            claims: if kept <= MAX_KEPT_CLAIMS {
+                claims.claims
+            } else {
+                serde_json::Map::new()
+            },
         })
     }
 }

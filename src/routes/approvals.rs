@@ -507,6 +507,16 @@ fn time_left(a: &Approval, now: u64) -> String {
 
 /// Why this request needs a human.
 fn why(snap: &Snapshot, a: &Approval) -> String {
+    if let Some(c) = &a.ciba {
+        return format!(
+            "{} asks for your consent to act on your behalf (OpenID CIBA){}",
+            html(&a.requester),
+            c.binding_message
+                .as_deref()
+                .map(|m| format!(". Its message: <strong>{}</strong>", html(m)))
+                .unwrap_or_default()
+        );
+    }
     let approval_scopes: Vec<&String> = snap
         .config
         .policies

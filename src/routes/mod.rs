@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod approvals;
 pub mod auth;
+pub mod ciba;
 pub mod introspect;
 pub mod metadata;
 pub mod ops;
@@ -23,6 +24,7 @@ pub fn router(state: AppState) -> Router {
     let limits = state.snapshot().config.limits.clone();
     Router::new()
         .route("/token", post(token::token))
+        .route("/bc-authorize", post(ciba::bc_authorize))
         .route("/introspect", post(introspect::introspect))
         .route("/revoke", post(introspect::revoke))
         .route("/revocations", get(revocations::revocations))

@@ -585,6 +585,7 @@ pub fn approval(requester: &str, hash: &str) -> Approval {
         decided_by: None,
         decided_at: None,
         reason: None,
+        ciba: None,
     }
 }
 

@@ -317,6 +317,20 @@ pub struct Approval {
     pub decided_at: Option<u64>,
     /// The operator's reason.
     pub reason: Option<String>,
+    /// Set for an OpenID CIBA request (`/bc-authorize`): only the person
+    /// it names (`subject`) decides, for themself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ciba: Option<CibaRequest>,
+}
+
+/// What a CIBA request adds to an approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CibaRequest {
+    /// The `[[issuers]]` name the person signs in through.
+    pub person_issuer: String,
+    /// The agent's `binding_message` (≤ 64 characters), shown to the person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding_message: Option<String>,
 }
 
 /// The answer to one poll of an approval by its workload.
