@@ -333,6 +333,9 @@ async fn approver_signs_in_sees_only_hers_approves_and_the_agent_gets_its_token(
         out.contains("DECIDED BY") && out.contains("alice@example.com"),
         "{out}"
     );
+    let (c, out, err) = b.cli(&["audit", "verify"]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains("intact"), "{out}");
     // The operator certificate cannot decide a policy that names approvers,
     // but still decides the one that does not.
     let (s, v) = b
