@@ -33,6 +33,9 @@ struct Shared {
 /// handed out, and what the last authorization request asked.
 #[derive(Default)]
 struct IdpState {
+    /// Answer the authorization request with a page whose link the person
+    /// follows (a navigation started on the IdP's site), not a redirect.
+    interactive: bool,
     person: Option<TestPerson>,
     codes: std::collections::HashMap<String, IssuedCode>,
     last_authorize: Vec<(String, String)>,
@@ -295,6 +298,15 @@ impl TestIssuer {
         }
     }
 
+    /// With `true`, the authorization endpoint shows a page with a
+    /// `#continue` link back to the client instead of redirecting at once
+    /// (as a real IdP's sign-in page: the way back starts on its site).
+    pub fn set_interactive(&self, interactive: bool) {
+        if let Ok(mut g) = self.shared.idp.lock() {
+            g.interactive = interactive;
+        }
+    }
+
     /// A person with `email`, `groups` and `amr`, authenticated now.
     pub fn person(email: &str, groups: &[&str], amr: &[&str]) -> TestPerson {
         TestPerson {
@@ -375,6 +387,14 @@ async fn authorize(
         .query_pairs_mut()
         .append_pair("code", &code)
         .append_pair("state", &state);
+    if g.interactive {
+        let href = crate::text::html(target.as_str());
+        return (
+            [("content-type", "text/html; charset=utf-8")],
+            format!("<!doctype html><title>Test IdP</title><a id=\"continue\" href=\"{href}\">Continue</a>"),
+        )
+            .into_response();
+    }
     (StatusCode::SEE_OTHER, [("location", target.to_string())]).into_response()
 }
 

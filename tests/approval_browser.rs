@@ -334,10 +334,14 @@ async fn a_human_signs_in_and_decides_in_a_real_browser() {
         policies: POLICIES.into(),
         extra: LOGIN.into(),
         public_port: Some(port),
+        // Another site than the IdP (127.0.0.1): the sign-in comes back
+        // through a cross-site redirect, as in a real deployment, where
+        // browsers withhold SameSite=Strict cookies.
+        public_host: Some("localhost"),
         ..Default::default()
     })
     .await;
-    let base = format!("https://127.0.0.1:{port}");
+    let base = format!("https://localhost:{port}");
     let trusted = vec![
         spki_hash(&b.home().join("server.pem")),
         spki_hash(&b.home().join("issuer/issuer-server.pem")),
@@ -360,8 +364,19 @@ async fn a_human_signs_in_and_decides_in_a_real_browser() {
         &["pwd", "otp"],
     )));
     let s = driver.session(&chromium, &trusted).await;
+    // The IdP shows a sign-in page whose link leads back: the way back to
+    // the broker starts on another site, as with a real IdP.
+    b.issuer().set_interactive(true);
     s.goto(&format!("{base}/approvals")).await;
+    s.click("#continue").await;
+    for _ in 0..50 {
+        if s.url().await == format!("{base}/approvals") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(s.url().await, format!("{base}/approvals"));
+    b.issuer().set_interactive(false);
     let list = s.source().await;
     assert!(list.contains(&mine), "{list}");
     assert!(

@@ -722,6 +722,22 @@ async fn logout_ends_the_session_in_the_store_and_a_new_sign_in_gets_a_new_id() 
             "the old id is dead"
         );
         assert_eq!(replay(&b, &base, &second).await, StatusCode::OK);
+        // The Lax companion cookie shows pages but never changes anything.
+        let nav = second.replace("__Host-tessera_approver=", "__Host-tessera_approver_nav=");
+        assert_eq!(replay(&b, &base, &nav).await, StatusCode::OK);
+        let (_, _, list_now) = web.get("/approvals").await;
+        let only_nav = Browser::new(&b, &base)
+            .client
+            .post(format!("{base}/approvals/logout"))
+            .header("cookie", nav.clone())
+            .header(ORIGIN, base.as_str())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(encode_form(&[("csrf", &csrf(&list_now))]))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(only_nav, StatusCode::FORBIDDEN);
 
         let (_, _, list2) = web.get("/approvals").await;
         assert_ne!(csrf(&list), csrf(&list2));

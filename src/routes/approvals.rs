@@ -29,6 +29,11 @@ use crate::text::html;
 
 /// The session cookie (host-only, Secure, HttpOnly, SameSite=Strict).
 pub const SESSION_COOKIE: &str = "__Host-tessera_approver";
+/// The same session id in a `SameSite=Lax` cookie, read by the GET pages
+/// only: after the IdP's redirect (a navigation started on another site)
+/// browsers withhold Strict cookies, and the list would send the human back
+/// to sign in for ever. POSTs read the Strict cookie only.
+pub const NAV_COOKIE: &str = "__Host-tessera_approver_nav";
 /// The cookie binding a sign-in attempt to the browser that started it
 /// (SameSite=Lax: it must come back on the IdP's redirect).
 pub const LOGIN_COOKIE: &str = "__Host-tessera_login";
@@ -216,9 +221,25 @@ fn login_of(snap: &Snapshot) -> Option<Arc<login::LoginClient>> {
     snap.login.clone()
 }
 
+/// Which cookies may name the session: a page (GET) also reads the Lax
+/// companion; a change (POST) only the Strict cookie.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum For {
+    Page,
+    Change,
+}
+
 /// The signed-in session, if the cookie names a live one.
-async fn session(app: &AppState, headers: &HeaderMap) -> Result<Option<Session>, Response> {
-    let Some(id) = cookie(headers, SESSION_COOKIE) else {
+async fn session(
+    app: &AppState,
+    headers: &HeaderMap,
+    purpose: For,
+) -> Result<Option<Session>, Response> {
+    let id = match purpose {
+        For::Change => cookie(headers, SESSION_COOKIE),
+        For::Page => cookie(headers, SESSION_COOKIE).or_else(|| cookie(headers, NAV_COOKIE)),
+    };
+    let Some(id) = id else {
         return Ok(None);
     };
     let now = app.clock.now();
@@ -456,7 +477,7 @@ pub async fn callback(
     // An old auth_time may look but not decide: deciding asks for a new
     // sign-in with max_age (approval::may_decide owns that rule).
     // A new session id at every sign-in (no fixation); any old one ends.
-    if let Some(old) = cookie(&headers, SESSION_COOKIE) {
+    if let Some(old) = cookie(&headers, SESSION_COOKIE).or_else(|| cookie(&headers, NAV_COOKIE)) {
         let _ = app
             .stores
             .sessions
@@ -492,6 +513,7 @@ pub async fn callback(
     };
     let mut r = see_other(&to);
     set_cookie(&mut r, SESSION_COOKIE, &sid, ttl, "Strict");
+    set_cookie(&mut r, NAV_COOKIE, &sid, ttl, "Lax");
     set_cookie(&mut r, LOGIN_COOKIE, "", 0, "Lax");
     r
 }
@@ -556,7 +578,7 @@ pub async fn list(State(app): State<AppState>, headers: HeaderMap) -> Response {
     if login_of(&snap).is_none() {
         return crate::routes::metadata::not_found().await;
     }
-    let s = match session(&app, &headers).await {
+    let s = match session(&app, &headers, For::Page).await {
         Ok(Some(s)) => s,
         Ok(None) => return see_other("/approvals/login"),
         Err(r) => return r,
@@ -626,7 +648,7 @@ pub async fn detail(
     if login_of(&snap).is_none() {
         return crate::routes::metadata::not_found().await;
     }
-    let s = match session(&app, &headers).await {
+    let s = match session(&app, &headers, For::Page).await {
         Ok(Some(s)) => s,
         Ok(None) if uuid::Uuid::parse_str(&id).is_ok() => {
             return see_other(&format!("/approvals/login?id={id}"))
@@ -742,7 +764,7 @@ pub async fn decide(
     if !same_origin(&snap, &headers) {
         return forbidden("This form was not sent from Tessera's own pages.", None);
     }
-    let s = match session(&app, &headers).await {
+    let s = match session(&app, &headers, For::Change).await {
         Ok(Some(s)) => s,
         Ok(None) => return forbidden("You are not signed in.", None),
         Err(r) => return r,
@@ -823,7 +845,7 @@ pub async fn logout(State(app): State<AppState>, headers: HeaderMap, body: Bytes
     if !same_origin(&snap, &headers) {
         return forbidden("This form was not sent from Tessera's own pages.", None);
     }
-    let s = match session(&app, &headers).await {
+    let s = match session(&app, &headers, For::Change).await {
         Ok(Some(s)) => s,
         Ok(None) => return forbidden("You are not signed in.", None),
         Err(r) => return r,
@@ -855,5 +877,6 @@ pub async fn logout(State(app): State<AppState>, headers: HeaderMap, body: Bytes
         ),
     );
     set_cookie(&mut r, SESSION_COOKIE, "", 0, "Strict");
+    set_cookie(&mut r, NAV_COOKIE, "", 0, "Lax");
     r
 }

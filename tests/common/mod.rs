@@ -75,6 +75,9 @@ pub struct Options {
     /// whose Origin and redirect URI are the broker's own), instead of a
     /// random port and `BROKER_ISS`.
     pub public_port: Option<u16>,
+    /// The host of that issuer URL (default `127.0.0.1`; `localhost` makes
+    /// the broker another site than the test IdP at 127.0.0.1).
+    pub public_host: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -95,6 +98,7 @@ impl Default for Options {
             clock: None,
             server_extra: String::new(),
             public_port: None,
+            public_host: None,
         }
     }
 }
@@ -207,7 +211,7 @@ subjects = ["spiffe://example.org/service/payments-api"]
             d = d.display(),
             port = o.public_port.unwrap_or(0),
             iss = match o.public_port {
-                Some(p) => format!("https://127.0.0.1:{p}"),
+                Some(p) => format!("https://{}:{p}", o.public_host.unwrap_or("127.0.0.1")),
                 None => BROKER_ISS.to_string(),
             },
             server_extra = o.server_extra.replace("{dir}", &d.display().to_string()),
