@@ -41,6 +41,8 @@ pub struct Snapshot {
     pub own_tokens: Arc<crate::identity::own::OwnTokenVerifier>,
     /// 1 at start, +1 for every reload applied.
     pub generation: u64,
+    /// The approval pages' sign-in client (`[approvals] login_issuer`).
+    pub login: Option<Arc<crate::identity::login::LoginClient>>,
 }
 
 impl Snapshot {
@@ -86,7 +88,21 @@ impl Snapshot {
             exchanger.keep_state_of(&p.exchanger);
         }
         let exchanger = exchanger.with_clock_trust(clock_trust.clone());
+        let login = match &config.approvals_login {
+            Some(l) => {
+                let is = config
+                    .issuers
+                    .iter()
+                    .find(|i| i.name == l.issuer_name)
+                    .ok_or_else(|| {
+                        format!("approvals.login_issuer: no issuer {}", l.issuer_name)
+                    })?;
+                Some(Arc::new(crate::identity::login::LoginClient::new(l, is)?))
+            }
+            None => None,
+        };
         Ok(Snapshot {
+            login,
             config,
             exchanger,
             keyring,

@@ -26,6 +26,42 @@ struct Shared {
     jwks_hits: AtomicU64,
     discovery_hits: AtomicU64,
     failing: AtomicBool,
+    idp: std::sync::Mutex<IdpState>,
+}
+
+/// The test IdP's sign-in state: who is "signed in" at the IdP, the codes
+/// handed out, and what the last authorization request asked.
+#[derive(Default)]
+struct IdpState {
+    /// Answer the authorization request with a page whose link the person
+    /// follows (a navigation started on the IdP's site), not a redirect.
+    interactive: bool,
+    person: Option<TestPerson>,
+    codes: std::collections::HashMap<String, IssuedCode>,
+    last_authorize: Vec<(String, String)>,
+}
+
+/// A person the test IdP signs in.
+#[derive(Debug, Clone)]
+pub struct TestPerson {
+    /// `sub`.
+    pub sub: String,
+    /// `email`.
+    pub email: String,
+    /// `groups`.
+    pub groups: Vec<String>,
+    /// `amr` (RFC 8176).
+    pub amr: Vec<String>,
+    /// When they last authenticated at the IdP (Unix seconds).
+    pub auth_time: u64,
+}
+
+struct IssuedCode {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    nonce: Option<String>,
+    person: TestPerson,
 }
 
 /// A running test OIDC issuer.
@@ -156,10 +192,13 @@ impl TestIssuer {
             jwks_hits: AtomicU64::new(0),
             discovery_hits: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            idp: std::sync::Mutex::new(IdpState::default()),
         });
         let router = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/jwks", get(jwks))
+            .route("/authorize", get(authorize))
+            .route("/token", axum::routing::post(idp_token))
             .with_state(shared.clone());
         let stop = serve_test_https(listener, &cert_path, &key_path, router)?;
         Ok(TestIssuer {
@@ -250,6 +289,165 @@ impl TestIssuer {
     pub fn discovery_hits(&self) -> u64 {
         self.shared.discovery_hits.load(Ordering::SeqCst)
     }
+
+    /// From now on the authorization endpoint signs `person` in (or nobody:
+    /// it answers `error=login_required`).
+    pub fn sign_in_as(&self, person: Option<TestPerson>) {
+        if let Ok(mut g) = self.shared.idp.lock() {
+            g.person = person;
+        }
+    }
+
+    /// With `true`, the authorization endpoint shows a page with a
+    /// `#continue` link back to the client instead of redirecting at once
+    /// (as a real IdP's sign-in page: the way back starts on its site).
+    pub fn set_interactive(&self, interactive: bool) {
+        if let Ok(mut g) = self.shared.idp.lock() {
+            g.interactive = interactive;
+        }
+    }
+
+    /// A person with `email`, `groups` and `amr`, authenticated now.
+    pub fn person(email: &str, groups: &[&str], amr: &[&str]) -> TestPerson {
+        TestPerson {
+            sub: format!("user-{email}"),
+            email: email.to_string(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            amr: amr.iter().map(|a| a.to_string()).collect(),
+            auth_time: now(),
+        }
+    }
+
+    /// The query parameters of the last authorization request.
+    pub fn last_authorize(&self) -> Vec<(String, String)> {
+        match self.shared.idp.lock() {
+            Ok(g) => g.last_authorize.clone(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// The authorization endpoint: signs the configured person in at once
+/// (re-authenticating when `max_age` asks for it) and redirects to
+/// `redirect_uri` with a one-time code and the `state`.
+async fn authorize(
+    State(s): State<Arc<Shared>>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Response {
+    let q: Vec<(String, String)> =
+        reqwest::Url::parse(&format!("https://x.invalid/?{}", q.unwrap_or_default()))
+            .map(|u| u.query_pairs().into_owned().collect())
+            .unwrap_or_default();
+    let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let (Some(redirect_uri), Some(client_id), Some(challenge)) =
+        (get("redirect_uri"), get("client_id"), get("code_challenge"))
+    else {
+        return (StatusCode::BAD_REQUEST, "missing parameters").into_response();
+    };
+    if get("response_type").as_deref() != Some("code")
+        || get("code_challenge_method").as_deref() != Some("S256")
+    {
+        return (StatusCode::BAD_REQUEST, "code flow with S256 only").into_response();
+    }
+    let state = get("state").unwrap_or_default();
+    let Ok(mut g) = s.idp.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    g.last_authorize = q.clone();
+    let Ok(mut target) = reqwest::Url::parse(&redirect_uri) else {
+        return (StatusCode::BAD_REQUEST, "bad redirect_uri").into_response();
+    };
+    let Some(mut person) = g.person.clone() else {
+        target
+            .query_pairs_mut()
+            .append_pair("error", "login_required")
+            .append_pair("state", &state);
+        return (StatusCode::SEE_OTHER, [("location", target.to_string())]).into_response();
+    };
+    if let Some(max_age) = get("max_age").and_then(|m| m.parse::<u64>().ok()) {
+        if now().saturating_sub(person.auth_time) >= max_age {
+            person.auth_time = now();
+            if let Some(p) = g.person.as_mut() {
+                p.auth_time = person.auth_time;
+            }
+        }
+    }
+    let code = b64(uuid::Uuid::new_v4().as_bytes());
+    g.codes.insert(
+        code.clone(),
+        IssuedCode {
+            client_id,
+            redirect_uri,
+            challenge,
+            nonce: get("nonce"),
+            person,
+        },
+    );
+    target
+        .query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", &state);
+    if g.interactive {
+        let href = crate::text::html(target.as_str());
+        return (
+            [("content-type", "text/html; charset=utf-8")],
+            format!("<!doctype html><title>Test IdP</title><a id=\"continue\" href=\"{href}\">Continue</a>"),
+        )
+            .into_response();
+    }
+    (StatusCode::SEE_OTHER, [("location", target.to_string())]).into_response()
+}
+
+/// The token endpoint: a one-time code, the same client and redirect URI,
+/// and the PKCE verifier of the code's challenge; answers an ID token.
+async fn idp_token(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let f: Vec<(String, String)> = reqwest::Url::parse(&format!(
+        "https://x.invalid/?{}",
+        String::from_utf8_lossy(&body)
+    ))
+    .map(|u| u.query_pairs().into_owned().collect())
+    .unwrap_or_default();
+    let get = |k: &str| f.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let bad = |e: &str| (StatusCode::BAD_REQUEST, Json(json!({"error": e}))).into_response();
+    if get("grant_type").as_deref() != Some("authorization_code") {
+        return bad("unsupported_grant_type");
+    }
+    let issued = match (s.idp.lock(), get("code")) {
+        (Ok(mut g), Some(c)) => g.codes.remove(&c),
+        _ => None,
+    };
+    let Some(c) = issued else {
+        return bad("invalid_grant");
+    };
+    let verifier = get("code_verifier").unwrap_or_default();
+    let challenge =
+        b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()).as_ref());
+    if challenge != c.challenge
+        || get("client_id").as_deref() != Some(c.client_id.as_str())
+        || get("redirect_uri").as_deref() != Some(c.redirect_uri.as_str())
+    {
+        return bad("invalid_grant");
+    }
+    let n = now();
+    let claims = json!({
+        "iss": s.issuer, "sub": c.person.sub, "aud": c.client_id, "iat": n, "nbf": n,
+        "exp": n + 300, "nonce": c.nonce, "email": c.person.email, "email_verified": true,
+        "groups": c.person.groups, "amr": c.person.amr, "auth_time": c.person.auth_time,
+    });
+    let key = match s.keys.read() {
+        Ok(k) => k.last().cloned(),
+        Err(_) => None,
+    };
+    let Some(key) = key else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let header = json!({"alg": key.algorithm().as_str(), "kid": key.kid(), "typ": "JWT"});
+    let id_token = TestIssuer::sign_raw_with(&key, &header.to_string(), &claims.to_string());
+    Json(
+        json!({"access_token": "idp-access", "token_type": "Bearer", "expires_in": 300,
+                "id_token": id_token}),
+    )
+    .into_response()
 }
 
 impl Drop for TestIssuer {
@@ -263,7 +461,14 @@ async fn discovery(State(s): State<Arc<Shared>>) -> Response {
     if s.failing.load(Ordering::SeqCst) {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    Json(json!({"issuer": s.issuer, "jwks_uri": format!("{}/jwks", s.issuer)})).into_response()
+    Json(
+        json!({"issuer": s.issuer, "jwks_uri": format!("{}/jwks", s.issuer),
+                "authorization_endpoint": format!("{}/authorize", s.issuer),
+                "token_endpoint": format!("{}/token", s.issuer),
+                "response_types_supported": ["code"],
+                "code_challenge_methods_supported": ["S256"]}),
+    )
+    .into_response()
 }
 
 async fn jwks(State(s): State<Arc<Shared>>) -> Response {

@@ -62,9 +62,40 @@ pub fn terminal_safe(s: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// `s` as HTML text (element content or a double- or single-quoted
+/// attribute value): `& < > " '` become character references, and every
+/// [`is_terminal_unsafe`] character is shown as its `\u…` escape (a
+/// workload must not reorder or hide what an approver reads on a page
+/// either). The one escaping function of the approval pages: every value
+/// that came from a workload or an IdP goes through it.
+pub fn html(s: &str) -> String {
+    let s = terminal_safe(s);
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn html_escapes_markup_and_hidden_characters() {
+        assert_eq!(
+            html("<script>alert('x')</script>&\"\u{202e}"),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;\\u202e"
+        );
+        assert_eq!(html("plain text"), "plain text");
+    }
 
     #[test]
     fn bidi_zero_width_and_controls_are_escaped() {

@@ -649,8 +649,8 @@ fn strings(v: &Value) -> String {
 
 fn print_approvals(list: &[Value]) {
     outln!(
-        "{:<36}  {:<9}  {:<5}  {:<36}  {:<22}  {:<36}  {:<16}  {:<24}  {:<28}  AUTHORIZATION_DETAILS",
-        "ID", "STATE", "AGE", "REQUESTER", "OWNER", "ON BEHALF OF", "TASK", "SCOPES", "AUDIENCE"
+        "{:<36}  {:<9}  {:<5}  {:<36}  {:<22}  {:<36}  {:<16}  {:<24}  {:<28}  {:<22}  AUTHORIZATION_DETAILS",
+        "ID", "STATE", "AGE", "REQUESTER", "OWNER", "ON BEHALF OF", "TASK", "SCOPES", "AUDIENCE", "DECIDED BY"
     );
     for a in list {
         let mut state = a["state"].as_str().unwrap_or("").to_string();
@@ -666,7 +666,7 @@ fn print_approvals(list: &[Value]) {
             d => d.to_string(),
         };
         outln!(
-            "{:<36}  {:<9}  {:<5}  {:<36}  {:<22}  {:<36}  {:<16}  {:<24}  {:<28}  {}",
+            "{:<36}  {:<9}  {:<5}  {:<36}  {:<22}  {:<36}  {:<16}  {:<24}  {:<28}  {:<22}  {}",
             a["id"].as_str().unwrap_or(""),
             state,
             human(a["age"].as_u64().unwrap_or(0)),
@@ -676,6 +676,7 @@ fn print_approvals(list: &[Value]) {
             a["task"].as_str().unwrap_or("-"),
             strings(&a["scopes"]),
             a["audience"].as_str().unwrap_or(""),
+            a["decided_by"].as_str().unwrap_or("-"),
             details,
         );
     }

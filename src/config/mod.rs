@@ -101,6 +101,10 @@ pub struct Config {
     pub approvals_webhook: Option<String>,
     /// `[approvals] webhook_ca`.
     pub approvals_webhook_ca: Option<PathBuf>,
+    /// `[approvals] login_*`: the approval web pages' sign-in (none: no pages).
+    pub approvals_login: Option<ApprovalLogin>,
+    /// `policies[].approvers`, by policy name, for the policies that set it.
+    pub policy_approvers: std::collections::BTreeMap<String, Vec<String>>,
     /// `[dev] generate_missing`.
     pub dev_generate_missing: bool,
     /// `[dpop] nonce`.
@@ -281,6 +285,36 @@ impl Default for Limits {
             peer_burst: 2000,
         }
     }
+}
+
+/// Longest `[approvals] session_ttl`.
+pub const MAX_APPROVER_SESSION: Duration = Duration::from_secs(3600);
+/// Longest `[approvals] max_auth_age`.
+pub const MAX_AUTH_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// `[approvals] login_*`: how approvers sign in (OIDC code flow + PKCE).
+#[derive(Debug, Clone)]
+pub struct ApprovalLogin {
+    /// The `[[issuers]]` entry's name.
+    pub issuer_name: String,
+    /// Its exact `iss`.
+    pub issuer: String,
+    /// The client id (the ID token's `aud`).
+    pub client_id: String,
+    /// The client secret's file (a confidential client), if any.
+    pub client_secret_file: Option<PathBuf>,
+    /// The ID-token claim naming the human.
+    pub approver_claim: String,
+    /// The array claim `group:NAME` approvers are matched against.
+    pub groups_claim: Option<String>,
+    /// Whether `amr` must hold one of `mfa_amr`.
+    pub require_mfa: bool,
+    /// `amr` values accepted as multi-factor.
+    pub mfa_amr: Vec<String>,
+    /// Oldest `auth_time` that may decide.
+    pub max_auth_age: Duration,
+    /// Session lifetime.
+    pub session_ttl: Duration,
 }
 
 /// One trusted OIDC issuer, typed.
@@ -923,6 +957,8 @@ impl Config {
             None => None,
         };
 
+        let (approvals_login, policy_approvers) = approval_login(file, &raw, &issuers)?;
+
         Ok(Config {
             source: PathBuf::from(file),
             server,
@@ -935,6 +971,8 @@ impl Config {
             approvals_interval,
             approvals_webhook: raw.approvals.webhook.clone(),
             approvals_webhook_ca,
+            approvals_login,
+            policy_approvers,
             dev_generate_missing: raw.dev.generate_missing,
             dpop_nonce: raw.dpop.nonce,
             limits,
@@ -972,6 +1010,13 @@ impl Config {
         {
             v.push(("store.url (?ca=)".to_string(), ca));
         }
+        if let Some(f) = self
+            .approvals_login
+            .as_ref()
+            .and_then(|l| l.client_secret_file.as_ref())
+        {
+            v.push(("approvals.login_client_secret_file".to_string(), f.clone()));
+        }
         for (i, is) in self.issuers.iter().enumerate() {
             if let Some(ca) = &is.ca {
                 v.push((format!("issuers[{i}].ca"), ca.clone()));
@@ -993,6 +1038,159 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The `[approvals] login_*` settings and every policy's `approvers`,
+/// validated together: approvers need a login issuer, `group:` entries need
+/// a groups claim, and the login issuer must accept the client id as `aud`.
+type LoginSettings = (
+    Option<ApprovalLogin>,
+    std::collections::BTreeMap<String, Vec<String>>,
+);
+
+fn approval_login(
+    file: &str,
+    raw: &RawConfig,
+    issuers: &[IssuerConfig],
+) -> Result<LoginSettings, ConfigError> {
+    let err = |key: &str, reason: String| ConfigError {
+        file: file.to_string(),
+        key: key.to_string(),
+        reason,
+    };
+    let a = &raw.approvals;
+    let login = match &a.login_issuer {
+        None => {
+            for (key, set) in [
+                ("approvals.login_client_id", a.login_client_id.is_some()),
+                (
+                    "approvals.login_client_secret_file",
+                    a.login_client_secret_file.is_some(),
+                ),
+                ("approvals.groups_claim", a.groups_claim.is_some()),
+            ] {
+                if set {
+                    return Err(err(key, "is only used with approvals.login_issuer".into()));
+                }
+            }
+            None
+        }
+        Some(name) => {
+            let Some(is) = issuers.iter().find(|i| &i.name == name) else {
+                return Err(err(
+                    "approvals.login_issuer",
+                    format!("`{name}` is not the name of an [[issuers]] entry"),
+                ));
+            };
+            let client_id = match a.login_client_id.as_deref() {
+                Some(c) if !c.trim().is_empty() => c.to_string(),
+                _ => {
+                    return Err(err(
+                        "approvals.login_client_id",
+                        "is required with approvals.login_issuer".into(),
+                    ))
+                }
+            };
+            if !is.audiences.iter().any(|x| x == &client_id) {
+                return Err(err(
+                    "approvals.login_client_id",
+                    format!(
+                        "the ID token's aud is the client id: add `{client_id}` to the audiences of issuer `{name}`"
+                    ),
+                ));
+            }
+            if a.approver_claim.trim().is_empty() {
+                return Err(err("approvals.approver_claim", "must not be empty".into()));
+            }
+            if a.groups_claim
+                .as_deref()
+                .is_some_and(|g| g.trim().is_empty())
+            {
+                return Err(err("approvals.groups_claim", "must not be empty".into()));
+            }
+            if a.require_mfa && a.mfa_amr.iter().all(|m| m.trim().is_empty()) {
+                return Err(err(
+                    "approvals.mfa_amr",
+                    "must name at least one amr value while require_mfa = true".into(),
+                ));
+            }
+            let d = |key: &str, v: &str, max: Duration| -> Result<Duration, ConfigError> {
+                let x = parse_duration(v).map_err(|r| err(key, r))?;
+                if x.is_zero() || x > max {
+                    return Err(err(
+                        key,
+                        format!("must be greater than zero and at most {}s", max.as_secs()),
+                    ));
+                }
+                Ok(x)
+            };
+            let client_secret_file = match &a.login_client_secret_file {
+                Some(p) if p.trim().is_empty() => {
+                    return Err(err(
+                        "approvals.login_client_secret_file",
+                        "must not be empty".into(),
+                    ))
+                }
+                Some(p) => Some(PathBuf::from(p)),
+                None => None,
+            };
+            Some(ApprovalLogin {
+                issuer_name: name.clone(),
+                issuer: is.issuer.clone(),
+                client_id,
+                client_secret_file,
+                approver_claim: a.approver_claim.clone(),
+                groups_claim: a.groups_claim.clone(),
+                require_mfa: a.require_mfa,
+                mfa_amr: a.mfa_amr.clone(),
+                max_auth_age: d("approvals.max_auth_age", &a.max_auth_age, MAX_AUTH_AGE)?,
+                session_ttl: d(
+                    "approvals.session_ttl",
+                    &a.session_ttl,
+                    MAX_APPROVER_SESSION,
+                )?,
+            })
+        }
+    };
+    let mut approvers = std::collections::BTreeMap::new();
+    for (i, p) in raw.policies.iter().enumerate() {
+        let Some(list) = &p.approvers else { continue };
+        let key = format!("policies[{i}].approvers");
+        if login.is_none() {
+            return Err(err(
+                &key,
+                "approvers sign in through [approvals] login_issuer: set it".into(),
+            ));
+        }
+        if list.is_empty() {
+            return Err(err(
+                &key,
+                "must name at least one approver (omit it to default to the owner)".into(),
+            ));
+        }
+        for (j, e) in list.iter().enumerate() {
+            let k = format!("{key}[{j}]");
+            if e.trim().is_empty() || e.trim() != e {
+                return Err(err(
+                    &k,
+                    "must be a non-empty name without surrounding spaces".into(),
+                ));
+            }
+            if let Some(g) = e.strip_prefix("group:") {
+                if g.is_empty() {
+                    return Err(err(&k, "`group:` needs a group name".into()));
+                }
+                if login.as_ref().is_some_and(|l| l.groups_claim.is_none()) {
+                    return Err(err(
+                        &k,
+                        "group approvers need [approvals] groups_claim".into(),
+                    ));
+                }
+            }
+        }
+        approvers.insert(p.name.clone(), list.clone());
+    }
+    Ok((login, approvers))
 }
 
 /// Longest `reason` of a [`ConfigError`]. Errors quote the offending value;

@@ -385,6 +385,38 @@ pub struct RawApprovals {
     /// WebPKI roots. Defaults to none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_ca: Option<String>,
+    /// The `[[issuers]]` entry (by name) whose users approve on the web
+    /// pages (the organisation's IdP). Defaults to none: no web pages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_issuer: Option<String>,
+    /// The OAuth client id Tessera signs approvers in with (the ID token's
+    /// `aud`). Required with `login_issuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_client_id: Option<String>,
+    /// File holding the client secret; without it, a public client (PKCE
+    /// only). Defaults to none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_client_secret_file: Option<String>,
+    /// The ID-token claim that names the human. Defaults to `email`.
+    #[serde(default = "d_approver_claim")]
+    pub approver_claim: String,
+    /// Array claim matched by `group:NAME` approvers. Defaults to none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups_claim: Option<String>,
+    /// The ID token's `amr` must hold one of `mfa_amr`. Defaults to `true`.
+    #[serde(default = "d_true")]
+    pub require_mfa: bool,
+    /// RFC 8176 `amr` values accepted as multi-factor. Defaults to
+    /// `["mfa", "hwk", "otp", "swk", "fpt"]`.
+    #[serde(default = "d_mfa_amr")]
+    pub mfa_amr: Vec<String>,
+    /// An `auth_time` older than this cannot decide (the human signs in
+    /// again, with `max_age`). Defaults to `15m`.
+    #[serde(default = "d_max_auth_age")]
+    pub max_auth_age: String,
+    /// Lifetime of an approver's session (at most `1h`). Defaults to `1h`.
+    #[serde(default = "d_session_ttl")]
+    pub session_ttl: String,
 }
 
 impl Default for RawApprovals {
@@ -394,8 +426,33 @@ impl Default for RawApprovals {
             interval: d_approvals_interval(),
             webhook: None,
             webhook_ca: None,
+            login_issuer: None,
+            login_client_id: None,
+            login_client_secret_file: None,
+            approver_claim: d_approver_claim(),
+            groups_claim: None,
+            require_mfa: true,
+            mfa_amr: d_mfa_amr(),
+            max_auth_age: d_max_auth_age(),
+            session_ttl: d_session_ttl(),
         }
     }
+}
+
+fn d_approver_claim() -> String {
+    "email".into()
+}
+fn d_mfa_amr() -> Vec<String> {
+    ["mfa", "hwk", "otp", "swk", "fpt"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+fn d_max_auth_age() -> String {
+    "15m".into()
+}
+fn d_session_ttl() -> String {
+    "1h".into()
 }
 
 /// `[dev]`.
@@ -535,6 +592,12 @@ pub struct RawPolicy {
     /// Anomaly guard actions for this policy. Defaults to the `[guard]` ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<RawPolicyGuard>,
+    /// Who decides this policy's approvals on the web pages: people (as
+    /// `[approvals] approver_claim` names them) and `group:NAME` entries.
+    /// Defaults to the `owner`; when set, operator certificates can no
+    /// longer decide this policy's approvals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<Vec<String>>,
 }
 
 /// `match = { issuer, subject, claims }` of a policy.

@@ -50,6 +50,15 @@ fn full_sample() -> RawConfig {
             interval: "5s".into(),
             webhook: Some("https://hooks.example.com/tessera".into()),
             webhook_ca: Some("keys/hooks-ca.pem".into()),
+            login_issuer: Some("k8s".into()),
+            login_client_id: Some("tessera".into()),
+            login_client_secret_file: Some("keys/approvals-client-secret".into()),
+            approver_claim: "email".into(),
+            groups_claim: Some("groups".into()),
+            require_mfa: true,
+            mfa_amr: vec!["mfa".into()],
+            max_auth_age: "15m".into(),
+            session_ttl: "1h".into(),
         },
         dev: RawDev {
             generate_missing: false,
@@ -105,6 +114,7 @@ fn full_sample() -> RawConfig {
             max_depth: 1,
             require_authorization_details: false,
             require_binding: false,
+            approvers: Some(vec!["o".into(), "group:leads".into()]),
             guard: Some(RawPolicyGuard {
                 on_rate: Some("approval".into()),
                 on_new_audience: Some("approval".into()),
@@ -774,4 +784,51 @@ fn store_url_tls_forms_load_and_mixed_forms_are_refused() {
         assert!(e.reason.contains(why), "{url}: {e}");
         assert!(!e.to_string().contains("pw-1"), "{e}");
     }
+}
+
+#[test]
+fn approval_login_and_approvers_are_validated_together() {
+    let corp = "[[issuers]]\nname = \"corp\"\nissuer = \"https://login.example.com\"\naudiences = [\"tessera-approvals\"]\n";
+    let login = "[approvals]\nlogin_issuer = \"corp\"\nlogin_client_id = \"tessera-approvals\"\n";
+    let pol = |extra: &str| policy("{ issuer = \"mtls\", subject = \"spiffe://td/a\" }", extra);
+    // approvers need a login issuer
+    let e = err_of(&format!("{corp}{}", pol("approvers = [\"bob\"]\n")));
+    assert_eq!(e.key, "policies[0].approvers");
+    // group: entries need groups_claim; empty lists and names are refused
+    let e = err_of(&format!(
+        "{login}{corp}{}",
+        pol("approvers = [\"group:leads\"]\n")
+    ));
+    assert_eq!(e.key, "policies[0].approvers[0]");
+    let e = err_of(&format!("{login}{corp}{}", pol("approvers = []\n")));
+    assert_eq!(e.key, "policies[0].approvers");
+    // the client id must be an audience of the login issuer
+    let e = err_of(&format!(
+        "[approvals]\nlogin_issuer = \"corp\"\nlogin_client_id = \"other\"\n{corp}"
+    ));
+    assert_eq!(e.key, "approvals.login_client_id");
+    let e = err_of(&format!("[approvals]\nlogin_issuer = \"nope\"\n{corp}"));
+    assert_eq!(e.key, "approvals.login_issuer");
+    let e = err_of("[approvals]\nlogin_client_id = \"x\"\n");
+    assert_eq!(e.key, "approvals.login_client_id");
+    let e = err_of(&format!("{login}session_ttl = \"2h\"\n{corp}"));
+    assert_eq!(e.key, "approvals.session_ttl");
+    let e = err_of(&format!("{login}mfa_amr = []\n{corp}"));
+    assert_eq!(e.key, "approvals.mfa_amr");
+    // a valid one
+    let c = Config::from_toml_str(
+        "ok.toml",
+        &format!(
+            "{login}groups_claim = \"groups\"\n{corp}{}",
+            pol("approvers = [\"bob@example.com\", \"group:leads\"]\n")
+        ),
+    )
+    .unwrap();
+    let l = c.approvals_login.unwrap();
+    assert_eq!((l.approver_claim.as_str(), l.require_mfa), ("email", true));
+    assert_eq!(l.max_auth_age.as_secs(), 900);
+    assert_eq!(
+        c.policy_approvers["p"],
+        vec!["bob@example.com", "group:leads"]
+    );
 }

@@ -1,6 +1,9 @@
 //! Human approval support for the pipeline: the hash that binds an approval
-//! to exactly one request, and the best-effort webhook that tells humans a
-//! new approval is waiting.
+//! to exactly one request, the best-effort webhook that tells humans a
+//! new approval is waiting, and the one decision function ([`decide`]) that
+//! both the admin API (an operator certificate) and the web pages (a
+//! signed-in human) call, with the one rule of who may decide
+//! ([`may_decide`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +12,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-use crate::store::Approval;
+use crate::app::App;
+use crate::audit::{AuditError, AuditRecord, Event};
+use crate::config::Config;
+use crate::identity::login::Human;
+use crate::store::{Approval, ApprovalState, DecideOutcome, StoreError};
 
 /// Version tag of the request hash input (changing the input changes it).
 const HASH_VERSION: &str = "tessera-approval-v1";
@@ -98,8 +105,21 @@ fn canonical(v: &Value, out: &mut String) {
 }
 
 /// The JSON summary a webhook receives: what is asked and by whom, never a
-/// token or credential.
-pub fn summary(a: &Approval) -> Value {
+/// token or credential; with `pages` (the broker's public URL, when the
+/// approval pages are on) the `approval_url` = `{pages}/approvals/{id}` a
+/// human opens to decide.
+pub fn summary_with_url(a: &Approval, pages: Option<&str>) -> Value {
+    let mut v = summary_fields(a);
+    if let (Some(base), Some(o)) = (pages, v.as_object_mut()) {
+        o.insert(
+            "approval_url".into(),
+            Value::String(format!("{base}/approvals/{}", a.id)),
+        );
+    }
+    v
+}
+
+fn summary_fields(a: &Approval) -> Value {
     json!({
         "event": "approval.pending",
         "approval_id": a.id,
@@ -121,6 +141,8 @@ pub fn summary(a: &Approval) -> Value {
 /// from a spawned task with a short timeout: never blocks or fails a request.
 pub struct Webhook {
     url: String,
+    /// The broker's public URL when the approval pages are on.
+    pages: Option<String>,
     client: reqwest::Client,
     permits: Arc<Semaphore>,
 }
@@ -153,9 +175,16 @@ impl Webhook {
             .map_err(|e| format!("approvals.webhook: {e}"))?;
         Ok(Self {
             url: url.to_string(),
+            pages: None,
             client,
             permits: Arc::new(Semaphore::new(MAX_WEBHOOKS_IN_FLIGHT)),
         })
+    }
+
+    /// Summaries carry `approval_url` under `base` (the approval pages).
+    pub fn with_pages(mut self, base: Option<&str>) -> Self {
+        self.pages = base.map(str::to_string);
+        self
     }
 
     /// Sends the summary of `a` in the background; failures are logged only.
@@ -168,7 +197,7 @@ impl Webhook {
             tracing::warn!(approval = %a.id, "approval webhook skipped: too many deliveries in flight");
             return;
         };
-        let body = summary(a);
+        let body = summary_with_url(a, self.pages.as_deref());
         let id = a.id.clone();
         let req = self.client.post(&self.url).json(&body);
         tokio::spawn(async move {
@@ -193,6 +222,328 @@ impl Webhook {
                 }
             }
         });
+    }
+}
+
+/// Who decides an approval.
+#[derive(Debug, Clone)]
+pub enum Approver {
+    /// An operator certificate in `[admin] subjects` (already checked by
+    /// the admin API): only approvals of policies without `approvers`.
+    Operator(String),
+    /// A human signed in through `[approvals] login_issuer`.
+    Human(Human),
+}
+
+impl Approver {
+    /// The name recorded as `decided_by` and as the audit record's client.
+    pub fn name(&self) -> &str {
+        match self {
+            Approver::Operator(s) => s,
+            Approver::Human(h) => &h.name,
+        }
+    }
+
+    /// How they authenticated, for the audit record.
+    fn provenance(&self) -> String {
+        match self {
+            Approver::Operator(_) => "operator certificate".into(),
+            Approver::Human(h) => format!(
+                "human {} via IdP {} (amr {})",
+                h.name,
+                h.idp,
+                if h.amr.is_empty() {
+                    "none".to_string()
+                } else {
+                    h.amr.join(",")
+                }
+            ),
+        }
+    }
+}
+
+/// The approvers of `a`: the granting policy's `approvers`, else its
+/// `owner`; nobody when the policy is gone or has neither.
+pub fn approvers_of<'c>(cfg: &'c Config, a: &Approval) -> Vec<&'c str> {
+    if let Some(list) = cfg.policy_approvers.get(&a.policy) {
+        return list.iter().map(String::as_str).collect();
+    }
+    cfg.policies
+        .iter()
+        .find(|p| p.name == a.policy)
+        .and_then(|p| p.owner.as_deref())
+        .into_iter()
+        .collect()
+}
+
+/// Whether `h` is named by `a`'s approvers (as a person or through a
+/// `group:` entry). What the web list shows; [`may_decide`] adds the rest.
+pub fn is_approver(cfg: &Config, h: &Human, a: &Approval) -> bool {
+    let Some(login) = &cfg.approvals_login else {
+        return false;
+    };
+    if h.idp != login.issuer_name {
+        return false;
+    }
+    // A CIBA request: the person it names, and nobody else.
+    if let Some(c) = &a.ciba {
+        return c.person_issuer == h.idp && a.subject == h.name;
+    }
+    approvers_of(cfg, a)
+        .iter()
+        .any(|e| match e.strip_prefix("group:") {
+            Some(g) => h.groups.iter().any(|x| x == g),
+            None => *e == h.name,
+        })
+}
+
+/// Whether a sign-in with `amr` is multi-factor enough (`require_mfa`).
+pub fn mfa_ok(cfg: &Config, amr: &[String]) -> bool {
+    match &cfg.approvals_login {
+        Some(l) => !l.require_mfa || amr.iter().any(|m| l.mfa_amr.contains(m)),
+        None => false,
+    }
+}
+
+/// Whether a sign-in at `auth_time` is recent enough to decide at `now`.
+pub fn fresh_enough(cfg: &Config, auth_time: u64, now: u64) -> bool {
+    match &cfg.approvals_login {
+        Some(l) => now.saturating_sub(auth_time) <= l.max_auth_age.as_secs(),
+        None => false,
+    }
+}
+
+/// The one rule of who may decide `a` (a refusal's reason code when not):
+/// an operator only for policies without `approvers`; a human named by the
+/// approvers, multi-factor when required, signed in within `max_auth_age`;
+/// never the requester, the subject or an actor (four eyes).
+pub fn may_decide(
+    cfg: &Config,
+    who: &Approver,
+    a: &Approval,
+    now: u64,
+) -> Result<(), &'static str> {
+    match who {
+        Approver::Operator(_) if a.ciba.is_some() => return Err("ciba_needs_the_person"),
+        Approver::Operator(_) => {
+            if cfg.policy_approvers.contains_key(&a.policy) {
+                return Err("policy_has_approvers");
+            }
+        }
+        Approver::Human(h) => {
+            if !is_approver(cfg, h, a) {
+                return Err("not_an_approver");
+            }
+            if !mfa_ok(cfg, &h.amr) {
+                return Err("mfa_required");
+            }
+            if !fresh_enough(cfg, h.auth_time, now) {
+                return Err("auth_too_old");
+            }
+        }
+    }
+    let name = who.name();
+    // Four eyes: never the requester or an actor; never the subject either,
+    // except in CIBA, where the subject is the person whose consent is asked.
+    let subject_decides = a.ciba.is_some();
+    if name == a.requester
+        || (name == a.subject && !subject_decides)
+        || a.actors.iter().any(|x| x == name)
+    {
+        return Err("self_approval");
+    }
+    Ok(())
+}
+
+/// CIBA consent: the person's own policies (a policy matching the login
+/// issuer and their ID-token claims now) must allow the audience and every
+/// scope, as for any delegation's subject.
+pub fn person_policy_allows(policies: &crate::policy::PolicySet, h: &Human, a: &Approval) -> bool {
+    let Some(sub) = h.claims.get("sub").and_then(Value::as_str) else {
+        return false;
+    };
+    let Ok(scopes) = a.scopes.join(" ").parse::<crate::policy::scope::ScopeSet>() else {
+        return false;
+    };
+    let subject = crate::policy::Subject {
+        issuer: &h.idp,
+        subject: sub,
+        claims: Some(&h.claims),
+    };
+    policies.decide(&subject, &a.audience, &scopes).is_ok()
+}
+
+/// Why [`decide`] did not decide.
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    /// No such approval (or not a UUID).
+    #[error("no approval {0}")]
+    NotFound(String),
+    /// This approver may not decide it ([`may_decide`]'s reason); audited
+    /// as `refused`.
+    #[error("not allowed to decide: {0}")]
+    NotAllowed(&'static str),
+    /// It is no longer pending (or expired); audited as `refused`.
+    #[error("the decision does not apply")]
+    NotApplicable(DecideOutcome),
+    /// The store failed: nothing was decided.
+    #[error("{0}")]
+    Store(StoreError),
+    /// The audit trail failed before the decision: nothing was decided.
+    #[error("the audit trail is unavailable: {0}")]
+    AuditBefore(AuditError),
+    /// A refusal could not be audited (nothing was decided either).
+    #[error("the refusal could not be audited: {0}")]
+    AuditRefusal(AuditError),
+}
+
+/// Serialises approval decisions on one replica (they are rare and human).
+static DECIDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn refused(who: &Approver, a: &Approval, reason_code: &str, note: &str) -> AuditRecord {
+    AuditRecord::new(Event::Refused)
+        .reason(reason_code)
+        .client(who.name())
+        .subject(&a.subject)
+        .actors(a.actors.iter().cloned())
+        .scopes(&a.scopes.join(" "))
+        .audience(&a.audience)
+        .policy(&a.policy)
+        .detail(&format!(
+            "approval {} by {}: {note}",
+            a.id,
+            who.provenance()
+        ))
+}
+
+/// Decides approval `id` (`approve` or deny) for `who`, with `reason`:
+/// checks [`may_decide`], audits the decision before making it (no
+/// decision without its record: fail closed), then moves the approval in
+/// the store. Refusals (not allowed, not pending, expired) are audited as
+/// `refused` and decide nothing. HTTP-free: both the admin API and the web
+/// pages call this.
+pub async fn decide(
+    app: &App,
+    who: &Approver,
+    id: &str,
+    approve: bool,
+    reason: Option<&str>,
+) -> Result<Approval, DecideError> {
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(DecideError::NotFound(id.to_string()));
+    }
+    let snap = app.snapshot();
+    let cfg = &snap.config;
+    // One decision at a time on this replica: the state read below is then
+    // the state the store decides on (barring another replica deciding the
+    // same approval in the same instant), so a decision that cannot apply is
+    // recorded as `refused` only, never as `approved`/`denied`.
+    let _one_at_a_time = DECIDING.lock().await;
+    let now = app.clock.now();
+    let a = match app.stores.approvals.get_approval(id, now).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return Err(DecideError::NotFound(id.to_string())),
+        Err(e) => return Err(DecideError::Store(e)),
+    };
+    let what = if approve { "approval" } else { "denial" };
+    let not_applicable = if a.state != ApprovalState::Pending {
+        Some(DecideOutcome::NotPending(a.state))
+    } else if a.expires_at <= now {
+        Some(DecideOutcome::Expired)
+    } else {
+        None
+    };
+    if let Some(out) = not_applicable {
+        let code = match out {
+            DecideOutcome::Expired => "approval_expired",
+            _ => "approval_not_pending",
+        };
+        let state = if a.state == ApprovalState::Pending {
+            "expired"
+        } else {
+            a.state.as_str()
+        };
+        let rec = refused(who, &a, code, &format!("it is {state}: {what} not applied"));
+        app.auditor
+            .record(rec)
+            .await
+            .map_err(DecideError::AuditRefusal)?;
+        return Err(DecideError::NotApplicable(out));
+    }
+    let mut allowed = may_decide(cfg, who, &a, now);
+    if let (Ok(()), Approver::Human(h), true) = (&allowed, who, approve && a.ciba.is_some()) {
+        if !person_policy_allows(snap.exchanger.policies(), h, &a) {
+            allowed = Err("person_policy_denies");
+        }
+    }
+    if let Err(code) = allowed {
+        let rec = refused(who, &a, code, &format!("{what} not allowed ({code})"));
+        app.auditor
+            .record(rec)
+            .await
+            .map_err(DecideError::AuditRefusal)?;
+        return Err(DecideError::NotAllowed(code));
+    }
+    let rec = AuditRecord::new(if approve {
+        Event::Approved
+    } else {
+        Event::Denied
+    })
+    .client(who.name())
+    .subject(&a.subject)
+    .actors(a.actors.iter().cloned())
+    .owner(a.owner.as_deref())
+    .task(a.task.as_deref().unwrap_or(""))
+    .scopes(&a.scopes.join(" "))
+    .audience(&a.audience)
+    .policy(&a.policy)
+    .detail(&format!(
+        "approval {} requested by {} (request sha256 {}) decided by {}{}{}",
+        a.id,
+        a.requester,
+        a.request_hash,
+        who.provenance(),
+        if reason.is_some() { ": " } else { "" },
+        reason.unwrap_or("")
+    ));
+    if let Err(e) = app.auditor.record(rec).await {
+        tracing::error!(error = %e, "approval not decided: audit unavailable");
+        return Err(DecideError::AuditBefore(e));
+    }
+    let out = match app
+        .stores
+        .approvals
+        .decide(id, approve, who.name(), reason, now)
+        .await
+    {
+        Ok(o) => o,
+        Err(e) => {
+            let undo = AuditRecord::new(Event::Unavailable)
+                .reason("approval_not_decided")
+                .client(who.name())
+                .detail(&format!("approval {id}: {e}"));
+            let _ = app.auditor.record(undo).await;
+            return Err(DecideError::Store(e));
+        }
+    };
+    match out {
+        DecideOutcome::Decided(a) => {
+            crate::telemetry::metrics()
+                .approvals
+                .with_label_values(&[if approve { "approved" } else { "denied" }])
+                .inc();
+            Ok(*a)
+        }
+        // Another replica decided it between our read and our write: the
+        // record above stands, and this one says it did not apply.
+        out => {
+            let undo = AuditRecord::new(Event::Refused)
+                .reason("approval_not_pending")
+                .client(who.name())
+                .detail(&format!("approval {id}: the decision above did not apply"));
+            let _ = app.auditor.record(undo).await;
+            Err(DecideError::NotApplicable(out))
+        }
     }
 }
 
@@ -260,11 +611,17 @@ mod tests {
     #[test]
     fn summary_names_the_request_and_no_credential() {
         let a = crate::store::conformance::approval("spiffe://td/a", "h");
-        let s = summary(&a);
+        let s = summary_with_url(&a, None);
         assert_eq!(s["approval_id"], a.id.as_str());
         assert_eq!(s["scopes"][0], "deploy:prod");
         assert_eq!(s["authorization_details"][0]["type"], "deploy");
         let text = s.to_string();
         assert!(!text.contains("request_hash") && !text.contains("token"));
+        assert!(s.get("approval_url").is_none());
+        let s = summary_with_url(&a, Some("https://tessera.example.com"));
+        assert_eq!(
+            s["approval_url"],
+            format!("https://tessera.example.com/approvals/{}", a.id)
+        );
     }
 }

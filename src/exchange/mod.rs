@@ -11,6 +11,7 @@
 //! (operator input), `error`; the delegation rule is `policy::delegation`.
 
 pub(crate) mod approval;
+pub(crate) mod ciba;
 pub(crate) mod error;
 pub mod guard;
 pub(crate) mod introspection;
@@ -267,10 +268,13 @@ impl Exchanger {
             None
         };
         let webhook = match &cfg.approvals_webhook {
-            Some(u) => Some(approval::Webhook::new(
-                u,
-                cfg.approvals_webhook_ca.as_deref(),
-            )?),
+            Some(u) => Some(
+                approval::Webhook::new(u, cfg.approvals_webhook_ca.as_deref())?.with_pages(
+                    cfg.approvals_login
+                        .as_ref()
+                        .map(|_| cfg.server.issuer.as_str()),
+                ),
+            ),
             None => None,
         };
         Ok(Self {
@@ -841,6 +845,7 @@ impl Exchanger {
                 decided_by: None,
                 decided_at: None,
                 reason: None,
+                ciba: None,
             };
             match self.stores.approvals.create_approval(&a).await? {
                 ApprovalCreated::Created => {}

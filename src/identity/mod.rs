@@ -3,6 +3,7 @@
 //! cryptography: a verified TLS client certificate or a verified signature.
 
 pub(crate) mod dpop;
+pub mod login;
 pub(crate) mod oidc;
 pub(crate) mod own;
 pub mod peer;

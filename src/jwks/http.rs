@@ -388,6 +388,34 @@ async fn discover_jwks_uri_with_timeout(
     }
 }
 
+/// The endpoints of an OIDC provider that a relying party signs people in
+/// with (`authorization_endpoint`, `token_endpoint`), from its discovery
+/// document under `issuer` (whose `issuer` must be exactly `issuer`; both
+/// endpoints https, without credentials).
+pub async fn discover_login_endpoints(
+    client: &reqwest::Client,
+    issuer: &str,
+) -> Result<(Url, Url), FetchError> {
+    https_url(issuer)?;
+    let base = issuer.strip_suffix('/').unwrap_or(issuer);
+    let url = https_url(&format!("{base}{DISCOVERY_PATH}"))?;
+    let (body, _) = get_capped(client, url, MAX_DISCOVERY_BYTES, FETCH_TIMEOUT).await?;
+    let doc = json::parse_object(&body).map_err(|_| FetchError::InvalidDiscovery("json"))?;
+    match doc.get("issuer") {
+        Some(Value::String(s)) if s == issuer => {}
+        Some(Value::String(_)) => return Err(FetchError::IssuerMismatch),
+        _ => return Err(FetchError::InvalidDiscovery("issuer")),
+    }
+    let endpoint = |name: &'static str| match doc.get(name) {
+        Some(Value::String(u)) => https_url(u).map_err(|_| FetchError::InvalidDiscovery(name)),
+        _ => Err(FetchError::InvalidDiscovery(name)),
+    };
+    Ok((
+        endpoint("authorization_endpoint")?,
+        endpoint("token_endpoint")?,
+    ))
+}
+
 /// Keys of an OIDC issuer: discovery runs lazily on first use (single
 /// flight, retried at most once per cooldown after a failure), then lookups
 /// behave exactly like [`JwksCache::key`].

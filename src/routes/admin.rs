@@ -540,7 +540,7 @@ async fn decide(
     body: Bytes,
     approve: bool,
 ) -> Response {
-    use crate::store::DecideOutcome;
+    use crate::exchange::approval::{Approver, DecideError};
     let who = match caller(&app, peer) {
         Ok(w) => w,
         Err(r) => return r,
@@ -557,167 +557,38 @@ async fn decide(
     if let Err(r) = check_reason(reason.as_deref()) {
         return r;
     }
-    if uuid::Uuid::parse_str(&id).is_err() {
-        return err(
+    let who = Approver::Operator(who);
+    match crate::exchange::approval::decide(&app, &who, &id, approve, reason.as_deref()).await {
+        Ok(a) => Json(approval_view(&a, app.clock.now())).into_response(),
+        Err(DecideError::NotFound(_)) => err(
             StatusCode::NOT_FOUND,
             "not_found",
-            "an approval id is a UUID",
-        );
-    }
-    // One decision at a time on this replica: the state read below is then
-    // the state the store decides on (barring another replica deciding the
-    // same approval in the same instant), so a decision that cannot apply is
-    // recorded as `refused` only, never as `approved`/`denied`.
-    let _one_at_a_time = DECIDING.lock().await;
-    let now = app.clock.now();
-    let a = match app.stores.approvals.get_approval(&id, now).await {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            return err(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no approval {id}"),
-            )
-        }
-        Err(e) => return store_err(e),
-    };
-    let not_applicable = if a.state != crate::store::ApprovalState::Pending {
-        Some(DecideOutcome::NotPending(a.state))
-    } else if a.expires_at <= now {
-        Some(DecideOutcome::Expired)
-    } else {
-        None
-    };
-    if let Some(out) = not_applicable {
-        return refuse_decision(&app, &who, &a, approve, out).await;
-    }
-    // Four eyes: whoever asked (the presenting workload, the subject, any
-    // actor) never decides.
-    if who == a.requester || who == a.subject || a.actors.iter().any(|x| x == &who) {
-        let rec = AuditRecord::new(Event::Refused)
-            .reason("self_approval")
-            .client(&who)
-            .subject(&a.subject)
-            .actors(a.actors.iter().cloned())
-            .scopes(&a.scopes.join(" "))
-            .audience(&a.audience)
-            .policy(&a.policy)
-            .detail(&format!("approval {}", a.id));
-        if let Err(e) = app.auditor.record(rec).await {
-            return audit_err(e);
-        }
-        return err(
+            if uuid::Uuid::parse_str(&id).is_err() {
+                "an approval id is a UUID".to_string()
+            } else {
+                format!("no approval {id}")
+            },
+        ),
+        Err(DecideError::NotAllowed("self_approval")) => err(
             StatusCode::FORBIDDEN,
             "self_approval",
             "the approver cannot be the requester, the subject or an actor of the request",
-        );
-    }
-    // Audited before it is decided: no approval without its record (fail
-    // closed); if the store then refuses, a second record says so.
-    let rec = AuditRecord::new(if approve {
-        Event::Approved
-    } else {
-        Event::Denied
-    })
-    .client(&who)
-    .subject(&a.subject)
-    .actors(a.actors.iter().cloned())
-    .owner(a.owner.as_deref())
-    .task(a.task.as_deref().unwrap_or(""))
-    .scopes(&a.scopes.join(" "))
-    .audience(&a.audience)
-    .policy(&a.policy)
-    .detail(&format!(
-        "approval {} requested by {} (request sha256 {}){}{}",
-        a.id,
-        a.requester,
-        a.request_hash,
-        if reason.is_some() { ": " } else { "" },
-        reason.as_deref().unwrap_or("")
-    ));
-    if let Err(e) = app.auditor.record(rec).await {
-        tracing::error!(error = %e, "admin: approval not decided: audit unavailable");
-        return err(
+        ),
+        Err(DecideError::NotAllowed(code)) => err(
+            StatusCode::FORBIDDEN,
+            code,
+            "this policy names its approvers: they decide on the approval pages, signed in \
+             through [approvals] login_issuer",
+        ),
+        Err(DecideError::NotApplicable(out)) => decision_refused(&id, out),
+        Err(DecideError::Store(e)) => store_err(e),
+        Err(DecideError::AuditBefore(e)) => err(
             StatusCode::SERVICE_UNAVAILABLE,
             "temporarily_unavailable",
             format!("the audit trail is unavailable: {e}"),
-        );
+        ),
+        Err(DecideError::AuditRefusal(e)) => audit_err(e),
     }
-    let out = match app
-        .stores
-        .approvals
-        .decide(&id, approve, &who, reason.as_deref(), now)
-        .await
-    {
-        Ok(o) => o,
-        Err(e) => {
-            let undo = AuditRecord::new(Event::Unavailable)
-                .reason("approval_not_decided")
-                .client(&who)
-                .detail(&format!("approval {id}: {e}"));
-            let _ = app.auditor.record(undo).await;
-            return store_err(e);
-        }
-    };
-    match out {
-        DecideOutcome::Decided(a) => {
-            crate::telemetry::metrics()
-                .approvals
-                .with_label_values(&[if approve { "approved" } else { "denied" }])
-                .inc();
-            Json(approval_view(&a, now)).into_response()
-        }
-        // Another replica decided it between our read and our write: the
-        // record above stands, and this one says it did not apply.
-        out => {
-            let undo = AuditRecord::new(Event::Refused)
-                .reason("approval_not_pending")
-                .client(&who)
-                .detail(&format!("approval {id}: the decision above did not apply"));
-            let _ = app.auditor.record(undo).await;
-            decision_refused(&id, out)
-        }
-    }
-}
-
-/// Serialises approval decisions on one replica (they are rare and human).
-static DECIDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A decision on an approval that is no longer pending (or expired): the
-/// attempt is audited as `refused` only (so counting `approved` records
-/// counts approvals), and the operator is told why.
-async fn refuse_decision(
-    app: &AppState,
-    who: &str,
-    a: &crate::store::Approval,
-    approve: bool,
-    out: crate::store::DecideOutcome,
-) -> Response {
-    let id = &a.id;
-    let rec = AuditRecord::new(Event::Refused)
-        .reason(match out {
-            crate::store::DecideOutcome::Expired => "approval_expired",
-            _ => "approval_not_pending",
-        })
-        .client(who)
-        .subject(&a.subject)
-        .actors(a.actors.iter().cloned())
-        .scopes(&a.scopes.join(" "))
-        .audience(&a.audience)
-        .policy(&a.policy)
-        .detail(&format!(
-            "approval {id} is {}: {} not applied",
-            if a.state == crate::store::ApprovalState::Pending {
-                "expired"
-            } else {
-                a.state.as_str()
-            },
-            if approve { "approval" } else { "denial" }
-        ));
-    if let Err(e) = app.auditor.record(rec).await {
-        return audit_err(e);
-    }
-    decision_refused(id, out)
 }
 
 /// The admin answer for a decision that did not apply.

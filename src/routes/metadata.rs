@@ -21,7 +21,7 @@ pub async fn metadata(State(app): State<AppState>) -> Response {
     // authenticates to it. `response_types_supported` is REQUIRED by RFC
     // 8414 and OpenID Discovery; Tessera has no authorization endpoint, so
     // the true list is empty (a value would advertise a flow not served).
-    let body = json!({
+    let mut body = json!({
         "issuer": iss,
         "token_endpoint": format!("{iss}/token"),
         "jwks_uri": format!("{iss}/jwks.json"),
@@ -39,6 +39,17 @@ pub async fn metadata(State(app): State<AppState>) -> Response {
         "dpop_signing_alg_values_supported": crate::identity::dpop::DPOP_ALGS.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
         "subject_token_types_supported": TokenType::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
     });
+    // OpenID CIBA (poll mode) when the approval pages are on.
+    if snap.config.approvals_login.is_some() {
+        if let Some(o) = body.as_object_mut() {
+            for (k, v) in crate::exchange::ciba::metadata(iss) {
+                o.insert(k.to_string(), v);
+            }
+            if let Some(serde_json::Value::Array(g)) = o.get_mut("grant_types_supported") {
+                g.push(json!(crate::exchange::ciba::GRANT_CIBA));
+            }
+        }
+    }
     let mut r = Json(body).into_response();
     r.headers_mut().insert(
         header::CACHE_CONTROL,

@@ -3,7 +3,9 @@
 
 pub mod admin;
 pub mod admin_error;
+pub mod approvals;
 pub mod auth;
+pub mod ciba;
 pub mod introspect;
 pub mod metadata;
 pub mod ops;
@@ -23,6 +25,7 @@ pub fn router(state: AppState) -> Router {
     let limits = state.snapshot().config.limits.clone();
     Router::new()
         .route("/token", post(token::token))
+        .route("/bc-authorize", post(ciba::bc_authorize))
         .route("/introspect", post(introspect::introspect))
         .route("/revoke", post(introspect::revoke))
         .route("/revocations", get(revocations::revocations))
@@ -41,6 +44,15 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/audit", get(admin::audit))
         .route("/admin/v1/audit/checkpoints", get(admin::audit_checkpoints))
         .route("/admin/v1/reload", post(admin::reload))
+        .route("/approvals", get(approvals::list))
+        .route("/approvals/login", get(approvals::login))
+        .route("/approvals/callback", get(approvals::callback))
+        .route("/approvals/logout", post(approvals::logout))
+        .route("/approvals/style.css", get(approvals::style))
+        .route(
+            "/approvals/{id}",
+            get(approvals::detail).post(approvals::decide),
+        )
         .route("/jwks.json", get(metadata::jwks))
         .route(
             "/.well-known/oauth-authorization-server",

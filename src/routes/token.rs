@@ -130,6 +130,17 @@ async fn run(
         .and_then(|v| v.to_str().ok());
     check_content_type(ct).map_err(Refusal::Request)?;
     let form = parse_form(body).map_err(Refusal::Request)?;
+    // OpenID CIBA (poll mode): the agent redeems a person's consent.
+    if form
+        .get("grant_type")
+        .is_some_and(|g| g.len() == 1 && g[0] == crate::exchange::ciba::GRANT_CIBA)
+    {
+        return snap
+            .exchanger
+            .ciba_redeem(&form, peer, &mut asked.who)
+            .await
+            .map_err(Refusal::Exchange);
+    }
     let mut req =
         token_request(&form, snap.config.limits.max_token_bytes).map_err(Refusal::Request)?;
     asked.audience = req.target.as_str().to_string();

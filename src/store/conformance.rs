@@ -67,7 +67,43 @@ pub async fn run_all(s: Stores) {
     approval_same_request_twice(&s).await;
     audit_stream(&s).await;
     audit_chain_append_is_idempotent(&s).await;
+    sessions(&s).await;
     s.health.ping().await.unwrap();
+}
+
+/// Session records: put/get, namespaces apart, take once, delete, expiry.
+async fn sessions(s: &Stores) {
+    let now = unix_now();
+    let id = uniq("sess");
+    let ss = &s.sessions;
+    ss.put_session("a", &id, "v1", now + 60, now).await.unwrap();
+    assert_eq!(
+        ss.get_session("a", &id, now).await.unwrap().as_deref(),
+        Some("v1")
+    );
+    assert_eq!(
+        ss.get_session("b", &id, now).await.unwrap(),
+        None,
+        "namespaces apart"
+    );
+    // take: exactly once
+    let takes =
+        futures_util::future::join_all((0..8).map(|_| ss.take_session("a", &id, now))).await;
+    assert_eq!(takes.iter().filter(|t| matches!(t, Ok(Some(_)))).count(), 1);
+    assert_eq!(ss.get_session("a", &id, now).await.unwrap(), None);
+    // delete
+    ss.put_session("a", &id, "v2", now + 60, now).await.unwrap();
+    ss.delete_session("a", &id).await.unwrap();
+    assert_eq!(ss.get_session("a", &id, now).await.unwrap(), None);
+    ss.delete_session("a", &id).await.unwrap();
+    // an expired record is gone (memory: by time; redis: never stored)
+    ss.put_session("a", &id, "old", now - 1, now - 10)
+        .await
+        .unwrap();
+    assert_eq!(ss.get_session("a", &id, now).await.unwrap(), None);
+    // bounded
+    let big = "x".repeat(crate::store::MAX_SESSION_BYTES + 1);
+    assert!(ss.put_session("a", &id, &big, now + 60, now).await.is_err());
 }
 
 async fn revocation_semantics(s: &Stores) {
@@ -588,6 +624,7 @@ pub fn approval(requester: &str, hash: &str) -> Approval {
         decided_by: None,
         decided_at: None,
         reason: None,
+        ciba: None,
     }
 }
 

@@ -22,6 +22,8 @@ struct Inner {
     grants: HashMap<String, Grant>,
     /// Approvals by id, with the time of their last poll.
     approvals: HashMap<String, (Approval, u64)>,
+    /// Session records by (namespace, id): value and expiry.
+    sessions: HashMap<(String, String), (String, u64)>,
 }
 
 impl Inner {
@@ -33,6 +35,7 @@ impl Inner {
         self.grants.retain(|_, g| g.expires_at > now);
         self.approvals
             .retain(|_, (a, _)| a.expires_at.saturating_add(APPROVAL_RETAIN_SECS) > now);
+        self.sessions.retain(|_, (_, exp)| *exp > now);
     }
 }
 
@@ -191,6 +194,66 @@ impl ReplayGuard for MemoryStore {
                 Ok(true)
             }
         }
+    }
+}
+
+#[async_trait]
+impl super::SessionStore for MemoryStore {
+    async fn put_session(
+        &self,
+        ns: &str,
+        id: &str,
+        value: &str,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        if value.len() > super::MAX_SESSION_BYTES {
+            return Err(StoreError::Protocol("session record too large".into()));
+        }
+        let mut g = self.lock()?;
+        if g.sessions.len() >= super::MAX_SESSIONS {
+            g.sessions.retain(|_, (_, exp)| *exp > now);
+            if g.sessions.len() >= super::MAX_SESSIONS {
+                return Err(StoreError::Unavailable("memory store full".into()));
+            }
+        }
+        g.sessions.insert(
+            (ns.to_string(), id.to_string()),
+            (value.to_string(), expires_at),
+        );
+        Ok(())
+    }
+
+    async fn get_session(
+        &self,
+        ns: &str,
+        id: &str,
+        now: u64,
+    ) -> Result<Option<String>, StoreError> {
+        let g = self.lock()?;
+        Ok(g.sessions
+            .get(&(ns.to_string(), id.to_string()))
+            .filter(|(_, exp)| *exp > now)
+            .map(|(v, _)| v.clone()))
+    }
+
+    async fn take_session(
+        &self,
+        ns: &str,
+        id: &str,
+        now: u64,
+    ) -> Result<Option<String>, StoreError> {
+        let mut g = self.lock()?;
+        Ok(g.sessions
+            .remove(&(ns.to_string(), id.to_string()))
+            .filter(|(_, exp)| *exp > now)
+            .map(|(v, _)| v))
+    }
+
+    async fn delete_session(&self, ns: &str, id: &str) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        g.sessions.remove(&(ns.to_string(), id.to_string()));
+        Ok(())
     }
 }
 

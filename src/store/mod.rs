@@ -366,6 +366,20 @@ pub struct Approval {
     pub decided_at: Option<u64>,
     /// The operator's reason.
     pub reason: Option<String>,
+    /// Set for an OpenID CIBA request (`/bc-authorize`): only the person
+    /// it names (`subject`) decides, for themself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ciba: Option<CibaRequest>,
+}
+
+/// What a CIBA request adds to an approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CibaRequest {
+    /// The `[[issuers]]` name the person signs in through.
+    pub person_issuer: String,
+    /// The agent's `binding_message` (≤ 64 characters), shown to the person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding_message: Option<String>,
 }
 
 /// The answer to one poll of an approval by its workload.
@@ -463,6 +477,42 @@ pub trait ApprovalStore: Send + Sync {
         interval: u64,
         now: u64,
     ) -> Result<PollOutcome, StoreError>;
+}
+
+/// Longest value a [`SessionStore`] keeps (one sign-in attempt or session).
+pub const MAX_SESSION_BYTES: usize = 8 * 1024;
+/// Most live session records the memory store keeps.
+pub const MAX_SESSIONS: usize = 100_000;
+
+/// Short-lived records of the approval pages (sign-in attempts, approver
+/// sessions), by namespace and id, each with its own expiry. In the store,
+/// not in the process: replicas share them and a sign-out ends a session
+/// everywhere. Ids are hashed into key names (the store never holds a
+/// cookie value as a key).
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Stores `value` under (`ns`, `id`) until `expires_at` (replacing any).
+    async fn put_session(
+        &self,
+        ns: &str,
+        id: &str,
+        value: &str,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<(), StoreError>;
+    /// The live value under (`ns`, `id`).
+    async fn get_session(&self, ns: &str, id: &str, now: u64)
+        -> Result<Option<String>, StoreError>;
+    /// The live value under (`ns`, `id`), removed atomically: of N
+    /// concurrent takes, one gets it.
+    async fn take_session(
+        &self,
+        ns: &str,
+        id: &str,
+        now: u64,
+    ) -> Result<Option<String>, StoreError>;
+    /// Removes (`ns`, `id`) (nothing when absent).
+    async fn delete_session(&self, ns: &str, id: &str) -> Result<(), StoreError>;
 }
 
 /// The bounded audit stream: sealed audit records (JSON lines) shared by
@@ -577,6 +627,8 @@ pub struct Stores {
     pub approvals: Arc<dyn ApprovalStore>,
     /// The bounded audit stream.
     pub audit: Arc<dyn AuditStream>,
+    /// Approver sessions and sign-in attempts.
+    pub sessions: Arc<dyn SessionStore>,
     /// Bumped after every revocation this process records, so live
     /// `/revocations` streams push it at once instead of at their next poll
     /// (revocations made by other replicas arrive at the next poll).
@@ -670,6 +722,7 @@ impl Stores {
             + GrantStore
             + ApprovalStore
             + AuditStream
+            + SessionStore
             + 'static,
     {
         let (events, _) = tokio::sync::watch::channel(0u64);
@@ -685,6 +738,7 @@ impl Stores {
             health: b.clone(),
             grants: b.clone(),
             approvals: b.clone(),
+            sessions: b.clone(),
             audit: b,
         }
     }

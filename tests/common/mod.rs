@@ -71,6 +71,13 @@ pub struct Options {
     pub clock: Option<std::sync::Arc<dyn tessera::clock::Clock>>,
     /// Lines under `[server]`; `{dir}` is replaced by the broker's directory.
     pub server_extra: String,
+    /// Listen on this port with `issuer = "https://127.0.0.1:PORT"` (pages
+    /// whose Origin and redirect URI are the broker's own), instead of a
+    /// random port and `BROKER_ISS`.
+    pub public_port: Option<u16>,
+    /// The host of that issuer URL (default `127.0.0.1`; `localhost` makes
+    /// the broker another site than the test IdP at 127.0.0.1).
+    pub public_host: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -90,6 +97,8 @@ impl Default for Options {
             audit: "sink = \"off\"".into(),
             clock: None,
             server_extra: String::new(),
+            public_port: None,
+            public_host: None,
         }
     }
 }
@@ -168,9 +177,9 @@ impl TestBroker {
         let text = format!(
             r#"
 [server]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{port}"
 ops_listen = "127.0.0.1:0"
-issuer = "{BROKER_ISS}"
+issuer = "{iss}"
 tls_cert = "{d}/server.pem"
 tls_key = "{d}/server-key.pem"
 client_ca = ["{d}/ca.pem"]
@@ -200,6 +209,11 @@ subjects = ["spiffe://example.org/service/payments-api"]
 {policies}
 "#,
             d = d.display(),
+            port = o.public_port.unwrap_or(0),
+            iss = match o.public_port {
+                Some(p) => format!("https://{}:{p}", o.public_host.unwrap_or("127.0.0.1")),
+                None => BROKER_ISS.to_string(),
+            },
             server_extra = o.server_extra.replace("{dir}", &d.display().to_string()),
             alg = o.broker_algorithm.as_str(),
             extra = o.extra,
