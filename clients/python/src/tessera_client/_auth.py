@@ -502,6 +502,7 @@ class TesseraAuth(httpx2.Auth):
         self, res: Resource, scopes: frozenset[str], details: list[dict[str, Any]] | None
     ) -> Generator[_Step, Any, Token]:
         started = time.monotonic()
+        slept = 0.0  # the waits asked for (the driver may take longer)
         approval_id: str | None = None
         interval = 5.0
         rate_limited = 0
@@ -556,9 +557,10 @@ class TesseraAuth(httpx2.Auth):
             else:
                 raise TokenRequestError(resp.status, error, description)
 
-            waited = time.monotonic() - started
+            waited = max(time.monotonic() - started, slept)
             if waited + wait > self._max_wait:
                 raise ApprovalTimeout(approval_id or "-", waited)
+            slept += wait
             yield _Sleep(wait)
 
     def _token_from(
