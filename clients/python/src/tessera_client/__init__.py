@@ -33,7 +33,7 @@ from ._errors import (
     TesseraError,
     TokenRequestError,
 )
-from ._mcp import MCP_TOOL_CALL, mcp_tool_call_details
+from ._mcp import MCP_TOOL_CALL, mcp_http_client, mcp_tool_call_details
 from ._tls import mtls_context
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "Token",
     "TokenRequestError",
     "find_challenge",
+    "mcp_http_client",
     "mcp_tool_call_details",
     "mtls_context",
     "parse_www_authenticate",

@@ -30,6 +30,7 @@ import base64
 import hashlib
 import json
 import logging
+import ssl
 import threading
 import time
 import urllib.parse
@@ -294,6 +295,13 @@ class TesseraAuth(httpx2.Auth):
     @property
     def dpop_key(self) -> DPoPKey | None:
         return self._dpop
+
+    @property
+    def tls_context(self) -> ssl.SSLContext:
+        """The TLS context this auth uses for the broker (its `ca`, and its
+        certificate when it has one): the one to reach resource servers with,
+        since tokens issued over a certificate are bound to it."""
+        return self._ssl
 
     def cached_token(self, url: str) -> Token | None:
         """The token this auth would send to `url` now (None if it would fetch)."""

@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx2
 
+from ._auth import TesseraAuth
+
 #: The RFC 9396 `type` of an MCP tool call's authorization details.
 MCP_TOOL_CALL = "mcp_tool_call"
 _MAX_BODY = 64 * 1024
@@ -44,3 +46,23 @@ def mcp_tool_call_details(request: httpx2.Request, scopes: frozenset[str]) -> li
     if isinstance(args, dict):
         detail["arguments"] = args
     return [detail]
+
+
+def mcp_http_client(
+    auth: TesseraAuth,
+    *,
+    timeout: float = 30.0,
+    read_timeout: float = 300.0,
+    **kwargs: Any,
+) -> httpx2.AsyncClient:
+    """An `httpx2.AsyncClient` for the MCP SDK's streamable HTTP transport
+    (`streamable_http_client(url, http_client=...)`): `auth` on every
+    request, the auth's TLS context (its client certificate: the tokens are
+    bound to it), the SDK's usual timeouts, no redirects."""
+    kwargs.setdefault("verify", auth.tls_context)
+    return httpx2.AsyncClient(
+        auth=auth,
+        timeout=httpx2.Timeout(timeout, read=read_timeout),
+        follow_redirects=False,
+        **kwargs,
+    )
