@@ -63,3 +63,22 @@ def test_a_resource_covers_its_own_urls_only() -> None:
 def test_well_known_goes_between_host_and_path() -> None:
     assert _well_known("https://as.example", "oauth-authorization-server") == "https://as.example/.well-known/oauth-authorization-server"
     assert _well_known("https://as.example/tenant/1/", "oauth-authorization-server") == "https://as.example/.well-known/oauth-authorization-server/tenant/1"
+
+
+def test_mcp_tool_call_details_describe_exactly_the_call() -> None:
+    import json as _json
+
+    import httpx2
+
+    from tessera_client import mcp_tool_call_details, mcp_tool_call_details_for
+
+    def req(body: object) -> httpx2.Request:
+        return httpx2.Request("POST", "https://mcp.example.com/mcp?x=1", content=_json.dumps(body).encode())
+
+    call = req({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "delete_ticket", "arguments": {"id": 7}}})
+    assert mcp_tool_call_details(call, frozenset({"tickets:delete"})) == [{"type": "mcp_tool_call", "tool": "delete_ticket", "arguments": {"id": 7}}]
+    assert mcp_tool_call_details(req({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}), frozenset()) is None
+    assert mcp_tool_call_details(httpx2.Request("POST", "https://m/mcp", content=b"not json"), frozenset()) is None
+    only_delete = mcp_tool_call_details_for(["tickets:delete"])
+    assert only_delete(call, frozenset({"tickets:write"})) is None
+    assert only_delete(call, frozenset({"tickets:delete"})) is not None

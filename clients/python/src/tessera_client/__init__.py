@@ -33,7 +33,7 @@ from ._errors import (
     TesseraError,
     TokenRequestError,
 )
-from ._mcp import MCP_TOOL_CALL, mcp_http_client, mcp_tool_call_details
+from ._mcp import MCP_TOOL_CALL, mcp_http_client, mcp_tool_call_details, mcp_tool_call_details_for
 from ._tls import mtls_context
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "find_challenge",
     "mcp_http_client",
     "mcp_tool_call_details",
+    "mcp_tool_call_details_for",
     "mtls_context",
     "parse_www_authenticate",
     "token_fingerprint",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import httpx2
 
-from ._auth import TesseraAuth
+from ._auth import DetailsFn, TesseraAuth
 
 #: The RFC 9396 `type` of an MCP tool call's authorization details.
 MCP_TOOL_CALL = "mcp_tool_call"
@@ -17,10 +18,10 @@ _MAX_BODY = 64 * 1024
 def mcp_tool_call_details(request: httpx2.Request, scopes: frozenset[str]) -> list[dict[str, Any]] | None:
     """A `DetailsFn` for `TesseraAuth`: when a `tools/call` needs a wider
     scope, the token is asked for that one call, described as RFC 9396
-    `authorization_details` (what the approver sees and the token carries):
-    `{"type": "mcp_tool_call", "locations": [the MCP endpoint],
-    "actions": [tool name], "arguments": {…}}`. Any other request: None (a
-    plain wider token).
+    `authorization_details` (what the approver sees, and what the token
+    carries for the MCP server to check):
+    `[{"type": "mcp_tool_call", "tool": NAME, "arguments": {...}}]`.
+    Any other request: None (a plain wider token).
     """
     try:
         body = request.content
@@ -37,15 +38,21 @@ def mcp_tool_call_details(request: httpx2.Request, scopes: frozenset[str]) -> li
     params = msg.get("params")
     if not isinstance(params, dict) or not isinstance(params.get("name"), str):
         return None
-    detail: dict[str, Any] = {
-        "type": MCP_TOOL_CALL,
-        "locations": [str(request.url.copy_with(query=None, fragment=None))],
-        "actions": [params["name"]],
-    }
     args = params.get("arguments")
-    if isinstance(args, dict):
-        detail["arguments"] = args
-    return [detail]
+    return [{"type": MCP_TOOL_CALL, "tool": params["name"], "arguments": args if isinstance(args, dict) else {}}]
+
+
+def mcp_tool_call_details_for(scopes: Iterable[str]) -> DetailsFn:
+    """`mcp_tool_call_details`, but only when a missing scope is one of
+    `scopes` (typically the broker's approval scopes: each such call is
+    approved and tokenised on its own; other step-ups widen the cached
+    token instead)."""
+    wanted = frozenset(scopes)
+
+    def details(request: httpx2.Request, missing: frozenset[str]) -> list[dict[str, Any]] | None:
+        return mcp_tool_call_details(request, missing) if missing & wanted else None
+
+    return details
 
 
 def mcp_http_client(
