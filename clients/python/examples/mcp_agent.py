@@ -85,6 +85,18 @@ async def run(ns: argparse.Namespace, todo: list[tuple[str, dict[str, Any]]]) ->
     return status
 
 
+def first(group: BaseExceptionGroup[BaseException], kind: type[BaseException]) -> BaseException | None:
+    """The first exception of `kind` in a (nested) exception group."""
+    for e in group.exceptions:
+        if isinstance(e, kind):
+            return e
+        if isinstance(e, BaseExceptionGroup):
+            found = first(e, kind)
+            if found is not None:
+                return found
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ns = parse_args(argv)
@@ -97,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except BaseExceptionGroup as g:  # the MCP SDK's task group: report the Tessera cause
-        cause = g.subgroup(TesseraError)
+        cause = first(g, TesseraError)
         if cause is None:
             raise
-        print(f"error: {cause.exceptions[0]}", file=sys.stderr)
+        print(f"error: {cause}", file=sys.stderr)
         return 1
 
 

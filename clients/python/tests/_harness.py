@@ -17,6 +17,8 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,10 +37,22 @@ AGENT = "spiffe://example.org/agent/demo"
 OPERATOR = "spiffe://example.org/operator/alice"
 
 
+class MissingBinary(RuntimeError):
+    """A binary cargo builds is not there."""
+
+
 def tessera_bin() -> Path:
     p = Path(os.environ.get("TESSERA_BIN", REPO / "target" / "debug" / "tessera"))
     if not p.exists():
-        raise RuntimeError(f"{p} missing: build it first with `cargo build --bin tessera` (or set TESSERA_BIN)")
+        raise MissingBinary(f"{p} missing: build it first with `cargo build --bin tessera` (or set TESSERA_BIN)")
+    return p
+
+
+def example(name: str) -> Path:
+    d = Path(os.environ.get("TESSERA_EXAMPLES_DIR", REPO / "target" / "debug" / "examples"))
+    p = d / name
+    if not p.exists():
+        raise MissingBinary(f"{p} missing: build the examples first (`cargo build --examples`, or `cargo test`)")
     return p
 
 
@@ -178,10 +192,13 @@ generate_missing = true
 """
 
 
-def start_broker(d: Path, body: str, port: int | None = None, ops_port: int | None = None) -> Broker:
+def start_broker(d: Path, body: str, port: int | None = None, ops_port: int | None = None, text: str | None = None) -> Broker:
+    """A broker in `d` (its working directory: `keys/dev` is generated there),
+    on `broker_config(body)`, or on the complete config `text` when given
+    (then `port`/`ops_port` must be the ones it names)."""
     d.mkdir(parents=True, exist_ok=True)
     b = Broker(d, port or free_port(), ops_port or free_port())
-    (d / "tessera.toml").write_text(broker_config(b.port, b.ops_port, body))
+    (d / "tessera.toml").write_text(text if text is not None else broker_config(b.port, b.ops_port, body))
     b.process = spawn("broker", [str(tessera_bin()), "serve", "--config", "tessera.toml"], d)
     proc = b.process
     wait_for("the broker", lambda: connects(b.ops_port) and connects(b.port), proc.log, proc.popen)
@@ -379,3 +396,66 @@ class ProtectedResource:
 
     def close(self) -> None:
         self.server.shutdown()
+
+
+MCP_SERVER_ID = "spiffe://example.org/service/payments-api"
+
+
+@dataclass
+class McpWorld:
+    """The broker on the shipped `config/mcp.toml` (free ports), the MCP
+    server example, the downstream API example, and an OIDC issuer for the
+    agents' platform tokens."""
+
+    broker: Broker
+    oidc: OidcIssuer
+    mcp_url: str
+    downstream_url: str
+    mcp: Process
+    downstream: Process
+
+    def auth(self, subject: str, **kw: Any) -> Any:
+        from tessera_client import TesseraAuth, mcp_tool_call_details_for
+
+        kw.setdefault("scope", "tickets:read")
+        kw.setdefault("authorization_details", mcp_tool_call_details_for(["tickets:delete"]))
+        return TesseraAuth(subject_token=lambda: self.oidc.sign(subject), ca=self.broker.ca, **kw)
+
+
+@contextmanager
+def start_mcp_world(d: Path) -> Iterator[McpWorld]:
+    mcp_bin, downstream_bin = example("mcp_server"), example("downstream_api")
+    port, ops, mcp_port, ds_port, oidc_port = (free_port() for _ in range(5))
+    shipped = (REPO / "config" / "mcp.toml").read_text()
+    for needle in ("127.0.0.1:8443", "127.0.0.1:9090", "127.0.0.1:8445", "127.0.0.1:8446", 'issuer = "https://127.0.0.1:8447"', 'ttl = "10m"'):
+        if needle not in shipped:
+            raise RuntimeError(f"config/mcp.toml changed: no {needle}")
+    text = (
+        shipped.replace("127.0.0.1:8443", f"127.0.0.1:{port}")
+        .replace("127.0.0.1:9090", f"127.0.0.1:{ops}")
+        .replace("127.0.0.1:8445", f"127.0.0.1:{mcp_port}")
+        .replace("127.0.0.1:8446", f"127.0.0.1:{ds_port}")
+        # The agents' OIDC issuer is this harness's, trusted through the dev CA.
+        .replace('issuer = "https://127.0.0.1:8447"', f'issuer = "https://127.0.0.1:{oidc_port}"\nca = "keys/dev/ca.pem"')
+        # Approvals polled every second instead of five.
+        .replace('ttl = "10m"', 'ttl = "10m"\ninterval = "1s"', 1)
+    )
+    broker = start_broker(d, "", port, ops, text=text)
+    procs: list[Process] = []
+    oidc: OidcIssuer | None = None
+    try:
+        oidc = OidcIssuer(broker, oidc_port)
+        ds_url, mcp_url = f"https://127.0.0.1:{ds_port}", f"https://127.0.0.1:{mcp_port}/mcp"
+        ds = spawn("downstream_api", [str(downstream_bin), "--broker", broker.url, "--listen", f"127.0.0.1:{ds_port}"], d)
+        procs.append(ds)
+        wait_for("the downstream API", lambda: connects(ds_port), ds.log, ds.popen)
+        mcp = spawn("mcp_server", [str(mcp_bin), "--broker", broker.url, "--listen", f"127.0.0.1:{mcp_port}", "--downstream", ds_url], d)
+        procs.append(mcp)
+        wait_for("the MCP server", lambda: connects(mcp_port), mcp.log, mcp.popen)
+        yield McpWorld(broker, oidc, mcp_url, ds_url, mcp, ds)
+    finally:
+        if oidc is not None:
+            oidc.close()
+        for p in reversed(procs):
+            p.stop()
+        broker.stop()

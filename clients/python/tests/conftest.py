@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from _harness import Broker, OidcIssuer, ProtectedResource, free_port, start_broker, tessera_bin
+from _harness import Broker, MissingBinary, OidcIssuer, ProtectedResource, free_port, start_broker, tessera_bin
 
 
 @dataclass
@@ -60,7 +60,7 @@ max_ttl = "5m"
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         tessera_bin()
-    except RuntimeError as e:
+    except MissingBinary as e:
         pytest.fail(str(e))
     d = tmp_path_factory.mktemp("broker")
     rs_port, oidc_port = free_port(), free_port()
