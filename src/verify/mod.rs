@@ -47,7 +47,9 @@ use crate::jose::jws::{self, JwsError};
 use crate::jose::validate::{self, ClaimError, ClaimRules, RulesError};
 use crate::jwks::{JwksCache, KeyLookupError};
 
+mod resource;
 mod token;
+pub use resource::{ProtectedResource, PROTECTED_RESOURCE_WELL_KNOWN};
 pub use token::VerifiedToken;
 
 #[cfg(feature = "verifier-http")]
@@ -65,7 +67,10 @@ pub use revocation::{
 #[cfg(feature = "axum")]
 mod extract;
 #[cfg(feature = "axum")]
-pub use extract::{Bearer, BearerRejection, ClientCertificate, RejectionReason};
+pub use extract::{
+    metadata_router, Bearer, BearerRejection, ClientCertificate, Refusal, RejectionReason,
+    RequireScope, RequireScopeService,
+};
 
 #[cfg(feature = "server")]
 #[doc(hidden)]
@@ -155,6 +160,11 @@ pub enum BuildError {
     /// The mTLS identity is unusable (introspection mode).
     #[error("TLS: {0}")]
     Tls(&'static str),
+    /// The protected resource metadata is invalid: the resource or an
+    /// authorization server is not an https URL without credentials, query
+    /// or fragment, or a scope is not an RFC 6749 scope token.
+    #[error("invalid protected resource metadata")]
+    InvalidResource,
 }
 
 impl BuildError {
@@ -175,6 +185,7 @@ impl BuildError {
             BuildError::Client(_) => "client_config",
             BuildError::InvalidUrl => "invalid_url",
             BuildError::Tls(_) => "tls",
+            BuildError::InvalidResource => "invalid_resource",
         }
     }
 }
@@ -251,6 +262,15 @@ pub enum VerifyError {
     /// The introspection endpoint said the token is not active.
     #[error("token not active")]
     Inactive,
+    /// The resource requires DPoP-bound tokens
+    /// ([`ProtectedResource::require_dpop`]) and the token is not one.
+    #[error("a DPoP-bound token is required")]
+    DpopRequired,
+    /// The verifier requires a delegated token whose current actor is a
+    /// given identity ([`VerifierBuilder::require_actor`]), and the token
+    /// has no `act` or another current actor.
+    #[error("the token's actor is not the one required")]
+    ActorNotAllowed,
     /// The introspection endpoint could not be asked (answer 503).
     #[error("introspection unavailable: {0}")]
     IntrospectionUnavailable(&'static str),
@@ -281,6 +301,8 @@ impl VerifyError {
             | VerifyError::IntrospectionUnavailable(r) => r,
             VerifyError::SchemeMismatch => "scheme_mismatch",
             VerifyError::Inactive => "inactive",
+            VerifyError::DpopRequired => "dpop_required",
+            VerifyError::ActorNotAllowed => "actor_not_allowed",
         }
     }
 
@@ -367,6 +389,8 @@ pub struct VerifierBuilder {
     clock: Arc<dyn Clock>,
     resource_url: Option<String>,
     replay_capacity: usize,
+    protected: Option<ProtectedResource>,
+    required_actor: Option<String>,
 }
 
 impl std::fmt::Debug for VerifierBuilder {
@@ -397,6 +421,8 @@ impl VerifierBuilder {
             clock: Arc::new(SystemClock),
             resource_url: None,
             replay_capacity: crate::dpop::DEFAULT_REPLAY_CAPACITY,
+            protected: None,
+            required_actor: None,
         })
     }
 
@@ -442,6 +468,62 @@ impl VerifierBuilder {
     #[must_use]
     pub fn dpop_replay_capacity(mut self, capacity: usize) -> Self {
         self.replay_capacity = capacity;
+        self
+    }
+
+    /// Publishes this resource's metadata (RFC 9728) and points every
+    /// refusal of the extractor to it (`resource_metadata="…"` in
+    /// `WWW-Authenticate`). An empty `authorization_servers` becomes this
+    /// verifier's issuer. With [`ProtectedResource::require_dpop`], tokens
+    /// that are not DPoP-bound are refused ([`VerifyError::DpopRequired`]).
+    /// For an MCP server the resource is its own URL, and the verifier's
+    /// audience should be that same URL (RFC 8707).
+    ///
+    /// ```
+    /// # #[cfg(feature = "server")]
+    /// # {
+    /// # let (jwks, _) = tessera::verify::doc_support::fixture()?;
+    /// use tessera::verify::{ProtectedResource, Verifier};
+    /// let v = Verifier::with_static_jwks("https://tessera.test", "https://api.example.com", &jwks)?
+    ///     .protected_resource(ProtectedResource::new("https://api.example.com")?.scopes_supported(["tickets:read"]))
+    ///     .build()?;
+    /// let r = v.protected_resource().unwrap();
+    /// assert_eq!(r.authorization_servers(), ["https://tessera.test"]);
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn protected_resource(mut self, resource: ProtectedResource) -> Self {
+        self.protected = Some(resource);
+        self
+    }
+
+    /// Accepts only delegated tokens whose current actor (the outermost
+    /// `act.sub`, RFC 8693 §4.1) is `actor`: a downstream API that must
+    /// only be called on someone's behalf by one service (which exchanged
+    /// the token it received) refuses the original, undelegated token and
+    /// tokens other services obtained ([`VerifyError::ActorNotAllowed`]).
+    ///
+    /// ```
+    /// # #[cfg(feature = "server")]
+    /// # {
+    /// # let (jwks, token) = tessera::verify::doc_support::fixture()?;
+    /// use tessera::verify::Verifier;
+    /// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// let v = Verifier::with_static_jwks("https://tessera.test", "https://api.example.com", &jwks)?
+    ///     .require_actor("spiffe://example.org/agent/planner")
+    ///     .build()?;
+    /// assert!(rt.block_on(v.verify(&token)).is_ok());
+    /// let v = Verifier::with_static_jwks("https://tessera.test", "https://api.example.com", &jwks)?
+    ///     .require_actor("spiffe://example.org/service/other")
+    ///     .build()?;
+    /// assert_eq!(rt.block_on(v.verify(&token)).err().map(|e| e.reason()), Some("actor_not_allowed"));
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn require_actor(mut self, actor: impl Into<String>) -> Self {
+        self.required_actor = Some(actor.into());
         self
     }
 
@@ -529,6 +611,13 @@ impl VerifierBuilder {
         if self.leeway > MAX_LEEWAY {
             return Err(BuildError::LeewayTooLarge);
         }
+        let protected = match self.protected {
+            Some(p) => Some(Arc::new(p.finish(&self.issuer)?)),
+            None => None,
+        };
+        if self.required_actor.as_deref() == Some("") {
+            return Err(BuildError::InvalidResource);
+        }
         let rules = ClaimRules::new(self.issuer.clone(), vec![self.audience.clone()])?
             .leeway(self.leeway.as_secs())
             .required_typ(&ACCEPTED_TYPS)
@@ -542,6 +631,8 @@ impl VerifierBuilder {
             clock: self.clock,
             resource_url: self.resource_url,
             replay: crate::dpop::ReplayCache::new(self.replay_capacity),
+            protected,
+            required_actor: self.required_actor,
         })
     }
 }
@@ -574,6 +665,8 @@ pub struct Verifier {
     clock: Arc<dyn Clock>,
     resource_url: Option<String>,
     replay: crate::dpop::ReplayCache,
+    protected: Option<Arc<ProtectedResource>>,
+    required_actor: Option<String>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -741,6 +834,13 @@ impl Verifier {
         self.resource_url.as_deref()
     }
 
+    /// The protected resource metadata, when configured
+    /// ([`VerifierBuilder::protected_resource`]).
+    #[must_use]
+    pub fn protected_resource(&self) -> Option<&Arc<ProtectedResource>> {
+        self.protected.as_ref()
+    }
+
     /// The expected issuer.
     ///
     /// ```
@@ -791,6 +891,16 @@ impl Verifier {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub async fn verify(&self, token: &str) -> Result<VerifiedToken, VerifyError> {
+        let verified = self.verify_token(token).await?;
+        if let Some(actor) = &self.required_actor {
+            if verified.actors().first() != Some(actor) {
+                return Err(VerifyError::ActorNotAllowed);
+            }
+        }
+        Ok(verified)
+    }
+
+    async fn verify_token(&self, token: &str) -> Result<VerifiedToken, VerifyError> {
         #[cfg(feature = "verifier-http")]
         if let Keys::Introspection(i) = &self.keys {
             return i

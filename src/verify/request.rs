@@ -142,6 +142,9 @@ impl Verifier {
     fn check_binding(&self, token: &VerifiedToken, p: &Presented<'_>) -> Result<(), VerifyError> {
         match (p.scheme, token.jkt()) {
             (Scheme::Bearer, None) => {
+                if self.protected.as_ref().is_some_and(|r| r.dpop_required()) {
+                    return Err(VerifyError::DpopRequired);
+                }
                 if p.dpop_proof.is_some() {
                     // RFC 9449 §7.2 allows ignoring it; refusing is clearer.
                     return Err(VerifyError::SchemeMismatch);
