@@ -462,3 +462,77 @@ async fn resource_server_checks_dpop_proofs() {
         .await
         .is_ok());
 }
+
+/// A resource that requires DPoP (RFC 9728 `dpop_bound_access_tokens_required`)
+/// refuses a real unbound broker token as `dpop_required`, answers with a
+/// DPoP challenge naming its metadata, and accepts the DPoP-bound one with
+/// a proof.
+#[tokio::test]
+async fn dpop_required_resource_refuses_unbound_tokens() {
+    use axum::response::IntoResponse;
+    use tessera::verify::{BearerRejection, Presented, ProtectedResource, Scheme, Verifier};
+    const API_URL: &str = "https://api.test";
+    let b = TestBroker::start().await;
+    let key = SigningKey::generate(SigningAlgorithm::ES256).unwrap().0;
+    let ci = b.ci_token();
+    let form = TestBroker::oidc_form(&ci);
+    let (s, v) = post(&b, &b.anon(), &form, Some(&proof(&key))).await;
+    assert_eq!(s, 200, "{v}");
+    let bound = v["access_token"].as_str().unwrap().to_string();
+    let ci = b.ci_token();
+    let (s, v) = b.token(&b.anon(), &TestBroker::oidc_form(&ci)).await;
+    assert_eq!(s, 200, "{v}");
+    let unbound = v["access_token"].as_str().unwrap().to_string();
+    let jwks = b
+        .anon()
+        .get(b.url("/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let verifier = Verifier::with_static_jwks(BROKER_ISS, "https://deploy.example.com", &jwks)
+        .unwrap()
+        .resource_url(API_URL)
+        .protected_resource(ProtectedResource::new(API_URL).unwrap().require_dpop(true))
+        .build()
+        .unwrap();
+
+    // The unbound token, as Bearer: refused, with a DPoP challenge.
+    let e = verifier
+        .verify_request(&Presented::new(Scheme::Bearer, &unbound, "GET", "/x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason(), "dpop_required");
+    let r = BearerRejection::from(e)
+        .for_resource(verifier.protected_resource().cloned())
+        .into_response();
+    assert_eq!(r.status(), 401);
+    let c = r.headers()["www-authenticate"].to_str().unwrap();
+    assert!(c.starts_with(r#"DPoP error="invalid_token""#), "{c}");
+    assert!(
+        c.ends_with(r#"resource_metadata="https://api.test/.well-known/oauth-protected-resource""#),
+        "{c}"
+    );
+    // ... and as DPoP: not DPoP-bound.
+    let e = verifier
+        .verify_request(&Presented::new(Scheme::DPoP, &unbound, "GET", "/x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason(), "scheme_mismatch");
+
+    // The DPoP-bound token with a fresh proof for this request: accepted.
+    let ath = tessera::dpop::access_token_hash(&bound);
+    let p = proof_with(
+        &key,
+        json!({"typ": "dpop+jwt", "alg": key.algorithm().as_str(), "jwk": key.public_jwk()}),
+        json!({"jti": uuid::Uuid::new_v4().to_string(), "htm": "GET",
+               "htu": format!("{API_URL}/x"), "iat": now(), "ath": ath}),
+    );
+    let t = verifier
+        .verify_request(&Presented::new(Scheme::DPoP, &bound, "GET", "/x").dpop(&p))
+        .await
+        .unwrap();
+    assert!(t.jkt().is_some());
+}

@@ -815,7 +815,7 @@ mod resource_tests {
         );
         assert_eq!(
             r.extensions().get::<RejectionReason>(),
-            Some(&RejectionReason("token_bad_segments"))
+            Some(&RejectionReason("token_bad_base64"))
         );
         // The right scope: the handler runs with the token the layer verified.
         let auth = format!("Bearer {token}");
