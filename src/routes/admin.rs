@@ -574,12 +574,18 @@ async fn decide(
             "self_approval",
             "the approver cannot be the requester, the subject or an actor of the request",
         ),
-        Err(DecideError::NotAllowed(code)) => err(
-            StatusCode::FORBIDDEN,
-            code,
-            "this policy names its approvers: they decide on the approval pages, signed in \
-             through [approvals] login_issuer",
-        ),
+        Err(DecideError::NotAllowed(code)) => match AdminCode::from_wire(code) {
+            Some(c @ AdminCode::CibaNeedsThePerson) => response(
+                c,
+                "a CIBA request is decided only by the person it names, signed in on the \
+                 approval pages",
+            ),
+            _ => response(
+                AdminCode::PolicyHasApprovers,
+                "this policy names its approvers: they decide on the approval pages, signed in \
+                 through [approvals] login_issuer",
+            ),
+        },
         Err(DecideError::NotApplicable(out)) => decision_refused(&id, out),
         Err(DecideError::Store(e)) => store_err(e),
         Err(DecideError::AuditBefore(e)) => err(

@@ -18,6 +18,11 @@ pub enum AdminCode {
     NotAuthorised,
     /// 403: an operator may not approve their own request.
     SelfApproval,
+    /// 403: the policy names its `approvers`; they decide on the approval
+    /// pages, not an operator certificate.
+    PolicyHasApprovers,
+    /// 403: a CIBA request is decided only by the person it names.
+    CibaNeedsThePerson,
     /// 404: no such live grant, approval or block.
     NotFound,
     /// 404: the subject was not blocked.
@@ -38,11 +43,13 @@ pub enum AdminCode {
 
 impl AdminCode {
     /// Every code, in table order (the snapshot test walks it).
-    pub const ALL: [AdminCode; 12] = [
+    pub const ALL: [AdminCode; 14] = [
         AdminCode::InvalidRequest,
         AdminCode::UnusableGrant,
         AdminCode::NotAuthorised,
         AdminCode::SelfApproval,
+        AdminCode::PolicyHasApprovers,
+        AdminCode::CibaNeedsThePerson,
         AdminCode::NotFound,
         AdminCode::NotBlocked,
         AdminCode::NotLost,
@@ -60,6 +67,8 @@ impl AdminCode {
             AdminCode::UnusableGrant => "unusable_grant",
             AdminCode::NotAuthorised => "not_authorised",
             AdminCode::SelfApproval => "self_approval",
+            AdminCode::PolicyHasApprovers => "policy_has_approvers",
+            AdminCode::CibaNeedsThePerson => "ciba_needs_the_person",
             AdminCode::NotFound => "not_found",
             AdminCode::NotBlocked => "not_blocked",
             AdminCode::NotLost => "not_lost",
@@ -76,7 +85,9 @@ impl AdminCode {
         match self {
             AdminCode::InvalidRequest | AdminCode::UnusableGrant => StatusCode::BAD_REQUEST,
             AdminCode::NotAuthorised => StatusCode::UNAUTHORIZED,
-            AdminCode::SelfApproval => StatusCode::FORBIDDEN,
+            AdminCode::SelfApproval
+            | AdminCode::PolicyHasApprovers
+            | AdminCode::CibaNeedsThePerson => StatusCode::FORBIDDEN,
             AdminCode::NotFound | AdminCode::NotBlocked => StatusCode::NOT_FOUND,
             AdminCode::NotLost
             | AdminCode::NotPending
@@ -150,6 +161,8 @@ mod tests {
                 r#"400 {"error":"unusable_grant","message":"m"}"#,
                 r#"401 {"error":"not_authorised","message":"m"}"#,
                 r#"403 {"error":"self_approval","message":"m"}"#,
+                r#"403 {"error":"policy_has_approvers","message":"m"}"#,
+                r#"403 {"error":"ciba_needs_the_person","message":"m"}"#,
                 r#"404 {"error":"not_found","message":"m"}"#,
                 r#"404 {"error":"not_blocked","message":"m"}"#,
                 r#"409 {"error":"not_lost","message":"m"}"#,
