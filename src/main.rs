@@ -359,10 +359,69 @@ enum TokenCmd {
         /// The token.
         token: String,
     },
+    /// Exchange a subject token, or the client certificate (--cert/--key),
+    /// for a Tessera access token and print it (with --json: the whole
+    /// answer). Waits for a human approval when one is needed.
+    Exchange {
+        /// The audience (one).
+        #[arg(long)]
+        audience: String,
+        /// Space-separated scopes.
+        #[arg(long)]
+        scope: String,
+        /// A file holding the subject token (an OIDC JWT, e.g. a projected
+        /// service-account token, or a Tessera token); `-` reads stdin.
+        /// Without it the client certificate (--cert/--key) is the subject.
+        #[arg(long, value_name = "FILE")]
+        subject_token_file: Option<PathBuf>,
+        /// subject_token_type: jwt, id_token, access_token or a full URN.
+        #[arg(long, default_value = "jwt", requires = "subject_token_file")]
+        subject_token_type: String,
+        /// A file holding the actor's JWT (delegation: the actor acts for the subject).
+        #[arg(long, value_name = "FILE")]
+        actor_token_file: Option<PathBuf>,
+        /// Delegation: the client certificate (--cert/--key) is the actor.
+        #[arg(long)]
+        actor_cert: bool,
+        /// The task id (txn).
+        #[arg(long)]
+        task: Option<String>,
+        /// Requested lifetime in seconds.
+        #[arg(long)]
+        expires_in: Option<u64>,
+        /// RFC 9396 authorization_details (a JSON array).
+        #[arg(long, value_name = "JSON")]
+        authorization_details: Option<String>,
+        /// Give up waiting for a human approval after this long (e.g. 10m).
+        #[arg(long, default_value = "10m")]
+        wait: String,
+    },
+    /// Verify a Tessera access token against the broker's JWKS (--url) and
+    /// say which check fails (exit 0 valid, 1 invalid).
+    Verify {
+        /// The token (`-` reads standard input).
+        token: String,
+        /// The audience the token must be for.
+        #[arg(long)]
+        audience: String,
+        /// The issuer expected (default: the one the broker's metadata names).
+        #[arg(long)]
+        issuer: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    // `token exchange` presents --cert/--key with a subject token only when
+    // they were given (flag or environment), not the operator defaults.
+    let cert_given = matches!(
+        matches.value_source("cert"),
+        Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+    );
     tessera::cli::set_json_output(cli.json);
     // One crypto provider for every TLS user in the process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -429,6 +488,78 @@ fn main() -> ExitCode {
         Cmd::Token {
             cmd: TokenCmd::Decode { token },
         } => tessera::cli::token_decode(&token, cli.json),
+        Cmd::Token {
+            cmd:
+                TokenCmd::Exchange {
+                    audience,
+                    scope,
+                    subject_token_file,
+                    subject_token_type,
+                    actor_token_file,
+                    actor_cert,
+                    task,
+                    expires_in,
+                    authorization_details,
+                    wait,
+                },
+        } => {
+            let wait = match tessera::config::duration::parse_duration(&wait) {
+                Ok(d) => d,
+                Err(e) => return usage_error(&format!("--wait `{wait}`: {e}"), cli.json),
+            };
+            let a = tessera::cli::token::ExchangeArgs {
+                audience,
+                scope,
+                subject_token_file,
+                subject_token_type: Some(subject_token_type),
+                actor_token_file,
+                actor_is_certificate: actor_cert,
+                present_certificate: cert_given,
+                task,
+                expires_in,
+                authorization_details,
+                wait,
+            };
+            let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
+                Ok(c) => c,
+                Err(m) => return usage_error(&m, cli.json),
+            };
+            block_on(tessera::cli::token::exchange(&conn, &a, cli.json))
+        }
+        Cmd::Token {
+            cmd:
+                TokenCmd::Verify {
+                    token,
+                    audience,
+                    issuer,
+                },
+        } => {
+            let token = if token == "-" {
+                let mut buf = String::new();
+                use std::io::Read;
+                if std::io::stdin()
+                    .take(1 << 20)
+                    .read_to_string(&mut buf)
+                    .is_err()
+                {
+                    return usage_error("cannot read the token from standard input", cli.json);
+                }
+                buf
+            } else {
+                token
+            };
+            let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
+                Ok(c) => c,
+                Err(m) => return usage_error(&m, cli.json),
+            };
+            block_on(tessera::cli::token::verify(
+                &conn,
+                &token,
+                &audience,
+                issuer.as_deref(),
+                cli.json,
+            ))
+        }
         Cmd::Revoke {
             jti,
             subject,

@@ -89,11 +89,29 @@ impl Connection {
     }
 
     fn client(&self) -> Result<reqwest::Client, String> {
+        self.https(true, ADMIN_TIMEOUT)
+    }
+
+    /// An HTTPS client trusting `--ca` only, presenting `--cert`/`--key`
+    /// when `identity` (the `tessera token` verbs: a workload's
+    /// certificate, or none for a bearer subject token).
+    pub fn https(&self, identity: bool, timeout: Duration) -> Result<reqwest::Client, String> {
         let ca = read_pem_certs("--ca", &self.ca)?;
-        let chain = read_pem_certs("--cert", &self.cert)?;
-        let key = PrivateKeyDer::from_pem_file(&self.key)
-            .map_err(|e| cannot_read("--key", &self.key, e))?;
-        mtls_client(ca, Some((chain, key)), false, ADMIN_TIMEOUT)
+        let id = if identity {
+            let chain = read_pem_certs("--cert", &self.cert)?;
+            let key = PrivateKeyDer::from_pem_file(&self.key)
+                .map_err(|e| cannot_read("--key", &self.key, e))?;
+            Some((chain, key))
+        } else {
+            None
+        };
+        mtls_client(ca, id, false, timeout)
+    }
+
+    /// Why a request to the broker failed, for people (connection refused,
+    /// an untrusted certificate, a timeout).
+    pub fn explain(&self, e: &reqwest::Error) -> String {
+        self.describe(e)
     }
 
     /// Says what went wrong with TLS; a certificate the `--ca` does not

@@ -29,6 +29,7 @@ macro_rules! errln {
 pub mod admin;
 pub mod audit;
 pub mod explain;
+pub mod token;
 
 use std::io::{Read, Write};
 use std::path::Path;
