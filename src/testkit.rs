@@ -26,6 +26,30 @@ struct Shared {
     jwks_hits: AtomicU64,
     discovery_hits: AtomicU64,
     failing: AtomicBool,
+    /// When set, discovery and JWKS answer 401 unless the request carries
+    /// `Authorization: Bearer <this>` (as the Kubernetes API server's
+    /// `/openid/v1/jwks` does for anonymous callers).
+    required_bearer: RwLock<Option<String>>,
+    unauthorized_hits: AtomicU64,
+}
+
+impl Shared {
+    /// `None` when the request may be answered, else the 401 to send.
+    fn refuse_unauthenticated(&self, headers: &axum::http::HeaderMap) -> Option<Response> {
+        let need = match self.required_bearer.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }?;
+        let got = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if got == Some(need.as_str()) {
+            return None;
+        }
+        self.unauthorized_hits.fetch_add(1, Ordering::SeqCst);
+        Some(StatusCode::UNAUTHORIZED.into_response())
+    }
 }
 
 /// A running test OIDC issuer.
@@ -156,6 +180,8 @@ impl TestIssuer {
             jwks_hits: AtomicU64::new(0),
             discovery_hits: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            required_bearer: RwLock::new(None),
+            unauthorized_hits: AtomicU64::new(0),
         });
         let router = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -241,6 +267,19 @@ impl TestIssuer {
         self.shared.failing.store(failing, Ordering::SeqCst);
     }
 
+    /// Makes discovery and the JWKS demand `Authorization: Bearer TOKEN`
+    /// (401 otherwise), or accept anyone again (`None`).
+    pub fn require_bearer(&self, token: Option<&str>) {
+        if let Ok(mut g) = self.shared.required_bearer.write() {
+            *g = token.map(str::to_string);
+        }
+    }
+
+    /// How many discovery or JWKS requests were refused with 401.
+    pub fn unauthorized_hits(&self) -> u64 {
+        self.shared.unauthorized_hits.load(Ordering::SeqCst)
+    }
+
     /// How many times `/jwks` was fetched.
     pub fn jwks_hits(&self) -> u64 {
         self.shared.jwks_hits.load(Ordering::SeqCst)
@@ -258,16 +297,22 @@ impl Drop for TestIssuer {
     }
 }
 
-async fn discovery(State(s): State<Arc<Shared>>) -> Response {
+async fn discovery(State(s): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
     s.discovery_hits.fetch_add(1, Ordering::SeqCst);
+    if let Some(r) = s.refuse_unauthenticated(&headers) {
+        return r;
+    }
     if s.failing.load(Ordering::SeqCst) {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
     Json(json!({"issuer": s.issuer, "jwks_uri": format!("{}/jwks", s.issuer)})).into_response()
 }
 
-async fn jwks(State(s): State<Arc<Shared>>) -> Response {
+async fn jwks(State(s): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
     s.jwks_hits.fetch_add(1, Ordering::SeqCst);
+    if let Some(r) = s.refuse_unauthenticated(&headers) {
+        return r;
+    }
     if s.failing.load(Ordering::SeqCst) {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
