@@ -162,6 +162,64 @@ enum Cmd {
     /// Make the broker at --url re-read its configuration file (as SIGHUP
     /// does; one replica). Exit 1 naming the cause if it was refused.
     Reload,
+    /// Development helpers (only with `[dev] generate_missing = true`).
+    Dev {
+        #[command(subcommand)]
+        cmd: DevCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevCmd {
+    /// Serve a local OIDC issuer (the config's `dev` issuer: discovery and
+    /// JWKS over HTTPS) and print a token it signed for --subject.
+    Issuer {
+        #[command(flatten)]
+        token: DevTokenArgs,
+    },
+    /// Print another token of the dev issuer (which must be running for the
+    /// broker to verify it).
+    Token {
+        #[command(flatten)]
+        token: DevTokenArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct DevTokenArgs {
+    /// Config file.
+    #[arg(long, default_value = "config/tessera.toml", env = "TESSERA_CONFIG")]
+    config: PathBuf,
+    /// The [[issuers]] entry to serve.
+    #[arg(long, default_value = "dev")]
+    issuer: String,
+    /// The token's subject.
+    #[arg(long, default_value = "user:alice")]
+    subject: String,
+    /// A claim, `path=value` (repeatable; `/` steps into objects).
+    #[arg(long = "claim", value_name = "PATH=VALUE")]
+    claims: Vec<String>,
+    /// The token's audience (default: the entry's first audience).
+    #[arg(long)]
+    audience: Option<String>,
+    /// Lifetime, e.g. 10m.
+    #[arg(long, default_value = "10m")]
+    ttl: String,
+}
+
+impl DevTokenArgs {
+    fn into_args(self) -> Result<tessera::cli::dev::TokenArgs, String> {
+        let ttl = tessera::config::duration::parse_duration(&self.ttl)
+            .map_err(|e| format!("--ttl `{}`: {e}", self.ttl))?;
+        Ok(tessera::cli::dev::TokenArgs {
+            config: self.config,
+            issuer: self.issuer,
+            subject: self.subject,
+            claims: self.claims,
+            audience: self.audience,
+            ttl,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -726,6 +784,21 @@ fn main() -> ExitCode {
             };
             block_on(tessera::cli::admin::reload(&conn, cli.json))
         }
+        Cmd::Dev { cmd } => {
+            let (serve_it, args) = match cmd {
+                DevCmd::Issuer { token } => (true, token),
+                DevCmd::Token { token } => (false, token),
+            };
+            let a = match args.into_args() {
+                Ok(a) => a,
+                Err(m) => return usage_error(&m, cli.json),
+            };
+            if serve_it {
+                block_on(tessera::cli::dev::issuer(&a))
+            } else {
+                tessera::cli::dev::token(&a)
+            }
+        }
         Cmd::Audit { cmd } => match cmd {
             AuditCmd::Tail { follow, n } => {
                 let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
@@ -799,6 +872,7 @@ fn serve(config: PathBuf) -> i32 {
         }
     };
     let threads = cfg.server.threads();
+    let dev = cfg.dev_generate_missing;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -831,6 +905,11 @@ fn serve(config: PathBuf) -> i32 {
                 return 1;
             }
         };
+        if dev {
+            for l in tessera::cli::dev::banner(running.addr) {
+                eprintln!("{l}");
+            }
+        }
         // SIGHUP reloads (outcome logged, counted and audited by `reload`);
         // SIGTERM or ctrl-c ends the loop.
         while let Signal::Reload = signals.next().await {

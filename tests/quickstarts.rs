@@ -283,3 +283,145 @@ async fn spiffe_svid_gets_a_bound_task_token() {
     assert_eq!(code, 1);
     b.stop().await;
 }
+
+/// docs/quickstart-dev.md, every command block run for real in a fresh
+/// directory with the shipped development config (ports changed): `serve`
+/// (and its start-up banner), the agent's token, re-exchange, the dev OIDC
+/// issuer, delegation by two agents, a refused scope, the audit tail.
+#[test]
+fn dev_quickstart_blocks_run() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    use tessera::testkit::{free_port, ChildGuard};
+
+    let page = read("docs/quickstart-dev.md");
+    let d = tempfile::tempdir().unwrap();
+    let (port, ops, iss) = (free_port(), free_port(), free_port());
+    let cfg = read("config/tessera.toml")
+        .replace("127.0.0.1:8443", &format!("127.0.0.1:{port}"))
+        .replace("127.0.0.1:9090", &format!("127.0.0.1:{ops}"))
+        .replace("127.0.0.1:8444", &format!("127.0.0.1:{iss}"));
+    std::fs::create_dir_all(d.path().join("config")).unwrap();
+    std::fs::write(d.path().join("config/tessera.toml"), cfg).unwrap();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_tessera"));
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let url = format!("https://127.0.0.1:{port}");
+    let wait_port = |p: u16| {
+        for _ in 0..300 {
+            if std::net::TcpStream::connect(("127.0.0.1", p)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("port {p} never opened");
+    };
+
+    let blocks: Vec<_> = common::docs::blocks(&page)
+        .into_iter()
+        .filter(|b| b.info == "sh")
+        .collect();
+    assert!(blocks.len() >= 6, "{blocks:?}");
+    let mut children = Vec::new();
+    for b in &blocks {
+        let text = b.text.trim();
+        if text == "cargo run --release -- serve" {
+            // the same binary `cargo run` builds and runs
+            let child = Command::new(bin)
+                .arg("serve")
+                .current_dir(d.path())
+                .stdout(std::fs::File::create(d.path().join("audit.out")).unwrap())
+                .stderr(std::fs::File::create(d.path().join("serve.log")).unwrap())
+                .spawn()
+                .unwrap();
+            children.push(ChildGuard(child));
+            wait_port(port);
+            let log = || std::fs::read_to_string(d.path().join("serve.log")).unwrap();
+            for _ in 0..100 {
+                if log().contains("Next, in another terminal") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let log = log();
+            assert!(log.contains("is ready on"), "{log}");
+            assert!(
+                log.contains(&format!("tessera token exchange --url {url} --cert")),
+                "{log}"
+            );
+            continue;
+        }
+        if text.starts_with("tessera dev issuer") {
+            let words = words(text);
+            let mut child = Command::new(bin)
+                .args(&words[1..])
+                .current_dir(d.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            children.push(ChildGuard(child));
+            let (_, c) = decode(line.trim());
+            assert_eq!(c["sub"], "user:alice");
+            assert_eq!(c["iss"], format!("https://127.0.0.1:{iss}"));
+            wait_port(iss);
+            continue;
+        }
+        let o = Command::new("sh")
+            .arg("-ec")
+            .arg(text)
+            .current_dir(d.path())
+            .env("PATH", &path)
+            .env("TESSERA_URL", &url)
+            .env_remove("TESSERA_CERT")
+            .env_remove("TESSERA_KEY")
+            .env_remove("TESSERA_CA")
+            .env_remove("TESSERA_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "docs/quickstart-dev.md line {}:\n{text}\n{}{}",
+            b.line,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let claims = |f: &str| decode(std::fs::read_to_string(d.path().join(f)).unwrap().trim()).1;
+    let agent = claims("agent.jwt");
+    assert_eq!(agent["sub"], "spiffe://example.org/agent/demo");
+    assert_eq!(claims("narrowed.jwt")["scope"], "tickets:read");
+    assert_eq!(claims("narrowed.jwt")["txn"], "triage-4711");
+    assert_eq!(claims("alice-own.jwt")["sub"], "user:alice");
+    let delegated = claims("delegated.jwt");
+    assert_eq!(delegated["sub"], "user:alice");
+    assert_eq!(delegated["act"]["sub"], "spiffe://example.org/agent/demo");
+    assert_eq!(
+        claims("reviewed.jwt")["act"]["sub"],
+        "spiffe://example.org/agent/reviewer"
+    );
+    drop(children);
+}
+
+/// `tessera dev` signs anything: it refuses a config without `[dev]`.
+#[test]
+fn dev_issuer_refuses_a_production_config() {
+    let d = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["dev", "token", "--config"])
+        .arg(common::docs::repo().join("deploy/tessera.toml"))
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("only with [dev] generate_missing = true"), "{err}");
+    assert!(o.stdout.is_empty());
+}

@@ -28,6 +28,7 @@ macro_rules! errln {
 
 pub mod admin;
 pub mod audit;
+pub mod dev;
 pub mod explain;
 pub mod token;
 
