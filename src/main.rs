@@ -49,6 +49,10 @@ struct Cli {
         default_value = "keys/dev/ca.pem"
     )]
     ca: PathBuf,
+    /// Table layout: `wide` shows every column in full (default: tables
+    /// fit 120 columns).
+    #[arg(short = 'o', long = "output", global = true, value_name = "FORMAT", value_parser = ["wide"])]
+    output: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -271,6 +275,22 @@ enum AuditCmd {
         /// How many of the newest records to print first.
         #[arg(short = 'n', long = "lines", default_value_t = 20)]
         n: usize,
+        /// Only the records of this token (jti).
+        #[arg(long)]
+        jti: Option<String>,
+        /// Only records with this reason (e.g. no_matching_policy).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only records with this OAuth error (e.g. invalid_request): the
+        /// refusals behind a generic error description, with their reason.
+        #[arg(long)]
+        error: Option<String>,
+        /// Only records whose subject or client is this identity.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only records of this event (e.g. refused, issued).
+        #[arg(long)]
+        event: Option<String>,
     },
     /// Check the hash chains of an audit file, or of the broker's audit stream.
     Verify {
@@ -800,12 +820,30 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Audit { cmd } => match cmd {
-            AuditCmd::Tail { follow, n } => {
+            AuditCmd::Tail {
+                follow,
+                n,
+                jti,
+                reason,
+                error,
+                subject,
+                event,
+            } => {
                 let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                     Ok(c) => c,
                     Err(m) => return usage_error(&m, cli.json),
                 };
-                block_on(tessera::cli::audit::tail(&conn, n, follow, cli.json))
+                let o = tessera::cli::audit::TailOptions {
+                    jti,
+                    reason,
+                    error,
+                    subject,
+                    event,
+                    wide: cli.output.as_deref() == Some("wide"),
+                };
+                block_on(tessera::cli::audit::tail_with(
+                    &conn, n, follow, &o, cli.json,
+                ))
             }
             AuditCmd::Verify {
                 file: Some(f),

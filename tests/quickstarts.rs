@@ -422,6 +422,9 @@ fn dev_issuer_refuses_a_production_config() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("only with [dev] generate_missing = true"), "{err}");
+    assert!(
+        err.contains("only with [dev] generate_missing = true"),
+        "{err}"
+    );
     assert!(o.stdout.is_empty());
 }

@@ -238,6 +238,50 @@ async fn token_exchange_prints_a_token_and_verify_names_the_failing_check() {
     ));
     assert_eq!((code, out.as_str()), (1, ""), "{err}");
     assert!(err.contains("invalid_scope"), "{err}");
+    // the generic description names the command that finds the reason;
+    // run it as printed (operator flags added)
+    let hint = err
+        .split("(tessera ")
+        .nth(1)
+        .and_then(|h| h.split(')').next())
+        .expect("a command in the description");
+    assert_eq!(hint, "audit tail --error invalid_scope");
+    let args: Vec<&str> = hint.split(' ').collect();
+    let (code, out, err) = b.cli(&args);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "header and the one refusal: {out}");
+    assert!(
+        lines[1].contains("refused") && lines[1].contains("scope"),
+        "{out}"
+    );
+    // tables fit 120 columns; -o wide shows every column in full
+    let (code, out, _) = b.cli(&["audit", "tail", "-n", "50"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().count() > 3, "{out}");
+    for l in out.lines() {
+        assert!(
+            l.chars().count() <= 120,
+            "{} columns: {l}",
+            l.chars().count()
+        );
+    }
+    let (code, out, _) = b.cli(&["-o", "wide", "audit", "tail", "-n", "50"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().next().unwrap().contains("CLIENT"), "{out}");
+    assert!(out.contains(AGENT), "{out}");
+    // filters: one token's records by jti
+    let jti = claims["jti"].as_str().unwrap();
+    let (code, out, _) = b.cli(&["--json", "audit", "tail", "--jti", jti]);
+    assert_eq!(code, 0);
+    let recs: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        !recs.is_empty() && recs.iter().all(|r| r["jti"] == jti),
+        "{out}"
+    );
     // bad usage before any round trip
     let (code, _, err) = run(tessera(
         &b,
