@@ -15,28 +15,32 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "tessera", version, about)]
 struct Cli {
     /// Machine-readable JSON output.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Output (any verb)")]
     json: bool,
-    /// Broker URL for operator verbs.
+    /// Broker URL.
     #[arg(
         long,
         global = true,
+        help_heading = "Connection (any verb; flags or TESSERA_* variables)",
         env = "TESSERA_URL",
         default_value = "https://127.0.0.1:8443"
     )]
     url: String,
-    /// Operator client certificate (PEM).
+    /// Client certificate (PEM): the operator's for admin verbs, the
+    /// workload's for `token exchange`.
     #[arg(
         long,
         global = true,
+        help_heading = "Connection (any verb; flags or TESSERA_* variables)",
         env = "TESSERA_CERT",
         default_value = "keys/dev/operator.pem"
     )]
     cert: PathBuf,
-    /// Operator client key (PEM).
+    /// Private key (PEM) of --cert.
     #[arg(
         long,
         global = true,
+        help_heading = "Connection (any verb; flags or TESSERA_* variables)",
         env = "TESSERA_KEY",
         default_value = "keys/dev/operator-key.pem"
     )]
@@ -45,13 +49,14 @@ struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = "Connection (any verb; flags or TESSERA_* variables)",
         env = "TESSERA_CA",
         default_value = "keys/dev/ca.pem"
     )]
     ca: PathBuf,
     /// Table layout: `wide` shows every column in full (default: tables
     /// fit 120 columns).
-    #[arg(short = 'o', long = "output", global = true, value_name = "FORMAT", value_parser = ["wide"])]
+    #[arg(short = 'o', long = "output", global = true, value_name = "FORMAT", value_parser = ["wide"], help_heading = "Output (any verb)")]
     output: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
@@ -166,6 +171,14 @@ enum Cmd {
     /// Make the broker at --url re-read its configuration file (as SIGHUP
     /// does; one replica). Exit 1 naming the cause if it was refused.
     Reload,
+    /// Print a shell completion script: `tessera completion bash >
+    /// /etc/bash_completion.d/tessera`, `tessera completion zsh >
+    /// "${fpath[1]}/_tessera"`, `tessera completion fish >
+    /// ~/.config/fish/completions/tessera.fish`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Development helpers (only with `[dev] generate_missing = true`).
     Dev {
         #[command(subcommand)]
@@ -803,6 +816,20 @@ fn main() -> ExitCode {
                 Err(m) => return usage_error(&m, cli.json),
             };
             block_on(tessera::cli::admin::reload(&conn, cli.json))
+        }
+        Cmd::Completion { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "tessera", &mut out);
+            use std::io::Write;
+            match std::io::stdout().lock().write_all(&out) {
+                Ok(()) => 0,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 141,
+                Err(e) => {
+                    eprintln!("error: cannot write to stdout: {e}");
+                    1
+                }
+            }
         }
         Cmd::Dev { cmd } => {
             let (serve_it, args) = match cmd {

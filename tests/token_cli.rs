@@ -412,3 +412,31 @@ async fn token_exchange_waits_for_a_human_approval() {
     }
     b.stop().await;
 }
+
+/// Issue 22 item 5: completion scripts from the same command tree; the
+/// connection and output flags under one heading each in a verb's help.
+#[test]
+fn completion_scripts_and_grouped_global_flags() {
+    let d = tempfile::tempdir().unwrap();
+    let out = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .args(args)
+            .current_dir(d.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let bash = out(&["completion", "bash"]);
+    assert!(bash.contains("_tessera()") && bash.contains("--subject-token-file"));
+    assert!(out(&["completion", "zsh"]).starts_with("#compdef tessera"));
+    let fish = out(&["completion", "fish"]);
+    assert!(fish.contains("complete -c tessera") && fish.contains("exchange"));
+    let help = out(&["token", "exchange", "--help"]);
+    assert_eq!(help.matches("Connection (any verb").count(), 1, "{help}");
+    let conn = help.split("Connection (any verb").nth(1).unwrap();
+    for f in ["--url", "--cert", "--key", "--ca"] {
+        assert!(conn.contains(f), "{f} under the heading: {help}");
+    }
+    assert!(help.contains("Output (any verb)"), "{help}");
+}
