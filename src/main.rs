@@ -367,6 +367,11 @@ enum ConfigCmd {
         /// Exit 1 when there is any warning (for CI).
         #[arg(long)]
         deny_warnings: bool,
+        /// Do not look for or read the files the config names (TLS
+        /// material, keys, CAs, token files): check a deployment's config
+        /// where its secrets are not mounted (CI).
+        #[arg(long)]
+        no_files: bool,
     },
 }
 
@@ -523,8 +528,9 @@ fn main() -> ExitCode {
                 ConfigCmd::Check {
                     config,
                     deny_warnings,
+                    no_files,
                 },
-        } => tessera::cli::config_check(&config, cli.json, deny_warnings),
+        } => tessera::cli::config_check_with(&config, cli.json, deny_warnings, no_files),
         Cmd::Policy {
             cmd:
                 PolicyCmd::Explain {

@@ -49,6 +49,14 @@ use crate::mint::SigningAlgorithm;
 /// (`ok`, `warnings`: `[{policy, field, kind, message}]`) and stderr only
 /// the reason of a failure.
 pub fn config_check(path: &Path, as_json: bool, deny_warnings: bool) -> i32 {
+    config_check_with(path, as_json, deny_warnings, false)
+}
+
+/// [`config_check`]; with `no_files`, the files the config names (TLS
+/// material, keys, CAs, token files) are neither looked for nor read: the
+/// syntax, values and policies of a deployment's config are checked where
+/// its secrets are not (CI). Says so in a note.
+pub fn config_check_with(path: &Path, as_json: bool, deny_warnings: bool, no_files: bool) -> i32 {
     let cfg = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -56,6 +64,19 @@ pub fn config_check(path: &Path, as_json: bool, deny_warnings: bool) -> i32 {
             return 1;
         }
     };
+    if no_files {
+        let n = cfg.referenced_files().len();
+        return report_check(
+            path,
+            &cfg,
+            vec![format!(
+                "--no-files: the {} the config names were not checked (run without it where they are mounted)",
+                admin::count(n, "file", "files")
+            )],
+            as_json,
+            deny_warnings,
+        );
+    }
     let missing = cfg.check_files();
     if let (Err(e), false) = (&missing, cfg.dev_generate_missing) {
         errln!("error: {e}");
@@ -63,7 +84,7 @@ pub fn config_check(path: &Path, as_json: bool, deny_warnings: bool) -> i32 {
     }
     // What `serve` loads, loaded the same way (one function); what start-up
     // generates first is noted instead.
-    let mut notes = match crate::app::load_material(&cfg) {
+    let notes = match crate::app::load_material(&cfg) {
         Ok(m) => m.pending,
         Err(e) => {
             errln!("error: {e}");
@@ -75,6 +96,18 @@ pub fn config_check(path: &Path, as_json: bool, deny_warnings: bool) -> i32 {
         errln!("error: {e}");
         return 1;
     }
+    report_check(path, &cfg, notes, as_json, deny_warnings)
+}
+
+/// The verdict of `config check` once the files are dealt with: warnings,
+/// notes, the summary line (or JSON), and the exit code.
+fn report_check(
+    path: &Path,
+    cfg: &Config,
+    mut notes: Vec<String>,
+    as_json: bool,
+    deny_warnings: bool,
+) -> i32 {
     if cfg.dev_generate_missing {
         notes.push("[dev] generate_missing = true: development only, never in production".into());
     }
