@@ -44,6 +44,27 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (docs/troubleshooting.md has a
+    /// section for each; a test keeps it so).
+    pub const ALL: [ErrorCode; 16] = [
+        Self::InvalidRequest,
+        Self::InvalidClient,
+        Self::InvalidGrant,
+        Self::InvalidScope,
+        Self::InvalidTarget,
+        Self::UnsupportedGrantType,
+        Self::UnsupportedTokenType,
+        Self::AuthorizationPending,
+        Self::AccessDenied,
+        Self::ExpiredToken,
+        Self::SlowDown,
+        Self::InvalidAuthorizationDetails,
+        Self::InvalidDpopProof,
+        Self::UseDpopNonce,
+        Self::TemporarilyUnavailable,
+        Self::ServerError,
+    ];
+
     /// The wire string.
     pub fn as_str(self) -> &'static str {
         match self {

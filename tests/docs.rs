@@ -1,0 +1,196 @@
+//! The docs as a contract: every command block in docs/*.md is run by a
+//! named test (or is marked illustrative with the `text` info string),
+//! every OAuth error code has a troubleshooting entry, the OpenAPI
+//! description matches the server's routes, and no link leaves the
+//! repository.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::docs::{blocks, read, repo};
+use common::*;
+use tessera::oauth::error::ErrorCode;
+
+/// The docs pages (docs/*.md) and the README.
+fn pages() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(repo().join("docs"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.ends_with(".md").then(|| format!("docs/{name}"))
+        })
+        .collect();
+    v.sort();
+    v.push("README.md".into());
+    v
+}
+
+/// Info strings of blocks whose lines are commands to type.
+const COMMAND_INFOS: [&str; 5] = ["sh", "bash", "shell", "console", ""];
+
+#[test]
+fn every_command_block_is_run_by_a_named_test() {
+    let mut problems = Vec::new();
+    for page in pages().into_iter().filter(|p| p.starts_with("docs/")) {
+        for b in blocks(&read(&page)) {
+            if !COMMAND_INFOS.contains(&b.info.as_str()) {
+                continue;
+            }
+            let Some(r) = b.tested_by.as_deref() else {
+                problems.push(format!(
+                    "{page}:{}: a `{}` block without <!-- tested-by: tests/FILE.rs::FN --> (or use ```text)",
+                    b.line, b.info
+                ));
+                continue;
+            };
+            let Some((file, func)) = r.split_once("::") else {
+                problems.push(format!(
+                    "{page}:{}: tested-by `{r}` is not FILE::FN",
+                    b.line
+                ));
+                continue;
+            };
+            match std::fs::read_to_string(repo().join(file)) {
+                Ok(src) if src.contains(&format!("fn {func}(")) => {}
+                Ok(_) => problems.push(format!("{page}:{}: {file} has no fn {func}", b.line)),
+                Err(_) => problems.push(format!("{page}:{}: no file {file}", b.line)),
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn every_error_code_has_a_troubleshooting_entry() {
+    let t = read("docs/troubleshooting.md");
+    for c in ErrorCode::ALL {
+        let head = format!("### `{}`\n", c.as_str());
+        let section = t
+            .split(&head)
+            .nth(1)
+            .unwrap_or_else(|| panic!("docs/troubleshooting.md has no {head}"));
+        let section = section.split("\n#").next().unwrap();
+        assert!(
+            section.contains(&format!("HTTP {}", c.status().as_u16())),
+            "{}: the section names another status than {}",
+            c.as_str(),
+            c.status()
+        );
+    }
+}
+
+#[test]
+fn no_link_leaves_the_repository() {
+    for page in pages().into_iter().filter(|p| p.starts_with("docs/")) {
+        let text = read(&page);
+        assert!(
+            !text.contains("../shared/"),
+            "{page} links outside the repository"
+        );
+        let dir = repo().join(&page).parent().unwrap().to_path_buf();
+        for (i, _) in text.match_indices("](") {
+            let target = &text[i + 2..];
+            let target = &target[..target.find(')').unwrap()];
+            if target.starts_with("http") || target.starts_with('#') || target.contains(' ') {
+                continue;
+            }
+            let path = target.split('#').next().unwrap();
+            assert!(
+                dir.join(path).exists(),
+                "{page}: link to {target} does not resolve"
+            );
+        }
+    }
+}
+
+/// `(path, method)` pairs of docs/openapi.yaml.
+fn openapi_operations() -> BTreeSet<(String, String)> {
+    let text = read("docs/openapi.yaml");
+    let body = text.split("\npaths:\n").nth(1).unwrap();
+    let mut ops = BTreeSet::new();
+    let mut path = None;
+    for l in body.lines() {
+        if let Some(p) = l.strip_prefix("  /").and_then(|p| p.strip_suffix(':')) {
+            path = Some(format!("/{p}"));
+        } else if let Some(m) = l.strip_prefix("    ").and_then(|m| m.strip_suffix(':')) {
+            if ["get", "post", "delete", "put", "patch"].contains(&m) {
+                ops.insert((path.clone().unwrap(), m.to_string()));
+            }
+        }
+    }
+    ops
+}
+
+/// `(path, method)` pairs the router (src/routes/mod.rs) serves in the
+/// families the OpenAPI describes.
+fn routed_operations() -> BTreeSet<(String, String)> {
+    let src = read("src/routes/mod.rs");
+    let router = src.split("pub fn router(").nth(1).unwrap();
+    let router = router.split(".fallback(").next().unwrap();
+    let mut ops = BTreeSet::new();
+    for chunk in router.split(".route(").skip(1) {
+        let path = chunk.split('"').nth(1).unwrap().to_string();
+        let families = [
+            "/token",
+            "/introspect",
+            "/revoke",
+            "/revocations",
+            "/admin/v1/",
+        ];
+        if !families
+            .iter()
+            .any(|f| path == *f || (f.ends_with('/') && path.starts_with(f)))
+        {
+            continue;
+        }
+        for m in ["get", "post", "delete", "put", "patch"] {
+            if chunk.contains(&format!("{m}(")) {
+                ops.insert((path.clone(), m.to_string()));
+            }
+        }
+    }
+    ops
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_matches_the_server() {
+    let documented = openapi_operations();
+    let routed = routed_operations();
+    assert!(routed.len() >= 15, "{routed:?}");
+    assert_eq!(
+        documented, routed,
+        "docs/openapi.yaml against src/routes/mod.rs"
+    );
+
+    // the error codes it lists are the ones the broker answers with
+    let text = read("docs/openapi.yaml");
+    let listed: Vec<&str> = text
+        .split("          enum:\n")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .map_while(|l| l.trim().strip_prefix("- "))
+        .collect();
+    let all: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(listed, all);
+
+    // and the running server routes every documented operation: no
+    // "no such endpoint" and no 405, whatever the (empty) request gets
+    let b = TestBroker::start().await;
+    let client = b.client(Some(&b.operator));
+    for (path, method) in &documented {
+        let url = b.url(&path.replace("{id}", "unknown-id"));
+        let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let r = client.request(m, &url).send().await.unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        assert_ne!(status, 405, "{method} {path}: {body}");
+        assert!(
+            !body.contains("no such endpoint"),
+            "{method} {path} is not routed: {status} {body}"
+        );
+    }
+    b.stop().await;
+}
