@@ -519,6 +519,7 @@ fn main() -> ExitCode {
         Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
     );
     tessera::cli::set_json_output(cli.json);
+    tessera::cli::set_wide_output(cli.output.as_deref() == Some("wide"));
     // One crypto provider for every TLS user in the process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let code = match cli.cmd {

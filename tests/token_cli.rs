@@ -375,6 +375,13 @@ async fn token_exchange_waits_for_a_human_approval() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let id = id.expect("a pending approval");
+        // the operator's table fits 120 columns; -o wide has every column
+        let (code, out, _) = b.cli(&["approvals", "list"]);
+        assert_eq!(code, 0);
+        assert!(out.contains(&id) && out.contains("cleanup-9"), "{out}");
+        assert!(out.lines().all(|l| l.chars().count() <= 120), "{out}");
+        let (_, wide, _) = b.cli(&["-o", "wide", "approvals", "list"]);
+        assert!(wide.contains("ON BEHALF OF"), "{wide}");
         let verb = if approve { "approve" } else { "deny" };
         let (s, v) = b
             .admin(

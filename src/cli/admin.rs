@@ -388,17 +388,25 @@ pub async fn revocations_list(conn: &Connection, as_json: bool) -> i32 {
                 outln!("no revocations in force");
                 return 0;
             }
+            // -o wide: values in full; else cut to fit 120 columns
+            let w = if crate::cli::wide_output() { 60 } else { 40 };
             outln!(
-                "{:<8}  {:<60}  {:<24}  KEPT UNTIL",
+                "{:<8}  {:<w$}  {:<24}  KEPT UNTIL",
                 "KIND",
                 "VALUE",
                 "REVOKED"
             );
             for e in &list {
+                let value = e["value"].as_str().unwrap_or("");
+                let value = if crate::cli::wide_output() {
+                    value.to_string()
+                } else {
+                    crate::cli::fit(value, w)
+                };
                 outln!(
-                    "{:<8}  {:<60}  {:<24}  {}",
+                    "{:<8}  {:<w$}  {:<24}  {}",
                     e["kind"].as_str().unwrap_or(""),
-                    e["value"].as_str().unwrap_or(""),
+                    value,
                     fmt_time(e["revoked_at"].as_u64().unwrap_or(0)),
                     fmt_until(e["expires_at"].as_u64().unwrap_or(0))
                 );
@@ -522,6 +530,31 @@ pub struct GrantArgs {
 }
 
 fn print_grants(gs: &[Value]) {
+    if !crate::cli::wide_output() {
+        // 36 + 30 + 24 + 9 + 13 + 4 separators of 2 = 120 (-o wide: audience too)
+        outln!(
+            "{:<36}  {:<30}  {:<24}  {:<9}  EXPIRES",
+            "ID",
+            "SUBJECT",
+            "SCOPES",
+            "USES LEFT"
+        );
+        for g in gs {
+            let left = match (g["remaining"].as_u64(), g["uses"].as_u64()) {
+                (Some(r), Some(u)) => format!("{r}/{u}"),
+                _ => "unlimited".into(),
+            };
+            outln!(
+                "{:<36}  {:<30}  {:<24}  {:<9}  {}",
+                g["id"].as_str().unwrap_or(""),
+                crate::cli::fit(g["subject"].as_str().unwrap_or(""), 30),
+                crate::cli::fit(&strings(&g["scopes"]), 24),
+                left,
+                fmt_time(g["expires_at"].as_u64().unwrap_or(0))
+            );
+        }
+        return;
+    }
     outln!(
         "{:<36}  {:<40}  {:<28}  {:<24}  {:<9}  EXPIRES",
         "ID",
@@ -666,6 +699,33 @@ fn strings(v: &Value) -> String {
 }
 
 fn print_approvals(list: &[Value]) {
+    if !crate::cli::wide_output() {
+        // 36 + 8 + 6 + 28 + 20 + 12 + 5 separators of 2 = 120 (-o wide: every column)
+        outln!(
+            "{:<36}  {:<8}  {:<6}  {:<28}  {:<20}  TASK",
+            "ID",
+            "STATE",
+            "AGE",
+            "REQUESTER",
+            "SCOPES"
+        );
+        for a in list {
+            let mut state = a["state"].as_str().unwrap_or("").to_string();
+            if a["expired"].as_bool() == Some(true) && (state == "pending" || state == "approved") {
+                state = "expired".into();
+            }
+            outln!(
+                "{:<36}  {:<8}  {:<6}  {:<28}  {:<20}  {}",
+                a["id"].as_str().unwrap_or(""),
+                state,
+                human(a["age"].as_u64().unwrap_or(0)),
+                crate::cli::fit(a["requester"].as_str().unwrap_or(""), 28),
+                crate::cli::fit(&strings(&a["scopes"]), 20),
+                crate::cli::fit(a["task"].as_str().unwrap_or("-"), 12),
+            );
+        }
+        return;
+    }
     outln!(
         "{:<36}  {:<9}  {:<5}  {:<36}  {:<22}  {:<36}  {:<16}  {:<24}  {:<28}  AUTHORIZATION_DETAILS",
         "ID", "STATE", "AGE", "REQUESTER", "OWNER", "ON BEHALF OF", "TASK", "SCOPES", "AUDIENCE"

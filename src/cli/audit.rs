@@ -72,16 +72,7 @@ impl TailOptions {
     }
 }
 
-/// `s` in at most `w` characters: the end kept (where identities differ),
-/// `…` in front of what was cut.
-fn fit(s: &str, w: usize) -> String {
-    let n = s.chars().count();
-    if n <= w {
-        return s.to_string();
-    }
-    let tail: String = s.chars().skip(n - (w - 1)).collect();
-    format!("…{tail}")
-}
+use super::fit;
 
 /// The narrow table's time: `2026-12-05 18:54:18` (UTC, no fraction).
 fn short_time(t: &str) -> String {

@@ -419,6 +419,32 @@ pub fn out_line(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Whether `-o wide` was given: tables show every column in full.
+static WIDE_OUTPUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Called once by the binary with `-o wide`; without it, tables fit
+/// [`audit::NARROW_WIDTH`] columns (long cells cut with `…`, some columns
+/// left out).
+pub fn set_wide_output(on: bool) {
+    WIDE_OUTPUT.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether tables are wide (see [`set_wide_output`]).
+pub fn wide_output() -> bool {
+    WIDE_OUTPUT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `s` in at most `w` characters: the end kept (where identities and ids
+/// differ), `…` in front of what was cut.
+pub fn fit(s: &str, w: usize) -> String {
+    let n = s.chars().count();
+    if n <= w || w == 0 {
+        return s.to_string();
+    }
+    let tail: String = s.chars().skip(n - (w - 1)).collect();
+    format!("…{tail}")
+}
+
 /// Whether `--json` was given: errors and warnings on stderr are JSON too.
 static JSON_OUTPUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
