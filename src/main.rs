@@ -491,6 +491,26 @@ enum TokenCmd {
         /// Give up waiting for a human approval after this long (e.g. 10m).
         #[arg(long, default_value = "10m")]
         wait: String,
+        /// Bind the token to a DPoP key (RFC 9449): an ES256 PEM file,
+        /// created when absent; prove possession with `tessera token proof`.
+        #[arg(long, value_name = "FILE")]
+        dpop_key: Option<PathBuf>,
+    },
+    /// Print a DPoP proof (RFC 9449) for one request to a resource server,
+    /// by the key a token was bound to with `token exchange --dpop-key`.
+    Proof {
+        /// The DPoP key file.
+        #[arg(long, value_name = "FILE")]
+        dpop_key: PathBuf,
+        /// The request's method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The request's URL (no query or fragment).
+        #[arg(long = "for-url", value_name = "URL")]
+        for_url: String,
+        /// The access token the request carries (sets `ath`).
+        #[arg(long)]
+        token: Option<String>,
     },
     /// Verify a Tessera access token against the broker's JWKS (--url) and
     /// say which check fails (exit 0 valid, 1 invalid).
@@ -599,6 +619,7 @@ fn main() -> ExitCode {
                     expires_in,
                     authorization_details,
                     wait,
+                    dpop_key,
                 },
         } => {
             let wait = match tessera::config::duration::parse_duration(&wait) {
@@ -617,6 +638,7 @@ fn main() -> ExitCode {
                 expires_in,
                 authorization_details,
                 wait,
+                dpop_key,
             };
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
@@ -624,6 +646,15 @@ fn main() -> ExitCode {
             };
             block_on(tessera::cli::token::exchange(&conn, &a, cli.json))
         }
+        Cmd::Token {
+            cmd:
+                TokenCmd::Proof {
+                    dpop_key,
+                    method,
+                    for_url,
+                    token,
+                },
+        } => tessera::cli::token::proof(&dpop_key, &method, &for_url, token.as_deref()),
         Cmd::Token {
             cmd:
                 TokenCmd::Verify {

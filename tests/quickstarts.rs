@@ -407,6 +407,21 @@ fn dev_quickstart_blocks_run() {
         claims("reviewed.jwt")["act"]["sub"],
         "spiffe://example.org/agent/reviewer"
     );
+    // DPoP: the token is bound to the key; the proof is by that key, for
+    // that request and that token
+    let dpop_token = std::fs::read_to_string(d.path().join("alice-dpop.jwt")).unwrap();
+    let dpop_token = dpop_token.trim();
+    let bound = decode(dpop_token).1;
+    let proof = std::fs::read_to_string(d.path().join("proof.jwt")).unwrap();
+    let now = tessera::testkit::now();
+    let p = tessera::dpop::verify_proof(
+        proof.trim(),
+        &tessera::dpop::ProofCheck::new("GET", "https://api.example.com/tickets", now)
+            .access_token(dpop_token),
+    )
+    .unwrap();
+    assert_eq!(bound["cnf"]["jkt"], p.jkt.as_str());
+    assert_eq!(bound["sub"], "user:alice");
     drop(children);
 }
 

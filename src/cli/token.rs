@@ -69,6 +69,87 @@ pub struct ExchangeArgs {
     pub authorization_details: Option<String>,
     /// Give up waiting for an approval after this long.
     pub wait: Duration,
+    /// Bind the token to this DPoP key (RFC 9449): an ES256 PKCS#8 PEM
+    /// file, created (mode 0600) when absent.
+    pub dpop_key: Option<std::path::PathBuf>,
+}
+
+/// Loads the DPoP key at `path`, or creates one there (ES256, PKCS#8 PEM,
+/// mode 0600, never overwriting).
+pub fn dpop_key(path: &Path) -> Result<crate::mint::keyring::SigningKey, String> {
+    use crate::mint::keyring::{SigningAlgorithm, SigningKey};
+    match std::fs::read(path) {
+        Ok(pem) => {
+            SigningKey::from_pem(&pem).map_err(|e| format!("--dpop-key {}: {e}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (key, der) = SigningKey::generate(SigningAlgorithm::ES256)
+                .map_err(|e| format!("--dpop-key: {e}"))?;
+            let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der);
+            let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+            for chunk in b64.as_bytes().chunks(64) {
+                pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+                pem.push('\n');
+            }
+            pem.push_str("-----END PRIVATE KEY-----\n");
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+            std::io::Write::write_all(
+                &mut o
+                    .open(path)
+                    .map_err(|e| format!("cannot create --dpop-key {}: {e}", path.display()))?,
+                pem.as_bytes(),
+            )
+            .map_err(|e| format!("cannot write --dpop-key {}: {e}", path.display()))?;
+            Ok(key)
+        }
+        Err(e) => Err(format!("cannot read --dpop-key {}: {e}", path.display())),
+    }
+}
+
+/// A DPoP proof (RFC 9449 §4.2) by `key` for `method` `url`, with the
+/// server's `nonce` and, for a resource request, `ath` of `token`.
+pub fn dpop_proof(
+    key: &crate::mint::keyring::SigningKey,
+    method: &str,
+    url: &str,
+    nonce: Option<&str>,
+    token: Option<&str>,
+) -> Result<String, String> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let header =
+        json!({"typ": "dpop+jwt", "alg": key.algorithm().as_str(), "jwk": key.public_jwk()});
+    let mut claims = json!({"jti": uuid::Uuid::new_v4().to_string(), "htm": method, "htu": url,
+                            "iat": crate::clock::Clock::now(&crate::clock::SystemClock)});
+    if let Some(n) = nonce {
+        claims["nonce"] = json!(n);
+    }
+    if let Some(t) = token {
+        claims["ath"] = json!(crate::dpop::access_token_hash(t));
+    }
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let sig = key.sign(input.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+}
+
+/// `tessera token proof --dpop-key FILE --method M --url URL [--token T]`:
+/// prints a DPoP proof for one request to a resource server.
+pub fn proof(key_file: &Path, method: &str, url: &str, token: Option<&str>) -> i32 {
+    match dpop_key(key_file).and_then(|k| dpop_proof(&k, &method.to_uppercase(), url, None, token))
+    {
+        Ok(p) => {
+            outln!("{p}");
+            0
+        }
+        Err(m) => fail(&m),
+    }
 }
 
 /// Expands a short token type (`jwt`, `id_token`, `access_token`) to its URN.
@@ -160,8 +241,15 @@ pub fn check_exchange_usage(a: &ExchangeArgs) -> Option<String> {
 /// One answer of `/token`.
 enum Answer {
     Token(Value),
-    Pending { id: String, interval: u64 },
-    SlowDown { retry_after: Option<u64> },
+    /// `use_dpop_nonce` with the nonce to retry with.
+    DpopNonce(String),
+    Pending {
+        id: String,
+        interval: u64,
+    },
+    SlowDown {
+        retry_after: Option<u64>,
+    },
     Refused(String),
 }
 
@@ -169,15 +257,20 @@ async fn send(
     conn: &Connection,
     client: &reqwest::Client,
     form: &[(&'static str, String)],
+    dpop: Option<&str>,
 ) -> Result<Answer, String> {
     let url = format!("{}/token", conn.url.trim_end_matches('/'));
-    let r = client
-        .post(&url)
-        .form(form)
-        .send()
-        .await
-        .map_err(|e| conn.explain(&e))?;
+    let mut rb = client.post(&url).form(form);
+    if let Some(p) = dpop {
+        rb = rb.header("DPoP", p);
+    }
+    let r = rb.send().await.map_err(|e| conn.explain(&e))?;
     let status = r.status();
+    let nonce = r
+        .headers()
+        .get("DPoP-Nonce")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let retry_after = r
         .headers()
         .get(reqwest::header::RETRY_AFTER)
@@ -203,6 +296,9 @@ async fn send(
             )),
         },
         "slow_down" => Answer::SlowDown { retry_after },
+        "use_dpop_nonce" if nonce.is_some() && dpop.is_some() => {
+            Answer::DpopNonce(nonce.unwrap_or_default())
+        }
         "" => Answer::Refused(format!("the broker answered {status}")),
         _ => Answer::Refused(if desc.is_empty() {
             format!("{code} ({status})")
@@ -238,6 +334,13 @@ pub async fn exchange(conn: &Connection, a: &ExchangeArgs, as_json: bool) -> i32
         Ok(c) => c,
         Err(m) => return fail(&m),
     };
+    let key = match a.dpop_key.as_deref().map(dpop_key).transpose() {
+        Ok(k) => k,
+        Err(m) => return fail(&m),
+    };
+    let token_url = format!("{}/token", conn.url.trim_end_matches('/'));
+    let mut nonce: Option<String> = None;
+    let mut nonce_retried = false;
     let started = tokio::time::Instant::now();
     let mut approval: Option<String> = None;
     let mut interval = DEFAULT_INTERVAL;
@@ -246,11 +349,27 @@ pub async fn exchange(conn: &Connection, a: &ExchangeArgs, as_json: bool) -> i32
         if let Some(id) = &approval {
             f.push(("approval_id", id.clone()));
         }
-        let answer = match send(conn, &client, &f).await {
+        let proof = match &key {
+            Some(k) => match dpop_proof(k, "POST", &token_url, nonce.as_deref(), None) {
+                Ok(p) => Some(p),
+                Err(m) => return fail(&m),
+            },
+            None => None,
+        };
+        let answer = match send(conn, &client, &f, proof.as_deref()).await {
             Ok(a) => a,
             Err(m) => return fail(&m),
         };
         let wait = match answer {
+            Answer::DpopNonce(n) if !nonce_retried => {
+                // RFC 9449 §8: once, with the server's nonce
+                nonce = Some(n);
+                nonce_retried = true;
+                continue;
+            }
+            Answer::DpopNonce(_) => {
+                return fail("the broker refused: use_dpop_nonce twice in a row");
+            }
             Answer::Token(v) => {
                 if as_json {
                     outln!("{v}");
