@@ -300,7 +300,7 @@ fn dev_quickstart_blocks_run() {
     let cfg = read("config/tessera.toml")
         .replace("127.0.0.1:8443", &format!("127.0.0.1:{port}"))
         .replace("127.0.0.1:9090", &format!("127.0.0.1:{ops}"))
-        .replace("127.0.0.1:8444", &format!("127.0.0.1:{iss}"));
+        .replace("127.0.0.1:8445", &format!("127.0.0.1:{iss}"));
     std::fs::create_dir_all(d.path().join("config")).unwrap();
     std::fs::write(d.path().join("config/tessera.toml"), cfg).unwrap();
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_tessera"));
