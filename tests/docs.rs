@@ -194,3 +194,32 @@ async fn openapi_matches_the_server() {
     }
     b.stop().await;
 }
+
+/// docs/configuration-keys.md lists every key of the example config (which
+/// `config::tests::example_documents_every_key` keeps equal to the config
+/// structs), so the reference cannot miss a key the broker reads.
+#[test]
+fn configuration_reference_lists_every_key() {
+    let example: toml::Value = toml::from_str(&read("config/tessera.example.toml")).unwrap();
+    let doc = read("docs/configuration-keys.md");
+    let mut missing = Vec::new();
+    for (section, v) in example.as_table().unwrap() {
+        let tables: Vec<&toml::value::Table> = match v {
+            toml::Value::Table(t) => vec![t],
+            toml::Value::Array(a) => a.iter().filter_map(|x| x.as_table()).collect(),
+            _ => continue,
+        };
+        for t in tables {
+            for key in t.keys() {
+                let name = format!("`{section}.{key}`");
+                if !doc.contains(&name) {
+                    missing.push(name);
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not in docs/configuration-keys.md (regenerate it from the example): {missing:?}"
+    );
+}
