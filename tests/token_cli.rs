@@ -447,3 +447,96 @@ fn completion_scripts_and_grouped_global_flags() {
     }
     assert!(help.contains("Output (any verb)"), "{help}");
 }
+
+/// RFC 8628 polling against a scripted token endpoint: the approval id is
+/// repeated, `slow_down` adds 5 s to the interval, a 429 waits its
+/// `Retry-After`, and the token is printed at the end. The waits are read
+/// from the CLI's progress lines (no clock is asserted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_exchange_honours_interval_slow_down_and_retry_after() {
+    use axum::extract::State;
+    use axum::response::IntoResponse;
+    use std::sync::{Arc, Mutex};
+
+    type Seen = Arc<Mutex<Vec<String>>>;
+    async fn token(State(seen): State<Seen>, body: String) -> axum::response::Response {
+        let n = {
+            let mut s = seen.lock().unwrap();
+            s.push(body);
+            s.len()
+        };
+        let json = |status: u16, v: Value| {
+            (
+                axum::http::StatusCode::from_u16(status).unwrap(),
+                axum::Json(v),
+            )
+                .into_response()
+        };
+        match n {
+            1 => json(
+                400,
+                serde_json::json!({"error": "authorization_pending", "error_description": "waiting",
+                                   "approval_id": "ap-1", "interval": 1}),
+            ),
+            2 => json(400, serde_json::json!({"error": "slow_down"})),
+            3 => {
+                let mut r = json(429, serde_json::json!({"error": "slow_down"}));
+                r.headers_mut()
+                    .insert("retry-after", axum::http::HeaderValue::from_static("2"));
+                r
+            }
+            _ => json(
+                200,
+                serde_json::json!({"access_token": "tok-123", "token_type": "Bearer",
+                                   "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                                   "expires_in": 60, "scope": "s"}),
+            ),
+        }
+    }
+    common::init();
+    let d = tempfile::tempdir().unwrap();
+    let seen: Seen = Arc::default();
+    let router = axum::Router::new()
+        .route("/token", axum::routing::post(token))
+        .with_state(seen.clone());
+    let srv = tessera::testkit::TestHttps::start(d.path(), "tok", router)
+        .await
+        .unwrap();
+    std::fs::write(d.path().join("subject.jwt"), "a.b.c").unwrap();
+    let o = tokio::task::spawn_blocking({
+        let (url, ca, dir) = (srv.url.clone(), srv.ca_path.clone(), d.path().to_path_buf());
+        move || {
+            Command::new(BIN)
+                .args(["token", "exchange", "--audience", "a", "--scope", "s"])
+                .arg("--subject-token-file")
+                .arg(dir.join("subject.jwt"))
+                .args(["--url", &url, "--ca"])
+                .arg(ca)
+                .env_remove("TESSERA_CERT")
+                .env_remove("TESSERA_KEY")
+                .current_dir(dir)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(out.trim(), "tok-123");
+    let waits: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.split("next poll in ").nth(1))
+        .collect();
+    // pending: the interval (1 s); slow_down: 1 + 5; 429: its Retry-After
+    assert_eq!(waits, ["1s", "6s", "2s"], "{err}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    assert!(!seen[0].contains("approval_id"));
+    for body in &seen[1..] {
+        assert!(body.contains("approval_id=ap-1"), "{body}");
+    }
+}

@@ -343,7 +343,9 @@ pub async fn exchange(conn: &Connection, a: &ExchangeArgs, as_json: bool) -> i32
     let mut nonce_retried = false;
     let started = tokio::time::Instant::now();
     let mut approval: Option<String> = None;
-    let mut interval = DEFAULT_INTERVAL;
+    // The broker's interval once it named one (RFC 8628 §3.5: slow_down
+    // adds 5 s for good); before that, the RFC's default.
+    let mut interval: Option<u64> = None;
     loop {
         let mut f = base.clone();
         if let Some(id) = &approval {
@@ -397,12 +399,17 @@ pub async fn exchange(conn: &Connection, a: &ExchangeArgs, as_json: bool) -> i32
                     );
                 }
                 approval = Some(id);
-                interval = interval.max(i);
-                interval
+                let now = interval.map_or(i, |cur| cur.max(i));
+                interval = Some(now);
+                now
             }
-            Answer::SlowDown { retry_after } => {
-                interval = (interval + SLOW_DOWN_STEP).min(MAX_INTERVAL);
-                retry_after.unwrap_or(interval).min(MAX_INTERVAL)
+            Answer::SlowDown {
+                retry_after: Some(r),
+            } => r.min(MAX_INTERVAL),
+            Answer::SlowDown { retry_after: None } => {
+                let now = (interval.unwrap_or(DEFAULT_INTERVAL) + SLOW_DOWN_STEP).min(MAX_INTERVAL);
+                interval = Some(now);
+                now
             }
         };
         let waited = started.elapsed();
