@@ -190,69 +190,145 @@ pub fn access_token_hash(token: &str) -> String {
     crate::jose::b64url_encode(d.as_ref())
 }
 
-/// Verifies a proof against `check`. Errors are stable reason codes.
+/// Why a DPoP proof was refused. [`DpopError::as_str`] is the stable
+/// reason code (audit records, `VerifyError::DpopProof`); it compares equal
+/// to that code.
+///
+/// ```
+/// use tessera::dpop::DpopError;
+/// assert_eq!(DpopError::Htm.as_str(), "dpop_htm");
+/// assert_eq!(DpopError::Htm, "dpop_htm");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DpopError {
+    /// Not a well-formed, correctly signed compact JWS (the JOSE reason).
+    #[error("DPoP proof: {}", .0.reason())]
+    Jose(jws::JwsError),
+    /// `typ` is not `dpop+jwt`.
+    #[error("DPoP proof: typ is not dpop+jwt")]
+    Typ,
+    /// An algorithm DPoP does not accept.
+    #[error("DPoP proof: algorithm not accepted")]
+    Alg,
+    /// The header's `jwk` is not a usable public key.
+    #[error("DPoP proof: jwk is not a usable public key")]
+    JwkInvalid,
+    /// `jti` missing, empty or too long.
+    #[error("DPoP proof: bad jti")]
+    Jti,
+    /// `htm` is not the request's method.
+    #[error("DPoP proof: htm differs from the request method")]
+    Htm,
+    /// `htu` is not the request's URL.
+    #[error("DPoP proof: htu differs from the request URL")]
+    Htu,
+    /// `iat` missing or not an integer.
+    #[error("DPoP proof: bad iat")]
+    Iat,
+    /// `iat` outside the accepted window.
+    #[error("DPoP proof: iat outside the accepted window")]
+    IatWindow,
+    /// `ath` missing or not the access token's hash.
+    #[error("DPoP proof: ath does not match the access token")]
+    Ath,
+    /// `nonce` is not a string of at most 256 bytes.
+    #[error("DPoP proof: malformed nonce")]
+    NonceMalformed,
+}
+
+impl DpopError {
+    /// The stable reason code.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DpopError::Jose(e) => e.reason(),
+            DpopError::Typ => "dpop_typ",
+            DpopError::Alg => "dpop_alg",
+            DpopError::JwkInvalid => "dpop_jwk_invalid",
+            DpopError::Jti => "dpop_jti",
+            DpopError::Htm => "dpop_htm",
+            DpopError::Htu => "dpop_htu",
+            DpopError::Iat => "dpop_iat",
+            DpopError::IatWindow => "dpop_iat_window",
+            DpopError::Ath => "dpop_ath",
+            DpopError::NonceMalformed => "dpop_nonce_malformed",
+        }
+    }
+}
+
+impl PartialEq<&str> for DpopError {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// Verifies a proof against `check`.
 ///
 /// # Errors
-/// A reason code such as `dpop_typ`, `dpop_htm`, `dpop_htu`,
-/// `dpop_iat_window`, `dpop_ath` or a JOSE decoding reason.
+/// A [`DpopError`]; its [`DpopError::as_str`] is a stable reason code such
+/// as `dpop_typ`, `dpop_htm`, `dpop_htu`, `dpop_iat_window`, `dpop_ath` or
+/// a JOSE decoding reason.
 ///
 /// ```
 /// use tessera::dpop::{verify_proof, ProofCheck};
 /// assert!(verify_proof("", &ProofCheck::new("GET", "https://a/b", 0)).is_err());
 /// ```
-pub fn verify_proof(proof: &str, check: &ProofCheck<'_>) -> Result<DpopProof, &'static str> {
+pub fn verify_proof(proof: &str, check: &ProofCheck<'_>) -> Result<DpopProof, DpopError> {
     let (htm, htu, now) = (check.htm, check.htu, check.now);
-    let (parsed, jwk) = jws::decode_dpop_proof(proof).map_err(|e| e.reason())?;
+    let (parsed, jwk) = jws::decode_dpop_proof(proof).map_err(DpopError::Jose)?;
     if !parsed
         .header()
         .typ
         .as_deref()
         .is_some_and(|t| t.eq_ignore_ascii_case("dpop+jwt"))
     {
-        return Err("dpop_typ");
+        return Err(DpopError::Typ);
     }
     if !DPOP_ALGS.contains(&parsed.header().alg) {
-        return Err("dpop_alg");
+        return Err(DpopError::Alg);
     }
-    let key = VerifyingKey::from_jwk(&jwk).map_err(|_| "dpop_jwk_invalid")?;
+    let key = VerifyingKey::from_jwk(&jwk).map_err(|_| DpopError::JwkInvalid)?;
     let jkt = key.thumbprint();
-    let verified = parsed.verify(&key).map_err(|e| e.reason())?;
+    let verified = parsed.verify(&key).map_err(DpopError::Jose)?;
     let c = verified.claims();
     let jti = match c.get("jti") {
         Some(Value::String(j)) if !j.is_empty() && j.len() <= MAX_DPOP_JTI_LEN => j.clone(),
-        _ => return Err("dpop_jti"),
+        _ => return Err(DpopError::Jti),
     };
     if c.get("htm").and_then(Value::as_str) != Some(htm) {
-        return Err("dpop_htm");
+        return Err(DpopError::Htm);
     }
     // RFC 9449 §4.3: compare without query and fragment.
-    let claimed = c.get("htu").and_then(Value::as_str).ok_or("dpop_htu")?;
+    let claimed = c.get("htu").and_then(Value::as_str).ok_or(DpopError::Htu)?;
     let claimed = claimed.split(['?', '#']).next().unwrap_or("");
     if claimed != htu {
-        return Err("dpop_htu");
+        return Err(DpopError::Htu);
     }
     let iat = match c.get("iat") {
-        Some(Value::Number(n)) => n.as_u64().filter(|v| *v < (1u64 << 53)).ok_or("dpop_iat")?,
-        _ => return Err("dpop_iat"),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .filter(|v| *v < (1u64 << 53))
+            .ok_or(DpopError::Iat)?,
+        _ => return Err(DpopError::Iat),
     };
     if iat.saturating_add(DPOP_IAT_WINDOW_SECS) < now
         || iat > now.saturating_add(DPOP_IAT_WINDOW_SECS)
     {
-        return Err("dpop_iat_window");
+        return Err(DpopError::IatWindow);
     }
     if let Some(token) = check.access_token {
-        let ath = c.get("ath").and_then(Value::as_str).ok_or("dpop_ath")?;
+        let ath = c.get("ath").and_then(Value::as_str).ok_or(DpopError::Ath)?;
         let want = access_token_hash(token);
         if aws_lc_rs::constant_time::verify_slices_are_equal(ath.as_bytes(), want.as_bytes())
             .is_err()
         {
-            return Err("dpop_ath");
+            return Err(DpopError::Ath);
         }
     }
     let nonce = match c.get("nonce") {
         None => None,
         Some(Value::String(n)) if n.len() <= 256 => Some(n.clone()),
-        Some(_) => return Err("dpop_nonce_malformed"),
+        Some(_) => return Err(DpopError::NonceMalformed),
     };
     Ok(DpopProof {
         jkt,

@@ -23,16 +23,24 @@
 //! - `exchange`: the pipeline (and `exchange::guard`, the anomaly guard);
 //!   `oauth`, `routes`, `server`, `app`: the service.
 //! - `cli`: operator verbs; `pki`: development and test certificates.
+//!
+//! The layers, who may import whom and where each rule lives:
+//! `docs/architecture.md` (kept by `tests/layering.rs`). Test support
+//! (`testkit`, `testkit_redis`, the hostile half of `pki`, the store
+//! conformance suite) is behind the cargo feature `testkit`, which only the
+//! crate's own tests, benches and examples turn on.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod claims;
 pub mod clock;
 pub mod dpop;
 pub mod jose;
 pub mod jwks;
 pub mod revocation;
-pub mod text;
+#[cfg(feature = "server")]
+pub(crate) mod text;
 pub mod verify;
 
 #[cfg(feature = "server")]
@@ -56,14 +64,14 @@ pub mod pki;
 #[cfg(feature = "server")]
 pub mod policy;
 #[cfg(feature = "server")]
-pub mod routes;
+pub(crate) mod routes;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 pub mod store;
 #[cfg(feature = "server")]
 pub mod telemetry;
-#[cfg(feature = "server")]
+#[cfg(all(feature = "server", any(test, feature = "testkit")))]
 pub mod testkit;
-#[cfg(feature = "server")]
+#[cfg(all(feature = "server", any(test, feature = "testkit")))]
 pub mod testkit_redis;

@@ -313,6 +313,14 @@ enum AuditCmd {
         /// Exit 0 when there is no record at all (default: exit 1, "verified nothing").
         #[arg(long)]
         allow_empty: bool,
+        /// With --file: the file was rotated (its chains may start past seq 1;
+        /// default: a chain that does not start at seq 1 lost its first records).
+        #[arg(long, requires = "file")]
+        rotated: bool,
+        /// With --file: also check each chain against the store's checkpoint of
+        /// its last record (read from the broker), so a removed tail shows.
+        #[arg(long, requires = "file")]
+        checkpoint_from_store: bool,
     },
 }
 
@@ -913,10 +921,35 @@ fn main() -> ExitCode {
             AuditCmd::Verify {
                 file: Some(f),
                 allow_empty,
+                rotated: false,
+                checkpoint_from_store: false,
             } => tessera::cli::audit::verify_file(&f, cli.json, allow_empty),
+            AuditCmd::Verify {
+                file: Some(f),
+                allow_empty,
+                rotated,
+                checkpoint_from_store,
+            } => {
+                let conn = if checkpoint_from_store {
+                    match connection(&cli.url, cli.cert, cli.key, cli.ca) {
+                        Ok(c) => Some(c),
+                        Err(m) => return usage_error(&m, cli.json),
+                    }
+                } else {
+                    None
+                };
+                block_on(tessera::cli::audit::verify_file_checked(
+                    &f,
+                    rotated,
+                    conn.as_ref(),
+                    cli.json,
+                    allow_empty,
+                ))
+            }
             AuditCmd::Verify {
                 file: None,
                 allow_empty,
+                ..
             } => {
                 let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                     Ok(c) => c,

@@ -33,6 +33,7 @@ pub const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const BACKDATE: Duration = Duration::from_secs(3600);
 
 /// Offset used by [`LeafSpec::expired`] and [`LeafSpec::not_yet_valid`].
+#[cfg(any(test, feature = "testkit"))]
 pub const HOSTILE_VALIDITY_OFFSET: Duration = Duration::from_secs(2 * 24 * 3600);
 
 /// Largest PEM file read by this module.
@@ -289,6 +290,7 @@ impl LeafSpec {
     }
 
     /// Validity ended [`HOSTILE_VALIDITY_OFFSET`]/2 ago.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn expired(self) -> LeafSpec {
         let now = SystemTime::now();
         let nb = now.checked_sub(HOSTILE_VALIDITY_OFFSET).unwrap_or(now);
@@ -297,6 +299,7 @@ impl LeafSpec {
     }
 
     /// Validity starts [`HOSTILE_VALIDITY_OFFSET`]/2 from now.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn not_yet_valid(self) -> LeafSpec {
         let now = SystemTime::now();
         let nb = now.checked_add(HOSTILE_VALIDITY_OFFSET / 2).unwrap_or(now);
@@ -305,12 +308,14 @@ impl LeafSpec {
     }
 
     /// Asserts basicConstraints `cA: true` on the leaf.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn with_ca_flag(mut self) -> LeafSpec {
         self.is_ca = true;
         self
     }
 
     /// Adds keyCertSign to the key usages.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn with_key_cert_sign(mut self) -> LeafSpec {
         let mut usages = self
             .key_usage
@@ -325,6 +330,7 @@ impl LeafSpec {
 
     /// Replaces digitalSignature by keyEncipherment (keyUsage present, no
     /// digitalSignature).
+    #[cfg(any(test, feature = "testkit"))]
     pub fn without_digital_signature(mut self) -> LeafSpec {
         let mut usages = self
             .key_usage
@@ -339,12 +345,14 @@ impl LeafSpec {
     }
 
     /// Sets the exact key usages (`vec![]` omits the extension).
+    #[cfg(any(test, feature = "testkit"))]
     pub fn with_key_usage(mut self, usages: Vec<KeyUsage>) -> LeafSpec {
         self.key_usage = Some(usages);
         self
     }
 
     /// Adds another URI SAN (two URI SANs is hostile for SPIFFE).
+    #[cfg(any(test, feature = "testkit"))]
     pub fn with_extra_uri(mut self, uri: impl Into<String>) -> LeafSpec {
         self.uri_sans.push(uri.into());
         self
@@ -357,6 +365,7 @@ impl LeafSpec {
     }
 
     /// EKU serverAuth only (hostile for a client certificate).
+    #[cfg(any(test, feature = "testkit"))]
     pub fn server_auth_only(mut self) -> LeafSpec {
         self.server = true;
         self.client = false;
@@ -365,6 +374,7 @@ impl LeafSpec {
     }
 
     /// EKU clientAuth only.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn client_auth_only(mut self) -> LeafSpec {
         self.server = false;
         self.client = true;
@@ -373,6 +383,7 @@ impl LeafSpec {
     }
 
     /// Omits the extendedKeyUsage extension.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn without_eku(mut self) -> LeafSpec {
         self.no_eku = true;
         self
@@ -427,6 +438,7 @@ impl Ca {
     }
 
     /// Issues an intermediate CA (pathLenConstraint 0) signed by this CA.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn issue_intermediate(&self, common_name: &str) -> Result<Ca, PkiError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = ca_params(common_name, BasicConstraints::Constrained(0))?;
@@ -437,6 +449,7 @@ impl Ca {
 
     /// Issues a sub-CA without a path length constraint, signed by this CA
     /// (tests build long and wide chains with it).
+    #[cfg(any(test, feature = "testkit"))]
     pub fn issue_sub_ca(&self, common_name: &str) -> Result<Ca, PkiError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = ca_params(common_name, BasicConstraints::Unconstrained)?;
@@ -448,6 +461,7 @@ impl Ca {
     /// Issues a sub-CA (unconstrained) for an existing key: called several
     /// times with one key it makes cross-signed twins (same subject and key,
     /// other certificates), for tests of path-building budgets.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn issue_sub_ca_with_key(&self, common_name: &str, key_pem: &str) -> Result<Ca, PkiError> {
         let key = KeyPair::from_pem(key_pem)?;
         let mut params = ca_params(common_name, BasicConstraints::Unconstrained)?;

@@ -362,15 +362,25 @@ async fn no_token_is_issued_whose_record_cannot_be_written() {
     ledger.record(s.as_u16(), &v);
     assert_eq!(s, 200, "{v}");
     let after = b.audit_records().await;
-    // every token the broker returned has its record; the withheld ones may not
-    assert_eq!(count(&after, "issued"), 2);
+    // The stream caught up with what it missed (the sink that failed gets
+    // its backlog, in chain order): the `issued` records of the three
+    // withheld tokens, each withdrawn by an `unavailable` record, so issued
+    // minus withdrawn is the count of tokens returned here too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut after = after;
+    while count(&after, "issued") < 5 {
+        assert!(std::time::Instant::now() < deadline, "{after:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        after = b.audit_records().await;
+    }
+    assert_eq!(count(&after, "issued"), 5);
     // I1–I5 over the run, against the stream (the records that gate issue)
     let summary = ledger.check(&after, &common::invariants::Expect::default());
     assert_eq!(summary.tokens, 2);
     let report = verify_values(&after);
     assert!(report.intact(), "{report:?}");
-    // the failed batches started new chains; the stream still verifies
-    assert!(report.chains.len() >= 2, "{report:?}");
+    // the failed batches did not restart the chain
+    assert_eq!(report.chains.len(), 1, "{report:?}");
     // every key in Redis is bounded: the audit stream by length and an idle TTL
     let ttl: i64 = redis_cli(&redis.url(), &["TTL", "tessera:{audit}:stream"])
         .trim()

@@ -775,3 +775,23 @@ async fn against_a_broker_tls_trust_tail_zero_and_counters_at_zero() {
     );
     b.stop().await;
 }
+
+/// Issue 18 item 1: `config check` applies the store's own prefix rule, so
+/// a 40-character prefix (which the Redis store refuses at start-up) is
+/// refused by `config check` with the key named.
+#[test]
+fn config_check_refuses_a_prefix_the_store_refuses() {
+    let d = tempfile::tempdir().unwrap();
+    let prefix = "p".repeat(40);
+    std::fs::write(
+        d.path().join("c.toml"),
+        format!(
+            "[dev]\ngenerate_missing = true\n[store]\nurl = \"redis://127.0.0.1:6379\"\nprefix = \"{prefix}\"\n"
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(d.path(), &["config", "check", "--config", "c.toml"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("c.toml: store.prefix:"), "{err}");
+    assert!(err.contains("1 to 32 characters"), "{err}");
+}

@@ -33,7 +33,9 @@ fn b64(s: &[u8]) -> String {
 fn keyspace(url: &str) -> BTreeMap<String, String> {
     let keys = redis_cli(url, &["--scan"]);
     keys.lines()
-        .filter(|k| !k.is_empty() && !k.ends_with(":{audit}:stream"))
+        // The audit stream and its checkpoint (the last record's seq and
+        // hash, written with every append) are the audit trail itself.
+        .filter(|k| !k.is_empty() && !k.contains(":{audit}:"))
         .map(|k| (k.to_string(), redis_cli(url, &["DUMP", k])))
         .collect()
 }

@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
     for check in &checks {
         let r = verify_proof(&proof, check);
         let Ok(ok) = r else {
-            assert!(is_reason_code(r.unwrap_err()));
+            assert!(is_reason_code(r.unwrap_err().as_str()));
             continue;
         };
         let header = parse_object(&h).expect("accepted header is strict JSON");

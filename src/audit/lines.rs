@@ -19,8 +19,12 @@
 //!
 //! The file sink (`[audit] sink = "file:…"`) always uses the blocking pool.
 
+use std::collections::VecDeque;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use crate::store::AuditLine;
 
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -97,6 +101,13 @@ pub(crate) struct PipeLines {
     pending: Vec<u8>,
     /// Whether the last byte written ended a line.
     at_line_start: bool,
+    /// Bytes written so far (where `pending` starts).
+    offset: u64,
+    /// For each line in `pending` with a `seq`: where it ends (an absolute
+    /// byte count), and its `seq`.
+    ends: VecDeque<(u64, u64)>,
+    /// `seq` of the last line written whole.
+    written_seq: u64,
 }
 
 impl PipeLines {
@@ -129,6 +140,9 @@ impl PipeLines {
                 flags,
                 pending: Vec::new(),
                 at_line_start: true,
+                offset: 0,
+                ends: VecDeque::new(),
+                written_seq: 0,
             }),
             Err(e) => {
                 tracing::debug!(error = %e, "audit lines: stdout cannot be polled; using the blocking pool");
@@ -142,9 +156,23 @@ impl PipeLines {
     /// dropped (their batch was refused). Cancel-safe: dropping the future
     /// keeps the unwritten bytes for the next call. The batch is taken, not
     /// copied, when nothing was left.
+    #[cfg(test)]
     pub(crate) async fn write(&mut self, buf: Vec<u8>) -> std::io::Result<()> {
-        if self.at_line_start {
+        self.write_seq(buf, Vec::new()).await
+    }
+
+    /// [`PipeLines::write`], knowing where each line of `buf` ends and its
+    /// `seq` (`ends`, relative to `buf`), so [`PipeLines::written_seq`] is
+    /// the `seq` of the last line written whole, even after a cancel.
+    pub(crate) async fn write_seq(
+        &mut self,
+        buf: Vec<u8>,
+        ends: Vec<(usize, u64)>,
+    ) -> std::io::Result<()> {
+        let base = if self.at_line_start {
             self.pending = buf;
+            self.ends.clear();
+            self.offset
         } else {
             let end = self
                 .pending
@@ -152,7 +180,13 @@ impl PipeLines {
                 .position(|&b| b == b'\n')
                 .map_or(self.pending.len(), |i| i + 1);
             self.pending.truncate(end);
+            let kept_to = self.offset + end as u64;
+            self.ends.retain(|(e, _)| *e <= kept_to);
             self.pending.extend_from_slice(&buf);
+            kept_to
+        };
+        for (e, seq) in ends {
+            self.ends.push_back((base + e as u64, seq));
         }
         while !self.pending.is_empty() {
             match self.out.try_write(&self.pending) {
@@ -165,6 +199,14 @@ impl PipeLines {
                 Ok(n) => {
                     self.at_line_start = self.pending[n - 1] == b'\n';
                     self.pending.drain(..n);
+                    self.offset += n as u64;
+                    while let Some(&(e, seq)) = self.ends.front() {
+                        if e > self.offset {
+                            break;
+                        }
+                        self.written_seq = seq;
+                        self.ends.pop_front();
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.out.writable().await?,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -225,38 +267,92 @@ impl Lines {
         }
     }
 
-    /// Writes one batch of lines; `Err` names the cause.
-    pub(crate) async fn write(&mut self, buf: Vec<u8>) -> Result<(), String> {
+    /// Writes the records of `recs` (one chain, in `seq` order) that are
+    /// past `written` (the `seq` of the last record this sink holds), then
+    /// moves `written`. A batch written again after a failure, or a write
+    /// that finished after its caller gave up (the blocking pool keeps
+    /// going), never puts a record in twice: the check and the write happen
+    /// under the sink's lock. `Err` names the cause.
+    pub(crate) async fn write(
+        &mut self,
+        recs: &[AuditLine],
+        written: &Arc<AtomicU64>,
+    ) -> Result<(), String> {
+        let from = written.load(Ordering::SeqCst);
+        let Some(last) = recs.last().map(|r| r.seq) else {
+            return Ok(());
+        };
+        if last <= from {
+            return Ok(());
+        }
         let r = match self {
             Lines::Off => Ok(()),
-            Lines::Pipe(p) => p.write(buf).await,
-            Lines::Inline(f) => f.write_all(&buf),
+            Lines::Pipe(p) => {
+                let from = from.max(p.written_seq);
+                let (buf, ends) = join_lines(recs, from);
+                let r = p.write_seq(buf, ends).await;
+                written.fetch_max(p.written_seq, Ordering::SeqCst);
+                r
+            }
+            Lines::Inline(f) => {
+                let (buf, _) = join_lines(recs, from);
+                f.write_all(&buf)
+            }
             Lines::Stdout => {
+                let recs = recs.to_vec();
+                let written = written.clone();
                 on_blocking_pool(move || {
                     let mut out = std::io::stdout().lock();
-                    out.write_all(&buf).and_then(|_| out.flush())
+                    let (buf, _) = join_lines(&recs, written.load(Ordering::SeqCst));
+                    out.write_all(&buf).and_then(|_| out.flush())?;
+                    written.fetch_max(last, Ordering::SeqCst);
+                    Ok(())
                 })
                 .await
             }
             Lines::File(f) => {
                 let f = f.clone();
+                let recs = recs.to_vec();
+                let written = written.clone();
                 on_blocking_pool(move || {
                     let mut f = f
                         .lock()
                         .map_err(|_| std::io::Error::other("audit file lock poisoned"))?;
+                    let (buf, _) = join_lines(&recs, written.load(Ordering::SeqCst));
+                    if buf.is_empty() {
+                        return Ok(());
+                    }
                     let before = f.metadata()?.len();
                     let r = f.write_all(&buf).and_then(|_| f.flush());
                     if r.is_err() {
                         // Leave no partial line behind.
                         let _ = f.set_len(before);
+                    } else {
+                        written.fetch_max(last, Ordering::SeqCst);
                     }
                     r
                 })
                 .await
             }
         };
+        if r.is_ok() {
+            written.fetch_max(last, Ordering::SeqCst);
+        }
         r.map_err(|e| format!("audit lines: {e}"))
     }
+}
+
+/// The lines of `recs` past `from`, newline-terminated, and where each
+/// ends in the buffer with its `seq`.
+fn join_lines(recs: &[AuditLine], from: u64) -> (Vec<u8>, Vec<(usize, u64)>) {
+    let mut buf = Vec::with_capacity(recs.len() * 512);
+    let mut ends = Vec::with_capacity(recs.len());
+    for r in recs.iter().filter(|r| r.seq > from) {
+        buf.extend_from_slice(r.line.as_bytes());
+        buf.push(b'\n');
+        ends.push((buf.len(), r.seq));
+    }
+    (buf, ends)
 }
 
 /// Runs a blocking write on the blocking pool.

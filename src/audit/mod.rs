@@ -11,9 +11,18 @@
 //! endpoint returns a token only after its `issued` record is written (fail
 //! closed: a full queue, a failed sink or a timeout is an [`AuditError`]).
 //!
-//! When a batch fails on any sink, its records are refused and the writer
-//! starts a new chain (a fresh `node`), so every chain stays verifiable on
-//! every sink: the failed sink simply ends the old chain earlier.
+//! When a batch fails on any sink, its records are refused (the caller
+//! withholds the token and queues a withdrawal, [`is_withdrawal`]) but the
+//! chain goes on: the sink that failed keeps the sealed records it missed
+//! as its backlog and gets them first, in chain order, on its next write
+//! (a retry every [`BACKLOG_RETRY`] while behind). Both sinks therefore
+//! hold the same gapless chain once they work, and a missing record is
+//! always a deletion. Writes are idempotent by `seq`: the stream appends
+//! only records past its chain's checkpoint
+//! ([`AuditStream::append_chain`], one atomic script), the line sink only
+//! records past the last `seq` it wrote (checked under its lock), so a
+//! write that lands after its deadline (a paused Redis that wakes up, a
+//! stalled disk) never duplicates a record.
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -41,11 +50,12 @@
 
 mod lines;
 mod record;
-pub mod restore;
+pub(crate) mod restore;
 mod verify;
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,10 +65,10 @@ pub use record::{
     rfc3339_millis, rfc3339_now, sha256_hex, AuditRecord, ChainHead, Event, GENESIS,
     MAX_FIELD_CHARS, MAX_LIST_ENTRIES, MAX_RECORD_BYTES,
 };
-pub use verify::{head_from_line, Break, ChainSummary, ChainVerifier, Report};
+pub use verify::{head_from_line, Break, ChainSummary, ChainVerifier, Report, MAX_BREAKS};
 
 use crate::config::AuditSink;
-use crate::store::AuditStream;
+use crate::store::{AuditLine, AuditStream};
 use lines::Lines;
 
 /// Records queued for the writer; past it [`Auditor::record`] fails at once.
@@ -68,6 +78,13 @@ pub const MAX_BATCH: usize = 4_096;
 /// Most scheduler rounds the writer waits for more records before writing
 /// a batch (group commit; it stops as soon as a round brings none).
 pub const GROUP_YIELDS: usize = 4;
+
+/// Most sealed records kept for a sink that missed them (see the module
+/// docs); past it, new records other than withdrawals are refused before
+/// they join the chain.
+pub const MAX_BACKLOG: usize = QUEUE_LEN;
+/// How often the writer retries a sink that is behind when no record comes.
+pub const BACKLOG_RETRY: Duration = Duration::from_secs(1);
 
 /// How much of an existing audit file's end is read to find its last record.
 pub const TAIL_READ_BYTES: u64 = 256 * 1024;
@@ -138,18 +155,22 @@ impl Auditor {
             ));
         }
         let (lines, head) = match sink {
-            AuditSink::Off => (Lines::Off, ChainHead::fresh()),
-            AuditSink::Stdout => (Lines::stdout(), ChainHead::fresh()),
+            AuditSink::Off => (Lines::Off, (ChainHead::fresh(), Vec::new())),
+            AuditSink::Stdout => (Lines::stdout(), (ChainHead::fresh(), Vec::new())),
             AuditSink::File(path) => {
-                let (file, head) = open_file(path)?;
+                let (file, head, tail) = open_file(path)?;
                 (
                     Lines::File(Arc::new(Mutex::new(file))),
-                    head.unwrap_or_else(ChainHead::fresh),
+                    match head {
+                        Some(h) => (h, tail),
+                        None => (ChainHead::fresh(), Vec::new()),
+                    },
                 )
             }
         };
+        let (head, tail) = head;
         let (tx, rx) = mpsc::channel(QUEUE_LEN);
-        tokio::spawn(writer(rx, head, lines, stream, timeout));
+        tokio::spawn(writer(rx, head, tail, lines, stream, timeout));
         Ok(Self { tx, timeout })
     }
 
@@ -186,8 +207,12 @@ impl Auditor {
     }
 }
 
+/// What [`open_file`] found: the file, the chain to continue, and the
+/// records of that chain at the file's end (oldest first).
+type Opened = (std::fs::File, Option<ChainHead>, Vec<AuditLine>);
+
 /// Opens (creating) the file for appending and finds the chain to continue.
-fn open_file(path: &Path) -> Result<(std::fs::File, Option<ChainHead>), AuditError> {
+fn open_file(path: &Path) -> Result<Opened, AuditError> {
     let open_err = |e: std::io::Error| AuditError::Open {
         path: path.display().to_string(),
         reason: e.to_string(),
@@ -200,7 +225,7 @@ fn open_file(path: &Path) -> Result<(std::fs::File, Option<ChainHead>), AuditErr
         .map_err(open_err)?;
     let len = file.metadata().map_err(open_err)?.len();
     if len == 0 {
-        return Ok((file, None));
+        return Ok((file, None, Vec::new()));
     }
     let from = len.saturating_sub(TAIL_READ_BYTES);
     file.seek(SeekFrom::Start(from)).map_err(open_err)?;
@@ -210,7 +235,7 @@ fn open_file(path: &Path) -> Result<(std::fs::File, Option<ChainHead>), AuditErr
         // A torn last line (a crash mid-write): end it, start a new chain.
         tracing::warn!(path = %path.display(), "audit file ends in an incomplete line; starting a new chain");
         file.write_all(b"\n").map_err(open_err)?;
-        return Ok((file, None));
+        return Ok((file, None, Vec::new()));
     }
     let text = String::from_utf8_lossy(&tail);
     let last = text.lines().rev().find(|l| !l.trim().is_empty());
@@ -223,18 +248,171 @@ fn open_file(path: &Path) -> Result<(std::fs::File, Option<ChainHead>), AuditErr
             tracing::warn!(path = %path.display(), "audit file's last line is not a sealed record; starting a new chain")
         }
     }
-    Ok((file, head))
+    let tail = match &head {
+        Some(h) => chain_tail(&text, h),
+        None => Vec::new(),
+    };
+    Ok((file, head, tail))
+}
+
+/// The sealed records of `head`'s chain that end `text`, oldest first (the
+/// run of consecutive `seq`s up to `head.seq`).
+fn chain_tail(text: &str, head: &ChainHead) -> Vec<AuditLine> {
+    let mut out: Vec<AuditLine> = Vec::new();
+    for l in text.lines().rev() {
+        let l = l.trim();
+        if l.is_empty() {
+            continue;
+        }
+        let Some(h) = head_from_line(l) else { break };
+        let want = out.last().map_or(head.seq, |r| r.seq.saturating_sub(1));
+        if h.node != head.node || h.seq != want {
+            break;
+        }
+        out.push(AuditLine {
+            seq: h.seq,
+            hash: h.hash,
+            line: l.to_string(),
+        });
+    }
+    out.reverse();
+    out
+}
+
+/// What the writer keeps between batches.
+struct Writer {
+    head: ChainHead,
+    lines: Lines,
+    /// `seq` of the last record the line sink holds.
+    lines_written: Arc<AtomicU64>,
+    stream: Option<(Arc<dyn AuditStream>, u64)>,
+    timeout: Duration,
+    /// Sealed records the line sink does not hold yet (a failed or
+    /// timed-out write): written first, before any newer record.
+    lines_backlog: Vec<AuditLine>,
+    /// The same for the stream.
+    stream_backlog: Vec<AuditLine>,
+}
+
+impl Writer {
+    fn backlog_full(&self) -> bool {
+        self.lines_backlog.len() >= MAX_BACKLOG || self.stream_backlog.len() >= MAX_BACKLOG
+    }
+
+    /// Writes `fresh` (just sealed) after each sink's backlog, to both
+    /// sinks at once, each bounded by the timeout. A sink that fails keeps
+    /// everything it was given as its backlog; the chain goes on.
+    async fn write(&mut self, fresh: Vec<AuditLine>) -> Result<(), AuditError> {
+        let mut to_lines = std::mem::take(&mut self.lines_backlog);
+        to_lines.extend(fresh.iter().cloned());
+        let mut to_stream = std::mem::take(&mut self.stream_backlog);
+        if self.stream.is_some() {
+            to_stream.extend(fresh);
+        }
+        let timeout = self.timeout;
+        let node = self.head.node.clone();
+        let (sink, written, target) = (&mut self.lines, &self.lines_written, &self.stream);
+        let lines = async {
+            match tokio::time::timeout(timeout, sink.write(&to_lines, written)).await {
+                Ok(r) => r.map_err(AuditError::Sink),
+                Err(_) => Err(AuditError::Timeout(timeout.as_millis())),
+            }
+        };
+        let stream = async {
+            match target {
+                Some((s, max_len)) if !to_stream.is_empty() => {
+                    match tokio::time::timeout(timeout, s.append_chain(&node, &to_stream, *max_len))
+                        .await
+                    {
+                        Ok(r) => r.map_err(|e| AuditError::Stream(e.to_string())),
+                        Err(_) => Err(AuditError::Timeout(timeout.as_millis())),
+                    }
+                }
+                _ => Ok(()),
+            }
+        };
+        let (a, b) = tokio::join!(lines, stream);
+        if a.is_err() {
+            self.lines_backlog = to_lines;
+        }
+        if b.is_err() {
+            self.stream_backlog = to_stream;
+        }
+        a.and(b)
+    }
 }
 
 async fn writer(
     mut rx: mpsc::Receiver<Job>,
-    mut head: ChainHead,
-    mut lines: Lines,
+    head: ChainHead,
+    tail: Vec<AuditLine>,
+    lines: Lines,
     stream: Option<(Arc<dyn AuditStream>, u64)>,
     timeout: Duration,
 ) {
+    let mut w = Writer {
+        lines_written: Arc::new(AtomicU64::new(head.seq)),
+        head,
+        lines,
+        stream,
+        timeout,
+        lines_backlog: Vec::new(),
+        stream_backlog: Vec::new(),
+    };
+    // A broker that stopped (a crash, a kill -9) after its file got records
+    // the stream did not: the stream's checkpoint of this chain says how far
+    // it got; the file's end gives the rest, first.
+    if let (Some((s, _)), false) = (&w.stream, tail.is_empty()) {
+        match tokio::time::timeout(timeout, s.checkpoints()).await {
+            Ok(Ok(cps)) => {
+                if let Some(cp) = cps.iter().find(|c| c.node == w.head.node) {
+                    if cp.seq < w.head.seq {
+                        w.stream_backlog = tail.into_iter().filter(|r| r.seq > cp.seq).collect();
+                        tracing::warn!(node = %w.head.node, stream_seq = cp.seq, file_seq = w.head.seq,
+                            records = w.stream_backlog.len(),
+                            "audit stream is behind the file: sending it the records it lacks");
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "audit: cannot read the stream's checkpoints at start")
+            }
+            Err(_) => {
+                tracing::warn!("audit: the stream's checkpoints did not come in time at start")
+            }
+        }
+    }
     let mut batch: Vec<Job> = Vec::new();
-    while let Some(first) = rx.recv().await {
+    loop {
+        let behind = !w.lines_backlog.is_empty() || !w.stream_backlog.is_empty();
+        let first = if behind {
+            tokio::select! {
+                j = rx.recv() => match j {
+                    Some(j) => Some(j),
+                    None => {
+                        // Closing: one last try to hand the sinks what they lack.
+                        let _ = w.write(Vec::new()).await;
+                        break;
+                    }
+                },
+                () = tokio::time::sleep(BACKLOG_RETRY) => None,
+            }
+        } else {
+            match rx.recv().await {
+                Some(j) => Some(j),
+                None => break,
+            }
+        };
+        let Some(first) = first else {
+            // Nothing new: retry the backlog alone.
+            if let Err(e) = w.write(Vec::new()).await {
+                tracing::warn!(error = %e, lines_behind = w.lines_backlog.len(),
+                    stream_behind = w.stream_backlog.len(), "audit sink still failing");
+            } else {
+                tracing::info!(node = %w.head.node, seq = w.head.seq, "audit sinks caught up");
+            }
+            continue;
+        };
         batch.push(first);
         // Group commit: let the tasks that are ready run first, so the
         // records they are about to queue join this batch: one write per
@@ -256,38 +434,51 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        let time = rfc3339_now();
-        let mut buf = Vec::with_capacity(batch.len() * 512);
-        let mut sealed = Vec::with_capacity(batch.len());
-        for j in &mut batch {
-            let line = head.seal(&mut j.rec, time.clone());
-            buf.extend_from_slice(line.as_bytes());
-            buf.push(b'\n');
-            sealed.push(line);
-        }
-        let to_stream = async {
-            match &stream {
-                Some((s, max_len)) => s
-                    .append(&sealed, *max_len)
-                    .await
-                    .map_err(|e| AuditError::Stream(e.to_string())),
-                None => Ok(()),
-            }
-        };
-        let both = async {
-            let (a, b) = tokio::join!(lines.write(buf), to_stream);
-            a.map_err(AuditError::Sink).and(b)
-        };
-        let result = match tokio::time::timeout(timeout, both).await {
-            Ok(r) => r,
-            Err(_) => Err(AuditError::Timeout(timeout.as_millis())),
-        };
         let m = crate::telemetry::metrics();
+        // A sink far behind: records that withdraw a token already in the
+        // chain still join it (each follows its `issued` record); any other
+        // is refused before it joins the chain, so no sink ever misses a
+        // record of the chain.
+        let mut refused: Vec<Job> = Vec::new();
+        if w.backlog_full() {
+            let (keep, out): (Vec<Job>, Vec<Job>) =
+                batch.drain(..).partition(|j| is_withdrawal(&j.rec));
+            batch = keep;
+            refused = out;
+        }
+        let time = rfc3339_now();
+        let mut fresh = Vec::with_capacity(batch.len());
+        for j in &mut batch {
+            let line = w.head.seal(&mut j.rec, time.clone());
+            fresh.push(AuditLine {
+                seq: j.rec.seq,
+                hash: j.rec.hash.clone(),
+                line,
+            });
+        }
+        let result = if fresh.is_empty() {
+            Ok(())
+        } else {
+            w.write(fresh).await
+        };
         if let Err(e) = &result {
             m.audit_failures.inc_by(batch.len() as u64);
-            let old = std::mem::replace(&mut head, ChainHead::fresh());
-            tracing::error!(error = %e, records = batch.len(), old_node = %old.node, new_node = %head.node,
-                "audit write failed: the records are refused and a new chain starts");
+            tracing::error!(error = %e, records = batch.len(), node = %w.head.node, seq = w.head.seq,
+                lines_behind = w.lines_backlog.len(), stream_behind = w.stream_backlog.len(),
+                "audit write failed: the records are refused (the sink that missed them gets them later, in chain order)");
+        }
+        if !refused.is_empty() {
+            m.audit_failures.inc_by(refused.len() as u64);
+            tracing::error!(
+                records = refused.len(),
+                "audit backlog full: records refused before joining the chain"
+            );
+            let e = AuditError::Sink(format!("a sink is {MAX_BACKLOG} or more records behind"));
+            for j in refused {
+                if let Some(ack) = j.ack {
+                    let _ = ack.send(Err(e.clone()));
+                }
+            }
         }
         for j in batch.drain(..) {
             if result.is_ok() {
@@ -302,11 +493,29 @@ async fn writer(
     }
 }
 
-/// Verifies a JSON-lines audit file.
+/// The record that says a token whose `issued` record was written was
+/// withheld after all ([`Event::Unavailable`], reason `audit_unavailable`,
+/// with the token's `jti`).
+pub fn is_withdrawal(r: &AuditRecord) -> bool {
+    r.event == Event::Unavailable
+        && r.reason.as_deref() == Some(WITHDRAWAL_REASON)
+        && r.jti.is_some()
+}
+
+/// `reason` of a withdrawal record ([`is_withdrawal`]).
+pub const WITHDRAWAL_REASON: &str = "audit_unavailable";
+
+/// Verifies a JSON-lines audit file: every chain must start at `seq` 1
+/// ([`ChainVerifier::strict_start`]).
 pub fn verify_file(path: &Path) -> Result<Report, String> {
+    verify_file_with(path, ChainVerifier::default().strict_start(true))
+}
+
+/// Verifies a JSON-lines audit file with `v` (its options: a rotated file's
+/// start, checkpoints).
+pub fn verify_file_with(path: &Path, mut v: ChainVerifier) -> Result<Report, String> {
     let f =
         std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut v = ChainVerifier::default();
     let mut r = std::io::BufReader::new(f);
     let mut line = Vec::new();
     loop {

@@ -162,7 +162,7 @@ pub const MAX_LIST_ENTRIES: usize = 32;
 /// No sealed record is longer than this: every field and list is capped, so
 /// one oversized record can never fail a batch holding other callers'
 /// records.
-pub const MAX_RECORD_BYTES: usize = 256 * 1024;
+pub const MAX_RECORD_BYTES: usize = crate::store::MAX_AUDIT_RECORD_BYTES;
 
 fn safe(s: &str) -> String {
     // Fast path (nearly every value): printable ASCII that `escape_default`

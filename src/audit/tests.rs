@@ -224,7 +224,7 @@ async fn a_restarted_writer_continues_the_file_chain() {
 }
 
 #[tokio::test]
-async fn a_failing_file_sink_fails_every_record_and_starts_a_new_chain() {
+async fn a_failing_file_sink_fails_every_record_but_the_chain_goes_on() {
     if !std::path::Path::new("/dev/full").exists() {
         return;
     }
@@ -239,15 +239,254 @@ async fn a_failing_file_sink_fails_every_record_and_starts_a_new_chain() {
     assert!(matches!(e, AuditError::Sink(_)), "{e:?}");
     let e = a.record(AuditRecord::new(Event::Issued)).await.unwrap_err();
     assert!(matches!(e, AuditError::Sink(_)), "{e:?}");
-    // the stream got each failed record, each as the first of its own chain,
-    // so the stream still verifies
+    // the stream got each failed record, in one chain that does not restart
+    // on the file's failure (the file keeps them as its backlog)
     let (rows, _) = crate::store::AuditStream::read(&*mem, Some("0"), 10)
         .await
         .unwrap();
     assert_eq!(rows.len(), 2);
     let r = verify(&rows.into_iter().map(|(_, l)| l).collect::<Vec<_>>());
     assert!(r.intact(), "{r:?}");
-    assert_eq!(r.chains.len(), 2);
+    assert_eq!(r.chains.len(), 1);
+    assert_eq!((r.chains[0].first_seq, r.chains[0].last_seq), (1, 2));
+}
+
+/// A memory stream that fails while `down` is set, and, while `late` is
+/// set, appends only after its caller gave up (a paused Redis that wakes).
+#[derive(Default)]
+struct Flaky {
+    mem: MemoryStore,
+    down: std::sync::atomic::AtomicBool,
+    late: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl crate::store::AuditStream for Flaky {
+    async fn append(&self, r: &[String], m: u64) -> Result<(), StoreError> {
+        self.mem.append(r, m).await
+    }
+    async fn read(
+        &self,
+        a: Option<&str>,
+        l: usize,
+    ) -> Result<(Vec<(String, String)>, String), StoreError> {
+        self.mem.read(a, l).await
+    }
+    async fn append_chain(
+        &self,
+        node: &str,
+        records: &[crate::store::AuditLine],
+        max_len: u64,
+    ) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.down.load(SeqCst) {
+            return Err(StoreError::Unavailable("down".into()));
+        }
+        if self.late.load(SeqCst) {
+            // the write reaches the store, the answer never comes in time
+            self.mem.append_chain(node, records, max_len).await?;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        self.mem.append_chain(node, records, max_len).await
+    }
+    async fn checkpoints(&self) -> Result<Vec<crate::store::AuditCheckpoint>, StoreError> {
+        self.mem.checkpoints().await
+    }
+}
+
+async fn stream_lines(f: &Flaky) -> Vec<String> {
+    let (rows, _) = f.mem.read(Some("0"), 10_000).await.unwrap();
+    rows.into_iter().map(|(_, l)| l).collect()
+}
+
+/// R15: a stream that fails, then one whose write lands after the deadline:
+/// the records are refused each time, yet the chain never restarts, no
+/// record is written twice, and once the stream answers it holds exactly
+/// the file's records, in order, with its checkpoint at the last one.
+#[tokio::test]
+async fn r15_a_failing_or_late_stream_gets_the_same_gapless_chain_as_the_file() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("audit.jsonl");
+    let flaky = Arc::new(Flaky::default());
+    let a = Auditor::start(
+        &AuditSink::File(path.clone()),
+        Some((flaky.clone(), 100_000)),
+        Duration::from_millis(200),
+    )
+    .unwrap();
+    a.record(AuditRecord::new(Event::Issued).jti("a"))
+        .await
+        .unwrap();
+    flaky.down.store(true, SeqCst);
+    let e = a
+        .record(AuditRecord::new(Event::Issued).jti("b"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AuditError::Stream(_)), "{e:?}");
+    assert!(a.submit(
+        AuditRecord::new(Event::Unavailable)
+            .reason(WITHDRAWAL_REASON)
+            .jti("b")
+    ));
+    flaky.down.store(false, SeqCst);
+    flaky.late.store(true, SeqCst);
+    let e = a
+        .record(AuditRecord::new(Event::Issued).jti("c"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AuditError::Timeout(_)), "{e:?}");
+    flaky.late.store(false, SeqCst);
+    a.record(AuditRecord::new(Event::Refused).reason("r"))
+        .await
+        .unwrap();
+    let file: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let stream = stream_lines(&flaky).await;
+    assert_eq!(
+        stream, file,
+        "the stream holds the file's records, once each"
+    );
+    let r = verify_file(&path).unwrap();
+    assert!(r.intact(), "{r:?}");
+    assert_eq!(r.chains.len(), 1, "{r:?}");
+    assert_eq!(r.chains[0].last_seq, file.len() as u64);
+    let cps = flaky.checkpoints().await.unwrap();
+    assert_eq!(cps.len(), 1);
+    assert_eq!(cps[0].seq, file.len() as u64);
+    let last: AuditRecord = serde_json::from_str(file.last().unwrap()).unwrap();
+    assert_eq!(cps[0].hash, last.hash);
+}
+
+/// A sink that is down gets what it missed without waiting for a new
+/// record (the writer retries its backlog).
+#[tokio::test]
+async fn a_stream_behind_catches_up_by_itself() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let flaky = Arc::new(Flaky::default());
+    let a = Auditor::start(
+        &AuditSink::Off,
+        Some((flaky.clone(), 100_000)),
+        Duration::from_millis(200),
+    )
+    .unwrap();
+    flaky.down.store(true, SeqCst);
+    assert!(a.record(AuditRecord::new(Event::Refused)).await.is_err());
+    flaky.down.store(false, SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while stream_lines(&flaky).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "never caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = verify(&stream_lines(&flaky).await);
+    assert!(r.intact(), "{r:?}");
+    assert_eq!(r.records, 1);
+}
+
+/// A broker stopped after its file got records the stream did not: the
+/// next start on the same file sends the stream what it lacks, first.
+#[tokio::test]
+async fn a_restart_sends_the_stream_what_the_file_has_past_its_checkpoint() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("audit.jsonl");
+    let sink = AuditSink::File(path.clone());
+    let flaky = Arc::new(Flaky::default());
+    let a = Auditor::start(
+        &sink,
+        Some((flaky.clone(), 1000)),
+        Duration::from_millis(200),
+    )
+    .unwrap();
+    a.record(AuditRecord::new(Event::Refused)).await.unwrap();
+    flaky.down.store(true, SeqCst);
+    assert!(a.record(AuditRecord::new(Event::Refused)).await.is_err());
+    drop(a);
+    // the stopped writer's last try fails too (the stream is still down)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stream_lines(&flaky).await.len(), 1);
+    let b = Auditor::start(
+        &sink,
+        Some((flaky.clone(), 1000)),
+        Duration::from_millis(200),
+    )
+    .unwrap();
+    flaky.down.store(false, SeqCst);
+    b.record(AuditRecord::new(Event::Refused)).await.unwrap();
+    let file: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(file.len(), 3);
+    assert_eq!(stream_lines(&flaky).await, file);
+}
+
+#[test]
+fn every_missing_record_is_named_first_between_and_last() {
+    let ls = lines(8);
+    let last: AuditRecord = serde_json::from_str(&ls[7]).unwrap();
+    let cp = crate::store::AuditCheckpoint {
+        node: last.node.clone(),
+        seq: 8,
+        hash: last.hash.clone(),
+    };
+    // first (seq 1), middle (seq 4 and 5), last (seq 8)
+    let kept: Vec<String> = [1, 2, 5, 6].iter().map(|&i| ls[i].clone()).collect();
+    let mut v = ChainVerifier::default()
+        .strict_start(true)
+        .with_checkpoints([cp.clone()]);
+    for l in &kept {
+        v.push_line(l);
+    }
+    let r = v.finish();
+    assert!(!r.intact());
+    let missing: Vec<Option<(u64, u64)>> = r.breaks.iter().map(|b| b.missing).collect();
+    assert_eq!(
+        missing,
+        vec![Some((1, 1)), Some((4, 5)), Some((8, 8))],
+        "{r:?}"
+    );
+    assert!(
+        r.breaks[0].why.contains("at the start"),
+        "{}",
+        r.breaks[0].why
+    );
+    assert!(
+        r.breaks[1]
+            .why
+            .contains("seq 4..5, between seq 3 and seq 6"),
+        "{}",
+        r.breaks[1].why
+    );
+    assert_eq!(r.breaks[1].position, 3);
+    assert!(
+        r.breaks[2].why.contains("at the end")
+            && r.breaks[2].why.contains("checkpoint names seq 8"),
+        "{}",
+        r.breaks[2].why
+    );
+    // without the checkpoint a removed tail cannot show; with it, an
+    // intact input passes
+    let mut v = ChainVerifier::default().with_checkpoints([cp]);
+    for l in &ls {
+        v.push_line(l);
+    }
+    assert!(v.finish().intact());
+    // a record at the checkpoint's seq that is not the checkpointed one
+    let mut v = ChainVerifier::default().with_checkpoints([crate::store::AuditCheckpoint {
+        node: last.node.clone(),
+        seq: 8,
+        hash: "f".repeat(64),
+    }]);
+    for l in &ls {
+        v.push_line(l);
+    }
+    let r = v.finish();
+    assert!(r.broken.unwrap().why.contains("checkpoint"));
 }
 
 /// A stream that never answers.

@@ -1,4 +1,5 @@
-//! `tessera audit tail [--follow] [-n N]` and `tessera audit verify [--file PATH]`.
+//! `tessera audit tail [--follow] [-n N]` and `tessera audit verify [--file
+//! PATH [--rotated] [--checkpoint-from-store]]`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use serde_json::Value;
 
 use super::admin::{count, Connection};
 use crate::audit::{AuditRecord, ChainVerifier, Report};
+use crate::store::AuditCheckpoint;
 
 /// How often `audit tail --follow` polls.
 pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
@@ -245,7 +247,7 @@ fn report_out(r: &Report, source: &str, as_json: bool, allow_empty: bool) -> i32
         outln!(
             "{}",
             serde_json::json!({"source": source, "intact": r.intact(), "records": r.records,
-                               "chains": r.chains, "broken": r.broken})
+                               "chains": r.chains, "broken": r.broken, "breaks": r.breaks})
         );
     } else {
         for c in &r.chains {
@@ -280,16 +282,61 @@ fn report_out(r: &Report, source: &str, as_json: bool, allow_empty: bool) -> i32
         errln!("error: {source}: no records: verified nothing (--allow-empty accepts that)");
         return 1;
     }
-    match &r.broken {
-        None => 0,
-        Some(b) => {
-            errln!(
-                "error: {source}: chain broken at record {} (node {}, seq {}): {}",
-                b.position,
-                b.node.as_deref().unwrap_or("?"),
-                b.seq.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
-                b.why
-            );
+    if r.broken.is_none() {
+        return 0;
+    }
+    for b in &r.breaks {
+        errln!(
+            "error: {source}: chain broken at record {} (node {}, seq {}): {}",
+            b.position,
+            b.node.as_deref().unwrap_or("?"),
+            b.seq.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+            b.why
+        );
+    }
+    if r.breaks.len() >= crate::audit::MAX_BREAKS {
+        errln!(
+            "error: {source}: more breaks not listed (the first {} are above)",
+            crate::audit::MAX_BREAKS
+        );
+    }
+    1
+}
+
+/// The store's checkpoint of every chain (`GET /admin/v1/audit/checkpoints`).
+pub async fn checkpoints(conn: &Connection) -> Result<Vec<AuditCheckpoint>, String> {
+    let v = conn
+        .call(reqwest::Method::GET, "/admin/v1/audit/checkpoints", None)
+        .await?;
+    serde_json::from_value(v["checkpoints"].clone())
+        .map_err(|e| format!("unexpected checkpoints from the broker: {e}"))
+}
+
+/// `tessera audit verify --file PATH [--rotated] [--checkpoint-from-store]`:
+/// [`verify_file`], where a rotated file's chains may start past `seq` 1,
+/// and, with `conn`, each chain must reach the store's checkpoint (a
+/// removed tail shows).
+pub async fn verify_file_checked(
+    path: &Path,
+    rotated: bool,
+    conn: Option<&Connection>,
+    as_json: bool,
+    allow_empty: bool,
+) -> i32 {
+    let mut v = ChainVerifier::default().strict_start(!rotated);
+    if let Some(conn) = conn {
+        match checkpoints(conn).await {
+            Ok(cps) => v = v.with_checkpoints(cps),
+            Err(m) => {
+                errln!("error: cannot read the store's audit checkpoints: {m}");
+                return 1;
+            }
+        }
+    }
+    match crate::audit::verify_file_with(path, v) {
+        Ok(r) => report_out(&r, &path.display().to_string(), as_json, allow_empty),
+        Err(e) => {
+            errln!("error: {e}");
             1
         }
     }
@@ -311,7 +358,16 @@ pub fn verify_file(path: &Path, as_json: bool, allow_empty: bool) -> i32 {
 /// audit stream, from the oldest record kept. A chain whose start was trimmed
 /// from the bounded stream is reported as such, not as tampering.
 pub async fn verify_stream(conn: &Connection, as_json: bool, allow_empty: bool) -> i32 {
-    let mut v = ChainVerifier::default();
+    // The checkpoints first: a record appended while the stream is read
+    // then only moves the stream past them, never short of them.
+    let cps = match checkpoints(conn).await {
+        Ok(c) => c,
+        Err(m) => {
+            errln!("error: cannot read the store's audit checkpoints: {m}");
+            return 1;
+        }
+    };
+    let mut v = ChainVerifier::default().with_checkpoints(cps);
     let mut cursor = "0".to_string();
     loop {
         let path = format!(

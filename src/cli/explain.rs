@@ -26,6 +26,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::lint::fmt_duration;
 use crate::config::Config;
+use crate::exchange::ExchangeError;
 use crate::policy::claims::{claim_path_lookup, validate_claim_path};
 use crate::policy::delegation::{may_act_of, ChainActor, Delegation, DelegationDenial};
 use crate::policy::scope::ScopeSet;
@@ -328,6 +329,18 @@ fn reports(set: &PolicySet, who: &Subject<'_>, req: &DryRun) -> Vec<PolicyReport
         .collect()
 }
 
+/// A refusal worded as the broker words it: the wire code from the one
+/// OAuth table (`oauth::error`) and the reason of the same
+/// [`ExchangeError`] the exchange returns, so a dry run cannot name a code
+/// the broker would not send.
+fn broker_refusal(e: ExchangeError, message: String) -> Verdict {
+    Verdict::Refused {
+        error: crate::oauth::OAuthError::from(&e).code.as_str(),
+        reason: e.reason(),
+        message,
+    }
+}
+
 /// The refusal for a policy denial of `who` (the subject, or the actor).
 fn refusal(
     denial: Denial,
@@ -342,27 +355,27 @@ fn refusal(
         .map(|p| p.name.as_str())
         .collect();
     match denial {
-        Denial::NoMatchingPolicy => Verdict::Refused {
-            error: "invalid_request",
-            reason: if role == "actor" {
-                "actor_no_policy"
+        // The exchange's own mapping of a denial (`Exchanger::pipeline` for
+        // the subject, the delegation rule's `ActorToken` for the actor).
+        Denial::NoMatchingPolicy => broker_refusal(
+            if role == "actor" {
+                ExchangeError::ActorToken("actor_no_policy")
             } else {
-                "no_matching_policy"
+                ExchangeError::NoPolicy
             },
-            message: format!(
+            format!(
                 "no policy matches {role} issuer `{}` subject `{}`",
                 who.issuer, who.subject
             ),
-        },
-        Denial::AudienceNotAllowed => Verdict::Refused {
-            error: "invalid_target",
-            reason: "target_not_allowed",
-            message: format!(
+        ),
+        Denial::AudienceNotAllowed => broker_refusal(
+            ExchangeError::Target,
+            format!(
                 "polic{} {} match the {role} but none allows audience `{audience}`",
                 if matching.len() == 1 { "y" } else { "ies" },
                 quoted(&matching),
             ),
-        },
+        ),
         Denial::ScopeNotAllowed { refused } => {
             let refused_list: Vec<String> = refused.iter().map(ToString::to_string).collect();
             let closest = reports
@@ -372,13 +385,12 @@ fn refusal(
                 })
                 .map(|p| format!(" ({:?})", p.name))
                 .unwrap_or_default();
-            Verdict::Refused {
-                error: "invalid_scope",
-                reason: "scope_not_allowed",
-                message: format!(
+            broker_refusal(
+                ExchangeError::Scope(refused.to_string()),
+                format!(
                     "no policy matching the {role} and allowing audience `{audience}` allows every scope; the closest{closest} refuses: {refused}"
                 ),
-            }
+            )
         }
     }
 }
@@ -392,15 +404,13 @@ fn delegation<'p>(
     asubj: &Subject<'_>,
     actor_policies: &[PolicyReport],
 ) -> Result<Option<&'p CompiledPolicy>, Box<Verdict>> {
-    let refuse = |reason: &'static str, message: String| {
-        Box::new(Verdict::Refused {
-            error: "invalid_request",
-            reason,
-            message,
-        })
-    };
-    let may_act = may_act_of(req.claims.as_ref())
-        .map_err(|e| refuse("may_act_malformed", format!("the subject's {e}")))?;
+    let refuse = |e: ExchangeError, message: String| Box::new(broker_refusal(e, message));
+    let may_act = may_act_of(req.claims.as_ref()).map_err(|e| {
+        refuse(
+            ExchangeError::SubjectToken("may_act_malformed"),
+            format!("the subject's {e}"),
+        )
+    })?;
     let d = Delegation {
         subject_issuer: &req.issuer,
         subject: &req.subject,
@@ -422,7 +432,7 @@ fn delegation<'p>(
             "actor",
             &req.audience,
         )),
-        other => refuse(other.reason(), other.to_string()),
+        other => refuse(ExchangeError::ActorToken(other.reason()), other.to_string()),
     })
 }
 

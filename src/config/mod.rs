@@ -17,9 +17,9 @@
 //! trust domains). The parts with a job of their own are already apart:
 //! `raw` (the TOML shape), `duration`, `lint` (warnings), `tests`.
 
-pub mod duration;
-pub mod lint;
-pub mod raw;
+pub(crate) mod duration;
+pub(crate) mod lint;
+pub(crate) mod raw;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -548,25 +548,20 @@ impl Config {
                     .into(),
             ));
         }
-        if st.prefix.is_empty()
-            || !st
-                .prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(err(
-                "store.prefix",
-                "must be non-empty and use only letters, digits, '-', '_' and '.'".into(),
-            ));
-        }
+        // The store owns its settings' rules; a prefix or timeout it would
+        // refuse at start-up is refused here, naming the key.
+        crate::store::check_prefix(&st.prefix).map_err(|e| err("store.prefix", e.to_string()))?;
         let breaker_cooloff = dur("store.breaker_cooloff", &st.breaker_cooloff)?;
         let breaker_cooloff_max = dur("store.breaker_cooloff_max", &st.breaker_cooloff_max)?;
         if breaker_cooloff_max < breaker_cooloff
-            || breaker_cooloff_max > crate::store::redis::MAX_BREAKER_COOL_OFF
+            || breaker_cooloff_max > crate::store::MAX_BREAKER_COOL_OFF
         {
             return Err(err(
                 "store.breaker_cooloff_max",
-                "must be at least store.breaker_cooloff and at most 10m".into(),
+                format!(
+                    "must be at least store.breaker_cooloff and at most {}",
+                    lint::fmt_duration(crate::store::MAX_BREAKER_COOL_OFF)
+                ),
             ));
         }
         if st.breaker_failures > 1000 {
@@ -575,13 +570,10 @@ impl Config {
                 "must be at most 1000 (0 turns the breaker off)".into(),
             ));
         }
-        if st.revocation_replicas > crate::store::redis::MAX_REVOCATION_REPLICAS {
+        if st.revocation_replicas > crate::store::MAX_REVOCATION_REPLICAS {
             return Err(err(
                 "store.revocation_replicas",
-                format!(
-                    "must be at most {}",
-                    crate::store::redis::MAX_REVOCATION_REPLICAS
-                ),
+                format!("must be at most {}", crate::store::MAX_REVOCATION_REPLICAS),
             ));
         }
         if st.revocation_replicas > 0 && st.url.starts_with("memory://") {
@@ -591,13 +583,23 @@ impl Config {
             ));
         }
         let revocation_wait = dur("store.revocation_wait", &st.revocation_wait)?;
-        if revocation_wait > crate::store::redis::MAX_REVOCATION_WAIT {
-            return Err(err("store.revocation_wait", "must be at most 10s".into()));
+        if revocation_wait > crate::store::MAX_REVOCATION_WAIT {
+            return Err(err(
+                "store.revocation_wait",
+                format!(
+                    "must be at most {}",
+                    lint::fmt_duration(crate::store::MAX_REVOCATION_WAIT)
+                ),
+            ));
         }
         let store = StoreConfig {
             url: st.url.clone(),
             prefix: st.prefix.clone(),
-            timeout: dur("store.timeout", &st.timeout)?,
+            timeout: {
+                let t = dur("store.timeout", &st.timeout)?;
+                crate::store::check_timeout(t).map_err(|e| err("store.timeout", e.to_string()))?;
+                t
+            },
             options: crate::store::StoreOptions {
                 breaker: crate::store::breaker::BreakerConfig {
                     failures: st.breaker_failures,

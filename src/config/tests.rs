@@ -699,3 +699,25 @@ fn parse_errors_name_the_key_and_the_line() {
         e.reason
     );
 }
+
+/// Issue 18: the store owns its prefix and timeout rules and the config
+/// applies them, so a prefix the Redis backend refuses at start-up (a
+/// 40-character one) is refused here, naming the key, not reported later
+/// as a store outage.
+#[test]
+fn store_settings_are_checked_by_the_store_rule() {
+    let long = "p".repeat(40);
+    let e = err_of(&format!("[store]\nprefix = \"{long}\"\n"));
+    assert_eq!(e.key, "store.prefix");
+    assert!(e.reason.contains("40 characters"), "{}", e.reason);
+    assert_eq!(
+        crate::store::check_prefix(&long).map_err(|e| e.to_string()),
+        Err(e.reason.clone())
+    );
+    assert!(crate::store::check_prefix(&"p".repeat(crate::store::MAX_PREFIX_LEN)).is_ok());
+    let e = err_of("[store]\nprefix = \"a b\"\n");
+    assert_eq!(e.key, "store.prefix");
+    let e = err_of("[store]\ntimeout = \"31s\"\n");
+    assert_eq!(e.key, "store.timeout");
+    assert!(e.reason.contains("at most 30s"), "{}", e.reason);
+}

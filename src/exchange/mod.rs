@@ -10,10 +10,13 @@
 //! What has a job of its own is apart: `approval`, `guard`, `operator`
 //! (operator input), `error`; the delegation rule is `policy::delegation`.
 
-pub mod approval;
-pub mod error;
+pub(crate) mod approval;
+pub(crate) mod error;
 pub mod guard;
+pub(crate) mod introspection;
 pub mod operator;
+pub(crate) mod outcome;
+pub(crate) mod request;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,23 +34,14 @@ use crate::identity::peer::PeerIdentity;
 use crate::jose::jws;
 use crate::mint::claims::{AccessTokenClaims, Actor, Confirmation, MayAct};
 use crate::mint::TokenMinter;
-use crate::oauth::request::{GrantType, TokenRequest, TokenType};
 use crate::policy::delegation::{may_act_of, ChainActor, Delegation, DelegationDenial};
 use crate::policy::{Denial, PolicySet, Subject};
 use crate::store::Stores;
+use request::{GrantType, TokenRequest, TokenType};
 
-/// What the TLS layer established about the caller.
-#[derive(Debug, Clone, Default)]
-pub enum Peer {
-    /// No client certificate.
-    #[default]
-    Anonymous,
-    /// A verified client certificate that is a usable identity.
-    Identified(Arc<PeerIdentity>),
-    /// A client certificate that chained to a trusted CA but is not a usable
-    /// workload identity (the reason code says why).
-    Unusable(&'static str),
-}
+/// What the TLS layer established about the caller (it lives with the
+/// other connection identities in `identity::peer`, below `server`).
+pub use crate::identity::peer::Peer;
 
 /// A successful exchange.
 #[derive(Debug, Clone)]
@@ -80,6 +74,23 @@ pub struct Noted {
     pub actor: Option<String>,
     /// What the anomaly guard did about this exchange (for its audit records).
     pub guard: Vec<GuardNote>,
+}
+
+/// What a token says that depends on how it was asked for (first
+/// exchange or re-exchange); [`Exchanger::claims_for`] adds the rest.
+struct TokenContent<'a> {
+    sub: String,
+    audience: &'a str,
+    exp: u64,
+    client_id: String,
+    scope: String,
+    txn: String,
+    act: Option<Actor>,
+    cnf: Option<Confirmation>,
+    grant: Option<String>,
+    authorization_details: Option<Value>,
+    ancestors: Vec<String>,
+    may_act: Option<MayAct>,
 }
 
 /// One action of the anomaly guard during an exchange.
@@ -457,20 +468,21 @@ impl Exchanger {
         noted: &mut Noted,
     ) -> Result<(), ExchangeError> {
         let block_for = self.guard.as_ref().map_or(0, |g| g.config().block_for);
-        self.stores
-            .revocations
-            .revoke(crate::store::Revocation {
+        let done = operator::revoke_and_block(
+            &self.stores,
+            crate::store::Revocation {
                 kind: crate::store::RevocationKind::Subject,
                 value: hit.identity.clone(),
                 revoked_at: now,
                 expires_at: self.revocation_expiry(now),
-            })
-            .await?;
-        let until = now.saturating_add(block_for);
-        self.stores
-            .revocations
-            .block_subject(&hit.identity, until)
-            .await?;
+            },
+            Some(now.saturating_add(block_for)),
+            operator::Ack::Primary,
+        )
+        .await?;
+        let until = done
+            .blocked_until
+            .unwrap_or_else(|| now.saturating_add(block_for));
         crate::telemetry::metrics()
             .revocations
             .with_label_values(&["subject"])
@@ -523,7 +535,7 @@ impl Exchanger {
                 }
                 let htu = format!("{}/token", self.issuer);
                 let proof = dpop::verify_proof(p, &dpop::ProofCheck::new("POST", &htu, now))
-                    .map_err(ExchangeError::DpopProof)?;
+                    .map_err(|e| ExchangeError::DpopProof(e.as_str()))?;
                 if let Some(n) = &self.nonces {
                     if !proof.nonce.as_deref().is_some_and(|x| n.accepts(x, now)) {
                         return Err(ExchangeError::UseDpopNonce);
@@ -757,36 +769,34 @@ impl Exchanger {
             grant = Some(g);
         }
 
-        let claims = AccessTokenClaims {
-            iss: self.issuer.clone(),
-            sub: subject.sub.clone(),
-            aud: audience.to_string(),
-            exp,
-            iat: now,
-            nbf: now,
-            jti: crate::mint::random_uuid().to_string(),
-            client_id: match &actor {
-                Some(a) => a.sub.clone(),
-                None => peer_id
-                    .as_ref()
-                    .map(|p| p.subject.clone())
-                    .unwrap_or_else(|| subject.sub.clone()),
+        let claims = self.claims_for(
+            policy,
+            TokenContent {
+                sub: subject.sub.clone(),
+                audience,
+                exp,
+                client_id: match &actor {
+                    Some(a) => a.sub.clone(),
+                    None => peer_id
+                        .as_ref()
+                        .map(|p| p.subject.clone())
+                        .unwrap_or_else(|| subject.sub.clone()),
+                },
+                scope: req.scope.to_string(),
+                txn: req
+                    .task
+                    .clone()
+                    .or_else(|| grant.as_ref().and_then(|g| g.task.clone()))
+                    .unwrap_or_else(|| crate::mint::random_uuid().to_string()),
+                cnf: binding(peer_id.as_ref(), actor.as_ref(), dpop.as_ref()),
+                act: delegation.map(|d| d.1),
+                grant: grant.map(|g| g.id),
+                authorization_details: req.authorization_details.clone(),
+                ancestors: Vec::new(),
+                may_act,
             },
-            scope: req.scope.to_string(),
-            txn: req
-                .task
-                .clone()
-                .or_else(|| grant.as_ref().and_then(|g| g.task.clone()))
-                .unwrap_or_else(|| crate::mint::random_uuid().to_string()),
-            cnf: binding(peer_id.as_ref(), actor.as_ref(), dpop.as_ref()),
-            act: delegation.map(|d| d.1),
-            grant: grant.map(|g| g.id),
-            owner: policy.owner().map(str::to_string),
-            authorization_details: req.authorization_details.clone(),
-            policy: Some(policy.name().to_string()),
-            ancestors: Vec::new(),
-            may_act,
-        };
+            now,
+        );
         let mut issued = self.sign(&req, claims, now)?;
         issued.approval = approval.map(|a| a.id);
         Ok(issued)
@@ -1035,29 +1045,27 @@ impl Exchanger {
         let mut ancestors = Vec::with_capacity(p.ancestors.len() + 1);
         ancestors.push(p.jti.clone());
         ancestors.extend(p.ancestors.iter().cloned());
-        let claims = AccessTokenClaims {
-            iss: self.issuer.clone(),
-            sub: p.sub.clone(),
-            aud: audience.to_string(),
-            exp,
-            iat: now,
-            nbf: now,
-            jti: crate::mint::random_uuid().to_string(),
-            client_id: actor.map_or_else(|| p.client_id.clone(), |a| a.sub.clone()),
-            scope: req.scope.to_string(),
-            txn: p.txn.clone(),
-            act: match delegation {
-                Some((_, act)) => Some(act),
-                None => p.act.clone(),
+        let claims = self.claims_for(
+            policy,
+            TokenContent {
+                sub: p.sub.clone(),
+                audience,
+                exp,
+                client_id: actor.map_or_else(|| p.client_id.clone(), |a| a.sub.clone()),
+                scope: req.scope.to_string(),
+                txn: p.txn.clone(),
+                act: match delegation {
+                    Some((_, act)) => Some(act),
+                    None => p.act.clone(),
+                },
+                cnf,
+                grant: p.grant.clone(),
+                authorization_details: p.authorization_details.clone(),
+                ancestors,
+                may_act: p.may_act.clone(),
             },
-            cnf,
-            grant: p.grant.clone(),
-            owner: policy.owner().map(str::to_string),
-            authorization_details: p.authorization_details.clone(),
-            policy: Some(policy.name().to_string()),
-            ancestors,
-            may_act: p.may_act.clone(),
-        };
+            now,
+        );
         self.sign(req, claims, now)
     }
 
@@ -1242,6 +1250,38 @@ impl Exchanger {
             return Err(ExchangeError::NoLifetime);
         }
         Ok(exp)
+    }
+
+    /// The one claims builder (first exchange and re-exchange): the issuer,
+    /// `iat`/`nbf` from this exchange's one clock reading, a fresh `jti`, and
+    /// the granting policy with its owner are filled in here; what differs
+    /// between the two paths comes in as [`TokenContent`].
+    fn claims_for(
+        &self,
+        policy: &crate::policy::CompiledPolicy,
+        c: TokenContent<'_>,
+        now: u64,
+    ) -> AccessTokenClaims {
+        AccessTokenClaims {
+            iss: self.issuer.clone(),
+            sub: c.sub,
+            aud: c.audience.to_string(),
+            exp: c.exp,
+            iat: now,
+            nbf: now,
+            jti: crate::mint::random_uuid().to_string(),
+            client_id: c.client_id,
+            scope: c.scope,
+            txn: c.txn,
+            act: c.act,
+            cnf: c.cnf,
+            grant: c.grant,
+            owner: policy.owner().map(str::to_string),
+            authorization_details: c.authorization_details,
+            policy: Some(policy.name().to_string()),
+            ancestors: c.ancestors,
+            may_act: c.may_act,
+        }
     }
 
     /// Signs the claims and describes the result.

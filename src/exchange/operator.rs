@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use super::request::valid_task;
 use crate::identity::spiffe::SpiffeId;
-use crate::oauth::request::valid_task;
 use crate::store::RevocationKind;
 
 /// Longest revocation value (a jti, subject, task or grant id).
@@ -97,6 +97,417 @@ pub fn check_grant_ttl(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// How long [`revoke_and_block`] waits for the revocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// In force on the primary (the anomaly guard, inside an exchange).
+    Primary,
+    /// Then waits (boundedly) for the configured replicas to acknowledge
+    /// it (an operator, who is told whether it is durable).
+    Replicas,
+}
+
+/// What [`revoke_and_block`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedAndBlocked {
+    /// The revocation as written, with its durability.
+    pub revoked: crate::store::Revoked,
+    /// Until when new exchanges are refused (a longer block already in
+    /// force stays and is reported), when a block was asked for.
+    pub blocked_until: Option<u64>,
+}
+
+/// The one "revoke and block" sequence (admin API and anomaly guard): the
+/// block first, then the revocation, so that replicas that acknowledge the
+/// revocation hold the block too, and a failure between the two leaves the
+/// identity blocked (new exchanges refused) rather than revoked and free to
+/// mint again. `block_until: None` revokes only. A store failure at either
+/// step is returned; nothing after it is attempted.
+pub async fn revoke_and_block(
+    stores: &crate::store::Stores,
+    revocation: crate::store::Revocation,
+    block_until: Option<u64>,
+    ack: Ack,
+) -> Result<RevokedAndBlocked, crate::store::StoreError> {
+    let mut blocked_until = None;
+    if let Some(until) = block_until {
+        let held = stores
+            .revocations
+            .block_subject(&revocation.value, until)
+            .await?;
+        blocked_until = Some(held.max(until));
+    }
+    let revoked = match ack {
+        Ack::Replicas => stores.revocations.revoke_acked(revocation).await?,
+        Ack::Primary => crate::store::Revoked {
+            cursor: stores.revocations.revoke(revocation).await?,
+            replicas: None,
+        },
+    };
+    Ok(RevokedAndBlocked {
+        revoked,
+        blocked_until,
+    })
+}
+
+/// Most uses a grant may be created with.
+pub const MAX_GRANT_USES: u32 = 1_000_000;
+
+/// Why an operator verb did not (fully) succeed. The admin API maps each
+/// to one row of its wire table.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// The request is malformed or out of bounds; nothing was done.
+    #[error("{0}")]
+    Invalid(String),
+    /// `strict` was asked and no policy could ever use the grant.
+    #[error("{0}")]
+    UnusableGrant(String),
+    /// No live grant with this id.
+    #[error("no live grant {0}")]
+    NoSuchGrant(String),
+    /// The store failed; the change was not made (or not completed).
+    #[error("the store is unavailable: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The audit trail is down and the change needs its record first: it
+    /// was NOT made.
+    #[error("the audit trail is unavailable: {0}")]
+    AuditFirst(crate::audit::AuditError),
+    /// The change WAS made, but its audit record could not be written.
+    #[error("the change WAS made, but its audit record could not be written: {0}")]
+    NotAudited(crate::audit::AuditError),
+}
+
+/// An operator's revocation (`POST /admin/v1/revocations`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeOrder {
+    /// `jti`, `subject`, `task` or `grant`.
+    pub kind: RevocationKind,
+    /// The value.
+    pub value: String,
+    /// Why (audited).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Subject only: also refuse new exchanges for this long (`30m`).
+    #[serde(default)]
+    pub block_for: Option<String>,
+}
+
+/// What an operator's revocation did.
+#[derive(Debug, Clone)]
+pub struct RevokeDone {
+    /// The revocation as written.
+    pub revocation: crate::store::Revocation,
+    /// Its cursor and durability.
+    pub revoked: crate::store::Revoked,
+    /// Until when new exchanges are refused, when a block was asked for.
+    pub blocked_until: Option<u64>,
+    /// A subject no policy could match (a typo?): the change was made.
+    pub warning: Option<String>,
+}
+
+/// The audit note of a revocation's durability.
+pub fn durability_note(done: &crate::store::Revoked) -> String {
+    match done.replicas {
+        None => String::new(),
+        Some(a) if a.durable() => format!(" [durable: {}/{} replicas acked]", a.acked, a.required),
+        Some(a) => format!(" [NOT durable: {}/{} replicas acked]", a.acked, a.required),
+    }
+}
+
+/// The warning for an identity no policy could match (a typo, most likely:
+/// the real identity keeps minting). The change is made anyway: a
+/// revocation or block only takes authority away.
+fn unmatched_identity_warning(exchanger: &super::Exchanger, identity: &str) -> Option<String> {
+    exchanger
+        .policies()
+        .could_match_identity(identity)
+        .is_empty()
+        .then(|| {
+            format!(
+                "no policy matches the subject `{identity}`: no token is issued to or through it \
+                 (a typo?); the change was made anyway"
+            )
+        })
+}
+
+/// An operator revokes (`who` is the operator's identity): the order is
+/// checked, a grant revocation also deletes the grant, a subject revocation
+/// may also block ([`revoke_and_block`], waiting for the replicas), and the
+/// revocation is audited. The revocation stands whatever happens to its
+/// record (it only ever takes authority away); a failed record is
+/// [`OperatorError::NotAudited`].
+pub async fn revoke(
+    stores: &crate::store::Stores,
+    auditor: &crate::audit::Auditor,
+    exchanger: &super::Exchanger,
+    who: &str,
+    order: RevokeOrder,
+    now: u64,
+) -> Result<RevokeDone, OperatorError> {
+    use crate::audit::{AuditRecord, Event};
+    check_revocation(order.kind, &order.value).map_err(OperatorError::Invalid)?;
+    let block = match (&order.block_for, order.kind) {
+        (None, _) => None,
+        (Some(d), RevocationKind::Subject) => {
+            Some(parse_block_for(d).map_err(OperatorError::Invalid)?)
+        }
+        (Some(_), _) => {
+            return Err(OperatorError::Invalid(
+                "block_for applies to subject revocations only".into(),
+            ))
+        }
+    };
+    // Every token a revocation can cover was issued by now and lives at most
+    // [tokens] max_ttl: the entry needs to live no longer than that.
+    let mut expires_at = exchanger.revocation_expiry(now);
+    if order.kind == RevocationKind::Grant {
+        let g = stores
+            .grants
+            .get(&order.value, now)
+            .await?
+            // The same answer as `DELETE /admin/v1/grants/{id}`.
+            .ok_or_else(|| OperatorError::NoSuchGrant(order.value.clone()))?;
+        stores.grants.revoke(&g.id, &g.subject).await?;
+        expires_at = expires_at.min(g.expires_at.max(now + 1));
+    }
+    let revocation = crate::store::Revocation {
+        kind: order.kind,
+        value: order.value.clone(),
+        revoked_at: now,
+        expires_at,
+    };
+    let done = revoke_and_block(
+        stores,
+        revocation.clone(),
+        block.map(|d| now + d.as_secs()),
+        Ack::Replicas,
+    )
+    .await?;
+    crate::telemetry::metrics()
+        .revocations
+        .with_label_values(&[order.kind.as_str()])
+        .inc();
+    let mut rec = AuditRecord::new(Event::Revoked)
+        .reason(order.kind.as_str())
+        .client(who)
+        .detail(&format!(
+            "{}{}{}",
+            order.reason.as_deref().unwrap_or(""),
+            done.blocked_until
+                .map(|u| format!(" ({})", crate::audit::restore::block_note(u)))
+                .unwrap_or_default(),
+            durability_note(&done.revoked)
+        ));
+    rec = match order.kind {
+        RevocationKind::Jti => rec.jti(&order.value),
+        RevocationKind::Subject => rec.subject(&order.value),
+        RevocationKind::Task => rec.task(&order.value),
+        RevocationKind::Grant => rec.grant(Some(&order.value)),
+    };
+    if let Err(e) = auditor.record(rec).await {
+        tracing::error!(error = %e, "admin: change made but not audited");
+        return Err(OperatorError::NotAudited(e));
+    }
+    let warning = (order.kind == RevocationKind::Subject)
+        .then(|| unmatched_identity_warning(exchanger, &order.value))
+        .flatten();
+    Ok(RevokeDone {
+        revocation,
+        revoked: done.revoked,
+        blocked_until: done.blocked_until,
+        warning,
+    })
+}
+
+/// An operator's just-in-time grant (`POST /admin/v1/grants`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantOrder {
+    /// The identity the grant is for.
+    pub subject: String,
+    /// Space-separated scopes.
+    pub scope: String,
+    /// The audience.
+    pub audience: String,
+    /// Lifetime (`10m`).
+    pub ttl: String,
+    /// Uses (unlimited until expiry when absent).
+    #[serde(default)]
+    pub uses: Option<u32>,
+    /// Restrict to one task.
+    #[serde(default)]
+    pub task: Option<String>,
+    /// Refuse a grant no policy could ever use (else: create it, with a
+    /// warning).
+    #[serde(default)]
+    pub strict: bool,
+}
+
+/// A created grant, with a warning when no policy could ever use it.
+#[derive(Debug, Clone)]
+pub struct GrantCreated {
+    /// The grant as stored.
+    pub grant: crate::store::Grant,
+    /// Why no policy could use it (`strict` was not asked).
+    pub warning: Option<String>,
+}
+
+/// An operator creates a grant: the order is checked, the grant is audited
+/// before it exists (no grant without its record: fail closed), then
+/// stored; if storing fails, the trail says so (best effort).
+pub async fn create_grant(
+    stores: &crate::store::Stores,
+    auditor: &crate::audit::Auditor,
+    exchanger: &super::Exchanger,
+    who: &str,
+    order: GrantOrder,
+    now: u64,
+) -> Result<GrantCreated, OperatorError> {
+    use crate::audit::{AuditRecord, Event};
+    use crate::policy::scope::ScopeSet;
+    let invalid = |m: &str| OperatorError::Invalid(m.to_string());
+    check_identity(&order.subject).map_err(OperatorError::Invalid)?;
+    if order.audience.is_empty()
+        || order.audience.len() > 1024
+        || order.audience.chars().any(char::is_control)
+    {
+        return Err(invalid("audience must be 1..=1024 printable characters"));
+    }
+    let scopes: ScopeSet = order
+        .scope
+        .parse()
+        .map_err(|_| invalid("scope must be space-separated RFC 6749 scope tokens"))?;
+    // Grants are literal: a `*` would read as a wildcard to whoever lists
+    // them, and match nothing but itself (SECURITY #120).
+    if scopes.iter().any(|s| s.as_str().contains('*')) || order.audience.contains('*') {
+        return Err(invalid(
+            "a grant names exact scopes and one exact audience: `*` is not allowed",
+        ));
+    }
+    let ttl = check_grant_ttl(&order.ttl)
+        .map_err(OperatorError::Invalid)?
+        .as_secs();
+    if let Some(u) = order.uses {
+        if u == 0 || u > MAX_GRANT_USES {
+            return Err(OperatorError::Invalid(format!(
+                "uses must be between 1 and {MAX_GRANT_USES}"
+            )));
+        }
+    }
+    if order.task.as_deref().is_some_and(|t| !valid_task(t)) {
+        return Err(invalid("a task id is 1..=128 of [A-Za-z0-9._:-]"));
+    }
+    let warning = exchanger
+        .policies()
+        .grant_use(&order.subject, &order.audience, &scopes)
+        .err()
+        .map(|why| format!("no policy could ever use this grant: {why}"));
+    if let (Some(why), true) = (&warning, order.strict) {
+        return Err(OperatorError::UnusableGrant(why.clone()));
+    }
+    let g = crate::store::Grant {
+        id: uuid::Uuid::new_v4().to_string(),
+        subject: order.subject,
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        audience: order.audience,
+        task: order.task,
+        uses: order.uses,
+        remaining: order.uses,
+        created_at: now,
+        expires_at: now + ttl,
+        created_by: who.to_string(),
+    };
+    let rec = AuditRecord::new(Event::Granted)
+        .client(who)
+        .subject(&g.subject)
+        .scopes(&g.scopes.join(" "))
+        .audience(&g.audience)
+        .task(g.task.as_deref().unwrap_or(""))
+        .grant(Some(&g.id))
+        .detail(&format!(
+            "uses={} expires_at={}",
+            g.uses
+                .map(|u| u.to_string())
+                .unwrap_or_else(|| "unlimited".into()),
+            g.expires_at
+        ));
+    if let Err(e) = auditor.record(rec).await {
+        tracing::error!(error = %e, "admin: grant not created: audit unavailable");
+        return Err(OperatorError::AuditFirst(e));
+    }
+    if let Err(e) = stores.grants.create(&g).await {
+        // The trail says it did not happen after all (best effort).
+        let undo = AuditRecord::new(Event::Unavailable)
+            .reason("grant_not_stored")
+            .client(who)
+            .grant(Some(&g.id))
+            .detail(&e.to_string());
+        let _ = auditor.record(undo).await;
+        return Err(e.into());
+    }
+    Ok(GrantCreated { grant: g, warning })
+}
+
+/// What revoking a grant did.
+#[derive(Debug, Clone)]
+pub struct GrantRevoked {
+    /// The grant id.
+    pub id: String,
+    /// The revocation of its tokens: cursor and durability.
+    pub revoked: crate::store::Revoked,
+}
+
+/// An operator removes a grant and revokes every token it issued (waiting
+/// for the replicas), then audits it; a failed record is
+/// [`OperatorError::NotAudited`] (the revocation stands).
+pub async fn revoke_grant(
+    stores: &crate::store::Stores,
+    auditor: &crate::audit::Auditor,
+    exchanger: &super::Exchanger,
+    who: &str,
+    id: &str,
+    now: u64,
+) -> Result<GrantRevoked, OperatorError> {
+    use crate::audit::{AuditRecord, Event};
+    let g = stores
+        .grants
+        .get(id, now)
+        .await?
+        .ok_or_else(|| OperatorError::NoSuchGrant(id.to_string()))?;
+    stores.grants.revoke(&g.id, &g.subject).await?;
+    let r = crate::store::Revocation {
+        kind: RevocationKind::Grant,
+        value: g.id.clone(),
+        revoked_at: now,
+        expires_at: exchanger
+            .revocation_expiry(now)
+            .min(g.expires_at)
+            .max(now + 1),
+    };
+    let revoked = stores.revocations.revoke_acked(r).await?;
+    crate::telemetry::metrics()
+        .revocations
+        .with_label_values(&[RevocationKind::Grant.as_str()])
+        .inc();
+    let mut rec = AuditRecord::new(Event::GrantRevoked)
+        .client(who)
+        .subject(&g.subject)
+        .audience(&g.audience)
+        .scopes(&g.scopes.join(" "))
+        .grant(Some(&g.id));
+    let note = durability_note(&revoked);
+    if !note.is_empty() {
+        rec = rec.detail(note.trim_start());
+    }
+    if let Err(e) = auditor.record(rec).await {
+        tracing::error!(error = %e, "admin: change made but not audited");
+        return Err(OperatorError::NotAudited(e));
+    }
+    Ok(GrantRevoked { id: g.id, revoked })
+}
+
 /// What a recovery restored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RestoreReport {
@@ -123,13 +534,13 @@ pub async fn restore(
     plan: &crate::audit::restore::RestorePlan,
     exchanger: &super::Exchanger,
     now: u64,
-) -> Result<RestoreReport, String> {
+) -> Result<RestoreReport, OperatorError> {
     use crate::store::Revocation;
     crate::store::epoch::recovering(async {
         let mut report = RestoreReport::default();
         for r in &plan.revocations {
             let kind = r.kind;
-            check_revocation(kind, &r.value)?;
+            check_revocation(kind, &r.value).map_err(OperatorError::Invalid)?;
             let expires_at = exchanger.revocation_expiry(r.revoked_at);
             if expires_at <= now {
                 report.expired += 1;
@@ -143,12 +554,11 @@ pub async fn restore(
                     revoked_at: r.revoked_at.min(now),
                     expires_at,
                 })
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             report.revocations += 1;
         }
         for b in &plan.blocks {
-            check_identity(&b.subject)?;
+            check_identity(&b.subject).map_err(OperatorError::Invalid)?;
             if b.until <= now {
                 report.blocks_over += 1;
                 continue;
@@ -156,15 +566,10 @@ pub async fn restore(
             stores
                 .revocations
                 .block_subject(&b.subject, b.until)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             report.blocks += 1;
         }
-        report.epoch = stores
-            .health
-            .rearm_epoch()
-            .await
-            .map_err(|e| e.to_string())?;
+        report.epoch = stores.health.rearm_epoch().await?;
         Ok(report)
     })
     .await
@@ -212,6 +617,80 @@ mod tests {
         assert!(check_revocation(RevocationKind::Task, "deploy-42").is_ok());
         assert!(check_revocation(RevocationKind::Task, "a b").is_err());
         assert!(check_revocation(RevocationKind::Subject, "not a spiffe id").is_err());
+    }
+
+    /// The one revoke-and-block sequence (admin API and guard): the block is
+    /// in force and the revocation covers the subject's tokens; a longer
+    /// block already in force stays and is what is reported; without a
+    /// block it only revokes.
+    #[tokio::test]
+    async fn revoke_and_block_blocks_revokes_and_keeps_a_longer_block() {
+        use crate::store::{memory::MemoryStore, Revocation, Stores, TokenFacts};
+        let stores = Stores::from_backend(std::sync::Arc::new(MemoryStore::new()));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let sub = "spiffe://td/agent";
+        let r = |kind, value: &str, at: u64| Revocation {
+            kind,
+            value: value.into(),
+            revoked_at: at,
+            expires_at: at + 600,
+        };
+        let facts = |jti: &str| TokenFacts {
+            jti: jti.into(),
+            sub: sub.into(),
+            actors: vec![],
+            client_id: None,
+            ancestors: vec![],
+            txn: "t".into(),
+            grant: None,
+            iat: now - 1,
+        };
+        assert!(!stores.revocations.is_blocked(sub, now).await.unwrap());
+        let done = revoke_and_block(
+            &stores,
+            r(RevocationKind::Subject, sub, now),
+            Some(now + 60),
+            Ack::Primary,
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.blocked_until, Some(now + 60));
+        assert!(stores.revocations.is_blocked(sub, now).await.unwrap());
+        assert!(stores
+            .revocations
+            .is_revoked(&facts("j1"), now)
+            .await
+            .unwrap());
+        // A shorter block does not shorten the one in force.
+        let done = revoke_and_block(
+            &stores,
+            r(RevocationKind::Subject, sub, now),
+            Some(now + 10),
+            Ack::Replicas,
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.blocked_until, Some(now + 60));
+        assert!(done.revoked.durable());
+        // Without a block: a revocation only.
+        let id = uuid::Uuid::new_v4().to_string();
+        let done = revoke_and_block(
+            &stores,
+            r(RevocationKind::Jti, &id, now),
+            None,
+            Ack::Primary,
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.blocked_until, None);
+        assert!(stores
+            .revocations
+            .is_revoked(&facts(&id), now)
+            .await
+            .unwrap());
     }
 
     #[test]

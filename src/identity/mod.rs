@@ -2,8 +2,8 @@
 //! ([`peer`]) and OIDC issuers ([`oidc`]). Identity comes only from
 //! cryptography: a verified TLS client certificate or a verified signature.
 
-pub mod dpop;
-pub mod oidc;
-pub mod own;
+pub(crate) mod dpop;
+pub(crate) mod oidc;
+pub(crate) mod own;
 pub mod peer;
 pub mod spiffe;

@@ -36,6 +36,19 @@ pub const MAX_DNS_NAME_LEN: usize = 253;
 /// Maximum length of one DNS label in bytes.
 pub const MAX_DNS_LABEL_LEN: usize = 63;
 
+/// What the TLS layer established about the caller.
+#[derive(Debug, Clone, Default)]
+pub enum Peer {
+    /// No client certificate.
+    #[default]
+    Anonymous,
+    /// A verified client certificate that is a usable identity.
+    Identified(std::sync::Arc<PeerIdentity>),
+    /// A client certificate that chained to a trusted CA but is not a usable
+    /// workload identity (the reason code says why).
+    Unusable(&'static str),
+}
+
 /// Identity of an mTLS client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity {

@@ -3,7 +3,8 @@
 //! [`keyring`] loads and publishes the signing keys; [`TokenMinter`] turns an
 //! [`AccessTokenClaims`] into a compact JWS with the ring's signing key.
 
-pub mod claims;
+/// The claims schema lives in [`crate::claims`] (shared with the verifier).
+pub use crate::claims;
 pub mod keyring;
 
 use std::sync::Arc;

@@ -10,104 +10,13 @@ pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-e
 pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 /// Most parameters a form may carry.
 pub const MAX_FORM_PARAMS: usize = 64;
-/// Longest `task` value.
-pub const MAX_TASK_LEN: usize = 128;
+pub use crate::exchange::request::{valid_task, MAX_TASK_LEN};
 /// Longest `approval_id` value.
 pub const MAX_APPROVAL_ID_LEN: usize = 128;
 /// Largest `expires_in` a caller may ask for (the lifetime rules cap it further).
 pub const MAX_EXPIRES_IN: u64 = 86_400;
 
-/// Token type URNs (RFC 8693 §3, plus Tessera's `mtls`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenType {
-    /// `urn:ietf:params:oauth:token-type:jwt`
-    Jwt,
-    /// `urn:ietf:params:oauth:token-type:id_token`
-    IdToken,
-    /// `urn:ietf:params:oauth:token-type:access_token`
-    AccessToken,
-    /// `urn:ietf:params:oauth:token-type:mtls`: the TLS client certificate.
-    Mtls,
-}
-
-impl TokenType {
-    /// Every type `/token` accepts as a `subject_token_type` (the discovery
-    /// metadata lists exactly these).
-    pub const ALL: [Self; 4] = [Self::Jwt, Self::IdToken, Self::AccessToken, Self::Mtls];
-
-    /// The URN.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Jwt => "urn:ietf:params:oauth:token-type:jwt",
-            Self::IdToken => "urn:ietf:params:oauth:token-type:id_token",
-            Self::AccessToken => "urn:ietf:params:oauth:token-type:access_token",
-            Self::Mtls => "urn:ietf:params:oauth:token-type:mtls",
-        }
-    }
-
-    /// Parses a URN exactly.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-}
-
-/// The grant types `/token` accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GrantType {
-    /// RFC 8693 token exchange.
-    TokenExchange,
-    /// `client_credentials` over mTLS: shorthand for an exchange whose subject is the certificate.
-    ClientCredentials,
-}
-
-/// The requested target (RFC 8693 `audience` or RFC 8707 `resource`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// A logical audience name.
-    Audience(String),
-    /// An absolute URI.
-    Resource(String),
-}
-
-impl Target {
-    /// The value that becomes `aud`.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Audience(s) | Self::Resource(s) => s,
-        }
-    }
-}
-
-/// A parsed, shape-checked `/token` request.
-#[derive(Debug, Clone)]
-pub struct TokenRequest {
-    /// `grant_type`.
-    pub grant_type: GrantType,
-    /// `subject_token` (absent for mTLS subjects).
-    pub subject_token: Option<String>,
-    /// `subject_token_type`.
-    pub subject_token_type: TokenType,
-    /// `actor_token`.
-    pub actor_token: Option<String>,
-    /// `actor_token_type`.
-    pub actor_token_type: Option<TokenType>,
-    /// The one target.
-    pub target: Target,
-    /// `scope`.
-    pub scope: ScopeSet,
-    /// `requested_token_type` (`None`: access token).
-    pub requested_token_type: Option<TokenType>,
-    /// `expires_in`.
-    pub expires_in: Option<u64>,
-    /// `task`.
-    pub task: Option<String>,
-    /// `approval_id`.
-    pub approval_id: Option<String>,
-    /// `authorization_details` (RFC 9396), shape-checked.
-    pub authorization_details: Option<serde_json::Value>,
-    /// The `DPoP` header (RFC 9449), when sent; set by the route.
-    pub dpop: Option<String>,
-}
+pub use crate::exchange::request::{GrantType, Target, TokenRequest, TokenType};
 
 /// Why a request was refused while parsing: the wire code and an audit reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -426,14 +335,6 @@ pub fn token_request(form: &Form, max_token_bytes: usize) -> Result<TokenRequest
         authorization_details,
         dpop: None,
     })
-}
-
-/// A task id: 1..=128 characters of `[A-Za-z0-9._:-]`.
-pub fn valid_task(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= MAX_TASK_LEN
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
 
 /// RFC 8707 §2: an absolute URI (scheme ":" ...) with no fragment.

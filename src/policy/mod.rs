@@ -10,9 +10,9 @@
 //! scopes, grants); patterns (`glob`), scopes (`scope`), claim conditions
 //! (`claims`) and delegation (`delegation`) are their own modules.
 
-pub mod claims;
-pub mod delegation;
-pub mod glob;
+pub(crate) mod claims;
+pub(crate) mod delegation;
+pub(crate) mod glob;
 pub mod scope;
 
 use std::collections::HashSet;

@@ -8,13 +8,12 @@ use axum::{Extension, Json};
 use serde_json::{json, Value};
 
 use crate::app::AppState;
-use crate::audit::{AuditRecord, Event};
+use crate::exchange::introspection::{self, Introspected};
 use crate::exchange::Peer;
 use crate::oauth::error::no_store;
 use crate::oauth::request::{check_content_type, parse_form};
 use crate::oauth::{ErrorCode, OAuthError};
 use crate::routes::auth::{authorize_in, Role};
-use crate::store::{Revocation, RevocationKind};
 
 fn form_token(headers: &HeaderMap, body: &[u8]) -> Result<(String, Option<String>), OAuthError> {
     let ct = headers
@@ -58,29 +57,28 @@ pub async fn introspect(
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    if token.len() > snap.config.limits.max_token_bytes {
-        return json_no_store(json!({"active": false}));
-    }
-    let now = app.clock.now();
-    let own = match snap.own_tokens.verify(&token, now) {
-        Ok(t) => t,
-        Err(_) => return json_no_store(json!({"active": false})),
-    };
-    // RFC 7662 §4: a resource server sees only tokens meant for it.
-    if let Some(auds) = snap.config.introspection_audiences.get(&caller) {
-        if !auds.iter().any(|a| a == &own.claims.aud) {
-            return json_no_store(json!({"active": false}));
-        }
-    }
-    match app.stores.revocations.is_revoked(&own.facts(), now).await {
+    let audiences = snap
+        .config
+        .introspection_audiences
+        .get(&caller)
+        .map(Vec::as_slice);
+    let c = match introspection::introspect(
+        &snap.own_tokens,
+        &app.stores,
+        audiences,
+        &token,
+        snap.config.limits.max_token_bytes,
+        app.clock.now(),
+    )
+    .await
+    {
+        Ok(Introspected::Active(c)) => c,
+        Ok(Introspected::Inactive) => return json_no_store(json!({"active": false})),
         Err(e) => {
             tracing::warn!(error = %e, "introspection: store unavailable");
             return OAuthError::new(ErrorCode::TemporarilyUnavailable).into_response();
         }
-        Ok(true) => return json_no_store(json!({"active": false})),
-        Ok(false) => {}
-    }
-    let c = &own.claims;
+    };
     let mut v = json!({
         "active": true,
         "iss": c.iss, "sub": c.sub, "aud": c.aud, "exp": c.exp, "iat": c.iat, "nbf": c.nbf,
@@ -119,58 +117,31 @@ pub async fn revoke(
             return OAuthError::new(ErrorCode::UnsupportedTokenType).into_response();
         }
     }
-    let now = app.clock.now();
-    let ok = || {
-        let mut r = axum::http::StatusCode::OK.into_response();
-        no_store(&mut r);
-        r
-    };
     let snap = app.snapshot();
-    if token.len() > snap.config.limits.max_token_bytes {
-        return ok();
-    }
-    let Ok(own) = snap.own_tokens.verify(&token, now) else {
-        return ok();
+    let thumbprint = match &peer {
+        Peer::Identified(p) => Some(p.thumbprint.as_str()),
+        _ => None,
     };
-    if let Some(bound) = own.claims.cnf.as_ref().and_then(|c| c.x5t_s256.as_deref()) {
-        let same = matches!(&peer, Peer::Identified(p) if p.thumbprint == bound);
-        if !same {
-            app.auditor.submit(
-                AuditRecord::new(Event::Refused)
-                    .reason("revoke_not_holder")
-                    .client(&crate::routes::token::peer_name(&peer))
-                    .subject(&own.claims.sub)
-                    .jti(&own.claims.jti)
-                    .token(&token),
-            );
-            return ok();
-        }
-    }
-    let r = Revocation {
-        kind: RevocationKind::Jti,
-        value: own.claims.jti.clone(),
-        revoked_at: now,
-        expires_at: own.claims.exp.max(now + 1),
+    let req = introspection::HolderRequest {
+        token: &token,
+        thumbprint,
+        client: &crate::routes::token::peer_name(&peer),
+        max_token_bytes: snap.config.limits.max_token_bytes,
     };
-    match app.stores.revocations.revoke(r).await {
-        Ok(cursor) => {
-            crate::telemetry::metrics()
-                .revocations
-                .with_label_values(&["jti"])
-                .inc();
-            let rec = AuditRecord::new(Event::Revoked)
-                .reason("holder")
-                .client(&crate::routes::token::peer_name(&peer))
-                .subject(&own.claims.sub)
-                .task(&own.claims.txn)
-                .jti(&own.claims.jti)
-                .token(&token)
-                .detail(&format!("cursor={cursor}"));
-            // RFC 7009 answers 200 either way; the revocation stands.
-            if let Err(e) = app.auditor.record(rec).await {
-                tracing::error!(error = %e, jti = %own.claims.jti, "holder revocation not audited");
-            }
-            ok()
+    match introspection::revoke_by_holder(
+        &snap.own_tokens,
+        &app.stores,
+        &app.auditor,
+        req,
+        app.clock.now(),
+    )
+    .await
+    {
+        // RFC 7009 answers 200 either way (unknown tokens included).
+        Ok(()) => {
+            let mut r = axum::http::StatusCode::OK.into_response();
+            no_store(&mut r);
+            r
         }
         Err(e) => {
             tracing::warn!(error = %e, "revoke: store unavailable");

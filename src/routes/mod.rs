@@ -2,6 +2,7 @@
 //! domain types and the result into a response.
 
 pub mod admin;
+pub mod admin_error;
 pub mod auth;
 pub mod introspect;
 pub mod metadata;
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/approvals/{id}/approve", post(admin::approve))
         .route("/admin/v1/approvals/{id}/deny", post(admin::deny))
         .route("/admin/v1/audit", get(admin::audit))
+        .route("/admin/v1/audit/checkpoints", get(admin::audit_checkpoints))
         .route("/admin/v1/reload", post(admin::reload))
         .route("/jwks.json", get(metadata::jwks))
         .route(

@@ -21,9 +21,6 @@ use crate::store::Revocation;
 
 /// Most entries in one JSON page or one stream poll.
 pub const PAGE_LIMIT: usize = 1000;
-/// How often the process's feed poller reads the store for entries made by
-/// other replicas (local ones are pushed at once).
-pub const STREAM_POLL: Duration = crate::store::feed::FEED_POLL;
 /// Longest a single stream stays open before the client must resume.
 pub const STREAM_MAX_LIFETIME: Duration = Duration::from_secs(3600);
 /// Longest cursor accepted.

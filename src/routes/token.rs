@@ -9,27 +9,19 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
 use crate::app::{AppState, Snapshot};
-use crate::audit::{AuditRecord, Event};
+use crate::exchange::outcome::{self, Asked};
 use crate::exchange::{ExchangeError, Issued, Peer};
 use crate::oauth::error::{no_store, OAuthError};
 use crate::oauth::request::{check_content_type, parse_form, token_request, RequestError};
-use crate::telemetry::metrics;
-
-/// What a request asked for, once parsed (for the refusal's audit record).
-#[derive(Default)]
-struct Asked {
-    audience: String,
-    scopes: String,
-    task: String,
-    who: crate::exchange::Noted,
-}
+use crate::oauth::ErrorCode;
 
 enum Refusal {
     Request(RequestError),
     Exchange(ExchangeError),
 }
 
-/// The `/token` handler.
+/// The `/token` handler: extract, run the exchange, map the outcome (its
+/// audit records and metrics are `exchange::outcome`'s).
 pub async fn token(
     State(app): State<AppState>,
     peer: Option<Extension<Peer>>,
@@ -39,6 +31,7 @@ pub async fn token(
 ) -> Response {
     let started = Instant::now();
     let peer = peer.map(|Extension(p)| p).unwrap_or_default();
+    let client = peer_name(&peer);
     let mut asked = Asked::default();
     // One configuration for the whole request, even if a reload lands now.
     let snap = app.snapshot();
@@ -47,123 +40,51 @@ pub async fn token(
     let result = Box::pin(run(&snap, &peer, &uri, &headers, &body, &mut asked)).await;
     // No token leaves before its `issued` record is written (fail closed).
     let result = match result {
-        Ok(issued) => match app.auditor.record(issued_record(&issued, &peer)).await {
+        Ok(issued) => match outcome::record_issued(
+            &app.auditor,
+            &issued,
+            &client,
+            ErrorCode::TemporarilyUnavailable.as_str(),
+        )
+        .await
+        {
             Ok(()) => Ok(issued),
-            Err(e) => {
-                tracing::error!(error = %e, jti = %issued.claims.jti,
-                    "token withheld: its audit record could not be written");
-                // If the failure was partial (one sink has the `issued`
-                // record), say that this jti was withheld. Best effort, and
-                // without waiting: the audit is likely down.
-                app.auditor.submit(
-                    AuditRecord::new(Event::Unavailable)
-                        .reason("audit_unavailable")
-                        .error(crate::oauth::ErrorCode::TemporarilyUnavailable.as_str())
-                        .client(&peer_name(&peer))
-                        .subject(&issued.claims.sub)
-                        .jti(&issued.claims.jti)
-                        .detail(&format!("token withheld: {e}")),
-                );
-                Err(Refusal::Exchange(ExchangeError::AuditUnavailable(
-                    e.to_string(),
-                )))
-            }
+            Err(e) => Err(Refusal::Exchange(ExchangeError::AuditUnavailable(
+                e.to_string(),
+            ))),
         },
         Err(r) => Err(r),
     };
-    let m = metrics();
     match result {
         Ok(issued) => {
-            m.exchanges.with_label_values(&["issued", "ok"]).inc();
-            m.exchange_seconds
-                .with_label_values(&["issued"])
-                .observe(started.elapsed().as_secs_f64());
+            outcome::count_issued(started.elapsed());
             let mut resp = success(&issued);
             add_nonce(&snap, &mut resp);
             resp
         }
         Err(refusal) => {
-            let (err, mut reason, mut detail) = match &refusal {
+            let (err, reason, detail) = match &refusal {
                 Refusal::Request(e) => (OAuthError::from(e), e.reason, String::new()),
                 Refusal::Exchange(e) => (OAuthError::from(e), e.reason(), e.to_string()),
             };
-            // The anomaly guard's actions: a step-up is this refusal's
-            // reason; a tripped streak is said in its detail; a revocation
-            // gets its own `revoked` record below.
-            let pending = matches!(
-                &refusal,
-                Refusal::Exchange(ExchangeError::ApprovalPending { .. })
-            );
-            for n in &asked.who.guard {
-                use crate::exchange::guard::GuardAction as A;
-                match n.action {
-                    A::Revoke => {}
-                    A::Approval if pending && !n.tripped => {
-                        reason = n.trigger.reason();
-                        detail = format!("{detail}; anomaly guard step-up for {}", n.identity);
-                    }
-                    _ if n.tripped => {
-                        detail = format!(
-                            "{detail}; anomaly guard: {} of {} tripped, {} from now on",
-                            n.trigger.reason(),
-                            n.identity,
-                            n.action.as_str()
-                        );
-                    }
-                    _ => {}
-                }
-            }
-            let unavailable = err.code == crate::oauth::ErrorCode::TemporarilyUnavailable;
-            let outcome = if unavailable {
-                "unavailable"
-            } else {
-                "refused"
+            let refused = outcome::Refused {
+                reason,
+                error: err.code.as_str(),
+                unavailable: err.code == ErrorCode::TemporarilyUnavailable,
+                detail,
+                approval_pending: matches!(
+                    &refusal,
+                    Refusal::Exchange(ExchangeError::ApprovalPending { .. })
+                ),
+                // A withheld token was recorded by `record_issued`.
+                audited: matches!(
+                    &refusal,
+                    Refusal::Exchange(ExchangeError::AuditUnavailable(_))
+                ),
             };
-            m.exchanges.with_label_values(&[outcome, reason]).inc();
-            m.exchange_seconds
-                .with_label_values(&[outcome])
-                .observe(started.elapsed().as_secs_f64());
-            // An audit failure was recorded above (as far as it could be).
-            if reason != "audit_unavailable" {
-                let rec = AuditRecord::new(if unavailable {
-                    Event::Unavailable
-                } else {
-                    Event::Refused
-                })
-                .reason(reason)
-                .error(err.code.as_str())
-                .client(&peer_name(&peer))
-                .subject(asked.who.subject.as_deref().unwrap_or(""))
-                .actors(asked.who.actor.clone())
-                .audience(&asked.audience)
-                .scopes(&asked.scopes)
-                .task(&asked.task)
-                .detail(&detail);
-                if let Err(e) = app.auditor.record(rec).await {
-                    // Nothing was granted: the refusal stands, the gap is logged.
-                    tracing::error!(error = %e, reason, "refusal not audited: audit unavailable");
-                }
-            }
-            for n in asked
-                .who
-                .guard
-                .iter()
-                .filter(|n| n.action == crate::exchange::guard::GuardAction::Revoke)
-            {
-                let rec = AuditRecord::new(Event::Revoked)
-                    .reason(n.trigger.reason())
-                    .client(&peer_name(&peer))
-                    .subject(&n.identity)
-                    .detail(&format!(
-                        "anomaly guard: every token of the subject revoked, {}",
-                        crate::audit::restore::block_note(n.blocked_until.unwrap_or_default())
-                    ));
-                if let Err(e) = app.auditor.record(rec).await {
-                    // The revocation stands (it only takes authority away).
-                    tracing::error!(error = %e, "guard revocation not audited: audit unavailable");
-                }
-            }
-            let dpop = err.code == crate::oauth::ErrorCode::UseDpopNonce;
+            outcome::record_refused(&app.auditor, refused, &asked, &client, started.elapsed())
+                .await;
+            let dpop = err.code == ErrorCode::UseDpopNonce;
             let mut resp = err.into_response();
             if dpop {
                 add_nonce(&snap, &mut resp);
@@ -171,36 +92,6 @@ pub async fn token(
             resp
         }
     }
-}
-
-/// The `issued` record: who got what, under which policy, and the token's
-/// `jti` and SHA-256 (never the token).
-fn issued_record(i: &Issued, peer: &Peer) -> AuditRecord {
-    let c = &i.claims;
-    let mut actors = Vec::new();
-    let mut a = c.act.as_ref();
-    while let Some(x) = a {
-        actors.push(x.sub.clone());
-        a = x.act.as_deref();
-    }
-    AuditRecord::new(Event::Issued)
-        .client(&peer_name(peer))
-        .subject(&c.sub)
-        .actors(actors)
-        .owner(c.owner.as_deref())
-        .task(&c.txn)
-        .scopes(&i.scope)
-        .audience(&c.aud)
-        .policy(&i.policy)
-        .grant(c.grant.as_deref())
-        .jti(&c.jti)
-        .token(&i.access_token)
-        .detail(
-            &i.approval
-                .as_deref()
-                .map(|a| format!("approved request {a}"))
-                .unwrap_or_default(),
-        )
 }
 
 /// `DPoP-Nonce` on every `/token` answer when nonces are required.

@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::config::Limits;
-use crate::exchange::Peer;
+use crate::identity::peer::Peer;
 
 /// How long shutdown waits for in-flight requests, unless configured
 /// (`[server] drain_timeout`).

@@ -5,6 +5,8 @@
 //! One file on purpose: it is the one suite every backend runs
 //! ([`run_all`]); splitting it would let a backend run half of it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
 use super::*;
 
 fn facts(jti: &str, sub: &str, txn: &str, iat: u64) -> TokenFacts {
@@ -64,6 +66,7 @@ pub async fn run_all(s: Stores) {
     approval_requester_cap(&s).await;
     approval_same_request_twice(&s).await;
     audit_stream(&s).await;
+    audit_chain_append_is_idempotent(&s).await;
     s.health.ping().await.unwrap();
 }
 
@@ -972,6 +975,49 @@ async fn approval_same_request_twice(s: &Stores) {
     }
     assert_eq!(created, 1, "one pending approval for one request");
     assert!(found.len() <= 1, "{found:?}");
+}
+
+/// Issue 17 item 2: records of a chain are appended once each, in order,
+/// however often (and however overlapping) a batch is sent again; the
+/// checkpoint names the last one.
+async fn audit_chain_append_is_idempotent(s: &Stores) {
+    let (_, start) = s.audit.read(None, 1).await.unwrap();
+    let node = uniq("node");
+    let recs: Vec<AuditLine> = (1..=5u64)
+        .map(|i| AuditLine {
+            seq: i,
+            hash: format!("{i:064}"),
+            line: format!("{{\"node\":\"{node}\",\"seq\":{i}}}"),
+        })
+        .collect();
+    s.audit
+        .append_chain(&node, &recs[..3], 1_000_000)
+        .await
+        .unwrap();
+    // a retry of the first batch with more, and a late copy of the first
+    s.audit
+        .append_chain(&node, &recs[..5], 1_000_000)
+        .await
+        .unwrap();
+    s.audit
+        .append_chain(&node, &recs[..3], 1_000_000)
+        .await
+        .unwrap();
+    s.audit.append_chain(&node, &[], 1_000_000).await.unwrap();
+    let (got, _) = s.audit.read(Some(&start), 100).await.unwrap();
+    let mine: Vec<String> = got
+        .into_iter()
+        .map(|(_, l)| l)
+        .filter(|l| l.contains(&node))
+        .collect();
+    assert_eq!(
+        mine,
+        recs.iter().map(|r| r.line.clone()).collect::<Vec<_>>(),
+        "each record once, in order"
+    );
+    let cps = s.audit.checkpoints().await.unwrap();
+    let cp = cps.iter().find(|c| c.node == node).expect("a checkpoint");
+    assert_eq!((cp.seq, cp.hash.as_str()), (5, recs[4].hash.as_str()));
 }
 
 async fn audit_stream(s: &Stores) {

@@ -46,6 +46,8 @@ fn cursor_string(c: u64) -> String {
 struct AuditRing {
     records: std::collections::VecDeque<(u64, String)>,
     next: u64,
+    /// Chain checkpoints: node -> (seq, hash, when written: `next`).
+    heads: HashMap<String, (u64, String, u64)>,
 }
 
 /// In-memory backend for every store trait.
@@ -455,6 +457,81 @@ impl AuditStream for MemoryStore {
             a.records.pop_front();
         }
         Ok(())
+    }
+
+    async fn append_chain(
+        &self,
+        node: &str,
+        records: &[AuditLine],
+        max_len: u64,
+    ) -> Result<(), StoreError> {
+        let fresh: Vec<String> = {
+            let a = self
+                .audit
+                .lock()
+                .map_err(|_| StoreError::Unavailable("memory audit lock poisoned".into()))?;
+            let last = a.heads.get(node).map_or(0, |h| h.0);
+            let mut seen = last;
+            records
+                .iter()
+                .filter(|r| {
+                    let new = r.seq > seen;
+                    if new {
+                        seen = r.seq;
+                    }
+                    new
+                })
+                .map(|r| r.line.clone())
+                .collect()
+        };
+        let Some(last) = records.iter().map(|r| r.seq).max() else {
+            return Ok(());
+        };
+        self.append(&fresh, max_len).await?;
+        let mut a = self
+            .audit
+            .lock()
+            .map_err(|_| StoreError::Unavailable("memory audit lock poisoned".into()))?;
+        let at = a.next;
+        let hash = records
+            .iter()
+            .find(|r| r.seq == last)
+            .map(|r| r.hash.clone())
+            .unwrap_or_default();
+        let keep = a.heads.get(node).is_none_or(|h| h.0 < last);
+        if keep {
+            a.heads.insert(node.to_string(), (last, hash, at));
+        }
+        while a.heads.len() > MAX_AUDIT_CHECKPOINTS {
+            let Some(oldest) = a
+                .heads
+                .iter()
+                .min_by_key(|(_, h)| h.2)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            a.heads.remove(&oldest);
+        }
+        Ok(())
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<AuditCheckpoint>, StoreError> {
+        let a = self
+            .audit
+            .lock()
+            .map_err(|_| StoreError::Unavailable("memory audit lock poisoned".into()))?;
+        let mut out: Vec<AuditCheckpoint> = a
+            .heads
+            .iter()
+            .map(|(node, (seq, hash, _))| AuditCheckpoint {
+                node: node.clone(),
+                seq: *seq,
+                hash: hash.clone(),
+            })
+            .collect();
+        out.sort_by(|x, y| x.node.cmp(&y.node));
+        Ok(out)
     }
 
     async fn read(

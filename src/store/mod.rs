@@ -32,6 +32,55 @@ pub enum StoreError {
 
 pub use crate::revocation::RevocationKind;
 
+/// Longest configurable per-call timeout (`[store] timeout`).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest key prefix (`[store] prefix`).
+pub const MAX_PREFIX_LEN: usize = 32;
+/// Most replicas a revocation may be required to reach (`WAIT numreplicas`).
+pub const MAX_REVOCATION_REPLICAS: u32 = 64;
+/// Longest wait for replica acknowledgements of a revocation.
+pub const MAX_REVOCATION_WAIT: Duration = Duration::from_secs(10);
+/// Longest breaker cool-off.
+pub const MAX_BREAKER_COOL_OFF: Duration = Duration::from_secs(600);
+/// Largest audit record (its JSON line) the store's audit stream takes. The
+/// audit layer caps every record below it (`audit::MAX_RECORD_BYTES` is this
+/// constant), so the limit lives here, where both can reach it.
+pub const MAX_AUDIT_RECORD_BYTES: usize = 256 * 1024;
+
+/// A store setting out of its bounds. The message states the rule; the
+/// caller names the key (`store.prefix`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingError(String);
+
+/// The store's key-prefix rule, the one `config check` and the Redis
+/// backend's start-up both apply: 1 to [`MAX_PREFIX_LEN`] bytes of ASCII
+/// letters, digits, `-`, `_` and `.`.
+pub fn check_prefix(prefix: &str) -> Result<(), SettingError> {
+    let charset_ok = prefix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN || !charset_ok {
+        return Err(SettingError(format!(
+            "must be 1 to {MAX_PREFIX_LEN} characters, only letters, digits, '-', '_' and '.' \
+             (got {} characters)",
+            prefix.chars().count()
+        )));
+    }
+    Ok(())
+}
+
+/// The store's per-call timeout rule: above 0 and at most [`MAX_TIMEOUT`].
+pub fn check_timeout(timeout: Duration) -> Result<(), SettingError> {
+    if timeout.is_zero() || timeout > MAX_TIMEOUT {
+        return Err(SettingError(format!(
+            "must be above 0 and at most {}s",
+            MAX_TIMEOUT.as_secs()
+        )));
+    }
+    Ok(())
+}
+
 /// One revocation (the feed's entry shape).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {
@@ -433,7 +482,56 @@ pub trait AuditStream: Send + Sync {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<(String, String)>, String), StoreError>;
+    /// Appends the records of chain `node` (in `seq` order) whose `seq` is
+    /// past the chain's checkpoint, and moves the checkpoint to the last one,
+    /// atomically: a batch sent again after a failure, or one that lands
+    /// late after its caller gave up, is never appended twice, so the
+    /// stream holds each record of the chain once, in order. The default
+    /// (a backend without checkpoints) appends every record.
+    async fn append_chain(
+        &self,
+        node: &str,
+        records: &[AuditLine],
+        max_len: u64,
+    ) -> Result<(), StoreError> {
+        let _ = node;
+        let lines: Vec<String> = records.iter().map(|r| r.line.clone()).collect();
+        self.append(&lines, max_len).await
+    }
+    /// The checkpoint of every chain written with
+    /// [`AuditStream::append_chain`] (at most [`MAX_AUDIT_CHECKPOINTS`],
+    /// each kept as long as the stream): the `seq` and `hash` of its last
+    /// record. Kept apart from the audit file, so a removed tail of the file
+    /// (or of the stream) shows. Default: none.
+    async fn checkpoints(&self) -> Result<Vec<AuditCheckpoint>, StoreError> {
+        Ok(Vec::new())
+    }
 }
+
+/// One sealed record of a chain, for [`AuditStream::append_chain`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditLine {
+    /// Its `seq`.
+    pub seq: u64,
+    /// Its `hash`.
+    pub hash: String,
+    /// The record, one JSON line (no newline).
+    pub line: String,
+}
+
+/// The last record of one chain that the audit stream holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditCheckpoint {
+    /// The chain.
+    pub node: String,
+    /// `seq` of its last record.
+    pub seq: u64,
+    /// `hash` of its last record.
+    pub hash: String,
+}
+
+/// Most chain checkpoints kept (the least recently written go first).
+pub const MAX_AUDIT_CHECKPOINTS: usize = 4_096;
 
 /// Most audit records one [`AuditStream::read`] returns.
 pub const MAX_AUDIT_PAGE: usize = 10_000;
@@ -644,7 +742,7 @@ impl Stores {
 
 #[cfg(test)]
 mod cluster_tests;
-#[cfg(test)]
-pub(crate) mod conformance;
+#[cfg(any(test, feature = "testkit"))]
+pub mod conformance;
 #[cfg(test)]
 mod redis_tests;

@@ -62,7 +62,9 @@
 //! | `P:{ap}:all` | sorted set id → expires_at + retention | `EXPIREAT` the latest (only ever extended) | approval create script |
 //! | `P:{ap}:rq:H(requester)` | sorted set id → expires_at (the requester's live approvals, for the cap) | `EXPIREAT` the latest | approval create script |
 //! | `P:{ap}:rh:H(len(requester) ‖ requester ‖ request hash)` | hash `i` (id), `d` (`H(id)`) of the latest approval of that request by that requester (asking twice while it is pending finds it) | `EXPIREAT expires_at` | approval create script |
-//! | `P:{audit}:stream` | stream, field `rec` (one sealed audit record, JSON), `MAXLEN ~ [audit] stream_max_len` | [`AUDIT_STREAM_IDLE_TTL`] after the last append (refreshed by each) | audit writer (`XADD` pipeline) |
+//! | `P:{audit}:stream` | stream, field `rec` (one sealed audit record, JSON), `MAXLEN ~ [audit] stream_max_len` | [`AUDIT_STREAM_IDLE_TTL`] after the last append (refreshed by each) | audit append script (records past their chain's checkpoint only) |
+//! | `P:{audit}:checkpoint` | hash node → `"seq hash"` of the chain's last record in the stream (at most [`super::MAX_AUDIT_CHECKPOINTS`] nodes) | [`AUDIT_STREAM_IDLE_TTL`] after the last append | audit append script, atomically with the `XADD`s |
+//! | `P:{audit}:checkpoint:t` | sorted set node → time of its last append (prunes the checkpoints idle past the TTL, then the oldest past the cap) | as above | audit append script |
 //!
 //! Why the hash tags: all revocation keys and the feed share the tag `{rev}`,
 //! so the revoke script (entry + feed) touches one cluster slot. Each
@@ -126,10 +128,6 @@ use async_trait::async_trait;
 
 use super::*;
 
-/// Longest configurable per-call timeout.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest key prefix.
-pub const MAX_PREFIX_LEN: usize = 32;
 /// Approximate cap on feed entries (`XADD … MAXLEN ~`).
 pub const FEED_MAXLEN: u64 = 100_000;
 /// Most feed entries `list_since` returns at once (larger limits are cut).
@@ -163,12 +161,6 @@ pub const MAX_UNIX_SECS: u64 = 253_402_300_799;
 pub const AUDIT_STREAM_IDLE_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Least time between two replacements of the connection manager.
 pub const REBUILD_MIN_INTERVAL: Duration = Duration::from_secs(1);
-/// Most replicas a revocation may be required to reach (`WAIT numreplicas`).
-pub const MAX_REVOCATION_REPLICAS: u32 = 64;
-/// Longest wait for replica acknowledgements of a revocation.
-pub const MAX_REVOCATION_WAIT: Duration = Duration::from_secs(10);
-/// Longest breaker cool-off.
-pub const MAX_BREAKER_COOL_OFF: Duration = Duration::from_secs(600);
 
 /// How to reach Redis. `Debug` never shows the URL (it may hold a password).
 #[derive(Clone)]
@@ -222,13 +214,6 @@ fn split_url(url: &str) -> Result<(String, Option<String>), StoreError> {
         }
     }
     Ok((base.to_string(), ca))
-}
-
-fn valid_prefix(p: &str) -> bool {
-    !p.is_empty()
-        && p.len() <= MAX_PREFIX_LEN
-        && p.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 /// `hex(sha256(x))` (64 lowercase hex digits).
@@ -796,6 +781,7 @@ pub struct RedisStore {
     approval_create_script: Script,
     approval_decide_script: Script,
     approval_poll_script: Script,
+    audit_append_script: Script,
     /// Subject blocks held here ([`super::block_cache`]), with the task
     /// that keeps them exact; `None` when off.
     block_cache: Option<(Arc<BlockCache>, super::block_cache::Tracker)>,
@@ -1081,6 +1067,55 @@ if at < p + tonumber(ARGV[3]) then return {'slow_down'} end
 return {'pending'}
 "#;
 
+/// KEYS: audit stream, checkpoints (hash node -> "seq hash"), checkpoint
+/// times (sorted set node -> last write). ARGV: node, max_len, idle ttl,
+/// most checkpoints, then (seq, hash, record) for each record in order.
+/// Appends the records past the node's checkpoint and moves it: a batch sent
+/// again, or landing late, is never appended twice. Returns how many were
+/// appended.
+const LUA_AUDIT_APPEND: &str = r#"
+local node = ARGV[1]
+local last = 0
+local cur = redis.call('HGET', KEYS[2], node)
+if cur then last = tonumber(string.match(cur, '^(%d+) ')) or 0 end
+local seq = nil
+local added = 0
+for i = 5, #ARGV, 3 do
+  local s = tonumber(ARGV[i])
+  if s and s > last then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'rec', ARGV[i + 2])
+    -- moved with each record: a script stopped by an error half-way
+    -- leaves a checkpoint that matches the stream
+    redis.call('HSET', KEYS[2], node, ARGV[i] .. ' ' .. ARGV[i + 1])
+    last = s
+    seq = ARGV[i]
+    added = added + 1
+  end
+end
+local ttl = tonumber(ARGV[3])
+if seq then
+  redis.call('ZADD', KEYS[3], now, node)
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - ttl)
+  local over = redis.call('ZCARD', KEYS[3]) - #gone - tonumber(ARGV[4])
+  if over > 0 then
+    local more = redis.call('ZRANGE', KEYS[3], #gone, #gone + over - 1)
+    for _, n in ipairs(more) do gone[#gone + 1] = n end
+  end
+  for _, n in ipairs(gone) do
+    redis.call('HDEL', KEYS[2], n)
+    redis.call('ZREM', KEYS[3], n)
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ttl) end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ttl) end
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], ttl) end
+return added
+"#;
+
+/// Most records one audit append script carries (a longer backlog goes in
+/// several, each atomic and idempotent).
+const AUDIT_APPEND_CHUNK: usize = 1_024;
+
 fn script(body: &str) -> Script {
     Script::new(&format!("{LUA_EXTEND}{body}"))
 }
@@ -1173,12 +1208,8 @@ impl RedisStore {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(config_error("must be created inside a Tokio runtime"));
         }
-        if !valid_prefix(&cfg.prefix) {
-            return Err(config_error("prefix must be 1-32 of [A-Za-z0-9_.-]"));
-        }
-        if cfg.timeout.is_zero() || cfg.timeout > MAX_TIMEOUT {
-            return Err(config_error("timeout must be above 0 and at most 30 s"));
-        }
+        check_prefix(&cfg.prefix).map_err(|e| config_error(&format!("prefix {e}")))?;
+        check_timeout(cfg.timeout).map_err(|e| config_error(&format!("timeout {e}")))?;
         let (url, ca_path) = split_url(&cfg.url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.timeout))
@@ -1214,6 +1245,7 @@ impl RedisStore {
             tls,
             revoke_script: script(LUA_REVOKE),
             block_script: script(LUA_BLOCK),
+            audit_append_script: script(LUA_AUDIT_APPEND),
             unblock_script: script(LUA_UNBLOCK),
             blocks_list_script: script(LUA_BLOCKS_LIST),
             grant_create_script: script(LUA_GRANT_CREATE),
@@ -1425,6 +1457,14 @@ impl RedisStore {
 
     pub(crate) fn key_audit_stream(&self) -> String {
         format!("{}:{{audit}}:stream", self.prefix)
+    }
+
+    pub(crate) fn key_audit_checkpoints(&self) -> String {
+        format!("{}:{{audit}}:checkpoint", self.prefix)
+    }
+
+    pub(crate) fn key_audit_checkpoint_times(&self) -> String {
+        format!("{}:{{audit}}:checkpoint:t", self.prefix)
     }
 
     pub(crate) fn key_epoch(&self) -> String {
@@ -2871,10 +2911,7 @@ impl AuditStream for RedisStore {
         if records.is_empty() {
             return Ok(());
         }
-        if records
-            .iter()
-            .any(|r| r.len() > crate::audit::MAX_RECORD_BYTES)
-        {
+        if records.iter().any(|r| r.len() > MAX_AUDIT_RECORD_BYTES) {
             return Err(StoreError::Protocol("audit record too large".into()));
         }
         let key = self.key_audit_stream();
@@ -2900,6 +2937,67 @@ impl AuditStream for RedisStore {
             Ok(())
         })
         .await
+    }
+
+    async fn append_chain(
+        &self,
+        node: &str,
+        records: &[AuditLine],
+        max_len: u64,
+    ) -> Result<(), StoreError> {
+        if records
+            .iter()
+            .any(|r| r.line.len() > super::MAX_AUDIT_RECORD_BYTES)
+        {
+            return Err(StoreError::Protocol("audit record too large".into()));
+        }
+        let keys = [
+            self.key_audit_stream(),
+            self.key_audit_checkpoints(),
+            self.key_audit_checkpoint_times(),
+        ];
+        for chunk in records.chunks(AUDIT_APPEND_CHUNK) {
+            let mut con = self.conn.manager()?;
+            self.run("audit append", async {
+                let mut inv = self.audit_append_script.prepare_invoke();
+                inv.key(&keys[0]).key(&keys[1]).key(&keys[2]);
+                inv.arg(node)
+                    .arg(max_len.max(1))
+                    .arg(AUDIT_STREAM_IDLE_TTL.as_secs())
+                    .arg(super::MAX_AUDIT_CHECKPOINTS);
+                for r in chunk {
+                    inv.arg(r.seq).arg(r.hash.as_str()).arg(r.line.as_str());
+                }
+                let _added: u64 = inv.invoke_async(&mut con).await?;
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<AuditCheckpoint>, StoreError> {
+        let key = self.key_audit_checkpoints();
+        let mut con = self.conn.manager()?;
+        let rows: Vec<(String, String)> = self
+            .run("audit checkpoints", async {
+                let rows: Vec<(String, String)> = ::redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async(&mut con)
+                    .await?;
+                Ok(rows)
+            })
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (node, v) in rows.into_iter().take(super::MAX_AUDIT_CHECKPOINTS) {
+            let (seq, hash) = v
+                .split_once(' ')
+                .and_then(|(s, h)| Some((s.parse::<u64>().ok()?, h.to_string())))
+                .ok_or_else(|| StoreError::Protocol("malformed audit checkpoint".into()))?;
+            out.push(AuditCheckpoint { node, seq, hash });
+        }
+        out.sort_by(|x, y| x.node.cmp(&y.node));
+        Ok(out)
     }
 
     async fn read(

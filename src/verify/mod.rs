@@ -105,12 +105,13 @@ pub const DEFAULT_ALGORITHMS: [Algorithm; 2] = [Algorithm::ES256, Algorithm::EdD
 /// ```
 pub const ACCEPTED_TYPS: [&str; 2] = ["at+jwt", "application/at+jwt"];
 
-/// Deepest `act` chain accepted (the broker refuses to mint deeper ones).
+/// Deepest `act` chain accepted (the broker refuses to mint deeper ones):
+/// the one limit of the shared claims schema ([`crate::claims`]).
 ///
 /// ```
 /// assert_eq!(tessera::verify::MAX_ACTOR_DEPTH, 8);
 /// ```
-pub const MAX_ACTOR_DEPTH: usize = 8;
+pub use crate::claims::MAX_ACTOR_DEPTH;
 
 /// Most scopes accepted in one token.
 ///

@@ -165,7 +165,8 @@ impl Verifier {
         let htu = format!("{base}{path}");
         let now = self.clock.now();
         let check = ProofCheck::new(p.method, &htu, now).access_token(p.token);
-        let proof = dpop::verify_proof(proof, &check).map_err(VerifyError::DpopProof)?;
+        let proof =
+            dpop::verify_proof(proof, &check).map_err(|e| VerifyError::DpopProof(e.as_str()))?;
         if aws_lc_rs::constant_time::verify_slices_are_equal(proof.jkt.as_bytes(), jkt.as_bytes())
             .is_err()
         {

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use serde_json::{Map, Value};
 
 use super::{VerifyError, MAX_ACTOR_DEPTH, MAX_SCOPES};
+use crate::claims::{Actor, Confirmation};
 
 /// A token that passed [`super::Verifier::verify`]: signature, `typ`,
 /// `iss`, `aud` and times checked. Only the verifier creates one.
@@ -67,6 +68,19 @@ impl VerifiedToken {
                 Some(v) => v.as_u64().map(Some).ok_or(malformed(name)),
             }
         }
+        // A member read through the shared claims schema ([`crate::claims`],
+        // the types the broker mints with): any other shape is malformed.
+        fn member<T: serde::de::DeserializeOwned>(
+            claims: &mut Map<String, Value>,
+            name: &'static str,
+        ) -> Result<Option<T>, VerifyError> {
+            match claims.remove(name) {
+                None => Ok(None),
+                Some(v) => serde_json::from_value(v)
+                    .map(Some)
+                    .map_err(|_| malformed(name)),
+            }
+        }
         let subject = string(&mut claims, "sub")?.ok_or(malformed("sub"))?;
         let jti = string(&mut claims, "jti")?.ok_or(malformed("jti"))?;
         let task = string(&mut claims, "txn")?
@@ -79,20 +93,21 @@ impl VerifiedToken {
         let owner = string(&mut claims, "owner")?;
         let client_id = string(&mut claims, "client_id")?;
 
+        // `act` is the schema's `Actor` chain; deeper than the broker mints
+        // (the shared `MAX_ACTOR_DEPTH`) or with an empty `sub`: malformed.
         let mut actors = Vec::new();
-        let mut cur = claims.get("act");
-        while let Some(a) = cur {
-            let Value::Object(a) = a else {
-                return Err(malformed("act"));
-            };
-            if actors.len() >= MAX_ACTOR_DEPTH {
+        if let Some(act) = member::<Actor>(&mut claims, "act")? {
+            if act.depth() > MAX_ACTOR_DEPTH {
                 return Err(malformed("act"));
             }
-            match a.get("sub") {
-                Some(Value::String(s)) if !s.is_empty() => actors.push(s.clone()),
-                _ => return Err(malformed("act")),
+            let mut cur = Some(&act);
+            while let Some(a) = cur {
+                if a.sub.is_empty() {
+                    return Err(malformed("act"));
+                }
+                actors.push(a.sub.clone());
+                cur = a.act.as_deref();
             }
-            cur = a.get("act");
         }
 
         let mut scopes = BTreeSet::new();
@@ -106,32 +121,15 @@ impl VerifiedToken {
             scopes.insert(s.to_owned());
         }
 
-        let (mut x5t_s256, mut jkt) = (None, None);
-        match claims.remove("cnf") {
-            None => {}
-            Some(Value::Object(mut cnf)) => {
-                x5t_s256 = string(&mut cnf, "x5t#S256").map_err(|_| malformed("cnf"))?;
-                jkt = string(&mut cnf, "jkt").map_err(|_| malformed("cnf"))?;
-            }
-            Some(_) => return Err(malformed("cnf")),
-        }
+        let Confirmation { x5t_s256, jkt } =
+            member::<Confirmation>(&mut claims, "cnf")?.unwrap_or_default();
         if x5t_s256.as_deref().is_some_and(str::is_empty)
             || jkt.as_deref().is_some_and(str::is_empty)
         {
             return Err(malformed("cnf"));
         }
 
-        let ancestors = match claims.remove("ancestors") {
-            None => Vec::new(),
-            Some(Value::Array(items)) => items
-                .into_iter()
-                .map(|v| match v {
-                    Value::String(s) => Ok(s),
-                    _ => Err(malformed("ancestors")),
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err(malformed("ancestors")),
-        };
+        let ancestors = member::<Vec<String>>(&mut claims, "ancestors")?.unwrap_or_default();
         let authorization_details = match claims.remove("authorization_details") {
             None => None,
             Some(v @ Value::Array(_)) => Some(v),

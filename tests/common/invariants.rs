@@ -160,8 +160,20 @@ impl Ledger {
             }
             delivered.push((jti, tessera::audit::sha256_hex(token.as_bytes())));
         }
-        // I4
-        let issued: Vec<&Value> = records.iter().filter(|r| r["event"] == "issued").collect();
+        // I4, with withdrawals: an `issued` record of a token withheld after
+        // all (its write failed on some sink, or came too late) is followed
+        // by an `unavailable` / `audit_unavailable` record naming its jti;
+        // issued minus withdrawn counts the tokens.
+        let withdrawn: HashSet<&str> = records
+            .iter()
+            .filter(|r| r["event"] == "unavailable" && r["reason"] == "audit_unavailable")
+            .filter_map(|r| r["jti"].as_str())
+            .collect();
+        let issued: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["event"] == "issued")
+            .filter(|r| !r["jti"].as_str().is_some_and(|j| withdrawn.contains(j)))
+            .collect();
         let mut by_jti: HashMap<&str, Vec<&Value>> = HashMap::new();
         for r in &issued {
             by_jti
