@@ -226,8 +226,7 @@ struct DevTokenArgs {
 
 impl DevTokenArgs {
     fn into_args(self) -> Result<tessera::cli::dev::TokenArgs, String> {
-        let ttl = tessera::config::duration::parse_duration(&self.ttl)
-            .map_err(|e| format!("--ttl `{}`: {e}", self.ttl))?;
+        let ttl = tessera::cli::parse_duration_flag("--ttl", &self.ttl)?;
         Ok(tessera::cli::dev::TokenArgs {
             config: self.config,
             issuer: self.issuer,
@@ -630,9 +629,9 @@ fn main() -> ExitCode {
                     dpop_key,
                 },
         } => {
-            let wait = match tessera::config::duration::parse_duration(&wait) {
+            let wait = match tessera::cli::parse_duration_flag("--wait", &wait) {
                 Ok(d) => d,
-                Err(e) => return usage_error(&format!("--wait `{wait}`: {e}"), cli.json),
+                Err(m) => return usage_error(&m, cli.json),
             };
             let a = tessera::cli::token::ExchangeArgs {
                 audience,

@@ -419,6 +419,12 @@ pub fn out_line(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// A duration flag (`--wait 10m`, `--ttl 90s`) as the config writes them;
+/// the error names the flag.
+pub fn parse_duration_flag(flag: &str, s: &str) -> Result<std::time::Duration, String> {
+    crate::config::duration::parse_duration(s).map_err(|e| format!("{flag} `{s}`: {e}"))
+}
+
 /// Whether `-o wide` was given: tables show every column in full.
 static WIDE_OUTPUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 

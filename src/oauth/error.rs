@@ -423,4 +423,35 @@ mod tests {
             assert!(!c.description().contains("audit"), "{}", c.description());
         }
     }
+
+    /// docs/troubleshooting.md has a section for every code, naming its
+    /// HTTP status; docs/openapi.yaml lists exactly these codes, in order.
+    #[test]
+    fn the_docs_name_every_code() {
+        let t = include_str!("../../docs/troubleshooting.md");
+        for c in ErrorCode::ALL {
+            let head = format!("### `{}`\n", c.as_str());
+            let section = t
+                .split(&head)
+                .nth(1)
+                .unwrap_or_else(|| panic!("docs/troubleshooting.md has no {head}"));
+            let section = section.split("\n#").next().unwrap_or_default();
+            assert!(
+                section.contains(&format!("HTTP {}", c.status().as_u16())),
+                "{}: its section names another status than {}",
+                c.as_str(),
+                c.status()
+            );
+        }
+        let api = include_str!("../../docs/openapi.yaml");
+        let listed: Vec<&str> = api
+            .split("          enum:\n")
+            .nth(1)
+            .unwrap_or_default()
+            .lines()
+            .map_while(|l| l.trim().strip_prefix("- "))
+            .collect();
+        let all: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(listed, all, "docs/openapi.yaml OAuthError.error enum");
+    }
 }
