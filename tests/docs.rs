@@ -1,5 +1,5 @@
-//! The docs as a contract: every command block in docs/*.md is run by a
-//! named test (or is marked illustrative with the `text` info string),
+//! The docs as a contract: every command block in docs/*.md and the
+//! README is run by a named test (or is marked illustrative with the `text` info string),
 //! the OpenAPI description matches the server's routes, and no link leaves
 //! the repository. (Every OAuth error code in docs/troubleshooting.md and
 //! docs/openapi.yaml: `oauth::error`'s unit tests.)
@@ -32,7 +32,7 @@ const COMMAND_INFOS: [&str; 5] = ["sh", "bash", "shell", "console", ""];
 #[test]
 fn every_command_block_is_run_by_a_named_test() {
     let mut problems = Vec::new();
-    for page in pages().into_iter().filter(|p| p.starts_with("docs/")) {
+    for page in pages() {
         for b in blocks(&read(&page)) {
             if !COMMAND_INFOS.contains(&b.info.as_str()) {
                 continue;
@@ -61,9 +61,14 @@ fn every_command_block_is_run_by_a_named_test() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// Pages the README's docs map links that other branches of this round
+/// write (issue 19: approvals; issue 20: MCP; issue 21: architecture): a
+/// link to them is accepted while they are not merged yet.
+const ARRIVING: [&str; 3] = ["docs/approvals.md", "docs/mcp.md", "docs/architecture.md"];
+
 #[test]
 fn no_link_leaves_the_repository() {
-    for page in pages().into_iter().filter(|p| p.starts_with("docs/")) {
+    for page in pages() {
         let text = read(&page);
         assert!(
             !text.contains("../shared/"),
@@ -77,6 +82,9 @@ fn no_link_leaves_the_repository() {
                 continue;
             }
             let path = target.split('#').next().unwrap();
+            if ARRIVING.iter().any(|a| dir.join(path) == repo().join(a)) {
+                continue;
+            }
             assert!(
                 dir.join(path).exists(),
                 "{page}: link to {target} does not resolve"

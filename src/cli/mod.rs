@@ -203,7 +203,7 @@ pub fn keys_generate_as(alg: &str, dir: &Path, next: bool, as_json: bool) -> i32
                 outln!("wrote {} ({}, kid {})", path.display(), alg.as_str(), kid);
                 outln!("It is published and signs once the broker reloads (SIGHUP) or restarts (the newest active key of the configured algorithm signs).");
                 outln!(
-                    "To rotate without verification failures, use --next instead (see the README)."
+                    "To rotate without verification failures, use --next instead (see docs/operating.md, Signing-key rotation)."
                 );
                 print_retire_step();
             }
