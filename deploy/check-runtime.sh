@@ -248,6 +248,8 @@ for k, v in out.items():
     print(f"{k}={shlex.quote(str(v))}")
 print("CA_FILES=(" + " ".join(shlex.quote(p) for p in s.get("client_ca", [])
       + [i["ca"] for i in c.get("issuers", []) if "ca" in i]) + ")")
+print("TOKEN_FILES=(" + " ".join(shlex.quote(i["bearer_token_file"]) for i in c.get("issuers", [])
+      if "bearer_token_file" in i) + ")")
 PY
 ) || fail "reading the derived configuration (above)"
 eval "$vars"
@@ -285,6 +287,11 @@ install -D -m 0644 "$PRIV/dev/server.pem" "$TLS_CERT"
 install -D -m 0644 "$PRIV/dev/server-key.pem" "$TLS_KEY"
 for f in "${CA_FILES[@]}"; do
   install -D -m 0644 "$PRIV/dev/ca.pem" "$f"
+done
+# An issuer's bearer token file (the pod's projected service-account token):
+# a placeholder; it is read only when that issuer's keys are fetched.
+for f in "${TOKEN_FILES[@]}"; do
+  mkdir -p "$(dirname "$f")" && printf 'placeholder-token\n' >"$f"
 done
 mkdir -p "$SIGNING_DIR"
 kid=$("$BIN" keys generate --algorithm "$ALG" --dir "$SIGNING_DIR" | sed -n 's/.*kid \([^ )]*\).*/\1/p')

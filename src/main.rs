@@ -15,28 +15,32 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "tessera", version, about)]
 struct Cli {
     /// Machine-readable JSON output.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Output (any verb)")]
     json: bool,
-    /// Broker URL for operator verbs.
+    /// Broker URL.
     #[arg(
         long,
         global = true,
+        help_heading = "Connection (any verb; flags or TESSERA_* variables)",
         env = "TESSERA_URL",
         default_value = "https://127.0.0.1:8443"
     )]
     url: String,
-    /// Operator client certificate (PEM).
+    /// Client certificate (PEM): the operator's for admin verbs, the
+    /// workload's for `token exchange`.
     #[arg(
         long,
         global = true,
+        help_heading = "Connection (any verb; flags or TESSERA_* variables)",
         env = "TESSERA_CERT",
         default_value = "keys/dev/operator.pem"
     )]
     cert: PathBuf,
-    /// Operator client key (PEM).
+    /// Private key (PEM) of --cert.
     #[arg(
         long,
         global = true,
+        help_heading = "Connection (any verb; flags or TESSERA_* variables)",
         env = "TESSERA_KEY",
         default_value = "keys/dev/operator-key.pem"
     )]
@@ -45,10 +49,15 @@ struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = "Connection (any verb; flags or TESSERA_* variables)",
         env = "TESSERA_CA",
         default_value = "keys/dev/ca.pem"
     )]
     ca: PathBuf,
+    /// Table layout: `wide` shows every column in full (default: tables
+    /// fit 120 columns).
+    #[arg(short = 'o', long = "output", global = true, value_name = "FORMAT", value_parser = ["wide"], help_heading = "Output (any verb)")]
+    output: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -162,6 +171,71 @@ enum Cmd {
     /// Make the broker at --url re-read its configuration file (as SIGHUP
     /// does; one replica). Exit 1 naming the cause if it was refused.
     Reload,
+    /// Print a shell completion script: `tessera completion bash >
+    /// /etc/bash_completion.d/tessera`, `tessera completion zsh >
+    /// "${fpath[1]}/_tessera"`, `tessera completion fish >
+    /// ~/.config/fish/completions/tessera.fish`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Development helpers (only with `[dev] generate_missing = true`).
+    Dev {
+        #[command(subcommand)]
+        cmd: DevCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevCmd {
+    /// Serve a local OIDC issuer (the config's `dev` issuer: discovery and
+    /// JWKS over HTTPS) and print a token it signed for --subject.
+    Issuer {
+        #[command(flatten)]
+        token: DevTokenArgs,
+    },
+    /// Print another token of the dev issuer (which must be running for the
+    /// broker to verify it).
+    Token {
+        #[command(flatten)]
+        token: DevTokenArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct DevTokenArgs {
+    /// Config file.
+    #[arg(long, default_value = "config/tessera.toml", env = "TESSERA_CONFIG")]
+    config: PathBuf,
+    /// The [[issuers]] entry to serve.
+    #[arg(long, default_value = "dev")]
+    issuer: String,
+    /// The token's subject.
+    #[arg(long, default_value = "user:alice")]
+    subject: String,
+    /// A claim, `path=value` (repeatable; `/` steps into objects).
+    #[arg(long = "claim", value_name = "PATH=VALUE")]
+    claims: Vec<String>,
+    /// The token's audience (default: the entry's first audience).
+    #[arg(long)]
+    audience: Option<String>,
+    /// Lifetime, e.g. 10m.
+    #[arg(long, default_value = "10m")]
+    ttl: String,
+}
+
+impl DevTokenArgs {
+    fn into_args(self) -> Result<tessera::cli::dev::TokenArgs, String> {
+        let ttl = tessera::cli::parse_duration_flag("--ttl", &self.ttl)?;
+        Ok(tessera::cli::dev::TokenArgs {
+            config: self.config,
+            issuer: self.issuer,
+            subject: self.subject,
+            claims: self.claims,
+            audience: self.audience,
+            ttl,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -213,6 +287,22 @@ enum AuditCmd {
         /// How many of the newest records to print first.
         #[arg(short = 'n', long = "lines", default_value_t = 20)]
         n: usize,
+        /// Only the records of this token (jti).
+        #[arg(long)]
+        jti: Option<String>,
+        /// Only records with this reason (e.g. no_matching_policy).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only records with this OAuth error (e.g. invalid_request): the
+        /// refusals behind a generic error description, with their reason.
+        #[arg(long)]
+        error: Option<String>,
+        /// Only records whose subject or client is this identity.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only records of this event (e.g. refused, issued).
+        #[arg(long)]
+        event: Option<String>,
     },
     /// Check the hash chains of an audit file, or of the broker's audit stream.
     Verify {
@@ -284,6 +374,11 @@ enum ConfigCmd {
         /// Exit 1 when there is any warning (for CI).
         #[arg(long)]
         deny_warnings: bool,
+        /// Do not look for or read the files the config names (TLS
+        /// material, keys, CAs, token files): check a deployment's config
+        /// where its secrets are not mounted (CI).
+        #[arg(long)]
+        no_files: bool,
     },
 }
 
@@ -367,11 +462,91 @@ enum TokenCmd {
         /// The token.
         token: String,
     },
+    /// Exchange a subject token, or the client certificate (--cert/--key),
+    /// for a Tessera access token and print it (with --json: the whole
+    /// answer). Waits for a human approval when one is needed.
+    Exchange {
+        /// The audience (one).
+        #[arg(long)]
+        audience: String,
+        /// Space-separated scopes.
+        #[arg(long)]
+        scope: String,
+        /// A file holding the subject token (an OIDC JWT, e.g. a projected
+        /// service-account token, or a Tessera token); `-` reads stdin.
+        /// Without it the client certificate (--cert/--key) is the subject.
+        #[arg(long, value_name = "FILE")]
+        subject_token_file: Option<PathBuf>,
+        /// subject_token_type: jwt, id_token, access_token or a full URN.
+        #[arg(long, default_value = "jwt", requires = "subject_token_file")]
+        subject_token_type: String,
+        /// A file holding the actor's JWT (delegation: the actor acts for the subject).
+        #[arg(long, value_name = "FILE")]
+        actor_token_file: Option<PathBuf>,
+        /// Delegation: the client certificate (--cert/--key) is the actor.
+        #[arg(long)]
+        actor_cert: bool,
+        /// The task id (txn).
+        #[arg(long)]
+        task: Option<String>,
+        /// Requested lifetime in seconds.
+        #[arg(long)]
+        expires_in: Option<u64>,
+        /// RFC 9396 authorization_details (a JSON array).
+        #[arg(long, value_name = "JSON")]
+        authorization_details: Option<String>,
+        /// Give up waiting for a human approval after this long (e.g. 10m).
+        #[arg(long, default_value = "10m")]
+        wait: String,
+        /// Bind the token to a DPoP key (RFC 9449): an ES256 PEM file,
+        /// created when absent; prove possession with `tessera token proof`.
+        #[arg(long, value_name = "FILE")]
+        dpop_key: Option<PathBuf>,
+    },
+    /// Print a DPoP proof (RFC 9449) for one request to a resource server,
+    /// by the key a token was bound to with `token exchange --dpop-key`.
+    Proof {
+        /// The DPoP key file.
+        #[arg(long, value_name = "FILE")]
+        dpop_key: PathBuf,
+        /// The request's method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The request's URL (no query or fragment).
+        #[arg(long = "for-url", value_name = "URL")]
+        for_url: String,
+        /// The access token the request carries (sets `ath`).
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Verify a Tessera access token against the broker's JWKS (--url) and
+    /// say which check fails (exit 0 valid, 1 invalid).
+    Verify {
+        /// The token (`-` reads standard input).
+        token: String,
+        /// The audience the token must be for.
+        #[arg(long)]
+        audience: String,
+        /// The issuer expected (default: the one the broker's metadata names).
+        #[arg(long)]
+        issuer: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    // `token exchange` presents --cert/--key with a subject token only when
+    // they were given (flag or environment), not the operator defaults.
+    let cert_given = matches!(
+        matches.value_source("cert"),
+        Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+    );
     tessera::cli::set_json_output(cli.json);
+    tessera::cli::set_wide_output(cli.output.as_deref() == Some("wide"));
     // One crypto provider for every TLS user in the process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let code = match cli.cmd {
@@ -381,8 +556,9 @@ fn main() -> ExitCode {
                 ConfigCmd::Check {
                     config,
                     deny_warnings,
+                    no_files,
                 },
-        } => tessera::cli::config_check(&config, cli.json, deny_warnings),
+        } => tessera::cli::config_check_with(&config, cli.json, deny_warnings, no_files),
         Cmd::Policy {
             cmd:
                 PolicyCmd::Explain {
@@ -437,6 +613,89 @@ fn main() -> ExitCode {
         Cmd::Token {
             cmd: TokenCmd::Decode { token },
         } => tessera::cli::token_decode(&token, cli.json),
+        Cmd::Token {
+            cmd:
+                TokenCmd::Exchange {
+                    audience,
+                    scope,
+                    subject_token_file,
+                    subject_token_type,
+                    actor_token_file,
+                    actor_cert,
+                    task,
+                    expires_in,
+                    authorization_details,
+                    wait,
+                    dpop_key,
+                },
+        } => {
+            let wait = match tessera::cli::parse_duration_flag("--wait", &wait) {
+                Ok(d) => d,
+                Err(m) => return usage_error(&m, cli.json),
+            };
+            let a = tessera::cli::token::ExchangeArgs {
+                audience,
+                scope,
+                subject_token_file,
+                subject_token_type: Some(subject_token_type),
+                actor_token_file,
+                actor_is_certificate: actor_cert,
+                present_certificate: cert_given,
+                task,
+                expires_in,
+                authorization_details,
+                wait,
+                dpop_key,
+            };
+            let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
+                Ok(c) => c,
+                Err(m) => return usage_error(&m, cli.json),
+            };
+            block_on(tessera::cli::token::exchange(&conn, &a, cli.json))
+        }
+        Cmd::Token {
+            cmd:
+                TokenCmd::Proof {
+                    dpop_key,
+                    method,
+                    for_url,
+                    token,
+                },
+        } => tessera::cli::token::proof(&dpop_key, &method, &for_url, token.as_deref()),
+        Cmd::Token {
+            cmd:
+                TokenCmd::Verify {
+                    token,
+                    audience,
+                    issuer,
+                },
+        } => {
+            let token = if token == "-" {
+                let mut buf = String::new();
+                use std::io::Read;
+                if std::io::stdin()
+                    .take(1 << 20)
+                    .read_to_string(&mut buf)
+                    .is_err()
+                {
+                    return usage_error("cannot read the token from standard input", cli.json);
+                }
+                buf
+            } else {
+                token
+            };
+            let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
+                Ok(c) => c,
+                Err(m) => return usage_error(&m, cli.json),
+            };
+            block_on(tessera::cli::token::verify(
+                &conn,
+                &token,
+                &audience,
+                issuer.as_deref(),
+                cli.json,
+            ))
+        }
         Cmd::Revoke {
             jti,
             subject,
@@ -603,13 +862,60 @@ fn main() -> ExitCode {
             };
             block_on(tessera::cli::admin::reload(&conn, cli.json))
         }
+        Cmd::Completion { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "tessera", &mut out);
+            use std::io::Write;
+            match std::io::stdout().lock().write_all(&out) {
+                Ok(()) => 0,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 141,
+                Err(e) => {
+                    eprintln!("error: cannot write to stdout: {e}");
+                    1
+                }
+            }
+        }
+        Cmd::Dev { cmd } => {
+            let (serve_it, args) = match cmd {
+                DevCmd::Issuer { token } => (true, token),
+                DevCmd::Token { token } => (false, token),
+            };
+            let a = match args.into_args() {
+                Ok(a) => a,
+                Err(m) => return usage_error(&m, cli.json),
+            };
+            if serve_it {
+                block_on(tessera::cli::dev::issuer(&a))
+            } else {
+                tessera::cli::dev::token(&a)
+            }
+        }
         Cmd::Audit { cmd } => match cmd {
-            AuditCmd::Tail { follow, n } => {
+            AuditCmd::Tail {
+                follow,
+                n,
+                jti,
+                reason,
+                error,
+                subject,
+                event,
+            } => {
                 let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                     Ok(c) => c,
                     Err(m) => return usage_error(&m, cli.json),
                 };
-                block_on(tessera::cli::audit::tail(&conn, n, follow, cli.json))
+                let o = tessera::cli::audit::TailOptions {
+                    jti,
+                    reason,
+                    error,
+                    subject,
+                    event,
+                    wide: cli.output.as_deref() == Some("wide"),
+                };
+                block_on(tessera::cli::audit::tail_with(
+                    &conn, n, follow, &o, cli.json,
+                ))
             }
             AuditCmd::Verify {
                 file: Some(f),
@@ -701,6 +1007,7 @@ fn serve(config: PathBuf) -> i32 {
         }
     };
     let threads = cfg.server.threads();
+    let dev = cfg.dev_generate_missing;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -733,6 +1040,11 @@ fn serve(config: PathBuf) -> i32 {
                 return 1;
             }
         };
+        if dev {
+            for l in tessera::cli::dev::banner(running.addr) {
+                eprintln!("{l}");
+            }
+        }
         // SIGHUP reloads (outcome logged, counted and audited by `reload`);
         // SIGTERM or ctrl-c ends the loop.
         while let Signal::Reload = signals.next().await {

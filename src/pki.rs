@@ -59,6 +59,10 @@ pub const DEV_AGENT: &str = "agent";
 pub const DEV_OPERATOR: &str = "operator";
 /// File stem of the dev payments-api client certificate.
 pub const DEV_PAYMENTS_API: &str = "payments-api";
+/// File stem of the second dev agent's client certificate.
+pub const DEV_REVIEWER: &str = "reviewer";
+/// SPIFFE ID of the second dev agent.
+pub const DEV_REVIEWER_SPIFFE_ID: &str = "spiffe://example.org/agent/reviewer";
 /// SPIFFE ID of the dev agent.
 pub const DEV_AGENT_SPIFFE_ID: &str = "spiffe://example.org/agent/demo";
 /// SPIFFE ID of the dev operator.
@@ -764,7 +768,7 @@ fn exists(path: &Path) -> Result<bool, PkiError> {
 }
 
 /// The development leaves: (file stem, spec).
-fn dev_leaves() -> [(&'static str, LeafSpec); 4] {
+fn dev_leaves() -> [(&'static str, LeafSpec); 5] {
     [
         (
             DEV_SERVER,
@@ -784,6 +788,10 @@ fn dev_leaves() -> [(&'static str, LeafSpec); 4] {
         (
             DEV_PAYMENTS_API,
             LeafSpec::client_spiffe(DEV_PAYMENTS_API_SPIFFE_ID),
+        ),
+        (
+            DEV_REVIEWER,
+            LeafSpec::client_spiffe(DEV_REVIEWER_SPIFFE_ID),
         ),
     ]
 }
@@ -1140,8 +1148,8 @@ mod tests {
         let dev = dir.path().join("dev");
         let signing = dir.path().join("signing");
         let created = ensure_dev_material(&dev, &signing)?;
-        // CA pair + 4 leaf pairs + 1 signing key.
-        assert_eq!(created.len(), 11, "{created:?}");
+        // CA pair + 5 leaf pairs + 1 signing key.
+        assert_eq!(created.len(), 13, "{created:?}");
         for name in [
             "ca.pem",
             "ca-key.pem",

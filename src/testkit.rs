@@ -27,6 +27,30 @@ struct Shared {
     discovery_hits: AtomicU64,
     failing: AtomicBool,
     idp: std::sync::Mutex<IdpState>,
+    /// When set, discovery and JWKS answer 401 unless the request carries
+    /// `Authorization: Bearer <this>` (as the Kubernetes API server's
+    /// `/openid/v1/jwks` does for anonymous callers).
+    required_bearer: RwLock<Option<String>>,
+    unauthorized_hits: AtomicU64,
+}
+
+impl Shared {
+    /// `None` when the request may be answered, else the 401 to send.
+    fn refuse_unauthenticated(&self, headers: &axum::http::HeaderMap) -> Option<Response> {
+        let need = match self.required_bearer.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }?;
+        let got = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if got == Some(need.as_str()) {
+            return None;
+        }
+        self.unauthorized_hits.fetch_add(1, Ordering::SeqCst);
+        Some(StatusCode::UNAUTHORIZED.into_response())
+    }
 }
 
 /// The test IdP's sign-in state: who is "signed in" at the IdP, the codes
@@ -193,6 +217,8 @@ impl TestIssuer {
             discovery_hits: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             idp: std::sync::Mutex::new(IdpState::default()),
+            required_bearer: RwLock::new(None),
+            unauthorized_hits: AtomicU64::new(0),
         });
         let router = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -278,6 +304,19 @@ impl TestIssuer {
     /// Makes the JWKS and discovery endpoints answer 500 (or recover).
     pub fn set_failing(&self, failing: bool) {
         self.shared.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Makes discovery and the JWKS demand `Authorization: Bearer TOKEN`
+    /// (401 otherwise), or accept anyone again (`None`).
+    pub fn require_bearer(&self, token: Option<&str>) {
+        if let Ok(mut g) = self.shared.required_bearer.write() {
+            *g = token.map(str::to_string);
+        }
+    }
+
+    /// How many discovery or JWKS requests were refused with 401.
+    pub fn unauthorized_hits(&self) -> u64 {
+        self.shared.unauthorized_hits.load(Ordering::SeqCst)
     }
 
     /// How many times `/jwks` was fetched.
@@ -456,8 +495,11 @@ impl Drop for TestIssuer {
     }
 }
 
-async fn discovery(State(s): State<Arc<Shared>>) -> Response {
+async fn discovery(State(s): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
     s.discovery_hits.fetch_add(1, Ordering::SeqCst);
+    if let Some(r) = s.refuse_unauthenticated(&headers) {
+        return r;
+    }
     if s.failing.load(Ordering::SeqCst) {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
@@ -471,8 +513,11 @@ async fn discovery(State(s): State<Arc<Shared>>) -> Response {
     .into_response()
 }
 
-async fn jwks(State(s): State<Arc<Shared>>) -> Response {
+async fn jwks(State(s): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
     s.jwks_hits.fetch_add(1, Ordering::SeqCst);
+    if let Some(r) = s.refuse_unauthenticated(&headers) {
+        return r;
+    }
     if s.failing.load(Ordering::SeqCst) {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }

@@ -619,8 +619,8 @@ async fn cli_lists_approves_and_denies() {
     .await;
     let id2 = r.1["approval_id"].as_str().unwrap().to_string();
 
-    // a table by default ...
-    let (c, out, err) = cli(&b, &["approvals", "list"]);
+    // a table by default (-o wide: every column) ...
+    let (c, out, err) = cli(&b, &["-o", "wide", "approvals", "list"]);
     assert_eq!(c, 0, "{err}");
     for want in [
         "REQUESTER",
@@ -867,7 +867,7 @@ async fn approvals_list_escapes_bidi_and_zero_width_characters() {
     .await;
     assert_eq!(code(&r), (400, "authorization_pending"), "{}", r.1);
     let raw = ['\u{202e}', '\u{2066}', '\u{2069}', '\u{200b}'];
-    let (c, out, err) = cli(&b, &["approvals", "list"]);
+    let (c, out, err) = cli(&b, &["-o", "wide", "approvals", "list"]);
     assert_eq!(c, 0, "{err}");
     assert!(
         !out.contains(raw),

@@ -644,7 +644,7 @@ fn first_hour_messages_name_the_cause() {
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains("(s)"), "{out}");
     assert!(
-        out.contains(" 1 issuer,") || out.contains(" issuers,"),
+        out.contains("(1 issuer,") || out.contains(" issuers,"),
         "{out}"
     );
 

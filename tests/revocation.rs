@@ -799,7 +799,7 @@ fn shipped_config_makes_the_readme_grant_example_usable() {
         .grant_use(AGENT, API, &scopes("tickets:delete"))
         .unwrap_err()
         .contains("approval scope"));
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../docs/tokens.md");
     assert!(readme.contains("--scope tickets:close --audience https://api.example.com --ttl 10m"));
 }
 

@@ -89,11 +89,29 @@ impl Connection {
     }
 
     fn client(&self) -> Result<reqwest::Client, String> {
+        self.https(true, ADMIN_TIMEOUT)
+    }
+
+    /// An HTTPS client trusting `--ca` only, presenting `--cert`/`--key`
+    /// when `identity` (the `tessera token` verbs: a workload's
+    /// certificate, or none for a bearer subject token).
+    pub fn https(&self, identity: bool, timeout: Duration) -> Result<reqwest::Client, String> {
         let ca = read_pem_certs("--ca", &self.ca)?;
-        let chain = read_pem_certs("--cert", &self.cert)?;
-        let key = PrivateKeyDer::from_pem_file(&self.key)
-            .map_err(|e| cannot_read("--key", &self.key, e))?;
-        mtls_client(ca, Some((chain, key)), false, ADMIN_TIMEOUT)
+        let id = if identity {
+            let chain = read_pem_certs("--cert", &self.cert)?;
+            let key = PrivateKeyDer::from_pem_file(&self.key)
+                .map_err(|e| cannot_read("--key", &self.key, e))?;
+            Some((chain, key))
+        } else {
+            None
+        };
+        mtls_client(ca, id, false, timeout)
+    }
+
+    /// Why a request to the broker failed, for people (connection refused,
+    /// an untrusted certificate, a timeout).
+    pub fn explain(&self, e: &reqwest::Error) -> String {
+        self.describe(e)
     }
 
     /// Says what went wrong with TLS; a certificate the `--ca` does not
@@ -370,17 +388,25 @@ pub async fn revocations_list(conn: &Connection, as_json: bool) -> i32 {
                 outln!("no revocations in force");
                 return 0;
             }
+            // -o wide: values in full; else cut to fit 120 columns
+            let w = if crate::cli::wide_output() { 60 } else { 40 };
             outln!(
-                "{:<8}  {:<60}  {:<24}  KEPT UNTIL",
+                "{:<8}  {:<w$}  {:<24}  KEPT UNTIL",
                 "KIND",
                 "VALUE",
                 "REVOKED"
             );
             for e in &list {
+                let value = e["value"].as_str().unwrap_or("");
+                let value = if crate::cli::wide_output() {
+                    value.to_string()
+                } else {
+                    crate::cli::fit(value, w)
+                };
                 outln!(
-                    "{:<8}  {:<60}  {:<24}  {}",
+                    "{:<8}  {:<w$}  {:<24}  {}",
                     e["kind"].as_str().unwrap_or(""),
-                    e["value"].as_str().unwrap_or(""),
+                    value,
                     fmt_time(e["revoked_at"].as_u64().unwrap_or(0)),
                     fmt_until(e["expires_at"].as_u64().unwrap_or(0))
                 );
@@ -504,6 +530,31 @@ pub struct GrantArgs {
 }
 
 fn print_grants(gs: &[Value]) {
+    if !crate::cli::wide_output() {
+        // 36 + 30 + 24 + 9 + 13 + 4 separators of 2 = 120 (-o wide: audience too)
+        outln!(
+            "{:<36}  {:<30}  {:<24}  {:<9}  EXPIRES",
+            "ID",
+            "SUBJECT",
+            "SCOPES",
+            "USES LEFT"
+        );
+        for g in gs {
+            let left = match (g["remaining"].as_u64(), g["uses"].as_u64()) {
+                (Some(r), Some(u)) => format!("{r}/{u}"),
+                _ => "unlimited".into(),
+            };
+            outln!(
+                "{:<36}  {:<30}  {:<24}  {:<9}  {}",
+                g["id"].as_str().unwrap_or(""),
+                crate::cli::fit(g["subject"].as_str().unwrap_or(""), 30),
+                crate::cli::fit(&strings(&g["scopes"]), 24),
+                left,
+                fmt_time(g["expires_at"].as_u64().unwrap_or(0))
+            );
+        }
+        return;
+    }
     outln!(
         "{:<36}  {:<40}  {:<28}  {:<24}  {:<9}  EXPIRES",
         "ID",
@@ -648,6 +699,33 @@ fn strings(v: &Value) -> String {
 }
 
 fn print_approvals(list: &[Value]) {
+    if !crate::cli::wide_output() {
+        // 36 + 8 + 6 + 28 + 20 + 12 + 5 separators of 2 = 120 (-o wide: every column)
+        outln!(
+            "{:<36}  {:<8}  {:<6}  {:<28}  {:<20}  TASK",
+            "ID",
+            "STATE",
+            "AGE",
+            "REQUESTER",
+            "SCOPES"
+        );
+        for a in list {
+            let mut state = a["state"].as_str().unwrap_or("").to_string();
+            if a["expired"].as_bool() == Some(true) && (state == "pending" || state == "approved") {
+                state = "expired".into();
+            }
+            outln!(
+                "{:<36}  {:<8}  {:<6}  {:<28}  {:<20}  {}",
+                a["id"].as_str().unwrap_or(""),
+                state,
+                human(a["age"].as_u64().unwrap_or(0)),
+                crate::cli::fit(a["requester"].as_str().unwrap_or(""), 28),
+                crate::cli::fit(&strings(&a["scopes"]), 20),
+                crate::cli::fit(a["task"].as_str().unwrap_or("-"), 12),
+            );
+        }
+        return;
+    }
     outln!(
         "{:<36}  {:<9}  {:<5}  {:<36}  {:<22}  {:<36}  {:<16}  {:<24}  {:<28}  {:<22}  AUTHORIZATION_DETAILS",
         "ID", "STATE", "AGE", "REQUESTER", "OWNER", "ON BEHALF OF", "TASK", "SCOPES", "AUDIENCE", "DECIDED BY"

@@ -28,6 +28,91 @@ fn cell(v: &Value, k: &str) -> String {
     }
 }
 
+/// Which records `audit tail` shows, and how wide its table is.
+#[derive(Debug, Clone, Default)]
+pub struct TailOptions {
+    /// Only records with this `jti`.
+    pub jti: Option<String>,
+    /// Only records with this `reason` (e.g. `no_matching_policy`).
+    pub reason: Option<String>,
+    /// Only records with this OAuth `error` (e.g. `invalid_request`).
+    pub error: Option<String>,
+    /// Only records whose `subject` (or `client`) is this.
+    pub subject: Option<String>,
+    /// Only records of this `event` (e.g. `refused`).
+    pub event: Option<String>,
+    /// `-o wide`: every column in full (default: a table of at most
+    /// [`NARROW_WIDTH`] columns).
+    pub wide: bool,
+}
+
+/// Widest line of the default (not `-o wide`) tables.
+pub const NARROW_WIDTH: usize = 120;
+
+impl TailOptions {
+    fn filters(&self) -> bool {
+        self.jti.is_some()
+            || self.reason.is_some()
+            || self.error.is_some()
+            || self.subject.is_some()
+            || self.event.is_some()
+    }
+
+    /// Whether record `r` passes every filter given.
+    fn keeps(&self, r: &Value) -> bool {
+        let is = |k: &str, want: &Option<String>| match want {
+            None => true,
+            Some(w) => r[k].as_str() == Some(w.as_str()),
+        };
+        is("jti", &self.jti)
+            && is("reason", &self.reason)
+            && is("error", &self.error)
+            && is("event", &self.event)
+            && (self.subject.is_none()
+                || is("subject", &self.subject)
+                || is("client", &self.subject))
+    }
+}
+
+use super::fit;
+
+/// The narrow table's time: `2026-12-05 18:54:18` (UTC, no fraction).
+fn short_time(t: &str) -> String {
+    t.get(..19).unwrap_or(t).replace('T', " ")
+}
+
+fn print_narrow(records: &[Value], header: &mut bool) {
+    // 19 + 13 + 20 + 24 + 36 (a UUID) + 4 separators of 2 = 120
+    if !*header {
+        outln!(
+            "{:<19}  {:<13}  {:<20}  {:<24}  JTI",
+            "TIME (UTC)",
+            "EVENT",
+            "REASON",
+            "SUBJECT"
+        );
+        *header = true;
+    }
+    for r in records {
+        outln!(
+            "{:<19}  {:<13}  {:<20}  {:<24}  {}",
+            short_time(&cell(r, "time")),
+            fit(&cell(r, "event"), 13),
+            fit(&cell(r, "reason"), 20),
+            fit(&cell(r, "subject"), 24),
+            fit(&cell(r, "jti"), 36),
+        );
+    }
+}
+
+fn print_records_as(records: &[Value], as_json: bool, wide: bool, header: &mut bool) {
+    if !as_json && !wide {
+        print_narrow(records, header);
+        return;
+    }
+    print_records(records, as_json, header);
+}
+
 fn print_records(records: &[Value], as_json: bool, header: &mut bool) {
     for r in records {
         if as_json {
@@ -76,15 +161,29 @@ fn page(v: &Value) -> (Vec<Value>, Option<String>) {
 /// `follow`, then every new record, polling every second.
 /// `-n 0` prints nothing (with `follow`, only records written from now on).
 pub async fn tail(conn: &Connection, n: usize, follow: bool, as_json: bool) -> i32 {
+    tail_with(conn, n, follow, &TailOptions::default(), as_json).await
+}
+
+/// [`tail`] with filters (`--jti`, `--reason`, `--error`, `--subject`,
+/// `--event`: the newest `n` records that pass them, among the newest
+/// [`PAGE`]) and the table width (`-o wide`).
+pub async fn tail_with(
+    conn: &Connection,
+    n: usize,
+    follow: bool,
+    o: &TailOptions,
+    as_json: bool,
+) -> i32 {
     if n == 0 && !follow {
         return 0;
     }
     let mut header = false;
+    let limit = if o.filters() { PAGE } else { n.clamp(1, PAGE) };
     let first = match conn
         .call(
             reqwest::Method::GET,
             // with -n 0, one record only to learn where the stream ends
-            &format!("/admin/v1/audit?limit={}", n.clamp(1, PAGE)),
+            &format!("/admin/v1/audit?limit={limit}"),
             None,
         )
         .await
@@ -96,11 +195,22 @@ pub async fn tail(conn: &Connection, n: usize, follow: bool, as_json: bool) -> i
         }
     };
     let (records, mut cursor) = page(&first);
+    let mut records: Vec<Value> = records.into_iter().filter(|r| o.keeps(r)).collect();
+    if records.len() > n {
+        records.drain(..records.len() - n);
+    }
     if records.is_empty() && !follow && !as_json {
-        outln!("no audit records");
+        outln!(
+            "{}",
+            if o.filters() {
+                "no audit record matches"
+            } else {
+                "no audit records"
+            }
+        );
     }
     if n > 0 {
-        print_records(&records, as_json, &mut header);
+        print_records_as(&records, as_json, o.wide, &mut header);
     }
     if !follow {
         return 0;
@@ -117,7 +227,8 @@ pub async fn tail(conn: &Connection, n: usize, follow: bool, as_json: bool) -> i
         match conn.call(reqwest::Method::GET, &path, None).await {
             Ok(v) => {
                 let (records, c) = page(&v);
-                print_records(&records, as_json, &mut header);
+                let records: Vec<Value> = records.into_iter().filter(|r| o.keeps(r)).collect();
+                print_records_as(&records, as_json, o.wide, &mut header);
                 if c.is_some() {
                     cursor = c;
                 }

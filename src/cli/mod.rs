@@ -28,7 +28,9 @@ macro_rules! errln {
 
 pub mod admin;
 pub mod audit;
+pub mod dev;
 pub mod explain;
+pub mod token;
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -47,6 +49,14 @@ use crate::mint::SigningAlgorithm;
 /// (`ok`, `warnings`: `[{policy, field, kind, message}]`) and stderr only
 /// the reason of a failure.
 pub fn config_check(path: &Path, as_json: bool, deny_warnings: bool) -> i32 {
+    config_check_with(path, as_json, deny_warnings, false)
+}
+
+/// [`config_check`]; with `no_files`, the files the config names (TLS
+/// material, keys, CAs, token files) are neither looked for nor read: the
+/// syntax, values and policies of a deployment's config are checked where
+/// its secrets are not (CI). Says so in a note.
+pub fn config_check_with(path: &Path, as_json: bool, deny_warnings: bool, no_files: bool) -> i32 {
     let cfg = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -54,6 +64,19 @@ pub fn config_check(path: &Path, as_json: bool, deny_warnings: bool) -> i32 {
             return 1;
         }
     };
+    if no_files {
+        let n = cfg.referenced_files().len();
+        return report_check(
+            path,
+            &cfg,
+            vec![format!(
+                "--no-files: the {} the config names were not checked (run without it where they are mounted)",
+                admin::count(n, "file", "files")
+            )],
+            as_json,
+            deny_warnings,
+        );
+    }
     let missing = cfg.check_files();
     if let (Err(e), false) = (&missing, cfg.dev_generate_missing) {
         errln!("error: {e}");
@@ -61,7 +84,7 @@ pub fn config_check(path: &Path, as_json: bool, deny_warnings: bool) -> i32 {
     }
     // What `serve` loads, loaded the same way (one function); what start-up
     // generates first is noted instead.
-    let mut notes = match crate::app::load_material(&cfg) {
+    let notes = match crate::app::load_material(&cfg) {
         Ok(m) => m.pending,
         Err(e) => {
             errln!("error: {e}");
@@ -73,6 +96,18 @@ pub fn config_check(path: &Path, as_json: bool, deny_warnings: bool) -> i32 {
         errln!("error: {e}");
         return 1;
     }
+    report_check(path, &cfg, notes, as_json, deny_warnings)
+}
+
+/// The verdict of `config check` once the files are dealt with: warnings,
+/// notes, the summary line (or JSON), and the exit code.
+fn report_check(
+    path: &Path,
+    cfg: &Config,
+    mut notes: Vec<String>,
+    as_json: bool,
+    deny_warnings: bool,
+) -> i32 {
     if cfg.dev_generate_missing {
         notes.push("[dev] generate_missing = true: development only, never in production".into());
     }
@@ -168,7 +203,7 @@ pub fn keys_generate_as(alg: &str, dir: &Path, next: bool, as_json: bool) -> i32
                 outln!("wrote {} ({}, kid {})", path.display(), alg.as_str(), kid);
                 outln!("It is published and signs once the broker reloads (SIGHUP) or restarts (the newest active key of the configured algorithm signs).");
                 outln!(
-                    "To rotate without verification failures, use --next instead (see the README)."
+                    "To rotate without verification failures, use --next instead (see docs/operating.md, Signing-key rotation)."
                 );
                 print_retire_step();
             }
@@ -382,6 +417,38 @@ pub fn out_line(args: std::fmt::Arguments<'_>) {
         drop(o);
         std::process::exit(stdout_failure_status(&e));
     }
+}
+
+/// A duration flag (`--wait 10m`, `--ttl 90s`) as the config writes them;
+/// the error names the flag.
+pub fn parse_duration_flag(flag: &str, s: &str) -> Result<std::time::Duration, String> {
+    crate::config::duration::parse_duration(s).map_err(|e| format!("{flag} `{s}`: {e}"))
+}
+
+/// Whether `-o wide` was given: tables show every column in full.
+static WIDE_OUTPUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Called once by the binary with `-o wide`; without it, tables fit
+/// [`audit::NARROW_WIDTH`] columns (long cells cut with `…`, some columns
+/// left out).
+pub fn set_wide_output(on: bool) {
+    WIDE_OUTPUT.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether tables are wide (see [`set_wide_output`]).
+pub fn wide_output() -> bool {
+    WIDE_OUTPUT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `s` in at most `w` characters: the end kept (where identities and ids
+/// differ), `…` in front of what was cut.
+pub fn fit(s: &str, w: usize) -> String {
+    let n = s.chars().count();
+    if n <= w || w == 0 {
+        return s.to_string();
+    }
+    let tail: String = s.chars().skip(n - (w - 1)).collect();
+    format!("…{tail}")
 }
 
 /// Whether `--json` was given: errors and warnings on stderr are JSON too.

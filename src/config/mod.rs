@@ -342,6 +342,8 @@ pub struct IssuerConfig {
     pub jwks_refresh_cooldown: Duration,
     /// How long keys stay usable after the last successful fetch.
     pub jwks_max_stale: Duration,
+    /// Sent as `Authorization: Bearer` with discovery and JWKS fetches.
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -791,6 +793,7 @@ impl Config {
                     &ri.jwks_max_stale,
                     &crate::jwks::MAX_STALE_BOUNDS,
                 )?,
+                bearer_token_file: ri.bearer_token_file.as_deref().map(PathBuf::from),
             });
         }
 
@@ -1020,6 +1023,9 @@ impl Config {
         for (i, is) in self.issuers.iter().enumerate() {
             if let Some(ca) = &is.ca {
                 v.push((format!("issuers[{i}].ca"), ca.clone()));
+            }
+            if let Some(t) = &is.bearer_token_file {
+                v.push((format!("issuers[{i}].bearer_token_file"), t.clone()));
             }
         }
         v

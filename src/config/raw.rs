@@ -550,6 +550,12 @@ pub struct RawIssuer {
     /// refused with 503. Defaults to `24h`; 1m..=7d.
     #[serde(default = "d_jwks_max_stale")]
     pub jwks_max_stale: String,
+    /// A file whose content is sent as `Authorization: Bearer` with the
+    /// issuer's discovery and JWKS fetches (the Kubernetes API server's
+    /// `/openid/v1/jwks` needs a caller: the pod's projected token). Re-read
+    /// on every fetch; never logged. Optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<String>,
 }
 
 /// One `[[policies]]` entry.

@@ -96,6 +96,7 @@ fn full_sample() -> RawConfig {
             leeway: "30s".into(),
             jwks_refresh_cooldown: "30s".into(),
             jwks_max_stale: "24h".into(),
+            bearer_token_file: Some("token".into()),
         }],
         policies: vec![RawPolicy {
             name: "p".into(),

@@ -14,7 +14,7 @@ use tokio::sync::{Mutex, OnceCell};
 use crate::config::IssuerConfig;
 use crate::jose::jws::UnverifiedJws;
 use crate::jose::validate::{validate_owned, ClaimRules, ValidatedClaims};
-use crate::jwks::{discover_jwks_uri, https_client, HttpJwksFetcher, JwksCache, KeyLookupError};
+use crate::jwks::{https_client, HttpJwksFetcher, JwksCache, KeyLookupError};
 
 /// Why a token from an OIDC issuer was refused.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -109,12 +109,17 @@ impl IssuerVerifier {
             .get_or_try_init(|| async {
                 let uri = match &self.cfg.jwks_uri {
                     Some(u) => u.clone(),
-                    None => discover_jwks_uri(&self.client, &self.cfg.issuer)
-                        .await
-                        .map_err(|e| e.to_string())?,
+                    None => crate::jwks::http::discover_jwks_uri_with_bearer(
+                        &self.client,
+                        &self.cfg.issuer,
+                        self.cfg.bearer_token_file.as_deref(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?,
                 };
-                let fetcher =
-                    HttpJwksFetcher::new(self.client.clone(), &uri).map_err(|e| e.to_string())?;
+                let fetcher = HttpJwksFetcher::new(self.client.clone(), &uri)
+                    .map_err(|e| e.to_string())?
+                    .with_bearer_token_file(self.cfg.bearer_token_file.clone());
                 Ok::<_, String>(Arc::new(
                     JwksCache::new(Arc::new(fetcher), self.cooldown)
                         .with_max_stale(self.cfg.jwks_max_stale)

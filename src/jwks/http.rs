@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, ACCEPT, CACHE_CONTROL};
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CACHE_CONTROL};
 use reqwest::Url;
 use rustls_pki_types::CertificateDer;
 use serde_json::Value;
@@ -214,23 +214,60 @@ fn max_age(headers: &HeaderMap) -> Option<Duration> {
     result
 }
 
+/// Largest bearer token file read (a projected service-account token is
+/// about 1 KiB).
+pub const MAX_BEARER_TOKEN_BYTES: u64 = 16 * 1024;
+
+/// The `Authorization` value for a fetch that must authenticate (an
+/// issuer whose JWKS or discovery document needs a caller, e.g. the
+/// Kubernetes API server's `/openid/v1/jwks`): `Bearer ` and the content of
+/// `path`, read on every fetch so a rotated (re-projected) token is used
+/// from the next fetch on. Marked sensitive (never in Debug output); errors
+/// name the file, never the token.
+///
+/// # Errors
+/// [`FetchError::Credential`] when the file cannot be read, is empty, too
+/// large or not a header-safe value.
+pub fn bearer_header(path: &std::path::Path) -> Result<HeaderValue, FetchError> {
+    use std::io::Read;
+    let cred = |m: String| FetchError::Credential(format!("{}: {m}", path.display()));
+    let mut buf = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_BEARER_TOKEN_BYTES + 1).read_to_string(&mut buf))
+        .map_err(|e| cred(format!("cannot read: {}", e.kind())))?;
+    if buf.len() as u64 > MAX_BEARER_TOKEN_BYTES {
+        return Err(cred(format!("larger than {MAX_BEARER_TOKEN_BYTES} bytes")));
+    }
+    let token = buf.trim();
+    if token.is_empty() {
+        return Err(cred("empty".into()));
+    }
+    let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| cred("not a header-safe token".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
 /// GETs `url` with a total `timeout`, refusing redirects, non-2xx answers
 /// and bodies over `cap` bytes (checked on `Content-Length` and while
-/// streaming).
+/// streaming); with `bearer`, authenticates with [`bearer_header`].
 async fn get_capped(
     client: &reqwest::Client,
     url: Url,
     cap: usize,
     timeout: Duration,
+    bearer: Option<&std::path::Path>,
 ) -> Result<(Vec<u8>, HeaderMap), FetchError> {
+    let auth = bearer.map(bearer_header).transpose()?;
     let work = async {
-        let mut resp = client
+        let mut rb = client
             .get(url)
             .header(ACCEPT, "application/json")
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| map_reqwest(&e))?;
+            .timeout(timeout);
+        if let Some(v) = auth {
+            rb = rb.header(AUTHORIZATION, v);
+        }
+        let mut resp = rb.send().await.map_err(|e| map_reqwest(&e))?;
         let status = resp.status();
         if status.is_redirection() {
             return Err(FetchError::Redirect(status.as_u16()));
@@ -273,6 +310,9 @@ pub struct HttpJwksFetcher {
     client: reqwest::Client,
     url: Url,
     timeout: Duration,
+    /// A file whose content authenticates each fetch (path only: the
+    /// token is read per fetch and never kept or printed).
+    bearer_token_file: Option<std::path::PathBuf>,
 }
 
 impl HttpJwksFetcher {
@@ -294,7 +334,24 @@ impl HttpJwksFetcher {
             client,
             url: https_url(url)?,
             timeout: FETCH_TIMEOUT,
+            bearer_token_file: None,
         })
+    }
+
+    /// Authenticates every fetch with `Authorization: Bearer` and the
+    /// content of `path`, re-read per fetch (see [`bearer_header`]).
+    ///
+    /// ```
+    /// let client = tessera::jwks::https_client(&[], true)?;
+    /// let f = tessera::jwks::HttpJwksFetcher::new(client, "https://kubernetes.default.svc/openid/v1/jwks")?
+    ///     .with_bearer_token_file(Some("/var/run/secrets/kubernetes.io/serviceaccount/token".into()));
+    /// assert!(!format!("{f:?}").contains("Bearer"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn with_bearer_token_file(mut self, path: Option<std::path::PathBuf>) -> HttpJwksFetcher {
+        self.bearer_token_file = path;
+        self
     }
 
     /// Overrides the total fetch timeout (default [`FETCH_TIMEOUT`]).
@@ -330,8 +387,14 @@ impl HttpJwksFetcher {
 impl JwksFetcher for HttpJwksFetcher {
     fn fetch(&self) -> BoxFuture<'_, Result<FetchedJwks, FetchError>> {
         Box::pin(async move {
-            let (body, headers) =
-                get_capped(&self.client, self.url.clone(), MAX_JWKS_BYTES, self.timeout).await?;
+            let (body, headers) = get_capped(
+                &self.client,
+                self.url.clone(),
+                MAX_JWKS_BYTES,
+                self.timeout,
+                self.bearer_token_file.as_deref(),
+            )
+            .await?;
             Ok(FetchedJwks {
                 body,
                 max_age: max_age(&headers),
@@ -361,18 +424,32 @@ pub async fn discover_jwks_uri(
     client: &reqwest::Client,
     issuer: &str,
 ) -> Result<String, FetchError> {
-    discover_jwks_uri_with_timeout(client, issuer, FETCH_TIMEOUT).await
+    discover_jwks_uri_with_timeout(client, issuer, FETCH_TIMEOUT, None).await
+}
+
+/// [`discover_jwks_uri`] authenticating with a bearer token file (see
+/// [`bearer_header`]).
+///
+/// # Errors
+/// As [`discover_jwks_uri`], and [`FetchError::Credential`].
+pub async fn discover_jwks_uri_with_bearer(
+    client: &reqwest::Client,
+    issuer: &str,
+    bearer_token_file: Option<&std::path::Path>,
+) -> Result<String, FetchError> {
+    discover_jwks_uri_with_timeout(client, issuer, FETCH_TIMEOUT, bearer_token_file).await
 }
 
 async fn discover_jwks_uri_with_timeout(
     client: &reqwest::Client,
     issuer: &str,
     timeout: Duration,
+    bearer: Option<&std::path::Path>,
 ) -> Result<String, FetchError> {
     https_url(issuer)?;
     let base = issuer.strip_suffix('/').unwrap_or(issuer);
     let url = https_url(&format!("{base}{DISCOVERY_PATH}"))?;
-    let (body, _) = get_capped(client, url, MAX_DISCOVERY_BYTES, timeout).await?;
+    let (body, _) = get_capped(client, url, MAX_DISCOVERY_BYTES, timeout, bearer).await?;
     let doc = json::parse_object(&body).map_err(|_| FetchError::InvalidDiscovery("json"))?;
     match doc.get("issuer") {
         Some(Value::String(s)) if s == issuer => {}
@@ -399,7 +476,7 @@ pub async fn discover_login_endpoints(
     https_url(issuer)?;
     let base = issuer.strip_suffix('/').unwrap_or(issuer);
     let url = https_url(&format!("{base}{DISCOVERY_PATH}"))?;
-    let (body, _) = get_capped(client, url, MAX_DISCOVERY_BYTES, FETCH_TIMEOUT).await?;
+    let (body, _) = get_capped(client, url, MAX_DISCOVERY_BYTES, FETCH_TIMEOUT, None).await?;
     let doc = json::parse_object(&body).map_err(|_| FetchError::InvalidDiscovery("json"))?;
     match doc.get("issuer") {
         Some(Value::String(s)) if s == issuer => {}
@@ -525,7 +602,7 @@ impl OidcIssuerKeys {
             return Err(KeyLookupError::Unavailable);
         }
         *last = Some(Instant::now());
-        let uri = discover_jwks_uri_with_timeout(&self.client, &self.issuer, self.timeout)
+        let uri = discover_jwks_uri_with_timeout(&self.client, &self.issuer, self.timeout, None)
             .await
             .map_err(|e| {
                 tracing::warn!(issuer = %self.issuer, reason = e.reason(), error = %e, "OIDC discovery failed");

@@ -156,6 +156,10 @@ pub enum FetchError {
     /// The discovery document's `issuer` differs from the configured issuer.
     #[error("discovery issuer mismatch")]
     IssuerMismatch,
+    /// The issuer's `bearer_token_file` cannot be read (or is empty or too
+    /// large); the message names the file, never its content.
+    #[error("bearer token: {0}")]
+    Credential(String),
 }
 
 impl FetchError {
@@ -177,6 +181,7 @@ impl FetchError {
             FetchError::Config(_) => "fetch_config",
             FetchError::InvalidDiscovery(_) => "discovery_invalid",
             FetchError::IssuerMismatch => "discovery_issuer_mismatch",
+            FetchError::Credential(_) => "fetch_credential",
         }
     }
 }

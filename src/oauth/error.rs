@@ -44,6 +44,27 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (docs/troubleshooting.md has a
+    /// section for each; a test keeps it so).
+    pub const ALL: [ErrorCode; 16] = [
+        Self::InvalidRequest,
+        Self::InvalidClient,
+        Self::InvalidGrant,
+        Self::InvalidScope,
+        Self::InvalidTarget,
+        Self::UnsupportedGrantType,
+        Self::UnsupportedTokenType,
+        Self::AuthorizationPending,
+        Self::AccessDenied,
+        Self::ExpiredToken,
+        Self::SlowDown,
+        Self::InvalidAuthorizationDetails,
+        Self::InvalidDpopProof,
+        Self::UseDpopNonce,
+        Self::TemporarilyUnavailable,
+        Self::ServerError,
+    ];
+
     /// The wire string.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -76,22 +97,24 @@ impl ErrorCode {
         }
     }
 
-    /// The fixed, generic description: never echoes input or policy.
+    /// The fixed, generic description: never echoes input or policy. A
+    /// refusal's points the operator to its audit record, which holds the
+    /// precise reason (`tessera audit tail --error CODE`).
     pub fn description(self) -> &'static str {
         match self {
-            Self::InvalidRequest => "the request or a token in it was rejected",
-            Self::InvalidClient => "client authentication failed",
-            Self::InvalidGrant => "the grant does not apply to this request",
-            Self::InvalidScope => "a requested scope is not permitted",
-            Self::InvalidTarget => "the requested target is not permitted",
+            Self::InvalidRequest => "the request or a token in it was rejected; the reason is in the broker's audit record (tessera audit tail --error invalid_request)",
+            Self::InvalidClient => "client authentication failed; the reason is in the broker's audit record (tessera audit tail --error invalid_client)",
+            Self::InvalidGrant => "the grant does not apply to this request; the reason is in the broker's audit record (tessera audit tail --error invalid_grant)",
+            Self::InvalidScope => "a requested scope is not permitted; the reason is in the broker's audit record (tessera audit tail --error invalid_scope)",
+            Self::InvalidTarget => "the requested target is not permitted; the reason is in the broker's audit record (tessera audit tail --error invalid_target)",
             Self::UnsupportedGrantType => "unsupported grant_type",
             Self::UnsupportedTokenType => "unsupported token_type_hint",
             Self::AuthorizationPending => "waiting for human approval",
-            Self::AccessDenied => "the request was denied",
+            Self::AccessDenied => "the request was denied; the reason is in the broker's audit record (tessera audit tail --error access_denied)",
             Self::ExpiredToken => "the approval expired",
             Self::SlowDown => "slow down",
-            Self::InvalidAuthorizationDetails => "authorization_details rejected",
-            Self::InvalidDpopProof => "DPoP proof rejected",
+            Self::InvalidAuthorizationDetails => "authorization_details rejected; the reason is in the broker's audit record (tessera audit tail --error invalid_authorization_details)",
+            Self::InvalidDpopProof => "DPoP proof rejected; the reason is in the broker's audit record (tessera audit tail --error invalid_dpop_proof)",
             Self::UseDpopNonce => "retry with the DPoP-Nonce given",
             Self::TemporarilyUnavailable => "temporarily unavailable, retry later",
             Self::ServerError => "internal error",
@@ -371,5 +394,64 @@ mod tests {
         assert_eq!(r.headers()["retry-after"], "3");
         let r = OAuthError::new(ErrorCode::TemporarilyUnavailable).into_response();
         assert_eq!(r.headers()["retry-after"], "1");
+    }
+
+    /// A refusal's generic description names how the operator finds the
+    /// precise reason: `tessera audit tail --error CODE` (the audit record
+    /// carries `error` and `reason`); waiting and outage answers do not.
+    #[test]
+    fn refusals_point_to_their_audit_record() {
+        use ErrorCode as C;
+        for c in [
+            C::InvalidRequest,
+            C::InvalidClient,
+            C::InvalidGrant,
+            C::InvalidScope,
+            C::InvalidTarget,
+            C::AccessDenied,
+            C::InvalidAuthorizationDetails,
+            C::InvalidDpopProof,
+        ] {
+            let hint = format!("(tessera audit tail --error {})", c.as_str());
+            assert!(c.description().ends_with(&hint), "{}", c.description());
+        }
+        for c in [
+            C::AuthorizationPending,
+            C::SlowDown,
+            C::TemporarilyUnavailable,
+        ] {
+            assert!(!c.description().contains("audit"), "{}", c.description());
+        }
+    }
+
+    /// docs/troubleshooting.md has a section for every code, naming its
+    /// HTTP status; docs/openapi.yaml lists exactly these codes, in order.
+    #[test]
+    fn the_docs_name_every_code() {
+        let t = include_str!("../../docs/troubleshooting.md");
+        for c in ErrorCode::ALL {
+            let head = format!("### `{}`\n", c.as_str());
+            let section = t
+                .split(&head)
+                .nth(1)
+                .unwrap_or_else(|| panic!("docs/troubleshooting.md has no {head}"));
+            let section = section.split("\n#").next().unwrap_or_default();
+            assert!(
+                section.contains(&format!("HTTP {}", c.status().as_u16())),
+                "{}: its section names another status than {}",
+                c.as_str(),
+                c.status()
+            );
+        }
+        let api = include_str!("../../docs/openapi.yaml");
+        let listed: Vec<&str> = api
+            .split("          enum:\n")
+            .nth(1)
+            .unwrap_or_default()
+            .lines()
+            .map_while(|l| l.trim().strip_prefix("- "))
+            .collect();
+        let all: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(listed, all, "docs/openapi.yaml OAuthError.error enum");
     }
 }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
+pub mod docs;
 pub mod invariants;
 pub mod latency_proxy;
 
