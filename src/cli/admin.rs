@@ -700,14 +700,17 @@ fn strings(v: &Value) -> String {
 
 fn print_approvals(list: &[Value]) {
     if !crate::cli::wide_output() {
-        // 36 + 8 + 6 + 28 + 20 + 12 + 5 separators of 2 = 120 (-o wide: every column)
+        // 36 + 8 + 5 + 18 + 12 + 10 + 19 + 6 separators of 2 = 120: who
+        // decided stays in the narrow table (accountability); -o wide has
+        // every column in full.
         outln!(
-            "{:<36}  {:<8}  {:<6}  {:<28}  {:<20}  TASK",
+            "{:<36}  {:<8}  {:<5}  {:<18}  {:<12}  {:<10}  DECIDED BY",
             "ID",
             "STATE",
             "AGE",
             "REQUESTER",
-            "SCOPES"
+            "SCOPES",
+            "TASK"
         );
         for a in list {
             let mut state = a["state"].as_str().unwrap_or("").to_string();
@@ -715,13 +718,14 @@ fn print_approvals(list: &[Value]) {
                 state = "expired".into();
             }
             outln!(
-                "{:<36}  {:<8}  {:<6}  {:<28}  {:<20}  {}",
+                "{:<36}  {:<8}  {:<5}  {:<18}  {:<12}  {:<10}  {}",
                 a["id"].as_str().unwrap_or(""),
                 state,
                 human(a["age"].as_u64().unwrap_or(0)),
-                crate::cli::fit(a["requester"].as_str().unwrap_or(""), 28),
-                crate::cli::fit(&strings(&a["scopes"]), 20),
-                crate::cli::fit(a["task"].as_str().unwrap_or("-"), 12),
+                crate::cli::fit(a["requester"].as_str().unwrap_or(""), 18),
+                crate::cli::fit(&strings(&a["scopes"]), 12),
+                crate::cli::fit(a["task"].as_str().unwrap_or("-"), 10),
+                crate::cli::fit(a["decided_by"].as_str().unwrap_or("-"), 19),
             );
         }
         return;
