@@ -263,7 +263,8 @@ impl Exchanger {
             None => None,
         };
         Ok(Self {
-            guard: guard::Guard::new(&cfg.guard).map(Arc::new),
+            guard: guard::Guard::new(&cfg.guard)
+                .map(|g| Arc::new(g.with_shared(stores.guard.clone()))),
             nonces,
             approvals_ttl: cfg.approvals_ttl.as_secs(),
             approvals_interval: cfg.approvals_interval.as_secs(),
@@ -357,14 +358,22 @@ impl Exchanger {
             (None, None) => return result,
         };
         let now = self.clock.now();
-        let hits = match &result {
-            Ok(issued) => {
-                g.issued(ids, &issued.claims.aud, now);
-                Vec::new()
-            }
-            Err(e) if counts_as_probe(e) => g.refused(ids, now),
-            Err(_) => Vec::new(),
+        // The decision stands when this bookkeeping cannot reach a shared
+        // state (the token is issued, the refusal answered): the audience is
+        // then not learned (the next use steps up again) and the streak not
+        // reset or advanced; the next exchange needs the store anyway.
+        let noted_state = match &result {
+            Ok(issued) => g
+                .record_issued(ids, &issued.claims.aud, now)
+                .await
+                .map(|()| Vec::new()),
+            Err(e) if counts_as_probe(e) => g.record_refused(ids, now).await,
+            Err(_) => Ok(Vec::new()),
         };
+        let hits = noted_state.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "anomaly guard: shared state not updated");
+            Vec::new()
+        });
         for hit in hits {
             if hit.action == guard::GuardAction::Revoke {
                 // The refusal stands either way; a failed revocation
@@ -416,7 +425,9 @@ impl Exchanger {
         // firing (the approval is bound to this exact request and requester,
         // and a human approved it or not).
         let keep_polling = can_ask && polling && g.may_step_up(policy);
-        let Some(hit) = g.check(ids, audience, g.actions_for(policy), now) else {
+        // Fail closed: a shared state that cannot answer refuses the
+        // exchange (503), never lets it through uncounted.
+        let Some(hit) = g.decide(ids, audience, g.actions_for(policy), now).await? else {
             return Ok(keep_polling);
         };
         if hit.action == A::Allow {

@@ -62,6 +62,8 @@
 //! | `P:{ap}:all` | sorted set id → expires_at + retention | `EXPIREAT` the latest (only ever extended) | approval create script |
 //! | `P:{ap}:rq:H(requester)` | sorted set id → expires_at (the requester's live approvals, for the cap) | `EXPIREAT` the latest | approval create script |
 //! | `P:{ap}:rh:H(len(requester) ‖ requester ‖ request hash)` | hash `i` (id), `d` (`H(id)`) of the latest approval of that request by that requester (asking twice while it is pending finds it) | `EXPIREAT expires_at` | approval create script |
+//! | `P:{gd:H(identity)}:s` | hash: the anomaly guard's state of one identity (window, buckets, learned rate, streak; [`guard`]) | 7 days (at least) after its last exchange, refreshed by each | guard script |
+//! | `P:{gd:H(identity)}:a` | sorted set: the identity's known audiences (digests), at most `max_audiences` | as the hash | guard script |
 //! | `P:{audit}:stream` | stream, field `rec` (one sealed audit record, JSON), `MAXLEN ~ [audit] stream_max_len` | [`AUDIT_STREAM_IDLE_TTL`] after the last append (refreshed by each) | audit writer (`XADD` pipeline) |
 //!
 //! Why the hash tags: all revocation keys and the feed share the tag `{rev}`,
@@ -1080,6 +1082,9 @@ redis.call('HSET', KEYS[1], 'p', ARGV[4])
 if at < p + tonumber(ARGV[3]) then return {'slow_down'} end
 return {'pending'}
 "#;
+
+/// The anomaly guard's fleet-wide state (its keys, script and tests).
+mod guard;
 
 fn script(body: &str) -> Script {
     Script::new(&format!("{LUA_EXTEND}{body}"))

@@ -1,0 +1,211 @@
+//! The anomaly guard fleet-wide (issue 17 item 6): three `tessera serve`
+//! processes on one Redis (started by the test) enforce one budget per
+//! identity, whichever replica each request reaches; a restarted replica
+//! keeps the identity's spent budget and its known audiences (they live in
+//! Redis, not in the process); another identity is not affected.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use tessera::mint::keyring::{generate_key_file, SigningAlgorithm};
+use tessera::pki::{Ca, IssuedCert, LeafSpec};
+use tessera::testkit::{free_port, ChildGuard};
+use tessera::testkit_redis::redis_or_skip;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+const OTHER: &str = "https://other.example.com";
+const AGENT_B: &str = "spiffe://example.org/agent/b";
+/// The budget per identity per window, fleet-wide.
+const MAX_RATE: usize = 6;
+
+/// One replica: `(process, port, ops port)`.
+fn serve(d: &Path, name: &str, redis: &str) -> (ChildGuard, u16, u16) {
+    let (port, ops) = (free_port(), free_port());
+    // A day-long window: the test never straddles a bucket that matters.
+    let cfg = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+ops_listen = "127.0.0.1:{ops}"
+issuer = "https://tessera.fleet"
+tls_cert = "{d}/server.pem"
+tls_key = "{d}/server-key.pem"
+client_ca = ["{d}/ca.pem"]
+[tokens]
+signing_keys = "{d}/signing"
+[store]
+url = "{redis}"
+[guard]
+enabled = true
+window = "24h"
+max_rate = {MAX_RATE}
+on_rate = "slow_down"
+on_new_audience = "approval"
+[[policies]]
+name = "agents"
+owner = "alice@example.com"
+match = {{ issuer = "mtls", subject = "spiffe://example.org/agent/*" }}
+audiences = ["{API}", "{OTHER}"]
+scopes = ["tickets:read"]
+"#,
+        d = d.display()
+    );
+    let path = d.join(format!("{name}.toml"));
+    std::fs::write(&path, cfg).unwrap();
+    let log = std::fs::File::create(d.join(format!("{name}.log"))).unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    (ChildGuard(child), port, ops)
+}
+
+async fn wait_ready(ops: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{ops}/readyz")).await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("replica on ops port {ops} did not become ready");
+}
+
+/// `/token` for an mTLS agent: status, `Retry-After`, body.
+async fn exchange(c: &reqwest::Client, port: u16, aud: &str) -> (u16, Option<String>, Value) {
+    let r = c
+        .post(format!("https://127.0.0.1:{port}/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(encode_form(&[
+            ("grant_type", TE),
+            ("subject_token_type", MTLS),
+            ("audience", aud),
+            ("scope", "tickets:read"),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    let ra = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (s, ra, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Sum of the rate slow-downs counted by these replicas.
+async fn slow_downs(ops: &[u16]) -> f64 {
+    let mut n = 0.0;
+    for o in ops {
+        n += metric_at(
+            &format!("http://127.0.0.1:{o}/metrics"),
+            r#"tessera_guard_actions_total{action="slow_down",trigger="rate"}"#,
+        )
+        .await;
+    }
+    n
+}
+
+fn materials(d: &Path) -> (Ca, IssuedCert, IssuedCert) {
+    let ca = Ca::generate("guard fleet CA").unwrap();
+    std::fs::write(d.join("ca.pem"), ca.cert_pem()).unwrap();
+    let server = ca
+        .issue(&LeafSpec::server(
+            &["localhost"],
+            &["127.0.0.1".parse().unwrap()],
+        ))
+        .unwrap();
+    std::fs::write(d.join("server.pem"), &server.cert_pem).unwrap();
+    std::fs::write(d.join("server-key.pem"), &server.key_pem).unwrap();
+    generate_key_file(&d.join("signing"), SigningAlgorithm::ES256).unwrap();
+    let a = ca.issue(&LeafSpec::client_spiffe(AGENT)).unwrap();
+    let b = ca.issue(&LeafSpec::client_spiffe(AGENT_B)).unwrap();
+    (ca, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_enforce_one_budget_per_identity_and_a_restart_keeps_it() {
+    init();
+    let Some(redis) = redis_or_skip().unwrap() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ca, agent, agent_b) = materials(d);
+    let (a, port_a, ops_a) = serve(d, "a", &redis.url());
+    let (_b, port_b, ops_b) = serve(d, "b", &redis.url());
+    let (_c, port_c, ops_c) = serve(d, "c", &redis.url());
+    for o in [ops_a, ops_b, ops_c] {
+        wait_ready(o).await;
+    }
+    let ports = [port_a, port_b, port_c];
+    let agent_c = client_for(ca.cert_der(), Some(&agent));
+    let agent_b_c = client_for(ca.cert_der(), Some(&agent_b));
+
+    // One identity spreads twice its budget over the three replicas, all at
+    // once: the fleet admits exactly the budget, once.
+    let tasks: Vec<_> = (0..2 * MAX_RATE)
+        .map(|i| {
+            let (c, port) = (agent_c.clone(), ports[i % 3]);
+            tokio::spawn(async move { exchange(&c, port, API).await })
+        })
+        .collect();
+    let mut issued = 0;
+    for t in tasks {
+        let (s, ra, v) = t.await.unwrap();
+        match s {
+            200 => issued += 1,
+            429 => {
+                assert_eq!(v["error"], "slow_down", "{v}");
+                let ra: u64 = ra.expect("Retry-After").parse().unwrap();
+                assert!(ra >= 1, "{ra}");
+            }
+            _ => panic!("{s}: {v}"),
+        }
+    }
+    assert_eq!(issued, MAX_RATE, "the fleet admitted {issued}, not {MAX_RATE}");
+    // Every replica refuses the next one (each alone would still admit it).
+    for p in ports {
+        assert_eq!(exchange(&agent_c, p, API).await.0, 429, "replica {p}");
+    }
+    assert_eq!(
+        slow_downs(&[ops_a, ops_b, ops_c]).await,
+        (MAX_RATE + 3) as f64,
+        "every refusal counted once, by the replica that answered it"
+    );
+    // Another identity has its own budget; its first audience is learned.
+    let (s, _, v) = exchange(&agent_b_c, port_b, API).await;
+    assert_eq!(s, 200, "{v}");
+
+    // A replica restarts (a new process on new ports): the spent budget and
+    // the known audiences are still there.
+    drop(a);
+    let (_a2, port_a2, ops_a2) = serve(d, "a2", &redis.url());
+    wait_ready(ops_a2).await;
+    let (s, _, v) = exchange(&agent_c, port_a2, API).await;
+    assert_eq!((s, v["error"].as_str()), (429, Some("slow_down")), "{v}");
+    // The restarted replica never saw agent B: it knows from Redis that API
+    // is B's known audience and OTHER a new one (which steps up to a human;
+    // with per-process state it would be learned silently as the first).
+    let (s, _, v) = exchange(&agent_b_c, port_a2, OTHER).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("authorization_pending")),
+        "{v}"
+    );
+    let (s, _, v) = exchange(&agent_b_c, port_a2, API).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _, v) = exchange(&agent_b_c, port_c, API).await;
+    assert_eq!(s, 200, "{v}");
+}
