@@ -174,7 +174,10 @@ async fn three_replicas_enforce_one_budget_per_identity_and_a_restart_keeps_it()
             _ => panic!("{s}: {v}"),
         }
     }
-    assert_eq!(issued, MAX_RATE, "the fleet admitted {issued}, not {MAX_RATE}");
+    assert_eq!(
+        issued, MAX_RATE,
+        "the fleet admitted {issued}, not {MAX_RATE}"
+    );
     // Every replica refuses the next one (each alone would still admit it).
     for p in ports {
         assert_eq!(exchange(&agent_c, p, API).await.0, 429, "replica {p}");

@@ -933,13 +933,7 @@ mod tests {
 
     #[async_trait]
     impl SharedState for Down {
-        async fn check(
-            &self,
-            _: &Settings,
-            _: &str,
-            _: &str,
-            _: u64,
-        ) -> Result<Step, StoreError> {
+        async fn check(&self, _: &Settings, _: &str, _: &str, _: u64) -> Result<Step, StoreError> {
             Err(StoreError::Unavailable("down".into()))
         }
         async fn issued(&self, _: &Settings, _: &str, _: &str, _: u64) -> Result<(), StoreError> {

@@ -92,8 +92,9 @@ impl RedisStore {
                 ::redis::Value::Array(items) => items
                     .into_iter()
                     .map(|x| match x {
-                        ::redis::Value::Int(n) => u64::try_from(n)
-                            .map_err(|_| super::protocol("negative guard counter")),
+                        ::redis::Value::Int(n) => {
+                            u64::try_from(n).map_err(|_| super::protocol("negative guard counter"))
+                        }
                         _ => Err(super::protocol("unexpected guard reply")),
                     })
                     .collect::<Result<Vec<u64>, Fail>>(),
@@ -113,9 +114,7 @@ impl SharedState for RedisStore {
         audience: &str,
         now: u64,
     ) -> Result<Step, StoreError> {
-        let r = self
-            .guard_step(CHECK, s, identity, audience, now)
-            .await?;
+        let r = self.guard_step(CHECK, s, identity, audience, now).await?;
         let at = |i: usize| r.get(i).copied().unwrap_or(0);
         Ok(match at(0) {
             0 => Step::Admitted,
@@ -148,9 +147,7 @@ impl SharedState for RedisStore {
     }
 
     async fn refused(&self, s: &Settings, identity: &str, now: u64) -> Result<bool, StoreError> {
-        let r = self
-            .guard_step(REFUSED, s, identity, "", now)
-            .await?;
+        let r = self.guard_step(REFUSED, s, identity, "", now).await?;
         Ok(r.first().copied() == Some(1))
     }
 }
@@ -297,7 +294,10 @@ mod tests {
                 }
             }
             // The sequences exercised every outcome, not one of them.
-            assert!(hits > 50 && admitted > 50, "config {n}: {hits} hits, {admitted} admitted");
+            assert!(
+                hits > 50 && admitted > 50,
+                "config {n}: {hits} hits, {admitted} admitted"
+            );
             if cfg.refusal_streak > 0 {
                 assert!(tripped > 0, "config {n}: no streak tripped");
             }
@@ -324,7 +324,13 @@ mod tests {
     #[tokio::test]
     async fn one_identitys_keys_share_one_slot_and_hold_no_raw_identity() {
         let st = store("redis://127.0.0.1:1", "t");
-        for id in ["", "spiffe://example.org/agent/a", "{rev}", "}{gd:", "\u{e9}{"] {
+        for id in [
+            "",
+            "spiffe://example.org/agent/a",
+            "{rev}",
+            "}{gd:",
+            "\u{e9}{",
+        ] {
             let (s, a) = (st.key_guard_state(id), st.key_guard_audiences(id));
             assert_eq!(cluster_slot(&s), cluster_slot(&a), "{s} {a}");
             assert!(s.starts_with("t:{gd:") && a.starts_with("t:{gd:"));
@@ -364,7 +370,11 @@ mod tests {
             let mut ok = 0;
             for k in 0..10 {
                 let g = if k % 2 == 0 { &a } else { &b };
-                if g.decide(&[&id], "x", ACTIONS[0], now).await.unwrap().is_none() {
+                if g.decide(&[&id], "x", ACTIONS[0], now)
+                    .await
+                    .unwrap()
+                    .is_none()
+                {
                     ok += 1;
                 }
             }
