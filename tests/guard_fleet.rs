@@ -2,7 +2,8 @@
 //! processes on one Redis (started by the test) enforce one budget per
 //! identity, whichever replica each request reaches; a restarted replica
 //! keeps the identity's spent budget and its known audiences (they live in
-//! Redis, not in the process); another identity is not affected.
+//! Redis, not in the process); another identity is not affected; a refusal
+//! streak spread over two replicas trips once and holds on both.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -82,26 +83,15 @@ async fn wait_ready(ops: u16) {
     panic!("replica on ops port {ops} did not become ready");
 }
 
-/// `/token` for an mTLS agent: status, `Retry-After`, body.
+/// `/token` for an mTLS agent (`tickets:read`): status, `Retry-After`, body.
 async fn exchange(c: &reqwest::Client, port: u16, aud: &str) -> (u16, Option<String>, Value) {
-    let r = c
-        .post(format!("https://127.0.0.1:{port}/token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(encode_form(&[
-            ("grant_type", TE),
-            ("subject_token_type", MTLS),
-            ("audience", aud),
-            ("scope", "tickets:read"),
-        ]))
-        .send()
-        .await
-        .unwrap();
-    let s = r.status().as_u16();
-    let ra = r
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_string());
-    (s, ra, r.json().await.unwrap_or(Value::Null))
+    post_token(
+        c,
+        &format!("https://127.0.0.1:{port}/token"),
+        aud,
+        "tickets:read",
+    )
+    .await
 }
 
 /// Sum of the rate slow-downs counted by these replicas.
@@ -211,4 +201,92 @@ async fn three_replicas_enforce_one_budget_per_identity_and_a_restart_keeps_it()
     assert_eq!(s, 200, "{v}");
     let (s, _, v) = exchange(&agent_b_c, port_c, API).await;
     assert_eq!(s, 200, "{v}");
+}
+
+/// `/token` through an in-process replica: status, `Retry-After`, body.
+async fn token_at(b: &TestBroker, scope: &str) -> (u16, Option<String>, Value) {
+    post_token(&b.agent_client(), &b.url("/token"), API, scope).await
+}
+
+/// `/token` for an mTLS agent at `url`: status, `Retry-After`, body.
+async fn post_token(
+    c: &reqwest::Client,
+    url: &str,
+    aud: &str,
+    scope: &str,
+) -> (u16, Option<String>, Value) {
+    let r = c
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(encode_form(&[
+            ("grant_type", TE),
+            ("subject_token_type", MTLS),
+            ("audience", aud),
+            ("scope", scope),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    let ra = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (s, ra, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_streak_spread_over_two_replicas_trips_once_and_holds_on_both() {
+    use std::sync::Arc;
+    use tessera::clock::{Clock, ManualClock, SystemClock};
+    let Some(redis) = redis_or_skip().unwrap() else {
+        return;
+    };
+    let now = SystemClock.now();
+    let clock = Arc::new(ManualClock::new(now - now % 60));
+    let options = || Options {
+        store_url: Some(redis.url()),
+        policies: format!(
+            "[[policies]]\nname = \"agents\"\nmatch = {{ issuer = \"mtls\", subject = \
+             \"spiffe://example.org/agent/*\" }}\naudiences = [\"{API}\"]\nscopes = \
+             [\"tickets:read\"]\n"
+        ),
+        extra: "[guard]\nenabled = true\nrefusal_streak = 4\non_refusal_streak = \
+                \"slow_down\"\ncooldown = \"30s\"\n"
+            .into(),
+        clock: Some(clock.clone()),
+        ..Default::default()
+    };
+    let a = TestBroker::start_with(options()).await;
+    let b = TestBroker::start_with(Options {
+        share_with: Some(a.home()),
+        with_issuer: false,
+        ..options()
+    })
+    .await;
+    // Four refusals, two at each replica: per replica that would be a
+    // streak of two, fleet-wide it is four.
+    for r in [&a, &b, &a] {
+        let (s, _, v) = token_at(r, "admin:all").await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (400, Some("invalid_scope")),
+            "{v}"
+        );
+    }
+    assert_eq!(token_at(&b, "tickets:read").await.0, 200, "not tripped yet");
+    // An issuance ended that streak: four more, alternating.
+    for r in [&a, &b, &a, &b] {
+        assert_eq!(token_at(r, "admin:all").await.0, 400);
+    }
+    for r in [&a, &b] {
+        let (s, ra, v) = token_at(r, "tickets:read").await;
+        assert_eq!((s, v["error"].as_str()), (429, Some("slow_down")), "{v}");
+        assert_eq!(ra.as_deref(), Some("30"));
+    }
+    clock.advance(30);
+    assert_eq!(token_at(&a, "tickets:read").await.0, 200);
+    assert_eq!(token_at(&b, "tickets:read").await.0, 200);
+    a.stop().await;
+    b.stop().await;
 }
