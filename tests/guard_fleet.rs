@@ -10,6 +10,8 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -94,6 +96,32 @@ async fn exchange(c: &reqwest::Client, port: u16, aud: &str) -> (u16, Option<Str
     .await
 }
 
+/// A TCP (L4, TLS passthrough) load balancer on one address: each new
+/// connection goes to the next replica in turn. Returns its port and the
+/// connections each replica got.
+async fn balancer(ports: Vec<u16>) -> (u16, Arc<Vec<AtomicU64>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let counts: Arc<Vec<AtomicU64>> = Arc::new(ports.iter().map(|_| AtomicU64::new(0)).collect());
+    let seen = counts.clone();
+    tokio::spawn(async move {
+        for n in 0.. {
+            let Ok((mut down, _)) = l.accept().await else {
+                return;
+            };
+            let i = n % ports.len();
+            seen[i].fetch_add(1, Ordering::SeqCst);
+            let up = ports[i];
+            tokio::spawn(async move {
+                if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", up)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                }
+            });
+        }
+    });
+    (port, counts)
+}
+
 /// Sum of the rate slow-downs counted by these replicas.
 async fn slow_downs(ops: &[u16]) -> f64 {
     let mut n = 0.0;
@@ -143,12 +171,14 @@ async fn three_replicas_enforce_one_budget_per_identity_and_a_restart_keeps_it()
     let agent_c = client_for(ca.cert_der(), Some(&agent));
     let agent_b_c = client_for(ca.cert_der(), Some(&agent_b));
 
-    // One identity spreads twice its budget over the three replicas, all at
-    // once: the fleet admits exactly the budget, once.
+    // Behind one address (a round-robin L4 balancer), one identity sends
+    // twice its budget at once, each request on a connection of its own, so
+    // every replica gets a third: the fleet admits exactly the budget, once.
+    let (lb, per_replica) = balancer(ports.to_vec()).await;
     let tasks: Vec<_> = (0..2 * MAX_RATE)
-        .map(|i| {
-            let (c, port) = (agent_c.clone(), ports[i % 3]);
-            tokio::spawn(async move { exchange(&c, port, API).await })
+        .map(|_| {
+            let c = client_for(ca.cert_der(), Some(&agent));
+            tokio::spawn(async move { exchange(&c, lb, API).await })
         })
         .collect();
     let mut issued = 0;
@@ -168,6 +198,11 @@ async fn three_replicas_enforce_one_budget_per_identity_and_a_restart_keeps_it()
         issued, MAX_RATE,
         "the fleet admitted {issued}, not {MAX_RATE}"
     );
+    for (i, n) in per_replica.iter().enumerate() {
+        // Each replica alone would have admitted all of its share.
+        let n = n.load(Ordering::SeqCst);
+        assert_eq!(n, (2 * MAX_RATE / 3) as u64, "replica {i} got {n}");
+    }
     // Every replica refuses the next one (each alone would still admit it).
     for p in ports {
         assert_eq!(exchange(&agent_c, p, API).await.0, 429, "replica {p}");
@@ -237,7 +272,6 @@ async fn post_token(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_streak_spread_over_two_replicas_trips_once_and_holds_on_both() {
-    use std::sync::Arc;
     use tessera::clock::{Clock, ManualClock, SystemClock};
     let Some(redis) = redis_or_skip().unwrap() else {
         return;
