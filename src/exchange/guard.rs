@@ -262,6 +262,10 @@ pub struct Settings {
 pub enum Step {
     /// Nothing fired; the exchange was counted.
     Admitted,
+    /// As [`Step::Admitted`], and an issuance for this audience now would
+    /// change nothing (the audience is known, no streak runs): the shared
+    /// state's record of it may be skipped (one round trip, not two).
+    AdmittedSettled,
     /// A tripped refusal streak holds for `left` more seconds.
     Streak {
         /// Seconds left.
@@ -525,7 +529,7 @@ impl Guard {
         let w = self.cfg.window.max(1);
         let into = now % w;
         let (trigger, action, retry_after) = match step {
-            Step::Admitted => return None,
+            Step::Admitted | Step::AdmittedSettled => return None,
             Step::Streak { left } => (Trigger::RefusalStreak, self.cfg.on_refusal_streak, left),
             Step::Rate { prev, cur, limit } => (
                 Trigger::Rate,
@@ -558,17 +562,37 @@ impl Guard {
         actions: PolicyActions,
         now: u64,
     ) -> Result<Option<Hit>, StoreError> {
+        Ok(self
+            .decide_noting(identities, audience, actions, now)
+            .await?
+            .0)
+    }
+
+    /// [`Guard::decide`], and whether recording an issuance for `audience`
+    /// right after would change nothing in the shared state (every
+    /// identity knows the audience and has no streak), so that
+    /// [`Guard::record_issued`] may be skipped. Always `false` for the
+    /// in-process state (its record costs no round trip).
+    pub async fn decide_noting(
+        &self,
+        identities: &[&str],
+        audience: &str,
+        actions: PolicyActions,
+        now: u64,
+    ) -> Result<(Option<Hit>, bool), StoreError> {
         let Some(shared) = &self.shared else {
-            return Ok(self.check(identities, audience, actions, now));
+            return Ok((self.check(identities, audience, actions, now), false));
         };
         let s = self.settings(Some(actions));
+        let mut settled = true;
         for id in identities {
             let step = shared.check(&s, id, audience, now).await?;
+            settled &= step == Step::AdmittedSettled;
             if let Some(hit) = self.hit_of(step, id, actions, now) {
-                return Ok(Some(hit));
+                return Ok((Some(hit), false));
             }
         }
-        Ok(None)
+        Ok((None, settled))
     }
 
     /// [`Guard::issued`] against the state wherever it lives.

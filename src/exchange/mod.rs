@@ -80,6 +80,9 @@ pub struct Noted {
     pub actor: Option<String>,
     /// What the anomaly guard did about this exchange (for its audit records).
     pub guard: Vec<GuardNote>,
+    /// The audience whose issuance the guard's shared state already knows
+    /// (checked admitted and settled): its record is skipped.
+    pub guard_settled: Option<String>,
 }
 
 /// One action of the anomaly guard during an exchange.
@@ -363,6 +366,9 @@ impl Exchanger {
         // then not learned (the next use steps up again) and the streak not
         // reset or advanced; the next exchange needs the store anyway.
         let noted_state = match &result {
+            Ok(issued) if noted.guard_settled.as_deref() == Some(issued.claims.aud.as_str()) => {
+                Ok(Vec::new())
+            }
             Ok(issued) => g
                 .record_issued(ids, &issued.claims.aud, now)
                 .await
@@ -427,7 +433,13 @@ impl Exchanger {
         let keep_polling = can_ask && polling && g.may_step_up(policy);
         // Fail closed: a shared state that cannot answer refuses the
         // exchange (503), never lets it through uncounted.
-        let Some(hit) = g.decide(ids, audience, g.actions_for(policy), now).await? else {
+        let (hit, settled) = g
+            .decide_noting(ids, audience, g.actions_for(policy), now)
+            .await?;
+        if settled {
+            noted.guard_settled = Some(audience.to_string());
+        }
+        let Some(hit) = hit else {
             return Ok(keep_polling);
         };
         if hit.action == A::Allow {

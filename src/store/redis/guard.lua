@@ -11,7 +11,8 @@
 -- checked ('1'/'0'), 10 audience digest, 11 max audiences, 12 refusal streak,
 -- 13 a tripped streak holds ('1'/'0'), 14 cooldown.
 -- Returns for 'c' {code, a, b, c}: 0 admitted (counted); 1 streak, a = seconds
--- left; 2 rate, 3 learned rate: a = prev, b = cur, c = limit; 4 new audience.
+-- left; 2 rate, 3 learned rate: a = prev, b = cur, c = limit; 4 new audience;
+-- 5 admitted (counted) and settled (audience known, no streak).
 -- For 'i': 0. For 'r': 1 when this refusal completes a streak, else 0.
 local st, au = KEYS[1], KEYS[2]
 local op = ARGV[1]
@@ -91,7 +92,12 @@ if op == 'c' then
         and not redis.call('ZSCORE', au, ARGV[10]) then
       out = {4, 0, 0, 0}
     end
-    if out[1] == 0 then s.c = s.c + 1 end
+    if out[1] == 0 then
+      s.c = s.c + 1
+      -- Settled: an issuance now would change nothing (its record may be
+      -- skipped; rolling to a later time is the same as rolling later).
+      if s.s == 0 and redis.call('ZSCORE', au, ARGV[10]) then out = {5, 0, 0, 0} end
+    end
   end
   save()
   return out

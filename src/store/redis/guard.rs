@@ -130,6 +130,7 @@ impl SharedState for RedisStore {
                 limit: at(3),
             },
             4 => Step::NewAudience,
+            5 => Step::AdmittedSettled,
             _ => return Err(StoreError::Protocol("unknown guard step".into())),
         })
     }
