@@ -35,6 +35,8 @@
 //! signature), `--worker-threads N` (the broker's `[server] worker_threads`; 0, the
 //! default, is one per CPU), `--json`. Environment: `BENCH_BROKER_LOG` (the broker's `RUST_LOG`, `info`),
 //! `BENCH_AUDIT_SINK` (`stdout`, the default sink; `off` to measure without it),
+//! `BENCH_GUARD` (`on`: the anomaly guard on, limits never reached, so each
+//! exchange pays its check and record; fleet-wide with `--store redis`),
 //! `BENCH_BROKER_BIN` (run another build of `tessera` as the broker, e.g.
 //! the previous commit's, to compare builds in one window),
 //! `BENCH_STDOUT` (`pipe`, the default: the broker's stdout is a pipe the
@@ -503,6 +505,7 @@ peer_rate = 0
 # measures the broker without its line sink (the store stream stays).
 [audit]
 sink = "{audit_sink}"
+{guard}
 [introspection]
 subjects = ["{PAYMENTS}"]
 [[issuers]]
@@ -540,6 +543,14 @@ max_depth = 3
         d = d.display(),
         alg = alg.as_str(),
         audit_sink = std::env::var("BENCH_AUDIT_SINK").unwrap_or_else(|_| "stdout".into()),
+        // BENCH_GUARD=on: the anomaly guard on, with limits no client
+        // reaches, so every exchange pays its check and its record (with
+        // --store redis, in Redis) and nothing else changes.
+        guard = if std::env::var("BENCH_GUARD").is_ok_and(|v| v == "on") {
+            "[guard]\nenabled = true\nwindow = \"1m\"\nmax_rate = 100000000\n"
+        } else {
+            ""
+        },
         iss = issuer.url,
         jwks = issuer.jwks_uri(),
         ica = issuer.ca_path.display()

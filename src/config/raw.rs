@@ -271,7 +271,8 @@ impl Default for RawAudit {
     }
 }
 
-/// `[guard]`: the anomaly guard. Its state is per process (per replica).
+/// `[guard]`: the anomaly guard. Its state is fleet-wide in a Redis store,
+/// per process (per replica) with the memory store.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGuard {

@@ -4,7 +4,8 @@
 //!
 //! # What is tracked, and where
 //! Per authenticated identity (the subject, and for a delegation also the
-//! actor; never an unverified claim), in this process only (per replica):
+//! actor; never an unverified claim), in this process (per replica) with the
+//! memory store, or fleet-wide in the store ([`SharedState`]) with Redis:
 //! - a sliding window of admitted exchanges: two fixed buckets of `window`
 //!   seconds, the previous one weighted by how much of it still overlaps the
 //!   window ending now (`prev * (W - e) / W + cur`, `e` seconds into the
@@ -25,11 +26,28 @@
 //! 8 per audience each), in 16 shards behind their own mutex; a full shard
 //! first forgets identities idle for two windows, then the least recently
 //! seen one. A forgotten identity starts afresh (its audiences are learned
-//! again). A fleet-wide guard (shared counters in Redis) is a later step.
+//! again).
+//!
+//! # Fleet-wide (issue 17 item 6)
+//! With a shared state ([`Guard::with_shared`]; the Redis store gives one),
+//! the same state lives in the store instead, one atomic script call per
+//! identity, so every replica counts against one budget and a restart keeps
+//! the baselines. This module stays the one owner of the rule: it derives
+//! the [`Settings`] each call applies and turns the [`Step`] the state
+//! answers into a [`Hit`] (`retry_after` included); the store only holds
+//! the state and applies the same steps atomically (a test runs both
+//! engines side by side). When the shared state cannot answer (down, slow
+//! past `[store] timeout`, breaker open), [`Guard::decide`] fails and the
+//! exchange answers 503 with no token: the guard never falls back to
+//! per-process counters, which would hand each replica a full budget again.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use crate::store::StoreError;
 
 /// What the guard does when a trigger fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +224,101 @@ pub struct Hit {
     pub retry_after: u64,
 }
 
+/// Least time an identity's fleet-wide state is kept after its last
+/// exchange (longer when `MAX_IDLE_WINDOWS + 2` windows or the cooldown are
+/// longer): its known audiences and streak outlive a quiet week.
+pub const SHARED_KEEP_MIN: u64 = 7 * 24 * 3600;
+
+/// The rule's settings as one call applies them (derived from the config
+/// and the granting policy's actions by [`Guard::settings`], the one place
+/// that knows which trigger is on).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// Window length, seconds.
+    pub window: u64,
+    /// Seconds the state is kept after this call (its TTL in the store).
+    pub keep: u64,
+    /// The configured rate limit to check (0: not checked).
+    pub max_rate: u64,
+    /// The learned limit to check (`None`: not checked).
+    pub learned: Option<Learned>,
+    /// Whether a new audience is a hit.
+    pub new_audience: bool,
+    /// Whether a tripped streak holds the identity (`slow_down` or
+    /// `approval`; not `revoke`, which blocks instead).
+    pub streak_holds: bool,
+    /// Refusals that trip the streak.
+    pub refusal_streak: u32,
+    /// How long a tripped streak holds, seconds.
+    pub cooldown: u64,
+    /// Most audiences remembered per identity.
+    pub max_audiences: usize,
+}
+
+/// What one identity's state says about one request (before the action is
+/// chosen). The state is updated as the rule says: counted when admitted,
+/// the window marked as spiked on a learned-rate hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing fired; the exchange was counted.
+    Admitted,
+    /// As [`Step::Admitted`], and an issuance for this audience now would
+    /// change nothing (the audience is known, no streak runs): the shared
+    /// state's record of it may be skipped (one round trip, not two).
+    AdmittedSettled,
+    /// A tripped refusal streak holds for `left` more seconds.
+    Streak {
+        /// Seconds left.
+        left: u64,
+    },
+    /// The configured rate: the window's buckets and the limit.
+    Rate {
+        /// Previous bucket's count.
+        prev: u64,
+        /// Current bucket's count.
+        cur: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The learned rate: the window's buckets and the learned limit.
+    LearnedRate {
+        /// Previous bucket's count.
+        prev: u64,
+        /// Current bucket's count.
+        cur: u64,
+        /// The learned limit.
+        limit: u64,
+    },
+    /// An audience the identity was never issued a token for.
+    NewAudience,
+}
+
+/// The guard's state kept outside the process (the Redis store), shared by
+/// every replica. Each call is one atomic step on one identity's state;
+/// an error means the state could not be read or written (the caller fails
+/// closed).
+#[async_trait]
+pub trait SharedState: Send + Sync {
+    /// Applies the check to `identity`'s state (counting it when admitted).
+    async fn check(
+        &self,
+        s: &Settings,
+        identity: &str,
+        audience: &str,
+        now: u64,
+    ) -> Result<Step, StoreError>;
+    /// A token was issued: the streak ends, the audience is known.
+    async fn issued(
+        &self,
+        s: &Settings,
+        identity: &str,
+        audience: &str,
+        now: u64,
+    ) -> Result<(), StoreError>;
+    /// A refusal after authentication; `true` when it completes a streak.
+    async fn refused(&self, s: &Settings, identity: &str, now: u64) -> Result<bool, StoreError>;
+}
+
 #[derive(Debug, Default)]
 struct Entry {
     /// Index of the current bucket (`now / window`).
@@ -263,6 +376,38 @@ impl Entry {
     }
 }
 
+impl Entry {
+    /// One check of this identity's state (the in-process engine of the
+    /// rule; the Redis script is the other, kept equal by a test).
+    fn step(&mut self, s: &Settings, aud: u64, now: u64) -> Step {
+        if self.tripped_until > now && s.streak_holds {
+            return Step::Streak {
+                left: self.tripped_until - now,
+            };
+        }
+        let (w, into) = (s.window, now % s.window);
+        let (prev, cur) = (self.prev, self.cur);
+        if s.max_rate > 0 && !admits(prev, cur, into, w, s.max_rate) {
+            return Step::Rate {
+                prev,
+                cur,
+                limit: s.max_rate,
+            };
+        }
+        if let Some(limit) = s.learned.as_ref().and_then(|x| self.learned_limit(x)) {
+            if !admits(prev, cur, into, w, limit) {
+                self.spiked = true;
+                return Step::LearnedRate { prev, cur, limit };
+            }
+        }
+        if s.new_audience && !self.audiences.is_empty() && !self.audiences.contains(&aud) {
+            return Step::NewAudience;
+        }
+        self.cur = self.cur.saturating_add(1);
+        Step::Admitted
+    }
+}
+
 /// Whether one more exchange at `now` keeps the sliding estimate within
 /// `limit`: `prev * (W - e) / W + cur + 1 <= limit`, in integers.
 fn admits(prev: u64, cur: u64, e: u64, window: u64, limit: u64) -> bool {
@@ -301,14 +446,25 @@ struct Shard {
     map: HashMap<Box<str>, Entry>,
 }
 
-/// The guard's state (per process). Cheap to call: one short lock per
+/// The guard: its config and its state (per process, or shared through
+/// the store). Cheap to call: one short lock, or one store call, per
 /// identity per request.
-#[derive(Debug)]
 pub struct Guard {
     cfg: GuardConfig,
     shards: Box<[Mutex<Shard>]>,
     shard_cap: usize,
     hasher: RandomState,
+    /// The fleet-wide state; `None`: the state is this process's.
+    shared: Option<Arc<dyn SharedState>>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("cfg", &self.cfg)
+            .field("shared", &self.shared.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Guard {
@@ -327,7 +483,167 @@ impl Guard {
             shard_cap: (cfg.max_identities / n).max(1),
             cfg: cfg.clone(),
             hasher: RandomState::new(),
+            shared: None,
         })
+    }
+
+    /// Keeps the state in `shared` (fleet-wide) instead of this process;
+    /// `None` keeps it here.
+    #[must_use]
+    pub fn with_shared(mut self, shared: Option<Arc<dyn SharedState>>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// Whether the state is fleet-wide.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The settings a call applies: for a check, with the granting policy's
+    /// `actions` (a trigger whose action is `allow` is not checked at all);
+    /// for bookkeeping (`None`), every check off.
+    pub fn settings(&self, actions: Option<PolicyActions>) -> Settings {
+        let c = &self.cfg;
+        let rate = actions.is_some_and(|a| a.on_rate != GuardAction::Allow);
+        Settings {
+            window: c.window.max(1),
+            keep: c
+                .window
+                .saturating_mul(MAX_IDLE_WINDOWS + 2)
+                .max(SHARED_KEEP_MIN)
+                .max(c.cooldown)
+                .saturating_add(1),
+            max_rate: if rate { u64::from(c.max_rate) } else { 0 },
+            learned: if rate { c.learned } else { None },
+            new_audience: actions.is_some_and(|a| a.on_new_audience != GuardAction::Allow),
+            streak_holds: c.on_refusal_streak != GuardAction::Revoke,
+            refusal_streak: c.refusal_streak,
+            cooldown: c.cooldown,
+            max_audiences: c.max_audiences.max(1),
+        }
+    }
+
+    /// The hit a step means for `identity` (`None`: admitted).
+    fn hit_of(&self, step: Step, identity: &str, actions: PolicyActions, now: u64) -> Option<Hit> {
+        let w = self.cfg.window.max(1);
+        let into = now % w;
+        let (trigger, action, retry_after) = match step {
+            Step::Admitted | Step::AdmittedSettled => return None,
+            Step::Streak { left } => (Trigger::RefusalStreak, self.cfg.on_refusal_streak, left),
+            Step::Rate { prev, cur, limit } => (
+                Trigger::Rate,
+                actions.on_rate,
+                retry_after(prev, cur, into, w, limit),
+            ),
+            Step::LearnedRate { prev, cur, limit } => (
+                Trigger::LearnedRate,
+                actions.on_rate,
+                retry_after(prev, cur, into, w, limit),
+            ),
+            Step::NewAudience => (Trigger::NewAudience, actions.on_new_audience, 0),
+        };
+        Some(Hit {
+            trigger,
+            action,
+            identity: identity.to_string(),
+            retry_after,
+        })
+    }
+
+    /// [`Guard::check`] against the state wherever it lives. With a shared
+    /// state, one atomic call per identity (the subject first; an actor is
+    /// not counted when the subject is stopped); an error when the store
+    /// cannot answer (fail closed: there is no per-process fallback).
+    pub async fn decide(
+        &self,
+        identities: &[&str],
+        audience: &str,
+        actions: PolicyActions,
+        now: u64,
+    ) -> Result<Option<Hit>, StoreError> {
+        Ok(self
+            .decide_noting(identities, audience, actions, now)
+            .await?
+            .0)
+    }
+
+    /// [`Guard::decide`], and whether recording an issuance for `audience`
+    /// right after would change nothing in the shared state (every
+    /// identity knows the audience and has no streak), so that
+    /// [`Guard::record_issued`] may be skipped. Always `false` for the
+    /// in-process state (its record costs no round trip).
+    pub async fn decide_noting(
+        &self,
+        identities: &[&str],
+        audience: &str,
+        actions: PolicyActions,
+        now: u64,
+    ) -> Result<(Option<Hit>, bool), StoreError> {
+        let Some(shared) = &self.shared else {
+            return Ok((self.check(identities, audience, actions, now), false));
+        };
+        let s = self.settings(Some(actions));
+        let mut settled = true;
+        for id in identities {
+            let step = shared.check(&s, id, audience, now).await?;
+            settled &= step == Step::AdmittedSettled;
+            if let Some(hit) = self.hit_of(step, id, actions, now) {
+                return Ok((Some(hit), false));
+            }
+        }
+        Ok((None, settled))
+    }
+
+    /// [`Guard::issued`] against the state wherever it lives.
+    pub async fn record_issued(
+        &self,
+        identities: &[&str],
+        audience: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let Some(shared) = &self.shared else {
+            self.issued(identities, audience, now);
+            return Ok(());
+        };
+        let s = self.settings(None);
+        for id in identities {
+            shared.issued(&s, id, audience, now).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Guard::refused`] against the state wherever it lives.
+    pub async fn record_refused(
+        &self,
+        identities: &[&str],
+        now: u64,
+    ) -> Result<Vec<Hit>, StoreError> {
+        let Some(shared) = &self.shared else {
+            return Ok(self.refused(identities, now));
+        };
+        let cfg = &self.cfg;
+        if cfg.refusal_streak == 0 || cfg.on_refusal_streak == GuardAction::Allow {
+            return Ok(Vec::new());
+        }
+        let s = self.settings(None);
+        let mut hits = Vec::new();
+        for id in identities {
+            if shared.refused(&s, id, now).await? {
+                hits.push(self.streak_hit(id));
+            }
+        }
+        Ok(hits)
+    }
+
+    /// The hit of a streak that just tripped.
+    fn streak_hit(&self, identity: &str) -> Hit {
+        Hit {
+            trigger: Trigger::RefusalStreak,
+            action: self.cfg.on_refusal_streak,
+            identity: identity.to_string(),
+            retry_after: self.cfg.cooldown,
+        }
     }
 
     /// The config in force.
@@ -408,53 +724,11 @@ impl Guard {
         now: u64,
     ) -> Option<Hit> {
         let aud = self.hasher.hash_one(audience);
-        let cfg = &self.cfg;
-        let w = cfg.window;
+        let s = self.settings(Some(actions));
         for id in identities {
-            let hit = self.with(id, now, |e| {
-                let hit = |trigger, action, retry_after| {
-                    Some(Hit {
-                        trigger,
-                        action,
-                        identity: id.to_string(),
-                        retry_after,
-                    })
-                };
-                if e.tripped_until > now && cfg.on_refusal_streak != GuardAction::Revoke {
-                    return hit(
-                        Trigger::RefusalStreak,
-                        cfg.on_refusal_streak,
-                        e.tripped_until - now,
-                    );
-                }
-                let into = now % w;
-                if actions.on_rate != GuardAction::Allow {
-                    if cfg.max_rate > 0 {
-                        let l = u64::from(cfg.max_rate);
-                        if !admits(e.prev, e.cur, into, w, l) {
-                            let ra = retry_after(e.prev, e.cur, into, w, l);
-                            return hit(Trigger::Rate, actions.on_rate, ra);
-                        }
-                    }
-                    if let Some(l) = cfg.learned.as_ref().and_then(|x| e.learned_limit(x)) {
-                        if !admits(e.prev, e.cur, into, w, l) {
-                            e.spiked = true;
-                            let ra = retry_after(e.prev, e.cur, into, w, l);
-                            return hit(Trigger::LearnedRate, actions.on_rate, ra);
-                        }
-                    }
-                }
-                if actions.on_new_audience != GuardAction::Allow
-                    && !e.audiences.is_empty()
-                    && !e.audiences.contains(&aud)
-                {
-                    return hit(Trigger::NewAudience, actions.on_new_audience, 0);
-                }
-                e.cur = e.cur.saturating_add(1);
-                None
-            });
-            if hit.is_some() {
-                return hit;
+            let step = self.with(id, now, |e| e.step(&s, aud, now));
+            if let Some(hit) = self.hit_of(step, id, actions, now) {
+                return Some(hit);
             }
         }
         None
@@ -500,12 +774,7 @@ impl Guard {
                 true
             });
             if tripped {
-                hits.push(Hit {
-                    trigger: Trigger::RefusalStreak,
-                    action: cfg.on_refusal_streak,
-                    identity: id.to_string(),
-                    retry_after: cfg.cooldown,
-                });
+                hits.push(self.streak_hit(id));
             }
         }
         hits
@@ -680,6 +949,40 @@ mod tests {
         assert_eq!(h.retry_after, 22);
         assert!(g.check(&["b"], "x", SLOW, 1_010).is_none());
         assert!(g.check(&["a"], "x", SLOW, 1_032).is_none());
+    }
+
+    /// A shared state that cannot answer (a store down or slow past its
+    /// timeout).
+    struct Down;
+
+    #[async_trait]
+    impl SharedState for Down {
+        async fn check(&self, _: &Settings, _: &str, _: &str, _: u64) -> Result<Step, StoreError> {
+            Err(StoreError::Unavailable("down".into()))
+        }
+        async fn issued(&self, _: &Settings, _: &str, _: &str, _: u64) -> Result<(), StoreError> {
+            Err(StoreError::Unavailable("down".into()))
+        }
+        async fn refused(&self, _: &Settings, _: &str, _: u64) -> Result<bool, StoreError> {
+            Err(StoreError::Unavailable("down".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shared_state_that_cannot_answer_fails_closed_with_no_local_fallback() {
+        let c = GuardConfig {
+            refusal_streak: 2,
+            ..cfg()
+        };
+        let g = Guard::new(&c).unwrap().with_shared(Some(Arc::new(Down)));
+        for _ in 0..10 {
+            // Never "admitted": the caller refuses the exchange (503).
+            assert!(g.decide(&["a"], "aud", SLOW, 1_000).await.is_err());
+        }
+        assert!(g.record_issued(&["a"], "aud", 1_000).await.is_err());
+        assert!(g.record_refused(&["a"], 1_000).await.is_err());
+        // Nothing was counted in this process instead.
+        assert_eq!(g.tracked(), 0);
     }
 
     #[test]

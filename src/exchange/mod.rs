@@ -75,6 +75,9 @@ pub struct Noted {
     pub actor: Option<String>,
     /// What the anomaly guard did about this exchange (for its audit records).
     pub guard: Vec<GuardNote>,
+    /// The audience whose issuance the guard's shared state already knows
+    /// (checked admitted and settled): its record is skipped.
+    pub guard_settled: Option<String>,
 }
 
 /// What a token says that depends on how it was asked for (first
@@ -278,7 +281,8 @@ impl Exchanger {
             None => None,
         };
         Ok(Self {
-            guard: guard::Guard::new(&cfg.guard).map(Arc::new),
+            guard: guard::Guard::new(&cfg.guard)
+                .map(|g| Arc::new(g.with_shared(stores.guard.clone()))),
             nonces,
             approvals_ttl: cfg.approvals_ttl.as_secs(),
             approvals_interval: cfg.approvals_interval.as_secs(),
@@ -372,14 +376,25 @@ impl Exchanger {
             (None, None) => return result,
         };
         let now = self.clock.now();
-        let hits = match &result {
-            Ok(issued) => {
-                g.issued(ids, &issued.claims.aud, now);
-                Vec::new()
+        // The decision stands when this bookkeeping cannot reach a shared
+        // state (the token is issued, the refusal answered): the audience is
+        // then not learned (the next use steps up again) and the streak not
+        // reset or advanced; the next exchange needs the store anyway.
+        let noted_state = match &result {
+            Ok(issued) if noted.guard_settled.as_deref() == Some(issued.claims.aud.as_str()) => {
+                Ok(Vec::new())
             }
-            Err(e) if counts_as_probe(e) => g.refused(ids, now),
-            Err(_) => Vec::new(),
+            Ok(issued) => g
+                .record_issued(ids, &issued.claims.aud, now)
+                .await
+                .map(|()| Vec::new()),
+            Err(e) if counts_as_probe(e) => g.record_refused(ids, now).await,
+            Err(_) => Ok(Vec::new()),
         };
+        let hits = noted_state.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "anomaly guard: shared state not updated");
+            Vec::new()
+        });
         for hit in hits {
             if hit.action == guard::GuardAction::Revoke {
                 // The refusal stands either way; a failed revocation
@@ -431,7 +446,15 @@ impl Exchanger {
         // firing (the approval is bound to this exact request and requester,
         // and a human approved it or not).
         let keep_polling = can_ask && polling && g.may_step_up(policy);
-        let Some(hit) = g.check(ids, audience, g.actions_for(policy), now) else {
+        // Fail closed: a shared state that cannot answer refuses the
+        // exchange (503), never lets it through uncounted.
+        let (hit, settled) = g
+            .decide_noting(ids, audience, g.actions_for(policy), now)
+            .await?;
+        if settled {
+            noted.guard_settled = Some(audience.to_string());
+        }
+        let Some(hit) = hit else {
             return Ok(keep_polling);
         };
         if hit.action == A::Allow {

@@ -636,6 +636,9 @@ pub struct Stores {
     /// The process's one poller of the revocation feed, fanned out to every
     /// live `/revocations` stream.
     pub revocation_feed: Arc<feed::FeedHub>,
+    /// The anomaly guard's fleet-wide state (the Redis store); `None`: the
+    /// guard keeps its state in the process (the memory store).
+    pub guard: Option<Arc<dyn crate::exchange::guard::SharedState>>,
 }
 
 /// A [`RevocationStore`] that announces each recorded revocation on a
@@ -740,7 +743,15 @@ impl Stores {
             approvals: b.clone(),
             sessions: b.clone(),
             audit: b,
+            guard: None,
         }
+    }
+
+    /// Keeps the anomaly guard's state in `g` (fleet-wide).
+    #[must_use]
+    pub fn with_guard_state(mut self, g: Arc<dyn crate::exchange::guard::SharedState>) -> Self {
+        self.guard = Some(g);
+        self
     }
 
     /// Opens the backend named by a `[store] url`: `memory://`, or
@@ -784,7 +795,7 @@ impl Stores {
                 }
                 let store = Arc::new(store);
                 redis::RedisStore::watch_epoch(&store);
-                Ok(Self::from_backend(store))
+                Ok(Self::from_backend(store.clone()).with_guard_state(store))
             }
             _ => Err(StoreError::Unavailable(
                 "store url must start with memory://, redis://, rediss://, redis+cluster://, \

@@ -64,6 +64,8 @@
 //! | `P:{ap}:all` | sorted set id → expires_at + retention | `EXPIREAT` the latest (only ever extended) | approval create script |
 //! | `P:{ap}:rq:H(requester)` | sorted set id → expires_at (the requester's live approvals, for the cap) | `EXPIREAT` the latest | approval create script |
 //! | `P:{ap}:rh:H(len(requester) ‖ requester ‖ request hash)` | hash `i` (id), `d` (`H(id)`) of the latest approval of that request by that requester (asking twice while it is pending finds it) | `EXPIREAT expires_at` | approval create script |
+//! | `P:{gd:H(identity)}:s` | hash: the anomaly guard's state of one identity (window, buckets, learned rate, streak; `redis/guard.rs`) | 7 days (at least) after its last exchange, refreshed by each | guard script |
+//! | `P:{gd:H(identity)}:a` | sorted set: the identity's known audiences (digests), at most `max_audiences` | as the hash | guard script |
 //! | `P:{audit}:stream` | stream, field `rec` (one sealed audit record, JSON), `MAXLEN ~ [audit] stream_max_len` | [`AUDIT_STREAM_IDLE_TTL`] after the last append (refreshed by each) | audit append script (records past their chain's checkpoint only) |
 //! | `P:{audit}:checkpoint` | hash node → `"seq hash"` of the chain's last record in the stream (at most [`super::MAX_AUDIT_CHECKPOINTS`] nodes) | [`AUDIT_STREAM_IDLE_TTL`] after the last append | audit append script, atomically with the `XADD`s |
 //! | `P:{audit}:checkpoint:t` | sorted set node → time of its last append (prunes the checkpoints idle past the TTL, then the oldest past the cap) | as above | audit append script |
@@ -1292,6 +1294,9 @@ return added
 /// Most records one audit append script carries (a longer backlog goes in
 /// several, each atomic and idempotent).
 const AUDIT_APPEND_CHUNK: usize = 1_024;
+
+/// The anomaly guard's fleet-wide state (its keys, script and tests).
+mod guard;
 
 fn script(body: &str) -> Script {
     Script::new(&format!("{LUA_EXTEND}{body}"))
