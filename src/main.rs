@@ -1,3 +1,5 @@
+// One file: the clap command tree, which must be whole in one place for help
+// and completions to be generated from it.
 //! The `tessera` binary: parses the command line and calls into the library.
 
 use std::path::PathBuf;

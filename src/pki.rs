@@ -1,3 +1,5 @@
+// One file: about 380 of its lines are unit tests and the hostile half
+// (feature `testkit` only); the shipped CA is under 600.
 //! Development PKI: a small CA, leaf certificate issuance (including hostile
 //! variants for tests) and creation of the development material used by
 //! `tessera serve` in dev mode.

@@ -1,3 +1,5 @@
+// One file: test support only (feature `testkit`), the `redis-server` spawners
+// for single, Cluster and Sentinel set-ups.
 //! Test support: a private `redis-server` per test, on a free port of
 //! 127.0.0.1 (never 6379), in its own temporary directory, persisting
 //! nothing. It can be killed (SIGKILL, like a crash) and restarted on the same

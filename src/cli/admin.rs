@@ -1,3 +1,5 @@
+// One file: every admin verb is a thin request/print pair over one client and
+// one table printer; split per verb, each file would be mostly imports.
 //! Operator verbs that talk to a running broker over the admin API:
 //! `revoke`, `grant create|list|revoke`, `approvals list`, `approve`, `deny`. mTLS with the operator's
 //! certificate; the broker decides whether that identity is an operator.

@@ -1,3 +1,5 @@
+// One file: about 300 of its lines are unit tests; the dry run itself walks
+// the exchange's steps in order and reads best in one place.
 //! `tessera policy explain`: an offline dry run of one request against a
 //! config's policies. It says, per policy, whether `match` fits (and which
 //! condition fails), whether the audience and each scope are allowed, and

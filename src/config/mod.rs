@@ -1,3 +1,5 @@
+// One file: the typed `Config` and its one conversion from `RawConfig`; the
+// parser (`raw`), durations, lint and tests already live apart.
 //! Configuration: [`RawConfig`] (the TOML as written) → [`Config`] (typed and
 //! checked). Every error names the file, the key and the reason.
 //!

@@ -1,3 +1,5 @@
+// One file: the config unit tests, one per rule of `Config::from_raw`, in the
+// order of the config reference.
 use std::collections::BTreeSet;
 
 use super::raw::*;

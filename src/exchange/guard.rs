@@ -1,3 +1,5 @@
+// One file: about 240 of its lines are unit tests; the rule (which triggers
+// apply, what a hit answers) stays here while its state lives in the store.
 //! The anomaly guard: per-identity issuance rates, first use of a new
 //! audience, and streaks of refusals, each answered by a configured action
 //! (`slow_down`, human `approval`, or `revoke`).

@@ -1,3 +1,5 @@
+// One file for the pipeline: its steps share the request state and must run in
+// the order below (see "Why one file" further down).
 //! The exchange pipeline, free of HTTP: authenticate the subject (client
 //! certificate or OIDC token), decide by policy, consult the store, mint.
 //!

@@ -1,3 +1,5 @@
+// One file: over 600 of its lines are unit tests; the typestate decoder itself
+// is under 400.
 //! Compact JWS (RFC 7515 §7.1) decoding and verification.
 //!
 //! Decoding is strictly ordered so no parser sees input an earlier, simpler

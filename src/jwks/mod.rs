@@ -1,3 +1,5 @@
+// One file: about 400 of its lines are unit tests; the cache and its
+// single-flight refresh share one lock.
 //! JWKS caching with rate-limited, single-flight refresh.
 //!
 //! [`JwksCache`] keeps the current [`JwkSet`] behind a `std::sync::RwLock`

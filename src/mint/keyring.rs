@@ -1,3 +1,5 @@
+// One file: the key ring's parsing, ids and rotation share one on-disk format;
+// about 140 lines are tests.
 //! Token signing keys: parsing, RFC 7638 key ids, the on-disk key ring and
 //! key generation.
 //!

@@ -1,3 +1,5 @@
+// One file: the policy set and its matching; delegation, claims and globs
+// already live apart (`policy::{delegation, claims, glob}`).
 //! Policy engine: which subject may obtain which audience and scopes.
 //!
 //! Policies are compiled once from [`PolicySpec`]s ([`PolicySet::compile`])

@@ -1,3 +1,5 @@
+// One file: the approval pages' handlers and their HTML templates, which must
+// escape in one place (`text::html`).
 //! The approval web pages (`/approvals…`): HTTP in and out only. A human
 //! signs in through `[approvals] login_issuer` ([`crate::identity::login`]),
 //! sees the approvals their policies give them, and decides one through

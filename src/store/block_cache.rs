@@ -1,3 +1,5 @@
+// One file: the block cache and its invalidation listener share one map and
+// one lock; about 170 lines are tests.
 //! Subject blocks held in the broker, kept exact by Redis's server-assisted
 //! client-side caching, so that an exchange does not wait for a Redis round
 //! trip to learn that its subject is not blocked.

@@ -1,3 +1,5 @@
+// One file: tests only (Cluster and Sentinel against real servers), compiled
+// under `cfg(test)`.
 //! The Redis backend on Redis Cluster and Redis Sentinel: every key a call
 //! or script touches is in one slot, and the conformance suite passes on a
 //! real three-master cluster and through a real sentinel. Skipped loudly

@@ -1,3 +1,5 @@
+// One file: the store traits and their shared types, the one contract both
+// backends implement.
 //! State that outlives a request: revocations, replay records, JIT grants
 //! and pending human approvals. Every call is async and fallible: a store that
 //! cannot answer makes the caller fail closed (503, no token).

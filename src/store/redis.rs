@@ -1,3 +1,5 @@
+// One file today, NOT by design: issue 18 item 4 (split by job:
+// connection/topology, errors, scripts, one file per trait) is open.
 //! The Redis backend: every store trait over Redis, shared by a fleet of
 //! brokers. Speaks `redis://` and `rediss://` to one primary (TLS with
 //! rustls and the aws-lc-rs provider), `redis+cluster://h:p,h:p[,…]` to a

@@ -1,3 +1,5 @@
+// One file: the axum extractor and its RFC 6750 / RFC 9449 / RFC 9728 answers,
+// written by one challenge function.
 //! An axum extractor for verified access tokens with RFC 6750 / RFC 9449
 //! answers.
 //!

@@ -1,3 +1,5 @@
+// One file: the `Verifier` and its builder; the token reader, revocation
+// follower, extractor and metadata already live apart.
 //! Resource-server verification of Tessera access tokens.
 //!
 //! A resource server (an API that receives Tessera tokens) builds one

@@ -1,3 +1,5 @@
+// One file: about 200 of its lines are unit tests; the follower's cursor and
+// cache share one lock.
 //! Following the broker's revocation feed.
 //!
 //! [`RevocationFollower`] catches up with the JSON form of `/revocations`
