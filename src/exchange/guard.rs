@@ -47,9 +47,10 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
-
 use crate::store::StoreError;
+// The store-facing half of the guard (its settings, the step one call
+// takes, the shared-state trait) lives in the store, which implements it.
+pub use crate::store::guard_state::{Learned, Settings, SharedState, Step};
 
 /// What the guard does when a trigger fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,17 +144,6 @@ pub struct PolicyActions {
     pub on_new_audience: GuardAction,
 }
 
-/// The learned baseline's settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Learned {
-    /// Alert above this many times the learned average.
-    pub multiplier: u32,
-    /// Completed windows observed before the baseline is used.
-    pub warmup: u32,
-    /// Never alert at or below this many exchanges per window.
-    pub floor: u32,
-}
-
 /// `[guard]`, typed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GuardConfig {
@@ -230,96 +220,6 @@ pub struct Hit {
 /// exchange (longer when `MAX_IDLE_WINDOWS + 2` windows or the cooldown are
 /// longer): its known audiences and streak outlive a quiet week.
 pub const SHARED_KEEP_MIN: u64 = 7 * 24 * 3600;
-
-/// The rule's settings as one call applies them (derived from the config
-/// and the granting policy's actions by [`Guard::settings`], the one place
-/// that knows which trigger is on).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Settings {
-    /// Window length, seconds.
-    pub window: u64,
-    /// Seconds the state is kept after this call (its TTL in the store).
-    pub keep: u64,
-    /// The configured rate limit to check (0: not checked).
-    pub max_rate: u64,
-    /// The learned limit to check (`None`: not checked).
-    pub learned: Option<Learned>,
-    /// Whether a new audience is a hit.
-    pub new_audience: bool,
-    /// Whether a tripped streak holds the identity (`slow_down` or
-    /// `approval`; not `revoke`, which blocks instead).
-    pub streak_holds: bool,
-    /// Refusals that trip the streak.
-    pub refusal_streak: u32,
-    /// How long a tripped streak holds, seconds.
-    pub cooldown: u64,
-    /// Most audiences remembered per identity.
-    pub max_audiences: usize,
-}
-
-/// What one identity's state says about one request (before the action is
-/// chosen). The state is updated as the rule says: counted when admitted,
-/// the window marked as spiked on a learned-rate hit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    /// Nothing fired; the exchange was counted.
-    Admitted,
-    /// As [`Step::Admitted`], and an issuance for this audience now would
-    /// change nothing (the audience is known, no streak runs): the shared
-    /// state's record of it may be skipped (one round trip, not two).
-    AdmittedSettled,
-    /// A tripped refusal streak holds for `left` more seconds.
-    Streak {
-        /// Seconds left.
-        left: u64,
-    },
-    /// The configured rate: the window's buckets and the limit.
-    Rate {
-        /// Previous bucket's count.
-        prev: u64,
-        /// Current bucket's count.
-        cur: u64,
-        /// The limit.
-        limit: u64,
-    },
-    /// The learned rate: the window's buckets and the learned limit.
-    LearnedRate {
-        /// Previous bucket's count.
-        prev: u64,
-        /// Current bucket's count.
-        cur: u64,
-        /// The learned limit.
-        limit: u64,
-    },
-    /// An audience the identity was never issued a token for.
-    NewAudience,
-}
-
-/// The guard's state kept outside the process (the Redis store), shared by
-/// every replica. Each call is one atomic step on one identity's state;
-/// an error means the state could not be read or written (the caller fails
-/// closed).
-#[async_trait]
-pub trait SharedState: Send + Sync {
-    /// Applies the check to `identity`'s state (counting it when admitted).
-    async fn check(
-        &self,
-        s: &Settings,
-        identity: &str,
-        audience: &str,
-        now: u64,
-    ) -> Result<Step, StoreError>;
-    /// A token was issued: the streak ends, the audience is known.
-    async fn issued(
-        &self,
-        s: &Settings,
-        identity: &str,
-        audience: &str,
-        now: u64,
-    ) -> Result<(), StoreError>;
-    /// A refusal after authentication; `true` when it completes a streak.
-    async fn refused(&self, s: &Settings, identity: &str, now: u64) -> Result<bool, StoreError>;
-}
 
 #[derive(Debug, Default)]
 struct Entry {
@@ -957,7 +857,7 @@ mod tests {
     /// timeout).
     struct Down;
 
-    #[async_trait]
+    #[async_trait::async_trait]
     impl SharedState for Down {
         async fn check(&self, _: &Settings, _: &str, _: &str, _: u64) -> Result<Step, StoreError> {
             Err(StoreError::Unavailable("down".into()))

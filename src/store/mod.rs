@@ -12,6 +12,7 @@ pub mod block_cache;
 pub mod breaker;
 pub mod epoch;
 pub mod feed;
+pub mod guard_state;
 pub mod memory;
 pub mod redis;
 
@@ -640,7 +641,7 @@ pub struct Stores {
     pub revocation_feed: Arc<feed::FeedHub>,
     /// The anomaly guard's fleet-wide state (the Redis store); `None`: the
     /// guard keeps its state in the process (the memory store).
-    pub guard: Option<Arc<dyn crate::exchange::guard::SharedState>>,
+    pub guard: Option<Arc<dyn guard_state::SharedState>>,
 }
 
 /// A [`RevocationStore`] that announces each recorded revocation on a
@@ -751,7 +752,7 @@ impl Stores {
 
     /// Keeps the anomaly guard's state in `g` (fleet-wide).
     #[must_use]
-    pub fn with_guard_state(mut self, g: Arc<dyn crate::exchange::guard::SharedState>) -> Self {
+    pub fn with_guard_state(mut self, g: Arc<dyn guard_state::SharedState>) -> Self {
         self.guard = Some(g);
         self
     }

@@ -17,7 +17,7 @@ use ::redis::Script;
 use async_trait::async_trait;
 
 use super::{h, Fail, RedisStore};
-use crate::exchange::guard::{Settings, SharedState, Step};
+use crate::store::guard_state::{Settings, SharedState, Step};
 use crate::store::StoreError;
 
 /// The one script of the guard (KEYS: state, audiences).
