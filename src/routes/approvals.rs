@@ -1,9 +1,12 @@
 // One file: the approval pages' handlers and their HTML templates, which must
 // escape in one place (`text::html`).
 //! The approval web pages (`/approvals…`): HTTP in and out only. A human
-//! signs in through `[approvals] login_issuer` ([`crate::identity::login`]),
-//! sees the approvals their policies give them, and decides one through
-//! [`crate::exchange::approval::decide`], which owns who may decide.
+//! signs in through `[approvals] login_issuer`, sees the approvals their
+//! policies give them (both sequenced in
+//! [`crate::exchange::approver_session`]), and decides one through
+//! [`crate::exchange::approval::decide`], which owns who may decide. Here:
+//! query, form and cookie parsing, the CSRF and `Origin` checks, and the
+//! HTML.
 //!
 //! Page security: server-rendered HTML without script, a strict CSP with
 //! `frame-ancestors 'none'`, `Cache-Control: no-store`, no referrer to other sites, every
