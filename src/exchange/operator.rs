@@ -842,6 +842,56 @@ mod tests {
             .unwrap());
     }
 
+    /// Unblock: checks before any store call, a typed refusal when nothing
+    /// is blocked, and the audit record of a lifted block.
+    #[tokio::test]
+    async fn unblock_refuses_typed_and_audits() {
+        use crate::store::{memory::MemoryStore, Stores};
+        let stores = Stores::from_backend(std::sync::Arc::new(MemoryStore::new()));
+        let auditor = crate::audit::Auditor::start(
+            &crate::config::AuditSink::Off,
+            Some((stores.audit.clone(), 1000)),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let now = 1_700_000_000;
+        let order = |subject: &str, reason: Option<&str>| UnblockOrder {
+            subject: subject.into(),
+            reason: reason.map(str::to_string),
+        };
+        let unblock = |o| unblock(&stores, &auditor, "spiffe://td/op", o, now);
+        assert!(matches!(
+            unblock(order("not an identity", None)).await,
+            Err(OperatorError::Invalid(_))
+        ));
+        assert!(matches!(
+            unblock(order("spiffe://td/a", Some("bad\u{7}"))).await,
+            Err(OperatorError::Invalid(m)) if m.contains("printable")
+        ));
+        let e = unblock(order("spiffe://td/a", None)).await.unwrap_err();
+        assert!(matches!(e, OperatorError::NotBlocked(_)));
+        assert_eq!(e.to_string(), "spiffe://td/a is not blocked");
+        stores
+            .revocations
+            .block_subject("spiffe://td/a", now + 60)
+            .await
+            .unwrap();
+        unblock(order("spiffe://td/a", Some("false alarm")))
+            .await
+            .unwrap();
+        assert!(!stores
+            .revocations
+            .is_blocked("spiffe://td/a", now)
+            .await
+            .unwrap());
+        let (rows, _) = stores.audit.read(None, 10).await.unwrap();
+        let last = &rows.last().unwrap().1;
+        assert!(
+            last.contains("\"unblocked\"") && last.contains("false alarm"),
+            "{last}"
+        );
+    }
+
     #[test]
     fn block_durations() {
         assert_eq!(parse_block_for("30m"), Ok(Duration::from_secs(1800)));
