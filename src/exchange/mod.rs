@@ -9,10 +9,13 @@
 //!
 //! One file for the pipeline: its steps share the request state and must
 //! run in the order above, and reading them top to bottom is the point.
-//! What has a job of its own is apart: `approval`, `guard`, `operator`
-//! (operator input), `error`; the delegation rule is `policy::delegation`.
+//! What has a job of its own is apart: `approval`, `approver_session`
+//! (the approval pages' sign-in and sessions), `guard`, `operator`
+//! (operator input and verbs), `error`; the delegation rule is
+//! `policy::delegation`.
 
 pub(crate) mod approval;
+pub(crate) mod approver_session;
 pub(crate) mod ciba;
 pub(crate) mod error;
 pub mod guard;

@@ -176,6 +176,39 @@ pub enum OperatorError {
     /// The change WAS made, but its audit record could not be written.
     #[error("the change WAS made, but its audit record could not be written: {0}")]
     NotAudited(crate::audit::AuditError),
+    /// The subject was not blocked: nothing to lift.
+    #[error("{0} is not blocked")]
+    NotBlocked(String),
+    /// The store has not lost its data: nothing to recover.
+    #[error(
+        "the store has not lost its data (its data epoch is the one this broker knows): \
+         nothing to recover"
+    )]
+    NotLost,
+    /// A recovery stopped part-way; it is idempotent, so running it again
+    /// finishes it.
+    #[error("the recovery did not finish (run it again: it is idempotent): {0}")]
+    Unfinished(Box<OperatorError>),
+}
+
+/// Longest reason an operator may give (an unblock, an approval decision).
+pub const MAX_REASON_LEN: usize = 1024;
+
+/// An operator's reason: at most [`MAX_REASON_LEN`] printable characters.
+pub fn check_reason(reason: Option<&str>) -> Result<(), String> {
+    if reason.is_some_and(|r| r.len() > MAX_REASON_LEN || r.chars().any(char::is_control)) {
+        return Err(format!(
+            "reason must be at most {MAX_REASON_LEN} printable characters"
+        ));
+    }
+    Ok(())
+}
+
+/// The audit trail refused the record of a change already made: logged
+/// here, reported as [`OperatorError::NotAudited`].
+fn not_audited(e: crate::audit::AuditError) -> OperatorError {
+    tracing::error!(error = %e, "admin: change made but not audited");
+    OperatorError::NotAudited(e)
 }
 
 /// An operator's revocation (`POST /admin/v1/revocations`).
@@ -306,10 +339,7 @@ pub async fn revoke(
         RevocationKind::Task => rec.task(&order.value),
         RevocationKind::Grant => rec.grant(Some(&order.value)),
     };
-    if let Err(e) = auditor.record(rec).await {
-        tracing::error!(error = %e, "admin: change made but not audited");
-        return Err(OperatorError::NotAudited(e));
-    }
+    auditor.record(rec).await.map_err(not_audited)?;
     let warning = (order.kind == RevocationKind::Subject)
         .then(|| unmatched_identity_warning(exchanger, &order.value))
         .flatten();
@@ -501,10 +531,7 @@ pub async fn revoke_grant(
     if !note.is_empty() {
         rec = rec.detail(note.trim_start());
     }
-    if let Err(e) = auditor.record(rec).await {
-        tracing::error!(error = %e, "admin: change made but not audited");
-        return Err(OperatorError::NotAudited(e));
-    }
+    auditor.record(rec).await.map_err(not_audited)?;
     Ok(GrantRevoked { id: g.id, revoked })
 }
 
@@ -573,6 +600,128 @@ pub async fn restore(
         Ok(report)
     })
     .await
+}
+
+/// An operator's lifting of a kill-switch block (`POST /admin/v1/unblock`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnblockOrder {
+    /// The blocked identity.
+    pub subject: String,
+    /// Why (audited).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// An operator lifts a kill-switch block at once, on every replica (through
+/// the store, and Redis's invalidation of every replica's block cache), then
+/// audits it. Tokens revoked with the block stay revoked.
+/// [`OperatorError::NotBlocked`] when the subject was not blocked; a failed
+/// record is [`OperatorError::NotAudited`] (the block stays lifted).
+pub async fn unblock(
+    stores: &crate::store::Stores,
+    auditor: &crate::audit::Auditor,
+    who: &str,
+    order: UnblockOrder,
+    now: u64,
+) -> Result<(), OperatorError> {
+    use crate::audit::{AuditRecord, Event};
+    check_identity(&order.subject).map_err(OperatorError::Invalid)?;
+    check_reason(order.reason.as_deref()).map_err(OperatorError::Invalid)?;
+    if !stores
+        .revocations
+        .unblock_subject(&order.subject, now)
+        .await?
+    {
+        return Err(OperatorError::NotBlocked(order.subject));
+    }
+    let rec = AuditRecord::new(Event::Unblocked)
+        .client(who)
+        .subject(&order.subject)
+        .detail(order.reason.as_deref().unwrap_or(""));
+    auditor.record(rec).await.map_err(not_audited)?;
+    Ok(())
+}
+
+/// What an operator's recovery asks for (`POST /admin/v1/store/recover`):
+/// what the operator's audit trail says must be restored, or `accept_loss`
+/// with nothing.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverOrder {
+    /// The plan (`tessera store recover --from-audit FILE` reads it).
+    #[serde(default)]
+    pub plan: Option<crate::audit::restore::RestorePlan>,
+    /// Serve again without restoring anything (no audit trail to hand).
+    #[serde(default)]
+    pub accept_loss: bool,
+    /// Where the plan came from (audited).
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+/// What an operator's recovery did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// What was restored, and the new epoch.
+    pub report: RestoreReport,
+    /// Whether the loss was accepted (nothing restored on purpose).
+    pub accept_loss: bool,
+}
+
+/// An operator recovers the store after it lost its data (its data epoch;
+/// every call fails until then): [`restore`] re-applies the plan's
+/// revocations and blocks and writes a new epoch, then the recovery is
+/// audited. [`OperatorError::NotLost`] when the store has not lost its
+/// data; [`OperatorError::Unfinished`] when the restore stopped part-way.
+pub async fn recover(
+    stores: &crate::store::Stores,
+    auditor: &crate::audit::Auditor,
+    exchanger: &super::Exchanger,
+    who: &str,
+    order: RecoverOrder,
+    now: u64,
+) -> Result<Recovered, OperatorError> {
+    use crate::audit::{AuditRecord, Event};
+    let plan = match (order.plan, order.accept_loss) {
+        (Some(p), false) => p,
+        (None, true) => crate::audit::restore::RestorePlan::default(),
+        _ => {
+            return Err(OperatorError::Invalid(
+                "give a plan (from an audit trail) or accept_loss, not both".into(),
+            ))
+        }
+    };
+    if !stores.health.data_lost() {
+        return Err(OperatorError::NotLost);
+    }
+    let report = restore(stores, &plan, exchanger, now)
+        .await
+        .map_err(|e| OperatorError::Unfinished(Box::new(e)))?;
+    let rec = AuditRecord::new(Event::Unavailable)
+        .reason(if order.accept_loss {
+            "store_epoch_loss_accepted"
+        } else {
+            "store_epoch_recovered"
+        })
+        .client(who)
+        .detail(&format!(
+            "source={} revocations={} (expired {}) blocks={} (over {}) epoch={}",
+            order
+                .source
+                .as_deref()
+                .unwrap_or(if order.accept_loss { "none" } else { "-" }),
+            report.revocations,
+            report.expired,
+            report.blocks,
+            report.blocks_over,
+            report.epoch
+        ));
+    auditor.record(rec).await.map_err(not_audited)?;
+    Ok(Recovered {
+        report,
+        accept_loss: order.accept_loss,
+    })
 }
 
 #[cfg(test)]
@@ -691,6 +840,56 @@ mod tests {
             .is_revoked(&facts(&id), now)
             .await
             .unwrap());
+    }
+
+    /// Unblock: checks before any store call, a typed refusal when nothing
+    /// is blocked, and the audit record of a lifted block.
+    #[tokio::test]
+    async fn unblock_refuses_typed_and_audits() {
+        use crate::store::{memory::MemoryStore, Stores};
+        let stores = Stores::from_backend(std::sync::Arc::new(MemoryStore::new()));
+        let auditor = crate::audit::Auditor::start(
+            &crate::config::AuditSink::Off,
+            Some((stores.audit.clone(), 1000)),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let now = 1_700_000_000;
+        let order = |subject: &str, reason: Option<&str>| UnblockOrder {
+            subject: subject.into(),
+            reason: reason.map(str::to_string),
+        };
+        let unblock = |o| unblock(&stores, &auditor, "spiffe://td/op", o, now);
+        assert!(matches!(
+            unblock(order("not an identity", None)).await,
+            Err(OperatorError::Invalid(_))
+        ));
+        assert!(matches!(
+            unblock(order("spiffe://td/a", Some("bad\u{7}"))).await,
+            Err(OperatorError::Invalid(m)) if m.contains("printable")
+        ));
+        let e = unblock(order("spiffe://td/a", None)).await.unwrap_err();
+        assert!(matches!(e, OperatorError::NotBlocked(_)));
+        assert_eq!(e.to_string(), "spiffe://td/a is not blocked");
+        stores
+            .revocations
+            .block_subject("spiffe://td/a", now + 60)
+            .await
+            .unwrap();
+        unblock(order("spiffe://td/a", Some("false alarm")))
+            .await
+            .unwrap();
+        assert!(!stores
+            .revocations
+            .is_blocked("spiffe://td/a", now)
+            .await
+            .unwrap());
+        let (rows, _) = stores.audit.read(None, 10).await.unwrap();
+        let last = &rows.last().unwrap().1;
+        assert!(
+            last.contains("\"unblocked\"") && last.contains("false alarm"),
+            "{last}"
+        );
     }
 
     #[test]

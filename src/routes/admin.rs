@@ -2,11 +2,13 @@
 //! `[admin] subjects` only. Every change is audited with the operator's
 //! identity; a store failure means the change was NOT made (503).
 //!
-//! One file: every handler here is the same shape (operator identity, a
-//! bounded JSON body, one domain call, an audit record, the admin error
-//! format) and shares the helpers at the top. The next step is issue 18's:
-//! move each handler's sequencing into the domain layer, after which this
-//! file shrinks to HTTP in/out.
+//! HTTP in and out only. Every handler is the same shape and shares the
+//! helpers at the top: the operator's identity, a bounded JSON body, one
+//! domain call, and its outcome through the admin error table
+//! ([`crate::routes::admin_error`]). A change is an operator verb in
+//! [`crate::exchange::operator`] (checks, store calls in order, audit
+//! records) or the approval decision ([`crate::exchange::approval::decide`]);
+//! a read is one store read shaped for the wire.
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -17,40 +19,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::app::AppState;
-use crate::audit::{AuditError, AuditRecord, Event};
+use crate::exchange::approval::{Approver, DecideError};
 use crate::exchange::operator::{self, OperatorError};
 use crate::exchange::Peer;
 use crate::routes::admin_error::{response, AdminCode};
 use crate::routes::auth::{authorize, Role};
 use crate::store::{Revoked, StoreError};
-
-/// An admin error spelt inline (the approval handlers, being rewritten
-/// under issue 19): answered through the wire table
-/// ([`crate::routes::admin_error`]); a test checks every such code and
-/// status is a row of it.
-fn err(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    match AdminCode::from_wire(code) {
-        Some(c) if c.status() == status => response(c, message),
-        _ => {
-            tracing::error!(code, %status, "admin error outside the wire table");
-            (
-                status,
-                Json(json!({"error": code, "message": message.into()})),
-            )
-                .into_response()
-        }
-    }
-}
-
-/// The change was made but its audit record could not be written: the
-/// operator must know (the CLI prints the message and exits 1).
-fn audit_err(e: AuditError) -> Response {
-    tracing::error!(error = %e, "admin: change made but not audited");
-    response(
-        AdminCode::AuditUnavailable,
-        format!("the change WAS made, but its audit record could not be written: {e}"),
-    )
-}
 
 /// The durability fields of a revocation answer: `durable` (enough replicas
 /// acknowledged it, or none are required), `replicas_acked` (`null` when the
@@ -93,8 +67,12 @@ fn operator_err(e: OperatorError) -> Response {
             tracing::warn!(error = %e, "admin: store unavailable");
             AdminCode::TemporarilyUnavailable
         }
-        OperatorError::AuditFirst(_) => AdminCode::TemporarilyUnavailable,
+        OperatorError::AuditFirst(_) | OperatorError::Unfinished(_) => {
+            AdminCode::TemporarilyUnavailable
+        }
         OperatorError::NotAudited(_) => AdminCode::AuditUnavailable,
+        OperatorError::NotBlocked(_) => AdminCode::NotBlocked,
+        OperatorError::NotLost => AdminCode::NotLost,
     };
     response(code, e.to_string())
 }
@@ -205,20 +183,10 @@ pub async fn list_blocks(State(app): State<AppState>, peer: Option<Extension<Pee
 }
 
 /// `POST /admin/v1/unblock` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UnblockBody {
-    /// The blocked identity.
-    pub subject: String,
-    /// Why (audited).
-    #[serde(default)]
-    pub reason: Option<String>,
-}
+pub use crate::exchange::operator::UnblockOrder as UnblockBody;
 
-/// `POST /admin/v1/unblock`: lifts a kill-switch block at once, on every
-/// replica (through the store, and Redis's invalidation of every replica's
-/// block cache). Tokens revoked with the block stay revoked. 404 when the
-/// subject was not blocked.
+/// `POST /admin/v1/unblock`: [`crate::exchange::operator::unblock`]. 404
+/// when the subject was not blocked.
 pub async fn unblock(
     State(app): State<AppState>,
     peer: Option<Extension<Peer>>,
@@ -228,58 +196,18 @@ pub async fn unblock(
         Ok(x) => x,
         Err(r) => return r,
     };
-    if let Err(m) = crate::exchange::operator::check_identity(&b.subject) {
-        return response(AdminCode::InvalidRequest, m);
+    let subject = b.subject.clone();
+    match operator::unblock(&app.stores, &app.auditor, &who, b, app.clock.now()).await {
+        Ok(()) => Json(json!({"subject": subject, "unblocked": true})).into_response(),
+        Err(e) => operator_err(e),
     }
-    if let Err(r) = check_reason(b.reason.as_deref()) {
-        return r;
-    }
-    let now = app.clock.now();
-    let lifted = match app
-        .stores
-        .revocations
-        .unblock_subject(&b.subject, now)
-        .await
-    {
-        Ok(l) => l,
-        Err(e) => return store_err(e),
-    };
-    if !lifted {
-        return response(
-            AdminCode::NotBlocked,
-            format!("{} is not blocked", b.subject),
-        );
-    }
-    let rec = AuditRecord::new(Event::Unblocked)
-        .client(&who)
-        .subject(&b.subject)
-        .detail(b.reason.as_deref().unwrap_or(""));
-    if let Err(e) = app.auditor.record(rec).await {
-        return audit_err(e);
-    }
-    Json(json!({"subject": b.subject, "unblocked": true})).into_response()
 }
 
-/// `POST /admin/v1/store/recover` body: what the operator's audit trail
-/// says must be restored, or `accept_loss` with nothing.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RecoverBody {
-    /// The plan (`tessera store recover --from-audit FILE` reads it).
-    #[serde(default)]
-    pub plan: Option<crate::audit::restore::RestorePlan>,
-    /// Serve again without restoring anything (no audit trail to hand).
-    #[serde(default)]
-    pub accept_loss: bool,
-    /// Where the plan came from (audited).
-    #[serde(default)]
-    pub source: Option<String>,
-}
+/// `POST /admin/v1/store/recover` body.
+pub use crate::exchange::operator::RecoverOrder as RecoverBody;
 
-/// `POST /admin/v1/store/recover`: after the store lost its data (its
-/// data epoch; every call answers 503 until then), re-applies the plan's
-/// revocations and blocks, writes a new epoch, and audits it. 409 when the
-/// store has not lost its data.
+/// `POST /admin/v1/store/recover`: [`crate::exchange::operator::recover`].
+/// 409 when the store has not lost its data.
 pub async fn recover_store(
     State(app): State<AppState>,
     peer: Option<Extension<Peer>>,
@@ -289,66 +217,22 @@ pub async fn recover_store(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let plan = match (b.plan, b.accept_loss) {
-        (Some(p), false) => p,
-        (None, true) => crate::audit::restore::RestorePlan::default(),
-        _ => {
-            return response(
-                AdminCode::InvalidRequest,
-                "give a plan (from an audit trail) or accept_loss, not both",
-            )
-        }
-    };
-    if !app.stores.health.data_lost() {
-        return response(AdminCode::NotLost, "the store has not lost its data (its data epoch is the one this broker knows): nothing to recover",
-        );
-    }
-    let now = app.clock.now();
     let snap = app.snapshot();
-    let report =
-        match crate::exchange::operator::restore(&app.stores, &plan, &snap.exchanger, now).await {
-            Ok(r) => r,
-            Err(m) => {
-                return response(
-                    AdminCode::TemporarilyUnavailable,
-                    format!("the recovery did not finish (run it again: it is idempotent): {m}"),
-                )
-            }
-        };
-    let rec = AuditRecord::new(Event::Unavailable)
-        .reason(if b.accept_loss {
-            "store_epoch_loss_accepted"
-        } else {
-            "store_epoch_recovered"
-        })
-        .client(&who)
-        .detail(&format!(
-            "source={} revocations={} (expired {}) blocks={} (over {}) epoch={}",
-            b.source
-                .as_deref()
-                .unwrap_or(if b.accept_loss { "none" } else { "-" }),
-            report.revocations,
-            report.expired,
-            report.blocks,
-            report.blocks_over,
-            report.epoch
-        ));
-    if let Err(e) = app.auditor.record(rec).await {
-        return audit_err(e);
+    match operator::recover(
+        &app.stores,
+        &app.auditor,
+        &snap.exchanger,
+        &who,
+        b,
+        app.clock.now(),
+    )
+    .await
+    {
+        Ok(done) => {
+            Json(json!({"recovered": done.report, "accept_loss": done.accept_loss})).into_response()
+        }
+        Err(e) => operator_err(e),
     }
-    Json(json!({"recovered": report, "accept_loss": b.accept_loss})).into_response()
-}
-
-/// An operator's reason: at most [`MAX_REASON_LEN`] printable characters.
-#[allow(clippy::result_large_err)]
-fn check_reason(reason: Option<&str>) -> Result<(), Response> {
-    if reason.is_some_and(|r| r.len() > MAX_REASON_LEN || r.chars().any(char::is_control)) {
-        return Err(response(
-            AdminCode::InvalidRequest,
-            format!("reason must be at most {MAX_REASON_LEN} printable characters"),
-        ));
-    }
-    Ok(())
 }
 
 /// `POST /admin/v1/grants` body.
@@ -445,9 +329,6 @@ pub async fn revoke_grant(
     (revoked_status(&done.revoked, StatusCode::OK), Json(body)).into_response()
 }
 
-/// Longest reason an operator may give for a decision.
-pub const MAX_REASON_LEN: usize = 1024;
-
 /// Query of `GET /admin/v1/approvals`.
 #[derive(Debug, Deserialize)]
 pub struct ApprovalQuery {
@@ -480,13 +361,7 @@ pub async fn list_approvals(
     let all = match q.state.as_deref() {
         None | Some("") | Some("pending") => false,
         Some("all") => true,
-        Some(_) => {
-            return err(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "state must be pending or all",
-            )
-        }
+        Some(_) => return response(AdminCode::InvalidRequest, "state must be pending or all"),
     };
     let now = app.clock.now();
     match app.stores.approvals.list_approvals(now).await {
@@ -540,7 +415,6 @@ async fn decide(
     body: Bytes,
     approve: bool,
 ) -> Response {
-    use crate::exchange::approval::{Approver, DecideError};
     let who = match caller(&app, peer) {
         Ok(w) => w,
         Err(r) => return r,
@@ -554,69 +428,70 @@ async fn decide(
         }
     };
     let reason = b.reason.filter(|r| !r.is_empty());
-    if let Err(r) = check_reason(reason.as_deref()) {
-        return r;
+    if let Err(m) = operator::check_reason(reason.as_deref()) {
+        return response(AdminCode::InvalidRequest, m);
     }
     let who = Approver::Operator(who);
     match crate::exchange::approval::decide(&app, &who, &id, approve, reason.as_deref()).await {
         Ok(a) => Json(approval_view(&a, app.clock.now())).into_response(),
-        Err(DecideError::NotFound(_)) => err(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            if uuid::Uuid::parse_str(&id).is_err() {
-                "an approval id is a UUID".to_string()
-            } else {
-                format!("no approval {id}")
-            },
-        ),
-        Err(DecideError::NotAllowed("self_approval")) => err(
-            StatusCode::FORBIDDEN,
-            "self_approval",
-            "the approver cannot be the requester, the subject or an actor of the request",
-        ),
-        Err(DecideError::NotAllowed(code)) => match AdminCode::from_wire(code) {
-            Some(c @ AdminCode::CibaNeedsThePerson) => response(
-                c,
-                "a CIBA request is decided only by the person it names, signed in on the \
-                 approval pages",
-            ),
-            _ => response(
-                AdminCode::PolicyHasApprovers,
-                "this policy names its approvers: they decide on the approval pages, signed in \
-                 through [approvals] login_issuer",
-            ),
-        },
-        Err(DecideError::NotApplicable(out)) => decision_refused(&id, out),
-        Err(DecideError::Store(e)) => store_err(e),
-        Err(DecideError::AuditBefore(e)) => err(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            format!("the audit trail is unavailable: {e}"),
-        ),
-        Err(DecideError::AuditRefusal(e)) => audit_err(e),
+        Err(e) => decide_err(&id, e),
     }
 }
 
-/// The admin answer for a decision that did not apply.
-fn decision_refused(id: &str, out: crate::store::DecideOutcome) -> Response {
+/// A decision's refusal or failure, through the wire table.
+fn decide_err(id: &str, e: DecideError) -> Response {
     use crate::store::DecideOutcome;
-    match out {
-        DecideOutcome::Decided(_) | DecideOutcome::NotFound => err(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no approval {id}"),
-        ),
-        DecideOutcome::NotPending(s) => err(
-            StatusCode::CONFLICT,
-            "not_pending",
+    let (code, message) = match e {
+        DecideError::NotFound(_) if uuid::Uuid::parse_str(id).is_err() => {
+            (AdminCode::NotFound, "an approval id is a UUID".to_string())
+        }
+        DecideError::NotFound(_)
+        | DecideError::NotApplicable(DecideOutcome::Decided(_) | DecideOutcome::NotFound) => {
+            (AdminCode::NotFound, format!("no approval {id}"))
+        }
+        // may_decide's reason codes that are wire codes keep their names.
+        DecideError::NotAllowed(reason) => match AdminCode::from_wire(reason) {
+            Some(c @ AdminCode::SelfApproval) => (
+                c,
+                "the approver cannot be the requester, the subject or an actor of the request"
+                    .into(),
+            ),
+            Some(c @ AdminCode::CibaNeedsThePerson) => (
+                c,
+                "a CIBA request is decided only by the person it names, signed in on the \
+                 approval pages"
+                    .into(),
+            ),
+            _ => (
+                AdminCode::PolicyHasApprovers,
+                "this policy names its approvers: they decide on the approval pages, signed \
+                 in through [approvals] login_issuer"
+                    .into(),
+            ),
+        },
+        DecideError::NotApplicable(DecideOutcome::NotPending(s)) => (
+            AdminCode::NotPending,
             format!("approval {id} is already {}", s.as_str()),
         ),
-        DecideOutcome::Expired => err(
-            StatusCode::CONFLICT,
-            "expired",
+        DecideError::NotApplicable(DecideOutcome::Expired) => (
+            AdminCode::Expired,
             format!("approval {id} expired before the decision"),
         ),
-    }
+        DecideError::Store(e) => return store_err(e),
+        DecideError::AuditBefore(e) => (
+            AdminCode::TemporarilyUnavailable,
+            format!("the audit trail is unavailable: {e}"),
+        ),
+        // Nothing was decided, but the wire answer has always been this one.
+        DecideError::AuditRefusal(e) => {
+            tracing::error!(error = %e, "admin: change made but not audited");
+            (
+                AdminCode::AuditUnavailable,
+                OperatorError::NotAudited(e).to_string(),
+            )
+        }
+    };
+    response(code, message)
 }
 
 /// Query of `GET /admin/v1/audit`.
@@ -703,9 +578,8 @@ pub async fn audit_checkpoints(
         Ok(cps) => Json(json!({ "checkpoints": cps })).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "admin: audit checkpoints unavailable");
-            err(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
+            response(
+                AdminCode::TemporarilyUnavailable,
                 format!("the audit checkpoints cannot be read: {e}"),
             )
         }

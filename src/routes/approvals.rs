@@ -1,9 +1,12 @@
 // One file: the approval pages' handlers and their HTML templates, which must
 // escape in one place (`text::html`).
 //! The approval web pages (`/approvals…`): HTTP in and out only. A human
-//! signs in through `[approvals] login_issuer` ([`crate::identity::login`]),
-//! sees the approvals their policies give them, and decides one through
-//! [`crate::exchange::approval::decide`], which owns who may decide.
+//! signs in through `[approvals] login_issuer`, sees the approvals their
+//! policies give them (both sequenced in
+//! [`crate::exchange::approver_session`]), and decides one through
+//! [`crate::exchange::approval::decide`], which owns who may decide. Here:
+//! query, form and cookie parsing, the CSRF and `Origin` checks, and the
+//! HTML.
 //!
 //! Page security: server-rendered HTML without script, a strict CSP with
 //! `frame-ancestors 'none'`, `Cache-Control: no-store`, no referrer to other sites, every
@@ -13,19 +16,16 @@
 //! store (sign-out ends it on every replica), and no caller-chosen redirect
 //! target anywhere (only an approval id, checked to be a UUID).
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::app::{AppState, Snapshot};
-use crate::audit::{AuditRecord, Event};
 use crate::exchange::approval::{self, Approver, DecideError};
-use crate::identity::login::{self, Human, LoginError};
+use crate::exchange::approver_session::{ApproverSessions, Session, SignInRefusal, Unavailable};
+use crate::identity::login;
 use crate::store::{Approval, ApprovalState};
 use crate::text::html;
 
@@ -40,12 +40,9 @@ pub const NAV_COOKIE: &str = "__Host-tessera_approver_nav";
 /// (SameSite=Lax: it must come back on the IdP's redirect).
 pub const LOGIN_COOKIE: &str = "__Host-tessera_login";
 /// How long a sign-in attempt may take at the IdP.
-pub const LOGIN_TTL_SECS: u64 = 600;
+pub use crate::exchange::approver_session::LOGIN_TTL_SECS;
 /// Longest reason a human may give.
 pub const MAX_REASON_LEN: usize = 1024;
-/// Store namespaces.
-const NS_LOGIN: &str = "approvals-login";
-const NS_SESSION: &str = "approvals-session";
 /// Longest `code` / `state` accepted on the callback.
 const MAX_PARAM_LEN: usize = 2048;
 
@@ -67,25 +64,6 @@ border-radius:.4rem;border:1px solid #888;background:#fff}button.approve{backgro
 color:#fff;border-color:#1f7a3a}button.deny{background:#a32020;color:#fff;border-color:#a32020}\
 .muted{color:#666}.state{font-weight:600}@media (max-width:30rem){dl{grid-template-columns:1fr}\
 dt{margin-top:.4rem}}";
-
-/// A stored sign-in attempt (keyed by `state`).
-#[derive(Debug, Serialize, Deserialize)]
-struct LoginAttempt {
-    nonce: String,
-    verifier: String,
-    /// SHA-256 of the browser-binding cookie.
-    browser: String,
-    /// An approval id to show after sign-in (a UUID), else the list.
-    then: Option<String>,
-}
-
-/// A stored session (keyed by the SHA-256 of the cookie value).
-#[derive(Debug, Serialize, Deserialize)]
-struct Session {
-    human: Human,
-    csrf: String,
-    expires_at: u64,
-}
 
 /// A page response with the pages' security headers.
 fn page(status: StatusCode, body: String) -> Response {
@@ -169,7 +147,7 @@ fn not_found(session: Option<&Session>) -> Response {
     )
 }
 
-fn unavailable() -> Response {
+fn unavailable(_: Unavailable) -> Response {
     message(
         StatusCode::SERVICE_UNAVAILABLE,
         "Temporarily unavailable",
@@ -218,9 +196,17 @@ fn param<'p>(p: &'p [(String, String)], name: &str) -> Option<&'p str> {
     }
 }
 
-/// The login settings and client, or a 404 when the pages are off.
-fn login_of(snap: &Snapshot) -> Option<Arc<login::LoginClient>> {
-    snap.login.clone()
+/// The approver sessions of this request: the stores, the audit trail, the
+/// snapshot's login client (`None`, so a 404, when the pages are off) and now.
+fn sessions<'a>(app: &'a AppState, snap: &'a Snapshot) -> Option<ApproverSessions<'a>> {
+    Some(ApproverSessions {
+        stores: &app.stores,
+        auditor: &app.auditor,
+        config: &snap.config,
+        exchanger: &snap.exchanger,
+        login: snap.login.as_deref()?,
+        now: app.clock.now(),
+    })
 }
 
 /// Which cookies may name the session: a page (GET) also reads the Lax
@@ -233,7 +219,7 @@ enum For {
 
 /// The signed-in session, if the cookie names a live one.
 async fn session(
-    app: &AppState,
+    pages: &ApproverSessions<'_>,
     headers: &HeaderMap,
     purpose: For,
 ) -> Result<Option<Session>, Response> {
@@ -241,24 +227,9 @@ async fn session(
         For::Change => cookie(headers, SESSION_COOKIE),
         For::Page => cookie(headers, SESSION_COOKIE).or_else(|| cookie(headers, NAV_COOKIE)),
     };
-    let Some(id) = id else {
-        return Ok(None);
-    };
-    let now = app.clock.now();
-    match app
-        .stores
-        .sessions
-        .get_session(NS_SESSION, &login::sha256_hex(id), now)
-        .await
-    {
-        Ok(Some(text)) => Ok(serde_json::from_str::<Session>(&text)
-            .ok()
-            .filter(|s| s.expires_at > now)),
-        Ok(None) => Ok(None),
-        Err(e) => {
-            tracing::warn!(error = %e, "approval pages: session store unavailable");
-            Err(unavailable())
-        }
+    match id {
+        Some(id) => pages.session(id).await.map_err(unavailable),
+        None => Ok(None),
     }
 }
 
@@ -299,73 +270,28 @@ pub async fn style() -> Response {
 /// IdP (`303`), binding it to this browser.
 pub async fn login(State(app): State<AppState>, RawQuery(q): RawQuery) -> Response {
     let snap = app.snapshot();
-    let Some(lc) = login_of(&snap) else {
+    let Some(pages) = sessions(&app, &snap) else {
         return crate::routes::metadata::not_found().await;
     };
     let q = pairs(q.as_deref().unwrap_or(""));
-    let then = param(&q, "id")
-        .filter(|id| uuid::Uuid::parse_str(id).is_ok())
-        .map(str::to_string);
     // A sign-in that is too old to decide: the IdP must authenticate again.
-    let max_age = (param(&q, "reauth") == Some("1")).then_some(0);
-    let (state, nonce, verifier, browser) = match (
-        login::random_token(32),
-        login::random_token(32),
-        login::random_token(32),
-        login::random_token(32),
-    ) {
-        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
-        _ => return unavailable(),
-    };
-    let url = match lc
-        .authorization_url(&redirect_uri(&snap), &state, &nonce, &verifier, max_age)
+    let reauth = param(&q, "reauth") == Some("1");
+    match pages
+        .begin_sign_in(&redirect_uri(&snap), param(&q, "id"), reauth)
         .await
     {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::warn!(error = %e, "approval pages: IdP discovery failed");
-            return unavailable();
+        Ok(started) => {
+            let mut r = see_other(started.url.as_str());
+            set_cookie(
+                &mut r,
+                LOGIN_COOKIE,
+                &started.browser,
+                LOGIN_TTL_SECS,
+                "Lax",
+            );
+            r
         }
-    };
-    let attempt = LoginAttempt {
-        nonce,
-        verifier,
-        browser: login::sha256_hex(&browser),
-        then,
-    };
-    let now = app.clock.now();
-    let Ok(text) = serde_json::to_string(&attempt) else {
-        return unavailable();
-    };
-    if let Err(e) = app
-        .stores
-        .sessions
-        .put_session(NS_LOGIN, &state, &text, now + LOGIN_TTL_SECS, now)
-        .await
-    {
-        tracing::warn!(error = %e, "approval pages: cannot store the sign-in attempt");
-        return unavailable();
-    }
-    let mut r = see_other(url.as_str());
-    set_cookie(&mut r, LOGIN_COOKIE, &browser, LOGIN_TTL_SECS, "Lax");
-    r
-}
-
-/// Audits a refused sign-in (never the token; the human's name when known).
-async fn audit_login_refused(app: &AppState, reason: &str, h: Option<&Human>, note: &str) {
-    let mut rec = AuditRecord::new(Event::Refused).reason(reason);
-    if let Some(h) = h {
-        rec = rec.client(&h.name).detail(&format!(
-            "approval pages sign-in by {} via IdP {} (amr {}): {note}",
-            h.name,
-            h.idp,
-            h.amr.join(",")
-        ));
-    } else {
-        rec = rec.detail(&format!("approval pages sign-in: {note}"));
-    }
-    if let Err(e) = app.auditor.record(rec).await {
-        tracing::error!(error = %e, "approval pages: refused sign-in not audited");
+        Err(e) => unavailable(e),
     }
 }
 
@@ -379,7 +305,7 @@ pub async fn callback(
     RawQuery(q): RawQuery,
 ) -> Response {
     let snap = app.snapshot();
-    let Some(lc) = login_of(&snap) else {
+    let Some(pages) = sessions(&app, &snap) else {
         return crate::routes::metadata::not_found().await;
     };
     let q = pairs(q.as_deref().unwrap_or(""));
@@ -400,122 +326,51 @@ pub async fn callback(
     if code.len() > MAX_PARAM_LEN || state.len() > MAX_PARAM_LEN {
         return bad("The sign-in answer is malformed.");
     }
-    let now = app.clock.now();
-    // Once only: a replayed callback finds nothing.
-    let attempt = match app.stores.sessions.take_session(NS_LOGIN, state, now).await {
-        Ok(Some(t)) => match serde_json::from_str::<LoginAttempt>(&t) {
-            Ok(a) => a,
-            Err(_) => return bad("This sign-in has expired or was already used."),
-        },
-        Ok(None) => return bad("This sign-in has expired or was already used."),
-        Err(_) => return unavailable(),
-    };
-    // The browser that comes back must be the one that started it (no
-    // login CSRF: an attacker's code cannot sign a victim in).
-    let same_browser = cookie(&headers, LOGIN_COOKIE)
-        .is_some_and(|b| login::constant_time_eq(&login::sha256_hex(b), &attempt.browser));
-    if !same_browser {
-        audit_login_refused(
-            &app,
-            "login_not_bound",
-            None,
-            "callback from another browser",
+    let signed_in = pages
+        .finish_sign_in(
+            &redirect_uri(&snap),
+            code,
+            state,
+            cookie(&headers, LOGIN_COOKIE),
+            cookie(&headers, SESSION_COOKIE).or_else(|| cookie(&headers, NAV_COOKIE)),
         )
         .await;
-        return bad("This sign-in was started in another browser.");
-    }
-    let id_token = match lc
-        .exchange_code(code, &redirect_uri(&snap), &attempt.verifier)
-        .await
-    {
-        Ok(t) => t,
-        Err(LoginError::Unavailable(e)) => {
-            tracing::warn!(error = %e, "approval pages: code exchange failed");
-            return unavailable();
+    let new = match signed_in {
+        Ok(s) => s,
+        Err(SignInRefusal::Expired) => return bad("This sign-in has expired or was already used."),
+        Err(SignInRefusal::OtherBrowser) => {
+            return bad("This sign-in was started in another browser.")
         }
-        Err(LoginError::Rejected(r)) => {
-            audit_login_refused(&app, r, None, "code exchange refused").await;
-            return bad("The identity provider refused the sign-in.");
+        Err(SignInRefusal::CodeRefused) => {
+            return bad("The identity provider refused the sign-in.")
         }
-    };
-    let verifier = snap
-        .exchanger
-        .issuers()
-        .find(|v| v.config().name == lc.config().issuer_name)
-        .cloned();
-    let Some(verifier) = verifier else {
-        return unavailable();
-    };
-    let human = match lc
-        .validate_id_token(&verifier, &id_token, &attempt.nonce, now)
-        .await
-    {
-        Ok(h) => h,
-        Err(LoginError::Unavailable(e)) => {
-            tracing::warn!(error = %e, "approval pages: IdP keys unavailable");
-            return unavailable();
+        Err(SignInRefusal::IdTokenRefused) => {
+            return bad("The identity provider's answer was not acceptable.")
         }
-        Err(LoginError::Rejected(r)) => {
-            audit_login_refused(&app, r, None, "ID token refused").await;
-            return bad("The identity provider's answer was not acceptable.");
-        }
-    };
-    if !approval::mfa_ok(&snap.config, &human.amr) {
-        audit_login_refused(&app, "mfa_required", Some(&human), "no multi-factor amr").await;
-        return page(
-            StatusCode::FORBIDDEN,
-            shell(
-                "Multi-factor sign-in required",
-                None,
-                &format!(
-                    "<h1>Multi-factor sign-in required</h1><p>{} signed in without a second \
-                     factor. Approvals need a multi-factor sign-in at your identity provider.</p>\
-                     {restart}",
-                    html(&human.name)
+        Err(SignInRefusal::MfaRequired(name)) => {
+            return page(
+                StatusCode::FORBIDDEN,
+                shell(
+                    "Multi-factor sign-in required",
+                    None,
+                    &format!(
+                        "<h1>Multi-factor sign-in required</h1><p>{} signed in without a second \
+                         factor. Approvals need a multi-factor sign-in at your identity provider.</p>\
+                         {restart}",
+                        html(&name)
+                    ),
                 ),
-            ),
-        );
-    }
-    // An old auth_time may look but not decide: deciding asks for a new
-    // sign-in with max_age (approval::may_decide owns that rule).
-    // A new session id at every sign-in (no fixation); any old one ends.
-    if let Some(old) = cookie(&headers, SESSION_COOKIE).or_else(|| cookie(&headers, NAV_COOKIE)) {
-        let _ = app
-            .stores
-            .sessions
-            .delete_session(NS_SESSION, &login::sha256_hex(old))
-            .await;
-    }
-    let (Ok(sid), Ok(csrf)) = (login::random_token(32), login::random_token(32)) else {
-        return unavailable();
+            )
+        }
+        Err(SignInRefusal::Unavailable(e)) => return unavailable(e),
     };
-    let ttl = lc.config().session_ttl.as_secs();
-    let s = Session {
-        human,
-        csrf,
-        expires_at: now + ttl,
-    };
-    let Ok(text) = serde_json::to_string(&s) else {
-        return unavailable();
-    };
-    let key = login::sha256_hex(&sid);
-    if let Err(e) = app
-        .stores
-        .sessions
-        .put_session(NS_SESSION, &key, &text, s.expires_at, now)
-        .await
-    {
-        tracing::warn!(error = %e, "approval pages: cannot store the session");
-        return unavailable();
-    }
-    tracing::info!(approver = %s.human.name, idp = %s.human.idp, session = %&key[..16], "approver signed in");
-    let to = match &attempt.then {
+    let to = match &new.then {
         Some(id) => format!("/approvals/{id}"),
         None => "/approvals".to_string(),
     };
     let mut r = see_other(&to);
-    set_cookie(&mut r, SESSION_COOKIE, &sid, ttl, "Strict");
-    set_cookie(&mut r, NAV_COOKIE, &sid, ttl, "Lax");
+    set_cookie(&mut r, SESSION_COOKIE, &new.session_id, new.ttl, "Strict");
+    set_cookie(&mut r, NAV_COOKIE, &new.session_id, new.ttl, "Lax");
     set_cookie(&mut r, LOGIN_COOKIE, "", 0, "Lax");
     r
 }
@@ -530,7 +385,7 @@ fn time_left(a: &Approval, now: u64) -> String {
 }
 
 /// Why this request needs a human.
-fn why(snap: &Snapshot, a: &Approval) -> String {
+fn why(pages: &ApproverSessions<'_>, a: &Approval) -> String {
     if let Some(c) = &a.ciba {
         return format!(
             "{} asks for your consent to act on your behalf (OpenID CIBA){}",
@@ -541,22 +396,7 @@ fn why(snap: &Snapshot, a: &Approval) -> String {
                 .unwrap_or_default()
         );
     }
-    let approval_scopes: Vec<&String> = snap
-        .config
-        .policies
-        .iter()
-        .find(|p| p.name == a.policy)
-        .map(|p| {
-            a.scopes
-                .iter()
-                .filter(|s| {
-                    p.approval_scopes.iter().any(|pat| {
-                        crate::policy::glob::Pattern::parse(pat).is_ok_and(|g| g.matches(s))
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let approval_scopes = pages.approval_scopes(a);
     if approval_scopes.is_empty() {
         "The anomaly guard asked for a human decision on this request (unusual rate or a new \
          audience for this identity)."
@@ -577,24 +417,19 @@ fn why(snap: &Snapshot, a: &Approval) -> String {
 /// `GET /approvals`: the pending approvals this human may decide.
 pub async fn list(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let snap = app.snapshot();
-    if login_of(&snap).is_none() {
+    let Some(pages) = sessions(&app, &snap) else {
         return crate::routes::metadata::not_found().await;
-    }
-    let s = match session(&app, &headers, For::Page).await {
+    };
+    let s = match session(&pages, &headers, For::Page).await {
         Ok(Some(s)) => s,
         Ok(None) => return see_other("/approvals/login"),
         Err(r) => return r,
     };
-    let now = app.clock.now();
-    let all = match app.stores.approvals.list_approvals(now).await {
+    let now = pages.now;
+    let mine = match pages.pending_for(&s.human).await {
         Ok(l) => l,
-        Err(_) => return unavailable(),
+        Err(e) => return unavailable(e),
     };
-    let mine: Vec<&Approval> = all
-        .iter()
-        .filter(|a| a.state == ApprovalState::Pending && a.expires_at > now)
-        .filter(|a| approval::is_approver(&snap.config, &s.human, a))
-        .collect();
     let mut main = String::from("<h1>Waiting for your decision</h1>");
     if mine.is_empty() {
         main.push_str("<p class=\"muted\">Nothing is waiting for you.</p>");
@@ -611,7 +446,7 @@ pub async fn list(State(app): State<AppState>, headers: HeaderMap) -> Response {
             aud = html(&a.audience),
             task = html(a.task.as_deref().unwrap_or("-")),
             pol = html(&a.policy),
-            left = time_left(a, now),
+            left = time_left(&a, now),
         ));
     }
     page(StatusCode::OK, shell("Approvals", Some(&s), &main))
@@ -647,10 +482,10 @@ pub async fn detail(
     Path(id): Path<String>,
 ) -> Response {
     let snap = app.snapshot();
-    if login_of(&snap).is_none() {
+    let Some(pages) = sessions(&app, &snap) else {
         return crate::routes::metadata::not_found().await;
-    }
-    let s = match session(&app, &headers, For::Page).await {
+    };
+    let s = match session(&pages, &headers, For::Page).await {
         Ok(Some(s)) => s,
         Ok(None) if uuid::Uuid::parse_str(&id).is_ok() => {
             return see_other(&format!("/approvals/login?id={id}"))
@@ -658,14 +493,11 @@ pub async fn detail(
         Ok(None) => return see_other("/approvals/login"),
         Err(r) => return r,
     };
-    if uuid::Uuid::parse_str(&id).is_err() {
-        return not_found(Some(&s));
-    }
-    let now = app.clock.now();
-    let a = match app.stores.approvals.get_approval(&id, now).await {
-        Ok(Some(a)) if approval::is_approver(&snap.config, &s.human, &a) => a,
-        Ok(_) => return not_found(Some(&s)),
-        Err(_) => return unavailable(),
+    let now = pages.now;
+    let a = match pages.approval_for(&s.human, &id).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return not_found(Some(&s)),
+        Err(e) => return unavailable(e),
     };
     let details = match &a.authorization_details {
         Some(Value::Array(list)) => list
@@ -692,7 +524,7 @@ pub async fn detail(
             .join(" ← ")
     };
     let decision = if a.state == ApprovalState::Pending && a.expires_at > now {
-        if approval::fresh_enough(&snap.config, s.human.auth_time, now) {
+        if pages.may_decide_now(&s.human) {
             format!(
                 "<form method=\"post\" action=\"/approvals/{id}\" class=\"card\">\
                  <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
@@ -736,7 +568,7 @@ pub async fn detail(
          <dt>Asked</dt><dd>{age}s ago</dd><dt>Time left</dt><dd>{left}</dd>\
          <dt>Id</dt><dd><code>{id}</code></dd></dl></div>\
          <h2>Exact action (authorization_details)</h2>{details}{decision}",
-        why = why(&snap, &a),
+        why = why(&pages, &a),
         req = html(&a.requester),
         sub = html(&a.subject),
         owner = html(a.owner.as_deref().unwrap_or("-")),
@@ -760,13 +592,13 @@ pub async fn decide(
     body: Bytes,
 ) -> Response {
     let snap = app.snapshot();
-    if login_of(&snap).is_none() {
+    let Some(pages) = sessions(&app, &snap) else {
         return crate::routes::metadata::not_found().await;
-    }
+    };
     if !same_origin(&snap, &headers) {
         return forbidden("This form was not sent from Tessera's own pages.", None);
     }
-    let s = match session(&app, &headers, For::Change).await {
+    let s = match session(&pages, &headers, For::Change).await {
         Ok(Some(s)) => s,
         Ok(None) => return forbidden("You are not signed in.", None),
         Err(r) => return r,
@@ -828,7 +660,7 @@ pub async fn decide(
             "This approval is no longer pending (decided or expired). Nothing was changed.",
             Some(&s),
         ),
-        Err(DecideError::Store(_)) | Err(DecideError::AuditBefore(_)) => unavailable(),
+        Err(DecideError::Store(_)) | Err(DecideError::AuditBefore(_)) => unavailable(Unavailable),
         Err(DecideError::AuditRefusal(_)) => message(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Audit unavailable",
@@ -841,13 +673,13 @@ pub async fn decide(
 /// `POST /approvals/logout` (form `csrf`): ends the session in the store.
 pub async fn logout(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let snap = app.snapshot();
-    if login_of(&snap).is_none() {
+    let Some(pages) = sessions(&app, &snap) else {
         return crate::routes::metadata::not_found().await;
-    }
+    };
     if !same_origin(&snap, &headers) {
         return forbidden("This form was not sent from Tessera's own pages.", None);
     }
-    let s = match session(&app, &headers, For::Change).await {
+    let s = match session(&pages, &headers, For::Change).await {
         Ok(Some(s)) => s,
         Ok(None) => return forbidden("You are not signed in.", None),
         Err(r) => return r,
@@ -860,14 +692,8 @@ pub async fn logout(State(app): State<AppState>, headers: HeaderMap, body: Bytes
         );
     }
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {
-        if app
-            .stores
-            .sessions
-            .delete_session(NS_SESSION, &login::sha256_hex(id))
-            .await
-            .is_err()
-        {
-            return unavailable();
+        if let Err(e) = pages.sign_out(id).await {
+            return unavailable(e);
         }
     }
     let mut r = page(
