@@ -38,7 +38,7 @@
 //! demoted). Both connect on first use, inside the caller's
 //! timeout, and the replacement rule above applies to them too.
 //!
-//! `is_blocked` answers from [`super::block_cache`] when it is live (a
+//! `is_blocked` answers from [`block_cache`] when it is live (a
 //! connection of its own with `CLIENT TRACKING` keeps it exact), and reads
 //! Redis otherwise.
 //!
@@ -120,7 +120,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::block_cache::{BlockCache, Lookup};
+use block_cache::{BlockCache, Lookup};
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use ::redis::cluster_async::ClusterConnection;
@@ -963,9 +963,9 @@ pub struct RedisStore {
     approval_decide_script: Script,
     approval_poll_script: Script,
     audit_append_script: Script,
-    /// Subject blocks held here ([`super::block_cache`]), with the task
+    /// Subject blocks held here ([`block_cache`]), with the task
     /// that keeps them exact; `None` when off.
-    block_cache: Option<(Arc<BlockCache>, super::block_cache::Tracker)>,
+    block_cache: Option<(Arc<BlockCache>, block_cache::Tracker)>,
     /// The data epoch this broker saw ([`super::epoch`]).
     epoch: Arc<super::epoch::EpochState>,
 }
@@ -1300,6 +1300,14 @@ const AUDIT_APPEND_CHUNK: usize = 1_024;
 /// The anomaly guard's fleet-wide state (its keys, script and tests).
 mod guard;
 
+pub mod block_cache;
+#[cfg(test)]
+mod cluster_tests;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tls_topology_tests;
+
 fn script(body: &str) -> Script {
     Script::new(&format!("{LUA_EXTEND}{body}"))
 }
@@ -1500,13 +1508,13 @@ impl RedisStore {
         self.resilience = Resilience::new(o);
         let source = match (&self.conn.target, o.block_cache) {
             (Target::Single { client, .. }, true) => {
-                Some(super::block_cache::Source::Single(Box::new(client.clone())))
+                Some(block_cache::Source::Single(Box::new(client.clone())))
             }
             (Target::Sentinel { sentinel, .. }, true) => {
-                Some(super::block_cache::Source::Sentinel(sentinel.clone()))
+                Some(block_cache::Source::Sentinel(sentinel.clone()))
             }
             (Target::Cluster { node, seeds, .. }, true) => {
-                Some(super::block_cache::Source::Cluster {
+                Some(block_cache::Source::Cluster {
                     seeds: seeds.clone(),
                     node: node.clone(),
                     slot: cluster_slot(&self.key_feed()),
@@ -1516,7 +1524,7 @@ impl RedisStore {
         };
         self.block_cache = source.map(|source| {
             let cache = Arc::new(BlockCache::with_feed_key(&self.key_feed()));
-            let tracker = super::block_cache::spawn(
+            let tracker = block_cache::spawn(
                 cache.clone(),
                 source,
                 self.key_block_prefix(),
