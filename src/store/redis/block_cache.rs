@@ -427,7 +427,7 @@ async fn slot_owner(
         (con, slots)
     };
     let answer = |slots: Result<RedisResult<Value>, tokio::time::error::Elapsed>| match slots {
-        Ok(Ok(slots)) => super::slot_master(&slots, slot)
+        Ok(Ok(slots)) => super::topology::slot_master(&slots, slot)
             .map_err(|w| End::Lost(format!("CLUSTER SLOTS: {w}"))),
         Ok(Err(e)) => Err(lost("CLUSTER SLOTS", &e)),
         Err(_) => Err(End::Lost("CLUSTER SLOTS: timed out".into())),
@@ -442,7 +442,7 @@ async fn slot_owner(
     let mut why = End::Lost("no cluster node to ask".into());
     for (h, p) in seeds {
         let connect = async {
-            super::node_client(h, *p, node)?
+            super::topology::node_client(h, *p, node)?
                 .get_multiplexed_async_connection()
                 .await
         };
@@ -549,7 +549,7 @@ async fn track(cache: Arc<BlockCache>, source: Source, prefix: String, timeout: 
 }
 
 fn lost(what: &str, e: &::redis::RedisError) -> End {
-    let class = super::describe(e);
+    let class = super::error::describe(e);
     if e.code().is_some() && !e.is_io_error() {
         End::Refused(format!("{what}: {class}"))
     } else {
@@ -616,7 +616,7 @@ impl<'a> Holder<'a> {
             Source::Cluster { seeds, node, slot } => {
                 let mut asker = None;
                 let owner = slot_owner(seeds, node, *slot, timeout, &mut asker).await?;
-                let c = super::node_client(&owner.0, owner.1, node)
+                let c = super::topology::node_client(&owner.0, owner.1, node)
                     .map_err(|e| lost("cluster node", &e))?;
                 let holder = Self::Cluster {
                     seeds,

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::store::conformance::{self, task_revocation};
 use super::{cluster_slot as slot, RedisConfig, RedisStore};
+use crate::store::conformance::{self, task_revocation};
 use crate::store::*;
 use crate::testkit_redis::{cluster_or_skip, command, sentinel_or_skip};
 
@@ -923,7 +923,7 @@ async fn cluster_revoke_acked_follows_ask_during_a_migration() {
 /// `CLUSTER SLOTS` answers and `MOVED`/`ASK` errors as the store reads them.
 #[test]
 fn slot_master_and_redirections_are_parsed() {
-    use super::{redirection, slot_master};
+    use super::topology::{redirection, slot_master};
     use ::redis::Value::{Array, BulkString, Int, Nil};
     let node = |h: Option<&str>, p: i64| {
         Array(vec![

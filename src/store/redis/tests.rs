@@ -8,10 +8,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::store::conformance::{self, unix_now};
 use super::{RedisConfig, RedisStore};
-use crate::store::*;
 use crate::require_redis;
+use crate::store::conformance::{self, unix_now};
+use crate::store::*;
 use crate::testkit_redis::{RedisServer, TlsFiles};
 
 /// Per-call timeout used by these tests.
@@ -742,7 +742,7 @@ async fn key_schema_slots_and_bounds() {
 
 #[test]
 fn cursors_sort_in_feed_order() {
-    use super::{decode_cursor, encode_cursor};
+    use super::cursor::{decode_cursor, encode_cursor};
     let ids = [
         "0-0",
         "9-0",

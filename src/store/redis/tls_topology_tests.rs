@@ -13,8 +13,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::store::conformance::{self, task_revocation};
 use super::{RedisConfig, RedisStore};
+use crate::store::conformance::{self, task_revocation};
 use crate::store::*;
 use crate::testkit_redis::{
     plaintext_answers, tls_cluster_or_skip, tls_sentinel_or_skip, TlsFiles, SENTINEL_MASTER,
