@@ -12,7 +12,7 @@
 //! | `P:{rev}:e:<kind>:H(value)` | string `"<revoked_at> <expires_at>"` | `EXAT expires_at` (the max of all revocations of it) | revoke script |
 //! | `P:{rev}:feed` | stream, fields `k v r x`, `MAXLEN ~` [`FEED_MAXLEN`] | `EXPIREAT` the latest entry's `expires_at` (refreshed on each write, only ever extended) | revoke script |
 //! | `P:{rev}:blk:H(subject)` | string `until` | `EXAT until` (the max) | block script; unblock script deletes it |
-//! | `P:{rev}:epoch` | string `ID AT new\|recovered` (the data epoch, [`super::epoch`]) | none | `SET NX` by the first broker; `SET` by `tessera store recover` |
+//! | `P:{rev}:epoch` | string `ID AT new\|recovered` (the data epoch, [`crate::store::epoch`]) | none | `SET NX` by the first broker; `SET` by `tessera store recover` |
 //! | `P:{rev}:blocks` | hash subject → until (for `tessera blocks list`; ended ones pruned) | `EXPIREAT` the latest block's end (only ever extended) | block, unblock and list scripts |
 //! | `P:rp:H(len(ns) ‖ ns ‖ id)` | string `1` | `EXAT expires_at` | `SET NX EXAT` |
 //! | `P:{g:H(subject)}:gr:H(id)` | hash `j` (grant JSON), `r` (uses left or `u`), `x` (expires_at) | `EXAT expires_at` | grant create script; consume script decrements `r` |
@@ -23,10 +23,10 @@
 //! | `P:{ap}:all` | sorted set id → expires_at + retention | `EXPIREAT` the latest (only ever extended) | approval create script |
 //! | `P:{ap}:rq:H(requester)` | sorted set id → expires_at (the requester's live approvals, for the cap) | `EXPIREAT` the latest | approval create script |
 //! | `P:{ap}:rh:H(len(requester) ‖ requester ‖ request hash)` | hash `i` (id), `d` (`H(id)`) of the latest approval of that request by that requester (asking twice while it is pending finds it) | `EXPIREAT expires_at` | approval create script |
-//! | `P:{gd:H(identity)}:s` | hash: the anomaly guard's state of one identity (window, buckets, learned rate, streak; `redis/guard.rs`) | 7 days (at least) after its last exchange, refreshed by each | guard script |
+//! | `P:{gd:H(identity)}:s` | hash: the anomaly guard's state of one identity (window, buckets, learned rate, streak; `guard.rs`) | 7 days (at least) after its last exchange, refreshed by each | guard script |
 //! | `P:{gd:H(identity)}:a` | sorted set: the identity's known audiences (digests), at most `max_audiences` | as the hash | guard script |
 //! | `P:{audit}:stream` | stream, field `rec` (one sealed audit record, JSON), `MAXLEN ~ [audit] stream_max_len` | [`AUDIT_STREAM_IDLE_TTL`] after the last append (refreshed by each) | audit append script (records past their chain's checkpoint only) |
-//! | `P:{audit}:checkpoint` | hash node → `"seq hash"` of the chain's last record in the stream (at most [`super::MAX_AUDIT_CHECKPOINTS`] nodes) | [`AUDIT_STREAM_IDLE_TTL`] after the last append | audit append script, atomically with the `XADD`s |
+//! | `P:{audit}:checkpoint` | hash node → `"seq hash"` of the chain's last record in the stream (at most [`crate::store::MAX_AUDIT_CHECKPOINTS`] nodes) | [`AUDIT_STREAM_IDLE_TTL`] after the last append | audit append script, atomically with the `XADD`s |
 //! | `P:{audit}:checkpoint:t` | sorted set node → time of its last append (prunes the checkpoints idle past the TTL, then the oldest past the cap) | as above | audit append script |
 //!
 //! Why the hash tags: all revocation keys and the feed share the tag `{rev}`,
@@ -65,6 +65,9 @@
 //! Timestamps from the caller (`now`) are checked against the stored
 //! `expires_at` on every read (defence in depth even if a TTL was lost); TTLs
 //! use the Redis server's clock.
+//!
+//! [`AUDIT_STREAM_IDLE_TTL`]: super::AUDIT_STREAM_IDLE_TTL
+//! [`FEED_MAXLEN`]: super::FEED_MAXLEN
 
 use super::RedisStore;
 use crate::store::RevocationKind;

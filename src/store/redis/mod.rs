@@ -1,5 +1,3 @@
-// One file today, NOT by design: issue 18 item 4 (split by job:
-// connection/topology, errors, scripts, one file per trait) is open.
 //! The Redis backend: every store trait over Redis, shared by a fleet of
 //! brokers. Speaks `redis://` and `rediss://` to one primary (TLS with
 //! rustls and the aws-lc-rs provider), `redis+cluster://h:p,h:p[,…]` to a
@@ -42,12 +40,19 @@
 //! connection of its own with `CLIENT TRACKING` keeps it exact), and reads
 //! Redis otherwise.
 //!
+//! [`ConnectionManager`]: ::redis::aio::ConnectionManager
 //!
-//! One file: every store trait's Redis form shares the key schema, the Lua
-//! scripts' common prelude, the connection, the breaker and the data epoch
-//! below, and the key table above is only true if it sits next to the
-//! `key_*` functions. Jobs with their own state live apart: `block_cache`,
-//! `breaker`, `epoch`, `feed`; tests are in `redis_tests` / `cluster_tests`.
+//! # Layout
+//! One file per job: `url` (the URL rules), `topology` (what each URL form
+//! connects to; cluster slots and redirections; TLS material),
+//! `connection` (the live connection and its replacement), `error` (what a
+//! Redis error means for the caller), `call` (timeout, breaker, data epoch
+//! around every call), `keys` (the key schema and its table), `scripts`
+//! (the Lua scripts, `scripts/*.lua`), `cursor`, then one file per store
+//! trait: `revocations`, `replay`, `sessions`, `grants`, `approvals`,
+//! `audit`, `health` (and the data epoch), `guard`. The block cache
+//! ([`block_cache`]) uses `topology` and `error`, never the store. Tests:
+//! `tests`, `cluster_tests`, `tls_topology_tests`.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};

@@ -207,7 +207,8 @@ impl RevocationStore for RedisStore {
     /// The revoke script and `WAIT revocation_replicas revocation_wait` as
     /// one pipeline on a connection of its own, opened for this call.
     ///
-    /// Why not the shared [`ConnectionManager`]: `WAIT` counts the replicas
+    /// Why not the shared
+    /// [`ConnectionManager`](::redis::aio::ConnectionManager): `WAIT` counts the replicas
     /// that acknowledged the last write *of the connection it runs on*, so it
     /// must follow the script on the same connection with no reconnection in
     /// between (one pipeline on one connection guarantees both; a manager

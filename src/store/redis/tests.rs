@@ -1,8 +1,9 @@
+// One file: tests only, sharing one set of private-server helpers (also
+// used by `cluster_tests`), compiled under `cfg(test)`.
 //! Tests of the Redis backend, each against its own private `redis-server`
 //! (see [`crate::testkit_redis`]); skipped loudly when none is installed.
-//!
-//! One file: the tests of one module (`redis.rs`), sharing one set of
-//! private-server helpers; Cluster and Sentinel tests are in `cluster_tests`.
+//! Cluster and Sentinel tests are in `cluster_tests`, TLS topologies in
+//! `tls_topology_tests`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;

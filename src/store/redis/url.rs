@@ -82,7 +82,7 @@ pub(super) enum UrlKind {
 }
 
 /// A store URL, checked without I/O: the one owner of the URL rules, used
-/// by [`RedisStore::new`] and by the configuration (`config check` refuses
+/// by [`RedisStore::new`](super::RedisStore::new) and by the configuration (`config check` refuses
 /// what `serve` would). `rediss…` means TLS on every connection the URL
 /// leads to: each cluster node (the seeds and every node the cluster names),
 /// each sentinel and the primary the sentinels name; there is no form with
