@@ -42,22 +42,24 @@ pub(super) enum Target {
 
 impl Target {
     /// A fresh connection that does no I/O until its first command.
-    pub(super) fn lazy(&self) -> Result<Con, StoreError> {
+    pub(super) fn lazy(&self) -> Result<Connection, StoreError> {
         match self {
             Self::Single { client, config } => {
                 ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-                    .map(Con::Single)
+                    .map(Connection::Single)
                     .map_err(|e| StoreError::Unavailable(format!("redis client: {}", describe(&e))))
             }
-            Self::Cluster { client, .. } => Ok(Con::Cluster(Arc::new(LazyCluster {
+            Self::Cluster { client, .. } => Ok(Connection::Cluster(Arc::new(LazyCluster {
                 client: client.clone(),
                 conn: tokio::sync::Mutex::new(None),
             }))),
-            Self::Sentinel { sentinel, config } => Ok(Con::Sentinel(Arc::new(LazySentinel {
-                sentinel: sentinel.clone(),
-                config: config.clone(),
-                primary: Mutex::new(None),
-            }))),
+            Self::Sentinel { sentinel, config } => {
+                Ok(Connection::Sentinel(Arc::new(LazySentinel {
+                    sentinel: sentinel.clone(),
+                    config: config.clone(),
+                    primary: Mutex::new(None),
+                })))
+            }
         }
     }
 }
@@ -187,7 +189,7 @@ impl LazySentinel {
 
 /// One connection to the store, whatever its topology; cheap to clone.
 #[derive(Clone)]
-pub(super) enum Con {
+pub(super) enum Connection {
     /// One server, through a connection manager.
     Single(ConnectionManager),
     /// A Redis Cluster.
@@ -196,14 +198,14 @@ pub(super) enum Con {
     Sentinel(Arc<LazySentinel>),
 }
 
-impl Con {
+impl Connection {
     /// Whether commands of one pipeline must all be in one slot.
     pub(super) fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
     }
 }
 
-impl ConnectionLike for Con {
+impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a ::redis::Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(m) => m.req_packed_command(cmd),
@@ -255,14 +257,16 @@ impl ConnectionLike for Con {
     }
 }
 
-/// One connection, replaced when it may be stuck.
-pub(super) struct Conn {
+/// The store's connection ([`Connection`]), replaced by a fresh lazy one
+/// when it may be stuck (see the module docs of the Redis store).
+/// `manager()` is the connection to use now.
+pub(super) struct RenewableConnection {
     pub(super) target: Target,
-    pub(super) slot: Mutex<(Con, Instant)>,
+    pub(super) slot: Mutex<(Connection, Instant)>,
 }
 
-impl Conn {
-    pub(super) fn manager(&self) -> Result<Con, StoreError> {
+impl RenewableConnection {
+    pub(super) fn manager(&self) -> Result<Connection, StoreError> {
         self.slot
             .lock()
             .map(|g| g.0.clone())

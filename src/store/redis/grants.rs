@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::connection::Con;
+use super::connection::Connection;
 use super::error::{protocol, Fail};
 use super::keys::h;
 use super::{check_time, RedisStore};
@@ -53,7 +53,12 @@ fn grant_from_fields(
 }
 
 impl RedisStore {
-    async fn get_grant(&self, con: &mut Con, id: &str, now: u64) -> Result<Option<Grant>, Fail> {
+    async fn get_grant(
+        &self,
+        con: &mut Connection,
+        id: &str,
+        now: u64,
+    ) -> Result<Option<Grant>, Fail> {
         let subject: Option<String> = ::redis::cmd("GET")
             .arg(self.key_grant_pointer(id))
             .query_async(con)
@@ -74,7 +79,7 @@ impl RedisStore {
 
     async fn load_grants(
         &self,
-        con: &mut Con,
+        con: &mut Connection,
         pairs: &[(String, String)],
         now: u64,
     ) -> Result<Vec<Grant>, Fail> {

@@ -26,7 +26,7 @@
 //! Error messages name the operation and the class of failure, never a token,
 //! key, value or the URL (which may hold a password).
 //!
-//! The connection is a `Con`: the manager above, or for a cluster a
+//! The connection is a `Connection`: the manager above, or for a cluster a
 //! `cluster_async::ClusterConnection` (follows `MOVED`/`ASK`, reconnects to a
 //! node by itself; a dead master fails only the calls whose slots it holds),
 //! or for Sentinel a connection manager to the primary the sentinels name
@@ -63,7 +63,7 @@ use ::redis::Script;
 
 use block_cache::BlockCache;
 use call::Resilience;
-use connection::{Conn, Target};
+use connection::{RenewableConnection, Target};
 use error::config_error;
 use scripts::*;
 use topology::{cluster_target, sentinel_target};
@@ -147,7 +147,7 @@ impl fmt::Debug for RedisConfig {
 /// Redis backend for every store trait.
 pub struct RedisStore {
     resilience: Resilience,
-    conn: Conn,
+    conn: RenewableConnection,
     prefix: String,
     timeout: Duration,
     tls: bool,
@@ -230,7 +230,7 @@ impl RedisStore {
         let manager = target.lazy()?;
         Ok(Self {
             resilience: Resilience::new(&StoreOptions::default()),
-            conn: Conn {
+            conn: RenewableConnection {
                 target,
                 slot: Mutex::new((manager, Instant::now())),
             },

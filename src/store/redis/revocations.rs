@@ -7,7 +7,7 @@ use ::redis::{ConnectionInfo, RedisError};
 use async_trait::async_trait;
 
 use super::block_cache::Lookup;
-use super::connection::{Con, Target};
+use super::connection::{Connection, Target};
 use super::cursor::{decode_cursor, encode_cursor};
 use super::error::{protocol, Fail};
 use super::scripts::{LUA_EXTEND, LUA_REVOKE};
@@ -87,7 +87,7 @@ impl RedisStore {
     /// cluster says now: `CLUSTER SLOTS`, asked (through the cluster
     /// connection) of the node that connection holds for that slot.
     async fn rev_master(&self) -> Result<(String, u16), Fail> {
-        let Con::Cluster(c) = self.conn.manager()? else {
+        let Connection::Cluster(c) = self.conn.manager()? else {
             return Err(protocol("revoke: not a cluster connection"));
         };
         let feed = self.key_feed();
