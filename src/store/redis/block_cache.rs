@@ -616,7 +616,8 @@ impl<'a> Holder<'a> {
             Source::Cluster { seeds, node, slot } => {
                 let mut asker = None;
                 let owner = slot_owner(seeds, node, *slot, timeout, &mut asker).await?;
-                let c = super::topology::node_client(&owner.0, owner.1, node)
+                let (host, port) = &owner;
+                let c = super::topology::node_client(host, *port, node)
                     .map_err(|e| lost("cluster node", &e))?;
                 let holder = Self::Cluster {
                     seeds,

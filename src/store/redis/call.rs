@@ -27,6 +27,14 @@ impl Resilience {
     }
 }
 
+/// A failed call: the error for the caller, and whether Redis was
+/// unreachable (a timeout or a connection failure: what the breaker counts)
+/// rather than answering with an error.
+struct Failed {
+    error: StoreError,
+    unreachable: bool,
+}
+
 impl RedisStore {
     // ---- calls ----
 
@@ -77,7 +85,10 @@ impl RedisStore {
             .with_label_values(&[op])
             .observe(started.elapsed().as_secs_f64());
         match &r {
-            Err((e, unreachable)) => {
+            Err(Failed {
+                error: e,
+                unreachable,
+            }) => {
                 let kind = match e {
                     StoreError::Unavailable(_) => "unavailable",
                     StoreError::Protocol(_) => "protocol",
@@ -97,24 +108,20 @@ impl RedisStore {
             Ok(_) => permit.answered(),
         }
         m.store_breaker_open.set(i64::from(breaker.is_open()));
-        r.map_err(|(e, _)| e)
+        r.map_err(|f| f.error)
     }
 
-    /// The call's result; a failure says whether Redis was unreachable (a
-    /// timeout or a connection failure: what the breaker counts) rather
-    /// than answering with an error.
-    async fn run_inner<T, F>(
-        &self,
-        op: &'static str,
-        timeout: Duration,
-        f: F,
-    ) -> Result<T, (StoreError, bool)>
+    /// The call's result; a failure says whether Redis was unreachable.
+    async fn run_inner<T, F>(&self, op: &'static str, timeout: Duration, f: F) -> Result<T, Failed>
     where
         F: Future<Output = Result<T, Fail>>,
     {
         match tokio::time::timeout(timeout, f).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(Fail::Store(e))) => Err((e, false)),
+            Ok(Err(Fail::Store(e))) => Err(Failed {
+                error: e,
+                unreachable: false,
+            }),
             Ok(Err(Fail::Redis(e))) => {
                 let what = describe(&e);
                 if is_unavailable(&e) {
@@ -123,25 +130,28 @@ impl RedisStore {
                     if !e.is_io_error() || e.is_timeout() {
                         self.conn.rebuild();
                     }
-                    Err((
-                        StoreError::Unavailable(format!("redis {op}: {what}")),
-                        is_unreachable(&e),
-                    ))
+                    Err(Failed {
+                        error: StoreError::Unavailable(format!("redis {op}: {what}")),
+                        unreachable: is_unreachable(&e),
+                    })
                 } else {
-                    Err((StoreError::Protocol(format!("redis {op}: {what}")), false))
+                    Err(Failed {
+                        error: StoreError::Protocol(format!("redis {op}: {what}")),
+                        unreachable: false,
+                    })
                 }
             }
             Err(_) => {
                 // A server that does not answer may sit behind a half-open
                 // connection the manager cannot see: start afresh.
                 self.conn.rebuild();
-                Err((
-                    StoreError::Unavailable(format!(
+                Err(Failed {
+                    error: StoreError::Unavailable(format!(
                         "redis {op}: no answer within {} ms",
                         timeout.as_millis()
                     )),
-                    true,
-                ))
+                    unreachable: true,
+                })
             }
         }
     }

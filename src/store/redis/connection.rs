@@ -105,16 +105,22 @@ struct Primary {
 /// still the one they name.
 pub const SENTINEL_RECHECK: Duration = Duration::from_secs(1);
 
+/// What [`LazySentinel::current`] answers: the primary in use.
+struct InUse {
+    manager: ConnectionManager,
+    addr: ::redis::ConnectionAddr,
+    /// Whether the sentinels named it within [`SENTINEL_RECHECK`].
+    recent: bool,
+}
+
 impl LazySentinel {
     /// The primary in use, and whether it was named recently.
-    fn current(&self) -> Option<(ConnectionManager, ::redis::ConnectionAddr, bool)> {
+    fn current(&self) -> Option<InUse> {
         let g = self.primary.lock().ok()?;
-        g.as_ref().map(|p| {
-            (
-                p.manager.clone(),
-                p.addr.clone(),
-                p.checked.elapsed() < SENTINEL_RECHECK,
-            )
+        g.as_ref().map(|p| InUse {
+            manager: p.manager.clone(),
+            addr: p.addr.clone(),
+            recent: p.checked.elapsed() < SENTINEL_RECHECK,
         })
     }
 
@@ -130,16 +136,16 @@ impl LazySentinel {
 
     async fn get(&self) -> ::redis::RedisResult<ConnectionManager> {
         let mut s = match self.current() {
-            Some((m, _, true)) => return Ok(m),
+            Some(p) if p.recent => return Ok(p.manager),
             // Due for a check: one caller asks, the others go on meanwhile.
-            Some((m, _, false)) => match self.sentinel.try_lock() {
+            Some(p) => match self.sentinel.try_lock() {
                 Ok(s) => s,
-                Err(_) => return Ok(m),
+                Err(_) => return Ok(p.manager),
             },
             None => self.sentinel.lock().await,
         };
         let known = match self.current() {
-            Some((m, _, true)) => return Ok(m),
+            Some(p) if p.recent => return Ok(p.manager),
             other => other,
         };
         // Asks the sentinels, then checks with `ROLE` that it is a primary.
@@ -148,18 +154,18 @@ impl LazySentinel {
             Err(e) => match known {
                 // The sentinels or the check failed: keep the primary; a
                 // failure of its own will make it go.
-                Some((m, addr, _)) => {
-                    self.set(&m, addr);
-                    return Ok(m);
+                Some(p) => {
+                    self.set(&p.manager, p.addr);
+                    return Ok(p.manager);
                 }
                 None => return Err(e),
             },
         };
         let addr = client.get_connection_info().addr().clone();
-        if let Some((m, a, _)) = known {
-            if a == addr {
-                self.set(&m, addr);
-                return Ok(m);
+        if let Some(p) = known {
+            if p.addr == addr {
+                self.set(&p.manager, addr);
+                return Ok(p.manager);
             }
             tracing::warn!("redis store: the sentinels name another primary; switching");
         }
@@ -262,14 +268,32 @@ impl ConnectionLike for Connection {
 /// `manager()` is the connection to use now.
 pub(super) struct RenewableConnection {
     pub(super) target: Target,
-    pub(super) slot: Mutex<(Connection, Instant)>,
+    current: Mutex<Current>,
+}
+
+/// The connection in use and when it was made.
+struct Current {
+    connection: Connection,
+    made: Instant,
 }
 
 impl RenewableConnection {
+    /// A fresh lazy connection to `target` (no I/O).
+    pub(super) fn new(target: Target) -> Result<Self, StoreError> {
+        let connection = target.lazy()?;
+        Ok(Self {
+            target,
+            current: Mutex::new(Current {
+                connection,
+                made: Instant::now(),
+            }),
+        })
+    }
+
     pub(super) fn manager(&self) -> Result<Connection, StoreError> {
-        self.slot
+        self.current
             .lock()
-            .map(|g| g.0.clone())
+            .map(|g| g.connection.clone())
             .map_err(|_| StoreError::Unavailable("redis connection lock poisoned".into()))
     }
 
@@ -289,14 +313,17 @@ impl RenewableConnection {
     }
 
     fn replace(&self, now: bool) {
-        let Ok(mut g) = self.slot.lock() else {
+        let Ok(mut g) = self.current.lock() else {
             return;
         };
-        if !now && g.1.elapsed() < REBUILD_MIN_INTERVAL {
+        if !now && g.made.elapsed() < REBUILD_MIN_INTERVAL {
             return;
         }
         if let Ok(m) = self.target.lazy() {
-            *g = (m, Instant::now());
+            *g = Current {
+                connection: m,
+                made: Instant::now(),
+            };
             tracing::debug!("redis store: connection manager replaced");
         }
     }

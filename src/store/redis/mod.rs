@@ -55,8 +55,8 @@
 //! `tests`, `cluster_tests`, `tls_topology_tests`.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use ::redis::aio::ConnectionManagerConfig;
 use ::redis::Script;
@@ -163,11 +163,17 @@ pub struct RedisStore {
     approval_decide_script: Script,
     approval_poll_script: Script,
     audit_append_script: Script,
-    /// Subject blocks held here ([`block_cache`]), with the task
-    /// that keeps them exact; `None` when off.
-    block_cache: Option<(Arc<BlockCache>, block_cache::Tracker)>,
+    /// Subject blocks held here ([`block_cache`]); `None` when off.
+    block_cache: Option<CachedBlocks>,
     /// The data epoch this broker saw ([`super::epoch`]).
     epoch: Arc<super::epoch::EpochState>,
+}
+
+/// The block cache and the task that keeps it exact (which stops when
+/// this is dropped).
+struct CachedBlocks {
+    cache: Arc<BlockCache>,
+    _tracker: block_cache::Tracker,
 }
 
 impl fmt::Debug for RedisStore {
@@ -227,13 +233,9 @@ impl RedisStore {
             UrlKind::Cluster(t) => cluster_target(t, tls, ca_pem.as_deref(), cfg.timeout)?,
             UrlKind::Sentinel(t) => sentinel_target(t, tls, ca_pem.as_deref(), &config)?,
         };
-        let manager = target.lazy()?;
         Ok(Self {
             resilience: Resilience::new(&StoreOptions::default()),
-            conn: RenewableConnection {
-                target,
-                slot: Mutex::new((manager, Instant::now())),
-            },
+            conn: RenewableConnection::new(target)?,
             prefix: cfg.prefix.clone(),
             timeout: cfg.timeout,
             tls,
@@ -301,14 +303,17 @@ impl RedisStore {
             let cache = Arc::new(BlockCache::with_feed_key(&self.key_feed()));
             let tracker =
                 block_cache::spawn(cache.clone(), source, self.key_block_prefix(), self.timeout);
-            (cache, tracker)
+            CachedBlocks {
+                cache,
+                _tracker: tracker,
+            }
         });
         Ok(self)
     }
 
     /// The block cache, when on (for tests and diagnostics).
     pub fn block_cache(&self) -> Option<&BlockCache> {
-        self.block_cache.as_ref().map(|(c, _)| c.as_ref())
+        self.block_cache.as_ref().map(|b| b.cache.as_ref())
     }
 
     /// The circuit breaker (its state, for tests and diagnostics).

@@ -12,7 +12,7 @@ use super::cursor::{decode_cursor, encode_cursor};
 use super::error::{protocol, Fail};
 use super::scripts::{LUA_EXTEND, LUA_REVOKE};
 use super::topology::{cluster_slot, node_client, redirection, slot_master};
-use super::{check_time, RedisStore};
+use super::{check_time, CachedBlocks, RedisStore};
 use crate::store::{
     ReplicaAck, Revocation, RevocationKind, RevocationStore, Revoked, StoreError, TokenFacts,
 };
@@ -131,7 +131,10 @@ impl RedisStore {
         let mut retried = false;
         loop {
             let pipe = self.revoke_wait_pipe(r, required, wait_ms, asking);
-            let (e, connected) = match revoke_at(node, config, &to, &pipe).await {
+            let RevokeFailed {
+                error: e,
+                connected,
+            } = match revoke_at(node, config, &to, &pipe).await {
                 Ok(v) => return Ok(v),
                 Err(failed) => failed,
             };
@@ -139,7 +142,8 @@ impl RedisStore {
                 return Err(e.into());
             }
             retried = true;
-            if let Some((addr, ask)) = redirection(&e, &to.0) {
+            let (asked, _) = &to;
+            if let Some((addr, ask)) = redirection(&e, asked) {
                 tracing::debug!(
                     ask,
                     "redis store: the revocation slot moved; following the redirection"
@@ -160,21 +164,29 @@ impl RedisStore {
     }
 }
 
+/// A revoke pipeline that failed on a connection of its own.
+struct RevokeFailed {
+    error: RedisError,
+    /// Whether the connection was made (if not, nothing was sent).
+    connected: bool,
+}
+
 /// Runs `pipe` (the revoke pipeline) on a new connection to `to` with the
-/// URL's credentials. A failure says whether the connection was made (if
-/// not, nothing was sent).
+/// URL's credentials.
 async fn revoke_at(
     node: &ConnectionInfo,
     config: &::redis::AsyncConnectionConfig,
     to: &(String, u16),
     pipe: &::redis::Pipeline,
-) -> Result<(String, i64), (RedisError, bool)> {
-    let client = node_client(&to.0, to.1, node).map_err(|e| (e, false))?;
+) -> Result<(String, i64), RevokeFailed> {
+    let failed = |connected| move |error| RevokeFailed { error, connected };
+    let (host, port) = to;
+    let client = node_client(host, *port, node).map_err(failed(false))?;
     let mut con = client
         .get_multiplexed_async_connection_with_config(config)
         .await
-        .map_err(|e| (e, false))?;
-    pipe.query_async(&mut con).await.map_err(|e| (e, true))
+        .map_err(failed(false))?;
+    pipe.query_async(&mut con).await.map_err(failed(true))
 }
 
 #[async_trait]
@@ -424,7 +436,7 @@ impl RevocationStore for RedisStore {
             .await;
         // Before the caller hears of it, and whatever the outcome (a write
         // may have landed): an exchange here reads the block from Redis.
-        if let Some((c, _)) = &self.block_cache {
+        if let Some(CachedBlocks { cache: c, .. }) = &self.block_cache {
             c.invalidate(key.as_bytes());
         }
         r
@@ -448,7 +460,7 @@ impl RevocationStore for RedisStore {
             .await;
         // As for a block: this replica's cache forgets the entry before the
         // operator hears of it; the others on Redis's invalidation.
-        if let Some((c, _)) = &self.block_cache {
+        if let Some(CachedBlocks { cache: c, .. }) = &self.block_cache {
             c.invalidate(key.as_bytes());
         }
         r
@@ -479,14 +491,16 @@ impl RevocationStore for RedisStore {
     }
 
     fn feed_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        self.block_cache.as_ref().map(|(c, _)| c.feed_changes())
+        self.block_cache.as_ref().map(|b| b.cache.feed_changes())
     }
 
     async fn is_blocked(&self, subject: &str, now: u64) -> Result<bool, StoreError> {
         let key = self.key_block(subject);
         // With the breaker open the store is failing: no cached answers.
         let lookup = match &self.block_cache {
-            Some((c, _)) if !self.resilience.breaker.is_open() && !self.epoch.refuses() => {
+            Some(CachedBlocks { cache: c, .. })
+                if !self.resilience.breaker.is_open() && !self.epoch.refuses() =>
+            {
                 c.lookup(&key)
             }
             _ => Lookup::Off,
@@ -524,7 +538,9 @@ impl RevocationStore for RedisStore {
                     .map_err(|_| StoreError::Protocol("malformed block entry in redis".into()))?,
             ),
         };
-        if let (Lookup::Miss(seq), Some((c, _))) = (lookup, &self.block_cache) {
+        if let (Lookup::Miss(seq), Some(CachedBlocks { cache: c, .. })) =
+            (lookup, &self.block_cache)
+        {
             c.fill(&key, seq, until);
         }
         Ok(until.is_some_and(|u| u > now))
