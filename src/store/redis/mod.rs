@@ -107,7 +107,7 @@ pub use revocations::{
     FEED_MAXLEN, MAX_ACTORS, MAX_FEED_PAGE, MAX_FEED_SCAN, MAX_REVOCATION_VALUE_BYTES,
 };
 pub(crate) use topology::cluster_slot;
-pub use url::{StoreUrl, MAX_URL_NODES};
+pub use url::{StoreUrl, UrlError, MAX_URL_NODES};
 // What the guard (`guard.rs`) reaches through `super::`.
 use error::{protocol, Fail};
 use keys::h;
@@ -204,7 +204,7 @@ impl RedisStore {
         }
         check_prefix(&cfg.prefix).map_err(|e| config_error(&format!("prefix {e}")))?;
         check_timeout(cfg.timeout).map_err(|e| config_error(&format!("timeout {e}")))?;
-        let url = StoreUrl::parse(&cfg.url).map_err(|m| config_error(&m))?;
+        let url = StoreUrl::parse(&cfg.url).map_err(|e| config_error(&e.to_string()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.timeout))
             .set_response_timeout(None)

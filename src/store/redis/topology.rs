@@ -209,12 +209,29 @@ pub(crate) fn node_client(
     Client::open(node.clone().set_addr(addr))
 }
 
+/// Why a `CLUSTER SLOTS` answer names no master to connect to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum NoMaster {
+    /// Not the shape `CLUSTER SLOTS` answers.
+    #[error("unexpected answer")]
+    UnexpectedAnswer,
+    /// The master announces no usable host (set `cluster-announce-ip`).
+    #[error("the master of the revocation slot announces no address")]
+    NoAddress,
+    /// The master announces no port above 0.
+    #[error("the master of the revocation slot announces no port")]
+    NoPort,
+    /// No range holds the slot.
+    #[error("no master serves the revocation slot")]
+    Unserved,
+}
+
 /// The master of `slot` in a `CLUSTER SLOTS` answer (`[start, end,
 /// [host, port, id, …], replicas…]` per range), or why there is none to
 /// connect to.
-pub(crate) fn slot_master(slots: &Value, slot: u16) -> Result<(String, u16), &'static str> {
+pub(crate) fn slot_master(slots: &Value, slot: u16) -> Result<(String, u16), NoMaster> {
     let Value::Array(ranges) = slots else {
-        return Err("unexpected answer");
+        return Err(NoMaster::UnexpectedAnswer);
     };
     for range in ranges {
         let Value::Array(item) = range else {
@@ -229,7 +246,7 @@ pub(crate) fn slot_master(slots: &Value, slot: u16) -> Result<(String, u16), &'s
             continue;
         }
         let Value::Array(m) = master else {
-            return Err("unexpected answer");
+            return Err(NoMaster::UnexpectedAnswer);
         };
         let host = match m.first() {
             Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
@@ -239,17 +256,15 @@ pub(crate) fn slot_master(slots: &Value, slot: u16) -> Result<(String, u16), &'s
         // Empty, NULL or "?": the node does not know where it is reachable
         // (set cluster-announce-ip); a wildcard is not an address.
         if host.is_empty() || matches!(host.as_str(), "?" | "0.0.0.0" | "::") {
-            return Err("the master of the revocation slot announces no address");
+            return Err(NoMaster::NoAddress);
         }
         let port = match m.get(1) {
             Some(Value::Int(p)) => u16::try_from(*p).ok().filter(|p| *p > 0),
             _ => None,
         };
-        return port
-            .map(|p| (host, p))
-            .ok_or("the master of the revocation slot announces no port");
+        return port.map(|p| (host, p)).ok_or(NoMaster::NoPort);
     }
-    Err("no master serves the revocation slot")
+    Err(NoMaster::Unserved)
 }
 
 /// Where a `MOVED` or `ASK` answer (alone or in a pipeline) sends the

@@ -1,10 +1,61 @@
 //! The store URL ([`StoreUrl`]): its forms and rules, checked without I/O.
 
+/// A store URL that breaks a rule: the message states the rule, never the
+/// URL (which may hold a password).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// `#…` after the URL.
+    #[error("URL fragments (such as #insecure) are not accepted")]
+    Fragment,
+    /// A query parameter other than `ca=<path>`.
+    #[error(
+        "the only URL parameter accepted is ca=<path> (TLS is chosen by \
+         the scheme: rediss://, rediss+cluster://, rediss+sentinel://)"
+    )]
+    Parameter,
+    /// Not one of the six schemes.
+    #[error(
+        "URL must start with redis://, rediss://, redis+cluster://, \
+         rediss+cluster://, redis+sentinel:// or rediss+sentinel://"
+    )]
+    Scheme,
+    /// `?ca=` on a scheme without TLS.
+    #[error(
+        "a CA (?ca=) is only used with rediss://, rediss+cluster:// or \
+         rediss+sentinel://"
+    )]
+    CaWithoutTls,
+    /// A scheme inside the node list.
+    #[error(
+        "a store URL has one scheme; its nodes are host:port (TLS or not is \
+         said once, for every node: rediss+cluster:// or rediss+sentinel://)"
+    )]
+    SchemeInNodes,
+    /// A node that is not `host:port`.
+    #[error("every node must be host:port (comma-separated, port required)")]
+    Node,
+    /// More than [`MAX_URL_NODES`] nodes.
+    #[error("at most 16 nodes in a store URL")]
+    TooManyNodes,
+    /// A path on a cluster URL (the scheme is named).
+    #[error("a {0} URL has no path (a cluster has only database 0)")]
+    ClusterPath(&'static str),
+    /// A Sentinel URL without a valid master name (the scheme is named).
+    #[error("a {0} URL ends in /mastername (1-64 of [A-Za-z0-9_.-])")]
+    MasterName(&'static str),
+    /// Several nodes on a single-server scheme.
+    #[error(
+        "several nodes need rediss+cluster:// or rediss+sentinel:// \
+         (redis+cluster:// or redis+sentinel:// without TLS)"
+    )]
+    SeveralNodes,
+}
+
 /// Splits our own `?ca=` parameter off the URL; any other parameter or a
 /// fragment (`#insecure`) is refused.
-fn split_url(url: &str) -> Result<(String, Option<String>), String> {
+fn split_url(url: &str) -> Result<(String, Option<String>), UrlError> {
     if url.contains('#') {
-        return Err("URL fragments (such as #insecure) are not accepted".into());
+        return Err(UrlError::Fragment);
     }
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),
@@ -15,13 +66,7 @@ fn split_url(url: &str) -> Result<(String, Option<String>), String> {
         for pair in q.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some(("ca", path)) if !path.is_empty() => ca = Some(path.to_string()),
-                _ => {
-                    return Err(
-                        "the only URL parameter accepted is ca=<path> (TLS is chosen by \
-                         the scheme: rediss://, rediss+cluster://, rediss+sentinel://)"
-                            .into(),
-                    )
-                }
+                _ => return Err(UrlError::Parameter),
             }
         }
     }
@@ -42,7 +87,7 @@ pub(super) struct Topology {
     pub(super) path: String,
 }
 
-fn parse_topology(rest: &str) -> Result<Topology, String> {
+fn parse_topology(rest: &str) -> Result<Topology, UrlError> {
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     let (userinfo, hosts) = match authority.rsplit_once('@') {
         Some((u, h)) => (Some(u.to_string()), h),
@@ -56,12 +101,12 @@ fn parse_topology(rest: &str) -> Result<Topology, String> {
                     .all(|b| b.is_ascii_alphanumeric() || b"-.:_".contains(&b))
         });
         if !ok {
-            return Err("every node must be host:port (comma-separated, port required)".into());
+            return Err(UrlError::Node);
         }
         nodes.push(n.to_string());
     }
     if nodes.len() > MAX_URL_NODES {
-        return Err("at most 16 nodes in a store URL".into());
+        return Err(UrlError::TooManyNodes);
     }
     Ok(Topology {
         userinfo,
@@ -110,37 +155,23 @@ const SCHEMES: [(&str, bool); 6] = [
 impl StoreUrl {
     /// Parses `url`; the error is the rule it breaks, never the URL (which
     /// may hold a password).
-    pub fn parse(url: &str) -> Result<Self, String> {
+    pub fn parse(url: &str) -> Result<Self, UrlError> {
         let (base, ca_path) = split_url(url)?;
         let Some(&(scheme, tls)) = SCHEMES.iter().find(|(s, _)| base.starts_with(s)) else {
-            return Err(
-                "URL must start with redis://, rediss://, redis+cluster://, \
-                 rediss+cluster://, redis+sentinel:// or rediss+sentinel://"
-                    .into(),
-            );
+            return Err(UrlError::Scheme);
         };
         if ca_path.is_some() && !tls {
-            return Err(
-                "a CA (?ca=) is only used with rediss://, rediss+cluster:// or \
-                 rediss+sentinel://"
-                    .into(),
-            );
+            return Err(UrlError::CaWithoutTls);
         }
         let rest = &base[scheme.len()..];
         if rest.contains("://") {
-            return Err(
-                "a store URL has one scheme; its nodes are host:port (TLS or not is \
-                 said once, for every node: rediss+cluster:// or rediss+sentinel://)"
-                    .into(),
-            );
+            return Err(UrlError::SchemeInNodes);
         }
         let kind = match scheme {
             "redis+cluster://" | "rediss+cluster://" => {
                 let t = parse_topology(rest)?;
                 if !t.path.is_empty() {
-                    return Err(format!(
-                        "a {scheme} URL has no path (a cluster has only database 0)"
-                    ));
+                    return Err(UrlError::ClusterPath(scheme));
                 }
                 UrlKind::Cluster(t)
             }
@@ -153,9 +184,7 @@ impl StoreUrl {
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
                 {
-                    return Err(format!(
-                        "a {scheme} URL ends in /mastername (1-64 of [A-Za-z0-9_.-])"
-                    ));
+                    return Err(UrlError::MasterName(scheme));
                 }
                 UrlKind::Sentinel(t)
             }
@@ -163,11 +192,7 @@ impl StoreUrl {
                 let authority = rest.split(['/', '?']).next().unwrap_or("");
                 let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
                 if host.contains(',') {
-                    return Err(
-                        "several nodes need rediss+cluster:// or rediss+sentinel:// \
-                         (redis+cluster:// or redis+sentinel:// without TLS)"
-                            .into(),
-                    );
+                    return Err(UrlError::SeveralNodes);
                 }
                 UrlKind::Single
             }
@@ -197,4 +222,43 @@ pub(crate) fn host_port(s: &str) -> Option<(&str, u16)> {
     let (h, p) = s.rsplit_once(':')?;
     let p = p.parse::<u16>().ok().filter(|p| *p > 0)?;
     Some((h.trim_start_matches('[').trim_end_matches(']'), p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{StoreUrl, UrlError};
+
+    /// `config check` and start-up print these messages: the typed errors
+    /// keep the texts the rules had as strings.
+    #[test]
+    fn url_errors_state_the_rule_as_before() {
+        let cases: &[(&str, UrlError, &str)] = &[
+            ("redis://h:1#x", UrlError::Fragment, "URL fragments (such as #insecure) are not accepted"),
+            ("rediss://h:1?tls=1", UrlError::Parameter, "the only URL parameter accepted is ca=<path> (TLS is chosen by the scheme: rediss://, rediss+cluster://, rediss+sentinel://)"),
+            ("http://h:1", UrlError::Scheme, "URL must start with redis://, rediss://, redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://"),
+            ("redis://h:1?ca=/x", UrlError::CaWithoutTls, "a CA (?ca=) is only used with rediss://, rediss+cluster:// or rediss+sentinel://"),
+            ("redis+cluster://rediss://h:1", UrlError::SchemeInNodes, "a store URL has one scheme; its nodes are host:port (TLS or not is said once, for every node: rediss+cluster:// or rediss+sentinel://)"),
+            ("redis+cluster://h", UrlError::Node, "every node must be host:port (comma-separated, port required)"),
+            ("redis+cluster://h:1/0", UrlError::ClusterPath("redis+cluster://"), "a redis+cluster:// URL has no path (a cluster has only database 0)"),
+            ("rediss+sentinel://h:1", UrlError::MasterName("rediss+sentinel://"), "a rediss+sentinel:// URL ends in /mastername (1-64 of [A-Za-z0-9_.-])"),
+            ("redis://a:1,b:2", UrlError::SeveralNodes, "several nodes need rediss+cluster:// or rediss+sentinel:// (redis+cluster:// or redis+sentinel:// without TLS)"),
+        ];
+        for (url, want, text) in cases {
+            let got = StoreUrl::parse(url).err();
+            assert_eq!(got.as_ref(), Some(want), "{url}");
+            assert_eq!(want.to_string(), *text);
+        }
+        let many = (1..=17)
+            .map(|i| format!("h{i}:1"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(
+            StoreUrl::parse(&format!("redis+cluster://{many}")).err(),
+            Some(UrlError::TooManyNodes)
+        );
+        assert_eq!(
+            UrlError::TooManyNodes.to_string(),
+            "at most 16 nodes in a store URL"
+        );
+    }
 }
