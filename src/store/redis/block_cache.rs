@@ -751,7 +751,7 @@ async fn session(cache: &Arc<BlockCache>, source: &Source, prefix: &str, timeout
             // The connection reported itself closed between replies.
             return End::Lost("connection closed".into());
         }
-        if checked.elapsed() >= super::SENTINEL_RECHECK {
+        if checked.elapsed() >= super::connection::SENTINEL_RECHECK {
             checked = Instant::now();
             if let Err(end) = holder.check(&mut con, timeout, true).await {
                 return end;
