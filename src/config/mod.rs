@@ -572,7 +572,9 @@ impl Config {
         // refuses here, `serve` would refuse (the reason never shows the URL).
         if !st.url.starts_with("memory://") {
             if let Err(why) = crate::store::redis::StoreUrl::parse(&st.url) {
-                let why = why.replace("URL must start with", "must start with memory://,");
+                let why = why
+                    .to_string()
+                    .replace("URL must start with", "must start with memory://,");
                 return Err(err("store.url", why));
             }
         }

@@ -1,17 +1,18 @@
+// One file: tests only, sharing one set of private-server helpers (also
+// used by `cluster_tests`), compiled under `cfg(test)`.
 //! Tests of the Redis backend, each against its own private `redis-server`
 //! (see [`crate::testkit_redis`]); skipped loudly when none is installed.
-//!
-//! One file: the tests of one module (`redis.rs`), sharing one set of
-//! private-server helpers; Cluster and Sentinel tests are in `cluster_tests`.
+//! Cluster and Sentinel tests are in `cluster_tests`, TLS topologies in
+//! `tls_topology_tests`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conformance::{self, unix_now};
-use super::redis::{RedisConfig, RedisStore};
-use super::*;
+use super::{RedisConfig, RedisStore};
 use crate::require_redis;
+use crate::store::conformance::{self, unix_now};
+use crate::store::*;
 use crate::testkit_redis::{RedisServer, TlsFiles};
 
 /// Per-call timeout used by these tests.
@@ -742,7 +743,7 @@ async fn key_schema_slots_and_bounds() {
 
 #[test]
 fn cursors_sort_in_feed_order() {
-    use super::redis::{decode_cursor, encode_cursor};
+    use super::cursor::{decode_cursor, encode_cursor};
     let ids = [
         "0-0",
         "9-0",
@@ -828,7 +829,7 @@ async fn breaker_opens_on_unreachable_redis_only_and_closes_when_it_answers() {
     let st = store_with(
         &srv,
         &StoreOptions {
-            breaker: super::breaker::BreakerConfig {
+            breaker: crate::store::breaker::BreakerConfig {
                 failures: 3,
                 cool_off: Duration::from_millis(200),
                 cool_off_max: Duration::from_secs(1),
@@ -885,7 +886,7 @@ async fn breaker_opens_on_unreachable_redis_only_and_closes_when_it_answers() {
 
 /// Sleeps until the open breaker allows its probe (no-op when not open).
 async fn wait_out_cool_off(st: &RedisStore) {
-    if let super::breaker::State::Open { until, .. } = st.breaker().state() {
+    if let crate::store::breaker::State::Open { until, .. } = st.breaker().state() {
         tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
     }
 }
@@ -902,7 +903,7 @@ async fn breaker_closes_on_the_first_probe_that_redis_answers() {
     let st = store_with(
         &srv,
         &StoreOptions {
-            breaker: super::breaker::BreakerConfig {
+            breaker: crate::store::breaker::BreakerConfig {
                 failures: 2,
                 cool_off: Duration::from_millis(100),
                 cool_off_max: Duration::from_millis(200),
@@ -924,7 +925,7 @@ async fn breaker_closes_on_the_first_probe_that_redis_answers() {
     assert!(!e.contains("circuit open"), "this call was the probe: {e}");
     assert!(matches!(
         st.breaker().state(),
-        super::breaker::State::Open { backoff, .. } if backoff == Duration::from_millis(200)
+        crate::store::breaker::State::Open { backoff, .. } if backoff == Duration::from_millis(200)
     ));
 
     // probe 2: the first one after Redis is back closes the breaker
@@ -935,7 +936,7 @@ async fn breaker_closes_on_the_first_probe_that_redis_answers() {
         .expect("the first probe that Redis can answer succeeds");
     assert_eq!(
         st.breaker().state(),
-        super::breaker::State::Closed { failures: 0 }
+        crate::store::breaker::State::Closed { failures: 0 }
     );
     assert!(!st.is_blocked("x", unix_now()).await.unwrap());
 }
@@ -1378,7 +1379,7 @@ async fn a_revocation_elsewhere_reaches_the_feed_without_waiting_for_a_poll() {
     let hub = Arc::new(feed::FeedHub::new(a.clone(), events).with_poll(Duration::from_secs(3600)));
     let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
     let mut sub = hub.subscribe(None, clock);
-    let rev = super::conformance::task_revocation;
+    let rev = crate::store::conformance::task_revocation;
     RevocationStore::revoke(&*b, rev("before")).await.unwrap();
     // Catch-up from the store (the poller starts at the feed's end).
     match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {

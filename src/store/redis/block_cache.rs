@@ -40,7 +40,7 @@
 //!
 //! With Redis Sentinel the tracking connection goes to the primary the
 //! sentinels name, checks with `ROLE` that it still is one, and asks the
-//! sentinels again every [`super::redis::SENTINEL_RECHECK`]: when they name
+//! sentinels again every [`super::SENTINEL_RECHECK`]: when they name
 //! another primary (a failover) the cache turns off, empties, and follows.
 //! A failover is a window, as for the store's own connection: until the
 //! broker learns of the new primary (at most that recheck, or at once if
@@ -51,7 +51,7 @@
 //! With Redis Cluster every block key has the hash tag `{rev}`, so they are
 //! all on the master that owns that slot: the tracking connection goes
 //! there (`CLUSTER SLOTS`, asked of the URL's nodes), and every
-//! [`super::redis::SENTINEL_RECHECK`] checks with `CLUSTER NODES` that
+//! [`super::SENTINEL_RECHECK`] checks with `CLUSTER NODES` that
 //! the node still owns the slot and is not migrating it away, and asks the
 //! URL's nodes again who owns it. A migration of the slot turns the cache
 //! off until it completes (keys already moved are written on the importing
@@ -61,7 +61,7 @@
 //! The same connection also tracks the revocation feed's key
 //! (`P:{rev}:feed`): Redis's invalidation of it, sent on every revocation
 //! made anywhere, wakes this process's feed poller
-//! ([`super::feed`]) at once instead of at its next poll, so followers of
+//! ([`crate::store::feed`]) at once instead of at its next poll, so followers of
 //! this broker's `/revocations` stream learn of another replica's
 //! revocation within milliseconds.
 //!
@@ -427,7 +427,7 @@ async fn slot_owner(
         (con, slots)
     };
     let answer = |slots: Result<RedisResult<Value>, tokio::time::error::Elapsed>| match slots {
-        Ok(Ok(slots)) => super::redis::slot_master(&slots, slot)
+        Ok(Ok(slots)) => super::topology::slot_master(&slots, slot)
             .map_err(|w| End::Lost(format!("CLUSTER SLOTS: {w}"))),
         Ok(Err(e)) => Err(lost("CLUSTER SLOTS", &e)),
         Err(_) => Err(End::Lost("CLUSTER SLOTS: timed out".into())),
@@ -442,7 +442,7 @@ async fn slot_owner(
     let mut why = End::Lost("no cluster node to ask".into());
     for (h, p) in seeds {
         let connect = async {
-            super::redis::node_client(h, *p, node)?
+            super::topology::node_client(h, *p, node)?
                 .get_multiplexed_async_connection()
                 .await
         };
@@ -549,7 +549,7 @@ async fn track(cache: Arc<BlockCache>, source: Source, prefix: String, timeout: 
 }
 
 fn lost(what: &str, e: &::redis::RedisError) -> End {
-    let class = super::redis::describe(e);
+    let class = super::error::describe(e);
     if e.code().is_some() && !e.is_io_error() {
         End::Refused(format!("{what}: {class}"))
     } else {
@@ -616,7 +616,8 @@ impl<'a> Holder<'a> {
             Source::Cluster { seeds, node, slot } => {
                 let mut asker = None;
                 let owner = slot_owner(seeds, node, *slot, timeout, &mut asker).await?;
-                let c = super::redis::node_client(&owner.0, owner.1, node)
+                let (host, port) = &owner;
+                let c = super::topology::node_client(host, *port, node)
                     .map_err(|e| lost("cluster node", &e))?;
                 let holder = Self::Cluster {
                     seeds,
@@ -750,7 +751,7 @@ async fn session(cache: &Arc<BlockCache>, source: &Source, prefix: &str, timeout
             // The connection reported itself closed between replies.
             return End::Lost("connection closed".into());
         }
-        if checked.elapsed() >= super::redis::SENTINEL_RECHECK {
+        if checked.elapsed() >= super::connection::SENTINEL_RECHECK {
             checked = Instant::now();
             if let Err(end) = holder.check(&mut con, timeout, true).await {
                 return end;

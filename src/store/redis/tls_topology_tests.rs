@@ -13,9 +13,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conformance::{self, task_revocation};
-use super::redis::{RedisConfig, RedisStore};
-use super::*;
+use super::{RedisConfig, RedisStore};
+use crate::store::conformance::{self, task_revocation};
+use crate::store::*;
 use crate::testkit_redis::{
     plaintext_answers, tls_cluster_or_skip, tls_sentinel_or_skip, TlsFiles, SENTINEL_MASTER,
 };
@@ -202,7 +202,7 @@ async fn tls_sentinel_store_conformance_acked_revocation_and_failover() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // past the recheck, a write lands on the new primary
-    tokio::time::sleep(super::redis::SENTINEL_RECHECK + Duration::from_millis(200)).await;
+    tokio::time::sleep(super::SENTINEL_RECHECK + Duration::from_millis(200)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while let Err(e) = RevocationStore::revoke(&*st, task_revocation("after")).await {
         assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");

@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::conformance::{self, task_revocation};
-use super::redis::{cluster_slot as slot, RedisConfig, RedisStore};
-use super::*;
+use super::{cluster_slot as slot, RedisConfig, RedisStore};
+use crate::store::conformance::{self, task_revocation};
+use crate::store::*;
 use crate::testkit_redis::{cluster_or_skip, command, sentinel_or_skip};
 
 /// Per-call timeout of these tests (a first call connects to every node).
@@ -464,7 +464,7 @@ async fn sentinel_manual_failover_moves_the_store_to_the_new_primary() {
     // give). The store asks the sentinels again every SENTINEL_RECHECK, so
     // a write after that lands on the new primary even while the old one
     // still takes writes.
-    tokio::time::sleep(super::redis::SENTINEL_RECHECK + Duration::from_millis(200)).await;
+    tokio::time::sleep(super::SENTINEL_RECHECK + Duration::from_millis(200)).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while let Err(e) = RevocationStore::revoke(&*st, rev("after")).await {
         assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
@@ -515,7 +515,7 @@ async fn sentinel_block_cache_follows_the_primary_through_a_failover() {
     };
     live(true, 1).await;
     let primary = s.nodes[s.primary_index().unwrap()].port();
-    assert!(super::redis_tests::tracker_id(primary).is_some());
+    assert!(super::tests::tracker_id(primary).is_some());
     let now = conformance::unix_now();
     assert!(!cached.is_blocked("spiffe://td/s1", now).await.unwrap());
     let gets = crate::testkit_redis::command_calls(primary, "get").unwrap();
@@ -534,7 +534,7 @@ async fn sentinel_block_cache_follows_the_primary_through_a_failover() {
     let new_primary = s.nodes[s.primary_index().unwrap()].port();
     assert_ne!(new_primary, primary);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while super::redis_tests::tracker_id(new_primary).is_none() {
+    while super::tests::tracker_id(new_primary).is_none() {
         assert!(
             std::time::Instant::now() < deadline,
             "not on the new primary"
@@ -579,14 +579,14 @@ async fn sentinel_block_cache_moves_when_the_sentinels_name_another_primary() {
     )
     .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while super::redis_tests::tracker_id(elsewhere.port()).is_none() || !cache.is_live() {
+    while super::tests::tracker_id(elsewhere.port()).is_none() || !cache.is_live() {
         assert!(
             std::time::Instant::now() < deadline,
             "the block cache stayed on the old primary"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(super::redis_tests::tracker_id(old).is_none());
+    assert!(super::tests::tracker_id(old).is_none());
     assert!(cache.stats().sessions >= 2);
     // A block written on the newly named primary is honoured.
     let key = cached.key_block("spiffe://td/m");
@@ -620,7 +620,7 @@ async fn cluster_block_cache_follows_the_revocation_slot() {
         assert!(std::time::Instant::now() < deadline, "never live");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(super::redis_tests::tracker_id(fp).is_some());
+    assert!(super::tests::tracker_id(fp).is_some());
     // Its once-a-second check of the slot's owner reuses one connection.
     let accepted = || -> u64 {
         cluster
@@ -636,7 +636,7 @@ async fn cluster_block_cache_follows_the_revocation_slot() {
             .sum()
     };
     let before = accepted();
-    tokio::time::sleep(super::redis::SENTINEL_RECHECK * 3 + Duration::from_millis(300)).await;
+    tokio::time::sleep(super::SENTINEL_RECHECK * 3 + Duration::from_millis(300)).await;
     // (the INFO connections themselves are counted: one per node per call)
     let opened = accepted() - before - cluster.nodes.len() as u64;
     assert!(opened <= 1, "{opened} connections opened by the rechecks");
@@ -661,10 +661,10 @@ async fn cluster_block_cache_follows_the_revocation_slot() {
     // Back, on the new owner.
     tokio::task::block_in_place(|| {
         wait("live on the new owner", &|| {
-            cache.is_live() && super::redis_tests::tracker_id(tp).is_some()
+            cache.is_live() && super::tests::tracker_id(tp).is_some()
         })
     });
-    assert!(super::redis_tests::tracker_id(fp).is_none());
+    assert!(super::tests::tracker_id(fp).is_none());
     // The migrated block is still in force, and one written on the new
     // owner is seen.
     until_blocked(&cached, "spiffe://td/c1", Duration::from_secs(10)).await;
@@ -923,7 +923,7 @@ async fn cluster_revoke_acked_follows_ask_during_a_migration() {
 /// `CLUSTER SLOTS` answers and `MOVED`/`ASK` errors as the store reads them.
 #[test]
 fn slot_master_and_redirections_are_parsed() {
-    use super::redis::{redirection, slot_master};
+    use super::topology::{redirection, slot_master};
     use ::redis::Value::{Array, BulkString, Int, Nil};
     let node = |h: Option<&str>, p: i64| {
         Array(vec![
