@@ -33,6 +33,11 @@ pub(crate) use crate::duration;
 pub use crate::duration::parse_duration;
 pub use lint::{ConfigWarning, WarningKind};
 pub use raw::RawConfig;
+/// Each subsystem owns its settings types; the configuration composes them
+/// (and keeps their old paths here).
+pub use crate::audit::AuditSink;
+pub use crate::identity::login::ApprovalLogin;
+pub use crate::identity::IssuerConfig;
 
 use crate::exchange::guard::{GuardAction, GuardConfig, Learned, PolicyActions};
 use crate::jose::alg::Algorithm;
@@ -227,17 +232,6 @@ pub struct StoreConfig {
     pub options: crate::store::StoreOptions,
 }
 
-/// Where audit records are written as JSON lines (`[audit] sink`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuditSink {
-    /// Standard output (logs go to standard error).
-    Stdout,
-    /// Appended to this file.
-    File(PathBuf),
-    /// Nowhere (only the store's bounded stream).
-    Off,
-}
-
 /// `[audit]`, typed.
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
@@ -296,60 +290,6 @@ impl Default for Limits {
 pub const MAX_APPROVER_SESSION: Duration = Duration::from_secs(3600);
 /// Longest `[approvals] max_auth_age`.
 pub const MAX_AUTH_AGE: Duration = Duration::from_secs(24 * 3600);
-
-/// `[approvals] login_*`: how approvers sign in (OIDC code flow + PKCE).
-#[derive(Debug, Clone)]
-pub struct ApprovalLogin {
-    /// The `[[issuers]]` entry's name.
-    pub issuer_name: String,
-    /// Its exact `iss`.
-    pub issuer: String,
-    /// The client id (the ID token's `aud`).
-    pub client_id: String,
-    /// The client secret's file (a confidential client), if any.
-    pub client_secret_file: Option<PathBuf>,
-    /// The ID-token claim naming the human.
-    pub approver_claim: String,
-    /// The array claim `group:NAME` approvers are matched against.
-    pub groups_claim: Option<String>,
-    /// Whether `amr` must hold one of `mfa_amr`.
-    pub require_mfa: bool,
-    /// `amr` values accepted as multi-factor.
-    pub mfa_amr: Vec<String>,
-    /// Oldest `auth_time` that may decide.
-    pub max_auth_age: Duration,
-    /// Session lifetime.
-    pub session_ttl: Duration,
-}
-
-/// One trusted OIDC issuer, typed.
-#[derive(Debug, Clone)]
-pub struct IssuerConfig {
-    /// Short name.
-    pub name: String,
-    /// Exact `iss`.
-    pub issuer: String,
-    /// Accepted audiences.
-    pub audiences: Vec<String>,
-    /// JWKS URL, or `None` for discovery.
-    pub jwks_uri: Option<String>,
-    /// Extra HTTPS trust anchor.
-    pub ca: Option<PathBuf>,
-    /// Allowed algorithms.
-    pub algorithms: Vec<Algorithm>,
-    /// Replay protection on `jti`.
-    pub single_use: bool,
-    /// Longest accepted token lifetime.
-    pub max_token_lifetime: Duration,
-    /// Clock leeway.
-    pub leeway: Duration,
-    /// Least time between miss-triggered JWKS refetches.
-    pub jwks_refresh_cooldown: Duration,
-    /// How long keys stay usable after the last successful fetch.
-    pub jwks_max_stale: Duration,
-    /// Sent as `Authorization: Bearer` with discovery and JWKS fetches.
-    pub bearer_token_file: Option<PathBuf>,
-}
 
 impl Config {
     /// Reads and validates a config file.
