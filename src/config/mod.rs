@@ -46,8 +46,9 @@ use crate::policy::PolicySpec;
 
 /// Longest lifetime any token may be configured to have.
 pub const MAX_TOKEN_TTL_CAP: Duration = Duration::from_secs(24 * 3600);
-/// The issuer name reserved for client certificates in `match.issuer`.
-pub const MTLS_ISSUER: &str = "mtls";
+/// The issuer name reserved for client certificates in `match.issuer`
+/// (the policy layer owns it).
+pub use crate::policy::MTLS_ISSUER;
 /// Bounds of `[server] max_clock_step`.
 pub const CLOCK_STEP_BOUNDS: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(3600);

@@ -12,7 +12,8 @@
 use serde_json::Value;
 
 use super::{approval, AuthenticatedActor, ExchangeError, Exchanger, Issued, Noted, Peer};
-use crate::config::{ApprovalLogin, MTLS_ISSUER};
+use crate::identity::login::ApprovalLogin;
+use crate::policy::MTLS_ISSUER;
 use crate::mint::claims::AccessTokenClaims;
 use crate::oauth::request::{Form, GrantType, Target, TokenRequest, TokenType};
 use crate::store::{Approval, ApprovalCreated, ApprovalState, CibaRequest, PollOutcome};

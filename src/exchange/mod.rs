@@ -29,7 +29,7 @@ use serde_json::{Map, Value};
 pub use error::ExchangeError;
 
 use crate::clock::Clock;
-use crate::config::{Config, MTLS_ISSUER};
+use crate::config::Config;
 use crate::identity::dpop::{self, DpopProof};
 use crate::identity::oidc::{IssuerVerifier, OidcError};
 use crate::identity::own::OwnTokenVerifier;
@@ -38,7 +38,7 @@ use crate::jose::jws;
 use crate::mint::claims::{AccessTokenClaims, Actor, Confirmation, MayAct};
 use crate::mint::TokenMinter;
 use crate::policy::delegation::{may_act_of, ChainActor, Delegation, DelegationDenial};
-use crate::policy::{Denial, PolicySet, Subject};
+use crate::policy::{Denial, PolicySet, Subject, MTLS_ISSUER};
 use crate::store::Stores;
 use request::{GrantType, TokenRequest, TokenType};
 
