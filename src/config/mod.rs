@@ -132,6 +132,37 @@ pub struct Config {
     pub guard: GuardConfig,
 }
 
+impl Config {
+    /// The pipeline's settings, composed from this file (the exchange owns
+    /// their shape: [`crate::exchange::Settings`]).
+    pub fn exchange_settings(&self) -> crate::exchange::Settings<'_> {
+        crate::exchange::Settings {
+            issuer: &self.server.issuer,
+            default_ttl: self.tokens.default_ttl,
+            max_ttl: self.tokens.max_ttl,
+            signing_keys: &self.tokens.signing_keys,
+            policies: &self.policies,
+            dpop_nonce: self.dpop_nonce,
+            approvals_ttl: self.approvals_ttl,
+            approvals_interval: self.approvals_interval,
+            approvals_webhook: self.approvals_webhook.as_deref(),
+            approvals_webhook_ca: self.approvals_webhook_ca.as_deref(),
+            approval_pages: self.approvals_login.is_some(),
+            guard: &self.guard,
+        }
+    }
+
+    /// Who may decide approvals, from this file (the exchange owns the
+    /// rule: `exchange::approval::may_decide`).
+    pub(crate) fn approval_rules(&self) -> crate::exchange::approval::Rules<'_> {
+        crate::exchange::approval::Rules {
+            login: self.approvals_login.as_ref(),
+            policy_approvers: &self.policy_approvers,
+            policies: &self.policies,
+        }
+    }
+}
+
 /// `[server]`, typed.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

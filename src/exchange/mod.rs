@@ -29,7 +29,6 @@ use serde_json::{Map, Value};
 pub use error::ExchangeError;
 
 use crate::clock::Clock;
-use crate::config::Config;
 use crate::identity::dpop::{self, DpopProof};
 use crate::identity::oidc::{IssuerVerifier, OidcError};
 use crate::identity::own::OwnTokenVerifier;
@@ -194,6 +193,37 @@ fn binding(
     })
 }
 
+/// What the pipeline is configured with. The exchange owns this shape;
+/// `config` composes it from the file ([`crate::config::Config::exchange_settings`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings<'a> {
+    /// `[server] issuer`: `iss` of issued tokens.
+    pub issuer: &'a str,
+    /// `[tokens] default_ttl`.
+    pub default_ttl: std::time::Duration,
+    /// `[tokens] max_ttl`.
+    pub max_ttl: std::time::Duration,
+    /// `[tokens] signing_keys` (the DPoP nonce secret is derived from it).
+    pub signing_keys: &'a std::path::Path,
+    /// `[[policies]]`, in file order.
+    pub policies: &'a [crate::policy::PolicySpec],
+    /// `[dpop] nonce`.
+    pub dpop_nonce: bool,
+    /// `[approvals] ttl`.
+    pub approvals_ttl: std::time::Duration,
+    /// `[approvals] interval`.
+    pub approvals_interval: std::time::Duration,
+    /// `[approvals] webhook`.
+    pub approvals_webhook: Option<&'a str>,
+    /// `[approvals] webhook_ca`.
+    pub approvals_webhook_ca: Option<&'a std::path::Path>,
+    /// Whether the approval pages are on (`[approvals] login_*`): webhook
+    /// summaries then carry the page's URL.
+    pub approval_pages: bool,
+    /// `[guard]` with the policies' overrides.
+    pub guard: &'a guard::GuardConfig,
+}
+
 /// Runs exchanges. Built once at start-up; cheap to share.
 pub struct Exchanger {
     issuer: String,
@@ -255,43 +285,38 @@ impl std::fmt::Debug for Exchanger {
 }
 
 impl Exchanger {
-    /// Builds the pipeline from a validated config and its parts.
+    /// Builds the pipeline from its settings and its parts.
     pub fn new(
-        cfg: &Config,
+        cfg: &Settings<'_>,
         issuers: Vec<Arc<IssuerVerifier>>,
         minter: Arc<TokenMinter>,
         own: Arc<OwnTokenVerifier>,
         stores: Stores,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, String> {
-        let policies = PolicySet::compile(cfg.policies.clone()).map_err(|e| e.to_string())?;
+        let policies = PolicySet::compile(cfg.policies.to_vec()).map_err(|e| e.to_string())?;
         let nonces = if cfg.dpop_nonce {
-            Some(dpop::NonceSource::new(&nonce_secret(
-                &cfg.tokens.signing_keys,
-            )?))
+            Some(dpop::NonceSource::new(&nonce_secret(cfg.signing_keys)?))
         } else {
             None
         };
-        let webhook = match &cfg.approvals_webhook {
+        let webhook = match cfg.approvals_webhook {
             Some(u) => Some(
-                approval::Webhook::new(u, cfg.approvals_webhook_ca.as_deref())?.with_pages(
-                    cfg.approvals_login
-                        .as_ref()
-                        .map(|_| cfg.server.issuer.as_str()),
-                ),
+                approval::Webhook::new(u, cfg.approvals_webhook_ca)?
+                    .with_pages(cfg.approval_pages.then_some(cfg.issuer)),
             ),
             None => None,
         };
         Ok(Self {
-            guard: guard::Guard::new(&cfg.guard)
+            guard: guard::Guard::new(cfg.guard)
                 .map(|g| Arc::new(g.with_shared(stores.guard.clone()))),
             nonces,
             approvals_ttl: cfg.approvals_ttl.as_secs(),
             approvals_interval: cfg.approvals_interval.as_secs(),
             webhook,
-            issuer: cfg.server.issuer.clone(),
-            default_ttl: cfg.tokens.default_ttl.as_secs(),
-            max_ttl: cfg.tokens.max_ttl.as_secs(),
+            issuer: cfg.issuer.to_string(),
+            default_ttl: cfg.default_ttl.as_secs(),
+            max_ttl: cfg.max_ttl.as_secs(),
             earlier_tokens_until: 0,
             issuers: issuers
                 .into_iter()

@@ -558,7 +558,9 @@ async fn decide(
         return r;
     }
     let who = Approver::Operator(who);
-    match crate::exchange::approval::decide(&app, &who, &id, approve, reason.as_deref()).await {
+    let snap = app.snapshot();
+    let deciding = app.deciding(&snap);
+    match crate::exchange::approval::decide(&deciding, &who, &id, approve, reason.as_deref()).await {
         Ok(a) => Json(approval_view(&a, app.clock.now())).into_response(),
         Err(DecideError::NotFound(_)) => err(
             StatusCode::NOT_FOUND,

@@ -460,7 +460,7 @@ pub async fn callback(
             return bad("The identity provider's answer was not acceptable.");
         }
     };
-    if !approval::mfa_ok(&snap.config, &human.amr) {
+    if !approval::mfa_ok(&snap.config.approval_rules(), &human.amr) {
         audit_login_refused(&app, "mfa_required", Some(&human), "no multi-factor amr").await;
         return page(
             StatusCode::FORBIDDEN,
@@ -590,10 +590,11 @@ pub async fn list(State(app): State<AppState>, headers: HeaderMap) -> Response {
         Ok(l) => l,
         Err(_) => return unavailable(),
     };
+    let rules = snap.config.approval_rules();
     let mine: Vec<&Approval> = all
         .iter()
         .filter(|a| a.state == ApprovalState::Pending && a.expires_at > now)
-        .filter(|a| approval::is_approver(&snap.config, &s.human, a))
+        .filter(|a| approval::is_approver(&rules, &s.human, a))
         .collect();
     let mut main = String::from("<h1>Waiting for your decision</h1>");
     if mine.is_empty() {
@@ -663,7 +664,7 @@ pub async fn detail(
     }
     let now = app.clock.now();
     let a = match app.stores.approvals.get_approval(&id, now).await {
-        Ok(Some(a)) if approval::is_approver(&snap.config, &s.human, &a) => a,
+        Ok(Some(a)) if approval::is_approver(&snap.config.approval_rules(), &s.human, &a) => a,
         Ok(_) => return not_found(Some(&s)),
         Err(_) => return unavailable(),
     };
@@ -692,7 +693,7 @@ pub async fn detail(
             .join(" ← ")
     };
     let decision = if a.state == ApprovalState::Pending && a.expires_at > now {
-        if approval::fresh_enough(&snap.config, s.human.auth_time, now) {
+        if approval::fresh_enough(&snap.config.approval_rules(), s.human.auth_time, now) {
             format!(
                 "<form method=\"post\" action=\"/approvals/{id}\" class=\"card\">\
                  <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
@@ -803,7 +804,7 @@ pub async fn decide(
         );
     }
     let who = Approver::Human(s.human.clone());
-    match approval::decide(&app, &who, &id, approve, reason).await {
+    match approval::decide(&app.deciding(&snap), &who, &id, approve, reason).await {
         Ok(_) => see_other("/approvals"),
         Err(DecideError::NotFound(_)) => not_found(Some(&s)),
         Err(DecideError::NotAllowed("auth_too_old")) => page(
