@@ -27,17 +27,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Each subsystem owns its settings types; the configuration composes them
+/// (and keeps their old paths here).
+pub use crate::audit::AuditSink;
 /// The duration parser lives in a leaf module (`crate::duration`); its old
 /// path stays.
 pub(crate) use crate::duration;
 pub use crate::duration::parse_duration;
-pub use lint::{ConfigWarning, WarningKind};
-pub use raw::RawConfig;
-/// Each subsystem owns its settings types; the configuration composes them
-/// (and keeps their old paths here).
-pub use crate::audit::AuditSink;
 pub use crate::identity::login::ApprovalLogin;
 pub use crate::identity::IssuerConfig;
+pub use lint::{ConfigWarning, WarningKind};
+pub use raw::RawConfig;
 
 use crate::exchange::guard::{GuardAction, GuardConfig, Learned, PolicyActions};
 use crate::jose::alg::Algorithm;

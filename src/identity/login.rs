@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use std::path::PathBuf;
 
-use crate::identity::IssuerConfig;
 use crate::identity::oidc::{IssuerVerifier, OidcError};
+use crate::identity::IssuerConfig;
 
 /// Largest token endpoint answer read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;

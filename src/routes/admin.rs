@@ -560,7 +560,8 @@ async fn decide(
     let who = Approver::Operator(who);
     let snap = app.snapshot();
     let deciding = app.deciding(&snap);
-    match crate::exchange::approval::decide(&deciding, &who, &id, approve, reason.as_deref()).await {
+    match crate::exchange::approval::decide(&deciding, &who, &id, approve, reason.as_deref()).await
+    {
         Ok(a) => Json(approval_view(&a, app.clock.now())).into_response(),
         Err(DecideError::NotFound(_)) => err(
             StatusCode::NOT_FOUND,
