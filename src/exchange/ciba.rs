@@ -15,6 +15,7 @@ use super::request::{BackchannelRequest, CibaPoll, GrantType, Target, TokenReque
 use super::{approval, AuthenticatedActor, ExchangeError, Exchanger, Issued, Noted, Peer};
 use crate::identity::login::ApprovalLogin;
 use crate::mint::claims::AccessTokenClaims;
+use crate::policy::delegation::Delegation;
 use crate::policy::MTLS_ISSUER;
 use crate::store::{Approval, ApprovalCreated, ApprovalState, CibaRequest, PollOutcome};
 
@@ -102,13 +103,15 @@ impl Exchanger {
         };
         let delegated = self
             .delegate(
-                &login.issuer_name,
-                person,
-                None,
+                &Delegation {
+                    subject_issuer: &login.issuer_name,
+                    subject: person,
+                    may_act: None,
+                    audience: &audience,
+                    scopes: &scope,
+                },
                 None,
                 Some(&actor),
-                &audience,
-                &scope,
             )
             .map_err(|_| refuse(403, "access_denied", "agent_policy_denies"))?;
         let Some((policy, _)) = delegated else {
@@ -258,13 +261,15 @@ impl Exchanger {
         };
         let (policy, act) = self
             .delegate(
-                &ciba.person_issuer,
-                &a.subject,
-                None,
+                &Delegation {
+                    subject_issuer: &ciba.person_issuer,
+                    subject: &a.subject,
+                    may_act: None,
+                    audience: &a.audience,
+                    scopes: &scope,
+                },
                 None,
                 Some(&actor),
-                &a.audience,
-                &scope,
             )?
             .ok_or(ExchangeError::NoPolicy)?;
         if self

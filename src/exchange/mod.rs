@@ -193,6 +193,97 @@ fn binding(
     })
 }
 
+/// One exchange's request and what the transport and the first steps
+/// established: read once, handed to every later step.
+struct Context<'r> {
+    req: &'r TokenRequest,
+    /// The one clock reading every `iat`/`exp` comes from.
+    now: u64,
+    /// The client certificate, when the exchange runs over one (current).
+    peer: Option<&'r Arc<PeerIdentity>>,
+    /// The verified DPoP proof, when one was sent.
+    dpop: Option<DpopProof>,
+    /// The authenticated actor, when the request delegates.
+    actor: Option<AuthenticatedActor>,
+}
+
+impl Context<'_> {
+    /// `cnf` of the token this exchange would issue ([`binding`]).
+    fn binding(&self) -> Option<Confirmation> {
+        binding(self.peer, self.actor.as_ref(), self.dpop.as_ref())
+    }
+
+    /// The client certificate's end (no cap without one).
+    fn peer_end(&self) -> u64 {
+        self.peer.map_or(u64::MAX, |p| p.not_after)
+    }
+
+    /// The authenticated actor's subject, when delegated.
+    fn actor_sub(&self) -> Option<&str> {
+        self.actor.as_ref().map(|a| a.sub.as_str())
+    }
+}
+
+/// The client certificate, when the exchange runs over one. A resumed TLS
+/// session keeps the original certificate: its validity is checked on
+/// every request, not only at the handshake.
+fn usable_peer(peer: &Peer, now: u64) -> Result<Option<&Arc<PeerIdentity>>, ExchangeError> {
+    match peer {
+        Peer::Unusable(r) => Err(ExchangeError::ClientAuth(r)),
+        Peer::Identified(p) if p.not_after <= now => {
+            Err(ExchangeError::ClientAuth("client_certificate_expired"))
+        }
+        Peer::Identified(p) => Ok(Some(p)),
+        Peer::Anonymous => Ok(None),
+    }
+}
+
+/// The subject credential, once looked at: one of Tessera's own tokens
+/// (verified by the re-exchange) or an authenticated subject.
+enum SubjectCredential {
+    Ours(jws::UnverifiedJws),
+    Authenticated(AuthenticatedSubject),
+}
+
+/// What policy decided for a first exchange.
+struct Decision<'p> {
+    /// The granting policy.
+    policy: &'p crate::policy::CompiledPolicy,
+    /// For a delegation: the actor's policy and the new `act`.
+    delegation: Option<(&'p crate::policy::CompiledPolicy, Actor)>,
+    /// The subject token's `may_act` (carried into the token).
+    may_act: Option<MayAct>,
+}
+
+impl Decision<'_> {
+    fn actor_policy(&self) -> Option<&crate::policy::CompiledPolicy> {
+        self.delegation.as_ref().map(|d| d.0)
+    }
+}
+
+/// The tiers a granted request falls in, and its binding.
+struct Tiers {
+    /// A human approval is needed (approval scopes, or the guard stepped up).
+    needs_approval: bool,
+    /// The JIT scopes: one use of a grant is needed.
+    jit: Vec<String>,
+    /// `cnf` of the token.
+    cnf: Option<Confirmation>,
+}
+
+/// What the anomaly guard is asked about: who, for which audience under
+/// which policy, whether the request may wait for a human (`can_ask`) and
+/// whether it is a poll of such a wait (`polling`).
+struct GuardAsk<'a> {
+    subject: &'a str,
+    actor: Option<&'a str>,
+    audience: &'a str,
+    policy: &'a str,
+    can_ask: bool,
+    polling: bool,
+    now: u64,
+}
+
 /// What the pipeline is configured with. The exchange owns this shape;
 /// `config` composes it from the file ([`crate::config::Config::exchange_settings`]).
 #[derive(Debug, Clone, Copy)]
@@ -447,18 +538,20 @@ impl Exchanger {
 
     /// The anomaly guard on a request policy would grant. `Ok(true)`: the
     /// request must wait for a human approval (only when `can_ask`).
-    #[allow(clippy::too_many_arguments)]
     async fn guard_check(
         &self,
-        subject: &str,
-        actor: Option<&str>,
-        audience: &str,
-        policy: &str,
-        can_ask: bool,
-        polling: bool,
-        now: u64,
+        ask: GuardAsk<'_>,
         noted: &mut Noted,
     ) -> Result<bool, ExchangeError> {
+        let GuardAsk {
+            subject,
+            actor,
+            audience,
+            policy,
+            can_ask,
+            polling,
+            now,
+        } = ask;
         use guard::GuardAction as A;
         let Some(g) = &self.guard else {
             return Ok(false);
@@ -555,89 +648,197 @@ impl Exchanger {
         Ok(())
     }
 
-    /// The pipeline proper (see the module docs for its order).
+    /// The pipeline proper: the named steps below, in the module docs'
+    /// order. Each step refuses or hands on what it established.
     async fn pipeline(
         &self,
         req: TokenRequest,
         peer: &Peer,
         noted: &mut Noted,
     ) -> Result<Issued, ExchangeError> {
-        // Fail closed on an untrusted wall clock before reading it: every
-        // `iat`/`exp` below comes from this one reading.
+        let now = self.trusted_now()?;
+        let peer = usable_peer(peer, now)?;
+        let dpop = self.check_dpop(&req, peer, now).await?;
+        let actor = self.actor_of(&req, peer, now).await?;
+        if let Some(a) = &actor {
+            noted.actor = Some(a.sub.clone());
+        }
+        let ctx = Context {
+            req: &req,
+            now,
+            peer,
+            dpop,
+            actor,
+        };
+        let subject = match self.authenticate_subject(&ctx).await? {
+            // One of our own: attenuation by re-exchange.
+            SubjectCredential::Ours(parsed) => return self.reexchange(&ctx, parsed, noted).await,
+            SubjectCredential::Authenticated(s) => s,
+        };
+        noted.subject = Some(subject.sub.clone());
+        self.check_blocks(&ctx, &subject.sub).await?;
+        let decision = self.decide(&ctx, &subject)?;
+        // Anomaly guard: the identities are authenticated and policy would
+        // grant; it may slow down, step up to a human, or revoke.
+        let guard_step_up = self
+            .guard_check(
+                GuardAsk {
+                    subject: &subject.sub,
+                    actor: ctx.actor_sub(),
+                    audience: req.target.as_str(),
+                    policy: decision.policy.name(),
+                    can_ask: true,
+                    polling: req.approval_id.is_some(),
+                    now,
+                },
+                noted,
+            )
+            .await?;
+        let tiers = self.tiers(&ctx, &decision, guard_step_up)?;
+        // Lifetime: min(asked or default, policy max, global max, the subject
+        // credential's own end, the client certificate's end, the actor's).
+        let (actor_end, actor_policy_end) =
+            self.actor_caps(ctx.actor.as_ref(), decision.actor_policy(), now);
+        let mut exp = self.expiry(
+            &req,
+            decision.policy,
+            &[
+                subject.not_after,
+                ctx.peer_end(),
+                actor_end,
+                actor_policy_end,
+            ],
+            now,
+        )?;
+        let approval = if tiers.needs_approval {
+            Some(self.approval_gate(&ctx, &subject, decision.policy).await?)
+        } else {
+            None
+        };
+        let grant = self
+            .consume_grant(&ctx, &subject.sub, &tiers.jit, &mut exp)
+            .await?;
+        let Decision {
+            policy,
+            delegation,
+            may_act,
+        } = decision;
+        let claims = self.claims_for(
+            policy,
+            TokenContent {
+                sub: subject.sub.clone(),
+                audience: req.target.as_str(),
+                exp,
+                client_id: match &ctx.actor {
+                    Some(a) => a.sub.clone(),
+                    None => peer
+                        .map(|p| p.subject.clone())
+                        .unwrap_or_else(|| subject.sub.clone()),
+                },
+                scope: req.scope.to_string(),
+                txn: req
+                    .task
+                    .clone()
+                    .or_else(|| grant.as_ref().and_then(|g| g.task.clone()))
+                    .unwrap_or_else(|| crate::mint::random_uuid().to_string()),
+                cnf: tiers.cnf,
+                act: delegation.map(|d| d.1),
+                grant: grant.map(|g| g.id),
+                authorization_details: req.authorization_details.clone(),
+                ancestors: Vec::new(),
+                may_act,
+            },
+            now,
+        );
+        let mut issued = self.sign(&req, claims, now)?;
+        issued.approval = approval.map(|a| a.id);
+        Ok(issued)
+    }
+
+    /// Fails closed on an untrusted wall clock before reading it; every
+    /// `iat`/`exp` of the exchange comes from the one reading returned.
+    fn trusted_now(&self) -> Result<u64, ExchangeError> {
         if let Some(t) = &self.clock_trust {
             t.check()
                 .map_err(|e| ExchangeError::ClockUntrusted(e.to_string()))?;
         }
-        let now = self.clock.now();
-        let peer_id = match peer {
-            Peer::Unusable(r) => return Err(ExchangeError::ClientAuth(r)),
-            // A resumed TLS session keeps the original certificate: check its
-            // validity on every request, not only at the handshake.
-            Peer::Identified(p) if p.not_after <= now => {
-                return Err(ExchangeError::ClientAuth("client_certificate_expired"))
-            }
-            Peer::Identified(p) => Some(p.clone()),
-            Peer::Anonymous => None,
-        };
+        Ok(self.clock.now())
+    }
 
-        // DPoP (RFC 9449) for callers without a client certificate.
-        let dpop = match req.dpop.as_deref() {
-            None => None,
-            Some(p) => {
-                if peer_id.is_some() {
-                    return Err(ExchangeError::Malformed("dpop_with_client_certificate"));
-                }
-                let htu = format!("{}/token", self.issuer);
-                let proof = dpop::verify_proof(p, &dpop::ProofCheck::new("POST", &htu, now))
-                    .map_err(|e| ExchangeError::DpopProof(e.as_str()))?;
-                if let Some(n) = &self.nonces {
-                    if !proof.nonce.as_deref().is_some_and(|x| n.accepts(x, now)) {
-                        return Err(ExchangeError::UseDpopNonce);
-                    }
-                }
-                let key = format!("{}:{}", proof.jkt, proof.jti);
-                let until = proof.iat.saturating_add(dpop::DPOP_IAT_WINDOW_SECS + 1);
-                if !self
-                    .stores
-                    .replay
-                    .first_use("dpop", &key, until, now)
-                    .await?
-                {
-                    return Err(ExchangeError::DpopProof("dpop_replayed"));
-                }
-                Some(proof)
-            }
+    /// DPoP (RFC 9449) for callers without a client certificate: a proof of
+    /// this request, with a current nonce when nonces are required, used once.
+    async fn check_dpop(
+        &self,
+        req: &TokenRequest,
+        peer: Option<&Arc<PeerIdentity>>,
+        now: u64,
+    ) -> Result<Option<DpopProof>, ExchangeError> {
+        let Some(p) = req.dpop.as_deref() else {
+            return Ok(None);
         };
-
-        // Delegation: the actor is authenticated first, like the subject.
-        let actor = match (req.actor_token.as_deref(), req.actor_token_type) {
-            (Some(t), Some(tt)) => Some(
-                self.authenticate_actor(t, tt, peer_id.as_ref(), now)
-                    .await?,
-            ),
-            _ => None,
-        };
-        if let Some(a) = &actor {
-            noted.actor = Some(a.sub.clone());
+        if peer.is_some() {
+            return Err(ExchangeError::Malformed("dpop_with_client_certificate"));
         }
+        let htu = format!("{}/token", self.issuer);
+        let proof = dpop::verify_proof(p, &dpop::ProofCheck::new("POST", &htu, now))
+            .map_err(|e| ExchangeError::DpopProof(e.as_str()))?;
+        if let Some(n) = &self.nonces {
+            if !proof.nonce.as_deref().is_some_and(|x| n.accepts(x, now)) {
+                return Err(ExchangeError::UseDpopNonce);
+            }
+        }
+        let key = format!("{}:{}", proof.jkt, proof.jti);
+        let until = proof.iat.saturating_add(dpop::DPOP_IAT_WINDOW_SECS + 1);
+        if !self
+            .stores
+            .replay
+            .first_use("dpop", &key, until, now)
+            .await?
+        {
+            return Err(ExchangeError::DpopProof("dpop_replayed"));
+        }
+        Ok(Some(proof))
+    }
 
-        let subject = match (req.grant_type, req.subject_token_type) {
+    /// Delegation: the actor is authenticated first, like the subject.
+    async fn actor_of(
+        &self,
+        req: &TokenRequest,
+        peer: Option<&Arc<PeerIdentity>>,
+        now: u64,
+    ) -> Result<Option<AuthenticatedActor>, ExchangeError> {
+        match (req.actor_token.as_deref(), req.actor_token_type) {
+            (Some(t), Some(tt)) => Ok(Some(self.authenticate_actor(t, tt, peer, now).await?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The subject: the client certificate (`client_credentials`, or the
+    /// `mtls` token type naming its thumbprint), or a JWT: one of Tessera's
+    /// own (handed back for a re-exchange) or an OIDC token from a
+    /// configured issuer.
+    async fn authenticate_subject(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<SubjectCredential, ExchangeError> {
+        let req = ctx.req;
+        match (req.grant_type, req.subject_token_type) {
             (GrantType::ClientCredentials, _) | (_, TokenType::Mtls) => {
-                let p = peer_id
-                    .as_ref()
+                let p = ctx
+                    .peer
                     .ok_or(ExchangeError::ClientAuth("client_certificate_required"))?;
                 if let Some(t) = &req.subject_token {
                     if t != &p.thumbprint {
                         return Err(ExchangeError::SubjectToken("mtls_thumbprint_mismatch"));
                     }
                 }
-                AuthenticatedSubject {
+                Ok(SubjectCredential::Authenticated(AuthenticatedSubject {
                     issuer_name: MTLS_ISSUER.to_string(),
                     iss: None,
                     sub: p.subject.clone(),
                     claims: None,
                     not_after: p.not_after,
-                }
+                }))
             }
             (_, TokenType::Jwt | TokenType::IdToken | TokenType::AccessToken) => {
                 let token = req
@@ -646,51 +847,54 @@ impl Exchanger {
                     .ok_or(ExchangeError::Malformed("subject_token_missing"))?;
                 let parsed =
                     jws::decode(token).map_err(|e| ExchangeError::SubjectToken(e.reason()))?;
-                let iss = parsed
+                let ours = parsed
                     .unverified_claims()
                     .get("iss")
-                    .and_then(Value::as_str);
-                if iss == Some(self.issuer.as_str()) {
-                    // One of our own: attenuation by re-exchange.
-                    return self
-                        .reexchange(
-                            &req,
-                            parsed,
-                            peer_id.as_ref(),
-                            actor.as_ref(),
-                            dpop.as_ref(),
-                            now,
-                            noted,
-                        )
-                        .await;
+                    .and_then(Value::as_str)
+                    == Some(self.issuer.as_str());
+                if ours {
+                    return Ok(SubjectCredential::Ours(parsed));
                 }
                 if req.subject_token_type == TokenType::AccessToken {
                     return Err(ExchangeError::SubjectToken("access_token_not_issued_here"));
                 }
-                self.authenticate_jwt(parsed, now).await?
+                Ok(SubjectCredential::Authenticated(
+                    self.authenticate_jwt(parsed, ctx.now).await?,
+                ))
             }
-        };
+        }
+    }
 
-        noted.subject = Some(subject.sub.clone());
-
-        // Kill switch: the subject, and the presenting workload.
-        if self
-            .stores
-            .revocations
-            .is_blocked(&subject.sub, now)
-            .await?
-        {
+    /// Kill switch: the subject, and the presenting workload.
+    async fn check_blocks(&self, ctx: &Context<'_>, subject: &str) -> Result<(), ExchangeError> {
+        if self.stores.revocations.is_blocked(subject, ctx.now).await? {
             return Err(ExchangeError::Blocked);
         }
-        if let Some(p) = &peer_id {
-            if p.subject != subject.sub
-                && self.stores.revocations.is_blocked(&p.subject, now).await?
+        if let Some(p) = ctx.peer {
+            if p.subject != subject
+                && self
+                    .stores
+                    .revocations
+                    .is_blocked(&p.subject, ctx.now)
+                    .await?
             {
                 return Err(ExchangeError::Blocked);
             }
         }
+        Ok(())
+    }
 
-        // Policy: one policy must allow the audience and every scope.
+    /// Policy: one policy must allow the audience and every scope.
+    /// Delegation: the actor's own policy must allow the same audience and
+    /// scopes and list the subject's issuer in `may_act_for`; the subject
+    /// token's `may_act` binds this hop and every later one (it is carried
+    /// into the token).
+    fn decide(
+        &self,
+        ctx: &Context<'_>,
+        subject: &AuthenticatedSubject,
+    ) -> Result<Decision<'_>, ExchangeError> {
+        let req = ctx.req;
         let subj = Subject {
             issuer: &subject.issuer_name,
             subject: &subject.sub,
@@ -705,41 +909,38 @@ impl Exchanger {
                 Denial::AudienceNotAllowed => ExchangeError::Target,
                 Denial::ScopeNotAllowed { refused } => ExchangeError::Scope(refused.to_string()),
             })?;
-
-        // Delegation: the actor's own policy must allow the same audience and
-        // scopes and list the subject's issuer in may_act_for.
-        // The subject token's may_act binds this hop and every later one
-        // (it is carried into the token).
         let may_act = may_act_of(subject.claims.as_ref())
             .map_err(|_| ExchangeError::SubjectToken("may_act_malformed"))?;
         let delegation = self.delegate(
-            &subject.issuer_name,
-            &subject.sub,
-            may_act.as_ref(),
-            None,
-            actor.as_ref(),
-            audience,
-            &req.scope,
-        )?;
-        let actor_policy = delegation.as_ref().map(|d| d.0);
-
-        // Anomaly guard: the identities are authenticated and policy would
-        // grant; it may slow down, step up to a human, or revoke.
-        let guard_step_up = self
-            .guard_check(
-                &subject.sub,
-                actor.as_ref().map(|a| a.sub.as_str()),
+            &Delegation {
+                subject_issuer: &subject.issuer_name,
+                subject: &subject.sub,
+                may_act: may_act.as_ref(),
                 audience,
-                policy.name(),
-                true,
-                req.approval_id.is_some(),
-                now,
-                noted,
-            )
-            .await?;
+                scopes: &req.scope,
+            },
+            None,
+            ctx.actor.as_ref(),
+        )?;
+        Ok(Decision {
+            policy,
+            delegation,
+            may_act,
+        })
+    }
 
-        // Approval tier: such scopes only through a human approval of exactly
-        // this request; policies may require RFC 9396 details for them.
+    /// The tiers of a granted request. Approval: such scopes only through a
+    /// human approval of exactly this request (or when the guard steps up);
+    /// policies may require RFC 9396 details for them. JIT: such scopes only
+    /// with a grant. And a policy may require a bound token.
+    fn tiers(
+        &self,
+        ctx: &Context<'_>,
+        d: &Decision<'_>,
+        guard_step_up: bool,
+    ) -> Result<Tiers, ExchangeError> {
+        let req = ctx.req;
+        let (policy, actor_policy) = (d.policy, d.actor_policy());
         let scope_approval = req.scope.iter().any(|s| {
             policy.is_approval_scope(s) || actor_policy.is_some_and(|p| p.is_approval_scope(s))
         });
@@ -762,116 +963,45 @@ impl Exchanger {
             .filter(|s| policy.is_jit_scope(s) || actor_policy.is_some_and(|p| p.is_jit_scope(s)))
             .map(|s| s.to_string())
             .collect();
-        if policy.require_binding()
-            && binding(peer_id.as_ref(), actor.as_ref(), dpop.as_ref()).is_none()
-        {
+        let cnf = ctx.binding();
+        if policy.require_binding() && cnf.is_none() {
             return Err(ExchangeError::ClientAuth("binding_required"));
         }
-
-        // Lifetime: min(asked or default, policy max, global max, the subject
-        // credential's own end, the client certificate's end).
-        let peer_end = peer_id.as_ref().map_or(u64::MAX, |p| p.not_after);
-        let (actor_end, actor_policy_end) = self.actor_caps(&actor, actor_policy, now);
-        let mut exp = self.expiry(
-            &req,
-            policy,
-            &[subject.not_after, peer_end, actor_end, actor_policy_end],
-            now,
-        )?;
-
-        // Approval: ask for one, or redeem the approved one (atomically, once).
-        let mut approval = None;
-        if needs_approval {
-            let requester = match (&peer_id, &actor) {
-                (Some(p), _) => p.subject.clone(),
-                (None, Some(a)) => a.sub.clone(),
-                (None, None) => subject.sub.clone(),
-            };
-            let bound = approval::BoundRequest {
-                subject_issuer: &subject.issuer_name,
-                subject: &subject.sub,
-                actor: actor
-                    .as_ref()
-                    .map(|a| (a.issuer_name.as_str(), a.sub.as_str())),
-                scopes: req.scope.iter().map(|s| s.as_str()).collect(),
-                audience,
-                task: req.task.as_deref(),
-                details: req.authorization_details.as_ref(),
-            };
-            let hash = bound.hash();
-            let a = self
-                .approval_step(&req, requester, hash, &subject, actor.as_ref(), policy, now)
-                .await?;
-            approval = Some(a);
-        }
-
-        // JIT scopes: one use of a live grant covering subject, audience and
-        // those scopes is consumed atomically, last, right before signing.
-        let mut grant = None;
-        if !jit.is_empty() {
-            let g = self
-                .stores
-                .grants
-                .consume(&subject.sub, audience, &jit, req.task.as_deref(), now)
-                .await?
-                .ok_or_else(|| ExchangeError::GrantRequired(jit.join(" ")))?;
-            exp = exp.min(g.expires_at);
-            if exp <= now {
-                return Err(ExchangeError::NoLifetime);
-            }
-            crate::telemetry::metrics().grants_consumed.inc();
-            grant = Some(g);
-        }
-
-        let claims = self.claims_for(
-            policy,
-            TokenContent {
-                sub: subject.sub.clone(),
-                audience,
-                exp,
-                client_id: match &actor {
-                    Some(a) => a.sub.clone(),
-                    None => peer_id
-                        .as_ref()
-                        .map(|p| p.subject.clone())
-                        .unwrap_or_else(|| subject.sub.clone()),
-                },
-                scope: req.scope.to_string(),
-                txn: req
-                    .task
-                    .clone()
-                    .or_else(|| grant.as_ref().and_then(|g| g.task.clone()))
-                    .unwrap_or_else(|| crate::mint::random_uuid().to_string()),
-                cnf: binding(peer_id.as_ref(), actor.as_ref(), dpop.as_ref()),
-                act: delegation.map(|d| d.1),
-                grant: grant.map(|g| g.id),
-                authorization_details: req.authorization_details.clone(),
-                ancestors: Vec::new(),
-                may_act,
-            },
-            now,
-        );
-        let mut issued = self.sign(&req, claims, now)?;
-        issued.approval = approval.map(|a| a.id);
-        Ok(issued)
+        Ok(Tiers {
+            needs_approval,
+            jit,
+            cnf,
+        })
     }
 
-    /// Without `approval_id`: records a pending approval of exactly this
-    /// request (and tells the webhook) and answers `authorization_pending`.
-    /// With it: one poll; the approval is returned only when it was approved
-    /// and this poll consumed it.
-    #[allow(clippy::too_many_arguments)]
-    async fn approval_step(
+    /// Approval: asks for one, or redeems the approved one (atomically,
+    /// once). Without `approval_id`: records a pending approval of exactly
+    /// this request (and tells the webhook) and answers
+    /// `authorization_pending`. With it: one poll; the approval is returned
+    /// only when it was approved and this poll consumed it.
+    async fn approval_gate(
         &self,
-        req: &TokenRequest,
-        requester: String,
-        request_hash: String,
+        ctx: &Context<'_>,
         subject: &AuthenticatedSubject,
-        actor: Option<&AuthenticatedActor>,
         policy: &crate::policy::CompiledPolicy,
-        now: u64,
     ) -> Result<crate::store::Approval, ExchangeError> {
         use crate::store::{Approval, ApprovalCreated, ApprovalState, PollOutcome};
+        let (req, now, actor) = (ctx.req, ctx.now, ctx.actor.as_ref());
+        let requester = match (ctx.peer, actor) {
+            (Some(p), _) => p.subject.clone(),
+            (None, Some(a)) => a.sub.clone(),
+            (None, None) => subject.sub.clone(),
+        };
+        let bound = approval::BoundRequest {
+            subject_issuer: &subject.issuer_name,
+            subject: &subject.sub,
+            actor: actor.map(|a| (a.issuer_name.as_str(), a.sub.as_str())),
+            scopes: req.scope.iter().map(|s| s.as_str()).collect(),
+            audience: req.target.as_str(),
+            task: req.task.as_deref(),
+            details: req.authorization_details.as_ref(),
+        };
+        let request_hash = bound.hash();
         let interval = self.approvals_interval;
         // RFC 8628 §3.2: clients default to 5 s when no interval is given;
         // tell them at least 1 s even when slow_down is disabled.
@@ -952,23 +1082,52 @@ impl Exchanger {
         }
     }
 
+    /// JIT scopes: one use of a live grant covering subject, audience and
+    /// those scopes is consumed atomically, last, right before signing; the
+    /// grant's end caps `exp`.
+    async fn consume_grant(
+        &self,
+        ctx: &Context<'_>,
+        subject: &str,
+        jit: &[String],
+        exp: &mut u64,
+    ) -> Result<Option<crate::store::Grant>, ExchangeError> {
+        if jit.is_empty() {
+            return Ok(None);
+        }
+        let req = ctx.req;
+        let g = self
+            .stores
+            .grants
+            .consume(
+                subject,
+                req.target.as_str(),
+                jit,
+                req.task.as_deref(),
+                ctx.now,
+            )
+            .await?
+            .ok_or_else(|| ExchangeError::GrantRequired(jit.join(" ")))?;
+        *exp = (*exp).min(g.expires_at);
+        if *exp <= ctx.now {
+            return Err(ExchangeError::NoLifetime);
+        }
+        crate::telemetry::metrics().grants_consumed.inc();
+        Ok(Some(g))
+    }
+
     /// Attenuation: a Tessera token exchanged for a narrower one. Scopes a
     /// subset of the parent's, audience and scopes allowed by the policy that
     /// granted the parent, lifetime within the parent's, `txn`, `act`,
     /// `grant` inherited, and the parent's `jti` recorded so that revoking
     /// it revokes this token too.
-    // The pipeline's state so far, passed as is; a struct would only rename it.
-    #[allow(clippy::too_many_arguments)]
     async fn reexchange(
         &self,
-        req: &TokenRequest,
+        ctx: &Context<'_>,
         parsed: jws::UnverifiedJws,
-        peer: Option<&Arc<PeerIdentity>>,
-        actor: Option<&AuthenticatedActor>,
-        dpop: Option<&DpopProof>,
-        now: u64,
         noted: &mut Noted,
     ) -> Result<Issued, ExchangeError> {
+        let (req, now, peer, actor) = (ctx.req, ctx.now, ctx.peer, ctx.actor.as_ref());
         let parent = self
             .own
             .verify_decoded(parsed, now)
@@ -996,7 +1155,7 @@ impl Exchanger {
                     }
                 }
                 (None, Some(jkt)) => {
-                    if dpop.is_none_or(|d| &d.jkt != jkt) {
+                    if ctx.dpop.as_ref().is_none_or(|d| &d.jkt != jkt) {
                         return Err(ExchangeError::SubjectToken("dpop_binding_mismatch"));
                     }
                 }
@@ -1047,13 +1206,15 @@ impl Exchanger {
         // Every actor of the chain (a new one, and those already in `act`)
         // against the current policies, and the original subject's may_act.
         let delegation = self.delegate(
-            policy.issuer(),
-            &p.sub,
-            p.may_act.as_ref(),
+            &Delegation {
+                subject_issuer: policy.issuer(),
+                subject: &p.sub,
+                may_act: p.may_act.as_ref(),
+                audience,
+                scopes: &req.scope,
+            },
             p.act.as_ref(),
             actor,
-            audience,
-            &req.scope,
         )?;
         if let Some((ap, _)) = &delegation {
             if req.scope.iter().any(|s| ap.is_approval_scope(s)) {
@@ -1063,17 +1224,19 @@ impl Exchanger {
         // Anomaly guard (a re-exchange cannot wait for a human: `approval`
         // refuses it).
         self.guard_check(
-            &p.sub,
-            actor.map(|a| a.sub.as_str()),
-            audience,
-            policy.name(),
-            false,
-            false,
-            now,
+            GuardAsk {
+                subject: &p.sub,
+                actor: ctx.actor_sub(),
+                audience,
+                policy: policy.name(),
+                can_ask: false,
+                polling: false,
+                now,
+            },
             noted,
         )
         .await?;
-        let cnf = binding(peer, actor, dpop);
+        let cnf = ctx.binding();
         if policy.require_binding() && cnf.is_none() {
             return Err(ExchangeError::ClientAuth("binding_required"));
         }
@@ -1087,14 +1250,12 @@ impl Exchanger {
                 "authorization_details_differ_from_parent",
             ));
         }
-        let peer_end = peer.map_or(u64::MAX, |pe| pe.not_after);
-        let actor_owned = actor.cloned();
         let (actor_end, actor_policy_end) =
-            self.actor_caps(&actor_owned, delegation.as_ref().map(|d| d.0), now);
+            self.actor_caps(actor, delegation.as_ref().map(|d| d.0), now);
         let exp = self.expiry(
             req,
             policy,
-            &[p.exp, peer_end, actor_end, actor_policy_end],
+            &[p.exp, ctx.peer_end(), actor_end, actor_policy_end],
             now,
         )?;
         let mut ancestors = Vec::with_capacity(p.ancestors.len() + 1);
@@ -1189,20 +1350,15 @@ impl Exchanger {
     }
 
     /// The delegation rule ([`PolicySet::delegate`], the one the CLI's
-    /// `policy explain` runs too) for this request's actor, if any, on top of
+    /// `policy explain` runs too) for `d` and this request's actor, if any, on top of
     /// the prior actors of the subject token's `act`: every actor of the
     /// chain is checked against the current policies. Returns the new
     /// actor's policy and the new `act`, when there is a new actor.
-    #[allow(clippy::too_many_arguments)]
     fn delegate<'a>(
         &'a self,
-        subject_issuer: &str,
-        subject_sub: &str,
-        may_act: Option<&MayAct>,
+        d: &Delegation<'_>,
         prior: Option<&Actor>,
         actor: Option<&AuthenticatedActor>,
-        audience: &str,
-        scopes: &crate::policy::scope::ScopeSet,
     ) -> Result<Option<(&'a crate::policy::CompiledPolicy, Actor)>, ExchangeError> {
         let mut chain = Vec::new();
         if let Some(a) = actor {
@@ -1236,14 +1392,7 @@ impl Exchanger {
             });
             link = l.act.as_deref();
         }
-        let d = Delegation {
-            subject_issuer,
-            subject: subject_sub,
-            may_act,
-            audience,
-            scopes,
-        };
-        let pa = self.policies.delegate(&d, &chain).map_err(|e| match e {
+        let pa = self.policies.delegate(d, &chain).map_err(|e| match e {
             DelegationDenial::Policy {
                 denial: Denial::AudienceNotAllowed,
                 ..
@@ -1270,11 +1419,11 @@ impl Exchanger {
     /// The actor's credential end and its policy's lifetime cap (or no cap).
     fn actor_caps(
         &self,
-        actor: &Option<AuthenticatedActor>,
+        actor: Option<&AuthenticatedActor>,
         actor_policy: Option<&crate::policy::CompiledPolicy>,
         now: u64,
     ) -> (u64, u64) {
-        let end = actor.as_ref().map_or(u64::MAX, |a| a.not_after);
+        let end = actor.map_or(u64::MAX, |a| a.not_after);
         let policy_end = actor_policy
             .and_then(|p| p.max_ttl())
             .map_or(u64::MAX, |d| now.saturating_add(d.as_secs()));
