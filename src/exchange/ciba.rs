@@ -11,8 +11,9 @@
 
 use serde_json::Value;
 
+use super::authenticate::AuthenticatedActor;
 use super::request::{BackchannelRequest, CibaPoll, GrantType, Target, TokenRequest, TokenType};
-use super::{approval, AuthenticatedActor, ExchangeError, Exchanger, Issued, Noted, Peer};
+use super::{approval, ExchangeError, Exchanger, Issued, Noted, Peer};
 use crate::identity::login::ApprovalLogin;
 use crate::mint::claims::AccessTokenClaims;
 use crate::policy::delegation::Delegation;
@@ -311,7 +312,7 @@ impl Exchanger {
                 .task
                 .clone()
                 .unwrap_or_else(|| crate::mint::random_uuid().to_string()),
-            cnf: super::binding(Some(&agent), Some(&actor), None),
+            cnf: super::token::binding(Some(&agent), Some(&actor), None),
             act: Some(act),
             grant: None,
             owner: policy.owner().map(str::to_string),
