@@ -77,7 +77,7 @@ impl Snapshot {
             &keyring,
         )?);
         let mut exchanger = Exchanger::new(
-            &config,
+            &config.exchange_settings(),
             issuers,
             minter.clone(),
             own_tokens.clone(),
@@ -408,6 +408,22 @@ impl App {
     /// loads it once and uses that one snapshot throughout.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// What an approval decision works with
+    /// ([`crate::exchange::approval::decide`]): the stores, the audit
+    /// trail, the clock, and `snap`'s rules and policies.
+    pub(crate) fn deciding<'a>(
+        &'a self,
+        snap: &'a Snapshot,
+    ) -> crate::exchange::approval::Deciding<'a> {
+        crate::exchange::approval::Deciding {
+            stores: &self.stores,
+            auditor: &self.auditor,
+            clock: self.clock.as_ref(),
+            rules: snap.config.approval_rules(),
+            policies: snap.exchanger.policies(),
+        }
     }
 
     /// Re-reads the configuration file the broker started with and, if it

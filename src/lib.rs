@@ -36,6 +36,9 @@
 pub mod claims;
 pub mod clock;
 pub mod dpop;
+// Durations as written in the config (server-only, like `text`).
+#[cfg(feature = "server")]
+pub(crate) mod duration;
 pub mod jose;
 pub mod jwks;
 pub mod revocation;

@@ -55,6 +55,7 @@ mod verify;
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -67,9 +68,19 @@ pub use record::{
 };
 pub use verify::{head_from_line, Break, ChainSummary, ChainVerifier, Report, MAX_BREAKS};
 
-use crate::config::AuditSink;
 use crate::store::{AuditLine, AuditStream};
 use lines::Lines;
+
+/// Where audit records are written as JSON lines (`[audit] sink`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
+    /// Standard output (logs go to standard error).
+    Stdout,
+    /// Appended to this file.
+    File(PathBuf),
+    /// Nowhere (only the store's bounded stream).
+    Off,
+}
 
 /// Records queued for the writer; past it [`Auditor::record`] fails at once.
 pub const QUEUE_LEN: usize = 65_536;

@@ -17,9 +17,9 @@
 //! One file for the typed configuration and its validation: every check
 //! needs the whole `Config` (cross-section rules such as TTL ceilings and
 //! trust domains). The parts with a job of their own are already apart:
-//! `raw` (the TOML shape), `duration`, `lint` (warnings), `tests`.
+//! `raw` (the TOML shape), `lint` (warnings), `tests`; durations are
+//! parsed by the leaf module `crate::duration`.
 
-pub(crate) mod duration;
 pub(crate) mod lint;
 pub(crate) mod raw;
 
@@ -27,7 +27,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use duration::parse_duration;
+/// Each subsystem owns its settings types; the configuration composes them
+/// (and keeps their old paths here).
+pub use crate::audit::AuditSink;
+/// The duration parser lives in a leaf module (`crate::duration`); its old
+/// path stays.
+pub(crate) use crate::duration;
+pub use crate::duration::parse_duration;
+pub use crate::identity::login::ApprovalLogin;
+pub use crate::identity::IssuerConfig;
 pub use lint::{ConfigWarning, WarningKind};
 pub use raw::RawConfig;
 
@@ -38,8 +46,9 @@ use crate::policy::PolicySpec;
 
 /// Longest lifetime any token may be configured to have.
 pub const MAX_TOKEN_TTL_CAP: Duration = Duration::from_secs(24 * 3600);
-/// The issuer name reserved for client certificates in `match.issuer`.
-pub const MTLS_ISSUER: &str = "mtls";
+/// The issuer name reserved for client certificates in `match.issuer`
+/// (the policy layer owns it).
+pub use crate::policy::MTLS_ISSUER;
 /// Bounds of `[server] max_clock_step`.
 pub const CLOCK_STEP_BOUNDS: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(3600);
@@ -121,6 +130,37 @@ pub struct Config {
     pub policies: Vec<PolicySpec>,
     /// `[guard]` with the policies' overrides.
     pub guard: GuardConfig,
+}
+
+impl Config {
+    /// The pipeline's settings, composed from this file (the exchange owns
+    /// their shape: [`crate::exchange::Settings`]).
+    pub fn exchange_settings(&self) -> crate::exchange::Settings<'_> {
+        crate::exchange::Settings {
+            issuer: &self.server.issuer,
+            default_ttl: self.tokens.default_ttl,
+            max_ttl: self.tokens.max_ttl,
+            signing_keys: &self.tokens.signing_keys,
+            policies: &self.policies,
+            dpop_nonce: self.dpop_nonce,
+            approvals_ttl: self.approvals_ttl,
+            approvals_interval: self.approvals_interval,
+            approvals_webhook: self.approvals_webhook.as_deref(),
+            approvals_webhook_ca: self.approvals_webhook_ca.as_deref(),
+            approval_pages: self.approvals_login.is_some(),
+            guard: &self.guard,
+        }
+    }
+
+    /// Who may decide approvals, from this file (the exchange owns the
+    /// rule: `exchange::approval::may_decide`).
+    pub(crate) fn approval_rules(&self) -> crate::exchange::approval::Rules<'_> {
+        crate::exchange::approval::Rules {
+            login: self.approvals_login.as_ref(),
+            policy_approvers: &self.policy_approvers,
+            policies: &self.policies,
+        }
+    }
 }
 
 /// `[server]`, typed.
@@ -224,17 +264,6 @@ pub struct StoreConfig {
     pub options: crate::store::StoreOptions,
 }
 
-/// Where audit records are written as JSON lines (`[audit] sink`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuditSink {
-    /// Standard output (logs go to standard error).
-    Stdout,
-    /// Appended to this file.
-    File(PathBuf),
-    /// Nowhere (only the store's bounded stream).
-    Off,
-}
-
 /// `[audit]`, typed.
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
@@ -293,60 +322,6 @@ impl Default for Limits {
 pub const MAX_APPROVER_SESSION: Duration = Duration::from_secs(3600);
 /// Longest `[approvals] max_auth_age`.
 pub const MAX_AUTH_AGE: Duration = Duration::from_secs(24 * 3600);
-
-/// `[approvals] login_*`: how approvers sign in (OIDC code flow + PKCE).
-#[derive(Debug, Clone)]
-pub struct ApprovalLogin {
-    /// The `[[issuers]]` entry's name.
-    pub issuer_name: String,
-    /// Its exact `iss`.
-    pub issuer: String,
-    /// The client id (the ID token's `aud`).
-    pub client_id: String,
-    /// The client secret's file (a confidential client), if any.
-    pub client_secret_file: Option<PathBuf>,
-    /// The ID-token claim naming the human.
-    pub approver_claim: String,
-    /// The array claim `group:NAME` approvers are matched against.
-    pub groups_claim: Option<String>,
-    /// Whether `amr` must hold one of `mfa_amr`.
-    pub require_mfa: bool,
-    /// `amr` values accepted as multi-factor.
-    pub mfa_amr: Vec<String>,
-    /// Oldest `auth_time` that may decide.
-    pub max_auth_age: Duration,
-    /// Session lifetime.
-    pub session_ttl: Duration,
-}
-
-/// One trusted OIDC issuer, typed.
-#[derive(Debug, Clone)]
-pub struct IssuerConfig {
-    /// Short name.
-    pub name: String,
-    /// Exact `iss`.
-    pub issuer: String,
-    /// Accepted audiences.
-    pub audiences: Vec<String>,
-    /// JWKS URL, or `None` for discovery.
-    pub jwks_uri: Option<String>,
-    /// Extra HTTPS trust anchor.
-    pub ca: Option<PathBuf>,
-    /// Allowed algorithms.
-    pub algorithms: Vec<Algorithm>,
-    /// Replay protection on `jti`.
-    pub single_use: bool,
-    /// Longest accepted token lifetime.
-    pub max_token_lifetime: Duration,
-    /// Clock leeway.
-    pub leeway: Duration,
-    /// Least time between miss-triggered JWKS refetches.
-    pub jwks_refresh_cooldown: Duration,
-    /// How long keys stay usable after the last successful fetch.
-    pub jwks_max_stale: Duration,
-    /// Sent as `Authorization: Bearer` with discovery and JWKS fetches.
-    pub bearer_token_file: Option<PathBuf>,
-}
 
 impl Config {
     /// Reads and validates a config file.

@@ -12,11 +12,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-use crate::app::App;
-use crate::audit::{AuditError, AuditRecord, Event};
-use crate::config::Config;
-use crate::identity::login::Human;
-use crate::store::{Approval, ApprovalState, DecideOutcome, StoreError};
+use crate::audit::{AuditError, AuditRecord, Auditor, Event};
+use crate::clock::Clock;
+use crate::identity::login::{ApprovalLogin, Human};
+use crate::policy::{PolicySet, PolicySpec};
+use crate::store::{Approval, ApprovalState, DecideOutcome, StoreError, Stores};
 
 /// Version tag of the request hash input (changing the input changes it).
 const HASH_VERSION: &str = "tessera-approval-v1";
@@ -262,9 +262,21 @@ impl Approver {
     }
 }
 
+/// What the rule of who may decide reads from the configuration in force
+/// (`config` composes it: `Config::approval_rules`).
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'c> {
+    /// `[approvals] login_*` (none: no human sign-in).
+    pub login: Option<&'c ApprovalLogin>,
+    /// `policies[].approvers`, by policy name, for the policies that set it.
+    pub policy_approvers: &'c std::collections::BTreeMap<String, Vec<String>>,
+    /// `[[policies]]` (their `owner`).
+    pub policies: &'c [PolicySpec],
+}
+
 /// The approvers of `a`: the granting policy's `approvers`, else its
 /// `owner`; nobody when the policy is gone or has neither.
-pub fn approvers_of<'c>(cfg: &'c Config, a: &Approval) -> Vec<&'c str> {
+pub fn approvers_of<'c>(cfg: &Rules<'c>, a: &Approval) -> Vec<&'c str> {
     if let Some(list) = cfg.policy_approvers.get(&a.policy) {
         return list.iter().map(String::as_str).collect();
     }
@@ -278,8 +290,8 @@ pub fn approvers_of<'c>(cfg: &'c Config, a: &Approval) -> Vec<&'c str> {
 
 /// Whether `h` is named by `a`'s approvers (as a person or through a
 /// `group:` entry). What the web list shows; [`may_decide`] adds the rest.
-pub fn is_approver(cfg: &Config, h: &Human, a: &Approval) -> bool {
-    let Some(login) = &cfg.approvals_login else {
+pub fn is_approver(cfg: &Rules<'_>, h: &Human, a: &Approval) -> bool {
+    let Some(login) = cfg.login else {
         return false;
     };
     if h.idp != login.issuer_name {
@@ -298,16 +310,16 @@ pub fn is_approver(cfg: &Config, h: &Human, a: &Approval) -> bool {
 }
 
 /// Whether a sign-in with `amr` is multi-factor enough (`require_mfa`).
-pub fn mfa_ok(cfg: &Config, amr: &[String]) -> bool {
-    match &cfg.approvals_login {
+pub fn mfa_ok(cfg: &Rules<'_>, amr: &[String]) -> bool {
+    match cfg.login {
         Some(l) => !l.require_mfa || amr.iter().any(|m| l.mfa_amr.contains(m)),
         None => false,
     }
 }
 
 /// Whether a sign-in at `auth_time` is recent enough to decide at `now`.
-pub fn fresh_enough(cfg: &Config, auth_time: u64, now: u64) -> bool {
-    match &cfg.approvals_login {
+pub fn fresh_enough(cfg: &Rules<'_>, auth_time: u64, now: u64) -> bool {
+    match cfg.login {
         Some(l) => now.saturating_sub(auth_time) <= l.max_auth_age.as_secs(),
         None => false,
     }
@@ -318,7 +330,7 @@ pub fn fresh_enough(cfg: &Config, auth_time: u64, now: u64) -> bool {
 /// approvers, multi-factor when required, signed in within `max_auth_age`;
 /// never the requester, the subject or an actor (four eyes).
 pub fn may_decide(
-    cfg: &Config,
+    cfg: &Rules<'_>,
     who: &Approver,
     a: &Approval,
     now: u64,
@@ -358,7 +370,7 @@ pub fn may_decide(
 /// CIBA consent: the person's own policies (a policy matching the login
 /// issuer and their ID-token claims now) must allow the audience and every
 /// scope, as for any delegation's subject.
-pub fn person_policy_allows(policies: &crate::policy::PolicySet, h: &Human, a: &Approval) -> bool {
+pub fn person_policy_allows(policies: &PolicySet, h: &Human, a: &Approval) -> bool {
     let Some(sub) = h.claims.get("sub").and_then(Value::as_str) else {
         return false;
     };
@@ -397,6 +409,23 @@ pub enum DecideError {
     AuditRefusal(AuditError),
 }
 
+/// What [`decide`] works with: the stores, the audit trail, the clock, and
+/// from the configuration snapshot in force the rule of who may decide and
+/// the policies (a CIBA consent checks the person's own).
+#[derive(Clone, Copy)]
+pub struct Deciding<'a> {
+    /// The stores (the approval lives there).
+    pub stores: &'a Stores,
+    /// The audit trail (no decision without its record).
+    pub auditor: &'a Auditor,
+    /// The clock.
+    pub clock: &'a dyn Clock,
+    /// Who may decide.
+    pub rules: Rules<'a>,
+    /// The policies in force.
+    pub policies: &'a PolicySet,
+}
+
 /// Serialises approval decisions on one replica (they are rare and human).
 static DECIDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -423,7 +452,7 @@ fn refused(who: &Approver, a: &Approval, reason_code: &str, note: &str) -> Audit
 /// `refused` and decide nothing. HTTP-free: both the admin API and the web
 /// pages call this.
 pub async fn decide(
-    app: &App,
+    app: &Deciding<'_>,
     who: &Approver,
     id: &str,
     approve: bool,
@@ -432,8 +461,7 @@ pub async fn decide(
     if uuid::Uuid::parse_str(id).is_err() {
         return Err(DecideError::NotFound(id.to_string()));
     }
-    let snap = app.snapshot();
-    let cfg = &snap.config;
+    let cfg = &app.rules;
     // One decision at a time on this replica: the state read below is then
     // the state the store decides on (barring another replica deciding the
     // same approval in the same instant), so a decision that cannot apply is
@@ -472,7 +500,7 @@ pub async fn decide(
     }
     let mut allowed = may_decide(cfg, who, &a, now);
     if let (Ok(()), Approver::Human(h), true) = (&allowed, who, approve && a.ciba.is_some()) {
-        if !person_policy_allows(snap.exchanger.policies(), h, &a) {
+        if !person_policy_allows(app.policies, h, &a) {
             allowed = Err("person_policy_denies");
         }
     }

@@ -18,7 +18,6 @@ use serde::{Deserialize, Serialize};
 use super::approval;
 use super::Exchanger;
 use crate::audit::{AuditRecord, Auditor, Event};
-use crate::config::Config;
 use crate::identity::login::{self, Human, LoginClient, LoginError};
 use crate::store::{Approval, ApprovalState, Stores};
 
@@ -110,8 +109,9 @@ pub struct ApproverSessions<'a> {
     pub stores: &'a Stores,
     /// The audit trail (refused sign-ins).
     pub auditor: &'a Auditor,
-    /// The configuration in force (approvers, MFA and freshness rules).
-    pub config: &'a Config,
+    /// The approval rules of the configuration in force (approvers, MFA
+    /// and freshness).
+    pub rules: approval::Rules<'a>,
     /// The pipeline of that configuration (the login issuer's verifier).
     pub exchanger: &'a Exchanger,
     /// The sign-in client (`[approvals] login_issuer`).
@@ -247,7 +247,7 @@ impl ApproverSessions<'_> {
                 return Err(SignInRefusal::IdTokenRefused);
             }
         };
-        if !approval::mfa_ok(self.config, &human.amr) {
+        if !approval::mfa_ok(&self.rules, &human.amr) {
             self.audit_refused("mfa_required", Some(&human), "no multi-factor amr")
                 .await;
             return Err(SignInRefusal::MfaRequired(human.name));
@@ -351,7 +351,7 @@ impl ApproverSessions<'_> {
         Ok(all
             .into_iter()
             .filter(|a| a.state == ApprovalState::Pending && a.expires_at > now)
-            .filter(|a| approval::is_approver(self.config, human, a))
+            .filter(|a| approval::is_approver(&self.rules, human, a))
             .collect())
     }
 
@@ -366,7 +366,7 @@ impl ApproverSessions<'_> {
             return Ok(None);
         }
         match self.stores.approvals.get_approval(id, self.now).await {
-            Ok(Some(a)) if approval::is_approver(self.config, human, &a) => Ok(Some(a)),
+            Ok(Some(a)) if approval::is_approver(&self.rules, human, &a) => Ok(Some(a)),
             Ok(_) => Ok(None),
             Err(_) => Err(Unavailable),
         }
@@ -375,14 +375,14 @@ impl ApproverSessions<'_> {
     /// Whether `human` signed in recently enough to decide now
     /// ([`approval::fresh_enough`]).
     pub fn may_decide_now(&self, human: &Human) -> bool {
-        approval::fresh_enough(self.config, human.auth_time, self.now)
+        approval::fresh_enough(&self.rules, human.auth_time, self.now)
     }
 
     /// The scopes of `a` its policy's `approval_scopes` name (why it needs a
     /// human); empty when the anomaly guard asked instead, or the policy is
     /// gone.
     pub fn approval_scopes<'a>(&self, a: &'a Approval) -> Vec<&'a str> {
-        self.config
+        self.rules
             .policies
             .iter()
             .find(|p| p.name == a.policy)

@@ -11,10 +11,13 @@
 
 use serde_json::Value;
 
-use super::{approval, AuthenticatedActor, ExchangeError, Exchanger, Issued, Noted, Peer};
-use crate::config::{ApprovalLogin, MTLS_ISSUER};
+use super::authenticate::AuthenticatedActor;
+use super::request::{BackchannelRequest, CibaPoll, GrantType, Target, TokenRequest, TokenType};
+use super::{approval, ExchangeError, Exchanger, Issued, Noted, Peer};
+use crate::identity::login::ApprovalLogin;
 use crate::mint::claims::AccessTokenClaims;
-use crate::oauth::request::{Form, GrantType, Target, TokenRequest, TokenType};
+use crate::policy::delegation::Delegation;
+use crate::policy::MTLS_ISSUER;
 use crate::store::{Approval, ApprovalCreated, ApprovalState, CibaRequest, PollOutcome};
 
 /// The CIBA grant type at `/token`.
@@ -60,22 +63,13 @@ pub struct CibaStarted {
     pub person: String,
 }
 
-fn one<'f>(form: &'f Form, name: &str) -> Result<Option<&'f str>, CibaError> {
-    match form.get(name).map(Vec::as_slice) {
-        None => Ok(None),
-        Some([v]) if v.is_empty() => Ok(None),
-        Some([v]) => Ok(Some(v.as_str())),
-        Some(_) => Err(refuse(400, "invalid_request", "repeated_parameter")),
-    }
-}
-
 impl Exchanger {
     /// `POST /bc-authorize`: checks the agent (client certificate) and its
     /// policy (it may act for `login_issuer` users, for this audience and
     /// every scope), then records the consent request and notifies.
     pub async fn ciba_authorize(
         &self,
-        form: &Form,
+        parsed: Result<BackchannelRequest, CibaError>,
         peer: &Peer,
         login: &ApprovalLogin,
     ) -> Result<CibaStarted, CibaError> {
@@ -84,62 +78,19 @@ impl Exchanger {
             Peer::Identified(p) if p.not_after > now => p.clone(),
             _ => return Err(refuse(401, "invalid_client", "client_certificate_required")),
         };
-        let person =
-            one(form, "login_hint")?.ok_or(refuse(400, "invalid_request", "login_hint_missing"))?;
-        if person.len() > MAX_LOGIN_HINT || person.chars().any(char::is_control) {
-            return Err(refuse(400, "invalid_request", "login_hint_malformed"));
-        }
-        for unsupported in ["login_hint_token", "id_token_hint", "user_code"] {
-            if form.get(unsupported).is_some() {
-                return Err(refuse(400, "invalid_request", "hint_not_supported"));
-            }
-        }
-        let scope: crate::policy::scope::ScopeSet = one(form, "scope")?
-            .ok_or(refuse(400, "invalid_scope", "scope_missing"))?
-            .parse()
-            .map_err(|_| refuse(400, "invalid_scope", "scope_malformed"))?;
-        let audience = match (one(form, "audience")?, one(form, "resource")?) {
-            (Some(a), None) | (None, Some(a)) => a.to_string(),
-            _ => return Err(refuse(400, "invalid_request", "one_target_required")),
-        };
-        if audience.len() > 1024 || audience.chars().any(char::is_control) {
-            return Err(refuse(400, "invalid_request", "target_malformed"));
-        }
-        let binding_message = match one(form, "binding_message")? {
-            Some(m)
-                if m.chars().count() > MAX_BINDING_MESSAGE
-                    || m.chars().any(crate::text::is_terminal_unsafe) =>
-            {
-                return Err(refuse(
-                    400,
-                    "invalid_binding_message",
-                    "binding_message_malformed",
-                ))
-            }
-            m => m.map(str::to_string),
-        };
-        let task = match one(form, "task")? {
-            Some(t) if !crate::oauth::request::valid_task(t) => {
-                return Err(refuse(400, "invalid_request", "task_malformed"))
-            }
-            t => t.map(str::to_string),
-        };
-        let details = match one(form, "authorization_details")? {
-            Some(d) => Some(
-                crate::oauth::request::parse_authorization_details(d)
-                    .map_err(|e| refuse(400, "invalid_request", e.reason))?,
-            ),
-            None => None,
-        };
-        let expiry = match one(form, "requested_expiry")? {
-            Some(e) => e
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or(refuse(400, "invalid_request", "requested_expiry_malformed"))?
-                .min(self.approvals_ttl),
-            None => self.approvals_ttl,
-        };
+        // A malformed request is refused after the client check (the form
+        // was parsed by the HTTP layer, `oauth::request::bc_authorize_request`).
+        let BackchannelRequest {
+            login_hint,
+            scope,
+            audience,
+            binding_message,
+            task,
+            authorization_details: details,
+            requested_expiry,
+        } = parsed?;
+        let person = login_hint.as_str();
+        let expiry = requested_expiry.map_or(self.approvals_ttl, |e| e.min(self.approvals_ttl));
         // The agent's policy must allow acting for this IdP's users, for
         // exactly this audience and every scope (the person's own policies
         // are checked when they consent: their claims are known only then).
@@ -153,13 +104,15 @@ impl Exchanger {
         };
         let delegated = self
             .delegate(
-                &login.issuer_name,
-                person,
-                None,
+                &Delegation {
+                    subject_issuer: &login.issuer_name,
+                    subject: person,
+                    may_act: None,
+                    audience: &audience,
+                    scopes: &scope,
+                },
                 None,
                 Some(&actor),
-                &audience,
-                &scope,
             )
             .map_err(|_| refuse(403, "access_denied", "agent_policy_denies"))?;
         let Some((policy, _)) = delegated else {
@@ -239,7 +192,7 @@ impl Exchanger {
     /// with the agent's policy checked again now.
     pub async fn ciba_redeem(
         &self,
-        form: &Form,
+        poll: CibaPoll,
         peer: &Peer,
         noted: &mut Noted,
     ) -> Result<Issued, ExchangeError> {
@@ -250,9 +203,8 @@ impl Exchanger {
             _ => return Err(ExchangeError::ClientAuth("client_certificate_required")),
         };
         noted.actor = Some(agent.subject.clone());
-        let id = match form.get("auth_req_id").map(Vec::as_slice) {
-            Some([id]) if !id.is_empty() && id.len() <= 64 => id.clone(),
-            _ => return Err(ExchangeError::Malformed("auth_req_id_missing")),
+        let Some(id) = poll.auth_req_id else {
+            return Err(ExchangeError::Malformed("auth_req_id_missing"));
         };
         let a = match self.stores.approvals.get_approval(&id, now).await? {
             Some(a) if a.ciba.is_some() && a.requester == agent.subject => a,
@@ -310,13 +262,15 @@ impl Exchanger {
         };
         let (policy, act) = self
             .delegate(
-                &ciba.person_issuer,
-                &a.subject,
-                None,
+                &Delegation {
+                    subject_issuer: &ciba.person_issuer,
+                    subject: &a.subject,
+                    may_act: None,
+                    audience: &a.audience,
+                    scopes: &scope,
+                },
                 None,
                 Some(&actor),
-                &a.audience,
-                &scope,
             )?
             .ok_or(ExchangeError::NoPolicy)?;
         if self
@@ -358,7 +312,7 @@ impl Exchanger {
                 .task
                 .clone()
                 .unwrap_or_else(|| crate::mint::random_uuid().to_string()),
-            cnf: super::binding(Some(&agent), Some(&actor), None),
+            cnf: super::token::binding(Some(&agent), Some(&actor), None),
             act: Some(act),
             grant: None,
             owner: policy.owner().map(str::to_string),

@@ -73,7 +73,7 @@ pub fn check_revocation(kind: RevocationKind, value: &str) -> Result<(), String>
 /// A kill-switch duration (`--block-for`): a duration within
 /// [`MIN_BLOCK`]..=[`MAX_BLOCK`].
 pub fn parse_block_for(s: &str) -> Result<Duration, String> {
-    let d = crate::config::parse_duration(s).map_err(|e| format!("--block-for: {e}"))?;
+    let d = crate::duration::parse_duration(s).map_err(|e| format!("--block-for: {e}"))?;
     if d < MIN_BLOCK || d > MAX_BLOCK {
         return Err(format!(
             "--block-for `{s}` is out of range: a block lasts 1s to 365d (to lift one early: \
@@ -88,7 +88,7 @@ pub const MAX_GRANT_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// A JIT grant's lifetime (`--ttl`): a duration within 1s..=24h.
 pub fn check_grant_ttl(s: &str) -> Result<Duration, String> {
-    let d = crate::config::parse_duration(s).map_err(|e| format!("--ttl: {e}"))?;
+    let d = crate::duration::parse_duration(s).map_err(|e| format!("--ttl: {e}"))?;
     if d < Duration::from_secs(1) || d > MAX_GRANT_TTL {
         return Err(format!(
             "--ttl `{s}` is out of range: a grant lives 1s to 24h"

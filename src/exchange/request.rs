@@ -1,6 +1,6 @@
-//! What the exchange consumes: the `/token` request as types (built once
-//! by the HTTP layer's form parser, `oauth::request`, which re-exports
-//! them). They live here, below `oauth`, so the exchange never imports
+//! What the exchange consumes: the `/token` and `/bc-authorize` requests as
+//! types (built once by the HTTP layer's form parser, `oauth::request`,
+//! which re-exports them). They live here, below `oauth`, so the exchange never imports
 //! the layer above it.
 
 use crate::policy::scope::ScopeSet;
@@ -107,3 +107,36 @@ pub fn valid_task(t: &str) -> bool {
         && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
+
+/// A parsed, shape-checked `/bc-authorize` request (OpenID CIBA Core 1.0
+/// §7.1, poll mode).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackchannelRequest {
+    /// `login_hint`: the person, as the agent names them.
+    pub login_hint: String,
+    /// `scope`.
+    pub scope: ScopeSet,
+    /// The one target (`audience` or `resource`).
+    pub audience: String,
+    /// `binding_message`.
+    pub binding_message: Option<String>,
+    /// `task`.
+    pub task: Option<String>,
+    /// `authorization_details` (RFC 9396), shape-checked.
+    pub authorization_details: Option<serde_json::Value>,
+    /// `requested_expiry` in seconds (more than 0; the exchange caps it at
+    /// `[approvals] ttl`).
+    pub requested_expiry: Option<u64>,
+}
+
+/// A `/token` request with the CIBA grant: one poll of a consent request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CibaPoll {
+    /// `auth_req_id`, when sent once, non-empty and at most
+    /// [`MAX_AUTH_REQ_ID_LEN`] bytes (otherwise `None`: the exchange
+    /// refuses it as missing, after the client check).
+    pub auth_req_id: Option<String>,
+}
+
+/// Longest `auth_req_id` (an approval id is a UUID).
+pub const MAX_AUTH_REQ_ID_LEN: usize = 64;

@@ -11,8 +11,10 @@ use base64::Engine;
 use reqwest::Url;
 use serde_json::Value;
 
-use crate::config::{ApprovalLogin, IssuerConfig};
+use std::path::PathBuf;
+
 use crate::identity::oidc::{IssuerVerifier, OidcError};
+use crate::identity::IssuerConfig;
 
 /// Largest token endpoint answer read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
@@ -22,6 +24,31 @@ const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_LIST: usize = 64;
 /// Longest claim value kept from an ID token.
 const MAX_CLAIM_LEN: usize = 256;
+
+/// `[approvals] login_*`: how approvers sign in (OIDC code flow + PKCE).
+#[derive(Debug, Clone)]
+pub struct ApprovalLogin {
+    /// The `[[issuers]]` entry's name.
+    pub issuer_name: String,
+    /// Its exact `iss`.
+    pub issuer: String,
+    /// The client id (the ID token's `aud`).
+    pub client_id: String,
+    /// The client secret's file (a confidential client), if any.
+    pub client_secret_file: Option<PathBuf>,
+    /// The ID-token claim naming the human.
+    pub approver_claim: String,
+    /// The array claim `group:NAME` approvers are matched against.
+    pub groups_claim: Option<String>,
+    /// Whether `amr` must hold one of `mfa_amr`.
+    pub require_mfa: bool,
+    /// `amr` values accepted as multi-factor.
+    pub mfa_amr: Vec<String>,
+    /// Oldest `auth_time` that may decide.
+    pub max_auth_age: Duration,
+    /// Session lifetime.
+    pub session_ttl: Duration,
+}
 
 /// A signed-in human, as the ID token says.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -8,3 +8,5 @@ pub(crate) mod oidc;
 pub(crate) mod own;
 pub mod peer;
 pub mod spiffe;
+
+pub use oidc::IssuerConfig;

@@ -3,6 +3,7 @@
 //! Keys come only from the configured JWKS URL or discovery under the
 //! configured issuer, never from anything the token says.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,10 +12,39 @@ use crate::clock::Clock;
 use rustls_pki_types::{pem::PemObject, CertificateDer};
 use tokio::sync::{Mutex, OnceCell};
 
-use crate::config::IssuerConfig;
+use crate::jose::alg::Algorithm;
 use crate::jose::jws::UnverifiedJws;
 use crate::jose::validate::{validate_owned, ClaimRules, ValidatedClaims};
 use crate::jwks::{https_client, HttpJwksFetcher, JwksCache, KeyLookupError};
+
+/// One trusted OIDC issuer, typed.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// Short name.
+    pub name: String,
+    /// Exact `iss`.
+    pub issuer: String,
+    /// Accepted audiences.
+    pub audiences: Vec<String>,
+    /// JWKS URL, or `None` for discovery.
+    pub jwks_uri: Option<String>,
+    /// Extra HTTPS trust anchor.
+    pub ca: Option<PathBuf>,
+    /// Allowed algorithms.
+    pub algorithms: Vec<Algorithm>,
+    /// Replay protection on `jti`.
+    pub single_use: bool,
+    /// Longest accepted token lifetime.
+    pub max_token_lifetime: Duration,
+    /// Clock leeway.
+    pub leeway: Duration,
+    /// Least time between miss-triggered JWKS refetches.
+    pub jwks_refresh_cooldown: Duration,
+    /// How long keys stay usable after the last successful fetch.
+    pub jwks_max_stale: Duration,
+    /// Sent as `Authorization: Bearer` with discovery and JWKS fetches.
+    pub bearer_token_file: Option<PathBuf>,
+}
 
 /// Why a token from an OIDC issuer was refused.
 #[derive(Debug, Clone, thiserror::Error)]

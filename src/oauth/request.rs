@@ -1,6 +1,9 @@
 //! `POST /token` form → [`TokenRequest`]: the RFC 6749 / 8693 request rules
-//! (form content type, no repeated parameters, token types, one target).
+//! (form content type, no repeated parameters, token types, one target);
+//! and `POST /bc-authorize` → [`BackchannelRequest`] (OpenID CIBA).
 
+use crate::exchange::ciba::{CibaError, MAX_BINDING_MESSAGE, MAX_LOGIN_HINT};
+use crate::exchange::request::MAX_AUTH_REQ_ID_LEN;
 use crate::oauth::error::ErrorCode;
 use crate::policy::scope::ScopeSet;
 
@@ -16,7 +19,9 @@ pub const MAX_APPROVAL_ID_LEN: usize = 128;
 /// Largest `expires_in` a caller may ask for (the lifetime rules cap it further).
 pub const MAX_EXPIRES_IN: u64 = 86_400;
 
-pub use crate::exchange::request::{GrantType, Target, TokenRequest, TokenType};
+pub use crate::exchange::request::{
+    BackchannelRequest, CibaPoll, GrantType, Target, TokenRequest, TokenType,
+};
 
 /// Why a request was refused while parsing: the wire code and an audit reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -389,6 +394,101 @@ pub fn parse_authorization_details(s: &str) -> Result<serde_json::Value, Request
     Ok(v)
 }
 
+/// A `/bc-authorize` form parameter sent at most once (empty counts as absent).
+fn one_ciba<'f>(form: &'f Form, name: &str) -> Result<Option<&'f str>, CibaError> {
+    match form.get(name).map(Vec::as_slice) {
+        None => Ok(None),
+        Some([v]) if v.is_empty() => Ok(None),
+        Some([v]) => Ok(Some(v.as_str())),
+        Some(_) => Err(ciba_refusal("invalid_request", "repeated_parameter")),
+    }
+}
+
+fn ciba_refusal(error: &'static str, reason: &'static str) -> CibaError {
+    CibaError {
+        status: 400,
+        error,
+        reason,
+    }
+}
+
+/// `POST /bc-authorize` form → [`BackchannelRequest`] (OpenID CIBA Core 1.0
+/// §7.1): a refusal is a 400 with the CIBA error code and a reason code.
+pub fn bc_authorize_request(form: &Form) -> Result<BackchannelRequest, CibaError> {
+    let refuse = ciba_refusal;
+    let person =
+        one_ciba(form, "login_hint")?.ok_or(refuse("invalid_request", "login_hint_missing"))?;
+    if person.len() > MAX_LOGIN_HINT || person.chars().any(char::is_control) {
+        return Err(refuse("invalid_request", "login_hint_malformed"));
+    }
+    for unsupported in ["login_hint_token", "id_token_hint", "user_code"] {
+        if form.get(unsupported).is_some() {
+            return Err(refuse("invalid_request", "hint_not_supported"));
+        }
+    }
+    let scope: ScopeSet = one_ciba(form, "scope")?
+        .ok_or(refuse("invalid_scope", "scope_missing"))?
+        .parse()
+        .map_err(|_| refuse("invalid_scope", "scope_malformed"))?;
+    let audience = match (one_ciba(form, "audience")?, one_ciba(form, "resource")?) {
+        (Some(a), None) | (None, Some(a)) => a.to_string(),
+        _ => return Err(refuse("invalid_request", "one_target_required")),
+    };
+    if audience.len() > 1024 || audience.chars().any(char::is_control) {
+        return Err(refuse("invalid_request", "target_malformed"));
+    }
+    let binding_message = match one_ciba(form, "binding_message")? {
+        Some(m)
+            if m.chars().count() > MAX_BINDING_MESSAGE
+                || m.chars().any(crate::text::is_terminal_unsafe) =>
+        {
+            return Err(refuse(
+                "invalid_binding_message",
+                "binding_message_malformed",
+            ))
+        }
+        m => m.map(str::to_string),
+    };
+    let task = match one_ciba(form, "task")? {
+        Some(t) if !valid_task(t) => return Err(refuse("invalid_request", "task_malformed")),
+        t => t.map(str::to_string),
+    };
+    let authorization_details = match one_ciba(form, "authorization_details")? {
+        Some(d) => {
+            Some(parse_authorization_details(d).map_err(|e| refuse("invalid_request", e.reason))?)
+        }
+        None => None,
+    };
+    let requested_expiry = match one_ciba(form, "requested_expiry")? {
+        Some(e) => Some(
+            e.parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or(refuse("invalid_request", "requested_expiry_malformed"))?,
+        ),
+        None => None,
+    };
+    Ok(BackchannelRequest {
+        login_hint: person.to_string(),
+        scope,
+        audience,
+        binding_message,
+        task,
+        authorization_details,
+        requested_expiry,
+    })
+}
+
+/// A `/token` form with the CIBA grant → [`CibaPoll`].
+pub fn ciba_poll(form: &Form) -> CibaPoll {
+    CibaPoll {
+        auth_req_id: match form.get("auth_req_id").map(Vec::as_slice) {
+            Some([id]) if !id.is_empty() && id.len() <= MAX_AUTH_REQ_ID_LEN => Some(id.clone()),
+            _ => None,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -679,5 +779,72 @@ mod tests {
         assert!(parse_authorization_details(&many).is_err());
         let sixteen = format!("[{}]", vec![r#"{"type":"a"}"#; 16].join(","));
         assert!(parse_authorization_details(&sixteen).is_ok());
+    }
+
+    #[test]
+    fn bc_authorize_form_becomes_a_typed_request() {
+        let r = bc_authorize_request(&form(
+            "login_hint=alice%40example.com&scope=deploy:prod&audience=api&binding_message=A1\
+             &task=t-1&requested_expiry=120&authorization_details=%5B%7B%22type%22%3A%22x%22%7D%5D",
+        ))
+        .unwrap();
+        assert_eq!(r.login_hint, "alice@example.com");
+        assert_eq!(r.scope.to_string(), "deploy:prod");
+        assert_eq!(r.audience, "api");
+        assert_eq!(r.binding_message.as_deref(), Some("A1"));
+        assert_eq!(r.task.as_deref(), Some("t-1"));
+        assert_eq!(r.requested_expiry, Some(120));
+        assert_eq!(r.authorization_details.unwrap()[0]["type"], "x");
+        let refused = |s: &str| {
+            let e = bc_authorize_request(&form(s)).unwrap_err();
+            assert_eq!(e.status, 400);
+            (e.error, e.reason)
+        };
+        let ok = "login_hint=a&scope=s&audience=api";
+        assert_eq!(
+            refused("scope=s"),
+            ("invalid_request", "login_hint_missing")
+        );
+        assert_eq!(
+            refused("login_hint=a&login_hint=b&scope=s&audience=api"),
+            ("invalid_request", "repeated_parameter")
+        );
+        assert_eq!(
+            refused(&format!("{ok}&id_token_hint=x")),
+            ("invalid_request", "hint_not_supported")
+        );
+        assert_eq!(
+            refused("login_hint=a&audience=api"),
+            ("invalid_scope", "scope_missing")
+        );
+        assert_eq!(
+            refused("login_hint=a&scope=s&audience=api&resource=https://r"),
+            ("invalid_request", "one_target_required")
+        );
+        assert_eq!(
+            refused(&format!("{ok}&binding_message={}", "x".repeat(65))),
+            ("invalid_binding_message", "binding_message_malformed")
+        );
+        assert_eq!(
+            refused(&format!("{ok}&task=a%20b")),
+            ("invalid_request", "task_malformed")
+        );
+        assert_eq!(
+            refused(&format!("{ok}&requested_expiry=0")),
+            ("invalid_request", "requested_expiry_malformed")
+        );
+    }
+
+    #[test]
+    fn ciba_poll_keeps_one_short_auth_req_id() {
+        assert_eq!(
+            ciba_poll(&form("auth_req_id=abc")).auth_req_id.as_deref(),
+            Some("abc")
+        );
+        for bad in ["", "auth_req_id=", "auth_req_id=a&auth_req_id=b"] {
+            assert_eq!(ciba_poll(&form(bad)).auth_req_id, None, "{bad}");
+        }
+        let long = format!("auth_req_id={}", "a".repeat(MAX_AUTH_REQ_ID_LEN + 1));
+        assert_eq!(ciba_poll(&form(&long)).auth_req_id, None);
     }
 }

@@ -432,7 +432,10 @@ async fn decide(
         return response(AdminCode::InvalidRequest, m);
     }
     let who = Approver::Operator(who);
-    match crate::exchange::approval::decide(&app, &who, &id, approve, reason.as_deref()).await {
+    let snap = app.snapshot();
+    let deciding = app.deciding(&snap);
+    match crate::exchange::approval::decide(&deciding, &who, &id, approve, reason.as_deref()).await
+    {
         Ok(a) => Json(approval_view(&a, app.clock.now())).into_response(),
         Err(e) => decide_err(&id, e),
     }

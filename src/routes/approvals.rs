@@ -202,7 +202,7 @@ fn sessions<'a>(app: &'a AppState, snap: &'a Snapshot) -> Option<ApproverSession
     Some(ApproverSessions {
         stores: &app.stores,
         auditor: &app.auditor,
-        config: &snap.config,
+        rules: snap.config.approval_rules(),
         exchanger: &snap.exchanger,
         login: snap.login.as_deref()?,
         now: app.clock.now(),
@@ -635,7 +635,7 @@ pub async fn decide(
         );
     }
     let who = Approver::Human(s.human.clone());
-    match approval::decide(&app, &who, &id, approve, reason).await {
+    match approval::decide(&app.deciding(&snap), &who, &id, approve, reason).await {
         Ok(_) => see_other("/approvals"),
         Err(DecideError::NotFound(_)) => not_found(Some(&s)),
         Err(DecideError::NotAllowed("auth_too_old")) => page(

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::audit::{AuditRecord, Event};
 use crate::exchange::Peer;
-use crate::oauth::request::{check_content_type, parse_form};
+use crate::oauth::request::{bc_authorize_request, check_content_type, parse_form};
 
 fn no_store(mut r: Response) -> Response {
     r.headers_mut()
@@ -52,7 +52,8 @@ pub async fn bc_authorize(
         Err(e) => return error(400, crate::oauth::OAuthError::from(&e).code.as_str()),
     };
     let who = crate::routes::token::peer_name(&peer);
-    match snap.exchanger.ciba_authorize(&form, &peer, login).await {
+    let parsed = bc_authorize_request(&form);
+    match snap.exchanger.ciba_authorize(parsed, &peer, login).await {
         Ok(s) => {
             tracing::info!(auth_req_id = %s.auth_req_id, agent = %s.agent,
                 "CIBA consent requested");

@@ -137,7 +137,11 @@ async fn run(
     {
         return snap
             .exchanger
-            .ciba_redeem(&form, peer, &mut asked.who)
+            .ciba_redeem(
+                crate::oauth::request::ciba_poll(&form),
+                peer,
+                &mut asked.who,
+            )
             .await
             .map_err(Refusal::Exchange);
     }
