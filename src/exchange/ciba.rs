@@ -15,7 +15,7 @@ use super::authenticate::AuthenticatedActor;
 use super::request::{BackchannelRequest, CibaPoll, GrantType, Target, TokenRequest, TokenType};
 use super::{approval, ExchangeError, Exchanger, Issued, Noted, Peer};
 use crate::identity::login::ApprovalLogin;
-use crate::mint::claims::AccessTokenClaims;
+use super::token::TokenContent;
 use crate::policy::delegation::Delegation;
 use crate::policy::MTLS_ISSUER;
 use crate::store::{Approval, ApprovalCreated, ApprovalState, CibaRequest, PollOutcome};
@@ -298,29 +298,27 @@ impl Exchanger {
             dpop: None,
         };
         let exp = self.expiry(&req, policy, &[agent.not_after], now)?;
-        let claims = AccessTokenClaims {
-            iss: self.issuer.clone(),
-            sub: a.subject.clone(),
-            aud: a.audience.clone(),
-            exp,
-            iat: now,
-            nbf: now,
-            jti: crate::mint::random_uuid().to_string(),
-            client_id: agent.subject.clone(),
-            scope: req.scope.to_string(),
-            txn: a
-                .task
-                .clone()
-                .unwrap_or_else(|| crate::mint::random_uuid().to_string()),
-            cnf: super::token::binding(Some(&agent), Some(&actor), None),
-            act: Some(act),
-            grant: None,
-            owner: policy.owner().map(str::to_string),
-            authorization_details: a.authorization_details.clone(),
-            policy: Some(policy.name().to_string()),
-            ancestors: Vec::new(),
-            may_act: None,
-        };
+        let claims = self.claims_for(
+            policy,
+            TokenContent {
+                sub: a.subject.clone(),
+                audience: &a.audience,
+                exp,
+                client_id: agent.subject.clone(),
+                scope: req.scope.to_string(),
+                txn: a
+                    .task
+                    .clone()
+                    .unwrap_or_else(|| crate::mint::random_uuid().to_string()),
+                act: Some(act),
+                cnf: super::token::binding(Some(&agent), Some(&actor), None),
+                grant: None,
+                authorization_details: a.authorization_details.clone(),
+                ancestors: Vec::new(),
+                may_act: None,
+            },
+            now,
+        );
         let mut issued = self.sign(&req, claims, now)?;
         issued.approval = Some(a.id);
         Ok(issued)

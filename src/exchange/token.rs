@@ -13,7 +13,8 @@ use crate::identity::peer::PeerIdentity;
 use crate::mint::claims::{AccessTokenClaims, Actor, Confirmation, MayAct};
 
 /// What a token says that depends on how it was asked for (first
-/// exchange or re-exchange); [`Exchanger::claims_for`] adds the rest.
+/// exchange, re-exchange or CIBA redemption); [`Exchanger::claims_for`]
+/// adds the rest.
 pub(super) struct TokenContent<'a> {
     pub(super) sub: String,
     pub(super) audience: &'a str,
@@ -94,7 +95,7 @@ impl Exchanger {
         Ok(exp)
     }
 
-    /// The one claims builder (first exchange and re-exchange): the issuer,
+    /// The one claims builder (first exchange, re-exchange and the CIBA redemption): the issuer,
     /// `iat`/`nbf` from this exchange's one clock reading, a fresh `jti`, and
     /// the granting policy with its owner are filled in here; what differs
     /// between the two paths comes in as [`TokenContent`].
