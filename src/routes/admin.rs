@@ -485,12 +485,13 @@ fn decide_err(id: &str, e: DecideError) -> Response {
             AdminCode::TemporarilyUnavailable,
             format!("the audit trail is unavailable: {e}"),
         ),
-        // Nothing was decided, but the wire answer has always been this one.
-        DecideError::AuditRefusal(e) => {
-            tracing::error!(error = %e, "admin: change made but not audited");
+        // Nothing was decided: say so (this answer used to claim "the change
+        // WAS made", which was false for a refused decision).
+        e @ DecideError::AuditRefusal(_) => {
+            tracing::error!(error = %e, "admin: a refused decision was not audited");
             (
                 AdminCode::AuditUnavailable,
-                OperatorError::NotAudited(e).to_string(),
+                format!("nothing was decided, and {e}"),
             )
         }
     };
