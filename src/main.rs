@@ -535,8 +535,47 @@ enum TokenCmd {
     },
 }
 
+/// The connection flags: listed once, in `tessera --help`.
+const CONNECTION_FLAGS: [&str; 4] = ["url", "cert", "key", "ca"];
+
+/// What a verb's help says in place of the connection flags.
+const CONNECTION_POINTER: &str =
+    "Connection options (--url, --cert, --key, --ca or TESSERA_* variables): see `tessera --help`";
+
+/// The command tree as parsed: the connection flags stay global (accepted
+/// before or after the verb, and from the environment) but each verb's
+/// help names them in one pointer line instead of repeating them.
+fn cli_command() -> clap::Command {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let conn: Vec<clap::Arg> = cmd
+        .get_arguments()
+        .filter(|a| CONNECTION_FLAGS.contains(&a.get_id().as_str()))
+        .cloned()
+        .collect();
+    hide_in_subcommands(cmd, &conn)
+}
+
+/// Give every subcommand, recursively, its own hidden copy of `args` (clap
+/// then propagates nothing over it: it skips an id the subcommand already
+/// has) and the pointer line.
+fn hide_in_subcommands(cmd: clap::Command, args: &[clap::Arg]) -> clap::Command {
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    names.iter().fold(cmd, |cmd, name| {
+        cmd.mut_subcommand(name, |sc| {
+            let sc = args
+                .iter()
+                .fold(sc, |sc, a| sc.arg(a.clone().hide(true)))
+                .after_help(CONNECTION_POINTER);
+            hide_in_subcommands(sc, args)
+        })
+    })
+}
+
 fn main() -> ExitCode {
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let matches = cli_command().get_matches();
     let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
@@ -865,6 +904,8 @@ fn main() -> ExitCode {
             block_on(tessera::cli::admin::reload(&conn, cli.json))
         }
         Cmd::Completion { shell } => {
+            // The tree without hidden copies: completions offer the
+            // connection flags after every verb too.
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut cmd, "tessera", &mut out);
