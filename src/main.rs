@@ -766,7 +766,7 @@ fn main() -> ExitCode {
                     }
                 });
             if let Err(m) = checked {
-                return usage_error(&m, cli.json);
+                return usage_error(&m.to_string(), cli.json);
             }
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
@@ -800,7 +800,7 @@ fn main() -> ExitCode {
                             tessera::exchange::operator::check_grant_ttl(&ttl).map(|_| ())
                         });
                     if let Err(m) = checked {
-                        return usage_error(&m, cli.json);
+                        return usage_error(&m.to_string(), cli.json);
                     }
                     let a = tessera::cli::admin::GrantArgs {
                         subject,
@@ -823,7 +823,7 @@ fn main() -> ExitCode {
         }
         Cmd::Unblock { subject, reason } => {
             if let Err(m) = tessera::exchange::operator::check_identity(&subject) {
-                return usage_error(&m, cli.json);
+                return usage_error(&m.to_string(), cli.json);
             }
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,

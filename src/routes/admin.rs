@@ -229,7 +229,7 @@ pub async fn unblock(
         Err(r) => return r,
     };
     if let Err(m) = crate::exchange::operator::check_identity(&b.subject) {
-        return response(AdminCode::InvalidRequest, m);
+        return response(AdminCode::InvalidRequest, m.to_string());
     }
     if let Err(r) = check_reason(b.reason.as_deref()) {
         return r;
@@ -735,6 +735,6 @@ pub async fn reload(State(app): State<AppState>, peer: Option<Extension<Peer>>) 
             "signing_kid": app.snapshot().keyring.signing_key().kid(),
         }))
         .into_response(),
-        Err(e) => response(AdminCode::ReloadRejected, e),
+        Err(e) => response(AdminCode::ReloadRejected, e.to_string()),
     }
 }
