@@ -626,7 +626,7 @@ async fn record_hook(
 fn server_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
     use rustls_pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let chain = crate::server::tls::read_certs("testkit", cert)?;
+    let chain = crate::server::tls::read_certs("testkit", cert).map_err(|e| e.to_string())?;
     let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).map_err(|e| e.to_string())?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -53,6 +53,22 @@ impl OwnToken {
     }
 }
 
+/// Why the key ring's published keys cannot verify Tessera's tokens.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OwnKeyError {
+    /// A key without a public JWK.
+    #[error("signing key has no JWK form")]
+    NoJwk,
+    /// A public JWK that does not load as a verifying key.
+    #[error("signing key {kid}: {source}")]
+    Key {
+        /// The key id.
+        kid: String,
+        /// Why.
+        source: crate::jose::jwk::JwkError,
+    },
+}
+
 /// Verifies Tessera's own access tokens.
 #[derive(Debug)]
 pub struct OwnTokenVerifier {
@@ -62,15 +78,15 @@ pub struct OwnTokenVerifier {
 
 impl OwnTokenVerifier {
     /// Builds the verifier from the key ring's published keys.
-    pub fn new(issuer: &str, ring: &KeyRing) -> Result<Self, String> {
+    pub fn new(issuer: &str, ring: &KeyRing) -> Result<Self, OwnKeyError> {
         let mut keys = HashMap::new();
         for k in ring.keys() {
             let jwk = k.public_jwk();
-            let obj = jwk
-                .as_object()
-                .ok_or_else(|| "signing key has no JWK form".to_string())?;
-            let vk =
-                VerifyingKey::from_jwk(obj).map_err(|e| format!("signing key {}: {e}", k.kid()))?;
+            let obj = jwk.as_object().ok_or(OwnKeyError::NoJwk)?;
+            let vk = VerifyingKey::from_jwk(obj).map_err(|e| OwnKeyError::Key {
+                kid: k.kid().to_string(),
+                source: e,
+            })?;
             keys.insert(k.kid().to_string(), Arc::new(vk));
         }
         Ok(Self {
