@@ -227,7 +227,7 @@ struct DevTokenArgs {
 }
 
 impl DevTokenArgs {
-    fn into_args(self) -> Result<tessera::cli::dev::TokenArgs, String> {
+    fn into_args(self) -> Result<tessera::cli::dev::TokenArgs, tessera::cli::DurationFlagError> {
         let ttl = tessera::cli::parse_duration_flag("--ttl", &self.ttl)?;
         Ok(tessera::cli::dev::TokenArgs {
             config: self.config,
@@ -672,7 +672,7 @@ fn main() -> ExitCode {
         } => {
             let wait = match tessera::cli::parse_duration_flag("--wait", &wait) {
                 Ok(d) => d,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             let a = tessera::cli::token::ExchangeArgs {
                 audience,
@@ -690,7 +690,7 @@ fn main() -> ExitCode {
             };
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::token::exchange(&conn, &a, cli.json))
         }
@@ -727,7 +727,7 @@ fn main() -> ExitCode {
             };
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::token::verify(
                 &conn,
@@ -766,11 +766,11 @@ fn main() -> ExitCode {
                     }
                 });
             if let Err(m) = checked {
-                return usage_error(&m.to_string(), cli.json);
+                return usage_error(m, cli.json);
             }
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             let a = tessera::cli::admin::RevokeArgs {
                 kind: kind.as_str(),
@@ -783,7 +783,7 @@ fn main() -> ExitCode {
         Cmd::Grant { cmd } => {
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             match cmd {
                 GrantCmd::Create {
@@ -800,7 +800,7 @@ fn main() -> ExitCode {
                             tessera::exchange::operator::check_grant_ttl(&ttl).map(|_| ())
                         });
                     if let Err(m) = checked {
-                        return usage_error(&m.to_string(), cli.json);
+                        return usage_error(m, cli.json);
                     }
                     let a = tessera::cli::admin::GrantArgs {
                         subject,
@@ -823,11 +823,11 @@ fn main() -> ExitCode {
         }
         Cmd::Unblock { subject, reason } => {
             if let Err(m) = tessera::exchange::operator::check_identity(&subject) {
-                return usage_error(&m.to_string(), cli.json);
+                return usage_error(m, cli.json);
             }
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::admin::unblock(
                 &conn, &subject, reason, cli.json,
@@ -842,7 +842,7 @@ fn main() -> ExitCode {
         } => {
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::admin::store_recover(
                 &conn,
@@ -856,7 +856,7 @@ fn main() -> ExitCode {
         } => {
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::admin::blocks_list(&conn, cli.json))
         }
@@ -865,7 +865,7 @@ fn main() -> ExitCode {
         } => {
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::admin::revocations_list(&conn, cli.json))
         }
@@ -874,14 +874,14 @@ fn main() -> ExitCode {
         } => {
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::admin::approvals_list(&conn, all, cli.json))
         }
         Cmd::Approve { id, reason } => {
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::admin::approval_decide(
                 &conn, &id, true, reason, cli.json,
@@ -890,7 +890,7 @@ fn main() -> ExitCode {
         Cmd::Deny { id, reason } => {
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::admin::approval_decide(
                 &conn, &id, false, reason, cli.json,
@@ -899,7 +899,7 @@ fn main() -> ExitCode {
         Cmd::Reload => {
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::admin::reload(&conn, cli.json))
         }
@@ -926,7 +926,7 @@ fn main() -> ExitCode {
             };
             let a = match args.into_args() {
                 Ok(a) => a,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             if serve_it {
                 block_on(tessera::cli::dev::issuer(&a))
@@ -946,7 +946,7 @@ fn main() -> ExitCode {
             } => {
                 let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                     Ok(c) => c,
-                    Err(m) => return usage_error(&m, cli.json),
+                    Err(m) => return usage_error(m, cli.json),
                 };
                 let o = tessera::cli::audit::TailOptions {
                     jti,
@@ -975,7 +975,7 @@ fn main() -> ExitCode {
                 let conn = if checkpoint_from_store {
                     match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                         Ok(c) => Some(c),
-                        Err(m) => return usage_error(&m, cli.json),
+                        Err(m) => return usage_error(m, cli.json),
                     }
                 } else {
                     None
@@ -995,7 +995,7 @@ fn main() -> ExitCode {
             } => {
                 let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                     Ok(c) => c,
-                    Err(m) => return usage_error(&m, cli.json),
+                    Err(m) => return usage_error(m, cli.json),
                 };
                 block_on(tessera::cli::audit::verify_stream(
                     &conn,
@@ -1010,8 +1010,8 @@ fn main() -> ExitCode {
 
 /// Bad usage found before any round trip: the message on stderr (a JSON
 /// object under `--json`), exit 2.
-fn usage_error(msg: &str, json: bool) -> ExitCode {
-    tessera::cli::print_error(msg, 2, json);
+fn usage_error(msg: impl std::fmt::Display, json: bool) -> ExitCode {
+    tessera::cli::print_error(&msg.to_string(), 2, json);
     ExitCode::from(2)
 }
 
@@ -1020,7 +1020,7 @@ fn connection(
     cert: PathBuf,
     key: PathBuf,
     ca: PathBuf,
-) -> Result<tessera::cli::admin::Connection, String> {
+) -> Result<tessera::cli::admin::Connection, tessera::cli::admin::UrlError> {
     tessera::cli::admin::Connection::new(url, cert, key, ca)
 }
 

@@ -661,4 +661,5 @@ pub fn https_client(
         h2,
         std::time::Duration::from_secs(10),
     )
+    .map_err(|e| e.to_string())
 }

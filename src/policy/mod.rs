@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-pub use crate::policy::claims::{claim_path_lookup, ClaimCondition};
+pub use crate::policy::claims::{claim_path_lookup, ClaimCondition, ClaimPathError};
 use crate::policy::glob::Pattern;
 use crate::policy::scope::{Scope, ScopeSet};
 
