@@ -143,7 +143,8 @@ async fn run(o: Options) -> Result<(), String> {
         &o.keys.join("server-key.pem"),
         &[ca_path],
         &Default::default(),
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(o.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", o.listen))?;

@@ -25,6 +25,89 @@ use crate::mint::keyring::KeyRing;
 use crate::mint::TokenMinter;
 use crate::store::Stores;
 
+/// Why the broker cannot start, or a reload was rejected. Each names the
+/// config key (and file) at fault; the text is what `serve` prints, the
+/// admin API answers and the `reload_rejected` audit record holds.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The configuration file is invalid, or a file it names is missing.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The store cannot be opened.
+    #[error("store.url: {0}")]
+    Store(crate::store::StoreError),
+    /// The audit sink cannot be started.
+    #[error("audit.path: {0}")]
+    Audit(crate::audit::AuditError),
+    /// The audit file refused the first record (`config_loaded`).
+    #[error("audit.path: the first audit record failed: {0}")]
+    FirstAuditRecord(crate::audit::AuditError),
+    /// The signing key ring cannot be loaded.
+    #[error("tokens.signing_keys: {0}")]
+    SigningKeys(crate::mint::keyring::KeyRingError),
+    /// The listener's TLS material cannot be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::server::tls::TlsSetupError),
+    /// An `[[issuers]]` entry cannot be set up.
+    #[error(transparent)]
+    Issuer(#[from] crate::identity::oidc::IssuerSetupError),
+    /// The key ring cannot verify Tessera's own tokens.
+    #[error(transparent)]
+    OwnTokens(#[from] crate::identity::own::OwnKeyError),
+    /// The exchange pipeline cannot be built (its reason is still text:
+    /// [`Exchanger::new`]).
+    #[error("{0}")]
+    Pipeline(String),
+    /// `[approvals] login_issuer` names no `[[issuers]]` entry.
+    #[error("approvals.login_issuer: no issuer {0}")]
+    NoLoginIssuer(String),
+    /// The approval pages' sign-in client cannot be set up.
+    #[error(transparent)]
+    Login(#[from] crate::identity::login::LoginSetupError),
+    /// A reload changes restart-only keys ([`restart_only_changes`]).
+    #[error(
+        "{}: {} cannot change without a restart (the configuration in force stays)",
+        path.display(),
+        keys.join(", ")
+    )]
+    RestartOnly {
+        /// The configuration file.
+        path: PathBuf,
+        /// The keys changed.
+        keys: Vec<&'static str>,
+    },
+    /// The blocking task that builds a reloaded snapshot failed.
+    #[error("reload task failed: {0}")]
+    ReloadTask(tokio::task::JoinError),
+    /// `[dev] generate_missing` could not generate the material.
+    #[error("generating development material: {0}")]
+    DevMaterial(crate::pki::PkiError),
+    /// [`load_material`]: what failed, under the configuration file's name.
+    #[error("{}: {source}", file.display())]
+    Material {
+        /// The configuration file.
+        file: PathBuf,
+        /// Why.
+        source: Box<AppError>,
+    },
+    /// Material start-up would generate is still missing (one note each).
+    #[error("{}", .0.join("; "))]
+    Pending(Vec<String>),
+    /// A listener cannot bind its address (`key` is the config key).
+    #[error("{key}: cannot bind {addr}: {source}")]
+    Bind {
+        /// `server.listen` or `server.ops_listen`.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A bound listener has no local address.
+    #[error(transparent)]
+    LocalAddr(std::io::Error),
+}
+
 /// Everything derived from one configuration file: swapped as a whole on
 /// reload (SIGHUP), so a request that loaded it once sees one consistent
 /// configuration from start to end.
@@ -56,7 +139,7 @@ impl Snapshot {
         clock: &Arc<dyn Clock>,
         clock_trust: &Arc<ClockTrust>,
         previous: Option<&Snapshot>,
-    ) -> Result<Snapshot, String> {
+    ) -> Result<Snapshot, AppError> {
         let keyring = Arc::new(load_keyring(&config)?);
         let minter = Arc::new(TokenMinter::new(keyring.clone()));
         let mut issuers = Vec::new();
@@ -83,7 +166,8 @@ impl Snapshot {
             own_tokens.clone(),
             stores.clone(),
             clock.clone(),
-        )?;
+        )
+        .map_err(AppError::Pipeline)?;
         if let Some(p) = previous {
             exchanger.keep_state_of(&p.exchanger);
         }
@@ -94,9 +178,7 @@ impl Snapshot {
                     .issuers
                     .iter()
                     .find(|i| i.name == l.issuer_name)
-                    .ok_or_else(|| {
-                        format!("approvals.login_issuer: no issuer {}", l.issuer_name)
-                    })?;
+                    .ok_or_else(|| AppError::NoLoginIssuer(l.issuer_name.clone()))?;
                 Some(Arc::new(crate::identity::login::LoginClient::new(l, is)?))
             }
             None => None,
@@ -349,7 +431,7 @@ fn watch_data_loss(stores: &Stores, auditor: &Auditor) {
 
 impl App {
     /// Loads keys, opens the store and builds the pipeline.
-    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<App, String> {
+    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<App, AppError> {
         log_warnings(&config);
         let stores = Stores::open_with(
             &config.store.url,
@@ -358,13 +440,13 @@ impl App {
             &config.store.options,
         )
         .await
-        .map_err(|e| format!("store.url: {e}"))?;
+        .map_err(AppError::Store)?;
         let auditor = Auditor::start(
             &config.audit.sink,
             Some((stores.audit.clone(), config.audit.stream_max_len)),
             config.audit.timeout,
         )
-        .map_err(|e| format!("audit.path: {e}"))?;
+        .map_err(AppError::Audit)?;
         // Clock trust is restart-only ([server]): one monitor per process.
         let clock_trust = Arc::new(ClockTrust::new(
             clock.clone(),
@@ -388,7 +470,7 @@ impl App {
                     crate::config::AuditSink::File(_)
                 )
             {
-                return Err(format!("audit.path: the first audit record failed: {e}"));
+                return Err(AppError::FirstAuditRecord(e));
             }
             tracing::warn!(error = %e, "the config_loaded audit record could not be written");
         }
@@ -432,24 +514,24 @@ impl App {
     /// and the error names the cause. Either way the outcome is counted
     /// (`tessera_config_reloads_total{outcome}`), logged and audited
     /// (`config_loaded`, reason `reload` or `reload_rejected`).
-    pub async fn reload(&self) -> Result<ReloadDiff, String> {
+    pub async fn reload(&self) -> Result<ReloadDiff, AppError> {
         self.reload_as("signal:SIGHUP").await
     }
 
     /// [`App::reload`] on behalf of `who` (the audit record's `client`: the
     /// operator of `POST /admin/v1/reload`, or `signal:SIGHUP`).
-    pub async fn reload_as(&self, who: &str) -> Result<ReloadDiff, String> {
+    pub async fn reload_as(&self, who: &str) -> Result<ReloadDiff, AppError> {
         let source = self.snapshot().config.source.clone();
         self.reload_file(&source, who).await
     }
 
     /// [`App::reload`] from another file (tests; the restart-only keys are
     /// compared with the configuration in force all the same).
-    pub async fn reload_from(&self, path: &std::path::Path) -> Result<ReloadDiff, String> {
+    pub async fn reload_from(&self, path: &std::path::Path) -> Result<ReloadDiff, AppError> {
         self.reload_file(path, "test").await
     }
 
-    async fn reload_file(&self, path: &std::path::Path, who: &str) -> Result<ReloadDiff, String> {
+    async fn reload_file(&self, path: &std::path::Path, who: &str) -> Result<ReloadDiff, AppError> {
         let _one = self.reloading.lock().await;
         let old = self.snapshot();
         let built = {
@@ -459,21 +541,17 @@ impl App {
             let clock_trust = self.clock_trust.clone();
             let old = old.clone();
             // Key files and CA files are read from disk: off the runtime.
-            tokio::task::spawn_blocking(move || -> Result<Snapshot, String> {
-                let cfg = Config::load(&path).map_err(|e| e.to_string())?;
-                cfg.check_files().map_err(|e| e.to_string())?;
+            tokio::task::spawn_blocking(move || -> Result<Snapshot, AppError> {
+                let cfg = Config::load(&path)?;
+                cfg.check_files()?;
                 let fixed = restart_only_changes(&old.config, &cfg);
                 if !fixed.is_empty() {
-                    return Err(format!(
-                        "{}: {} cannot change without a restart (the configuration in force stays)",
-                        path.display(),
-                        fixed.join(", ")
-                    ));
+                    return Err(AppError::RestartOnly { path, keys: fixed });
                 }
                 Snapshot::build(cfg, &stores, &clock, &clock_trust, Some(&old))
             })
             .await
-            .map_err(|e| format!("reload task failed: {e}"))
+            .map_err(AppError::ReloadTask)
             .and_then(|r| r)
         };
         let m = &crate::telemetry::metrics().config_reloads;
@@ -505,7 +583,7 @@ impl App {
                 let rec = AuditRecord::new(Event::ConfigLoaded)
                     .reason("reload_rejected")
                     .client(who)
-                    .detail(&e);
+                    .detail(&e.to_string());
                 if let Err(ae) = self.auditor.record(rec).await {
                     tracing::warn!(error = %ae, "the config_loaded (reload_rejected) audit record could not be written");
                 }
@@ -548,7 +626,7 @@ fn config_summary(c: &Config) -> String {
 
 /// Generates missing development material when the config allows it, then
 /// checks that every referenced file exists. Returns the files created.
-pub fn prepare(config: &Config) -> Result<Vec<PathBuf>, String> {
+pub fn prepare(config: &Config) -> Result<Vec<PathBuf>, AppError> {
     let mut created = Vec::new();
     if config.dev_generate_missing {
         let dev_dir = config
@@ -558,20 +636,20 @@ pub fn prepare(config: &Config) -> Result<Vec<PathBuf>, String> {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("keys/dev"));
         created = crate::pki::ensure_dev_material(&dev_dir, &config.tokens.signing_keys)
-            .map_err(|e| format!("generating development material: {e}"))?;
+            .map_err(AppError::DevMaterial)?;
         for f in &created {
             tracing::info!(path = %f.display(), "generated missing development material ([dev] generate_missing = true)");
         }
     }
-    config.check_files().map_err(|e| e.to_string())?;
+    config.check_files()?;
     Ok(created)
 }
 
 /// The token signing key ring `[tokens] signing_keys` describes; the error
 /// names the key.
-fn load_keyring(config: &Config) -> Result<KeyRing, String> {
+fn load_keyring(config: &Config) -> Result<KeyRing, AppError> {
     KeyRing::load_dir(&config.tokens.signing_keys, config.tokens.algorithm)
-        .map_err(|e| format!("tokens.signing_keys: {e}"))
+        .map_err(AppError::SigningKeys)
 }
 
 /// What [`load_material`] loaded, and what it could not load yet because
@@ -592,11 +670,14 @@ pub struct Material {
 /// starts; the error names the config file and the key. Under `[dev] generate_missing` a part whose files are absent (TLS)
 /// or whose directory holds no PEM (signing keys) is not loaded but named in
 /// [`Material::pending`]: start-up generates it before loading it.
-pub fn load_material(config: &Config) -> Result<Material, String> {
-    load_material_parts(config).map_err(|e| format!("{}: {e}", config.source.display()))
+pub fn load_material(config: &Config) -> Result<Material, AppError> {
+    load_material_parts(config).map_err(|e| AppError::Material {
+        file: config.source.clone(),
+        source: Box::new(e),
+    })
 }
 
-fn load_material_parts(config: &Config) -> Result<Material, String> {
+fn load_material_parts(config: &Config) -> Result<Material, AppError> {
     let generated = "will be generated at start-up: [dev] generate_missing = true";
     let mut pending = Vec::new();
     let s = &config.server;
@@ -672,7 +753,7 @@ impl Running {
 }
 
 /// Builds the app and serves it on the configured addresses.
-pub async fn start(config: Config) -> Result<Running, String> {
+pub async fn start(config: Config) -> Result<Running, AppError> {
     start_with_clock(config, Arc::new(SystemClock)).await
 }
 
@@ -715,21 +796,29 @@ fn export_known_series_at_zero() {
 }
 
 /// [`start`] with an injected clock.
-pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
+pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Running, AppError> {
     export_known_series_at_zero();
     let material = load_material(&config)?;
-    let tls = material.tls.ok_or_else(|| material.pending.join("; "))?;
+    let tls = material.tls.ok_or(AppError::Pending(material.pending))?;
     let listen = config.server.listen;
     let ops_listen = config.server.ops_listen;
     let app: AppState = Arc::new(App::build(config, clock).await?);
     let listener = TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("server.listen: cannot bind {listen}: {e}"))?;
+        .map_err(|e| AppError::Bind {
+            key: "server.listen",
+            addr: listen,
+            source: e,
+        })?;
     let ops = TcpListener::bind(ops_listen)
         .await
-        .map_err(|e| format!("server.ops_listen: cannot bind {ops_listen}: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let ops_addr = ops.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|e| AppError::Bind {
+            key: "server.ops_listen",
+            addr: ops_listen,
+            source: e,
+        })?;
+    let addr = listener.local_addr().map_err(AppError::LocalAddr)?;
+    let ops_addr = ops.local_addr().map_err(AppError::LocalAddr)?;
     let (tx, rx) = watch::channel(false);
 
     let router = crate::routes::router(app.clone());

@@ -6,6 +6,42 @@ use std::time::Duration;
 /// Longest duration the parser accepts (a year), so arithmetic never overflows.
 pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
+/// Why a duration does not parse (each names the text as written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Nothing but white space.
+    #[error("empty duration; write e.g. 90s, 5m or 1h")]
+    Empty,
+    /// Written out in words (`10 minutes`): `hint` is the short form.
+    #[error("`{input}`: write {hint}")]
+    SpelledOut {
+        /// The text.
+        input: String,
+        /// How to write it (`10m`).
+        hint: String,
+    },
+    /// A part does not start with (at most 12) digits.
+    #[error("`{0}` is not a duration like 90s, 5m or 1h")]
+    NotADuration(String),
+    /// The digits are not a number.
+    #[error("`{0}` is not a duration")]
+    BadNumber(String),
+    /// A number without a unit.
+    #[error("`{0}` needs a unit: ms, s, m, h or d")]
+    NoUnit(String),
+    /// A unit that is none of ms, s, m, h, d.
+    #[error("`{unit}` in `{input}` is not a unit: use ms, s, m, h or d")]
+    UnknownUnit {
+        /// The unit as written.
+        unit: String,
+        /// The text.
+        input: String,
+    },
+    /// Longer than [`MAX_DURATION`].
+    #[error("`{0}` is longer than a year")]
+    TooLong(String),
+}
+
 /// Parses a duration such as `90s`, `5m`, `1h30m` or `250ms`.
 ///
 /// ```
@@ -13,13 +49,17 @@ pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 /// assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
 /// assert!(parse_duration("5").is_err());
 /// ```
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let t = s.trim();
+    let input = || s.to_string();
     if t.is_empty() {
-        return Err("empty duration; write e.g. 90s, 5m or 1h".into());
+        return Err(DurationError::Empty);
     }
     if let Some(hint) = spelled_out(t) {
-        return Err(format!("`{s}`: write {hint}"));
+        return Err(DurationError::SpelledOut {
+            input: input(),
+            hint,
+        });
     }
     let mut total_ms: u128 = 0;
     let bytes = t.as_bytes();
@@ -30,11 +70,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             i += 1;
         }
         if i == start || i - start > 12 {
-            return Err(format!("`{s}` is not a duration like 90s, 5m or 1h"));
+            return Err(DurationError::NotADuration(input()));
         }
         let n: u128 = t[start..i]
             .parse()
-            .map_err(|_| format!("`{s}` is not a duration"))?;
+            .map_err(|_| DurationError::BadNumber(input()))?;
         let ustart = i;
         while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
             i += 1;
@@ -45,17 +85,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "m" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
-            "" => return Err(format!("`{s}` needs a unit: ms, s, m, h or d")),
+            "" => return Err(DurationError::NoUnit(input())),
             u => {
-                return Err(format!(
-                    "`{u}` in `{s}` is not a unit: use ms, s, m, h or d"
-                ))
+                return Err(DurationError::UnknownUnit {
+                    unit: u.to_string(),
+                    input: input(),
+                })
             }
         };
         total_ms = total_ms.saturating_add(n.saturating_mul(mult));
     }
     if total_ms > MAX_DURATION.as_millis() {
-        return Err(format!("`{s}` is longer than a year"));
+        return Err(DurationError::TooLong(input()));
     }
     Ok(Duration::from_millis(total_ms as u64))
 }
@@ -87,13 +128,25 @@ mod tests {
     #[test]
     fn words_get_a_hint() {
         assert_eq!(
-            parse_duration("10 minutes").unwrap_err(),
+            parse_duration("10 minutes").unwrap_err().to_string(),
             "`10 minutes`: write 10m"
         );
-        assert_eq!(parse_duration("30sec").unwrap_err(), "`30sec`: write 30s");
-        assert_eq!(parse_duration("2 h").unwrap_err(), "`2 h`: write 2h");
-        assert_eq!(parse_duration("1 day").unwrap_err(), "`1 day`: write 1d");
-        assert!(parse_duration("10x").unwrap_err().contains("not a unit"));
+        assert_eq!(
+            parse_duration("30sec").unwrap_err().to_string(),
+            "`30sec`: write 30s"
+        );
+        assert_eq!(
+            parse_duration("2 h").unwrap_err().to_string(),
+            "`2 h`: write 2h"
+        );
+        assert_eq!(
+            parse_duration("1 day").unwrap_err().to_string(),
+            "`1 day`: write 1d"
+        );
+        assert!(parse_duration("10x")
+            .unwrap_err()
+            .to_string()
+            .contains("not a unit"));
     }
 
     #[test]

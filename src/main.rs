@@ -227,7 +227,7 @@ struct DevTokenArgs {
 }
 
 impl DevTokenArgs {
-    fn into_args(self) -> Result<tessera::cli::dev::TokenArgs, String> {
+    fn into_args(self) -> Result<tessera::cli::dev::TokenArgs, tessera::cli::DurationFlagError> {
         let ttl = tessera::cli::parse_duration_flag("--ttl", &self.ttl)?;
         Ok(tessera::cli::dev::TokenArgs {
             config: self.config,
@@ -535,8 +535,47 @@ enum TokenCmd {
     },
 }
 
+/// The connection flags: listed once, in `tessera --help`.
+const CONNECTION_FLAGS: [&str; 4] = ["url", "cert", "key", "ca"];
+
+/// What a verb's help says in place of the connection flags.
+const CONNECTION_POINTER: &str =
+    "Connection options (--url, --cert, --key, --ca or TESSERA_* variables): see `tessera --help`";
+
+/// The command tree as parsed: the connection flags stay global (accepted
+/// before or after the verb, and from the environment) but each verb's
+/// help names them in one pointer line instead of repeating them.
+fn cli_command() -> clap::Command {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let conn: Vec<clap::Arg> = cmd
+        .get_arguments()
+        .filter(|a| CONNECTION_FLAGS.contains(&a.get_id().as_str()))
+        .cloned()
+        .collect();
+    hide_in_subcommands(cmd, &conn)
+}
+
+/// Give every subcommand, recursively, its own hidden copy of `args` (clap
+/// then propagates nothing over it: it skips an id the subcommand already
+/// has) and the pointer line.
+fn hide_in_subcommands(cmd: clap::Command, args: &[clap::Arg]) -> clap::Command {
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    names.iter().fold(cmd, |cmd, name| {
+        cmd.mut_subcommand(name, |sc| {
+            let sc = args
+                .iter()
+                .fold(sc, |sc, a| sc.arg(a.clone().hide(true)))
+                .after_help(CONNECTION_POINTER);
+            hide_in_subcommands(sc, args)
+        })
+    })
+}
+
 fn main() -> ExitCode {
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let matches = cli_command().get_matches();
     let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
@@ -633,7 +672,7 @@ fn main() -> ExitCode {
         } => {
             let wait = match tessera::cli::parse_duration_flag("--wait", &wait) {
                 Ok(d) => d,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             let a = tessera::cli::token::ExchangeArgs {
                 audience,
@@ -651,7 +690,7 @@ fn main() -> ExitCode {
             };
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::token::exchange(&conn, &a, cli.json))
         }
@@ -688,7 +727,7 @@ fn main() -> ExitCode {
             };
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::token::verify(
                 &conn,
@@ -727,11 +766,11 @@ fn main() -> ExitCode {
                     }
                 });
             if let Err(m) = checked {
-                return usage_error(&m, cli.json);
+                return usage_error(m, cli.json);
             }
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             let a = tessera::cli::admin::RevokeArgs {
                 kind: kind.as_str(),
@@ -744,7 +783,7 @@ fn main() -> ExitCode {
         Cmd::Grant { cmd } => {
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             match cmd {
                 GrantCmd::Create {
@@ -761,7 +800,7 @@ fn main() -> ExitCode {
                             tessera::exchange::operator::check_grant_ttl(&ttl).map(|_| ())
                         });
                     if let Err(m) = checked {
-                        return usage_error(&m, cli.json);
+                        return usage_error(m, cli.json);
                     }
                     let a = tessera::cli::admin::GrantArgs {
                         subject,
@@ -784,11 +823,11 @@ fn main() -> ExitCode {
         }
         Cmd::Unblock { subject, reason } => {
             if let Err(m) = tessera::exchange::operator::check_identity(&subject) {
-                return usage_error(&m, cli.json);
+                return usage_error(m, cli.json);
             }
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::admin::unblock(
                 &conn, &subject, reason, cli.json,
@@ -803,7 +842,7 @@ fn main() -> ExitCode {
         } => {
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::admin::store_recover(
                 &conn,
@@ -817,7 +856,7 @@ fn main() -> ExitCode {
         } => {
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::admin::blocks_list(&conn, cli.json))
         }
@@ -826,7 +865,7 @@ fn main() -> ExitCode {
         } => {
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::admin::revocations_list(&conn, cli.json))
         }
@@ -835,14 +874,14 @@ fn main() -> ExitCode {
         } => {
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::admin::approvals_list(&conn, all, cli.json))
         }
         Cmd::Approve { id, reason } => {
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::admin::approval_decide(
                 &conn, &id, true, reason, cli.json,
@@ -851,7 +890,7 @@ fn main() -> ExitCode {
         Cmd::Deny { id, reason } => {
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::admin::approval_decide(
                 &conn, &id, false, reason, cli.json,
@@ -860,11 +899,13 @@ fn main() -> ExitCode {
         Cmd::Reload => {
             let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                 Ok(c) => c,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             block_on(tessera::cli::admin::reload(&conn, cli.json))
         }
         Cmd::Completion { shell } => {
+            // The tree without hidden copies: completions offer the
+            // connection flags after every verb too.
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut cmd, "tessera", &mut out);
@@ -885,7 +926,7 @@ fn main() -> ExitCode {
             };
             let a = match args.into_args() {
                 Ok(a) => a,
-                Err(m) => return usage_error(&m, cli.json),
+                Err(m) => return usage_error(m, cli.json),
             };
             if serve_it {
                 block_on(tessera::cli::dev::issuer(&a))
@@ -905,7 +946,7 @@ fn main() -> ExitCode {
             } => {
                 let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                     Ok(c) => c,
-                    Err(m) => return usage_error(&m, cli.json),
+                    Err(m) => return usage_error(m, cli.json),
                 };
                 let o = tessera::cli::audit::TailOptions {
                     jti,
@@ -934,7 +975,7 @@ fn main() -> ExitCode {
                 let conn = if checkpoint_from_store {
                     match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                         Ok(c) => Some(c),
-                        Err(m) => return usage_error(&m, cli.json),
+                        Err(m) => return usage_error(m, cli.json),
                     }
                 } else {
                     None
@@ -954,7 +995,7 @@ fn main() -> ExitCode {
             } => {
                 let conn = match connection(&cli.url, cli.cert, cli.key, cli.ca) {
                     Ok(c) => c,
-                    Err(m) => return usage_error(&m, cli.json),
+                    Err(m) => return usage_error(m, cli.json),
                 };
                 block_on(tessera::cli::audit::verify_stream(
                     &conn,
@@ -969,8 +1010,8 @@ fn main() -> ExitCode {
 
 /// Bad usage found before any round trip: the message on stderr (a JSON
 /// object under `--json`), exit 2.
-fn usage_error(msg: &str, json: bool) -> ExitCode {
-    tessera::cli::print_error(msg, 2, json);
+fn usage_error(msg: impl std::fmt::Display, json: bool) -> ExitCode {
+    tessera::cli::print_error(&msg.to_string(), 2, json);
     ExitCode::from(2)
 }
 
@@ -979,7 +1020,7 @@ fn connection(
     cert: PathBuf,
     key: PathBuf,
     ca: PathBuf,
-) -> Result<tessera::cli::admin::Connection, String> {
+) -> Result<tessera::cli::admin::Connection, tessera::cli::admin::UrlError> {
     tessera::cli::admin::Connection::new(url, cert, key, ca)
 }
 

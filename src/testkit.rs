@@ -151,22 +151,20 @@ fn server_material(
         std::path::PathBuf,
         std::path::PathBuf,
     ),
-    String,
+    TestkitError,
 > {
-    let ca = Ca::generate(ca_name).map_err(|e| e.to_string())?;
-    let leaf = ca
-        .issue(&LeafSpec::server(
-            &["localhost"],
-            &["127.0.0.1".parse().map_err(|_| "ip")?],
-        ))
-        .map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let ca = Ca::generate(ca_name)?;
+    let leaf = ca.issue(&LeafSpec::server(
+        &["localhost"],
+        &[std::net::IpAddr::from([127, 0, 0, 1])],
+    ))?;
+    std::fs::create_dir_all(dir)?;
     let ca_path = dir.join(format!("{stem}-ca.pem"));
-    std::fs::write(&ca_path, ca.cert_pem()).map_err(|e| e.to_string())?;
+    std::fs::write(&ca_path, ca.cert_pem())?;
     let cert_path = dir.join(format!("{stem}-server.pem"));
     let key_path = dir.join(format!("{stem}-server-key.pem"));
-    std::fs::write(&cert_path, &leaf.cert_pem).map_err(|e| e.to_string())?;
-    std::fs::write(&key_path, &leaf.key_pem).map_err(|e| e.to_string())?;
+    std::fs::write(&cert_path, &leaf.cert_pem)?;
+    std::fs::write(&key_path, &leaf.key_pem)?;
     Ok((ca, ca_path, cert_path, key_path))
 }
 
@@ -177,7 +175,7 @@ fn serve_test_https(
     cert_path: &Path,
     key_path: &Path,
     router: Router,
-) -> Result<watch::Sender<bool>, String> {
+) -> Result<watch::Sender<bool>, TestkitError> {
     let tls = server_tls(cert_path, key_path)?;
     let (stop, mut rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -197,18 +195,13 @@ fn serve_test_https(
 
 impl TestIssuer {
     /// Starts an issuer signing with `alg`, writing its CA to `dir/issuer-ca.pem`.
-    pub async fn start(dir: &Path, alg: SigningAlgorithm) -> Result<TestIssuer, String> {
+    pub async fn start(dir: &Path, alg: SigningAlgorithm) -> Result<TestIssuer, TestkitError> {
         let (ca, ca_path, cert_path, key_path) =
             server_material(dir, "issuer", "tessera test issuer CA")?;
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| e.to_string())?;
-        let url = format!(
-            "https://127.0.0.1:{}",
-            listener.local_addr().map_err(|e| e.to_string())?.port()
-        );
-        let (key, _) = SigningKey::generate(alg).map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
+        let (key, _) = SigningKey::generate(alg)?;
         let key = Arc::new(key);
         let shared = Arc::new(Shared {
             issuer: url.clone(),
@@ -282,8 +275,8 @@ impl TestIssuer {
     }
 
     /// Publishes a new key and makes it the signer (old keys stay published).
-    pub fn rotate(&self, alg: SigningAlgorithm) -> Result<Arc<SigningKey>, String> {
-        let (k, _) = SigningKey::generate(alg).map_err(|e| e.to_string())?;
+    pub fn rotate(&self, alg: SigningAlgorithm) -> Result<Arc<SigningKey>, TestkitError> {
+        let (k, _) = SigningKey::generate(alg)?;
         let k = Arc::new(k);
         if let Ok(mut keys) = self.shared.keys.write() {
             keys.push(k.clone());
@@ -295,10 +288,8 @@ impl TestIssuer {
     }
 
     /// A key that is NOT published (an attacker's), with the same algorithm.
-    pub fn rogue_key(alg: SigningAlgorithm) -> Result<SigningKey, String> {
-        SigningKey::generate(alg)
-            .map(|(k, _)| k)
-            .map_err(|e| e.to_string())
+    pub fn rogue_key(alg: SigningAlgorithm) -> Result<SigningKey, TestkitError> {
+        Ok(SigningKey::generate(alg).map(|(k, _)| k)?)
     }
 
     /// Makes the JWKS and discovery endpoints answer 500 (or recover).
@@ -540,16 +531,11 @@ pub struct TestHttps {
 
 impl TestHttps {
     /// Serves `router`, writing its CA to `dir/{stem}-ca.pem`.
-    pub async fn start(dir: &Path, stem: &str, router: Router) -> Result<TestHttps, String> {
+    pub async fn start(dir: &Path, stem: &str, router: Router) -> Result<TestHttps, TestkitError> {
         let (_ca, ca_path, cert_path, key_path) =
             server_material(dir, stem, "tessera test upstream CA")?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| e.to_string())?;
-        let url = format!(
-            "https://127.0.0.1:{}",
-            listener.local_addr().map_err(|e| e.to_string())?.port()
-        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
         let stop = serve_test_https(listener, &cert_path, &key_path, router)?;
         Ok(TestHttps { url, ca_path, stop })
     }
@@ -574,16 +560,11 @@ pub struct TestWebhook {
 
 impl TestWebhook {
     /// Starts the endpoint, writing its CA to `dir/webhook-ca.pem`.
-    pub async fn start(dir: &Path) -> Result<TestWebhook, String> {
+    pub async fn start(dir: &Path) -> Result<TestWebhook, TestkitError> {
         let (_ca, ca_path, cert_path, key_path) =
             server_material(dir, "webhook", "tessera test webhook CA")?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| e.to_string())?;
-        let url = format!(
-            "https://127.0.0.1:{}/hook",
-            listener.local_addr().map_err(|e| e.to_string())?.port()
-        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("https://127.0.0.1:{}/hook", listener.local_addr()?.port());
         let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
         let router = Router::new()
             .route("/hook", axum::routing::post(record_hook))
@@ -623,17 +604,42 @@ async fn record_hook(
     StatusCode::NO_CONTENT
 }
 
-fn server_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+/// Why a test fixture could not be set up (each the underlying error,
+/// as its text).
+#[derive(Debug, thiserror::Error)]
+pub enum TestkitError {
+    /// Certificates for the fixture.
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+    /// Files and sockets.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Signing keys.
+    #[error(transparent)]
+    Key(#[from] crate::mint::keyring::KeyRingError),
+    /// The fixture's TLS files.
+    #[error(transparent)]
+    TlsFile(#[from] crate::server::tls::TlsSetupError),
+    /// A PEM key.
+    #[error(transparent)]
+    Pem(#[from] rustls_pki_types::pem::Error),
+    /// The TLS configuration.
+    #[error(transparent)]
+    Tls(#[from] rustls::Error),
+    /// The HTTPS client.
+    #[error(transparent)]
+    Client(#[from] crate::cli::admin::ConnError),
+}
+
+fn server_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TestkitError> {
     use rustls_pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let chain = crate::server::tls::read_certs("testkit", cert)?;
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).map_err(|e| e.to_string())?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key)?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| e.to_string())?;
+        .with_single_cert(chain, key)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -645,20 +651,20 @@ pub fn https_client(
     ca_der: &[u8],
     cert: Option<&crate::pki::IssuedCert>,
     h2: bool,
-) -> Result<reqwest::Client, String> {
+) -> Result<reqwest::Client, TestkitError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let identity = match cert {
         Some(c) => Some((
             vec![CertificateDer::from(c.cert_der.clone())],
-            PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).map_err(|e| e.to_string())?,
+            PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())?,
         )),
         None => None,
     };
-    crate::cli::admin::mtls_client(
+    Ok(crate::cli::admin::mtls_client(
         vec![CertificateDer::from(ca_der.to_vec())],
         identity,
         h2,
         std::time::Duration::from_secs(10),
-    )
+    )?)
 }

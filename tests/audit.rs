@@ -239,6 +239,7 @@ async fn an_unwritable_audit_file_stops_the_start() {
         Ok(_) => panic!("started without an audit file"),
         Err(e) => e,
     };
+    let e = e.to_string();
     assert!(
         e.starts_with("audit.path: cannot open the audit file"),
         "{e}"

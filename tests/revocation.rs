@@ -798,6 +798,7 @@ fn shipped_config_makes_the_readme_grant_example_usable() {
     assert!(set
         .grant_use(AGENT, API, &scopes("tickets:delete"))
         .unwrap_err()
+        .to_string()
         .contains("approval scope"));
     let readme = include_str!("../docs/tokens.md");
     assert!(readme.contains("--scope tickets:close --audience https://api.example.com --ttl 10m"));

@@ -425,12 +425,17 @@ async fn token_exchange_waits_for_a_human_approval() {
 #[test]
 fn completion_scripts_and_grouped_global_flags() {
     let d = tempfile::tempdir().unwrap();
-    let out = |args: &[&str]| {
-        let o = Command::new(BIN)
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        Command::new(BIN)
             .args(args)
+            .env_remove("TESSERA_URL")
+            .envs(env.iter().copied())
             .current_dir(d.path())
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let out = |args: &[&str]| {
+        let o = run(args, &[]);
         assert!(o.status.success(), "{args:?}");
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
@@ -439,13 +444,83 @@ fn completion_scripts_and_grouped_global_flags() {
     assert!(out(&["completion", "zsh"]).starts_with("#compdef tessera"));
     let fish = out(&["completion", "fish"]);
     assert!(fish.contains("complete -c tessera") && fish.contains("exchange"));
-    let help = out(&["token", "exchange", "--help"]);
-    assert_eq!(help.matches("Connection (any verb").count(), 1, "{help}");
-    let conn = help.split("Connection (any verb").nth(1).unwrap();
+    // the connection flags are completed after a verb too
+    let revoke = bash
+        .split("tessera__subcmd__revoke)")
+        .nth(1)
+        .expect("the revoke verb in the bash script");
+    let revoke = revoke.lines().find(|l| l.contains("opts=")).unwrap();
     for f in ["--url", "--cert", "--key", "--ca"] {
-        assert!(conn.contains(f), "{f} under the heading: {help}");
+        assert!(revoke.contains(f), "{f} completed after revoke: {revoke}");
     }
-    assert!(help.contains("Output (any verb)"), "{help}");
+    assert!(
+        fish.lines()
+            .any(|l| l.contains("__fish_tessera_using_subcommand revoke") && l.contains("-l ca")),
+        "{fish}"
+    );
+    // the connection flags are listed once, in the top-level help, under
+    // their heading
+    let top = out(&["--help"]);
+    assert_eq!(top.matches("Connection (any verb").count(), 1, "{top}");
+    let conn = top.split("Connection (any verb").nth(1).unwrap();
+    for f in ["--url <URL>", "--cert <CERT>", "--key <KEY>", "--ca <CA>"] {
+        assert_eq!(top.matches(f).count(), 1, "{f}: {top}");
+        assert!(conn.contains(f), "{f} under the heading: {top}");
+    }
+    // a verb's help points there in one line instead of repeating them
+    for verb in [
+        &["token", "exchange"][..],
+        &["revoke"],
+        &["audit", "tail"],
+        &["token"],
+    ] {
+        let help = out(&[verb, &["--help"]].concat());
+        assert!(!help.contains("Connection (any verb"), "{verb:?}: {help}");
+        for f in ["--url <URL>", "--cert <CERT>", "--key <KEY>", "--ca <CA>"] {
+            assert!(!help.contains(f), "{f} in {verb:?}: {help}");
+        }
+        assert_eq!(
+            help.lines()
+                .filter(|l| l.contains("see `tessera --help`"))
+                .count(),
+            1,
+            "{verb:?}: {help}"
+        );
+        assert!(help.contains("Output (any verb)"), "{help}");
+    }
+    // still accepted before or after the verb, and from the environment
+    // (an http:// URL is refused before any round trip, naming the URL)
+    const JTI: &str = "3f0c8a52-7d3e-4c55-9b1a-2a6f0e4b9c11";
+    for (args, env, host) in [
+        (
+            &["--url", "http://before.test", "revoke", "--jti", JTI][..],
+            &[][..],
+            "before.test",
+        ),
+        (
+            &["revoke", "--jti", JTI, "--url", "http://after.test"],
+            &[],
+            "after.test",
+        ),
+        (
+            &["grant", "list", "--url", "http://nested.test"],
+            &[],
+            "nested.test",
+        ),
+        (
+            &["revoke", "--jti", JTI],
+            &[("TESSERA_URL", "http://env.test")],
+            "env.test",
+        ),
+    ] {
+        let o = run(args, env);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("--url `http://{host}`")),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 /// RFC 8628 polling against a scripted token endpoint: the approval id is

@@ -277,7 +277,7 @@ impl Lines {
         &mut self,
         recs: &[AuditLine],
         written: &Arc<AtomicU64>,
-    ) -> Result<(), String> {
+    ) -> Result<(), LinesError> {
         let from = written.load(Ordering::SeqCst);
         let Some(last) = recs.last().map(|r| r.seq) else {
             return Ok(());
@@ -338,9 +338,14 @@ impl Lines {
         if r.is_ok() {
             written.fetch_max(last, Ordering::SeqCst);
         }
-        r.map_err(|e| format!("audit lines: {e}"))
+        r.map_err(LinesError)
     }
 }
+
+/// A line sink (stdout, a file, a pipe) refused a batch.
+#[derive(Debug, thiserror::Error)]
+#[error("audit lines: {0}")]
+pub(crate) struct LinesError(std::io::Error);
 
 /// The lines of `recs` past `from`, newline-terminated, and where each
 /// ends in the buffer with its `seq`.

@@ -325,7 +325,7 @@ impl Writer {
         let (sink, written, target) = (&mut self.lines, &self.lines_written, &self.stream);
         let lines = async {
             match tokio::time::timeout(timeout, sink.write(&to_lines, written)).await {
-                Ok(r) => r.map_err(AuditError::Sink),
+                Ok(r) => r.map_err(|e| AuditError::Sink(e.to_string())),
                 Err(_) => Err(AuditError::Timeout(timeout.as_millis())),
             }
         };
@@ -518,15 +518,18 @@ pub const WITHDRAWAL_REASON: &str = "audit_unavailable";
 
 /// Verifies a JSON-lines audit file: every chain must start at `seq` 1
 /// ([`ChainVerifier::strict_start`]).
-pub fn verify_file(path: &Path) -> Result<Report, String> {
+pub fn verify_file(path: &Path) -> Result<Report, AuditFileError> {
     verify_file_with(path, ChainVerifier::default().strict_start(true))
 }
 
 /// Verifies a JSON-lines audit file with `v` (its options: a rotated file's
 /// start, checkpoints).
-pub fn verify_file_with(path: &Path, mut v: ChainVerifier) -> Result<Report, String> {
-    let f =
-        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub fn verify_file_with(path: &Path, mut v: ChainVerifier) -> Result<Report, AuditFileError> {
+    let unreadable = |e| AuditFileError {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let f = std::fs::File::open(path).map_err(unreadable)?;
     let mut r = std::io::BufReader::new(f);
     let mut line = Vec::new();
     loop {
@@ -534,10 +537,20 @@ pub fn verify_file_with(path: &Path, mut v: ChainVerifier) -> Result<Report, Str
         match std::io::BufRead::read_until(&mut r, b'\n', &mut line) {
             Ok(0) => break,
             Ok(_) => v.push_line(&String::from_utf8_lossy(&line)),
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => return Err(unreadable(e)),
         }
     }
     Ok(v.finish())
+}
+
+/// An audit file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {}: {source}", path.display())]
+pub struct AuditFileError {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Why.
+    pub source: std::io::Error,
 }
 
 #[cfg(test)]

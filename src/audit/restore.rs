@@ -86,11 +86,27 @@ fn blocked_until(detail: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Why an audit trail cannot be planned for restoring.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// A revocation, grant revocation or unblock record whose `time` is
+    /// missing or unreadable (the trail is not one this broker wrote).
+    #[error("line {line}: a {event} record without a readable time")]
+    NoTime {
+        /// The line (from 1).
+        line: usize,
+        /// The record's event.
+        event: String,
+    },
+}
+
 impl RestorePlan {
     /// The plan of a JSON-lines audit trail. Lines that are not records
     /// (blank, torn) are skipped; a record without a readable `time` is an
     /// error (the trail is not one this broker wrote).
-    pub fn from_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<RestorePlan, String> {
+    pub fn from_lines<'a>(
+        lines: impl IntoIterator<Item = &'a str>,
+    ) -> Result<RestorePlan, RestoreError> {
         let mut plan = RestorePlan::default();
         let mut blocks: Vec<PlannedBlock> = Vec::new();
         for (i, line) in lines.into_iter().enumerate() {
@@ -102,9 +118,12 @@ impl RestorePlan {
             if !matches!(event, "revoked" | "grant_revoked" | "unblocked") {
                 continue;
             }
-            let at = field("time").and_then(record_time).ok_or_else(|| {
-                format!("line {}: a {event} record without a readable time", i + 1)
-            })?;
+            let at = field("time")
+                .and_then(record_time)
+                .ok_or_else(|| RestoreError::NoTime {
+                    line: i + 1,
+                    event: event.to_string(),
+                })?;
             let mut add = |kind: RevocationKind, value: Option<&str>| {
                 if let Some(v) = value.filter(|v| !v.is_empty()) {
                     plan.revocations.push(PlannedRevocation {

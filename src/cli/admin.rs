@@ -34,10 +34,10 @@ pub fn mtls_client(
     identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     h2: bool,
     timeout: Duration,
-) -> Result<reqwest::Client, String> {
+) -> Result<reqwest::Client, ConnError> {
     let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
     let cfg =
-        crate::jwks::http::tls_client_config(&ca, false, identity, alpn).map_err(str::to_string)?;
+        crate::jwks::http::tls_client_config(&ca, false, identity, alpn).map_err(ConnError::Tls)?;
     let rb = reqwest::Client::builder()
         .use_preconfigured_tls(cfg)
         .redirect(reqwest::redirect::Policy::none())
@@ -47,32 +47,149 @@ pub fn mtls_client(
     } else {
         rb.http1_only()
     };
-    rb.build().map_err(|e| e.to_string())
+    rb.build().map_err(ConnError::Client)
 }
 
-/// `cannot read --ca keys/dev/ca.pem: …`, and for a relative path where it
-/// was looked for (the defaults are relative to the current directory).
-fn cannot_read(what: &str, p: &Path, e: impl std::fmt::Display) -> String {
+/// Why the CLI could not get an answer from the broker (or the answer was
+/// a refusal): what the operator is told, after `error: `.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// `--url` is not an `https://HOST[:PORT]` URL.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// A connection file cannot be read; for a relative path, where it was
+    /// looked for (the defaults are relative to the current directory).
+    #[error(
+        "cannot read {what} {}{}: {source}; give {what} (or run from the checkout for the dev material)",
+        path.display(),
+        looked.as_ref().map(|l| format!(" (looked at {})", l.display())).unwrap_or_default()
+    )]
+    Unreadable {
+        /// `--ca`, `--cert` or `--key`.
+        what: &'static str,
+        /// The file as given.
+        path: PathBuf,
+        /// The absolute path looked at, when `path` is relative.
+        looked: Option<PathBuf>,
+        /// Why.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// A certificate file that is not PEM.
+    #[error("{what} {} is not PEM: {source}", path.display())]
+    NotPem {
+        /// `--ca` or `--cert`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// A certificate file without a certificate.
+    #[error("{what} {} holds no certificate", path.display())]
+    NoCertificate {
+        /// `--ca` or `--cert`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+    /// The TLS client configuration is refused.
+    #[error("{0}")]
+    Tls(&'static str),
+    /// The HTTPS client cannot be built.
+    #[error("{0}")]
+    Client(reqwest::Error),
+    /// The request did not get an answer.
+    #[error(transparent)]
+    Unreachable(#[from] Unreachable),
+    /// 401 or 403: the certificate's identity is not an operator.
+    #[error("operator certificate not authorised (its identity is not in [admin] subjects)")]
+    NotAuthorised,
+    /// 503 to a change: it was not made (the broker's message).
+    #[error("the change was not made: {0}")]
+    NotMade(String),
+    /// Any other refusal: the broker's message (or its status).
+    #[error("{0}")]
+    Refused(String),
+    /// An answer that is not what the broker sends.
+    #[error("unexpected {what} from the broker: {source}")]
+    Unexpected {
+        /// What was asked for.
+        what: &'static str,
+        /// Why it does not parse.
+        source: serde_json::Error,
+    },
+}
+
+/// Why a request got no answer from the broker, for people.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreachable {
+    /// Nothing listens at `--url`.
+    #[error("cannot reach {url}: connection refused")]
+    ConnectionRefused {
+        /// The broker URL.
+        url: String,
+    },
+    /// The broker's certificate is not one `--ca` vouches for.
+    #[error("TLS with {url} failed: the broker's certificate not trusted (check --ca): {source}")]
+    Untrusted {
+        /// The broker URL.
+        url: String,
+        /// The TLS error.
+        source: rustls::Error,
+    },
+    /// Another TLS failure.
+    #[error("TLS with {url} failed: {source}")]
+    Tls {
+        /// The broker URL.
+        url: String,
+        /// The TLS error.
+        source: rustls::Error,
+    },
+    /// No answer in time.
+    #[error("cannot reach {url}: timed out")]
+    Timeout {
+        /// The broker URL.
+        url: String,
+    },
+    /// Anything else.
+    #[error("cannot reach {url}: {source}")]
+    Other {
+        /// The broker URL.
+        url: String,
+        /// The HTTP client's error.
+        source: reqwest::Error,
+    },
+}
+
+/// [`ConnError::Unreadable`] for `p`.
+fn cannot_read(what: &'static str, p: &Path, e: rustls_pki_types::pem::Error) -> ConnError {
     let looked = if p.is_relative() {
-        std::env::current_dir()
-            .map(|d| format!(" (looked at {})", d.join(p).display()))
-            .unwrap_or_default()
+        std::env::current_dir().ok().map(|d| d.join(p))
     } else {
-        String::new()
+        None
     };
-    format!(
-        "cannot read {what} {}{looked}: {e}; give {what} (or run from the checkout for the dev material)",
-        p.display()
-    )
+    ConnError::Unreadable {
+        what,
+        path: p.to_path_buf(),
+        looked,
+        source: e,
+    }
 }
 
-fn read_pem_certs(what: &str, p: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+fn read_pem_certs(what: &'static str, p: &Path) -> Result<Vec<CertificateDer<'static>>, ConnError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(p)
         .map_err(|e| cannot_read(what, p, e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{what} {} is not PEM: {e}", p.display()))?;
+        .map_err(|e| ConnError::NotPem {
+            what,
+            path: p.to_path_buf(),
+            source: e,
+        })?;
     if certs.is_empty() {
-        return Err(format!("{what} {} holds no certificate", p.display()));
+        return Err(ConnError::NoCertificate {
+            what,
+            path: p.to_path_buf(),
+        });
     }
     Ok(certs)
 }
@@ -80,7 +197,7 @@ fn read_pem_certs(what: &str, p: &Path) -> Result<Vec<CertificateDer<'static>>, 
 impl Connection {
     /// Checks `url` before any round trip: the admin API is served over
     /// HTTPS only, so `127.0.0.1:8443` is bad usage ("missing https://").
-    pub fn new(url: &str, cert: PathBuf, key: PathBuf, ca: PathBuf) -> Result<Self, String> {
+    pub fn new(url: &str, cert: PathBuf, key: PathBuf, ca: PathBuf) -> Result<Self, UrlError> {
         check_url(url)?;
         Ok(Connection {
             url: url.to_string(),
@@ -90,14 +207,14 @@ impl Connection {
         })
     }
 
-    fn client(&self) -> Result<reqwest::Client, String> {
+    fn client(&self) -> Result<reqwest::Client, ConnError> {
         self.https(true, ADMIN_TIMEOUT)
     }
 
     /// An HTTPS client trusting `--ca` only, presenting `--cert`/`--key`
     /// when `identity` (the `tessera token` verbs: a workload's
     /// certificate, or none for a bearer subject token).
-    pub fn https(&self, identity: bool, timeout: Duration) -> Result<reqwest::Client, String> {
+    pub fn https(&self, identity: bool, timeout: Duration) -> Result<reqwest::Client, ConnError> {
         let ca = read_pem_certs("--ca", &self.ca)?;
         let id = if identity {
             let chain = read_pem_certs("--cert", &self.cert)?;
@@ -112,30 +229,30 @@ impl Connection {
 
     /// Why a request to the broker failed, for people (connection refused,
     /// an untrusted certificate, a timeout).
-    pub fn explain(&self, e: &reqwest::Error) -> String {
+    pub fn explain(&self, e: reqwest::Error) -> Unreachable {
         self.describe(e)
     }
 
     /// Says what went wrong with TLS; a certificate the `--ca` does not
     /// vouch for is named as such.
-    fn tls_failed(&self, tls: &rustls::Error) -> String {
+    fn tls_failed(&self, tls: &rustls::Error) -> Unreachable {
+        let (url, source) = (self.url.clone(), tls.clone());
         match tls {
-            rustls::Error::InvalidCertificate(_) => format!(
-                "TLS with {} failed: the broker's certificate not trusted (check --ca): {tls}",
-                self.url
-            ),
-            _ => format!("TLS with {} failed: {tls}", self.url),
+            rustls::Error::InvalidCertificate(_) => Unreachable::Untrusted { url, source },
+            _ => Unreachable::Tls { url, source },
         }
     }
 
-    fn describe(&self, e: &reqwest::Error) -> String {
+    fn describe(&self, e: reqwest::Error) -> Unreachable {
         // The rustls error sits inside io::Errors (wrapped twice by hyper
         // and tokio-rustls), which carry it as their payload, not a source.
         let mut src: Option<&dyn std::error::Error> = e.source();
         while let Some(s) = src {
             if let Some(io) = s.downcast_ref::<std::io::Error>() {
                 if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                    return format!("cannot reach {}: connection refused", self.url);
+                    return Unreachable::ConnectionRefused {
+                        url: self.url.clone(),
+                    };
                 }
                 if let Some(inner) = io.get_ref() {
                     src = Some(inner);
@@ -148,9 +265,14 @@ impl Connection {
             src = s.source();
         }
         if e.is_timeout() {
-            return format!("cannot reach {}: timed out", self.url);
+            return Unreachable::Timeout {
+                url: self.url.clone(),
+            };
         }
-        format!("cannot reach {}: {e}", self.url)
+        Unreachable::Other {
+            url: self.url.clone(),
+            source: e,
+        }
     }
 
     /// Sends one admin request; `Ok(body)` on 2xx, `Err(message)` otherwise.
@@ -159,7 +281,7 @@ impl Connection {
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, ConnError> {
         let client = self.client()?;
         let url = format!("{}{path}", self.url.trim_end_matches('/'));
         let mut rb = client.request(method.clone(), &url);
@@ -167,7 +289,7 @@ impl Connection {
             rb = rb.json(&b);
         }
         let change = method != reqwest::Method::GET;
-        let resp = rb.send().await.map_err(|e| self.describe(&e))?;
+        let resp = rb.send().await.map_err(|e| self.describe(e))?;
         let status = resp.status();
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         if status.is_success() {
@@ -179,13 +301,12 @@ impl Connection {
             .map(str::to_string)
             .unwrap_or_else(|| format!("the broker answered {status}"));
         Err(match status.as_u16() {
-            403 if v.get("error").and_then(Value::as_str) == Some("self_approval") => msg,
-            401 | 403 => {
-                "operator certificate not authorised (its identity is not in [admin] subjects)"
-                    .to_string()
+            403 if v.get("error").and_then(Value::as_str) == Some("self_approval") => {
+                ConnError::Refused(msg)
             }
-            503 if change => format!("the change was not made: {msg}"),
-            _ => msg,
+            401 | 403 => ConnError::NotAuthorised,
+            503 if change => ConnError::NotMade(msg),
+            _ => ConnError::Refused(msg),
         })
     }
 }
@@ -260,7 +381,7 @@ fn durability_exit(v: &Value) -> i32 {
 }
 
 /// Prints an error and returns exit code 1.
-fn fail(msg: &str) -> i32 {
+fn fail(msg: impl std::fmt::Display) -> i32 {
     errln!("error: {msg}");
     1
 }
@@ -304,7 +425,7 @@ pub async fn revoke(conn: &Connection, a: RevokeArgs, as_json: bool) -> i32 {
             print_warnings(&v);
             durability_exit(&v)
         }
-        Err(m) => fail(&m),
+        Err(m) => fail(m),
     }
 }
 
@@ -342,7 +463,7 @@ pub async fn unblock(
             }
             0
         }
-        Err(m) => fail(&m),
+        Err(m) => fail(m),
     }
 }
 
@@ -373,7 +494,7 @@ pub async fn blocks_list(conn: &Connection, as_json: bool) -> i32 {
             outln!("{}", count(list.len(), "block", "blocks"));
             0
         }
-        Err(m) => fail(&m),
+        Err(m) => fail(m),
     }
 }
 
@@ -416,7 +537,7 @@ pub async fn revocations_list(conn: &Connection, as_json: bool) -> i32 {
             outln!("{}", count(list.len(), "revocation", "revocations"));
             0
         }
-        Err(m) => fail(&m),
+        Err(m) => fail(m),
     }
 }
 
@@ -431,7 +552,7 @@ pub async fn store_recover(
         Some(path) => {
             let text = match std::fs::read_to_string(path) {
                 Ok(t) => t,
-                Err(e) => return fail(&format!("cannot read {}: {e}", path.display())),
+                Err(e) => return fail(format!("cannot read {}: {e}", path.display())),
             };
             // The chain tells whether records were removed; the plan is made
             // either way (what is there still has to be restored).
@@ -446,7 +567,7 @@ pub async fn store_recover(
             }
             let plan = match crate::audit::restore::RestorePlan::from_lines(text.lines()) {
                 Ok(p) => p,
-                Err(e) => return fail(&format!("{}: {e}", path.display())),
+                Err(e) => return fail(format!("{}: {e}", path.display())),
             };
             json!({"plan": plan, "source": path.display().to_string()})
         }
@@ -482,28 +603,56 @@ pub async fn store_recover(
             }
             0
         }
-        Err(m) => fail(&m),
+        Err(m) => fail(m),
     }
 }
 
 /// The broker URL of the operator verbs: `https://HOST[:PORT]`, nothing
 /// else (an error naming what is wrong otherwise).
-pub fn check_url(url: &str) -> Result<(), String> {
+pub fn check_url(url: &str) -> Result<(), UrlError> {
     let shown: String = url.chars().take(200).collect();
     if !url.contains("://") {
-        return Err(format!(
-            "--url `{shown}`: missing https:// (write https://{shown})"
-        ));
+        return Err(UrlError::NoScheme(shown));
     }
     match reqwest::Url::parse(url) {
         Ok(u) if u.scheme() == "https" && u.host().is_some() => Ok(()),
-        Ok(u) if u.scheme() != "https" => Err(format!(
-            "--url `{shown}`: the admin API is served over https:// only, not {}://",
-            u.scheme()
-        )),
-        Ok(_) => Err(format!("--url `{shown}`: no host")),
-        Err(e) => Err(format!("--url `{shown}` is not a URL: {e}")),
+        Ok(u) if u.scheme() != "https" => Err(UrlError::NotHttps {
+            url: shown,
+            scheme: u.scheme().to_string(),
+        }),
+        Ok(_) => Err(UrlError::NoHost(shown)),
+        Err(e) => Err(UrlError::NotAUrl {
+            url: shown,
+            source: e,
+        }),
     }
+}
+
+/// What is wrong with `--url` (each shows its first 200 characters).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// No scheme at all (`127.0.0.1:8443`).
+    #[error("--url `{0}`: missing https:// (write https://{0})")]
+    NoScheme(String),
+    /// Another scheme than https.
+    #[error("--url `{url}`: the admin API is served over https:// only, not {scheme}://")]
+    NotHttps {
+        /// The URL.
+        url: String,
+        /// Its scheme.
+        scheme: String,
+    },
+    /// No host.
+    #[error("--url `{0}`: no host")]
+    NoHost(String),
+    /// Not a URL.
+    #[error("--url `{url}` is not a URL: {source}")]
+    NotAUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: <reqwest::Url as std::str::FromStr>::Err,
+    },
 }
 
 /// `1 record`, `2 records`.
@@ -608,7 +757,7 @@ pub async fn grant_create(conn: &Connection, a: GrantArgs, as_json: bool) -> i32
             print_warnings(&v);
             0
         }
-        Err(m) => fail(&m),
+        Err(m) => fail(m),
     }
 }
 
@@ -635,7 +784,7 @@ pub async fn grant_list(conn: &Connection, subject: Option<String>, as_json: boo
             }
             0
         }
-        Err(m) => fail(&m),
+        Err(m) => fail(m),
     }
 }
 
@@ -661,7 +810,7 @@ pub async fn grant_revoke(conn: &Connection, id: &str, as_json: bool) -> i32 {
             }
             durability_exit(&v)
         }
-        Err(m) => fail(&m),
+        Err(m) => fail(m),
     }
 }
 
@@ -685,7 +834,7 @@ pub async fn reload(conn: &Connection, as_json: bool) -> i32 {
             }
             0
         }
-        Err(m) => fail(&m),
+        Err(m) => fail(m),
     }
 }
 
@@ -787,7 +936,7 @@ pub async fn approvals_list(conn: &Connection, all: bool, as_json: bool) -> i32 
             }
             0
         }
-        Err(m) => fail(&m),
+        Err(m) => fail(m),
     }
 }
 
@@ -832,6 +981,6 @@ pub async fn approval_decide(
             }
             0
         }
-        Err(m) => fail(&m),
+        Err(m) => fail(m),
     }
 }

@@ -304,12 +304,18 @@ fn report_out(r: &Report, source: &str, as_json: bool, allow_empty: bool) -> i32
 }
 
 /// The store's checkpoint of every chain (`GET /admin/v1/audit/checkpoints`).
-pub async fn checkpoints(conn: &Connection) -> Result<Vec<AuditCheckpoint>, String> {
+pub async fn checkpoints(
+    conn: &Connection,
+) -> Result<Vec<AuditCheckpoint>, crate::cli::admin::ConnError> {
     let v = conn
         .call(reqwest::Method::GET, "/admin/v1/audit/checkpoints", None)
         .await?;
-    serde_json::from_value(v["checkpoints"].clone())
-        .map_err(|e| format!("unexpected checkpoints from the broker: {e}"))
+    serde_json::from_value(v["checkpoints"].clone()).map_err(|e| {
+        crate::cli::admin::ConnError::Unexpected {
+            what: "checkpoints",
+            source: e,
+        }
+    })
 }
 
 /// `tessera audit verify --file PATH [--rotated] [--checkpoint-from-store]`:

@@ -52,31 +52,22 @@ struct DevIssuer {
 
 /// Loads the config, refuses without `[dev]`, finds the entry and the key
 /// (generated on first use).
-fn load(a: &TokenArgs) -> Result<DevIssuer, String> {
-    let cfg = Config::load(&a.config).map_err(|e| e.to_string())?;
+fn load(a: &TokenArgs) -> Result<DevIssuer, DevError> {
+    let cfg = Config::load(&a.config)?;
     if !cfg.dev_generate_missing {
-        return Err(format!(
-            "{}: `tessera dev` runs only with [dev] generate_missing = true (it signs any subject: never trust it in production)",
-            a.config.display()
-        ));
+        return Err(DevError::NotDev(a.config.clone()));
     }
     let entry = cfg
         .issuers
         .iter()
         .find(|i| i.name == a.issuer)
         .cloned()
-        .ok_or_else(|| {
-            format!(
-                "{}: no [[issuers]] entry named `{}` (the development config has one named `dev`)",
-                a.config.display(),
-                a.issuer
-            )
+        .ok_or_else(|| DevError::NoIssuer {
+            config: a.config.clone(),
+            name: a.issuer.clone(),
         })?;
     if entry.jwks_uri.is_some() {
-        return Err(format!(
-            "issuer `{}` sets jwks_uri: the dev issuer is found by discovery, remove it",
-            entry.name
-        ));
+        return Err(DevError::JwksUri(entry.name));
     }
     // The same directory `serve` generates the development material in.
     let dev_dir = cfg
@@ -86,21 +77,18 @@ fn load(a: &TokenArgs) -> Result<DevIssuer, String> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("keys/dev"));
     crate::pki::ensure_dev_material(&dev_dir, &cfg.tokens.signing_keys)
-        .map_err(|e| format!("development material: {e}"))?;
+        .map_err(DevError::Material)?;
     let key_dir = dev_dir.join("issuer");
     let alg = SigningAlgorithm::ES256;
     let ring = match KeyRing::load_dir(&key_dir, alg) {
         Ok(r) => r,
         Err(_) => {
-            generate_key_file(&key_dir, alg).map_err(|e| e.to_string())?;
-            KeyRing::load_dir(&key_dir, alg).map_err(|e| e.to_string())?
+            generate_key_file(&key_dir, alg)?;
+            KeyRing::load_dir(&key_dir, alg)?
         }
     };
     if !entry.algorithms.contains(&crate::jose::Algorithm::ES256) {
-        return Err(format!(
-            "issuer `{}`: its algorithms must include ES256 (the dev issuer signs with it)",
-            entry.name
-        ));
+        return Err(DevError::NoEs256(entry.name));
     }
     Ok(DevIssuer {
         entry,
@@ -110,7 +98,7 @@ fn load(a: &TokenArgs) -> Result<DevIssuer, String> {
 }
 
 /// A signed token for `a.subject` with `a.claims`.
-fn sign(d: &DevIssuer, a: &TokenArgs) -> Result<String, String> {
+fn sign(d: &DevIssuer, a: &TokenArgs) -> Result<String, DevError> {
     let extra = crate::cli::explain::parse_claims(&a.claims)?;
     let now = crate::clock::Clock::now(&crate::clock::SystemClock);
     let aud = match &a.audience {
@@ -138,7 +126,7 @@ fn sign(d: &DevIssuer, a: &TokenArgs) -> Result<String, String> {
         URL_SAFE_NO_PAD.encode(header.to_string()),
         URL_SAFE_NO_PAD.encode(Value::Object(claims).to_string())
     );
-    let sig = d.key.sign(input.as_bytes()).map_err(|e| e.to_string())?;
+    let sig = d.key.sign(input.as_bytes())?;
     Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
 }
 
@@ -159,47 +147,112 @@ pub fn token(a: &TokenArgs) -> i32 {
 
 /// Where the entry's `issuer` URL says to listen: `https://HOST:PORT`
 /// with a loopback IP (the dev issuer is never reachable from elsewhere).
-fn listen_addr(issuer: &str) -> Result<SocketAddr, String> {
-    let rest = issuer
-        .strip_prefix("https://")
-        .ok_or("the dev issuer URL must be https://127.0.0.1:PORT")?;
+fn listen_addr(issuer: &str) -> Result<SocketAddr, DevError> {
+    let rest = issuer.strip_prefix("https://").ok_or(DevError::NotHttps)?;
     let hostport = rest.trim_end_matches('/');
-    let addr: SocketAddr = hostport.parse().map_err(|_| {
-        format!("the dev issuer URL must be https://127.0.0.1:PORT (a loopback IP and a port), not {issuer}")
-    })?;
+    let addr: SocketAddr = hostport
+        .parse()
+        .map_err(|_| DevError::NotIpPort(issuer.to_string()))?;
     if !addr.ip().is_loopback() {
-        return Err(format!(
-            "the dev issuer listens on loopback only, not {}",
-            addr.ip()
-        ));
+        return Err(DevError::NotLoopback(addr.ip()));
     }
     Ok(addr)
 }
 
-fn tls(dev_dir: &Path, addr: SocketAddr) -> Result<Arc<rustls::ServerConfig>, String> {
+/// Why `tessera dev issuer|token` cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The configuration is not a development one.
+    #[error("{}: `tessera dev` runs only with [dev] generate_missing = true (it signs any subject: never trust it in production)", .0.display())]
+    NotDev(PathBuf),
+    /// No `[[issuers]]` entry of that name.
+    #[error("{}: no [[issuers]] entry named `{name}` (the development config has one named `dev`)", config.display())]
+    NoIssuer {
+        /// The config file.
+        config: PathBuf,
+        /// The name asked for.
+        name: String,
+    },
+    /// The entry sets `jwks_uri`.
+    #[error("issuer `{0}` sets jwks_uri: the dev issuer is found by discovery, remove it")]
+    JwksUri(String),
+    /// The entry's algorithms leave out ES256.
+    #[error("issuer `{0}`: its algorithms must include ES256 (the dev issuer signs with it)")]
+    NoEs256(String),
+    /// The development material cannot be generated.
+    #[error("development material: {0}")]
+    Material(crate::pki::PkiError),
+    /// The dev issuer's key cannot be generated or loaded.
+    #[error(transparent)]
+    Key(#[from] crate::mint::keyring::KeyRingError),
+    /// A `--claim` argument.
+    #[error(transparent)]
+    Claim(#[from] crate::cli::explain::ClaimArgError),
+    /// The token cannot be signed.
+    #[error(transparent)]
+    Sign(#[from] crate::mint::MintError),
+    /// The entry's issuer URL is not https.
+    #[error("the dev issuer URL must be https://127.0.0.1:PORT")]
+    NotHttps,
+    /// The entry's issuer URL is not a loopback IP and a port.
+    #[error(
+        "the dev issuer URL must be https://127.0.0.1:PORT (a loopback IP and a port), not {0}"
+    )]
+    NotIpPort(String),
+    /// The entry's issuer URL is not on loopback.
+    #[error("the dev issuer listens on loopback only, not {0}")]
+    NotLoopback(std::net::IpAddr),
+    /// A development CA file cannot be read.
+    #[error("{}: {source}", path.display())]
+    ReadCa {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The development CA cannot issue the issuer's certificate.
+    #[error(transparent)]
+    Pki(crate::pki::PkiError),
+    /// The TLS configuration is refused.
+    #[error(transparent)]
+    Tls(#[from] rustls::Error),
+    /// The listener cannot bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn tls(dev_dir: &Path, addr: SocketAddr) -> Result<Arc<rustls::ServerConfig>, DevError> {
     let read = |f: &str| {
-        std::fs::read_to_string(dev_dir.join(f))
-            .map_err(|e| format!("{}: {e}", dev_dir.join(f).display()))
+        std::fs::read_to_string(dev_dir.join(f)).map_err(|e| DevError::ReadCa {
+            path: dev_dir.join(f),
+            source: e,
+        })
     };
     let ca = Ca::from_pem(
         &read(crate::pki::DEV_CA_CERT)?,
         &read(crate::pki::DEV_CA_KEY)?,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(DevError::Pki)?;
     let leaf = ca
         .issue(&LeafSpec::server(&["localhost"], &[addr.ip()]))
-        .map_err(|e| e.to_string())?;
+        .map_err(DevError::Pki)?;
     let chain = vec![rustls_pki_types::CertificateDer::from(
         leaf.cert_der.clone(),
     )];
     let key = rustls_pki_types::PrivateKeyDer::Pkcs8(leaf.key_der.clone().into());
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| e.to_string())?;
+        .with_single_cert(chain, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -208,7 +261,7 @@ fn tls(dev_dir: &Path, addr: SocketAddr) -> Result<Arc<rustls::ServerConfig>, St
 /// URL until ctrl-c / SIGTERM, after printing one token for `a.subject`
 /// on stdout (more with `tessera dev token`).
 pub async fn issuer(a: &TokenArgs) -> i32 {
-    let fail = |m: String| {
+    let fail = |m: DevError| {
         errln!("error: {m}");
         1
     };
@@ -226,7 +279,7 @@ pub async fn issuer(a: &TokenArgs) -> i32 {
     };
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
-        Err(e) => return fail(format!("cannot listen on {addr}: {e}")),
+        Err(e) => return fail(DevError::Listen { addr, source: e }),
     };
     let iss = d.entry.issuer.trim_end_matches('/').to_string();
     let discovery = json!({

@@ -161,19 +161,82 @@ pub struct Explanation {
     pub verdict: Verdict,
 }
 
+/// Why a `--claim path=value` argument is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimArgError {
+    /// No `=`.
+    #[error("--claim `{0}` is not path=value")]
+    NotPathValue(String),
+    /// The path is not a claim path.
+    #[error("--claim `{item}`: {source}")]
+    Path {
+        /// The argument.
+        item: String,
+        /// Why.
+        source: crate::policy::ClaimPathError,
+    },
+    /// The path steps through a value another `--claim` set (or sets an
+    /// object another one steps into).
+    #[error("--claim `{0}` conflicts with another --claim")]
+    Conflict(String),
+}
+
+/// Why `tessera policy explain` cannot run the request it was given
+/// (bad usage, exit 2), or cannot compile the config's policies.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// The policies do not compile.
+    #[error(transparent)]
+    Policies(#[from] crate::policy::PolicyError),
+    /// `--issuer` or `--actor-issuer` is neither `mtls` nor a configured
+    /// issuer (`names`: the ones that are, joined).
+    #[error("{flag} `{name}` is neither `mtls` nor an [[issuers]] name in {} (one of: {names})", file.display())]
+    UnknownIssuer {
+        /// The flag.
+        flag: &'static str,
+        /// The name given.
+        name: String,
+        /// The config file.
+        file: std::path::PathBuf,
+        /// The names allowed.
+        names: String,
+    },
+    /// A flag that must not be empty (`--subject`, `--audience`, `--actor`).
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    /// `--claim` with an mTLS subject.
+    #[error("--claim goes with an OIDC --issuer: an mTLS subject has no claims")]
+    ClaimsForMtls,
+    /// `--actor-claim` with an mTLS actor.
+    #[error("--actor-claim goes with an OIDC --actor-issuer: an mTLS actor has no claims")]
+    ActorClaimsForMtls,
+    /// `--actor-issuer` without `--actor` or the other way round.
+    #[error("--actor-issuer and --actor go together (and --actor-claim with them)")]
+    ActorFlags,
+    /// A `--claim` or `--actor-claim` argument.
+    #[error(transparent)]
+    Claim(#[from] ClaimArgError),
+    /// `--scope` is not scope tokens.
+    #[error("--scope: {0}")]
+    Scope(crate::policy::scope::ScopeError),
+}
+
 /// Parses `--claim path=value` arguments into a claims object: `/` steps
 /// into nested objects (as in `match.claims`), values are strings, and a
 /// path given twice makes an array of strings.
-pub fn parse_claims(items: &[String]) -> Result<Map<String, Value>, String> {
+pub fn parse_claims(items: &[String]) -> Result<Map<String, Value>, ClaimArgError> {
     let mut map = Map::new();
     for item in items {
         let Some((path, value)) = item.split_once('=') else {
-            return Err(format!("--claim `{item}` is not path=value"));
+            return Err(ClaimArgError::NotPathValue(item.clone()));
         };
-        validate_claim_path(path).map_err(|e| format!("--claim `{item}`: {e}"))?;
+        validate_claim_path(path).map_err(|e| ClaimArgError::Path {
+            item: item.clone(),
+            source: e,
+        })?;
         let mut segments: Vec<&str> = path.split('/').collect();
         let last = segments.pop().unwrap_or_default();
-        let conflict = || format!("--claim `{item}` conflicts with another --claim");
+        let conflict = || ClaimArgError::Conflict(item.clone());
         let mut cur = &mut map;
         for s in segments {
             let next = cur
@@ -439,8 +502,8 @@ fn delegation<'p>(
 }
 
 /// Dry-runs `req` against the config's policies.
-pub fn explain(cfg: &Config, req: &DryRun) -> Result<Explanation, String> {
-    let set = PolicySet::compile(cfg.policies.clone()).map_err(|e| e.to_string())?;
+pub fn explain(cfg: &Config, req: &DryRun) -> Result<Explanation, ExplainError> {
+    let set = PolicySet::compile(cfg.policies.clone())?;
     let subject = Subject {
         issuer: &req.issuer,
         subject: &req.subject,
@@ -721,51 +784,49 @@ pub fn policy_explain(args: &ExplainArgs, as_json: bool) -> i32 {
 }
 
 /// Checks that `name` is `mtls` or a configured issuer name.
-fn known_issuer(cfg: &Config, flag: &str, name: &str) -> Result<(), String> {
+fn known_issuer(cfg: &Config, flag: &'static str, name: &str) -> Result<(), ExplainError> {
     if name == MTLS_ISSUER || cfg.issuers.iter().any(|i| i.name == name) {
         return Ok(());
     }
     let names: Vec<&str> = std::iter::once(MTLS_ISSUER)
         .chain(cfg.issuers.iter().map(|i| i.name.as_str()))
         .collect();
-    Err(format!(
-        "{flag} `{name}` is neither `mtls` nor an [[issuers]] name in {} (one of: {})",
-        cfg.source.display(),
-        names.join(", ")
-    ))
+    Err(ExplainError::UnknownIssuer {
+        flag,
+        name: name.to_string(),
+        file: cfg.source.clone(),
+        names: names.join(", "),
+    })
 }
 
 /// Checks the command line against the config and builds the request.
-fn dry_run(cfg: &Config, args: &ExplainArgs) -> Result<DryRun, String> {
+fn dry_run(cfg: &Config, args: &ExplainArgs) -> Result<DryRun, ExplainError> {
     known_issuer(cfg, "--issuer", &args.issuer)?;
     if args.subject.is_empty() {
-        return Err("--subject must not be empty".into());
+        return Err(ExplainError::Empty("--subject"));
     }
     if args.audience.is_empty() {
-        return Err("--audience must not be empty".into());
+        return Err(ExplainError::Empty("--audience"));
     }
     let claims = if args.issuer == MTLS_ISSUER {
         if !args.claims.is_empty() {
-            return Err("--claim goes with an OIDC --issuer: an mTLS subject has no claims".into());
+            return Err(ExplainError::ClaimsForMtls);
         }
         None
     } else {
         Some(parse_claims(&args.claims)?)
     };
-    let scopes = ScopeSet::parse(&args.scope).map_err(|e| format!("--scope: {e}"))?;
+    let scopes = ScopeSet::parse(&args.scope).map_err(ExplainError::Scope)?;
     let actor = match (&args.actor_issuer, &args.actor) {
         (None, None) if args.actor_claims.is_empty() => None,
         (Some(issuer), Some(subject)) => {
             known_issuer(cfg, "--actor-issuer", issuer)?;
             if subject.is_empty() {
-                return Err("--actor must not be empty".into());
+                return Err(ExplainError::Empty("--actor"));
             }
             let (claims, iss) = if issuer == MTLS_ISSUER {
                 if !args.actor_claims.is_empty() {
-                    return Err(
-                        "--actor-claim goes with an OIDC --actor-issuer: an mTLS actor has no claims"
-                            .into(),
-                    );
+                    return Err(ExplainError::ActorClaimsForMtls);
                 }
                 (None, None)
             } else {
@@ -783,11 +844,7 @@ fn dry_run(cfg: &Config, args: &ExplainArgs) -> Result<DryRun, String> {
                 iss,
             })
         }
-        _ => {
-            return Err(
-                "--actor-issuer and --actor go together (and --actor-claim with them)".into(),
-            )
-        }
+        _ => return Err(ExplainError::ActorFlags),
     };
     Ok(DryRun {
         issuer: args.issuer.clone(),
@@ -1000,16 +1057,22 @@ scopes = ["deploy:read"]
             actor: None,
             actor_claims: vec![],
         };
-        assert!(dry_run(&c, &args).unwrap_err().contains("k8s"));
+        assert!(dry_run(&c, &args).unwrap_err().to_string().contains("k8s"));
         args.issuer = "k8s".into();
         args.actor = Some("a".into());
-        assert!(dry_run(&c, &args).unwrap_err().contains("go together"));
+        assert!(dry_run(&c, &args)
+            .unwrap_err()
+            .to_string()
+            .contains("go together"));
         args.actor_issuer = Some("mtls".into());
         args.actor_claims = vec!["a=b".into()];
         assert!(dry_run(&c, &args).is_err());
         args.actor_claims = vec![];
         args.actor_issuer = Some("nope".into());
-        assert!(dry_run(&c, &args).unwrap_err().contains("--actor-issuer"));
+        assert!(dry_run(&c, &args)
+            .unwrap_err()
+            .to_string()
+            .contains("--actor-issuer"));
         args.actor_issuer = None;
         args.actor = None;
         args.issuer = "mtls".into();

@@ -364,11 +364,11 @@ pub fn token_decode(token: &str, as_json: bool) -> i32 {
         );
         return 1;
     }
-    let dec = |s: &str, what: &str| -> Result<serde_json::Value, String> {
+    let dec = |s: &str, what: &'static str| -> Result<serde_json::Value, DecodeError> {
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(s)
-            .map_err(|e| format!("{what} is not base64url: {e}"))?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("{what} is not JSON: {e}"))
+            .map_err(|e| DecodeError::Base64 { what, source: e })?;
+        serde_json::from_slice(&bytes).map_err(|e| DecodeError::Json { what, source: e })
     };
     let (header, claims) = match (dec(parts[0], "header"), dec(parts[1], "payload")) {
         (Ok(h), Ok(c)) => (h, c),
@@ -421,8 +421,48 @@ pub fn out_line(args: std::fmt::Arguments<'_>) {
 
 /// A duration flag (`--wait 10m`, `--ttl 90s`) as the config writes them;
 /// the error names the flag.
-pub fn parse_duration_flag(flag: &str, s: &str) -> Result<std::time::Duration, String> {
-    crate::config::duration::parse_duration(s).map_err(|e| format!("{flag} `{s}`: {e}"))
+pub fn parse_duration_flag(
+    flag: &'static str,
+    s: &str,
+) -> Result<std::time::Duration, DurationFlagError> {
+    crate::config::duration::parse_duration(s).map_err(|e| DurationFlagError {
+        flag,
+        value: s.to_string(),
+        source: e,
+    })
+}
+
+/// A duration flag whose value does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{flag} `{value}`: {source}")]
+pub struct DurationFlagError {
+    /// The flag (`--wait`).
+    pub flag: &'static str,
+    /// Its value as given.
+    pub value: String,
+    /// Why it is not a duration.
+    pub source: crate::config::DurationError,
+}
+
+/// Why `tessera token decode` cannot decode a part of a token.
+#[derive(Debug, thiserror::Error)]
+enum DecodeError {
+    /// Not base64url.
+    #[error("{what} is not base64url: {source}")]
+    Base64 {
+        /// `header` or `payload`.
+        what: &'static str,
+        /// Why.
+        source: base64::DecodeError,
+    },
+    /// Not JSON.
+    #[error("{what} is not JSON: {source}")]
+    Json {
+        /// `header` or `payload`.
+        what: &'static str,
+        /// Why.
+        source: serde_json::Error,
+    },
 }
 
 /// Whether `-o wide` was given: tables show every column in full.

@@ -76,15 +76,20 @@ pub struct ExchangeArgs {
 
 /// Loads the DPoP key at `path`, or creates one there (ES256, PKCS#8 PEM,
 /// mode 0600, never overwriting).
-pub fn dpop_key(path: &Path) -> Result<crate::mint::keyring::SigningKey, String> {
+pub fn dpop_key(path: &Path) -> Result<crate::mint::keyring::SigningKey, TokenCliError> {
     use crate::mint::keyring::{SigningAlgorithm, SigningKey};
+    let file = |source| DpopKeyFile {
+        path: path.to_path_buf(),
+        source,
+    };
     match std::fs::read(path) {
-        Ok(pem) => {
-            SigningKey::from_pem(&pem).map_err(|e| format!("--dpop-key {}: {e}", path.display()))
-        }
+        Ok(pem) => SigningKey::from_pem(&pem).map_err(|e| TokenCliError::DpopKey {
+            path: path.to_path_buf(),
+            source: e,
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let (key, der) = SigningKey::generate(SigningAlgorithm::ES256)
-                .map_err(|e| format!("--dpop-key: {e}"))?;
+                .map_err(TokenCliError::DpopKeyGenerate)?;
             let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der);
             let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
             for chunk in b64.as_bytes().chunks(64) {
@@ -99,14 +104,97 @@ pub fn dpop_key(path: &Path) -> Result<crate::mint::keyring::SigningKey, String>
             std::io::Write::write_all(
                 &mut o
                     .open(path)
-                    .map_err(|e| format!("cannot create --dpop-key {}: {e}", path.display()))?,
+                    .map_err(|e| TokenCliError::DpopKeyCreate(file(e)))?,
                 pem.as_bytes(),
             )
-            .map_err(|e| format!("cannot write --dpop-key {}: {e}", path.display()))?;
+            .map_err(|e| TokenCliError::DpopKeyWrite(file(e)))?;
             Ok(key)
         }
-        Err(e) => Err(format!("cannot read --dpop-key {}: {e}", path.display())),
+        Err(e) => Err(TokenCliError::DpopKeyRead(file(e))),
     }
+}
+
+/// A DPoP key file and the I/O error it met.
+#[derive(Debug)]
+pub struct DpopKeyFile {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+/// Why a `tessera token` verb failed before or while asking the broker
+/// (after `error: ` on stderr; a refusal by the broker is reported apart).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenCliError {
+    /// `--dpop-key` holds no usable key.
+    #[error("--dpop-key {}: {source}", path.display())]
+    DpopKey {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: crate::mint::keyring::KeyParseError,
+    },
+    /// A new DPoP key cannot be generated.
+    #[error("--dpop-key: {0}")]
+    DpopKeyGenerate(crate::mint::keyring::KeyRingError),
+    /// The new DPoP key file cannot be created.
+    #[error("cannot create --dpop-key {}: {}", .0.path.display(), .0.source)]
+    DpopKeyCreate(DpopKeyFile),
+    /// The new DPoP key cannot be written.
+    #[error("cannot write --dpop-key {}: {}", .0.path.display(), .0.source)]
+    DpopKeyWrite(DpopKeyFile),
+    /// The DPoP key file cannot be read.
+    #[error("cannot read --dpop-key {}: {}", .0.path.display(), .0.source)]
+    DpopKeyRead(DpopKeyFile),
+    /// The DPoP proof cannot be signed.
+    #[error("{0}")]
+    Sign(crate::mint::MintError),
+    /// A token file (`what` is its flag) cannot be read.
+    #[error("cannot read {what} {}: {source}", path.display())]
+    TokenFileUnreadable {
+        /// `--subject-token-file` or `--actor-token-file`.
+        what: &'static str,
+        /// The file (`-`: standard input).
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A token file larger than [`MAX_TOKEN_FILE_BYTES`].
+    #[error("{what} {} is larger than {MAX_TOKEN_FILE_BYTES} bytes", path.display())]
+    TokenFileTooLarge {
+        /// The flag.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// A token file holding nothing but white space.
+    #[error("{what} {} is empty", path.display())]
+    TokenFileEmpty {
+        /// The flag.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// `--cert` cannot be read (for `--actor-cert`'s thumbprint).
+    #[error("cannot read --cert {}: {source}", path.display())]
+    Cert {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The broker could not be asked.
+    #[error(transparent)]
+    Unreachable(#[from] crate::cli::admin::Unreachable),
+    /// The broker answered a document request with an error status.
+    #[error("{url} answered {status}")]
+    Status {
+        /// The document's URL.
+        url: String,
+        /// The status.
+        status: reqwest::StatusCode,
+    },
 }
 
 /// A DPoP proof (RFC 9449 §4.2) by `key` for `method` `url`, with the
@@ -117,7 +205,7 @@ pub fn dpop_proof(
     url: &str,
     nonce: Option<&str>,
     token: Option<&str>,
-) -> Result<String, String> {
+) -> Result<String, TokenCliError> {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
     let header =
@@ -135,7 +223,7 @@ pub fn dpop_proof(
         URL_SAFE_NO_PAD.encode(header.to_string()),
         URL_SAFE_NO_PAD.encode(claims.to_string())
     );
-    let sig = key.sign(input.as_bytes()).map_err(|e| e.to_string())?;
+    let sig = key.sign(input.as_bytes()).map_err(TokenCliError::Sign)?;
     Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
 }
 
@@ -148,7 +236,7 @@ pub fn proof(key_file: &Path, method: &str, url: &str, token: Option<&str>) -> i
             outln!("{p}");
             0
         }
-        Err(m) => fail(&m),
+        Err(m) => fail(m),
     }
 }
 
@@ -163,7 +251,7 @@ fn token_type(t: &str) -> String {
 
 /// Reads a token from a file (`-`: standard input), bounded and trimmed.
 /// The error names the file, never the content.
-fn read_token_file(p: &Path, what: &str) -> Result<String, String> {
+fn read_token_file(p: &Path, what: &'static str) -> Result<String, TokenCliError> {
     let mut buf = String::new();
     let read = if p == Path::new("-") {
         std::io::stdin()
@@ -173,22 +261,29 @@ fn read_token_file(p: &Path, what: &str) -> Result<String, String> {
         std::fs::File::open(p)
             .and_then(|f| f.take(MAX_TOKEN_FILE_BYTES + 1).read_to_string(&mut buf))
     };
-    read.map_err(|e| format!("cannot read {what} {}: {e}", p.display()))?;
+    read.map_err(|e| TokenCliError::TokenFileUnreadable {
+        what,
+        path: p.to_path_buf(),
+        source: e,
+    })?;
     if buf.len() as u64 > MAX_TOKEN_FILE_BYTES {
-        return Err(format!(
-            "{what} {} is larger than {MAX_TOKEN_FILE_BYTES} bytes",
-            p.display()
-        ));
+        return Err(TokenCliError::TokenFileTooLarge {
+            what,
+            path: p.to_path_buf(),
+        });
     }
     let t = buf.trim().to_string();
     if t.is_empty() {
-        return Err(format!("{what} {} is empty", p.display()));
+        return Err(TokenCliError::TokenFileEmpty {
+            what,
+            path: p.to_path_buf(),
+        });
     }
     Ok(t)
 }
 
 /// The form of one exchange request (without `approval_id`).
-fn form(a: &ExchangeArgs) -> Result<Vec<(&'static str, String)>, String> {
+fn form(a: &ExchangeArgs) -> Result<Vec<(&'static str, String)>, TokenCliError> {
     let mut f = vec![
         ("grant_type", GRANT.to_string()),
         ("audience", a.audience.clone()),
@@ -258,13 +353,13 @@ async fn send(
     client: &reqwest::Client,
     form: &[(&'static str, String)],
     dpop: Option<&str>,
-) -> Result<Answer, String> {
+) -> Result<Answer, crate::cli::admin::Unreachable> {
     let url = format!("{}/token", conn.url.trim_end_matches('/'));
     let mut rb = client.post(&url).form(form);
     if let Some(p) = dpop {
         rb = rb.header("DPoP", p);
     }
-    let r = rb.send().await.map_err(|e| conn.explain(&e))?;
+    let r = rb.send().await.map_err(|e| conn.explain(e))?;
     let status = r.status();
     let nonce = r
         .headers()
@@ -317,14 +412,14 @@ pub async fn exchange(conn: &Connection, a: &ExchangeArgs, as_json: bool) -> i32
     }
     let mut base = match form(a) {
         Ok(f) => f,
-        Err(m) => return fail(&m),
+        Err(m) => return fail(m),
     };
     if a.actor_is_certificate {
         // RFC 8693 wants actor_token with actor_token_type: the
         // certificate's thumbprint, which the broker compares.
         match certificate_thumbprint(&conn.cert) {
             Ok(t) => base.push(("actor_token", t)),
-            Err(m) => return fail(&m),
+            Err(m) => return fail(m),
         }
         base.push(("actor_token_type", MTLS_TYPE.to_string()));
     }
@@ -332,11 +427,11 @@ pub async fn exchange(conn: &Connection, a: &ExchangeArgs, as_json: bool) -> i32
         a.present_certificate || a.subject_token_file.is_none() || a.actor_is_certificate;
     let client = match conn.https(identity, REQUEST_TIMEOUT) {
         Ok(c) => c,
-        Err(m) => return fail(&m),
+        Err(m) => return fail(m),
     };
     let key = match a.dpop_key.as_deref().map(dpop_key).transpose() {
         Ok(k) => k,
-        Err(m) => return fail(&m),
+        Err(m) => return fail(m),
     };
     let token_url = format!("{}/token", conn.url.trim_end_matches('/'));
     let mut nonce: Option<String> = None;
@@ -354,13 +449,13 @@ pub async fn exchange(conn: &Connection, a: &ExchangeArgs, as_json: bool) -> i32
         let proof = match &key {
             Some(k) => match dpop_proof(k, "POST", &token_url, nonce.as_deref(), None) {
                 Ok(p) => Some(p),
-                Err(m) => return fail(&m),
+                Err(m) => return fail(m),
             },
             None => None,
         };
         let answer = match send(conn, &client, &f, proof.as_deref()).await {
             Ok(a) => a,
-            Err(m) => return fail(&m),
+            Err(m) => return fail(m),
         };
         let wait = match answer {
             Answer::DpopNonce(n) if !nonce_retried => {
@@ -390,7 +485,7 @@ pub async fn exchange(conn: &Connection, a: &ExchangeArgs, as_json: bool) -> i32
                     }
                     _ => String::new(),
                 };
-                return fail(&format!("the broker refused: {m}{hint}"));
+                return fail(format!("the broker refused: {m}{hint}"));
             }
             Answer::Pending { id, interval: i } => {
                 if approval.is_none() {
@@ -414,7 +509,7 @@ pub async fn exchange(conn: &Connection, a: &ExchangeArgs, as_json: bool) -> i32
         };
         let waited = started.elapsed();
         if waited + Duration::from_secs(wait) > a.wait {
-            return fail(&format!(
+            return fail(format!(
                 "gave up after {}: still waiting{} (--wait)",
                 crate::cli::admin::human(waited.as_secs()),
                 approval
@@ -436,14 +531,17 @@ pub async fn exchange(conn: &Connection, a: &ExchangeArgs, as_json: bool) -> i32
 }
 
 /// The base64url SHA-256 thumbprint of the first certificate in `path`.
-fn certificate_thumbprint(path: &Path) -> Result<String, String> {
+fn certificate_thumbprint(path: &Path) -> Result<String, TokenCliError> {
     use rustls_pki_types::pem::PemObject;
-    let cert = rustls_pki_types::CertificateDer::from_pem_file(path)
-        .map_err(|e| format!("cannot read --cert {}: {e}", path.display()))?;
+    let cert =
+        rustls_pki_types::CertificateDer::from_pem_file(path).map_err(|e| TokenCliError::Cert {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
     Ok(crate::identity::peer::thumbprint_sha256(&cert))
 }
 
-fn fail(msg: &str) -> i32 {
+fn fail(msg: impl std::fmt::Display) -> i32 {
     errln!("error: {msg}");
     1
 }
@@ -478,20 +576,23 @@ fn explain_failure(e: VerifyError) -> &'static str {
 }
 
 /// Reads a JSON document from the broker at `path`.
-async fn fetch(conn: &Connection, client: &reqwest::Client, path: &str) -> Result<Vec<u8>, String> {
+async fn fetch(
+    conn: &Connection,
+    client: &reqwest::Client,
+    path: &str,
+) -> Result<Vec<u8>, TokenCliError> {
     let url = format!("{}{path}", conn.url.trim_end_matches('/'));
-    let r = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| conn.explain(&e))?;
+    let r = client.get(&url).send().await.map_err(|e| conn.explain(e))?;
     if !r.status().is_success() {
-        return Err(format!("{url} answered {}", r.status()));
+        return Err(TokenCliError::Status {
+            url,
+            status: r.status(),
+        });
     }
     r.bytes()
         .await
         .map(|b| b.to_vec())
-        .map_err(|e| conn.explain(&e))
+        .map_err(|e| conn.explain(e).into())
 }
 
 /// `tessera token verify TOKEN --audience AUD [--issuer ISS]`: checks the
@@ -510,14 +611,14 @@ pub async fn verify(
     let token = token.trim();
     let client = match conn.https(false, REQUEST_TIMEOUT) {
         Ok(c) => c,
-        Err(m) => return fail(&m),
+        Err(m) => return fail(m),
     };
     let issuer = match issuer {
         Some(i) => i.to_string(),
         None => {
             let meta = match fetch(conn, &client, "/.well-known/oauth-authorization-server").await {
                 Ok(b) => b,
-                Err(m) => return fail(&format!("cannot read the broker's metadata: {m}")),
+                Err(m) => return fail(format!("cannot read the broker's metadata: {m}")),
             };
             match serde_json::from_slice::<Value>(&meta)
                 .ok()
@@ -530,14 +631,14 @@ pub async fn verify(
     };
     let jwks = match fetch(conn, &client, "/jwks.json").await {
         Ok(b) => b,
-        Err(m) => return fail(&format!("cannot read the broker's JWKS: {m}")),
+        Err(m) => return fail(format!("cannot read the broker's JWKS: {m}")),
     };
     let verifier = match Verifier::with_static_jwks(issuer.clone(), audience, &jwks).and_then(|b| {
         b.algorithms(&[Algorithm::ES256, Algorithm::EdDSA, Algorithm::RS256])
             .build()
     }) {
         Ok(v) => v,
-        Err(e) => return fail(&format!("cannot verify against {}: {e}", conn.url)),
+        Err(e) => return fail(format!("cannot verify against {}: {e}", conn.url)),
     };
     match verifier.verify(token).await {
         Ok(t) => {

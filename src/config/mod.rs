@@ -33,7 +33,7 @@ pub use crate::audit::AuditSink;
 /// The duration parser lives in a leaf module (`crate::duration`); its old
 /// path stays.
 pub(crate) use crate::duration;
-pub use crate::duration::parse_duration;
+pub use crate::duration::{parse_duration, DurationError};
 pub use crate::identity::login::ApprovalLogin;
 pub use crate::identity::IssuerConfig;
 pub use lint::{ConfigWarning, WarningKind};
@@ -388,7 +388,7 @@ impl Config {
             reason,
         };
         let dur = |key: &str, v: &str| -> Result<Duration, ConfigError> {
-            let d = parse_duration(v).map_err(|r| err(key, r))?;
+            let d = parse_duration(v).map_err(|r| err(key, r.to_string()))?;
             if d.is_zero() {
                 return Err(err(key, "must be greater than zero".into()));
             }
@@ -398,7 +398,7 @@ impl Config {
                        v: &str,
                        range: &std::ops::RangeInclusive<Duration>|
          -> Result<Duration, ConfigError> {
-            let d = parse_duration(v).map_err(|r| err(key, r))?;
+            let d = parse_duration(v).map_err(|r| err(key, r.to_string()))?;
             if !range.contains(&d) {
                 return Err(err(
                     key,
@@ -490,7 +490,7 @@ impl Config {
                 &CLOCK_QUARANTINE_BOUNDS,
             )?,
             shutdown_grace: parse_duration(&s.shutdown_grace)
-                .map_err(|r| err("server.shutdown_grace", r))?,
+                .map_err(|r| err("server.shutdown_grace", r.to_string()))?,
             drain_timeout: dur("server.drain_timeout", &s.drain_timeout)?,
             worker_threads: s.worker_threads as usize,
         };
@@ -761,7 +761,7 @@ impl Config {
                 algorithms,
                 single_use: ri.single_use,
                 max_token_lifetime: dur(&k("max_token_lifetime"), &ri.max_token_lifetime)?,
-                leeway: parse_duration(&ri.leeway).map_err(|r| err(&k("leeway"), r))?,
+                leeway: parse_duration(&ri.leeway).map_err(|r| err(&k("leeway"), r.to_string()))?,
                 jwks_refresh_cooldown: bounded(
                     &k("jwks_refresh_cooldown"),
                     &ri.jwks_refresh_cooldown,
@@ -906,8 +906,8 @@ impl Config {
         if approvals_ttl > MAX_APPROVAL_TTL {
             return Err(err("approvals.ttl", "must be at most 24h".into()));
         }
-        let approvals_interval =
-            parse_duration(&raw.approvals.interval).map_err(|r| err("approvals.interval", r))?;
+        let approvals_interval = parse_duration(&raw.approvals.interval)
+            .map_err(|r| err("approvals.interval", r.to_string()))?;
         if approvals_interval > MAX_APPROVAL_INTERVAL {
             return Err(err("approvals.interval", "must be at most 5m".into()));
         }
@@ -1100,7 +1100,7 @@ fn approval_login(
                 ));
             }
             let d = |key: &str, v: &str, max: Duration| -> Result<Duration, ConfigError> {
-                let x = parse_duration(v).map_err(|r| err(key, r))?;
+                let x = parse_duration(v).map_err(|r| err(key, r.to_string()))?;
                 if x.is_zero() || x > max {
                     return Err(err(
                         key,

@@ -13,9 +13,9 @@ use serde_json::Value;
 
 use super::authenticate::AuthenticatedActor;
 use super::request::{BackchannelRequest, CibaPoll, GrantType, Target, TokenRequest, TokenType};
+use super::token::TokenContent;
 use super::{approval, ExchangeError, Exchanger, Issued, Noted, Peer};
 use crate::identity::login::ApprovalLogin;
-use super::token::TokenContent;
 use crate::policy::delegation::Delegation;
 use crate::policy::MTLS_ISSUER;
 use crate::store::{Approval, ApprovalCreated, ApprovalState, CibaRequest, PollOutcome};

@@ -23,27 +23,29 @@ pub const MAX_BLOCK: Duration = Duration::from_secs(365 * 24 * 3600);
 /// no white space and no control or format characters. Identities Tessera
 /// issues tokens for never hold those, so such input is a typo or a paste
 /// gone wrong.
-pub fn check_identity(s: &str) -> Result<(), String> {
+pub fn check_identity(s: &str) -> Result<(), InvalidOrder> {
     if s.is_empty() {
-        return Err("an identity cannot be empty".into());
+        return Err(InvalidOrder::EmptyIdentity);
     }
     if s.len() > MAX_VALUE_LEN {
-        return Err(format!("an identity is at most {MAX_VALUE_LEN} bytes"));
+        return Err(InvalidOrder::IdentityTooLong);
     }
     if s.len() >= 9 && s[..9].eq_ignore_ascii_case("spiffe://") {
         return SpiffeId::parse(s)
             .map(|_| ())
-            .map_err(|e| format!("`{s}` is not a valid SPIFFE ID: {e}"));
+            .map_err(|e| InvalidOrder::SpiffeId {
+                value: s.to_string(),
+                reason: e.to_string(),
+            });
     }
     if let Some(c) = s
         .chars()
         .find(|c| c.is_whitespace() || c.is_control() || crate::text::is_terminal_unsafe(*c))
     {
-        return Err(format!(
-            "`{}` is not an identity: it holds {} (a SPIFFE ID, a DNS name or an OIDC subject has none)",
-            s.escape_debug(),
-            if c.is_whitespace() { "white space" } else { "a control character" }
-        ));
+        return Err(InvalidOrder::NotAnIdentity {
+            value: s.to_string(),
+            white_space: c.is_whitespace(),
+        });
     }
     Ok(())
 }
@@ -51,20 +53,17 @@ pub fn check_identity(s: &str) -> Result<(), String> {
 /// The value of a revocation of `kind`: a jti is a UUID (Tessera issues no
 /// other), a task id is `[A-Za-z0-9._:-]{1,128}`, a grant id is a UUID, a
 /// subject passes [`check_identity`].
-pub fn check_revocation(kind: RevocationKind, value: &str) -> Result<(), String> {
+pub fn check_revocation(kind: RevocationKind, value: &str) -> Result<(), InvalidOrder> {
     match kind {
-        RevocationKind::Jti if uuid::Uuid::parse_str(value).is_err() => Err(format!(
-            "`{}` is not a jti issued by Tessera (a UUID)",
-            value.escape_debug()
-        )),
-        RevocationKind::Grant if uuid::Uuid::parse_str(value).is_err() => Err(format!(
-            "`{}` is not a grant id (a UUID)",
-            value.escape_debug()
-        )),
-        RevocationKind::Task if !valid_task(value) => Err(format!(
-            "`{}` is not a task id: 1..=128 of [A-Za-z0-9._:-]",
-            value.escape_debug()
-        )),
+        RevocationKind::Jti if uuid::Uuid::parse_str(value).is_err() => {
+            Err(InvalidOrder::NotAJti(value.to_string()))
+        }
+        RevocationKind::Grant if uuid::Uuid::parse_str(value).is_err() => {
+            Err(InvalidOrder::NotAGrantId(value.to_string()))
+        }
+        RevocationKind::Task if !valid_task(value) => {
+            Err(InvalidOrder::NotATaskId(value.to_string()))
+        }
         RevocationKind::Subject => check_identity(value),
         _ => Ok(()),
     }
@@ -72,13 +71,13 @@ pub fn check_revocation(kind: RevocationKind, value: &str) -> Result<(), String>
 
 /// A kill-switch duration (`--block-for`): a duration within
 /// [`MIN_BLOCK`]..=[`MAX_BLOCK`].
-pub fn parse_block_for(s: &str) -> Result<Duration, String> {
-    let d = crate::duration::parse_duration(s).map_err(|e| format!("--block-for: {e}"))?;
+pub fn parse_block_for(s: &str) -> Result<Duration, InvalidOrder> {
+    let d = crate::duration::parse_duration(s).map_err(|e| InvalidOrder::Duration {
+        flag: "--block-for",
+        source: e,
+    })?;
     if d < MIN_BLOCK || d > MAX_BLOCK {
-        return Err(format!(
-            "--block-for `{s}` is out of range: a block lasts 1s to 365d (to lift one early: \
-             tessera unblock --subject …)"
-        ));
+        return Err(InvalidOrder::BlockOutOfRange(s.to_string()));
     }
     Ok(d)
 }
@@ -87,14 +86,97 @@ pub fn parse_block_for(s: &str) -> Result<Duration, String> {
 pub const MAX_GRANT_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// A JIT grant's lifetime (`--ttl`): a duration within 1s..=24h.
-pub fn check_grant_ttl(s: &str) -> Result<Duration, String> {
-    let d = crate::duration::parse_duration(s).map_err(|e| format!("--ttl: {e}"))?;
+pub fn check_grant_ttl(s: &str) -> Result<Duration, InvalidOrder> {
+    let d = crate::duration::parse_duration(s).map_err(|e| InvalidOrder::Duration {
+        flag: "--ttl",
+        source: e,
+    })?;
     if d < Duration::from_secs(1) || d > MAX_GRANT_TTL {
-        return Err(format!(
-            "--ttl `{s}` is out of range: a grant lives 1s to 24h"
-        ));
+        return Err(InvalidOrder::GrantTtlOutOfRange(s.to_string()));
     }
     Ok(d)
+}
+
+/// Why an operator's order is malformed or out of bounds (nothing was
+/// done): the admin API's `invalid_request`, the CLI's exit 2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidOrder {
+    /// An empty identity.
+    #[error("an identity cannot be empty")]
+    EmptyIdentity,
+    /// An identity longer than [`MAX_VALUE_LEN`].
+    #[error("an identity is at most {MAX_VALUE_LEN} bytes")]
+    IdentityTooLong,
+    /// A `spiffe://` identity that is not a valid SPIFFE ID.
+    #[error("`{value}` is not a valid SPIFFE ID: {reason}")]
+    SpiffeId {
+        /// The identity.
+        value: String,
+        /// Why not.
+        reason: String,
+    },
+    /// An identity holding white space or a control character.
+    #[error(
+        "`{}` is not an identity: it holds {} (a SPIFFE ID, a DNS name or an OIDC subject has none)",
+        value.escape_debug(),
+        if *white_space { "white space" } else { "a control character" }
+    )]
+    NotAnIdentity {
+        /// The identity.
+        value: String,
+        /// White space (else a control or format character).
+        white_space: bool,
+    },
+    /// A jti that is not a UUID.
+    #[error("`{}` is not a jti issued by Tessera (a UUID)", .0.escape_debug())]
+    NotAJti(String),
+    /// A grant id that is not a UUID.
+    #[error("`{}` is not a grant id (a UUID)", .0.escape_debug())]
+    NotAGrantId(String),
+    /// A task id outside `[A-Za-z0-9._:-]{1,128}` (the revocation's value).
+    #[error("`{}` is not a task id: 1..=128 of [A-Za-z0-9._:-]", .0.escape_debug())]
+    NotATaskId(String),
+    /// A duration flag that does not parse.
+    #[error("{flag}: {source}")]
+    Duration {
+        /// `--block-for` or `--ttl`.
+        flag: &'static str,
+        /// Why.
+        source: crate::duration::DurationError,
+    },
+    /// A kill-switch block outside [`MIN_BLOCK`]..=[`MAX_BLOCK`].
+    #[error(
+        "--block-for `{0}` is out of range: a block lasts 1s to 365d (to lift one early: \
+         tessera unblock --subject …)"
+    )]
+    BlockOutOfRange(String),
+    /// `block_for` on a revocation of another kind than subject.
+    #[error("block_for applies to subject revocations only")]
+    BlockNotForSubject,
+    /// A grant's lifetime outside 1s..=[`MAX_GRANT_TTL`].
+    #[error("--ttl `{0}` is out of range: a grant lives 1s to 24h")]
+    GrantTtlOutOfRange(String),
+    /// A grant's audience that is empty, too long or not printable.
+    #[error("audience must be 1..=1024 printable characters")]
+    Audience,
+    /// A grant's scope that is not RFC 6749 scope tokens.
+    #[error("scope must be space-separated RFC 6749 scope tokens")]
+    Scope,
+    /// A `*` in a grant's scopes or audience.
+    #[error("a grant names exact scopes and one exact audience: `*` is not allowed")]
+    Wildcard,
+    /// A grant's uses outside 1..=[`MAX_GRANT_USES`].
+    #[error("uses must be between 1 and {MAX_GRANT_USES}")]
+    Uses,
+    /// A reason longer than [`MAX_REASON_LEN`] or holding control characters.
+    #[error("reason must be at most {MAX_REASON_LEN} printable characters")]
+    Reason,
+    /// A store recovery that gives both a plan and `accept_loss`, or neither.
+    #[error("give a plan (from an audit trail) or accept_loss, not both")]
+    RecoverPlanOrLoss,
+    /// A grant's task id outside `[A-Za-z0-9._:-]{1,128}`.
+    #[error("a task id is 1..=128 of [A-Za-z0-9._:-]")]
+    TaskId,
 }
 
 /// How long [`revoke_and_block`] waits for the revocation.
@@ -158,11 +240,11 @@ pub const MAX_GRANT_USES: u32 = 1_000_000;
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
     /// The request is malformed or out of bounds; nothing was done.
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidOrder),
     /// `strict` was asked and no policy could ever use the grant.
-    #[error("{0}")]
-    UnusableGrant(String),
+    #[error("no policy could ever use this grant: {0}")]
+    UnusableGrant(crate::policy::GrantUnusable),
     /// No live grant with this id.
     #[error("no live grant {0}")]
     NoSuchGrant(String),
@@ -195,11 +277,9 @@ pub enum OperatorError {
 pub const MAX_REASON_LEN: usize = 1024;
 
 /// An operator's reason: at most [`MAX_REASON_LEN`] printable characters.
-pub fn check_reason(reason: Option<&str>) -> Result<(), String> {
+pub fn check_reason(reason: Option<&str>) -> Result<(), InvalidOrder> {
     if reason.is_some_and(|r| r.len() > MAX_REASON_LEN || r.chars().any(char::is_control)) {
-        return Err(format!(
-            "reason must be at most {MAX_REASON_LEN} printable characters"
-        ));
+        return Err(InvalidOrder::Reason);
     }
     Ok(())
 }
@@ -280,17 +360,11 @@ pub async fn revoke(
     now: u64,
 ) -> Result<RevokeDone, OperatorError> {
     use crate::audit::{AuditRecord, Event};
-    check_revocation(order.kind, &order.value).map_err(OperatorError::Invalid)?;
+    check_revocation(order.kind, &order.value)?;
     let block = match (&order.block_for, order.kind) {
         (None, _) => None,
-        (Some(d), RevocationKind::Subject) => {
-            Some(parse_block_for(d).map_err(OperatorError::Invalid)?)
-        }
-        (Some(_), _) => {
-            return Err(OperatorError::Invalid(
-                "block_for applies to subject revocations only".into(),
-            ))
-        }
+        (Some(d), RevocationKind::Subject) => Some(parse_block_for(d)?),
+        (Some(_), _) => return Err(InvalidOrder::BlockNotForSubject.into()),
     };
     // Every token a revocation can cover was issued by now and lives at most
     // [tokens] max_ttl: the entry needs to live no longer than that.
@@ -397,46 +471,36 @@ pub async fn create_grant(
 ) -> Result<GrantCreated, OperatorError> {
     use crate::audit::{AuditRecord, Event};
     use crate::policy::scope::ScopeSet;
-    let invalid = |m: &str| OperatorError::Invalid(m.to_string());
-    check_identity(&order.subject).map_err(OperatorError::Invalid)?;
+    check_identity(&order.subject)?;
     if order.audience.is_empty()
         || order.audience.len() > 1024
         || order.audience.chars().any(char::is_control)
     {
-        return Err(invalid("audience must be 1..=1024 printable characters"));
+        return Err(InvalidOrder::Audience.into());
     }
-    let scopes: ScopeSet = order
-        .scope
-        .parse()
-        .map_err(|_| invalid("scope must be space-separated RFC 6749 scope tokens"))?;
+    let scopes: ScopeSet = order.scope.parse().map_err(|_| InvalidOrder::Scope)?;
     // Grants are literal: a `*` would read as a wildcard to whoever lists
     // them, and match nothing but itself (SECURITY #120).
     if scopes.iter().any(|s| s.as_str().contains('*')) || order.audience.contains('*') {
-        return Err(invalid(
-            "a grant names exact scopes and one exact audience: `*` is not allowed",
-        ));
+        return Err(InvalidOrder::Wildcard.into());
     }
-    let ttl = check_grant_ttl(&order.ttl)
-        .map_err(OperatorError::Invalid)?
-        .as_secs();
+    let ttl = check_grant_ttl(&order.ttl)?.as_secs();
     if let Some(u) = order.uses {
         if u == 0 || u > MAX_GRANT_USES {
-            return Err(OperatorError::Invalid(format!(
-                "uses must be between 1 and {MAX_GRANT_USES}"
-            )));
+            return Err(InvalidOrder::Uses.into());
         }
     }
     if order.task.as_deref().is_some_and(|t| !valid_task(t)) {
-        return Err(invalid("a task id is 1..=128 of [A-Za-z0-9._:-]"));
+        return Err(InvalidOrder::TaskId.into());
     }
-    let warning = exchanger
+    let unusable = exchanger
         .policies()
         .grant_use(&order.subject, &order.audience, &scopes)
-        .err()
-        .map(|why| format!("no policy could ever use this grant: {why}"));
-    if let (Some(why), true) = (&warning, order.strict) {
+        .err();
+    if let (Some(why), true) = (&unusable, order.strict) {
         return Err(OperatorError::UnusableGrant(why.clone()));
     }
+    let warning = unusable.map(|why| format!("no policy could ever use this grant: {why}"));
     let g = crate::store::Grant {
         id: uuid::Uuid::new_v4().to_string(),
         subject: order.subject,
@@ -567,7 +631,7 @@ pub async fn restore(
         let mut report = RestoreReport::default();
         for r in &plan.revocations {
             let kind = r.kind;
-            check_revocation(kind, &r.value).map_err(OperatorError::Invalid)?;
+            check_revocation(kind, &r.value)?;
             let expires_at = exchanger.revocation_expiry(r.revoked_at);
             if expires_at <= now {
                 report.expired += 1;
@@ -585,7 +649,7 @@ pub async fn restore(
             report.revocations += 1;
         }
         for b in &plan.blocks {
-            check_identity(&b.subject).map_err(OperatorError::Invalid)?;
+            check_identity(&b.subject)?;
             if b.until <= now {
                 report.blocks_over += 1;
                 continue;
@@ -686,11 +750,7 @@ pub async fn recover(
     let plan = match (order.plan, order.accept_loss) {
         (Some(p), false) => p,
         (None, true) => crate::audit::restore::RestorePlan::default(),
-        _ => {
-            return Err(OperatorError::Invalid(
-                "give a plan (from an audit trail) or accept_loss, not both".into(),
-            ))
-        }
+        _ => return Err(OperatorError::Invalid(InvalidOrder::RecoverPlanOrLoss)),
     };
     if !stores.health.data_lost() {
         return Err(OperatorError::NotLost);
@@ -749,7 +809,7 @@ mod tests {
             ("agent\u{202e}", "control"),
             ("agent\t", "white space"),
         ] {
-            let e = check_identity(bad).unwrap_err();
+            let e = check_identity(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad:?}: {e}");
         }
         assert!(check_identity(&"a".repeat(MAX_VALUE_LEN + 1)).is_err());
@@ -761,6 +821,7 @@ mod tests {
         assert!(check_revocation(RevocationKind::Jti, &id).is_ok());
         assert!(check_revocation(RevocationKind::Jti, "nope")
             .unwrap_err()
+            .to_string()
             .contains("UUID"));
         assert!(check_revocation(RevocationKind::Grant, "nope").is_err());
         assert!(check_revocation(RevocationKind::Task, "deploy-42").is_ok());
@@ -849,7 +910,7 @@ mod tests {
         use crate::store::{memory::MemoryStore, Stores};
         let stores = Stores::from_backend(std::sync::Arc::new(MemoryStore::new()));
         let auditor = crate::audit::Auditor::start(
-            &crate::config::AuditSink::Off,
+            &crate::audit::AuditSink::Off,
             Some((stores.audit.clone(), 1000)),
             Duration::from_secs(5),
         )
@@ -866,7 +927,7 @@ mod tests {
         ));
         assert!(matches!(
             unblock(order("spiffe://td/a", Some("bad\u{7}"))).await,
-            Err(OperatorError::Invalid(m)) if m.contains("printable")
+            Err(OperatorError::Invalid(m)) if m.to_string().contains("printable")
         ));
         let e = unblock(order("spiffe://td/a", None)).await.unwrap_err();
         assert!(matches!(e, OperatorError::NotBlocked(_)));
@@ -896,21 +957,35 @@ mod tests {
     fn block_durations() {
         assert_eq!(parse_block_for("30m"), Ok(Duration::from_secs(1800)));
         assert_eq!(parse_block_for("1s"), Ok(Duration::from_secs(1)));
-        let e = parse_block_for("0s").unwrap_err();
+        let e = parse_block_for("0s").unwrap_err().to_string();
         assert!(
             e.contains("out of range") && e.contains("1s to 365d"),
             "{e}"
         );
         assert!(parse_block_for("500ms")
             .unwrap_err()
+            .to_string()
             .contains("out of range"));
         assert!(parse_block_for("366d")
             .unwrap_err()
+            .to_string()
             .contains("out of range"));
-        assert!(!parse_block_for("30x").unwrap_err().contains("out of range"));
+        assert!(!parse_block_for("30x")
+            .unwrap_err()
+            .to_string()
+            .contains("out of range"));
         assert_eq!(check_grant_ttl("10m"), Ok(Duration::from_secs(600)));
-        assert!(check_grant_ttl("0s").unwrap_err().contains("1s to 24h"));
-        assert!(check_grant_ttl("25h").unwrap_err().contains("1s to 24h"));
-        assert!(check_grant_ttl("10x").unwrap_err().contains("not a unit"));
+        assert!(check_grant_ttl("0s")
+            .unwrap_err()
+            .to_string()
+            .contains("1s to 24h"));
+        assert!(check_grant_ttl("25h")
+            .unwrap_err()
+            .to_string()
+            .contains("1s to 24h"));
+        assert!(check_grant_ttl("10x")
+            .unwrap_err()
+            .to_string()
+            .contains("not a unit"));
     }
 }

@@ -72,6 +72,37 @@ pub struct Human {
 /// Most bytes of ID-token claims kept in a session.
 const MAX_KEPT_CLAIMS: usize = 4096;
 
+/// Why the approval pages' sign-in client cannot be set up; each names
+/// the config key.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginSetupError {
+    /// The issuer's `ca` file cannot be read.
+    #[error("approvals.login_issuer: ca {}: {source}", path.display())]
+    ReadCa {
+        /// The CA file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// A certificate in the issuer's `ca` file is bad.
+    #[error("approvals.login_issuer: ca: {0}")]
+    BadCa(rustls_pki_types::pem::Error),
+    /// The HTTPS client cannot be built.
+    #[error("approvals.login_issuer: {0}")]
+    Client(crate::jwks::FetchError),
+    /// The client secret file cannot be read.
+    #[error("approvals.login_client_secret_file: {}: {source}", path.display())]
+    ReadSecret {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The client secret file holds nothing but white space.
+    #[error("approvals.login_client_secret_file: {}: empty", .0.display())]
+    EmptySecret(std::path::PathBuf),
+}
+
 /// Why a sign-in failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LoginError {
@@ -123,29 +154,29 @@ impl std::fmt::Debug for LoginClient {
 impl LoginClient {
     /// Builds the client (no network yet): the issuer's extra CA is
     /// trusted, the client secret (if any) is read now.
-    pub fn new(cfg: &ApprovalLogin, issuer: &IssuerConfig) -> Result<Self, String> {
+    pub fn new(cfg: &ApprovalLogin, issuer: &IssuerConfig) -> Result<Self, LoginSetupError> {
         use rustls_pki_types::pem::PemObject;
         let mut roots = Vec::new();
         if let Some(ca) = &issuer.ca {
-            for c in rustls_pki_types::CertificateDer::pem_file_iter(ca)
-                .map_err(|e| format!("approvals.login_issuer: ca {}: {e}", ca.display()))?
-            {
-                roots.push(c.map_err(|e| format!("approvals.login_issuer: ca: {e}"))?);
+            for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| {
+                LoginSetupError::ReadCa {
+                    path: ca.clone(),
+                    source: e,
+                }
+            })? {
+                roots.push(c.map_err(LoginSetupError::BadCa)?);
             }
         }
-        let client = crate::jwks::https_client(&roots, true)
-            .map_err(|e| format!("approvals.login_issuer: {e}"))?;
+        let client = crate::jwks::https_client(&roots, true).map_err(LoginSetupError::Client)?;
         let secret = match &cfg.client_secret_file {
             Some(p) => {
-                let s = std::fs::read_to_string(p).map_err(|e| {
-                    format!("approvals.login_client_secret_file: {}: {e}", p.display())
+                let s = std::fs::read_to_string(p).map_err(|e| LoginSetupError::ReadSecret {
+                    path: p.clone(),
+                    source: e,
                 })?;
                 let s = s.trim().to_string();
                 if s.is_empty() {
-                    return Err(format!(
-                        "approvals.login_client_secret_file: {}: empty",
-                        p.display()
-                    ));
+                    return Err(LoginSetupError::EmptySecret(p.clone()));
                 }
                 Some(s)
             }

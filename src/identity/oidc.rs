@@ -46,6 +46,40 @@ pub struct IssuerConfig {
     pub bearer_token_file: Option<PathBuf>,
 }
 
+/// Why an `[[issuers]]` entry cannot be set up (its CA file, its HTTPS
+/// client, its claim rules); each names the issuer.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerSetupError {
+    /// The `ca` file cannot be read (`read`) or holds a bad certificate.
+    #[error("issuer {issuer}: {} ca {}: {source}", if *read { "cannot read" } else { "bad" }, path.display())]
+    Ca {
+        /// The issuer's name.
+        issuer: String,
+        /// The file could not be read (else: a certificate in it is bad).
+        read: bool,
+        /// The CA file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The HTTPS client cannot be built.
+    #[error("issuer {issuer}: {source}")]
+    Client {
+        /// The issuer's name.
+        issuer: String,
+        /// Why.
+        source: crate::jwks::FetchError,
+    },
+    /// The issuer or audiences are unusable.
+    #[error("issuer {issuer}: {source}")]
+    Rules {
+        /// The issuer's name.
+        issuer: String,
+        /// Why.
+        source: crate::jose::validate::RulesError,
+    },
+}
+
 /// Why a token from an OIDC issuer was refused.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OidcError {
@@ -87,21 +121,30 @@ impl IssuerVerifier {
     /// Builds the verifier (no network until the first token arrives). The
     /// refresh cooldown and max-stale window come from `cfg`; `clock`'s
     /// monotonic face measures how stale the keys are.
-    pub fn new(cfg: IssuerConfig, clock: Arc<dyn Clock>) -> Result<Self, String> {
+    pub fn new(cfg: IssuerConfig, clock: Arc<dyn Clock>) -> Result<Self, IssuerSetupError> {
         let cooldown = cfg.jwks_refresh_cooldown;
         let mut roots = Vec::new();
+        let issuer = || cfg.name.clone();
         if let Some(ca) = &cfg.ca {
-            for c in CertificateDer::pem_file_iter(ca)
-                .map_err(|e| format!("issuer {}: cannot read ca {}: {e}", cfg.name, ca.display()))?
-            {
-                roots.push(
-                    c.map_err(|e| format!("issuer {}: bad ca {}: {e}", cfg.name, ca.display()))?,
-                );
+            let ca_error = |read: bool, source| IssuerSetupError::Ca {
+                issuer: issuer(),
+                read,
+                path: ca.clone(),
+                source,
+            };
+            for c in CertificateDer::pem_file_iter(ca).map_err(|e| ca_error(true, e))? {
+                roots.push(c.map_err(|e| ca_error(false, e))?);
             }
         }
-        let client = https_client(&roots, true).map_err(|e| format!("issuer {}: {e}", cfg.name))?;
+        let client = https_client(&roots, true).map_err(|e| IssuerSetupError::Client {
+            issuer: issuer(),
+            source: e,
+        })?;
         let rules = ClaimRules::new(cfg.issuer.clone(), cfg.audiences.clone())
-            .map_err(|e| format!("issuer {}: {e}", cfg.name))?
+            .map_err(|e| IssuerSetupError::Rules {
+                issuer: issuer(),
+                source: e,
+            })?
             .leeway(cfg.leeway.as_secs())
             .max_lifetime(cfg.max_token_lifetime.as_secs())
             .require_jti(cfg.single_use);

@@ -53,6 +53,22 @@ impl OwnToken {
     }
 }
 
+/// Why the key ring's published keys cannot verify Tessera's tokens.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OwnKeyError {
+    /// A key without a public JWK.
+    #[error("signing key has no JWK form")]
+    NoJwk,
+    /// A public JWK that does not load as a verifying key.
+    #[error("signing key {kid}: {source}")]
+    Key {
+        /// The key id.
+        kid: String,
+        /// Why.
+        source: crate::jose::jwk::JwkError,
+    },
+}
+
 /// Verifies Tessera's own access tokens.
 #[derive(Debug)]
 pub struct OwnTokenVerifier {
@@ -62,15 +78,15 @@ pub struct OwnTokenVerifier {
 
 impl OwnTokenVerifier {
     /// Builds the verifier from the key ring's published keys.
-    pub fn new(issuer: &str, ring: &KeyRing) -> Result<Self, String> {
+    pub fn new(issuer: &str, ring: &KeyRing) -> Result<Self, OwnKeyError> {
         let mut keys = HashMap::new();
         for k in ring.keys() {
             let jwk = k.public_jwk();
-            let obj = jwk
-                .as_object()
-                .ok_or_else(|| "signing key has no JWK form".to_string())?;
-            let vk =
-                VerifyingKey::from_jwk(obj).map_err(|e| format!("signing key {}: {e}", k.kid()))?;
+            let obj = jwk.as_object().ok_or(OwnKeyError::NoJwk)?;
+            let vk = VerifyingKey::from_jwk(obj).map_err(|e| OwnKeyError::Key {
+                kid: k.kid().to_string(),
+                source: e,
+            })?;
             keys.insert(k.kid().to_string(), Arc::new(vk));
         }
         Ok(Self {
@@ -93,38 +109,91 @@ impl OwnTokenVerifier {
     }
 
     /// Verifies signature, `typ`, `iss` and `exp` at `now`.
-    pub fn verify(&self, token: &str, now: u64) -> Result<OwnToken, &'static str> {
-        let parsed = jws::decode(token).map_err(|e| e.reason())?;
-        self.verify_decoded(parsed, now)
+    pub fn verify(&self, token: &str, now: u64) -> Result<OwnToken, OwnTokenRefusal> {
+        let parsed = jws::decode(token).map_err(OwnTokenRefusal::Jws)?;
+        self.check_decoded(parsed, now)
     }
 
-    /// [`Self::verify`] for a token already decoded.
+    /// [`Self::verify`] for a token already decoded; the error is the
+    /// refusal's audit reason ([`OwnTokenRefusal::as_str`]).
     pub fn verify_decoded(
         &self,
         parsed: jws::UnverifiedJws,
         now: u64,
     ) -> Result<OwnToken, &'static str> {
+        self.check_decoded(parsed, now)
+            .map_err(OwnTokenRefusal::as_str)
+    }
+
+    /// [`Self::verify`] for a token already decoded.
+    pub fn check_decoded(
+        &self,
+        parsed: jws::UnverifiedJws,
+        now: u64,
+    ) -> Result<OwnToken, OwnTokenRefusal> {
+        use OwnTokenRefusal as R;
         match parsed.header().typ.as_deref() {
             Some(t)
                 if t.eq_ignore_ascii_case("at+jwt")
                     || t.eq_ignore_ascii_case("application/at+jwt") => {}
-            _ => return Err("typ_not_at_jwt"),
+            _ => return Err(R::TypNotAtJwt),
         }
-        let kid = parsed.header().kid.as_deref().ok_or("kid_missing")?;
-        let key = self.keys.get(kid).ok_or("unknown_kid")?;
-        let verified = parsed.verify(key).map_err(|e| e.reason())?;
+        let kid = parsed.header().kid.as_deref().ok_or(R::KidMissing)?;
+        let key = self.keys.get(kid).ok_or(R::UnknownKid)?;
+        let verified = parsed.verify(key).map_err(R::Jws)?;
         let (_, map) = verified.into_parts();
         let claims: AccessTokenClaims = serde_json::from_value(serde_json::Value::Object(map))
-            .map_err(|_| "claims_malformed")?;
+            .map_err(|_| R::ClaimsMalformed)?;
         if claims.iss != self.issuer {
-            return Err("iss_mismatch");
+            return Err(R::IssMismatch);
         }
         if expired(claims.exp, now) {
-            return Err("expired");
+            return Err(R::Expired);
         }
         if claims.nbf > now.saturating_add(OWN_LEEWAY_SECS) {
-            return Err("not_yet_valid");
+            return Err(R::NotYetValid);
         }
         Ok(OwnToken { claims })
+    }
+}
+
+/// Why a token that claims to be Tessera's is refused. [`Self::as_str`]
+/// is the stable reason recorded in the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.as_str())]
+pub enum OwnTokenRefusal {
+    /// Not a well-formed JWS, or its signature does not verify.
+    Jws(jws::JwsError),
+    /// The header `typ` is not `at+jwt`.
+    TypNotAtJwt,
+    /// No `kid` in the header.
+    KidMissing,
+    /// No key of the ring has this `kid`.
+    UnknownKid,
+    /// The claims are not an access token's.
+    ClaimsMalformed,
+    /// Another issuer.
+    IssMismatch,
+    /// Past `exp`.
+    Expired,
+    /// Before `nbf` (beyond the leeway).
+    NotYetValid,
+}
+
+impl OwnTokenRefusal {
+    /// The stable reason (`expired`, `unknown_kid`, a JWS reason such as
+    /// `bad_signature`).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OwnTokenRefusal::Jws(e) => e.reason(),
+            OwnTokenRefusal::TypNotAtJwt => "typ_not_at_jwt",
+            OwnTokenRefusal::KidMissing => "kid_missing",
+            OwnTokenRefusal::UnknownKid => "unknown_kid",
+            OwnTokenRefusal::ClaimsMalformed => "claims_malformed",
+            OwnTokenRefusal::IssMismatch => "iss_mismatch",
+            OwnTokenRefusal::Expired => "expired",
+            OwnTokenRefusal::NotYetValid => "not_yet_valid",
+        }
     }
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-pub use crate::policy::claims::{claim_path_lookup, ClaimCondition};
+pub use crate::policy::claims::{claim_path_lookup, ClaimCondition, ClaimPathError};
 use crate::policy::glob::Pattern;
 use crate::policy::scope::{Scope, ScopeSet};
 
@@ -660,10 +660,10 @@ impl PolicySet {
         identity: &str,
         audience: &str,
         scopes: &ScopeSet,
-    ) -> Result<&str, String> {
+    ) -> Result<&str, GrantUnusable> {
         let names = self.could_match_identity(identity);
         if names.is_empty() {
-            return Err(format!("no policy matches the subject `{identity}`"));
+            return Err(GrantUnusable::NoPolicyForSubject(identity.to_string()));
         }
         let candidates: Vec<&CompiledPolicy> = self
             .policies
@@ -671,10 +671,10 @@ impl PolicySet {
             .filter(|p| names.contains(&p.name.as_str()) && p.allows_audience(audience))
             .collect();
         if candidates.is_empty() {
-            return Err(format!(
-                "no policy for this subject ({}) allows the audience `{audience}`",
-                names.join(", ")
-            ));
+            return Err(GrantUnusable::NoPolicyForAudience {
+                policies: names.join(", "),
+                audience: audience.to_string(),
+            });
         }
         let usable = |p: &CompiledPolicy, s: &Scope| p.allows_scope(s) && p.is_jit_scope(s);
         if let Some(p) = candidates
@@ -688,21 +688,16 @@ impl PolicySet {
                 continue;
             }
             let why = match candidates.iter().find(|p| p.is_approval_scope(s)) {
-                Some(p) => format!(
-                    "it is an approval scope of policy `{}` (approvals are decided with tessera approve)",
-                    p.name
-                ),
-                None if candidates.iter().any(|p| p.allows_scope(s)) => {
-                    "it is allowed without a grant".to_string()
-                }
-                None => "no policy for this subject and audience allows it".to_string(),
+                Some(p) => NotJitScope::ApprovalScope(p.name.clone()),
+                None if candidates.iter().any(|p| p.allows_scope(s)) => NotJitScope::NeedsNoGrant,
+                None => NotJitScope::NotAllowed,
             };
-            return Err(format!(
-                "`{s}` is not among the jit_scopes of any policy for this subject and audience: {why}",
-                s = s.as_str()
-            ));
+            return Err(GrantUnusable::NotJitScope {
+                scope: s.as_str().to_string(),
+                why,
+            });
         }
-        Err("no single policy has every scope among its jit_scopes (grants are never mixed across policies)".into())
+        Err(GrantUnusable::MixedPolicies)
     }
 
     /// Policies matching `subject`, in configuration order.
@@ -817,6 +812,52 @@ impl PolicySet {
         }
         out
     }
+}
+
+/// Why no policy could ever use a JIT grant ([`PolicySet::grant_use`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantUnusable {
+    /// No policy could match the grant's subject.
+    #[error("no policy matches the subject `{0}`")]
+    NoPolicyForSubject(String),
+    /// The policies that could match the subject (`policies`, joined)
+    /// allow another audience.
+    #[error("no policy for this subject ({policies}) allows the audience `{audience}`")]
+    NoPolicyForAudience {
+        /// The names of the policies that could match the subject.
+        policies: String,
+        /// The grant's audience.
+        audience: String,
+    },
+    /// A scope no candidate policy lets a grant unlock.
+    #[error(
+        "`{scope}` is not among the jit_scopes of any policy for this subject and audience: {why}"
+    )]
+    NotJitScope {
+        /// The scope.
+        scope: String,
+        /// What the policies say of it instead.
+        why: NotJitScope,
+    },
+    /// Each scope is some policy's jit scope, but no one policy has them all.
+    #[error("no single policy has every scope among its jit_scopes (grants are never mixed across policies)")]
+    MixedPolicies,
+}
+
+/// What the candidate policies say of a scope a grant could not unlock.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotJitScope {
+    /// An approval scope of this policy.
+    #[error(
+        "it is an approval scope of policy `{0}` (approvals are decided with tessera approve)"
+    )]
+    ApprovalScope(String),
+    /// Allowed without any grant.
+    #[error("it is allowed without a grant")]
+    NeedsNoGrant,
+    /// No candidate policy allows it at all.
+    #[error("no policy for this subject and audience allows it")]
+    NotAllowed,
 }
 
 #[cfg(test)]

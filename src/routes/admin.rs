@@ -429,7 +429,7 @@ async fn decide(
     };
     let reason = b.reason.filter(|r| !r.is_empty());
     if let Err(m) = operator::check_reason(reason.as_deref()) {
-        return response(AdminCode::InvalidRequest, m);
+        return response(AdminCode::InvalidRequest, m.to_string());
     }
     let who = Approver::Operator(who);
     let snap = app.snapshot();
@@ -613,6 +613,6 @@ pub async fn reload(State(app): State<AppState>, peer: Option<Extension<Peer>>) 
             "signing_kid": app.snapshot().keyring.signing_key().kid(),
         }))
         .into_response(),
-        Err(e) => response(AdminCode::ReloadRejected, e),
+        Err(e) => response(AdminCode::ReloadRejected, e.to_string()),
     }
 }

@@ -15,16 +15,86 @@ use rustls_pki_types::UnixTime;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Reads every certificate in a PEM file; the error names the key and path.
-pub fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let file = |source| TlsFile {
+        key: key.to_string(),
+        path: path.to_path_buf(),
+        source,
+    };
     let iter = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{key}: cannot read `{}`: {e}", path.display()))?;
+        .map_err(|e| TlsSetupError::ReadCerts(file(TlsFileError::Pem(e))))?;
     let certs: Vec<_> = iter
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{key}: `{}` is not PEM: {e}", path.display()))?;
+        .map_err(|e| TlsSetupError::NotPem(file(TlsFileError::Pem(e))))?;
     if certs.is_empty() {
-        return Err(format!("{key}: `{}` holds no certificate", path.display()));
+        return Err(TlsSetupError::NoCertificate {
+            key: key.to_string(),
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
+}
+
+/// A TLS file named by a config key, and what is wrong with it.
+#[derive(Debug)]
+pub struct TlsFile {
+    /// The config key (`server.tls_cert`, `server.client_ca[0]`).
+    pub key: String,
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Why.
+    pub source: TlsFileError,
+}
+
+/// What is wrong with a TLS file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsFileError {
+    /// It cannot be read or parsed as PEM.
+    #[error(transparent)]
+    Pem(rustls_pki_types::pem::Error),
+    /// rustls refuses what it holds.
+    #[error(transparent)]
+    Rustls(rustls::Error),
+}
+
+/// Why the listener's TLS configuration cannot be built; each names the
+/// config key (and file).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// A certificate file cannot be read.
+    #[error("{}: cannot read `{}`: {}", .0.key, .0.path.display(), .0.source)]
+    ReadCerts(TlsFile),
+    /// A certificate file is not PEM.
+    #[error("{}: `{}` is not PEM: {}", .0.key, .0.path.display(), .0.source)]
+    NotPem(TlsFile),
+    /// A certificate file holds no certificate.
+    #[error("{key}: `{}` holds no certificate", path.display())]
+    NoCertificate {
+        /// The config key.
+        key: String,
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// `server.tls_key` cannot be read.
+    #[error("server.tls_key: cannot read `{}`: {}", .0.path.display(), .0.source)]
+    ReadKey(TlsFile),
+    /// A CA certificate is not a usable trust anchor.
+    #[error("{}: `{}`: {}", .0.key, .0.path.display(), .0.source)]
+    Anchor(TlsFile),
+    /// The client certificate verifier cannot be built from these anchors.
+    #[error("{key}: {source}")]
+    Verifier {
+        /// The config key.
+        key: String,
+        /// Why.
+        source: rustls::server::VerifierBuilderError,
+    },
+    /// The protocol versions are refused.
+    #[error("tls: {0}")]
+    Protocol(rustls::Error),
+    /// The certificate and key do not make a server identity.
+    #[error("server.tls_cert/server.tls_key: {0}")]
+    CertKey(rustls::Error),
 }
 
 /// Builds the HTTPS listener's TLS configuration.
@@ -33,24 +103,38 @@ pub fn server_config(
     key: &Path,
     client_ca: &[std::path::PathBuf],
     trust_domains: &BTreeMap<String, Vec<std::path::PathBuf>>,
-) -> Result<Arc<ServerConfig>, String> {
+) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let chain = read_certs("server.tls_cert", cert)?;
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("server.tls_key: cannot read `{}`: {e}", key.display()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        TlsSetupError::ReadKey(TlsFile {
+            key: "server.tls_key".into(),
+            path: key.to_path_buf(),
+            source: TlsFileError::Pem(e),
+        })
+    })?;
+    let anchor = |key: &str, path: &Path, e| {
+        TlsSetupError::Anchor(TlsFile {
+            key: key.to_string(),
+            path: path.to_path_buf(),
+            source: TlsFileError::Rustls(e),
+        })
+    };
     let mut roots = RootCertStore::empty();
     for (i, p) in client_ca.iter().enumerate() {
-        for c in read_certs(&format!("server.client_ca[{i}]"), p)? {
-            roots
-                .add(c)
-                .map_err(|e| format!("server.client_ca[{i}]: `{}`: {e}", p.display()))?;
+        let key = format!("server.client_ca[{i}]");
+        for c in read_certs(&key, p)? {
+            roots.add(c).map_err(|e| anchor(&key, p, e))?;
         }
     }
     let build = |roots: RootCertStore, key: &str| {
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .allow_unauthenticated()
             .build()
-            .map_err(|e| format!("{key}: {e}"))
+            .map_err(|e| TlsSetupError::Verifier {
+                key: key.to_string(),
+                source: e,
+            })
     };
     let verifier: Arc<dyn ClientCertVerifier> = if trust_domains.is_empty() {
         build(roots, "server.client_ca")?
@@ -64,11 +148,8 @@ pub fn server_config(
             for (i, p) in files.iter().enumerate() {
                 let key = format!("server.trust_domains.\"{td}\"[{i}]");
                 for c in read_certs(&key, p)? {
-                    all.add(c.clone())
-                        .map_err(|e| format!("{key}: `{}`: {e}", p.display()))?;
-                    td_roots
-                        .add(c)
-                        .map_err(|e| format!("{key}: `{}`: {e}", p.display()))?;
+                    all.add(c.clone()).map_err(|e| anchor(&key, p, e))?;
+                    td_roots.add(c).map_err(|e| anchor(&key, p, e))?;
                 }
             }
             per_domain.insert(
@@ -86,10 +167,10 @@ pub fn server_config(
     let verifier: Arc<dyn ClientCertVerifier> = Arc::new(PathRulesVerifier { inner: verifier });
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("tls: {e}"))?
+        .map_err(TlsSetupError::Protocol)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key_der)
-        .map_err(|e| format!("server.tls_cert/server.tls_key: {e}"))?;
+        .map_err(TlsSetupError::CertKey)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // Resumed sessions reuse the original authentication (RFC 8446 §2.2):
     // a session resumed after the leaf expired, was revoked, or its CA left

@@ -356,7 +356,7 @@ impl Worker {
     }
 
     /// Fetches JSON pages until one brings nothing new.
-    async fn catch_up(&self) -> Result<(), String> {
+    async fn catch_up(&self) -> Result<(), SyncError> {
         for _ in 0..MAX_PAGES_PER_SYNC {
             let resp = self
                 .client
@@ -365,15 +365,15 @@ impl Worker {
                 .timeout(FETCH_TIMEOUT)
                 .send()
                 .await
-                .map_err(|e| format!("request: {e}"))?;
+                .map_err(SyncError::Request)?;
             if !resp.status().is_success() {
-                return Err(format!("status {}", resp.status().as_u16()));
+                return Err(SyncError::Status(resp.status().as_u16()));
             }
             let body = read_capped(resp, MAX_FEED_BODY_BYTES).await?;
             let page: WirePage =
-                serde_json::from_slice(&body).map_err(|_| "malformed page".to_string())?;
+                serde_json::from_slice(&body).map_err(|_| SyncError::MalformedPage)?;
             if page.cursor.len() > MAX_CURSOR_LEN {
-                return Err("cursor too long".into());
+                return Err(SyncError::CursorTooLong);
             }
             let before = self.shared.cursor();
             let empty = page.entries.is_empty();
@@ -478,11 +478,35 @@ impl Worker {
     }
 }
 
-async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+/// Why a catch-up with the revocation feed failed (logged; the follower
+/// retries).
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    /// The request failed.
+    #[error("request: {0}")]
+    Request(reqwest::Error),
+    /// The broker answered with this status.
+    #[error("status {0}")]
+    Status(u16),
+    /// The body failed mid-way.
+    #[error("body: {0}")]
+    Body(reqwest::Error),
+    /// The body is larger than the cap.
+    #[error("body too large")]
+    BodyTooLarge,
+    /// The body is not a feed page.
+    #[error("malformed page")]
+    MalformedPage,
+    /// The page's cursor is longer than any the broker sends.
+    #[error("cursor too long")]
+    CursorTooLong,
+}
+
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, SyncError> {
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("body: {e}"))? {
+    while let Some(chunk) = resp.chunk().await.map_err(SyncError::Body)? {
         if body.len().saturating_add(chunk.len()) > cap {
-            return Err("body too large".into());
+            return Err(SyncError::BodyTooLarge);
         }
         body.extend_from_slice(&chunk);
     }
