@@ -54,10 +54,9 @@ pub enum AppError {
     /// The key ring cannot verify Tessera's own tokens.
     #[error(transparent)]
     OwnTokens(#[from] crate::identity::own::OwnKeyError),
-    /// The exchange pipeline cannot be built (its reason is still text:
-    /// [`Exchanger::new`]).
-    #[error("{0}")]
-    Pipeline(String),
+    /// The exchange pipeline cannot be built ([`Exchanger::new`]).
+    #[error(transparent)]
+    Pipeline(#[from] crate::exchange::SetupError),
     /// `[approvals] login_issuer` names no `[[issuers]]` entry.
     #[error("approvals.login_issuer: no issuer {0}")]
     NoLoginIssuer(String),
@@ -166,8 +165,7 @@ impl Snapshot {
             own_tokens.clone(),
             stores.clone(),
             clock.clone(),
-        )
-        .map_err(AppError::Pipeline)?;
+        )?;
         if let Some(p) = previous {
             exchanger.keep_state_of(&p.exchanger);
         }

@@ -153,26 +153,54 @@ impl std::fmt::Debug for Webhook {
     }
 }
 
+/// Why the approvals webhook cannot be set up (at start-up or reload).
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookSetupError {
+    /// `[approvals] webhook_ca` cannot be read or holds a bad certificate.
+    #[error("approvals.webhook_ca: {}: {source}", path.display())]
+    Ca {
+        /// The CA file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The TLS client configuration cannot be built.
+    #[error("approvals.webhook: {0}")]
+    Tls(&'static str),
+    /// The HTTPS client cannot be built.
+    #[error("approvals.webhook: {0}")]
+    Client(reqwest::Error),
+}
+
+/// The CA path of a webhook (empty when none: never reached then).
+fn p_buf(ca: Option<&Path>) -> std::path::PathBuf {
+    ca.map(Path::to_path_buf).unwrap_or_default()
+}
+
 impl Webhook {
     /// A notifier for `url` (https), trusting the public roots plus `ca`.
-    pub fn new(url: &str, ca: Option<&Path>) -> Result<Self, String> {
+    pub fn new(url: &str, ca: Option<&Path>) -> Result<Self, WebhookSetupError> {
         use rustls_pki_types::pem::PemObject;
+        let bad_ca = |source| WebhookSetupError::Ca {
+            path: p_buf(ca),
+            source,
+        };
         let extra: Vec<rustls_pki_types::CertificateDer<'static>> = match ca {
             Some(p) => rustls_pki_types::CertificateDer::pem_file_iter(p)
-                .map_err(|e| format!("approvals.webhook_ca: {}: {e}", p.display()))?
+                .map_err(bad_ca)?
                 .collect::<Result<_, _>>()
-                .map_err(|e| format!("approvals.webhook_ca: {}: {e}", p.display()))?,
+                .map_err(bad_ca)?,
             None => Vec::new(),
         };
         let tls = crate::jwks::http::tls_client_config(&extra, true, None, &[b"http/1.1"])
-            .map_err(|e| format!("approvals.webhook: {e}"))?;
+            .map_err(WebhookSetupError::Tls)?;
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .https_only(true)
             .redirect(reqwest::redirect::Policy::none())
             .timeout(WEBHOOK_TIMEOUT)
             .build()
-            .map_err(|e| format!("approvals.webhook: {e}"))?;
+            .map_err(WebhookSetupError::Client)?;
         Ok(Self {
             url: url.to_string(),
             pages: None,
@@ -579,6 +607,19 @@ pub async fn decide(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_setup_errors_name_the_key_and_file() {
+        let missing = Path::new("/nonexistent/webhook-ca.pem");
+        let e = Webhook::new("https://hooks.example.com/x", Some(missing)).unwrap_err();
+        assert!(matches!(e, WebhookSetupError::Ca { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("approvals.webhook_ca: /nonexistent/webhook-ca.pem: "),
+            "{text}"
+        );
+        assert!(Webhook::new("https://hooks.example.com/x", None).is_ok());
+    }
 
     fn base<'a>(details: Option<&'a Value>) -> BoundRequest<'a> {
         BoundRequest {

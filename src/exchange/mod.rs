@@ -121,18 +121,44 @@ fn counts_as_probe(e: &ExchangeError) -> bool {
     )
 }
 
+/// Why the exchange pipeline cannot be built from its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The policies do not compile.
+    #[error(transparent)]
+    Policies(#[from] crate::policy::PolicyError),
+    /// The signing key directory cannot be listed (DPoP nonces).
+    #[error("tokens.signing_keys: {0}")]
+    SigningKeys(std::io::Error),
+    /// A signing key file cannot be read (DPoP nonces).
+    #[error("{}: {source}", path.display())]
+    SigningKeyFile {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The approvals webhook cannot be set up.
+    #[error(transparent)]
+    Webhook(#[from] approval::WebhookSetupError),
+}
+
 /// The secret DPoP nonces are derived from: the signing key files, which
 /// every replica shares (hashed, never used as such).
-fn nonce_secret(dir: &std::path::Path) -> Result<Vec<u8>, String> {
+fn nonce_secret(dir: &std::path::Path) -> Result<Vec<u8>, SetupError> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| format!("tokens.signing_keys: {e}"))?
+        .map_err(SetupError::SigningKeys)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "pem"))
         .collect();
     files.sort();
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for f in files {
-        ctx.update(&std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?);
+        let bytes = std::fs::read(&f).map_err(|source| SetupError::SigningKeyFile {
+            path: f.clone(),
+            source,
+        })?;
+        ctx.update(&bytes);
     }
     Ok(ctx.finish().as_ref().to_vec())
 }
@@ -281,8 +307,8 @@ impl Exchanger {
         own: Arc<OwnTokenVerifier>,
         stores: Stores,
         clock: Arc<dyn Clock>,
-    ) -> Result<Self, String> {
-        let policies = PolicySet::compile(cfg.policies.to_vec()).map_err(|e| e.to_string())?;
+    ) -> Result<Self, SetupError> {
+        let policies = PolicySet::compile(cfg.policies.to_vec())?;
         let nonces = if cfg.dpop_nonce {
             Some(dpop::NonceSource::new(&nonce_secret(cfg.signing_keys)?))
         } else {
