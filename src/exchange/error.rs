@@ -75,9 +75,6 @@ pub enum ExchangeError {
     /// No lifetime is left (the subject credential expires too soon).
     #[error("no lifetime left")]
     NoLifetime,
-    /// A feature the request needs is not enabled.
-    #[error("not supported: {0}")]
-    Unsupported(&'static str),
     /// The store could not answer: fail closed.
     #[error("store unavailable: {0}")]
     StoreUnavailable(String),
@@ -120,7 +117,7 @@ impl ExchangeError {
             | Self::SubjectToken(r)
             | Self::ActorToken(r)
             | Self::ClientAuth(r) => r,
-            Self::Unsupported(r) | Self::DpopProof(r) => r,
+            Self::DpopProof(r) => r,
             Self::NoPolicy => "no_matching_policy",
             Self::UseDpopNonce => "dpop_nonce_required",
             Self::Target => "target_not_allowed",
