@@ -357,7 +357,7 @@ mod tests {
             (E::ApprovalExpired, "expired_token"),
             (E::ApprovalInvalid, "invalid_grant"),
             (
-                E::AuthorizationDetails("authorization_details_required"),
+                E::AuthorizationDetails(crate::exchange::DetailsReason::Required),
                 "invalid_authorization_details",
             ),
         ] {
