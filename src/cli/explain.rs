@@ -28,7 +28,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::lint::fmt_duration;
 use crate::config::Config;
-use crate::exchange::ExchangeError;
+use crate::exchange::{ExchangeError, TokenReason};
 use crate::policy::claims::{claim_path_lookup, validate_claim_path};
 use crate::policy::delegation::{may_act_of, ChainActor, Delegation, DelegationDenial};
 use crate::policy::scope::ScopeSet;
@@ -424,7 +424,7 @@ fn refusal(
         // the subject, the delegation rule's `ActorToken` for the actor).
         Denial::NoMatchingPolicy => broker_refusal(
             if role == "actor" {
-                ExchangeError::ActorToken("actor_no_policy")
+                ExchangeError::ActorToken(TokenReason::ActorNoPolicy)
             } else {
                 ExchangeError::NoPolicy
             },
@@ -472,7 +472,7 @@ fn delegation<'p>(
     let refuse = |e: ExchangeError, message: String| Box::new(broker_refusal(e, message));
     let may_act = may_act_of(req.claims.as_ref()).map_err(|e| {
         refuse(
-            ExchangeError::SubjectToken("may_act_malformed"),
+            ExchangeError::SubjectToken(TokenReason::MayActMalformed),
             format!("the subject's {e}"),
         )
     })?;
@@ -497,7 +497,10 @@ fn delegation<'p>(
             "actor",
             &req.audience,
         )),
-        other => refuse(ExchangeError::ActorToken(other.reason()), other.to_string()),
+        other => refuse(
+            ExchangeError::ActorToken(TokenReason::of_delegation(&other)),
+            other.to_string(),
+        ),
     })
 }
 

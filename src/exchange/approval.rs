@@ -353,6 +353,61 @@ pub fn fresh_enough(cfg: &Rules<'_>, auth_time: u64, now: u64) -> bool {
     }
 }
 
+/// Why an approver may not decide an approval ([`may_decide`]); its
+/// [`Self::as_str`] is the `refused` audit record's reason and, for some,
+/// the admin API's error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotAllowedReason {
+    /// A CIBA request is decided only by the person it names.
+    CibaNeedsThePerson,
+    /// The policy names its approvers: an operator may not decide.
+    PolicyHasApprovers,
+    /// The person is not one of the policy's approvers.
+    NotAnApprover,
+    /// The policy requires multi-factor sign-in.
+    MfaRequired,
+    /// The sign-in is older than `max_auth_age`.
+    AuthTooOld,
+    /// The approver is the requester, the subject or an actor.
+    SelfApproval,
+    /// The person's own policies do not allow a CIBA request.
+    PersonPolicyDenies,
+}
+
+impl NotAllowedReason {
+    /// Every variant (the test pinning the codes checks it covers them).
+    #[cfg(test)]
+    const ALL: &'static [Self] = &[
+        Self::CibaNeedsThePerson,
+        Self::PolicyHasApprovers,
+        Self::NotAnApprover,
+        Self::MfaRequired,
+        Self::AuthTooOld,
+        Self::SelfApproval,
+        Self::PersonPolicyDenies,
+    ];
+
+    /// The stable reason code.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::CibaNeedsThePerson => "ciba_needs_the_person",
+            Self::PolicyHasApprovers => "policy_has_approvers",
+            Self::NotAnApprover => "not_an_approver",
+            Self::MfaRequired => "mfa_required",
+            Self::AuthTooOld => "auth_too_old",
+            Self::SelfApproval => "self_approval",
+            Self::PersonPolicyDenies => "person_policy_denies",
+        }
+    }
+}
+
+impl std::fmt::Display for NotAllowedReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The one rule of who may decide `a` (a refusal's reason code when not):
 /// an operator only for policies without `approvers`; a human named by the
 /// approvers, multi-factor when required, signed in within `max_auth_age`;
@@ -362,23 +417,25 @@ pub fn may_decide(
     who: &Approver,
     a: &Approval,
     now: u64,
-) -> Result<(), &'static str> {
+) -> Result<(), NotAllowedReason> {
     match who {
-        Approver::Operator(_) if a.ciba.is_some() => return Err("ciba_needs_the_person"),
+        Approver::Operator(_) if a.ciba.is_some() => {
+            return Err(NotAllowedReason::CibaNeedsThePerson)
+        }
         Approver::Operator(_) => {
             if cfg.policy_approvers.contains_key(&a.policy) {
-                return Err("policy_has_approvers");
+                return Err(NotAllowedReason::PolicyHasApprovers);
             }
         }
         Approver::Human(h) => {
             if !is_approver(cfg, h, a) {
-                return Err("not_an_approver");
+                return Err(NotAllowedReason::NotAnApprover);
             }
             if !mfa_ok(cfg, &h.amr) {
-                return Err("mfa_required");
+                return Err(NotAllowedReason::MfaRequired);
             }
             if !fresh_enough(cfg, h.auth_time, now) {
-                return Err("auth_too_old");
+                return Err(NotAllowedReason::AuthTooOld);
             }
         }
     }
@@ -390,7 +447,7 @@ pub fn may_decide(
         || (name == a.subject && !subject_decides)
         || a.actors.iter().any(|x| x == name)
     {
-        return Err("self_approval");
+        return Err(NotAllowedReason::SelfApproval);
     }
     Ok(())
 }
@@ -422,7 +479,7 @@ pub enum DecideError {
     /// This approver may not decide it ([`may_decide`]'s reason); audited
     /// as `refused`.
     #[error("not allowed to decide: {0}")]
-    NotAllowed(&'static str),
+    NotAllowed(NotAllowedReason),
     /// It is no longer pending (or expired); audited as `refused`.
     #[error("the decision does not apply")]
     NotApplicable(DecideOutcome),
@@ -529,11 +586,16 @@ pub async fn decide(
     let mut allowed = may_decide(cfg, who, &a, now);
     if let (Ok(()), Approver::Human(h), true) = (&allowed, who, approve && a.ciba.is_some()) {
         if !person_policy_allows(app.policies, h, &a) {
-            allowed = Err("person_policy_denies");
+            allowed = Err(NotAllowedReason::PersonPolicyDenies);
         }
     }
     if let Err(code) = allowed {
-        let rec = refused(who, &a, code, &format!("{what} not allowed ({code})"));
+        let rec = refused(
+            who,
+            &a,
+            code.as_str(),
+            &format!("{what} not allowed ({code})"),
+        );
         app.auditor
             .record(rec)
             .await
@@ -607,6 +669,33 @@ pub async fn decide(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    /// Pins the `refused` audit reasons (and the admin API's codes among
+    /// them): a rename must show up here.
+    #[test]
+    fn not_allowed_reasons_are_stable() {
+        let pinned = [
+            (
+                NotAllowedReason::CibaNeedsThePerson,
+                "ciba_needs_the_person",
+            ),
+            (NotAllowedReason::PolicyHasApprovers, "policy_has_approvers"),
+            (NotAllowedReason::NotAnApprover, "not_an_approver"),
+            (NotAllowedReason::MfaRequired, "mfa_required"),
+            (NotAllowedReason::AuthTooOld, "auth_too_old"),
+            (NotAllowedReason::SelfApproval, "self_approval"),
+            (NotAllowedReason::PersonPolicyDenies, "person_policy_denies"),
+        ];
+        assert_eq!(pinned.len(), NotAllowedReason::ALL.len());
+        for (r, code) in pinned {
+            assert_eq!(r.as_str(), code);
+            assert_eq!(r.to_string(), code);
+            assert_eq!(
+                DecideError::NotAllowed(r).to_string(),
+                format!("not allowed to decide: {code}")
+            );
+        }
+    }
 
     #[test]
     fn webhook_setup_errors_name_the_key_and_file() {

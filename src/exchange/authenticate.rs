@@ -9,7 +9,10 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::request::{GrantType, TokenRequest, TokenType};
-use super::{Context, ExchangeError, Exchanger, Peer};
+use super::{
+    ClientAuthReason, Context, DpopReason, ExchangeError, Exchanger, MalformedReason, Peer,
+    TokenReason,
+};
 use crate::identity::dpop::{self, DpopProof};
 use crate::identity::oidc::OidcError;
 use crate::identity::peer::PeerIdentity;
@@ -49,10 +52,10 @@ pub(super) fn usable_peer(
     now: u64,
 ) -> Result<Option<&Arc<PeerIdentity>>, ExchangeError> {
     match peer {
-        Peer::Unusable(r) => Err(ExchangeError::ClientAuth(r)),
-        Peer::Identified(p) if p.not_after <= now => {
-            Err(ExchangeError::ClientAuth("client_certificate_expired"))
-        }
+        Peer::Unusable(r) => Err(ExchangeError::ClientAuth(ClientAuthReason::Peer(r))),
+        Peer::Identified(p) if p.not_after <= now => Err(ExchangeError::ClientAuth(
+            ClientAuthReason::CertificateExpired,
+        )),
         Peer::Identified(p) => Ok(Some(p)),
         Peer::Anonymous => Ok(None),
     }
@@ -88,11 +91,13 @@ impl Exchanger {
             return Ok(None);
         };
         if peer.is_some() {
-            return Err(ExchangeError::Malformed("dpop_with_client_certificate"));
+            return Err(ExchangeError::Malformed(
+                MalformedReason::DpopWithClientCertificate,
+            ));
         }
         let htu = format!("{}/token", self.issuer);
         let proof = dpop::verify_proof(p, &dpop::ProofCheck::new("POST", &htu, now))
-            .map_err(|e| ExchangeError::DpopProof(e.as_str()))?;
+            .map_err(|e| ExchangeError::DpopProof(DpopReason::Proof(e)))?;
         if let Some(n) = &self.nonces {
             if !proof.nonce.as_deref().is_some_and(|x| n.accepts(x, now)) {
                 return Err(ExchangeError::UseDpopNonce);
@@ -106,7 +111,7 @@ impl Exchanger {
             .first_use("dpop", &key, until, now)
             .await?
         {
-            return Err(ExchangeError::DpopProof("dpop_replayed"));
+            return Err(ExchangeError::DpopProof(DpopReason::Replayed));
         }
         Ok(Some(proof))
     }
@@ -135,12 +140,14 @@ impl Exchanger {
         let req = ctx.req;
         match (req.grant_type, req.subject_token_type) {
             (GrantType::ClientCredentials, _) | (_, TokenType::Mtls) => {
-                let p = ctx
-                    .peer
-                    .ok_or(ExchangeError::ClientAuth("client_certificate_required"))?;
+                let p = ctx.peer.ok_or(ExchangeError::ClientAuth(
+                    ClientAuthReason::CertificateRequired,
+                ))?;
                 if let Some(t) = &req.subject_token {
                     if t != &p.thumbprint {
-                        return Err(ExchangeError::SubjectToken("mtls_thumbprint_mismatch"));
+                        return Err(ExchangeError::SubjectToken(
+                            TokenReason::MtlsThumbprintMismatch,
+                        ));
                     }
                 }
                 Ok(SubjectCredential::Authenticated(AuthenticatedSubject {
@@ -155,9 +162,11 @@ impl Exchanger {
                 let token = req
                     .subject_token
                     .as_deref()
-                    .ok_or(ExchangeError::Malformed("subject_token_missing"))?;
-                let parsed =
-                    jws::decode(token).map_err(|e| ExchangeError::SubjectToken(e.reason()))?;
+                    .ok_or(ExchangeError::Malformed(
+                        MalformedReason::SubjectTokenMissing,
+                    ))?;
+                let parsed = jws::decode(token)
+                    .map_err(|e| ExchangeError::SubjectToken(TokenReason::Jws(e)))?;
                 let ours = parsed
                     .unverified_claims()
                     .get("iss")
@@ -167,7 +176,9 @@ impl Exchanger {
                     return Ok(SubjectCredential::Ours(parsed));
                 }
                 if req.subject_token_type == TokenType::AccessToken {
-                    return Err(ExchangeError::SubjectToken("access_token_not_issued_here"));
+                    return Err(ExchangeError::SubjectToken(
+                        TokenReason::AccessTokenNotIssuedHere,
+                    ));
                 }
                 Ok(SubjectCredential::Authenticated(
                     self.authenticate_jwt(parsed, ctx.now).await?,
@@ -211,9 +222,13 @@ impl Exchanger {
     ) -> Result<AuthenticatedActor, ExchangeError> {
         match tt {
             TokenType::Mtls => {
-                let p = peer.ok_or(ExchangeError::ClientAuth("client_certificate_required"))?;
+                let p = peer.ok_or(ExchangeError::ClientAuth(
+                    ClientAuthReason::CertificateRequired,
+                ))?;
                 if token != p.thumbprint {
-                    return Err(ExchangeError::ActorToken("mtls_thumbprint_mismatch"));
+                    return Err(ExchangeError::ActorToken(
+                        TokenReason::MtlsThumbprintMismatch,
+                    ));
                 }
                 if self.stores.revocations.is_blocked(&p.subject, now).await? {
                     return Err(ExchangeError::Blocked);
@@ -228,15 +243,15 @@ impl Exchanger {
                 })
             }
             TokenType::Jwt | TokenType::IdToken => {
-                let parsed =
-                    jws::decode(token).map_err(|e| ExchangeError::ActorToken(e.reason()))?;
+                let parsed = jws::decode(token)
+                    .map_err(|e| ExchangeError::ActorToken(TokenReason::Jws(e)))?;
                 if parsed
                     .unverified_claims()
                     .get("iss")
                     .and_then(Value::as_str)
                     == Some(self.issuer.as_str())
                 {
-                    return Err(ExchangeError::ActorToken("actor_token_issued_here"));
+                    return Err(ExchangeError::ActorToken(TokenReason::ActorTokenIssuedHere));
                 }
                 let a = self
                     .authenticate_jwt(parsed, now)
@@ -257,9 +272,9 @@ impl Exchanger {
                     via_mtls: false,
                 })
             }
-            TokenType::AccessToken => {
-                Err(ExchangeError::ActorToken("actor_token_type_unsupported"))
-            }
+            TokenType::AccessToken => Err(ExchangeError::ActorToken(
+                TokenReason::ActorTokenTypeUnsupported,
+            )),
         }
     }
 
@@ -272,21 +287,21 @@ impl Exchanger {
         // ID token, never an access token, a logout/SET or a DPoP proof.
         if let Some(typ) = parsed.header().typ.as_deref() {
             if !typ.eq_ignore_ascii_case("JWT") && !typ.eq_ignore_ascii_case("application/jwt") {
-                return Err(ExchangeError::SubjectToken("typ_not_accepted"));
+                return Err(ExchangeError::SubjectToken(TokenReason::TypNotAccepted));
             }
         }
         let iss = parsed
             .unverified_claims()
             .get("iss")
             .and_then(Value::as_str)
-            .ok_or(ExchangeError::SubjectToken("iss_missing"))?;
+            .ok_or(ExchangeError::SubjectToken(TokenReason::IssMissing))?;
         let verifier = self
             .issuers
             .get(iss)
             .cloned()
-            .ok_or(ExchangeError::SubjectToken("issuer_not_trusted"))?;
+            .ok_or(ExchangeError::SubjectToken(TokenReason::IssuerNotTrusted))?;
         let v = verifier.verify(parsed, now).await.map_err(|e| match e {
-            OidcError::Rejected(r) => ExchangeError::SubjectToken(r),
+            OidcError::Rejected(r) => ExchangeError::SubjectToken(TokenReason::Oidc(r)),
             OidcError::Unavailable(d) => ExchangeError::KeysUnavailable(d),
             OidcError::Stale(d) => ExchangeError::KeysStale(d),
         })?;
@@ -295,7 +310,7 @@ impl Exchanger {
             let jti = v
                 .jti
                 .as_deref()
-                .ok_or(ExchangeError::SubjectToken("jti_missing"))?;
+                .ok_or(ExchangeError::SubjectToken(TokenReason::JtiMissing))?;
             let until = v.exp.saturating_add(cfg.leeway.as_secs());
             if !self
                 .stores
@@ -303,7 +318,7 @@ impl Exchanger {
                 .first_use(&cfg.name, jti, until, now)
                 .await?
             {
-                return Err(ExchangeError::SubjectToken("jti_replayed"));
+                return Err(ExchangeError::SubjectToken(TokenReason::JtiReplayed));
             }
         }
         Ok(AuthenticatedSubject {

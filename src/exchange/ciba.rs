@@ -14,7 +14,9 @@ use serde_json::Value;
 use super::authenticate::AuthenticatedActor;
 use super::request::{BackchannelRequest, CibaPoll, GrantType, Target, TokenRequest, TokenType};
 use super::token::TokenContent;
-use super::{approval, ExchangeError, Exchanger, Issued, Noted, Peer};
+use super::{
+    approval, ClientAuthReason, ExchangeError, Exchanger, Issued, MalformedReason, Noted, Peer,
+};
 use crate::identity::login::ApprovalLogin;
 use crate::policy::delegation::Delegation;
 use crate::policy::MTLS_ISSUER;
@@ -199,12 +201,16 @@ impl Exchanger {
         let now = self.clock.now();
         let agent = match peer {
             Peer::Identified(p) if p.not_after > now => p.clone(),
-            Peer::Unusable(r) => return Err(ExchangeError::ClientAuth(r)),
-            _ => return Err(ExchangeError::ClientAuth("client_certificate_required")),
+            Peer::Unusable(r) => return Err(ExchangeError::ClientAuth(ClientAuthReason::Peer(r))),
+            _ => {
+                return Err(ExchangeError::ClientAuth(
+                    ClientAuthReason::CertificateRequired,
+                ))
+            }
         };
         noted.actor = Some(agent.subject.clone());
         let Some(id) = poll.auth_req_id else {
-            return Err(ExchangeError::Malformed("auth_req_id_missing"));
+            return Err(ExchangeError::Malformed(MalformedReason::AuthReqIdMissing));
         };
         let a = match self.stores.approvals.get_approval(&id, now).await? {
             Some(a) if a.ciba.is_some() && a.requester == agent.subject => a,

@@ -3,7 +3,10 @@
 //! (human approval, JIT grant, required binding).
 
 use super::authenticate::{AuthenticatedActor, AuthenticatedSubject};
-use super::{Context, ExchangeError, Exchanger};
+use super::{
+    ClientAuthReason, Context, DetailsReason, ExchangeError, Exchanger, MalformedReason,
+    TokenReason,
+};
 use crate::mint::claims::{Actor, Confirmation, MayAct};
 use crate::policy::delegation::{may_act_of, ChainActor, Delegation, DelegationDenial};
 use crate::policy::{Denial, Subject, MTLS_ISSUER};
@@ -61,7 +64,7 @@ impl Exchanger {
                 Denial::ScopeNotAllowed { refused } => ExchangeError::Scope(refused.to_string()),
             })?;
         let may_act = may_act_of(subject.claims.as_ref())
-            .map_err(|_| ExchangeError::SubjectToken("may_act_malformed"))?;
+            .map_err(|_| ExchangeError::SubjectToken(TokenReason::MayActMalformed))?;
         let delegation = self.delegate(
             &Delegation {
                 subject_issuer: &subject.issuer_name,
@@ -105,7 +108,7 @@ impl Exchanger {
             // MAX_REEXCHANGE_DEPTH and max_depth bound real chains; a longer
             // one is refused by the depth check below anyway.
             if chain.len() > crate::mint::claims::MAX_ACTOR_DEPTH {
-                return Err(ExchangeError::ActorToken("act_chain_too_deep"));
+                return Err(ExchangeError::ActorToken(TokenReason::ActChainTooDeep));
             }
             let issuer = match l.iss.as_deref() {
                 None => MTLS_ISSUER,
@@ -113,7 +116,7 @@ impl Exchanger {
                     .issuers
                     .get(iss)
                     .map(|v| v.config().name.as_str())
-                    .ok_or(ExchangeError::ActorToken("actor_issuer_unknown"))?,
+                    .ok_or(ExchangeError::ActorToken(TokenReason::ActorIssuerUnknown))?,
             };
             chain.push(ChainActor {
                 issuer,
@@ -132,7 +135,7 @@ impl Exchanger {
                 denial: Denial::ScopeNotAllowed { refused },
                 ..
             } => ExchangeError::Scope(refused.to_string()),
-            other => ExchangeError::ActorToken(other.reason()),
+            other => ExchangeError::ActorToken(TokenReason::of_delegation(&other)),
         })?;
         Ok(match (pa, actor) {
             (Some(pa), Some(a)) => Some((
@@ -168,12 +171,12 @@ impl Exchanger {
             && (policy.require_authorization_details()
                 || actor_policy.is_some_and(|p| p.require_authorization_details()))
         {
-            return Err(ExchangeError::AuthorizationDetails(
-                "authorization_details_required",
-            ));
+            return Err(ExchangeError::AuthorizationDetails(DetailsReason::Required));
         }
         if !needs_approval && req.approval_id.is_some() {
-            return Err(ExchangeError::Malformed("approval_id_not_applicable"));
+            return Err(ExchangeError::Malformed(
+                MalformedReason::ApprovalIdNotApplicable,
+            ));
         }
         let jit: Vec<String> = req
             .scope
@@ -183,7 +186,7 @@ impl Exchanger {
             .collect();
         let cnf = ctx.binding();
         if policy.require_binding() && cnf.is_none() {
-            return Err(ExchangeError::ClientAuth("binding_required"));
+            return Err(ExchangeError::ClientAuth(ClientAuthReason::BindingRequired));
         }
         Ok(Tiers {
             needs_approval,

@@ -35,7 +35,9 @@ mod token;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use error::ExchangeError;
+pub use error::{
+    ClientAuthReason, DetailsReason, DpopReason, ExchangeError, MalformedReason, TokenReason,
+};
 
 use crate::clock::Clock;
 use crate::identity::dpop::{self, DpopProof};

@@ -1,7 +1,10 @@
 //! Attenuation: one of Tessera's own tokens exchanged for a narrower one.
 
 use super::token::TokenContent;
-use super::{Context, ExchangeError, Exchanger, GuardAsk, Issued, Noted, MAX_REEXCHANGE_DEPTH};
+use super::{
+    ClientAuthReason, Context, ExchangeError, Exchanger, GuardAsk, Issued, MalformedReason, Noted,
+    TokenReason, MAX_REEXCHANGE_DEPTH,
+};
 use crate::jose::jws;
 use crate::policy::delegation::Delegation;
 
@@ -20,8 +23,8 @@ impl Exchanger {
         let (req, now, peer, actor) = (ctx.req, ctx.now, ctx.peer, ctx.actor.as_ref());
         let parent = self
             .own
-            .verify_decoded(parsed, now)
-            .map_err(ExchangeError::SubjectToken)?;
+            .check_decoded(parsed, now)
+            .map_err(|r| ExchangeError::SubjectToken(TokenReason::Own(r)))?;
         let p = &parent.claims;
         noted.subject = Some(p.sub.clone());
         if self
@@ -30,7 +33,7 @@ impl Exchanger {
             .is_revoked(&parent.facts(), now)
             .await?
         {
-            return Err(ExchangeError::SubjectToken("subject_token_revoked"));
+            return Err(ExchangeError::SubjectToken(TokenReason::Revoked));
         }
         if self.stores.revocations.is_blocked(&p.sub, now).await? {
             return Err(ExchangeError::Blocked);
@@ -41,35 +44,37 @@ impl Exchanger {
             match (&c.x5t_s256, &c.jkt) {
                 (Some(x5t), None) => {
                     if peer.is_none_or(|pe| &pe.thumbprint != x5t) {
-                        return Err(ExchangeError::SubjectToken("binding_mismatch"));
+                        return Err(ExchangeError::SubjectToken(TokenReason::BindingMismatch));
                     }
                 }
                 (None, Some(jkt)) => {
                     if ctx.dpop.as_ref().is_none_or(|d| &d.jkt != jkt) {
-                        return Err(ExchangeError::SubjectToken("dpop_binding_mismatch"));
+                        return Err(ExchangeError::SubjectToken(
+                            TokenReason::DpopBindingMismatch,
+                        ));
                     }
                 }
-                _ => return Err(ExchangeError::SubjectToken("binding_unsupported")),
+                _ => return Err(ExchangeError::SubjectToken(TokenReason::BindingUnsupported)),
             }
         }
         // Holder: a workload presenting over mTLS must be the parent's client,
         // unless it acts for the subject under the delegation rules below.
         if let Some(pe) = peer {
             if actor.is_none() && pe.subject != p.client_id {
-                return Err(ExchangeError::SubjectToken("presenter_not_holder"));
+                return Err(ExchangeError::SubjectToken(TokenReason::PresenterNotHolder));
             }
             if pe.subject != p.sub && self.stores.revocations.is_blocked(&pe.subject, now).await? {
                 return Err(ExchangeError::Blocked);
             }
         }
         if p.ancestors.len() >= MAX_REEXCHANGE_DEPTH {
-            return Err(ExchangeError::SubjectToken("reexchange_too_deep"));
+            return Err(ExchangeError::SubjectToken(TokenReason::ReexchangeTooDeep));
         }
         // Never wider: scopes within the parent's ...
         let parent_scopes: crate::policy::scope::ScopeSet = p
             .scope
             .parse()
-            .map_err(|_| ExchangeError::SubjectToken("parent_scope_malformed"))?;
+            .map_err(|_| ExchangeError::SubjectToken(TokenReason::ParentScopeMalformed))?;
         if !req.scope.is_subset(&parent_scopes) {
             let extra: Vec<String> = req
                 .scope
@@ -128,16 +133,18 @@ impl Exchanger {
         .await?;
         let cnf = ctx.binding();
         if policy.require_binding() && cnf.is_none() {
-            return Err(ExchangeError::ClientAuth("binding_required"));
+            return Err(ExchangeError::ClientAuth(ClientAuthReason::BindingRequired));
         }
         if req.task.as_deref().is_some_and(|t| t != p.txn) {
-            return Err(ExchangeError::Malformed("task_differs_from_parent"));
+            return Err(ExchangeError::Malformed(
+                MalformedReason::TaskDiffersFromParent,
+            ));
         }
         if req.authorization_details.is_some()
             && req.authorization_details != p.authorization_details
         {
             return Err(ExchangeError::Malformed(
-                "authorization_details_differ_from_parent",
+                MalformedReason::AuthorizationDetailsDifferFromParent,
             ));
         }
         let (actor_end, actor_policy_end) =

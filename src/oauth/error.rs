@@ -247,8 +247,7 @@ impl From<&crate::exchange::ExchangeError> for OAuthError {
             | E::ActorToken(_)
             | E::NoPolicy
             | E::Blocked
-            | E::NoLifetime
-            | E::Unsupported(_) => ErrorCode::InvalidRequest,
+            | E::NoLifetime => ErrorCode::InvalidRequest,
             E::ClientAuth(_) => ErrorCode::InvalidClient,
             E::Target => ErrorCode::InvalidTarget,
             E::Scope(_) | E::GrantRequired(_) | E::ApprovalRequired(_) => ErrorCode::InvalidScope,
@@ -358,7 +357,7 @@ mod tests {
             (E::ApprovalExpired, "expired_token"),
             (E::ApprovalInvalid, "invalid_grant"),
             (
-                E::AuthorizationDetails("authorization_details_required"),
+                E::AuthorizationDetails(crate::exchange::DetailsReason::Required),
                 "invalid_authorization_details",
             ),
         ] {

@@ -453,7 +453,7 @@ fn decide_err(id: &str, e: DecideError) -> Response {
             (AdminCode::NotFound, format!("no approval {id}"))
         }
         // may_decide's reason codes that are wire codes keep their names.
-        DecideError::NotAllowed(reason) => match AdminCode::from_wire(reason) {
+        DecideError::NotAllowed(reason) => match AdminCode::from_wire(reason.as_str()) {
             Some(c @ AdminCode::SelfApproval) => (
                 c,
                 "the approver cannot be the requester, the subject or an actor of the request"

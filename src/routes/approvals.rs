@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use crate::app::{AppState, Snapshot};
-use crate::exchange::approval::{self, Approver, DecideError};
+use crate::exchange::approval::{self, Approver, DecideError, NotAllowedReason};
 use crate::exchange::approver_session::{ApproverSessions, Session, SignInRefusal, Unavailable};
 use crate::identity::login;
 use crate::store::{Approval, ApprovalState};
@@ -638,7 +638,7 @@ pub async fn decide(
     match approval::decide(&app.deciding(&snap), &who, &id, approve, reason).await {
         Ok(_) => see_other("/approvals"),
         Err(DecideError::NotFound(_)) => not_found(Some(&s)),
-        Err(DecideError::NotAllowed("auth_too_old")) => page(
+        Err(DecideError::NotAllowed(NotAllowedReason::AuthTooOld)) => page(
             StatusCode::FORBIDDEN,
             shell(
                 "Sign in again",

@@ -10,7 +10,7 @@ use axum::Extension;
 
 use crate::app::{AppState, Snapshot};
 use crate::exchange::outcome::{self, Asked};
-use crate::exchange::{ExchangeError, Issued, Peer};
+use crate::exchange::{DpopReason, ExchangeError, Issued, Peer};
 use crate::oauth::error::{no_store, OAuthError};
 use crate::oauth::request::{check_content_type, parse_form, token_request, RequestError};
 use crate::oauth::ErrorCode;
@@ -152,7 +152,7 @@ async fn run(
     asked.task = req.task.clone().unwrap_or_default();
     let mut proofs = headers.get_all("dpop").iter();
     if let Some(p) = proofs.next() {
-        let bad = || Refusal::Exchange(ExchangeError::DpopProof("dpop_header_malformed"));
+        let bad = || Refusal::Exchange(ExchangeError::DpopProof(DpopReason::HeaderMalformed));
         if proofs.next().is_some() {
             return Err(bad());
         }
