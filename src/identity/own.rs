@@ -114,17 +114,6 @@ impl OwnTokenVerifier {
         self.check_decoded(parsed, now)
     }
 
-    /// [`Self::verify`] for a token already decoded; the error is the
-    /// refusal's audit reason ([`OwnTokenRefusal::as_str`]).
-    pub fn verify_decoded(
-        &self,
-        parsed: jws::UnverifiedJws,
-        now: u64,
-    ) -> Result<OwnToken, &'static str> {
-        self.check_decoded(parsed, now)
-            .map_err(OwnTokenRefusal::as_str)
-    }
-
     /// [`Self::verify`] for a token already decoded.
     pub fn check_decoded(
         &self,
