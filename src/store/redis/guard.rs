@@ -17,7 +17,7 @@ use ::redis::Script;
 use async_trait::async_trait;
 
 use super::{h, Fail, RedisStore};
-use crate::store::guard_state::{Settings, SharedState, Step};
+use crate::store::guard_state::{Lease, Settings, SharedState, Step};
 use crate::store::StoreError;
 
 /// The one script of the guard (KEYS: state, audiences).
@@ -55,6 +55,7 @@ impl RedisStore {
         identity: &str,
         audience: &str,
         now: u64,
+        lease: Lease,
     ) -> Result<Vec<u64>, StoreError> {
         let aud = h(audience.as_bytes());
         let aud = aud.get(..AUDIENCE_DIGEST_HEX).unwrap_or(&aud);
@@ -85,6 +86,9 @@ impl RedisStore {
                 .arg(s.refusal_streak.max(1))
                 .arg(flag(s.streak_holds))
                 .arg(s.cooldown)
+                .arg(lease.want)
+                .arg(lease.back)
+                .arg(lease.back_bucket)
                 .invoke_async(&mut con)
                 .await?;
             match v {
@@ -113,8 +117,11 @@ impl SharedState for RedisStore {
         identity: &str,
         audience: &str,
         now: u64,
+        lease: Lease,
     ) -> Result<Step, StoreError> {
-        let r = self.guard_step(CHECK, s, identity, audience, now).await?;
+        let r = self
+            .guard_step(CHECK, s, identity, audience, now, lease)
+            .await?;
         let at = |i: usize| r.get(i).copied().unwrap_or(0);
         Ok(match at(0) {
             0 => Step::Admitted,
@@ -130,7 +137,7 @@ impl SharedState for RedisStore {
                 limit: at(3),
             },
             4 => Step::NewAudience,
-            5 => Step::AdmittedSettled,
+            5 => Step::AdmittedSettled { lease: at(1) },
             _ => return Err(StoreError::Protocol("unknown guard step".into())),
         })
     }
@@ -142,13 +149,13 @@ impl SharedState for RedisStore {
         audience: &str,
         now: u64,
     ) -> Result<(), StoreError> {
-        self.guard_step(ISSUED, s, identity, audience, now)
+        self.guard_step(ISSUED, s, identity, audience, now, Lease::default())
             .await
             .map(|_| ())
     }
 
     async fn refused(&self, s: &Settings, identity: &str, now: u64) -> Result<bool, StoreError> {
-        let r = self.guard_step(REFUSED, s, identity, "", now).await?;
+        let r = self.guard_step(REFUSED, s, identity, "", now, Lease::default()).await?;
         Ok(r.first().copied() == Some(1))
     }
 }
@@ -250,9 +257,11 @@ mod tests {
         for (n, cfg) in configs().into_iter().enumerate() {
             let st = store(&srv.url(), &format!("diff{n}"));
             let local = Guard::new(&cfg).unwrap();
+            // Exact (no leases): the script against the rule, call for call.
             let shared = Guard::new(&cfg)
                 .unwrap()
-                .with_shared(Some(st.clone() as Arc<dyn SharedState>));
+                .with_shared(Some(st.clone() as Arc<dyn SharedState>))
+                .with_lease_max(0);
             assert!(shared.is_shared() && !local.is_shared());
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
             let mut now = 1_000_000u64;
