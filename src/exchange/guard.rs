@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use crate::store::StoreError;
 // The store-facing half of the guard (its settings, the step one call
 // takes, the shared-state trait) lives in the store, which implements it.
-pub use crate::store::guard_state::{Lease, Learned, Settings, SharedState, Step};
+pub use crate::store::guard_state::{Learned, Lease, Settings, SharedState, Step};
 
 /// What the guard does when a trigger fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -538,21 +538,19 @@ impl Guard {
         terms
     }
 
-    /// A check with `terms` did not answer: what it was to give back is
-    /// kept for the next one.
+    /// A check with `terms` did not answer. It may still run later (a
+    /// timeout does not unsend it), so what it gave back is not sent again:
+    /// those leased exchanges stay counted (stricter, never looser).
     fn lease_failed(&self, id: &str, terms: Lease) {
+        if terms.want == 0 {
+            return;
+        }
         let Some(m) = self.lease_shard(id) else {
             return;
         };
         let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(h) = m.get_mut(id) {
-            if terms.want > 0 {
-                h.asking = None;
-            }
-            if terms.back > 0 && (h.back == 0 || h.back_bucket == terms.back_bucket) {
-                h.back += terms.back;
-                h.back_bucket = terms.back_bucket;
-            }
+            h.asking = None;
         }
     }
 
