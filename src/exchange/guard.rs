@@ -33,7 +33,7 @@
 //! # Fleet-wide (issue 17 item 6)
 //! With a shared state ([`Guard::with_shared`]; the Redis store gives one),
 //! the same state lives in the store instead, one atomic script call per
-//! identity, so every replica counts against one budget and a restart keeps
+//! check, so every replica counts against one budget and a restart keeps
 //! the baselines. This module stays the one owner of the rule: it derives
 //! the [`Settings`] each call applies and turns the [`Step`] the state
 //! answers into a [`Hit`] (`retry_after` included); the store only holds
@@ -42,6 +42,22 @@
 //! past `[store] timeout`, breaker open), [`Guard::decide`] fails and the
 //! exchange answers 503 with no token: the guard never falls back to
 //! per-process counters, which would hand each replica a full budget again.
+//!
+//! # Leases
+//! A check per exchange costs about one ES256 signature of broker CPU, so a
+//! check that admits an exchange of a settled identity (audience known, no
+//! streak) may also count up to [`LEASE_MAX`] more in advance, as long as
+//! the identity's sliding count stays within half of every limit in force
+//! ([`Lease`]; the script decides how many). This process then admits that
+//! many of the identity's exchanges without a store call: same bucket,
+//! same settings, an audience the store confirmed known, confirmed settled
+//! less than [`LEASE_FOR`] ago. Unused ones go back with the identity's next
+//! check. Nothing is admitted uncounted, so the fleet limit stays exact;
+//! what moves is bounded: leased-but-unused exchanges count against the
+//! budget (another replica may refuse that many early), a streak tripped
+//! elsewhere holds here once the lease ends (at most [`LEASE_FOR`]), and an
+//! issuance on a lease does not reset a streak running elsewhere until the
+//! next exact check. [`Guard::with_lease_max`]`(0)` makes every check exact.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -495,6 +511,12 @@ impl Guard {
             && h.known.contains(&aud)
             && h.since.elapsed() <= LEASE_FOR
         {
+            // Down to a quarter: this one asks for more (an exact check)
+            // while the others go on with what is left.
+            let asking = h.asking.is_some_and(|t| t.elapsed() < LEASE_FOR);
+            if h.left * 4 <= h.want && !asking {
+                return false;
+            }
             h.left -= 1;
             return true;
         }
@@ -502,8 +524,8 @@ impl Guard {
     }
 
     /// The lease terms of `id`'s next check: what it gives back, and how
-    /// many it asks for (doubling while leases are used up within half of
-    /// [`LEASE_FOR`], halving when one went unused).
+    /// many it asks for: double while leases are used (down to a quarter)
+    /// before they end, half when one ended unused.
     fn lease_terms(&self, id: &str, bucket: u64, s: &Settings) -> Lease {
         let Some(m) = self.lease_shard(id) else {
             return Lease::default();
@@ -518,7 +540,7 @@ impl Guard {
                 h.want /= 2;
             }
             h.give_back();
-        } else if h.left == 0 && age < LEASE_FOR / 2 {
+        } else if h.left * 4 <= h.want {
             h.want = (h.want.max(1) * 2).min(self.lease_max);
         }
         // One check asks at a time (the others are exact meanwhile).

@@ -8,8 +8,13 @@
 //!
 //! | key | type | TTL | bound |
 //! |-----|------|-----|-------|
-//! | `P:{gd:H(identity)}:s` | hash `W` window, `b` bucket, `c`/`p` current and previous counts, `e` learned average, `n` windows learned, `k` spiked, `l` last seen, `s` streak, `t` streak holds until, `q` audiences added | [`Settings::keep`] from the last call (refreshed by each): at least [`SHARED_KEEP_MIN`](crate::exchange::guard::SHARED_KEEP_MIN), 66 windows, the cooldown | 11 fields |
-//! | `P:{gd:H(identity)}:a` | sorted set: `H(audience)` (first 32 hex digits) → insertion order | the same, refreshed with the hash | `max_audiences` (oldest dropped first) |
+//! | `P:{gd:H(identity)}:s` | hash `W` window, `b` bucket, `c`/`p` current and previous counts (leased exchanges included), `e` learned average, `n` windows learned, `k` spiked, `l` seen (first call under this window), `s` streak, `t` streak holds until, `q` audiences added, `x` TTLs last refreshed | [`Settings::keep`] + 1/16 of it, refreshed once per 1/16 of it: at least `keep` after the last call, itself at least [`SHARED_KEEP_MIN`](crate::exchange::guard::SHARED_KEEP_MIN), 66 windows, the cooldown | 12 fields |
+//! | `P:{gd:H(identity)}:a` | sorted set: `H(audience)` (first 32 hex digits) → insertion order | the same, refreshed with the hash (and set when created) | `max_audiences` (oldest dropped first) |
+//!
+//! A check may also lease exchanges ([`Lease`]: counted now, admitted by
+//! the caller later) and take back unused ones; the script writes back only
+//! the fields that changed (an admitted check in a known bucket writes
+//! one).
 
 use std::sync::LazyLock;
 
@@ -383,8 +388,9 @@ mod tests {
             "{c} counted, {admitted} admitted, {} leased",
             g.leased()
         );
-        // A current lease: its exchanges, counted before the outage, are
-        // admitted; then the guard fails closed.
+        // A current lease: some of its exchanges, counted before the
+        // outage, are admitted (until one asks the store for more); never
+        // more than it holds; then the guard fails closed.
         let held = g.leased();
         srv.suspend().unwrap();
         let mut during = 0;
@@ -393,7 +399,6 @@ mod tests {
             assert!(during <= held, "{during} > {held}");
         }
         srv.resume().unwrap();
-        assert_eq!(during, held);
         admitted += during;
         let c = counted(srv.port(), &st, id);
         assert!(
