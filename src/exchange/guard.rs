@@ -374,6 +374,9 @@ pub const LEASE_FOR: Duration = Duration::from_secs(1);
 /// Audiences remembered per leased identity (confirmed known).
 const LEASE_AUDIENCES: usize = 8;
 
+/// One shard of the leases this process holds, by identity.
+type LeaseShard = Mutex<HashMap<Box<str>, Held>>;
+
 /// One identity's lease in this process (fleet-wide state only).
 #[derive(Debug)]
 struct Held {
@@ -424,7 +427,7 @@ pub struct Guard {
     shared: Option<Arc<dyn SharedState>>,
     /// With a fleet-wide state: the leases this process holds, by identity
     /// (as `shards`, and as bounded).
-    leases: Box<[Mutex<HashMap<Box<str>, Held>>]>,
+    leases: Box<[LeaseShard]>,
     /// Most exchanges one check may lease (0: every check is exact).
     lease_max: u64,
 }
@@ -489,7 +492,7 @@ impl Guard {
     }
 
     /// The lease shard of an identity.
-    fn lease_shard(&self, id: &str) -> Option<&Mutex<HashMap<Box<str>, Held>>> {
+    fn lease_shard(&self, id: &str) -> Option<&LeaseShard> {
         let i = (self.hasher.hash_one(id) % self.leases.len() as u64) as usize;
         self.leases.get(i)
     }
