@@ -371,6 +371,9 @@ pub const LEASE_MAX: u64 = 64;
 /// when it was granted (no streak runs or holds, the audiences are known)
 /// is no longer trusted and the identity is checked again.
 pub const LEASE_FOR: Duration = Duration::from_secs(1);
+/// Longest a request waits for a lease another request of its identity is
+/// asking for (then it checks itself).
+const LEASE_WAIT: Duration = Duration::from_millis(20);
 /// Audiences remembered per leased identity (confirmed known).
 const LEASE_AUDIENCES: usize = 8;
 
@@ -397,6 +400,18 @@ struct Held {
     back_bucket: u64,
     /// A check asking for a lease is under way (since).
     asking: Option<Instant>,
+    /// Wakes the requests waiting for that check's answer.
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// What [`Guard::take_leased`] found.
+enum Taken {
+    /// Admitted on the lease.
+    Yes,
+    /// No lease covers this request: check.
+    No,
+    /// The lease is used up and another request is asking for more.
+    Wait(Arc<tokio::sync::Notify>),
 }
 
 impl Held {
@@ -500,30 +515,60 @@ impl Guard {
     /// Admits one exchange of `id` on its lease, if it holds one that
     /// covers this request: the same bucket and settings, a known
     /// audience, confirmed settled less than [`LEASE_FOR`] ago.
-    fn take_leased(&self, id: &str, aud: u64, bucket: u64, s: &Settings) -> bool {
+    fn take_leased(&self, id: &str, aud: u64, bucket: u64, s: &Settings) -> Taken {
         let Some(m) = self.lease_shard(id) else {
-            return false;
+            return Taken::No;
         };
         let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
         let Some(h) = m.get_mut(id) else {
-            return false;
+            return Taken::No;
         };
-        if h.left > 0
-            && h.bucket == bucket
+        if h.bucket == bucket
             && h.settings == *s
             && h.known.contains(&aud)
             && h.since.elapsed() <= LEASE_FOR
         {
+            let asking = h.asking.is_some_and(|t| t.elapsed() < LEASE_FOR);
+            if h.left == 0 {
+                // Another request of this identity is asking for more:
+                // wait for its answer rather than check one by one.
+                return if asking {
+                    Taken::Wait(h.wake.clone())
+                } else {
+                    Taken::No
+                };
+            }
             // Down to a quarter: this one asks for more (an exact check)
             // while the others go on with what is left.
-            let asking = h.asking.is_some_and(|t| t.elapsed() < LEASE_FOR);
             if h.left * 4 <= h.want && !asking {
-                return false;
+                return Taken::No;
             }
             h.left -= 1;
-            return true;
+            return Taken::Yes;
         }
-        false
+        Taken::No
+    }
+
+    /// [`Guard::take_leased`], waiting (a little) for a lease being asked
+    /// for by another request of the same identity.
+    async fn take_leased_or_wait(&self, id: &str, aud: u64, bucket: u64, s: &Settings) -> bool {
+        let wake = match self.take_leased(id, aud, bucket, s) {
+            Taken::Yes => return true,
+            Taken::No => return false,
+            Taken::Wait(w) => w,
+        };
+        // Registered before the second look, so an answer between the two
+        // is not missed.
+        let answered = wake.notified();
+        match self.take_leased(id, aud, bucket, s) {
+            Taken::Yes => return true,
+            Taken::No => return false,
+            Taken::Wait(_) => {}
+        }
+        if tokio::time::timeout(LEASE_WAIT, answered).await.is_err() {
+            return false;
+        }
+        matches!(self.take_leased(id, aud, bucket, s), Taken::Yes)
     }
 
     /// The lease terms of `id`'s next check: what it gives back, and how
@@ -576,6 +621,7 @@ impl Guard {
         let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(h) = m.get_mut(id) {
             h.asking = None;
+            h.wake.notify_waiters();
         }
     }
 
@@ -592,6 +638,7 @@ impl Guard {
                 h.known.clear();
                 if asked {
                     h.asking = None;
+                    h.wake.notify_waiters();
                 }
             }
             return;
@@ -616,6 +663,7 @@ impl Guard {
             back: 0,
             back_bucket: 0,
             asking: None,
+            wake: Arc::new(tokio::sync::Notify::new()),
         });
         if h.bucket != bucket || h.settings != *s {
             h.give_back();
@@ -633,6 +681,7 @@ impl Guard {
         }
         if asked {
             h.asking = None;
+            h.wake.notify_waiters();
         }
     }
 
@@ -744,7 +793,7 @@ impl Guard {
         for id in identities {
             // Counted in the shared state already, by the check that
             // leased it.
-            if leasing && self.take_leased(id, aud, bucket, &s) {
+            if leasing && self.take_leased_or_wait(id, aud, bucket, &s).await {
                 continue;
             }
             let terms = if leasing {
