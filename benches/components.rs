@@ -3,7 +3,8 @@
 //! in-memory stream, group commit) and the anomaly guard (check + record
 //! for one exchange, 10,000 identities), and the fleet-wide guard over a
 //! private `redis-server` (check + record for one exchange: its latency, the
-//! broker's and Redis's CPU per exchange) next to one ES256 signature.
+//! broker's and Redis's CPU per exchange, exact and with leases, over 10,000
+//! and over 256 identities) next to one ES256 signature.
 //!
 //! ```sh
 //! cargo bench --bench components
@@ -140,13 +141,13 @@ fn es256_us() -> f64 {
 }
 
 /// One exchange's guard calls: the check, then the issuance's record.
-async fn one(g: Arc<Guard>, i: u64) {
+async fn one(g: Arc<Guard>, i: u64, identities: u64) {
     let actions = PolicyActions {
         on_rate: GuardAction::SlowDown,
         on_new_audience: GuardAction::Approval,
     };
     let aud = "https://api.example.com";
-    let id = format!("spiffe://example.org/agent/{}", i % 10_000);
+    let id = format!("spiffe://example.org/agent/{}", i % identities);
     let now = tessera::testkit::now();
     // As the broker does: the record is skipped when the check says it
     // would change nothing.
@@ -159,7 +160,9 @@ async fn one(g: Arc<Guard>, i: u64) {
 
 /// The fleet-wide guard (Redis): per exchange one check and one record,
 /// sequentially (latency) and from 32 concurrent callers (CPU per exchange,
-/// the broker's and Redis's apart), against one ES256 signature.
+/// the broker's and Redis's apart), against one ES256 signature; exact
+/// (every exchange one check) and with leases, over 10,000 identities and
+/// over 256 (the exchange bench's OIDC pool: each identity busier).
 async fn guard_redis() {
     use tessera::exchange::guard::SharedState;
     use tessera::store::redis::{RedisConfig, RedisStore};
@@ -170,10 +173,100 @@ async fn guard_redis() {
             return;
         }
     };
+    let sig_us = es256_us();
+    println!("one ES256 signature = {sig_us:.1} us");
+    for (mode, lease_max) in [
+        ("exact", 0),
+        ("leases", tessera::exchange::guard::LEASE_MAX),
+    ] {
+        for identities in [10_000u64, 256] {
+            let store = Arc::new(
+                RedisStore::new(&RedisConfig {
+                    url: srv.url(),
+                    prefix: format!("bench-{mode}-{identities}"),
+                    timeout: Duration::from_secs(2),
+                    ca_pem: None,
+                })
+                .unwrap(),
+            );
+            let g = Arc::new(
+                Guard::new(&GuardConfig {
+                    enabled: true,
+                    window: 60,
+                    max_rate: 1_000_000_000,
+                    refusal_streak: 10,
+                    learned: Some(Learned {
+                        multiplier: 1_000_000,
+                        warmup: 10,
+                        floor: 1_000_000_000,
+                    }),
+                    ..GuardConfig::default()
+                })
+                .unwrap()
+                .with_shared(Some(store as Arc<dyn SharedState>))
+                .with_lease_max(lease_max),
+            );
+            for i in 0..identities.max(2_000) {
+                one(g.clone(), i, identities).await;
+            }
+            let n = 5_000u64;
+            let start = Instant::now();
+            for i in 0..n {
+                one(g.clone(), i, identities).await;
+            }
+            let seq_us = start.elapsed().as_secs_f64() * 1e6 / n as f64;
+
+            const CALLERS: u64 = 32;
+            let each: u64 = if lease_max == 0 { 1_000 } else { 4_000 };
+            let calls0 = tessera::testkit_redis::command_calls(srv.port(), "evalsha").unwrap();
+            let (cpu0, rcpu0) = (own_cpu(), redis_cpu(srv.port()));
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..CALLERS)
+                .map(|c| {
+                    let g = g.clone();
+                    tokio::spawn(async move {
+                        for i in 0..each {
+                            one(g.clone(), c * each + i, identities).await;
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let total = (CALLERS * each) as f64;
+            let wall = start.elapsed().as_secs_f64();
+            let broker_us = (own_cpu() - cpu0) * 1e6 / total;
+            let redis_us = (redis_cpu(srv.port()) - rcpu0) * 1e6 / total;
+            let calls =
+                tessera::testkit_redis::command_calls(srv.port(), "evalsha").unwrap() - calls0;
+            println!(
+                "fleet-wide guard ({mode}, redis, {identities} identities): {seq_us:.1} us per \
+                 exchange sequentially; from {CALLERS} callers {:.0} exchanges/s, \
+                 {:.3} store calls, broker CPU {broker_us:.1} us + redis CPU {redis_us:.1} us \
+                 per exchange (broker CPU of the guard = {:.0}% of a signature)",
+                total / wall,
+                calls as f64 / total,
+                100.0 * broker_us / sig_us
+            );
+        }
+    }
+}
+
+/// The fleet-wide guard with leases under the exchange bench's load shape:
+/// 32 callers each cycling through 256 identities (caller `c` starts at
+/// identity `c`), one exchange per caller every 2 ms: store calls per
+/// exchange.
+async fn guard_redis_paced() {
+    use tessera::exchange::guard::SharedState;
+    use tessera::store::redis::{RedisConfig, RedisStore};
+    let Ok(srv) = tessera::testkit_redis::RedisServer::start() else {
+        return;
+    };
     let store = Arc::new(
         RedisStore::new(&RedisConfig {
             url: srv.url(),
-            prefix: "bench".into(),
+            prefix: "paced".into(),
             timeout: Duration::from_secs(2),
             ca_pem: None,
         })
@@ -183,57 +276,39 @@ async fn guard_redis() {
         Guard::new(&GuardConfig {
             enabled: true,
             window: 60,
-            max_rate: 1_000_000_000,
-            refusal_streak: 10,
-            learned: Some(Learned {
-                multiplier: 1_000_000,
-                warmup: 10,
-                floor: 1_000_000_000,
-            }),
+            max_rate: 100_000_000,
             ..GuardConfig::default()
         })
         .unwrap()
         .with_shared(Some(store as Arc<dyn SharedState>)),
     );
-    for i in 0..2_000 {
-        one(g.clone(), i).await;
-    }
-    let n = 5_000u64;
-    let start = Instant::now();
-    for i in 0..n {
-        one(g.clone(), i).await;
-    }
-    let seq_us = start.elapsed().as_secs_f64() * 1e6 / n as f64;
-
-    const CALLERS: u64 = 32;
-    const EACH: u64 = 1_000;
-    let (cpu0, rcpu0) = (own_cpu(), redis_cpu(srv.port()));
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..CALLERS)
+    let calls0 = tessera::testkit_redis::command_calls(srv.port(), "evalsha").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let tasks: Vec<_> = (0..32u64)
         .map(|c| {
             let g = g.clone();
             tokio::spawn(async move {
-                for i in 0..EACH {
-                    one(g.clone(), c * EACH + i).await;
+                let mut n = c;
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    one(g.clone(), n, 256).await;
+                    n += 1;
+                    done += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
+                done
             })
         })
         .collect();
+    let mut total = 0;
     for t in tasks {
-        t.await.unwrap();
+        total += t.await.unwrap();
     }
-    let total = (CALLERS * EACH) as f64;
-    let wall = start.elapsed().as_secs_f64();
-    let broker_us = (own_cpu() - cpu0) * 1e6 / total;
-    let redis_us = (redis_cpu(srv.port()) - rcpu0) * 1e6 / total;
-    let sig_us = es256_us();
+    let calls = tessera::testkit_redis::command_calls(srv.port(), "evalsha").unwrap() - calls0;
     println!(
-        "fleet-wide guard (redis, 10,000 identities): check (+ issued when not settled) = {seq_us:.0} us per \
-         exchange sequentially; from {CALLERS} callers {:.0} exchanges/s, \
-         broker CPU {broker_us:.1} us + redis CPU {redis_us:.1} us per exchange; one ES256 \
-         signature = {sig_us:.1} us (broker CPU of the guard = {:.0}% of a signature)",
-        total / wall,
-        100.0 * broker_us / sig_us
+        "fleet-wide guard (leases, paced: 32 callers over 256 identities, one exchange per caller \
+         per 2 ms): {total} exchanges in 10 s, {:.3} store calls per exchange",
+        calls as f64 / total as f64
     );
 }
 
@@ -246,4 +321,5 @@ fn main() {
     rt.block_on(audit_writer());
     guard();
     rt.block_on(guard_redis());
+    rt.block_on(guard_redis_paced());
 }

@@ -775,12 +775,28 @@ fn redis_pid(url: &str) -> u32 {
         .expect("process_id in INFO server")
 }
 
+/// Scripts (`EVALSHA`) a redis-server ran so far (`INFO commandstats`):
+/// the audit append's and, with BENCH_GUARD=on, the anomaly guard's.
+fn redis_scripts(url: &str) -> u64 {
+    let o = Command::new("redis-cli")
+        .args(["-u", url, "INFO", "commandstats"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|v| v.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 struct Broker {
     label: &'static str,
     port: u16,
     pid: u32,
     /// Its redis-server's pid, if any.
     redis_pid: Option<u32>,
+    /// Its redis-server's URL, if any.
+    redis_url: Option<String>,
     /// Agent tokens this broker minted.
     tokens: Arc<Vec<String>>,
 }
@@ -850,6 +866,7 @@ async fn run(a: Args) {
             port,
             pid,
             redis_pid: url.starts_with("redis://").then(|| redis_pid(url)),
+            redis_url: url.starts_with("redis://").then(|| url.to_string()),
             tokens: Arc::new(tokens),
         });
     }
@@ -976,6 +993,7 @@ async fn run(a: Args) {
             for (k, b) in brokers.iter().enumerate() {
                 let (url, clients, body_for) = &loads[k];
                 let redis_cpu0 = b.redis_pid.map(cpu_seconds);
+                let scripts0 = b.redis_url.as_deref().map(redis_scripts);
                 let o = drive(
                     url.clone(),
                     body_for.clone(),
@@ -990,6 +1008,13 @@ async fn run(a: Args) {
                     (Some(p), Some(c0)) => Some((cpu_seconds(p) - c0) * 1e6 / o.ok.max(1) as f64),
                     _ => None,
                 };
+                if let (Some(u), Some(s0)) = (b.redis_url.as_deref(), scripts0) {
+                    eprintln!(
+                        "{path} {}: {:.3} EVALSHA per exchange (audit append, and the guard's checks)",
+                        b.label,
+                        (redis_scripts(u) - s0) as f64 / o.ok.max(1) as f64
+                    );
+                }
                 outcomes[k].push((o, redis_cpu_us));
             }
         }

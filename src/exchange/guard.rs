@@ -33,7 +33,7 @@
 //! # Fleet-wide (issue 17 item 6)
 //! With a shared state ([`Guard::with_shared`]; the Redis store gives one),
 //! the same state lives in the store instead, one atomic script call per
-//! identity, so every replica counts against one budget and a restart keeps
+//! check, so every replica counts against one budget and a restart keeps
 //! the baselines. This module stays the one owner of the rule: it derives
 //! the [`Settings`] each call applies and turns the [`Step`] the state
 //! answers into a [`Hit`] (`retry_after` included); the store only holds
@@ -42,15 +42,32 @@
 //! past `[store] timeout`, breaker open), [`Guard::decide`] fails and the
 //! exchange answers 503 with no token: the guard never falls back to
 //! per-process counters, which would hand each replica a full budget again.
+//!
+//! # Leases
+//! A check per exchange costs about one ES256 signature of broker CPU, so a
+//! check that admits an exchange of a settled identity (audience known, no
+//! streak) may also count up to [`LEASE_MAX`] more in advance, as long as
+//! the identity's sliding count stays within half of every limit in force
+//! ([`Lease`]; the script decides how many). This process then admits that
+//! many of the identity's exchanges without a store call: same bucket,
+//! same settings, an audience the store confirmed known, confirmed settled
+//! less than [`LEASE_FOR`] ago. Unused ones go back with the identity's next
+//! check. Nothing is admitted uncounted, so the fleet limit stays exact;
+//! what moves is bounded: leased-but-unused exchanges count against the
+//! budget (another replica may refuse that many early), a streak tripped
+//! elsewhere holds here once the lease ends (at most [`LEASE_FOR`]), and an
+//! issuance on a lease does not reset a streak running elsewhere until the
+//! next exact check. [`Guard::with_lease_max`]`(0)` makes every check exact.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::store::StoreError;
 // The store-facing half of the guard (its settings, the step one call
 // takes, the shared-state trait) lives in the store, which implements it.
-pub use crate::store::guard_state::{Learned, Settings, SharedState, Step};
+pub use crate::store::guard_state::{Learned, Lease, Settings, SharedState, Step};
 
 /// What the guard does when a trigger fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,6 +365,71 @@ struct Shard {
     map: HashMap<Box<str>, Entry>,
 }
 
+/// Most exchanges one check may lease (count in advance) for one identity.
+pub const LEASE_MAX: u64 = 64;
+/// How long a lease is used: past this, what the shared state confirmed
+/// when it was granted (no streak runs or holds, the audiences are known)
+/// is no longer trusted and the identity is checked again.
+pub const LEASE_FOR: Duration = Duration::from_secs(1);
+/// Longest a request waits for a lease another request of its identity is
+/// asking for (then it checks itself).
+const LEASE_WAIT: Duration = Duration::from_millis(20);
+/// Audiences remembered per leased identity (confirmed known).
+const LEASE_AUDIENCES: usize = 8;
+
+/// One shard of the leases this process holds, by identity.
+type LeaseShard = Mutex<HashMap<Box<str>, Held>>;
+
+/// One identity's lease in this process (fleet-wide state only).
+#[derive(Debug)]
+struct Held {
+    /// The bucket the leased exchanges were counted in.
+    bucket: u64,
+    /// The settings they were counted under.
+    settings: Settings,
+    /// Leased exchanges not used yet.
+    left: u64,
+    /// When the shared state last said the identity is settled.
+    since: Instant,
+    /// Audiences (keyed hashes) the shared state confirmed known.
+    known: Vec<u64>,
+    /// Extra exchanges the next check asks for.
+    want: u64,
+    /// Leased exchanges to give back with the next check, and their bucket.
+    back: u64,
+    back_bucket: u64,
+    /// A check asking for a lease is under way (since).
+    asking: Option<Instant>,
+    /// Wakes the requests waiting for that check's answer.
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// What [`Guard::take_leased`] found.
+enum Taken {
+    /// Admitted on the lease.
+    Yes,
+    /// No lease covers this request: check.
+    No,
+    /// The lease is used up and another request is asking for more.
+    Wait(Arc<tokio::sync::Notify>),
+}
+
+impl Held {
+    /// Stops using what is left: it goes back with the next check.
+    fn give_back(&mut self) {
+        if self.left == 0 {
+            return;
+        }
+        if self.back > 0 && self.back_bucket != self.bucket {
+            // Units of an older bucket are no longer worth returning.
+            self.back = 0;
+        }
+        self.back += self.left;
+        self.back_bucket = self.bucket;
+        self.left = 0;
+    }
+}
+
 /// The guard: its config and its state (per process, or shared through
 /// the store). Cheap to call: one short lock, or one store call, per
 /// identity per request.
@@ -358,6 +440,11 @@ pub struct Guard {
     hasher: RandomState,
     /// The fleet-wide state; `None`: the state is this process's.
     shared: Option<Arc<dyn SharedState>>,
+    /// With a fleet-wide state: the leases this process holds, by identity
+    /// (as `shards`, and as bounded).
+    leases: Box<[LeaseShard]>,
+    /// Most exchanges one check may lease (0: every check is exact).
+    lease_max: u64,
 }
 
 impl std::fmt::Debug for Guard {
@@ -382,6 +469,8 @@ impl Guard {
         };
         Some(Self {
             shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
+            leases: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
+            lease_max: LEASE_MAX,
             shard_cap: (cfg.max_identities / n).max(1),
             cfg: cfg.clone(),
             hasher: RandomState::new(),
@@ -395,6 +484,217 @@ impl Guard {
     pub fn with_shared(mut self, shared: Option<Arc<dyn SharedState>>) -> Self {
         self.shared = shared;
         self
+    }
+
+    /// Leases at most `n` exchanges per check (0: every exchange is one
+    /// exact check of the shared state).
+    #[must_use]
+    pub fn with_lease_max(mut self, n: u64) -> Self {
+        self.lease_max = n;
+        self
+    }
+
+    /// Leased exchanges this process holds and has not used (fleet-wide
+    /// state only).
+    pub fn leased(&self) -> u64 {
+        self.leases
+            .iter()
+            .map(|m| {
+                let m = m.lock().unwrap_or_else(|e| e.into_inner());
+                m.values().map(|h| h.left).sum::<u64>()
+            })
+            .sum()
+    }
+
+    /// The lease shard of an identity.
+    fn lease_shard(&self, id: &str) -> Option<&LeaseShard> {
+        let i = (self.hasher.hash_one(id) % self.leases.len() as u64) as usize;
+        self.leases.get(i)
+    }
+
+    /// Admits one exchange of `id` on its lease, if it holds one that
+    /// covers this request: the same bucket and settings, a known
+    /// audience, confirmed settled less than [`LEASE_FOR`] ago.
+    fn take_leased(&self, id: &str, aud: u64, bucket: u64, s: &Settings) -> Taken {
+        let Some(m) = self.lease_shard(id) else {
+            return Taken::No;
+        };
+        let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(h) = m.get_mut(id) else {
+            return Taken::No;
+        };
+        if h.bucket == bucket
+            && h.settings == *s
+            && h.known.contains(&aud)
+            && h.since.elapsed() <= LEASE_FOR
+        {
+            let asking = h.asking.is_some_and(|t| t.elapsed() < LEASE_FOR);
+            if h.left == 0 {
+                // Another request of this identity is asking for more:
+                // wait for its answer rather than check one by one.
+                return if asking {
+                    Taken::Wait(h.wake.clone())
+                } else {
+                    Taken::No
+                };
+            }
+            // Down to a quarter: this one asks for more (an exact check)
+            // while the others go on with what is left.
+            if h.left * 4 <= h.want && !asking {
+                return Taken::No;
+            }
+            h.left -= 1;
+            return Taken::Yes;
+        }
+        Taken::No
+    }
+
+    /// [`Guard::take_leased`], waiting (a little) for a lease being asked
+    /// for by another request of the same identity.
+    async fn take_leased_or_wait(&self, id: &str, aud: u64, bucket: u64, s: &Settings) -> bool {
+        let wake = match self.take_leased(id, aud, bucket, s) {
+            Taken::Yes => return true,
+            Taken::No => return false,
+            Taken::Wait(w) => w,
+        };
+        // Registered before the second look, so an answer between the two
+        // is not missed.
+        let answered = wake.notified();
+        match self.take_leased(id, aud, bucket, s) {
+            Taken::Yes => return true,
+            Taken::No => return false,
+            Taken::Wait(_) => {}
+        }
+        if tokio::time::timeout(LEASE_WAIT, answered).await.is_err() {
+            return false;
+        }
+        matches!(self.take_leased(id, aud, bucket, s), Taken::Yes)
+    }
+
+    /// The lease terms of `id`'s next check: what it gives back, and how
+    /// many it asks for: double while leases are used (down to a quarter)
+    /// before they end, half when one ended unused.
+    fn lease_terms(&self, id: &str, bucket: u64, s: &Settings) -> Lease {
+        let Some(m) = self.lease_shard(id) else {
+            return Lease::default();
+        };
+        let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(h) = m.get_mut(id) else {
+            return Lease::default();
+        };
+        let age = h.since.elapsed();
+        if h.bucket != bucket || h.settings != *s || age > LEASE_FOR {
+            if h.left > 0 {
+                h.want /= 2;
+            }
+            h.give_back();
+        } else if h.left * 4 <= h.want {
+            h.want = (h.want.max(1) * 2).min(self.lease_max);
+        }
+        // One check asks at a time (the others are exact meanwhile).
+        let want = match h.asking {
+            Some(t) if t.elapsed() < LEASE_FOR => 0,
+            _ => h.want.min(self.lease_max),
+        };
+        if want > 0 {
+            h.asking = Some(Instant::now());
+        }
+        let terms = Lease {
+            want,
+            back: h.back,
+            back_bucket: h.back_bucket,
+        };
+        h.back = 0;
+        terms
+    }
+
+    /// A check with `terms` did not answer. It may still run later (a
+    /// timeout does not unsend it), so what it gave back is not sent again:
+    /// those leased exchanges stay counted (stricter, never looser).
+    fn lease_failed(&self, id: &str, terms: Lease) {
+        if terms.want == 0 {
+            return;
+        }
+        let Some(m) = self.lease_shard(id) else {
+            return;
+        };
+        let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = m.get_mut(id) {
+            h.asking = None;
+            h.wake.notify_waiters();
+        }
+    }
+
+    /// What a check answered, for `id`'s lease: a settled identity keeps
+    /// (and tops up) its lease; anything else ends it.
+    fn lease_answer(&self, id: &str, aud: u64, bucket: u64, s: &Settings, step: Step, asked: bool) {
+        let Some(m) = self.lease_shard(id) else {
+            return;
+        };
+        let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+        let Step::AdmittedSettled { lease } = step else {
+            if let Some(h) = m.get_mut(id) {
+                h.give_back();
+                h.known.clear();
+                if asked {
+                    h.asking = None;
+                    h.wake.notify_waiters();
+                }
+            }
+            return;
+        };
+        if !m.contains_key(id) && m.len() >= self.shard_cap {
+            m.retain(|_, h| h.since.elapsed() <= LEASE_FOR || h.back > 0);
+            if m.len() >= self.shard_cap {
+                // Its unused leased exchanges stay counted (stricter).
+                let any = m.keys().next().cloned();
+                if let Some(k) = any {
+                    m.remove(&k);
+                }
+            }
+        }
+        let h = m.entry(id.into()).or_insert_with(|| Held {
+            bucket,
+            settings: *s,
+            left: 0,
+            since: Instant::now(),
+            known: Vec::new(),
+            want: 1,
+            back: 0,
+            back_bucket: 0,
+            asking: None,
+            wake: Arc::new(tokio::sync::Notify::new()),
+        });
+        if h.bucket != bucket || h.settings != *s {
+            h.give_back();
+            h.known.clear();
+            h.bucket = bucket;
+            h.settings = *s;
+        }
+        h.left += lease;
+        h.since = Instant::now();
+        if !h.known.contains(&aud) {
+            if h.known.len() >= LEASE_AUDIENCES {
+                h.known.remove(0);
+            }
+            h.known.push(aud);
+        }
+        if asked {
+            h.asking = None;
+            h.wake.notify_waiters();
+        }
+    }
+
+    /// Ends `id`'s lease (a refusal: a streak may start).
+    fn lease_end(&self, id: &str) {
+        let Some(m) = self.lease_shard(id) else {
+            return;
+        };
+        let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = m.get_mut(id) {
+            h.give_back();
+            h.known.clear();
+        }
     }
 
     /// Whether the state is fleet-wide.
@@ -431,7 +731,7 @@ impl Guard {
         let w = self.cfg.window.max(1);
         let into = now % w;
         let (trigger, action, retry_after) = match step {
-            Step::Admitted | Step::AdmittedSettled => return None,
+            Step::Admitted | Step::AdmittedSettled { .. } => return None,
             Step::Streak { left } => (Trigger::RefusalStreak, self.cfg.on_refusal_streak, left),
             Step::Rate { prev, cur, limit } => (
                 Trigger::Rate,
@@ -486,10 +786,32 @@ impl Guard {
             return Ok((self.check(identities, audience, actions, now), false));
         };
         let s = self.settings(Some(actions));
+        let leasing = self.lease_max > 0;
+        let aud = self.hasher.hash_one(audience);
+        let bucket = now / s.window;
         let mut settled = true;
         for id in identities {
-            let step = shared.check(&s, id, audience, now).await?;
-            settled &= step == Step::AdmittedSettled;
+            // Counted in the shared state already, by the check that
+            // leased it.
+            if leasing && self.take_leased_or_wait(id, aud, bucket, &s).await {
+                continue;
+            }
+            let terms = if leasing {
+                self.lease_terms(id, bucket, &s)
+            } else {
+                Lease::default()
+            };
+            let step = match shared.check(&s, id, audience, now, terms).await {
+                Ok(step) => step,
+                Err(e) => {
+                    self.lease_failed(id, terms);
+                    return Err(e);
+                }
+            };
+            if leasing {
+                self.lease_answer(id, aud, bucket, &s, step, terms.want > 0);
+            }
+            settled &= matches!(step, Step::AdmittedSettled { .. });
             if let Some(hit) = self.hit_of(step, id, actions, now) {
                 return Ok((Some(hit), false));
             }
@@ -531,6 +853,7 @@ impl Guard {
         let s = self.settings(None);
         let mut hits = Vec::new();
         for id in identities {
+            self.lease_end(id);
             if shared.refused(&s, id, now).await? {
                 hits.push(self.streak_hit(id));
             }
@@ -859,7 +1182,14 @@ mod tests {
 
     #[async_trait::async_trait]
     impl SharedState for Down {
-        async fn check(&self, _: &Settings, _: &str, _: &str, _: u64) -> Result<Step, StoreError> {
+        async fn check(
+            &self,
+            _: &Settings,
+            _: &str,
+            _: &str,
+            _: u64,
+            _: Lease,
+        ) -> Result<Step, StoreError> {
             Err(StoreError::Unavailable("down".into()))
         }
         async fn issued(&self, _: &Settings, _: &str, _: &str, _: u64) -> Result<(), StoreError> {

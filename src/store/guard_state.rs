@@ -54,7 +54,12 @@ pub enum Step {
     /// As [`Step::Admitted`], and an issuance for this audience now would
     /// change nothing (the audience is known, no streak runs): the shared
     /// state's record of it may be skipped (one round trip, not two).
-    AdmittedSettled,
+    AdmittedSettled {
+        /// Extra exchanges leased with it: counted in the shared state now,
+        /// so the caller may admit that many more of this identity (same
+        /// bucket, same settings) without asking (see [`Lease`]).
+        lease: u64,
+    },
     /// A tripped refusal streak holds for `left` more seconds.
     Streak {
         /// Seconds left.
@@ -82,19 +87,40 @@ pub enum Step {
     NewAudience,
 }
 
+/// A check's lease terms (all 0: none; the check is exact).
+///
+/// A lease is exchanges counted in advance: the check that admits one
+/// exchange of a settled identity may also count up to `want` more, as
+/// long as the identity's sliding count then stays within half of every
+/// limit in force; the caller admits those locally (same bucket) and gives
+/// back the ones it did not use with a later call (`back`, counted in
+/// bucket `back_bucket`). Nothing is ever admitted uncounted: a lease only
+/// moves the count earlier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lease {
+    /// Extra exchanges wanted.
+    pub want: u64,
+    /// Leased exchanges not used, given back.
+    pub back: u64,
+    /// The bucket (`now / window`) they were counted in.
+    pub back_bucket: u64,
+}
+
 /// The guard's state kept outside the process (the Redis store), shared by
 /// every replica. Each call is one atomic step on one identity's state;
 /// an error means the state could not be read or written (the caller fails
 /// closed).
 #[async_trait]
 pub trait SharedState: Send + Sync {
-    /// Applies the check to `identity`'s state (counting it when admitted).
+    /// Applies the check to `identity`'s state (counting it when admitted),
+    /// with `lease`'s terms.
     async fn check(
         &self,
         s: &Settings,
         identity: &str,
         audience: &str,
         now: u64,
+        lease: Lease,
     ) -> Result<Step, StoreError>;
     /// A token was issued: the streak ends, the audience is known.
     async fn issued(

@@ -8,8 +8,13 @@
 //!
 //! | key | type | TTL | bound |
 //! |-----|------|-----|-------|
-//! | `P:{gd:H(identity)}:s` | hash `W` window, `b` bucket, `c`/`p` current and previous counts, `e` learned average, `n` windows learned, `k` spiked, `l` last seen, `s` streak, `t` streak holds until, `q` audiences added | [`Settings::keep`] from the last call (refreshed by each): at least [`SHARED_KEEP_MIN`](crate::exchange::guard::SHARED_KEEP_MIN), 66 windows, the cooldown | 11 fields |
-//! | `P:{gd:H(identity)}:a` | sorted set: `H(audience)` (first 32 hex digits) → insertion order | the same, refreshed with the hash | `max_audiences` (oldest dropped first) |
+//! | `P:{gd:H(identity)}:s` | hash `W` window, `b` bucket, `c`/`p` current and previous counts (leased exchanges included), `e` learned average, `n` windows learned, `k` spiked, `l` seen (first call under this window), `s` streak, `t` streak holds until, `q` audiences added, `x` TTLs last refreshed | [`Settings::keep`] + 1/16 of it, refreshed once per 1/16 of it: at least `keep` after the last call, itself at least [`SHARED_KEEP_MIN`](crate::exchange::guard::SHARED_KEEP_MIN), 66 windows, the cooldown | 12 fields |
+//! | `P:{gd:H(identity)}:a` | sorted set: `H(audience)` (first 32 hex digits) → insertion order | the same, refreshed with the hash (and set when created) | `max_audiences` (oldest dropped first) |
+//!
+//! A check may also lease exchanges ([`Lease`]: counted now, admitted by
+//! the caller later) and take back unused ones; the script writes back only
+//! the fields that changed (an admitted check in a known bucket writes
+//! one).
 
 use std::sync::LazyLock;
 
@@ -17,7 +22,7 @@ use ::redis::Script;
 use async_trait::async_trait;
 
 use super::{h, Fail, RedisStore};
-use crate::store::guard_state::{Settings, SharedState, Step};
+use crate::store::guard_state::{Lease, Settings, SharedState, Step};
 use crate::store::StoreError;
 
 /// The one script of the guard (KEYS: state, audiences).
@@ -55,6 +60,7 @@ impl RedisStore {
         identity: &str,
         audience: &str,
         now: u64,
+        lease: Lease,
     ) -> Result<Vec<u64>, StoreError> {
         let aud = h(audience.as_bytes());
         let aud = aud.get(..AUDIENCE_DIGEST_HEX).unwrap_or(&aud);
@@ -85,6 +91,9 @@ impl RedisStore {
                 .arg(s.refusal_streak.max(1))
                 .arg(flag(s.streak_holds))
                 .arg(s.cooldown)
+                .arg(lease.want)
+                .arg(lease.back)
+                .arg(lease.back_bucket)
                 .invoke_async(&mut con)
                 .await?;
             match v {
@@ -113,8 +122,11 @@ impl SharedState for RedisStore {
         identity: &str,
         audience: &str,
         now: u64,
+        lease: Lease,
     ) -> Result<Step, StoreError> {
-        let r = self.guard_step(CHECK, s, identity, audience, now).await?;
+        let r = self
+            .guard_step(CHECK, s, identity, audience, now, lease)
+            .await?;
         let at = |i: usize| r.get(i).copied().unwrap_or(0);
         Ok(match at(0) {
             0 => Step::Admitted,
@@ -130,7 +142,7 @@ impl SharedState for RedisStore {
                 limit: at(3),
             },
             4 => Step::NewAudience,
-            5 => Step::AdmittedSettled,
+            5 => Step::AdmittedSettled { lease: at(1) },
             _ => return Err(StoreError::Protocol("unknown guard step".into())),
         })
     }
@@ -142,13 +154,15 @@ impl SharedState for RedisStore {
         audience: &str,
         now: u64,
     ) -> Result<(), StoreError> {
-        self.guard_step(ISSUED, s, identity, audience, now)
+        self.guard_step(ISSUED, s, identity, audience, now, Lease::default())
             .await
             .map(|_| ())
     }
 
     async fn refused(&self, s: &Settings, identity: &str, now: u64) -> Result<bool, StoreError> {
-        let r = self.guard_step(REFUSED, s, identity, "", now).await?;
+        let r = self
+            .guard_step(REFUSED, s, identity, "", now, Lease::default())
+            .await?;
         Ok(r.first().copied() == Some(1))
     }
 }
@@ -166,20 +180,232 @@ mod tests {
 
     use super::super::{cluster_slot, RedisConfig, RedisStore};
     use crate::exchange::guard::{
-        Guard, GuardAction as A, GuardConfig, Learned, PolicyActions, SharedState,
+        Guard, GuardAction as A, GuardConfig, Learned, PolicyActions, SharedState, LEASE_FOR,
     };
     use crate::require_redis;
+    use crate::store::StoreError;
 
     fn store(url: &str, prefix: &str) -> Arc<RedisStore> {
+        store_with(url, prefix, Duration::from_secs(2))
+    }
+
+    fn store_with(url: &str, prefix: &str, timeout: Duration) -> Arc<RedisStore> {
         Arc::new(
             RedisStore::new(&RedisConfig {
                 url: url.to_string(),
                 prefix: prefix.into(),
-                timeout: Duration::from_secs(2),
+                timeout,
                 ca_pem: None,
             })
             .unwrap(),
         )
+    }
+
+    /// One exchange's guard calls as the broker makes them: the check, and
+    /// the issuance's record unless the check said it changes nothing.
+    /// `Ok(true)`: admitted.
+    async fn exchange(g: &Guard, id: &str, aud: &str, now: u64) -> Result<bool, StoreError> {
+        let (hit, settled) = g.decide_noting(&[id], aud, ACTIONS[0], now).await?;
+        if hit.is_none() && !settled {
+            g.record_issued(&[id], aud, now).await?;
+        }
+        Ok(hit.is_none())
+    }
+
+    /// An identity's count in the current bucket, as Redis holds it.
+    fn counted(port: u16, st: &RedisStore, id: &str) -> u64 {
+        match crate::testkit_redis::command(port, &["HGET", &st.key_guard_state(id), "c"]).unwrap()
+        {
+            ::redis::Value::BulkString(b) => String::from_utf8(b).unwrap().parse().unwrap(),
+            ::redis::Value::Nil => 0,
+            v => panic!("{v:?}"),
+        }
+    }
+
+    fn shared(cfg: &GuardConfig, st: &Arc<RedisStore>) -> Guard {
+        Guard::new(cfg)
+            .unwrap()
+            .with_shared(Some(st.clone() as Arc<dyn SharedState>))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_replicas_lease_far_from_the_limit_and_are_exact_near_it() {
+        let srv = require_redis!();
+        let st = store(&srv.url(), "lease");
+        let cfg = GuardConfig {
+            enabled: true,
+            window: 3600,
+            max_rate: 600,
+            ..GuardConfig::default()
+        };
+        let g: Vec<Guard> = (0..3).map(|_| shared(&cfg, &st)).collect();
+        let (id, now) = ("spiffe://example.org/agent/busy", 7_200_000);
+        let calls = || crate::testkit_redis::command_calls(srv.port(), "evalsha").unwrap();
+        // Far from the limit (below half of it): mostly decided in the
+        // process, on leases.
+        let c0 = calls();
+        let mut admitted = 0u64;
+        for k in 0..240 {
+            assert!(exchange(&g[k % 3], id, "x", now).await.unwrap(), "{k}");
+            admitted += 1;
+        }
+        let far = calls() - c0;
+        assert!(far <= 60, "{far} store calls for 240 exchanges");
+        // Each admitted exchange is counted once, and so is each leased one
+        // not used yet: nothing is admitted uncounted.
+        let leased = |g: &[Guard]| g.iter().map(Guard::leased).sum::<u64>();
+        assert!(leased(&g) > 0);
+        assert_eq!(counted(srv.port(), &st, id), admitted + leased(&g));
+        // Up to the limit, round robin: past half of it no lease is granted,
+        // every exchange is one exact check, and the fleet admits exactly
+        // max_rate, once.
+        loop {
+            let mut any = false;
+            for r in &g {
+                if exchange(r, id, "x", now).await.unwrap() {
+                    admitted += 1;
+                    any = true;
+                }
+            }
+            if !any {
+                break;
+            }
+            assert!(admitted <= 600, "{admitted}");
+        }
+        assert_eq!(admitted, 600);
+        assert_eq!(leased(&g), 0);
+        assert_eq!(counted(srv.port(), &st, id), 600);
+        // Another identity is not affected, and the TTLs are set.
+        assert!(
+            exchange(&g[1], "spiffe://example.org/agent/other", "x", now)
+                .await
+                .unwrap()
+        );
+        for k in [st.key_guard_state(id), st.key_guard_audiences(id)] {
+            let ttl = crate::testkit_redis::command(srv.port(), &["TTL", &k]).unwrap();
+            assert!(
+                matches!(ttl, ::redis::Value::Int(t) if t > 7 * 24 * 3600),
+                "{k} {ttl:?}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_replica_keeps_the_learned_baseline_and_the_audiences() {
+        let srv = require_redis!();
+        let st = store(&srv.url(), "restart");
+        let cfg = GuardConfig {
+            enabled: true,
+            window: 60,
+            max_rate: 0,
+            learned: Some(Learned {
+                multiplier: 2,
+                warmup: 3,
+                floor: 1,
+            }),
+            ..GuardConfig::default()
+        };
+        let id = "spiffe://example.org/agent/steady";
+        let t0 = 6_000_000; // a bucket start
+        let a = shared(&cfg, &st);
+        // Three windows of 10: the leased exchanges a window did not use
+        // are given back before it is learned from, so the baseline is 10.
+        for w in 0..3 {
+            for _ in 0..10 {
+                assert!(exchange(&a, id, "x", t0 + w * 60).await.unwrap());
+            }
+        }
+        assert!(exchange(&a, id, "x", t0 + 180).await.unwrap());
+        let unused = a.leased();
+        drop(a); // a crash: its unused leased exchanges stay counted
+        let b = shared(&cfg, &st);
+        // The learned limit is 2 x 10, over the sliding window: 1 s into
+        // this bucket the previous one weighs 10 x 59/60, so 10 fit in this
+        // one, of which 1 + unused are spent.
+        let mut more = 0;
+        while exchange(&b, id, "x", t0 + 181).await.unwrap() {
+            more += 1;
+            assert!(more < 100, "the learned limit never applied");
+        }
+        assert_eq!(more, 10 - 1 - unused, "{unused} left unused");
+        let (hit, _) = b
+            .decide_noting(&[id], "x", ACTIONS[0], t0 + 182)
+            .await
+            .unwrap();
+        assert_eq!(
+            hit.unwrap().trigger,
+            crate::exchange::guard::Trigger::LearnedRate
+        );
+        // Its known audience is known to the new process; another is new.
+        let (hit, _) = b
+            .decide_noting(&[id], "y", ACTIONS[0], t0 + 240)
+            .await
+            .unwrap();
+        assert_eq!(
+            hit.unwrap().trigger,
+            crate::exchange::guard::Trigger::NewAudience
+        );
+        assert!(exchange(&b, id, "x", t0 + 240).await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leases_across_a_store_outage_never_admit_uncounted() {
+        let srv = require_redis!();
+        let st = store_with(&srv.url(), "outage", Duration::from_millis(300));
+        let cfg = GuardConfig {
+            enabled: true,
+            window: 3600,
+            max_rate: 10_000,
+            ..GuardConfig::default()
+        };
+        let g = shared(&cfg, &st);
+        let (id, now) = ("spiffe://example.org/agent/o", 7_200_000);
+        let mut admitted = 0u64;
+        while g.leased() == 0 {
+            assert!(exchange(&g, id, "x", now).await.unwrap());
+            admitted += 1;
+            assert!(admitted < 100);
+        }
+        // Each check that timed out may still run once the store answers
+        // again (with its lease, and what it gave back): counted at most
+        // this much more than admitted, never less.
+        let late = 1 + crate::exchange::guard::LEASE_MAX;
+        // A lease past its time is not used: with the store down the
+        // exchange fails closed.
+        tokio::time::sleep(LEASE_FOR + Duration::from_millis(200)).await;
+        srv.suspend().unwrap();
+        assert!(exchange(&g, id, "x", now).await.is_err());
+        assert_eq!(g.leased(), 0);
+        srv.resume().unwrap();
+        while g.leased() == 0 {
+            assert!(exchange(&g, id, "x", now).await.unwrap());
+            admitted += 1;
+            assert!(admitted < 200);
+        }
+        let c = counted(srv.port(), &st, id);
+        assert!(
+            c >= admitted + g.leased() && c <= admitted + g.leased() + late,
+            "{c} counted, {admitted} admitted, {} leased",
+            g.leased()
+        );
+        // A current lease: some of its exchanges, counted before the
+        // outage, are admitted (until one asks the store for more); never
+        // more than it holds; then the guard fails closed.
+        let held = g.leased();
+        srv.suspend().unwrap();
+        let mut during = 0;
+        while exchange(&g, id, "x", now).await.is_ok() {
+            during += 1;
+            assert!(during <= held, "{during} > {held}");
+        }
+        srv.resume().unwrap();
+        admitted += during;
+        let c = counted(srv.port(), &st, id);
+        assert!(
+            c >= admitted + g.leased() && c <= admitted + g.leased() + 2 * late,
+            "{c} counted, {admitted} admitted, {} leased",
+            g.leased()
+        );
     }
 
     /// A small deterministic generator (xorshift64*).
@@ -250,9 +476,11 @@ mod tests {
         for (n, cfg) in configs().into_iter().enumerate() {
             let st = store(&srv.url(), &format!("diff{n}"));
             let local = Guard::new(&cfg).unwrap();
+            // Exact (no leases): the script against the rule, call for call.
             let shared = Guard::new(&cfg)
                 .unwrap()
-                .with_shared(Some(st.clone() as Arc<dyn SharedState>));
+                .with_shared(Some(st.clone() as Arc<dyn SharedState>))
+                .with_lease_max(0);
             assert!(shared.is_shared() && !local.is_shared());
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
             let mut now = 1_000_000u64;
