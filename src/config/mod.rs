@@ -779,7 +779,8 @@ impl Config {
         // [guard]
         let g = &raw.guard;
         let action = |key: &str, v: &str| -> Result<GuardAction, ConfigError> {
-            v.parse().map_err(|r| err(key, r))
+            v.parse()
+                .map_err(|r: crate::exchange::guard::UnknownAction| err(key, r.to_string()))
         };
         let guard_window = dur("guard.window", &g.window)?;
         if guard_window > MAX_GUARD_WINDOW {

@@ -94,17 +94,21 @@ impl GuardAction {
     }
 }
 
+/// A guard action name that is not one of `allow`, `slow_down`,
+/// `approval`, `revoke` (the value as given).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not one of allow, slow_down, approval, revoke")]
+pub struct UnknownAction(pub String);
+
 impl std::str::FromStr for GuardAction {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownAction;
+    fn from_str(s: &str) -> Result<Self, UnknownAction> {
         match s {
             "allow" => Ok(Self::Allow),
             "slow_down" => Ok(Self::SlowDown),
             "approval" => Ok(Self::Approval),
             "revoke" => Ok(Self::Revoke),
-            _ => Err(format!(
-                "`{s}` is not one of allow, slow_down, approval, revoke"
-            )),
+            _ => Err(UnknownAction(s.to_string())),
         }
     }
 }

@@ -23,7 +23,7 @@
 //! | `P:{ap}:all` | sorted set id → expires_at + retention | `EXPIREAT` the latest (only ever extended) | approval create script |
 //! | `P:{ap}:rq:H(requester)` | sorted set id → expires_at (the requester's live approvals, for the cap) | `EXPIREAT` the latest | approval create script |
 //! | `P:{ap}:rh:H(len(requester) ‖ requester ‖ request hash)` | hash `i` (id), `d` (`H(id)`) of the latest approval of that request by that requester (asking twice while it is pending finds it) | `EXPIREAT expires_at` | approval create script |
-//! | `P:{gd:H(identity)}:s` | hash: the anomaly guard's state of one identity (window, buckets, learned rate, streak; `guard.rs`) | 7 days (at least) after its last exchange, refreshed by each | guard script |
+//! | `P:{gd:H(identity)}:s` | hash: the anomaly guard's state of one identity (window, buckets, learned rate, streak; `guard.rs`) | 7 days (at least) after its last exchange (the TTL is refreshed once per keep/16, to keep + keep/16) | guard script |
 //! | `P:{gd:H(identity)}:a` | sorted set: the identity's known audiences (digests), at most `max_audiences` | as the hash | guard script |
 //! | `P:{audit}:stream` | stream, field `rec` (one sealed audit record, JSON), `MAXLEN ~ [audit] stream_max_len` | [`AUDIT_STREAM_IDLE_TTL`] after the last append (refreshed by each) | audit append script (records past their chain's checkpoint only) |
 //! | `P:{audit}:checkpoint` | hash node → `"seq hash"` of the chain's last record in the stream (at most [`crate::store::MAX_AUDIT_CHECKPOINTS`] nodes) | [`AUDIT_STREAM_IDLE_TTL`] after the last append | audit append script, atomically with the `XADD`s |
