@@ -1,6 +1,10 @@
 //! `POST /token` form → [`TokenRequest`]: the RFC 6749 / 8693 request rules
 //! (form content type, no repeated parameters, token types, one target);
 //! and `POST /bc-authorize` → [`BackchannelRequest`] (OpenID CIBA).
+//!
+//! One file: about 490 lines of request rules and 360 of the unit tests
+//! that pin them (each RFC rule next to its refusal); the rules alone are
+//! well under 800 lines.
 
 use crate::exchange::ciba::{CibaError, MAX_BINDING_MESSAGE, MAX_LOGIN_HINT};
 use crate::exchange::request::MAX_AUTH_REQ_ID_LEN;
