@@ -72,9 +72,20 @@ scopes = ["tickets:read"]
     (ChildGuard(child), port, ops)
 }
 
-async fn wait_ready(ops: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// Waits for a replica's `/readyz`. A replica that exits fails at once with
+/// its status and log; one that lives but is not ready fails after a
+/// start-up bound generous enough for a loaded 2-core box (a bound on
+/// start-up, not a timing assertion).
+async fn wait_ready(child: &mut ChildGuard, d: &Path, name: &str, ops: u16) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let log = || std::fs::read_to_string(d.join(format!("{name}.log"))).unwrap_or_default();
     while Instant::now() < deadline {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!(
+                "replica {name} exited ({status}) before it was ready:\n{}",
+                log()
+            );
+        }
         if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{ops}/readyz")).await {
             if r.status() == 200 {
                 return;
@@ -82,7 +93,10 @@ async fn wait_ready(ops: u16) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("replica on ops port {ops} did not become ready");
+    panic!(
+        "replica {name} on ops port {ops} did not become ready:\n{}",
+        log()
+    );
 }
 
 /// `/token` for an mTLS agent (`tickets:read`): status, `Retry-After`, body.
@@ -161,12 +175,12 @@ async fn three_replicas_enforce_one_budget_per_identity_and_a_restart_keeps_it()
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (ca, agent, agent_b) = materials(d);
-    let (a, port_a, ops_a) = serve(d, "a", &redis.url());
-    let (_b, port_b, ops_b) = serve(d, "b", &redis.url());
-    let (_c, port_c, ops_c) = serve(d, "c", &redis.url());
-    for o in [ops_a, ops_b, ops_c] {
-        wait_ready(o).await;
-    }
+    let (mut a, port_a, ops_a) = serve(d, "a", &redis.url());
+    let (mut b, port_b, ops_b) = serve(d, "b", &redis.url());
+    let (mut c, port_c, ops_c) = serve(d, "c", &redis.url());
+    wait_ready(&mut a, d, "a", ops_a).await;
+    wait_ready(&mut b, d, "b", ops_b).await;
+    wait_ready(&mut c, d, "c", ops_c).await;
     let ports = [port_a, port_b, port_c];
     let agent_c = client_for(ca.cert_der(), Some(&agent));
     let agent_b_c = client_for(ca.cert_der(), Some(&agent_b));
@@ -219,8 +233,8 @@ async fn three_replicas_enforce_one_budget_per_identity_and_a_restart_keeps_it()
     // A replica restarts (a new process on new ports): the spent budget and
     // the known audiences are still there.
     drop(a);
-    let (_a2, port_a2, ops_a2) = serve(d, "a2", &redis.url());
-    wait_ready(ops_a2).await;
+    let (mut a2, port_a2, ops_a2) = serve(d, "a2", &redis.url());
+    wait_ready(&mut a2, d, "a2", ops_a2).await;
     let (s, _, v) = exchange(&agent_c, port_a2, API).await;
     assert_eq!((s, v["error"].as_str()), (429, Some("slow_down")), "{v}");
     // The restarted replica never saw agent B: it knows from Redis that API
