@@ -68,7 +68,7 @@ pub use record::{
 };
 pub use verify::{head_from_line, Break, ChainSummary, ChainVerifier, Report, MAX_BREAKS};
 
-use crate::store::{AuditLine, AuditStream};
+use crate::store::{AuditCheckpoint, AuditLine, AuditStream};
 use lines::Lines;
 
 /// Where audit records are written as JSON lines (`[audit] sink`).
@@ -353,6 +353,53 @@ impl Writer {
     }
 }
 
+/// The records of `head`'s chain that the stream holds past the file
+/// (`seq` `head.seq + 1 ..= cp.seq`), read back from the newest end of the
+/// stream and checked to link on from `head` up to the checkpoint's hash;
+/// `Err` says why they cannot be used (trimmed, too many, or not a chain).
+async fn stream_past_file(
+    s: &dyn AuditStream,
+    head: &ChainHead,
+    cp: &AuditCheckpoint,
+    timeout: Duration,
+) -> Result<Vec<AuditLine>, &'static str> {
+    let need = cp.seq - head.seq;
+    if need > crate::store::MAX_AUDIT_PAGE as u64 {
+        return Err("more records than one read of the stream returns");
+    }
+    // Other chains (replicas) may have written after these: read more, up
+    // to one page (a kill leaves at most a batch or a backlog behind).
+    let limit = usize::try_from(need)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(8)
+        .clamp(1024, crate::store::MAX_AUDIT_PAGE);
+    let (rows, _) = tokio::time::timeout(timeout, s.read(None, limit))
+        .await
+        .map_err(|_| "the stream did not answer in time")?
+        .map_err(|_| "the stream cannot be read")?;
+    let mut found: Vec<AuditLine> = Vec::new();
+    let mut prev = head.hash.clone();
+    for (_, line) in rows {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let seq = v["seq"].as_u64().unwrap_or(0);
+        if v["node"].as_str() != Some(head.node.as_str()) || seq <= head.seq || seq > cp.seq {
+            continue;
+        }
+        if seq != head.seq + 1 + found.len() as u64 || v["prev"].as_str() != Some(prev.as_str()) {
+            return Err("the stream's records do not link on from the file's last one");
+        }
+        let hash = v["hash"].as_str().unwrap_or_default().to_string();
+        prev.clone_from(&hash);
+        found.push(AuditLine { seq, hash, line });
+    }
+    if found.len() as u64 != need || prev != cp.hash {
+        return Err("the stream no longer holds every record past the file");
+    }
+    Ok(found)
+}
+
 async fn writer(
     mut rx: mpsc::Receiver<Job>,
     head: ChainHead,
@@ -373,6 +420,10 @@ async fn writer(
     // A broker that stopped (a crash, a kill -9) after its file got records
     // the stream did not: the stream's checkpoint of this chain says how far
     // it got; the file's end gives the rest, first.
+    // The other way round (a kill between the stream's write and the
+    // file's): the stream holds records of this chain the file lacks. They
+    // are read back and written to the file first, and the chain goes on
+    // after the stream's checkpoint, so both sinks hold the same records.
     if let (Some((s, _)), false) = (&w.stream, tail.is_empty()) {
         match tokio::time::timeout(timeout, s.checkpoints()).await {
             Ok(Ok(cps)) => {
@@ -382,6 +433,24 @@ async fn writer(
                         tracing::warn!(node = %w.head.node, stream_seq = cp.seq, file_seq = w.head.seq,
                             records = w.stream_backlog.len(),
                             "audit stream is behind the file: sending it the records it lacks");
+                    } else if cp.seq > w.head.seq {
+                        match stream_past_file(&**s, &w.head, cp, timeout).await {
+                            Ok(missing) => {
+                                tracing::warn!(node = %w.head.node, stream_seq = cp.seq,
+                                    file_seq = w.head.seq, records = missing.len(),
+                                    "audit file is behind the stream: writing it the records it lacks");
+                                w.lines_backlog = missing;
+                                w.head = ChainHead {
+                                    node: cp.node.clone(),
+                                    seq: cp.seq,
+                                    hash: cp.hash.clone(),
+                                };
+                            }
+                            Err(why) => tracing::error!(node = %w.head.node,
+                                stream_seq = cp.seq, file_seq = w.head.seq, why,
+                                "audit file is behind the stream and the records it lacks cannot be \
+                                 read back: `audit verify` will name the gap"),
+                        }
                     }
                 }
             }

@@ -425,6 +425,54 @@ async fn a_restart_sends_the_stream_what_the_file_has_past_its_checkpoint() {
     assert_eq!(stream_lines(&flaky).await, file);
 }
 
+/// R7/R15: a kill between the stream's write and the file's leaves the
+/// stream ahead of the file. The restarted writer reads the records the
+/// file lacks back from the stream, writes them to the file first, and the
+/// chain goes on after the stream's checkpoint: both sinks hold the same
+/// records, one chain, nothing twice.
+#[tokio::test]
+async fn a_restart_writes_the_file_what_the_stream_has_past_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("audit.jsonl");
+    let sink = AuditSink::File(path.clone());
+    let flaky = Arc::new(Flaky::default());
+    let a = Auditor::start(
+        &sink,
+        Some((flaky.clone(), 1000)),
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    for _ in 0..4 {
+        a.record(AuditRecord::new(Event::Issued)).await.unwrap();
+    }
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // the kill: the file lost its last two records, the stream has them
+    let text = std::fs::read_to_string(&path).unwrap();
+    let kept: Vec<&str> = text.lines().take(2).collect();
+    std::fs::write(&path, format!("{}\n", kept.join("\n"))).unwrap();
+    assert_eq!(stream_lines(&flaky).await.len(), 4);
+
+    let b = Auditor::start(
+        &sink,
+        Some((flaky.clone(), 1000)),
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    b.record(AuditRecord::new(Event::Issued)).await.unwrap();
+    let file: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(file.len(), 5, "{file:#?}");
+    assert_eq!(stream_lines(&flaky).await, file);
+    let r = verify(&file);
+    assert!(r.intact(), "{r:?}");
+    assert_eq!(r.chains.len(), 1);
+    assert_eq!((r.chains[0].first_seq, r.chains[0].last_seq), (1, 5));
+}
+
 #[test]
 fn every_missing_record_is_named_first_between_and_last() {
     let ls = lines(8);
