@@ -294,6 +294,17 @@ impl crate::store::AuditStream for Flaky {
     }
 }
 
+/// An auditor on `sink` with `flaky` as its stream (a restart is another
+/// call on the same file and stream).
+fn start_on(sink: &AuditSink, flaky: &Arc<Flaky>, timeout_ms: u64) -> Auditor {
+    Auditor::start(
+        sink,
+        Some((flaky.clone(), 1000)),
+        Duration::from_millis(timeout_ms),
+    )
+    .unwrap()
+}
+
 async fn stream_lines(f: &Flaky) -> Vec<String> {
     let (rows, _) = f.mem.read(Some("0"), 10_000).await.unwrap();
     rows.into_iter().map(|(_, l)| l).collect()
@@ -395,12 +406,7 @@ async fn a_restart_sends_the_stream_what_the_file_has_past_its_checkpoint() {
     let path = d.path().join("audit.jsonl");
     let sink = AuditSink::File(path.clone());
     let flaky = Arc::new(Flaky::default());
-    let a = Auditor::start(
-        &sink,
-        Some((flaky.clone(), 1000)),
-        Duration::from_millis(200),
-    )
-    .unwrap();
+    let a = start_on(&sink, &flaky, 200);
     a.record(AuditRecord::new(Event::Refused)).await.unwrap();
     flaky.down.store(true, SeqCst);
     assert!(a.record(AuditRecord::new(Event::Refused)).await.is_err());
@@ -408,12 +414,7 @@ async fn a_restart_sends_the_stream_what_the_file_has_past_its_checkpoint() {
     // the stopped writer's last try fails too (the stream is still down)
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(stream_lines(&flaky).await.len(), 1);
-    let b = Auditor::start(
-        &sink,
-        Some((flaky.clone(), 1000)),
-        Duration::from_millis(200),
-    )
-    .unwrap();
+    let b = start_on(&sink, &flaky, 200);
     flaky.down.store(false, SeqCst);
     b.record(AuditRecord::new(Event::Refused)).await.unwrap();
     let file: Vec<String> = std::fs::read_to_string(&path)
@@ -436,12 +437,7 @@ async fn a_restart_writes_the_file_what_the_stream_has_past_the_file() {
     let path = d.path().join("audit.jsonl");
     let sink = AuditSink::File(path.clone());
     let flaky = Arc::new(Flaky::default());
-    let a = Auditor::start(
-        &sink,
-        Some((flaky.clone(), 1000)),
-        Duration::from_millis(500),
-    )
-    .unwrap();
+    let a = start_on(&sink, &flaky, 500);
     for _ in 0..4 {
         a.record(AuditRecord::new(Event::Issued)).await.unwrap();
     }
@@ -453,12 +449,7 @@ async fn a_restart_writes_the_file_what_the_stream_has_past_the_file() {
     std::fs::write(&path, format!("{}\n", kept.join("\n"))).unwrap();
     assert_eq!(stream_lines(&flaky).await.len(), 4);
 
-    let b = Auditor::start(
-        &sink,
-        Some((flaky.clone(), 1000)),
-        Duration::from_millis(500),
-    )
-    .unwrap();
+    let b = start_on(&sink, &flaky, 500);
     b.record(AuditRecord::new(Event::Issued)).await.unwrap();
     let file: Vec<String> = std::fs::read_to_string(&path)
         .unwrap()
