@@ -680,6 +680,14 @@ pub struct GrantArgs {
     pub strict: bool,
 }
 
+/// A grant's `USES LEFT` cell: `remaining/uses`, or `unlimited`.
+fn uses_left(g: &Value) -> String {
+    match (g["remaining"].as_u64(), g["uses"].as_u64()) {
+        (Some(r), Some(u)) => format!("{r}/{u}"),
+        _ => "unlimited".into(),
+    }
+}
+
 fn print_grants(gs: &[Value]) {
     if !crate::cli::wide_output() {
         // 36 + 30 + 24 + 9 + 13 + 4 separators of 2 = 120 (-o wide: audience too)
@@ -691,16 +699,12 @@ fn print_grants(gs: &[Value]) {
             "USES LEFT"
         );
         for g in gs {
-            let left = match (g["remaining"].as_u64(), g["uses"].as_u64()) {
-                (Some(r), Some(u)) => format!("{r}/{u}"),
-                _ => "unlimited".into(),
-            };
             outln!(
                 "{:<36}  {:<30}  {:<24}  {:<9}  {}",
                 g["id"].as_str().unwrap_or(""),
                 crate::cli::fit(g["subject"].as_str().unwrap_or(""), 30),
                 crate::cli::fit(&strings(&g["scopes"]), 24),
-                left,
+                uses_left(g),
                 fmt_time(g["expires_at"].as_u64().unwrap_or(0))
             );
         }
@@ -715,26 +719,13 @@ fn print_grants(gs: &[Value]) {
         "USES LEFT"
     );
     for g in gs {
-        let left = match (g["remaining"].as_u64(), g["uses"].as_u64()) {
-            (Some(r), Some(u)) => format!("{r}/{u}"),
-            _ => "unlimited".into(),
-        };
-        let scopes = g["scopes"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_default();
         outln!(
             "{:<36}  {:<40}  {:<28}  {:<24}  {:<9}  {}",
             g["id"].as_str().unwrap_or(""),
             g["subject"].as_str().unwrap_or(""),
             g["audience"].as_str().unwrap_or(""),
-            scopes,
-            left,
+            strings(&g["scopes"]),
+            uses_left(g),
             fmt_time(g["expires_at"].as_u64().unwrap_or(0))
         );
     }
