@@ -387,6 +387,9 @@ async fn stream_past_file(
         if v["node"].as_str() != Some(head.node.as_str()) || seq <= head.seq || seq > cp.seq {
             continue;
         }
+        if found.is_empty() && seq > head.seq + 1 {
+            return Err("the stream no longer holds every record past the file");
+        }
         if seq != head.seq + 1 + found.len() as u64 || v["prev"].as_str() != Some(prev.as_str()) {
             return Err("the stream's records do not link on from the file's last one");
         }

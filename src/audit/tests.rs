@@ -464,6 +464,58 @@ async fn a_restart_writes_the_file_what_the_stream_has_past_the_file() {
     assert_eq!((r.chains[0].first_seq, r.chains[0].last_seq), (1, 5));
 }
 
+/// The records past the file are used only when the stream still holds
+/// all of them and they link on: a trimmed stream or a broken link is
+/// refused (the broker logs it; `audit verify` names the gap).
+#[tokio::test]
+async fn records_past_the_file_are_used_only_whole_and_linked() {
+    let rec = |seq: u64, prev: &str, hash: &str| {
+        format!(r#"{{"node":"n1","seq":{seq},"prev":"{prev}","hash":"{hash}"}}"#)
+    };
+    let head = ChainHead {
+        node: "n1".into(),
+        seq: 1,
+        hash: "h1".into(),
+    };
+    let cp = |seq: u64, hash: &str| crate::store::AuditCheckpoint {
+        node: "n1".into(),
+        seq,
+        hash: hash.into(),
+    };
+    let t = Duration::from_secs(1);
+    // whole and linked: seq 2 and 3 come back, in order
+    let whole = MemoryStore::new();
+    let other = r#"{"node":"n2","seq":9,"prev":"x","hash":"y"}"#.to_string();
+    whole
+        .append(&[rec(2, "h1", "h2"), other, rec(3, "h2", "h3")], 1000)
+        .await
+        .unwrap();
+    let got = super::stream_past_file(&whole, &head, &cp(3, "h3"), t)
+        .await
+        .unwrap();
+    assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3]);
+    // trimmed: seq 2 is gone
+    let trimmed = MemoryStore::new();
+    trimmed.append(&[rec(3, "h2", "h3")], 1000).await.unwrap();
+    let e = super::stream_past_file(&trimmed, &head, &cp(3, "h3"), t)
+        .await
+        .unwrap_err();
+    assert_eq!(e, "the stream no longer holds every record past the file");
+    // a record that does not link on from the file's last one
+    let broken = MemoryStore::new();
+    broken
+        .append(&[rec(2, "other", "h2"), rec(3, "h2", "h3")], 1000)
+        .await
+        .unwrap();
+    let e = super::stream_past_file(&broken, &head, &cp(3, "h3"), t)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e,
+        "the stream's records do not link on from the file's last one"
+    );
+}
+
 #[test]
 fn every_missing_record_is_named_first_between_and_last() {
     let ls = lines(8);
